@@ -1,0 +1,105 @@
+"""Experiment logging shared by every training job: console, TensorBoard (always), W&B (when configured).
+
+W&B runs offline by default, so a run on a machine without network never blocks or fails on it; sync later
+with `wandb sync <dir>`. Only rank 0 logs (the caller passes `enabled=False` on other ranks).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from recognizer_core.config import StrictModel
+
+log = logging.getLogger("recognizer")
+
+
+class WandbConfig(StrictModel):
+    enabled: bool = False
+    project: str = "recognizer"
+    entity: str | None = None
+    run_name: str | None = None
+    mode: Literal["offline", "online", "disabled"] = "offline"
+    tags: list[str] = []
+
+
+def _scalar(value: Any) -> float | None:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+class ExperimentLogger:
+    """Writes scalar metrics to the console, TensorBoard event files and (optionally) W&B."""
+
+    def __init__(self, log_dir: str | Path, config: dict | None = None, wandb: WandbConfig | None = None,
+                 enabled: bool = True, run_name: str | None = None):
+        self.enabled = enabled
+        self.log_dir = Path(log_dir)
+        self._tb = None
+        self._wandb = None
+        self._t0 = time.time()
+        if not enabled:
+            return
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        from torch.utils.tensorboard import SummaryWriter
+
+        self._tb = SummaryWriter(str(self.log_dir / "tensorboard"))
+        if wandb is not None and wandb.enabled and wandb.mode != "disabled":
+            self._wandb = self._start_wandb(wandb, config or {}, run_name)
+
+    def _start_wandb(self, cfg: WandbConfig, config: dict, run_name: str | None):
+        try:
+            import wandb
+        except ImportError:
+            log.warning("W&B is enabled in the config but the wandb package is not installed "
+                        "(pip install 'recognizer[wandb]'); continuing with TensorBoard only")
+            return None
+        os.environ.setdefault("WANDB_SILENT", "true")
+        try:
+            return wandb.init(project=cfg.project, entity=cfg.entity, name=cfg.run_name or run_name,
+                              mode=cfg.mode, tags=cfg.tags, config=config, dir=str(self.log_dir),
+                              reinit="finish_previous")
+        except Exception as err:  # network or auth trouble must never stop a training run
+            log.warning("W&B init failed (%s); continuing with TensorBoard only", err)
+            return None
+
+    def log(self, metrics: dict[str, Any], step: int, console: bool = True) -> None:
+        if not self.enabled:
+            return
+        scalars = {k: v for k, v in ((k, _scalar(v)) for k, v in metrics.items()) if v is not None}
+        for k, v in scalars.items():
+            self._tb.add_scalar(k, v, step)
+        self._tb.flush()
+        if self._wandb is not None:
+            self._wandb.log(scalars, step=step)
+        if console:
+            text = "  ".join(f"{k}={v:.4g}" for k, v in scalars.items())
+            print(f"[{time.time() - self._t0:7.1f}s] step {step}: {text}", flush=True)
+
+    def log_image(self, tag: str, png_path: str | Path, step: int) -> None:
+        """Attach a PNG already written to disk (curves, confusion matrix, predicted skeletons)."""
+        if not self.enabled:
+            return
+        import numpy as np
+        from PIL import Image
+
+        img = np.asarray(Image.open(png_path).convert("RGB"))
+        self._tb.add_image(tag, img, step, dataformats="HWC")
+        if self._wandb is not None:
+            import wandb
+
+            self._wandb.log({tag: wandb.Image(str(png_path))}, step=step)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+        if self._wandb is not None:
+            self._wandb.finish()
+            self._wandb = None

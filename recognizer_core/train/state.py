@@ -1,0 +1,89 @@
+"""Exact-resume training state: model, optimizer, scheduler, grad scaler, epoch and every RNG.
+
+Saved as one `training_state.pt` inside a checkpoint directory (a Ray Train Checkpoint is a directory), loaded
+with `weights_only=True`: the RNG states are tensors and plain Python containers, so nothing needs pickle.
+"""
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+STATE_FILE = "training_state.pt"
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    # DDP wraps the model; checkpoints hold the plain module's keys so they load anywhere.
+    return model.module if hasattr(model, "module") else model
+
+
+def rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    state = {
+        "python": list(random.getstate()[1]) + [random.getstate()[2] if random.getstate()[2] is not None else -1],
+        "python_version": random.getstate()[0],
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    py = state["python"]
+    gauss = None if py[-1] == -1 else py[-1]
+    random.setstate((state["python_version"], tuple(int(x) for x in py[:-1]), gauss))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_training_state(directory: str | Path, *, model: torch.nn.Module, optimizer=None, scheduler=None,
+                        scaler=None, epoch: int, extra: dict[str, Any] | None = None,
+                        generator_state: dict[str, Any] | None = None) -> Path:
+    """Write the full training state to `directory/training_state.pt` atomically (tmp file + rename)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {
+        "model": _unwrap(model).state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "epoch": int(epoch),
+        "rng": rng_state(),
+        "generator": generator_state,
+        "extra": extra or {},
+    }
+    path = directory / STATE_FILE
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_training_state(directory: str | Path, *, model: torch.nn.Module, optimizer=None, scheduler=None,
+                        scaler=None, restore_rng: bool = True) -> dict[str, Any]:
+    """Restore what `save_training_state` wrote; returns the dict (epoch, extra, generator...)."""
+    path = Path(directory) / STATE_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no training state in this checkpoint")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    _unwrap(model).load_state_dict(state["model"])
+    if optimizer is not None and state["optimizer"] is not None:
+        optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None and state["scheduler"] is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    if scaler is not None and state["scaler"] is not None:
+        scaler.load_state_dict(state["scaler"])
+    if restore_rng:
+        set_rng_state(state["rng"])
+    return state
