@@ -1,0 +1,127 @@
+"""STGCN++ building blocks (mmaction2 1.2.0 `unit_gcn`, `unit_tcn`, `mstcn`), same submodule names so that
+state_dict keys match mmaction2 checkpoints exactly (`gcn.conv`, `gcn.down.0`, `tcn.branches.0.3.conv`, ...).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# mstcn's default branches: (kernel, dilation) temporal convs, a max-pool branch, a strided 1x1 conv.
+MSTCN_BRANCHES = ((3, 1), (3, 2), (3, 3), (3, 4), ("max", 3), "1x1")
+
+
+class UnitGCN(nn.Module):
+    """Spatial graph convolution: 1x1 conv to K subsets, aggregate over joints with A, BN, (+res), ReLU.
+
+    adaptive='init' makes A a learnable parameter initialised from the graph (STGCN++);
+    'importance'/'offset' learn PA multiplied/added to the fixed A; None keeps A fixed.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, A: torch.Tensor, adaptive: str | None = "init",
+                 with_res: bool = True) -> None:
+        super().__init__()
+        if adaptive not in (None, "init", "offset", "importance"):
+            raise ValueError(f"gcn adaptive must be None, 'init', 'offset' or 'importance', got {adaptive!r}")
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.num_subsets = A.size(0)
+        self.adaptive, self.with_res = adaptive, with_res
+        self.bn = nn.BatchNorm2d(out_channels)
+        self.act = nn.ReLU(inplace=True)
+        if adaptive == "init":
+            self.A = nn.Parameter(A.clone())
+        else:
+            self.register_buffer("A", A.clone())
+        if adaptive == "offset":
+            self.PA = nn.Parameter(torch.empty_like(A).uniform_(-1e-6, 1e-6))
+        elif adaptive == "importance":
+            self.PA = nn.Parameter(torch.ones_like(A))
+        self.conv = nn.Conv2d(in_channels, out_channels * self.num_subsets, 1)
+        # mmaction2 uses an identity lambda when channels match: no `down` keys in the state_dict then.
+        self.down = (nn.Sequential(nn.Conv2d(in_channels, out_channels, 1), nn.BatchNorm2d(out_channels))
+                     if with_res and in_channels != out_channels else None)
+
+    def adjacency(self) -> torch.Tensor:
+        if self.adaptive == "offset":
+            return self.A + self.PA
+        if self.adaptive == "importance":
+            return self.A * self.PA
+        return self.A
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, _, t, v = x.shape
+        y = self.conv(x).view(n, self.num_subsets, self.out_channels, t, v)
+        y = torch.einsum("nkctv,kvw->nctw", y, self.adjacency())
+        y = self.bn(y)
+        if self.with_res:
+            y = y + (x if self.down is None else self.down(x))
+        return self.act(y)
+
+
+class UnitTCN(nn.Module):
+    """Temporal conv (kernel x 1) + optional BN; used as the strided residual and inside mstcn branches."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 9, stride: int = 1,
+                 dilation: int = 1, norm: bool = True) -> None:
+        super().__init__()
+        pad = (kernel_size + (kernel_size - 1) * (dilation - 1) - 1) // 2
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=(kernel_size, 1), padding=(pad, 0),
+                              stride=(stride, 1), dilation=(dilation, 1))
+        self.bn = nn.BatchNorm2d(out_channels) if norm else nn.Identity()
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # mmaction2 unit_tcn init_cfg: Kaiming(fan_out) convs with zero bias, BN weight 1 / bias 0.
+        nn.init.kaiming_normal_(self.conv.weight, mode="fan_out", nonlinearity="relu")
+        nn.init.zeros_(self.conv.bias)
+        if isinstance(self.bn, nn.BatchNorm2d):
+            nn.init.ones_(self.bn.weight)
+            nn.init.zeros_(self.bn.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.conv(x))
+
+
+class MSTCN(nn.Module):
+    """Multi-scale temporal conv: 4 dilated 3x1 branches, a max-pool branch and a 1x1 branch, concatenated,
+    BN-ReLU-1x1 transform, BN. Channels split as mmaction2: branch 0 takes the remainder."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, dropout: float = 0.0,
+                 ms_cfg=MSTCN_BRANCHES) -> None:
+        super().__init__()
+        num_branches = len(ms_cfg)
+        mid = out_channels // num_branches
+        rem = out_channels - mid * (num_branches - 1)
+        branches = []
+        for i, cfg in enumerate(ms_cfg):
+            c = rem if i == 0 else mid
+            if cfg == "1x1":
+                branches.append(nn.Conv2d(in_channels, c, kernel_size=1, stride=(stride, 1)))
+            elif cfg[0] == "max":
+                branches.append(nn.Sequential(
+                    nn.Conv2d(in_channels, c, kernel_size=1), nn.BatchNorm2d(c), nn.ReLU(inplace=True),
+                    nn.MaxPool2d(kernel_size=(cfg[1], 1), stride=(stride, 1), padding=(1, 0))))
+            else:
+                kernel, dilation = cfg
+                branches.append(nn.Sequential(
+                    nn.Conv2d(in_channels, c, kernel_size=1), nn.BatchNorm2d(c), nn.ReLU(inplace=True),
+                    UnitTCN(c, c, kernel_size=kernel, stride=stride, dilation=dilation, norm=False)))
+        self.branches = nn.ModuleList(branches)
+        tin = mid * (num_branches - 1) + rem
+        self.transform = nn.Sequential(nn.BatchNorm2d(tin), nn.ReLU(inplace=True), nn.Conv2d(tin, out_channels, 1))
+        self.bn = nn.BatchNorm2d(out_channels)
+        self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Every branch starts with a 1x1 conv on the same input: run them as one conv (one kernel instead of
+        # six, bit-identical per channel). A strided 1x1 conv equals the stride-1 output subsampled in T.
+        convs = [b if isinstance(b, nn.Conv2d) else b[0] for b in self.branches]
+        y = F.conv2d(x, torch.cat([c.weight for c in convs]), torch.cat([c.bias for c in convs]))
+        outs = []
+        for branch, part in zip(self.branches, y.split([c.out_channels for c in convs], dim=1)):
+            if isinstance(branch, nn.Conv2d):
+                stride = branch.stride[0]
+                outs.append(part[:, :, ::stride] if stride > 1 else part)
+            else:
+                outs.append(branch[1:](part))
+        return self.drop(self.bn(self.transform(torch.cat(outs, dim=1))))
