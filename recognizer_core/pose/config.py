@@ -1,0 +1,147 @@
+"""Typed configs of the pose-extraction jobs (stage 1 + 2: `ExtractionConfig`, stage 3: `DatasetBuildConfig`).
+
+Field names follow the training guide's `models.pose_estimation` section (inference_mode, onnx.*, tensorrt.*,
+score_threshold, nms_threshold, keypoint_threshold, max_detections) so its YAML values carry over.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from recognizer_core.config import StrictModel
+
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".m4v", ".webm", ".mpg", ".mpeg", ".ts")
+
+
+class SourceConfig(StrictModel):
+    input: str = Field("", description="folder or pyarrow filesystem URI (local path, s3://, gs://) of videos")
+    manifest_csv: str = Field("", description="CSV with columns path,label[,split] (paths relative to the CSV "
+                                              "or absolute/URIs); when set, labels come from it, not folders")
+    extensions: list[str] = Field(list(VIDEO_EXTENSIONS), description="video file extensions to pick up")
+    label_names: list[str] = Field([], description="class names in label-index order; empty = sorted names found")
+    split_names: list[str] = Field(["train", "val", "test"], description="folder names read as the split "
+                                                                          "(RWF-2000 layout train/Fight/x.avi)")
+    limit: int = Field(0, ge=0, description="process at most this many videos (0 = all); for smoke runs")
+
+
+class DecodeConfig(StrictModel):
+    frame_stride: int = Field(1, ge=1, description="keep every n-th frame")
+    target_fps: float = Field(0.0, ge=0.0, description="if > 0, overrides frame_stride with round(fps / target_fps)")
+    shard_frames: int = Field(600, ge=1, description="frames per decode shard: long videos are split so one file "
+                                                     "does not serialise the job (tracking stays continuous)")
+    frames_per_block: int = Field(16, ge=1, description="frames per Ray Data block out of a decode task")
+    backend: Literal["pyav", "opencv"] = Field("pyav", description="decoder (opencv is tried when PyAV fails)")
+
+
+class OnnxOptions(StrictModel):
+    model_path: str = Field("", description="RTMO end2end ONNX file (mmdeploy / rtmlib export)")
+    device: str = Field("cpu", description="cpu | cuda | cuda:N; cuda fails loudly if the CUDA provider is missing")
+    execution_mode: Literal["ORT_SEQUENTIAL", "ORT_PARALLEL"] = "ORT_SEQUENTIAL"
+    graph_optimization_level: Literal["ORT_DISABLE_ALL", "ORT_ENABLE_BASIC", "ORT_ENABLE_EXTENDED",
+                                      "ORT_ENABLE_ALL"] = "ORT_ENABLE_ALL"
+    enable_mem_pattern: bool = True
+    enable_cpu_mem_arena: bool = True
+    intra_op_num_threads: int = Field(0, ge=0, description="0 = ONNX Runtime default (all cores)")
+    gpu_mem_limit_gb: float = Field(8.0, gt=0, description="CUDA provider arena limit")
+    arena_extend_strategy: Literal["kNextPowerOfTwo", "kSameAsRequested"] = "kNextPowerOfTwo"
+    cudnn_conv_algo_search: Literal["EXHAUSTIVE", "HEURISTIC", "DEFAULT"] = "HEURISTIC"
+    tunable_op_enable: bool = False
+    tunable_op_tuning_enable: bool = False
+
+
+class TensorRTOptions(StrictModel):
+    model_path: str = Field("", description="serialized TensorRT engine (rayjobs/build_trt_engine.py)")
+    device: str = Field("cuda:0", description="CUDA device of the engine")
+    fp16_mode: bool = Field(False, description="used when building the engine")
+
+
+class PoseModelConfig(StrictModel):
+    inference_mode: Literal["onnx", "tensorrt"] = "onnx"
+    onnx: OnnxOptions = OnnxOptions()
+    tensorrt: TensorRTOptions = TensorRTOptions()
+    model_input_size: tuple[int, int] = Field((640, 640), description="(height, width) of the model input")
+    score_threshold: float = Field(0.3, ge=0, le=1, description="person detection score threshold")
+    nms_threshold: float = Field(0.45, ge=0, le=1, description="IoU above which a lower-score box is dropped")
+    keypoint_threshold: float = Field(0.3, ge=0, le=1, description="keypoint scores below this are set to 0")
+    max_detections: int = Field(100, ge=1, description="persons kept per frame after NMS")
+    batch_size: int = Field(8, ge=1, description="frames per inference call (1 when the model has a static batch)")
+
+
+class TrackingConfig(StrictModel):
+    iou_weight: float = Field(0.5, ge=0, le=1, description="similarity = w * box IoU + (1 - w) * keypoint OKS")
+    match_threshold: float = Field(0.2, ge=0, le=1, description="minimum similarity of a track-detection match")
+    max_missing: int = Field(10, ge=0, description="frames a track may go unseen before it ends")
+    min_track_len: int = Field(5, ge=1, description="tracks seen in fewer frames are dropped")
+    min_track_score: float = Field(0.3, ge=0, le=1, description="tracks with lower mean detection score are dropped")
+    max_tracks: int = Field(16, ge=1, description="tracks stored per video (by length x score); stage 3 keeps "
+                                                  "num_person of them per window")
+
+
+class RayResources(StrictModel):
+    num_actors: int = Field(1, ge=1, description="inference actors (one model copy each)")
+    max_actors: int = Field(0, ge=0, description="autoscale the actor pool up to this many (0 = fixed num_actors)")
+    num_gpus_per_actor: float = Field(0.0, ge=0, description="GPUs per inference actor (fractions share a GPU)")
+    num_cpus_per_actor: float = Field(1.0, gt=0)
+    num_cpus_per_decode_task: float = Field(1.0, gt=0)
+    decode_task_memory_mb: int = Field(512, ge=1, description="memory reserved per decode task; also keeps "
+                                       "decoding in its own CPU tasks (Ray Data fuses same-resource maps "
+                                       "into the inference actors otherwise)")
+    address: str = Field("", description="Ray address; empty = start/attach a local Ray")
+
+
+class ExtractionConfig(StrictModel):
+    """Stage 1 + 2: videos -> RTMO poses -> tracked per-video skeleton files."""
+
+    source: SourceConfig = SourceConfig()
+    output: str = Field("outputs/poses", description="output folder (local or shared filesystem of the driver)")
+    decode: DecodeConfig = DecodeConfig()
+    model: PoseModelConfig = PoseModelConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    ray: RayResources = RayResources()
+    retry_failed: bool = Field(False, description="re-run videos recorded in failures.jsonl")
+
+    @model_validator(mode="after")
+    def _check_source(self) -> "ExtractionConfig":
+        if not self.source.input and not self.source.manifest_csv:
+            raise ValueError("source.input or source.manifest_csv must be set")
+        return self
+
+
+class WindowConfig(StrictModel):
+    clip_len: int = Field(0, ge=0, description="frames per window; 0 = the whole video is one clip")
+    stride: int = Field(0, ge=0, description="frames between window starts; 0 = clip_len (no overlap)")
+    min_frames: int = Field(1, ge=1, description="a video shorter than clip_len is kept whole if it has this many")
+    num_person: int = Field(4, ge=1, description="persons kept per window (top length x score, stable order)")
+    min_person_frames: int = Field(1, ge=1, description="a person must appear in this many window frames")
+
+
+class SplitConfig(StrictModel):
+    mode: Literal["given", "ratio", "given_or_ratio"] = Field(
+        "given_or_ratio", description="given = split from folder/CSV; ratio = random by video; "
+                                      "given_or_ratio = given where known, ratio for the rest")
+    ratios: tuple[float, float, float] = Field((0.8, 0.1, 0.1), description="train, val, test fractions")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check_ratios(self) -> "SplitConfig":
+        if any(r < 0 for r in self.ratios) or abs(sum(self.ratios) - 1.0) > 1e-6:
+            raise ValueError(f"split.ratios must be >= 0 and sum to 1, got {list(self.ratios)}")
+        return self
+
+
+class DatasetBuildConfig(StrictModel):
+    """Stage 3: per-video skeletons -> windows, labels, splits -> Parquet skeleton dataset (+ mmaction2 pkl)."""
+
+    poses: str = Field("outputs/poses", description="output folder of extract_poses.py")
+    output: str = Field("outputs/dataset", description="skeleton dataset folder to write")
+    window: WindowConfig = WindowConfig()
+    split: SplitConfig = SplitConfig()
+    rows_per_file: int = Field(512, ge=1, description="clips per Parquet part file")
+    write_pkl: bool = Field(False, description="also write mmaction2 PoseDataset pkl files (one per split)")
+    pkl_dir: str = Field("", description="folder of the pkl files; empty = <output>/mmaction_pkl")
+    label_names: list[str] = Field([], description="override class names (index order); empty = from extraction")
+    overwrite: bool = Field(True, description="replace an existing dataset in output (written atomically)")
+    use_ray: bool = Field(True, description="window videos in Ray tasks (False: in this process)")
+    num_cpus_per_task: float = Field(1.0, gt=0, description="CPUs per windowing task")
+    ray_address: str = Field("", description="Ray address; empty = start/attach a local Ray")

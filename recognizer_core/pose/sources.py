@@ -1,0 +1,152 @@
+"""Video listing: a folder or pyarrow filesystem URI (local, s3://, gs://) or a CSV manifest, with labels.
+
+Folder layouts understood (RWF-2000 and the falldown set): `<split>/<label>/<file>` (split in
+`split_names`), `<label>/<file>`, or deeper trees where the file's parent folder is the label.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import os
+import re
+from dataclasses import asdict, dataclass
+from pathlib import PurePosixPath
+
+import pyarrow.fs as pafs
+
+from recognizer_core.pose.config import SourceConfig
+
+
+class SourceError(ValueError):
+    """The video source cannot be listed (missing folder, bad CSV); the message names it."""
+
+
+@dataclass(frozen=True)
+class VideoSource:
+    uri: str            # what `open_input_file` gets: a local absolute path or scheme://bucket/key
+    rel_path: str       # path relative to the input root (or as written in the CSV): the video's name
+    label_name: str
+    split: str
+    size: int
+    mtime_ns: int
+
+    @property
+    def key(self) -> str:
+        """Manifest key: a changed file (new size or mtime) is a new key and is extracted again."""
+        return f"{self.uri}|{self.size}|{self.mtime_ns}"
+
+    @property
+    def video_id(self) -> str:
+        """File-system-safe, unique per rel_path: readable stem + hash of the whole relative path."""
+        stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", PurePosixPath(self.rel_path).stem)[:60]
+        return f"{stem}-{hashlib.sha1(self.rel_path.encode()).hexdigest()[:10]}"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def resolve_filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path inside it) for a local path or a URI that pyarrow understands."""
+    if "://" not in uri:
+        return pafs.LocalFileSystem(), os.path.abspath(uri)
+    try:
+        return pafs.FileSystem.from_uri(uri)
+    except Exception as err:  # pyarrow raises several types for unknown schemes / missing credentials
+        raise SourceError(f"{uri}: cannot open filesystem: {err}") from None
+
+
+def _join_uri(root_uri: str, path: str) -> str:
+    if "://" not in root_uri:
+        return path
+    scheme = root_uri.split("://", 1)[0]
+    return f"{scheme}://{path}"
+
+
+def _labels_from_layout(rel: str, split_names: list[str]) -> tuple[str, str]:
+    parts = PurePosixPath(rel).parts[:-1]
+    split = ""
+    if parts and parts[0] in split_names:
+        split, parts = parts[0], parts[1:]
+    label = parts[-1] if parts else ""
+    return label, split
+
+
+def _file_info(fs: pafs.FileSystem, path: str) -> pafs.FileInfo:
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        raise SourceError(f"{path}: video not found")
+    return info
+
+
+def _mtime_ns(info: pafs.FileInfo) -> int:
+    return int(info.mtime_ns) if info.mtime_ns is not None else 0
+
+
+def list_folder(cfg: SourceConfig) -> list[VideoSource]:
+    fs, root = resolve_filesystem(cfg.input)
+    root_info = fs.get_file_info(root)
+    if root_info.type != pafs.FileType.Directory:
+        raise SourceError(f"source.input: {cfg.input} is not a folder")
+    exts = tuple(e.lower() for e in cfg.extensions)
+    infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
+    videos = []
+    for info in infos:
+        if info.type != pafs.FileType.File or not info.path.lower().endswith(exts):
+            continue
+        rel = PurePosixPath(info.path).relative_to(PurePosixPath(root)).as_posix()
+        label, split = _labels_from_layout(rel, cfg.split_names)
+        videos.append(VideoSource(_join_uri(cfg.input, info.path), rel, label, split,
+                                  int(info.size or 0), _mtime_ns(info)))
+    return sorted(videos, key=lambda v: v.rel_path)
+
+
+def list_manifest(cfg: SourceConfig) -> list[VideoSource]:
+    fs, csv_path = resolve_filesystem(cfg.manifest_csv)
+    try:
+        with fs.open_input_stream(csv_path) as f:
+            text = f.read().decode("utf-8-sig")
+    except (FileNotFoundError, OSError) as err:
+        raise SourceError(f"source.manifest_csv: cannot read {cfg.manifest_csv}: {err}") from None
+    rows = list(csv.DictReader(io.StringIO(text)))
+    if not rows or not {"path", "label"} <= set(rows[0]):
+        raise SourceError(f"{cfg.manifest_csv}: needs a header with columns path,label[,split]")
+    base = cfg.input or (os.path.dirname(cfg.manifest_csv) if "://" not in cfg.manifest_csv
+                         else cfg.manifest_csv.rsplit("/", 1)[0])
+    videos = []
+    for line_no, row in enumerate(rows, start=2):
+        rel = (row.get("path") or "").strip()
+        if not rel:
+            raise SourceError(f"{cfg.manifest_csv}:{line_no}: empty path")
+        uri = rel if ("://" in rel or os.path.isabs(rel)) else f"{base.rstrip('/')}/{rel}"
+        vfs, vpath = resolve_filesystem(uri)
+        info = _file_info(vfs, vpath)
+        uri = vpath if "://" not in uri else uri
+        videos.append(VideoSource(uri, rel, (row.get("label") or "").strip(),
+                                  (row.get("split") or "").strip(), int(info.size or 0), _mtime_ns(info)))
+    return videos
+
+
+def list_videos(cfg: SourceConfig) -> list[VideoSource]:
+    """Every video of the source, with label name and (possibly empty) given split, sorted by rel_path."""
+    videos = list_manifest(cfg) if cfg.manifest_csv else list_folder(cfg)
+    if cfg.limit:
+        videos = videos[: cfg.limit]
+    return videos
+
+
+def label_index(videos: list[VideoSource], label_names: list[str]) -> list[str]:
+    """Class names in index order: the configured list (every video's label must be in it) or sorted found."""
+    found = sorted({v.label_name for v in videos})
+    if not label_names:
+        return found
+    unknown = [name for name in found if name not in label_names]
+    if unknown:
+        raise SourceError(f"source.label_names {label_names} lacks labels found in the videos: {unknown}")
+    return list(label_names)
+
+
+def open_video_file(uri: str):
+    """A seekable binary file object for any local path or pyarrow URI (PyAV reads file objects)."""
+    fs, path = resolve_filesystem(uri)
+    return fs.open_input_file(path)

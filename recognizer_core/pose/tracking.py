@@ -1,0 +1,105 @@
+"""Stage 2: link per-frame detections into person tracks (box IoU + keypoint OKS, Hungarian matching).
+
+Tracks are ranked by length x mean detection score; the stored person order is that rank, fixed for the
+whole video, so a person keeps its index in every frame (mmaction2's FormatGCNInput keeps the first M).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from recognizer_core.pose.config import TrackingConfig
+from recognizer_core.pose.rtmo import NUM_KEYPOINTS, FramePoses, box_iou
+
+# COCO keypoint sigmas (pycocotools / mmpose), used by OKS.
+COCO_SIGMAS = np.array([.26, .25, .25, .35, .35, .79, .79, .72, .72, .62, .62, 1.07, 1.07, .87, .87, .89, .89],
+                       np.float32) / 10.0
+
+
+def keypoint_similarity(kpts_a: np.ndarray, scores_a: np.ndarray, boxes_a: np.ndarray,
+                        kpts_b: np.ndarray, scores_b: np.ndarray) -> np.ndarray:
+    """OKS matrix (len(a), len(b)); scale from a's box areas; joints count where both have score > 0."""
+    d2 = ((kpts_a[:, None] - kpts_b[None]) ** 2).sum(-1)                      # (A, B, 17)
+    area = np.clip(boxes_a[:, 2:] - boxes_a[:, :2], 1, None).prod(-1)        # (A,)
+    var = (2 * COCO_SIGMAS) ** 2
+    e = np.exp(-d2 / (2 * area[:, None, None] * var + 1e-9))
+    vis = (scores_a[:, None] > 0) & (scores_b[None] > 0)
+    n = vis.sum(-1)
+    return np.where(n > 0, (e * vis).sum(-1) / np.maximum(n, 1), 0.0)
+
+
+@dataclass
+class _Track:
+    track_id: int
+    box: np.ndarray
+    keypoints: np.ndarray
+    keypoint_scores: np.ndarray
+    last_t: int
+    hits: dict = field(default_factory=dict)   # position in the frame list -> detection index
+
+    def score_sum(self, frames: list[FramePoses]) -> float:
+        return float(sum(frames[t].scores[d] for t, d in self.hits.items()))
+
+
+@dataclass
+class TrackedPoses:
+    """Tracks of one video over its sampled frames, rank-ordered (best first)."""
+
+    frame_inds: np.ndarray       # int32 (T,) source frame indices
+    keypoint: np.ndarray         # float32 (M, T, 17, 2), zeros where the person is not seen
+    keypoint_score: np.ndarray   # float32 (M, T, 17)
+    box_score: np.ndarray        # float32 (M, T) detection score, 0 where not seen
+    track_ids: np.ndarray        # int32 (M,) ids in order of first appearance
+
+    @property
+    def num_persons(self) -> int:
+        return int(self.keypoint.shape[0])
+
+
+def track_poses(frame_inds, frames: list[FramePoses], cfg: TrackingConfig) -> TrackedPoses:
+    """Greedy-online Hungarian tracking over frames in time order; returns the kept tracks."""
+    tracks: list[_Track] = []
+    for t, poses in enumerate(frames):
+        active = [tr for tr in tracks if t - tr.last_t <= cfg.max_missing + 1]
+        unmatched = set(range(len(poses)))
+        if active and len(poses):
+            boxes = np.stack([tr.box for tr in active])
+            sim = cfg.iou_weight * box_iou(boxes, poses.boxes)
+            if cfg.iou_weight < 1:
+                sim = sim + (1 - cfg.iou_weight) * keypoint_similarity(
+                    np.stack([tr.keypoints for tr in active]), np.stack([tr.keypoint_scores for tr in active]),
+                    boxes, poses.keypoints, poses.keypoint_scores)
+            rows, cols = linear_sum_assignment(-sim)
+            for r, c in zip(rows, cols):
+                if sim[r, c] < cfg.match_threshold:
+                    continue
+                tr = active[r]
+                tr.box, tr.keypoints, tr.keypoint_scores = poses.boxes[c], poses.keypoints[c], poses.keypoint_scores[c]
+                tr.last_t = t
+                tr.hits[t] = c
+                unmatched.discard(c)
+        for c in sorted(unmatched):
+            tracks.append(_Track(len(tracks), poses.boxes[c], poses.keypoints[c], poses.keypoint_scores[c], t, {t: c}))
+
+    kept = []
+    for tr in tracks:
+        n = len(tr.hits)
+        mean_score = tr.score_sum(frames) / n
+        if n >= cfg.min_track_len and mean_score >= cfg.min_track_score:
+            kept.append((n * mean_score, tr))
+    kept.sort(key=lambda x: (-x[0], x[1].track_id))
+    kept = [tr for _, tr in kept[: cfg.max_tracks]]
+
+    T, M = len(frames), len(kept)
+    keypoint = np.zeros((M, T, NUM_KEYPOINTS, 2), np.float32)
+    keypoint_score = np.zeros((M, T, NUM_KEYPOINTS), np.float32)
+    box_score = np.zeros((M, T), np.float32)
+    for m, tr in enumerate(kept):
+        for t, d in tr.hits.items():
+            keypoint[m, t] = frames[t].keypoints[d]
+            keypoint_score[m, t] = frames[t].keypoint_scores[d]
+            box_score[m, t] = frames[t].scores[d]
+    return TrackedPoses(np.asarray(frame_inds, np.int32), keypoint, keypoint_score, box_score,
+                        np.array([tr.track_id for tr in kept], np.int32))

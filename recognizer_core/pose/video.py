@@ -1,0 +1,211 @@
+"""Video decoding: probing, shard planning, and streamed frames (PyAV; OpenCV as a fallback).
+
+Frames are yielded one at a time, never a whole video in memory. A frame's index is its position on the
+video's own time line, round((t - start_time) * fps), so decoding a shard after a seek gives the same indices
+(and the same frame_stride selection) as decoding the whole file from the start.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+
+from recognizer_core.pose.sources import open_video_file
+
+
+class VideoDecodeError(RuntimeError):
+    """A video that cannot be opened or decoded; the message names the file."""
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    width: int
+    height: int
+    fps: float
+    num_frames: int      # container's count or an estimate from the duration; 0 when unknown
+    codec: str
+
+
+@dataclass(frozen=True)
+class Shard:
+    index: int
+    start: int
+    end: int | None      # None: decode to the end of the file (the last shard, whatever the estimate said)
+
+
+def probe_video(uri: str) -> VideoInfo:
+    import av
+
+    try:
+        with open_video_file(uri) as f, av.open(f) as container:
+            if not container.streams.video:
+                raise VideoDecodeError(f"{uri}: no video stream")
+            stream = container.streams.video[0]
+            fps = _stream_fps(stream)
+            num = int(stream.frames or 0)
+            if num <= 0 and fps > 0:
+                if stream.duration is not None and stream.time_base is not None:
+                    num = int(math.ceil(float(stream.duration * stream.time_base) * fps))
+                elif container.duration:
+                    num = int(math.ceil(container.duration / 1e6 * fps))
+            width, height = stream.codec_context.width, stream.codec_context.height
+            if not width or not height:
+                raise VideoDecodeError(f"{uri}: video stream has no frame size")
+            return VideoInfo(int(width), int(height), fps, num, stream.codec_context.name)
+    except VideoDecodeError:
+        raise
+    except Exception as err:  # av.error.* (InvalidDataError, ...), OSError from the filesystem
+        raise VideoDecodeError(f"{uri}: cannot open video: {type(err).__name__}: {err}") from None
+
+
+def _stream_fps(stream) -> float:
+    # guessed_rate (FFmpeg's r_frame_rate guess) is the nominal rate; average_rate is skewed by dropped
+    # frames or a long last frame (mmaction2's demo mp4: 28.05 average, 30 real).
+    rate = stream.guessed_rate or stream.average_rate or stream.base_rate
+    return float(rate) if rate else 0.0
+
+
+def plan_shards(num_frames: int, shard_frames: int) -> list[Shard]:
+    """Frame ranges of at most `shard_frames`; the last is open-ended because counts are often estimates."""
+    if num_frames <= shard_frames:
+        return [Shard(0, 0, None)]
+    starts = list(range(0, num_frames, shard_frames))
+    if num_frames - starts[-1] < shard_frames // 4 and len(starts) > 1:
+        starts.pop()  # fold a tiny tail into the previous shard
+    return [Shard(i, s, starts[i + 1] if i + 1 < len(starts) else None) for i, s in enumerate(starts)]
+
+
+def frame_stride_for(fps: float, frame_stride: int, target_fps: float) -> int:
+    if target_fps > 0 and fps > 0:
+        return max(1, int(round(fps / target_fps)))
+    return frame_stride
+
+
+def letterbox_params(height: int, width: int, input_size: tuple[int, int]) -> tuple[float, int, int]:
+    """(ratio, resized_h, resized_w) of RTMO's top-left letterbox (aspect kept), as rtmlib computes it."""
+    ratio = min(input_size[0] / height, input_size[1] / width)
+    return ratio, int(height * ratio), int(width * ratio)
+
+
+def pad_letterbox(resized: np.ndarray, input_size: tuple[int, int]) -> np.ndarray:
+    out = np.full((input_size[0], input_size[1], 3), 114, dtype=np.uint8)
+    out[: resized.shape[0], : resized.shape[1]] = resized
+    return out
+
+
+def letterbox(image_bgr: np.ndarray, input_size: tuple[int, int]) -> tuple[np.ndarray, float]:
+    """Letterbox one BGR uint8 image (bilinear resize by libswscale, pad 114, top-left). -> (image, ratio)."""
+    import av
+
+    ratio, nh, nw = letterbox_params(image_bgr.shape[0], image_bgr.shape[1], input_size)
+    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image_bgr), format="bgr24")
+    resized = frame.reformat(width=nw, height=nh, format="bgr24", interpolation="BILINEAR").to_ndarray()
+    return pad_letterbox(resized, input_size), ratio
+
+
+def _iter_pyav(uri: str, start: int, end: int | None, stride: int, input_size: tuple[int, int] | None,
+               by_time: bool) -> Iterator[tuple[int, np.ndarray]]:
+    import av
+
+    with open_video_file(uri) as f, av.open(f) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        fps = _stream_fps(stream)
+        tb = float(stream.time_base) if stream.time_base else 0.0
+        t0 = float(stream.start_time * stream.time_base) if stream.start_time is not None and tb else 0.0
+        if start > 0:
+            if fps <= 0 or tb <= 0:
+                raise VideoDecodeError(f"{uri}: cannot seek to frame {start}: no frame rate / time base")
+            container.seek(int((t0 + start / fps) / tb), stream=stream, backward=True, any_frame=False)
+        size = None
+        last = -1
+        for frame in container.decode(stream):
+            if not by_time:
+                idx = last + 1
+            elif frame.pts is not None and fps > 0 and tb > 0:
+                idx = int(round((frame.pts * tb - t0) * fps))
+            else:
+                raise VideoDecodeError(f"{uri}: frames carry no timestamps; cannot decode it in shards")
+            if idx <= last or idx < start:
+                continue  # frames before the seek target, or a repeated timestamp
+            if end is not None and idx >= end:
+                break
+            last = idx
+            if idx % stride:
+                continue
+            if input_size is None:
+                yield idx, frame.to_ndarray(format="bgr24")
+                continue
+            if size is None:
+                size = letterbox_params(frame.height, frame.width, input_size)
+            resized = frame.reformat(width=size[2], height=size[1], format="bgr24",
+                                     interpolation="BILINEAR").to_ndarray()
+            yield idx, pad_letterbox(resized, input_size)
+
+
+def _iter_opencv(uri: str, start: int, end: int | None, stride: int, input_size: tuple[int, int] | None,
+                 by_time: bool) -> Iterator[tuple[int, np.ndarray]]:
+    try:
+        import cv2
+    except ImportError:
+        raise VideoDecodeError(f"{uri}: OpenCV fallback requested but opencv-python is not installed") from None
+    if "://" in uri:
+        raise VideoDecodeError(f"{uri}: the OpenCV fallback reads local files only")
+    cap = cv2.VideoCapture(uri)
+    if not cap.isOpened():
+        raise VideoDecodeError(f"{uri}: OpenCV cannot open the video")
+    try:
+        if start:
+            cap.set(cv2.CAP_PROP_POS_FRAMES, start)
+        idx = start
+        while end is None or idx < end:
+            ok, image = cap.read()
+            if not ok:
+                break
+            if idx % stride == 0:
+                if input_size is not None:
+                    ratio, nh, nw = letterbox_params(image.shape[0], image.shape[1], input_size)
+                    image = pad_letterbox(cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR), input_size)
+                yield idx, image
+            idx += 1
+    finally:
+        cap.release()
+
+
+def iter_frames(uri: str, start: int = 0, end: int | None = None, stride: int = 1,
+                input_size: tuple[int, int] | None = None, backend: str = "pyav",
+                by_time: bool | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield (frame_index, BGR uint8 image) for frames start <= index < end with index % stride == 0.
+
+    Frame indices count decoded frames, which is robust to broken timestamps (AVI). A video decoded in
+    shards (`by_time=True`, the default when start > 0 or end is set) indexes frames by timestamp instead,
+    round((t - start_time) * fps), so every shard agrees on indices and on the stride selection; for a
+    constant-frame-rate file the two are equal. All shards of one video must use the same mode.
+    With `input_size` the image is RTMO's letterboxed model input (input_size[0], input_size[1], 3);
+    otherwise the original frame. PyAV errors before the first frame fall back to OpenCV when it is
+    installed; errors later end the stream as a truncated video would (the frames so far are kept).
+    """
+    if by_time is None:
+        by_time = start > 0 or end is not None
+    if start > 0 and not by_time:
+        raise ValueError("decoding from start > 0 needs by_time=True")
+    decoders = [_iter_pyav, _iter_opencv] if backend == "pyav" else [_iter_opencv, _iter_pyav]
+    errors = []
+    for decode in decoders:
+        produced = 0
+        try:
+            for item in decode(uri, start, end, stride, input_size, by_time):
+                produced += 1
+                yield item
+            return
+        except VideoDecodeError as err:
+            if produced:
+                raise
+            errors.append(str(err))
+        except Exception as err:  # av.error.*: corrupt data mid-stream
+            if produced:
+                return  # truncated / damaged tail: keep what was decoded
+            errors.append(f"{uri}: {type(err).__name__}: {err}")
+    raise VideoDecodeError("; ".join(errors))

@@ -1,0 +1,102 @@
+"""Video listing: folder layouts, CSV manifests, labels; config validation; --help lists every field."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from recognizer_core.config import ConfigError, describe_fields, load_config
+from recognizer_core.pose.config import DatasetBuildConfig, ExtractionConfig, SourceConfig
+from recognizer_core.pose.manifest import DONE, FAILED, ExtractionManifest
+from recognizer_core.pose.sources import SourceError, label_index, list_videos
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _touch(root: Path, rel: str, data: bytes = b"x") -> None:
+    (root / rel).parent.mkdir(parents=True, exist_ok=True)
+    (root / rel).write_bytes(data)
+
+
+def test_folder_layouts(tmp_path):
+    for rel in ("train/Fight/a.avi", "train/NonFight/b.mp4", "val/Fight/c.MKV", "Falldown/d.mp4",
+                "x/y/Normal/e.mp4", "notes.txt"):
+        _touch(tmp_path, rel)
+    videos = list_videos(SourceConfig(input=str(tmp_path)))
+    got = {v.rel_path: (v.label_name, v.split) for v in videos}
+    assert got == {"train/Fight/a.avi": ("Fight", "train"), "train/NonFight/b.mp4": ("NonFight", "train"),
+                   "val/Fight/c.MKV": ("Fight", "val"), "Falldown/d.mp4": ("Falldown", ""),
+                   "x/y/Normal/e.mp4": ("Normal", "")}
+    assert len({v.video_id for v in videos}) == 5
+    assert label_index(videos, []) == ["Falldown", "Fight", "NonFight", "Normal"]
+    with pytest.raises(SourceError, match="lacks labels"):
+        label_index(videos, ["Fight", "NonFight"])
+    assert len(list_videos(SourceConfig(input=str(tmp_path), limit=2))) == 2
+    with pytest.raises(SourceError, match="not a folder"):
+        list_videos(SourceConfig(input=str(tmp_path / "nope")))
+
+
+def test_csv_manifest_and_keys(tmp_path):
+    _touch(tmp_path, "v/a.mp4", b"abc")
+    _touch(tmp_path, "v/b.mp4")
+    (tmp_path / "m.csv").write_text(f"path,label,split\nv/a.mp4,Fight,val\n{tmp_path}/v/b.mp4,NonFight,\n")
+    videos = list_videos(SourceConfig(manifest_csv=str(tmp_path / "m.csv")))
+    assert [(v.rel_path, v.label_name, v.split, v.size) for v in videos] == [
+        ("v/a.mp4", "Fight", "val", 3), (f"{tmp_path}/v/b.mp4", "NonFight", "", 1)]
+    key = videos[0].key
+    _touch(tmp_path, "v/a.mp4", b"abcd")  # an edited file is a new key
+    assert list_videos(SourceConfig(manifest_csv=str(tmp_path / "m.csv")))[0].key != key
+    (tmp_path / "bad.csv").write_text("file,class\nx,y\n")
+    with pytest.raises(SourceError, match="path,label"):
+        list_videos(SourceConfig(manifest_csv=str(tmp_path / "bad.csv")))
+    (tmp_path / "missing.csv").write_text("path,label\nv/zzz.mp4,Fight\n")
+    with pytest.raises(SourceError, match="zzz.mp4: video not found"):
+        list_videos(SourceConfig(manifest_csv=str(tmp_path / "missing.csv")))
+
+
+def test_manifest_ignores_torn_lines_and_missing_outputs(tmp_path):
+    m = ExtractionManifest(tmp_path)
+    (tmp_path / "clips").mkdir()
+    (tmp_path / "clips/a.parquet").write_bytes(b"x")
+    m.record(DONE, "k1", output="clips/a.parquet")
+    m.record(DONE, "k2", output="clips/gone.parquet")
+    m.record(FAILED, "k3", reason="bad")
+    with open(m.path(DONE), "a") as f:
+        f.write('{"key": "k4", "outp')          # a job killed mid-write
+    m2 = ExtractionManifest(tmp_path)
+    assert [m2.status(k) for k in ("k1", "k2", "k3", "k4")] == [DONE, None, FAILED, None]
+
+
+def test_config_errors_and_help():
+    with pytest.raises(ConfigError, match="source.input or source.manifest_csv"):
+        load_config(ExtractionConfig)
+    with pytest.raises(ConfigError, match="model.onnx.device_id: unknown field"):
+        load_config(ExtractionConfig, overrides=["source.input=x", "model.onnx.device_id=0"])
+    with pytest.raises(ConfigError, match="split.ratios"):
+        load_config(DatasetBuildConfig, overrides=["split.ratios=[0.5,0.5,0.5]"])
+    cfg = load_config(ExtractionConfig, REPO / "configs/extraction.yaml", ["source.input=/videos"])
+    assert cfg.model.inference_mode == "onnx" and cfg.model.nms_threshold == 0.45
+    out = subprocess.run([sys.executable, str(REPO / "rayjobs/extract_poses.py"), "--help"], capture_output=True,
+                         text=True, check=True).stdout
+    for line in describe_fields(ExtractionConfig):
+        name = line.strip().split(" ")[0].rstrip(":")
+        assert name in out, name
+    out = subprocess.run([sys.executable, str(REPO / "rayjobs/build_dataset.py"), "--help"], capture_output=True,
+                         text=True, check=True).stdout
+    assert "window.clip_len" in out and "split.ratios" in out and "write_pkl" in out
+
+
+def test_uri_source_lists_and_decodes(tmp_path):
+    import numpy as np
+
+    from fakes.fake_rtmo import write_marker_video
+    from recognizer_core.pose.video import iter_frames, probe_video
+
+    write_marker_video(tmp_path / "val/Fight/a.mp4", [np.full((6, 2), 40.0)])
+    (v,) = list_videos(SourceConfig(input=f"file://{tmp_path}"))
+    assert v.uri == f"file://{tmp_path}/val/Fight/a.mp4" and (v.label_name, v.split) == ("Fight", "val")
+    assert probe_video(v.uri).num_frames == 6 and len(list(iter_frames(v.uri))) == 6
+    with pytest.raises(SourceError, match="nosuchscheme"):
+        list_videos(SourceConfig(input="nosuchscheme://bucket/videos"))
