@@ -1,0 +1,85 @@
+"""Shared bits of the benchmarks: the mmaction2 side-venv worker client, machine description, medians."""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import statistics
+import subprocess
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+MMACTION_PY = Path(os.environ.get("BENCH_MMACTION_PY", REPO / ".bench_venv_mmaction2" / "bin" / "python"))
+WORKER = Path(__file__).with_name("mmaction_worker.py")
+
+
+def machine() -> str:
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{os.cpu_count()}-core CPU ({platform.machine()}), {gpu}"
+
+
+def now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def median(xs: list[float]) -> float:
+    return float(statistics.median(xs))
+
+
+class MMWorker:
+    """The mmaction2 process (bench/mmaction_worker.py under the side venv), one JSON command at a time."""
+
+    def __init__(self) -> None:
+        env = dict(os.environ, PYTHONWARNINGS="ignore")
+        self.proc = subprocess.Popen([str(MMACTION_PY), str(WORKER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, text=True, env=env)
+        self.info = self._read()
+
+    @staticmethod
+    def available() -> tuple[bool, str]:
+        if not MMACTION_PY.exists():
+            return False, f"{MMACTION_PY} missing: run bash bench/setup_mmaction2_venv.sh"
+        return True, ""
+
+    def _read(self) -> dict:
+        for line in self.proc.stdout:
+            if line.startswith("@@RESULT "):
+                result = json.loads(line[len("@@RESULT "):])
+                if "error" in result:
+                    raise RuntimeError(f"mmaction2 worker: {result['error']}")
+                return result
+        raise RuntimeError(f"mmaction2 worker exited (code {self.proc.wait()})")
+
+    def call(self, cmd: str, **kwargs) -> dict:
+        self.proc.stdin.write(json.dumps({"cmd": cmd, **kwargs}) + "\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.write('{"cmd": "quit"}\n')
+                self.proc.stdin.flush()
+                self.proc.wait(timeout=30)
+            except (BrokenPipeError, subprocess.TimeoutExpired):
+                self.proc.kill()
+
+    def __enter__(self) -> "MMWorker":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def save_result(result: dict, out: str | None) -> None:
+    """Print the one JSON line; also append it to `out` (a .jsonl under bench/results/) when given."""
+    line = json.dumps(result, sort_keys=False)
+    print(line, flush=True)
+    if out:
+        path = Path(out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a") as f:
+            f.write(line + "\n")
