@@ -1,0 +1,110 @@
+"""Train the DINO pose model (frozen DINOv2/DINOv3 + stem + UNet heatmap head) on COCO keypoints with Ray Train.
+
+    python rayjobs/train_dino_pose.py \
+        --train_image_dir /coco/images/train2017 \
+        --train_annotation_file /coco/annotations/person_keypoints_train2017.json \
+        --val_image_dir /coco/images/val2017 \
+        --val_annotation_file /coco/annotations/person_keypoints_val2017.json \
+        --model_name facebook/dinov2-base --image_size 512 512 --heatmap_size 512 512 \
+        --lr 1e-4 --batch_size 16 --epochs 100 --num_workers 4 --checkpoint_dir checkpoints_human_pose \
+        --set scaling.num_workers=4          # 4 GPUs (DDP)
+
+The guide's flags are shortcuts for config fields (file < flags < --set). The run folder is
+checkpoint_dir/run.name: Ray Train checkpoints (best by val/AP + latest), logs/ (TensorBoard, W&B offline,
+vis/*.png skeletons), config.yaml, and after the run best_model.pth and latest_checkpoint.pth. Re-running the
+same command continues from the latest checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from recognizer_core.config import ConfigError, add_config_args, config_from_args, dump_config  # noqa: E402
+from recognizer_core.train.dino_pose_config import DinoPoseJobConfig  # noqa: E402
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "dino_pose_base.yaml"
+# The DINO pose guide's train_human_pose.py flags -> config fields.
+GUIDE_FLAGS = {
+    "train_image_dir": "data.train_image_dir", "train_annotation_file": "data.train_annotation_file",
+    "val_image_dir": "data.val_image_dir", "val_annotation_file": "data.val_annotation_file",
+    "model_name": "model.backbone", "image_size": "data.image_size", "heatmap_size": "data.heatmap_size",
+    "lr": "optim.lr", "batch_size": "train.batch_size", "epochs": "train.epochs", "num_workers": "data.num_workers",
+    "checkpoint_dir": "run.storage_path", "wandb_project": "wandb.project", "wandb_run_name": "wandb.run_name",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_config_args(parser, DinoPoseJobConfig, default_config=str(DEFAULT_CONFIG))
+    g = parser.add_argument_group("the DINO pose guide's flags (shortcuts for config fields)")
+    for flag in ("train_image_dir", "train_annotation_file", "val_image_dir", "val_annotation_file", "model_name",
+                 "checkpoint_dir", "wandb_project", "wandb_run_name"):
+        g.add_argument(f"--{flag}", help=GUIDE_FLAGS[flag])
+    g.add_argument("--image_size", type=int, nargs=2, metavar=("H", "W"), help="data.image_size")
+    g.add_argument("--heatmap_size", type=int, nargs=2, metavar=("H", "W"), help="data.heatmap_size")
+    g.add_argument("--lr", type=float, help="optim.lr")
+    for flag in ("batch_size", "epochs", "num_workers"):
+        g.add_argument(f"--{flag}", type=int, help=GUIDE_FLAGS[flag])
+    parser.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
+    return parser
+
+
+def guide_overrides(args: argparse.Namespace) -> list[str]:
+    out = []
+    for flag, field in GUIDE_FLAGS.items():
+        value = getattr(args, flag)
+        if value is not None:
+            out.append(f"{field}={json.dumps(value)}")  # JSON is YAML: paths stay strings, sizes stay lists
+    if args.wandb_project or args.wandb_run_name:
+        out.append("wandb.enabled=true")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    args.overrides = guide_overrides(args) + list(args.overrides)
+    try:
+        cfg = config_from_args(DinoPoseJobConfig, args)
+        cfg.require_data()
+    except (ConfigError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+    import ray.train
+
+    from recognizer_core.train.dino_pose_ray import build_trainer, export_checkpoints, resolve_paths
+
+    if not ray.is_initialized():
+        ray.init(address=args.address, log_to_driver=True)
+    cfg = resolve_paths(cfg)
+    try:
+        trainer = build_trainer(cfg)
+    except (ConfigError, ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    run_dir = Path(cfg.run.storage_path) / cfg.run.name
+    if "://" not in cfg.run.storage_path:
+        dump_config(cfg, run_dir / "config.yaml")
+    try:
+        result = trainer.fit()
+    except ray.train.TrainingFailedError as err:  # Ray Train V2 raises what the workers raised
+        print(json.dumps({"run_dir": str(run_dir), "error": repr(err)}))
+        return 1
+    exported = export_checkpoints(result, run_dir) if "://" not in cfg.run.storage_path else {}
+    metrics = result.metrics or {}
+    print(json.dumps({
+        "run_dir": str(run_dir), "epoch": metrics.get("epoch"),
+        **{k: metrics.get(k) for k in ("train/loss", "val/loss", "val/AP", "val/AP50", "val/AR", "best/AP")},
+        **exported, "latest_ray_checkpoint": result.checkpoint.path if result.checkpoint else None,
+    }))
+    return 0
+
+if __name__ == "__main__":
+    sys.exit(main())

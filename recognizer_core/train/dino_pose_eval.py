@@ -1,0 +1,112 @@
+"""Validation of the DINO pose model: sharded inference (optionally flip-averaged), gathered COCO keypoint AP on
+rank 0, the same metrics broadcast to every rank, and a PNG of predicted skeletons."""
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from recognizer_core.coco_pose.dataset import CocoPoseDataset, denormalize
+from recognizer_core.coco_pose.evaluate import coco_results, evaluate_keypoints, flip_back, \
+    heatmaps_to_image_keypoints, oks_nms
+from recognizer_core.coco_pose.heatmaps import decode_heatmaps, heatmap_to_input, render_heatmaps
+from recognizer_core.coco_pose.visualize import draw_pose_grid
+from recognizer_core.models.dino_heads import weighted_heatmap_mse
+from recognizer_core.models.dino_pose import KEYPOINT_HEAD
+
+
+def target_batch(batch: dict, cfg, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(heatmaps (B, K, Hh, Wh), weights (B, K)) on `device` for a batch of a `with_heatmaps=False` dataset."""
+    weight = batch["target_weight"].to(device, non_blocking=True)
+    mu = batch["target_keypoints"].to(device, non_blocking=True)
+    return render_heatmaps(mu, weight, tuple(cfg.data.heatmap_size), cfg.data.heatmap_sigma), weight
+
+
+def predict_heatmaps(model, images: torch.Tensor, *, flip_test: bool, amp_dtype) -> torch.Tensor:
+    autocast = torch.autocast(images.device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
+    with torch.no_grad(), autocast:
+        hm = model(images)[KEYPOINT_HEAD].float()
+        if flip_test:
+            hm = 0.5 * (hm + flip_back(model(images.flip(-1))[KEYPOINT_HEAD].float()))
+    return hm
+
+
+def _gather(obj, world_size: int) -> list:
+    if world_size > 1 and dist.is_initialized():
+        out = [None] * world_size
+        dist.all_gather_object(out, obj)
+        return out
+    return [obj]
+
+
+def validate(model, loader, dataset: CocoPoseDataset, *, cfg, ctx, amp_dtype, logger, epoch: int,
+             step: int) -> dict[str, float]:
+    """-> {"val/loss", "val/AP", "val/AP50", "val/AP75", "val/AR"}, identical on every rank. `model` is the plain
+    module (no DDP: eval needs no gradient sync, and ranks may run different numbers of batches)."""
+    was_training = model.training
+    model.eval()
+    size = tuple(cfg.data.image_size)
+    with_targets = cfg.data.val_bbox_file is None  # detection boxes have no target heatmaps
+    loss_sum, count = 0.0, 0
+    preds = {"index": [], "image_id": [], "keypoints": [], "scores": [], "box_score": []}
+    vis_imgs, vis_pred, vis_gt = [], [], []
+    for batch in loader:
+        images = batch["image"].to(ctx.device)
+        hm = predict_heatmaps(model, images, flip_test=cfg.train.flip_test, amp_dtype=amp_dtype)
+        if with_targets:
+            target, weight = target_batch(batch, cfg, ctx.device)
+            loss = weighted_heatmap_mse(hm, target, weight)
+            loss_sum += float(loss) * len(images)
+            count += len(images)
+        kps, scores = heatmaps_to_image_keypoints(hm, batch["crop_to_image"].numpy(), size,
+                                                  blur_sigma=cfg.data.heatmap_sigma)
+        preds["index"].append(batch["index"].numpy())
+        preds["image_id"].append(batch["image_id"].numpy())
+        preds["keypoints"].append(kps)
+        preds["scores"].append(scores)
+        preds["box_score"].append(batch["bbox_score"].numpy())
+        want = cfg.train.vis_num_images - len(vis_imgs)
+        if ctx.rank == 0 and want > 0:
+            coords, sc = decode_heatmaps(hm[:want], cfg.data.heatmap_sigma)
+            in_crop = heatmap_to_input(coords, size, tuple(hm.shape[-2:]))
+            for j in range(len(in_crop)):
+                vis_imgs.append(denormalize(batch["image"][j], cfg.data))
+                vis_pred.append(np.concatenate([in_crop[j], sc[j][:, None]], axis=1))
+                vis_gt.append(batch["keypoints"][j].numpy() if with_targets else None)
+    local = {k: (np.concatenate(v) if v else np.zeros((0,))) for k, v in preds.items()}
+    local["loss"] = (loss_sum, count)
+    gathered = _gather(local, ctx.world_size)
+    metrics = None
+    if ctx.rank == 0:
+        metrics = _score(gathered, dataset, cfg)
+        if vis_imgs:
+            png = draw_pose_grid(vis_imgs, vis_pred, vis_gt, ctx.log_dir / "vis" / f"val_epoch{epoch + 1:03d}.png",
+                                 score_threshold=cfg.train.keypoint_score_threshold,
+                                 title=f"epoch {epoch + 1}: AP {metrics['val/AP']:.3f} (colour: predicted, "
+                                       "white: ground truth)")
+            logger.log_image("val/skeletons", png, step)
+    if ctx.world_size > 1 and dist.is_initialized():
+        box = [metrics]
+        dist.broadcast_object_list(box, src=0)
+        metrics = box[0]
+    model.train(was_training)
+    return metrics
+
+
+def _score(gathered: list[dict], dataset: CocoPoseDataset, cfg) -> dict[str, float]:
+    parts = [g for g in gathered if len(g["index"])]
+    loss_sum = sum(g["loss"][0] for g in gathered)
+    count = sum(g["loss"][1] for g in gathered)
+    if not parts:
+        raise ValueError(f"{dataset.annotation_file}: validation produced no predictions")
+    cat = {k: np.concatenate([g[k] for g in parts]) for k in ("index", "image_id", "keypoints", "scores", "box_score")}
+    order = np.argsort(cat["index"], kind="stable")
+    results = coco_results(cat["image_id"][order], cat["keypoints"][order], cat["scores"][order],
+                           cat["box_score"][order], keypoint_score_threshold=cfg.train.keypoint_score_threshold)
+    if cfg.data.val_bbox_file is not None:
+        results = oks_nms(results, cfg.train.oks_nms_threshold)
+    stats = evaluate_keypoints(dataset.coco, results)
+    return {"val/loss": loss_sum / count if count else float("nan"), "val/AP": stats["AP"],
+            "val/AP50": stats["AP50"], "val/AP75": stats["AP75"], "val/AR": stats["AR"]}
