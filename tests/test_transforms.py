@@ -188,6 +188,25 @@ def test_prepare_batch_shapes_labels_and_inputs():
         assert yo.tolist() == y.tolist()
 
 
+@pytest.mark.parametrize("chunk_bytes", [1, 200_000, transforms.CHUNK_BYTES])
+@pytest.mark.parametrize("num_clips", [1, 2])
+def test_prepare_batch_runs_equal_per_sample(monkeypatch, chunk_bytes, num_clips):
+    """Clips are computed in runs (cut by size and dtype; in place or scattered): each equals its own test_sample."""
+    monkeypatch.setattr(transforms, "CHUNK_BYTES", chunk_bytes)
+    clips = [_clip(m, t, seed=i) for i, (m, t) in enumerate([(3, 80), (1, 45), (5, 130), (0, 12), (2, 60), (4, 90)])]
+    clips[4].keypoint = clips[4].keypoint.astype(np.float16)  # another dtype: its own run, in float16
+    full = [_clip(2, 70, seed=7), _clip(3, 50, seed=8)]  # every person kept: rows fill out in order
+    cfg = PipelineConfig(feats=["bm", "j", "jm", "b"], clip_len=24, num_person=2, test_num_clips=num_clips)
+    for batch in (clips, full):
+        x, _ = prepare_batch(batch, cfg, train=False)
+        again, _ = prepare_batch(full, cfg, train=False)  # work arrays are reused: earlier outputs stay intact
+        for i, c in enumerate(batch):
+            one, _ = transforms.test_sample(c.keypoint, c.keypoint_score, c.img_shape, cfg)
+            np.testing.assert_array_equal(x[i].numpy(), one, err_msg=f"clip {i}")
+        if batch is clips:
+            assert (x[3] == 0).all()  # no persons: all padding
+
+
 def test_prepare_batch_all_zero_skeleton_has_no_nan():
     clip = _clip(2, 50)
     clip.keypoint[:] = 0

@@ -48,6 +48,9 @@ def sample_affine(rng: np.random.Generator, n: int, aspect: np.ndarray,
 
 
 def apply_affine(x: np.ndarray, y: np.ndarray, a: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """One sample's x, y coordinate planes -> (x', y') = a @ (x, y) + t, with a (2, 2), t (2,) from sample_affine."""
+    """x, y coordinate planes -> (x', y') = a @ (x, y) + t, with a (..., 2, 2), t (..., 2) from sample_affine.
+
+    One sample's a (2, 2), t (2,); or per-row a[..., i, j], t[..., i] that broadcast against x, y (a batch).
+    """
     a, t = a.astype(x.dtype), t.astype(x.dtype)
-    return a[0, 0] * x + a[0, 1] * y + t[0], a[1, 0] * x + a[1, 1] * y + t[1]
+    return a[..., 0, 0] * x + a[..., 0, 1] * y + t[..., 0], a[..., 1, 0] * x + a[..., 1, 1] * y + t[..., 1]

@@ -9,13 +9,15 @@ bitwise (tests/test_transforms_parity.py checks the golden outputs). Train mode 
 (mmaction2's train-mode UniformSampleFrames regimes, from a caller's np.random.Generator) and applies the
 augmentations of `augment.py`. The work differs from mmaction2's order: frame indices first (cached in
 test mode), then only the sampled frames (and their successors, for motion) of the first num_person persons
-are gathered, normalised and turned into features with whole-array NumPy ops, written straight into the
-batch array. No per-frame Python: bench/bench_pipeline.py measures it against mmaction2.
+of a run of clips are gathered into one work array, normalised and turned into features with a few
+whole-array NumPy ops per run (see `_run`). No per-frame Python, and per-clip Python only for the gather:
+bench/bench_pipeline.py measures it against mmaction2.
 """
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from functools import lru_cache
 from typing import Any, Literal, Sequence
 
 import numpy as np
@@ -25,10 +27,12 @@ from pydantic import Field, field_validator, model_validator
 from recognizer_core.config import StrictModel
 from recognizer_core.skeleton.augment import apply_affine, sample_affine
 from recognizer_core.skeleton.clip import DTYPE_KEY
-from recognizer_core.skeleton.features import BONES_BY_DATASET, normalize_2d, skeleton_features
+from recognizer_core.skeleton.features import BONES_BY_DATASET, half_image, scratch, skeleton_features
 from recognizer_core.skeleton.sampling import test_frame_indices, train_frame_indices
 
 Feat = Literal["j", "b", "jm", "bm"]
+# Work arrays of one run of clips (bytes): ~L2-sized, measured fastest (bench/bench_pipeline.py).
+CHUNK_BYTES = 1 << 22
 
 
 class PipelineConfig(StrictModel):
@@ -84,8 +88,12 @@ class PipelineConfig(StrictModel):
         return bool(self.random_rescale is not None or self.random_shift or self.random_rotate)
 
 
-def _field(clip: Any, name: str) -> Any:
-    if isinstance(clip, Mapping):
+def _is_mapping(clip: Any) -> bool:
+    return isinstance(clip, dict) or isinstance(clip, Mapping)  # dict first: the ABC check costs ~1 us
+
+
+def _field(clip: Any, name: str, is_map: bool) -> Any:
+    if is_map:
         if name not in clip:
             raise KeyError(f"annotation is missing {name!r}")
         return clip[name]
@@ -93,15 +101,15 @@ def _field(clip: Any, name: str) -> Any:
 
 
 def _clip_name(clip: Any) -> str:
-    name = clip.get("frame_dir") if isinstance(clip, Mapping) else getattr(clip, "clip_id", None)
+    name = clip.get("frame_dir") if _is_mapping(clip) else getattr(clip, "clip_id", None)
     return f"clip {name!r}" if name else "clip"
 
 
-def _clip_arrays(clip: Any) -> tuple[Any, Any]:
-    kp, sc = _field(clip, "keypoint"), _field(clip, "keypoint_score")
+def _clip_arrays(clip: Any, is_map: bool) -> tuple[Any, Any]:
+    kp, sc = _field(clip, "keypoint", is_map), _field(clip, "keypoint_score", is_map)
     # A SkeletonClip read from a PYSKL float16 pkl holds float32 copies and remembers the file's dtypes;
     # mmaction2 normalises in the file's dtype, so cast back (float16 -> float32 -> float16 is exact).
-    dtypes = (getattr(clip, "extra", None) or {}).get(DTYPE_KEY) if not isinstance(clip, Mapping) else None
+    dtypes = None if is_map else (getattr(clip, "extra", None) or {}).get(DTYPE_KEY)
     if isinstance(dtypes, Mapping):
         kp = np.asarray(kp).astype(dtypes.get("keypoint", np.asarray(kp).dtype), copy=False)
         sc = np.asarray(sc).astype(dtypes.get("keypoint_score", np.asarray(sc).dtype), copy=False)
@@ -134,65 +142,120 @@ def _checked_shape(img_shape: Any, where: str = "clip") -> tuple[float, float]:
     return h, w
 
 
-def _gather(kp: np.ndarray, sc: np.ndarray, img_shape: tuple[float, float], inds: np.ndarray, m: int):
-    """x, y, score planes (m, len(inds), V) of the first m persons, PreNormalize2D-ed, in the joint dtype."""
-    x, y = normalize_2d(kp[:m].take(inds, axis=1), img_shape)  # take: ~5x faster than kp[:m, inds]
-    s = sc[:m].take(inds, axis=1)
-    jd = np.result_type(x.dtype, s.dtype)  # GenSkeFeat concatenates keypoint and score
-    return x.astype(jd, copy=False), y.astype(jd, copy=False), s.astype(jd, copy=False)
+@lru_cache(maxsize=64)
+def _half_image_tiled(h: float, w: float, frames: int, v: int, dtype: str) -> np.ndarray:
+    """(W/2, H/2) repeated over (frames, V, 2): normalising a clip is then two whole-array ops (read-only)."""
+    tiled = np.broadcast_to(half_image((h, w), np.dtype(dtype)), (frames, v, 2)).copy()
+    tiled.setflags(write=False)
+    return tiled
 
 
-def _run(items: Sequence[tuple[np.ndarray, np.ndarray, tuple[float, float]]], inds_list: Sequence[np.ndarray],
-         cfg: PipelineConfig, num_clips: int, rng: np.random.Generator | None) -> np.ndarray:
+Items = Sequence[tuple[np.ndarray, np.ndarray, tuple[float, float]]]  # (keypoint, keypoint_score, (H, W))
+
+
+def _run(items: Items, inds_list: Sequence[np.ndarray], cfg: PipelineConfig, num_clips: int,
+         rng: np.random.Generator | None, non_finite: list[int] | None = None) -> np.ndarray:
     """Features for a batch: float32 (N, num_clips, num_person, clip_len, V, C).
 
-    Clip by clip into a zeroed batch array: only the sampled frames (+ successors for motion) of the first
-    num_person persons are gathered, and padding persons are never computed (they are the zeros already
-    there, as FormatGCNInput pads). Per-clip arrays stay cache-sized; measured faster than one pass over
-    the padded batch (bench/bench_pipeline.py).
+    The sampled frames (+ successors for motion) of the first num_person persons of a run of clips are
+    gathered into (rows, frames, V, 2|.) work arrays, one row per kept person, and the features of all rows are
+    computed at once. Runs are cut at CHUNK_BYTES of work arrays so the Python cost per run is amortised while
+    the arrays stay in cache; the arrays are reused (fresh multi-MB temporaries per batch cost more in page
+    faults than the arithmetic). Padding persons are never computed (zeros, as FormatGCNInput pads). Clips
+    whose keypoint / score dtypes differ from the run's start a new run, computed in their own dtypes.
+    non_finite: if given, the indices of clips with NaN / inf features are appended to it.
     """
-    n, mp, cl = len(items), cfg.num_person, cfg.clip_len
-    length = num_clips * cl
+    n, mp = len(items), cfg.num_person
     v = items[0][0].shape[2]
-    motion = any(f in ("jm", "bm") for f in cfg.feats)
-    out = np.zeros((n, num_clips, mp, cl, v, cfg.in_channels), dtype=np.float32)
+    out = np.empty((n, num_clips, mp, cfg.clip_len, v, cfg.in_channels), dtype=np.float32)
     affine = None
     if rng is not None and cfg.augments:
         aspect = np.array([w / h for _, _, (h, w) in items])
         affine = sample_affine(rng, n, aspect, cfg.random_rescale, cfg.random_rotate, cfg.random_shift)
-
-    for i, ((kp, sc, shape), inds) in enumerate(zip(items, inds_list)):
+    motion = "jm" in cfg.feats or "bm" in cfg.feats
+    row_bytes = (2 if motion else 1) * num_clips * cfg.clip_len * v * (6 + 2 * len(cfg.feats)) * 4
+    max_rows = max(1, CHUNK_BYTES // row_bytes)
+    run: list[int] = []
+    rows, dtypes = 0, None
+    for i, (kp, sc, _) in enumerate(items):
         if kp.shape[2] != v:
             raise ValueError(f"all clips in a batch need the same joint count, got {kp.shape[2]} and {v}")
         m = min(kp.shape[0], mp)  # FormatGCNInput keeps the first num_person persons
+        if m < mp:
+            out[i, :, m:] = 0  # FormatGCNInput's zero padding
         if m == 0:
             continue
-        t = kp.shape[1]
-        # Motion needs each sampled frame's successor (clamped; has_next zeroes the last frame's motion).
-        frames = np.concatenate([inds, np.minimum(inds + 1, t - 1)]) if motion else inds
-        x, y, s = _gather(kp, sc, shape, frames, m)
-        if affine is not None:
-            x, y = apply_affine(x, y, affine[0][i], affine[1][i])
-
-        def clip_major(p: np.ndarray) -> np.ndarray:  # (m, num_clips * cl, V) -> (num_clips, m, cl, V), a view
-            return p.reshape(m, num_clips, cl, v).transpose(1, 0, 2, 3)
-
-        kwargs = {}
-        if motion:
-            kwargs = dict(next_joints=(clip_major(x[:, length:]), clip_major(y[:, length:]), clip_major(s[:, length:])),
-                          has_next=(inds < t - 1).reshape(num_clips, 1, cl))
-        joints = (clip_major(x[:, :length]), clip_major(y[:, :length]), clip_major(s[:, :length]))
-        skeleton_features(joints, cfg.feats, cfg.dataset, out=out[i, :, :m], **kwargs)
+        if run and (rows + m > max_rows or (kp.dtype, sc.dtype) != dtypes):
+            _run_rows(items, inds_list, run, cfg, num_clips, affine, out, non_finite)
+            run, rows = [], 0
+        run.append(i)
+        rows, dtypes = rows + m, (kp.dtype, sc.dtype)
+    if run:
+        _run_rows(items, inds_list, run, cfg, num_clips, affine, out, non_finite)
     return out
 
 
-def _check_finite(x: np.ndarray, clips: Sequence[Any]) -> None:
-    # mmaction2 passes NaN/inf through to the loss; name the clip instead (SkeletonClip.validate's
-    # nan_policy='zero' is the way to keep such clips).
-    if not np.isfinite(x).all():
-        bad = [_clip_name(clips[i]) for i in np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(axis=1))]
-        raise ValueError(f"prepare_batch: non-finite keypoint or keypoint_score in {', '.join(bad)} "
-                         "(clean with SkeletonClip.validate(nan_policy='zero'))")
+def _run_rows(items: Items, inds_list: Sequence[np.ndarray], clips: list[int], cfg: PipelineConfig, num_clips: int,
+              affine: tuple[np.ndarray, np.ndarray] | None, out: np.ndarray, non_finite: list[int] | None) -> None:
+    """Gather, normalise, (augment) and compute the features of `clips` (same dtypes), into out."""
+    mp, cl, c = cfg.num_person, cfg.clip_len, cfg.in_channels
+    kdt, sdt = items[clips[0]][0].dtype, items[clips[0]][1].dtype
+    v = out.shape[-2]
+    motion = "jm" in cfg.feats or "bm" in cfg.feats
+    frames_per_row = (2 if motion else 1) * num_clips * cl
+    persons = [min(items[i][0].shape[0], mp) for i in clips]
+    rows = sum(persons)
+    kp_rows = scratch("kp", (rows, frames_per_row, v, 2), kdt)
+    sc_rows = scratch("score", (rows, frames_per_row, v), sdt)
+    frames, has_next = [inds_list[i] for i in clips], None
+    if motion:  # each sampled frame's successor too (clamped; has_next zeroes the last frame's motion)
+        inds = np.stack(frames)
+        last_frame = np.array([items[i][0].shape[1] - 1 for i in clips])[:, None]
+        has_next = np.repeat((inds < last_frame).reshape(len(clips), num_clips, cl), persons, axis=0)
+        frames = np.concatenate([inds, np.minimum(inds + 1, last_frame)], axis=1)
+    r = 0
+    for i, m, f in zip(clips, persons, frames):
+        kp, sc, (h, w) = items[i]
+        block = kp_rows[r:r + m]
+        np.take(kp[:m], f, axis=1, out=block, mode="clip")  # indices are in range; "clip" skips a copy
+        np.take(sc[:m], f, axis=1, out=sc_rows[r:r + m], mode="clip")
+        half = _half_image_tiled(h, w, frames_per_row, v, kdt.str)  # PreNormalize2D in the keypoint dtype
+        np.subtract(block, half, out=block)
+        np.divide(block, half, out=block)
+        r += m
+    if affine is not None:
+        row_clip = np.repeat(clips, persons)
+        a, t = affine[0][row_clip, None, None], affine[1][row_clip, None, None]
+        kp_rows[..., 0], kp_rows[..., 1] = apply_affine(kp_rows[..., 0], kp_rows[..., 1], a, t)
+    joints, scores = kp_rows, sc_rows
+    if kdt != sdt:
+        jd = np.result_type(kdt, sdt)  # GenSkeFeat concatenates keypoint and score
+        joints, scores = kp_rows.astype(jd, copy=False), sc_rows.astype(jd, copy=False)
+    first, stop = clips[0], clips[-1] + 1
+    # Write straight into out where the rows are a view of it, else into a work array scattered after.
+    in_place = True
+    if len(clips) == 1:
+        target = out[first, :, :rows].transpose(1, 0, 2, 3, 4)
+    elif num_clips == 1 and rows == mp * len(clips) == mp * (stop - first):  # rows fill out[first:stop]
+        target = out[first:stop].reshape(rows, 1, cl, v, c)
+    else:
+        target, in_place = scratch("features", (rows, num_clips, cl, v, c), np.float32), False
+    rows_out = target
+    if num_clips == 1:  # frames as one axis: fewer reshapes
+        rows_out, has_next = target[:, 0], None if has_next is None else has_next[:, 0]
+    skeleton_features(joints, scores, cfg.feats, cfg.dataset, has_next=has_next, out=rows_out)
+    # NaN / inf propagate into max / min: one pass each over cache-hot rows (a full isfinite is slower).
+    if non_finite is not None and not (np.isfinite(target.max()) and np.isfinite(target.min())):
+        r = 0
+        for i, m in zip(clips, persons):
+            if not np.isfinite(target[r:r + m]).all():
+                non_finite.append(i)
+            r += m
+    if not in_place:
+        r = 0
+        for i, m in zip(clips, persons):
+            out[i, :, :m] = target[r:r + m].transpose(1, 0, 2, 3, 4)
+            r += m
 
 
 def test_sample(keypoint: Any, keypoint_score: Any, img_shape: Sequence[int], cfg: PipelineConfig,
@@ -237,21 +300,28 @@ def prepare_batch(clips: Sequence[Any], cfg: PipelineConfig, train: bool, rng: n
     items, inds_list, labels = [], [], []
     for clip in clips:
         where = _clip_name(clip)
+        is_map = _is_mapping(clip)
         try:
-            kp, sc = _checked_arrays(*_clip_arrays(clip), where)
-            total = int(_field(clip, "total_frames"))
+            kp, sc = _checked_arrays(*_clip_arrays(clip, is_map), where)
+            total = int(_field(clip, "total_frames", is_map))
             if total != kp.shape[1]:
                 raise ValueError(f"{where}: total_frames={total} but keypoint has {kp.shape[1]} frames")
-            shape = _checked_shape(_field(clip, "img_shape"), where)
-            labels.append(int(_field(clip, "label")))
+            shape = _checked_shape(_field(clip, "img_shape", is_map), where)
+            labels.append(int(_field(clip, "label", is_map)))
         except KeyError as err:
             raise ValueError(f"{where}: {err.args[0]}") from None
         items.append((kp, sc, shape))
         inds_list.append(train_frame_indices(total, cfg.clip_len, nc, rng) if train
                          else test_frame_indices(total, cfg.clip_len, nc))
+    non_finite: list[int] = []
     try:
-        x = _run(items, inds_list, cfg, nc, rng if train else None)
+        x = _run(items, inds_list, cfg, nc, rng if train else None, non_finite)
     except ValueError as err:
         raise ValueError(f"prepare_batch: {err}") from None
-    _check_finite(x, clips)
+    if non_finite:
+        # mmaction2 passes NaN/inf through to the loss; name the clips instead (SkeletonClip.validate's
+        # nan_policy='zero' is the way to keep such clips).
+        bad = ", ".join(_clip_name(clips[i]) for i in sorted(non_finite))
+        raise ValueError(f"prepare_batch: non-finite keypoint or keypoint_score in {bad} "
+                         "(clean with SkeletonClip.validate(nan_policy='zero'))")
     return torch.from_numpy(x), torch.tensor(labels, dtype=torch.int64)
