@@ -1,0 +1,260 @@
+"""Training data: locate the dataset, shard it per worker, and batch it through the skeleton pipeline.
+
+Every source becomes a Parquet skeleton store first (mmaction2 pkl files and the demo data are converted once
+by the driver), so a worker opens the store, reads the light index of a split, and loads only its own shard of
+clips (`positions[rank::world]`). Skeletons are small (a 4-person, 150-frame clip is ~120 kB), so a shard is
+held in memory and each epoch re-shuffles it; batches are prepared by `prepare_batch` in loader processes.
+Shards are padded by wrapping so every rank runs the same number of steps (DDP needs that); padded
+validation samples carry `valid=False` and are dropped before metrics.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import uuid
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from recognizer_core.skeleton.clip import SkeletonClip, SkeletonDataError
+from recognizer_core.skeleton.store import SkeletonDataset
+from recognizer_core.skeleton.transforms import PipelineConfig, prepare_batch
+from recognizer_core.train.config import DataConfig
+
+log = logging.getLogger("recognizer")
+
+
+def prepare_dataset(cfg: DataConfig, work_dir: str | Path) -> Path:
+    """Return the Parquet store to train on, converting the pkl files or writing the demo data under `work_dir`.
+
+    Runs on the driver. A prepared store is reused (a resumed run, or Tune trials sharing the data); it is
+    built in a temporary folder and renamed into place, so concurrent trials never see a half-written one."""
+    if cfg.path:
+        path = Path(cfg.path)
+        if not path.is_dir():
+            raise SkeletonDataError(f"data.path={cfg.path!r}: skeleton dataset folder not found")
+        return path
+    work_dir = Path(work_dir)
+    if cfg.train_pkl:
+        files = [p for p in (cfg.train_pkl, cfg.val_pkl, cfg.test_pkl) if p]
+        stamps = [(p, os.stat(p).st_size, os.stat(p).st_mtime_ns) if os.path.exists(p) else p for p in files]
+        # a changed pickle (same path, new content) gets a new conversion
+        key = hashlib.sha1(json.dumps([stamps, cfg.train_split, cfg.val_split, cfg.test_split, cfg.label_names,
+                                       cfg.nan_policy]).encode()).hexdigest()[:10]
+        return _build_once(work_dir / f"pkl_{Path(cfg.train_pkl).stem}_{key}",
+                           lambda out: _pkl_files_to_parquet(cfg, out))
+    from recognizer_core.skeleton.demo_data import write_demo_dataset
+
+    def write(out: Path) -> None:
+        log.warning("no data.path / data.train_pkl: training on the built-in SYNTHETIC %s demo data (%d clips)",
+                    cfg.demo_task, cfg.demo_num_clips)
+        write_demo_dataset(cfg.demo_task, out, num_clips=cfg.demo_num_clips, seed=cfg.demo_seed)
+
+    return _build_once(work_dir / f"demo_{cfg.demo_task}_{cfg.demo_num_clips}_seed{cfg.demo_seed}", write)
+
+
+def _build_once(out: Path, build) -> Path:
+    if (out / "_dataset.json").exists():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}")
+    try:
+        build(tmp)
+        try:
+            os.rename(tmp, out)
+        except OSError:  # another process finished first: use its copy
+            if not (out / "_dataset.json").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _pkl_files_to_parquet(cfg: DataConfig, out: Path) -> None:
+    """One store from train/val/test pkl files. A file whose `split` mapping has the split name contributes
+    those clips; a file without it that serves only this role (the guide's separate train.pkl / val.pkl /
+    test.pkl) contributes all its clips."""
+    from recognizer_core.skeleton.mmaction_pkl import read_mmaction_pkl
+    from recognizer_core.skeleton.store import write_dataset
+
+    roles = [(cfg.train_pkl, cfg.train_split), (cfg.val_pkl or cfg.train_pkl, cfg.val_split),
+             (cfg.test_pkl or cfg.val_pkl or cfg.train_pkl, cfg.test_split)]
+    role_count = {p: sum(1 for q, _ in roles if q == p) for p, _ in roles}
+    loaded: dict[str, Any] = {}
+    clips: list[SkeletonClip] = []
+    seen: set[str] = set()
+    for path, split in roles:
+        if path not in loaded:
+            loaded[path] = read_mmaction_pkl(path, cfg.label_names, nan_policy=cfg.nan_policy)
+        pose = loaded[path]
+        if pose.split_map and split in pose.split_map:
+            wanted = set(pose.split_map[split])
+            chosen = [c for c in pose.clips if c.clip_id in wanted]
+        elif role_count[path] == 1:
+            chosen = list(pose.clips)
+        else:
+            if split == cfg.test_split:
+                continue  # no test split is fine: the test job then has nothing to do
+            raise SkeletonDataError(f"{path}: no split {split!r} in its split mapping "
+                                    f"(splits: {sorted(pose.split_map or {})}); set data.{_role(cfg, split)}_split "
+                                    f"or give a separate data.{_role(cfg, split)}_pkl")
+        for c in chosen:
+            clip_id = c.clip_id if c.clip_id not in seen else f"{c.clip_id}@{split}"
+            seen.add(clip_id)
+            clips.append(replace(c, clip_id=clip_id, split=split))
+    if not clips:
+        raise SkeletonDataError(f"{cfg.train_pkl}: no clips in splits {[s for _, s in roles]}")
+    write_dataset(clips, out, label_names=cfg.label_names, overwrite=True, nan_policy=cfg.nan_policy,
+                  num_joints=None)
+
+
+def _role(cfg: DataConfig, split: str) -> str:
+    return "train" if split == cfg.train_split else "val" if split == cfg.val_split else "test"
+
+
+@dataclass
+class SplitInfo:
+    name: str
+    positions: np.ndarray  # row positions in the store
+    labels: np.ndarray
+    clip_ids: list[str]
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+
+def split_info(ds: SkeletonDataset, split: str, num_classes: int, required: bool = True) -> SplitInfo | None:
+    """The light index of one split, with labels checked against num_classes (cheap: no keypoints read)."""
+    table = ds.index(split, columns=["clip_id", "label"])
+    if table.num_rows == 0:
+        if required:
+            raise SkeletonDataError(f"{ds.path}: split {split!r} is empty (splits present: {ds.splits()})")
+        return None
+    pos = table["position"].to_numpy().astype(np.int64)
+    labels = table["label"].to_numpy().astype(np.int64)
+    ids = table["clip_id"].to_pylist()
+    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+    if bad.size:
+        show = ", ".join(f"{ids[i]!r} (label {labels[i]})" for i in bad[:5])
+        raise SkeletonDataError(f"{ds.path}: split {split!r} has {bad.size} clip(s) with labels outside "
+                                f"[0, {num_classes}) (model.num_classes): {show}")
+    order = np.argsort(pos)
+    return SplitInfo(split, pos[order], labels[order], [ids[i] for i in order])
+
+
+def shard_positions(info: SplitInfo, rank: int, world: int) -> np.ndarray:
+    return info.positions[rank::world]
+
+
+def is_empty_skeleton(clip: SkeletonClip) -> bool:
+    return not (np.any(clip.keypoint_score > 0) or np.any(clip.keypoint != 0))
+
+
+def load_shard(ds: SkeletonDataset, positions: np.ndarray, cfg: DataConfig, num_classes: int,
+               num_joints: int, source: str) -> tuple[list[SkeletonClip], list[str]]:
+    """Read and validate this worker's clips; returns (usable clips, ids of skipped all-zero clips)."""
+    clips, skipped = [], []
+    for start in range(0, len(positions), 512):
+        for clip in ds.read(positions[start:start + 512]):
+            clip.validate(source, nan_policy=cfg.nan_policy, num_classes=num_classes, num_joints=num_joints)
+            if is_empty_skeleton(clip):
+                if not cfg.skip_empty_clips:
+                    raise SkeletonDataError(f"{source}: clip {clip.clip_id!r}: keypoint and keypoint_score are "
+                                            "all zero (no person); set data.skip_empty_clips=true to skip")
+                skipped.append(clip.clip_id)
+                continue
+            clips.append(clip)
+    return clips, skipped
+
+
+def eval_shard(ds: SkeletonDataset, info: SplitInfo, rank: int, world: int, cfg: DataConfig, num_classes: int,
+               num_joints: int, source: str) -> tuple[list[SkeletonClip], int]:
+    """(clips, number of valid clips) of this rank's share of an evaluation split. A rank whose share is empty
+    (fewer clips than workers, or only all-zero ones) evaluates a stand-in clip as padding: every rank must
+    take part in the gather."""
+    clips, _ = load_shard(ds, shard_positions(info, rank, world), cfg, num_classes, num_joints, source)
+    if clips:
+        return clips, len(clips)
+    for start in range(len(info)):
+        stand_in, _ = load_shard(ds, info.positions[start:start + 1], cfg, num_classes, num_joints, source)
+        if stand_in:
+            return stand_in, 0
+    raise SkeletonDataError(f"{source}: no usable clip to evaluate (all are all-zero skeletons)")
+
+
+class EpochBatchSampler(Sampler):
+    """Yields (epoch, batch_index) keys; `set_epoch` before iterating, as with DistributedSampler."""
+
+    def __init__(self, num_batches: int):
+        self.num_batches = num_batches
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        return iter([(self.epoch, b) for b in range(self.num_batches)])
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+
+class ShardBatches(Dataset):
+    """Batch `b` of epoch `e` of one worker's shard, prepared by the skeleton pipeline.
+
+    The shuffle and the augmentation RNG of every batch derive from (seed, epoch, rank, batch), so a batch is
+    the same whichever loader process makes it and after a resume."""
+
+    def __init__(self, clips: Sequence[SkeletonClip], num_batches: int, batch_size: int, pipeline: PipelineConfig,
+                 *, train: bool, seed: int, rank: int, num_clips: int | None = None, num_valid: int | None = None):
+        if not clips:
+            raise SkeletonDataError(f"rank {rank}: no usable clips in this worker's shard")
+        self.clips, self.num_batches, self.batch_size = list(clips), num_batches, batch_size
+        # num_valid=0: a stand-in shard for a rank with nothing to evaluate (its rows are padding)
+        self.num_valid = len(self.clips) if num_valid is None else num_valid
+        self.pipeline, self.train, self.seed, self.rank, self.num_clips = pipeline, train, seed, rank, num_clips
+        self._order_epoch, self._order = None, None
+
+    def order(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """Clip indices for the epoch (padded by wrapping to num_batches * batch_size) and their valid mask."""
+        if self._order_epoch != epoch:
+            n, total = len(self.clips), self.num_batches * self.batch_size
+            base = (np.random.default_rng([self.seed, epoch, self.rank, 1]).permutation(n) if self.train
+                    else np.arange(n))
+            reps = int(np.ceil(total / n))
+            self._order = np.tile(base, reps)[:total]
+            self._valid = np.arange(total) < min(n, self.num_valid)
+            self._order_epoch = epoch
+        return self._order, self._valid
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def __getitem__(self, key: tuple[int, int]):
+        epoch, b = key
+        order, valid = self.order(epoch)
+        sel = slice(b * self.batch_size, (b + 1) * self.batch_size)
+        idx = order[sel]
+        rng = np.random.default_rng([self.seed, epoch, self.rank, 2, b]) if self.train else None
+        x, y = prepare_batch([self.clips[i] for i in idx], self.pipeline, self.train, rng, self.num_clips)
+        return x, y, torch.from_numpy(valid[sel].copy())
+
+
+def num_batches_for(num_clips: int, batch_size: int) -> int:
+    return max(1, int(np.ceil(num_clips / batch_size)))
+
+
+def make_loader(batches: ShardBatches, loader_workers: int, prefetch: int, pin_memory: bool):
+    sampler = EpochBatchSampler(len(batches))
+    kwargs = dict(num_workers=loader_workers, pin_memory=pin_memory)
+    if loader_workers > 0:
+        kwargs.update(persistent_workers=True, prefetch_factor=prefetch)
+    # batch_size=None: each dataset item is already a batch; the sampler hands out (epoch, batch) keys.
+    return DataLoader(batches, batch_size=None, sampler=sampler, **kwargs), sampler

@@ -1,0 +1,183 @@
+"""Evaluation shared by validation and the test job: sharded inference, gathering, metrics.
+
+Every rank scores its shard (multi-clip: softmax of each clip's logits averaged over the clips, mmaction2's
+`average_clips='prob'`), the padded fixed-size results are all-gathered, padding is dropped, and every rank
+computes the same report (so early-stopping decisions agree without another collective).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from recognizer_core.train.metrics import classification_report
+
+
+def console(msg: str) -> None:
+    # sys.stdout directly: Ray Train patches print() to also log through its logger, which prints twice
+    sys.stdout.write(msg + "\n")
+    sys.stdout.flush()
+
+
+def autocast(device: torch.device, amp: str):
+    if amp == "none":
+        return contextlib.nullcontext()
+    dtype = torch.float16 if amp == "fp16" else torch.bfloat16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+@torch.no_grad()
+def score_batches(model: torch.nn.Module, batches: Iterable, device: torch.device, amp: str = "none"):
+    """(probabilities (n, K), labels (n,), valid (n,)) over `batches` of (x (N, clips, M, T, V, C), y, valid)."""
+    model.eval()
+    net = _unwrap(model)  # no DDP forward in eval: no gradient sync needed, and ranks may differ in length
+    probs, labels, valid = [], [], []
+    for x, y, v in batches:
+        x = x.to(device, non_blocking=True)
+        with autocast(device, amp):
+            p = net.predict(x)
+        probs.append(p.float())
+        labels.append(y.to(device))
+        valid.append(v.to(device))
+    if not probs:
+        raise RuntimeError("no evaluation batches on this rank")
+    return torch.cat(probs), torch.cat(labels), torch.cat(valid)
+
+
+def gather(probs: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """All ranks' valid rows (every rank holds the same number of rows, padding marked invalid)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        world = dist.get_world_size()
+        out = []
+        for t in (probs, labels.to(torch.int64), valid.to(torch.int64)):
+            parts = [torch.empty_like(t) for _ in range(world)]
+            dist.all_gather(parts, t.contiguous())
+            # rank-major order; the metrics do not depend on the order
+            out.append(torch.cat(parts))
+        probs, labels, valid = out
+    keep = valid.bool().cpu().numpy()
+    return probs.cpu().numpy()[keep], labels.cpu().numpy()[keep]
+
+
+def evaluate(model, batches, device, *, amp: str = "none", label_names: Sequence[str] | None = None) -> dict:
+    probs, labels, valid = score_batches(model, batches, device, amp)
+    scores, y = gather(probs, labels, valid)
+    report = classification_report(scores, y, label_names)
+    report["scores"] = scores
+    report["labels"] = y
+    return report
+
+
+# ---- test job: the best (or a given) model on the test split, multi-clip --------------------------------------
+
+def load_weights(model: torch.nn.Module, checkpoint: str | Path) -> str:
+    """Weights from an mmaction2 .pth, a Ray Train checkpoint dir (training_state.pt) or a run folder (its
+    exported best_<metric>_epoch_N.pth). Strict: every key must match. Returns what was loaded."""
+    from recognizer_core.models.checkpoint import load_mmaction_checkpoint
+    from recognizer_core.train.state import STATE_FILE
+
+    path = Path(checkpoint)
+    if path.is_dir():
+        if (path / STATE_FILE).is_file():
+            state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
+            model.load_state_dict(state["model"], strict=True)
+            return str(path / STATE_FILE)
+        best = sorted(path.glob("best_*_epoch_*.pth"), key=lambda p: p.stat().st_mtime)
+        if not best:
+            raise FileNotFoundError(f"{path}: no {STATE_FILE} and no best_*_epoch_*.pth in this folder")
+        path = best[-1]
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    load_mmaction_checkpoint(model, path)
+    return str(path)
+
+
+def _test_batches(cfg, dataset_path: str, split: str, ctx, required: bool):
+    from recognizer_core.skeleton.store import SkeletonDataset
+    from recognizer_core.train import data as tdata
+    from recognizer_core.train.worker import all_reduce
+
+    ds = SkeletonDataset(dataset_path)
+    k = cfg.model.num_classes
+    info = tdata.split_info(ds, split, k, required=required)
+    if info is None:
+        return None, ds
+    clips, valid = tdata.eval_shard(ds, info, ctx.rank, ctx.world_size, cfg.data, k, cfg.model.num_joints,
+                                    f"{dataset_path} [{split}]")
+    bs = cfg.train.val_batch_size or cfg.train.batch_size
+    nb = int(all_reduce([tdata.num_batches_for(len(clips), bs)], dist.ReduceOp.MAX)[0])
+    batches = tdata.ShardBatches(clips, nb, bs, cfg.pipeline, train=False, seed=cfg.train.seed, rank=ctx.rank,
+                                 num_clips=cfg.pipeline.test_num_clips, num_valid=valid)
+    loader, _ = tdata.make_loader(batches, cfg.data.loader_workers, cfg.data.prefetch_batches,
+                                  ctx.device.type == "cuda")
+    return loader, ds
+
+
+def _write_test_outputs(report: dict, out_dir: Path, split: str, source: str, num_clips: int) -> dict:
+    from recognizer_core.train.plots import plot_confusion_matrix
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result = {k: v for k, v in report.items() if k not in ("scores", "labels")}
+    result.update({"split": split, "checkpoint": source, "test_num_clips": num_clips})
+    (out_dir / f"{split}_metrics.json").write_text(json.dumps(result, indent=1))
+    plot_confusion_matrix(np.array(report["confusion_matrix"]), report["label_names"],
+                          out_dir / f"confusion_matrix_{split}.png",
+                          title=f"{split} ({num_clips} clip(s)/sample), top-1 {report['acc_top1']:.3f}")
+    per_class = ", ".join(f"{n}: P {report['precision'][n]:.3f} R {report['recall'][n]:.3f}"
+                          for n in report["label_names"])
+    console(f"[recognizer] {split}: top-1 {report['acc_top1']:.4f}  mean class acc "
+            f"{report['mean_class_accuracy']:.4f}  ({report['num_samples']} clips, {num_clips} clip(s) each)\n"
+            f"[recognizer] {split} per class: {per_class}\n"
+            f"[recognizer] {split} confusion matrix (rows true, cols predicted): {report['confusion_matrix']}")
+    return result
+
+
+def test_loop(cfg, dataset_path: str, checkpoint: str, out_dir: str, ctx, split: str) -> dict | None:
+    from recognizer_core.models.recognizer import build_recognizer
+
+    loader, ds = _test_batches(cfg, dataset_path, split, ctx, required=True)
+    model = build_recognizer(cfg.model)
+    source = load_weights(model, checkpoint)
+    model.to(ctx.device)
+    names = _names(cfg, ds)
+    report = evaluate(model, loader, ctx.device, amp=cfg.train.amp, label_names=names)
+    if ctx.rank == 0:
+        return _write_test_outputs(report, Path(out_dir), split, source, cfg.pipeline.test_num_clips)
+    return None
+
+
+def test_after_training(cfg, dataset_path: str, run_dir: str, ctx, summary: dict) -> dict | None:
+    """The best validation model on the test split (if the dataset has one), written into the run folder."""
+    from recognizer_core.models.recognizer import build_recognizer
+
+    split = cfg.data.test_split
+    loader, ds = _test_batches(cfg, dataset_path, split, ctx, required=False)
+    if loader is None:
+        if ctx.rank == 0:
+            console(f"[recognizer] no {split!r} split in {dataset_path}: skipping the test")
+        return None
+    if summary.get("best_state_dict") is None:
+        raise RuntimeError("no validated model to test (training ended before the first validation)")
+    model = build_recognizer(cfg.model)
+    model.load_state_dict(summary["best_state_dict"], strict=True)
+    model.to(ctx.device)
+    report = evaluate(model, loader, ctx.device, amp=cfg.train.amp, label_names=_names(cfg, ds))
+    if ctx.rank == 0:
+        return _write_test_outputs(report, Path(run_dir), split, f"best epoch {summary['best']['epoch']}",
+                                   cfg.pipeline.test_num_clips)
+    return None
+
+
+def _names(cfg, ds) -> list[str]:
+    k = cfg.model.num_classes
+    return cfg.data.label_names or (ds.label_names if len(ds.label_names) == k else [str(i) for i in range(k)])

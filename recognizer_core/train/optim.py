@@ -1,0 +1,69 @@
+"""Optimizer, auto-scaled learning rate and the guide's schedules (mmengine semantics, one LambdaLR).
+
+mmengine's `LinearLR(start_factor, end=warmup, convert_to_iter_based=True)` followed by
+`MultiStepLR(milestones, gamma)` (milestones are absolute epochs, stepped per epoch) or
+`CosineAnnealingLR(begin=warmup, T_max, eta_min)` (per epoch) is expressed as a single per-iteration factor,
+so the scheduler state is one step counter and resumes exactly.
+"""
+from __future__ import annotations
+
+import bisect
+import math
+
+import torch
+
+from recognizer_core.train.config import OptimConfig, ScheduleConfig
+
+
+def scaled_lr(cfg: OptimConfig, world_size: int, batch_size: int) -> float:
+    """mmengine auto_scale_lr: lr * (world_size * batch_size) / base_batch_size (accumulation not counted,
+    as in mmengine)."""
+    if not cfg.auto_scale_lr:
+        return cfg.lr
+    return cfg.lr * (world_size * batch_size) / cfg.base_batch_size
+
+
+def build_optimizer(params, cfg: OptimConfig, lr: float) -> torch.optim.Optimizer:
+    if cfg.type == "adamw":
+        return torch.optim.AdamW(params, lr=lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                           nesterov=cfg.nesterov and cfg.momentum > 0)
+
+
+def lr_factor(step: int, *, iters_per_epoch: int, cfg: ScheduleConfig, base_lr: float,
+              cosine_t_max: int) -> float:
+    """Multiplier of the base lr at optimizer step `step` (0-based), equal to mmengine's chained schedulers.
+
+    mmengine counts a scheduler's steps from its `begin`, so the guide's `MultiStepLR(begin=3,
+    milestones=[15, 25])` decays at epochs 3+15 and 3+25; milestones here have the same meaning.
+    """
+    epoch = step // iters_per_epoch  # by-epoch schedules change at epoch boundaries
+    warmup_iters = int(round(cfg.warmup_epochs * iters_per_epoch))
+    warm = 1.0
+    if warmup_iters > 1 and step < warmup_iters:
+        # LinearLR(end=warmup_iters): total_iters = end - begin - 1, reaching 1.0 on the last warmup step
+        warm = cfg.warmup_start_factor + (1.0 - cfg.warmup_start_factor) * step / (warmup_iters - 1)
+    elif warmup_iters == 1 and step == 0:
+        warm = cfg.warmup_start_factor
+    begin = int(math.ceil(cfg.warmup_epochs))
+    t = epoch - begin
+    if cfg.type == "multistep":
+        main = cfg.gamma ** bisect.bisect_right(cfg.milestones, t) if t >= 0 else 1.0
+    elif cfg.type == "cosine":
+        t = min(max(t, 0), cosine_t_max)  # mmengine's cosine would rise again after T_max; we hold eta_min
+        floor = min(cfg.eta_min / base_lr, 1.0)
+        main = floor + (1.0 - floor) * (1 + math.cos(math.pi * t / cosine_t_max)) / 2
+    else:
+        main = 1.0
+    return warm * main
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, *, iters_per_epoch: int,
+                    cosine_t_max: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Stepped once per optimizer step (after accumulation)."""
+    if iters_per_epoch < 1:
+        raise ValueError(f"iters_per_epoch must be >= 1, got {iters_per_epoch}")
+    base_lr = optimizer.param_groups[0]["lr"]
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, iters_per_epoch=iters_per_epoch, cfg=cfg, base_lr=base_lr,
+                                          cosine_t_max=cosine_t_max))

@@ -1,0 +1,94 @@
+"""Optimizers, auto_scale_lr and the guide's schedules with mmengine's semantics, step by step."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from recognizer_core.config import load_config
+from recognizer_core.train.config import OptimConfig, ScheduleConfig, TrainJobConfig
+from recognizer_core.train.optim import build_optimizer, build_scheduler, lr_factor, scaled_lr
+
+
+def _lrs(sched_cfg: ScheduleConfig, iters: int, epochs: int, base_lr=1.0, t_max=25) -> list[float]:
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=base_lr)
+    sched = build_scheduler(opt, sched_cfg, iters_per_epoch=iters, cosine_t_max=t_max)
+    out = []
+    for _ in range(iters * epochs):
+        out.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return out
+
+
+def test_linear_warmup_per_iteration_then_multistep_from_warmup_end():
+    # LinearLR(start_factor=0.1, end=3 epochs, convert_to_iter_based) with 4 iterations per epoch: 12 warmup
+    # steps from 0.1 to 1.0 (mmengine: total_iters = end - begin - 1 = 11); then MultiStepLR(begin=3,
+    # milestones=[15, 25]) counts from its begin, so lr halves at epochs 18 and 28.
+    lrs = _lrs(ScheduleConfig(), iters=4, epochs=30)
+    assert lrs[0] == pytest.approx(0.1)
+    assert lrs[1] == pytest.approx(0.1 + 0.9 / 11)
+    assert lrs[11] == pytest.approx(1.0) and lrs[12] == pytest.approx(1.0)
+    per_epoch = lrs[::4]
+    assert per_epoch[3:18] == pytest.approx([1.0] * 15)
+    assert per_epoch[18:28] == pytest.approx([0.5] * 10)
+    assert per_epoch[28:] == pytest.approx([0.25] * 2)
+
+
+def test_cosine_after_warmup_reaches_eta_min():
+    cfg = ScheduleConfig(type="cosine", warmup_epochs=5, eta_min=1e-6)
+    base = 1e-3
+    per_epoch = _lrs(cfg, iters=2, epochs=30, base_lr=base, t_max=25)[::2]
+    assert per_epoch[5] == pytest.approx(base)
+    assert per_epoch[5 + 10] == pytest.approx(1e-6 + (base - 1e-6) * (1 + math.cos(math.pi * 10 / 25)) / 2)
+    assert lr_factor(10_000, iters_per_epoch=2, cfg=cfg, base_lr=base, cosine_t_max=25) * base == \
+        pytest.approx(1e-6)
+
+
+def test_scheduler_state_resumes_exactly():
+    cfg = ScheduleConfig(warmup_epochs=1, milestones=[2])
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.AdamW([p], lr=0.1)
+    sched = build_scheduler(opt, cfg, iters_per_epoch=3, cosine_t_max=10)
+    for _ in range(7):
+        opt.step()
+        sched.step()
+    state = (opt.state_dict(), sched.state_dict())
+    p2 = torch.nn.Parameter(torch.zeros(1))
+    opt2 = torch.optim.AdamW([p2], lr=0.1)
+    sched2 = build_scheduler(opt2, cfg, iters_per_epoch=3, cosine_t_max=10)
+    opt2.load_state_dict(state[0])
+    sched2.load_state_dict(state[1])
+    for _ in range(5):
+        opt.step(), sched.step(), opt2.step(), sched2.step()
+        assert opt2.param_groups[0]["lr"] == opt.param_groups[0]["lr"]
+
+
+def test_auto_scale_lr_and_optimizer_choice():
+    cfg = OptimConfig()
+    assert scaled_lr(cfg, world_size=4, batch_size=32) == pytest.approx(1e-4)  # 128 = base_batch_size
+    assert scaled_lr(cfg, world_size=2, batch_size=16) == pytest.approx(1e-4 * 32 / 128)
+    assert scaled_lr(OptimConfig(auto_scale_lr=False), 8, 64) == 1e-4
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    adamw = build_optimizer(params, cfg, 1e-4)
+    assert isinstance(adamw, torch.optim.AdamW)
+    assert adamw.defaults["betas"] == (0.9, 0.999) and adamw.defaults["weight_decay"] == 1e-3
+    sgd = build_optimizer(params, OptimConfig(type="sgd", lr=0.01, weight_decay=5e-4, nesterov=True), 0.01)
+    assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["nesterov"] and sgd.defaults["momentum"] == 0.9
+
+
+def test_presets_carry_the_guide_recipe():
+    fight = load_config(TrainJobConfig, "configs/fight_stable.yaml")
+    assert (fight.model.num_stages, fight.model.base_channels, fight.model.head_in_channels) == (4, 64, 128)
+    assert fight.model.inflate_stages == fight.model.down_stages == [2] and fight.model.dropout == 0.3
+    assert fight.train.class_weight == [1.2, 1.0] and fight.pipeline.feats == ["b"]
+    assert (fight.pipeline.clip_len, fight.pipeline.num_person, fight.model.in_channels) == (100, 4, 3)
+    assert (fight.train.epochs, fight.train.val_begin, fight.train.val_interval) == (30, 1, 2)
+    assert fight.optim.clip_grad_max_norm == 2.0 and fight.checkpoint.num_to_keep == 5
+    fall = load_config(TrainJobConfig, "configs/falldown_stable.yaml")
+    assert fall.model.dropout == 0.2 and fall.train.class_weight == [1.0, 1.5]
+    deeper = load_config(TrainJobConfig, "configs/fight_stable.yaml",
+                         ["model.num_stages=6", "model.inflate_stages=[2,4]", "model.down_stages=[2,4]"])
+    assert deeper.model.head_in_channels == 256

@@ -1,0 +1,224 @@
+"""Bad inputs to the STGCN++ training job: a clear error naming what is wrong, or a logged skip; never a silent
+wrong result. The loop runs in one process (LocalContext, no Ray) with a tiny model, so these are fast."""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from recognizer_core.config import ConfigError, load_config
+from recognizer_core.skeleton.clip import SkeletonDataError
+from recognizer_core.skeleton.demo_data import make_demo_clips
+from recognizer_core.skeleton.store import write_dataset
+from recognizer_core.train import loop as loop_mod
+from recognizer_core.train.config import TrainJobConfig
+from recognizer_core.train.loop import train_loop
+from recognizer_core.train.worker import LocalContext
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["model.num_stages=2", "model.base_channels=8", "model.inflate_stages=[2]", "model.down_stages=[2]",
+        "pipeline.clip_len=16", "train.epochs=1", "train.batch_size=4", "train.val_interval=1",
+        "data.loader_workers=0", "schedule.warmup_epochs=0", "train.log_interval=0", "train.test_after_train=false"]
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    # The suite shares 2 cores with other processes; oversubscribed OpenMP threads spin and run ~2x slower.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _cfg(*extra: str) -> TrainJobConfig:
+    return load_config(TrainJobConfig, REPO / "configs/fight_stable.yaml", TINY + list(extra))
+
+
+def _dataset(tmp_path: Path, edit=None, n: int = 24, label_names=("NonFight", "Fight")) -> str:
+    clips = make_demo_clips("fight", n, seed=1)
+    if edit:
+        edit(clips)
+    return str(write_dataset(clips, tmp_path / "ds", label_names=label_names, overwrite=True))
+
+
+def _run(cfg, ds, tmp_path):
+    ctx = LocalContext(tmp_path / "ckpt")
+    return train_loop(cfg, ds, str(tmp_path / "run"), ctx), ctx
+
+
+def test_empty_split_is_an_error_naming_it(tmp_path):
+    def no_val(clips):
+        for c in clips:
+            c.split = "train" if c.split == "val" else c.split
+    ds = _dataset(tmp_path, no_val)
+    with pytest.raises(SkeletonDataError, match="split 'val' is empty"):
+        _run(_cfg(), ds, tmp_path)
+    # the driver checks it too, before any Ray worker starts (no retries of a deterministic error)
+    from recognizer_core.train.ray_train import build_trainer
+
+    with pytest.raises(SkeletonDataError, match="split 'val' is empty"):
+        build_trainer(_cfg(f"data.path={ds}", f"run.storage_path={tmp_path}"))
+
+
+def test_labels_outside_num_classes_name_the_clips(tmp_path):
+    def bad_label(clips):
+        clips[2].label, clips[2].label_name = 5, ""
+        clips[2].split = "train"
+    ds = _dataset(tmp_path, bad_label, label_names=None)
+    with pytest.raises(SkeletonDataError, match=r"labels outside \[0, 2\).*" + "fight_"):
+        _run(_cfg(), ds, tmp_path)
+
+
+def test_all_zero_skeletons_are_skipped_and_counted_or_rejected(tmp_path, capsys):
+    zero_ids = []
+
+    def zero(clips):
+        for c in [c for c in clips if c.split == "train"][:3]:
+            c.keypoint[:] = 0
+            c.keypoint_score[:] = 0
+            zero_ids.append(c.clip_id)
+    ds = _dataset(tmp_path, zero)
+    summary, _ = _run(_cfg(), ds, tmp_path)
+    assert summary["epochs_run"] == 1
+    assert "skipped all-zero training clips: 3" in capsys.readouterr().out
+    with pytest.raises(SkeletonDataError, match=f"{zero_ids[0]}.*all zero"):
+        _run(_cfg("data.skip_empty_clips=false", "run.name=strict"), ds, tmp_path / "strict")
+
+
+def test_single_class_validation_warns_and_still_reports(tmp_path, caplog):
+    def one_class(clips):
+        for c in clips:
+            if c.split == "val" and c.label == 1:
+                c.split = "train"
+    ds = _dataset(tmp_path, one_class)
+    with caplog.at_level(logging.WARNING, logger="recognizer"):
+        summary, ctx = _run(_cfg(), ds, tmp_path)
+    assert "single class" in caplog.text and "only 1 class" in caplog.text
+    assert ctx.reports[-1]["val/recall_Fight"] == 0.0  # no Fight clips: reported as 0, with the warning above
+    report = json.loads((tmp_path / "ckpt" / "epoch_0001" / "metrics.json").read_text())["val_report"]
+    assert report["num_classes_present"] == 1 and report["warnings"]
+
+
+class _NaNModel(torch.nn.Module):
+    """Wraps the real model; its logits are NaN on the calls listed in `bad` (counted from 0)."""
+
+    def __init__(self, inner, bad):
+        super().__init__()
+        self.inner, self.bad, self.calls = inner, set(bad), 0
+
+    def forward(self, x):
+        out = self.inner(x)
+        self.calls += 1
+        return out * float("nan") if self.calls - 1 in self.bad else out
+
+    def predict(self, x):
+        return self.inner.predict(x)
+
+
+def test_nan_losses_are_skipped_then_stop_the_run(tmp_path, monkeypatch):
+    ds = _dataset(tmp_path)
+    real_build = loop_mod.build_recognizer
+    made = []
+
+    def build(cfg, bad=(0, 1)):
+        m = _NaNModel(real_build(cfg), bad)
+        made.append(m)
+        return m
+    monkeypatch.setattr(loop_mod, "build_recognizer", build)
+    summary, ctx = _run(_cfg("train.epochs=2"), ds, tmp_path)
+    assert ctx.reports[0]["train/skipped_steps"] == 2 and ctx.reports[1]["train/skipped_steps"] == 0
+    assert np.isfinite(ctx.reports[0]["train/loss"]) and summary["epochs_run"] == 2
+    # every step NaN: after train.max_nonfinite_steps in a row, a clear error instead of a silent no-op run
+    monkeypatch.setattr(loop_mod, "build_recognizer", lambda cfg: build(cfg, bad=range(10_000)))
+    with pytest.raises(FloatingPointError, match="non-finite losses in a row"):
+        _run(_cfg("train.max_nonfinite_steps=3", "run.name=nan"), ds, tmp_path / "nan")
+
+
+def test_bad_config_names_the_field(tmp_path, capsys):
+    sys.path.insert(0, str(REPO))
+    from rayjobs.train_stgcn import main
+
+    assert main(["--config", str(REPO / "configs/fight_stable.yaml"), "--set", "train.class_weight=[1.0]"]) == 2
+    err = capsys.readouterr().err
+    assert "train.class_weight has 1 entries but model.num_classes=2" in err
+    with pytest.raises(ConfigError, match="model.base_channels"):
+        _cfg("model.base_channels=-1")
+    with pytest.raises(ConfigError, match="train.amp=fp16 needs scaling.use_gpu"):
+        _cfg("train.amp=fp16")
+    with pytest.raises(ConfigError, match="optim.lr_typo: unknown field"):
+        _cfg("optim.lr_typo=1")
+
+
+def test_recipe_options_bf16_accumulation_checkpointing_sgd_cosine_early_stop(tmp_path):
+    ds = _dataset(tmp_path)
+    cfg = _cfg("train.epochs=4", "train.amp=bf16", "train.accumulative_counts=2", "model.with_cp=true",
+               "optim.type=sgd", "optim.lr=0.01", "optim.nesterov=true", "schedule.type=cosine",
+               "train.early_stopping.enabled=true", "train.early_stopping.patience=1",
+               "train.early_stopping.min_delta=1.0")
+    summary, ctx = _run(cfg, ds, tmp_path)
+    # the first validation improves on nothing, the second cannot improve by min_delta=1.0: stop after it
+    assert summary["stopped_early"] and summary["epochs_run"] == 2 and len(ctx.reports) == 2
+    assert all(np.isfinite(r["train/loss"]) for r in ctx.reports)
+    state = torch.load(tmp_path / "ckpt" / "epoch_0002" / "training_state.pt", weights_only=True)
+    n_train = sum(1 for c in make_demo_clips("fight", 24, seed=1) if c.split == "train")
+    steps_per_epoch = -(-(-(-n_train // 4)) // 2)  # ceil(ceil(n / batch) / accumulative_counts)
+    assert state["scheduler"]["last_epoch"] == 2 * steps_per_epoch
+    assert "momentum_buffer" in next(iter(state["optimizer"]["state"].values()))  # SGD really used
+
+
+def test_resuming_with_a_different_model_is_refused(tmp_path):
+    ds = _dataset(tmp_path)
+    _run(_cfg(), ds, tmp_path)
+    with pytest.raises(ValueError, match=r"model or pipeline changed.*model.base_channels: checkpoint 8, config 16"):
+        _run(_cfg("model.base_channels=16"), ds, tmp_path)
+
+
+def test_mmaction_pkl_inputs_become_one_store(tmp_path):
+    from recognizer_core.skeleton.mmaction_pkl import write_mmaction_pkl
+    from recognizer_core.skeleton.store import SkeletonDataset
+    from recognizer_core.train.data import prepare_dataset
+
+    clips = make_demo_clips("falldown", 24, seed=2)
+    want = {s: sorted(c.clip_id for c in clips if c.split == s) for s in ("train", "val", "test")}
+    # one pickle with mmaction2's split mapping
+    one = write_mmaction_pkl(clips, tmp_path / "all.pkl")
+    cfg = _cfg(f"data.train_pkl={one}")
+    store = SkeletonDataset(prepare_dataset(cfg.data, tmp_path / "datasets"))
+    for split, ids in want.items():
+        assert sorted(store.index(split, columns=["clip_id"])["clip_id"].to_pylist()) == ids
+    summary, _ = _run(cfg, str(store.path), tmp_path)
+    assert summary["epochs_run"] == 1
+    # the guide's layout: one bare pickle per split (no split mapping), each serving one role
+    paths = {s: write_mmaction_pkl([c for c in clips if c.split == s], tmp_path / f"{s}.pkl", layout="list")
+             for s in want}
+    cfg = _cfg(f"data.train_pkl={paths['train']}", f"data.val_pkl={paths['val']}",
+               f"data.test_pkl={paths['test']}")
+    store = SkeletonDataset(prepare_dataset(cfg.data, tmp_path / "datasets"))
+    assert store.splits() == {s: len(ids) for s, ids in want.items()}
+    # a shared pickle without the requested split is an error naming the split and the file
+    with pytest.raises(SkeletonDataError, match="all.pkl: no split 'validation'"):
+        prepare_dataset(_cfg(f"data.train_pkl={one}", "data.val_split=validation").data, tmp_path / "d2")
+
+
+def test_a_rank_with_nothing_to_evaluate_pads_instead_of_failing(tmp_path):
+    from recognizer_core.skeleton.store import SkeletonDataset
+    from recognizer_core.train import data as tdata
+
+    def one_test_clip(clips):
+        tests = [c for c in clips if c.split == "test"]
+        for c in tests[1:]:
+            c.split = "train"
+    ds = SkeletonDataset(_dataset(tmp_path, one_test_clip))
+    cfg = _cfg()
+    info = tdata.split_info(ds, "test", 2)
+    assert len(info) == 1
+    got = [tdata.eval_shard(ds, info, rank, 2, cfg.data, 2, 17, "test") for rank in (0, 1)]
+    assert [valid for _, valid in got] == [1, 0] and got[1][0][0].clip_id == info.clip_ids[0]
+    batches = tdata.ShardBatches(got[1][0], 1, 4, cfg.pipeline, train=False, seed=0, rank=1, num_valid=0)
+    x, y, valid = batches[(0, 0)]
+    assert x.shape[0] == 4 and not valid.any()  # evaluated for the gather, dropped from the metrics

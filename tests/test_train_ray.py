@@ -1,0 +1,165 @@
+"""End-to-end STGCN++ jobs on a local Ray (2 CPUs, 2 workers, tiny model, demo data).
+
+One run per scenario, several assertions each: the fight preset (train + val + test + the test job + mmaction2
+export), the falldown preset as the uninterrupted reference, the same run with a worker killed mid-run, and
+the same run with its driver killed mid-run and the command re-run. The last two must finish with the same
+weights as the reference: resume is exact, not just "it continued".
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from recognizer_core.config import load_config
+from recognizer_core.models.checkpoint import load_mmaction_checkpoint
+from recognizer_core.models.recognizer import build_recognizer
+from recognizer_core.train.config import TrainJobConfig
+from recognizer_core.train.worker import FAULT_ENV
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+TINY = ["model.num_stages=2", "model.base_channels=8", "model.inflate_stages=[2]", "model.down_stages=[2]",
+        "pipeline.clip_len=24", "train.epochs=4", "train.batch_size=8", "data.loader_workers=0",
+        "data.demo_num_clips=60", "schedule.warmup_epochs=1", "scaling.num_workers=2",
+        "scaling.cpus_per_worker=0.5", "train.log_interval=0"]
+
+
+def _args(preset: str, storage: Path, name: str, *extra: str) -> list[str]:
+    sets = TINY + [f"run.storage_path={storage}", f"run.name={name}", *extra]
+    return ["--config", str(REPO / "configs" / preset)] + [a for s in sets for a in ("--set", s)]
+
+
+def _train(preset, storage, name, capsys, *extra) -> dict:
+    from rayjobs.train_stgcn import main
+
+    assert main(_args(preset, storage, name, *extra)) == 0
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def _final_state(run_dir: Path) -> dict:
+    ckpts = sorted(run_dir.glob("checkpoint_epoch_*"))
+    state = torch.load(ckpts[-1] / "training_state.pt", map_location="cpu", weights_only=True)
+    return state
+
+
+def _assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs after resume"
+
+
+def test_fight_preset_train_val_test_export(ray_local, tmp_path, capsys):
+    out = _train("fight_stable.yaml", tmp_path, "fight", capsys)
+    run = tmp_path / "fight"
+    assert out["error"] is None and out["epochs_run"] == 4
+    summary = json.loads((run / "summary.json").read_text())
+    hist = summary["history"]
+    assert [h["epoch"] for h in hist] == [1, 2, 3, 4]
+    assert [h["val/validated"] for h in hist] == [0, 1, 0, 1]  # val_interval 2 and the last epoch
+    assert all(h["train/loss"] > 0 for h in hist)
+    # warmup over epoch 1 (per iteration), then the base lr auto-scaled by 2 workers * 8 / 128
+    assert hist[-1]["lr"] == pytest.approx(1e-4 * 16 / 128)
+    # Ray Train checkpoints at the validation epochs, each with the full state + config + metrics
+    ckpts = sorted(p.name for p in run.glob("checkpoint_epoch_*"))
+    assert ckpts == ["checkpoint_epoch_0002", "checkpoint_epoch_0004"]
+    for c in ckpts:
+        assert {"training_state.pt", "config.yaml", "metrics.json"} <= {p.name for p in (run / c).iterdir()}
+    # the best model in mmaction2 format loads back strictly and equals the best weights kept in the state
+    best = summary["best"]
+    pth = run / best["file"]
+    assert pth.name == f"best_acc_top1_epoch_{best['epoch']}.pth" and out["best_model_mmaction2"] == str(pth)
+    cfg = load_config(TrainJobConfig, REPO / "configs/fight_stable.yaml", TINY)
+    model = build_recognizer(cfg.model)
+    load_mmaction_checkpoint(model, pth)
+    raw = torch.load(pth, map_location="cpu", weights_only=True)
+    assert raw["meta"]["dataset_meta"]["classes"] == ["NonFight", "Fight"] and raw["meta"]["epoch"] == best["epoch"]
+    best_state = _final_state(run)["extra"]["best_state_dict"]
+    _assert_same_weights(model.state_dict(), best_state)
+    # metrics: validation report in the checkpoint, test after training, plots, TensorBoard
+    val = json.loads((run / f"checkpoint_epoch_{best['epoch']:04d}" / "metrics.json").read_text())["val_report"]
+    n_val = sum(map(sum, val["confusion_matrix"]))
+    assert n_val == val["num_samples"] > 0 and set(val["precision"]) == {"NonFight", "Fight"}
+    test = json.loads((run / "test_metrics.json").read_text())
+    assert test["acc_top1"] == out["test_acc_top1"] and 0 <= test["acc_top1"] <= 1
+    assert sum(map(sum, test["confusion_matrix"])) == test["num_samples"] > 0
+    for png in ("curves.png", "confusion_matrix_val.png", "confusion_matrix_test.png"):
+        assert (run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert list((run / "logs" / "tensorboard").glob("events.out.tfevents.*"))
+
+    # the test job: the run's best model, multi-clip (softmax averaged over 3 clips)
+    from rayjobs.test_stgcn import main as test_main
+
+    args = _args("fight_stable.yaml", tmp_path, "fight", "pipeline.test_num_clips=3")
+    assert test_main(args) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    m = json.loads((run / "test" / "test_metrics.json").read_text())
+    assert res["test_num_clips"] == m["test_num_clips"] == 3 and m["checkpoint"].endswith(best["file"])
+    assert m["num_samples"] == test["num_samples"]
+
+
+@pytest.fixture(scope="module")
+def falldown_reference(ray_local, tmp_path_factory):
+    """The uninterrupted falldown run every resume scenario must reproduce exactly."""
+    from rayjobs.train_stgcn import main
+
+    storage = tmp_path_factory.mktemp("falldown")
+    assert main(_args("falldown_stable.yaml", storage, "reference")) == 0
+    return storage
+
+
+def test_falldown_preset_full_run(falldown_reference):
+    run = falldown_reference / "reference"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["epochs_run"] == 4 and summary["label_names"] == ["Normal", "Falldown"]
+    cfg = load_config(TrainJobConfig, run / "checkpoint_epoch_0004" / "config.yaml")
+    assert cfg.train.class_weight == [1.0, 1.5] and cfg.model.dropout == 0.2
+    test = json.loads((run / "test_metrics.json").read_text())
+    assert set(test["recall"]) == {"Normal", "Falldown"}
+    assert not (run / "resume_log.jsonl").exists()
+
+
+def test_killed_worker_resumes_exactly(falldown_reference, monkeypatch, capsys):
+    storage = falldown_reference
+    marker = storage / "killed_worker.marker"
+    monkeypatch.setenv(FAULT_ENV, f"epoch=3,rank=1,marker={marker}")
+    out = _train("falldown_stable.yaml", storage, "killed_worker", capsys)
+    run = storage / "killed_worker"
+    assert marker.exists(), "the fault was not injected"
+    assert out["error"] is None and out["epochs_run"] == 4
+    resumes = [json.loads(line) for line in (run / "resume_log.jsonl").read_text().splitlines()]
+    assert [r["resumed_from_epoch"] for r in resumes] == [2]  # the checkpoint before the failure
+    summary = json.loads((run / "summary.json").read_text())
+    assert [h["epoch"] for h in summary["history"]] == [1, 2, 3, 4]  # epoch 3 redone once, not duplicated
+    ref = _final_state(storage / "reference")
+    got = _final_state(run)
+    _assert_same_weights(ref["model"], got["model"])
+    assert ref["scheduler"] == got["scheduler"]
+
+
+def test_stopped_run_resumes_exactly(falldown_reference, ray_local, capsys, tmp_path):
+    storage = falldown_reference
+    marker = tmp_path / "driver_killed.marker"
+    args = _args("falldown_stable.yaml", storage, "stopped")
+    # A real driver process, SIGKILLed by the rank-0 worker after epoch 3 (the epoch-2 checkpoint is the latest)
+    code = ("import os, sys; sys.argv[1:1] = []; from rayjobs.train_stgcn import main; "
+            f"os.environ['{FAULT_ENV}'] = f'epoch=3,rank=0,marker={marker},kill_pid={{os.getpid()}}'; "
+            f"sys.exit(main(sys.argv[1:]))")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
+    proc = subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=240)
+    assert proc.returncode == -9, proc.stdout[-2000:] + proc.stderr[-3000:]
+    run = storage / "stopped"
+    assert marker.exists() and not (run / "summary.json").exists()
+    # the same command again continues the run from its latest checkpoint
+    out = _train("falldown_stable.yaml", storage, "stopped", capsys)
+    assert out["error"] is None and out["epochs_run"] == 4
+    resumes = [json.loads(line) for line in (run / "resume_log.jsonl").read_text().splitlines()]
+    assert [r["resumed_from_epoch"] for r in resumes] == [2]
+    _assert_same_weights(_final_state(storage / "reference")["model"], _final_state(run)["model"])
