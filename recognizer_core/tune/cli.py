@@ -1,0 +1,176 @@
+"""Command line of the tuning jobs (`rayjobs/tune_*.py`): one parser, demo/smoke budgets, the final report.
+
+No Ray here: the script parses with `add_tune_args` + `plan_from_args`, starts Ray, calls
+`tuner.run_tuning`, then `finish`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from pydantic import BaseModel
+
+from recognizer_core.config import ConfigError, _parse_value
+from recognizer_core.tune.search_space import SearchSpace, describe, get_dotted, load_search_space
+from recognizer_core.tune.tuner import TuneOptions, default_storage
+
+# Budgets used when the command is run without data: they must finish in minutes on 2 CPUs.
+DEMO_BUDGET = {"num_samples": 4, "max_concurrent_trials": 2}
+SMOKE_BUDGET = {"num_samples": 2, "max_concurrent_trials": 2}
+SMOKE_OVERRIDES = {"train.epochs": 2}
+
+
+@dataclass
+class TunePlan:
+    space: SearchSpace
+    options: TuneOptions
+    extra: dict[str, Any] = field(default_factory=dict)
+    demo: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+def add_tune_args(parser: argparse.ArgumentParser, default_space: str) -> None:
+    g = parser.add_argument_group("search")
+    g.add_argument("--space", default=default_space, help=f"search-space YAML (default {default_space})")
+    g.add_argument("--data", default=None, help="dataset for every trial: a Parquet skeleton dataset folder or "
+                   "URI (data.path), or an mmaction2 .pkl (data.train_pkl). Without it: synthetic demo data "
+                   "and the space's demo budget")
+    g.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                   help="config override applied to every trial, repeatable (e.g. --set train.epochs=20)")
+    g.add_argument("--name", default=None, help="experiment name; re-running with the same name resumes it")
+    g.add_argument("--storage-path", default=None, help="local folder or s3:// / gs:// URI (default "
+                   "$RECOGNIZER_TUNE_STORAGE or ./work_dirs/tune); shared storage is needed on a multi-node cluster")
+    g.add_argument("--num-samples", type=int, default=None, help="number of trials (default 20; demo 4)")
+    g.add_argument("--max-concurrent-trials", type=int, default=None, help="trials at once (default 2)")
+    g.add_argument("--seed", type=int, default=None, help="Optuna TPE seed (default 0)")
+    g.add_argument("--metric", default=None, help="metric to optimise (default: the space's)")
+    g.add_argument("--mode", choices=["max", "min"], default=None)
+    g.add_argument("--scheduler", choices=["asha", "fifo"], default=None, help="asha (default) or fifo")
+    g.add_argument("--grace-period", type=int, default=None, help="ASHA: epochs before a trial may be stopped")
+    g.add_argument("--reduction-factor", type=float, default=None, help="ASHA reduction factor (default 3)")
+    g.add_argument("--max-t", type=int, default=None, help="ASHA: max epochs (default: the config's epochs)")
+    g.add_argument("--max-failures", type=int, default=None, help="retries of a failed trial (default 0)")
+    g.add_argument("--retry-errored", action="store_true", help="on resume, run errored trials again")
+    r = parser.add_argument_group("resources per trial")
+    r.add_argument("--workers-per-trial", type=int, default=None, help="Ray Train workers per trial")
+    r.add_argument("--cpus-per-worker", type=float, default=None, help="CPUs per worker (fractions allowed)")
+    r.add_argument("--gpus-per-worker", type=float, default=None,
+                   help="GPUs per worker, fractions allowed (0.5 = two trials share a GPU); > 0 turns on GPU")
+    r.add_argument("--driver-cpus", type=float, default=None, help="CPUs reserved per trial driver (default 0.05)")
+    c = parser.add_argument_group("Ray")
+    c.add_argument("--address", default=None, help="Ray cluster (default: $RAY_ADDRESS, as set by `ray job "
+                   "submit`, else a local Ray started here)")
+    c.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (no cluster)")
+    c.add_argument("--smoke", action="store_true", help="smallest end-to-end run (CI): demo data, 2 trials x "
+                   "2 epochs")
+
+
+def _overrides_dict(items: Iterable[str]) -> dict[str, Any]:
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r} must look like section.field=value")
+        key, value = item.split("=", 1)
+        out[key.strip()] = _parse_value(value)
+    return out
+
+
+def plan_from_args(args: argparse.Namespace, *, config_cls: type[BaseModel], job: str,
+                   metrics: Iterable[str]) -> TunePlan:
+    """Parse and validate everything before Ray starts: a bad space or override fails here, fast."""
+    space = load_search_space(args.space, config_cls, job=job, metrics=metrics)
+    extra = _overrides_dict(args.overrides)
+    if args.data:
+        key = "data.train_pkl" if args.data.endswith(".pkl") else "data.path"
+        local = "://" not in args.data
+        extra[key] = str(Path(args.data).expanduser().resolve()) if local else args.data
+        if local and not Path(extra[key]).exists():
+            raise ConfigError(f"--data {args.data}: no such file or folder")
+    data_given = any(extra.get(k) or get_dotted(space.base, k, None) for k in ("data.path", "data.train_pkl"))
+    demo = not data_given
+    notes = []
+    budget: dict[str, Any] = {}
+    user = extra  # the command line wins over the demo and smoke budgets
+    if demo:
+        extra = {**space.demo, **user}
+        budget = dict(DEMO_BUDGET)
+        notes.append(f"DEMO: no --data given, so every trial trains on synthetic demo clips with the demo "
+                     f"overrides of {args.space} ({', '.join(f'{k}={v}' for k, v in space.demo.items())})")
+    if args.smoke:
+        extra = {**extra, **SMOKE_OVERRIDES, **user}
+        budget = dict(SMOKE_BUDGET)
+        notes.append("SMOKE: the smallest end-to-end search (CI): " + ", ".join(
+            f"{k}={v}" for k, v in {**SMOKE_BUDGET, **SMOKE_OVERRIDES}.items()))
+    if args.workers_per_trial is not None:
+        extra["scaling.num_workers"] = args.workers_per_trial
+    if args.cpus_per_worker is not None:
+        extra["scaling.cpus_per_worker"] = args.cpus_per_worker
+    if args.gpus_per_worker is not None:
+        extra["scaling.use_gpu"] = args.gpus_per_worker > 0
+        if args.gpus_per_worker > 0:
+            extra["scaling.gpus_per_worker"] = args.gpus_per_worker
+    given = {"num_samples": args.num_samples, "max_concurrent_trials": args.max_concurrent_trials,
+             "seed": args.seed, "metric": args.metric, "mode": args.mode, "scheduler": args.scheduler,
+             "grace_period": args.grace_period, "reduction_factor": args.reduction_factor, "max_t": args.max_t,
+             "max_failures": args.max_failures, "driver_cpus": args.driver_cpus}
+    suffix = "_smoke" if args.smoke else ("_demo" if demo else "")
+    name = args.name or f"tune_{Path(args.space).stem}{suffix}"
+    try:
+        options = TuneOptions(name=name, storage_path=args.storage_path or default_storage(),
+                              retry_errored=args.retry_errored,
+                              **{**budget, **{k: v for k, v in given.items() if v is not None}})
+    except Exception as err:
+        raise ConfigError(f"command line: {err}") from None
+    metric = options.metric or space.metric
+    if metrics and metric not in metrics:
+        raise ConfigError(f"--metric {metric!r} is not reported by the {job} trainer (one of {list(metrics)})")
+    # The trial configs themselves are validated now, not in the first trial.
+    space.build_config(config_cls, {}, extra)
+    return TunePlan(space=space, options=options, extra=extra, demo=demo, notes=notes)
+
+
+def print_plan(plan: TunePlan) -> None:
+    o = plan.options
+    for note in plan.notes:
+        print(f"[tune] {note}", flush=True)
+    print(f"[tune] space {plan.space.source}: optimise {o.metric or plan.space.metric} ({o.mode or plan.space.mode}) "
+          f"over\n{describe(plan.space)}", flush=True)
+    print(f"[tune] {o.num_samples} trials, {o.max_concurrent_trials} at a time, scheduler {o.scheduler}, "
+          f"seed {o.seed}; experiment {o.storage_path}/{o.name}", flush=True)
+    if plan.extra:
+        print("[tune] every trial also sets: " + ", ".join(f"{k}={v}" for k, v in plan.extra.items()), flush=True)
+
+
+def finish(run, plan: TunePlan, config_cls: type[BaseModel], *,
+           export_best: Callable[[BaseModel, Path, Path], list[Path]] | None = None) -> dict:
+    """Write the summary (table, best config + checkpoint, plots) next to the experiment; print where."""
+    from recognizer_core.tune.results import publish_summary, records_from_grid, scratch_dir, write_summary
+    from recognizer_core.tune.storage import join_uri
+
+    records = records_from_grid(run.result_grid)
+    max_t = plan.options.max_t or get_dotted(plan.space.build_config(config_cls, {}, plan.extra).model_dump(),
+                                             plan.options.epochs_field, None)
+    local = scratch_dir(run.experiment_uri)
+    shutil.rmtree(local, ignore_errors=True)  # a re-run rewrites the whole summary (no stale best model)
+    summary = write_summary(records, plan.space, config_cls, metric=run.metric, mode=run.mode, extra=plan.extra,
+                            out_dir=local, experiment_uri=run.experiment_uri, time_attr=plan.options.time_attr,
+                            max_t=max_t, export_best=export_best)
+    summary["resumed"] = run.restored
+    summary["summary_dir"] = join_uri(run.experiment_uri, "summary")
+    (local / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    publish_summary(local, run.experiment_uri)
+    for trial_id, error in summary["errors"].items():
+        print(f"[tune] trial {trial_id} errored: {error}", file=sys.stderr, flush=True)
+    for note in summary["notes"]:
+        print(f"[tune] note: {note}", flush=True)
+    if "best_trial" in summary:
+        print(f"[tune] best trial {summary['best_trial']}: {run.metric} = {summary['best_value']:.4f}", flush=True)
+    print(f"[tune] results, best config, best checkpoint and plots: {summary['summary_dir']}", flush=True)
+    print(json.dumps({k: summary.get(k) for k in ("experiment", "summary_dir", "metric", "best_trial", "best_value",
+                                                  "trials", "status_counts", "resumed")}, default=str), flush=True)
+    return summary

@@ -1,0 +1,269 @@
+"""Ray Tune + Optuna over any Ray Train job that has `build_trainer(cfg, *, run_config=None) -> TorchTrainer`.
+
+Each Tune trial runs `TrialDriver`: it builds the trial's config (base preset + overrides + sampled params),
+then builds and fits the job's TorchTrainer (Ray Train V2), whose reports reach Tune through
+`TuneReportCallback`. Search: Optuna TPE (seeded, conditional parameters); early stopping: ASHA.
+
+Layout of an experiment (local folder or any pyarrow URI, e.g. s3://bucket/tune):
+
+    <storage_path>/<name>/                Ray Tune experiment (re-running the same command resumes it)
+        recognizer_tune.json              what was asked (space, overrides); a mismatch on resume is an error
+        trial_<id>/train/checkpoint_*/    the trial's Ray Train run and its checkpoints
+        summary/                          results table, best config + checkpoint, plots (`results.py`)
+
+This module is Ray glue: the caller (a `rayjobs/` script) has already called `ray.init`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable, Literal
+
+from pydantic import BaseModel, Field
+
+from recognizer_core.config import ConfigError, StrictModel
+from recognizer_core.tune.results import FINAL_REPORT_KEY
+from recognizer_core.tune.search_space import SearchSpace, get_dotted
+from recognizer_core.tune.storage import exists, join_uri, read_text, to_uri, write_text
+
+log = logging.getLogger("recognizer.tune")
+REQUEST_FILE = "recognizer_tune.json"
+TRAIN_SNAPSHOT = "checkpoint_manager_snapshot.json"  # written by Ray Train V2 in every run folder
+
+
+class TuneOptions(StrictModel):
+    """How to search: budget, scheduler, resources, where results go."""
+
+    name: str = Field(description="experiment name: <storage_path>/<name>; the same name resumes it")
+    storage_path: str = Field("work_dirs/tune", description="local folder, or s3:// / gs:// URI (needed on a "
+                                                            "multi-node cluster)")
+    metric: str | None = Field(None, description="metric to optimise (default: the space's)")
+    mode: Literal["max", "min"] | None = Field(None, description="max or min (default: the space's)")
+    num_samples: int = Field(20, ge=1, description="trials to run")
+    max_concurrent_trials: int = Field(2, ge=1, description="trials running at once")
+    seed: int = Field(0, description="seed of the Optuna TPE sampler")
+    startup_trials: int = Field(8, ge=1, description="random trials before TPE starts modelling")
+    scheduler: Literal["asha", "fifo"] = Field("asha", description="asha stops poor trials early; fifo "
+                                                                   "runs every trial to the end")
+    time_attr: str = Field("epoch", description="reported counter ASHA measures progress in")
+    max_t: int | None = Field(None, ge=1, description="ASHA: longest a trial runs (default: the config's "
+                                                      "epochs)")
+    grace_period: int | None = Field(None, ge=1, description="ASHA: shortest a trial runs before it may be "
+                                                             "stopped (default: max_t / 8, at least 1)")
+    reduction_factor: float = Field(3.0, gt=1, description="ASHA: keep the top 1/reduction_factor per rung")
+    driver_cpus: float = Field(0.05, gt=0, description="CPUs reserved by each trial's Train driver, which only "
+                                                       "watches its workers (they reserve their own, scaling.*)")
+    max_failures: int = Field(0, ge=-1, description="times a failed trial is retried (its Train run "
+                                                    "continues from its latest checkpoint)")
+    retry_errored: bool = Field(False, description="on resume, start errored trials again")
+    epochs_field: str = Field("train.epochs", description="config field holding the number of epochs")
+
+
+@dataclass
+class TuneRun:
+    """What `run_tuning` leaves: the Ray ResultGrid plus where it lives."""
+
+    result_grid: Any
+    experiment_uri: str
+    metric: str
+    mode: str
+    restored: bool
+
+
+class TrialDriver:
+    """One Tune trial = one Ray Train run with the trial's config (picklable: Tune ships it to the trial)."""
+
+    def __init__(self, space: SearchSpace, config_cls: type[BaseModel], build_trainer: Callable,
+                 extra: dict[str, Any], experiment_uri: str, metric: str, mode: str):
+        self.space, self.config_cls, self.build_trainer = space, config_cls, build_trainer
+        self.extra, self.experiment_uri, self.metric, self.mode = extra, experiment_uri, metric, mode
+
+    def __call__(self, params: dict[str, Any]) -> None:
+        import ray.train
+        import ray.tune
+        from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY, TuneReportCallback
+
+        cfg = self.space.build_config(self.config_cls, params, self.extra)
+        trial_id = ray.tune.get_context().get_trial_id()
+        # The Train run is named after the trial, so a restarted trial (resume, retry) continues that run
+        # from its latest checkpoint instead of starting over. Keeping 1 by score also keeps the latest.
+        run_config = ray.train.RunConfig(
+            name="train", storage_path=join_uri(self.experiment_uri, trial_dir_name(trial_id)),
+            callbacks=[TuneReportCallback()],
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=1, checkpoint_score_attribute=self.metric, checkpoint_score_order=self.mode),
+            # A lost worker is recovered inside the trial, from the latest checkpoint, as in a plain run.
+            failure_config=ray.train.FailureConfig(max_failures=_train_max_failures(cfg)))
+        # A Train run that already exists is being continued (resume, retry). If it had finished its last
+        # epoch before the driver died, it reports nothing new: hand Tune its final metrics (+ checkpoint).
+        continued = exists(join_uri(run_config.storage_path, run_config.name, TRAIN_SNAPSHOT))
+        result = self.build_trainer(cfg, run_config=run_config).fit()
+        if continued and result.error is None and result.metrics:
+            ckpt = {CHECKPOINT_PATH_KEY: result.checkpoint.path} if result.checkpoint is not None else {}
+            ray.tune.report({**result.metrics, **ckpt, FINAL_REPORT_KEY: 1})
+
+
+def run_trial(params: dict[str, Any], driver: TrialDriver) -> None:
+    """The Tune function trainable (a plain function, as Tune expects) running one `TrialDriver`."""
+    driver(params)
+
+
+def _train_max_failures(cfg: BaseModel) -> int:
+    run = getattr(cfg, "run", None)
+    return int(getattr(run, "max_failures", 0))
+
+
+def trial_dir_name(trial_id: str) -> str:
+    return f"trial_{trial_id}"
+
+
+def _trial_dirname(trial) -> str:
+    return trial_dir_name(trial.trial_id)
+
+
+def _searcher(space: SearchSpace, metric: str, mode: str, options: TuneOptions):
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    class _OptunaSearch(OptunaSearch):
+        # Optuna records every result as an intermediate value; a report without the metric (e.g. a training
+        # epoch between validations) has none to record.
+        def on_trial_result(self, trial_id: str, result: dict) -> None:
+            if self.metric in result:
+                super().on_trial_result(trial_id, result)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        # multivariate + group: TPE models parameters jointly, and conditional ones (SGD momentum, milestones)
+        # only among the trials where they exist.
+        sampler = optuna.samplers.TPESampler(seed=options.seed, multivariate=True, group=True,
+                                             n_startup_trials=options.startup_trials)
+    return _OptunaSearch(space=space.suggest, metric=metric, mode=mode, sampler=sampler,
+                         points_to_evaluate=space.start_points() or None)
+
+
+def _progress_callback():
+    from ray.tune import Callback
+
+    class Progress(Callback):
+        """One plain line per report/finish, readable in `ray job logs` and the dashboard."""
+
+        def __init__(self, metric: str, time_attr: str):
+            self.metric, self.time_attr = metric, time_attr
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            shown = {k: result[k] for k in (self.metric, "val/acc_top1", "val/mean_class_accuracy", "train/loss",
+                                             "val/AP", "val/loss") if isinstance(result.get(k), (int, float))}
+            text = " ".join(f"{k}={v:.4g}" for k, v in shown.items())
+            print(f"[tune] trial {trial.trial_id} {self.time_attr}={result.get(self.time_attr)} {text}", flush=True)
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            print(f"[tune] trial {trial.trial_id} finished", flush=True)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            print(f"[tune] trial {trial.trial_id} ERRORED (reported in the results table; the search goes on)",
+                  flush=True)
+
+    return Progress
+
+
+def request_record(space: SearchSpace, extra: dict[str, Any], config_cls: type[BaseModel],
+                   options: TuneOptions) -> dict:
+    """What defines an experiment: resuming it with a different space or overrides would mix two searches."""
+    return {"config_class": f"{config_cls.__module__}.{config_cls.__qualname__}",
+            "space": json.loads(space.model_dump_json(exclude={"source", "demo"})),
+            "extra_overrides": extra,
+            "options": json.loads(options.model_dump_json(exclude={"storage_path", "retry_errored"}))}
+
+
+def _check_same_request(previous: dict, current: dict, experiment_uri: str) -> None:
+    changed = [k for k in ("config_class", "space", "extra_overrides") if previous.get(k) != current.get(k)]
+    if changed:
+        details = []
+        if "space" in changed:
+            prev, cur = previous.get("space", {}), current["space"]
+            details += [f"space.{k}" for k in sorted(set(prev) | set(cur)) if prev.get(k) != cur.get(k)]
+        if "extra_overrides" in changed:
+            prev, cur = previous.get("extra_overrides", {}), current["extra_overrides"]
+            details += [f"override {k}" for k in sorted(set(prev) | set(cur)) if prev.get(k) != cur.get(k)]
+        raise ConfigError(f"{experiment_uri} holds an experiment started with a different search (changed: "
+                          f"{', '.join(details or changed)}). Re-run with the original space and options to "
+                          "continue it, or pass a new --name to start another experiment.")
+    opt_prev, opt_cur = previous.get("options", {}), current["options"]
+    ignored = [k for k in sorted(set(opt_prev) | set(opt_cur)) if opt_prev.get(k) != opt_cur.get(k)]
+    if ignored:
+        print(f"[tune] resuming {experiment_uri}: options {ignored} differ from the first run and are ignored "
+              "(a resumed experiment keeps its budget, scheduler and searcher state)", flush=True)
+
+
+def check_resumable(space: SearchSpace, config_cls: type[BaseModel], options: TuneOptions, *,
+                    extra_overrides: dict[str, Any] | None = None) -> bool:
+    """True if the experiment already exists (and will be resumed); a ConfigError if it was started with a
+    different space or overrides. Needs no Ray, so scripts call it before starting one."""
+    experiment_uri = join_uri(to_uri(options.storage_path), options.name)
+    previous = read_text(join_uri(experiment_uri, REQUEST_FILE))
+    if previous is None:
+        return False
+    record = request_record(space, dict(extra_overrides or {}), config_cls, options)
+    _check_same_request(json.loads(previous), record, experiment_uri)
+    return True
+
+
+def run_tuning(space: SearchSpace, config_cls: type[BaseModel], build_trainer: Callable,
+               options: TuneOptions, *, extra_overrides: dict[str, Any] | None = None) -> TuneRun:
+    """Run (or resume) the search; returns the ResultGrid. Errored trials are in it, not raised."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    # A trial whose run reported nothing (or not this metric) is shown as such in the results, instead of
+    # Tune's strict check aborting the whole experiment.
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+    extra = dict(extra_overrides or {})
+    metric, mode = options.metric or space.metric, options.mode or space.mode
+    # Every candidate trial config must at least start: check the base + overrides once, here, not per trial.
+    base_cfg = space.build_config(config_cls, {}, extra)
+    storage = to_uri(options.storage_path)
+    experiment_uri = join_uri(storage, options.name)
+    driver = TrialDriver(space, config_cls, build_trainer, extra, experiment_uri, metric, mode)
+    trainable = tune.with_resources(tune.with_parameters(run_trial, driver=driver), {"cpu": options.driver_cpus})
+    record = request_record(space, extra, config_cls, options)
+
+    restored = tune.Tuner.can_restore(experiment_uri)
+    if restored:
+        check_resumable(space, config_cls, options, extra_overrides=extra)
+        print(f"[tune] resuming experiment {experiment_uri} (finished trials are kept, unfinished ones continue "
+              "from their latest checkpoint)", flush=True)
+        tuner = tune.Tuner.restore(experiment_uri, trainable=trainable, resume_unfinished=True,
+                                   resume_errored=False, restart_errored=options.retry_errored)
+    else:
+        max_t = options.max_t or int(get_dotted(base_cfg.model_dump(), options.epochs_field))
+        if options.scheduler == "asha":
+            grace = min(options.grace_period or max(1, max_t // 8), max_t)
+            # max_t + 1: ASHA stops a trial that reaches max_t, killing its Train run while it shuts down;
+            # a trial that trains its last epoch should instead end by itself (workers and resources freed).
+            scheduler = ASHAScheduler(time_attr=options.time_attr, max_t=max_t + 1, grace_period=grace,
+                                      reduction_factor=options.reduction_factor)
+        else:
+            scheduler = FIFOScheduler()
+        write_text(join_uri(experiment_uri, REQUEST_FILE), json.dumps(record, indent=1))
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                metric=metric, mode=mode, search_alg=_searcher(space, metric, mode, options),
+                scheduler=scheduler, num_samples=options.num_samples,
+                max_concurrent_trials=options.max_concurrent_trials,
+                trial_name_creator=_trial_dirname, trial_dirname_creator=_trial_dirname),
+            run_config=tune.RunConfig(
+                name=options.name, storage_path=storage, verbose=0,
+                failure_config=tune.FailureConfig(max_failures=options.max_failures),
+                callbacks=[_progress_callback()(metric, options.time_attr)]))
+    grid = tuner.fit()
+    return TuneRun(result_grid=grid, experiment_uri=experiment_uri, metric=metric, mode=mode, restored=restored)
+
+
+def default_storage() -> str:
+    """`RECOGNIZER_TUNE_STORAGE` if set (e.g. s3://bucket/tune on a cluster), else ./work_dirs/tune."""
+    return os.environ.get("RECOGNIZER_TUNE_STORAGE", "work_dirs/tune")

@@ -1,0 +1,132 @@
+"""The README's cluster path end to end: a real Ray head on loopback (token authentication on, dashboard and
+Jobs API on 127.0.0.1), `rayjobs/tune_fight.py` submitted through the Jobs API with the repo as working_dir,
+waited for, its logs read and its results checked; then the head is stopped."""
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+# What the working_dir upload leaves out (Ray also honours .gitignore): environments, outputs, caches.
+EXCLUDES = [".venv", ".git", "work_dirs", "outputs", "runs", "**/__pycache__", "*.egg-info", ".pytest_cache",
+            "bench/results"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_http(url: str, timeout: float) -> None:
+    import urllib.error
+    import urllib.request
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(url + "/api/version", timeout=2)
+            return
+        except urllib.error.HTTPError:
+            return  # up (and asking for a token)
+        except OSError:
+            time.sleep(1)
+    raise AssertionError(f"no dashboard at {url} after {timeout}s")
+
+
+def _submit(client, timeout: float = 60, **job) -> str:
+    # The dashboard answers before the node's job agent is up ("No available agent"): retry until it is.
+    deadline = time.time() + timeout
+    while True:
+        try:
+            return client.submit_job(**job)
+        except RuntimeError as err:
+            if "No available agent" not in str(err) or time.time() > deadline:
+                raise
+            time.sleep(2)
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(400)
+def test_tune_job_submitted_to_a_local_head(tmp_path):
+    from ray.exceptions import AuthenticationError
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    # Every port of this head is free-picked: the defaults (e.g. the dashboard agent's 52365) may be held by
+    # another Ray on this machine, and a job can only be submitted through this head's own agent.
+    gcs_port, dash_port, agent_port = _free_port(), _free_port(), _free_port()
+    url = f"http://127.0.0.1:{dash_port}"
+    token = secrets.token_hex(24)
+    venv_bin = str(Path(sys.executable).parent)
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN_PATH")}
+    env.update({
+        # Token authentication on, as on a real cluster; the token lives only in this environment.
+        "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "RAY_USAGE_STATS_ENABLED": "0",
+        # Submitted entrypoints run `python` from the head's PATH: this venv's.
+        "PATH": venv_bin + os.pathsep + env.get("PATH", ""),
+        # Other Ray instances may run on this machine (the test session's own): pin this cluster's State API
+        # for every process of it (Ray Train's placement-group cleaner looks the cluster up there).
+        "RAY_API_SERVER_ADDRESS": url,
+    })
+    temp_dir = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # short: Ray's socket paths must stay < 108 chars
+    head = subprocess.Popen(
+        [str(Path(venv_bin) / "ray"), "start", "--head", "--block", f"--port={gcs_port}",
+         "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash_port}",
+         f"--dashboard-agent-listen-port={agent_port}", "--num-cpus=2", "--disable-usage-stats",
+         f"--temp-dir={temp_dir}"],
+        env=env, stdout=(tmp_path / "head.log").open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait_http(url, timeout=90)
+        # Without the token the Jobs API refuses to talk.
+        with pytest.raises(AuthenticationError):
+            JobSubmissionClient(url).list_jobs()
+        client = JobSubmissionClient(url, headers={"Authorization": f"Bearer {token}"})
+        storage = tmp_path / "storage"
+        job_id = _submit(client, entrypoint=f"python rayjobs/tune_fight.py --smoke --storage-path {storage} --name job",
+                         runtime_env={"working_dir": str(REPO), "excludes": EXCLUDES},
+                         submission_id=f"tune-fight-{secrets.token_hex(3)}")
+        deadline = time.time() + 330
+        status = client.get_job_status(job_id)
+        while status not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED} and time.time() < deadline:
+            time.sleep(2)
+            status = client.get_job_status(job_id)
+        logs = client.get_job_logs(job_id)
+        assert status == JobStatus.SUCCEEDED, f"{status}\n{logs[-6000:]}"
+        # The job ran on this cluster (not a local Ray of its own) and says where its results are.
+        assert "Started a local Ray instance" not in logs
+        assert "[tune] SMOKE" in logs and "[tune] best trial" in logs
+        assert f"results, best config, best checkpoint and plots: {storage / 'job' / 'summary'}" in logs
+        info = client.get_job_info(job_id)
+        assert info.runtime_env["working_dir"].startswith("gcs://")  # the repo was uploaded, not read in place
+
+        summary = storage / "job" / "summary"
+        table = pd.read_parquet(summary / "results.parquet")
+        assert len(table) == 2 and set(table["status"]) == {"ok"}
+        assert (summary / "best_config.yaml").is_file() and any(summary.glob("best_acc_top1_epoch_*.pth"))
+        assert (summary / "best_checkpoint" / "training_state.pt").is_file()
+        assert (summary / "plots" / "optimization_history.png").is_file()
+    finally:
+        # Stop this head only (never `ray stop`, which stops every Ray on the machine): SIGTERM to the
+        # `ray start --block` process group, which takes its GCS, raylet and dashboard down with it.
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(head.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                head.wait(timeout=30)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        shutil.rmtree(temp_dir, ignore_errors=True)

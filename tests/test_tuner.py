@@ -1,0 +1,257 @@
+"""The tuner: results/best-config/checkpoint/plots from trial records, and a real search that is killed and
+resumed (`python rayjobs/tune_fight.py --smoke`, a local Ray in a subprocess, as a user runs it)."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from recognizer_core.config import load_config
+from recognizer_core.models.checkpoint import load_mmaction_checkpoint
+from recognizer_core.models.recognizer import build_recognizer
+from recognizer_core.train.config import TrainJobConfig
+from recognizer_core.train.state import save_training_state
+from recognizer_core.tune import stgcn_job
+from recognizer_core.tune.results import TrialRecord, write_summary
+from recognizer_core.tune.search_space import load_search_space
+
+REPO = Path(__file__).resolve().parents[1]
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _space():
+    return load_search_space(REPO / "search_spaces" / "fight.yaml", TrainJobConfig, job="stgcn",
+                             metrics=stgcn_job.METRICS)
+
+
+def _checkpoint(space, params, root: Path, epoch: int) -> str:
+    cfg = space.build_config(TrainJobConfig, params, space.demo)
+    torch.manual_seed(epoch)
+    model = build_recognizer(cfg.model)
+    d = root / f"checkpoint_epoch_{epoch:04d}"
+    save_training_state(d, model=model, epoch=epoch, extra={"label_names": ["NonFight", "Fight"]})
+    return str(d)
+
+
+def test_summary_from_records(tmp_path):
+    space = _space()
+    small = {"depth": "shallow", "model.base_channels": 32, "model.dropout": 0.2, "optim.weight_decay": 1e-3,
+             "train.class_weight[1]": 1.5, "optim.type": "sgd", "optim.lr": 1e-4, "optim.momentum": 0.9,
+             "optim.nesterov": True, "schedule.type": "multistep", "schedule.milestones": "[10, 20]",
+             "schedule.gamma": 0.1, "train.batch_size": 16, "pipeline.feats": '["j"]'}
+    other = {**small, "model.base_channels": 48, "optim.type": "adamw", "schedule.type": "cosine",
+             "schedule.eta_min": 1e-6, "depth": "stable"}
+    for k in ("optim.momentum", "optim.nesterov", "schedule.milestones", "schedule.gamma"):
+        other.pop(k)
+    a, b = tmp_path / "a", tmp_path / "b"
+    # Trial a: 0.75 at epochs 2 and 3 (a tie); Ray Train kept only epoch 3's checkpoint, so that one is picked.
+    rec_a = TrialRecord("a", small, [
+        {"epoch": 1, "val/acc_top1": 0.5, "train/loss": 0.9},
+        {"epoch": 2, "val/acc_top1": 0.75, "train/loss": 0.7, "checkpoint_path": str(a / "checkpoint_epoch_0002")},
+        {"epoch": 3, "val/acc_top1": 0.75, "train/loss": 0.6, "checkpoint_path": _checkpoint(space, small, a, 3)}])
+    # Trial b: stopped early by ASHA after epoch 1.
+    rec_b = TrialRecord("b", other, [{"epoch": 1, "val/acc_top1": 0.6, "checkpoint_path": _checkpoint(space, other, b, 1)}])
+    rec_c = TrialRecord("c", other, [], error="RuntimeError: CUDA out of memory")
+    out = tmp_path / "summary"
+    summary = write_summary([rec_b, rec_c, rec_a], space, TrainJobConfig, metric="val/acc_top1", mode="max",
+                            extra=space.demo, out_dir=out, experiment_uri=str(tmp_path), max_t=3,
+                            export_best=stgcn_job.export_best)
+    assert summary["best_trial"] == "a" and summary["best_value"] == 0.75 and summary["best_at"] == {"epoch": 3}
+    assert summary["status_counts"] == {"ok": 2, "error": 1}
+    assert summary["errors"] == {"c": "RuntimeError: CUDA out of memory"}
+    assert summary["best_checkpoint"]["source"].endswith("checkpoint_epoch_0003")
+
+    table = pd.read_parquet(out / "results.parquet")
+    assert list(table["trial_id"]) == ["a", "b", "c"]  # best first, the errored trial last
+    assert list(table["status"]) == ["ok", "ok", "error"]
+    assert list(table["stopped_early"]) == [False, True, False]
+    assert table.loc[0, "at best: train/loss"] == 0.6
+    assert table.loc[0, "param: optim.momentum"] == 0.9 and pd.isna(table.loc[1, "param: optim.momentum"])
+    assert pd.read_csv(out / "results.csv")["trial_id"].tolist() == ["a", "b", "c"]
+
+    # The best config is a complete training YAML that loads as is: preset + demo overrides + trial params.
+    best = load_config(TrainJobConfig, out / "best_config.yaml")
+    assert best == space.build_config(TrainJobConfig, small, space.demo).model_copy(
+        update={"run": best.run}) and best.run.name == "fight_stable_tuned"
+    assert (best.model.num_stages, best.model.base_channels, best.optim.type) == (3, 32, "sgd")
+    assert best.schedule.milestones == [10, 20] and best.train.class_weight == [1.2, 1.5]
+
+    # Best checkpoint copied; its weights exported in mmaction2 format, loadable into the best config's model.
+    assert (out / "best_checkpoint" / "training_state.pt").is_file()
+    pth = out / "best_acc_top1_epoch_3.pth"
+    assert summary["best_checkpoint"]["exported"] == [str(pth)]
+    model = load_mmaction_checkpoint(build_recognizer(best.model), pth)
+    state = torch.load(out / "best_checkpoint" / "training_state.pt", weights_only=True)["model"]
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    meta = torch.load(pth, weights_only=True)["meta"]
+    assert meta["epoch"] == 3 and meta["dataset_meta"]["classes"] == ["NonFight", "Fight"]
+
+    for name in ("optimization_history", "param_importances", "parallel_coordinate", "learning_curves"):
+        png = (out / "plots" / f"{name}.png").read_bytes()
+        assert png.startswith(PNG) and len(png) > 10_000, name
+    assert json.loads((out / "summary.json").read_text())["best_trial"] == "a"
+
+
+def test_summary_with_no_successful_trial(tmp_path):
+    space = _space()
+    recs = [TrialRecord("x", {}, [], error="ValueError: bad"), TrialRecord("y", {}, [{"epoch": 1}])]
+    summary = write_summary(recs, space, TrainJobConfig, metric="val/acc_top1", mode="max", extra={},
+                            out_dir=tmp_path, experiment_uri=str(tmp_path))
+    assert "best_trial" not in summary and not (tmp_path / "best_config.yaml").exists()
+    assert summary["status_counts"] == {"error": 1, "no_metric": 1}
+    assert set(summary["plots_skipped"]) == {"optimization_history", "param_importances", "parallel_coordinate",
+                                             "learning_curves"}
+
+
+def _start(cmd: list[str], log: Path) -> subprocess.Popen:
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
+    env.pop("RAY_ADDRESS", None)
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def _wait_for(proc: subprocess.Popen, log: Path, text: str, timeout: float) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if text in log.read_text(errors="replace"):
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"exited ({proc.returncode}) before {text!r}:\n{log.read_text()[-4000:]}")
+        time.sleep(0.5)
+    raise AssertionError(f"no {text!r} after {timeout}s:\n{log.read_text()[-4000:]}")
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    # The driver and the local Ray it started (same session); our own processes only.
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=30)
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(420)
+def test_resume_after_killing_the_driver(tmp_path):
+    cmd = [sys.executable, "rayjobs/tune_fight.py", "--smoke", "--num-samples", "2", "--max-concurrent-trials",
+           "1", "--storage-path", str(tmp_path), "--name", "resume", "--num-cpus", "2"]
+    first = tmp_path / "first.log"
+    proc = _start(cmd, first)
+    try:
+        _wait_for(proc, first, "epoch=1 val/acc_top1=", timeout=240)
+    finally:
+        _kill_group(proc)  # SIGKILL: no chance to save anything more
+    killed_trial = [ln for ln in first.read_text().splitlines() if "epoch=1 val/acc_top1=" in ln][0].split()[2]
+    assert "[tune] best trial" not in first.read_text()
+
+    second = tmp_path / "second.log"
+    proc = _start(cmd, second)
+    try:
+        assert proc.wait(timeout=360) == 0, second.read_text()[-4000:]
+    finally:
+        _kill_group(proc)
+    log = second.read_text()
+    assert "[tune] resuming experiment" in log
+    # The interrupted trial continued its Train run from its latest checkpoint instead of starting over (epoch 1,
+    # or 2 when the kill came after the last checkpoint but before Tune saw it: then the run only reports).
+    assert re.search(r"resumed from checkpoint at epoch [12]\b", log), log[-4000:]
+    summary_dir = tmp_path / "resume" / "summary"
+    table = pd.read_parquet(summary_dir / "results.parquet")
+    assert len(table) == 2 and set(table["status"]) == {"ok"}, table
+    assert table.set_index("trial_id").loc[killed_trial, "last epoch"] == 2  # finished, not restarted
+    # ASHA may stop a trial after its first epoch; the others ran both smoke epochs.
+    assert table["last epoch"].max() == 2 and table["last epoch"].min() >= 1
+    summary = json.loads((summary_dir / "summary.json").read_text())
+    assert summary["resumed"] is True and summary["trials"] == 2
+    best = load_config(TrainJobConfig, summary_dir / "best_config.yaml")
+    pth = next(summary_dir.glob("best_acc_top1_epoch_*.pth"))
+    load_mmaction_checkpoint(build_recognizer(best.model), pth)
+    assert {p.name for p in (summary_dir / "plots").glob("*.png")} >= {"optimization_history.png",
+                                                                       "parallel_coordinate.png"}
+
+    # Re-running with a different search into the same experiment is refused before Ray starts.
+    third = tmp_path / "third.log"
+    proc = _start(cmd + ["--set", "train.epochs=3"], third)
+    assert proc.wait(timeout=120) == 2
+    assert "different search (changed: override train.epochs)" in third.read_text()
+
+
+def _plan(*argv: str, space: str = "search_spaces/fight.yaml"):
+    import argparse
+
+    from recognizer_core.tune.cli import add_tune_args, plan_from_args
+
+    parser = argparse.ArgumentParser()
+    add_tune_args(parser, str(REPO / space))
+    return plan_from_args(parser.parse_args(list(argv)), config_cls=TrainJobConfig, job=stgcn_job.JOB,
+                          metrics=stgcn_job.METRICS)
+
+
+def test_command_line_plans(tmp_path):
+    from recognizer_core.config import ConfigError
+
+    demo = _plan("--storage-path", str(tmp_path))
+    assert demo.demo and demo.options.name == "tune_fight_demo" and demo.options.num_samples == 4
+    assert demo.extra["train.epochs"] == 3 and demo.extra["scaling.cpus_per_worker"] == 0.5
+    # The command line wins over the demo and smoke budgets; resources map to the trial's scaling section.
+    smoke = _plan("--smoke", "--set", "train.epochs=4", "--num-samples", "3", "--gpus-per-worker", "0.5",
+                  "--cpus-per-worker", "2", space="search_spaces/falldown.yaml")
+    assert smoke.options.name == "tune_falldown_smoke" and smoke.options.num_samples == 3
+    assert smoke.options.max_concurrent_trials == 2 and smoke.space.metric == "val/mean_class_accuracy"
+    assert smoke.extra["train.epochs"] == 4 and smoke.extra["scaling.use_gpu"] is True
+    assert smoke.extra["scaling.gpus_per_worker"] == 0.5 and smoke.extra["scaling.cpus_per_worker"] == 2
+    data = tmp_path / "skeletons"
+    data.mkdir()
+    real = _plan("--data", str(data), "--num-samples", "40")
+    assert not real.demo and real.extra == {"data.path": str(data)} and real.options.name == "tune_fight"
+    assert real.options.num_samples == 40 and real.options.max_concurrent_trials == 2
+    with pytest.raises(ConfigError, match="no such file or folder"):
+        _plan("--data", str(tmp_path / "missing"))
+    with pytest.raises(ConfigError, match=r"model\.dropuot: unknown field"):
+        _plan("--set", "model.dropuot=0.2")
+    with pytest.raises(ConfigError, match="'val/AP' is not reported by the stgcn trainer"):
+        _plan("--metric", "val/AP")
+    with pytest.raises(ConfigError, match="num_samples"):
+        _plan("--num-samples", "0")
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(300)
+def test_errored_trial_is_reported_and_the_search_goes_on(tmp_path, ray_local):
+    """One trial's dataset is missing: that trial errors, the other finishes, the search returns normally."""
+    import yaml
+
+    from recognizer_core.skeleton.demo_data import write_demo_dataset
+    from recognizer_core.train.ray_train import build_trainer
+    from recognizer_core.tune.results import records_from_grid
+    from recognizer_core.tune.tuner import TuneOptions, run_tuning
+
+    good = str(write_demo_dataset("fight", tmp_path / "demo", num_clips=24, seed=0))
+    bad = str(tmp_path / "no_such_dataset")
+    space_file = tmp_path / "space.yaml"
+    space_file.write_text(yaml.safe_dump({
+        "job": "stgcn", "base_config": str(REPO / "configs" / "fight_stable.yaml"), "metric": "val/acc_top1",
+        "params": {"data.path": {"type": "choice", "values": [good, bad]}},
+        "start_with": [{"data.path": good}, {"data.path": bad}]}))
+    space = load_search_space(space_file, TrainJobConfig, job="stgcn", metrics=stgcn_job.METRICS)
+    fast = _space().demo | {"train.epochs": 1}
+    options = TuneOptions(name="errors", storage_path=str(tmp_path / "exp"), num_samples=2,
+                          max_concurrent_trials=2, scheduler="fifo")
+    run = run_tuning(space, TrainJobConfig, build_trainer, options, extra_overrides=fast)
+    records = {r.params["data.path"]: r for r in records_from_grid(run.result_grid)}
+    assert set(records) == {good, bad}
+    assert records[good].error is None and records[good].reports[-1]["epoch"] == 1
+    assert records[bad].error is not None and "no_such_dataset" in records[bad].error, records[bad].error
+    summary = write_summary(list(records.values()), space, TrainJobConfig, metric="val/acc_top1", mode="max",
+                            extra=fast, out_dir=tmp_path / "summary", experiment_uri=run.experiment_uri)
+    assert summary["status_counts"] == {"ok": 1, "error": 1}
+    assert summary["best_params"] == {"data.path": good}
