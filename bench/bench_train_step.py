@@ -6,6 +6,8 @@
 2. Training input path for batches of 16: our prepare_batch(train=True) (random frames; also with the
    guide's augmentations) vs mmaction2's train-mode Compose (PreNormalize2D, GenSkeFeat, UniformSampleFrames,
    PoseDecode, FormatGCNInput) over the same annotations, alternating.
+3. Also our step under bf16 autocast (fp32 weights, mixed-precision compute) where the CPU has native bf16
+   (AVX512-BF16 or AMX); `--no-bf16` skips it.
 
 Prints ONE JSON line (medians over repeats, samples/s, ratios).
 
@@ -14,6 +16,7 @@ Prints ONE JSON line (medians over repeats, samples/s, ratios).
 from __future__ import annotations
 
 import argparse
+import copy
 import pickle
 import sys
 import tempfile
@@ -34,12 +37,21 @@ from recognizer_core.skeleton.transforms import PipelineConfig, prepare_batch  #
 BATCH, M, T, V, C = 16, 4, 100, 17, 3
 
 
+def cpu_has_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--steps", type=int, default=3, help="training steps per timed repeat")
     ap.add_argument("--input-samples", type=int, default=256, help="annotations for the input-path timing")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--no-bf16", action="store_true", help="skip the bf16-autocast variant of our step")
     ap.add_argument("--out", default=None, help="also append the JSON line to this .jsonl file")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -52,12 +64,19 @@ def main() -> None:
     x[1, -1] = 0  # one padded person, as the pipeline produces
     y = torch.randint(0, 2, (BATCH,), generator=gen)
     model = build_recognizer(model_cfg).train()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    model_bf16 = copy.deepcopy(model)
+    opts = {False: torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4),
+            True: torch.optim.SGD(model_bf16.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)}
+    # bf16 autocast (mixed precision, fp32 weights) only pays off with native bf16 units (AVX512-BF16 / AMX)
+    bf16_ok = not args.no_bf16 and cpu_has_bf16()
 
-    def ours_steps(k: int) -> float:
+    def ours_steps(k: int, bf16: bool = False) -> float:
+        net, opt = (model_bf16 if bf16 else model), opts[bf16]
         t0 = time.perf_counter()
         for _ in range(k):
-            loss = F.cross_entropy(model(x), y)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                logits = net(x)
+            loss = F.cross_entropy(logits.float(), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -80,6 +99,7 @@ def main() -> None:
               "steps_per_repeat": args.steps, "input_samples": len(anns)}
     ok, why = MMWorker.available()
     worker = MMWorker() if ok else None
+    ours_bf16_t = []
     ours_t, mm_t, ours_in, ours_in_aug, mm_in = [], [], [], [], []
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -99,8 +119,12 @@ def main() -> None:
                 worker.call("train_steps", steps=1)  # warm-up
                 worker.call("run_pipeline")
             ours_steps(1)
+            if bf16_ok:
+                ours_steps(1, bf16=True)
             for _ in range(args.repeats):  # alternate, so both see the same machine load
                 ours_t.append(ours_steps(args.steps))
+                if bf16_ok:
+                    ours_bf16_t.append(ours_steps(args.steps, bf16=True))
                 if worker is not None:
                     mm_t.append(worker.call("train_steps", steps=args.steps)["seconds"])
                 ours_in.append(ours_input(pipe))
@@ -113,12 +137,15 @@ def main() -> None:
 
     step_rate = BATCH * args.steps / median(ours_t)
     result["ours_train_samples_per_s"] = round(step_rate, 2)
+    bf16_rate = BATCH * args.steps / median(ours_bf16_t) if ours_bf16_t else None
+    result["ours_bf16_autocast_train_samples_per_s"] = round(bf16_rate, 2) if bf16_rate else None
     result["ours_input_samples_per_s"] = round(len(anns) / median(ours_in), 1)
     result["ours_input_augmented_samples_per_s"] = round(len(anns) / median(ours_in_aug), 1)
     if worker is not None:
         mm_rate = BATCH * args.steps / median(mm_t)
         mm_in_rate = len(anns) / median(mm_in)
         result.update(mmaction2_train_samples_per_s=round(mm_rate, 2), ratio_train_vs_mmaction2=round(step_rate / mm_rate, 3),
+                      ratio_train_bf16_autocast_vs_mmaction2=round(bf16_rate / mm_rate, 3) if bf16_rate else None,
                       mmaction2_input_samples_per_s=round(mm_in_rate, 1),
                       ratio_input_vs_mmaction2=round(result["ours_input_samples_per_s"] / mm_in_rate, 2),
                       ratio_input_augmented_vs_mmaction2=round(result["ours_input_augmented_samples_per_s"] / mm_in_rate, 2))

@@ -12,7 +12,8 @@ MSTCN_BRANCHES = ((3, 1), (3, 2), (3, 3), (3, 4), ("max", 3), "1x1")
 
 
 class UnitGCN(nn.Module):
-    """Spatial graph convolution: 1x1 conv to K subsets, aggregate over joints with A, BN, (+res), ReLU.
+    """Spatial graph convolution: 1x1 conv to K subsets, aggregate over joints with A, BN, (+res), ReLU
+    (computed as aggregate-then-conv, see forward).
 
     adaptive='init' makes A a learnable parameter initialised from the graph (STGCN++);
     'importance'/'offset' learn PA multiplied/added to the fixed A; None keeps A fixed.
@@ -49,10 +50,20 @@ class UnitGCN(nn.Module):
         return self.A
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, _, t, v = x.shape
-        y = self.conv(x).view(n, self.num_subsets, self.out_channels, t, v)
-        y = torch.einsum("nkctv,kvw->nctw", y, self.adjacency())
-        y = self.bn(y)
+        # mmaction2 computes conv(x) to K*C_out channels, then aggregates over joints with A. Both are linear,
+        # so we aggregate the C_in input channels first and apply the same weights as one (K*C_in -> C_out)
+        # 1x1 conv: same function (float rounding aside), but the joint aggregation runs on K*C_in channels
+        # instead of K*C_out (3x9 vs 3x64 in block 1), and no permuted gradient reaches conv backward
+        # (oneDNN takes a much slower path on one). The bias b_k becomes sum_k b_k * colsum(A_k), per joint.
+        n, c_in, t, v = x.shape
+        k, c_out = self.num_subsets, self.out_channels
+        A = self.adjacency()
+        # one GEMM (n*c_in*t, v) @ (v, k*w), then (n, c_in, t, k, w) -> (n, k, c_in, t, w)
+        xa = (x.reshape(n * c_in * t, v) @ A.permute(1, 0, 2).reshape(v, k * v)).view(n, c_in, t, k, v)
+        xa = xa.permute(0, 3, 1, 2, 4).reshape(n, k * c_in, t, v)
+        weight = self.conv.weight.view(k, c_out, c_in).transpose(0, 1).reshape(c_out, k * c_in, 1, 1)
+        bias = self.conv.bias.view(k, c_out).t() @ A.sum(1)  # (c_out, w)
+        y = self.bn(F.conv2d(xa, weight) + bias.view(1, c_out, 1, v))
         if self.with_res:
             y = y + (x if self.down is None else self.down(x))
         return self.act(y)
@@ -115,6 +126,8 @@ class MSTCN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Every branch starts with a 1x1 conv on the same input: run them as one conv (one kernel instead of
         # six, bit-identical per channel). A strided 1x1 conv equals the stride-1 output subsampled in T.
+        # The channel slices of its output are strided views; BatchNorm and max-pool take a several times
+        # slower path on those than on contiguous tensors, so each branch gets its slice compacted first.
         convs = [b if isinstance(b, nn.Conv2d) else b[0] for b in self.branches]
         y = F.conv2d(x, torch.cat([c.weight for c in convs]), torch.cat([c.bias for c in convs]))
         outs = []
@@ -123,5 +136,5 @@ class MSTCN(nn.Module):
                 stride = branch.stride[0]
                 outs.append(part[:, :, ::stride] if stride > 1 else part)
             else:
-                outs.append(branch[1:](part))
+                outs.append(branch[1:](part.contiguous()))
         return self.drop(self.bn(self.transform(torch.cat(outs, dim=1))))
