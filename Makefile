@@ -27,9 +27,12 @@ demo: $(STAMP)
 test: $(STAMP)
 	RAY_USAGE_STATS_ENABLED=0 $(BIN)/python -m pytest -q tests
 
-bench: $(STAMP)
-	$(BIN)/python bench/bench_pipeline.py
+bench: $(STAMP)  # mmaction2 comparisons need `bash bench/setup_mmaction2_venv.sh` once
+	$(BIN)/python bench/bench_pipeline.py --feats all
 	$(BIN)/python bench/bench_train_step.py
+	$(BIN)/python bench/bench_train.py
+	$(BIN)/python bench/bench_extract.py
+	$(BIN)/python bench/bench_dino_pose.py
 
 clean:
 	rm -rf $(VENV)
