@@ -201,7 +201,8 @@ def test_command_line_plans(tmp_path):
 
     demo = _plan("--storage-path", str(tmp_path))
     assert demo.demo and demo.options.name == "tune_fight_demo" and demo.options.num_samples == 4
-    assert demo.extra["train.epochs"] == 3 and demo.extra["scaling.cpus_per_worker"] == 0.5
+    assert demo.extra["train.epochs"] == _space().demo["train.epochs"]
+    assert demo.extra["scaling.cpus_per_worker"] == 0.5
     # The command line wins over the demo and smoke budgets; resources map to the trial's scaling section.
     smoke = _plan("--smoke", "--set", "train.epochs=4", "--num-samples", "3", "--gpus-per-worker", "0.5",
                   "--cpus-per-worker", "2", space="search_spaces/falldown.yaml")
