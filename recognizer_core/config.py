@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import re
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
@@ -37,25 +38,69 @@ def _parse_value(text: str) -> Any:
         return text
 
 
+# Dotted config paths (`model.dropout`, `train.class_weight[1]`), shared by --set overrides and search spaces.
+_INDEX = re.compile(r"^(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:\[(?P<index>\d+)\])?$")
+
+
+def split_dotted(key: str) -> list[tuple[str, int | None]]:
+    """`a.b[2]` -> [("a", None), ("b", 2)]; KeyError naming the bad part."""
+    out = []
+    for part in key.split("."):
+        m = _INDEX.match(part)
+        if not m:
+            raise KeyError(f"{key!r}: {part!r} is not a field name (letters, digits, _; optional [index])")
+        out.append((m["name"], None if m["index"] is None else int(m["index"])))
+    return out
+
+
+def get_dotted(data: dict, key: str, default: Any = KeyError) -> Any:
+    node: Any = data
+    try:
+        for name, index in split_dotted(key):
+            node = node[name]
+            if index is not None:
+                node = node[index]
+        return node
+    except (KeyError, IndexError, TypeError):
+        if default is KeyError:
+            raise KeyError(key) from None
+        return default
+
+
+def set_dotted(data: dict, key: str, value: Any) -> None:
+    parts = split_dotted(key)
+    node = data
+    for name, index in parts[:-1]:
+        if index is not None:
+            raise KeyError(f"{key!r}: only the last part may have an [index]")
+        child = node.get(name)
+        if child is None:
+            child = node[name] = {}
+        if not isinstance(child, dict):
+            raise KeyError(f"{key!r}: {name!r} is a value, not a section")
+        node = child
+    name, index = parts[-1]
+    if index is None:
+        node[name] = copy.deepcopy(value)
+        return
+    seq = node.get(name)
+    if not isinstance(seq, list) or index >= len(seq):
+        raise KeyError(f"{key!r}: the config's {name} is {seq!r}; an [index] needs a list with "
+                       f"at least {index + 1} entries")
+    seq[index] = copy.deepcopy(value)
+
+
 def apply_overrides(data: dict, overrides: list[str], source: str = "--set") -> dict:
-    """Return a copy of `data` with `a.b.c=value` overrides applied (creating sections as needed)."""
+    """Return a copy of `data` with `a.b.c=value` (or `a.list[i]=value`) overrides applied."""
     data = copy.deepcopy(data)
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"{source}: override {item!r} must look like section.field=value")
         key, value = item.split("=", 1)
-        parts = [p for p in key.strip().split(".") if p]
-        if not parts:
-            raise ConfigError(f"{source}: override {item!r} has an empty field name")
-        node = data
-        for p in parts[:-1]:
-            child = node.get(p)
-            if child is None:
-                child = node[p] = {}
-            if not isinstance(child, dict):
-                raise ConfigError(f"{source}: {'.'.join(parts)}: {p!r} is a value, not a section")
-            node = child
-        node[parts[-1]] = _parse_value(value)
+        try:
+            set_dotted(data, key.strip(), _parse_value(value))
+        except KeyError as err:
+            raise ConfigError(f"{source}: {err.args[0]}") from None
     return data
 
 

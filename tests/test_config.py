@@ -52,6 +52,15 @@ def test_bad_value_names_field():
     assert "optim.type" in str(e.value) and "'adam'" in str(e.value)
 
 
+def test_override_list_element(tmp_path):
+    p = tmp_path / "job.yaml"
+    p.write_text("model:\n  inflate_stages: [2, 4]\n")
+    cfg = load_config(Job, p, ["model.inflate_stages[1]=5"])
+    assert cfg.model.inflate_stages == [2, 5]
+    with pytest.raises(ConfigError, match="needs a list with at least 4 entries"):
+        load_config(Job, p, ["model.inflate_stages[3]=5"])
+
+
 def test_override_errors():
     with pytest.raises(ConfigError, match="section.field=value"):
         apply_overrides({}, ["model.base_channels"])

@@ -2,63 +2,14 @@
 them against a pydantic config class (for error messages that name the field and suggest the right one)."""
 from __future__ import annotations
 
-import copy
 import difflib
-import re
 import types
 import typing
 from typing import Any
 
 from pydantic import BaseModel
 
-_INDEX = re.compile(r"^(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:\[(?P<index>\d+)\])?$")
-
-
-def _parts(key: str) -> list[tuple[str, int | None]]:
-    out = []
-    for part in key.split("."):
-        m = _INDEX.match(part)
-        if not m:
-            raise KeyError(f"{key!r}: {part!r} is not a field name (letters, digits, _; optional [index])")
-        out.append((m["name"], None if m["index"] is None else int(m["index"])))
-    return out
-
-
-def get_dotted(data: dict, key: str, default: Any = KeyError) -> Any:
-    node: Any = data
-    try:
-        for name, index in _parts(key):
-            node = node[name]
-            if index is not None:
-                node = node[index]
-        return node
-    except (KeyError, IndexError, TypeError):
-        if default is KeyError:
-            raise KeyError(key) from None
-        return default
-
-
-def set_dotted(data: dict, key: str, value: Any) -> None:
-    parts = _parts(key)
-    node = data
-    for name, index in parts[:-1]:
-        if index is not None:
-            raise KeyError(f"{key!r}: only the last part may have an [index]")
-        child = node.get(name)
-        if child is None:
-            child = node[name] = {}
-        if not isinstance(child, dict):
-            raise KeyError(f"{key!r}: {name!r} is a value, not a section")
-        node = child
-    name, index = parts[-1]
-    if index is None:
-        node[name] = copy.deepcopy(value)
-        return
-    seq = node.get(name)
-    if not isinstance(seq, list) or index >= len(seq):
-        raise KeyError(f"{key!r}: the base config's {name} is {seq!r}; an [index] needs a list with "
-                       f"at least {index + 1} entries")
-    seq[index] = copy.deepcopy(value)
+from recognizer_core.config import get_dotted, set_dotted, split_dotted  # noqa: F401  (get/set re-exported)
 
 
 def _unwrap(annotation: Any) -> Any:
@@ -84,7 +35,7 @@ def field_names(cls: type[BaseModel], prefix: str = "") -> list[str]:
 def check_field(cls: type[BaseModel], key: str) -> str | None:
     """None if `key` names a leaf field of `cls` (an [index] needs a list field), else the reason."""
     try:
-        parts = _parts(key)
+        parts = split_dotted(key)
     except KeyError as err:
         return str(err.args[0])
     node: Any = cls
