@@ -35,7 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    run_dir = Path(cfg.run.storage_path).resolve() / cfg.run.name
+    from recognizer_core.train.ray_train import default_run_config, run_dir_of
+
+    run_dir = run_dir_of(default_run_config(cfg), cfg)
     checkpoint = Path(args.checkpoint) if args.checkpoint else run_dir
     if not checkpoint.exists():
         print(f"error: {checkpoint}: checkpoint not found (train first, or pass --checkpoint)", file=sys.stderr)

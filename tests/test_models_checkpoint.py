@@ -38,7 +38,6 @@ def test_pyskl_checkpoint_converts_and_runs():
     with torch.no_grad():
         out = model(x)
         assert out.shape == (3, 40) and torch.isfinite(out).all()
-        torch.testing.assert_close(model(x), out, rtol=0, atol=0)
         torch.testing.assert_close(model2(x), out, rtol=0, atol=0)
         assert out.std(0).max() > 0  # real weights: different inputs give different logits
 

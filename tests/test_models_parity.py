@@ -77,6 +77,7 @@ def test_training_step_updates_and_dropout_only_in_train():
     out = model(x)
     out.sum().backward()
     assert all(p.grad is not None for p in model.parameters())
-    model.eval()
-    with torch.no_grad():
+    with torch.no_grad():  # dropout 0.5 on the head: train-mode forwards differ, eval-mode ones do not
+        assert not torch.allclose(model(x), model(x))
+        model.eval()
         torch.testing.assert_close(model(x), model(x))

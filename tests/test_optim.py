@@ -6,8 +6,7 @@ import math
 import pytest
 import torch
 
-from recognizer_core.config import load_config
-from recognizer_core.train.config import OptimConfig, ScheduleConfig, TrainJobConfig
+from recognizer_core.train.config import OptimConfig, ScheduleConfig
 from recognizer_core.train.optim import build_optimizer, build_scheduler, lr_factor, scaled_lr
 
 
@@ -77,18 +76,3 @@ def test_auto_scale_lr_and_optimizer_choice():
     assert adamw.defaults["betas"] == (0.9, 0.999) and adamw.defaults["weight_decay"] == 1e-3
     sgd = build_optimizer(params, OptimConfig(type="sgd", lr=0.01, weight_decay=5e-4, nesterov=True), 0.01)
     assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["nesterov"] and sgd.defaults["momentum"] == 0.9
-
-
-def test_presets_carry_the_guide_recipe():
-    fight = load_config(TrainJobConfig, "configs/fight_stable.yaml")
-    assert (fight.model.num_stages, fight.model.base_channels, fight.model.head_in_channels) == (4, 64, 128)
-    assert fight.model.inflate_stages == fight.model.down_stages == [2] and fight.model.dropout == 0.3
-    assert fight.train.class_weight == [1.2, 1.0] and fight.pipeline.feats == ["b"]
-    assert (fight.pipeline.clip_len, fight.pipeline.num_person, fight.model.in_channels) == (100, 4, 3)
-    assert (fight.train.epochs, fight.train.val_begin, fight.train.val_interval) == (30, 1, 2)
-    assert fight.optim.clip_grad_max_norm == 2.0 and fight.checkpoint.num_to_keep == 5
-    fall = load_config(TrainJobConfig, "configs/falldown_stable.yaml")
-    assert fall.model.dropout == 0.2 and fall.train.class_weight == [1.0, 1.5]
-    deeper = load_config(TrainJobConfig, "configs/fight_stable.yaml",
-                         ["model.num_stages=6", "model.inflate_stages=[2,4]", "model.down_stages=[2,4]"])
-    assert deeper.model.head_in_channels == 256

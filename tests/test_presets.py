@@ -40,6 +40,12 @@ def test_stable_presets_follow_the_training_guide(name, dropout, class_weight):
     assert cfg.checkpoint.num_to_keep == 5
 
 
+def test_guide_variants_are_one_override_away():
+    deeper = load_config(TrainJobConfig, CONFIGS / "fight_stable.yaml",
+                         ["model.num_stages=6", "model.inflate_stages=[2,4]", "model.down_stages=[2,4]"])
+    assert deeper.model.head_in_channels == 256
+
+
 def test_demo_preset_differs_from_fight_stable_only_in_its_budget():
     stable = load_config(TrainJobConfig, CONFIGS / "fight_stable.yaml").model_dump()
     demo = load_config(TrainJobConfig, CONFIGS / "fight_demo.yaml").model_dump()

@@ -22,7 +22,7 @@ def _sample(space, n: int, seed: int = 0):
     out = []
     for _ in range(n):
         trial = study.ask()
-        assert space.suggest(trial) is None
+        space.suggest(trial)
         out.append(trial)
         study.tell(trial, 0.5)
     return out

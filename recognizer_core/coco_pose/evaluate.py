@@ -9,10 +9,9 @@ import numpy as np
 import torch
 
 from recognizer_core.coco_pose.heatmaps import apply_affine, decode_heatmaps, heatmap_to_input
-from recognizer_core.skeleton.coco import FLIP_INDEX
+from recognizer_core.skeleton.coco import COCO_SIGMAS, FLIP_INDEX
 
 # COCO's per-keypoint OKS sigmas (pycocotools COCOeval.Params.kpt_oks_sigmas), used by OKS-NMS.
-COCO_SIGMAS = np.array([.26, .25, .25, .35, .35, .79, .79, .72, .72, .62, .62, 1.07, 1.07, .87, .87, .89, .89]) / 10.0
 STAT_NAMES = ("AP", "AP50", "AP75", "AP_M", "AP_L", "AR", "AR50", "AR75", "AR_M", "AR_L")
 
 

@@ -67,8 +67,7 @@ def convert_pyskl_state_dict(sd: Mapping[str, torch.Tensor]) -> "OrderedDict[str
     (`cls_head.fc_cls.*` -> `cls_head.fc.*`)."""
     out = OrderedDict()
     for k, v in sd.items():
-        k = k[len("module."):] if k.startswith("module.") else k
-        for old, new in PYSKL_RENAMES:
+        for old, new in PYSKL_RENAMES:  # (`module.` was stripped by load_state_dict_file)
             if k.startswith(old):
                 k = new + k[len(old):]
         out[k] = v

@@ -122,8 +122,9 @@ class PoseInference:
                    provider=np.array([self.provider] * n, dtype=object))
         real = np.nonzero(np.asarray(batch["frame_index"]) >= 0)[0]
         if len(real):
-            hws = np.stack([batch["img_h"][real], batch["img_w"][real]], 1)
-            poses = self.estimator(np.asarray(batch["image"])[real], batch["ratio"][real], hws)
+            rows = slice(None) if len(real) == n else real  # fancy indexing would copy every image
+            hws = np.stack([batch["img_h"][rows], batch["img_w"][rows]], 1)
+            poses = self.estimator(np.asarray(batch["image"])[rows], batch["ratio"][rows], hws)
             for i, p in zip(real, poses):
                 m = len(p)
                 out["num_det"][i] = m

@@ -12,10 +12,8 @@ from scipy.optimize import linear_sum_assignment
 
 from recognizer_core.pose.config import TrackingConfig
 from recognizer_core.pose.rtmo import NUM_KEYPOINTS, FramePoses, box_iou
+from recognizer_core.skeleton.coco import COCO_SIGMAS
 
-# COCO keypoint sigmas (pycocotools / mmpose), used by OKS.
-COCO_SIGMAS = np.array([.26, .25, .25, .35, .35, .79, .79, .72, .72, .62, .62, 1.07, 1.07, .87, .87, .89, .89],
-                       np.float32) / 10.0
 
 
 def keypoint_similarity(kpts_a: np.ndarray, scores_a: np.ndarray, boxes_a: np.ndarray,

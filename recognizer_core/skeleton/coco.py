@@ -1,13 +1,14 @@
 """The COCO-17 body layout used by RTMO / mmpose and mmaction2's `dataset='coco'` skeleton transforms."""
 from __future__ import annotations
 
+import numpy as np
+
 JOINT_NAMES: tuple[str, ...] = (
     "nose", "left_eye", "right_eye", "left_ear", "right_ear",
     "left_shoulder", "right_shoulder", "left_elbow", "right_elbow", "left_wrist", "right_wrist",
     "left_hip", "right_hip", "left_knee", "right_knee", "left_ankle", "right_ankle",
 )
 NUM_JOINTS = len(JOINT_NAMES)
-JOINT_INDEX: dict[str, int] = {name: i for i, name in enumerate(JOINT_NAMES)}
 
 # (child, parent) pairs of mmaction2 1.2.0 `JointToBone(dataset='coco')`: bone[v1] = joint[v1] - joint[v2].
 # The root (nose) points at itself, so its bone is zero; the order matters for bone features.
@@ -24,6 +25,10 @@ FLIP_PAIRS: tuple[tuple[int, int], ...] = tuple(zip(LEFT_JOINTS, RIGHT_JOINTS))
 FLIP_INDEX: tuple[int, ...] = tuple(
     {**{l: r for l, r in FLIP_PAIRS}, **{r: l for l, r in FLIP_PAIRS}}.get(v, v) for v in range(NUM_JOINTS)
 )
+
+# Per-keypoint OKS sigmas of the COCO keypoint metric (pycocotools / mmpose): AP evaluation and tracking.
+COCO_SIGMAS = np.array([.26, .25, .25, .35, .35, .79, .79, .72, .72, .62, .62, 1.07, 1.07, .87, .87, .89, .89],
+                       np.float32) / 10.0
 
 # The drawing skeleton (mmpose / mmaction2 GeneratePoseTarget limbs), for overlays and demo figures.
 LIMBS: tuple[tuple[int, int], ...] = (

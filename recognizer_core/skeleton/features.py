@@ -35,19 +35,6 @@ BONES_BY_DATASET: dict[str, tuple[tuple[int, int], ...]] = {"coco": COCO_BONES}
 _PAIR_DTYPES = {np.dtype(np.float32): np.complex64, np.dtype(np.float64): np.complex128}
 
 
-def normalize_2d(keypoint: np.ndarray, img_shape: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
-    """PreNormalize2D of (..., V, 2) pixels -> x, y planes (..., V) in [-1, 1] around the image centre.
-
-    Computed in the keypoint's float dtype with mmaction2's Python-float constants cast to it (NumPy's rule
-    for `array - float`), so float16 / float64 annotations round exactly as in mmaction2.
-    """
-    if keypoint.dtype.kind != "f":
-        keypoint = keypoint.astype(np.float32)
-    half = half_image(img_shape, keypoint.dtype)
-    xy = (keypoint - half) / half
-    return xy[..., 0], xy[..., 1]
-
-
 def half_image(img_shape: Sequence[float], dtype: np.dtype) -> np.ndarray:
     """(W/2, H/2) in `dtype`: PreNormalize2D's centre and scale, broadcastable over (..., 2) x/y pairs."""
     h, w = (float(v) for v in img_shape)

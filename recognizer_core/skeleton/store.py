@@ -302,7 +302,3 @@ class SkeletonDataset:
             if split is not None:
                 batch = batch.filter(self._mask(batch, split))
             yield from clips_from_batch(batch, copy=copy)
-
-    def read_all(self, split: str | Sequence[str] | None = None) -> list[SkeletonClip]:
-        return list(self.iter_clips(split))
-

@@ -26,7 +26,7 @@ from recognizer_core.models.dino_pose import KEYPOINT_HEAD, build_dino_pose_mode
 from recognizer_core.train.dino_pose_config import DinoPoseJobConfig
 from recognizer_core.train.dino_pose_eval import target_batch, validate
 from recognizer_core.train.experiment_log import ExperimentLogger
-from recognizer_core.train.state import load_training_state, save_training_state
+from recognizer_core.train.state import load_training_state, save_training_state, unwrap
 
 log = logging.getLogger("recognizer")
 MODEL_FILE = "model.pt"  # inference weights + config inside every checkpoint (the guide's best_model.pth)
@@ -85,9 +85,6 @@ def _all_reduce_sum(values: list[float], device: torch.device, world_size: int) 
     return t.tolist()
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if hasattr(model, "module") else model
-
 
 class NonFiniteLossError(RuntimeError):
     pass
@@ -124,7 +121,7 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, *, amp_dtype, c
         else:
             loss.backward()
         if cfg.optim.clip_grad_max_norm:
-            torch.nn.utils.clip_grad_norm_(_unwrap(model).trainable_parameters(), cfg.optim.clip_grad_max_norm)
+            torch.nn.utils.clip_grad_norm_(unwrap(model).trainable_parameters(), cfg.optim.clip_grad_max_norm)
         if scaler is not None:
             scaler.step(optimizer)
             scaler.update()
@@ -149,7 +146,7 @@ def write_checkpoint(directory: Path, *, model, optimizer, scheduler, scaler, ep
                      metrics: dict, cfg: DinoPoseJobConfig) -> Path:
     save_training_state(directory, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, epoch=epoch,
                         extra={"best_ap": best_ap, "global_step": step})
-    torch.save({"model_state_dict": _unwrap(model).state_dict(), "config": cfg.model_dump(mode="json"),
+    torch.save({"model_state_dict": unwrap(model).state_dict(), "config": cfg.model_dump(mode="json"),
                 "epoch": epoch + 1, "metrics": metrics}, directory / MODEL_FILE)
     return directory
 
@@ -223,9 +220,9 @@ def run_dino_pose_training(cfg: DinoPoseJobConfig, ctx: WorkerContext) -> dict:
             train_loss, steps, ips = train_one_epoch(model, train_loader, optimizer, scheduler, scaler,
                                                      amp_dtype=amp_dtype, cfg=cfg, ctx=ctx, logger=logger, step0=step)
             step += steps
-            last = epoch == cfg.train.epochs - 1
-            if (epoch + 1) % cfg.train.val_interval == 0 or last:
-                val_metrics = validate(_unwrap(model), val_loader, val_ds, cfg=cfg, ctx=ctx, amp_dtype=amp_dtype,
+            validated = (epoch + 1) % cfg.train.val_interval == 0 or epoch == cfg.train.epochs - 1
+            if validated:
+                val_metrics = validate(unwrap(model), val_loader, val_ds, cfg=cfg, ctx=ctx, amp_dtype=amp_dtype,
                                        logger=logger, epoch=epoch, step=step)
                 best_ap = max(best_ap, val_metrics["val/AP"])
             metrics = {"epoch": epoch + 1, "train/loss": train_loss, **val_metrics,
@@ -234,8 +231,9 @@ def run_dino_pose_training(cfg: DinoPoseJobConfig, ctx: WorkerContext) -> dict:
                         "learning_rate": metrics["lr"], **{k: v for k, v in val_metrics.items() if k != "val/loss"},
                         "train_images_per_s": ips * ctx.world_size, "epoch_time_s": time.perf_counter() - t0},
                        step=step)
+            # A checkpoint only where val/AP was measured on it: Ray keeps and picks the best by that score.
             tmp = None
-            if ctx.rank == 0:
+            if ctx.rank == 0 and validated:
                 tmp = Path(tempfile.mkdtemp(prefix="dino_pose_ckpt_"))
                 write_checkpoint(tmp, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
                                  epoch=epoch, step=step, best_ap=best_ap, metrics=metrics, cfg=cfg)

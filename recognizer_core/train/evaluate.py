@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 
 from recognizer_core.train.metrics import classification_report
+from recognizer_core.train.state import unwrap
 
 
 def console(msg: str) -> None:
@@ -32,15 +33,11 @@ def autocast(device: torch.device, amp: str):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    return model.module if hasattr(model, "module") else model
-
-
 @torch.no_grad()
 def score_batches(model: torch.nn.Module, batches: Iterable, device: torch.device, amp: str = "none"):
     """(probabilities (n, K), labels (n,), valid (n,)) over `batches` of (x (N, clips, M, T, V, C), y, valid)."""
     model.eval()
-    net = _unwrap(model)  # no DDP forward in eval: no gradient sync needed, and ranks may differ in length
+    net = unwrap(model)  # no DDP forward in eval: no gradient sync needed, and ranks may differ in length
     probs, labels, valid = [], [], []
     for x, y, v in batches:
         x = x.to(device, non_blocking=True)

@@ -75,7 +75,6 @@ class ExperimentLogger:
         scalars = {k: v for k, v in ((k, _scalar(v)) for k, v in metrics.items()) if v is not None}
         for k, v in scalars.items():
             self._tb.add_scalar(k, v, step)
-        self._tb.flush()
         if self._wandb is not None:
             self._wandb.log(scalars, step=step)
         if console:

@@ -31,7 +31,7 @@ from recognizer_core.train.evaluate import autocast, console, evaluate
 from recognizer_core.train.experiment_log import ExperimentLogger
 from recognizer_core.train.metrics import flat_metrics
 from recognizer_core.train.optim import build_optimizer, build_scheduler, scaled_lr
-from recognizer_core.train.state import load_training_state, save_training_state
+from recognizer_core.train.state import load_training_state, save_training_state, unwrap
 
 from recognizer_core.train.worker import (EarlyStopper, WorkerContext, all_reduce, check_resumable, distributed,
                                           maybe_inject_fault)
@@ -143,7 +143,7 @@ def train_loop(cfg: TrainJobConfig, dataset_path: str, run_dir: str, ctx: Worker
             last_val = {**flat_metrics(report, "val"), "val/epoch": ep}
             score = last_val[cfg.checkpoint.score_attribute]
             if score > best["score"]:
-                unwrapped = model.module if hasattr(model, "module") else model
+                unwrapped = unwrap(model)
                 best_state = {k2: v.detach().cpu().clone() for k2, v in unwrapped.state_dict().items()}
                 metric = cfg.checkpoint.score_attribute.split("/")[-1]
                 best = {"score": score, "epoch": ep, "file": f"best_{metric}_epoch_{ep}.pth",

@@ -16,7 +16,7 @@ import torch
 STATE_FILE = "training_state.pt"
 
 
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     # DDP wraps the model; checkpoints hold the plain module's keys so they load anywhere.
     return model.module if hasattr(model, "module") else model
 
@@ -48,19 +48,17 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_training_state(directory: str | Path, *, model: torch.nn.Module, optimizer=None, scheduler=None,
-                        scaler=None, epoch: int, extra: dict[str, Any] | None = None,
-                        generator_state: dict[str, Any] | None = None) -> Path:
+                        scaler=None, epoch: int, extra: dict[str, Any] | None = None) -> Path:
     """Write the full training state to `directory/training_state.pt` atomically (tmp file + rename)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {
-        "model": _unwrap(model).state_dict(),
+        "model": unwrap(model).state_dict(),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "scaler": scaler.state_dict() if scaler is not None else None,
         "epoch": int(epoch),
         "rng": rng_state(),
-        "generator": generator_state,
         "extra": extra or {},
     }
     path = directory / STATE_FILE
@@ -72,12 +70,12 @@ def save_training_state(directory: str | Path, *, model: torch.nn.Module, optimi
 
 def load_training_state(directory: str | Path, *, model: torch.nn.Module, optimizer=None, scheduler=None,
                         scaler=None, restore_rng: bool = True) -> dict[str, Any]:
-    """Restore what `save_training_state` wrote; returns the dict (epoch, extra, generator...)."""
+    """Restore what `save_training_state` wrote; returns the dict (epoch, extra, ...)."""
     path = Path(directory) / STATE_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no training state in this checkpoint")
     state = torch.load(path, map_location="cpu", weights_only=True)
-    _unwrap(model).load_state_dict(state["model"])
+    unwrap(model).load_state_dict(state["model"])
     if optimizer is not None and state["optimizer"] is not None:
         optimizer.load_state_dict(state["optimizer"])
     if scheduler is not None and state["scheduler"] is not None:

@@ -15,6 +15,7 @@ from typing import Protocol
 import torch
 import torch.distributed as dist
 
+from recognizer_core.config import read_yaml
 from recognizer_core.train.config import TrainJobConfig
 from recognizer_core.train.evaluate import console
 
@@ -117,9 +118,7 @@ def check_resumable(cfg: TrainJobConfig, ckpt: Path) -> None:
     saved_path = ckpt / "config.yaml"
     if not saved_path.is_file():
         return
-    import yaml  # noqa: PLC0415 - only needed on resume
-
-    saved = yaml.safe_load(saved_path.read_text()) or {}
+    saved = read_yaml(saved_path)
     now = json.loads(cfg.model_dump_json())
     diffs = [f"{sec}.{k}: checkpoint {saved.get(sec, {}).get(k)!r}, config {v!r}"
              for sec in ("model", "pipeline") for k, v in now[sec].items()

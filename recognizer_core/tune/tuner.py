@@ -16,7 +16,6 @@ This module is Ray glue: the caller (a `rayjobs/` script) has already called `ra
 from __future__ import annotations
 
 import json
-import logging
 import os
 import warnings
 from dataclasses import dataclass
@@ -29,7 +28,6 @@ from recognizer_core.tune.results import FINAL_REPORT_KEY
 from recognizer_core.tune.search_space import SearchSpace, get_dotted
 from recognizer_core.tune.storage import exists, join_uri, read_text, to_uri, write_text
 
-log = logging.getLogger("recognizer.tune")
 REQUEST_FILE = "recognizer_tune.json"
 TRAIN_SNAPSHOT = "checkpoint_manager_snapshot.json"  # written by Ray Train V2 in every run folder
 
