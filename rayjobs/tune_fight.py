@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None, default_space: str = "search_spaces/figh
         return 2
     print_plan(plan)
 
-    from recognizer_core.tune.storage import join_uri, to_uri
+    from recognizer_core.storage import join_uri, to_uri
     from recognizer_core.tune.tuner import check_resumable, run_tuning
 
     try:

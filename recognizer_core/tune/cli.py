@@ -152,7 +152,7 @@ def finish(run, plan: TunePlan, config_cls: type[BaseModel], *,
            export_best: Callable[[BaseModel, Path, Path], list[Path]] | None = None) -> dict:
     """Write the summary (table, best config + checkpoint, plots) next to the experiment; print where."""
     from recognizer_core.tune.results import publish_summary, records_from_grid, scratch_dir, write_summary
-    from recognizer_core.tune.storage import join_uri
+    from recognizer_core.storage import join_uri
 
     records = records_from_grid(run.result_grid)
     max_t = plan.options.max_t or get_dotted(plan.space.build_config(config_cls, {}, plan.extra).model_dump(),

@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel
 
 from recognizer_core.tune.search_space import SearchSpace, set_dotted
-from recognizer_core.tune.storage import copy_tree, exists, is_remote, join_uri
+from recognizer_core.storage import copy_tree, exists, is_remote, join_uri
 
 CHECKPOINT_KEY = "checkpoint_path"  # added by ray.tune.integration.ray_train.TuneReportCallback
 FINAL_REPORT_KEY = "tune/final_report"  # marks the repeat of a continued Train run's last metrics (tuner.py)

@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import Any
 
 from recognizer_core.train.config import TrainJobConfig
-from recognizer_core.tune.storage import is_remote, join_uri
+from recognizer_core.storage import is_remote, join_uri
 
 JOB = "stgcn"
 METRICS = ("val/acc_top1", "val/mean_class_accuracy", "train/loss")

@@ -26,7 +26,7 @@ from pydantic import BaseModel, Field
 from recognizer_core.config import ConfigError, StrictModel
 from recognizer_core.tune.results import FINAL_REPORT_KEY
 from recognizer_core.tune.search_space import SearchSpace, get_dotted
-from recognizer_core.tune.storage import exists, join_uri, read_text, to_uri, write_text
+from recognizer_core.storage import exists, join_uri, read_text, to_uri, write_text
 
 REQUEST_FILE = "recognizer_tune.json"
 TRAIN_SNAPSHOT = "checkpoint_manager_snapshot.json"  # written by Ray Train V2 in every run folder

@@ -1,0 +1,111 @@
+"""Paths and URIs every job reads and writes: a local/NFS folder or anything pyarrow.fs opens (s3://, gs://).
+
+One place for the questions the jobs used to answer inline: is this remote (`is_remote`), what absolute form
+travels to other nodes (`to_uri`: resolved once on the driver), how to write a file so a reader never sees half
+of it (`atomic_write`, `write_bytes`, `write_text`), and how to read/copy across storages.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import posixpath
+import tempfile
+from pathlib import Path
+from typing import IO, Iterator
+
+import pyarrow.fs as pafs
+
+
+def is_remote(uri: str | os.PathLike) -> bool:
+    """True for object-store / remote URIs (s3://, gs://, hdfs://); False for local paths and file://."""
+    uri = str(uri)
+    return "://" in uri and not uri.startswith("file://")
+
+
+def to_uri(path: str | os.PathLike) -> str:
+    """Remote URIs unchanged; local paths made absolute (`~` expanded). Resolve once on the driver and send the
+    result: a relative path means something else on every node (and inside `ray job submit`'s package)."""
+    path = str(path)
+    if is_remote(path):
+        return path.rstrip("/")
+    if path.startswith("file://"):
+        path = path[len("file://"):]
+    return str(Path(path).expanduser().resolve())
+
+
+def join_uri(base: str, *parts: str) -> str:
+    return posixpath.join(base, *parts) if is_remote(base) else os.path.join(base, *parts)
+
+
+def filesystem(uri: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
+    """(pyarrow filesystem, path inside it) for a local path or a remote URI."""
+    uri = str(uri)
+    if not is_remote(uri):
+        return pafs.LocalFileSystem(), to_uri(uri)
+    return pafs.FileSystem.from_uri(uri)
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
+    """Open `path` for writing so that readers see the old file or the whole new one, never a part: locally a
+    temp file in the same folder renamed over the target (removed on failure); remotely one object PUT, which
+    object stores make visible only when complete."""
+    if is_remote(path):
+        fs, p = filesystem(path)
+        fs.create_dir(posixpath.dirname(p), recursive=True)
+        with fs.open_output_stream(p) as raw:
+            if "b" in mode:
+                yield raw
+            else:
+                import io
+                text = io.TextIOWrapper(raw, encoding="utf-8")
+                yield text
+                text.flush()
+                text.detach()
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            yield f
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_bytes(uri: str | os.PathLike, data: bytes) -> None:
+    with atomic_write(uri, "wb") as f:
+        f.write(data)
+
+
+def write_text(uri: str | os.PathLike, text: str) -> None:
+    write_bytes(uri, text.encode())
+
+
+def read_bytes(uri: str | os.PathLike) -> bytes | None:
+    fs, path = filesystem(uri)
+    if fs.get_file_info(path).type != pafs.FileType.File:
+        return None
+    with fs.open_input_stream(path) as f:
+        return f.read()
+
+
+def read_text(uri: str | os.PathLike) -> str | None:
+    data = read_bytes(uri)
+    return None if data is None else data.decode()
+
+
+def exists(uri: str | os.PathLike) -> bool:
+    fs, path = filesystem(uri)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def copy_tree(src_uri: str, dst_uri: str) -> None:
+    """Copy a folder between any two storages (local <-> s3 <-> gs)."""
+    src_fs, src = filesystem(src_uri)
+    dst_fs, dst = filesystem(dst_uri)
+    dst_fs.create_dir(dst, recursive=True)
+    pafs.copy_files(src, dst, source_filesystem=src_fs, destination_filesystem=dst_fs)
