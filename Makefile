@@ -5,18 +5,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-# torch: the CUDA build only where an NVIDIA GPU is present; otherwise the CPU wheel (never a CUDA
-# download on a CPU machine). torchvision is not used anywhere (no CPU build exists).
-TORCH_INDEX := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 \
-	&& echo "" || echo "--extra-index-url https://download.pytorch.org/whl/cpu --retries 1 --timeout 20")
+# .ci/setup_venv.sh prints one line per install step; it installs the torch CUDA build only where an NVIDIA
+# GPU is present, the CPU wheel otherwise (from the configured indexes if they offer one, else the PyTorch CPU
+# index). torchvision is not used anywhere (no CPU build exists).
 
 .PHONY: venv demo test bench clean
 
 $(STAMP): pyproject.toml
-	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q "torch==2.13.0" $(TORCH_INDEX)
-	$(BIN)/pip install -q -e ".[dev]"
+	PY=$(PY) VENV=$(VENV) bash .ci/setup_venv.sh
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -7,27 +7,113 @@ No config inheritance: a preset is one self-contained YAML file.
 from __future__ import annotations
 
 import argparse
+import collections.abc
 import copy
+import difflib
 import json
+import os
 import re
+import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
 
 T = TypeVar("T", bound=BaseModel)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 class ConfigError(ValueError):
     """A config that cannot be used; the message names the file and the field."""
 
 
+def _arms(ann: Any) -> list[Any]:
+    """The alternatives of an annotation, through Annotated / Optional / Union."""
+    origin = typing.get_origin(ann)
+    if origin is Annotated:
+        return _arms(typing.get_args(ann)[0])
+    if origin in (typing.Union, types.UnionType):
+        return [a for arg in typing.get_args(ann) for a in _arms(arg)]
+    return [ann]
+
+
+_SEQUENCES = (list, tuple, set, frozenset, collections.abc.Sequence)
+
+
+def bool_in_number_slot(ann: Any, value: Any) -> bool:
+    """True if `value` holds a bool where `ann` wants a number and takes no bool (pydantic's lax mode would
+    turn `true` into 1 / 1.0), looking inside lists, tuples and dicts."""
+    arms = _arms(ann)
+    if isinstance(value, bool):
+        return bool not in arms and any(a in (int, float) for a in arms)
+    if isinstance(value, (list, tuple)):
+        for arm in arms:
+            origin, args = typing.get_origin(arm), [a for a in typing.get_args(arm) if a is not Ellipsis]
+            if origin in _SEQUENCES and args:
+                if origin is tuple and Ellipsis not in typing.get_args(arm) and len(args) == len(value):
+                    return any(bool_in_number_slot(a, v) for a, v in zip(args, value))
+                return any(bool_in_number_slot(args[0], v) for v in value)
+    if isinstance(value, dict):
+        for arm in arms:
+            if typing.get_origin(arm) in (dict, collections.abc.Mapping) and len(typing.get_args(arm)) == 2:
+                return any(bool_in_number_slot(typing.get_args(arm)[1], v) for v in value.values())
+    return False
+
+
 class StrictModel(BaseModel):
-    """Base of every config section: unknown keys are errors (a typo must not be silently ignored)."""
+    """Base of every config section: unknown keys are errors (a typo must not be silently ignored), and a
+    boolean is never taken for a number (`--set model.base_channels=true` must not train 1 channel), while
+    the friendly coercions stay ("64" from the command line is 64)."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_as_number(cls, value: Any, info: ValidationInfo) -> Any:
+        field = cls.model_fields.get(info.field_name) if info.field_name else None
+        if field is not None and bool_in_number_slot(field.annotation, value):
+            raise ValueError("a number is expected, not a boolean (YAML reads true/false/yes/no/on/off as booleans)")
+        return value
+
+
+# Names that become folders (run.name): no separators, no leading dot, so `storage_path/name` stays inside
+# storage_path whatever the user types (`../../x` and `/etc/cron.d/x` are refused).
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def check_safe_name(value: str) -> str:
+    if not SAFE_NAME.match(value):
+        raise ValueError("must be 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit "
+                         "(it names a folder inside the storage path)")
+    return value
+
+
+SafeName = Annotated[str, AfterValidator(check_safe_name)]
+
+
+def folder_inside(root: str | os.PathLike, name: str) -> str:
+    """`root/name` for a run (or trial) folder, refusing a name that would leave `root`."""
+    check_safe_name(name)
+    root = str(root)
+    if "://" in root:
+        return root.rstrip("/") + "/" + name
+    base = Path(root).resolve()
+    path = (base / name).resolve()
+    if path.parent != base:
+        raise ConfigError(f"run folder {name!r} would leave the storage path {root}")
+    return str(Path(root) / name)
+
+
+def resolve_repo_path(path: str | os.PathLike | None) -> str | None:
+    """A relative path as given if it exists from the working directory, else from the repository root (so the
+    jobs' default presets, `configs/...` and `search_spaces/...`, are found from any working directory)."""
+    if path is None or os.path.isabs(path) or "://" in str(path) or os.path.exists(path):
+        return None if path is None else str(path)
+    repo_path = REPO_ROOT / path
+    return str(repo_path) if repo_path.exists() else str(path)
 
 
 def _parse_value(text: str) -> Any:
@@ -104,13 +190,66 @@ def apply_overrides(data: dict, overrides: list[str], source: str = "--set") -> 
     return data
 
 
-def _format_validation_error(err: ValidationError, source: str) -> str:
+def _model_in(ann: Any) -> type[BaseModel] | None:
+    for arm in _arms(ann):
+        if isinstance(arm, type) and issubclass(arm, BaseModel):
+            return arm
+        for arg in typing.get_args(arm):  # list[Model], dict[str, Model]
+            model = _model_in(arg)
+            if model is not None:
+                return model
+    return None
+
+
+def _section_at(cls: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
+    """The config section (model class) at a pydantic error location, or None."""
+    node: type[BaseModel] | None = cls
+    for part in loc:
+        if isinstance(part, int) or node is None:
+            continue
+        field = node.model_fields.get(part)
+        if field is None:
+            return None
+        node = _model_in(field.annotation)
+    return node
+
+
+def field_names(cls: type[BaseModel], prefix: str = "") -> list[str]:
+    """Every dotted field name of a config class (sections and leaves)."""
+    out = []
+    for name, field in cls.model_fields.items():
+        out.append(prefix + name)
+        sub = _model_in(field.annotation)
+        if sub is not None and sub is not cls:
+            out.extend(field_names(sub, f"{prefix}{name}."))
+    return out
+
+
+def suggest_field(cls: type[BaseModel], loc: tuple) -> str:
+    """' - did you mean `model.base_channels`?' for a misspelt field, or ''."""
+    names = [str(p) for p in loc if not isinstance(p, int)]
+    section = _section_at(cls, loc[:-1])
+    prefix = ".".join(names[:-1])
+    if section is not None:
+        close = difflib.get_close_matches(names[-1], list(section.model_fields), n=1, cutoff=0.6)
+        if close:
+            return f"; did you mean `{prefix + '.' if prefix else ''}{close[0]}`?"
+    # The right name in another section (`train.lr` for `optim.lr`), or a misspelt section.
+    everything = field_names(cls)
+    close = [n for n in everything if n.rsplit(".", 1)[-1] == names[-1]][:1]
+    if not close:
+        same_depth = [n for n in everything if n.count(".") == len(names) - 1]
+        close = difflib.get_close_matches(".".join(names), same_depth, n=1, cutoff=0.75)
+    return f"; did you mean `{close[0]}`?" if close else ""
+
+
+def _format_validation_error(err: ValidationError, source: str, cls: type[BaseModel] | None = None) -> str:
     lines = [f"{source}: invalid config ({err.error_count()} problem(s))"]
     for e in err.errors():
         loc = ".".join(str(x) for x in e["loc"]) or "<root>"
-        msg = e["msg"]
+        msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
-            msg = "unknown field (typo?)"
+            msg = "unknown field" + ((cls and suggest_field(cls, tuple(e["loc"]))) or " (typo?)")
         given = e.get("input")
         given_s = "" if isinstance(given, dict) or e["type"] == "missing" else f" (got {given!r})"
         lines.append(f"  {loc}: {msg}{given_s}")
@@ -121,7 +260,7 @@ def validate_config(cls: type[T], data: dict, source: str = "<config>") -> T:
     try:
         return cls.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(_format_validation_error(err, source)) from None
+        raise ConfigError(_format_validation_error(err, source, cls)) from None
 
 
 def read_yaml(path: str | Path) -> dict:
@@ -182,12 +321,48 @@ def describe_fields(cls: type[BaseModel], prefix: str = "") -> list[str]:
     return lines
 
 
+def _set_example(cls: type[BaseModel]) -> str:
+    """A --set example naming two real fields of this job's config (numbers where there are some)."""
+    leaves = [line.split()[0] for line in describe_fields(cls) if line.startswith("  ")]
+    numeric = [line.split()[0] for line in describe_fields(cls) if line.startswith("  ") and
+               re.search(r"\((int|float)[,|]", line)]
+    order = {"model": 0, "optim": 1, "train": 2}
+    picks = sorted(numeric or leaves, key=lambda k: order.get(k.split(".")[0], 3))[:2]
+    example = []
+    for key in picks:
+        value = get_dotted(json.loads(cls().model_dump_json()), key, None) if _all_defaults(cls) else None
+        example.append(f"--set {key}={_example_value(value)}")
+    return " ".join(example)
+
+
+def _all_defaults(cls: type[BaseModel]) -> bool:
+    try:
+        cls()
+        return True
+    except ValidationError:
+        return False
+
+
+def _example_value(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return "VALUE"
+    if isinstance(value, (int, float)):
+        return json.dumps(value * 2 if value else 1)
+    return "VALUE"
+
+
 def add_config_args(parser: argparse.ArgumentParser, cls: type[BaseModel], default_config: str | None = None) -> None:
-    """Add --config/--set to a parser and list every field of `cls` in --help."""
-    parser.add_argument("--config", default=default_config, help="YAML config file (a preset from configs/)")
+    """Add --config/--set to a parser and list every field of `cls` in --help.
+
+    The description and epilog are printed as written (RawDescriptionHelpFormatter); a relative default config
+    is resolved from the repository so the job runs from any working directory.
+    """
+    parser.add_argument("--config", default=resolve_repo_path(default_config),
+                        help="YAML config file (a preset from configs/)")
+    example = _set_example(cls)
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
-        help="dotted override, repeatable, e.g. --set model.base_channels=96 --set optim.lr=3e-4",
+        help="dotted override of any config field listed below, repeatable" + (f", e.g. {example}" if example else ""),
     )
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = ((parser.epilog or "") + "\n\nconfig fields (set in the YAML or with --set):\n"
@@ -195,4 +370,4 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type[BaseModel], defau
 
 
 def config_from_args(cls: type[T], args: argparse.Namespace) -> T:
-    return load_config(cls, args.config, args.overrides)
+    return load_config(cls, resolve_repo_path(args.config), args.overrides)

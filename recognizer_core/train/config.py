@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from recognizer_core.config import StrictModel
+from recognizer_core.config import SafeName, StrictModel
 from recognizer_core.models.recognizer import ModelConfig
 from recognizer_core.skeleton.transforms import PipelineConfig
 from recognizer_core.train.experiment_log import WandbConfig
@@ -149,7 +149,7 @@ class CheckpointSection(StrictModel):
 
 
 class RunSection(StrictModel):
-    name: str = Field("stgcnpp", description="run name: the run folder is storage_path/name; re-running with "
+    name: SafeName = Field("stgcnpp", description="run name: the run folder is storage_path/name; re-running with "
                                              "the same name continues the run from its latest checkpoint")
     storage_path: str = Field("work_dirs", description="folder (or s3:// / gs:// / NFS path shared by all "
                                                        "nodes) holding runs")

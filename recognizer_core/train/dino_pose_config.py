@@ -10,7 +10,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from recognizer_core.coco_pose.dataset import CocoPoseDataConfig
-from recognizer_core.config import StrictModel
+from recognizer_core.config import SafeName, StrictModel
 from recognizer_core.models.dino_pose import DinoPoseModelConfig
 from recognizer_core.train.experiment_log import WandbConfig
 
@@ -53,7 +53,7 @@ class DinoCheckpointConfig(StrictModel):
 
 
 class DinoRunConfig(StrictModel):
-    name: str = Field("human_pose", description="run folder under storage_path; re-running the same name resumes "
+    name: SafeName = Field("human_pose", description="run folder under storage_path; re-running the same name resumes "
                                                 "from its latest checkpoint")
     storage_path: str = Field("checkpoints_human_pose", description="where runs, checkpoints and logs go (the "
                                                                     "guide's --checkpoint_dir); NFS/S3 for clusters")

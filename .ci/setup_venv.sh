@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Create or refresh the project venv for `make demo` / `make test`: one line per step, pip kept quiet.
+#
+# torch: a CUDA build only where an NVIDIA GPU is present. Without a GPU we first ask pip (dry run, metadata
+# only) which torch==2.13.0 the configured indexes / find-links would install; if that is already a CPU build
+# (a local +cpu wheel, as on the development machine) it is installed as is, and only otherwise is the CPU
+# index (download.pytorch.org/whl/cpu) used, so a machine that cannot reach it never retries against it.
+set -euo pipefail
+PY=${PY:-python3}
+VENV=${VENV:-.venv}
+TORCH_VERSION=2.13.0
+CPU_INDEX=https://download.pytorch.org/whl/cpu
+BIN=$VENV/bin
+start=$SECONDS
+
+step() { printf '[setup %3ds] %s\n' "$((SECONDS - start))" "$*"; }
+
+if [ ! -x "$BIN/python" ]; then
+    step "creating $VENV (first install: about 3-8 minutes, mostly torch and ray)"
+    "$PY" -m venv "$VENV"
+fi
+PIP=("$BIN/python" -m pip --disable-pip-version-check)
+
+have_torch=$("$BIN/python" -c "import importlib.metadata as m; print(m.version('torch'))" 2>/dev/null || true)
+if [ "${have_torch%%+*}" = "$TORCH_VERSION" ]; then
+    step "torch $have_torch already installed"
+elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+    step "installing torch==$TORCH_VERSION (NVIDIA GPU found: CUDA build)"
+    "${PIP[@]}" install -qq "torch==$TORCH_VERSION"
+else
+    report=$(mktemp)
+    trap 'rm -f "$report"' EXIT
+    "${PIP[@]}" install -qq --dry-run --no-deps --ignore-installed --report "$report" "torch==$TORCH_VERSION" \
+        2>/dev/null || true
+    found=$("$BIN/python" - "$report" <<'EOF'
+import json, sys
+try:
+    item = json.load(open(sys.argv[1]))["install"][0]
+    print(item["metadata"]["version"], item["download_info"]["url"])
+except Exception:
+    print("")
+EOF
+)
+    if [[ "$found" == *+cpu* ]]; then
+        step "installing torch ${found%% *} (no GPU; CPU wheel from the configured indexes: ${found#* })"
+        "${PIP[@]}" install -qq "torch==$TORCH_VERSION"
+    else
+        step "installing torch==$TORCH_VERSION+cpu from $CPU_INDEX (no GPU; the configured indexes offer ${found:-none})"
+        "${PIP[@]}" install -qq "torch==$TORCH_VERSION+cpu" --extra-index-url "$CPU_INDEX" --retries 2 --timeout 30
+    fi
+fi
+
+# The project with its test tools, plus a CPU-only extra where pyproject defines one (e.g. onnxruntime).
+extras=$("$BIN/python" - <<'EOF'
+import tomllib
+opt = tomllib.load(open("pyproject.toml", "rb"))["project"].get("optional-dependencies", {})
+print(",".join(x for x in ("dev", "cpu") if x in opt))
+EOF
+)
+step "installing the project and its dependencies: pip install -e .[$extras]"
+"${PIP[@]}" install -qq -e ".[$extras]"
+step "done in $((SECONDS - start)) s"
