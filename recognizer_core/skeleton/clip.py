@@ -20,6 +20,19 @@ class SkeletonDataError(ValueError):
 
 NanPolicy = Literal["reject", "zero"]
 
+# Joints may lie outside the frame (a pose model extrapolates limbs cut by the border), but not by more than
+# this many image sizes on any side: beyond that a coordinate is garbage (1e30 from a broken writer) and
+# would reach the model as huge joint/bone features. Treated like NaN (rejected, or zeroed with 'zero').
+COORD_MARGIN = 1.0
+
+
+def far_outside(keypoint: np.ndarray, img_shape: tuple[int, int], margin: float = COORD_MARGIN) -> np.ndarray:
+    """Bool mask (..., V, 2) of finite coordinates more than `margin` image sizes outside (H, W)."""
+    h, w = img_shape
+    size = np.array([w, h], dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        return np.isfinite(keypoint) & ((keypoint < -margin * size) | (keypoint > (1 + margin) * size))
+
 # mmaction2 PoseDataset keys that map onto SkeletonClip fields; every other key is kept in `extra`.
 _MMACTION_KEYS = ("frame_dir", "label", "img_shape", "original_shape", "total_frames", "keypoint",
                   "keypoint_score")
@@ -73,7 +86,8 @@ class SkeletonClip:
                  num_joints: int | None = 17) -> "SkeletonClip":
         """Check shapes, dtypes, values and label; normalise dtypes in place; return self.
 
-        nan_policy='reject' raises on NaN/inf; 'zero' sets those joints' coordinates and score to 0.
+        nan_policy='reject' raises on NaN/inf and on coordinates more than COORD_MARGIN image sizes outside
+        img_shape; 'zero' sets those joints' coordinates and score to 0.
         num_joints=None accepts any V (NTU-25, hand-21 files). Errors name `source`, the clip and the field.
         """
         where = f"{source}: clip {self.clip_id!r}" if source else f"clip {self.clip_id!r}"
@@ -125,13 +139,18 @@ class SkeletonClip:
         sc = sc.astype(np.float32, copy=False)
         bad_xy = ~np.isfinite(kp)
         bad_sc = ~np.isfinite(sc)
-        if bad_xy.any() or bad_sc.any():
+        far = far_outside(kp, self.img_shape)
+        if bad_xy.any() or bad_sc.any() or far.any():
             if nan_policy != "zero":
-                field_ = "keypoint" if bad_xy.any() else "keypoint_score"
-                bad = np.argwhere(bad_xy if bad_xy.any() else bad_sc)[0]
-                raise SkeletonDataError(f"{where}: {field_} has NaN/inf values (first at index {tuple(bad.tolist())}); "
-                                        "use nan_policy='zero' to zero those joints")
-            bad_joint = bad_xy.any(-1) | bad_sc
+                for field_, mask, what in (("keypoint", bad_xy, "NaN/inf values"), ("keypoint_score", bad_sc,
+                                           "NaN/inf values"), ("keypoint", far, "coordinates far outside "
+                                           f"img_shape (H, W) = {self.img_shape}")):
+                    if mask.any():
+                        bad = tuple(np.argwhere(mask)[0].tolist())
+                        value = f" ({float(kp[bad]):g})" if mask is far else ""
+                        raise SkeletonDataError(f"{where}: {field_} has {what} (first at index {bad}{value}); "
+                                                "use nan_policy='zero' to zero those joints")
+            bad_joint = bad_xy.any(-1) | bad_sc | far.any(-1)
             kp, sc = kp.copy(), sc.copy()
             kp[bad_joint] = 0.0
             sc[bad_joint] = 0.0

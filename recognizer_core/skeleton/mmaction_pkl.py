@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
+from tqdm.auto import tqdm
+
 from .clip import NanPolicy, SkeletonClip, SkeletonDataError, decode_extra, encode_extra
 from .store import SkeletonDataset, write_dataset
 
@@ -88,14 +90,28 @@ def read_mmaction_pkl(path: str | Path, label_names: Sequence[str] | str | Path 
         for frame_dir in ids:
             first_split.setdefault(frame_dir, name)
     clips = []
-    for i, ann in enumerate(anns):
+    # tqdm shows itself only on a terminal (disable=None), so logs and tests stay quiet.
+    for i, ann in enumerate(tqdm(anns, desc=f"reading {path.name}", unit="clip", disable=None)):
         if not isinstance(ann, dict):
             raise SkeletonDataError(f"{path}: annotations[{i}] is a {type(ann).__name__}, not a dict")
         clips.append(SkeletonClip.from_annotation(
             ann, split=first_split.get(ann.get("frame_dir"), ""), label_names=label_names, source=str(path),
             nan_policy=nan_policy, num_joints=num_joints))
+    _warn_unannotated(path, split_map, {c.clip_id for c in clips})
     split_map = {str(k): list(v) for k, v in split_map.items()} if split_map is not None else None
     return PosePickle(clips, split_map, label_names, layout, other)
+
+
+def _warn_unannotated(path: Path, split_map: dict | None, clip_ids: set[str]) -> list[str]:
+    """Warn once, with the count and the first names, about split entries that have no annotation (mmaction2
+    would fail on them at training time, far from the file); returns those names."""
+    missing = [str(name) for ids in (split_map or {}).values() for name in ids if str(name) not in clip_ids]
+    missing = list(dict.fromkeys(missing))
+    if missing:
+        first = ", ".join(repr(n) for n in missing[:5]) + (", ..." if len(missing) > 5 else "")
+        log.warning("%s: 'split' lists %d clip(s) that have no annotation (first: %s); they are ignored",
+                    path, len(missing), first)
+    return missing
 
 
 def _default_split_map(clips: Sequence[SkeletonClip]) -> dict[str, list[str]]:
@@ -146,7 +162,8 @@ def pkl_to_parquet(pkl_path: str | Path, out_dir: str | Path, label_names: Seque
     meta = {"layout": pose.layout, "source": str(pkl_path)}
     if pose.other:
         meta["other"] = encode_extra(pose.other, "<top level>")
-    return write_dataset(pose.clips, out_dir, pose.label_names, rows_per_file=rows_per_file,
+    clips = tqdm(pose.clips, desc=f"writing {Path(out_dir).name}", unit="clip", disable=None)
+    return write_dataset(clips, out_dir, pose.label_names, rows_per_file=rows_per_file,
                          split_map=pose.split_map, metadata={_META_KEY: meta}, overwrite=overwrite,
                          nan_policy=nan_policy, num_joints=num_joints)
 
