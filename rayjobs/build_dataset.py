@@ -1,4 +1,4 @@
-"""Stage 3 as a Ray Data job: per-video skeletons -> windows, labels, splits -> Parquet skeleton dataset.
+r"""Stage 3 as a Ray Data job: per-video skeletons -> windows, labels, splits -> Parquet skeleton dataset.
 
     python rayjobs/build_dataset.py --set poses=outputs/poses --set output=outputs/dataset \
         --set window.clip_len=100 --set window.stride=50 --set write_pkl=true

@@ -1,4 +1,4 @@
-"""Build a TensorRT engine from an RTMO end2end ONNX file (the training guide's onnx2tensorrt step).
+r"""Build a TensorRT engine from an RTMO end2end ONNX file (the training guide's onnx2tensorrt step).
 
     python rayjobs/build_trt_engine.py checkpoints/end2end_l.onnx --output checkpoints/rtmo.trt \
         --min-batch 1 --opt-batch 16 --max-batch 32 --fp16

@@ -1,4 +1,4 @@
-"""Stage 1 + 2 as a Ray Data job: videos -> RTMO poses -> tracked skeletons, one Parquet file per video.
+r"""Stage 1 + 2 as a Ray Data job: videos -> RTMO poses -> tracked skeletons, one Parquet file per video.
 
     python rayjobs/extract_poses.py --config configs/extraction.yaml \
         --set source.input=/data/RWF-2000 --set model.onnx.model_path=end2end.onnx --set output=outputs/poses

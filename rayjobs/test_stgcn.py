@@ -1,4 +1,4 @@
-"""Test an STGCN++ model with Ray Train workers (mmaction2's tools/test.py / dist_test.sh, on every GPU).
+r"""Test an STGCN++ model with Ray Train workers (mmaction2's tools/test.py / dist_test.sh, on every GPU).
 
     python rayjobs/test_stgcn.py --config configs/fight_stable.yaml                     # the run's best model
     python rayjobs/test_stgcn.py --config configs/fight_stable.yaml \
@@ -23,7 +23,7 @@ from recognizer_core.train.config import TrainJobConfig  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__)
     add_config_args(parser, TrainJobConfig, default_config="configs/fight_stable.yaml")
     parser.add_argument("--checkpoint", default=None, help="model to test (default: the run folder's best model)")
     parser.add_argument("--split", default=None, help="split to evaluate (default: data.test_split)")

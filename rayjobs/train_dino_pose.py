@@ -1,4 +1,4 @@
-"""Train the DINO pose model (frozen DINOv2/DINOv3 + stem + UNet heatmap head) on COCO keypoints with Ray Train.
+r"""Train the DINO pose model (frozen DINOv2/DINOv3 + stem + UNet heatmap head) on COCO keypoints with Ray Train.
 
     python rayjobs/train_dino_pose.py \
         --train_image_dir /coco/images/train2017 \
@@ -39,7 +39,7 @@ GUIDE_FLAGS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__)
     add_config_args(parser, DinoPoseJobConfig, default_config=str(DEFAULT_CONFIG))
     g = parser.add_argument_group("the DINO pose guide's flags (shortcuts for config fields)")
     for flag in ("train_image_dir", "train_annotation_file", "val_image_dir", "val_annotation_file", "model_name",

@@ -1,4 +1,4 @@
-"""Train STGCN++ with Ray Train (DDP on every GPU of the cluster, or CPU workers), then test the best model.
+r"""Train STGCN++ with Ray Train (DDP on every GPU of the cluster, or CPU workers), then test the best model.
 
     python rayjobs/train_stgcn.py --config configs/fight_stable.yaml                  # demo data, runs anywhere
     python rayjobs/train_stgcn.py --config configs/fight_stable.yaml \
@@ -25,7 +25,7 @@ from recognizer_core.train.config import TrainJobConfig  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__)
     add_config_args(parser, TrainJobConfig, default_config="configs/fight_stable.yaml")
     parser.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
     args = parser.parse_args(argv)

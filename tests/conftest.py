@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,21 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# Ctrl-C must stop the suite. Ray Train's fit() (TrainController) installs a SIGINT handler that turns Ctrl-C
+# into a "graceful abort" of the current run and is never removed, and Ray Tune installs one for the duration of
+# a search; either way pytest never sees KeyboardInterrupt and carries on with the next test. Refuse SIGINT
+# handlers from Ray's own modules so Ctrl-C raises KeyboardInterrupt; the session fixture then shuts Ray down.
+_install_signal_handler = signal.signal
+
+
+def _signal_keeping_ctrl_c(signum, handler):
+    if signum == signal.SIGINT and str(sys._getframe(1).f_globals.get("__name__", "")).startswith("ray."):
+        return signal.getsignal(signal.SIGINT)
+    return _install_signal_handler(signum, handler)
+
+
+signal.signal = _signal_keeping_ctrl_c
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("RECOGNIZER_SHARED", REPO.parent / "shared"))
