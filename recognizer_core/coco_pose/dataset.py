@@ -60,7 +60,7 @@ def load_coco(annotation_file: str | Path):
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
         try:
             return COCO(str(path))
-        except (ValueError, KeyError, TypeError) as err:
+        except (ValueError, KeyError, TypeError, AssertionError) as err:  # pycocotools asserts the layout
             raise ValueError(f"{path}: not a COCO annotation file ({err})") from None
 
 
