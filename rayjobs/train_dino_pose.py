@@ -13,6 +13,10 @@ The guide's flags are shortcuts for config fields (file < flags < --set). The ru
 checkpoint_dir/run.name: Ray Train checkpoints (best by val/AP + latest), logs/ (TensorBoard, W&B offline,
 vis/*.png skeletons), config.yaml, and after the run best_model.pth and latest_checkpoint.pth. Re-running the
 same command continues from the latest checkpoint.
+
+With no COCO paths at all (`python rayjobs/train_dino_pose.py`) it runs a SMOKE RUN: a tiny random DINOv2 built
+from a config (nothing downloaded), 2 epochs on the 4 shared COCO images (../shared/data/coco) or drawn stick
+figures, to check that the job runs; see recognizer_core/coco_pose/demo.py.
 """
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from recognizer_core.coco_pose.demo import smoke_run_overrides, wants_smoke_run  # noqa: E402
 from recognizer_core.config import ConfigError, add_config_args, config_from_args, dump_config  # noqa: E402
 from recognizer_core.train.dino_pose_config import DinoPoseJobConfig  # noqa: E402
 
@@ -70,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     args.overrides = guide_overrides(args) + list(args.overrides)
     try:
         cfg = config_from_args(DinoPoseJobConfig, args)
+        if wants_smoke_run(cfg):  # no COCO paths at all: a tiny smoke run that says so
+            args.overrides = smoke_run_overrides(cfg) + list(args.overrides)
+            cfg = config_from_args(DinoPoseJobConfig, args)
         cfg.require_data()
     except (ConfigError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
