@@ -16,7 +16,7 @@ start=$SECONDS
 step() { printf '[setup %3ds] %s\n' "$((SECONDS - start))" "$*"; }
 
 if [ ! -x "$BIN/python" ]; then
-    step "creating $VENV (first install: about 3-8 minutes, mostly torch and ray)"
+    step "creating $VENV (a first install takes about 8 minutes on 2 busy cores, mostly torch and ray)"
     "$PY" -m venv "$VENV"
 fi
 PIP=("$BIN/python" -m pip --disable-pip-version-check)

@@ -103,7 +103,8 @@ def folder_inside(root: str | os.PathLike, name: str) -> str:
     base = Path(root).resolve()
     path = (base / name).resolve()
     if path.parent != base:
-        raise ConfigError(f"run folder {name!r} would leave the storage path {root}")
+        raise ConfigError(f"run.name={name!r}: the run folder {Path(root) / name} leads to {path}, outside "
+                          f"run.storage_path={root} (a symlink?)")
     return str(Path(root) / name)
 
 

@@ -43,6 +43,12 @@ def _train_cfg(overrides=(), yaml_text: str | None = None, tmp: Path | None = No
     return load_config(TrainJobConfig, path, list(overrides))
 
 
+def _folder_inside(root, name):
+    from recognizer_core.config import folder_inside
+
+    return folder_inside(root, name)
+
+
 def _dino_cfg(overrides=()):
     from recognizer_core.config import load_config
     from recognizer_core.train.dino_pose_config import DinoPoseJobConfig
@@ -205,6 +211,10 @@ CASES = [
          r"run\.name: must be 1-128 letters"),
     Case("DINO run.name leaving storage", lambda t: _dino_cfg(["run.name=../x"]), "ConfigError",
          r"run\.name: must be 1-128 letters"),
+    Case("run folder is a symlink leaving storage", lambda t: (t.joinpath("runs").mkdir(),
+                                                               t.joinpath("runs", "r1").symlink_to("/etc"),
+                                                               _folder_inside(t / "runs", "r1")),
+         "ConfigError", r"run\.name='r1': the run folder .*r1 leads to /etc, outside run\.storage_path=.*runs"),
     Case("label_names vs num_classes", lambda t: _train_cfg(["data.label_names=[a, b, c]"]), "ConfigError",
          r"data\.label_names has 3 names but model\.num_classes=2"),
     Case("DINO heatmap larger than image", lambda t: _dino_cfg(["data.image_size=[64, 64]",
