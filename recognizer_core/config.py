@@ -330,33 +330,23 @@ def describe_fields(cls: type[BaseModel], prefix: str = "") -> list[str]:
 
 
 def _set_example(cls: type[BaseModel]) -> str:
-    """A --set example naming two real fields of this job's config (numbers where there are some)."""
-    leaves = [line.split()[0] for line in describe_fields(cls) if line.startswith("  ")]
-    numeric = [line.split()[0] for line in describe_fields(cls) if line.startswith("  ") and
-               re.search(r"\((int|float)[,|]", line)]
+    """A --set example naming two real number fields of this job's config (at their defaults, so it is valid)."""
+    picks = []
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, field in model.model_fields.items():
+            sub = _model_in(field.annotation)
+            if sub is not None and sub is not model:
+                walk(sub, f"{prefix}{name}.")
+            elif not field.is_required():
+                default = field.get_default(call_default_factory=True)
+                if type(default) in (int, float) and default:
+                    picks.append((f"{prefix}{name}", default))
+
+    walk(cls, "")
     order = {"model": 0, "optim": 1, "train": 2}
-    picks = sorted(numeric or leaves, key=lambda k: order.get(k.split(".")[0], 3))[:2]
-    example = []
-    for key in picks:
-        value = get_dotted(json.loads(cls().model_dump_json()), key, None) if _all_defaults(cls) else None
-        example.append(f"--set {key}={_example_value(value)}")
-    return " ".join(example)
-
-
-def _all_defaults(cls: type[BaseModel]) -> bool:
-    try:
-        cls()
-        return True
-    except ValidationError:
-        return False
-
-
-def _example_value(value: Any) -> str:
-    if isinstance(value, bool) or value is None:
-        return "VALUE"
-    if isinstance(value, (int, float)):
-        return json.dumps(value * 2 if value else 1)
-    return "VALUE"
+    picks.sort(key=lambda kv: order.get(kv[0].split(".")[0], 3))
+    return " ".join(f"--set {key}={json.dumps(value)}" for key, value in picks[:2])
 
 
 def add_config_args(parser: argparse.ArgumentParser, cls: type[BaseModel], default_config: str | None = None) -> None:
