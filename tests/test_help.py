@@ -3,6 +3,7 @@ examples of its docstring as written (backslash continuations intact, no `--set`
 """
 from __future__ import annotations
 
+import ast
 import importlib
 import json
 import re
@@ -62,10 +63,13 @@ def _config_class(script: Path):
     return getattr(importlib.import_module(imp[1]), m[1])
 
 
-def _docstring_source(script: Path) -> str:
-    """The module docstring as it stands in the file (before Python joins `\\`-newline continuations)."""
-    m = re.match(r'\s*r?"""(.*?)"""', script.read_text(), re.S)
-    return m[1] if m else ""
+def _docstring(script: Path) -> tuple[str, str]:
+    """(the module docstring as Python reads it, its text as it stands in the file)."""
+    src = script.read_text()
+    m = re.match(r'\s*(r?)"""(.*?)"""', src, re.S)
+    if not m:
+        return "", ""
+    return ast.get_docstring(ast.parse(src), clean=False) or "", ("r" if m[1] else "") + m[2]
 
 
 def test_help_runs_without_ray(helps):
@@ -93,9 +97,12 @@ def test_help_lists_every_config_field(helps, script):
 def test_help_examples_intact(helps, script):
     text = helps[str(script)]["text"]
     help_lines = {line.strip() for line in text.splitlines()}
-    doc = _docstring_source(script)
+    doc, source = _docstring(script)
+    if not source.startswith("r"):  # a lone backslash ending a line of a plain string joins the lines
+        joined = [line.strip() for line in source.splitlines() if re.search(r"(?<!\\)(\\\\)*\\$", line)]
+        assert not joined, f"{script.name}: docstring continuation lines collapse (use r\"\"\" or \\\\): {joined[:2]}"
     examples = [line.strip() for line in doc.splitlines()
-                if line.strip().startswith("python ") or line.rstrip().endswith("\\")]
+                if line.strip().startswith(("python ", "ray job submit")) or line.rstrip().endswith("\\")]
     lost = [line for line in examples if line not in help_lines]
     assert not lost, f"{script.name} --help does not show these example lines as written: {lost[:3]}"
     collapsed = [line for line in text.splitlines() if re.search(r"\S {3,}--\w", line)]
