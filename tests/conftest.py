@@ -57,3 +57,11 @@ def ray_local():
                  runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}})
     yield ray
     ray.shutdown()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Ray tests start a runtime and train: give them 600 s unless they set their own timeout (the default in
+    pyproject, 300 s, is for everything else)."""
+    for item in items:
+        if item.get_closest_marker("ray") and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(600))
