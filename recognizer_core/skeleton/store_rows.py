@@ -127,10 +127,32 @@ def _plain(col: Any) -> list:
     return list(col.tolist() if isinstance(col, np.ndarray) else col)
 
 
-def clips_from_batch(batch: Any, copy: bool = False) -> list[SkeletonClip]:
+def _check_lengths(plain: dict, lists: dict, n: int, source: str, rows: Sequence[int] | None) -> None:
+    """Each row's flat list lengths must match its shape columns (a file written by another tool may not):
+    one SkeletonDataError naming the file, row, clip and the lengths found vs expected, not numpy's reshape."""
+    m = np.asarray(plain["num_person"], dtype=np.int64)
+    t = np.asarray(plain["num_frames"], dtype=np.int64)
+    v = np.asarray(plain["num_joints"], dtype=np.int64)
+    for name, per_joint in (("keypoint", 2), ("keypoint_score", 1)):
+        got = np.array([-1 if a is None else a.size for a in lists[name]], dtype=np.int64)
+        bad = np.flatnonzero(got != m * t * v * per_joint)
+        if bad.size:
+            i = int(bad[0])
+            dims = f"{m[i]} x {t[i]} x {v[i]}" + (" x 2" if per_joint == 2 else "")
+            found = "null" if got[i] < 0 else f"{got[i]} values"
+            row = rows[i] if rows is not None else i
+            raise SkeletonDataError(
+                f"{source or '<batch>'}: row {row}: clip {plain['clip_id'][i]!r}: {name} has {found}, expected "
+                f"num_person x num_frames x num_joints{' x 2' if per_joint == 2 else ''} = {dims} = "
+                f"{m[i] * t[i] * v[i] * per_joint}" + (f" ({bad.size} such rows in this batch)" if bad.size > 1 else ""))
+
+
+def clips_from_batch(batch: Any, copy: bool = False, *, source: str = "",
+                     rows: Sequence[int] | None = None) -> list[SkeletonClip]:
     """SkeletonClips from a batch of store rows: pa.RecordBatch / pa.Table, a dict of numpy arrays or lists
     (Ray Data's "numpy" batch format) or a pandas DataFrame. Arrays are zero-copy read-only views of the
-    batch unless copy=True. Rows are trusted (written by write_dataset, which validated them)."""
+    batch unless copy=True. Values are trusted (write_dataset validated them); list lengths are checked against
+    the shape columns, and a mismatch names `source` (the file) and the row (`rows[i]`, else the batch row)."""
     if hasattr(batch, "columns") and hasattr(batch, "to_dict") and not isinstance(batch, (pa.Table, pa.RecordBatch)):
         batch = {c: batch[c].to_numpy() for c in batch.columns}  # pandas
     n = batch.num_rows if isinstance(batch, (pa.Table, pa.RecordBatch)) else len(_column(batch, "clip_id"))
@@ -138,6 +160,7 @@ def clips_from_batch(batch: Any, copy: bool = False) -> list[SkeletonClip]:
         return []
     plain = {name: _plain(_column(batch, name)) for name in LIGHT_COLUMNS}
     lists = {name: _rows_of_lists(_column(batch, name), n, dtype) for name, dtype in _LIST_DTYPES.items()}
+    _check_lengths(plain, lists, n, source, rows)
     extras = _plain(_column(batch, "extra"))
     out = []
     for i in range(n):
