@@ -169,7 +169,15 @@ class SkeletonDataset:
         if i not in self._pf:
             if i not in self._checked:
                 self._check(i)
-            self._pf[i] = pq.ParquetFile(self._fs.open_input_file(self._files[i]))
+            pf = pq.ParquetFile(self._fs.open_input_file(self._files[i]))
+            sizes = [pf.metadata.row_group(g).num_rows for g in range(pf.metadata.num_row_groups)]
+            if sum(sizes) != int(self._group_start[i][-1]):
+                raise SkeletonDataError(f"{self.files[i]}: {sum(sizes)} rows but {DATASET_JSON} says "
+                                        f"{int(self._group_start[i][-1])}: the file was replaced after the dataset "
+                                        f"was written (rewrite it with write_dataset, or delete {DATASET_JSON} and "
+                                        f"{INDEX_FILE})")
+            self._group_start[i] = np.cumsum([0] + sizes)  # a file rewritten with other row groups still reads
+            self._pf[i] = pf
         return self._pf[i]
 
     def _mask(self, table: pa.Table | pa.RecordBatch, split: str | Sequence[str]) -> Any:
@@ -224,14 +232,16 @@ class SkeletonDataset:
         if pos.size and (pos.min() < 0 or pos.max() >= len(self)):
             raise IndexError(f"{self.path}: positions out of range [0, {len(self)})")
         out: list[SkeletonClip | None] = [None] * pos.size
-        fidx, gidx_all, local_all = self.locate(pos)
+        fidx = np.searchsorted(self._file_start, pos, side="right") - 1
         for fi in np.unique(fidx):
             sel = np.nonzero(fidx == fi)[0]
-            local, gidx = local_all[sel], gidx_all[sel]
+            local = pos[sel] - self._file_start[fi]
+            pf = self._file(int(fi))  # opened first: it may correct the row-group bounds
             gstart = self._group_start[fi]
+            gidx = np.searchsorted(gstart, local, side="right") - 1
             groups = np.unique(gidx)
             try:
-                table = self._file(int(fi)).read_row_groups([int(g) for g in groups])
+                table = pf.read_row_groups([int(g) for g in groups])
             except (OSError, pa.ArrowInvalid) as err:
                 raise SkeletonDataError(f"{self.files[fi]}: row group(s) {groups.tolist()} unreadable ({err})") from None
             # row offset of each selected group inside the concatenated table
