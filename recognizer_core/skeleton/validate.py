@@ -152,7 +152,7 @@ def _check_light(ds: SkeletonDataset, index: pa.Table, wanted: np.ndarray, num_c
             raise SkeletonDataError(f"{_where(ds, index, int(hits[0]))}: {fld}: {say(int(hits[0]))}{more}")
 
 
-def _row_any(flags: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+def row_any(flags: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     """Per row (list offsets), whether any flag in its slice is set; rows of length 0 give False."""
     out = np.zeros(len(offsets) - 1, dtype=bool)
     lengths = np.diff(offsets)
@@ -191,8 +191,8 @@ def _check_batch(ds, index, batch: pa.RecordBatch, pos0: int, wanted: np.ndarray
     m, t, v = (batch[c].to_numpy(zero_copy_only=False).astype(np.int64) for c in ("num_person", "num_frames",
                                                                                    "num_joints"))
     h, w = (batch[c].to_numpy(zero_copy_only=False).astype(np.float32) for c in ("img_h", "img_w"))
-    kp_val, kp_off = _flat(batch["keypoint"])
-    sc_val, sc_off = _flat(batch["keypoint_score"])
+    kp_val, kp_off = flat_list(batch["keypoint"])
+    sc_val, sc_off = flat_list(batch["keypoint_score"])
     kp_nulls, sc_nulls = batch["keypoint"].null_count, batch["keypoint_score"].null_count
 
     def fail(i: int, msg: str, hits: np.ndarray) -> None:
@@ -211,11 +211,11 @@ def _check_batch(ds, index, batch: pa.RecordBatch, pos0: int, wanted: np.ndarray
                     f" = {m[i] * t[i] * v[i] * per}", bad)
     kp_bad = ~np.isfinite(kp_val)
     sc_bad = ~np.isfinite(sc_val)
-    nonfinite = (_row_any(kp_bad, kp_off) | _row_any(sc_bad, sc_off)) & wanted
+    nonfinite = (row_any(kp_bad, kp_off) | row_any(sc_bad, sc_off)) & wanted
     if nonfinite.any():
         if nan_policy != "zero":
             i = int(np.flatnonzero(nonfinite)[0])
-            fld = "keypoint" if _row_any(kp_bad, kp_off)[i] else "keypoint_score"
+            fld = "keypoint" if row_any(kp_bad, kp_off)[i] else "keypoint_score"
             fail(i, f"{fld} has NaN/inf values; use data.nan_policy=zero to zero those joints",
                  np.flatnonzero(nonfinite))
         counts["nonfinite_clips"] += int(nonfinite.sum())
@@ -230,7 +230,7 @@ def _check_batch(ds, index, batch: pa.RecordBatch, pos0: int, wanted: np.ndarray
                     f"{tol:g} x the image size); fix the file or use data.nan_policy=zero to zero such joints",
                  np.flatnonzero(far))
         counts["far_coordinate_clips"] += int(far.sum())
-    is_empty = ~(_row_any(sc_val > 0, sc_off) | _row_any(kp_val != 0, kp_off))
+    is_empty = ~(row_any(sc_val > 0, sc_off) | row_any(kp_val != 0, kp_off))
     if not skip_empty and (is_empty & wanted).any():
         i = int(np.flatnonzero(is_empty & wanted)[0])
         fail(i, "keypoint and keypoint_score are all zero (no person); set data.skip_empty_clips=true to skip",
@@ -238,7 +238,7 @@ def _check_batch(ds, index, batch: pa.RecordBatch, pos0: int, wanted: np.ndarray
     empty.append(pos0 + np.flatnonzero(is_empty))
 
 
-def _flat(col: pa.ListArray) -> tuple[np.ndarray, np.ndarray]:
+def flat_list(col: pa.ListArray) -> tuple[np.ndarray, np.ndarray]:
     """(values, offsets from 0) of a list column, also when the batch is a slice of a larger array."""
     off = col.offsets.to_numpy().astype(np.int64)
     values = col.values.to_numpy(zero_copy_only=False)[off[0]:off[-1]]
@@ -268,3 +268,25 @@ def _far_coordinates(values: np.ndarray, off: np.ndarray, w: np.ndarray, h: np.n
     uniq, at = np.unique(rows, return_index=True)  # rows ascend with the flat index: first hit per row
     first[uniq] = idx[at]
     return far, first
+
+
+def scan_empty_positions(ds: SkeletonDataset, positions: np.ndarray) -> np.ndarray:
+    """The all-zero clips among `positions`, read a row group at a time (two columns, bounded memory): the
+    fallback when no validation report of this dataset version is at hand."""
+    positions = np.sort(np.asarray(positions, dtype=np.int64))
+    bounds = ds.row_group_bounds()
+    fidx, _, _ = ds.locate(positions)
+    out = []
+    for fi in np.unique(fidx):
+        pf = ds._file(int(fi))  # opened first: it may correct the row-group bounds
+        gstart = ds._group_start[fi]
+        local = positions[fidx == fi] - int(bounds[fi][0])
+        gidx = np.searchsorted(gstart, local, side="right") - 1
+        for g in np.unique(gidx):
+            t = pf.read_row_group(int(g), columns=["keypoint", "keypoint_score"])
+            kp_val, kp_off = flat_list(t["keypoint"].combine_chunks())
+            sc_val, sc_off = flat_list(t["keypoint_score"].combine_chunks())
+            empty = ~(row_any(sc_val > 0, sc_off) | row_any(kp_val != 0, kp_off))
+            rows = local[gidx == g] - gstart[g]
+            out.append(rows[empty[rows]] + gstart[g] + int(bounds[fi][0]))
+    return np.concatenate(out) if out else np.zeros(0, np.int64)

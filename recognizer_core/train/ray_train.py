@@ -21,6 +21,7 @@ from recognizer_core.config import ConfigError
 from recognizer_core.train.config import TrainJobConfig
 from recognizer_core.skeleton.clip import SkeletonDataError
 from recognizer_core.skeleton.store import SkeletonDataset
+from recognizer_core.skeleton.validate import validate_dataset
 from recognizer_core.train.data import prepare_dataset, split_info
 from recognizer_core.train.worker import FAULT_ENV, check_resumable
 
@@ -116,6 +117,8 @@ def preflight(cfg: TrainJobConfig, dataset_path: str | Path) -> None:
         raise SkeletonDataError(f"{dataset_path}: split {cfg.data.train_split!r} has {len(info)} clip(s), fewer "
                                 f"than scaling.num_workers={cfg.scaling.num_workers}")
     split_info(ds, cfg.data.val_split, cfg.model.num_classes)
+    validate_dataset(dataset_path, [cfg.data.train_split, cfg.data.val_split], cfg.model.num_classes,
+                     cfg.data.nan_policy, num_joints=cfg.model.num_joints, skip_empty=cfg.data.skip_empty_clips)
 
 
 def build_trainer(cfg: TrainJobConfig, *, run_config: RunConfig | None = None) -> TorchTrainer:
