@@ -65,6 +65,12 @@ def test_batches_depend_only_on_seed_epoch_rank_batch(setup):
         assert torch.equal(a, b)
     _, _, [other] = _batches(ds, cfg, 1, 2, epoch=3, only=[5])
     assert not torch.equal(other[0], full[5][0])
+    # two loader processes, each reading its own windows, hand out the same batches in the same order
+    sb, _, _ = _batches(ds, cfg, 1, 2, epoch=2, only=[])
+    loader, sampler = tdata.make_loader(sb, 2, 2, False)
+    sampler.set_epoch(2)
+    for (x, y, _), (rx, ry, _) in zip(loader, full, strict=True):
+        assert torch.equal(x, rx) and torch.equal(y, ry)
 
 
 def test_memory_is_one_window_not_the_shard(setup):

@@ -346,10 +346,17 @@ def num_batches_for(num_clips: int, batch_size: int) -> int:
     return max(1, int(np.ceil(num_clips / batch_size)))
 
 
+def _own_files(_: int) -> None:
+    """In a loader process: open the store's files afresh rather than share the parent's handles."""
+    shard = torch.utils.data.get_worker_info().dataset.clips
+    if isinstance(shard, StreamedShard):
+        shard.ds._pf = {}
+
+
 def make_loader(batches: ShardBatches, loader_workers: int, prefetch: int, pin_memory: bool):
     sampler = EpochBatchSampler(len(batches))
     kwargs = dict(num_workers=loader_workers, pin_memory=pin_memory)
     if loader_workers > 0:
-        kwargs.update(persistent_workers=True, prefetch_factor=prefetch)
+        kwargs.update(persistent_workers=True, prefetch_factor=prefetch, worker_init_fn=_own_files)
     # batch_size=None: each dataset item is already a batch; the sampler hands out (epoch, batch) keys.
     return DataLoader(batches, batch_size=None, sampler=sampler, **kwargs), sampler

@@ -117,8 +117,10 @@ def preflight(cfg: TrainJobConfig, dataset_path: str | Path) -> None:
         raise SkeletonDataError(f"{dataset_path}: split {cfg.data.train_split!r} has {len(info)} clip(s), fewer "
                                 f"than scaling.num_workers={cfg.scaling.num_workers}")
     split_info(ds, cfg.data.val_split, cfg.model.num_classes)
-    validate_dataset(dataset_path, [cfg.data.train_split, cfg.data.val_split], cfg.model.num_classes,
-                     cfg.data.nan_policy, num_joints=cfg.model.num_joints, skip_empty=cfg.data.skip_empty_clips)
+    # one streamed pass over the keypoints (NaN, T=0, list lengths, far coordinates), cached per dataset version
+    validate_dataset(dataset_path, [cfg.data.train_split, cfg.data.val_split, cfg.data.test_split],
+                     cfg.model.num_classes, cfg.data.nan_policy, num_joints=cfg.model.num_joints,
+                     skip_empty=cfg.data.skip_empty_clips)
 
 
 def build_trainer(cfg: TrainJobConfig, *, run_config: RunConfig | None = None) -> TorchTrainer:
