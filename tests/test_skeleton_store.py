@@ -269,3 +269,13 @@ def test_dataset_pickles_without_open_files(tmp_path):
     ds.read([1])
     copy = pickle.loads(pickle.dumps(ds))
     assert copy._pf == {} and [c.clip_id for c in copy.read([5, 0])] == ["clip_0005", "clip_0000"]
+
+
+def test_open_files_are_bounded(tmp_path):
+    from recognizer_core.skeleton import store
+
+    clips = gen_clips(2 * store._OPEN_FILES + 6)
+    ds = SkeletonDataset(write_dataset(clips, tmp_path / "ds", NAMES, rows_per_file=2))
+    got = [c.clip_id for c in ds.iter_clips()] + [c.clip_id for c in ds.read(range(len(clips)))[::-1]]
+    assert got == [c.clip_id for c in clips] + [c.clip_id for c in clips][::-1]
+    assert len(ds.files) == store._OPEN_FILES + 3 and len(ds._pf) == store._OPEN_FILES
