@@ -82,6 +82,14 @@ def test_far_coordinates_are_rejected_or_counted(tmp_path):
     msg = _one_line_error(path)
     assert msg.startswith("keypoint (") and ", 1e+30) is far outside img_shape (480, 640)" in msg
     assert validate_dataset(path, ["train", "val"], 3, "zero", use_cache=False)["far_coordinate_clips"] == 1
+    # ... and under 'zero' the training loader zeroes that joint, as it does NaN joints
+    from recognizer_core.train.config import DataConfig
+    from recognizer_core.train.data import load_shard
+
+    shard, _ = load_shard(SkeletonDataset(path), np.array([7]), DataConfig(nan_policy="zero"), 3, 17, "t")
+    clip = shard[0]
+    assert clip.clip_id == "c07" and np.abs(clip.keypoint).max() < 1000
+    assert clip.keypoint.reshape(-1, 2)[3].tolist() == [0, 0] and clip.keypoint_score.reshape(-1)[3] == 0
     # a bad clip outside the requested splits does not stop the run
     assert validate_dataset(path, ["train"], 3, use_cache=False)["num_clips"] == 4
 

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 REPORT_DIR = "_validated"  # inside the dataset folder (Parquet readers skip names starting with '_')
 _VERSION = 1  # bump when the checks change, so old reports are not trusted
+COORD_TOLERANCE = 1.0  # a joint may sit up to one image size outside the image (people at the border)
 _HEAVY = ["num_person", "num_frames", "num_joints", "img_h", "img_w", "keypoint", "keypoint_score"]
 
 
@@ -91,7 +92,7 @@ def empty_positions_for(ds: SkeletonDataset) -> np.ndarray | None:
 
 
 def validate_dataset(path: str | Path, splits: Sequence[str], num_classes: int, nan_policy: NanPolicy = "reject",
-                     *, num_joints: int | None = 17, skip_empty: bool = True, coord_tolerance: float = 1.0,
+                     *, num_joints: int | None = 17, skip_empty: bool = True, coord_tolerance: float = COORD_TOLERANCE,
                      batch_rows: int = 256, use_cache: bool = True, progress: bool | None = None) -> dict:
     """Check every clip of `splits` (light columns, then one streamed pass over the keypoints); return a report.
 
@@ -290,3 +291,18 @@ def scan_empty_positions(ds: SkeletonDataset, positions: np.ndarray) -> np.ndarr
             rows = local[gidx == g] - gstart[g]
             out.append(rows[empty[rows]] + gstart[g] + int(bounds[fi][0]))
     return np.concatenate(out) if out else np.zeros(0, np.int64)
+
+
+def zero_far_joints(clip, tol: float = COORD_TOLERANCE) -> int:
+    """nan_policy='zero' for coordinates: zero the joints (coordinates and score) lying more than tol x the image
+    size outside the image, as NaN joints are zeroed; returns how many. validate_dataset rejects them under
+    'reject', so only 'zero' datasets reach the loader with such joints."""
+    h, w = clip.img_shape
+    x, y = clip.keypoint[..., 0], clip.keypoint[..., 1]
+    far = (x < -tol * w) | (x > (1 + tol) * w) | (y < -tol * h) | (y > (1 + tol) * h)
+    n = int(far.sum())
+    if n:
+        clip.keypoint, clip.keypoint_score = clip.keypoint.copy(), clip.keypoint_score.copy()
+        clip.keypoint[far] = 0.0
+        clip.keypoint_score[far] = 0.0
+    return n

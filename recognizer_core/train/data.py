@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from recognizer_core.skeleton.clip import SkeletonClip, SkeletonDataError
 from recognizer_core.skeleton.store import SkeletonDataset
+from recognizer_core.skeleton.validate import empty_positions_for, scan_empty_positions, zero_far_joints
 from recognizer_core.skeleton.transforms import PipelineConfig, prepare_batch
 from recognizer_core.train.config import DataConfig
 
@@ -224,6 +225,8 @@ class StreamedShard:
         for clip in clips:
             clip.validate(self.source, nan_policy=self.nan_policy, num_classes=self.num_classes,
                           num_joints=self.num_joints)
+            if self.nan_policy == "zero":
+                zero_far_joints(clip)
             if is_empty_skeleton(clip):  # only when no report / scan saw it first
                 raise SkeletonDataError(f"{self.source}: clip {clip.clip_id!r}: keypoint and keypoint_score are "
                                         "all zero (no person); set data.skip_empty_clips=true to skip")
@@ -233,8 +236,6 @@ class StreamedShard:
 def load_shard(ds: SkeletonDataset, positions: np.ndarray, cfg: DataConfig, num_classes: int,
                num_joints: int, source: str) -> tuple[StreamedShard, list[str]]:
     """This worker's clips as a StreamedShard (nothing heavy read yet) and the ids of skipped all-zero clips."""
-    from recognizer_core.skeleton.validate import empty_positions_for, scan_empty_positions
-
     empty = None
     if cfg.skip_empty_clips:
         empty = empty_positions_for(ds)
