@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -69,17 +68,42 @@ def _legacy_copy(path: Path, out: Path) -> None:
     (out / "_dataset.json").write_text(json.dumps(info))
 
 
-def _rss_mb() -> float:
+def _status_mb(key: str) -> float:
     with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
+        return next(int(line.split()[1]) for line in f if line.startswith(key + ":")) / 1024
+
+
+def _rss_mb() -> float:
+    return _status_mb("VmRSS")
+
+
+def _peak_rss_mb() -> float:
+    # VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss over exec, so a child would report at least the
+    # parent's RSS at fork time.
+    return _status_mb("VmHWM")
 
 
 def _child(mode: str, path: str, batches: int) -> dict:
     """One measurement in this (fresh) process."""
+    if mode == "validate":
+        import pandas  # noqa: F401  (see below)
+        from recognizer_core.skeleton.validate import validate_dataset
+
+        base = _rss_mb()
+        shutil.rmtree(Path(path) / "_validated", ignore_errors=True)
+        t0 = time.perf_counter()
+        validate_dataset(path, ["train", "val"], 2, progress=False)
+        first = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        assert validate_dataset(path, ["train", "val"], 2)["cached"]
+        return {"validate_s": first, "validate_cached_s": time.perf_counter() - t0,
+                "validate_peak_rss_above_base_mb": _peak_rss_mb() - base}
     from recognizer_core.skeleton.store import SkeletonDataset
     from recognizer_core.skeleton.transforms import PipelineConfig
     from recognizer_core.train import data as tdata
     from recognizer_core.train.config import DataConfig
+
+    import pandas  # noqa: F401  pyarrow imports it on first pa.array (0.5 s); a Ray worker has it loaded already
 
     out: dict = {"base_rss_mb": _rss_mb()}  # the interpreter with torch/pyarrow imported, before any data
     t0 = time.perf_counter()
@@ -104,7 +128,7 @@ def _child(mode: str, path: str, batches: int) -> dict:
             sb[(0, b)]
         out["next_batches_per_s"] = min(batches, sb.num_batches - 1) / (time.perf_counter() - t1)
         out["resident_clips"] = sb.max_resident if isinstance(shard, tdata.StreamedShard) else len(shard)
-    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["peak_rss_mb"] = _peak_rss_mb()
     out["peak_rss_above_base_mb"] = out["peak_rss_mb"] - out["base_rss_mb"]
     return out
 
@@ -115,16 +139,16 @@ def _run_child(mode: str, path: Path, batches: int) -> dict:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def _validate(path: Path) -> dict:
-    from recognizer_core.skeleton.validate import validate_dataset
-
-    shutil.rmtree(path / "_validated", ignore_errors=True)
-    t0 = time.perf_counter()
-    validate_dataset(path, ["train", "val"], 2, progress=False)
-    first = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    assert validate_dataset(path, ["train", "val"], 2)["cached"]
-    return {"validate_s": first, "validate_cached_s": time.perf_counter() - t0}
+def _repeated(mode: str, path: Path, batches: int, repeats: int) -> dict:
+    """Median of `repeats` fresh processes, with [min, max] of each timing (the box is shared: expect spread)."""
+    runs = [_run_child(mode, path, batches) for _ in range(repeats)]
+    out = {}
+    for k in runs[0]:
+        vals = [r[k] for r in runs]
+        out[k] = float(np.median(vals))
+        if k.endswith("_s") or k.endswith("_per_s"):
+            out[k + "_range"] = [min(vals), max(vals)]
+    return out
 
 
 def main() -> None:
@@ -132,6 +156,7 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 50_000, 500_000])
     ap.add_argument("--frames", type=int, default=8)
     ap.add_argument("--batches", type=int, default=20, help="batches timed after the first")
+    ap.add_argument("--repeats", type=int, default=3, help="fresh processes per measurement (median, range)")
     ap.add_argument("--materialize-max", type=int, default=50_000,
                     help="largest size to also run the whole-shard loader at")
     ap.add_argument("--work", default=None, help="folder for the datasets (default: a temp folder, removed)")
@@ -150,22 +175,22 @@ def main() -> None:
                          else None}
             row["files"] = len(list(path.glob("part-*.parquet")))
             row["disk_mb"] = sum(f.stat().st_size for f in path.iterdir() if f.is_file()) / 2**20
-            row.update(_validate(path))  # the driver's preflight runs first; workers then use its report
-            row["stream"] = _run_child("stream", path, args.batches)
+            # the driver's preflight runs first; workers then use its report
+            row["validate"] = _repeated("validate", path, 0, args.repeats)
+            row["stream"] = _repeated("stream", path, args.batches, args.repeats)
             if n <= args.materialize_max:
-                row["materialize"] = _run_child("materialize", path, args.batches)
+                row["materialize"] = _repeated("materialize", path, args.batches, args.repeats)
             legacy = work / f"legacy_{n}"
             shutil.rmtree(legacy, ignore_errors=True)
             _legacy_copy(path, legacy)
-            row["legacy_open"] = _run_child("legacy_open", legacy, 0)
-            results[str(n)] = {k: (round(v, 4) if isinstance(v, float) else
-                                   {a: round(b, 4) if isinstance(b, float) else b for a, b in v.items()}
-                                   if isinstance(v, dict) else v) for k, v in row.items()}
+            row["legacy_open"] = _repeated("legacy_open", legacy, 0, args.repeats)
+            results[str(n)] = json.loads(json.dumps(row), parse_float=lambda x: round(float(x), 4))
             print(f"# {n} clips: {json.dumps(results[str(n)])}", file=sys.stderr, flush=True)
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
-    save_result({"bench": "dataset", "date": now(), "machine": machine(), "frames": args.frames, "batch": BATCH,
+    save_result({"bench": "dataset", "date": now(), "machine": machine(), "load_avg_1m": os.getloadavg()[0],
+                 "repeats": args.repeats, "frames": args.frames, "batch": BATCH,
                  "buffer_clips": DEFAULT_BUFFER_CLIPS, "sizes": results}, args.out)
 
 

@@ -25,7 +25,8 @@ import pyarrow.parquet as pq
 from recognizer_core.storage import filesystem, is_remote, to_uri
 
 from .clip import SkeletonClip, SkeletonDataError
-from .store_rows import CLIP_SCHEMA, HEAVY_COLUMNS, LIGHT_COLUMNS, clip_from_row, clips_from_batch, clips_to_table
+from .store_rows import (CLIP_SCHEMA, HEAVY_COLUMNS, LIGHT_COLUMNS, clip_from_row, clips_from_batch, clips_to_table,
+                         int64_array)
 from .store_write import DATASET_JSON, INDEX_FILE, META_PREFIX, SCHEMA_VERSION, write_dataset
 
 __all__ = ["CLIP_SCHEMA", "DATASET_JSON", "HEAVY_COLUMNS", "INDEX_FILE", "LIGHT_COLUMNS", "SCHEMA_VERSION",
@@ -215,7 +216,7 @@ class SkeletonDataset:
         if bad:
             raise SkeletonDataError(f"{self.path}: unknown or heavy column(s) {bad}")
         table = self._light(cols)
-        table = table.append_column("position", pa.array(np.arange(table.num_rows, dtype=np.int64)))
+        table = table.append_column("position", int64_array(np.arange(table.num_rows)))
         if split is not None:
             table = table.filter(self._mask(table, split))
         return table.select(list(columns) + ["position"])
@@ -253,7 +254,7 @@ class SkeletonDataset:
             # row offset of each selected group inside the concatenated table
             base = dict(zip(groups.tolist(), np.concatenate([[0], np.cumsum(np.diff(gstart)[groups])[:-1]])))
             take = np.array([base[g] + (loc - gstart[g]) for g, loc in zip(gidx.tolist(), local)], dtype=np.int64)
-            clips = clips_from_batch(table.take(pa.array(take)), copy=copy, source=self.files[fi],
+            clips = clips_from_batch(table.take(int64_array(take)), copy=copy, source=self.files[fi],
                                      rows=local.tolist())
             for j, clip in zip(sel, clips):
                 out[j] = clip

@@ -39,6 +39,12 @@ LIGHT_COLUMNS = tuple(n for n in CLIP_SCHEMA.names if n not in HEAVY_COLUMNS)
 
 # ---------------------------------------------------------------- clips -> Arrow
 
+def int64_array(a: np.ndarray) -> pa.Array:
+    """A numpy integer array as an Arrow int64 array, zero-copy (pa.array converts through its type checks)."""
+    a = np.ascontiguousarray(a, dtype=np.int64)
+    return pa.Array.from_buffers(pa.int64(), len(a), [None, pa.py_buffer(a)])
+
+
 def _list_array(arrays: Sequence[np.ndarray | None], dtype: Any, pa_type: pa.DataType) -> pa.Array:
     lengths = np.array([0 if a is None else a.size for a in arrays], dtype=np.int32)
     offsets = np.zeros(len(arrays) + 1, dtype=np.int32)

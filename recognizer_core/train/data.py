@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from recognizer_core.skeleton.clip import SkeletonClip, SkeletonDataError
 from recognizer_core.skeleton.store import SkeletonDataset
+from recognizer_core.skeleton.store_rows import int64_array
 from recognizer_core.skeleton.validate import empty_positions_for, scan_empty_positions, zero_far_joints
 from recognizer_core.skeleton.transforms import PipelineConfig, prepare_batch
 from recognizer_core.train.config import DataConfig
@@ -170,7 +171,7 @@ def split_info(ds: SkeletonDataset, split: str, num_classes: int, required: bool
     order = np.argsort(pos)
     starts = np.unique(np.concatenate(ds.row_group_bounds()))
     blocks = np.searchsorted(starts, pos[order], side="right") - 1
-    return SplitInfo(split, pos[order], labels[order], ClipIds(ids.take(pa.array(order))), blocks)
+    return SplitInfo(split, pos[order], labels[order], ClipIds(ids.take(int64_array(order))), blocks)
 
 
 def shard_positions(info: SplitInfo, rank: int, world: int) -> np.ndarray:
