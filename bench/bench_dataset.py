@@ -1,7 +1,8 @@
 """Dataset scale: open + split index + first training batch, peak memory, and the driver's validation pass at 1k,
 50k and 500k clips.
 
-Synthetic tiny clips (1 person, `--frames` frames, 17 joints: ~1.7 kB of keypoints each at 8 frames) written by
+Synthetic tiny clips (1 person, `--frames` frames, 17 joints: ~1.7 kB of keypoints each at 8 frames; `--persons 4
+--frames 100` gives the ~80 kB clips of a real dataset, for the memory comparison at 1k/10k) written by
 `write_dataset` (1024 rows a file, 64-row row groups, as build_dataset writes), so disk and generation stay
 small while the number of files, row groups and rows is that of a real dataset of that many clips. Each
 measurement runs in a fresh process (its peak RSS is that step's alone):
@@ -39,21 +40,21 @@ from recognizer_core.train.data import DEFAULT_BUFFER_CLIPS  # noqa: E402
 BATCH = 16
 
 
-def _clips(n: int, frames: int):
+def _clips(n: int, frames: int, persons: int):
     rng = np.random.default_rng(0)
-    base_kp = (rng.random((64, 1, frames, 17, 2)) * [640, 480]).astype(np.float32)
-    base_sc = (rng.random((64, 1, frames, 17)) * 0.9 + 0.1).astype(np.float32)
+    base_kp = (rng.random((64, persons, frames, 17, 2)) * [640, 480]).astype(np.float32)
+    base_sc = (rng.random((64, persons, frames, 17)) * 0.9 + 0.1).astype(np.float32)
     for i in range(n):
         yield SkeletonClip(clip_id=f"clip_{i:07d}", label=i % 2, keypoint=base_kp[i % 64], keypoint_score=base_sc[i % 64],
                            img_shape=(480, 640), total_frames=frames,
                            split="train" if i % 10 < 8 else ("val" if i % 10 == 8 else "test"))
 
 
-def _generate(path: Path, n: int, frames: int) -> float:
+def _generate(path: Path, n: int, frames: int, persons: int) -> float:
     from recognizer_core.skeleton.store import write_dataset
 
     t0 = time.perf_counter()
-    write_dataset(_clips(n, frames), path, ["a", "b"], rows_per_file=1024, row_group_size=64)
+    write_dataset(_clips(n, frames, persons), path, ["a", "b"], rows_per_file=1024, row_group_size=64)
     return time.perf_counter() - t0
 
 
@@ -155,6 +156,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 50_000, 500_000])
     ap.add_argument("--frames", type=int, default=8)
+    ap.add_argument("--persons", type=int, default=1, help="4 with --frames 100: clips of a real dataset's size")
     ap.add_argument("--batches", type=int, default=20, help="batches timed after the first")
     ap.add_argument("--repeats", type=int, default=3, help="fresh processes per measurement (median, range)")
     ap.add_argument("--materialize-max", type=int, default=50_000,
@@ -171,8 +173,8 @@ def main() -> None:
     try:
         for n in args.sizes:
             path = work / f"ds_{n}"
-            row: dict = {"generate_s": _generate(path, n, args.frames) if not (path / "_dataset.json").exists()
-                         else None}
+            fresh = not (path / "_dataset.json").exists()
+            row: dict = {"generate_s": _generate(path, n, args.frames, args.persons) if fresh else None}
             row["files"] = len(list(path.glob("part-*.parquet")))
             row["disk_mb"] = sum(f.stat().st_size for f in path.iterdir() if f.is_file()) / 2**20
             # the driver's preflight runs first; workers then use its report
@@ -190,7 +192,8 @@ def main() -> None:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
     save_result({"bench": "dataset", "date": now(), "machine": machine(), "load_avg_1m": os.getloadavg()[0],
-                 "repeats": args.repeats, "frames": args.frames, "batch": BATCH,
+                 "repeats": args.repeats, "frames": args.frames, "persons": args.persons,
+                 "batch": BATCH,
                  "buffer_clips": DEFAULT_BUFFER_CLIPS, "sizes": results}, args.out)
 
 

@@ -201,7 +201,7 @@ class StreamedShard:
     def __init__(self, ds: SkeletonDataset, positions: np.ndarray, cfg: DataConfig, num_classes: int,
                  num_joints: int, source: str, *, empty: np.ndarray | None = None):
         self.ds, self.source = ds, source
-        self.nan_policy, self.skip_empty = cfg.nan_policy, cfg.skip_empty_clips
+        self.nan_policy = cfg.nan_policy
         self.num_classes, self.num_joints = num_classes, num_joints
         positions = np.sort(np.asarray(positions, dtype=np.int64))
         keep = ~np.isin(positions, empty) if empty is not None and len(empty) else np.ones(len(positions), bool)
@@ -258,10 +258,9 @@ def eval_shard(ds: SkeletonDataset, info: SplitInfo, rank: int, world: int, cfg:
     clips, _ = load_shard(ds, shard_positions(info, rank, world), cfg, num_classes, num_joints, source)
     if len(clips):
         return clips, len(clips)
-    for start in range(len(info)):
-        stand_in, _ = load_shard(ds, info.positions[start:start + 1], cfg, num_classes, num_joints, source)
-        if len(stand_in):
-            return stand_in, 0
+    usable, _ = load_shard(ds, info.positions, cfg, num_classes, num_joints, source)
+    if len(usable):
+        return StreamedShard(ds, usable.positions[:1], cfg, num_classes, num_joints, source), 0
     raise SkeletonDataError(f"{source}: no usable clip to evaluate (all are all-zero skeletons)")
 
 
