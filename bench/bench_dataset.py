@@ -45,7 +45,8 @@ def _clips(n: int, frames: int, persons: int):
     base_kp = (rng.random((64, persons, frames, 17, 2)) * [640, 480]).astype(np.float32)
     base_sc = (rng.random((64, persons, frames, 17)) * 0.9 + 0.1).astype(np.float32)
     for i in range(n):
-        yield SkeletonClip(clip_id=f"clip_{i:07d}", label=i % 2, keypoint=base_kp[i % 64], keypoint_score=base_sc[i % 64],
+        yield SkeletonClip(clip_id=f"clip_{i:07d}", label=i % 2, keypoint=base_kp[i % 64],
+                           keypoint_score=base_sc[i % 64],
                            img_shape=(480, 640), total_frames=frames,
                            split="train" if i % 10 < 8 else ("val" if i % 10 == 8 else "test"))
 

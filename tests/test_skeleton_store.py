@@ -163,7 +163,8 @@ def test_overwrite_is_explicit_and_failed_writes_keep_old_data(tmp_path):
         write_dataset(bad, path, NAMES, rows_per_file=2, overwrite=True)
     ds = SkeletonDataset(path)
     assert len(ds) == 10 and len(ds.files) == 3  # the old dataset is intact
-    assert sorted(p.name for p in path.iterdir()) == [DATASET_JSON, INDEX_FILE] + [f"part-0000{i}.parquet" for i in range(3)]
+    assert sorted(p.name for p in path.iterdir()) == \
+        [DATASET_JSON, INDEX_FILE] + [f"part-0000{i}.parquet" for i in range(3)]
     write_dataset(gen_clips(5, seed=2), path, NAMES, overwrite=True)
     assert len(SkeletonDataset(path)) == 5 and len(list(path.glob("part-*"))) == 1
 

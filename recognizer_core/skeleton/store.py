@@ -250,7 +250,8 @@ class SkeletonDataset:
             try:
                 table = pf.read_row_groups([int(g) for g in groups])
             except (OSError, pa.ArrowInvalid) as err:
-                raise SkeletonDataError(f"{self.files[fi]}: row group(s) {groups.tolist()} unreadable ({err})") from None
+                raise SkeletonDataError(f"{self.files[fi]}: row group(s) {groups.tolist()} unreadable "
+                                        f"({err})") from None
             # row offset of each selected group inside the concatenated table
             base = dict(zip(groups.tolist(), np.concatenate([[0], np.cumsum(np.diff(gstart)[groups])[:-1]])))
             take = np.array([base[g] + (loc - gstart[g]) for g, loc in zip(gidx.tolist(), local)], dtype=np.int64)

@@ -150,7 +150,8 @@ def _check_lengths(plain: dict, lists: dict, n: int, source: str, rows: Sequence
             raise SkeletonDataError(
                 f"{source or '<batch>'}: row {row}: clip {plain['clip_id'][i]!r}: {name} has {found}, expected "
                 f"num_person x num_frames x num_joints{' x 2' if per_joint == 2 else ''} = {dims} = "
-                f"{m[i] * t[i] * v[i] * per_joint}" + (f" ({bad.size} such rows in this batch)" if bad.size > 1 else ""))
+                f"{m[i] * t[i] * v[i] * per_joint}" + (f" ({bad.size} such rows in this batch)" if bad.size > 1
+                                                       else ""))
 
 
 def clips_from_batch(batch: Any, copy: bool = False, *, source: str = "",

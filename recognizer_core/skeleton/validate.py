@@ -19,13 +19,13 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from recognizer_core.storage import atomic_write, is_remote, join_uri, read_text
+from recognizer_core.storage import atomic_write, join_uri, read_text
 
 from .clip import NanPolicy, SkeletonDataError
 from .store import DATASET_JSON, INDEX_FILE, SkeletonDataset
