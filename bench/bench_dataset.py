@@ -192,7 +192,10 @@ def main() -> None:
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
-    save_result({"bench": "dataset", "date": now(), "machine": machine(), "load_avg_1m": os.getloadavg()[0],
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=Path(__file__).parent).stdout.strip()
+    save_result({"bench": "dataset", "date": now(), "commit": commit, "machine": machine(),
+                 "load_avg_1m": os.getloadavg()[0],
                  "repeats": args.repeats, "frames": args.frames, "persons": args.persons,
                  "batch": BATCH,
                  "buffer_clips": DEFAULT_BUFFER_CLIPS, "sizes": results}, args.out)
