@@ -341,7 +341,15 @@ class ShardBatches(Dataset):
         if self._window_key != (epoch, w):
             order, _ = self.order(epoch)
             self._window = {}  # drop the old window before reading the next: at most one is resident
-            self._window = self.clips.load(order[w * self.window:(w + 1) * self.window])
+            first, per_window = w * self.window // self.batch_size, self.window // self.batch_size
+            mine = range(first, min(first + per_window, self.num_batches))
+            worker = torch.utils.data.get_worker_info()
+            if worker is not None and worker.num_workers > 1:
+                # a DataLoader hands batch k to loader process k % num_workers: read only this process's share
+                # (another batch asked of it is still served, read on demand below)
+                mine = [k for k in mine if k % worker.num_workers == worker.id] or [b]
+            self._window = self.clips.load(np.concatenate([order[k * self.batch_size:(k + 1) * self.batch_size]
+                                                           for k in mine]))
             self._window_key = (epoch, w)
         missing = [i for i in idx.tolist() if i not in self._window]  # a batch past the window (wrap padding)
         extra = self.clips.load(np.array(missing)) if missing else {}
