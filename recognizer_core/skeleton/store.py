@@ -253,9 +253,10 @@ class SkeletonDataset:
                 except (OSError, pa.ArrowInvalid) as err:
                     raise SkeletonDataError(f"{self.files[fi]}: row group {int(g)} unreadable ({err})") from None
                 rows = local[in_g] - gstart[g]
-                if len(rows) != table.num_rows or np.any(rows != np.arange(len(rows))):
-                    table = table.take(int64_array(rows))  # only the rows asked for stay in memory
-                clips = clips_from_batch(table, copy=copy, source=self.files[fi], rows=local[in_g].tolist())
+                # Views into the row group, not an Arrow take (which copies list columns slowly); copies when
+                # fewer than half its rows are wanted, so the rest of the group is not kept alive by them.
+                clips = clips_from_batch(table, copy=copy or 2 * len(rows) < table.num_rows, source=self.files[fi],
+                                         rows=range(int(gstart[g]), int(gstart[g + 1])), select=rows)
                 for j, clip in zip(sel[in_g], clips):
                     out[j] = clip
         return out  # type: ignore[return-value]

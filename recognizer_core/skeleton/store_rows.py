@@ -133,15 +133,19 @@ def _plain(col: Any) -> list:
     return list(col.tolist() if isinstance(col, np.ndarray) else col)
 
 
-def _check_lengths(plain: dict, lists: dict, n: int, source: str, rows: Sequence[int] | None) -> None:
+def _check_lengths(plain: dict, lists: dict, idx: np.ndarray, source: str, rows: Sequence[int] | None) -> None:
     """Each row's flat list lengths must match its shape columns (a file written by another tool may not):
-    one SkeletonDataError naming the file, row, clip and the lengths found vs expected, not numpy's reshape."""
+    one SkeletonDataError naming the file, row, clip and the lengths found vs expected, not numpy's reshape.
+    Only the rows `idx` are checked (a bad row nobody asked for does not stop the reading of its neighbours)."""
     m = np.asarray(plain["num_person"], dtype=np.int64)
     t = np.asarray(plain["num_frames"], dtype=np.int64)
     v = np.asarray(plain["num_joints"], dtype=np.int64)
     for name, per_joint in (("keypoint", 2), ("keypoint_score", 1)):
-        got = np.array([-1 if a is None else a.size for a in lists[name]], dtype=np.int64)
-        bad = np.flatnonzero(got != m * t * v * per_joint)
+        got = np.full(len(m), -2, dtype=np.int64)
+        for i in idx:
+            a = lists[name][i]
+            got[i] = -1 if a is None else a.size
+        bad = idx[got[idx] != (m * t * v * per_joint)[idx]]
         if bad.size:
             i = int(bad[0])
             dims = f"{m[i]} x {t[i]} x {v[i]}" + (" x 2" if per_joint == 2 else "")
@@ -154,12 +158,13 @@ def _check_lengths(plain: dict, lists: dict, n: int, source: str, rows: Sequence
                                                        else ""))
 
 
-def clips_from_batch(batch: Any, copy: bool = False, *, source: str = "",
-                     rows: Sequence[int] | None = None) -> list[SkeletonClip]:
+def clips_from_batch(batch: Any, copy: bool = False, *, source: str = "", rows: Sequence[int] | None = None,
+                     select: Sequence[int] | None = None) -> list[SkeletonClip]:
     """SkeletonClips from a batch of store rows: pa.RecordBatch / pa.Table, a dict of numpy arrays or lists
     (Ray Data's "numpy" batch format) or a pandas DataFrame. Arrays are zero-copy read-only views of the
     batch unless copy=True. Values are trusted (write_dataset validated them); list lengths are checked against
-    the shape columns, and a mismatch names `source` (the file) and the row (`rows[i]`, else the batch row)."""
+    the shape columns, and a mismatch names `source` (the file) and the row (`rows[i]`, else the batch row).
+    select: only these batch rows, in this order (zero-copy picking, where an Arrow `take` would copy)."""
     if hasattr(batch, "columns") and hasattr(batch, "to_dict") and not isinstance(batch, (pa.Table, pa.RecordBatch)):
         batch = {c: batch[c].to_numpy() for c in batch.columns}  # pandas
     n = batch.num_rows if isinstance(batch, (pa.Table, pa.RecordBatch)) else len(_column(batch, "clip_id"))
@@ -167,10 +172,11 @@ def clips_from_batch(batch: Any, copy: bool = False, *, source: str = "",
         return []
     plain = {name: _plain(_column(batch, name)) for name in LIGHT_COLUMNS}
     lists = {name: _rows_of_lists(_column(batch, name), n, dtype) for name, dtype in _LIST_DTYPES.items()}
-    _check_lengths(plain, lists, n, source, rows)
+    idx = np.arange(n) if select is None else np.asarray(select, dtype=np.int64).reshape(-1)
+    _check_lengths(plain, lists, idx, source, rows)
     extras = _plain(_column(batch, "extra"))
     out = []
-    for i in range(n):
+    for i in idx.tolist():
         m, t, v = plain["num_person"][i], plain["num_frames"][i], plain["num_joints"][i]
         kp = lists["keypoint"][i].reshape(m, t, v, 2)
         sc = lists["keypoint_score"][i].reshape(m, t, v)
