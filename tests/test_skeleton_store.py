@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from recognizer_core.skeleton.clip import SkeletonClip, SkeletonDataError
-from recognizer_core.skeleton.store import (CLIP_SCHEMA, DATASET_JSON, LIGHT_COLUMNS, SkeletonDataset,
+from recognizer_core.skeleton.store import (CLIP_SCHEMA, DATASET_JSON, INDEX_FILE, LIGHT_COLUMNS, SkeletonDataset,
                                             clip_from_row, clips_from_batch, write_dataset)
 
 NAMES = ["walk", "fight", "fall"]
@@ -163,7 +163,8 @@ def test_overwrite_is_explicit_and_failed_writes_keep_old_data(tmp_path):
         write_dataset(bad, path, NAMES, rows_per_file=2, overwrite=True)
     ds = SkeletonDataset(path)
     assert len(ds) == 10 and len(ds.files) == 3  # the old dataset is intact
-    assert sorted(p.name for p in path.iterdir()) == [DATASET_JSON] + [f"part-0000{i}.parquet" for i in range(3)]
+    assert sorted(p.name for p in path.iterdir()) == \
+        [DATASET_JSON, INDEX_FILE] + [f"part-0000{i}.parquet" for i in range(3)]
     write_dataset(gen_clips(5, seed=2), path, NAMES, overwrite=True)
     assert len(SkeletonDataset(path)) == 5 and len(list(path.glob("part-*"))) == 1
 
@@ -203,3 +204,79 @@ def test_label_names_derived_nan_zero_and_split_map(tmp_path):
     assert [c.clip_id for c in ds.iter_clips(["xsub_train"])] == ["clip_0000", "clip_0001"]
     first = ds.read([0])[0]
     assert (first.keypoint[0, 1, 2] == 0).all() and first.keypoint_score[0, 1, 2] == 0
+
+
+def _rewrite_row(path, row: int, **columns) -> None:
+    """Rewrite one part file as another tool would, with some columns of one row replaced."""
+    table = pq.read_table(path)
+    for name, value in columns.items():
+        values = table[name].to_pylist()
+        values[row] = value
+        table = table.set_column(table.schema.get_field_index(name), name,
+                                 pa.array(values, table.schema.field(name).type))
+    pq.write_table(table, path, row_group_size=4)
+
+
+def test_list_lengths_that_disagree_with_the_shape_name_file_row_and_clip(tmp_path):
+    path = write_dataset(gen_clips(9), tmp_path / "ds", NAMES, rows_per_file=5)
+    (path / DATASET_JSON).unlink()  # a folder of part files written by another tool
+    part = path / "part-00001.parquet"
+    kp = pq.read_table(part)["keypoint"][2].as_py()
+    _rewrite_row(part, 2, keypoint=kp[:-3])
+    ds = SkeletonDataset(path)
+    want = rf"part-00001.parquet: row 2: clip 'clip_0007': keypoint has {len(kp) - 3} values, expected " \
+           rf"num_person x num_frames x num_joints x 2 = .* = {len(kp)}$"
+    with pytest.raises(SkeletonDataError, match=want):
+        ds.read([7])
+    with pytest.raises(SkeletonDataError, match=want):
+        list(ds.iter_clips())
+    assert [c.clip_id for c in ds.read([6, 8])] == ["clip_0006", "clip_0008"]  # the other rows still read
+    _rewrite_row(part, 0, keypoint_score=None)
+    with pytest.raises(SkeletonDataError, match="row 0: clip 'clip_0005': keypoint_score has null, expected"):
+        SkeletonDataset(path).read([5])
+
+
+def test_open_and_index_read_only_the_metadata_files(tmp_path):
+    path = write_dataset(gen_clips(30), tmp_path / "ds", NAMES, rows_per_file=7, row_group_size=3)
+    info = json.loads((path / DATASET_JSON).read_text())
+    assert info["files"][0]["row_groups"] == [3, 3, 1] and info["index_file"] == INDEX_FILE
+    ref = SkeletonDataset(path)
+    ref_index = ref.index()
+    good = (path / "part-00002.parquet").read_bytes()
+    (path / "part-00002.parquet").write_bytes(b"garbage: opening and indexing must not read this file")
+    ds = SkeletonDataset(path)
+    assert len(ds) == 30 and ds.splits() == ref.splits()
+    assert ds.index("val").equals(ref.index("val"))
+    assert [c.clip_id for c in ds.read([0, 29])] == ["clip_0000", "clip_0029"]
+    with pytest.raises(SkeletonDataError, match="part-00002.parquet: not a readable Parquet file"):
+        ds.read([15])  # the file is checked when first read
+    (path / "part-00002.parquet").write_bytes(good)
+    # a dataset written before the row-group counts and the index file: footers, same answers
+    for f in info["files"]:
+        del f["row_groups"], f["splits"]
+    del info["index_file"]
+    (path / DATASET_JSON).write_text(json.dumps(info))
+    (path / INDEX_FILE).unlink()
+    old = SkeletonDataset(path)
+    assert old.index().equals(ref_index) and old.row_group_bounds()[1].tolist() == [7, 10, 13, 14]
+    for a, b in zip(ref.read(range(30)), old.read(range(30))):
+        assert_same(a, b)
+
+
+def test_dataset_pickles_without_open_files(tmp_path):
+    import pickle
+
+    ds = SkeletonDataset(write_dataset(gen_clips(6), tmp_path / "ds", NAMES))
+    ds.read([1])
+    copy = pickle.loads(pickle.dumps(ds))
+    assert copy._pf == {} and [c.clip_id for c in copy.read([5, 0])] == ["clip_0005", "clip_0000"]
+
+
+def test_open_files_are_bounded(tmp_path):
+    from recognizer_core.skeleton import store
+
+    clips = gen_clips(2 * store._OPEN_FILES + 6)
+    ds = SkeletonDataset(write_dataset(clips, tmp_path / "ds", NAMES, rows_per_file=2))
+    got = [c.clip_id for c in ds.iter_clips()] + [c.clip_id for c in ds.read(range(len(clips)))[::-1]]
+    assert got == [c.clip_id for c in clips] + [c.clip_id for c in clips][::-1]
+    assert len(ds.files) == store._OPEN_FILES + 3 and len(ds._pf) == store._OPEN_FILES

@@ -39,6 +39,12 @@ LIGHT_COLUMNS = tuple(n for n in CLIP_SCHEMA.names if n not in HEAVY_COLUMNS)
 
 # ---------------------------------------------------------------- clips -> Arrow
 
+def int64_array(a: np.ndarray) -> pa.Array:
+    """A numpy integer array as an Arrow int64 array, zero-copy (pa.array converts through its type checks)."""
+    a = np.ascontiguousarray(a, dtype=np.int64)
+    return pa.Array.from_buffers(pa.int64(), len(a), [None, pa.py_buffer(a)])
+
+
 def _list_array(arrays: Sequence[np.ndarray | None], dtype: Any, pa_type: pa.DataType) -> pa.Array:
     lengths = np.array([0 if a is None else a.size for a in arrays], dtype=np.int32)
     offsets = np.zeros(len(arrays) + 1, dtype=np.int32)
@@ -127,10 +133,38 @@ def _plain(col: Any) -> list:
     return list(col.tolist() if isinstance(col, np.ndarray) else col)
 
 
-def clips_from_batch(batch: Any, copy: bool = False) -> list[SkeletonClip]:
+def _check_lengths(plain: dict, lists: dict, idx: np.ndarray, source: str, rows: Sequence[int] | None) -> None:
+    """Each row's flat list lengths must match its shape columns (a file written by another tool may not):
+    one SkeletonDataError naming the file, row, clip and the lengths found vs expected, not numpy's reshape.
+    Only the rows `idx` are checked (a bad row nobody asked for does not stop the reading of its neighbours)."""
+    m = np.asarray(plain["num_person"], dtype=np.int64)
+    t = np.asarray(plain["num_frames"], dtype=np.int64)
+    v = np.asarray(plain["num_joints"], dtype=np.int64)
+    for name, per_joint in (("keypoint", 2), ("keypoint_score", 1)):
+        got = np.full(len(m), -2, dtype=np.int64)
+        for i in idx:
+            a = lists[name][i]
+            got[i] = -1 if a is None else a.size
+        bad = idx[got[idx] != (m * t * v * per_joint)[idx]]
+        if bad.size:
+            i = int(bad[0])
+            dims = f"{m[i]} x {t[i]} x {v[i]}" + (" x 2" if per_joint == 2 else "")
+            found = "null" if got[i] < 0 else f"{got[i]} values"
+            row = rows[i] if rows is not None else i
+            raise SkeletonDataError(
+                f"{source or '<batch>'}: row {row}: clip {plain['clip_id'][i]!r}: {name} has {found}, expected "
+                f"num_person x num_frames x num_joints{' x 2' if per_joint == 2 else ''} = {dims} = "
+                f"{m[i] * t[i] * v[i] * per_joint}" + (f" ({bad.size} such rows in this batch)" if bad.size > 1
+                                                       else ""))
+
+
+def clips_from_batch(batch: Any, copy: bool = False, *, source: str = "", rows: Sequence[int] | None = None,
+                     select: Sequence[int] | None = None) -> list[SkeletonClip]:
     """SkeletonClips from a batch of store rows: pa.RecordBatch / pa.Table, a dict of numpy arrays or lists
     (Ray Data's "numpy" batch format) or a pandas DataFrame. Arrays are zero-copy read-only views of the
-    batch unless copy=True. Rows are trusted (written by write_dataset, which validated them)."""
+    batch unless copy=True. Values are trusted (write_dataset validated them); list lengths are checked against
+    the shape columns, and a mismatch names `source` (the file) and the row (`rows[i]`, else the batch row).
+    select: only these batch rows, in this order (zero-copy picking, where an Arrow `take` would copy)."""
     if hasattr(batch, "columns") and hasattr(batch, "to_dict") and not isinstance(batch, (pa.Table, pa.RecordBatch)):
         batch = {c: batch[c].to_numpy() for c in batch.columns}  # pandas
     n = batch.num_rows if isinstance(batch, (pa.Table, pa.RecordBatch)) else len(_column(batch, "clip_id"))
@@ -138,9 +172,11 @@ def clips_from_batch(batch: Any, copy: bool = False) -> list[SkeletonClip]:
         return []
     plain = {name: _plain(_column(batch, name)) for name in LIGHT_COLUMNS}
     lists = {name: _rows_of_lists(_column(batch, name), n, dtype) for name, dtype in _LIST_DTYPES.items()}
+    idx = np.arange(n) if select is None else np.asarray(select, dtype=np.int64).reshape(-1)
+    _check_lengths(plain, lists, idx, source, rows)
     extras = _plain(_column(batch, "extra"))
     out = []
-    for i in range(n):
+    for i in idx.tolist():
         m, t, v = plain["num_person"][i], plain["num_frames"][i], plain["num_joints"][i]
         kp = lists["keypoint"][i].reshape(m, t, v, 2)
         sc = lists["keypoint_score"][i].reshape(m, t, v)

@@ -1,9 +1,11 @@
 """Training data: locate the dataset, shard it per worker, and batch it through the skeleton pipeline.
 
 Every source becomes a Parquet skeleton store first (mmaction2 pkl files and the demo data are converted once
-by the driver), so a worker opens the store, reads the light index of a split, and loads only its own shard of
-clips (`positions[rank::world]`). Skeletons are small (a 4-person, 150-frame clip is ~120 kB), so a shard is
-held in memory and each epoch re-shuffles it; batches are prepared by `prepare_batch` in loader processes.
+by the driver), so a worker opens the store, reads the light index of a split, and takes its own shard (whole
+row groups dealt round-robin to the ranks). The shard is streamed, never held: each epoch shuffles its row
+groups, then clips within a bounded window, all from (seed, epoch, rank), so memory and start-up are the same at
+1k and 500k clips and a resumed run sees the same batches; batches are prepared by `prepare_batch` in loader
+processes.
 Shards are padded by wrapping so every rank runs the same number of steps (DDP needs that); padded
 validation samples carry `valid=False` and are dropped before metrics.
 """
@@ -17,14 +19,18 @@ import shutil
 import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from recognizer_core.skeleton.clip import SkeletonClip, SkeletonDataError
 from recognizer_core.skeleton.store import SkeletonDataset
+from recognizer_core.skeleton.store_rows import int64_array
+from recognizer_core.skeleton.validate import empty_positions_for, scan_empty_positions, zero_far_joints
 from recognizer_core.skeleton.transforms import PipelineConfig, prepare_batch
 from recognizer_core.train.config import DataConfig
 
@@ -119,12 +125,29 @@ def _role(cfg: DataConfig, split: str) -> str:
     return "train" if split == cfg.train_split else "val" if split == cfg.val_split else "test"
 
 
+class ClipIds(Sequence):
+    """Clip ids as an Arrow array, turned into Python strings only when read (400k of them as a list of str
+    cost 30 MB and 0.3 s per worker, for ids that are only looked at when naming a clip)."""
+
+    def __init__(self, ids: pa.Array):
+        self._ids = ids
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return self._ids[i].to_pylist()
+        return self._ids[i].as_py()
+
+
 @dataclass
 class SplitInfo:
     name: str
-    positions: np.ndarray  # row positions in the store
+    positions: np.ndarray  # row positions in the store, ascending
     labels: np.ndarray
-    clip_ids: list[str]
+    clip_ids: Sequence[str]
+    blocks: np.ndarray | None = None  # the row group (global number) holding each position
 
     def __len__(self) -> int:
         return len(self.positions)
@@ -139,53 +162,105 @@ def split_info(ds: SkeletonDataset, split: str, num_classes: int, required: bool
         return None
     pos = table["position"].to_numpy().astype(np.int64)
     labels = table["label"].to_numpy().astype(np.int64)
-    ids = table["clip_id"].to_pylist()
+    ids = table["clip_id"].combine_chunks()
     bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
     if bad.size:
-        show = ", ".join(f"{ids[i]!r} (label {labels[i]})" for i in bad[:5])
+        show = ", ".join(f"{ids[int(i)].as_py()!r} (label {labels[i]})" for i in bad[:5])
         raise SkeletonDataError(f"{ds.path}: split {split!r} has {bad.size} clip(s) with labels outside "
                                 f"[0, {num_classes}) (model.num_classes): {show}")
     order = np.argsort(pos)
-    return SplitInfo(split, pos[order], labels[order], [ids[i] for i in order])
+    starts = np.unique(np.concatenate(ds.row_group_bounds()))
+    blocks = np.searchsorted(starts, pos[order], side="right") - 1
+    return SplitInfo(split, pos[order], labels[order], ClipIds(ids.take(int64_array(order))), blocks)
 
 
 def shard_positions(info: SplitInfo, rank: int, world: int) -> np.ndarray:
-    return info.positions[rank::world]
+    """This rank's positions: whole row groups dealt round-robin (a rank reads only its own row groups), or every
+    world-th clip when row groups are unknown or fewer than the ranks. Every clip is in exactly one shard."""
+    if info.blocks is None or world == 1:
+        return info.positions[rank::world]
+    ids = np.unique(info.blocks)
+    if len(ids) < world:
+        return info.positions[rank::world]
+    mine = np.isin(info.blocks, ids[rank::world])
+    return info.positions[mine]
 
 
 def is_empty_skeleton(clip: SkeletonClip) -> bool:
     return not (np.any(clip.keypoint_score > 0) or np.any(clip.keypoint != 0))
 
 
+class StreamedShard:
+    """One worker's clips, read from the store a bounded window at a time instead of held in memory.
+
+    Holds positions only (8 bytes a clip). `load(positions)` reads the row groups holding them and validates the
+    clips; ShardBatches keeps at most one window of `buffer_clips` clips per loader process. Known all-zero
+    clips (from the driver's cached validation report, else a two-column scan) are left out up front, so
+    `len()` is the number of usable clips, as with an in-memory shard."""
+
+    def __init__(self, ds: SkeletonDataset, positions: np.ndarray, cfg: DataConfig, num_classes: int,
+                 num_joints: int, source: str, *, empty: np.ndarray | None = None):
+        self.ds, self.source = ds, source
+        self.nan_policy = cfg.nan_policy
+        self.num_classes, self.num_joints = num_classes, num_joints
+        positions = np.sort(np.asarray(positions, dtype=np.int64))
+        keep = ~np.isin(positions, empty) if empty is not None and len(empty) else np.ones(len(positions), bool)
+        self.skipped_positions = positions[~keep]
+        self.positions = positions[keep]
+        starts = np.unique(np.concatenate(ds.row_group_bounds()))
+        # the row group of each clip, numbered 0.. within this shard: the unit of the block shuffle
+        self.blocks = np.unique(np.searchsorted(starts, self.positions, side="right") - 1, return_inverse=True)[1]
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getitem__(self, i: int) -> SkeletonClip:
+        """One clip, read on demand (for inspection; batches use `load`)."""
+        i = range(len(self))[i]
+        return self.load(np.array([i]))[i]
+
+    def load(self, idx: np.ndarray) -> dict[int, SkeletonClip]:
+        """{shard index: validated clip} for the given shard indices (read in store order, one pass)."""
+        idx = np.unique(np.asarray(idx, dtype=np.int64))
+        clips = self.ds.read(self.positions[idx])
+        for clip in clips:
+            clip.validate(self.source, nan_policy=self.nan_policy, num_classes=self.num_classes,
+                          num_joints=self.num_joints)
+            if self.nan_policy == "zero":
+                zero_far_joints(clip)
+            if is_empty_skeleton(clip):  # only when no report / scan saw it first
+                raise SkeletonDataError(f"{self.source}: clip {clip.clip_id!r}: keypoint and keypoint_score are "
+                                        "all zero (no person); set data.skip_empty_clips=true to skip")
+        return dict(zip(idx.tolist(), clips))
+
+
 def load_shard(ds: SkeletonDataset, positions: np.ndarray, cfg: DataConfig, num_classes: int,
-               num_joints: int, source: str) -> tuple[list[SkeletonClip], list[str]]:
-    """Read and validate this worker's clips; returns (usable clips, ids of skipped all-zero clips)."""
-    clips, skipped = [], []
-    for start in range(0, len(positions), 512):
-        for clip in ds.read(positions[start:start + 512]):
-            clip.validate(source, nan_policy=cfg.nan_policy, num_classes=num_classes, num_joints=num_joints)
-            if is_empty_skeleton(clip):
-                if not cfg.skip_empty_clips:
-                    raise SkeletonDataError(f"{source}: clip {clip.clip_id!r}: keypoint and keypoint_score are "
-                                            "all zero (no person); set data.skip_empty_clips=true to skip")
-                skipped.append(clip.clip_id)
-                continue
-            clips.append(clip)
-    return clips, skipped
+               num_joints: int, source: str) -> tuple[StreamedShard, list[str]]:
+    """This worker's clips as a StreamedShard (nothing heavy read yet) and the ids of skipped all-zero clips."""
+    empty = None
+    if cfg.skip_empty_clips:
+        empty = empty_positions_for(ds)
+        if empty is None:  # no validation report of this dataset version: find them in two columns
+            empty = scan_empty_positions(ds, positions)
+    shard = StreamedShard(ds, positions, cfg, num_classes, num_joints, source, empty=empty)
+    skipped = []
+    if len(shard.skipped_positions):
+        ids = ds.index(columns=["clip_id"])["clip_id"]
+        skipped = [ids[int(p)].as_py() for p in shard.skipped_positions]
+    return shard, skipped
 
 
 def eval_shard(ds: SkeletonDataset, info: SplitInfo, rank: int, world: int, cfg: DataConfig, num_classes: int,
-               num_joints: int, source: str) -> tuple[list[SkeletonClip], int]:
+               num_joints: int, source: str) -> tuple[StreamedShard, int]:
     """(clips, number of valid clips) of this rank's share of an evaluation split. A rank whose share is empty
     (fewer clips than workers, or only all-zero ones) evaluates a stand-in clip as padding: every rank must
     take part in the gather."""
     clips, _ = load_shard(ds, shard_positions(info, rank, world), cfg, num_classes, num_joints, source)
-    if clips:
+    if len(clips):
         return clips, len(clips)
-    for start in range(len(info)):
-        stand_in, _ = load_shard(ds, info.positions[start:start + 1], cfg, num_classes, num_joints, source)
-        if stand_in:
-            return stand_in, 0
+    usable, _ = load_shard(ds, info.positions, cfg, num_classes, num_joints, source)
+    if len(usable):
+        return StreamedShard(ds, usable.positions[:1], cfg, num_classes, num_joints, source), 0
     raise SkeletonDataError(f"{source}: no usable clip to evaluate (all are all-zero skeletons)")
 
 
@@ -206,33 +281,80 @@ class EpochBatchSampler(Sampler):
         return self.num_batches
 
 
+DEFAULT_BUFFER_CLIPS = 2048  # ~180 MB of 4-person, 100-frame clips per loader process
+
+
 class ShardBatches(Dataset):
     """Batch `b` of epoch `e` of one worker's shard, prepared by the skeleton pipeline.
 
-    The shuffle and the augmentation RNG of every batch derive from (seed, epoch, rank, batch), so a batch is
-    the same whichever loader process makes it and after a resume."""
+    The order of an epoch and the augmentation RNG of every batch derive from (seed, epoch, rank, batch), so a
+    batch is the same whichever loader process makes it and after a resume. A StreamedShard is block-shuffled:
+    its row groups in a random order per epoch, then the clips shuffled within consecutive windows of
+    `buffer_clips` (a multiple of the batch size), so a batch needs one window in memory, never the shard. A
+    list of clips (already in memory) is shuffled as a whole."""
 
-    def __init__(self, clips: Sequence[SkeletonClip], num_batches: int, batch_size: int, pipeline: PipelineConfig,
-                 *, train: bool, seed: int, rank: int, num_clips: int | None = None, num_valid: int | None = None):
-        if not clips:
+    def __init__(self, clips: Sequence[SkeletonClip] | StreamedShard, num_batches: int, batch_size: int,
+                 pipeline: PipelineConfig, *, train: bool, seed: int, rank: int, num_clips: int | None = None,
+                 num_valid: int | None = None, buffer_clips: int = DEFAULT_BUFFER_CLIPS):
+        if not len(clips):
             raise SkeletonDataError(f"rank {rank}: no usable clips in this worker's shard")
-        self.clips, self.num_batches, self.batch_size = list(clips), num_batches, batch_size
+        self.clips = clips if isinstance(clips, StreamedShard) else list(clips)
+        self.num_batches, self.batch_size = num_batches, batch_size
         # num_valid=0: a stand-in shard for a rank with nothing to evaluate (its rows are padding)
         self.num_valid = len(self.clips) if num_valid is None else num_valid
         self.pipeline, self.train, self.seed, self.rank, self.num_clips = pipeline, train, seed, rank, num_clips
+        self.window = max(1, buffer_clips // batch_size) * batch_size
         self._order_epoch, self._order = None, None
+        self._window_key, self._window = None, {}
+        self.max_resident = 0  # most clips held at once by this process (the memory bound, for tests and benches)
 
     def order(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
         """Clip indices for the epoch (padded by wrapping to num_batches * batch_size) and their valid mask."""
         if self._order_epoch != epoch:
             n, total = len(self.clips), self.num_batches * self.batch_size
-            base = (np.random.default_rng([self.seed, epoch, self.rank, 1]).permutation(n) if self.train
-                    else np.arange(n))
+            if not self.train:
+                base = np.arange(n)
+            elif isinstance(self.clips, StreamedShard):
+                base = self._block_shuffle(epoch)
+            else:
+                base = np.random.default_rng([self.seed, epoch, self.rank, 1]).permutation(n)
             reps = int(np.ceil(total / n))
             self._order = np.tile(base, reps)[:total]
             self._valid = np.arange(total) < min(n, self.num_valid)
             self._order_epoch = epoch
         return self._order, self._valid
+
+    def _block_shuffle(self, epoch: int) -> np.ndarray:
+        blocks = self.clips.blocks
+        perm = np.random.default_rng([self.seed, epoch, self.rank, 1]).permutation(int(blocks.max()) + 1)
+        stream = np.argsort(np.argsort(perm)[blocks], kind="stable")  # clips by shuffled block, store order inside
+        for w, start in enumerate(range(0, len(stream), self.window)):
+            part = stream[start:start + self.window]
+            stream[start:start + self.window] = part[np.random.default_rng(
+                [self.seed, epoch, self.rank, 3, w]).permutation(len(part))]
+        return stream
+
+    def _clips_for(self, epoch: int, b: int, idx: np.ndarray) -> list[SkeletonClip]:
+        if not isinstance(self.clips, StreamedShard):
+            return [self.clips[i] for i in idx]
+        w = b * self.batch_size // self.window
+        if self._window_key != (epoch, w):
+            order, _ = self.order(epoch)
+            self._window = {}  # drop the old window before reading the next: at most one is resident
+            first, per_window = w * self.window // self.batch_size, self.window // self.batch_size
+            mine = range(first, min(first + per_window, self.num_batches))
+            worker = torch.utils.data.get_worker_info()
+            if worker is not None and worker.num_workers > 1:
+                # a DataLoader hands batch k to loader process k % num_workers: read only this process's share
+                # (another batch asked of it is still served, read on demand below)
+                mine = [k for k in mine if k % worker.num_workers == worker.id] or [b]
+            self._window = self.clips.load(np.concatenate([order[k * self.batch_size:(k + 1) * self.batch_size]
+                                                           for k in mine]))
+            self._window_key = (epoch, w)
+        missing = [i for i in idx.tolist() if i not in self._window]  # a batch past the window (wrap padding)
+        extra = self.clips.load(np.array(missing)) if missing else {}
+        self.max_resident = max(self.max_resident, len(self._window) + len(extra))
+        return [self._window[i] if i in self._window else extra[i] for i in idx.tolist()]
 
     def __len__(self) -> int:
         return self.num_batches
@@ -243,7 +365,7 @@ class ShardBatches(Dataset):
         sel = slice(b * self.batch_size, (b + 1) * self.batch_size)
         idx = order[sel]
         rng = np.random.default_rng([self.seed, epoch, self.rank, 2, b]) if self.train else None
-        x, y = prepare_batch([self.clips[i] for i in idx], self.pipeline, self.train, rng, self.num_clips)
+        x, y = prepare_batch(self._clips_for(epoch, b, idx), self.pipeline, self.train, rng, self.num_clips)
         return x, y, torch.from_numpy(valid[sel].copy())
 
 
@@ -251,10 +373,17 @@ def num_batches_for(num_clips: int, batch_size: int) -> int:
     return max(1, int(np.ceil(num_clips / batch_size)))
 
 
+def _own_files(_: int) -> None:
+    """In a loader process: open the store's files afresh rather than share the parent's handles."""
+    shard = torch.utils.data.get_worker_info().dataset.clips
+    if isinstance(shard, StreamedShard):
+        shard.ds._pf = {}
+
+
 def make_loader(batches: ShardBatches, loader_workers: int, prefetch: int, pin_memory: bool):
     sampler = EpochBatchSampler(len(batches))
     kwargs = dict(num_workers=loader_workers, pin_memory=pin_memory)
     if loader_workers > 0:
-        kwargs.update(persistent_workers=True, prefetch_factor=prefetch)
+        kwargs.update(persistent_workers=True, prefetch_factor=prefetch, worker_init_fn=_own_files)
     # batch_size=None: each dataset item is already a batch; the sampler hands out (epoch, batch) keys.
     return DataLoader(batches, batch_size=None, sampler=sampler, **kwargs), sampler

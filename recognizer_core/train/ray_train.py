@@ -21,6 +21,7 @@ from recognizer_core.config import ConfigError
 from recognizer_core.train.config import TrainJobConfig
 from recognizer_core.skeleton.clip import SkeletonDataError
 from recognizer_core.skeleton.store import SkeletonDataset
+from recognizer_core.skeleton.validate import validate_dataset
 from recognizer_core.train.data import prepare_dataset, split_info
 from recognizer_core.train.worker import FAULT_ENV, check_resumable
 
@@ -116,6 +117,10 @@ def preflight(cfg: TrainJobConfig, dataset_path: str | Path) -> None:
         raise SkeletonDataError(f"{dataset_path}: split {cfg.data.train_split!r} has {len(info)} clip(s), fewer "
                                 f"than scaling.num_workers={cfg.scaling.num_workers}")
     split_info(ds, cfg.data.val_split, cfg.model.num_classes)
+    # one streamed pass over the keypoints (NaN, T=0, list lengths, far coordinates), cached per dataset version
+    validate_dataset(dataset_path, [cfg.data.train_split, cfg.data.val_split, cfg.data.test_split],
+                     cfg.model.num_classes, cfg.data.nan_policy, num_joints=cfg.model.num_joints,
+                     skip_empty=cfg.data.skip_empty_clips)
 
 
 def build_trainer(cfg: TrainJobConfig, *, run_config: RunConfig | None = None) -> TorchTrainer:

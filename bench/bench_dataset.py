@@ -1,0 +1,205 @@
+"""Dataset scale: open + split index + first training batch, peak memory, and the driver's validation pass at 1k,
+50k and 500k clips.
+
+Synthetic tiny clips (1 person, `--frames` frames, 17 joints: ~1.7 kB of keypoints each at 8 frames; `--persons 4
+--frames 100` gives the ~80 kB clips of a real dataset, for the memory comparison at 1k/10k) written by
+`write_dataset` (1024 rows a file, 64-row row groups, as build_dataset writes), so disk and generation stay
+small while the number of files, row groups and rows is that of a real dataset of that many clips. Each
+measurement runs in a fresh process (its peak RSS is that step's alone):
+- `stream`: what a training worker does now: open, `split_info('train')`, `load_shard` (positions only),
+  `ShardBatches` with the default window, first batch, then `--batches` more (time to first batch, peak RSS);
+- `materialize`: the previous loader's cost, every clip of the shard read and validated into memory first;
+- `legacy_open`: the same dataset opened as a dataset written before `_dataset.json` held row-group counts and
+  `_index.parquet` existed (footers of every file, light columns from every file);
+- validation: `validate_dataset` on train+val, first call and cached call (run first, as the driver does; the
+  workers then find the all-zero clip list in its report instead of scanning).
+Prints ONE JSON line.
+
+    nice -n 5 .venv/bin/python bench/bench_dataset.py [--sizes 1000 50000 500000] [--out bench/results/dataset.jsonl]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+from bench.common import machine, now, save_result  # noqa: E402
+from recognizer_core.skeleton.clip import SkeletonClip  # noqa: E402
+from recognizer_core.train.data import DEFAULT_BUFFER_CLIPS  # noqa: E402
+
+BATCH = 16
+
+
+def _clips(n: int, frames: int, persons: int):
+    rng = np.random.default_rng(0)
+    base_kp = (rng.random((64, persons, frames, 17, 2)) * [640, 480]).astype(np.float32)
+    base_sc = (rng.random((64, persons, frames, 17)) * 0.9 + 0.1).astype(np.float32)
+    for i in range(n):
+        yield SkeletonClip(clip_id=f"clip_{i:07d}", label=i % 2, keypoint=base_kp[i % 64],
+                           keypoint_score=base_sc[i % 64],
+                           img_shape=(480, 640), total_frames=frames,
+                           split="train" if i % 10 < 8 else ("val" if i % 10 == 8 else "test"))
+
+
+def _generate(path: Path, n: int, frames: int, persons: int) -> float:
+    from recognizer_core.skeleton.store import write_dataset
+
+    t0 = time.perf_counter()
+    write_dataset(_clips(n, frames, persons), path, ["a", "b"], rows_per_file=1024, row_group_size=64)
+    return time.perf_counter() - t0
+
+
+def _legacy_copy(path: Path, out: Path) -> None:
+    """The same part files (symlinked) with a `_dataset.json` of the old layout and no index file."""
+    out.mkdir()
+    info = json.loads((path / "_dataset.json").read_text())
+    for f in info["files"]:
+        os.symlink(path / f["name"], out / f["name"])
+        f.pop("row_groups", None), f.pop("splits", None)
+    info.pop("index_file", None)
+    (out / "_dataset.json").write_text(json.dumps(info))
+
+
+def _status_mb(key: str) -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(key + ":")) / 1024
+
+
+def _rss_mb() -> float:
+    return _status_mb("VmRSS")
+
+
+def _peak_rss_mb() -> float:
+    # VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss over exec, so a child would report at least the
+    # parent's RSS at fork time.
+    return _status_mb("VmHWM")
+
+
+def _child(mode: str, path: str, batches: int) -> dict:
+    """One measurement in this (fresh) process."""
+    if mode == "validate":
+        import pandas  # noqa: F401  (see below)
+        from recognizer_core.skeleton.validate import validate_dataset
+
+        base = _rss_mb()
+        shutil.rmtree(Path(path) / "_validated", ignore_errors=True)
+        t0 = time.perf_counter()
+        validate_dataset(path, ["train", "val"], 2, progress=False)
+        first = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        assert validate_dataset(path, ["train", "val"], 2)["cached"]
+        return {"validate_s": first, "validate_cached_s": time.perf_counter() - t0,
+                "validate_peak_rss_above_base_mb": _peak_rss_mb() - base}
+    from recognizer_core.skeleton.store import SkeletonDataset
+    from recognizer_core.skeleton.transforms import PipelineConfig
+    from recognizer_core.train import data as tdata
+    from recognizer_core.train.config import DataConfig
+
+    import pandas  # noqa: F401  pyarrow imports it on first pa.array (0.5 s); a Ray worker has it loaded already
+
+    out: dict = {"base_rss_mb": _rss_mb()}  # the interpreter with torch/pyarrow imported, before any data
+    t0 = time.perf_counter()
+    ds = SkeletonDataset(path)
+    out["open_s"] = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    info = tdata.split_info(ds, "train", 2)
+    out["index_s"] = time.perf_counter() - t1
+    if mode != "legacy_open":
+        pipe = PipelineConfig(feats=["j"], clip_len=8, num_person=1)
+        t1 = time.perf_counter()
+        shard, _ = tdata.load_shard(ds, tdata.shard_positions(info, 0, 1), DataConfig(), 2, 17, path)
+        if mode == "materialize":  # the previous loader: the whole shard in memory before the first step
+            shard = [c.validate(path, num_classes=2) for c in ds.read(shard.positions)]
+        out["shard_s"] = time.perf_counter() - t1
+        sb = tdata.ShardBatches(shard, tdata.num_batches_for(len(shard), BATCH), BATCH, pipe, train=True, seed=0,
+                                rank=0)
+        sb[(0, 0)]
+        out["first_batch_s"] = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        for b in range(1, 1 + min(batches, sb.num_batches - 1)):
+            sb[(0, b)]
+        out["next_batches_per_s"] = min(batches, sb.num_batches - 1) / (time.perf_counter() - t1)
+        out["resident_clips"] = sb.max_resident if isinstance(shard, tdata.StreamedShard) else len(shard)
+    out["peak_rss_mb"] = _peak_rss_mb()
+    out["peak_rss_above_base_mb"] = out["peak_rss_mb"] - out["base_rss_mb"]
+    return out
+
+
+def _run_child(mode: str, path: Path, batches: int) -> dict:
+    res = subprocess.run([sys.executable, __file__, "--child", mode, str(path), "--batches", str(batches)],
+                         capture_output=True, text=True, check=True)
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def _repeated(mode: str, path: Path, batches: int, repeats: int) -> dict:
+    """Median of `repeats` fresh processes, with [min, max] of each timing (the box is shared: expect spread)."""
+    runs = [_run_child(mode, path, batches) for _ in range(repeats)]
+    out = {}
+    for k in runs[0]:
+        vals = [r[k] for r in runs]
+        out[k] = float(np.median(vals))
+        if k.endswith("_s") or k.endswith("_per_s"):
+            out[k + "_range"] = [min(vals), max(vals)]
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 50_000, 500_000])
+    ap.add_argument("--frames", type=int, default=8)
+    ap.add_argument("--persons", type=int, default=1, help="4 with --frames 100: clips of a real dataset's size")
+    ap.add_argument("--batches", type=int, default=20, help="batches timed after the first")
+    ap.add_argument("--repeats", type=int, default=3, help="fresh processes per measurement (median, range)")
+    ap.add_argument("--materialize-max", type=int, default=50_000,
+                    help="largest size to also run the whole-shard loader at")
+    ap.add_argument("--work", default=None, help="folder for the datasets (default: a temp folder, removed)")
+    ap.add_argument("--child", nargs=2, metavar=("MODE", "PATH"), help=argparse.SUPPRESS)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(_child(args.child[0], args.child[1], args.batches)))
+        return
+    work = Path(args.work or tempfile.mkdtemp(prefix="bench_dataset_"))
+    results = {}
+    try:
+        for n in args.sizes:
+            path = work / f"ds_{n}"
+            fresh = not (path / "_dataset.json").exists()
+            row: dict = {"generate_s": _generate(path, n, args.frames, args.persons) if fresh else None}
+            row["files"] = len(list(path.glob("part-*.parquet")))
+            row["disk_mb"] = sum(f.stat().st_size for f in path.iterdir() if f.is_file()) / 2**20
+            # the driver's preflight runs first; workers then use its report
+            row["validate"] = _repeated("validate", path, 0, args.repeats)
+            row["stream"] = _repeated("stream", path, args.batches, args.repeats)
+            if n <= args.materialize_max:
+                row["materialize"] = _repeated("materialize", path, args.batches, args.repeats)
+            legacy = work / f"legacy_{n}"
+            shutil.rmtree(legacy, ignore_errors=True)
+            _legacy_copy(path, legacy)
+            row["legacy_open"] = _repeated("legacy_open", legacy, 0, args.repeats)
+            results[str(n)] = json.loads(json.dumps(row), parse_float=lambda x: round(float(x), 4))
+            print(f"# {n} clips: {json.dumps(results[str(n)])}", file=sys.stderr, flush=True)
+    finally:
+        if args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=Path(__file__).parent).stdout.strip()
+    save_result({"bench": "dataset", "date": now(), "commit": commit, "machine": machine(),
+                 "load_avg_1m": os.getloadavg()[0],
+                 "repeats": args.repeats, "frames": args.frames, "persons": args.persons,
+                 "batch": BATCH,
+                 "buffer_clips": DEFAULT_BUFFER_CLIPS, "sizes": results}, args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,151 @@
+"""Writing a skeleton store: validated clips -> `part-NNNNN.parquet` files, `_index.parquet` and `_dataset.json`.
+
+`_dataset.json` holds everything opening a dataset needs (per file: rows, row-group sizes, split counts), and
+`_index.parquet` the light columns of every clip in one small file, so opening and indexing a 500k-clip
+dataset reads two files instead of every part file's footer and columns. Both are optional for readers: a
+dataset written before they existed (or a plain folder of part files) is opened from the footers.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any, Iterable, Literal, Mapping, Sequence
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from recognizer_core.storage import atomic_write
+
+from .clip import NanPolicy, SkeletonClip, SkeletonDataError
+from .store_rows import LIGHT_COLUMNS, clips_to_table
+
+SCHEMA_VERSION = 1
+DATASET_JSON = "_dataset.json"
+INDEX_FILE = "_index.parquet"
+META_PREFIX = b"recognizer."
+_STRING_COLUMNS = ["clip_id", "label_name", "split", "source_video"]
+
+log = logging.getLogger(__name__)
+
+
+def _write_parquet(table: pa.Table, path: Path, row_group_size: int) -> None:
+    with atomic_write(path, "wb") as f:
+        pq.write_table(table, f, row_group_size=row_group_size, compression="zstd", use_dictionary=_STRING_COLUMNS)
+
+
+def write_dataset(clips: Iterable[SkeletonClip], out_dir: str | Path, label_names: Sequence[str] | None = None,
+                  rows_per_file: int = 1024, *, row_group_size: int = 64,
+                  split_map: Mapping[str, Sequence[str]] | None = None, metadata: Mapping[str, Any] | None = None,
+                  overwrite: bool = False, nan_policy: NanPolicy = "reject", num_joints: int | None = None,
+                  on_error: Literal["raise", "skip"] = "raise") -> Path:
+    """Validate and write clips (any iterable, consumed in `rows_per_file` chunks) as a Parquet dataset.
+
+    label_names: class names by label; every clip's label must index it and a set label_name must match.
+    split_map: optional {split: [clip_id, ...]} for clips in several splits (mmaction2's xsub/xview
+    lists); kept verbatim in `_dataset.json` and used by `index(split)`. metadata: free-form JSON dict kept
+    in `_dataset.json` (e.g. {'synthetic': True}). on_error='skip' records bad clips instead of raising.
+    The previous dataset in out_dir is replaced only once the new one is complete (needs overwrite=True).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    old = sorted(out.glob("part-*.parquet")) + [out / n for n in (DATASET_JSON, INDEX_FILE) if (out / n).exists()]
+    if old and not overwrite:
+        raise FileExistsError(f"{out}: already holds a skeleton dataset (pass overwrite=True to replace it)")
+    label_names = list(label_names) if label_names is not None else None
+    file_meta = {META_PREFIX + b"schema_version": str(SCHEMA_VERSION).encode(),
+                 META_PREFIX + b"label_names": json.dumps(label_names).encode()}
+    seen: set[str] = set()
+    names_by_label: dict[int, str] = {}
+    split_counts: Counter = Counter()
+    joints: set[int] = set()
+    skipped: list[dict] = []
+    max_label = -1
+    staged: list[tuple[Path, Path, dict]] = []  # (tmp, final, file entry of _dataset.json)
+    token = uuid.uuid4().hex[:8]
+    index_tmp = out / f".{INDEX_FILE}.{token}.staged"
+    index_writer: pq.ParquetWriter | None = None
+
+    def check(clip: SkeletonClip) -> SkeletonClip:
+        clip.validate(str(out), nan_policy=nan_policy, num_joints=num_joints,
+                      num_classes=len(label_names) if label_names is not None else None)
+        if clip.clip_id in seen:
+            raise SkeletonDataError(f"{out}: clip {clip.clip_id!r}: clip_id is not unique")
+        if label_names is not None and clip.label_name and clip.label_name != label_names[clip.label]:
+            raise SkeletonDataError(f"{out}: clip {clip.clip_id!r}: label_name {clip.label_name!r} does not match "
+                                    f"label {clip.label} ({label_names[clip.label]!r}); label names: {label_names}")
+        if label_names is None and clip.label_name:
+            if names_by_label.setdefault(clip.label, clip.label_name) != clip.label_name:
+                raise SkeletonDataError(f"{out}: clip {clip.clip_id!r}: label {clip.label} is named "
+                                        f"{clip.label_name!r} here but {names_by_label[clip.label]!r} before")
+        return clip
+
+    def flush(chunk: list[SkeletonClip]) -> None:
+        nonlocal index_writer
+        final = out / f"part-{len(staged):05d}.parquet"
+        tmp = out / f".{final.name}.{token}.staged"
+        table = clips_to_table(chunk, label_names)
+        _write_parquet(table.replace_schema_metadata(file_meta), tmp, row_group_size)
+        groups = [min(row_group_size, len(chunk) - s) for s in range(0, len(chunk), row_group_size)] or [0]
+        entry = {"name": final.name, "num_rows": len(chunk), "row_groups": groups,
+                 "splits": dict(sorted(Counter(c.split for c in chunk).items()))}
+        staged.append((tmp, final, entry))
+        light = table.select(list(LIGHT_COLUMNS))
+        if index_writer is None:
+            index_writer = pq.ParquetWriter(index_tmp, light.schema, compression="zstd")
+        index_writer.write_table(light, row_group_size=1 << 16)
+
+    try:
+        chunk: list[SkeletonClip] = []
+        for clip in clips:
+            try:
+                check(clip)
+            except SkeletonDataError as err:
+                if on_error != "skip":
+                    raise
+                skipped.append({"clip_id": str(getattr(clip, "clip_id", "")), "error": str(err)})
+                log.warning("skipping clip: %s", err)
+                continue
+            seen.add(clip.clip_id)
+            split_counts[clip.split] += 1
+            joints.add(clip.num_joints)
+            max_label = max(max_label, clip.label)
+            chunk.append(clip)
+            if len(chunk) >= rows_per_file:
+                flush(chunk)
+                chunk = []
+        if chunk or not staged:
+            flush(chunk)
+        index_writer.close()
+    except BaseException:
+        if index_writer is not None:
+            index_writer.close()
+        index_tmp.unlink(missing_ok=True)
+        for tmp, _, _ in staged:
+            tmp.unlink(missing_ok=True)
+        raise
+    if label_names is None and names_by_label:
+        label_names = [names_by_label.get(i, "") for i in range(max_label + 1)]
+    if split_map is not None:
+        split_map = {str(k): [str(x) for x in v] for k, v in split_map.items()}
+        split_counts = Counter({k: sum(x in seen for x in v) for k, v in split_map.items()})
+    info = {
+        "format": "recognizer.skeleton", "schema_version": SCHEMA_VERSION, "label_names": label_names or [],
+        "num_clips": len(seen), "num_joints": sorted(joints),
+        "files": [entry for _, _, entry in staged], "index_file": INDEX_FILE,
+        "splits": dict(sorted(split_counts.items())), "metadata": dict(metadata or {}), "skipped": skipped,
+    }
+    if split_map is not None:
+        info["split_map"] = split_map
+    (out / DATASET_JSON).unlink(missing_ok=True)  # the dataset is invalid until the new json lands
+    for path in old:
+        path.unlink(missing_ok=True)
+    for tmp, final, _ in staged:
+        os.replace(tmp, final)
+    os.replace(index_tmp, out / INDEX_FILE)
+    with atomic_write(out / DATASET_JSON, "w") as f:
+        f.write(json.dumps(info, indent=1))
+    return out

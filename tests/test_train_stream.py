@@ -1,0 +1,101 @@
+"""The training loader streams its shard: every clip once per epoch across ranks, batches that depend only on
+(seed, epoch, rank, batch) (so a resumed run sees the same ones), and at most one window of clips in memory."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from recognizer_core.config import load_config
+from recognizer_core.skeleton.demo_data import make_demo_clips
+from recognizer_core.skeleton.store import SkeletonDataset, write_dataset
+from recognizer_core.train import data as tdata
+from recognizer_core.train.config import TrainJobConfig
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    clips = make_demo_clips("fight", 90, seed=3)
+    for i, c in enumerate(clips):
+        c.split = "train" if i % 6 else "val"
+    path = write_dataset(clips, tmp_path_factory.mktemp("s") / "ds", ["NonFight", "Fight"], rows_per_file=20,
+                         row_group_size=4)
+    cfg = load_config(TrainJobConfig, REPO / "configs/fight_stable.yaml", ["pipeline.clip_len=8"])
+    return SkeletonDataset(path), cfg
+
+
+def _batches(ds, cfg, rank, world, epoch, *, buffer_clips=12, bs=4, only=None):
+    info = tdata.split_info(ds, "train", 2)
+    shard, skipped = tdata.load_shard(ds, tdata.shard_positions(info, rank, world), cfg.data, 2, 17, "t")
+    nb = tdata.num_batches_for(len(shard), bs)
+    sb = tdata.ShardBatches(shard, nb, bs, cfg.pipeline, train=True, seed=5, rank=rank, buffer_clips=buffer_clips)
+    keys = range(nb) if only is None else only
+    return sb, shard, [sb[(epoch, b)] for b in keys]
+
+
+def test_every_clip_once_per_epoch_across_ranks(setup):
+    ds, cfg = setup
+    info = tdata.split_info(ds, "train", 2)
+    seen, orders = [], {}
+    for rank in range(3):
+        sb, shard, _ = _batches(ds, cfg, rank, 3, 0, only=[])
+        order, _ = sb.order(0)
+        n = len(shard)
+        assert sorted(order[:n].tolist()) == list(range(n))  # a permutation of the shard, then wrap padding
+        seen.extend(shard.positions[order[:n]].tolist())
+        orders[rank] = order[:n]
+        assert sorted(sb.order(1)[0][:n].tolist()) == list(range(n)) and not np.array_equal(sb.order(1)[0][:n],
+                                                                                             order[:n])
+    assert sorted(seen) == info.positions.tolist()  # each training clip in exactly one shard
+    # row groups are dealt whole: a rank reads only its own
+    blocks = [set(info.blocks[np.isin(info.positions, tdata.shard_positions(info, r, 3))]) for r in range(3)]
+    assert not (blocks[0] & blocks[1]) and not (blocks[1] & blocks[2])
+
+
+def test_batches_depend_only_on_seed_epoch_rank_batch(setup):
+    ds, cfg = setup
+    _, _, full = _batches(ds, cfg, 1, 2, epoch=2)
+    # a fresh loader asked for batch 5 of epoch 2 first (a resumed run, another loader process) gives the same
+    _, _, [again] = _batches(ds, cfg, 1, 2, epoch=2, only=[5])
+    for a, b in zip(full[5], again):
+        assert torch.equal(a, b)
+    _, _, [other] = _batches(ds, cfg, 1, 2, epoch=3, only=[5])
+    assert not torch.equal(other[0], full[5][0])
+    # two loader processes, each reading its own windows, hand out the same batches in the same order
+    sb, _, _ = _batches(ds, cfg, 1, 2, epoch=2, only=[])
+    loader, sampler = tdata.make_loader(sb, 2, 2, False)
+    sampler.set_epoch(2)
+    for (x, y, _), (rx, ry, _) in zip(loader, full, strict=True):
+        assert torch.equal(x, rx) and torch.equal(y, ry)
+
+
+def test_memory_is_one_window_not_the_shard(setup):
+    ds, cfg = setup
+    sb, shard, out = _batches(ds, cfg, 0, 1, 0, buffer_clips=12, bs=4)
+    assert len(shard) == 75 and sb.window == 12
+    assert 0 < sb.max_resident <= 12
+    assert sum(len(y) for _, y, _ in out) == sb.num_batches * 4
+    # the window shuffle mixes clips of several row groups into one batch
+    order, _ = sb.order(0)
+    assert len(set(shard.blocks[order[:12]].tolist())) >= 3
+
+
+def test_known_all_zero_clips_are_left_out_without_reading_keypoints(setup, tmp_path):
+    from recognizer_core.skeleton.validate import validate_dataset
+
+    clips = make_demo_clips("fight", 12, seed=1)
+    for c in clips[3:5]:
+        c.keypoint[:] = 0
+        c.keypoint_score[:] = 0
+    path = write_dataset(clips, tmp_path / "ds", ["NonFight", "Fight"])
+    ds = SkeletonDataset(path)
+    train = tdata.split_info(ds, "train", 2)
+    report = validate_dataset(path, ["train"], 2)
+    zero_train = [p for p in report["empty_positions"] if p in set(train.positions.tolist())]
+    assert report["empty_positions"] == [3, 4] and zero_train
+    shard, skipped = tdata.load_shard(ds, train.positions, setup[1].data, 2, 17, "t")
+    assert len(shard) == len(train) - len(zero_train) and skipped == [clips[p].clip_id for p in zero_train]
