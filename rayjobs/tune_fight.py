@@ -88,8 +88,9 @@ def main(argv: list[str] | None = None, default_space: str = "search_spaces/figh
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    summary = finish(run, plan, TrainJobConfig, export_best=stgcn_job.export_best, pick_within=args.pick_within)
-    if folds and "best_trial" in summary:
+    summary = finish(run, plan, TrainJobConfig, export_best=stgcn_job.export_best, pick_within=args.pick_within,
+                     quiet=bool(folds))
+    if folds:
         final_test(summary, folds, run.experiment_uri)
     return 0 if "best_trial" in summary else 1
 
@@ -102,8 +103,11 @@ def final_test(summary: dict, folds: dict, experiment_uri: str) -> None:
     from recognizer_core.tune.results import scratch_dir
 
     local = scratch_dir(experiment_uri) if not is_remote(experiment_uri) else Path(summary["files"][0]).parent
-    if not folds["test"]:
-        summary["notes"].append("the dataset has no test split: no final score")
+    if "best_trial" not in summary or not folds["test"]:
+        if "best_trial" in summary:
+            summary["notes"].append("the dataset has no test split: no final score for the winner")
+        save_summary(summary, local, experiment_uri)
+        print_summary(summary, summary["metric"])
         return
     print("[tune] retraining the winner on train+val, then one test-split evaluation ...", flush=True)
     final = stgcn_job.retrain_and_test(local / "best_config.yaml", folds["path"], local / "final")

@@ -177,7 +177,8 @@ def print_plan(plan: TunePlan) -> None:
 
 
 def finish(run, plan: TunePlan, config_cls: type[BaseModel], *,
-           export_best: Callable[..., list[Path]] | None = None, pick_within: float = 0.01) -> dict:
+           export_best: Callable[..., list[Path]] | None = None, pick_within: float = 0.01,
+           quiet: bool = False) -> dict:
     """Write the summary (table, best config + checkpoint, plots; the Pareto front of a multi-objective
     search) next to the experiment; print what it says, the honest comparison first."""
     from recognizer_core.tune.results import publish_summary, records_from_grid, scratch_dir, write_summary
@@ -200,7 +201,8 @@ def finish(run, plan: TunePlan, config_cls: type[BaseModel], *,
     summary["resumed"] = run.restored
     summary["summary_dir"] = join_uri(run.experiment_uri, "summary")
     save_summary(summary, local, run.experiment_uri)
-    print_summary(summary, run.metric)
+    if not quiet:  # (quiet: the caller adds the cross-validated winner's test score, then prints)
+        print_summary(summary, run.metric)
     return summary
 
 
@@ -234,8 +236,9 @@ def print_summary(summary: dict, metric: str) -> None:
               f"{preset['winner_minus_preset']:+.4f}. {preset.get('same_budget') or ''}", flush=True)
     if "cv" in preset:
         cv = preset["cv"]
-        print(f"[tune] cross-validated: winner {cv['winner']} vs preset {cv['preset']}; {cv.get('test', '')}: "
-              f"p = {cv.get('p_value', float('nan')):.3g}, {cv['verdict']}", flush=True)
+        test = f"{cv['test']}: p = {cv['p_value']:.3g}, " if "p_value" in cv else ""
+        print(f"[tune] cross-validated (mean +- std over folds): winner {cv['winner']} vs preset {cv['preset']}; "
+              f"{test}{cv['verdict']}", flush=True)
     if "pick" in (summary.get("pareto") or {}):
         pa = summary["pareto"]
         print(f"[tune] Pareto front ({', '.join(pa['objectives'])}): " + "; ".join(

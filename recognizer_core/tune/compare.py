@@ -120,7 +120,7 @@ def preset_comparison(records: list[TrialRecord], space: SearchSpace, metric: st
     runs = compute.get("preset_runs_equivalent")
     out.update(value=pb[metric], epoch=pb.get("epoch"), winner_minus_preset=wb[metric] - pb[metric],
                same_budget=(f"the search spent {compute['trial_epochs']} trial-epochs = {runs} preset runs; the "
-                            f"preset, one run, scored {pb[metric]:.4f}, the winner {wb[metric]:.4f}"
+                            f"preset's trial scored {pb[metric]:.4f}, the winner's {wb[metric]:.4f}"
                             if runs is not None else None))
     pf, wf = fold_values(pb, metric), fold_values(wb, metric)
     if pf and wf and len(pf) == len(wf):

@@ -164,7 +164,10 @@ def write_summary(records: list[TrialRecord], space: SearchSpace, config_cls: ty
         kept = [r for r in rec.reports if r.get(CHECKPOINT_KEY) and exists(r[CHECKPOINT_KEY])]
         state = max(kept, key=lambda r: (r.get(metric, float("-inf")) if mode == "max"
                                          else -r.get(metric, float("inf")), r.get(time_attr, 0))) if kept else ckpt
-        if state is None:
+        if state is None and any(r.get("cv/folds") for r in rec.reports):
+            summary["notes"].append("cross-validated trials keep their fold runs' checkpoints in their trial "
+                                    "folders; the model to use is the winner retrained on train+val")
+        elif state is None:
             summary["notes"].append(f"trial {rec.trial_id} has no checkpoint left; no best checkpoint copied")
         else:
             local = fetch_checkpoint(state[CHECKPOINT_KEY], out_dir / "best_checkpoint")

@@ -154,6 +154,11 @@ def schedule_of(cfg: BaseModel, epochs_field: str = "train.epochs") -> list[int]
     return validated_epochs(epochs, interval, int(begin or 1))
 
 
+def run_trial(params: dict[str, Any], driver: TrialDriver) -> None:
+    """The Tune function trainable (a plain function, as Tune expects) running one `TrialDriver`."""
+    driver(params)
+
+
 def _train_max_failures(cfg: BaseModel) -> int:
     run = getattr(cfg, "run", None)
     return int(getattr(run, "max_failures", 0))
