@@ -1,6 +1,8 @@
-"""Multi-stream STGCN++ ensemble: one model per input stream (joint, bone, joint-motion, bone-motion), trained
-side by side on Ray, their softmax scores fused with weights chosen on the validation split, and each stream
-and the fusion scored on the test split (PYSKL / mmaction2's 4-stream recipe, without doing it by hand).
+"""Multi-stream STGCN++ ensemble: one model per stream (j, b, jm, bm), fused with weights chosen on val.
+
+Each stream's model trains side by side on Ray; their softmax scores are fused with weights chosen on the
+validation split, and each stream and the fusion are scored on the test split (PYSKL / mmaction2's 4-stream
+recipe, without doing it by hand).
 
 examples:
   python rayjobs/tune_streams.py                                # demo: synthetic fight clips, 4 streams
@@ -17,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 import threading
 from pathlib import Path
@@ -95,23 +96,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def fuse_streams(cfgs: dict, run_dirs: dict, out_dir: Path, metric: str) -> dict:
     """Each stream's best model on val and test, the fusion weights from val, ensemble.json + the models."""
-    from recognizer_core.train.data import prepare_dataset
-    from recognizer_core.tune.ensemble import ensemble_report, stream_scores
+    from recognizer_core.config import dump_config
+    from recognizer_core.tune.ensemble import ensemble_from_runs
 
-    streams = {}
     for s, cfg in cfgs.items():
-        dataset = prepare_dataset(cfg.data, Path(cfg.run.storage_path) / "datasets")
-        (best,) = sorted(Path(run_dirs[s]).glob("best_*_epoch_*.pth"))
-        out_dir.mkdir(parents=True, exist_ok=True)
-        model = Path(shutil.copy2(best, out_dir / f"{s}.pth"))
-        val = stream_scores(cfg, model, dataset, cfg.data.val_split)[:2]
-        try:
-            test = stream_scores(cfg, model, dataset, cfg.data.test_split)[:2]
-        except Exception as err:  # no test split: the val numbers only
-            print(f"[streams] no test scores for {s}: {err}", flush=True)
-            test = None
-        streams[s] = {"val": val, "test": test, "model": model}
-    report = ensemble_report(streams, out_dir, metric=metric)
+        dump_config(cfg, Path(run_dirs[s]) / "config.yaml")
+    report = ensemble_from_runs(run_dirs, out_dir, metric=metric)
     for split in ("val", "test"):
         if report[split]:
             print(f"[streams] {split} {metric}: " + "  ".join(f"{k} {v:.4f}" for k, v in report[split].items()),

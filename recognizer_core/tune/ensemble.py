@@ -99,6 +99,37 @@ def ensemble_report(streams: dict[str, dict], out_dir: Path, *, metric: str = "a
     return out
 
 
+def ensemble_from_runs(run_dirs: dict[str, str | Path], out_dir: Path, *, metric: str = "acc_top1",
+                       dataset_path: str | Path | None = None) -> dict:
+    """Training run folders (their config.yaml and best_*_epoch_N.pth), one per stream -> each stream's best
+    model on val and test, fusion weights from val, `out_dir`/ensemble.json plus `<stream>.pth` copies (the
+    exported ensemble). What `rayjobs/tune_streams.py` runs after training, and what `test_stgcn.py` can call
+    with several runs."""
+    import shutil
+
+    from recognizer_core.config import load_config
+    from recognizer_core.train.config import TrainJobConfig
+    from recognizer_core.train.data import prepare_dataset
+
+    streams = {}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, run in run_dirs.items():
+        run = Path(run)
+        cfg = load_config(TrainJobConfig, run / "config.yaml")
+        best = sorted(run.glob("best_*_epoch_*.pth"))
+        if len(best) != 1:
+            raise FileNotFoundError(f"{run}: expected one best_*_epoch_N.pth, found {[b.name for b in best]}")
+        dataset = dataset_path or prepare_dataset(cfg.data, Path(cfg.run.storage_path) / "datasets")
+        model = Path(shutil.copy2(best[0], out_dir / f"{name}.pth"))
+        val = stream_scores(cfg, model, dataset, cfg.data.val_split)[:2]
+        try:
+            test = stream_scores(cfg, model, dataset, cfg.data.test_split)[:2]
+        except Exception:  # no (usable) test split: validation numbers only
+            test = None
+        streams[name] = {"val": val, "test": test, "model": model}
+    return ensemble_report(streams, out_dir, metric=metric)
+
+
 def load_ensemble(path: str | Path) -> dict:
     """An exported ensemble: {weights: {stream: w}, models: {stream: .pth}, ...} (ensemble.json)."""
     p = Path(path)
