@@ -147,3 +147,10 @@ def test_help_lists_config_fields_and_examples_as_written(script):
     assert "\\\n      --" in out and "--folds 5" in out and "--objective latency" in out
     task = "falldown" if "falldown" in script else "fight"
     assert f"python rayjobs/{script} --data outputs/{task}" in out.replace("rwf2000", task)
+
+
+def test_plots_do_not_import_results():
+    # results.py imports plots.py; plots.py builds on records.py only (the old results <-> plots cycle).
+    code = ("import sys, recognizer_core.tune.plots; "
+            "assert 'recognizer_core.tune.results' not in sys.modules, 'cycle'")
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=120)
