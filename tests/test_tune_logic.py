@@ -154,3 +154,16 @@ def test_plots_do_not_import_results():
     code = ("import sys, recognizer_core.tune.plots; "
             "assert 'recognizer_core.tune.results' not in sys.modules, 'cycle'")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=120)
+
+
+def test_measured_model_cost():
+    from recognizer_core.config import load_config
+    from recognizer_core.train.config import TrainJobConfig
+    from recognizer_core.tune.stgcn_job import measure_model
+
+    preset = measure_model(load_config(TrainJobConfig, REPO / "configs" / "fight_demo.yaml"), repeats=3)
+    light = measure_model(load_config(TrainJobConfig, REPO / "configs" / "fight_demo.yaml", [
+        "model.base_channels=32", "model.num_stages=3", "model.inflate_stages=[]", "model.down_stages=[]"]),
+        repeats=3)
+    assert preset["model/params_m"] == pytest.approx(0.275452) and light["model/params_m"] == pytest.approx(0.017937)
+    assert preset["model/latency_ms"] > 0 and light["model/latency_ms"] > 0
