@@ -78,5 +78,10 @@ def test_multi_objective_search_pareto_front(tmp_path):
     within = front[front["val/acc_top1"] >= best - 0.01]
     assert pick["model/latency_ms"] == within["model/latency_ms"].min()
     assert "Pareto pick" in (out / "best_config.yaml").read_text().splitlines()[0]
+    # One exported model, the pick's: its own run folder's best .pth, the same bytes.
+    assert summary["best_trial"] == pick["trial_id"]
+    (pth,) = out.glob("best_acc_top1_epoch_*.pth")
+    own = tmp_path / "tune_fight_smoke_mo" / f"trial_{pick['trial_id']}" / "train" / pth.name
+    assert pth.read_bytes() == own.read_bytes()
     assert (out / "plots" / "pareto.png").stat().st_size > 10_000
     assert "[tune] Pareto front (model/latency_ms)" in log

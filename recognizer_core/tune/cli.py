@@ -189,9 +189,14 @@ def finish(run, plan: TunePlan, config_cls: type[BaseModel], *,
                        plan.options.epochs_field, None)
     local = scratch_dir(run.experiment_uri)
     shutil.rmtree(local, ignore_errors=True)  # a re-run rewrites the whole summary (no stale best model)
+    chosen = None
+    if plan.options.objectives:  # the exported best (config, checkpoint, .pth) is the Pareto pick
+        from recognizer_core.tune.pareto import pareto_pick
+
+        chosen = pareto_pick(records, run.metric, run.mode, plan.options.objectives, pick_within)
     summary = write_summary(records, plan.space, config_cls, metric=run.metric, mode=run.mode, extra=plan.extra,
                             out_dir=local, experiment_uri=run.experiment_uri, time_attr="epoch",
-                            max_t=max_t, export_best=export_best)
+                            max_t=max_t, export_best=export_best, best_trial=chosen)
     if plan.options.objectives:
         from recognizer_core.tune.pareto import write_pareto
 
@@ -229,7 +234,8 @@ def print_summary(summary: dict, metric: str) -> None:
               f"preset's {c.get('preset_run_epochs')} epochs), {c['cpu_hours']:.3f} CPU-hours, "
               f"{c['gpu_hours']:.3f} GPU-hours reserved", flush=True)
     if "best_trial" in summary:
-        print(f"[tune] best trial {summary['best_trial']}: {metric} = {summary['best_value']:.4f}", flush=True)
+        what = "exported trial (the Pareto pick)" if summary.get("pareto") else "best trial"
+        print(f"[tune] {what} {summary['best_trial']}: {metric} = {summary['best_value']:.4f}", flush=True)
     preset = summary.get("preset") or {}
     if "value" in preset:
         print(f"[tune] preset (trial {preset['trial_id']}): {metric} = {preset['value']:.4f}; winner - preset = "

@@ -45,6 +45,16 @@ def pick(front: list[dict], metric: str, mode: str, objective: str, within: floa
     return min(ok, key=lambda r: r[objective])
 
 
+def pareto_pick(records: list[TrialRecord], metric: str, mode: str, objectives: list[str],
+                within: float) -> str | None:
+    """The trial id of `pick` on the front of `records` (None when no trial completed)."""
+    rows = front_rows(records, metric, mode, objectives)
+    if not rows:
+        return None
+    front = [r for r, m in zip(rows, pareto_mask(rows, metric, mode, objectives)) if m]
+    return pick(front, metric, mode, objectives[0], within)["trial_id"]
+
+
 def write_pareto(records: list[TrialRecord], space: SearchSpace, config_cls: type[BaseModel], *, metric: str,
                  mode: str, objectives: list[str], extra: dict[str, Any], out_dir: Path, within: float) -> dict:
     """pareto.csv (every trial, `on_front` marked), pareto.png, pareto/<trial>/best_config.yaml per front
@@ -70,10 +80,11 @@ def write_pareto(records: list[TrialRecord], space: SearchSpace, config_cls: typ
                           + ", ".join(f"{o} = {r[o]:.4g}" for o in objectives))
         configs[r["trial_id"]] = str(path)
     chosen = pick(front, metric, mode, objectives[0], within)
+    # best_config.yaml (written by results.write_summary for the same trial) gets the pick's reason on top.
     write_best_config(space, config_cls, params[chosen["trial_id"]], extra, out_dir / "best_config.yaml",
                       f"Pareto pick: the lowest {objectives[0]} within {within:g} of the best {metric}: trial "
                       f"{chosen['trial_id']} ({metric} = {chosen[metric]:.4f}, {objectives[0]} = "
-                      f"{chosen[objectives[0]]:.4g})")
+                      f"{chosen[objectives[0]]:.4g}); its model is the summary's best_*.pth")
     _plot(rows, metric, objectives[0], chosen, out_dir / "plots" / "pareto.png")
     return {"objectives": objectives, "front": front, "configs": configs, "pick": chosen, "within": within,
             "table": str(out_dir / "pareto.csv")}

@@ -130,10 +130,11 @@ ExportFn = Callable[..., list[Path]]  # (cfg, checkpoint_dir, out_dir, *, trial_
 def write_summary(records: list[TrialRecord], space: SearchSpace, config_cls: type[BaseModel], *,
                   metric: str, mode: str, extra: dict[str, Any], out_dir: Path, experiment_uri: str,
                   time_attr: str = "epoch", max_t: int | None = None, export_best: ExportFn | None = None,
-                  plots: bool = True) -> dict:
+                  plots: bool = True, best_trial: str | None = None) -> dict:
     """Write everything into `out_dir`; returns the summary (also saved as summary.json).
 
-    `time_attr`/`max_t` are in epochs (the table's unit, whatever ASHA measured rungs in)."""
+    `time_attr`/`max_t` are in epochs (the table's unit, whatever ASHA measured rungs in). `best_trial`: the
+    trial to export instead of the best by `metric` (a multi-objective search's Pareto pick)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     df = results_table(records, space, metric, mode, time_attr, max_t)
     files = [str(p) for p in write_table(df, out_dir)] if not df.empty else []
@@ -149,6 +150,8 @@ def write_summary(records: list[TrialRecord], space: SearchSpace, config_cls: ty
         pick = max if mode == "max" else min
         # On equal values the trial listed first wins (the preset, evaluated first, before a tied newcomer).
         best, rec = pick(ranked, key=lambda br: br[0][metric])
+        if best_trial is not None:
+            best, rec = next((b, r) for b, r in ranked if r.trial_id == best_trial)
         summary.update(best_trial=rec.trial_id, best_value=best[metric], best_params=rec.params,
                        best_at={time_attr: best.get(time_attr)})
         summary["preset"] = preset_comparison(records, space, metric, mode, rec, summary["compute"])

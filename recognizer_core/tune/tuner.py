@@ -110,11 +110,14 @@ class TrialDriver:
         if self.measure is None:
             return {}
         import ray
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         scaling = getattr(cfg, "scaling", None)
         gpus = float(getattr(scaling, "gpus_per_worker", 0)) if getattr(scaling, "use_gpu", False) else 0
+        # Outside the trial's placement group (it holds only the driver's 0.05 CPU): one worker's resources.
         task = ray.remote(num_cpus=float(getattr(scaling, "cpus_per_worker", 1)), num_gpus=gpus)(self.measure)
-        return ray.get(task.remote(cfg))
+        return ray.get(task.options(scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=None))
+                       .remote(cfg))
 
     def _fit(self, cfg, trial_dir: str, name: str, callback) -> Any:
         """Fit one Train run named `name` inside the trial folder; returns its Result (fit raises on failure)."""
