@@ -1,21 +1,27 @@
 """Tune STGCN++ fight detection with Ray Tune + Optuna (TPE) + ASHA over Ray Train trials.
 
-    python rayjobs/tune_fight.py                                   # demo: synthetic data, 4 trials, minutes on 2 CPUs
-    python rayjobs/tune_fight.py --data outputs/rwf2000_skeletons --num-samples 40 --max-concurrent-trials 4 \
-        --gpus-per-worker 0.5                                      # real search, two trials per GPU
-    ray job submit --working-dir . -- python rayjobs/tune_fight.py --data /shared/skeletons \
-        --storage-path s3://bucket/tune                            # on a cluster; watch it on the Ray dashboard
+examples:
+  python rayjobs/tune_fight.py                                  # demo: synthetic data, 4 trials, minutes on 2 CPUs
+  python rayjobs/tune_fight.py --data outputs/rwf2000_skeletons --num-samples 40 \\
+      --max-concurrent-trials 4 --gpus-per-worker 0.5           # real search, two trials per GPU
+  python rayjobs/tune_fight.py --data outputs/small_set --folds 5  # small data: 5-fold CV by source video,
+                                                                # the winner retrained on train+val, tested once
+  python rayjobs/tune_fight.py --data outputs/rwf2000_skeletons --objective latency
+                                                                # accuracy vs measured latency: a Pareto front
+  ray job submit --working-dir . -- python rayjobs/tune_fight.py --data /shared/skeletons \\
+      --storage-path s3://bucket/tune                           # on a cluster; watch it on the Ray dashboard
 
 Re-running the same command resumes the experiment (finished trials kept, unfinished ones continue from their
 latest checkpoint). At the end, <storage>/<name>/summary/ holds results.parquet/.csv, best_config.yaml (a ready
-training config for rayjobs/train_stgcn.py), best_checkpoint/ (+ mmaction2 .pth) and plots/*.png.
+training config for rayjobs/train_stgcn.py), best_checkpoint/ (+ the best epoch's mmaction2 .pth), plots/*.png
+and summary.json (the search's compute, the preset's score next to the winner's; with --folds the paired test
+and the test score; with --objective the Pareto front, pareto.csv and pareto/<trial>/best_config.yaml).
 The search space is a YAML file (search_spaces/fight.yaml; format in search_spaces/README.md).
 """
 from __future__ import annotations
 
 import argparse
 import os
-import socket
 import sys
 from pathlib import Path
 
@@ -25,39 +31,17 @@ from recognizer_core.config import ConfigError  # noqa: E402
 from recognizer_core.tune.cli import add_tune_args, finish, plan_from_args, print_plan  # noqa: E402
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def main(argv: list[str] | None = None, default_space: str = "search_spaces/fight.yaml", doc: str = __doc__) -> int:
+    from recognizer_core.train.config import TrainJobConfig
 
-
-def _init_ray(args: argparse.Namespace) -> None:
-    import ray
-
-    address = args.address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ctx = ray.init(address=address, log_to_driver=True)
-    else:
-        # A local Ray with its dashboard (watch the trials there). Ray Train's placement-group cleaner finds the
-        # cluster through the State API; with several Ray instances on one machine it cannot guess which one,
-        # so the address is pinned for every process of this cluster (they inherit this environment).
-        port = _free_port()
-        os.environ.setdefault("RAY_API_SERVER_ADDRESS", f"http://127.0.0.1:{port}")
-        ctx = ray.init(num_cpus=args.num_cpus, include_dashboard=True, dashboard_port=port, log_to_driver=True)
-    print(f"[tune] Ray dashboard: http://{ctx.dashboard_url}" if ctx.dashboard_url else "[tune] no Ray dashboard",
-          flush=True)
-
-
-def main(argv: list[str] | None = None, default_space: str = "search_spaces/fight.yaml") -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0].replace("fight detection", "(fight/falldown)"),
-                                     epilog=__doc__.split("\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_tune_args(parser, default_space)
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0], epilog=doc.split("\n", 1)[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_tune_args(parser, default_space, TrainJobConfig)
     args = parser.parse_args(argv)
     repo = Path(__file__).resolve().parents[1]
     if not Path(args.space).exists() and (repo / args.space).exists():
         args.space = str(repo / args.space)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    from recognizer_core.train.config import TrainJobConfig
     from recognizer_core.tune import stgcn_job
 
     try:
@@ -70,29 +54,68 @@ def main(argv: list[str] | None = None, default_space: str = "search_spaces/figh
     from recognizer_core.storage import join_uri, to_uri
     from recognizer_core.tune.tuner import check_resumable, run_tuning
 
+    folds = None
     try:
         experiment_uri = join_uri(to_uri(plan.options.storage_path), plan.options.name)
         base = plan.space.build_config(TrainJobConfig, {}, plan.extra)
         metric = plan.options.metric or plan.space.metric
         plan.extra = stgcn_job.trial_overrides(plan.extra, base, experiment_uri, metric)
         check_resumable(plan.space, TrainJobConfig, plan.options, extra_overrides=plan.extra)
-    except ConfigError as err:
+        if plan.options.folds > 1:
+            from recognizer_core.tune.folds import fold_overrides
+
+            folds = stgcn_job.prepare_folds(plan.extra["data.path"], base, experiment_uri, plan.options.folds,
+                                            plan.options.seed)
+            print(f"[tune] {plan.options.folds}-fold cross-validation grouped by source video on train+val "
+                  f"({folds['trainval']} clips; val folds {[f['val'] for f in folds['folds']]} clips); test split "
+                  f"({folds['test']} clips) kept for the winner's single final score", flush=True)
+    except (ConfigError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
-    import ray
-
+    from recognizer_core.ray_runtime import RayStartError, start_ray
     from recognizer_core.train.ray_train import build_trainer
 
-    if not ray.is_initialized():
-        _init_ray(args)
     try:
-        run = run_tuning(plan.space, TrainJobConfig, build_trainer, plan.options, extra_overrides=plan.extra)
+        start_ray(args.address, num_cpus=args.num_cpus, job="tune")
+    except RayStartError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    try:
+        run = run_tuning(plan.space, TrainJobConfig, build_trainer, plan.options, extra_overrides=plan.extra,
+                         fold_overrides=fold_overrides(folds["path"], plan.options.folds) if folds else None,
+                         measure=stgcn_job.measure_model if plan.options.objectives else None)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    summary = finish(run, plan, TrainJobConfig, export_best=stgcn_job.export_best)
+    summary = finish(run, plan, TrainJobConfig, export_best=stgcn_job.export_best, pick_within=args.pick_within,
+                     quiet=bool(folds))
+    if folds:
+        final_test(summary, folds, run.experiment_uri)
     return 0 if "best_trial" in summary else 1
+
+
+def final_test(summary: dict, folds: dict, experiment_uri: str) -> None:
+    """Cross-validation's last step: the winner on train+val, scored once on the test split (summary leads)."""
+    from recognizer_core.storage import is_remote
+    from recognizer_core.tune import stgcn_job
+    from recognizer_core.tune.cli import print_summary, save_summary
+    from recognizer_core.tune.results import scratch_dir
+
+    local = scratch_dir(experiment_uri) if not is_remote(experiment_uri) else Path(summary["files"][0]).parent
+    if "best_trial" not in summary or not folds["test"]:
+        if "best_trial" in summary:
+            summary["notes"].append("the dataset has no test split: no final score for the winner")
+        save_summary(summary, local, experiment_uri)
+        print_summary(summary, summary["metric"])
+        return
+    print("[tune] retraining the winner on train+val, then one test-split evaluation ...", flush=True)
+    final = stgcn_job.retrain_and_test(local / "best_config.yaml", folds["path"], local / "final")
+    ordered = {"final_test": final, **summary}
+    summary.clear()
+    summary.update(ordered)
+    save_summary(summary, local, experiment_uri)
+    print_summary(summary, summary["metric"])
 
 
 if __name__ == "__main__":

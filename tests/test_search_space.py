@@ -54,8 +54,12 @@ def test_shipped_spaces_sample_valid_conditional_configs(name):
         assert cfg.train.class_weight == [base.train.class_weight[0], pytest.approx(p["train.class_weight[1]"])]
         assert cfg.pipeline.feats in (["j"], ["b"]) and cfg.model.in_channels == 3
         if cfg.schedule.type == "multistep":
-            assert cfg.schedule.milestones in ([15, 25], [10, 20], [20, 27])  # list choices map back to lists
-            assert cfg.schedule.milestones == __import__("json").loads(p["schedule.milestones"])
+            # List choices map back to lists; they are epochs of the 30-epoch preset, scaled to the demo's 10
+            # epochs so the schedule acts inside the run (before: all fell at or after its last epoch).
+            scaled = {"[15, 25]": [5, 8], "[10, 20]": [3, 7], "[20, 27]": [7, 9]}[p["schedule.milestones"]]
+            assert cfg.schedule.milestones == scaled and cfg.schedule.milestones[-1] < cfg.train.epochs
+            full = space.build_config(TrainJobConfig, p)  # the preset's own 30 epochs: the values as written
+            assert full.schedule.milestones == __import__("json").loads(p["schedule.milestones"])
         else:  # untouched fields keep the preset's values
             assert cfg.schedule.milestones == base.schedule.milestones
         if cfg.optim.type == "adamw":

@@ -53,11 +53,17 @@ def test_summary_from_records(tmp_path):
     for k in ("optim.momentum", "optim.nesterov", "schedule.milestones", "schedule.gamma"):
         other.pop(k)
     a, b = tmp_path / "a", tmp_path / "b"
-    # Trial a: 0.75 at epochs 2 and 3 (a tie); Ray Train kept only epoch 3's checkpoint, so that one is picked.
+    # Trial a: 0.75 at epochs 2 and 3 (a tie). Best = the first epoch to reach it (2), the training loop's rule:
+    # its run folder holds best_acc_top1_epoch_2.pth. Ray Train kept the latest of equal scores (epoch 3).
+    ckpt3 = _checkpoint(space, small, a / "train", 3)
+    own = a / "train" / "best_acc_top1_epoch_2.pth"
+    stgcn_job._export_from_checkpoint(space.build_config(TrainJobConfig, small, space.demo), Path(ckpt3),
+                                      a / "train", "acc_top1")
+    (a / "train" / "best_acc_top1_epoch_3.pth").rename(own)
     rec_a = TrialRecord("a", small, [
         {"epoch": 1, "val/acc_top1": 0.5, "train/loss": 0.9},
         {"epoch": 2, "val/acc_top1": 0.75, "train/loss": 0.7, "checkpoint_path": str(a / "checkpoint_epoch_0002")},
-        {"epoch": 3, "val/acc_top1": 0.75, "train/loss": 0.6, "checkpoint_path": _checkpoint(space, small, a, 3)}])
+        {"epoch": 3, "val/acc_top1": 0.75, "train/loss": 0.6, "checkpoint_path": ckpt3}], path=str(a))
     # Trial b: stopped early by ASHA after epoch 1.
     rec_b = TrialRecord("b", other, [{"epoch": 1, "val/acc_top1": 0.6, "checkpoint_path": _checkpoint(space, other, b, 1)}])
     rec_c = TrialRecord("c", other, [], error="RuntimeError: CUDA out of memory")
@@ -65,7 +71,7 @@ def test_summary_from_records(tmp_path):
     summary = write_summary([rec_b, rec_c, rec_a], space, TrainJobConfig, metric="val/acc_top1", mode="max",
                             extra=space.demo, out_dir=out, experiment_uri=str(tmp_path), max_t=3,
                             export_best=stgcn_job.export_best)
-    assert summary["best_trial"] == "a" and summary["best_value"] == 0.75 and summary["best_at"] == {"epoch": 3}
+    assert summary["best_trial"] == "a" and summary["best_value"] == 0.75 and summary["best_at"] == {"epoch": 2}
     assert summary["status_counts"] == {"ok": 2, "error": 1}
     assert summary["errors"] == {"c": "RuntimeError: CUDA out of memory"}
     assert summary["best_checkpoint"]["source"].endswith("checkpoint_epoch_0003")
@@ -74,7 +80,7 @@ def test_summary_from_records(tmp_path):
     assert list(table["trial_id"]) == ["a", "b", "c"]  # best first, the errored trial last
     assert list(table["status"]) == ["ok", "ok", "error"]
     assert list(table["stopped_early"]) == [False, True, False]
-    assert table.loc[0, "at best: train/loss"] == 0.6
+    assert table.loc[0, "epoch at best"] == 2 and table.loc[0, "at best: train/loss"] == 0.7
     assert table.loc[0, "param: optim.momentum"] == 0.9 and pd.isna(table.loc[1, "param: optim.momentum"])
     assert pd.read_csv(out / "results.csv")["trial_id"].tolist() == ["a", "b", "c"]
 
@@ -83,21 +89,25 @@ def test_summary_from_records(tmp_path):
     assert best == space.build_config(TrainJobConfig, small, space.demo).model_copy(
         update={"run": best.run}) and best.run.name == "fight_stable_tuned"
     assert (best.model.num_stages, best.model.base_channels, best.optim.type) == (3, 32, "sgd")
-    assert best.schedule.milestones == [10, 20] and best.train.class_weight == [1.2, 1.5]
+    # Milestones are epochs of the 30-epoch preset, scaled to the demo's 10 epochs.
+    assert best.schedule.milestones == [3, 7] and best.train.class_weight == [1.2, 1.5]
 
-    # Best checkpoint copied; its weights exported in mmaction2 format, loadable into the best config's model.
+    # One best model: the summary's .pth is the trial's own export of epoch 2, byte for byte.
     assert (out / "best_checkpoint" / "training_state.pt").is_file()
-    pth = out / "best_acc_top1_epoch_3.pth"
+    pth = out / "best_acc_top1_epoch_2.pth"
     assert summary["best_checkpoint"]["exported"] == [str(pth)]
-    model = load_mmaction_checkpoint(build_recognizer(best.model), pth)
-    state = torch.load(out / "best_checkpoint" / "training_state.pt", weights_only=True)["model"]
-    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
-    meta = torch.load(pth, weights_only=True)["meta"]
-    assert meta["epoch"] == 3 and meta["dataset_meta"]["classes"] == ["NonFight", "Fight"]
+    assert pth.read_bytes() == own.read_bytes() and not (out / "best_acc_top1_epoch_3.pth").exists()
+    load_mmaction_checkpoint(build_recognizer(best.model), pth)
+    assert any("the first to reach 0.7500" in n for n in summary["notes"])
+    # Compute of the search and the preset next to the winner (the preset did not run here).
+    assert summary["compute"]["trial_epochs"] == 4 and summary["compute"]["preset_run_epochs"] == 10
+    assert summary["compute"]["preset_runs_equivalent"] == 0.4
 
-    for name in ("optimization_history", "param_importances", "parallel_coordinate", "learning_curves"):
+    for name in ("optimization_history", "parallel_coordinate", "learning_curves"):
         png = (out / "plots" / f"{name}.png").read_bytes()
         assert png.startswith(PNG) and len(png) > 10_000, name
+    # 2 completed trials: importances would rank noise, so they are skipped with the reason.
+    assert "at least 8" in summary["plots_skipped"]["param_importances"]
     assert json.loads((out / "summary.json").read_text())["best_trial"] == "a"
 
 

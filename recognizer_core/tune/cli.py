@@ -21,6 +21,7 @@ from recognizer_core.tune.tuner import TuneOptions, default_storage
 
 # Budgets used when the command is run without data: they must finish in minutes on 2 CPUs.
 DEMO_BUDGET = {"num_samples": 4, "max_concurrent_trials": 2}
+OBJECTIVE_METRICS = {"latency": "model/latency_ms", "params": "model/params_m"}
 SMOKE_BUDGET = {"num_samples": 2, "max_concurrent_trials": 2}
 # The smoke run (CI) keeps the demo overrides but not their data size: 48 clips x 2 epochs is enough to run
 # every step of the machinery; learning is what the demo shows.
@@ -36,7 +37,15 @@ class TunePlan:
     notes: list[str] = field(default_factory=list)
 
 
-def add_tune_args(parser: argparse.ArgumentParser, default_space: str) -> None:
+def add_tune_args(parser: argparse.ArgumentParser, default_space: str,
+                  config_cls: type[BaseModel] | None = None) -> None:
+    """The tune jobs' options; with `config_cls`, --help also lists every config field --set accepts."""
+    if config_cls is not None:
+        from recognizer_core.config import describe_fields
+
+        parser.formatter_class = argparse.RawDescriptionHelpFormatter  # examples come out as written
+        parser.epilog = ((parser.epilog or "") + "\n\nconfig fields every trial accepts with --set (search-space "
+                         "params use the same names):\n" + "\n".join(describe_fields(config_cls)))
     g = parser.add_argument_group("search")
     g.add_argument("--space", default=default_space, help=f"search-space YAML (default {default_space})")
     g.add_argument("--data", default=None, help="dataset for every trial: a Parquet skeleton dataset folder or "
@@ -58,6 +67,18 @@ def add_tune_args(parser: argparse.ArgumentParser, default_space: str) -> None:
     g.add_argument("--max-t", type=int, default=None, help="ASHA: max epochs (default: the config's epochs)")
     g.add_argument("--max-failures", type=int, default=None, help="retries of a failed trial (default 0)")
     g.add_argument("--retry-errored", action="store_true", help="on resume, run errored trials again")
+    g.add_argument("--folds", type=int, default=None, help="cross-validation: each trial trains K models on folds "
+                   "of train+val grouped by source video and reports their mean (ASHA and TPE use it); the winner "
+                   "is then retrained on train+val and tested once on the test split")
+    g.add_argument("--objective", dest="objectives", action="append", default=[], choices=["latency", "params"],
+                   help="also MINIMISE this (repeatable): latency = measured inference ms per clip on a trial "
+                   "worker's device, params = millions of parameters; a multi-objective search with a Pareto front")
+    g.add_argument("--mo-sampler", choices=["tpe", "nsga2"], default=None, help="multi-objective sampler "
+                   "(default tpe; nsga2 = Optuna's NSGA-II)")
+    g.add_argument("--pick-within", type=float, default=0.01, help="multi-objective: best_config.yaml is the "
+                   "fastest Pareto point within this much of the best metric (default 0.01 = 1 point)")
+    g.add_argument("--progress-interval", type=float, default=None, help="seconds between [tune] progress lines "
+                   "(default 30; demo 15)")
     r = parser.add_argument_group("resources per trial")
     r.add_argument("--workers-per-trial", type=int, default=None, help="Ray Train workers per trial")
     r.add_argument("--cpus-per-worker", type=float, default=None, help="CPUs per worker (fractions allowed)")
@@ -119,8 +140,15 @@ def plan_from_args(args: argparse.Namespace, *, config_cls: type[BaseModel], job
     given = {"num_samples": args.num_samples, "max_concurrent_trials": args.max_concurrent_trials,
              "seed": args.seed, "metric": args.metric, "mode": args.mode, "scheduler": args.scheduler,
              "grace_period": args.grace_period, "reduction_factor": args.reduction_factor, "max_t": args.max_t,
-             "max_failures": args.max_failures, "driver_cpus": args.driver_cpus}
+             "max_failures": args.max_failures, "driver_cpus": args.driver_cpus, "folds": args.folds,
+             "mo_sampler": args.mo_sampler, "progress_interval_s": args.progress_interval}
+    if args.objectives:
+        given["objectives"] = [OBJECTIVE_METRICS[o] for o in dict.fromkeys(args.objectives)]
+    if demo or args.smoke:
+        budget.setdefault("progress_interval_s", 15.0)
     suffix = "_smoke" if args.smoke else ("_demo" if demo else "")
+    suffix += f"_cv{args.folds}" if args.folds and args.folds > 1 else ""
+    suffix += "_mo" if args.objectives else ""
     name = args.name or f"tune_{Path(args.space).stem}{suffix}"
     try:
         options = TuneOptions(name=name, storage_path=args.storage_path or default_storage(),
@@ -149,30 +177,80 @@ def print_plan(plan: TunePlan) -> None:
 
 
 def finish(run, plan: TunePlan, config_cls: type[BaseModel], *,
-           export_best: Callable[[BaseModel, Path, Path], list[Path]] | None = None) -> dict:
-    """Write the summary (table, best config + checkpoint, plots) next to the experiment; print where."""
+           export_best: Callable[..., list[Path]] | None = None, pick_within: float = 0.01,
+           quiet: bool = False) -> dict:
+    """Write the summary (table, best config + checkpoint, plots; the Pareto front of a multi-objective
+    search) next to the experiment; print what it says, the honest comparison first."""
     from recognizer_core.tune.results import publish_summary, records_from_grid, scratch_dir, write_summary
     from recognizer_core.storage import join_uri
 
     records = records_from_grid(run.result_grid)
-    max_t = plan.options.max_t or get_dotted(plan.space.build_config(config_cls, {}, plan.extra).model_dump(),
-                                             plan.options.epochs_field, None)
+    max_t = get_dotted(plan.space.build_config(config_cls, {}, plan.extra).model_dump(),
+                       plan.options.epochs_field, None)
     local = scratch_dir(run.experiment_uri)
     shutil.rmtree(local, ignore_errors=True)  # a re-run rewrites the whole summary (no stale best model)
+    chosen = None
+    if plan.options.objectives:  # the exported best (config, checkpoint, .pth) is the Pareto pick
+        from recognizer_core.tune.pareto import pareto_pick
+
+        chosen = pareto_pick(records, run.metric, run.mode, plan.options.objectives, pick_within)
     summary = write_summary(records, plan.space, config_cls, metric=run.metric, mode=run.mode, extra=plan.extra,
-                            out_dir=local, experiment_uri=run.experiment_uri, time_attr=plan.options.time_attr,
-                            max_t=max_t, export_best=export_best)
+                            out_dir=local, experiment_uri=run.experiment_uri, time_attr="epoch",
+                            max_t=max_t, export_best=export_best, best_trial=chosen)
+    if plan.options.objectives:
+        from recognizer_core.tune.pareto import write_pareto
+
+        summary["pareto"] = write_pareto(records, plan.space, config_cls, metric=run.metric, mode=run.mode,
+                                         objectives=plan.options.objectives, extra=plan.extra, out_dir=local,
+                                         within=pick_within)
     summary["resumed"] = run.restored
     summary["summary_dir"] = join_uri(run.experiment_uri, "summary")
+    save_summary(summary, local, run.experiment_uri)
+    if not quiet:  # (quiet: the caller adds the cross-validated winner's test score, then prints)
+        print_summary(summary, run.metric)
+    return summary
+
+
+def save_summary(summary: dict, local: Path, experiment_uri: str) -> None:
+    from recognizer_core.tune.results import publish_summary
+
     (local / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
-    publish_summary(local, run.experiment_uri)
+    publish_summary(local, experiment_uri)
+
+
+def print_summary(summary: dict, metric: str) -> None:
+    if "final_test" in summary:
+        t = summary["final_test"]
+        print(f"[tune] FINAL: the winner retrained on train+val scores on the test split (never seen by the "
+              f"search): acc_top1 {t['acc_top1']:.4f}, mean_class_accuracy {t['mean_class_accuracy']:.4f} "
+              f"({t.get('num_samples')} clips)", flush=True)
     for trial_id, error in summary["errors"].items():
         print(f"[tune] trial {trial_id} errored: {error}", file=sys.stderr, flush=True)
     for note in summary["notes"]:
         print(f"[tune] note: {note}", flush=True)
+    c = summary.get("compute") or {}
+    if c:
+        print(f"[tune] compute: {c['trial_epochs']} trial-epochs (= {c.get('preset_runs_equivalent')} runs of the "
+              f"preset's {c.get('preset_run_epochs')} epochs), {c['cpu_hours']:.3f} CPU-hours, "
+              f"{c['gpu_hours']:.3f} GPU-hours reserved", flush=True)
     if "best_trial" in summary:
-        print(f"[tune] best trial {summary['best_trial']}: {run.metric} = {summary['best_value']:.4f}", flush=True)
+        what = "exported trial (the Pareto pick)" if summary.get("pareto") else "best trial"
+        print(f"[tune] {what} {summary['best_trial']}: {metric} = {summary['best_value']:.4f}", flush=True)
+    preset = summary.get("preset") or {}
+    if "value" in preset:
+        print(f"[tune] preset (trial {preset['trial_id']}): {metric} = {preset['value']:.4f}; winner - preset = "
+              f"{preset['winner_minus_preset']:+.4f}. {preset.get('same_budget') or ''}", flush=True)
+    if "cv" in preset:
+        cv = preset["cv"]
+        test = f"{cv['test']}: p = {cv['p_value']:.3g}, " if "p_value" in cv else ""
+        print(f"[tune] cross-validated (mean +- std over folds): winner {cv['winner']} vs preset {cv['preset']}; "
+              f"{test}{cv['verdict']}", flush=True)
+    if "pick" in (summary.get("pareto") or {}):
+        pa = summary["pareto"]
+        print(f"[tune] Pareto front ({', '.join(pa['objectives'])}): " + "; ".join(
+            f"{r['trial_id']} {metric}={r[metric]:.4f} " + " ".join(f"{o}={r[o]:.4g}" for o in pa["objectives"])
+            for r in pa["front"]) + f". best_config.yaml = trial {pa['pick']['trial_id']} (the lowest "
+            f"{pa['objectives'][0]} within {pa['within']:g} of the best)", flush=True)
     print(f"[tune] results, best config, best checkpoint and plots: {summary['summary_dir']}", flush=True)
     print(json.dumps({k: summary.get(k) for k in ("experiment", "summary_dir", "metric", "best_trial", "best_value",
                                                   "trials", "status_counts", "resumed")}, default=str), flush=True)
-    return summary

@@ -6,10 +6,8 @@ logic is testable without Ray and can be re-run on a finished experiment.
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -17,49 +15,23 @@ import pandas as pd
 import yaml
 from pydantic import BaseModel
 
-from recognizer_core.tune.search_space import SearchSpace, set_dotted
 from recognizer_core.storage import copy_tree, exists, is_remote, join_uri
+from recognizer_core.tune.compare import search_compute, preset_comparison
+from recognizer_core.tune.plots import write_plots
+from recognizer_core.tune.records import (CHECKPOINT_KEY, FINAL_REPORT_KEY, TrialRecord, best_report, error_head,
+                                          finite, is_missing)
+from recognizer_core.tune.search_space import SearchSpace, set_dotted
 
-CHECKPOINT_KEY = "checkpoint_path"  # added by ray.tune.integration.ray_train.TuneReportCallback
-FINAL_REPORT_KEY = "tune/final_report"  # marks the repeat of a continued Train run's last metrics (tuner.py)
-
-
-@dataclass
-class TrialRecord:
-    """One trial: its sampled params, every report (metrics dicts in order) and its error, if any."""
-
-    trial_id: str
-    params: dict[str, Any]
-    reports: list[dict[str, Any]] = field(default_factory=list)
-    error: str | None = None
-    path: str = ""
-
-
-def _finite(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def best_report(rec: TrialRecord, metric: str, mode: str, *,
-                checkpoint_exists: Callable[[str], bool] | None = None) -> dict | None:
-    """The report with the best finite `metric`; on ties the latest (the most trained, and the one Ray Train
-    keeps). With `checkpoint_exists`: only among reports whose checkpoint is still there."""
-    best = None
-    for r in rec.reports:
-        if not _finite(r.get(metric)):
-            continue
-        if checkpoint_exists is not None and not (r.get(CHECKPOINT_KEY) and checkpoint_exists(r[CHECKPOINT_KEY])):
-            continue
-        if best is None or (r[metric] >= best[metric] if mode == "max" else r[metric] <= best[metric]):
-            best = r
-    return best
+__all__ = ["CHECKPOINT_KEY", "FINAL_REPORT_KEY", "TrialRecord", "best_report", "records_from_grid",
+           "results_table", "write_summary", "publish_summary", "scratch_dir"]
 
 
 def records_from_grid(grid) -> list[TrialRecord]:
-    """Ray ResultGrid -> TrialRecords (errored trials included, with the end of their error)."""
+    """Ray ResultGrid -> TrialRecords (errored trials included, with their exception type and message head)."""
     records = []
     for result in grid:
         df = result.metrics_dataframe
-        reports = [] if df is None else [{k: v for k, v in row.items() if not _is_missing(v)}
+        reports = [] if df is None else [{k: v for k, v in row.items() if not is_missing(v)}
                                           for row in df.to_dict("records")]
         if not reports and result.metrics:
             reports = [dict(result.metrics)]
@@ -68,19 +40,14 @@ def records_from_grid(grid) -> list[TrialRecord]:
                 and reports[-1].get(CHECKPOINT_KEY) == reports[-2].get(CHECKPOINT_KEY)):
             reports.pop()
         reports = [{k: v for k, v in r.items() if k != FINAL_REPORT_KEY} for r in reports]
-        error = None
-        if result.error is not None:
-            # The end of the (remote) traceback: the exception that failed the trial, with its message.
-            lines = [ln.strip() for ln in str(result.error).strip().splitlines() if ln.strip()]
-            error = " | ".join(lines[-3:])[-600:] or type(result.error).__name__
         trial_id = (result.metrics or {}).get("trial_id") or Path(str(result.path)).name.removeprefix("trial_")
         records.append(TrialRecord(trial_id=str(trial_id), params=dict(result.config or {}), reports=reports,
-                                   error=error, path=str(result.path)))
+                                   error=error_head(result.error), path=str(result.path)))
     return records
 
 
-def _is_missing(v: Any) -> bool:
-    return v is None or (isinstance(v, float) and math.isnan(v))
+_is_missing = is_missing
+_finite = finite
 
 
 def results_table(records: list[TrialRecord], space: SearchSpace, metric: str, mode: str,
@@ -90,22 +57,25 @@ def results_table(records: list[TrialRecord], space: SearchSpace, metric: str, m
     for rec in records:
         best = best_report(rec, metric, mode)
         last = rec.reports[-1] if rec.reports else {}
+        # The last MEASURED value: a report without the metric (no validation that epoch) is skipped, never 0.
+        measured = [r for r in rec.reports if _finite(r.get(metric))]
         ckpt = best_report(rec, metric, mode, checkpoint_exists=exists)
         status = "error" if rec.error else ("ok" if best is not None else "no_metric")
         last_t = last.get(time_attr)
         row = {
             "trial_id": rec.trial_id, "status": status,
             f"best {metric}": best[metric] if best else float("nan"),
-            f"last {metric}": last.get(metric, float("nan")) if _finite(last.get(metric)) else float("nan"),
+            f"last {metric}": measured[-1][metric] if measured else float("nan"),
             f"{time_attr} at best": best.get(time_attr) if best else None,
             f"last {time_attr}": last_t,
+            "validations": len(measured),
             "reports": len(rec.reports),
             "stopped_early": bool(status == "ok" and max_t is not None and _finite(last_t) and last_t < max_t),
             "checkpoint": ckpt.get(CHECKPOINT_KEY) if ckpt else None,
             "error": rec.error,
         }
         for k, v in (best or {}).items():
-            if k != metric and _finite(v) and (k.startswith(("val/", "train/", "test/"))):
+            if k != metric and _finite(v) and (k.startswith(("val/", "train/", "test/", "cv/", "model/"))):
                 row[f"at best: {k}"] = v
         for name in space.params:
             row[f"param: {name}"] = rec.params.get(name)
@@ -154,16 +124,17 @@ def fetch_checkpoint(checkpoint_uri: str, out_dir: Path) -> Path:
     return out_dir
 
 
-ExportFn = Callable[[BaseModel, Path, Path], list[Path]]
+ExportFn = Callable[..., list[Path]]  # (cfg, checkpoint_dir, out_dir, *, trial_path) -> files
 
 
 def write_summary(records: list[TrialRecord], space: SearchSpace, config_cls: type[BaseModel], *,
                   metric: str, mode: str, extra: dict[str, Any], out_dir: Path, experiment_uri: str,
                   time_attr: str = "epoch", max_t: int | None = None, export_best: ExportFn | None = None,
-                  plots: bool = True) -> dict:
-    """Write everything into `out_dir`; returns the summary (also saved as summary.json)."""
-    from recognizer_core.tune.plots import write_plots
+                  plots: bool = True, best_trial: str | None = None) -> dict:
+    """Write everything into `out_dir`; returns the summary (also saved as summary.json).
 
+    `time_attr`/`max_t` are in epochs (the table's unit, whatever ASHA measured rungs in). `best_trial`: the
+    trial to export instead of the best by `metric` (a multi-objective search's Pareto pick)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     df = results_table(records, space, metric, mode, time_attr, max_t)
     files = [str(p) for p in write_table(df, out_dir)] if not df.empty else []
@@ -171,35 +142,50 @@ def write_summary(records: list[TrialRecord], space: SearchSpace, config_cls: ty
     summary: dict[str, Any] = {"experiment": experiment_uri, "metric": metric, "mode": mode,
                                "trials": len(records), "status_counts": counts, "files": files,
                                "errors": {r.trial_id: r.error for r in records if r.error}, "notes": []}
+    # What the search cost, and the preset (the space's first start_with point) at that cost.
+    summary["compute"] = search_compute(records, space, config_cls, extra)
     ranked = [(best_report(r, metric, mode), r) for r in records if not r.error]
     ranked = [(b, r) for b, r in ranked if b is not None]
     if ranked:
         pick = max if mode == "max" else min
+        # On equal values the trial listed first wins (the preset, evaluated first, before a tied newcomer).
         best, rec = pick(ranked, key=lambda br: br[0][metric])
+        if best_trial is not None:
+            best, rec = next((b, r) for b, r in ranked if r.trial_id == best_trial)
         summary.update(best_trial=rec.trial_id, best_value=best[metric], best_params=rec.params,
                        best_at={time_attr: best.get(time_attr)})
+        summary["preset"] = preset_comparison(records, space, metric, mode, rec, summary["compute"])
         header = (f"Best of Ray Tune experiment {experiment_uri}\n"
                   f"trial {rec.trial_id}: {metric} = {best[metric]:.4f} ({mode}) at {time_attr} "
                   f"{best.get(time_attr)}\nsearch space: {space.source}; tuned params: "
                   + json.dumps(rec.params))
         cfg = write_best_config(space, config_cls, rec.params, extra, out_dir / "best_config.yaml", header)
         files.append(str(out_dir / "best_config.yaml"))
+        # Ray Train keeps the latest checkpoint among equal scores; it holds the training state (to resume or
+        # fine-tune). The best MODEL is the trial's own export of its best epoch (one file, see export_best).
         ckpt = best_report(rec, metric, mode, checkpoint_exists=exists)
-        if ckpt is None:
+        kept = [r for r in rec.reports if r.get(CHECKPOINT_KEY) and exists(r[CHECKPOINT_KEY])]
+        state = max(kept, key=lambda r: (r.get(metric, float("-inf")) if mode == "max"
+                                         else -r.get(metric, float("inf")), r.get(time_attr, 0))) if kept else ckpt
+        if state is None and any(r.get("cv/folds") for r in rec.reports):
+            summary["notes"].append("cross-validated trials keep their fold runs' checkpoints in their trial "
+                                    "folders; the model to use is the winner retrained on train+val")
+        elif state is None:
             summary["notes"].append(f"trial {rec.trial_id} has no checkpoint left; no best checkpoint copied")
         else:
-            if ckpt[metric] != best[metric]:
-                summary["notes"].append(f"best checkpoint is from {time_attr} {ckpt.get(time_attr)} "
-                                        f"({metric}={ckpt[metric]:.4f}); {time_attr} {best.get(time_attr)} "
-                                        "was not checkpointed")
-            local = fetch_checkpoint(ckpt[CHECKPOINT_KEY], out_dir / "best_checkpoint")
-            summary["best_checkpoint"] = {"source": ckpt[CHECKPOINT_KEY], "copy": str(local),
-                                          time_attr: ckpt.get(time_attr), metric: ckpt[metric]}
+            local = fetch_checkpoint(state[CHECKPOINT_KEY], out_dir / "best_checkpoint")
+            summary["best_checkpoint"] = {"source": state[CHECKPOINT_KEY], "copy": str(local),
+                                          time_attr: state.get(time_attr), metric: state.get(metric)}
             files.append(str(local))
             if export_best is not None:
-                exported = [str(p) for p in export_best(cfg, local, out_dir)]
+                exported = [str(p) for p in export_best(cfg, local, out_dir, trial_path=rec.path)]
                 summary["best_checkpoint"]["exported"] = exported
                 files += exported
+            if state.get(time_attr) != best.get(time_attr):
+                summary["notes"].append(
+                    f"best_checkpoint/ is the training state Ray Train kept ({time_attr} {state.get(time_attr)}, "
+                    f"the latest of equal scores); the best model ({time_attr} {best.get(time_attr)}, the first "
+                    f"to reach {best[metric]:.4f}) is the exported .pth")
     else:
         summary["notes"].append(f"no trial reported a finite {metric}: nothing to pick as best")
     if plots:

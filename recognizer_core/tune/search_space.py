@@ -36,6 +36,9 @@ class Param(StrictModel):
     values: list[Any] | None = None
     sets: dict[str, dict[str, Any]] | None = None
     when: dict[str, Any] | None = None
+    epochs_of: int | None = Field(None, ge=1, description="the values are epochs of a run this many epochs "
+                                  "long (e.g. milestones of a 30-epoch preset): each trial gets them scaled to "
+                                  "its own epochs, so a shorter run (the demo) keeps the schedule's shape")
 
     @model_validator(mode="after")
     def _consistent(self) -> "Param":
@@ -108,6 +111,7 @@ class SearchSpace(StrictModel):
     demo: dict[str, Any] = Field(default_factory=dict, description="overrides applied when running on demo data")
     start_with: list[dict[str, Any]] = Field(default_factory=list, description="known configs (param -> value) "
                                              "evaluated first, e.g. the preset as a baseline")
+    epochs_field: str = Field("train.epochs", description="config field holding a run's epochs (for epochs_of)")
     # Filled by the loader (not written in the YAML).
     source: str = ""
     base: dict[str, Any] = Field(default_factory=dict)
@@ -166,6 +170,10 @@ class SearchSpace(StrictModel):
         data = copy.deepcopy(self.base)
         for key, value in {**(extra or {}), **self.overrides(params)}.items():
             set_dotted(data, key, value)
+        epochs = get_dotted(data, self.epochs_field, default=None)
+        for name, p in self.params.items():
+            if p.epochs_of and name in params and isinstance(epochs, int) and epochs != p.epochs_of:
+                set_dotted(data, name, scale_epochs(get_dotted(data, name), p.epochs_of, epochs))
         return data
 
     def build_config(self, config_cls: type[BaseModel], params: dict[str, Any],
@@ -174,6 +182,18 @@ class SearchSpace(StrictModel):
         shown = ", ".join(f"{k}={v}" for k, v in params.items())
         return validate_config(config_cls, self.config_dict(params, extra),
                                f"{self.base_config} + trial params ({shown})")
+
+
+def scale_epochs(value: Any, epochs_of: int, epochs: int) -> Any:
+    """Epoch numbers meant for an `epochs_of`-epoch run, rescaled to `epochs` (at least 1, strictly ascending,
+    below `epochs` where there is room): milestones [15, 25] of 30 epochs become [5, 8] in a 10-epoch run."""
+    if isinstance(value, list):
+        out: list[int] = []
+        for v in value:
+            x = max(1, round(v * epochs / epochs_of))
+            out.append(max(x, out[-1] + 1) if out else x)
+        return out
+    return max(1, round(value * epochs / epochs_of))
 
 
 def is_bundle_name(name: str) -> bool:
@@ -354,6 +374,7 @@ def describe(space: SearchSpace) -> str:
             step = f" step {p.step:g}" if p.step else ""
             dist = f"{p.type} [{p.low:g}, {p.high:g}]{step}{scale}"
         cond = f"  when {p.when}" if p.when else ""
+        cond += f"  (epochs of a {p.epochs_of}-epoch run, scaled to the trial's)" if p.epochs_of else ""
         lines.append(f"  {name}: {dist}{cond}")
     return "\n".join(lines)
 

@@ -29,24 +29,102 @@ def trial_overrides(extra: dict[str, Any], base: TrainJobConfig, experiment_uri:
     return extra
 
 
-def export_best(cfg: TrainJobConfig, checkpoint_dir: Path, out_dir: Path) -> list[Path]:
-    """The best Ray Train checkpoint (training_state.pt) -> `best_<metric>_epoch_<N>.pth` in mmaction2 format."""
+def measure_model(cfg: TrainJobConfig, repeats: int = 20) -> dict[str, float]:
+    """Inference cost of a trial's model on this worker's device: median ms per clip (one sample of
+    clip_len frames, batch 1, eval mode, after warm-up) and millions of parameters. Runs as a Ray task with one
+    training worker's resources (tuner.TrialDriver), so the device is the one the model would run on."""
+    import statistics
+    import time
+
+    import torch
+
+    from recognizer_core.models.recognizer import build_recognizer
+
+    device = torch.device("cuda" if cfg.scaling.use_gpu and torch.cuda.is_available() else "cpu")
+    torch.set_num_threads(max(1, int(cfg.scaling.cpus_per_worker)))
+    model = build_recognizer(cfg.model).to(device).eval()
+    joints = int(model.backbone.graph.A.shape[-1]) if hasattr(model.backbone, "graph") else 17
+    x = torch.randn(1, cfg.pipeline.num_person, cfg.pipeline.clip_len, joints, cfg.model.in_channels, device=device)
+    times = []
+    with torch.inference_mode():
+        for i in range(repeats + 3):
+            t0 = time.perf_counter()
+            model(x)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if i >= 3:  # warm-up runs excluded
+                times.append(time.perf_counter() - t0)
+    return {"model/latency_ms": 1000 * statistics.median(times),
+            "model/params_m": sum(p.numel() for p in model.parameters()) / 1e6}
+
+
+def prepare_folds(dataset_path: str, base: TrainJobConfig, experiment_uri: str, k: int, seed: int) -> dict:
+    """The fold view of the prepared dataset (folds.write_fold_store), next to it in the experiment."""
+    from recognizer_core.tune.folds import write_fold_store
+
+    out = Path(join_uri(experiment_uri, "datasets")) / f"folds_k{k}_seed{seed}"
+    return write_fold_store(dataset_path, out, k, seed=seed, train_split=base.data.train_split,
+                            val_split=base.data.val_split, test_split=base.data.test_split)
+
+
+def retrain_and_test(best_config: Path, fold_store: str, out_dir: Path) -> dict:
+    """The cross-validated winner, trained once on train+val (its full schedule, the last epoch kept: nothing
+    is left to choose an epoch on) and scored once on the test split, which the search never saw."""
+    import ray.train
+
+    from recognizer_core.config import load_config
+    from recognizer_core.train.ray_train import build_test_trainer, build_trainer
+    from recognizer_core.tune.folds import TRAINVAL
+
+    cfg = load_config(TrainJobConfig, best_config, [f"data.path={fold_store}", f"data.train_split={TRAINVAL}",
+                                                    f"data.val_split={TRAINVAL}", "train.test_after_train=false",
+                                                    f"run.storage_path={out_dir}"])
+    run_config = ray.train.RunConfig(name="final_trainval", storage_path=str(out_dir),
+                                     checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1))
+    result = build_trainer(cfg, run_config=run_config).fit()
+    test_dir = out_dir / "final_test"
+    build_test_trainer(cfg, result.checkpoint.path, test_dir, split="test").fit()
+    import json
+
+    metrics = json.loads((test_dir / "test_metrics.json").read_text())
+    return {"epochs": cfg.train.epochs, "checkpoint": result.checkpoint.path, "test_split": "test",
+            "acc_top1": metrics["acc_top1"], "mean_class_accuracy": metrics["mean_class_accuracy"],
+            "num_samples": metrics.get("num_samples"), "metrics_file": str(test_dir / "test_metrics.json")}
+
+
+def export_best(cfg: TrainJobConfig, checkpoint_dir: Path, out_dir: Path, *, trial_path: str = "") -> list[Path]:
+    """The best trial's best model as ONE file: the `best_<metric>_epoch_<N>.pth` its own training run exported
+    (copied from `<trial>/train/`), so the summary and the trial's run folder hold the same epoch. When the run
+    folder is not reachable (remote storage), the same model is rebuilt from the checkpoint, which carries the
+    loop's best weights (`extra.best_state_dict`, `extra.best.epoch`)."""
+    import shutil
+
+    metric = cfg.checkpoint.score_attribute.split("/")[-1]
+    for old in Path(out_dir).glob(f"best_{metric}_epoch_*.pth"):
+        old.unlink()
+    run_dir = Path(trial_path) / "train" if trial_path and not is_remote(trial_path) else None
+    own = sorted(run_dir.glob(f"best_{metric}_epoch_*.pth")) if run_dir is not None and run_dir.is_dir() else []
+    if len(own) == 1:
+        return [Path(shutil.copy2(own[0], Path(out_dir) / own[0].name))]
+    return [_export_from_checkpoint(cfg, Path(checkpoint_dir), Path(out_dir), metric)]
+
+
+def _export_from_checkpoint(cfg: TrainJobConfig, checkpoint_dir: Path, out_dir: Path, metric: str) -> Path:
+    # The one place that writes an mmaction2 file here: switch to the shared exporter when it lands.
     import torch
 
     from recognizer_core.models.checkpoint import export_mmaction_checkpoint, load_into
     from recognizer_core.models.recognizer import build_recognizer
     from recognizer_core.train.state import STATE_FILE
 
-    state = torch.load(Path(checkpoint_dir) / STATE_FILE, map_location="cpu", weights_only=True)
-    model = build_recognizer(cfg.model)
-    load_into(model, state["model"], str(Path(checkpoint_dir) / STATE_FILE))
-    epoch = int(state["epoch"])
+    state = torch.load(checkpoint_dir / STATE_FILE, map_location="cpu", weights_only=True)
     extra = state.get("extra") or {}
+    weights, epoch = state["model"], int(state["epoch"])
+    if extra.get("best_state_dict") and (extra.get("best") or {}).get("epoch"):
+        weights, epoch = extra["best_state_dict"], int(extra["best"]["epoch"])
+    model = build_recognizer(cfg.model)
+    load_into(model, weights, str(checkpoint_dir / STATE_FILE))
     names = extra.get("label_names") or cfg.data.label_names
-    metric = cfg.checkpoint.score_attribute.split("/")[-1]
-    for old in out_dir.glob(f"best_{metric}_epoch_*.pth"):
-        old.unlink()
-    path = export_mmaction_checkpoint(model, out_dir / f"best_{metric}_epoch_{epoch}.pth", cfg=cfg.model,
+    return export_mmaction_checkpoint(model, out_dir / f"best_{metric}_epoch_{epoch}.pth", cfg=cfg.model,
                                       epoch=epoch, classes=list(names) if names else None,
                                       extra_meta={"source": "recognizer tune: best trial"})
-    return [path]

@@ -24,7 +24,8 @@ from typing import Any, Callable, Literal
 from pydantic import BaseModel, Field
 
 from recognizer_core.config import ConfigError, StrictModel
-from recognizer_core.tune.results import FINAL_REPORT_KEY
+from recognizer_core.tune.records import FINAL_REPORT_KEY
+from recognizer_core.tune.reports import validated_epochs
 from recognizer_core.tune.search_space import SearchSpace, get_dotted
 from recognizer_core.storage import exists, join_uri, read_text, to_uri, write_text
 
@@ -46,10 +47,11 @@ class TuneOptions(StrictModel):
     startup_trials: int = Field(8, ge=1, description="random trials before TPE starts modelling")
     scheduler: Literal["asha", "fifo"] = Field("asha", description="asha stops poor trials early; fifo "
                                                                    "runs every trial to the end")
-    time_attr: str = Field("epoch", description="reported counter ASHA measures progress in")
-    max_t: int | None = Field(None, ge=1, description="ASHA: longest a trial runs (default: the config's "
-                                                      "epochs)")
-    grace_period: int | None = Field(None, ge=1, description="ASHA: shortest a trial runs before it may be "
+    time_attr: str = Field("val_round", description="reported counter ASHA measures progress in: val_round "
+                           "counts validations, so every rung compares measured values, never placeholders")
+    max_t: int | None = Field(None, ge=1, description="ASHA: longest a trial runs, in validations (default: "
+                                                      "the number of validations of the config's schedule)")
+    grace_period: int | None = Field(None, ge=1, description="ASHA: validations a trial runs before it may be "
                                                              "stopped (default: max_t / 8, at least 1)")
     reduction_factor: float = Field(3.0, gt=1, description="ASHA: keep the top 1/reduction_factor per rung")
     driver_cpus: float = Field(0.05, gt=0, description="CPUs reserved by each trial's Train driver, which only "
@@ -58,6 +60,13 @@ class TuneOptions(StrictModel):
                                                     "continues from its latest checkpoint)")
     retry_errored: bool = Field(False, description="on resume, start errored trials again")
     epochs_field: str = Field("train.epochs", description="config field holding the number of epochs")
+    folds: int = Field(1, ge=1, le=20, description="cross-validation: each trial trains this many models on "
+                       "folds grouped by source video and reports their mean (1 = the dataset's val split)")
+    objectives: list[str] = Field(default_factory=list, description="extra objectives to MINIMISE next to "
+                                  "the metric (e.g. model/latency_ms): a multi-objective search")
+    mo_sampler: Literal["nsga2", "tpe"] = Field("tpe", description="multi-objective sampler: Optuna "
+                                                "NSGA-II or multi-objective TPE")
+    progress_interval_s: float = Field(30.0, gt=0, description="seconds between [tune] progress lines")
 
 
 @dataclass
@@ -72,25 +81,56 @@ class TuneRun:
 
 
 class TrialDriver:
-    """One Tune trial = one Ray Train run with the trial's config (picklable: Tune ships it to the trial)."""
+    """One Tune trial = one Ray Train run with the trial's config (picklable: Tune ships it to the trial), or
+    with `fold_overrides`, K runs side by side (one per fold) whose reports are averaged (`FoldAggregator`).
+    `measure(cfg) -> {name: value}` (optional) runs once per trial as a Ray task with one worker's resources
+    (e.g. inference latency), and its values join every report."""
 
     def __init__(self, space: SearchSpace, config_cls: type[BaseModel], build_trainer: Callable,
-                 extra: dict[str, Any], experiment_uri: str, metric: str, mode: str):
+                 extra: dict[str, Any], experiment_uri: str, metric: str, mode: str,
+                 fold_overrides: list[dict[str, Any]] | None = None, measure: Callable | None = None):
         self.space, self.config_cls, self.build_trainer = space, config_cls, build_trainer
         self.extra, self.experiment_uri, self.metric, self.mode = extra, experiment_uri, metric, mode
+        self.fold_overrides, self.measure = fold_overrides or [], measure
 
     def __call__(self, params: dict[str, Any]) -> None:
-        import ray.train
         import ray.tune
-        from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY, TuneReportCallback
+
+        from recognizer_core.tune.trial_runs import ReportToTune, run_folds
 
         cfg = self.space.build_config(self.config_cls, params, self.extra)
-        trial_id = ray.tune.get_context().get_trial_id()
+        trial_dir = join_uri(self.experiment_uri, trial_dir_name(ray.tune.get_context().get_trial_id()))
+        measured = self._measure(cfg)
+        if not self.fold_overrides:
+            self._fit(cfg, trial_dir, "train", ReportToTune(schedule_of(cfg, self.space.epochs_field), measured))
+            return
+        run_folds(self, params, trial_dir, measured)
+
+    def _measure(self, cfg) -> dict:
+        if self.measure is None:
+            return {}
+        import ray
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        scaling = getattr(cfg, "scaling", None)
+        gpus = float(getattr(scaling, "gpus_per_worker", 0)) if getattr(scaling, "use_gpu", False) else 0
+        # Outside the trial's placement group (it holds only the driver's 0.05 CPU): one worker's resources.
+        task = ray.remote(num_cpus=float(getattr(scaling, "cpus_per_worker", 1)), num_gpus=gpus)(self.measure)
+        return ray.get(task.options(scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=None))
+                       .remote(cfg))
+
+    def _fit(self, cfg, trial_dir: str, name: str, callback) -> Any:
+        """Fit one Train run named `name` inside the trial folder; returns its Result (fit raises on failure)."""
+        import ray.train
+        import ray.tune
+        from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
+
+        from recognizer_core.tune.trial_runs import ReportToTune
+
         # The Train run is named after the trial, so a restarted trial (resume, retry) continues that run
         # from its latest checkpoint instead of starting over. Keeping 1 by score also keeps the latest.
         run_config = ray.train.RunConfig(
-            name="train", storage_path=join_uri(self.experiment_uri, trial_dir_name(trial_id)),
-            callbacks=[TuneReportCallback()],
+            name=name, storage_path=trial_dir, callbacks=[callback],
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=1, checkpoint_score_attribute=self.metric, checkpoint_score_order=self.mode),
             # A lost worker is recovered inside the trial, from the latest checkpoint, as in a plain run.
@@ -98,10 +138,23 @@ class TrialDriver:
         # A Train run that already exists is being continued (resume, retry). If it had finished its last
         # epoch before the driver died, it reports nothing new: hand Tune its final metrics (+ checkpoint).
         continued = exists(join_uri(run_config.storage_path, run_config.name, TRAIN_SNAPSHOT))
-        result = self.build_trainer(cfg, run_config=run_config).fit()
-        if continued and result.error is None and result.metrics:
+        result = self.build_trainer(cfg, run_config=run_config).fit()  # raises on failure (Ray 2.60)
+        if continued and result.metrics and isinstance(callback, ReportToTune):
             ckpt = {CHECKPOINT_PATH_KEY: result.checkpoint.path} if result.checkpoint is not None else {}
-            ray.tune.report({**result.metrics, **ckpt, FINAL_REPORT_KEY: 1})
+            ray.tune.report({**callback.clean(result.metrics), **ckpt, FINAL_REPORT_KEY: 1})
+        return result
+
+
+def schedule_of(cfg: BaseModel, epochs_field: str = "train.epochs") -> list[int] | None:
+    """The epochs a run validates (train.val_interval / val_begin, always the last), or None if unknown."""
+    data = cfg.model_dump()
+    epochs = get_dotted(data, epochs_field, default=None)
+    section = epochs_field.rsplit(".", 1)[0] if "." in epochs_field else ""
+    interval = get_dotted(data, f"{section}.val_interval" if section else "val_interval", default=None)
+    begin = get_dotted(data, f"{section}.val_begin" if section else "val_begin", default=1)
+    if not isinstance(epochs, int) or not isinstance(interval, int):
+        return None
+    return validated_epochs(epochs, interval, int(begin or 1))
 
 
 def run_trial(params: dict[str, Any], driver: TrialDriver) -> None:
@@ -126,46 +179,29 @@ def _searcher(space: SearchSpace, metric: str, mode: str, options: TuneOptions):
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
+    metrics = [metric, *options.objectives]
+
     class _OptunaSearch(OptunaSearch):
         # Optuna records every result as an intermediate value; a report without the metric (e.g. a training
-        # epoch between validations) has none to record.
+        # epoch between validations) has none to record. A multi-objective study takes no intermediates.
         def on_trial_result(self, trial_id: str, result: dict) -> None:
-            if self.metric in result:
+            if metric in result and not options.objectives:
                 super().on_trial_result(trial_id, result)
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        # multivariate + group: TPE models parameters jointly, and conditional ones (SGD momentum, milestones)
-        # only among the trials where they exist.
-        sampler = optuna.samplers.TPESampler(seed=options.seed, multivariate=True, group=True,
-                                             n_startup_trials=options.startup_trials)
+        if options.objectives and options.mo_sampler == "nsga2":
+            sampler = optuna.samplers.NSGAIISampler(seed=options.seed)
+        else:
+            # multivariate + group: TPE models parameters jointly, and conditional ones (SGD momentum,
+            # milestones) only among the trials where they exist; it handles several objectives too.
+            sampler = optuna.samplers.TPESampler(seed=options.seed, multivariate=True, group=True,
+                                                 n_startup_trials=options.startup_trials)
+    if options.objectives:  # the metric and each extra objective (minimised): a Pareto front
+        return _OptunaSearch(space=space.suggest, metric=metrics, mode=[mode] + ["min"] * len(options.objectives),
+                             sampler=sampler, points_to_evaluate=space.start_points() or None)
     return _OptunaSearch(space=space.suggest, metric=metric, mode=mode, sampler=sampler,
                          points_to_evaluate=space.start_points() or None)
-
-
-def _progress_callback():
-    from ray.tune import Callback
-
-    class Progress(Callback):
-        """One plain line per report/finish, readable in `ray job logs` and the dashboard."""
-
-        def __init__(self, metric: str, time_attr: str):
-            self.metric, self.time_attr = metric, time_attr
-
-        def on_trial_result(self, iteration, trials, trial, result, **info):
-            shown = {k: result[k] for k in (self.metric, "val/acc_top1", "val/mean_class_accuracy", "train/loss",
-                                             "val/AP", "val/loss") if isinstance(result.get(k), (int, float))}
-            text = " ".join(f"{k}={v:.4g}" for k, v in shown.items())
-            print(f"[tune] trial {trial.trial_id} {self.time_attr}={result.get(self.time_attr)} {text}", flush=True)
-
-        def on_trial_complete(self, iteration, trials, trial, **info):
-            print(f"[tune] trial {trial.trial_id} finished", flush=True)
-
-        def on_trial_error(self, iteration, trials, trial, **info):
-            print(f"[tune] trial {trial.trial_id} ERRORED (reported in the results table; the search goes on)",
-                  flush=True)
-
-    return Progress
 
 
 def request_record(space: SearchSpace, extra: dict[str, Any], config_cls: type[BaseModel],
@@ -211,8 +247,13 @@ def check_resumable(space: SearchSpace, config_cls: type[BaseModel], options: Tu
 
 
 def run_tuning(space: SearchSpace, config_cls: type[BaseModel], build_trainer: Callable,
-               options: TuneOptions, *, extra_overrides: dict[str, Any] | None = None) -> TuneRun:
-    """Run (or resume) the search; returns the ResultGrid. Errored trials are in it, not raised."""
+               options: TuneOptions, *, extra_overrides: dict[str, Any] | None = None,
+               fold_overrides: list[dict[str, Any]] | None = None, measure: Callable | None = None) -> TuneRun:
+    """Run (or resume) the search; returns the ResultGrid. Errored trials are in it, not raised.
+
+    fold_overrides: one override dict per fold (`folds.fold_overrides`): each trial trains them all and reports
+    their mean. measure(cfg) -> {name: value}: measured once per trial (e.g. latency, for `objectives`)."""
+    from recognizer_core.tune.progress import SearchProgress
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
@@ -225,7 +266,12 @@ def run_tuning(space: SearchSpace, config_cls: type[BaseModel], build_trainer: C
     base_cfg = space.build_config(config_cls, {}, extra)
     storage = to_uri(options.storage_path)
     experiment_uri = join_uri(storage, options.name)
-    driver = TrialDriver(space, config_cls, build_trainer, extra, experiment_uri, metric, mode)
+    driver = TrialDriver(space, config_cls, build_trainer, extra, experiment_uri, metric, mode,
+                         fold_overrides=fold_overrides, measure=measure)
+    schedule = schedule_of(base_cfg, space.epochs_field)
+    max_epochs = get_dotted(base_cfg.model_dump(), options.epochs_field, default=None)
+    progress = SearchProgress(metric, mode, options.num_samples, options.max_concurrent_trials, max_epochs,
+                              options.progress_interval_s, extra_shown=tuple(options.objectives))
     trainable = tune.with_resources(tune.with_parameters(run_trial, driver=driver), {"cpu": options.driver_cpus})
     record = request_record(space, extra, config_cls, options)
 
@@ -237,27 +283,33 @@ def run_tuning(space: SearchSpace, config_cls: type[BaseModel], build_trainer: C
         tuner = tune.Tuner.restore(experiment_uri, trainable=trainable, resume_unfinished=True,
                                    resume_errored=False, restart_errored=options.retry_errored)
     else:
-        max_t = options.max_t or int(get_dotted(base_cfg.model_dump(), options.epochs_field))
+        # ASHA's unit is a validation (val_round): rungs fall on validated epochs only, so every rung compares
+        # measured values. Without a known schedule (another job's config), epochs.
+        time_attr = "epoch" if schedule is None and options.time_attr == "val_round" else options.time_attr
+        max_t = options.max_t or (len(schedule) if time_attr == "val_round" else int(max_epochs))
         if options.scheduler == "asha":
             grace = min(options.grace_period or max(1, max_t // 8), max_t)
             # max_t + 1: ASHA stops a trial that reaches max_t, killing its Train run while it shuts down;
             # a trial that trains its last epoch should instead end by itself (workers and resources freed).
-            scheduler = ASHAScheduler(time_attr=options.time_attr, max_t=max_t + 1, grace_period=grace,
-                                      reduction_factor=options.reduction_factor)
+            scheduler = ASHAScheduler(time_attr=time_attr, max_t=max_t + 1, grace_period=grace,
+                                      reduction_factor=options.reduction_factor, metric=metric, mode=mode)
         else:
             scheduler = FIFOScheduler()
         write_text(join_uri(experiment_uri, REQUEST_FILE), json.dumps(record, indent=1))
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
-                metric=metric, mode=mode, search_alg=_searcher(space, metric, mode, options),
+                # The searcher (single or multi-objective) and ASHA carry their own metric and mode.
+                metric=None if options.objectives or options.scheduler == "asha" else metric,
+                mode=None if options.objectives or options.scheduler == "asha" else mode,
+                search_alg=_searcher(space, metric, mode, options),
                 scheduler=scheduler, num_samples=options.num_samples,
                 max_concurrent_trials=options.max_concurrent_trials,
                 trial_name_creator=_trial_dirname, trial_dirname_creator=_trial_dirname),
             run_config=tune.RunConfig(
                 name=options.name, storage_path=storage, verbose=0,
                 failure_config=tune.FailureConfig(max_failures=options.max_failures),
-                callbacks=[_progress_callback()(metric, options.time_attr)]))
+                callbacks=[progress]))
     grid = tuner.fit()
     return TuneRun(result_grid=grid, experiment_uri=experiment_uri, metric=metric, mode=mode, restored=restored)
 

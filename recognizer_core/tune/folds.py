@@ -1,0 +1,92 @@
+"""Cross-validation folds for small datasets, grouped by source video: the windows of one video never sit on
+both sides of a fold. The folds are written as a *view* of the prepared skeleton store (its Parquet files
+linked, a `_dataset.json` whose `split_map` names `cv<k>_train` / `cv<k>_val`, `trainval` and `test`), so
+the training loader selects them by split name like any other split: no change to the data code."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from collections import Counter, defaultdict
+from pathlib import Path
+
+from recognizer_core.skeleton.store import DATASET_JSON, SkeletonDataset
+
+TRAINVAL = "trainval"
+
+
+def assign_folds(groups: list[str], labels: list[int], k: int, seed: int = 0) -> list[int]:
+    """Fold of each row: whole groups (source videos) go to one fold; groups are placed largest first, each on
+    the fold that has fewest rows of the group's majority label (then fewest rows), so folds stay balanced in
+    size and class mix. Deterministic for a seed."""
+    if k < 2:
+        raise ValueError(f"folds must be >= 2, got {k}")
+    rows: dict[str, list[int]] = defaultdict(list)
+    for i, g in enumerate(groups):
+        rows[g].append(i)
+    if len(rows) < k:
+        raise ValueError(f"{len(rows)} source video(s) cannot make {k} folds grouped by video")
+    order = sorted(rows)
+    random.Random(seed).shuffle(order)
+    order.sort(key=lambda g: -len(rows[g]))  # stable: equal sizes keep the seeded order
+    per_label = [Counter() for _ in range(k)]
+    size = [0] * k
+    fold_of = [0] * len(groups)
+    for g in order:
+        major = Counter(labels[i] for i in rows[g]).most_common(1)[0][0]
+        f = min(range(k), key=lambda j: (per_label[j][major], size[j], j))
+        for i in rows[g]:
+            fold_of[i] = f
+            per_label[f][labels[i]] += 1
+        size[f] += len(rows[g])
+    return fold_of
+
+
+def write_fold_store(dataset_path: str | Path, out_dir: str | Path, k: int, *, seed: int = 0,
+                     train_split: str = "train", val_split: str = "val", test_split: str = "test") -> dict:
+    """Write the fold view of `dataset_path` (train + val pooled, then split into k folds by source video)
+    into `out_dir`; returns {path, folds: [{train, val, val_videos}], trainval, test}. Idempotent."""
+    src = SkeletonDataset(dataset_path)
+    pool = [src.index(s, columns=["clip_id", "label", "source_video"]) for s in (train_split, val_split)]
+    ids = [x for t in pool for x in t["clip_id"].to_pylist()]
+    labels = [int(x) for t in pool for x in t["label"].to_pylist()]
+    # A clip without a recorded video is its own group (nothing says it shares a video with another clip).
+    groups = [v or f"clip:{c}" for t in pool for c, v in zip(t["clip_id"].to_pylist(), t["source_video"].to_pylist())]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"{dataset_path}: clips listed in both {train_split!r} and {val_split!r}; folds need "
+                         "each clip once")
+    fold_of = assign_folds(groups, labels, k, seed)
+    test_ids = src.index(test_split, columns=["clip_id"])["clip_id"].to_pylist()
+    split_map: dict[str, list[str]] = {TRAINVAL: ids, "test": test_ids}
+    info_folds = []
+    for f in range(k):
+        split_map[f"cv{f}_train"] = [c for c, j in zip(ids, fold_of) if j != f]
+        split_map[f"cv{f}_val"] = [c for c, j in zip(ids, fold_of) if j == f]
+        info_folds.append({"train": len(split_map[f"cv{f}_train"]), "val": len(split_map[f"cv{f}_val"]),
+                           "val_videos": len({g for g, j in zip(groups, fold_of) if j == f})})
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for f in src.files:  # the view links the source's Parquet files (same names, as _dataset.json lists them)
+        link = out / Path(f).name
+        if not link.exists():
+            try:
+                os.link(f, link)
+            except OSError:
+                shutil.copy2(f, link)
+    info = dict(src.info)
+    info["split_map"] = split_map
+    info["splits"] = {s: len(v) for s, v in split_map.items()}
+    info["metadata"] = {**dict(info.get("metadata") or {}),
+                        "folds": {"k": k, "seed": seed, "grouped_by": "source_video", "source": str(dataset_path)}}
+    info.setdefault("files", [{"name": Path(f).name, "num_rows": None} for f in src.files])
+    tmp = out / f".{DATASET_JSON}.tmp"
+    tmp.write_text(json.dumps(info, indent=1))
+    os.replace(tmp, out / DATASET_JSON)
+    return {"path": str(out), "folds": info_folds, TRAINVAL: len(ids), "test": len(test_ids)}
+
+
+def fold_overrides(store: str, k: int) -> list[dict]:
+    """The data overrides of fold f's training run."""
+    return [{"data.path": store, "data.train_split": f"cv{f}_train", "data.val_split": f"cv{f}_val"}
+            for f in range(k)]

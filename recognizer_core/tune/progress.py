@@ -1,0 +1,67 @@
+"""The console of a search: a steady `[tune] progress` line (done / running / pending, best so far, elapsed,
+time left) every `interval_s` from the first minute, plus one line per measured report and per finished or
+errored trial. A Ray Tune Callback, so it works the same in `ray job logs` and a terminal."""
+from __future__ import annotations
+
+import time
+
+from ray.tune import Callback
+
+from recognizer_core.tune.records import finite
+from recognizer_core.tune.reports import ROUND_KEY, estimate_left, progress_line
+
+SHOWN = ("val/acc_top1", "val/mean_class_accuracy", "val/AP", "val/loss", "train/loss")
+
+
+class SearchProgress(Callback):
+    def __init__(self, metric: str, mode: str, total: int, concurrency: int, max_epochs: int | None,
+                 interval_s: float = 30.0, extra_shown: tuple[str, ...] = ()):
+        self.metric, self.mode, self.total, self.concurrency = metric, mode, total, concurrency
+        self.max_epochs, self.interval_s, self.extra_shown = max_epochs, interval_s, extra_shown
+        self.start = time.time()
+        self.last_print = -1e9
+        self.best: tuple[str, float] | None = None
+        self.epochs: dict[str, int] = {}
+        self.started: dict[str, float] = {}
+        self.finished_s: list[float] = []
+
+    # Called on every step of Tune's event loop: print when the interval has passed.
+    def on_step_begin(self, iteration, trials, **info):
+        now = time.time()
+        if now - self.last_print < self.interval_s:
+            return
+        self.last_print = now
+        counts: dict[str, int] = {}
+        for t in trials:
+            counts[t.status] = counts.get(t.status, 0) + 1
+            if t.status == "RUNNING":
+                self.started.setdefault(t.trial_id, now)
+        running = [t.trial_id for t in trials if t.status == "RUNNING"]
+        pending = max(0, self.total - sum(counts.get(s, 0) for s in ("TERMINATED", "ERROR")) - len(running))
+        elapsed = {t: now - self.started[t] for t in running if t in self.started}
+        left = estimate_left(self.epochs, elapsed, self.finished_s, running, pending, self.max_epochs,
+                             self.concurrency)
+        print(progress_line(counts, self.total, self.best, self.metric, now - self.start, left), flush=True)
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.started[trial.trial_id] = time.time()
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if finite(result.get("epoch")):
+            self.epochs[trial.trial_id] = int(result["epoch"])
+        value = result.get(self.metric)
+        if finite(value) and (self.best is None or (value > self.best[1] if self.mode == "max" else value < self.best[1])):
+            self.best = (trial.trial_id, float(value))
+        # Only measured values are printed: an epoch without validation shows no val/* at all.
+        shown = {k: result[k] for k in (self.metric, *SHOWN, *self.extra_shown) if finite(result.get(k))}
+        text = " ".join(f"{k}={v:.4g}" for k, v in shown.items())
+        rnd = f" {ROUND_KEY}={result[ROUND_KEY]}" if ROUND_KEY in result and any(k.startswith("val/") for k in shown) else ""
+        print(f"[tune] trial {trial.trial_id} epoch={result.get('epoch')} {text}{rnd}", flush=True)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.finished_s.append(time.time() - self.started.get(trial.trial_id, self.start))
+        print(f"[tune] trial {trial.trial_id} finished", flush=True)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        print(f"[tune] trial {trial.trial_id} ERRORED (reported in the results table; the search goes on)",
+              flush=True)

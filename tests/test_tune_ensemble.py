@@ -1,0 +1,60 @@
+"""Multi-stream fusion: weights chosen on validation only, the fused scores, and one stream's per-clip scores
+computed in-process with the training code's data path (the same clip order for every stream)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from recognizer_core.tune.ensemble import (accuracy, choose_weights, ensemble_report, fuse, simplex,
+                                           stream_scores)
+
+
+def _probs(pred: list[int], k: int = 2, conf: float = 0.8) -> np.ndarray:
+    out = np.full((len(pred), k), (1 - conf) / (k - 1))
+    out[np.arange(len(pred)), pred] = conf
+    return out
+
+
+def test_weights_from_validation_and_fused_scores(tmp_path):
+    labels = np.array([0, 0, 1, 1, 0, 1])
+    # Stream a is right on clips 0-3, stream b on 2-5; a confident wrong b on clip 0/1 must be outvoted.
+    a = _probs([0, 0, 1, 1, 1, 0], conf=0.9)
+    b = _probs([1, 1, 1, 1, 0, 1], conf=0.6)
+    assert len(simplex(2, 0.1)) == 11 and all(abs(sum(w) - 1) < 1e-9 for w in simplex(4, 0.25))
+    w, val = choose_weights([a, b], labels)
+    assert val == accuracy(fuse([a, b], w), labels) >= max(accuracy(a, labels), accuracy(b, labels))
+    # Among equally good weights the one nearest equal weights wins (no arbitrary corner on small val sets).
+    same = _probs([0, 0, 1, 1, 0, 1])
+    assert choose_weights([same, same], labels)[0] == (0.5, 0.5)
+    report = ensemble_report({"a": {"val": (a, labels), "test": (a, labels), "model": "a.pth"},
+                              "b": {"val": (b, labels), "test": (b, labels), "model": "b.pth"}}, tmp_path)
+    saved = json.loads((tmp_path / "ensemble.json").read_text())
+    assert saved["weights"] == {"a": w[0], "b": w[1]} and saved["weights_chosen_on"] == "val"
+    assert report["test"]["fused"] == val and report["test"]["a"] == pytest.approx(4 / 6)
+    with pytest.raises(ValueError, match="validation clips differ"):
+        ensemble_report({"a": {"val": (a, labels), "model": "a"}, "b": {"val": (b, labels[::-1]), "model": "b"}},
+                        tmp_path)
+
+
+def test_stream_scores_in_process(tmp_path):
+    import torch
+
+    from recognizer_core.config import load_config
+    from recognizer_core.models.recognizer import build_recognizer
+    from recognizer_core.skeleton.demo_data import write_demo_dataset
+    from recognizer_core.train.config import TrainJobConfig
+    from recognizer_core.train.state import save_training_state
+
+    data = write_demo_dataset("fight", tmp_path / "demo", num_clips=24, seed=0)
+    scores = {}
+    for feats in ("j", "b"):
+        cfg = load_config(TrainJobConfig, None, [f"data.path={data}", f"pipeline.feats=[{feats}]",
+                                                 "model.base_channels=16", "pipeline.clip_len=8"])
+        torch.manual_seed(0)
+        save_training_state(tmp_path / feats, model=build_recognizer(cfg.model), epoch=1)
+        scores[feats] = stream_scores(cfg, tmp_path / feats, data, "val")
+    (pj, yj, ij), (pb, yb, ib) = scores["j"], scores["b"]
+    assert pj.shape == pb.shape == (len(ij), 2) and np.allclose(pj.sum(1), 1, atol=1e-5)
+    assert ij == ib and np.array_equal(yj, yb) and not np.allclose(pj, pb)  # same clips, different streams
