@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from recognizer_core.models.gcn_blocks import UnitGCN
+from recognizer_core.recognize.spec import sidecar_path
 from recognizer_core.storage import atomic_write
 
 OPSET = 17  # runs on onnxruntime >= 1.14 and TensorRT 8.6+
@@ -89,10 +90,6 @@ def check_onnx_parity(model: torch.nn.Module, onnx_path: str | Path, x: torch.Te
         ref = model.eval()(x).numpy()
     out = onnx_session(onnx_path).run([OUTPUT], {INPUT: x.numpy().astype(np.float32)})[0]
     return float(np.abs(out - ref).max())
-
-
-def sidecar_path(onnx_path: str | Path) -> Path:
-    return Path(onnx_path).with_suffix(".json")
 
 
 def write_sidecar(onnx_path: str | Path, spec: dict) -> Path:

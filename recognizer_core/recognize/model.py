@@ -20,7 +20,7 @@ from typing import Protocol, Sequence
 import numpy as np
 
 from recognizer_core.config import load_config
-from recognizer_core.recognize.spec import ClassThreshold, ModelSpec
+from recognizer_core.recognize.spec import ClassThreshold, ModelSpec, sidecar_path
 from recognizer_core.skeleton.transforms import PipelineConfig, test_sample
 
 log = logging.getLogger("recognizer")
@@ -166,8 +166,6 @@ def load_recognizer(path: str | Path, *, model_config: str | Path | None = None,
     """A ready-to-score model from any of the forms in the module docstring."""
     path = Path(path).expanduser()
     if path.suffix == ".onnx":
-        from recognizer_core.export.onnx import sidecar_path
-
         if not path.is_file():
             raise FileNotFoundError(f"{path}: ONNX model not found")
         return OnnxRecognizer(path, ModelSpec.read(sidecar_path(path)), threads=threads)

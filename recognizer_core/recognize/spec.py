@@ -18,6 +18,11 @@ from recognizer_core.skeleton.transforms import PipelineConfig
 SIDECAR_FORMAT = "recognizer-model/1"
 
 
+def sidecar_path(onnx_path: str | Path) -> Path:
+    """<model>.onnx -> <model>.json"""
+    return Path(onnx_path).with_suffix(".json")
+
+
 class ClassThreshold(StrictModel):
     on: float = Field(0.5, ge=0, le=1, description="an event starts when the class score reaches this")
     off: float | None = Field(None, ge=0, le=1, description="and ends when it drops below this "
