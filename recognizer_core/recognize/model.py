@@ -162,13 +162,15 @@ def _mmaction_py_pipeline(text: str, source: str) -> PipelineConfig:
 
 
 def load_recognizer(path: str | Path, *, model_config: str | Path | None = None,
-                    label_names: Sequence[str] | None = None, device: str = "cpu", threads: int = 0) -> Recognizer:
-    """A ready-to-score model from any of the forms in the module docstring."""
+                    label_names: Sequence[str] | None = None, device: str = "cpu", threads: int = 0,
+                    spec: ModelSpec | None = None) -> Recognizer:
+    """A ready-to-score model from any of the forms in the module docstring. `spec` (already resolved, e.g. on
+    the driver) skips reading the training data for it."""
     path = Path(path).expanduser()
     if path.suffix == ".onnx":
         if not path.is_file():
             raise FileNotFoundError(f"{path}: ONNX model not found")
-        return OnnxRecognizer(path, ModelSpec.read(sidecar_path(path)), threads=threads)
+        return OnnxRecognizer(path, spec or ModelSpec.read(sidecar_path(path)), threads=threads)
     if path.is_dir():
         cfg_file, pth = resolve_model_folder(path)
     elif path.suffix == ".pth":
@@ -178,10 +180,11 @@ def load_recognizer(path: str | Path, *, model_config: str | Path | None = None,
         cfg_file, pth = Path(model_config), path
     else:
         raise FileNotFoundError(f"{path}: not a run folder, Tune summary, .pth or .onnx model")
-    return _torch_recognizer(cfg_file, pth, label_names, device, threads)
+    return _torch_recognizer(cfg_file, pth, label_names, device, threads, spec)
 
 
-def _torch_recognizer(cfg_file: Path, pth: Path, label_names, device: str, threads: int) -> TorchRecognizer:
+def _torch_recognizer(cfg_file: Path, pth: Path, label_names, device: str, threads: int,
+                      given: ModelSpec | None = None) -> TorchRecognizer:
     import torch
 
     from recognizer_core.models.checkpoint import infer_model_config, load_mmaction_checkpoint, \
@@ -205,7 +208,7 @@ def _torch_recognizer(cfg_file: Path, pth: Path, label_names, device: str, threa
     else:
         cfg = load_config(TrainJobConfig, cfg_file)
         model_cfg = cfg.model
-        spec = spec_from_train_config(cfg, names, source)
+        spec = given or spec_from_train_config(cfg, names, source)
     net = build_recognizer(model_cfg)
     load_mmaction_checkpoint(net, pth)
     return TorchRecognizer(net, spec, str(pth), device)
