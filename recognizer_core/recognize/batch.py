@@ -62,23 +62,25 @@ class RecognizerActor:
         return key, res
 
 
-def pose_plan(items: list[dict], pose: PoseModelConfig, decode: DecodeConfig, pose_actors: int):
+def pose_plan(items: list[dict], pose: PoseModelConfig, decode: DecodeConfig, pose_actors: int, cpus: float):
     """The extraction job's Ray Data plan: shards -> decode (CPU tasks) -> RTMO (actor pool)."""
     import ray
 
     size = tuple(pose.model_input_size)
     ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
-    ds = ds.flat_map(plan_video, fn_kwargs={"decode": decode})
-    ds = ds.map_batches(decode_shard, batch_size=1, batch_format="numpy",
+    ds = ds.flat_map(plan_video, fn_kwargs={"decode": decode}, num_cpus=cpus)
+    ds = ds.map_batches(decode_shard, batch_size=1, batch_format="numpy", num_cpus=cpus,
                         fn_kwargs={"decode": decode, "input_size": size}, memory=512 * 1024 * 1024)
     return ds.map_batches(PoseInference, fn_constructor_kwargs={"model_cfg": pose}, batch_size=pose.batch_size,
-                          batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=pose_actors))
+                          batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=pose_actors), num_cpus=cpus)
 
 
 def run_batch(*, inputs: str, out: str | Path, model: str, model_config: str | None, spec, cfg: RecognizeConfig,
               pose: PoseModelConfig, decode: DecodeConfig = DecodeConfig(), tracking: TrackingConfig = TrackingConfig(),
-              pose_actors: int = 1, recognizer_actors: int = 1, threads: int = 1, verbose: bool = True) -> dict:
-    """Recognize every video not yet done; returns the summary (also written as summary.json)."""
+              pose_actors: int = 1, recognizer_actors: int = 1, threads: int = 1, cpus: float = 0.5,
+              verbose: bool = True) -> dict:
+    """Recognize every video not yet done; returns the summary (also written as summary.json). `cpus`: CPUs
+    reserved per decode task / pose actor / recognizer actor (threads are set separately)."""
     import ray
     from ray.util import ActorPool
 
@@ -91,7 +93,7 @@ def run_batch(*, inputs: str, out: str | Path, model: str, model_config: str | N
     events_by_video: dict[str, list] = {}
     frames, windows, t0 = 0, 0, time.time()
     if todo:
-        actor_cls = ray.remote(num_cpus=1)(RecognizerActor)
+        actor_cls = ray.remote(num_cpus=cpus)(RecognizerActor)
         model = to_uri(model)
         model_config = to_uri(model_config) if model_config else None
         pool = ActorPool([actor_cls.remote(model, model_config, spec.model_dump_json(), cfg.model_dump_json(), threads)
@@ -113,7 +115,7 @@ def run_batch(*, inputs: str, out: str | Path, model: str, model_config: str | N
                 print(f"[recognize] {sum(counts.values())}/{len(todo)} done   {v.rel_path}: {len(res.events)} "
                       f"event(s) {[f'{e.label} {e.start_s:.1f}-{e.end_s:.1f}s' for e in res.events]}", flush=True)
 
-        for batch in pose_plan(items, pose, decode, pose_actors).iter_batches(batch_size=None, batch_format="numpy"):
+        for batch in pose_plan(items, pose, decode, pose_actors, cpus).iter_batches(batch_size=None, batch_format="numpy"):
             for i in range(len(batch["video_id"])):
                 row = {k: val[i] for k, val in batch.items()}
                 vid = str(row["video_id"])
