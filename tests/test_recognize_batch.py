@@ -35,7 +35,8 @@ def test_batch_mode_events_per_video_bad_video_recorded_and_resume(ray_local, tm
     spec = effective_spec(rec.spec, cfg)
     pose = PoseModelConfig(onnx={"model_path": str(build_fake_rtmo(tmp_path / "rtmo.onnx")),
                                  "intra_op_num_threads": 1}, batch_size=8)
-    kw = dict(inputs=str(videos), out=tmp_path / "out", model=str(run), model_config=None, spec=spec, cfg=cfg,
+    kw = dict(inputs=str(videos), out=tmp_path / "out", model=str(run), model_config=None, spec=spec,
+              cfg=cfg.model_copy(update={"overlay": True}),
               pose=pose, decode=DecodeConfig(shard_frames=60, frames_per_block=8),
               tracking=TrackingConfig(min_track_len=3), verbose=False)
     s = run_batch(**kw)
@@ -48,6 +49,7 @@ def test_batch_mode_events_per_video_bad_video_recorded_and_resume(ray_local, tm
     events = [json.loads(x) for x in (out / "two_people.mp4.events.jsonl").read_text().splitlines()]
     assert len(events) == 1 and events[0]["label"] == "Fight" and events[0]["track_ids"] == [0, 1]
     assert (out / "two_people.mp4.timeline.png").is_file()
+    assert (out / "two_people.mp4.overlay.mp4").stat().st_size > 1000  # skeletons + label per window, PyAV
     done = [json.loads(x) for x in (out / "done.jsonl").read_text().splitlines()]
     assert {d["rel_path"] for d in done} <= {"Fight/two_people.mp4", "Fight/fi001.mp4", "NonFight/nofi001.mp4"}
     again = run_batch(**kw)  # resumable: nothing is redone, the bad video stays recorded

@@ -101,10 +101,17 @@ def run_batch(*, inputs: str, out: str | Path, model: str, model_config: str | N
         items = [{"video_id": v.video_id, "uri": v.uri, "size": v.size} for v in todo]
         assemblers: dict[str, VideoAssembler] = {}
 
+        clips: dict = {}  # video id -> tracked clip, kept only when an overlay is asked for
+
         def record(key, res) -> None:
             nonlocal windows
             v = by_id[key]
             files = write_video_outputs(out, v.rel_path, res.windows, res.probs, res.events, spec, cfg.timeline)
+            if key in clips:
+                from recognizer_core.recognize.overlay import render_recognition_overlay
+
+                render_recognition_overlay(clips.pop(key), v.uri, res.windows, res.probs, spec,
+                                           out / f"{safe_name(v.rel_path)}.overlay.mp4")
             manifest.record(DONE, v.key, uri=v.uri, rel_path=v.rel_path, video_id=v.video_id,
                             output=os.path.basename(files["events_jsonl"]), events=len(res.events),
                             windows=len(res.windows))
@@ -124,7 +131,7 @@ def run_batch(*, inputs: str, out: str | Path, model: str, model_config: str | N
                 if not asm.complete:
                     continue
                 del assemblers[vid]
-                status = _submit(pool, by_id[vid], asm, tracking, manifest)
+                status = _submit(pool, by_id[vid], asm, tracking, manifest, clips if cfg.overlay else None)
                 frames += len(asm.frames)
                 if status != DONE:
                     counts[status] += 1
@@ -155,7 +162,7 @@ def run_batch(*, inputs: str, out: str | Path, model: str, model_config: str | N
     return {**summary, "events": events_by_video}
 
 
-def _submit(pool, v: VideoSource, asm: VideoAssembler, tracking: TrackingConfig, manifest) -> str:
+def _submit(pool, v: VideoSource, asm: VideoAssembler, tracking: TrackingConfig, manifest, keep=None) -> str:
     base = {"uri": v.uri, "rel_path": v.rel_path, "video_id": v.video_id}
     if asm.errors:
         manifest.record(FAILED, v.key, **base, reason=asm.errors[0])
@@ -170,6 +177,8 @@ def _submit(pool, v: VideoSource, asm: VideoAssembler, tracking: TrackingConfig,
         return EMPTY
     clip = make_video_clip(tracked, clip_id=v.video_id, label=0, label_name="", split="", source_video=v.uri,
                            image_hw=asm.image_hw, fps=asm.fps, stride=asm.stride)
+    if keep is not None:
+        keep[v.video_id] = clip
     pool.submit(lambda actor, c: actor.recognize.remote(v.video_id, c), clip)
     return DONE
 
