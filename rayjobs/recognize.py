@@ -3,8 +3,8 @@
     python rayjobs/recognize.py                                   # embedded demo: newest local model (or train
                                                                   # the fight_demo one) on a synthetic scene
     python rayjobs/recognize.py --model work_dirs/fight_demo --input outputs/poses        # extracted skeletons
-    python rayjobs/recognize.py --model exports/fight.onnx --input /data/videos --pose-model rtmo-s \
-        --labels /data/videos --output outputs/recognize                                  # videos + evaluation
+    python rayjobs/recognize.py --model exports/fight.onnx --input /data/videos --pose-model rtmo-s
+                                --labels /data/videos --output outputs/recognize    # videos + evaluation
     python rayjobs/recognize.py --model exports/fight.onnx --stream rtsp://cam/1 --pose-model rtmo-s
 
 --model: a training run folder, a Tune summary, a .pth (+ --model-config) or an exported .onnx (+ sidecar).

@@ -98,3 +98,35 @@ def test_window_scores_on_parquet_equal_the_test_job_path(tmp_path):
     assert ours.shape == ref.shape == (len(clips), 2)
     assert ref[:, 1].std() > 1e-4  # scores differ per clip by far more than the tolerance
     np.testing.assert_allclose(ours, ref, atol=1e-7, rtol=1e-5)
+
+
+def test_model_forms_tune_summary_and_mmaction_pth_with_py_config(tmp_path):
+    import shutil
+
+    from recognizer_core.models.checkpoint import mmaction_config_text
+    from recognizer_core.skeleton.store import SkeletonDataset
+
+    run, cfg = make_run_folder(tmp_path)
+    pth = next(run.glob("best_*.pth"))
+    summary = tmp_path / "exp" / "summary"  # a Tune experiment: <exp>/summary/best_config.yaml + best .pth
+    summary.mkdir(parents=True)
+    shutil.copy(run / "config.yaml", summary / "best_config.yaml")
+    shutil.copy(pth, summary / pth.name)
+    clip = next(iter(SkeletonDataset(cfg.data.path).iter_clips("train", copy=True)))
+    ref = load_recognizer(run)
+    x = ref.prepare([clip])
+    for model in (tmp_path / "exp", summary):
+        np.testing.assert_array_equal(load_recognizer(model).predict(x), ref.predict(x))
+    py = tmp_path / "stgcnpp.py"  # an mmaction2 config: the test pipeline is the last one written
+    py.write_text(mmaction_config_text(cfg.model) + "train_pipeline = [dict(type='UniformSampleFrames', clip_len=100)]\n"
+                  "test_pipeline = [dict(type='GenSkeFeat', dataset='coco', feats=['j', 'b']), "
+                  "dict(type='UniformSampleFrames', clip_len=24, num_clips=2, test_mode=True), "
+                  "dict(type='FormatGCNInput', num_person=2)]\n")
+    mm = load_recognizer(pth, model_config=py)
+    assert mm.spec.label_names == ["NonFight", "Fight"]  # from the checkpoint's meta
+    assert mm.spec.pipeline.model_dump() == ref.spec.pipeline.model_dump()
+    np.testing.assert_allclose(mm.predict(x), ref.predict(x), atol=1e-6)
+    with pytest.raises(ValueError, match="needs its config"):
+        load_recognizer(pth)
+    with pytest.raises(FileNotFoundError, match="not a run folder"):
+        load_recognizer(tmp_path / "dataset")
