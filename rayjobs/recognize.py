@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         return run_stream_cli(rec, spec, cfg, args)
     if demo:
         from recognizer_core.recognize.demo import side_by_side
-        from recognizer_core.recognize.evaluation import evaluate
+        from recognizer_core.recognize.evaluation import evaluate, video_stem
         from recognizer_core.skeleton.demo_sequence import make_demo_sequence
 
         clip, truth = make_demo_sequence()
@@ -125,8 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         result = run_skeletons(rec, spec, cfg, [clip], out, truth)
         events = result["events"][clip.source_video]
         print(side_by_side(events, truth, spec.label_names))
-        report = evaluate(result["events"], {}, {"sequence": truth}, spec.label_names, spec.background_class)
-        report["events"]["per_class"] = {k: v for k, v in report["events"]["per_class"].items()}
+        report = evaluate(result["events"], {}, {video_stem(clip.source_video): truth}, spec.label_names,
+                          spec.background_class)
         print(json.dumps({"events": len(events), "true_events": len(truth),
                           "event_level": report["events"], "output": str(out)}))
         return 0

@@ -20,7 +20,7 @@ from recognizer_core.recognize.events import Event
 from recognizer_core.recognize.outputs import safe_name
 
 
-def _stem(video: str) -> str:
+def video_stem(video: str) -> str:
     return Path(safe_name(video)).stem
 
 
@@ -34,13 +34,13 @@ def read_labels(source: str | Path, label_names: Sequence[str]) -> tuple[dict[st
         from recognizer_core.pose.sources import list_videos
 
         for v in list_videos(SourceConfig(input=str(source))):
-            labels[_stem(v.rel_path)] = v.label_name
+            labels[video_stem(v.rel_path)] = v.label_name
     elif source.is_file():
         rows = list(csv.DictReader(io.StringIO(source.read_text(encoding="utf-8-sig"))))
         if not rows or not {"video", "label"} <= set(rows[0]):
             raise ValueError(f"{source}: labels CSV needs a header with columns video,label[,start_s,end_s]")
         for line, row in enumerate(rows, start=2):
-            stem, label = _stem(row["video"].strip()), row["label"].strip()
+            stem, label = video_stem(row["video"].strip()), row["label"].strip()
             if label not in label_names:
                 raise ValueError(f"{source}:{line}: label {label!r} is not one of the model's {list(label_names)}")
             if (row.get("start_s") or "").strip():
@@ -90,7 +90,7 @@ def evaluate(events_by_video: dict[str, list[Event]], labels: dict[str, str], in
              label_names: Sequence[str], background: int | None, iou: float = 0.5) -> dict:
     """The report (JSON-able); videos without a label are listed, not scored."""
     names = list(label_names)
-    preds = {_stem(v): video_prediction(ev, names, background) for v, ev in events_by_video.items()}
+    preds = {video_stem(v): video_prediction(ev, names, background) for v, ev in events_by_video.items()}
     scored = sorted(set(preds) & set(labels))
     cm = np.zeros((len(names), len(names)), int)
     for v in scored:
@@ -103,7 +103,7 @@ def evaluate(events_by_video: dict[str, list[Event]], labels: dict[str, str], in
         report["precision"][n] = float(cm[c, c] / cm[:, c].sum()) if cm[:, c].sum() else float("nan")
         report["recall"][n] = float(cm[c, c] / cm[c].sum()) if cm[c].sum() else float("nan")
     if intervals:
-        stems = {_stem(v): ev for v, ev in events_by_video.items()}
+        stems = {video_stem(v): ev for v, ev in events_by_video.items()}
         per: dict = {}
         for n in (names[c] for c in range(len(names)) if c != background):
             tp = fp = fn = 0
