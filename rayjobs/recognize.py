@@ -103,6 +103,15 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.output)
     try:
         rec = load_recognizer(model, model_config=args.model_config, threads=args.threads)
+        if cfg.calibrate_precision:
+            from recognizer_core.recognize.calibrate import calibrate_thresholds
+
+            data = rec.spec.source.get("training_data", "")
+            if not Path(data).is_dir():
+                raise ValueError(f"calibrate_precision: the model's training data is not here ({data!r})")
+            th, report = calibrate_thresholds(rec, data, "val", cfg.calibrate_precision)
+            rec.spec = rec.spec.model_copy(update={"thresholds": th})
+            print(f"[recognize] thresholds calibrated on the validation split: {json.dumps(report)}", flush=True)
         spec = effective_spec(rec.spec, cfg)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)

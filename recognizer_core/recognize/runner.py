@@ -32,6 +32,9 @@ class RecognizeConfig(StrictModel):
                                                                          "(overrides the model's)")
     hysteresis: float | None = Field(None, ge=0, le=1, description="off = on - hysteresis (default: the model's)")
     min_duration_s: float | None = Field(None, ge=0, description="drop shorter events (default: the model's)")
+    calibrate_precision: float | None = Field(
+        None, gt=0, le=1, description="set thresholds to the lowest reaching this precision on the validation "
+                                      "split of the model's training data (run folders; exports store theirs)")
     timeline: bool = Field(True, description="write a timeline PNG per video")
     overlay: bool = Field(False, description="write an overlay mp4 per video (video input only)")
 
