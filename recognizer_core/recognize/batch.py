@@ -13,6 +13,7 @@ one-place fix.
 """
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -25,7 +26,7 @@ from recognizer_core.pose.tracking import track_poses
 from recognizer_core.recognize.outputs import safe_name, write_video_outputs
 from recognizer_core.recognize.runner import RecognizeConfig, recognize_clip
 from recognizer_core.recognize.windows import Window
-from recognizer_core.storage import to_uri
+from recognizer_core.storage import to_uri, write_text
 
 
 def is_skeleton_input(path: str) -> bool:
@@ -155,9 +156,6 @@ def run_batch(*, inputs: str, out: str | Path, model: str, model_config: str | N
                "seconds": round(elapsed, 2), "frames_per_s": round(frames / elapsed, 1) if frames else 0.0,
                "failures": [{"rel_path": r.get("rel_path"), "reason": r.get("reason")}
                             for r in manifest.records[FAILED].values()]}
-    from recognizer_core.storage import write_text
-    import json
-
     write_text(out / "summary.json", json.dumps(summary, indent=1))
     return {**summary, "events": events_by_video}
 
