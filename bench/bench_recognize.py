@@ -69,11 +69,16 @@ def skeleton_bench(work: Path, runs: int, threads: int) -> dict:
     pth = next(run.glob("best_*.pth"))
     export_mmaction_checkpoint(build_recognizer(cfg.model).eval(), pth, cfg=cfg.model, classes=["NonFight", "Fight"])
     rec = load_recognizer(run)
+    sys.path.insert(0, str(REPO / "rayjobs"))
+    from export_model import export
+
+    export(str(run), str(work / "model.onnx"))
+    onnx_rec = load_recognizer(work / "model.onnx", threads=threads)
     rcfg = RecognizeConfig()
     spec = effective_spec(rec.spec, rcfg)
     clip, _ = make_demo_sequence()
     windows = make_windows_for(clip, spec, rcfg.stride_s)
-    ours, mm = [], []
+    ours, ours_onnx, mm = [], [], []
     mm_ok = MMACTION_PY.exists()
     if mm_ok:
         annos = [dict(keypoint=w.clip.keypoint, keypoint_score=w.clip.keypoint_score, img_shape=w.clip.img_shape,
@@ -82,10 +87,15 @@ def skeleton_bench(work: Path, runs: int, threads: int) -> dict:
         (work / "windows.pkl").write_bytes(pickle.dumps(annos))
         (work / "mm_config.py").write_text(_mm_config(cfg.model, PIPE))
     recognize_clip(rec, clip, spec, rcfg)  # warm-up (oneDNN primitives), as the mmaction2 worker does
+    recognize_clip(onnx_rec, clip, spec, rcfg)
     for _ in range(runs):
         t0 = time.perf_counter()
         res = recognize_clip(rec, clip, spec, rcfg)
         ours.append(len(res.windows) / (time.perf_counter() - t0))
+        t0 = time.perf_counter()
+        res_onnx = recognize_clip(onnx_rec, clip, spec, rcfg)
+        ours_onnx.append(len(res.windows) / (time.perf_counter() - t0))
+        onnx_diff = float(np.abs(res_onnx.probs - res.probs).max())
         if mm_ok:
             out = subprocess.run([str(MMACTION_PY), str(REPO / "bench/mmaction_recognize_worker.py"),
                                   str(work / "mm_config.py"), str(pth), str(work / "windows.pkl"), str(threads)],
@@ -97,10 +107,13 @@ def skeleton_bench(work: Path, runs: int, threads: int) -> dict:
             mm.append(r["n"] / r["seconds"])
             diff = float(np.abs(np.array(r["scores"]) - res.probs).max())
     out = {"windows": len(windows), "window_s": round(spec.window_s, 2), "clip_len": PIPE["clip_len"],
-           "ours_windows_per_s": round(median(ours), 1), "ours_runs": [round(x, 1) for x in ours]}
+           "batch_size": rcfg.batch_size, "ours_windows_per_s": round(median(ours), 1),
+           "ours_runs": [round(x, 1) for x in ours], "ours_onnx_windows_per_s": round(median(ours_onnx), 1),
+           "ours_onnx_runs": [round(x, 1) for x in ours_onnx], "onnx_vs_torch_max_abs_diff": onnx_diff}
     if mm_ok:
         out.update(mmaction2_windows_per_s=round(median(mm), 1), mmaction2_runs=[round(x, 1) for x in mm],
-                   ratio=round(median(ours) / median(mm), 2), max_abs_score_diff=diff)
+                   ratio=round(median(ours) / median(mm), 2), ratio_onnx=round(median(ours_onnx) / median(mm), 2),
+                   max_abs_score_diff=diff)
     else:
         out["mmaction2"] = f"not measured: {MMACTION_PY} missing (bash bench/setup_mmaction2_venv.sh)"
     return out
@@ -125,13 +138,13 @@ def video_bench(work: Path, threads: int) -> dict:
         a = linear_track((60 + 10 * i, 80), (140, 90), 250)
         b = linear_track((200, 150), (170, 140 - 10 * i), 250, first=10)
         write_marker_video(videos / f"v{i}.mp4", [a, b], side=12)
-    rec = load_recognizer(next(work.glob("run")))
+    rec = load_recognizer(work / "model.onnx", threads=threads)
     cfg = RecognizeConfig(timeline=False)
     spec = effective_spec(rec.spec, cfg)
     pose = PoseModelConfig(onnx={"model_path": str(build_fake_rtmo(work / "rtmo.onnx")),
                                  "intra_op_num_threads": threads}, batch_size=8)
     start_ray(job="bench_recognize", dashboard=False, num_cpus=2, log_to_driver=False)
-    s = run_batch(inputs=str(videos), out=work / "out", model=str(work / "run"), model_config=None, spec=spec,
+    s = run_batch(inputs=str(videos), out=work / "out", model=str(work / "model.onnx"), model_config=None, spec=spec,
                   cfg=cfg, pose=pose, decode=DecodeConfig(shard_frames=250), tracking=TrackingConfig(),
                   threads=threads, verbose=False)
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(videos))
