@@ -22,6 +22,7 @@ import numpy as np
 from recognizer_core.config import load_config
 from recognizer_core.recognize.spec import ClassThreshold, ModelSpec, sidecar_path
 from recognizer_core.skeleton.transforms import PipelineConfig, test_sample
+from recognizer_core.storage import to_uri
 
 log = logging.getLogger("recognizer")
 BEST_GLOB = "best_*_epoch_*.pth"
@@ -97,7 +98,7 @@ def training_clip_stats(cfg) -> tuple[float, int, str]:
         frames = np.asarray(table.column("total_frames"), float)
         fps = np.asarray(table.column("fps"), float)
         fps = fps[fps > 0]
-        return (float(np.median(fps)) if len(fps) else 30.0), int(np.median(frames)), str(path)
+        return (float(np.median(fps)) if len(fps) else 30.0), int(np.median(frames)), to_uri(path)
     except Exception as err:  # noqa: BLE001 - the spec still works, with the stated fallback
         log.warning("training data not readable (%s): window = clip_len %d frames at 30 fps", err,
                     cfg.pipeline.clip_len)
