@@ -71,7 +71,7 @@ def make_demo_sequence(script: Sequence[tuple[str, int, float]] = DEFAULT_SCRIPT
         m += c.num_person
     clip = SkeletonClip(
         clip_id=f"synthetic_sequence_{seed}", label=0, keypoint=kp, keypoint_score=sc, img_shape=(H, W),
-        total_frames=t, label_name="", source_video=f"synthetic://sequence/{seed}", fps=FPS,
+        total_frames=t, label_name="", source_video=f"synthetic://demo_sequence_{seed}", fps=FPS,
         track_ids=np.arange(M, dtype=np.int32), frame_inds=np.arange(t, dtype=np.int32),
         extra={"synthetic": True, "source_fps": FPS})
     return clip, truth
