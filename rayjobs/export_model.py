@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="output .onnx (the sidecar is written beside it as .json)")
     parser.add_argument("--model-config", help="config of a .pth: our training YAML or an mmaction2 .py")
     parser.add_argument("--calibrate-precision", type=float, help="thresholds at this validation precision")
-    parser.add_argument("--window-mode", choices=["scene", "track"], help="override the model's window mode")
+    parser.add_argument("--window-mode", choices=["scene", "track", "both"], help="override the model's window mode")
     parser.add_argument("--tolerance", type=float, default=1e-5,
                         help="max |logit diff| ONNX vs torch, relative to max(1, |logit|)")
     args = parser.parse_args(argv)

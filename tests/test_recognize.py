@@ -130,3 +130,27 @@ def test_model_forms_tune_summary_and_mmaction_pth_with_py_config(tmp_path):
         load_recognizer(pth)
     with pytest.raises(FileNotFoundError, match="not a run folder"):
         load_recognizer(tmp_path / "dataset")
+
+
+def test_both_window_kinds_fights_from_scene_windows_falls_from_track_windows():
+    from recognizer_core.recognize.events import detect_events
+    from recognizer_core.recognize.model import default_window_mode
+    from recognizer_core.recognize.spec import ModelSpec
+    from recognizer_core.skeleton.transforms import PipelineConfig
+
+    pipe = PipelineConfig(num_person=2)
+    assert default_window_mode(["Normal", "Fight", "Falldown"], pipe) == ("both", ["Falldown"])
+    assert default_window_mode(["Normal", "Falldown"], pipe) == ("track", [])
+    assert default_window_mode(["NonFight", "Fight"], pipe) == ("scene", [])
+    spec = ModelSpec(label_names=["Normal", "Fight", "Falldown"], pipeline=pipe, window_frames=60,
+                     window_mode="both", track_classes=["Falldown"])
+    wins = video_windows(_clip(), fps=30.0, window_frames=60, num_person=2, mode="both", stride_s=0.5)
+    scene = [w for w in wins if w.kind == "scene"]
+    assert len(scene) and len(wins) > 3 * len(scene) - 10 and {w.key for w in wins} >= {"scene", "track7"}
+    probs = np.full((len(wins), 3), [0.0, 0.9, 0.9])  # every class high everywhere
+    events = detect_events(wins, probs, spec)
+    assert {(e.label, tuple(e.track_ids)) for e in events} == {("Fight", (7, 8)), ("Falldown", (7,)),
+                                                                ("Falldown", (8,)), ("Falldown", (9,))}
+    assert sum(e.label == "Falldown" for e in events) == 3 and sum(e.label == "Fight" for e in events) == 1
+    with pytest.raises(Exception, match="unknown classes"):
+        effective_spec(spec, RecognizeConfig(track_classes=["Fall"]))

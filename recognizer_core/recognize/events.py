@@ -83,12 +83,15 @@ def detect_events(windows: Sequence, probs: np.ndarray, spec: ModelSpec, merge_g
     for i, w in enumerate(windows):
         groups.setdefault((w.video, w.key), []).append(i)
     events = []
-    for (video, _), idx in groups.items():
+    for (video, key), idx in groups.items():
         idx = sorted(idx, key=lambda i: windows[i].start_s)
         starts = np.array([windows[i].start_s for i in idx])
         ends = np.array([windows[i].end_s for i in idx])
         ids = [windows[i].track_ids for i in idx]
+        kind = windows[idx[0]].kind
         for c in spec.event_classes:
+            if spec.window_kind(c) != kind:
+                continue  # e.g. falls from per-track windows only, fights from scene windows only
             th = spec.threshold(c)
             for a, b, peak, tids in events_from_scores(starts, ends, probs[idx, c], on=th.on, off=th.off_value,
                                                        min_duration_s=th.min_duration_s, merge_gap_s=merge_gap_s,

@@ -105,19 +105,23 @@ def training_clip_stats(cfg) -> tuple[float, int, str]:
         return 30.0, int(cfg.pipeline.clip_len), "fallback: clip_len at 30 fps"
 
 
-def default_window_mode(label_names: Sequence[str], pipeline: PipelineConfig) -> str:
-    """Per-person classes (falls) get per-track windows; interactions (fights) get scene windows."""
-    if pipeline.num_person == 1 or any("fall" in n.lower() for n in label_names):
-        return "track"
-    return "scene"
+def default_window_mode(label_names: Sequence[str], pipeline: PipelineConfig) -> tuple[str, list[str]]:
+    """(mode, per-person classes): classes named like a fall are per-person (per-track windows), the others
+    interactions (scene windows); a one-person model is per-person throughout. Override with window_mode."""
+    events = list(label_names[1:])
+    per_person = [n for n in events if "fall" in n.lower()]
+    if pipeline.num_person == 1 or (per_person and len(per_person) == len(events)):
+        return "track", []
+    return ("both", per_person) if per_person else ("scene", [])
 
 
 def spec_from_train_config(cfg, label_names: Sequence[str] | None, source: dict) -> ModelSpec:
     k = cfg.model.num_classes
     names = list(label_names or cfg.data.label_names or [str(i) for i in range(k)])
     fps, frames, data_source = training_clip_stats(cfg)
+    mode, per_person = default_window_mode(names, cfg.pipeline)
     return ModelSpec(label_names=names, model=cfg.model.model_dump(mode="json"), pipeline=cfg.pipeline, fps=fps,
-                     window_frames=frames, window_mode=default_window_mode(names, cfg.pipeline),
+                     window_frames=frames, window_mode=mode, track_classes=per_person,
                      thresholds={n: ClassThreshold() for i, n in enumerate(names) if i != 0},
                      source={**source, "training_data": data_source})
 
@@ -202,8 +206,9 @@ def _torch_recognizer(cfg_file: Path, pth: Path, label_names, device: str, threa
         model_cfg = infer_model_config(load_state_dict_file(pth), dropout=0.0)
         pipeline = _mmaction_py_pipeline(cfg_file.read_text(), str(cfg_file))
         names = list(names or [str(i) for i in range(model_cfg.num_classes)])
+        mode, per_person = default_window_mode(names, pipeline)
         spec = ModelSpec(label_names=names, model=model_cfg.model_dump(mode="json"), pipeline=pipeline,
-                         window_frames=pipeline.clip_len, window_mode=default_window_mode(names, pipeline),
+                         window_frames=pipeline.clip_len, window_mode=mode, track_classes=per_person,
                          thresholds={n: ClassThreshold() for n in names[1:]},
                          source={**source, "note": "mmaction2 config: window = clip_len at 30 fps"})
     else:

@@ -22,8 +22,11 @@ class RecognizeConfig(StrictModel):
     """Settings of rayjobs/recognize.py that are not the model's (those come from the model)."""
 
     stride_s: float = Field(0.5, gt=0, description="seconds between window starts")
-    window_mode: Literal["auto", "scene", "track"] = Field(
-        "auto", description="auto = the model's (scene for interactions, track for per-person classes)")
+    window_mode: Literal["auto", "scene", "track", "both"] = Field(
+        "auto", description="auto = the model's (scene for interactions, track for per-person classes, both for "
+                            "a model with both kinds)")
+    track_classes: list[str] | None = Field(None, description="per-person classes for window_mode both "
+                                                              "(default: the model's)")
     window_s: float | None = Field(None, gt=0, description="override the model's window length (seconds)")
     # CPU, STGCN++ base 64: batch 4-8 ran 1.5-2x faster than 32-64 (activations leave the cache); a GPU wants more
     batch_size: int = Field(8, ge=1, description="windows per model call")
@@ -58,9 +61,11 @@ def effective_spec(spec: ModelSpec, cfg: RecognizeConfig) -> ModelSpec:
     update: dict = {"thresholds": th}
     if cfg.window_mode != "auto":
         update["window_mode"] = cfg.window_mode
+    if cfg.track_classes is not None:
+        update["track_classes"] = list(cfg.track_classes)
     if cfg.window_s:
         update["window_frames"] = max(1, int(round(cfg.window_s * spec.fps)))
-    return spec.model_copy(update=update)
+    return ModelSpec.model_validate({**spec.model_dump(), **update})  # validated: unknown class names fail
 
 
 @dataclass

@@ -46,9 +46,11 @@ class ModelSpec(StrictModel):
     fps: float = Field(30.0, gt=0, description="frame rate of the training clips (videos are resampled to it)")
     window_frames: int = Field(..., ge=1, description="frames per recognition window at `fps` (the median "
                                                       "training clip length)")
-    window_mode: Literal["scene", "track"] = Field(
+    window_mode: Literal["scene", "track", "both"] = Field(
         "scene", description="scene: one window over the top-M tracks (interactions: fights); track: one window "
-                             "per track (per-person classes: falls)")
+                             "per track (per-person classes: falls); both: track_classes from track windows, the "
+                             "other classes from scene windows")
+    track_classes: list[str] = Field(default_factory=list, description="per-person classes (window_mode both)")
     thresholds: dict[str, ClassThreshold] = Field(default_factory=dict, description="per class name")
     source: dict = Field(default_factory=dict, description="run / checkpoint / epoch the model came from")
 
@@ -57,9 +59,9 @@ class ModelSpec(StrictModel):
         k = len(self.label_names)
         if self.background_class is not None and not 0 <= self.background_class < k:
             raise ValueError(f"background_class {self.background_class} outside 0..{k - 1}")
-        bad = [n for n in self.thresholds if n not in self.label_names]
+        bad = [n for n in [*self.thresholds, *self.track_classes] if n not in self.label_names]
         if bad:
-            raise ValueError(f"thresholds for unknown classes {bad}; classes are {self.label_names}")
+            raise ValueError(f"thresholds / track_classes name unknown classes {bad}; classes are {self.label_names}")
         if self.model.get("num_classes", k) != k:
             raise ValueError(f"model.num_classes={self.model['num_classes']} but {k} label_names")
         return self
@@ -67,6 +69,12 @@ class ModelSpec(StrictModel):
     @property
     def event_classes(self) -> list[int]:
         return [c for c in range(len(self.label_names)) if c != self.background_class]
+
+    def window_kind(self, cls: int) -> str:
+        """The window kind ('scene' or 'track') whose scores make events of class `cls`."""
+        if self.window_mode != "both":
+            return self.window_mode
+        return "track" if self.label_names[cls] in self.track_classes else "scene"
 
     def threshold(self, cls: int) -> ClassThreshold:
         return self.thresholds.get(self.label_names[cls], ClassThreshold())

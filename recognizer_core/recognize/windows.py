@@ -81,19 +81,22 @@ def _track_id(clip: SkeletonClip, m: int) -> int:
 
 
 def video_windows(clip: SkeletonClip, *, fps: float, window_frames: int, num_person: int,
-                  mode: Literal["scene", "track"], stride_s: float = 0.5, min_person_frames: int = 1) -> list[Window]:
-    """Every window of a whole-video clip, in time order (per sequence)."""
+                  mode: Literal["scene", "track", "both"], stride_s: float = 0.5,
+                  min_person_frames: int = 1) -> list[Window]:
+    """Every window of a whole-video clip, in time order (per sequence); 'both' gives scene and track windows."""
     video = clip.source_video or clip.clip_id
     c, times = resample(clip, fps)
     stride = max(1, int(round(stride_s * fps)))
     dt = 1.0 / fps
-    parts = [(c, num_person)] if mode == "scene" else [(_track_clip(c, m), 1) for m in range(c.num_person)]
+    parts = [(c, num_person, "scene")] if mode in ("scene", "both") else []
+    if mode in ("track", "both"):
+        parts += [(_track_clip(c, m), 1, "track") for m in range(c.num_person)]
     out: list[Window] = []
-    for part, persons in parts:
+    for part, persons, kind in parts:
         for w in make_windows(part, window_frames, stride, num_person=persons, min_frames=1,
                               min_person_frames=min_person_frames):
             t0 = int(w.extra["window_start"])
             t1 = t0 + w.num_frames - 1
             ids = [int(i) for i in w.track_ids] if w.track_ids is not None else []
-            out.append(Window(video, mode, float(times[t0]), float(times[t1] + dt), ids, w))
+            out.append(Window(video, kind, float(times[t0]), float(times[t1] + dt), ids, w))
     return out
