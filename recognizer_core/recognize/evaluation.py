@@ -100,8 +100,9 @@ def evaluate(events_by_video: dict[str, list[Event]], labels: dict[str, str], in
                     "accuracy": float(np.trace(cm) / max(cm.sum(), 1)), "confusion_matrix": cm.tolist(),
                     "precision": {}, "recall": {}}
     for c, n in enumerate(names):
-        report["precision"][n] = float(cm[c, c] / cm[:, c].sum()) if cm[:, c].sum() else float("nan")
-        report["recall"][n] = float(cm[c, c] / cm[c].sum()) if cm[c].sum() else float("nan")
+        # None (JSON null), not NaN, where a class was never predicted / never true
+        report["precision"][n] = float(cm[c, c] / cm[:, c].sum()) if cm[:, c].sum() else None
+        report["recall"][n] = float(cm[c, c] / cm[c].sum()) if cm[c].sum() else None
     if intervals:
         stems = {video_stem(v): ev for v, ev in events_by_video.items()}
         per: dict = {}
@@ -111,8 +112,8 @@ def evaluate(events_by_video: dict[str, list[Event]], labels: dict[str, str], in
                 a, b, c_ = match_events([e.to_dict() for e in stems[v] if e.label == n],
                                         [t for t in intervals.get(v, []) if t["label"] == n], iou)
                 tp, fp, fn = tp + a, fp + b, fn + c_
-            per[n] = {"tp": tp, "fp": fp, "fn": fn, "precision": tp / (tp + fp) if tp + fp else float("nan"),
-                      "recall": tp / (tp + fn) if tp + fn else float("nan")}
+            per[n] = {"tp": tp, "fp": fp, "fn": fn, "precision": tp / (tp + fp) if tp + fp else None,
+                      "recall": tp / (tp + fn) if tp + fn else None}
         report["events"] = {"tiou": iou, "per_class": per}
     return report
 
