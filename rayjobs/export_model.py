@@ -20,10 +20,12 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # build_trt_engine beside this script
 
 
 def export(model: str, out: str, *, model_config: str | None = None, calibrate_precision: float | None = None,
-           tolerance: float = 1e-5, window_mode: str | None = None) -> dict:
+           tolerance: float = 1e-5, window_mode: str | None = None, trt_engine: str | None = None,
+           fp16: bool = False) -> dict:
     import torch
 
     from recognizer_core.export.onnx import OPSET, check_onnx_parity, export_onnx, write_sidecar
@@ -32,6 +34,12 @@ def export(model: str, out: str, *, model_config: str | None = None, calibrate_p
     from recognizer_core.recognize.runner import make_windows_for
     from recognizer_core.skeleton.demo_sequence import make_demo_sequence
 
+    if trt_engine:
+        try:
+            import tensorrt  # noqa: F401
+        except ImportError:  # before anything is written: no ONNX file without its engine and sidecar
+            raise SystemExit("error: --trt-engine needs the tensorrt package (pip install 'recognizer[tensorrt]' "
+                             "on a machine with an NVIDIA GPU); nothing was written") from None
     rec = load_recognizer(model, model_config=model_config)
     spec = rec.spec
     # checked on real pipeline input (windows of the synthetic demo sequence), not on noise
@@ -58,6 +66,14 @@ def export(model: str, out: str, *, model_config: str | None = None, calibrate_p
         update["thresholds"], report["calibration"] = calibrate_thresholds(rec, data, split, calibrate_precision)
     if window_mode:
         update["window_mode"] = window_mode
+    if trt_engine:  # same builder as the RTMO engines; needs the tensorrt package and a GPU (imported there)
+        from build_trt_engine import build_engine
+
+        p = spec.pipeline
+        report["trt_engine"] = str(build_engine(str(onnx_path), trt_engine, min_batch=1, opt_batch=8, max_batch=64,
+                                                fp16=fp16, sample_shape=(p.num_person, p.clip_len, 17,
+                                                                         p.in_channels)))
+        update["source"]["trt_engine"] = report["trt_engine"]
     spec = spec.model_copy(update=update)
     report["sidecar"] = str(write_sidecar(onnx_path, json.loads(spec.to_json())))
     report.update(label_names=spec.label_names, window_s=round(spec.window_s, 3), fps=spec.fps,
@@ -72,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-config", help="config of a .pth: our training YAML or an mmaction2 .py")
     parser.add_argument("--calibrate-precision", type=float, help="thresholds at this validation precision")
     parser.add_argument("--window-mode", choices=["scene", "track", "both"], help="override the model's window mode")
+    parser.add_argument("--trt-engine", help="also build a TensorRT engine (batch 1-64) here (GPU + tensorrt)")
+    parser.add_argument("--fp16", action="store_true", help="TensorRT engine with fp16 kernels")
     parser.add_argument("--tolerance", type=float, default=1e-5,
                         help="max |logit diff| ONNX vs torch, relative to max(1, |logit|)")
     args = parser.parse_args(argv)
@@ -80,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         report = export(args.model, args.out, model_config=args.model_config,
                         calibrate_precision=args.calibrate_precision, tolerance=args.tolerance,
-                        window_mode=args.window_mode)
+                        window_mode=args.window_mode, trt_engine=args.trt_engine, fp16=args.fp16)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

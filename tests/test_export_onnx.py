@@ -70,3 +70,17 @@ def test_export_job_sidecar_and_torch_free_recognize(tmp_path):
     bad.write_bytes(out.read_bytes())  # no sidecar beside it: one clear error
     with pytest.raises(FileNotFoundError, match="other.json: model sidecar not found"):
         load_recognizer(bad)
+
+
+def test_tensorrt_engine_request_without_tensorrt_fails_before_writing(tmp_path):
+    try:
+        import tensorrt  # noqa: F401
+        pytest.skip("tensorrt is installed: the engine would be built")
+    except ImportError:
+        pass
+    out = tmp_path / "m.onnx"
+    proc = subprocess.run([sys.executable, str(ROOT / "rayjobs/export_model.py"), str(tmp_path / "run"), "--out",
+                           str(out), "--trt-engine", str(tmp_path / "m.trt")], capture_output=True, text=True,
+                          cwd=ROOT, timeout=120)
+    assert proc.returncode != 0 and "needs the tensorrt package" in proc.stderr
+    assert list(tmp_path.iterdir()) == []
