@@ -58,7 +58,7 @@ def test_stream_over_http_scores_windows_reports_latency_and_closes_events(setup
     assert s["windows"] >= 3 and s["latency_ms_median"] > 0 and s["latency_ms_p95"] >= s["latency_ms_median"]
     lines = [json.loads(line) for line in events.read_text().splitlines()]
     assert s["events"] == len(lines) == 1 and lines[0]["label"] == "Fight"
-    assert 0 <= lines[0]["start_s"] < lines[0]["end_s"] <= 6.1 and lines[0]["track_ids"]
+    assert 0 <= lines[0]["start_s"] < lines[0]["end_s"] <= 6.1 and lines[0]["track_ids"] == [0, 1]
 
 
 def test_stream_drops_frames_and_says_so_when_it_cannot_keep_up(setup):
@@ -84,3 +84,20 @@ def test_stream_cli_stops_cleanly_on_ctrl_c(setup):
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["interrupted"] and summary["frames_read"] < 150 and summary["windows"] >= 1
     assert "[event]" in out and "Ctrl-C: stopping" in out  # the open event is closed and delivered on stop
+
+
+def test_track_ids_persist_across_overlapping_buffers():
+    import numpy as np
+
+    from recognizer_core.recognize.stream import StableTrackIds
+
+    rng = np.random.default_rng(0)
+    kp = rng.uniform(0, 100, (3, 10, 17, 2)).astype(np.float32)  # persons a, b, c over frames 0..9
+    sc = np.ones((3, 10, 17), np.float32)
+    sc[2, :6] = 0  # c appears at frame 6
+    times = np.arange(10) / 10
+    stable = StableTrackIds()
+    assert stable.assign(times[:6], kp[:2, :6], sc[:2, :6]).tolist() == [0, 1]
+    # next buffer (frames 3..9): the tracker ranks them b, c, a; ids follow the people, c is new
+    order = [1, 2, 0]
+    assert stable.assign(times[3:], kp[order, 3:], sc[order, 3:]).tolist() == [1, 2, 0]

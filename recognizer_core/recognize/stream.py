@@ -6,8 +6,9 @@ oldest queued frame is dropped and counted, so the recognizer always works on th
 many it skipped. Files and HTTP videos are paced to real time (`speed` x) like a live camera. Every
 `stride_s` of stream time the frames of the last window are tracked (pose/tracking.py over the buffer), cut
 and scored exactly as in batch mode; latency = wall time from the arrival of a window's last frame to its
-score. Events are closed online with the same hysteresis and minimum duration as batch mode (track ids are
-per window buffer in this mode). Ctrl-C stops cleanly: open events are closed and a summary is printed.
+score. Events are closed online with the same hysteresis and minimum duration as batch mode; track ids persist
+across the overlapping buffers (`StableTrackIds`). Ctrl-C stops cleanly: open events are closed and a summary
+is printed.
 
 The extraction-stage imports (pose/*) are the three listed in `_pose_pieces`.
 """
@@ -154,6 +155,7 @@ def run_stream(rec, spec, cfg: RecognizeConfig, source: str, pose_cfg, *, tracki
     events = OnlineEvents(spec, source)
     latencies, n_windows, processed, next_due, t0 = [], 0, 0, None, time.perf_counter()
     delivered: list[Event] = []
+    stable = StableTrackIds()
     interrupted = False
     try:
         while not (reader.finished.is_set() and reader.frames.empty()):
@@ -172,7 +174,7 @@ def run_stream(rec, spec, cfg: RecognizeConfig, source: str, pose_cfg, *, tracki
             if t < next_due or buf[-1][0] - buf[0][0] < 0.9 * spec.window_s:
                 continue
             next_due = t + cfg.stride_s
-            clip = _buffer_clip(buf, track_poses, tracking, source)
+            clip = _buffer_clip(buf, track_poses, tracking, source, stable)
             if clip is None:
                 continue
             wins = [w for w in make_windows_for(clip, spec, stride_s=1e9)]
@@ -205,16 +207,42 @@ def run_stream(rec, spec, cfg: RecognizeConfig, source: str, pose_cfg, *, tracki
             "seconds": round(time.perf_counter() - t0, 2), "interrupted": interrupted, "error": reader.error}
 
 
-def _buffer_clip(buf, track_poses, tracking, source: str) -> SkeletonClip | None:
+class StableTrackIds:
+    """Track ids that persist across the overlapping window buffers: a track of the new buffer takes the id of
+    the previous buffer's track that used the same detections (same frame, same keypoints) in their shared
+    frames, else a new id. So per-track event sequences and reported ids follow a person through the stream."""
+
+    def __init__(self) -> None:
+        self.prev: dict[tuple[float, bytes], int] = {}
+        self.next_id = 0
+
+    def assign(self, times: np.ndarray, keypoint: np.ndarray, keypoint_score: np.ndarray) -> np.ndarray:
+        ids, seen, taken = [], {}, set()
+        for m in range(keypoint.shape[0]):
+            frames = np.nonzero(keypoint_score[m].max(-1) > 0)[0]
+            sigs = [(float(times[t]), keypoint[m, t].tobytes()) for t in frames]
+            votes = collections.Counter(self.prev[s] for s in sigs if s in self.prev)
+            pid = next((p for p, _ in votes.most_common() if p not in taken), None)
+            if pid is None:
+                pid, self.next_id = self.next_id, self.next_id + 1
+            taken.add(pid)
+            ids.append(pid)
+            seen.update({s: pid for s in sigs})
+        self.prev = seen
+        return np.array(ids, np.int32)
+
+
+def _buffer_clip(buf, track_poses, tracking, source: str, stable: StableTrackIds) -> SkeletonClip | None:
     times = np.array([b[0] for b in buf])
     tracked = track_poses(np.arange(len(buf)), [b[2] for b in buf], tracking)
     if tracked.num_persons == 0:
         return None
+    track_ids = stable.assign(times, tracked.keypoint, tracked.keypoint_score)
     fps = (len(times) - 1) / max(times[-1] - times[0], 1e-6)
     h, w = buf[-1][3]
     return SkeletonClip(clip_id=source, label=0, keypoint=tracked.keypoint, keypoint_score=tracked.keypoint_score,
                         img_shape=(int(h), int(w)), total_frames=len(buf), source_video=source, fps=float(fps),
-                        track_ids=tracked.track_ids, frame_inds=None, extra={"box_score": tracked.box_score})
+                        track_ids=track_ids, frame_inds=None, extra={"box_score": tracked.box_score})
 
 
 def run_stream_cli(rec, spec, cfg: RecognizeConfig, args) -> int:
