@@ -18,7 +18,10 @@ from pathlib import Path
 
 
 def build_engine(onnx_path: str, output: str, input_size=(640, 640), min_batch: int = 1, opt_batch: int = 8,
-                 max_batch: int = 32, fp16: bool = False, workspace_gb: float = 4.0) -> Path:
+                 max_batch: int = 32, fp16: bool = False, workspace_gb: float = 4.0,
+                 sample_shape: tuple[int, ...] | None = None) -> Path:
+    """sample_shape: the input's shape after the batch axis when it is not an image (3, H, W), e.g. STGCN++'s
+    (M, T, V, C) from rayjobs/export_model.py."""
     try:
         import tensorrt as trt
     except ImportError:
@@ -49,9 +52,9 @@ def build_engine(onnx_path: str, output: str, input_size=(640, 640), min_batch: 
     inp = network.get_input(0)
     shape = tuple(inp.shape)
     if shape[0] == -1:  # dynamic batch axis: one optimization profile over the batch range
-        h, w = input_size
+        tail = tuple(sample_shape) if sample_shape else (3, *input_size)
         profile = builder.create_optimization_profile()
-        profile.set_shape(inp.name, (min_batch, 3, h, w), (opt_batch, 3, h, w), (max_batch, 3, h, w))
+        profile.set_shape(inp.name, (min_batch, *tail), (opt_batch, *tail), (max_batch, *tail))
         config.add_optimization_profile(profile)
     else:
         print(f"build_trt_engine: {onnx_path} has a static input {shape}: batch ranges ignored", file=sys.stderr)

@@ -21,7 +21,6 @@ from functools import lru_cache
 from typing import Any, Literal, Sequence
 
 import numpy as np
-import torch
 from pydantic import Field, field_validator, model_validator
 
 from recognizer_core.config import StrictModel
@@ -292,6 +291,8 @@ def prepare_batch(clips: Sequence[Any], cfg: PipelineConfig, train: bool, rng: n
     total_frames, label). train=True samples frames at random and augments (needs rng); train=False is the
     mmaction2 test-mode pipeline. num_clips defaults to cfg.num_clips (train) / cfg.test_num_clips (test).
     """
+    import torch  # here, not at the top: the ONNX Runtime recognize path uses test_sample without torch
+
     if len(clips) == 0:
         raise ValueError("prepare_batch needs at least one clip")
     if train and rng is None:

@@ -1,0 +1,168 @@
+"""Recognize actions with a trained detector: skeleton files, videos (Ray Data batch mode) or a live stream.
+
+    python rayjobs/recognize.py                                   # embedded demo: newest local model (or train
+                                                                  # the fight_demo one) on a synthetic scene
+    python rayjobs/recognize.py --model work_dirs/fight_demo --input outputs/poses        # extracted skeletons
+    python rayjobs/recognize.py --model exports/fight.onnx --input /data/videos --pose-model rtmo-s
+                                --labels /data/videos --output outputs/recognize    # videos + evaluation
+    python rayjobs/recognize.py --model exports/fight.onnx --stream rtsp://cam/1 --pose-model rtmo-s
+
+--model: a training run folder, a Tune summary, a .pth (+ --model-config) or an exported .onnx (+ sidecar).
+Labels, pipeline, fps and window length come from the model. Per video: <stem>.events.jsonl / .events.csv,
+<stem>.windows.csv and <stem>.timeline.png in --output; --labels adds evaluation.json + confusion_matrix.png.
+`--set` takes RecognizeConfig fields (stride_s, window_mode, thresholds.<Class>=0.7, min_duration_s, ...).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+
+from recognizer_core.config import ConfigError, add_config_args, config_from_args  # noqa: E402
+from recognizer_core.recognize.runner import RecognizeConfig  # noqa: E402
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_args(p, RecognizeConfig, default_config=None)
+    p.add_argument("--model", help="run folder, Tune summary, .pth (+ --model-config) or .onnx (+ .json sidecar)")
+    p.add_argument("--model-config", help="config of a .pth: training YAML or mmaction2 .py")
+    p.add_argument("--input", help="skeleton Parquet (file, extract_poses output, dataset) or videos (folder, "
+                                   "file, URI, or a CSV with a path column)")
+    p.add_argument("--output", default="outputs/recognize", help="output folder")
+    p.add_argument("--labels", help="evaluate: labelled video folder, or CSV video,label[,start_s,end_s]")
+    p.add_argument("--stream", help="live source: rtsp:// / http:// URL or a camera index")
+    p.add_argument("--pose-model", help="rtmo-s | rtmo-m | rtmo-l (downloaded, cached) or an RTMO .onnx path")
+    p.add_argument("--pose-cache", default="~/.cache/recognizer/pose_models", help="download cache folder")
+    p.add_argument("--address", help="Ray address for video batch mode (default: RAY_ADDRESS or a private Ray)")
+    p.add_argument("--threads", type=int, default=0, help="intra-op threads of the model (0 = default)")
+    p.add_argument("--event-file", help="stream mode: append each closed event (JSON line) to this file")
+    p.add_argument("--post-url", help="stream mode: POST each closed event (JSON) to this URL")
+    p.add_argument("--max-seconds", type=float, default=0, help="stream mode: stop after this long (0 = never)")
+    return p.parse_args(argv)
+
+
+def default_model(args) -> str:
+    from recognizer_core.recognize.demo import newest_local_model
+
+    found = newest_local_model()
+    if found is not None:
+        print(f"[recognize] using the newest local model: {found}", flush=True)
+        return str(found)
+    print("[recognize] no trained model found under work_dirs/ or ~/ray_results: training the 1-minute "
+          "fight_demo model first (python rayjobs/train_stgcn.py --config configs/fight_demo.yaml)", flush=True)
+    proc = subprocess.run([sys.executable, str(ROOT / "rayjobs/train_stgcn.py"), "--config",
+                           str(ROOT / "configs/fight_demo.yaml")], cwd=ROOT)
+    found = newest_local_model()
+    if proc.returncode != 0 or found is None:
+        raise SystemExit("error: training the demo model failed (see above)")
+    return str(found)
+
+
+def run_skeletons(rec, spec, cfg: RecognizeConfig, source, out: Path, truth=None) -> dict:
+    from recognizer_core.recognize.outputs import write_video_outputs
+    from recognizer_core.recognize.runner import iter_skeleton_clips, recognize_clip
+
+    clips = source if isinstance(source, list) else iter_skeleton_clips(source)
+    events, windows = {}, 0
+    for clip in clips:
+        res = recognize_clip(rec, clip, spec, cfg)
+        write_video_outputs(out, res.video, res.windows, res.probs, res.events, spec, timeline=cfg.timeline)
+        if truth is not None and cfg.timeline:
+            from recognizer_core.recognize.outputs import plot_timeline, safe_name
+
+            plot_timeline(out / f"{safe_name(res.video)}.timeline.png", res.video, res.windows, res.probs,
+                          res.events, spec, truth)
+        events[res.video] = res.events
+        windows += len(res.windows)
+        print(f"[recognize] {res.video}: {len(res.windows)} windows, {len(res.events)} events "
+              f"({res.seconds:.2f} s)", flush=True)
+    return {"events": events, "windows": windows}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = config_from_args(RecognizeConfig, args)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    from recognizer_core.recognize.model import load_recognizer
+    from recognizer_core.recognize.runner import effective_spec
+
+    demo = not args.input and not args.stream
+    model = args.model or (default_model(args) if demo else None)
+    if model is None:
+        print("error: --model is required with --input / --stream", file=sys.stderr)
+        return 2
+    out = Path(args.output)
+    try:
+        rec = load_recognizer(model, model_config=args.model_config, threads=args.threads)
+        if cfg.calibrate_precision:
+            from recognizer_core.recognize.calibrate import calibrate_thresholds
+
+            data = rec.spec.source.get("training_data", "")
+            if not Path(data).is_dir():
+                raise ValueError(f"calibrate_precision: the model's training data is not here ({data!r})")
+            th, report = calibrate_thresholds(rec, data, "val", cfg.calibrate_precision)
+            rec.spec = rec.spec.model_copy(update={"thresholds": th})
+            print(f"[recognize] thresholds calibrated on the validation split: {json.dumps(report)}", flush=True)
+        spec = effective_spec(rec.spec, cfg)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"[recognize] model {rec.source}: classes {spec.label_names}, {spec.window_mode} windows of "
+          f"{spec.window_s:.2f} s at {spec.fps:g} fps, stride {cfg.stride_s} s, thresholds "
+          f"{ {k: v.on for k, v in spec.thresholds.items()} }", flush=True)
+    if args.stream:
+        from recognizer_core.recognize.stream import run_stream_cli
+
+        return run_stream_cli(rec, spec, cfg, args)
+    if demo:
+        from recognizer_core.recognize.demo import side_by_side
+        from recognizer_core.recognize.evaluation import evaluate, video_stem
+        from recognizer_core.skeleton.demo_sequence import make_demo_sequence
+
+        clip, truth = make_demo_sequence()
+        print(f"[recognize] SYNTHETIC demo sequence: {clip.num_frames / clip.fps:.0f} s, {clip.num_person} "
+              f"tracks, {len(truth)} true events", flush=True)
+        result = run_skeletons(rec, spec, cfg, [clip], out, truth)
+        events = result["events"][clip.source_video]
+        print(side_by_side(events, truth, spec.label_names))
+        report = evaluate(result["events"], {}, {video_stem(clip.source_video): truth}, spec.label_names,
+                          spec.background_class)
+        print(json.dumps({"events": len(events), "true_events": len(truth),
+                          "event_level": report["events"], "output": str(out)}))
+        return 0
+    from recognizer_core.recognize.batch import is_skeleton_input
+
+    if is_skeleton_input(args.input):
+        result = run_skeletons(rec, spec, cfg, args.input, out)
+    else:
+        from recognizer_core.recognize.batch import run_batch_cli
+
+        result = run_batch_cli(rec, spec, cfg, args, model)
+        if result is None:
+            return 1
+    summary = {"videos": len(result["events"]), "windows": result.get("windows"),
+               "events": sum(len(v) for v in result["events"].values()), "output": str(out)}
+    if args.labels:
+        from recognizer_core.recognize.evaluation import evaluate, read_labels, write_report
+
+        labels, intervals = read_labels(args.labels, spec.label_names)
+        report = evaluate(result["events"], labels, intervals, spec.label_names, spec.background_class)
+        write_report(report, out)
+        summary["evaluation"] = {k: report[k] for k in ("videos", "accuracy", "precision", "recall")}
+        if "events" in report:
+            summary["evaluation"]["events"] = report["events"]
+    print(json.dumps({**summary, **{k: v for k, v in result.items() if k not in ("events", "windows")}}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

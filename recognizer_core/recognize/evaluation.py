@@ -1,0 +1,132 @@
+"""Recognition against labels: video-level accuracy, per-class precision / recall, a confusion matrix, and
+event-level precision / recall with temporal-IoU matching when true intervals are given.
+
+Labels come from an RWF-2000-style folder (`[split/]<Label>/<video>`: the parent folder is the label) or a
+CSV with columns `video,label[,start_s,end_s]` (one row per true interval; a row without times labels the
+whole video). A video's prediction is the class of its highest-peak event, or the background class when it
+has none. Videos are matched by file-name stem (events name videos by their path or URI).
+"""
+from __future__ import annotations
+
+import csv
+import io
+from collections import defaultdict
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from recognizer_core.recognize.events import Event
+from recognizer_core.recognize.outputs import safe_name
+
+
+def video_stem(video: str) -> str:
+    return Path(safe_name(video)).stem
+
+
+def read_labels(source: str | Path, label_names: Sequence[str]) -> tuple[dict[str, str], dict[str, list[dict]]]:
+    """({video stem: label}, {video stem: [true intervals {label, start_s, end_s}]})."""
+    source = Path(source)
+    labels: dict[str, str] = {}
+    intervals: dict[str, list[dict]] = defaultdict(list)
+    if source.is_dir():
+        from recognizer_core.pose.config import SourceConfig
+        from recognizer_core.pose.sources import list_videos
+
+        for v in list_videos(SourceConfig(input=str(source))):
+            labels[video_stem(v.rel_path)] = v.label_name
+    elif source.is_file():
+        rows = list(csv.DictReader(io.StringIO(source.read_text(encoding="utf-8-sig"))))
+        if not rows or not {"video", "label"} <= set(rows[0]):
+            raise ValueError(f"{source}: labels CSV needs a header with columns video,label[,start_s,end_s]")
+        for line, row in enumerate(rows, start=2):
+            stem, label = video_stem(row["video"].strip()), row["label"].strip()
+            if label not in label_names:
+                raise ValueError(f"{source}:{line}: label {label!r} is not one of the model's {list(label_names)}")
+            if (row.get("start_s") or "").strip():
+                try:
+                    a, b = float(row["start_s"]), float(row["end_s"])
+                except (TypeError, ValueError):
+                    raise ValueError(f"{source}:{line}: start_s/end_s must be numbers") from None
+                if b <= a:
+                    raise ValueError(f"{source}:{line}: end_s {b} <= start_s {a}")
+                intervals[stem].append({"label": label, "start_s": a, "end_s": b})
+            labels[stem] = label if labels.get(stem, label_names[0]) == label_names[0] else labels[stem]
+    else:
+        raise FileNotFoundError(f"{source}: labels not found (a labelled video folder or a CSV)")
+    unknown = sorted({lab for lab in labels.values() if lab not in label_names})
+    if unknown:
+        raise ValueError(f"{source}: labels {unknown} are not among the model's classes {list(label_names)}")
+    return labels, dict(intervals)
+
+
+def video_prediction(events: Sequence[Event], label_names: Sequence[str], background: int | None) -> str:
+    if not events:
+        return label_names[background if background is not None else 0]
+    return max(events, key=lambda e: e.peak_score).label
+
+
+def temporal_iou(a: tuple[float, float], b: tuple[float, float]) -> float:
+    inter = max(0.0, min(a[1], b[1]) - max(a[0], b[0]))
+    union = max(a[1], b[1]) - min(a[0], b[0])
+    return inter / union if union > 0 else 0.0
+
+
+def match_events(pred: Sequence[dict], true: Sequence[dict], iou: float = 0.5) -> tuple[int, int, int]:
+    """(true positives, false positives, false negatives): one-to-one greedy matching, highest tIoU first,
+    same class only."""
+    pairs = sorted(((temporal_iou((p["start_s"], p["end_s"]), (t["start_s"], t["end_s"])), i, j)
+                    for i, p in enumerate(pred) for j, t in enumerate(true) if p["label"] == t["label"]),
+                   reverse=True)
+    used_p, used_t = set(), set()
+    for v, i, j in pairs:
+        if v >= iou and i not in used_p and j not in used_t:
+            used_p.add(i)
+            used_t.add(j)
+    return len(used_p), len(pred) - len(used_p), len(true) - len(used_t)
+
+
+def evaluate(events_by_video: dict[str, list[Event]], labels: dict[str, str], intervals: dict[str, list[dict]],
+             label_names: Sequence[str], background: int | None, iou: float = 0.5) -> dict:
+    """The report (JSON-able); videos without a label are listed, not scored."""
+    names = list(label_names)
+    preds = {video_stem(v): video_prediction(ev, names, background) for v, ev in events_by_video.items()}
+    scored = sorted(set(preds) & set(labels))
+    cm = np.zeros((len(names), len(names)), int)
+    for v in scored:
+        cm[names.index(labels[v]), names.index(preds[v])] += 1
+    report: dict = {"videos": len(scored), "unlabelled": sorted(set(preds) - set(labels)),
+                    "missing": sorted(set(labels) - set(preds)), "label_names": names,
+                    "accuracy": float(np.trace(cm) / max(cm.sum(), 1)), "confusion_matrix": cm.tolist(),
+                    "precision": {}, "recall": {}}
+    for c, n in enumerate(names):
+        # None (JSON null), not NaN, where a class was never predicted / never true
+        report["precision"][n] = float(cm[c, c] / cm[:, c].sum()) if cm[:, c].sum() else None
+        report["recall"][n] = float(cm[c, c] / cm[c].sum()) if cm[c].sum() else None
+    if intervals:
+        stems = {video_stem(v): ev for v, ev in events_by_video.items()}
+        per: dict = {}
+        for n in (names[c] for c in range(len(names)) if c != background):
+            tp = fp = fn = 0
+            for v in sorted(set(stems) & (set(intervals) | set(labels))):
+                a, b, c_ = match_events([e.to_dict() for e in stems[v] if e.label == n],
+                                        [t for t in intervals.get(v, []) if t["label"] == n], iou)
+                tp, fp, fn = tp + a, fp + b, fn + c_
+            per[n] = {"tp": tp, "fp": fp, "fn": fn, "precision": tp / (tp + fp) if tp + fp else None,
+                      "recall": tp / (tp + fn) if tp + fn else None}
+        report["events"] = {"tiou": iou, "per_class": per}
+    return report
+
+
+def write_report(report: dict, out_dir: str | Path) -> list[Path]:
+    import json
+
+    from recognizer_core.storage import write_text
+    from recognizer_core.train.plots import plot_confusion_matrix
+
+    out_dir = Path(out_dir)
+    write_text(out_dir / "evaluation.json", json.dumps(report, indent=1))
+    png = plot_confusion_matrix(np.array(report["confusion_matrix"]), report["label_names"],
+                                out_dir / "confusion_matrix.png",
+                                title=f"videos: accuracy {report['accuracy']:.3f} ({report['videos']} videos)")
+    return [out_dir / "evaluation.json", png]

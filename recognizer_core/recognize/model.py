@@ -1,0 +1,220 @@
+"""Load a trained detector for recognition: run folder, Tune summary, mmaction2 .pth + config, or ONNX + sidecar.
+
+What a folder must hold (the contract relied on, nothing else):
+- training run folder (`rayjobs/train_stgcn.py`): `config.yaml` (TrainJobConfig) and the exported best model
+  `best_<metric>_epoch_<N>.pth` (mmaction2 format; the newest one is taken);
+- Tune summary folder (`rayjobs/tune_*.py`, `<experiment>/summary`, or the experiment folder itself):
+  `best_config.yaml` and `best_<metric>_epoch_<N>.pth`;
+- `<name>.pth` + `--model-config` (our training YAML, or an mmaction2 `.py` config: clip_len, num_clips,
+  num_person and feats are read from its test pipeline; the network from the weights; classes from the
+  checkpoint's meta or `label_names=`);
+- `<name>.onnx` + `<name>.json` (rayjobs/export_model.py): ONNX Runtime only, torch is never imported.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Protocol, Sequence
+
+import numpy as np
+
+from recognizer_core.config import load_config
+from recognizer_core.recognize.spec import ClassThreshold, ModelSpec, sidecar_path
+from recognizer_core.skeleton.transforms import PipelineConfig, test_sample
+from recognizer_core.storage import to_uri
+
+log = logging.getLogger("recognizer")
+BEST_GLOB = "best_*_epoch_*.pth"
+
+
+class Recognizer(Protocol):
+    spec: ModelSpec
+    source: str
+
+    def prepare(self, clips: Sequence) -> np.ndarray: ...          # windows -> (N, clips, M, T, V, C)
+
+    def predict(self, x: np.ndarray) -> np.ndarray: ...            # -> clip-averaged probabilities (N, K)
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits - logits.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+class TorchRecognizer:
+    """The trained network in torch, fed by the batched test-mode pipeline (exactly the test job's path)."""
+
+    def __init__(self, net, spec: ModelSpec, source: str, device: str = "cpu"):
+        import torch
+
+        self.torch, self.device = torch, torch.device(device)
+        self.net, self.spec, self.source = net.eval().to(self.device), spec, source
+
+    def prepare(self, clips: Sequence) -> np.ndarray:
+        from recognizer_core.skeleton.transforms import prepare_batch
+
+        return prepare_batch(list(clips), self.spec.pipeline, train=False)[0].numpy()
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        with self.torch.no_grad():
+            return self.net.predict(self.torch.from_numpy(x).to(self.device)).float().cpu().numpy()
+
+
+class OnnxRecognizer:
+    """An exported model under ONNX Runtime (no torch): test-mode pipeline per window, softmax averaged over
+    clips as mmaction2's average_clips='prob'."""
+
+    def __init__(self, onnx_path: str | Path, spec: ModelSpec, threads: int = 0, providers: list[str] | None = None):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(onnx_path), opts, providers=providers or ["CPUExecutionProvider"])
+        self.input = self.session.get_inputs()[0].name
+        self.spec, self.source = spec, str(onnx_path)
+
+    def prepare(self, clips: Sequence) -> np.ndarray:
+        return np.stack([test_sample(c.keypoint, c.keypoint_score, c.img_shape, self.spec.pipeline)[0] for c in clips])
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        n, nc = x.shape[:2]
+        logits = self.session.run(None, {self.input: np.ascontiguousarray(x.reshape(n * nc, *x.shape[2:]),
+                                                                           np.float32)})[0]
+        return _softmax(logits.astype(np.float64)).reshape(n, nc, -1).mean(1).astype(np.float32)
+
+
+# ---- specs from training configs --------------------------------------------------------------------------
+
+def training_clip_stats(cfg) -> tuple[float, int, str]:
+    """(fps, median clip frames, where from) of the training split the run trained on (light columns only)."""
+    from recognizer_core.skeleton.store import SkeletonDataset
+    from recognizer_core.train.data import prepare_dataset
+
+    try:
+        path = prepare_dataset(cfg.data, Path(cfg.run.storage_path).expanduser() / "datasets")
+        table = SkeletonDataset(path).index(cfg.data.train_split, columns=["total_frames", "fps"])
+        frames = np.asarray(table.column("total_frames"), float)
+        fps = np.asarray(table.column("fps"), float)
+        fps = fps[fps > 0]
+        return (float(np.median(fps)) if len(fps) else 30.0), int(np.median(frames)), to_uri(path)
+    except Exception as err:  # noqa: BLE001 - the spec still works, with the stated fallback
+        log.warning("training data not readable (%s): window = clip_len %d frames at 30 fps", err,
+                    cfg.pipeline.clip_len)
+        return 30.0, int(cfg.pipeline.clip_len), "fallback: clip_len at 30 fps"
+
+
+def default_window_mode(label_names: Sequence[str], pipeline: PipelineConfig) -> tuple[str, list[str]]:
+    """(mode, per-person classes): classes named like a fall are per-person (per-track windows), the others
+    interactions (scene windows); a one-person model is per-person throughout. Override with window_mode."""
+    events = list(label_names[1:])
+    per_person = [n for n in events if "fall" in n.lower()]
+    if pipeline.num_person == 1 or (per_person and len(per_person) == len(events)):
+        return "track", []
+    return ("both", per_person) if per_person else ("scene", [])
+
+
+def spec_from_train_config(cfg, label_names: Sequence[str] | None, source: dict) -> ModelSpec:
+    k = cfg.model.num_classes
+    names = list(label_names or cfg.data.label_names or [str(i) for i in range(k)])
+    fps, frames, data_source = training_clip_stats(cfg)
+    mode, per_person = default_window_mode(names, cfg.pipeline)
+    return ModelSpec(label_names=names, model=cfg.model.model_dump(mode="json"), pipeline=cfg.pipeline, fps=fps,
+                     window_frames=frames, window_mode=mode, track_classes=per_person,
+                     thresholds={n: ClassThreshold() for i, n in enumerate(names) if i != 0},
+                     source={**source, "training_data": data_source})
+
+
+def _checkpoint_meta(pth: Path) -> dict:
+    import torch
+
+    obj = torch.load(pth, map_location="cpu", weights_only=True)
+    return obj.get("meta", {}) if isinstance(obj, dict) else {}
+
+
+def _newest_best(folder: Path) -> Path:
+    best = sorted(folder.glob(BEST_GLOB), key=lambda p: p.stat().st_mtime)
+    if not best:
+        raise FileNotFoundError(f"{folder}: no {BEST_GLOB} (the exported best model of a run or Tune summary)")
+    return best[-1]
+
+
+def resolve_model_folder(path: Path) -> tuple[Path, Path]:
+    """(config YAML, best .pth) of a run folder, a Tune summary folder or a Tune experiment folder."""
+    for folder in (path, path / "summary"):
+        for name in ("config.yaml", "best_config.yaml"):
+            if (folder / name).is_file() and list(folder.glob(BEST_GLOB)):
+                return folder / name, _newest_best(folder)
+    raise FileNotFoundError(f"{path}: not a run folder (config.yaml + {BEST_GLOB}) nor a Tune summary "
+                            f"(best_config.yaml + {BEST_GLOB})")
+
+
+def _mmaction_py_pipeline(text: str, source: str) -> PipelineConfig:
+    """The test pipeline parameters of an mmaction2 skeleton config (the last occurrence of each wins: the
+    test pipeline is written after the train / val ones)."""
+    def last(pattern: str) -> str | None:
+        found = re.findall(pattern, text)
+        return found[-1] if found else None
+
+    clip_len = last(r"clip_len\s*=\s*(\d+)")
+    if clip_len is None:
+        raise ValueError(f"{source}: no UniformSampleFrames clip_len found in the mmaction2 config")
+    feats = last(r"feats\s*=\s*\[([^\]]*)\]")
+    return PipelineConfig(clip_len=int(clip_len), test_num_clips=int(last(r"num_clips\s*=\s*(\d+)") or 1),
+                          num_person=int(last(r"num_person\s*=\s*(\d+)") or 2),
+                          feats=[a or b for a, b in re.findall(r"'(\w+)'|\"(\w+)\"", feats)] if feats else ["j"])
+
+
+def load_recognizer(path: str | Path, *, model_config: str | Path | None = None,
+                    label_names: Sequence[str] | None = None, device: str = "cpu", threads: int = 0,
+                    spec: ModelSpec | None = None) -> Recognizer:
+    """A ready-to-score model from any of the forms in the module docstring. `spec` (already resolved, e.g. on
+    the driver) skips reading the training data for it."""
+    path = Path(path).expanduser()
+    if path.suffix == ".onnx":
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: ONNX model not found")
+        return OnnxRecognizer(path, spec or ModelSpec.read(sidecar_path(path)), threads=threads)
+    if path.is_dir():
+        cfg_file, pth = resolve_model_folder(path)
+    elif path.suffix == ".pth":
+        if model_config is None:
+            raise ValueError(f"{path}: an mmaction2 .pth needs its config (--model-config <train YAML or "
+                             "mmaction2 .py>)")
+        cfg_file, pth = Path(model_config), path
+    else:
+        raise FileNotFoundError(f"{path}: not a run folder, Tune summary, .pth or .onnx model")
+    return _torch_recognizer(cfg_file, pth, label_names, device, threads, spec)
+
+
+def _torch_recognizer(cfg_file: Path, pth: Path, label_names, device: str, threads: int,
+                      given: ModelSpec | None = None) -> TorchRecognizer:
+    import torch
+
+    from recognizer_core.models.checkpoint import infer_model_config, load_mmaction_checkpoint, \
+        load_state_dict_file
+    from recognizer_core.models.recognizer import build_recognizer
+    from recognizer_core.train.config import TrainJobConfig
+
+    if threads:
+        torch.set_num_threads(threads)
+    meta = _checkpoint_meta(pth)
+    names = label_names or (meta.get("dataset_meta") or {}).get("classes")
+    source = {"checkpoint": str(pth.resolve()), "config": str(cfg_file.resolve()), "epoch": meta.get("epoch")}
+    if cfg_file.suffix == ".py":
+        model_cfg = infer_model_config(load_state_dict_file(pth), dropout=0.0)
+        pipeline = _mmaction_py_pipeline(cfg_file.read_text(), str(cfg_file))
+        names = list(names or [str(i) for i in range(model_cfg.num_classes)])
+        mode, per_person = default_window_mode(names, pipeline)
+        spec = ModelSpec(label_names=names, model=model_cfg.model_dump(mode="json"), pipeline=pipeline,
+                         window_frames=pipeline.clip_len, window_mode=mode, track_classes=per_person,
+                         thresholds={n: ClassThreshold() for n in names[1:]},
+                         source={**source, "note": "mmaction2 config: window = clip_len at 30 fps"})
+    else:
+        cfg = load_config(TrainJobConfig, cfg_file)
+        model_cfg = cfg.model
+        spec = given or spec_from_train_config(cfg, names, source)
+    net = build_recognizer(model_cfg)
+    load_mmaction_checkpoint(net, pth)
+    return TorchRecognizer(net, spec, str(pth), device)

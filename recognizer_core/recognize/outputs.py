@@ -1,0 +1,102 @@
+"""Per-video outputs of recognize: events (JSON lines + CSV), window scores (CSV), a timeline PNG, an overlay.
+
+Every file is written atomically (storage.atomic_write), so a killed job never leaves half a file that a
+resumed one would take as finished.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from recognizer_core.recognize.events import Event
+from recognizer_core.recognize.spec import ModelSpec
+from recognizer_core.storage import atomic_write, write_text
+
+EVENT_FIELDS = ("video", "label", "start_s", "end_s", "peak_score", "track_ids")
+
+
+def safe_name(video: str) -> str:
+    """A file-name stem for a video path or URI."""
+    stem = Path(video.rstrip("/")).name or "video"
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", stem)
+
+
+def events_csv(events: Sequence[Event]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(EVENT_FIELDS)
+    for e in events:
+        d = e.to_dict()
+        w.writerow([d["video"], d["label"], d["start_s"], d["end_s"], d["peak_score"],
+                    " ".join(str(t) for t in d["track_ids"])])
+    return buf.getvalue()
+
+
+def write_video_outputs(out_dir: str | Path, video: str, windows: Sequence, probs: np.ndarray,
+                        events: Sequence[Event], spec: ModelSpec, timeline: bool = True) -> dict[str, str]:
+    """<out>/<stem>.events.jsonl / .events.csv / .windows.csv (+ .timeline.png); returns {kind: path}."""
+    out_dir = Path(out_dir)
+    stem = safe_name(video)
+    files = {"events_jsonl": out_dir / f"{stem}.events.jsonl", "events_csv": out_dir / f"{stem}.events.csv",
+             "windows_csv": out_dir / f"{stem}.windows.csv"}
+    write_text(files["events_jsonl"], "".join(json.dumps(e.to_dict()) + "\n" for e in events))
+    write_text(files["events_csv"], events_csv(events))
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["sequence", "start_s", "end_s", "track_ids", *spec.label_names])
+    for win, p in zip(windows, probs):
+        w.writerow([win.key, f"{win.start_s:.3f}", f"{win.end_s:.3f}", " ".join(map(str, win.track_ids)),
+                    *[f"{x:.5f}" for x in p]])
+    write_text(files["windows_csv"], buf.getvalue())
+    if timeline and len(windows):
+        files["timeline_png"] = plot_timeline(out_dir / f"{stem}.timeline.png", video, windows, probs, events, spec)
+    return {k: str(v) for k, v in files.items()}
+
+
+def plot_timeline(path: Path, video: str, windows: Sequence, probs: np.ndarray, events: Sequence[Event],
+                  spec: ModelSpec, truth: Sequence[dict] = ()) -> Path:
+    """Per event class: each sequence's window scores over time (window centres), the thresholds, the detected
+    events as bands (and true intervals as bars, when given)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    classes = spec.event_classes
+    fig, axes = plt.subplots(len(classes), 1, figsize=(12, 2.4 * len(classes) + 0.6), squeeze=False, sharex=True)
+    keys = sorted({w.key for w in windows})
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, c in zip(axes[:, 0], classes):
+        name = spec.label_names[c]
+        for j, key in enumerate(keys):
+            idx = sorted((i for i, w in enumerate(windows) if w.key == key), key=lambda i: windows[i].start_s)
+            t = [(windows[i].start_s + windows[i].end_s) / 2 for i in idx]
+            ax.plot(t, probs[idx, c], lw=1, color=colours[j % len(colours)], label=key if len(keys) <= 8 else None)
+        th = spec.threshold(c)
+        ax.axhline(th.on, color="k", ls="--", lw=0.8)
+        ax.axhline(th.off_value, color="k", ls=":", lw=0.8)
+        for e in events:
+            if e.class_index == c:
+                ax.axvspan(e.start_s, e.end_s, color="tab:red", alpha=0.2)
+        for tr in truth:
+            if tr["label"] == name:
+                ax.plot([tr["start_s"], tr["end_s"]], [1.04, 1.04], color="tab:green", lw=4, solid_capstyle="butt")
+        ax.set_ylim(0, 1.08)
+        ax.set_ylabel(f"P({name})")
+        if len(keys) <= 8:
+            ax.legend(loc="upper right", fontsize=7, ncol=min(len(keys), 4))
+    axes[-1, 0].set_xlabel("time (s)")
+    fig.suptitle(f"{video}: window scores, events (red){', truth (green)' if truth else ''}", fontsize=10)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    with atomic_write(path, "wb") as f:
+        f.write(buf.getvalue())
+    return path

@@ -1,0 +1,82 @@
+"""Overlay video of a recognition: skeletons and track ids (pose/overlay.py's renderer) plus, per frame, the
+label and score of the window centred nearest that frame: at the top for scene windows, above each person
+for track windows; red while the score is over the class's threshold. PyAV (h264) encode."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from recognizer_core.recognize.spec import ModelSpec
+from recognizer_core.recognize.windows import frame_times
+from recognizer_core.skeleton.clip import SkeletonClip
+
+
+def _labels_at(t: float, windows: Sequence, probs: np.ndarray, spec: ModelSpec) -> dict[str, tuple[str, float, bool]]:
+    """{sequence key: (class, score, over threshold)} of the window centred nearest t among those covering t."""
+    best: dict[str, tuple[float, int]] = {}
+    for i, w in enumerate(windows):
+        if w.start_s <= t <= w.end_s:
+            d = abs((w.start_s + w.end_s) / 2 - t)
+            if w.key not in best or d < best[w.key][0]:
+                best[w.key] = (d, i)
+    out = {}
+    for key, (_, i) in best.items():
+        c = max(spec.event_classes, key=lambda k: probs[i, k])
+        out[key] = (spec.label_names[c], float(probs[i, c]), bool(probs[i, c] >= spec.threshold(c).on))
+    return out
+
+
+def render_recognition_overlay(clip: SkeletonClip, video_uri: str, windows: Sequence, probs: np.ndarray,
+                               spec: ModelSpec, out_path: str | Path) -> Path:
+    import av
+    from PIL import Image, ImageDraw
+
+    from recognizer_core.pose.overlay import draw_skeletons
+    from recognizer_core.pose.video import iter_frames
+
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    inds = clip.frame_inds if clip.frame_inds is not None else np.arange(clip.num_frames)
+    pos = {int(f): t for t, f in enumerate(inds)}
+    times = frame_times(clip)
+    ids = [int(i) for i in (clip.track_ids if clip.track_ids is not None else range(clip.num_person))]
+    writer = stream = None
+    try:
+        for idx, image in iter_frames(video_uri):
+            t = pos.get(idx)
+            if t is None:
+                continue
+            img = Image.fromarray(draw_skeletons(image, clip.keypoint[:, t], clip.keypoint_score[:, t],
+                                                 clip.track_ids)[..., ::-1])
+            draw = ImageDraw.Draw(img)
+            for key, (name, score, on) in _labels_at(float(times[t]), windows, probs, spec).items():
+                colour = (255, 40, 40) if on else (255, 255, 255)
+                if key == "scene":
+                    draw.text((8, 8), f"{name} {score:.2f}", fill=colour)
+                    continue
+                m = ids.index(int(key[len("track"):])) if int(key[len("track"):]) in ids else None
+                vis = clip.keypoint_score[m, t] > 0 if m is not None else None
+                if vis is not None and vis.any():
+                    x, y = clip.keypoint[m, t][vis].min(0)
+                    draw.text((float(x), float(y) - 24), f"{name} {score:.2f}", fill=colour)
+            frame_bgr = np.asarray(img)[..., ::-1]
+            if writer is None:
+                writer = av.open(str(out_path), "w")
+                stream = writer.add_stream("libx264", rate=max(1, int(round(clip.fps or 25))))
+                stream.width, stream.height = frame_bgr.shape[1] // 2 * 2, frame_bgr.shape[0] // 2 * 2
+                stream.pix_fmt = "yuv420p"
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame_bgr[: stream.height, : stream.width]),
+                                               format="bgr24")
+            for packet in stream.encode(frame):
+                writer.mux(packet)
+        if writer is not None:
+            for packet in stream.encode():
+                writer.mux(packet)
+    finally:
+        if writer is not None:
+            writer.close()
+    if writer is None:
+        raise ValueError(f"{video_uri}: no frame of {clip.clip_id!r} found in the video")
+    return out_path

@@ -1,0 +1,99 @@
+"""What a trained detector needs at recognition time, in one typed record (`ModelSpec`).
+
+The sidecar JSON of an exported ONNX model is a ModelSpec; a run folder, a Tune summary or an mmaction2 .pth
+gives the same record, built from its config (model.py). Label names, pipeline, fps and window length come
+from the model and its training data, never retyped by the user.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from recognizer_core.config import StrictModel, validate_config
+from recognizer_core.skeleton.transforms import PipelineConfig
+
+SIDECAR_FORMAT = "recognizer-model/1"
+
+
+def sidecar_path(onnx_path: str | Path) -> Path:
+    """<model>.onnx -> <model>.json"""
+    return Path(onnx_path).with_suffix(".json")
+
+
+class ClassThreshold(StrictModel):
+    on: float = Field(0.5, ge=0, le=1, description="an event starts when the class score reaches this")
+    off: float | None = Field(None, ge=0, le=1, description="and ends when it drops below this "
+                                                            "(hysteresis; default on - 0.1)")
+    min_duration_s: float = Field(0.5, ge=0, description="shorter events are dropped")
+    source: str = Field("default", description="where the threshold came from (default, config, validation)")
+
+    @property
+    def off_value(self) -> float:
+        return max(0.0, self.on - 0.1) if self.off is None else min(self.off, self.on)
+
+
+class ModelSpec(StrictModel):
+    """Everything recognize needs besides the weights; the JSON sidecar of an exported model."""
+
+    format: str = SIDECAR_FORMAT
+    label_names: list[str] = Field(..., min_length=2, description="class names in logit order")
+    background_class: int | None = Field(0, description="class that never makes an event (NonFight, Normal)")
+    model: dict = Field(default_factory=dict, description="ModelConfig of the network (for rebuilding it)")
+    pipeline: PipelineConfig = Field(..., description="the training pipeline; recognize runs its test mode")
+    fps: float = Field(30.0, gt=0, description="frame rate of the training clips (videos are resampled to it)")
+    window_frames: int = Field(..., ge=1, description="frames per recognition window at `fps` (the median "
+                                                      "training clip length)")
+    window_mode: Literal["scene", "track", "both"] = Field(
+        "scene", description="scene: one window over the top-M tracks (interactions: fights); track: one window "
+                             "per track (per-person classes: falls); both: track_classes from track windows, the "
+                             "other classes from scene windows")
+    track_classes: list[str] = Field(default_factory=list, description="per-person classes (window_mode both)")
+    thresholds: dict[str, ClassThreshold] = Field(default_factory=dict, description="per class name")
+    source: dict = Field(default_factory=dict, description="run / checkpoint / epoch the model came from")
+
+    @model_validator(mode="after")
+    def _check(self) -> "ModelSpec":
+        k = len(self.label_names)
+        if self.background_class is not None and not 0 <= self.background_class < k:
+            raise ValueError(f"background_class {self.background_class} outside 0..{k - 1}")
+        bad = [n for n in [*self.thresholds, *self.track_classes] if n not in self.label_names]
+        if bad:
+            raise ValueError(f"thresholds / track_classes name unknown classes {bad}; classes are {self.label_names}")
+        if self.model.get("num_classes", k) != k:
+            raise ValueError(f"model.num_classes={self.model['num_classes']} but {k} label_names")
+        return self
+
+    @property
+    def event_classes(self) -> list[int]:
+        return [c for c in range(len(self.label_names)) if c != self.background_class]
+
+    def window_kind(self, cls: int) -> str:
+        """The window kind ('scene' or 'track') whose scores make events of class `cls`."""
+        if self.window_mode != "both":
+            return self.window_mode
+        return "track" if self.label_names[cls] in self.track_classes else "scene"
+
+    def threshold(self, cls: int) -> ClassThreshold:
+        return self.thresholds.get(self.label_names[cls], ClassThreshold())
+
+    @property
+    def window_s(self) -> float:
+        return self.window_frames / self.fps
+
+    def to_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), indent=1)
+
+    @classmethod
+    def read(cls, path: str | Path) -> "ModelSpec":
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: model sidecar not found (export_model.py writes <model>.json "
+                                    "beside <model>.onnx)")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: not JSON: {err}") from None
+        return validate_config(cls, data, str(path))

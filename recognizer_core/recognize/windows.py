@@ -1,0 +1,102 @@
+"""Recognition windows: the training set's windowing (skeleton/windows.py `make_windows`) over a whole video.
+
+- scene windows (interactions such as fights): the top-M tracks of each window, ranked as build_dataset
+  ranks them, one window per start;
+- track windows (per-person classes such as falls): one window per track and start, that track alone.
+Window length is the model's training clip length at its fps; a video at another fps is resampled to the
+model's fps first (nearest frame in time), so a window spans the same seconds as a training clip.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from recognizer_core.skeleton.clip import SkeletonClip
+from recognizer_core.skeleton.windows import make_windows
+
+
+@dataclass
+class Window:
+    video: str
+    kind: Literal["scene", "track"]
+    start_s: float
+    end_s: float
+    track_ids: list[int]
+    clip: SkeletonClip = field(repr=False)
+
+    @property
+    def key(self) -> str:
+        """Windows with the same key form one score sequence (the scene, or one track)."""
+        return "scene" if self.kind == "scene" else f"track{self.track_ids[0]}"
+
+
+def frame_times(clip: SkeletonClip) -> np.ndarray:
+    """Seconds of each frame in the source video: frame_inds / source fps, else index / fps."""
+    fps = clip.fps or 30.0
+    if clip.frame_inds is None:
+        return np.arange(clip.num_frames) / fps
+    source_fps = float(clip.extra.get("source_fps", 0) or fps * int(clip.extra.get("frame_stride", 1) or 1))
+    return np.asarray(clip.frame_inds, np.float64) / source_fps
+
+
+def resample(clip: SkeletonClip, fps: float, tolerance: float = 0.02) -> tuple[SkeletonClip, np.ndarray]:
+    """(clip at `fps`, seconds of its frames). Unchanged when its frame rate is within 2 % of `fps`."""
+    times = frame_times(clip)
+    have = clip.fps or 30.0
+    if abs(have - fps) <= tolerance * fps or clip.num_frames < 2:
+        return clip, times
+    grid = np.arange(times[0], times[-1] + 0.5 / fps, 1.0 / fps)
+    idx = np.clip(np.searchsorted(times, grid), 0, len(times) - 1)
+    prev = np.clip(idx - 1, 0, len(times) - 1)
+    idx = np.where(np.abs(times[prev] - grid) <= np.abs(times[idx] - grid) + 1e-6, prev, idx)  # ties: earlier
+    extra = dict(clip.extra)
+    if isinstance(extra.get("box_score"), np.ndarray) and extra["box_score"].ndim == 2:
+        extra["box_score"] = np.ascontiguousarray(extra["box_score"][:, idx])
+    out = SkeletonClip(
+        clip_id=clip.clip_id, label=clip.label, keypoint=np.ascontiguousarray(clip.keypoint[:, idx]),
+        keypoint_score=np.ascontiguousarray(clip.keypoint_score[:, idx]), img_shape=clip.img_shape,
+        total_frames=len(idx), label_name=clip.label_name, split=clip.split, source_video=clip.source_video,
+        fps=fps, track_ids=clip.track_ids,
+        frame_inds=None if clip.frame_inds is None else np.asarray(clip.frame_inds)[idx].astype(np.int32),
+        original_shape=clip.original_shape, extra=extra)
+    return out, times[idx]
+
+
+def _track_clip(clip: SkeletonClip, m: int) -> SkeletonClip:
+    extra = dict(clip.extra)
+    if isinstance(extra.get("box_score"), np.ndarray) and extra["box_score"].ndim == 2:
+        extra["box_score"] = extra["box_score"][m:m + 1]
+    return SkeletonClip(
+        clip_id=clip.clip_id, label=clip.label, keypoint=clip.keypoint[m:m + 1],
+        keypoint_score=clip.keypoint_score[m:m + 1], img_shape=clip.img_shape, total_frames=clip.total_frames,
+        label_name=clip.label_name, split=clip.split, source_video=clip.source_video, fps=clip.fps,
+        track_ids=np.asarray([_track_id(clip, m)], np.int32), frame_inds=clip.frame_inds,
+        original_shape=clip.original_shape, extra=extra)
+
+
+def _track_id(clip: SkeletonClip, m: int) -> int:
+    return int(clip.track_ids[m]) if clip.track_ids is not None else int(m)
+
+
+def video_windows(clip: SkeletonClip, *, fps: float, window_frames: int, num_person: int,
+                  mode: Literal["scene", "track", "both"], stride_s: float = 0.5,
+                  min_person_frames: int = 1) -> list[Window]:
+    """Every window of a whole-video clip, in time order (per sequence); 'both' gives scene and track windows."""
+    video = clip.source_video or clip.clip_id
+    c, times = resample(clip, fps)
+    stride = max(1, int(round(stride_s * fps)))
+    dt = 1.0 / fps
+    parts = [(c, num_person, "scene")] if mode in ("scene", "both") else []
+    if mode in ("track", "both"):
+        parts += [(_track_clip(c, m), 1, "track") for m in range(c.num_person)]
+    out: list[Window] = []
+    for part, persons, kind in parts:
+        for w in make_windows(part, window_frames, stride, num_person=persons, min_frames=1,
+                              min_person_frames=min_person_frames):
+            t0 = int(w.extra["window_start"])
+            t1 = t0 + w.num_frames - 1
+            ids = [int(i) for i in w.track_ids] if w.track_ids is not None else []
+            out.append(Window(video, kind, float(times[t0]), float(times[t1] + dt), ids, w))
+    return out

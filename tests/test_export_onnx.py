@@ -1,0 +1,86 @@
+"""STGCN++ -> ONNX: logits equal to the mmaction2 goldens; the exported model + sidecar run without torch."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from recognizer_core.export.onnx import export_onnx, onnx_session
+from tests.recognize_helpers import make_run_folder
+from tests.test_models_parity import GOLDEN, golden_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name", GOLDEN)
+def test_onnx_logits_equal_the_goldens_with_a_dynamic_batch(tmp_path, name):
+    g, model = golden_model(name)
+    path = export_onnx(model, tmp_path / "m.onnx", g["input"][:1])  # traced at batch 1, run at batch 3
+    out = onnx_session(path).run(None, {"skeletons": g["input"].numpy()})[0]
+    assert out.shape == tuple(g["cls_score"].shape)
+    np.testing.assert_allclose(out, g["cls_score"].numpy(), atol=1e-5, rtol=0)
+
+
+_NO_TORCH = """
+import json, sys
+sys.modules["torch"] = None  # any torch import now fails
+from recognizer_core.recognize.model import load_recognizer
+from recognizer_core.recognize.runner import RecognizeConfig, effective_spec, recognize_clip
+from recognizer_core.skeleton.demo_sequence import make_demo_sequence
+rec = load_recognizer(sys.argv[1])
+clip, _ = make_demo_sequence((("fight", 0, 4), ("fight", 1, 5)), seed=1)
+res = recognize_clip(rec, clip, effective_spec(rec.spec, RecognizeConfig()), RecognizeConfig())
+print(json.dumps({"probs": res.probs.tolist(), "type": type(rec).__name__}))
+"""
+
+
+def test_export_job_sidecar_and_torch_free_recognize(tmp_path):
+    from recognizer_core.recognize.model import load_recognizer
+    from recognizer_core.recognize.runner import RecognizeConfig, effective_spec, recognize_clip
+    from recognizer_core.recognize.spec import ModelSpec
+    from recognizer_core.skeleton.demo_sequence import make_demo_sequence
+
+    run, _ = make_run_folder(tmp_path)
+    out = tmp_path / "export" / "fight.onnx"
+    proc = subprocess.run([sys.executable, str(ROOT / "rayjobs/export_model.py"), str(run), "--out", str(out),
+                           "--calibrate-precision", "0.5"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["max_abs_diff_vs_torch"] < 1e-5 and report["label_names"] == ["NonFight", "Fight"]
+    spec = ModelSpec.read(out.with_suffix(".json"))
+    assert spec.pipeline.feats == ["j", "b"] and spec.pipeline.num_person == 2 and spec.fps == 30.0
+    assert spec.thresholds["Fight"].source.startswith("validation: precision")
+    assert spec.source["checkpoint"].endswith("best_acc_top1_epoch_3.pth")
+
+    proc = subprocess.run([sys.executable, "-c", _NO_TORCH, str(out)], capture_output=True, text=True, cwd=ROOT,
+                          timeout=300, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["type"] == "OnnxRecognizer"
+    torch_rec = load_recognizer(run)
+    clip, _ = make_demo_sequence((("fight", 0, 4), ("fight", 1, 5)), seed=1)
+    ref = recognize_clip(torch_rec, clip, effective_spec(torch_rec.spec, RecognizeConfig()), RecognizeConfig()).probs
+    assert len(ref) > 10
+    np.testing.assert_allclose(np.array(got["probs"]), ref, atol=1e-5, rtol=0)
+    bad = tmp_path / "other.onnx"
+    bad.write_bytes(out.read_bytes())  # no sidecar beside it: one clear error
+    with pytest.raises(FileNotFoundError, match="other.json: model sidecar not found"):
+        load_recognizer(bad)
+
+
+def test_tensorrt_engine_request_without_tensorrt_fails_before_writing(tmp_path):
+    try:
+        import tensorrt  # noqa: F401
+        pytest.skip("tensorrt is installed: the engine would be built")
+    except ImportError:
+        pass
+    out = tmp_path / "m.onnx"
+    proc = subprocess.run([sys.executable, str(ROOT / "rayjobs/export_model.py"), str(tmp_path / "run"), "--out",
+                           str(out), "--trt-engine", str(tmp_path / "m.trt")], capture_output=True, text=True,
+                          cwd=ROOT, timeout=120)
+    assert proc.returncode != 0 and "needs the tensorrt package" in proc.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,156 @@
+"""Recognize core: events from known score sequences, windows, and window scores equal to the test job's."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from recognizer_core.recognize.events import events_from_scores, hysteresis_runs, threshold_at_precision
+from recognizer_core.recognize.model import load_recognizer
+from recognizer_core.recognize.runner import RecognizeConfig, effective_spec, recognize_clip
+from recognizer_core.recognize.windows import resample, video_windows
+from recognizer_core.skeleton.clip import SkeletonClip
+from tests.recognize_helpers import make_run_folder
+
+
+def _seq(scores, hop=0.5, length=2.0):
+    starts = np.arange(len(scores)) * hop
+    return starts, starts + length, np.asarray(scores, float)
+
+
+def test_hysteresis_keeps_a_dipping_score_as_one_event():
+    s = [0.1, 0.7, 0.55, 0.45, 0.65, 0.2, 0.8, 0.9]
+    assert hysteresis_runs(s, on=0.6, off=0.5) == [(1, 2), (4, 4), (6, 7)]
+    assert hysteresis_runs(s, on=0.6, off=0.4) == [(1, 4), (6, 7)]
+    assert hysteresis_runs([0.9, 0.9], 0.6, 0.5) == [(0, 1)]  # open at the end
+    assert hysteresis_runs([0.59] * 5, 0.6, 0.5) == []
+
+
+def test_events_span_window_centres_merge_and_minimum_duration():
+    starts, ends, s = _seq([0.1, 0.8, 0.9, 0.2, 0.1, 0.1, 0.1, 0.1, 0.1, 0.95, 0.1])
+    # centres are start + 1.0; hop 0.5: windows 1-2 -> [1.25, 2.25], window 9 -> [5.25, 5.75]
+    ev = events_from_scores(starts, ends, s, on=0.6, off=0.5, min_duration_s=0.0, merge_gap_s=0.0,
+                            track_ids=[[i] for i in range(len(s))])
+    assert [(a, b, p, ids) for a, b, p, ids in ev] == [(1.25, 2.25, 0.9, [1, 2]), (5.25, 5.75, 0.95, [9])]
+    # minimum duration drops the single-window event
+    ev = events_from_scores(starts, ends, s, on=0.6, off=0.5, min_duration_s=0.6, merge_gap_s=0.0)
+    assert [(a, b) for a, b, _, _ in ev] == [(1.25, 2.25)]
+    # merging closes the 3 s gap, then the merged event is long enough
+    ev = events_from_scores(starts, ends, s, on=0.6, off=0.5, min_duration_s=0.6, merge_gap_s=3.0,
+                            track_ids=[[i % 2] for i in range(len(s))])
+    assert [(a, b, p, ids) for a, b, p, ids in ev] == [(1.25, 5.75, 0.95, [0, 1])]
+    assert events_from_scores([], [], [], on=0.5, off=0.4, min_duration_s=0, merge_gap_s=0) == []
+
+
+def test_threshold_at_precision():
+    scores = np.array([0.95, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4])
+    positive = np.array([1, 1, 0, 1, 1, 0, 0], bool)
+    assert threshold_at_precision(scores, positive, 1.0) == (0.9, 1.0, 0.5)
+    th, p, r = threshold_at_precision(scores, positive, 0.75)
+    assert (th, p, r) == (0.6, 0.8, 1.0)
+    assert threshold_at_precision(scores, ~positive, 0.99)[2] == 0.0  # unreachable: recall 0
+
+
+def _clip(T=90, M=3, fps=15.0):
+    rng = np.random.default_rng(0)
+    kp = rng.uniform(10, 300, (M, T, 17, 2)).astype(np.float32)
+    sc = rng.uniform(0.2, 1.0, (M, T, 17)).astype(np.float32)
+    sc[2, : T // 2] = 0  # the third person appears half-way
+    return SkeletonClip(clip_id="v", label=0, keypoint=kp, keypoint_score=sc, img_shape=(320, 320), total_frames=T,
+                        fps=fps, track_ids=np.array([7, 8, 9], np.int32), frame_inds=np.arange(T, dtype=np.int32),
+                        source_video="v.mp4", extra={"source_fps": fps})
+
+
+def test_windows_resample_to_the_model_fps_and_cover_scene_or_tracks():
+    clip = _clip()  # 6 s at 15 fps
+    c30, times = resample(clip, 30.0)
+    counts = np.bincount(c30.frame_inds)
+    assert c30.num_frames == 179 and counts.min() >= 1 and counts.max() == 2  # every frame, each at most twice
+    assert times[-1] == pytest.approx(89 / 15) and np.all(np.diff(times) >= 0)
+    wins = video_windows(clip, fps=30.0, window_frames=60, num_person=2, mode="scene", stride_s=0.5)
+    assert [round(w.start_s, 3) for w in wins][:3] == [0.0, 0.467, 1.0]  # source frame times (0.5 s: a tie, the earlier frame)
+    assert all(w.clip.num_frames == 60 and w.clip.num_person == 2 for w in wins)
+    assert all(w.end_s - w.start_s == pytest.approx(2.0, abs=0.07) for w in wins)
+    tracks = video_windows(clip, fps=30.0, window_frames=60, num_person=2, mode="track", stride_s=0.5)
+    by_track = {tid: sum(1 for w in tracks if w.track_ids == [tid]) for tid in (7, 8, 9)}
+    assert by_track[7] == by_track[8] == len(wins) and 0 < by_track[9] < by_track[7]  # 9 only when seen
+
+
+def test_window_scores_on_parquet_equal_the_test_job_path(tmp_path):
+    """recognize on the dataset's clips (one window each) == train/evaluate.py's test path on the same clips."""
+    from recognizer_core.skeleton.store import SkeletonDataset
+    from recognizer_core.train.evaluate import _test_batches, evaluate, load_weights
+    from recognizer_core.models.recognizer import build_recognizer
+    from recognizer_core.train.worker import LocalContext
+
+    run, cfg = make_run_folder(tmp_path)
+    loader, _ = _test_batches(cfg, cfg.data.path, "train", LocalContext(tmp_path / "ckpt"), required=True)
+    model = build_recognizer(cfg.model)
+    load_weights(model, run)
+    ref = evaluate(model, loader, torch.device("cpu"))["scores"]
+
+    rec = load_recognizer(run)
+    assert rec.spec.label_names == ["NonFight", "Fight"] and rec.spec.fps == 30.0
+    assert rec.spec.pipeline.clip_len == 24 and rec.spec.pipeline.test_num_clips == 2
+    spec = effective_spec(rec.spec, RecognizeConfig(window_s=10.0))  # longer than any clip: one window each
+    clips = list(SkeletonDataset(cfg.data.path).iter_clips("train", copy=True))
+    ours = np.concatenate([recognize_clip(rec, c, spec, RecognizeConfig()).probs for c in clips])
+    assert ours.shape == ref.shape == (len(clips), 2)
+    assert ref[:, 1].std() > 1e-4  # scores differ per clip by far more than the tolerance
+    np.testing.assert_allclose(ours, ref, atol=1e-7, rtol=1e-5)
+
+
+def test_model_forms_tune_summary_and_mmaction_pth_with_py_config(tmp_path):
+    import shutil
+
+    from recognizer_core.models.checkpoint import mmaction_config_text
+    from recognizer_core.skeleton.store import SkeletonDataset
+
+    run, cfg = make_run_folder(tmp_path)
+    pth = next(run.glob("best_*.pth"))
+    summary = tmp_path / "exp" / "summary"  # a Tune experiment: <exp>/summary/best_config.yaml + best .pth
+    summary.mkdir(parents=True)
+    shutil.copy(run / "config.yaml", summary / "best_config.yaml")
+    shutil.copy(pth, summary / pth.name)
+    clip = next(iter(SkeletonDataset(cfg.data.path).iter_clips("train", copy=True)))
+    ref = load_recognizer(run)
+    x = ref.prepare([clip])
+    for model in (tmp_path / "exp", summary):
+        np.testing.assert_array_equal(load_recognizer(model).predict(x), ref.predict(x))
+    py = tmp_path / "stgcnpp.py"  # an mmaction2 config: the test pipeline is the last one written
+    py.write_text(mmaction_config_text(cfg.model) + "train_pipeline = [dict(type='UniformSampleFrames', clip_len=100)]\n"
+                  "test_pipeline = [dict(type='GenSkeFeat', dataset='coco', feats=['j', 'b']), "
+                  "dict(type='UniformSampleFrames', clip_len=24, num_clips=2, test_mode=True), "
+                  "dict(type='FormatGCNInput', num_person=2)]\n")
+    mm = load_recognizer(pth, model_config=py)
+    assert mm.spec.label_names == ["NonFight", "Fight"]  # from the checkpoint's meta
+    assert mm.spec.pipeline.model_dump() == ref.spec.pipeline.model_dump()
+    np.testing.assert_allclose(mm.predict(x), ref.predict(x), atol=1e-6)
+    with pytest.raises(ValueError, match="needs its config"):
+        load_recognizer(pth)
+    with pytest.raises(FileNotFoundError, match="not a run folder"):
+        load_recognizer(tmp_path / "dataset")
+
+
+def test_both_window_kinds_fights_from_scene_windows_falls_from_track_windows():
+    from recognizer_core.recognize.events import detect_events
+    from recognizer_core.recognize.model import default_window_mode
+    from recognizer_core.recognize.spec import ModelSpec
+    from recognizer_core.skeleton.transforms import PipelineConfig
+
+    pipe = PipelineConfig(num_person=2)
+    assert default_window_mode(["Normal", "Fight", "Falldown"], pipe) == ("both", ["Falldown"])
+    assert default_window_mode(["Normal", "Falldown"], pipe) == ("track", [])
+    assert default_window_mode(["NonFight", "Fight"], pipe) == ("scene", [])
+    spec = ModelSpec(label_names=["Normal", "Fight", "Falldown"], pipeline=pipe, window_frames=60,
+                     window_mode="both", track_classes=["Falldown"])
+    wins = video_windows(_clip(), fps=30.0, window_frames=60, num_person=2, mode="both", stride_s=0.5)
+    scene = [w for w in wins if w.kind == "scene"]
+    assert len(scene) and len(wins) > 3 * len(scene) - 10 and {w.key for w in wins} >= {"scene", "track7"}
+    probs = np.full((len(wins), 3), [0.0, 0.9, 0.9])  # every class high everywhere
+    events = detect_events(wins, probs, spec)
+    assert {(e.label, tuple(e.track_ids)) for e in events} == {("Fight", (7, 8)), ("Falldown", (7,)),
+                                                                ("Falldown", (8,)), ("Falldown", (9,))}
+    assert sum(e.label == "Falldown" for e in events) == 3 and sum(e.label == "Fight" for e in events) == 1
+    with pytest.raises(Exception, match="unknown classes"):
+        effective_spec(spec, RecognizeConfig(track_classes=["Fall"]))

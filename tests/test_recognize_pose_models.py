@@ -1,0 +1,76 @@
+"""RTMO by name: download from a local HTTP server (127.0.0.1), sha256 checks, corrupt zips, atomic cache."""
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.server
+import threading
+import zipfile
+
+import pytest
+
+from recognizer_core.recognize.pose_models import POSE_MODELS, PoseModelError, resolve_pose_model
+from tests.fakes.fake_rtmo import build_fake_rtmo
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    root = tmp_path_factory.mktemp("www")
+    onnx = build_fake_rtmo(root / "src" / "end2end.onnx")
+    with zipfile.ZipFile(root / "rtmo-fake.zip", "w") as z:  # the SDK zip layout: <name>/end2end.onnx + extras
+        z.write(onnx, "rtmo-fake_body7-640x640/end2end.onnx")
+        z.writestr("rtmo-fake_body7-640x640/pipeline.json", "{}")
+    data = (root / "rtmo-fake.zip").read_bytes()
+    (root / "corrupt.zip").write_bytes(data[: len(data) // 2])
+    with zipfile.ZipFile(root / "no_model.zip", "w") as z:
+        z.writestr("x/readme.txt", "nothing")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *a, **k: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", hashlib.sha256(data).hexdigest(), onnx.read_bytes(), root
+    server.shutdown()
+
+
+def _files(folder):
+    return sorted(p.name for p in folder.rglob("*")) if folder.exists() else []
+
+
+def test_names_point_at_the_official_sdk_zips():
+    assert set(POSE_MODELS) == {"rtmo-s", "rtmo-m", "rtmo-l"}
+    assert all(u.startswith("https://download.openmmlab.com/mmpose/v1/projects/rtmo/onnx_sdk/rtmo-")
+               and "640x640" in u and u.endswith(".zip") for u in POSE_MODELS.values())
+
+
+def test_download_verify_unpack_and_reuse(served, tmp_path):
+    base, sha, onnx_bytes, _ = served
+    url = f"{base}/rtmo-fake.zip"
+    path = resolve_pose_model("rtmo-s", tmp_path, url=url, sha256=sha)
+    assert path == tmp_path / "rtmo-s" / "end2end.onnx" and path.read_bytes() == onnx_bytes
+    assert _files(tmp_path) == ["end2end.onnx", "rtmo-s", "source.json"]  # no temp zip left
+    mtime = path.stat().st_mtime_ns
+    assert resolve_pose_model("rtmo-s", tmp_path, url=url) == path and path.stat().st_mtime_ns == mtime  # cached
+    assert resolve_pose_model(str(path), tmp_path) == path  # a local path works as is
+    with pytest.raises(PoseModelError, match="not one of"):
+        resolve_pose_model(str(tmp_path / "missing.onnx"), tmp_path)
+
+
+def test_checksum_mismatch_corrupt_zip_and_missing_model_leave_nothing(served, tmp_path):
+    base, sha, _, root = served
+    with pytest.raises(PoseModelError, match=f"sha256 mismatch .* expected {'0' * 64}, got {sha}"):
+        resolve_pose_model("rtmo-m", tmp_path, url=f"{base}/rtmo-fake.zip", sha256="0" * 64)
+    with pytest.raises(PoseModelError, match="corrupt.zip is not a valid zip"):
+        resolve_pose_model("rtmo-m", tmp_path, url=f"{base}/corrupt.zip")
+    with pytest.raises(PoseModelError, match="holds no end2end.onnx"):
+        resolve_pose_model("rtmo-m", tmp_path, url=f"{base}/no_model.zip")
+    with pytest.raises(PoseModelError, match="download of .*/absent.zip failed: HTTP Error 404"):
+        resolve_pose_model("rtmo-m", tmp_path, url=f"{base}/absent.zip")
+    assert _files(tmp_path) == []  # nothing half-written in the cache
+    # a good download, then the server's file changes: the recorded checksum catches it, the good copy stays
+    (root / "changing.zip").write_bytes((root / "rtmo-fake.zip").read_bytes())
+    good = resolve_pose_model("rtmo-l", tmp_path, url=f"{base}/changing.zip")
+    good.unlink()  # force a new download of the same address, whose file has changed
+    (root / "changing.zip").write_bytes((root / "no_model.zip").read_bytes())
+    with pytest.raises(PoseModelError, match=f"sha256 mismatch .* expected {sha}"):
+        resolve_pose_model("rtmo-l", tmp_path, url=f"{base}/changing.zip")
+    assert _files(tmp_path) == ["rtmo-l", "source.json"]
