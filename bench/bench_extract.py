@@ -29,12 +29,12 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 import numpy as np  # noqa: E402
 
-from recognizer_core.pose.backends import build_backend  # noqa: E402
-from recognizer_core.pose.config import ExtractionConfig, PoseModelConfig, SourceConfig  # noqa: E402
-from recognizer_core.pose.rtmo import RtmoPoseEstimator  # noqa: E402
-from recognizer_core.pose.sources import list_videos  # noqa: E402
-from recognizer_core.pose.tracking import track_poses  # noqa: E402
-from recognizer_core.pose.video import iter_frames  # noqa: E402
+from recognizer_core.extract.backends import build_backend  # noqa: E402
+from recognizer_core.extract.config import ExtractionConfig, PoseModelConfig, SourceConfig  # noqa: E402
+from recognizer_core.extract.rtmo import RtmoPoseEstimator  # noqa: E402
+from recognizer_core.extract.sources import list_videos  # noqa: E402
+from recognizer_core.track.tracking import track_poses  # noqa: E402
+from recognizer_core.extract.video import iter_frames  # noqa: E402
 
 
 def rtmlib_style_loop(videos, model_cfg: PoseModelConfig, tracking_cfg) -> tuple[int, float]:

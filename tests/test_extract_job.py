@@ -16,8 +16,9 @@ import pytest
 from conftest import shared_path
 from fakes.fake_rtmo import build_fake_rtmo, expected_person, write_marker_video
 from fakes.job_videos import SIDE, linear_track, make_job_folder
-from recognizer_core.pose.config import DatasetBuildConfig, ExtractionConfig
-from recognizer_core.pose.pipeline import read_clip_file
+from recognizer_core.dataset.config import DatasetBuildConfig
+from recognizer_core.extract.config import ExtractionConfig
+from recognizer_core.extract.stages import read_clip_file
 from recognizer_core.skeleton.mmaction_pkl import read_mmaction_pkl
 from recognizer_core.skeleton.store import SkeletonDataset
 
@@ -108,7 +109,7 @@ def test_extract_and_build_dataset_end_to_end(ray_local, tmp_path, fake_model):
     _check_track(read_clip_file(out / done["train/NonFight/one_person.avi"]["output"]), 0,
                  truth["tracks"]["train/NonFight/one_person.avi"][0], stride)
 
-    from recognizer_core.pose.overlay import render_overlay
+    from recognizer_core.extract.overlay import render_overlay
 
     pngs = render_overlay(two, two.source_video, tmp_path / "overlay", max_frames=2)
     assert sorted(p.name for p in pngs.iterdir()) == ["frame_000000.png", "frame_000004.png"]

@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 
 from fakes.fake_rtmo import KEYPOINT_OFFSETS
-from recognizer_core.pose.config import TrackingConfig
-from recognizer_core.pose.rtmo import FramePoses
-from recognizer_core.pose.tracking import track_poses
+from recognizer_core.track.config import TrackingConfig
+from recognizer_core.extract.rtmo import FramePoses
+from recognizer_core.track.tracking import track_poses
 
 
 def _person(cx, cy, s=10.0):

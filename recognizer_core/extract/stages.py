@@ -20,10 +20,10 @@ from typing import Iterator
 import numpy as np
 import pyarrow.parquet as pq
 
-from recognizer_core.pose.config import DecodeConfig, PoseModelConfig
-from recognizer_core.pose.rtmo import NUM_KEYPOINTS, FramePoses, RtmoPoseEstimator
-from recognizer_core.pose.tracking import TrackedPoses
-from recognizer_core.pose.video import (VideoDecodeError, frame_stride_for, iter_frames, letterbox_params,
+from recognizer_core.extract.config import DecodeConfig, PoseModelConfig
+from recognizer_core.extract.rtmo import NUM_KEYPOINTS, FramePoses, RtmoPoseEstimator
+from recognizer_core.track.tracking import TrackedPoses
+from recognizer_core.extract.video import (VideoDecodeError, frame_stride_for, iter_frames, letterbox_params,
                                         plan_shards, probe_video)
 from recognizer_core.skeleton.clip import SkeletonClip
 from recognizer_core.skeleton.store_rows import clips_from_batch, clips_to_table
@@ -105,7 +105,7 @@ class PoseInference:
     """Callable class for the actor pool: the model is loaded once per actor."""
 
     def __init__(self, model_cfg: PoseModelConfig):
-        from recognizer_core.pose.backends import build_backend
+        from recognizer_core.extract.backends import build_backend
 
         self.cfg = model_cfg
         self.estimator = RtmoPoseEstimator(build_backend(model_cfg), model_cfg)

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 
 from fakes.fake_rtmo import KEYPOINT_SCALE, build_fake_rtmo, draw_markers, expected_person
-from recognizer_core.pose.backends import BackendError, OrtBackend, build_backend
-from recognizer_core.pose.config import OnnxOptions, PoseModelConfig
-from recognizer_core.pose.rtmo import RtmoPoseEstimator, box_iou, nms, postprocess, to_model_input
-from recognizer_core.pose.video import letterbox, letterbox_params
+from recognizer_core.extract.backends import BackendError, OrtBackend, build_backend
+from recognizer_core.extract.config import OnnxOptions, PoseModelConfig
+from recognizer_core.extract.rtmo import RtmoPoseEstimator, box_iou, nms, postprocess, to_model_input
+from recognizer_core.extract.video import letterbox, letterbox_params
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from typing import Protocol
 
 import numpy as np
 
-from recognizer_core.pose.config import OnnxOptions, PoseModelConfig, TensorRTOptions
+from recognizer_core.extract.config import OnnxOptions, PoseModelConfig, TensorRTOptions
 
 
 class BackendError(RuntimeError):
