@@ -17,9 +17,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from recognizer_core.config import add_config_args, config_from_args  # noqa: E402
+from recognizer_core.config import ConfigError, add_config_args, config_from_args  # noqa: E402
 from recognizer_core.dataset.build import run_build  # noqa: E402
 from recognizer_core.dataset.config import DatasetBuildConfig  # noqa: E402
+from recognizer_core.ray_runtime import RayStartError, start_ray  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,7 +32,15 @@ def main(argv: list[str] | None = None) -> int:
     for flag in ("poses", "output"):
         if getattr(args, flag):
             args.overrides.append(f"{flag}={getattr(args, flag)}")
-    print(json.dumps(run_build(config_from_args(DatasetBuildConfig, args))), flush=True)
+    try:
+        cfg = config_from_args(DatasetBuildConfig, args)
+        if cfg.use_ray:
+            start_ray(cfg.ray_address or None, job="build_dataset", dashboard=False)
+        summary = run_build(cfg)
+    except (ConfigError, RayStartError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary), flush=True)
     return 0
 
 

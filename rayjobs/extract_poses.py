@@ -3,8 +3,10 @@
     python rayjobs/extract_poses.py --config configs/extraction.yaml \
         --set source.input=/data/RWF-2000 --set model.onnx.model_path=end2end.onnx --set output=outputs/poses
 
-Decoding runs in CPU tasks (a generator per shard, frames streamed), RTMO in an actor pool (the model loaded
-once per actor). Re-running the same command skips finished videos (manifest keyed by path + size + mtime); a
+Decoding runs in CPU tasks (a generator per shard, frames streamed), RTMO in an autoscaling actor pool (the
+model loaded once per actor; up to one actor per GPU of the cluster), tracking and the Parquet write in one Ray
+task per video on any node. Inputs and the model are checked before Ray starts (`error: ...`, exit 2, nothing
+created). Paths must be shared storage (NFS) or URIs (s3://) on a cluster. Re-running the same command skips finished videos (manifest keyed by path + size + mtime); a
 killed job loses only the videos in flight. Bad videos are recorded in failures.jsonl, videos without persons
 in empty_clips.jsonl; the job goes on and ends with a summary (summary.json, and one JSON line on stdout).
 The logic lives in recognizer_core/extract/ (job.py wires the stages).
@@ -18,9 +20,22 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from recognizer_core.config import add_config_args, config_from_args  # noqa: E402
+from recognizer_core.config import ConfigError, add_config_args, config_from_args  # noqa: E402
+from recognizer_core.extract.backends import BackendError  # noqa: E402
 from recognizer_core.extract.config import ExtractionConfig  # noqa: E402
-from recognizer_core.extract.job import run_extraction  # noqa: E402,F401  (tests call it through this script)
+from recognizer_core.extract.job import prepare_extraction, run_prepared  # noqa: E402
+from recognizer_core.extract.sources import SourceError  # noqa: E402
+from recognizer_core.ray_runtime import RayStartError, start_ray  # noqa: E402
+
+INPUT_ERRORS = (ConfigError, SourceError, BackendError)
+
+
+def run_extraction(cfg: ExtractionConfig, verbose: bool = True) -> dict:
+    """Check the inputs and the model (before Ray starts; raises INPUT_ERRORS), start or join Ray, extract."""
+    plan = prepare_extraction(cfg)
+    if plan.todo:
+        start_ray(cfg.ray.address or None, job="extract_poses", log_to_driver=verbose, dashboard=verbose)
+    return run_prepared(plan, verbose)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,15 +51,23 @@ def main(argv: list[str] | None = None) -> int:
     for flag, field in (("input", "source.input"), ("output", "output"), ("onnx", "model.onnx.model_path")):
         if getattr(args, flag):
             args.overrides.append(f"{field}={getattr(args, flag)}")
-    cfg = config_from_args(ExtractionConfig, args)
-    summary = run_extraction(cfg, verbose=not args.quiet)
-    print(json.dumps({k: v for k, v in summary.items() if k != "failures"}), flush=True)
+    try:
+        cfg = config_from_args(ExtractionConfig, args)
+        summary = run_extraction(cfg, verbose=not args.quiet)
+    except (*INPUT_ERRORS, RayStartError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps({k: v for k, v in summary.items() if k not in ("failures", "truncated_videos")}), flush=True)
     for f in summary["failures"]:
         print(f"[extract] failed: {f['rel_path']}: {f['reason']}", file=sys.stderr)
+    for t in summary["truncated_videos"]:
+        print(f"[extract] truncated: {t['rel_path']}: decoded {t['decoded_frames']} of {t['declared_frames']} "
+              f"declared frames ({'kept' if t['kept'] else 'not kept'})", file=sys.stderr)
     if args.build_dataset:
         from recognizer_core.dataset.build import run_build
         from recognizer_core.dataset.config import DatasetBuildConfig
 
+        start_ray(cfg.ray.address or None, job="build_dataset", dashboard=False)
         print(json.dumps(run_build(DatasetBuildConfig(poses=cfg.output, output=args.build_dataset))))
     return 0
 

@@ -14,11 +14,12 @@ from typing import Iterator
 
 import pyarrow as pa
 
+from recognizer_core import storage
 from recognizer_core.config import ConfigError
 from recognizer_core.dataset.config import DatasetBuildConfig
 from recognizer_core.dataset.windows import assign_splits, make_windows
 from recognizer_core.extract.manifest import ExtractionManifest
-from recognizer_core.extract.stages import read_clip_file
+from recognizer_core.extract.clip_files import read_clip_file
 from recognizer_core.skeleton.clip import SkeletonClip
 from recognizer_core.skeleton.mmaction_pkl import parquet_to_pkl
 from recognizer_core.skeleton.store import SkeletonDataset, write_dataset
@@ -41,20 +42,21 @@ def _window_batch(batch: dict, cfg: DatasetBuildConfig) -> pa.Table:
 
 def plan_videos(cfg: DatasetBuildConfig) -> tuple[list[dict], list[str], int]:
     """(jobs: path/split/label per finished video, label names, videos skipped for having no label)."""
-    poses = Path(cfg.poses)
+    poses = storage.to_uri(cfg.poses)   # resolved once here: the window tasks may run on other nodes
     records = ExtractionManifest(poses).done_records()
     if not records:
         raise ConfigError(f"poses: {poses} has no finished videos (run rayjobs/extract_poses.py first)")
     names = list(cfg.label_names)
-    if not names and (poses / "labels.json").exists():
-        names = json.loads((poses / "labels.json").read_text()).get("label_names", [])
+    labels_json = storage.read_text(storage.join_uri(poses, "labels.json"))
+    if not names and labels_json:
+        names = json.loads(labels_json).get("label_names", [])
     labelled = [r for r in records if r.get("label_name")]
     missing = sorted({r["label_name"] for r in labelled} - set(names))
     if missing:
         raise ConfigError(f"label_names {names} lacks labels of extracted videos: {missing}")
     splits = assign_splits([(r["video_id"], r["label_name"], r.get("split", "")) for r in labelled],
                            cfg.split.ratios, cfg.split.seed, cfg.split.mode)
-    jobs = [{"path": str(poses / r["output"]), "split": splits[r["video_id"]],
+    jobs = [{"path": storage.join_uri(poses, r["output"]), "split": splits[r["video_id"]],
              "label": names.index(r["label_name"])} for r in sorted(labelled, key=lambda r: r["video_id"])]
     return jobs, names, len(records) - len(labelled)
 
@@ -64,10 +66,8 @@ def iter_windows(cfg: DatasetBuildConfig, jobs: list[dict]) -> Iterator[Skeleton
         for job in jobs:
             yield from video_windows(job["path"], job["split"], job["label"], cfg)
         return
-    import ray
+    import ray   # started by the caller (rayjobs/build_dataset.py): recognizer_core never starts Ray
 
-    if not ray.is_initialized():
-        ray.init(address=cfg.ray_address or None, include_dashboard=False, log_to_driver=False)
     ds = ray.data.from_items(jobs, override_num_blocks=max(1, min(len(jobs), 200)))
     ds = ds.map_batches(_window_batch, fn_kwargs={"cfg": cfg}, batch_format="numpy", batch_size=8,
                         num_cpus=cfg.num_cpus_per_task)
@@ -76,6 +76,8 @@ def iter_windows(cfg: DatasetBuildConfig, jobs: list[dict]) -> Iterator[Skeleton
 
 
 def run_build(cfg: DatasetBuildConfig) -> dict:
+    """Stage 3 (Ray started when cfg.use_ray); returns (and writes) the build summary."""
+    cfg = cfg.model_copy(update={"poses": storage.to_uri(cfg.poses), "output": storage.to_uri(cfg.output)})
     jobs, names, unlabelled = plan_videos(cfg)
     out = write_dataset(iter_windows(cfg, jobs), cfg.output, names, rows_per_file=cfg.rows_per_file,
                         overwrite=cfg.overwrite,
@@ -89,5 +91,5 @@ def run_build(cfg: DatasetBuildConfig) -> dict:
     if cfg.write_pkl:
         pkl_dir = Path(cfg.pkl_dir or Path(cfg.output) / "mmaction_pkl")
         summary["pkl"] = [str(parquet_to_pkl(out, pkl_dir / f"{split}.pkl", split)) for split in ds.splits()]
-    (Path(out) / "build_summary.json").write_text(json.dumps(summary, indent=1))
+    storage.write_text(storage.join_uri(str(out), "build_summary.json"), json.dumps(summary, indent=1))
     return summary

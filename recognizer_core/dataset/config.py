@@ -33,8 +33,9 @@ class SplitConfig(StrictModel):
 class DatasetBuildConfig(StrictModel):
     """Stage 3: per-video skeletons -> windows, labels, splits -> Parquet skeleton dataset (+ mmaction2 pkl)."""
 
-    poses: str = Field("outputs/poses", description="output folder of extract_poses.py")
-    output: str = Field("outputs/dataset", description="skeleton dataset folder to write")
+    poses: str = Field("outputs/poses", description="output folder (or URI) of extract_poses.py")
+    output: str = Field("outputs/dataset", description="skeleton dataset folder to write (shared path or URI "
+                                                       "on a cluster; relative = from the driver's cwd)")
     window: WindowConfig = WindowConfig()
     split: SplitConfig = SplitConfig()
     rows_per_file: int = Field(512, ge=1, description="clips per Parquet part file")
@@ -44,4 +45,4 @@ class DatasetBuildConfig(StrictModel):
     overwrite: bool = Field(True, description="replace an existing dataset in output (written atomically)")
     use_ray: bool = Field(True, description="window videos in Ray tasks (False: in this process)")
     num_cpus_per_task: float = Field(1.0, gt=0, description="CPUs per windowing task")
-    ray_address: str = Field("", description="Ray address; empty = start/attach a local Ray")
+    ray_address: str = Field("", description="Ray address; empty = $RAY_ADDRESS or a private local Ray")

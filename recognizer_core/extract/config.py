@@ -33,6 +33,10 @@ class DecodeConfig(StrictModel):
                                                      "does not serialise the job (tracking stays continuous)")
     frames_per_block: int = Field(16, ge=1, description="frames per Ray Data block out of a decode task")
     backend: Literal["pyav", "opencv"] = Field("pyav", description="decoder (opencv is tried when PyAV fails)")
+    keep_truncated: bool = Field(True, description="keep a video that decodes fewer frames than its header "
+                                                   "declares (recorded `truncated` either way); false = failed")
+    truncation_tolerance: float = Field(0.1, ge=0, lt=1, description="a video is truncated when it decodes "
+                                        "fewer than (1 - this) x the declared frames (headers are estimates)")
 
 
 class OnnxOptions(StrictModel):
@@ -70,22 +74,27 @@ class PoseModelConfig(StrictModel):
 
 
 class RayResources(StrictModel):
-    num_actors: int = Field(1, ge=1, description="inference actors (one model copy each)")
-    max_actors: int = Field(0, ge=0, description="autoscale the actor pool up to this many (0 = fixed num_actors)")
+    num_actors: int = Field(1, ge=1, description="inference actors kept at least (one model copy each)")
+    max_actors: int = Field(0, ge=0, description="autoscale the actor pool up to this many; 0 = one per "
+                            "num_gpus_per_actor of the cluster's GPUs at start (never below num_actors)")
     num_gpus_per_actor: float = Field(0.0, ge=0, description="GPUs per inference actor (fractions share a GPU)")
     num_cpus_per_actor: float = Field(1.0, gt=0)
     num_cpus_per_decode_task: float = Field(1.0, gt=0)
     decode_task_memory_mb: int = Field(512, ge=1, description="memory reserved per decode task; also keeps "
                                        "decoding in its own CPU tasks (Ray Data fuses same-resource maps "
                                        "into the inference actors otherwise)")
-    address: str = Field("", description="Ray address; empty = start/attach a local Ray")
+    num_cpus_per_track_task: float = Field(1.0, gt=0, description="CPUs of each per-video tracking + write task")
+    max_videos_in_flight: int = Field(0, ge=0, description="tracking tasks queued at once before the driver "
+                                      "waits; 0 = 2 x the cluster's CPUs")
+    address: str = Field("", description="Ray address; empty = $RAY_ADDRESS or a private local Ray")
 
 
 class ExtractionConfig(StrictModel):
     """Stage 1 + 2: videos -> RTMO poses -> tracked per-video skeleton files."""
 
     source: SourceConfig = SourceConfig()
-    output: str = Field("outputs/poses", description="output folder (local or shared filesystem of the driver)")
+    output: str = Field("outputs/poses", description="output folder: a shared (NFS) path or an object-store URI "
+                                                      "(s3://, gs://) on a cluster; relative = from the driver's cwd")
     decode: DecodeConfig = DecodeConfig()
     model: PoseModelConfig = PoseModelConfig()
     tracking: TrackingConfig = TrackingConfig()

@@ -99,7 +99,7 @@ def render_overlay(clip: SkeletonClip, video_uri: str, out_path: str | Path, max
 
 
 def main(argv: list[str] | None = None) -> int:
-    from recognizer_core.extract.stages import read_clip_file
+    from recognizer_core.extract.clip_files import read_clip_file
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("clip_file", help="a per-video Parquet file written by rayjobs/extract_poses.py")
