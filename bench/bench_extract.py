@@ -56,7 +56,9 @@ def rtmlib_batch1(videos, onnx: str, device: str, model_cfg: PoseModelConfig) ->
             rtmo(frame)
             frames += 1
         cap.release()
-    return frames, time.perf_counter() - t0, rtmlib.__version__ if hasattr(rtmlib, "__version__") else ""
+    from importlib.metadata import version
+
+    return frames, time.perf_counter() - t0, version("rtmlib")
 
 
 def pipeline_without_model(videos, model_cfg: PoseModelConfig, tracking: TrackingConfig) -> dict:

@@ -6,9 +6,10 @@
 Decoding runs in CPU tasks (a generator per shard, frames streamed), RTMO in an autoscaling actor pool (the
 model loaded once per actor; up to one actor per GPU of the cluster), tracking and the Parquet write in one Ray
 task per video on any node. Inputs and the model are checked before Ray starts (`error: ...`, exit 2, nothing
-created). Paths must be shared storage (NFS) or URIs (s3://) on a cluster. Re-running the same command skips finished videos (manifest keyed by path + size + mtime); a
-killed job loses only the videos in flight. Bad videos are recorded in failures.jsonl, videos without persons
-in empty_clips.jsonl; the job goes on and ends with a summary (summary.json, and one JSON line on stdout).
+created). Paths must be shared storage (NFS) or URIs (s3://) on a cluster. Re-running the same command skips
+finished videos (manifest keyed by path + size + mtime); a killed job loses only the videos in flight. Bad
+videos are recorded in failures.jsonl, videos without persons in empty_clips.jsonl, truncated ones flagged;
+the job goes on and ends with a summary (summary.json, and one JSON line on stdout).
 The logic lives in recognizer_core/extract/ (job.py wires the stages).
 """
 from __future__ import annotations

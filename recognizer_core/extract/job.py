@@ -168,6 +168,7 @@ def run_prepared(plan: ExtractionPlan, verbose: bool = True) -> dict:
     storage.write_text(storage.join_uri(out, "extraction_config.yaml"),
                        yaml.safe_dump(json.loads(cfg.model_dump_json()), sort_keys=False))
     storage.write_text(storage.join_uri(out, "labels.json"), json.dumps({"label_names": plan.label_names}))
+    plan.manifest.remove_partial_files()
     t0 = time.time()
     frames_done, provider, pool = 0, "", (0, 0)
     bar = tqdm(total=len(plan.todo), unit="video", desc="extract", disable=not verbose, dynamic_ncols=True)

@@ -69,7 +69,17 @@ class ExtractionManifest:
         """Finished clip files, listed once (not one existence check per video: slow on an object store)."""
         fs, root = storage.filesystem(storage.join_uri(self.uri, CLIPS_DIR))
         infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
-        return {f"{CLIPS_DIR}/{posixpath.basename(i.path)}" for i in infos if i.type == pafs.FileType.File}
+        return {f"{CLIPS_DIR}/{posixpath.basename(i.path)}" for i in infos
+                if i.type == pafs.FileType.File and not posixpath.basename(i.path).startswith(".")}
+
+    def remove_partial_files(self) -> None:
+        """Temp files of clip writes cut off by a kill (the atomic write's `.<name>.*.tmp`): never results."""
+        if self.remote:
+            return   # object-store writes are one PUT: nothing partial is ever visible
+        clips = os.path.join(self.uri, CLIPS_DIR)
+        for name in os.listdir(clips) if os.path.isdir(clips) else []:
+            if name.startswith(".") and name.endswith(".tmp"):
+                os.unlink(os.path.join(clips, name))
 
     def status(self, key: str) -> str | None:
         done = self.records[DONE].get(key)
