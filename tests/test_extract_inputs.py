@@ -68,10 +68,7 @@ def _run_video_without_ray(uri: str, model: Path, decode: DecodeConfig, out: Pat
         for block in decode_shard(row, decode, model_cfg.model_input_size):
             res = infer(block)
             for i in range(len(res["frame_index"])):
-                asm.add(int(res["shard"][i]), int(res["num_shards"][i]), int(res["frame_index"][i]),
-                        int(res["shard_total"][i]), str(res["error"][i]), res["poses"][i],
-                        (int(res["img_h"][i]), int(res["img_w"][i])), int(res["stride"][i]), float(res["fps"][i]),
-                        int(res["declared"][i]))
+                asm.add({k: v[i] for k, v in res.items()})
     assert asm.complete
     video = {"uri": uri, "rel_path": "Fight/cut.mkv", "video_id": "cut", "label_name": "Fight", "split": ""}
     return finish_video(video, asm.payload(), 1, str(out), decode, TrackingConfig(min_track_len=2))

@@ -187,10 +187,12 @@ def run_prepared(plan: ExtractionPlan, verbose: bool = True) -> dict:
         assemblers: dict[str, VideoAssembler] = {}
         for batch in build_pipeline(cfg, items, pool).iter_batches(batch_size=None, batch_format="numpy"):
             provider = provider or str(batch["provider"][0])
-            cols = [batch[k].tolist() for k in _ROW_COLUMNS]
-            for vid, shard, ns, fi, st, err, poses, h, w, stride, fps, declared in zip(*cols):
+            cols = [batch[k].tolist() for k in _ROW_COLUMNS]   # plain Python values: cheap per row
+            for values in zip(*cols):
+                row = dict(zip(_ROW_COLUMNS, values))
+                vid = row["video_id"]
                 asm = assemblers.setdefault(vid, VideoAssembler(vid))
-                asm.add(shard, ns, fi, st, err, poses, (h, w), stride, fps, declared)
+                asm.add(row)
                 if asm.complete:
                     frames_done += len(asm.frames)
                     finisher.submit(by_id[vid], assemblers.pop(vid))

@@ -153,24 +153,31 @@ class VideoAssembler:
         self.errors: list[str] = []
         self.stride, self.fps, self.declared = 1, 0.0, 0
 
-    def add(self, shard: int, num_shards: int, frame_index: int, shard_total: int, error: str, poses: bytes,
-            img_hw: tuple[int, int], stride: int, fps: float, declared: int) -> None:
-        self.stride, self.fps, self.declared, self.num_shards = stride, fps, declared, num_shards
-        if error:
-            self.errors.append(error)
-        if shard_total >= 0:
-            self.totals[shard] = shard_total
-        if frame_index < 0:
+    def add(self, row: dict) -> None:
+        """One row of PoseInference's output (a dict of its columns' values for one frame)."""
+        shard = int(row["shard"])
+        self.stride, self.fps = int(row["stride"]), float(row["fps"])
+        self.declared, self.num_shards = int(row["declared"]), int(row["num_shards"])
+        if row["error"]:
+            self.errors.append(str(row["error"]))
+        if int(row["shard_total"]) >= 0:
+            self.totals[shard] = int(row["shard_total"])
+        idx = int(row["frame_index"])
+        if idx < 0:
             return
         self.received[shard] = self.received.get(shard, 0) + 1
-        self.image_hw = img_hw
-        self.frames[frame_index] = poses
+        self.image_hw = (int(row["img_h"]), int(row["img_w"]))
+        self.frames[idx] = row["poses"]
 
     @property
     def complete(self) -> bool:
         if self.num_shards is None or len(self.totals) < self.num_shards:
             return False
         return all(self.received.get(s, 0) >= n for s, n in self.totals.items())
+
+    def ordered(self) -> tuple[np.ndarray, list[FramePoses]]:
+        inds = sorted(self.frames)
+        return np.asarray(inds, np.int64), [unpack_poses(self.frames[i]) for i in inds]
 
     def payload(self) -> dict:
         """What the per-video task needs: frame indices in order, their packed persons, and the video facts."""
