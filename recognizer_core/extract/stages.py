@@ -102,8 +102,8 @@ POSE_FIELDS = 4 + 1 + NUM_KEYPOINTS * 2 + NUM_KEYPOINTS   # box, score, keypoint
 def pack_poses(p: FramePoses) -> bytes:
     """One frame's persons as float32 rows [box(4), score, keypoints(34), keypoint scores(17)]: a few hundred
     bytes per frame instead of arrays padded to max_detections, so the driver only forwards small values."""
-    return np.concatenate([p.boxes, p.scores[:, None], p.keypoints.reshape(len(p), -1), p.keypoint_scores],
-                          axis=1).astype(np.float32).tobytes()
+    rows = [p.boxes, p.scores[:, None], p.keypoints.reshape(len(p), 2 * NUM_KEYPOINTS), p.keypoint_scores]
+    return np.concatenate(rows, axis=1).astype(np.float32).tobytes()
 
 
 def unpack_poses(data: bytes) -> FramePoses:
