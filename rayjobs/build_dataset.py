@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from recognizer_core.config import ConfigError, add_config_args, config_from_args  # noqa: E402
-from recognizer_core.dataset.build import run_build  # noqa: E402
+from recognizer_core.dataset.build import plan_videos, resolve_paths, run_build  # noqa: E402
 from recognizer_core.dataset.config import DatasetBuildConfig  # noqa: E402
 from recognizer_core.ray_runtime import RayStartError, start_ray  # noqa: E402
 
@@ -33,10 +33,11 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, flag):
             args.overrides.append(f"{flag}={getattr(args, flag)}")
     try:
-        cfg = config_from_args(DatasetBuildConfig, args)
+        cfg = resolve_paths(config_from_args(DatasetBuildConfig, args))
+        plan = plan_videos(cfg)            # bad poses folder or labels: one error line, before Ray starts
         if cfg.use_ray:
             start_ray(cfg.ray_address or None, job="build_dataset", dashboard=False)
-        summary = run_build(cfg)
+        summary = run_build(cfg, plan)
     except (ConfigError, RayStartError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -105,3 +105,12 @@ def test_actor_pool_is_sized_from_the_cluster_gpus():
     assert actor_pool_size(cfg(num_gpus_per_actor=1.0, num_actors=2), cluster_gpus=0) == (2, 2)  # autoscaler adds
     assert actor_pool_size(cfg(num_gpus_per_actor=1.0, max_actors=3), cluster_gpus=8) == (1, 3)
     assert actor_pool_size(cfg(), cluster_gpus=8) == (1, 1)   # CPU inference: ORT already uses every core
+
+
+def test_build_dataset_without_extracted_videos_fails_before_ray(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_ADDRESS": "127.0.0.1:1"}
+    proc = subprocess.run([sys.executable, str(REPO / "rayjobs/build_dataset.py"), "--poses", "nothing_here",
+                           "--output", "ds"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        f"error: poses: {tmp_path / 'nothing_here'} has no finished videos (run rayjobs/extract_poses.py first)"]
+    assert not (tmp_path / "ds").exists()

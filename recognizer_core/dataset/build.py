@@ -75,10 +75,16 @@ def iter_windows(cfg: DatasetBuildConfig, jobs: list[dict]) -> Iterator[Skeleton
         yield from clips_from_batch(batch, copy=True)
 
 
-def run_build(cfg: DatasetBuildConfig) -> dict:
-    """Stage 3 (Ray started when cfg.use_ray); returns (and writes) the build summary."""
-    cfg = cfg.model_copy(update={"poses": storage.to_uri(cfg.poses), "output": storage.to_uri(cfg.output)})
-    jobs, names, unlabelled = plan_videos(cfg)
+def resolve_paths(cfg: DatasetBuildConfig) -> DatasetBuildConfig:
+    """Relative paths resolved once, on the driver: the window tasks may run on other nodes."""
+    return cfg.model_copy(update={"poses": storage.to_uri(cfg.poses), "output": storage.to_uri(cfg.output)})
+
+
+def run_build(cfg: DatasetBuildConfig, plan: tuple[list[dict], list[str], int] | None = None) -> dict:
+    """Stage 3 (Ray started when cfg.use_ray); `plan` = plan_videos(cfg), made before Ray starts by the job.
+    Returns (and writes) the build summary."""
+    cfg = resolve_paths(cfg)
+    jobs, names, unlabelled = plan or plan_videos(cfg)
     out = write_dataset(iter_windows(cfg, jobs), cfg.output, names, rows_per_file=cfg.rows_per_file,
                         overwrite=cfg.overwrite,
                         metadata={"source": "rayjobs/build_dataset.py", "poses": str(cfg.poses),
