@@ -1,12 +1,15 @@
 r"""Build a TensorRT engine from an RTMO end2end ONNX file (the training guide's onnx2tensorrt step).
 
+    python rayjobs/build_trt_engine.py --config configs/extraction.yaml      # paths, size, fp16 from the YAML
     python rayjobs/build_trt_engine.py checkpoints/end2end_l.onnx --output checkpoints/rtmo.trt \
         --min-batch 1 --opt-batch 16 --max-batch 32 --fp16
 
+With `--config` (an extraction YAML) the ONNX file, engine path, input size, batch size (the optimisation
+target) and `model.tensorrt.fp16_mode` come from its `model:` section; arguments given here override them.
 Run it on the GPU model that will run the job (an engine is specific to the GPU and TensorRT version), then
 set `model.inference_mode=tensorrt` and `model.tensorrt.model_path`. A model exported with a static batch
 (no dynamic axis) gets an engine of that batch size; the job then runs it one batch at a time.
-Needs the `tensorrt` package (pip install 'recognizer[tensorrt]'); nothing here runs without it.
+Needs TensorRT 10.x (pip install 'recognizer[tensorrt]'); nothing here runs without it.
 """
 from __future__ import annotations
 
@@ -15,6 +18,13 @@ import os
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from recognizer_core.config import ConfigError, read_yaml, validate_config  # noqa: E402
+from recognizer_core.extract.config import PoseModelConfig  # noqa: E402
+from recognizer_core.extract.model_io import BackendError  # noqa: E402
+from recognizer_core.extract.tensorrt_backend import check_tensorrt_version  # noqa: E402
 
 
 def build_engine(onnx_path: str, output: str, input_size=(640, 640), min_batch: int = 1, opt_batch: int = 8,
@@ -25,8 +35,12 @@ def build_engine(onnx_path: str, output: str, input_size=(640, 640), min_batch: 
     try:
         import tensorrt as trt
     except ImportError:
-        raise SystemExit("build_trt_engine: the tensorrt package is not installed "
+        raise SystemExit("error: build_trt_engine: the tensorrt package is not installed "
                          "(pip install 'recognizer[tensorrt]' on a machine with an NVIDIA GPU)") from None
+    try:
+        check_tensorrt_version(trt.__version__)
+    except BackendError as err:
+        raise SystemExit(f"error: build_trt_engine: {err}") from None
     if not os.path.isfile(onnx_path):
         raise SystemExit(f"build_trt_engine: {onnx_path}: ONNX file not found")
     if not 1 <= min_batch <= opt_batch <= max_batch:
@@ -34,10 +48,7 @@ def build_engine(onnx_path: str, output: str, input_size=(640, 640), min_batch: 
                          f"{min_batch}, {opt_batch}, {max_batch}")
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    flags = 0
-    if hasattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH") and int(trt.__version__.split(".")[0]) < 10:
-        flags = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
-    network = builder.create_network(flags)
+    network = builder.create_network(0)   # TensorRT 10: explicit batch is the only mode (the flag is gone)
     parser = trt.OnnxParser(network, logger)
     with open(onnx_path, "rb") as f:
         if not parser.parse(f.read()):
@@ -45,8 +56,8 @@ def build_engine(onnx_path: str, output: str, input_size=(640, 640), min_batch: 
             raise SystemExit(f"build_trt_engine: {onnx_path}: TensorRT cannot parse the model:\n{errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
-    if fp16:
-        if not builder.platform_has_fast_fp16:
+    if fp16:  # TensorRT 10's weakly typed network: FP16 is a builder flag (11 moved precision into the graph)
+        if not getattr(builder, "platform_has_fast_fp16", True):
             print("build_trt_engine: warning: this GPU has no fast fp16; building anyway", file=sys.stderr)
         config.set_flag(trt.BuilderFlag.FP16)
     inp = network.get_input(0)
@@ -72,19 +83,45 @@ def build_engine(onnx_path: str, output: str, input_size=(640, 640), min_batch: 
     return out
 
 
+def resolve_args(args: argparse.Namespace) -> dict:
+    """build_engine's arguments: the command line, else the config's `model:` section, else the defaults."""
+    model = PoseModelConfig()
+    if args.config:
+        data = read_yaml(args.config).get("model", {})
+        model = validate_config(PoseModelConfig, data, f"{args.config} (model)")
+    onnx = args.onnx or model.onnx.model_path
+    output = args.output or model.tensorrt.model_path
+    if not onnx or not output:
+        raise ConfigError("give the ONNX file and --output (or model.onnx.model_path and "
+                          "model.tensorrt.model_path in --config)")
+    opt = args.opt_batch or model.batch_size
+    return {"onnx_path": onnx, "output": output,
+            "input_size": tuple(args.input_size or model.model_input_size),
+            "min_batch": min(args.min_batch, opt), "opt_batch": opt, "max_batch": max(args.max_batch, opt),
+            "fp16": args.fp16 if args.fp16 is not None else model.tensorrt.fp16_mode,
+            "workspace_gb": args.workspace_gb}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("onnx", help="RTMO end2end ONNX file")
-    parser.add_argument("--output", required=True, help="engine file to write (e.g. checkpoints/rtmo.trt)")
-    parser.add_argument("--input-size", type=int, nargs=2, default=[640, 640], metavar=("H", "W"))
+    parser.add_argument("onnx", nargs="?", default="", help="RTMO end2end ONNX file (default: the config's)")
+    parser.add_argument("--config", help="extraction YAML whose `model:` section gives the defaults")
+    parser.add_argument("--output", default="", help="engine file to write (default: model.tensorrt.model_path)")
+    parser.add_argument("--input-size", type=int, nargs=2, default=None, metavar=("H", "W"))
     parser.add_argument("--min-batch", type=int, default=1)
-    parser.add_argument("--opt-batch", type=int, default=16, help="batch TensorRT tunes for (= model.batch_size)")
+    parser.add_argument("--opt-batch", type=int, default=0, help="batch TensorRT tunes for (default: "
+                        "model.batch_size)")
     parser.add_argument("--max-batch", type=int, default=32)
-    parser.add_argument("--fp16", action="store_true", help="allow fp16 kernels (the guide's fp16_mode)")
+    parser.add_argument("--fp16", action=argparse.BooleanOptionalAction, default=None,
+                        help="allow fp16 kernels (default: model.tensorrt.fp16_mode)")
     parser.add_argument("--workspace-gb", type=float, default=4.0, help="builder workspace memory limit")
     args = parser.parse_args(argv)
-    build_engine(args.onnx, args.output, tuple(args.input_size), args.min_batch, args.opt_batch, args.max_batch,
-                 args.fp16, args.workspace_gb)
+    try:
+        kwargs = resolve_args(args)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    build_engine(**kwargs)
     return 0
 
 

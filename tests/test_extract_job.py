@@ -16,8 +16,9 @@ import pytest
 from conftest import shared_path
 from fakes.fake_rtmo import build_fake_rtmo, expected_person, write_marker_video
 from fakes.job_videos import SIDE, linear_track, make_job_folder
-from recognizer_core.pose.config import DatasetBuildConfig, ExtractionConfig
-from recognizer_core.pose.pipeline import read_clip_file
+from recognizer_core.dataset.config import DatasetBuildConfig
+from recognizer_core.extract.config import ExtractionConfig
+from recognizer_core.extract.clip_files import read_clip_file
 from recognizer_core.skeleton.mmaction_pkl import read_mmaction_pkl
 from recognizer_core.skeleton.store import SkeletonDataset
 
@@ -87,6 +88,11 @@ def test_extract_and_build_dataset_end_to_end(ray_local, tmp_path, fake_model):
     assert set(truth["tracks"]) <= set(done)
     assert set(done) | set(empty) == set(truth["tracks"]) | truth["empty"] | truth["real"]
     assert summary["done"] == len(done) and summary["failed"] == 3 and summary["empty"] == 1
+    (cut,) = truth["truncated"]                 # kept (decode.keep_truncated defaults to true) and flagged
+    assert (done[cut]["truncated"], done[cut]["declared_frames"], done[cut]["decoded_frames"]) == (True, 100, 37)
+    assert summary["truncated"] == 1 and summary["truncated_videos"] == [
+        {"rel_path": cut, "decoded_frames": 37, "declared_frames": 100, "kept": True}]
+    assert not any(r.get("truncated") for rel, r in done.items() if rel != cut)   # real videos are whole
     assert summary["provider"] == "CPUExecutionProvider" and summary["label_names"] == ["NonFight", "Fight"]
 
     frames = {"val/Fight/cctv_hevc.mp4": 700, "train/Fight/fi001.mp4": 53, "train/NonFight/ntu.avi": 103,
@@ -105,10 +111,13 @@ def test_extract_and_build_dataset_end_to_end(ray_local, tmp_path, fake_model):
     long = read_clip_file(out / done["val/Fight/long_hevc.mkv"]["output"])  # 3 shards, one continuous track
     assert long.num_person == 1 and long.frame_inds.tolist() == list(range(0, 240, stride))
     _check_track(long, 0, truth["tracks"]["val/Fight/long_hevc.mkv"][0], stride)
+    short = read_clip_file(out / done[cut]["output"])
+    assert short.frame_inds.tolist() == list(range(0, 39, stride)) and short.extra["truncated"] is True
+    _check_track(short, 0, truth["tracks"][cut][0], stride)
     _check_track(read_clip_file(out / done["train/NonFight/one_person.avi"]["output"]), 0,
                  truth["tracks"]["train/NonFight/one_person.avi"][0], stride)
 
-    from recognizer_core.pose.overlay import render_overlay
+    from recognizer_core.extract.overlay import render_overlay
 
     pngs = render_overlay(two, two.source_video, tmp_path / "overlay", max_frames=2)
     assert sorted(p.name for p in pngs.iterdir()) == ["frame_000000.png", "frame_000004.png"]

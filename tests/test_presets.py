@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from recognizer_core.config import load_config
-from recognizer_core.pose.config import ExtractionConfig
+from recognizer_core.extract.config import ExtractionConfig
 from recognizer_core.train.config import TrainJobConfig
 from recognizer_core.train.dino_pose_config import DinoPoseJobConfig
 

@@ -66,13 +66,14 @@ def _build_module():
     return FakeRTMO().eval()
 
 
-def build_fake_rtmo(path: str | Path, dynamic_batch: bool = True) -> Path:
-    """Export the fake model to ONNX (input 'input', outputs 'dets', 'keypoints', as mmdeploy names them)."""
+def build_fake_rtmo(path: str | Path, dynamic_batch: bool = True, static_batch: int = 1) -> Path:
+    """Export the fake model to ONNX (input 'input', outputs 'dets', 'keypoints', as mmdeploy names them);
+    without a dynamic batch axis the model takes exactly `static_batch` images."""
     import torch
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    dummy = torch.zeros(2 if dynamic_batch else 1, 3, INPUT, INPUT)
+    dummy = torch.zeros(2 if dynamic_batch else static_batch, 3, INPUT, INPUT)
     axes = {"input": {0: "batch"}, "dets": {0: "batch"}, "keypoints": {0: "batch"}} if dynamic_batch else None
     with warnings.catch_warnings():  # the TorchScript exporter is deprecated but simplest for dynamic axes
         warnings.simplefilter("ignore", DeprecationWarning)

@@ -19,14 +19,26 @@ def linear_track(start, end, num_frames: int, first: int = 0) -> np.ndarray:
     return tr
 
 
+def write_truncated_mkv(path: Path, tracks: list[np.ndarray], fraction: float = 0.6) -> Path:
+    """An MKV cut at `fraction` of its bytes: the header (at the front) still declares every frame, but only
+    the frames before the cut decode, as after an interrupted copy or recording."""
+    path = Path(path)
+    full = write_marker_video(path.with_name(f"full_{path.name}"), tracks, side=SIDE)
+    data = full.read_bytes()
+    path.write_bytes(data[: int(len(data) * fraction)])
+    os.remove(full)
+    return path
+
+
 def make_job_folder(root: Path, shared_videos: dict[str, Path] | None = None) -> dict:
     """RWF-2000 style folder (train|val / Fight|NonFight) with marker videos, bad files and real videos.
 
     Returns the ground truth: {'tracks': {rel_path: [track (T, 2), ...] in expected rank order},
-    'failed': set of rel_paths, 'empty': set of rel_paths, 'real': set of rel_paths}.
+    'failed': set of rel_paths, 'empty': set of rel_paths, 'real': set of rel_paths,
+    'truncated': {rel_path: declared frames}}.
     """
     root = Path(root)
-    truth = {"tracks": {}, "failed": set(), "empty": set(), "real": set()}
+    truth = {"tracks": {}, "failed": set(), "empty": set(), "real": set(), "truncated": {}}
     a = linear_track((30, 35), (50, 35), 40)
     b = linear_track((190, 110), (210, 130), 40, first=12)
     write_marker_video(root / "train/Fight/two_people.mp4", [a, b], side=SIDE)
@@ -37,6 +49,10 @@ def make_job_folder(root: Path, shared_videos: dict[str, Path] | None = None) ->
     d = linear_track((95, 40), (145, 60), 240)
     write_marker_video(root / "val/Fight/long_hevc.mkv", [d], side=SIDE, codec="libx265")
     truth["tracks"]["val/Fight/long_hevc.mkv"] = [d]
+    e = linear_track((60, 100), (90, 120), 100)
+    write_truncated_mkv(root / "val/Fight/cut_at_60.mkv", [e])     # 100 declared, 39 decode
+    truth["tracks"]["val/Fight/cut_at_60.mkv"] = [e]
+    truth["truncated"]["val/Fight/cut_at_60.mkv"] = 100
     write_marker_video(root / "val/NonFight/nobody.mp4", [np.full((20, 2), np.nan)], side=SIDE)
     truth["empty"].add("val/NonFight/nobody.mp4")
 

@@ -15,7 +15,7 @@ from pathlib import PurePosixPath
 
 import pyarrow.fs as pafs
 
-from recognizer_core.pose.config import SourceConfig
+from recognizer_core.extract.config import SourceConfig
 
 
 class SourceError(ValueError):

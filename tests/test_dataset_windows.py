@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from recognizer_core.skeleton.clip import SkeletonClip
-from recognizer_core.skeleton.windows import assign_splits, make_windows, window_starts
+from recognizer_core.dataset.windows import assign_splits, make_windows, window_starts
 
 
 def _clip(T=20, M=3):

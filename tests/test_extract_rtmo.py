@@ -5,16 +5,17 @@ import numpy as np
 import pytest
 
 from fakes.fake_rtmo import KEYPOINT_SCALE, build_fake_rtmo, draw_markers, expected_person
-from recognizer_core.pose.backends import BackendError, OrtBackend, build_backend
-from recognizer_core.pose.config import OnnxOptions, PoseModelConfig
-from recognizer_core.pose.rtmo import RtmoPoseEstimator, box_iou, nms, postprocess, to_model_input
-from recognizer_core.pose.video import letterbox, letterbox_params
+from recognizer_core.extract.backends import BackendError, OrtBackend, build_backend
+from recognizer_core.extract.config import OnnxOptions, PoseModelConfig
+from recognizer_core.extract.rtmo import RtmoPoseEstimator, box_iou, nms, postprocess, to_model_input
+from recognizer_core.extract.video import letterbox, letterbox_params
 
 
 @pytest.fixture(scope="module")
 def fake_models(tmp_path_factory):
     d = tmp_path_factory.mktemp("fake_rtmo")
-    return {"dynamic": build_fake_rtmo(d / "dyn.onnx"), "static": build_fake_rtmo(d / "static.onnx", False)}
+    return {"dynamic": build_fake_rtmo(d / "dyn.onnx"), "static": build_fake_rtmo(d / "static.onnx", False),
+            "static3": build_fake_rtmo(d / "static3.onnx", False, static_batch=3)}
 
 
 def _estimator(path, **kw):
@@ -63,10 +64,15 @@ def test_batched_equals_single_and_static_batch_model(fake_models):
     dyn = _estimator(fake_models["dynamic"])(frames, ratios, hws)
     one = [_estimator(fake_models["static"])(frames[i:i + 1], ratios[i:i + 1], hws[i:i + 1])[0] for i in range(5)]
     static_batched = _estimator(fake_models["static"])(frames, ratios, hws)
-    for a, b, c in zip(dyn, one, static_batched):
-        assert len(a) == len(b) == len(c) == 1
+    three = _estimator(fake_models["static3"])
+    assert three.backend.fixed_batch == 3
+    static3 = three(frames, ratios, hws)      # 5 frames = a full chunk of 3 + 2 padded with copies of the last
+    assert len(static3) == 5
+    for a, b, c, d in zip(dyn, one, static_batched, static3):
+        assert len(a) == len(b) == len(c) == len(d) == 1
         np.testing.assert_allclose(a.keypoints, b.keypoints, atol=1e-4)
         np.testing.assert_allclose(a.keypoints, c.keypoints, atol=1e-4)
+        np.testing.assert_allclose(a.keypoints, d.keypoints, atol=1e-4)
 
 
 def test_nms_and_thresholds():

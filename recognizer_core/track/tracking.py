@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from recognizer_core.pose.config import TrackingConfig
-from recognizer_core.pose.rtmo import NUM_KEYPOINTS, FramePoses, box_iou
+from recognizer_core.track.config import TrackingConfig
+from recognizer_core.extract.rtmo import NUM_KEYPOINTS, FramePoses, box_iou
 from recognizer_core.skeleton.coco import COCO_SIGMAS
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from conftest import shared_path
 from fakes.fake_rtmo import write_marker_video
-from recognizer_core.pose.video import (VideoDecodeError, frame_stride_for, iter_frames, plan_shards,
+from recognizer_core.extract.video import (VideoDecodeError, frame_stride_for, iter_frames, plan_shards,
                                         probe_video)
 
 

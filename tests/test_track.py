@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 
 from fakes.fake_rtmo import KEYPOINT_OFFSETS
-from recognizer_core.pose.config import TrackingConfig
-from recognizer_core.pose.rtmo import FramePoses
-from recognizer_core.pose.tracking import track_poses
+from recognizer_core.track.config import TrackingConfig
+from recognizer_core.extract.rtmo import FramePoses
+from recognizer_core.track.tracking import track_poses
 
 
 def _person(cx, cy, s=10.0):
@@ -61,3 +61,18 @@ def test_filters_and_max_tracks():
     assert tr.num_persons == 0 and tr.keypoint.shape == (0, 6, 17, 2)
     empty = track_poses(np.arange(3), [FramePoses.empty()] * 3, TrackingConfig())
     assert empty.num_persons == 0
+
+
+def test_packed_frame_poses_round_trip_including_empty_frames():
+    from recognizer_core.extract.stages import pack_poses, unpack_poses
+
+    rng = np.random.default_rng(0)
+    full = FramePoses(rng.random((3, 4), dtype=np.float32), rng.random(3, dtype=np.float32),
+                      rng.random((3, 17, 2), dtype=np.float32), rng.random((3, 17), dtype=np.float32))
+    for poses in (full, FramePoses.empty()):
+        back = unpack_poses(pack_poses(poses))
+        assert len(back) == len(poses)
+        for name in ("boxes", "scores", "keypoints", "keypoint_scores"):
+            np.testing.assert_array_equal(getattr(back, name), getattr(poses, name))
+            assert getattr(back, name).shape == getattr(poses, name).shape
+    assert len(pack_poses(full)) == 3 * 56 * 4          # compact: 56 float32 per person, no padding

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from recognizer_core.pose.config import PoseModelConfig
+from recognizer_core.extract.config import PoseModelConfig
 
 NUM_KEYPOINTS = 17
 
@@ -104,7 +104,7 @@ class RtmoPoseEstimator:
 
     def estimate_image(self, image_bgr: np.ndarray) -> FramePoses:
         """One original BGR image (rtmlib-style single-image call)."""
-        from recognizer_core.pose.video import letterbox
+        from recognizer_core.extract.video import letterbox
 
         padded, ratio = letterbox(image_bgr, self.cfg.model_input_size)
         return self(padded[None], [ratio], [image_bgr.shape[:2]])[0]

@@ -1,10 +1,11 @@
 """The per-row functions of the extraction job (Ray-free, so they are testable without a cluster).
 
-Flow (rayjobs/extract_poses.py wires it into Ray Data):
+Flow (extract/job.py wires it into Ray Data):
   video rows -> `plan_video` (probe, cut into shards) -> `decode_shard` (CPU tasks, a generator of frame
-  blocks: letterboxed model inputs) -> `PoseInference` (actor pool: RTMO backend + post-processing, padded
-  per-frame detections) -> driver: `VideoAssembler` collects a video's frames from every shard, then
-  `track_poses` and `make_video_clip` give one SkeletonClip per video, written by `write_clip_file`.
+  blocks: letterboxed model inputs) -> `PoseInference` (actor pool: RTMO backend + post-processing; each
+  frame's persons packed into one compact bytes value) -> driver: `VideoAssembler` only collects a video's
+  packed frames from every shard (no decoding of them) -> a Ray task per complete video runs
+  `extract/finish.py:finish_video` (tracking, truncation check, the Parquet write) on any node.
 
 Shard completeness: each shard's last frame row carries `shard_total` (frames it produced; -1 on the
 others), and a shard that produced nothing sends one marker row (frame_index -1, with `error` when the
@@ -12,27 +13,20 @@ decoder failed), so the driver knows when a video is complete whatever order the
 """
 from __future__ import annotations
 
-import os
-import uuid
-from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-import pyarrow.parquet as pq
 
-from recognizer_core.pose.config import DecodeConfig, PoseModelConfig
-from recognizer_core.pose.rtmo import NUM_KEYPOINTS, FramePoses, RtmoPoseEstimator
-from recognizer_core.pose.tracking import TrackedPoses
-from recognizer_core.pose.video import (VideoDecodeError, frame_stride_for, iter_frames, letterbox_params,
+from recognizer_core.extract.config import DecodeConfig, PoseModelConfig
+from recognizer_core.extract.rtmo import NUM_KEYPOINTS, FramePoses, RtmoPoseEstimator
+from recognizer_core.extract.video import (VideoDecodeError, frame_stride_for, iter_frames, letterbox_params,
                                         plan_shards, probe_video)
-from recognizer_core.skeleton.clip import SkeletonClip
-from recognizer_core.skeleton.store_rows import clips_from_batch, clips_to_table
 
 
 def plan_video(item: dict, decode: DecodeConfig) -> list[dict]:
     """One row per decode shard of a video, or one row with `error` when it cannot be opened."""
     base = {"video_id": item["video_id"], "uri": item["uri"], "error": "", "shard": 0, "num_shards": 1,
-            "start": 0, "end": -1, "stride": 1, "fps": 0.0, "width": 0, "height": 0}
+            "start": 0, "end": -1, "stride": 1, "fps": 0.0, "width": 0, "height": 0, "declared": 0}
     if int(item.get("size", 1)) == 0:
         return [{**base, "error": "empty file (0 bytes)"}]
     try:
@@ -42,7 +36,7 @@ def plan_video(item: dict, decode: DecodeConfig) -> list[dict]:
     stride = frame_stride_for(info.fps, decode.frame_stride, decode.target_fps)
     shards = plan_shards(info.num_frames, decode.shard_frames)
     common = {**base, "num_shards": len(shards), "stride": stride, "fps": info.fps, "width": info.width,
-              "height": info.height}
+              "height": info.height, "declared": info.num_frames}
     return [{**common, "shard": s.index, "start": s.start, "end": -1 if s.end is None else s.end} for s in shards]
 
 
@@ -61,6 +55,7 @@ def _frame_block(rows: list[tuple], shard: dict, input_size: tuple[int, int]) ->
         "error": np.array([r[6] for r in rows], dtype=object),
         "stride": np.full(n, shard["stride"], np.int32),
         "fps": np.full(n, shard["fps"], np.float64),
+        "declared": np.full(n, shard["declared"], np.int64),
     }
 
 
@@ -101,11 +96,28 @@ def decode_shard(batch: dict, decode: DecodeConfig, input_size: tuple[int, int])
         yield _frame_block(block, shard, input_size)
 
 
+POSE_FIELDS = 4 + 1 + NUM_KEYPOINTS * 2 + NUM_KEYPOINTS   # box, score, keypoints xy, keypoint scores
+
+
+def pack_poses(p: FramePoses) -> bytes:
+    """One frame's persons as float32 rows [box(4), score, keypoints(34), keypoint scores(17)]: a few hundred
+    bytes per frame instead of arrays padded to max_detections, so the driver only forwards small values."""
+    rows = [p.boxes, p.scores[:, None], p.keypoints.reshape(len(p), 2 * NUM_KEYPOINTS), p.keypoint_scores]
+    return np.concatenate(rows, axis=1).astype(np.float32).tobytes()
+
+
+def unpack_poses(data: bytes) -> FramePoses:
+    rows = np.frombuffer(data, np.float32).reshape(-1, POSE_FIELDS)
+    k = NUM_KEYPOINTS
+    return FramePoses(rows[:, :4].copy(), rows[:, 4].copy(), rows[:, 5:5 + 2 * k].reshape(-1, k, 2).copy(),
+                      rows[:, 5 + 2 * k:].copy())
+
+
 class PoseInference:
     """Callable class for the actor pool: the model is loaded once per actor."""
 
     def __init__(self, model_cfg: PoseModelConfig):
-        from recognizer_core.pose.backends import build_backend
+        from recognizer_core.extract.backends import build_backend
 
         self.cfg = model_cfg
         self.estimator = RtmoPoseEstimator(build_backend(model_cfg), model_cfg)
@@ -113,43 +125,39 @@ class PoseInference:
 
     def __call__(self, batch: dict) -> dict:
         n = len(batch["frame_index"])
-        k = self.cfg.max_detections
         out = {key: batch[key] for key in ("video_id", "shard", "num_shards", "frame_index", "img_h", "img_w",
-                                             "shard_total", "error", "stride", "fps")}
-        out.update(num_det=np.zeros(n, np.int32), boxes=np.zeros((n, k, 4), np.float32),
-                   scores=np.zeros((n, k), np.float32), keypoints=np.zeros((n, k, NUM_KEYPOINTS, 2), np.float32),
-                   keypoint_scores=np.zeros((n, k, NUM_KEYPOINTS), np.float32),
-                   provider=np.array([self.provider] * n, dtype=object))
+                                             "shard_total", "error", "stride", "fps", "declared")}
+        packed = np.array([b""] * n, dtype=object)
         real = np.nonzero(np.asarray(batch["frame_index"]) >= 0)[0]
         if len(real):
             rows = slice(None) if len(real) == n else real  # fancy indexing would copy every image
             hws = np.stack([batch["img_h"][rows], batch["img_w"][rows]], 1)
             poses = self.estimator(np.asarray(batch["image"])[rows], batch["ratio"][rows], hws)
             for i, p in zip(real, poses):
-                m = len(p)
-                out["num_det"][i] = m
-                out["boxes"][i, :m], out["scores"][i, :m] = p.boxes, p.scores
-                out["keypoints"][i, :m], out["keypoint_scores"][i, :m] = p.keypoints, p.keypoint_scores
+                packed[i] = pack_poses(p)
+        out["poses"] = packed
+        out["provider"] = np.array([self.provider] * n, dtype=object)
         return out
 
 
 class VideoAssembler:
-    """Collects one video's inference rows from all its shards; knows when the video is complete."""
+    """Collects one video's packed inference rows from all its shards; knows when the video is complete."""
 
     def __init__(self, video_id: str):
         self.video_id = video_id
         self.num_shards: int | None = None
         self.totals: dict[int, int] = {}
         self.received: dict[int, int] = {}
-        self.frames: dict[int, FramePoses] = {}
+        self.frames: dict[int, bytes] = {}
         self.image_hw: tuple[int, int] = (0, 0)
         self.errors: list[str] = []
-        self.stride, self.fps = 1, 0.0
+        self.stride, self.fps, self.declared = 1, 0.0, 0
 
     def add(self, row: dict) -> None:
+        """One row of PoseInference's output (a dict of its columns' values for one frame)."""
         shard = int(row["shard"])
         self.stride, self.fps = int(row["stride"]), float(row["fps"])
-        self.num_shards = int(row["num_shards"])
+        self.declared, self.num_shards = int(row["declared"]), int(row["num_shards"])
         if row["error"]:
             self.errors.append(str(row["error"]))
         if int(row["shard_total"]) >= 0:
@@ -158,10 +166,8 @@ class VideoAssembler:
         if idx < 0:
             return
         self.received[shard] = self.received.get(shard, 0) + 1
-        m = int(row["num_det"])
         self.image_hw = (int(row["img_h"]), int(row["img_w"]))
-        self.frames[idx] = FramePoses(np.array(row["boxes"][:m]), np.array(row["scores"][:m]),
-                                      np.array(row["keypoints"][:m]), np.array(row["keypoint_scores"][:m]))
+        self.frames[idx] = row["poses"]
 
     @property
     def complete(self) -> bool:
@@ -171,38 +177,11 @@ class VideoAssembler:
 
     def ordered(self) -> tuple[np.ndarray, list[FramePoses]]:
         inds = sorted(self.frames)
-        return np.asarray(inds, np.int64), [self.frames[i] for i in inds]
+        return np.asarray(inds, np.int64), [unpack_poses(self.frames[i]) for i in inds]
 
-
-def make_video_clip(tracked: TrackedPoses, *, clip_id: str, label: int, label_name: str, split: str,
-                    source_video: str, image_hw: tuple[int, int], fps: float, stride: int,
-                    extra: dict | None = None) -> SkeletonClip:
-    """The whole video as one SkeletonClip (all kept tracks, rank order); stage 3 cuts windows from it."""
-    return SkeletonClip(
-        clip_id=clip_id, label=int(label), keypoint=tracked.keypoint, keypoint_score=tracked.keypoint_score,
-        img_shape=tuple(image_hw), total_frames=int(tracked.keypoint.shape[1]), label_name=label_name,
-        split=split, source_video=source_video, fps=float(fps) / max(stride, 1), track_ids=tracked.track_ids,
-        frame_inds=tracked.frame_inds, original_shape=tuple(image_hw),
-        extra={"box_score": tracked.box_score, "source_fps": float(fps), "frame_stride": int(stride),
-               **(extra or {})})
-
-
-def write_clip_file(clip: SkeletonClip, path: str | Path, label_names: list[str] | None = None) -> Path:
-    """One clip as a skeleton-store Parquet file, atomically (temp name + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    clip.validate(str(path))
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        pq.write_table(clips_to_table([clip], label_names), tmp, compression="zstd")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
-def read_clip_file(path: str | Path) -> SkeletonClip:
-    clips = clips_from_batch(pq.read_table(path), copy=True)
-    if len(clips) != 1:
-        raise ValueError(f"{path}: expected one clip per video file, found {len(clips)}")
-    return clips[0]
+    def payload(self) -> dict:
+        """What the per-video task needs: frame indices in order, their packed persons, and the video facts."""
+        inds = sorted(self.frames)
+        return {"frame_inds": np.asarray(inds, np.int64), "poses": [self.frames[i] for i in inds],
+                "image_hw": self.image_hw, "stride": self.stride, "fps": self.fps, "declared": self.declared,
+                "errors": list(self.errors), "num_shards": self.num_shards or 1}

@@ -1,4 +1,4 @@
-"""Typed configs of the pose-extraction jobs (stage 1 + 2: `ExtractionConfig`, stage 3: `DatasetBuildConfig`).
+"""Typed config of the extraction job (stages 1 + 2: `ExtractionConfig`; tracking options in track/config.py).
 
 Field names follow the training guide's `models.pose_estimation` section (inference_mode, onnx.*, tensorrt.*,
 score_threshold, nms_threshold, keypoint_threshold, max_detections) so its YAML values carry over.
@@ -10,6 +10,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from recognizer_core.config import StrictModel
+from recognizer_core.track.config import TrackingConfig
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".m4v", ".webm", ".mpg", ".mpeg", ".ts")
 
@@ -32,6 +33,10 @@ class DecodeConfig(StrictModel):
                                                      "does not serialise the job (tracking stays continuous)")
     frames_per_block: int = Field(16, ge=1, description="frames per Ray Data block out of a decode task")
     backend: Literal["pyav", "opencv"] = Field("pyav", description="decoder (opencv is tried when PyAV fails)")
+    keep_truncated: bool = Field(True, description="keep a video that decodes fewer frames than its header "
+                                                   "declares (recorded `truncated` either way); false = failed")
+    truncation_tolerance: float = Field(0.1, ge=0, lt=1, description="a video is truncated when it decodes "
+                                        "fewer than (1 - this) x the declared frames (headers are estimates)")
 
 
 class OnnxOptions(StrictModel):
@@ -68,33 +73,28 @@ class PoseModelConfig(StrictModel):
     batch_size: int = Field(8, ge=1, description="frames per inference call (1 when the model has a static batch)")
 
 
-class TrackingConfig(StrictModel):
-    iou_weight: float = Field(0.5, ge=0, le=1, description="similarity = w * box IoU + (1 - w) * keypoint OKS")
-    match_threshold: float = Field(0.2, ge=0, le=1, description="minimum similarity of a track-detection match")
-    max_missing: int = Field(10, ge=0, description="frames a track may go unseen before it ends")
-    min_track_len: int = Field(5, ge=1, description="tracks seen in fewer frames are dropped")
-    min_track_score: float = Field(0.3, ge=0, le=1, description="tracks with lower mean detection score are dropped")
-    max_tracks: int = Field(16, ge=1, description="tracks stored per video (by length x score); stage 3 keeps "
-                                                  "num_person of them per window")
-
-
 class RayResources(StrictModel):
-    num_actors: int = Field(1, ge=1, description="inference actors (one model copy each)")
-    max_actors: int = Field(0, ge=0, description="autoscale the actor pool up to this many (0 = fixed num_actors)")
+    num_actors: int = Field(1, ge=1, description="inference actors kept at least (one model copy each)")
+    max_actors: int = Field(0, ge=0, description="autoscale the actor pool up to this many; 0 = one per "
+                            "num_gpus_per_actor of the cluster's GPUs at start (never below num_actors)")
     num_gpus_per_actor: float = Field(0.0, ge=0, description="GPUs per inference actor (fractions share a GPU)")
     num_cpus_per_actor: float = Field(1.0, gt=0)
     num_cpus_per_decode_task: float = Field(1.0, gt=0)
     decode_task_memory_mb: int = Field(512, ge=1, description="memory reserved per decode task; also keeps "
                                        "decoding in its own CPU tasks (Ray Data fuses same-resource maps "
                                        "into the inference actors otherwise)")
-    address: str = Field("", description="Ray address; empty = start/attach a local Ray")
+    num_cpus_per_track_task: float = Field(1.0, gt=0, description="CPUs of each per-video tracking + write task")
+    max_videos_in_flight: int = Field(0, ge=0, description="tracking tasks queued at once before the driver "
+                                      "waits; 0 = 2 x the cluster's CPUs")
+    address: str = Field("", description="Ray address; empty = $RAY_ADDRESS or a private local Ray")
 
 
 class ExtractionConfig(StrictModel):
     """Stage 1 + 2: videos -> RTMO poses -> tracked per-video skeleton files."""
 
     source: SourceConfig = SourceConfig()
-    output: str = Field("outputs/poses", description="output folder (local or shared filesystem of the driver)")
+    output: str = Field("outputs/poses", description="output folder: a shared (NFS) path or an object-store URI "
+                                                      "(s3://, gs://) on a cluster; relative = from the driver's cwd")
     decode: DecodeConfig = DecodeConfig()
     model: PoseModelConfig = PoseModelConfig()
     tracking: TrackingConfig = TrackingConfig()
@@ -106,42 +106,3 @@ class ExtractionConfig(StrictModel):
         if not self.source.input and not self.source.manifest_csv:
             raise ValueError("source.input or source.manifest_csv must be set")
         return self
-
-
-class WindowConfig(StrictModel):
-    clip_len: int = Field(0, ge=0, description="frames per window; 0 = the whole video is one clip")
-    stride: int = Field(0, ge=0, description="frames between window starts; 0 = clip_len (no overlap)")
-    min_frames: int = Field(1, ge=1, description="a video shorter than clip_len is kept whole if it has this many")
-    num_person: int = Field(4, ge=1, description="persons kept per window (top length x score, stable order)")
-    min_person_frames: int = Field(1, ge=1, description="a person must appear in this many window frames")
-
-
-class SplitConfig(StrictModel):
-    mode: Literal["given", "ratio", "given_or_ratio"] = Field(
-        "given_or_ratio", description="given = split from folder/CSV; ratio = random by video; "
-                                      "given_or_ratio = given where known, ratio for the rest")
-    ratios: tuple[float, float, float] = Field((0.8, 0.1, 0.1), description="train, val, test fractions")
-    seed: int = 0
-
-    @model_validator(mode="after")
-    def _check_ratios(self) -> "SplitConfig":
-        if any(r < 0 for r in self.ratios) or abs(sum(self.ratios) - 1.0) > 1e-6:
-            raise ValueError(f"split.ratios must be >= 0 and sum to 1, got {list(self.ratios)}")
-        return self
-
-
-class DatasetBuildConfig(StrictModel):
-    """Stage 3: per-video skeletons -> windows, labels, splits -> Parquet skeleton dataset (+ mmaction2 pkl)."""
-
-    poses: str = Field("outputs/poses", description="output folder of extract_poses.py")
-    output: str = Field("outputs/dataset", description="skeleton dataset folder to write")
-    window: WindowConfig = WindowConfig()
-    split: SplitConfig = SplitConfig()
-    rows_per_file: int = Field(512, ge=1, description="clips per Parquet part file")
-    write_pkl: bool = Field(False, description="also write mmaction2 PoseDataset pkl files (one per split)")
-    pkl_dir: str = Field("", description="folder of the pkl files; empty = <output>/mmaction_pkl")
-    label_names: list[str] = Field([], description="override class names (index order); empty = from extraction")
-    overwrite: bool = Field(True, description="replace an existing dataset in output (written atomically)")
-    use_ray: bool = Field(True, description="window videos in Ray tasks (False: in this process)")
-    num_cpus_per_task: float = Field(1.0, gt=0, description="CPUs per windowing task")
-    ray_address: str = Field("", description="Ray address; empty = start/attach a local Ray")

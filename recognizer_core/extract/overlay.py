@@ -1,6 +1,6 @@
 """Skeleton overlay renderer: draw a clip's tracked persons on its source video, to check extraction by eye.
 
-    python -m recognizer_core.pose.overlay outputs/poses/clips/<video_id>.parquet out.mp4 [--video URI]
+    python -m recognizer_core.extract.overlay outputs/poses/clips/<video_id>.parquet out.mp4 [--video URI]
 
 Writes an mp4 (PyAV, h264) or, for an output folder, one PNG per frame. Each person has a fixed colour
 (its index in the clip) and is labelled with its track id; joints with score 0 are not drawn.
@@ -47,7 +47,7 @@ def draw_skeletons(image_bgr: np.ndarray, keypoint: np.ndarray, keypoint_score: 
 def render_overlay(clip: SkeletonClip, video_uri: str, out_path: str | Path, max_frames: int = 0,
                    fps: float | None = None) -> Path:
     """Render `clip` over the frames of `video_uri` it was extracted from (matched by frame_inds)."""
-    from recognizer_core.pose.video import iter_frames
+    from recognizer_core.extract.video import iter_frames
 
     out_path = Path(out_path)
     frame_inds = clip.frame_inds if clip.frame_inds is not None else np.arange(clip.num_frames)
@@ -99,7 +99,7 @@ def render_overlay(clip: SkeletonClip, video_uri: str, out_path: str | Path, max
 
 
 def main(argv: list[str] | None = None) -> int:
-    from recognizer_core.pose.pipeline import read_clip_file
+    from recognizer_core.extract.clip_files import read_clip_file
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("clip_file", help="a per-video Parquet file written by rayjobs/extract_poses.py")

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 
 from recognizer_core.config import ConfigError, describe_fields, load_config
-from recognizer_core.pose.config import DatasetBuildConfig, ExtractionConfig, SourceConfig
-from recognizer_core.pose.manifest import DONE, FAILED, ExtractionManifest
-from recognizer_core.pose.sources import SourceError, label_index, list_videos
+from recognizer_core.dataset.config import DatasetBuildConfig
+from recognizer_core.extract.config import ExtractionConfig, SourceConfig
+from recognizer_core.extract.manifest import DONE, FAILED, ExtractionManifest
+from recognizer_core.extract.sources import SourceError, label_index, list_videos
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -92,7 +93,7 @@ def test_uri_source_lists_and_decodes(tmp_path):
     import numpy as np
 
     from fakes.fake_rtmo import write_marker_video
-    from recognizer_core.pose.video import iter_frames, probe_video
+    from recognizer_core.extract.video import iter_frames, probe_video
 
     write_marker_video(tmp_path / "val/Fight/a.mp4", [np.full((6, 2), 40.0)])
     (v,) = list_videos(SourceConfig(input=f"file://{tmp_path}"))

@@ -12,7 +12,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .clip import SkeletonClip
+from recognizer_core.skeleton.clip import SkeletonClip
 
 SPLITS = ("train", "val", "test")
 

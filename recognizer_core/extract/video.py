@@ -12,7 +12,7 @@ from typing import Iterator
 
 import numpy as np
 
-from recognizer_core.pose.sources import open_video_file
+from recognizer_core.extract.sources import open_video_file
 
 
 class VideoDecodeError(RuntimeError):

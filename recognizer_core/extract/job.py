@@ -1,0 +1,222 @@
+"""Stage 1 + 2 as a Ray Data plan (run by rayjobs/extract_poses.py): videos -> RTMO poses -> tracked skeletons.
+
+`prepare_extraction` runs on the driver before Ray starts: it resolves every path once (what travels to other
+nodes is absolute or a URI), checks the model and the input, lists the videos and reads the manifest; a bad
+input raises one clear error and creates nothing. `run_prepared` (Ray started) then streams:
+decode (CPU tasks, a generator per shard) -> RTMO (autoscaling actor pool, sized from the cluster's GPUs)
+-> the driver groups the compact per-frame results by video -> one Ray task per complete video tracks it and
+writes its Parquet file to the shared output -> the driver records the returned status in the manifest.
+Re-running skips finished videos (manifest keyed by path + size + mtime); a killed job loses only the videos
+in flight. Bad videos go to failures.jsonl, videos without persons to empty_clips.jsonl, truncated ones are
+flagged; the job goes on and ends with a summary (summary.json).
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+
+import yaml
+
+from recognizer_core import storage
+from recognizer_core.extract.backends import check_model_file
+from recognizer_core.extract.config import ExtractionConfig
+from recognizer_core.extract.finish import finish_video
+from recognizer_core.extract.manifest import DONE, EMPTY, FAILED, ExtractionManifest
+from recognizer_core.extract.sources import VideoSource, label_index, list_videos
+from recognizer_core.extract.stages import PoseInference, VideoAssembler, decode_shard, plan_video
+
+_ROW_COLUMNS = ("video_id", "shard", "num_shards", "frame_index", "shard_total", "error", "poses", "img_h",
+                "img_w", "stride", "fps", "declared")
+
+
+@dataclass
+class ExtractionPlan:
+    cfg: ExtractionConfig              # paths resolved
+    manifest: ExtractionManifest
+    videos: list[VideoSource]
+    label_names: list[str]
+    todo: list[VideoSource]
+    skipped: dict[str, int]
+
+
+def resolve_paths(cfg: ExtractionConfig) -> ExtractionConfig:
+    """Relative paths resolved once, here on the driver: a task on another node must get the same file."""
+    def res(p: str) -> str:
+        return storage.to_uri(p) if p else p
+
+    return cfg.model_copy(update={
+        "output": res(cfg.output),
+        "source": cfg.source.model_copy(update={"input": res(cfg.source.input),
+                                                "manifest_csv": res(cfg.source.manifest_csv)}),
+        "model": cfg.model.model_copy(update={
+            "onnx": cfg.model.onnx.model_copy(update={"model_path": res(cfg.model.onnx.model_path)}),
+            "tensorrt": cfg.model.tensorrt.model_copy(update={"model_path": res(cfg.model.tensorrt.model_path)})})})
+
+
+def prepare_extraction(cfg: ExtractionConfig) -> ExtractionPlan:
+    """Everything that can fail on bad input, before Ray starts. Raises BackendError / SourceError."""
+    cfg = resolve_paths(cfg)
+    check_model_file(cfg.model)
+    videos = list_videos(cfg.source)
+    names = label_index([v for v in videos if v.label_name], cfg.source.label_names)
+    manifest = ExtractionManifest(cfg.output)
+    skipped = {DONE: 0, EMPTY: 0, FAILED: 0}
+    todo = []
+    for v in videos:
+        status = manifest.status(v.key)
+        if status is None or (status == FAILED and cfg.retry_failed):
+            todo.append(v)
+        else:
+            skipped[status] += 1
+    return ExtractionPlan(cfg, manifest, videos, names, todo, skipped)
+
+
+def actor_pool_size(cfg: ExtractionConfig, cluster_gpus: float) -> tuple[int, int]:
+    """(min, max) inference actors: max_actors if set, else one per num_gpus_per_actor of the cluster's GPUs."""
+    lo = cfg.ray.num_actors
+    if cfg.ray.max_actors:
+        return lo, max(lo, cfg.ray.max_actors)
+    if cfg.ray.num_gpus_per_actor > 0:
+        return lo, max(lo, int(cluster_gpus // cfg.ray.num_gpus_per_actor))
+    return lo, lo  # CPU inference: ONNX Runtime already uses every core of an actor's node
+
+
+def build_pipeline(cfg: ExtractionConfig, items: list[dict], pool: tuple[int, int]):
+    """The Ray Data plan: plan shards -> decode (CPU tasks) -> RTMO (actor pool of pool[0]..pool[1])."""
+    import ray
+
+    input_size = tuple(cfg.model.model_input_size)
+    ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
+    ds = ds.flat_map(plan_video, fn_kwargs={"decode": cfg.decode}, num_cpus=cfg.ray.num_cpus_per_decode_task)
+    # Different remote args (memory) stop Ray Data from fusing decoding into the inference actors, where
+    # it would run serially with the model instead of in parallel CPU tasks.
+    ds = ds.map_batches(decode_shard, batch_size=1, batch_format="numpy",
+                        fn_kwargs={"decode": cfg.decode, "input_size": input_size},
+                        num_cpus=cfg.ray.num_cpus_per_decode_task,
+                        memory=cfg.ray.decode_task_memory_mb * 1024 * 1024)
+    strategy = (ray.data.ActorPoolStrategy(size=pool[0]) if pool[0] == pool[1]
+                else ray.data.ActorPoolStrategy(min_size=pool[0], max_size=pool[1]))
+    return ds.map_batches(PoseInference, fn_constructor_kwargs={"model_cfg": cfg.model}, compute=strategy,
+                          batch_size=cfg.model.batch_size, batch_format="numpy",
+                          num_gpus=cfg.ray.num_gpus_per_actor or None, num_cpus=cfg.ray.num_cpus_per_actor)
+
+
+def _first_line(err: BaseException) -> str:
+    cause = getattr(err, "cause", None) or err   # RayTaskError wraps the task's own exception
+    text = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {text[-1] if text else ''}"
+
+
+class _Finisher:
+    """Per-video tracking + write tasks in flight; their returned records go into the manifest."""
+
+    def __init__(self, plan: ExtractionPlan, max_in_flight: int, bar):
+        import ray
+
+        self.ray, self.plan, self.bar = ray, plan, bar
+        self.max_in_flight = max_in_flight
+        self.task = ray.remote(finish_video).options(num_cpus=plan.cfg.ray.num_cpus_per_track_task)
+        self.pending: dict = {}
+        self.counts = {DONE: 0, EMPTY: 0, FAILED: 0}
+        self.truncated: list[dict] = []
+
+    def submit(self, video: VideoSource, asm: VideoAssembler) -> None:
+        cfg, names = self.plan.cfg, self.plan.label_names
+        label = names.index(video.label_name) if video.label_name in names else 0
+        meta = {**video.to_dict(), "video_id": video.video_id}
+        ref = self.task.remote(meta, asm.payload(), label, cfg.output, cfg.decode, cfg.tracking)
+        self.pending[ref] = video
+        while len(self.pending) >= self.max_in_flight:
+            self.collect(block=True)
+
+    def collect(self, block: bool) -> None:
+        if not self.pending:
+            return
+        ready, _ = self.ray.wait(list(self.pending), num_returns=1 if block else len(self.pending),
+                                 timeout=None if block else 0)
+        for ref in ready:
+            video = self.pending.pop(ref)
+            try:
+                rec = self.ray.get(ref)
+            except Exception as err:  # noqa: BLE001 - one video's failure never ends the job
+                rec = {"status": FAILED, "uri": video.uri, "rel_path": video.rel_path, "video_id": video.video_id,
+                       "label_name": video.label_name, "split": video.split,
+                       "reason": f"tracking/writing failed: {_first_line(err)}"}
+            self.record(video, rec)
+
+    def record(self, video: VideoSource, rec: dict) -> None:
+        status = rec.pop("status")
+        self.plan.manifest.record(status, video.key, **rec)
+        self.counts[status] += 1
+        if rec.get("truncated"):
+            self.truncated.append({"rel_path": video.rel_path, "decoded_frames": rec["decoded_frames"],
+                                   "declared_frames": rec["declared_frames"], "kept": status != FAILED})
+        self.bar.update(1)
+        self.bar.write(f"[extract] {status:6s} {video.rel_path}" + (" (truncated)" if rec.get("truncated") else ""))
+
+    def drain(self) -> None:
+        while self.pending:
+            self.collect(block=True)
+
+
+def run_prepared(plan: ExtractionPlan, verbose: bool = True) -> dict:
+    """Run stage 1 + 2 for every video not yet done (Ray must be started); returns (and writes) the summary."""
+    from tqdm import tqdm
+
+    cfg, out = plan.cfg, plan.cfg.output
+    storage.write_text(storage.join_uri(out, "extraction_config.yaml"),
+                       yaml.safe_dump(json.loads(cfg.model_dump_json()), sort_keys=False))
+    storage.write_text(storage.join_uri(out, "labels.json"), json.dumps({"label_names": plan.label_names}))
+    plan.manifest.remove_partial_files()
+    t0 = time.time()
+    frames_done, provider, pool = 0, "", (0, 0)
+    bar = tqdm(total=len(plan.todo), unit="video", desc="extract", disable=not verbose, dynamic_ncols=True)
+    if not verbose:
+        bar.write = lambda *a, **k: None
+    finisher = _Finisher(plan, 1, bar)
+    if plan.todo:
+        import ray
+
+        ray.data.DataContext.get_current().enable_progress_bars = False   # one bar: videos, below
+        resources = ray.cluster_resources()
+        pool = actor_pool_size(cfg, resources.get("GPU", 0.0))
+        finisher.max_in_flight = cfg.ray.max_videos_in_flight or max(2, int(2 * resources.get("CPU", 1)))
+        by_id = {v.video_id: v for v in plan.todo}
+        items = [{"video_id": v.video_id, "uri": v.uri, "size": v.size} for v in plan.todo]
+        assemblers: dict[str, VideoAssembler] = {}
+        for batch in build_pipeline(cfg, items, pool).iter_batches(batch_size=None, batch_format="numpy"):
+            provider = provider or str(batch["provider"][0])
+            cols = [batch[k].tolist() for k in _ROW_COLUMNS]   # plain Python values: cheap per row
+            for values in zip(*cols):
+                row = dict(zip(_ROW_COLUMNS, values))
+                vid = row["video_id"]
+                asm = assemblers.setdefault(vid, VideoAssembler(vid))
+                asm.add(row)
+                if asm.complete:
+                    frames_done += len(asm.frames)
+                    finisher.submit(by_id[vid], assemblers.pop(vid))
+            finisher.collect(block=False)
+            bar.set_postfix(frames=frames_done, fps=round(frames_done / max(time.time() - t0, 1e-9)))
+        finisher.drain()
+        for vid in assemblers:  # should not happen: a shard lost its end marker
+            v = by_id[vid]
+            finisher.record(v, {"status": FAILED, "uri": v.uri, "rel_path": v.rel_path, "video_id": vid,
+                                "reason": "incomplete: not every shard reported its end"})
+        plan.manifest.compact()
+    bar.close()
+    elapsed = time.time() - t0
+    counts, skipped = finisher.counts, plan.skipped
+    summary = {
+        "videos": len(plan.videos), "processed": len(plan.todo), "done": counts[DONE], "empty": counts[EMPTY],
+        "failed": counts[FAILED], "truncated": len(finisher.truncated), "skipped_done": skipped[DONE],
+        "skipped_empty": skipped[EMPTY], "skipped_failed": skipped[FAILED], "frames": frames_done,
+        "seconds": round(elapsed, 2),
+        "frames_per_s": round(frames_done / elapsed, 1) if elapsed > 0 and frames_done else 0.0,
+        "provider": provider, "actors": list(pool), "output": out, "label_names": plan.label_names,
+        "truncated_videos": finisher.truncated,
+        "failures": [{"rel_path": r.get("rel_path"), "reason": r.get("reason")}
+                     for r in plan.manifest.records[FAILED].values()],
+    }
+    storage.write_text(storage.join_uri(out, "summary.json"), json.dumps(summary, indent=1))
+    return summary

@@ -1,0 +1,125 @@
+"""Extraction bookkeeping: which videos are finished, empty or failed, on local/NFS storage or an object store.
+
+Local or shared (NFS) folders: append-only JSONL files, each record flushed and fsynced before the next video
+is taken as done, so a job killed at any point loses at most the videos in flight; a torn last line (killed
+mid-write) is ignored on read. Object stores cannot append: each record is one small object
+(`manifest/<kind>/<video_id>.json`, visible only when complete), folded into the JSONL files by `compact()` at
+the end of a run. Records are keyed by `VideoSource.key` (path + size + mtime): an edited file is redone.
+Nothing is created until the first record is written, so a job stopped by a bad input leaves no folder behind.
+"""
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import time
+
+import pyarrow.fs as pafs
+
+from recognizer_core import storage
+
+DONE, EMPTY, FAILED = "done", "empty", "failed"
+_FILES = {DONE: "done.jsonl", EMPTY: "empty_clips.jsonl", FAILED: "failures.jsonl"}
+CLIPS_DIR = "clips"
+
+
+def _parse_lines(text: str | None) -> list[dict]:
+    out = []
+    for line in (text or "").splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # torn line of a killed job
+        if isinstance(rec, dict) and "key" in rec:
+            out.append(rec)
+    return out
+
+
+class ExtractionManifest:
+    def __init__(self, output_uri: str):
+        self.uri = storage.to_uri(output_uri)
+        self.remote = storage.is_remote(self.uri)
+        self.records: dict[str, dict[str, dict]] = {kind: {} for kind in _FILES}
+        for kind, name in _FILES.items():
+            for rec in _parse_lines(storage.read_text(self.path(kind))):
+                self.records[kind][rec["key"]] = rec
+        if self.remote:
+            for kind in _FILES:
+                for rec in self._record_objects(kind):
+                    self.records[kind][rec["key"]] = rec
+        self.clip_files = self._list_clips()
+
+    def path(self, kind: str) -> str:
+        return storage.join_uri(self.uri, _FILES[kind])
+
+    def output_uri(self, rel: str) -> str:
+        return storage.join_uri(self.uri, rel)
+
+    def _record_objects(self, kind: str) -> list[dict]:
+        fs, root = storage.filesystem(storage.join_uri(self.uri, "manifest", kind))
+        infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+        recs = []
+        for info in infos:
+            if info.type == pafs.FileType.File and info.path.endswith(".json"):
+                with fs.open_input_stream(info.path) as f:
+                    recs.extend(_parse_lines(f.read().decode()))
+        return recs
+
+    def _list_clips(self) -> set[str]:
+        """Finished clip files, listed once (not one existence check per video: slow on an object store)."""
+        fs, root = storage.filesystem(storage.join_uri(self.uri, CLIPS_DIR))
+        infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+        return {f"{CLIPS_DIR}/{posixpath.basename(i.path)}" for i in infos
+                if i.type == pafs.FileType.File and not posixpath.basename(i.path).startswith(".")}
+
+    def remove_partial_files(self) -> None:
+        """Temp files of clip writes cut off by a kill (the atomic write's `.<name>.*.tmp`): never results."""
+        if self.remote:
+            return   # object-store writes are one PUT: nothing partial is ever visible
+        clips = os.path.join(self.uri, CLIPS_DIR)
+        for name in os.listdir(clips) if os.path.isdir(clips) else []:
+            if name.startswith(".") and name.endswith(".tmp"):
+                os.unlink(os.path.join(clips, name))
+
+    def status(self, key: str) -> str | None:
+        done = self.records[DONE].get(key)
+        if done is not None and done.get("output", "") in self.clip_files:
+            return DONE
+        for kind in (EMPTY, FAILED):
+            if key in self.records[kind]:
+                return kind
+        return None
+
+    def record(self, kind: str, key: str, **fields) -> dict:
+        rec = {"key": key, **fields, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        line = json.dumps(rec) + "\n"
+        if self.remote:
+            name = fields.get("video_id") or str(abs(hash(key)))
+            storage.write_text(storage.join_uri(self.uri, "manifest", kind, f"{name}.json"), line)
+        else:
+            os.makedirs(self.uri, exist_ok=True)
+            with open(self.path(kind), "a", encoding="utf-8") as f:
+                f.write(line)
+                f.flush()
+                os.fsync(f.fileno())
+        self.records[kind][key] = rec
+        if kind == DONE and fields.get("output"):
+            self.clip_files.add(fields["output"])
+        return rec
+
+    def compact(self) -> None:
+        """Object stores: fold the per-record objects into the JSONL files (one read per kind on resume)."""
+        if not self.remote:
+            return
+        for kind in _FILES:
+            objects = self._record_objects(kind)
+            if not objects:
+                continue
+            text = "".join(json.dumps(r) + "\n" for r in self.records[kind].values())
+            storage.write_text(self.path(kind), text)
+            fs, root = storage.filesystem(storage.join_uri(self.uri, "manifest", kind))
+            fs.delete_dir(root)
+
+    def done_records(self) -> list[dict]:
+        """Finished videos whose output file still exists (a deleted output means: extract again)."""
+        return [r for r in self.records[DONE].values() if r.get("output", "") in self.clip_files]

@@ -1,0 +1,116 @@
+"""Extraction input errors (before Ray starts, one line, nothing created) and truncated videos, without Ray."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fakes.fake_rtmo import build_fake_rtmo, write_marker_video
+from fakes.job_videos import SIDE, linear_track, write_truncated_mkv
+from recognizer_core.extract.config import DecodeConfig, PoseModelConfig
+from recognizer_core.extract.finish import finish_video
+from recognizer_core.extract.manifest import DONE, FAILED
+from recognizer_core.extract.stages import PoseInference, VideoAssembler, decode_shard, plan_video
+from recognizer_core.extract.video import iter_frames, probe_video
+from recognizer_core.track.config import TrackingConfig
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def fake_model(tmp_path_factory):
+    return build_fake_rtmo(tmp_path_factory.mktemp("model") / "fake_rtmo.onnx")
+
+
+def _job(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_ADDRESS": "127.0.0.1:1"}  # a Ray start would fail loudly
+    return subprocess.run([sys.executable, str(REPO / "rayjobs/extract_poses.py"), "--quiet", *args], cwd=cwd,
+                          env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_bad_inputs_fail_before_ray_in_one_line_and_create_nothing(tmp_path, fake_model):
+    videos = tmp_path / "videos"
+    write_marker_video(videos / "Fight/a.mp4", [np.full((4, 2), 40.0)])
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"not an onnx model")
+    cases = [
+        (["--input", str(tmp_path / "nope"), "--onnx", str(fake_model)], f"{tmp_path / 'nope'} is not a folder"),
+        (["--input", str(videos), "--onnx", str(tmp_path / "missing.onnx")],
+         f"model.onnx.model_path: file not found: {tmp_path / 'missing.onnx'}"),
+        (["--input", str(videos), "--onnx", str(garbage)], f"{garbage}: ONNX Runtime cannot load the model"),
+        (["--input", str(videos)], "model.onnx.model_path is not set"),
+    ]
+    if os.geteuid() != 0:  # root reads a mode-000 file anyway
+        locked = tmp_path / "locked.onnx"
+        locked.write_bytes(fake_model.read_bytes())
+        locked.chmod(0)
+        cases.append((["--input", str(videos), "--onnx", str(locked)], f"cannot read {locked}"))
+    for args, expected in cases:
+        out = tmp_path / "out"
+        proc = _job(*args, "--output", "out", cwd=tmp_path)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-2000:]
+        assert expected in lines[0]
+        assert not out.exists(), args
+
+
+def _run_video_without_ray(uri: str, model: Path, decode: DecodeConfig, out: Path) -> dict:
+    """plan -> decode -> inference -> assembler -> finish_video, in this process (what the Ray job chains)."""
+    model_cfg = PoseModelConfig(onnx={"model_path": str(model)}, batch_size=4)
+    infer = PoseInference(model_cfg)
+    asm = VideoAssembler("cut")
+    for shard in plan_video({"video_id": "cut", "uri": uri, "size": 1}, decode):
+        row = {k: np.array([v], dtype=object if isinstance(v, str) else None) for k, v in shard.items()}
+        for block in decode_shard(row, decode, model_cfg.model_input_size):
+            res = infer(block)
+            for i in range(len(res["frame_index"])):
+                asm.add({k: v[i] for k, v in res.items()})
+    assert asm.complete
+    video = {"uri": uri, "rel_path": "Fight/cut.mkv", "video_id": "cut", "label_name": "Fight", "split": ""}
+    return finish_video(video, asm.payload(), 1, str(out), decode, TrackingConfig(min_track_len=2))
+
+
+def test_truncated_mkv_is_flagged_and_kept_or_failed_by_config(tmp_path, fake_model):
+    track = linear_track((30, 35), (50, 35), 40)
+    cut = write_truncated_mkv(tmp_path / "cut.mkv", [track], 0.6)
+    assert probe_video(str(cut)).num_frames == 40                    # the header survived the cut
+    assert [i for i, _ in iter_frames(str(cut))] == [0, 1, 2, 3]     # ... but only 4 frames decode
+
+    kept = _run_video_without_ray(str(cut), fake_model, DecodeConfig(), tmp_path / "out")
+    assert kept["status"] == DONE and (kept["truncated"], kept["decoded_frames"], kept["declared_frames"]) == \
+        (True, 4, 40)
+    assert (tmp_path / "out" / kept["output"]).is_file()
+    dropped = _run_video_without_ray(str(cut), fake_model, DecodeConfig(keep_truncated=False), tmp_path / "out2")
+    assert dropped["status"] == FAILED and dropped["truncated"] is True
+    assert dropped["reason"].startswith("truncated: decoded 4 of 40 frames") and not (tmp_path / "out2").exists()
+
+    whole = write_marker_video(tmp_path / "whole.mkv", [track], side=SIDE)   # a complete file is not flagged
+    rec = _run_video_without_ray(str(whole), fake_model, DecodeConfig(frame_stride=3), tmp_path / "out3")
+    assert rec["status"] == DONE and not rec["truncated"] and rec["declared_frames"] == 40
+
+
+def test_actor_pool_is_sized_from_the_cluster_gpus():
+    from recognizer_core.extract.config import ExtractionConfig
+    from recognizer_core.extract.job import actor_pool_size
+
+    def cfg(**ray):
+        return ExtractionConfig.model_validate({"source": {"input": "x"}, "ray": ray})
+
+    assert actor_pool_size(cfg(num_gpus_per_actor=1.0), cluster_gpus=8) == (1, 8)
+    assert actor_pool_size(cfg(num_gpus_per_actor=0.5, num_actors=2), cluster_gpus=3) == (2, 6)
+    assert actor_pool_size(cfg(num_gpus_per_actor=1.0, num_actors=2), cluster_gpus=0) == (2, 2)  # autoscaler adds
+    assert actor_pool_size(cfg(num_gpus_per_actor=1.0, max_actors=3), cluster_gpus=8) == (1, 3)
+    assert actor_pool_size(cfg(), cluster_gpus=8) == (1, 1)   # CPU inference: ORT already uses every core
+
+
+def test_build_dataset_without_extracted_videos_fails_before_ray(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_ADDRESS": "127.0.0.1:1"}
+    proc = subprocess.run([sys.executable, str(REPO / "rayjobs/build_dataset.py"), "--poses", "nothing_here",
+                           "--output", "ds"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        f"error: poses: {tmp_path / 'nothing_here'} has no finished videos (run rayjobs/extract_poses.py first)"]
+    assert not (tmp_path / "ds").exists()
