@@ -99,7 +99,7 @@ def gather_batch(clips: Sequence[Any], cfg: PipelineConfig, train: bool, rng: np
 
 
 def _mean(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return (a + b) / 2  # mmaction2's score of a bone / motion, in the operands' dtype
+    return (a + b) / 2  # mmaction2's score of a bone / motion, in the operands' dtype (then stored float32)
 
 
 def batch_features(raw: RawBatch, cfg: PipelineConfig) -> torch.Tensor:
@@ -114,34 +114,52 @@ def batch_features(raw: RawBatch, cfg: PipelineConfig) -> torch.Tensor:
                           a[..., 1, 0] * x + a[..., 1, 1] * y + a[..., 1, 2]], dim=-1)
     jd = torch.promote_types(kp.dtype, raw.score.dtype)  # GenSkeFeat concatenates keypoint and score
     joints, scores = kp.to(jd), raw.score.to(jd)
-    v = joints.shape[-2]
-    streams: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    n, nc, mp, _, cl, v, _ = joints.shape
+    # Each stream is written straight into its channels of the output (ops with out=: computed in the
+    # operands' dtype, stored as float32), no per-stream temporaries and no concatenation.
+    out = torch.empty((n, nc, mp, cl, v, 3 * len(feats)), dtype=torch.float32, device=joints.device)
+
+    def slot(name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        k = 3 * feats.index(name)
+        return out[..., k:k + 2], out[..., k + 2]
+
     if "j" in feats:
-        streams["j"] = joints[:, :, :, 0].float(), scores[:, :, :, 0].float()
+        xy, sc = slot("j")
+        xy.copy_(joints[:, :, :, 0])
+        sc.copy_(scores[:, :, :, 0])
     if "b" in feats or "bm" in feats:
         if v != len(_bone_arrays(cfg.dataset)[2]):
             bone_index(cfg.dataset, v)  # raises, naming the joint counts
         parent = torch.as_tensor(_bone_arrays(cfg.dataset)[2].copy(), device=joints.device)
-        both = "bm" in feats  # bones of the frame and the next frame, float32 as JointToBone stores them
-        src, src_s = (joints, scores) if both else (joints[:, :, :, :1], scores[:, :, :, :1])
-        bone = (src - src.index_select(-2, parent)).float()
-        bone_s = _mean(src_s, src_s.index_select(-1, parent)).float()
-        streams["b"] = bone[:, :, :, 0], bone_s[:, :, :, 0]
-        if both:
-            streams["bm"] = bone[:, :, :, 1] - bone[:, :, :, 0], _mean(bone_s[:, :, :, 0], bone_s[:, :, :, 1])
+        if "bm" in feats:  # bones of the frame and the next frame, float32 as JointToBone stores them
+            bone = (joints - joints.index_select(-2, parent)).float()
+            bone_s = _mean(scores, scores.index_select(-1, parent)).float()
+            if "b" in feats:
+                xy, sc = slot("b")
+                xy.copy_(bone[:, :, :, 0])
+                sc.copy_(bone_s[:, :, :, 0])
+            xy, sc = slot("bm")
+            torch.sub(bone[:, :, :, 1], bone[:, :, :, 0], out=xy)
+            torch.div(bone_s[:, :, :, 0] + bone_s[:, :, :, 1], 2, out=sc)
+        else:
+            cur, cur_s = joints[:, :, :, 0], scores[:, :, :, 0]
+            xy, sc = slot("b")
+            torch.sub(cur, cur.index_select(-2, parent), out=xy)
+            torch.div(cur_s + cur_s.index_select(-1, parent), 2, out=sc)
     if "jm" in feats:
-        streams["jm"] = ((joints[:, :, :, 1] - joints[:, :, :, 0]).float(),
-                         _mean(scores[:, :, :, 0], scores[:, :, :, 1]).float())
+        xy, sc = slot("jm")
+        torch.sub(joints[:, :, :, 1], joints[:, :, :, 0], out=xy)
+        torch.div(scores[:, :, :, 0] + scores[:, :, :, 1], 2, out=sc)
     if raw.has_next is not None:  # ToMotion: motion at the sequence's last frame is 0, score included
-        keep = raw.has_next[:, :, None, :, None]
+        last = ~raw.has_next[:, :, None, :, None, None]
         for name in ("jm", "bm"):
-            if name in streams:
-                xy, s = streams[name]
-                streams[name] = torch.where(keep[..., None], xy, 0.0), torch.where(keep, s, 0.0)
-    out = torch.cat([t for name in feats for t in (streams[name][0], streams[name][1][..., None])], dim=-1)
-    real = torch.arange(cfg.num_person, device=out.device) < raw.persons[:, None]  # (N, M)
-    out = torch.where(real[:, None, :, None, None, None], out, 0.0)  # FormatGCNInput's zero padding
-    bad = ~torch.isfinite(out).flatten(1).all(dim=1)
+            if name in feats:
+                k = 3 * feats.index(name)
+                out[..., k:k + 3].masked_fill_(last, 0.0)
+    padded = torch.arange(mp, device=out.device) >= raw.persons[:, None]  # (N, M)
+    out.masked_fill_(padded[:, None, :, None, None, None], 0.0)  # FormatGCNInput's zero padding
+    # NaN / inf propagate into a per-sample sum: one reduction instead of an isfinite pass
+    bad = ~torch.isfinite(out.view(n, -1).sum(dim=1))
     if bool(bad.any()):  # one sync per batch, as the NumPy path's check
         raise non_finite_error(raw.names, bad.nonzero().flatten().tolist())
     return out
