@@ -46,8 +46,7 @@ def test_train_mode_same_draws_and_values(feats):
     for _ in range(2):  # two batches in a row: the generators must stay in step
         want, _ = prepare_batch(clips, cfg, train=True, rng=rng_np)
         got, _ = prepare_batch_torch(clips, cfg, train=True, rng=rng_t)
-        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
-        assert (got == 0).sum() == (want == 0).sum()  # same padding and zeroed motion
+        _bitwise(got, want)  # on CPU the affine is the same products and sums in the same order
     assert rng_np.bit_generator.state == rng_t.bit_generator.state
     # the augmentation really ran: without it the values differ
     plain, _ = prepare_batch_torch(clips, cfg.model_copy(update=dict(random_rescale=None, random_shift=None,

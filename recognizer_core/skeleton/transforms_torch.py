@@ -12,9 +12,10 @@ Split in two so the loader processes do only memory copies and the device does t
 
 The arithmetic follows `features.py` operation by operation (normalisation in the keypoint dtype, joints and
 joint motion in the keypoint+score dtype, bones stored as float32 before bone motion), so on CPU the output
-equals the NumPy path bit for bit in test mode (tests/test_transforms_torch.py); in train mode it is within
-float rounding of it (the affine is the same products and sums) and uses the same random draws, so exact
-resume keeps working whichever path a run uses. A batch whose clips have different keypoint dtypes is
+equals the NumPy path bit for bit in test mode and, given the same random draws, in train mode too (the
+affine is the same products and sums in the same order; tests/test_transforms_torch.py). On a GPU expect
+float rounding differences (other kernels, possible FMA contraction). The random draws are the NumPy path's,
+so exact resume keeps working whichever path a run uses. A batch whose clips have different keypoint dtypes is
 computed in their common dtype (the NumPy path computes each dtype's clips separately).
 
 The training loop's one call, with `x_raw` the loader's RawBatch:  `x = batch_features(x_raw.to(device), cfg)`.
