@@ -75,8 +75,9 @@ def gather_batch(clips: Sequence[Any], cfg: PipelineConfig, train: bool, rng: np
     kdt = np.result_type(*(kp.dtype for kp, _, _ in items))
     sdt = np.result_type(*(sc.dtype for _, sc, _ in items))
     k = 2 if _motion(cfg) else 1
-    kp_out = np.zeros((n, nc, mp, k, cl, v, 2), dtype=kdt)
-    sc_out = np.zeros((n, nc, mp, k, cl, v), dtype=sdt)
+    # empty, not zeros: only the padded persons are zeroed (below), the rest is overwritten by the gather
+    kp_out = np.empty((n, nc, mp, k, cl, v, 2), dtype=kdt)
+    sc_out = np.empty((n, nc, mp, k, cl, v), dtype=sdt)
     has_next = np.ones((n, nc, cl), dtype=bool) if k == 2 else None
     half = np.empty((n, 2), dtype=kdt)
     persons = np.empty(n, dtype=np.int64)
@@ -90,9 +91,15 @@ def gather_batch(clips: Sequence[Any], cfg: PipelineConfig, train: bool, rng: np
             last = kp.shape[1] - 1
             frames.append(np.minimum(inds + 1, last))
             has_next[i] = (inds < last).reshape(nc, cl)
+        kp_out[i, :, m:] = 0
+        sc_out[i, :, m:] = 0
         for j, f in enumerate(frames):  # (m, nc * cl, V, ...) -> (nc, m, cl, V, ...)
-            kp_out[i, :, :m, j] = kp[:m, f].reshape(m, nc, cl, v, 2).transpose(1, 0, 2, 3, 4)
-            sc_out[i, :, :m, j] = sc[:m, f].reshape(m, nc, cl, v).transpose(1, 0, 2, 3)
+            if nc == 1 and kp.dtype == kdt and sc.dtype == sdt:  # contiguous destination: gather straight in
+                np.take(kp[:m], f, axis=1, out=kp_out[i, 0, :m, j], mode="clip")
+                np.take(sc[:m], f, axis=1, out=sc_out[i, 0, :m, j], mode="clip")
+            else:
+                kp_out[i, :, :m, j] = kp[:m, f].reshape(m, nc, cl, v, 2).transpose(1, 0, 2, 3, 4)
+                sc_out[i, :, :m, j] = sc[:m, f].reshape(m, nc, cl, v).transpose(1, 0, 2, 3)
     raw = RawBatch(torch.from_numpy(kp_out), torch.from_numpy(sc_out), torch.from_numpy(half),
                    torch.from_numpy(persons), None if has_next is None else torch.from_numpy(has_next), affine,
                    [_clip_name(c) for c in clips])
