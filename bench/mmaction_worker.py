@@ -9,7 +9,7 @@ Commands:
    "num_person": int}                        -> builds the Compose and loads the annotations
   {"cmd": "run_pipeline", "dump": pkl|null} -> one pass over all annotations: {"seconds", "n"}
   {"cmd": "model", "data": npz, "threads": int, "num_classes": int, "backbone": {...}, "lr": float}
-  {"cmd": "train_steps", "steps": int}      -> {"seconds", "loss"}
+  {"cmd": "train_steps", "steps": int}      -> {"seconds", "cpu_seconds", "loss"}
   {"cmd": "quit"}
 """
 from __future__ import annotations
@@ -84,14 +84,14 @@ def _model(cmd: dict) -> dict:
 def _train_steps(cmd: dict) -> dict:
     backbone, head = state["net"]
     opt, x, y = state["opt"], state["x"], state["y"]
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(int(cmd["steps"])):
         # RecognizerGCN.loss: backbone (N, M, T, V, C) -> GCNHead (pools persons) -> cross entropy.
         loss = F.cross_entropy(head(backbone(x)), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    return {"seconds": time.perf_counter() - t0, "loss": float(loss)}
+    return {"seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0, "loss": float(loss)}
 
 
 HANDLERS = {"pipeline": _pipeline, "run_pipeline": _run_pipeline, "model": _model, "train_steps": _train_steps}

@@ -50,6 +50,10 @@ class PipelineConfig(StrictModel):
         None, ge=0.0, lt=1.0, description="training: max shift as a fraction of image width/height, e.g. 0.1")
     random_rotate: float | None = Field(
         None, ge=0.0, le=180.0, description="training: max rotation in degrees about the image centre, e.g. 15")
+    device: Literal["cpu", "worker"] = Field(
+        "cpu", description="where features are computed: cpu = NumPy in the loader processes; worker = the "
+                           "loaders only gather the sampled frames and the training worker computes the features "
+                           "on its device (skeleton/transforms_torch.py; same numbers, same RNG draws)")
 
     @field_validator("feats")
     @classmethod
@@ -283,13 +287,12 @@ def train_sample(keypoint: Any, keypoint_score: Any, img_shape: Sequence[int], c
     return _run([(kp, sc, img_shape)], [inds], cfg, cfg.num_clips, rng)[0]
 
 
-def prepare_batch(clips: Sequence[Any], cfg: PipelineConfig, train: bool, rng: np.random.Generator | None = None,
-                  num_clips: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """A batch of clips -> (float32 (N, num_clips, M, clip_len, V, C), int64 labels (N,)).
+def batch_items(clips: Sequence[Any], cfg: PipelineConfig, train: bool, rng: np.random.Generator | None,
+                num_clips: int | None) -> tuple[list, list[np.ndarray], list[int], int]:
+    """Validated (keypoint, keypoint_score, (H, W)) per clip, frame indices, labels and num_clips of a batch.
 
-    clips: SkeletonClip objects or mmaction2 annotation dicts (keypoint, keypoint_score, img_shape,
-    total_frames, label). train=True samples frames at random and augments (needs rng); train=False is the
-    mmaction2 test-mode pipeline. num_clips defaults to cfg.num_clips (train) / cfg.test_num_clips (test).
+    The frame indices are drawn here, clip by clip, from rng (train): the first draws of a batch's RNG contract,
+    shared by the NumPy (prepare_batch) and torch (transforms_torch) paths.
     """
     import torch  # here, not at the top: the ONNX Runtime recognize path uses test_sample without torch
 
@@ -314,15 +317,32 @@ def prepare_batch(clips: Sequence[Any], cfg: PipelineConfig, train: bool, rng: n
         items.append((kp, sc, shape))
         inds_list.append(train_frame_indices(total, cfg.clip_len, nc, rng) if train
                          else test_frame_indices(total, cfg.clip_len, nc))
+    return items, inds_list, labels, nc
+
+
+def non_finite_error(names: Sequence[str], bad: Sequence[int]) -> ValueError:
+    """The error for clips (`_clip_name`s, indices `bad`) whose features are NaN / inf."""
+    # mmaction2 passes NaN/inf through to the loss; name the clips instead (SkeletonClip.validate's
+    # nan_policy='zero' is the way to keep such clips).
+    listed = ", ".join(names[i] for i in sorted(bad))
+    return ValueError(f"prepare_batch: non-finite keypoint or keypoint_score in {listed} "
+                      "(clean with SkeletonClip.validate(nan_policy='zero'))")
+
+
+def prepare_batch(clips: Sequence[Any], cfg: PipelineConfig, train: bool, rng: np.random.Generator | None = None,
+                  num_clips: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch of clips -> (float32 (N, num_clips, M, clip_len, V, C), int64 labels (N,)).
+
+    clips: SkeletonClip objects or mmaction2 annotation dicts (keypoint, keypoint_score, img_shape,
+    total_frames, label). train=True samples frames at random and augments (needs rng); train=False is the
+    mmaction2 test-mode pipeline. num_clips defaults to cfg.num_clips (train) / cfg.test_num_clips (test).
+    """
+    items, inds_list, labels, nc = batch_items(clips, cfg, train, rng, num_clips)
     non_finite: list[int] = []
     try:
         x = _run(items, inds_list, cfg, nc, rng if train else None, non_finite)
     except ValueError as err:
         raise ValueError(f"prepare_batch: {err}") from None
     if non_finite:
-        # mmaction2 passes NaN/inf through to the loss; name the clips instead (SkeletonClip.validate's
-        # nan_policy='zero' is the way to keep such clips).
-        bad = ", ".join(_clip_name(clips[i]) for i in sorted(non_finite))
-        raise ValueError(f"prepare_batch: non-finite keypoint or keypoint_score in {bad} "
-                         "(clean with SkeletonClip.validate(nan_policy='zero'))")
+        raise non_finite_error([_clip_name(c) for c in clips], non_finite)
     return torch.from_numpy(x), torch.tensor(labels, dtype=torch.int64)
