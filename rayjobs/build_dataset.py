@@ -73,8 +73,9 @@ def iter_windows(cfg: DatasetBuildConfig, jobs: list[dict]) -> Iterator[Skeleton
         return
     import ray
 
-    if not ray.is_initialized():
-        ray.init(address=cfg.ray_address or None, include_dashboard=False, log_to_driver=False)
+    from recognizer_core.ray_runtime import start_ray_or_exit
+
+    start_ray_or_exit("build_dataset", cfg.ray_address, dashboard=False, log_to_driver=False)
     ds = ray.data.from_items(jobs, override_num_blocks=max(1, min(len(jobs), 200)))
     ds = ds.map_batches(_window_batch, fn_kwargs={"cfg": cfg}, batch_format="numpy", batch_size=8,
                         num_cpus=cfg.num_cpus_per_task)

@@ -101,6 +101,8 @@ def run_extraction(cfg: ExtractionConfig, verbose: bool = True) -> dict:
     """Run stage 1 + 2 for every video not yet done; returns (and writes) the summary."""
     import ray
 
+    from recognizer_core.ray_runtime import start_ray_or_exit
+
     out = Path(cfg.output)
     manifest = ExtractionManifest(out)
     videos, label_names, todo, skipped = select_videos(cfg, manifest)
@@ -110,8 +112,7 @@ def run_extraction(cfg: ExtractionConfig, verbose: bool = True) -> dict:
     counts = {DONE: 0, EMPTY: 0, FAILED: 0}
     frames_done, provider = 0, ""
     if todo:
-        if not ray.is_initialized():
-            ray.init(address=cfg.ray.address or None, include_dashboard=False, log_to_driver=verbose)
+        start_ray_or_exit("extract", cfg.ray.address, dashboard=False, log_to_driver=verbose)
         ray.data.DataContext.get_current().enable_progress_bars = verbose
         by_id = {v.video_id: v for v in todo}
         items = [{"video_id": v.video_id, "uri": v.uri, "size": v.size} for v in todo]

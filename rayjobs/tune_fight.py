@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import sys
 from pathlib import Path
 
@@ -23,29 +22,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from recognizer_core.config import ConfigError  # noqa: E402
 from recognizer_core.tune.cli import add_tune_args, finish, plan_from_args, print_plan  # noqa: E402
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _init_ray(args: argparse.Namespace) -> None:
-    import ray
-
-    address = args.address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ctx = ray.init(address=address, log_to_driver=True)
-    else:
-        # A local Ray with its dashboard (watch the trials there). Ray Train's placement-group cleaner finds the
-        # cluster through the State API; with several Ray instances on one machine it cannot guess which one,
-        # so the address is pinned for every process of this cluster (they inherit this environment).
-        port = _free_port()
-        os.environ.setdefault("RAY_API_SERVER_ADDRESS", f"http://127.0.0.1:{port}")
-        ctx = ray.init(num_cpus=args.num_cpus, include_dashboard=True, dashboard_port=port, log_to_driver=True)
-    print(f"[tune] Ray dashboard: http://{ctx.dashboard_url}" if ctx.dashboard_url else "[tune] no Ray dashboard",
-          flush=True)
 
 
 def main(argv: list[str] | None = None, default_space: str = "search_spaces/fight.yaml") -> int:
@@ -80,12 +56,10 @@ def main(argv: list[str] | None = None, default_space: str = "search_spaces/figh
         print(f"error: {err}", file=sys.stderr)
         return 2
 
-    import ray
-
+    from recognizer_core.ray_runtime import start_ray_or_exit
     from recognizer_core.train.ray_train import build_trainer
 
-    if not ray.is_initialized():
-        _init_ray(args)
+    start_ray_or_exit("tune", args.address, num_cpus=args.num_cpus)
     try:
         run = run_tuning(plan.space, TrainJobConfig, build_trainer, plan.options, extra_overrides=plan.extra)
     except ConfigError as err:
