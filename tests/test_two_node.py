@@ -9,6 +9,8 @@
 - Every job goes through `ray job submit` (the Jobs API) with the repository as working_dir.
 - STGCN++ trains with 2 workers placed STRICT_SPREAD (one per node); the same run with the second node killed
   mid-run and brought back must finish from its last checkpoint with the same final weights and metrics.
+- A 4-trial Tune search (2 at a time, one 0.9-CPU worker each, on nodes of 1 CPU: two workers never fit on one
+  node) runs trials on both nodes, and writes its summary to the shared storage.
 
 Skips (with the reason) where mount namespaces are not allowed (not root, or no unshare).
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -83,7 +86,7 @@ class TwoNodeCluster:
         self.env = env
         self.head = self._start("head", [
             "--head", f"--port={self.gcs_port}", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
-            f"--dashboard-port={self.dash_port}", "--num-cpus=2", f"--temp-dir={self.head_tmp}",
+            f"--dashboard-port={self.dash_port}", "--num-cpus=1", f"--temp-dir={self.head_tmp}",
             '--resources={"head": 1}'])
         self.node2 = None
 
@@ -95,8 +98,8 @@ class TwoNodeCluster:
 
     def _start(self, name: str, args: list[str], prefix: list[str] | None = None) -> subprocess.Popen:
         cmd = [str(BIN / "ray"), "start", "--block", "--disable-usage-stats", *self._ports(), *args]
-        if prefix:
-            cmd = prefix + [" ".join(f"'{c}'" for c in cmd)]
+        if prefix:  # the last prefix item is a `sh -c` script that ends in `exec `: the command completes it
+            cmd = prefix[:-1] + [prefix[-1] + " ".join(shlex.quote(c) for c in cmd)]
         log = (self.root / f"{name}.log").open("a")
         return subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -104,7 +107,7 @@ class TwoNodeCluster:
         # Private mounts: node2 sees neither the head's Ray temp dir (sessions, uploaded packages) nor its ~.
         mounts = f"mount -t tmpfs tmpfs {self.head_tmp} && mount -t tmpfs tmpfs {self.home} && exec "
         self.node2 = self._start("node2", [
-            f"--address={self.address}", "--node-ip-address=127.0.0.2", "--num-cpus=2",
+            f"--address={self.address}", "--node-ip-address=127.0.0.2", "--num-cpus=1",
             f"--temp-dir={self.node2_tmp}", '--resources={"node2": 1}'],
             prefix=["unshare", "-m", "--propagation", "private", "sh", "-c", mounts])
         self.wait_nodes(2)
@@ -127,6 +130,14 @@ class TwoNodeCluster:
             if time.time() > deadline:
                 raise AssertionError(f"cluster did not reach {n} alive node(s) in {timeout}s\n" + self.logs())
             time.sleep(1)
+
+    def worker_nodes(self) -> dict[str, str]:
+        """Ray Train worker actors (alive or dead) -> the node each ran on."""
+        from ray.util.state import list_actors
+
+        actors = list_actors(address=self.url, filters=[("class_name", "=", "RayTrainWorker")], limit=10000,
+                             detail=True, raise_on_missing_output=False)
+        return {a.actor_id: a.node_id for a in actors}
 
     def logs(self) -> str:
         return "\n".join(f"--- {p.name}\n{p.read_text()[-2000:]}" for p in sorted(self.root.glob("*.log")))
@@ -239,3 +250,23 @@ def test_training_across_two_nodes_survives_losing_one(cluster):
         assert out[key] == ref[key], f"{key}: {out[key]} after losing a node vs {ref[key]} uninterrupted"
     a, b = _weights(ref_dir), _weights(run_dir)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "final weights differ"
+    assert len(set(cluster.worker_nodes().values())) == 2, "the training workers did not use both nodes"
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_tune_trials_run_on_both_nodes(cluster):
+    import pandas as pd
+
+    before = cluster.worker_nodes()
+    client, job = cluster.submit("python rayjobs/tune_fight.py --smoke --name two_node_tune --num-samples 4 "
+                                 "--max-concurrent-trials 2 --workers-per-trial 1 --cpus-per-worker 0.9", "tune")
+    logs = cluster.wait_job(client, job)
+    summary = cluster.shared / "runs" / "work_dirs" / "tune" / "two_node_tune" / "summary"
+    assert f"results, best config, best checkpoint and plots: {summary}" in logs
+    table = pd.read_parquet(summary / "results.parquet")
+    assert len(table) == 4 and set(table["status"]) == {"ok"}, table
+    assert (summary / "best_config.yaml").is_file() and (summary / "best_checkpoint").is_dir()
+    nodes = {node for actor, node in cluster.worker_nodes().items() if actor not in before}
+    assert len(nodes) == 2, f"trial workers ran on {len(nodes)} node(s)"
