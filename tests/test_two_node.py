@@ -250,7 +250,7 @@ def test_training_across_two_nodes_survives_losing_one(cluster):
         assert out[key] == ref[key], f"{key}: {out[key]} after losing a node vs {ref[key]} uninterrupted"
     a, b = _weights(ref_dir), _weights(run_dir)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "final weights differ"
-    assert len(set(cluster.worker_nodes().values())) == 2, "the training workers did not use both nodes"
+    assert len(set(cluster.worker_nodes().values())) >= 2, "the training workers did not use both nodes"
 
 
 @pytest.mark.ray
