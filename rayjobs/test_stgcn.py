@@ -46,12 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     split = args.split or cfg.data.test_split
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    import ray
-
+    from recognizer_core.ray_runtime import start_ray_or_exit
     from recognizer_core.train.ray_train import build_test_trainer
 
-    if not ray.is_initialized():
-        ray.init(address=args.address, log_to_driver=True)
+    start_ray_or_exit("test", args.address)
     result = build_test_trainer(cfg, checkpoint, out_dir, split).fit()
     metrics_path = out_dir / f"{split}_metrics.json"
     if result.error or not metrics_path.exists():

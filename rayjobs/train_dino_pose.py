@@ -87,10 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     import ray
     import ray.train
 
+    from recognizer_core.ray_runtime import start_ray_or_exit
     from recognizer_core.train.dino_pose_ray import build_trainer, export_checkpoints, resolve_paths
 
-    if not ray.is_initialized():
-        ray.init(address=args.address, log_to_driver=True)
+    start_ray_or_exit("dino_pose", args.address)
     cfg = resolve_paths(cfg)
     try:
         trainer = build_trainer(cfg)

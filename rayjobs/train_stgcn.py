@@ -36,12 +36,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    import ray
-
+    from recognizer_core.ray_runtime import start_ray_or_exit
     from recognizer_core.train.ray_train import build_trainer, default_run_config, run_dir_of
 
-    if not ray.is_initialized():
-        ray.init(address=args.address, log_to_driver=True)
+    start_ray_or_exit("train", args.address)
     try:
         trainer = build_trainer(cfg)
     except (ConfigError, ValueError, FileNotFoundError) as err:

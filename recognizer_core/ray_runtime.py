@@ -6,13 +6,23 @@
 
 For a private Ray the State API address is pinned in the environment (workers inherit it): Ray Train's
 placement-group cleaner otherwise prints a "Found multiple active Ray instances" traceback whenever another Ray
-runs on the host. Start-up failures become one `RayStartError` with what to try, not a Ray traceback.
+runs on the host. Start-up failures become one `RayStartError` with what to try, not a Ray traceback; a token
+mismatch (Ray logs `InvalidAuthToken` from C++ and raises a bare ConnectionError) says what to set.
+SIGTERM is turned into KeyboardInterrupt so `kill` and Ctrl-C both stop a job the same way; a second signal
+shuts Ray down and exits at once (Ray Train can swallow the first).
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
+import sys
+import tempfile
+import threading
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
 
 
 class RayStartError(RuntimeError):
@@ -42,36 +52,137 @@ def start_ray(address: str | None = None, *, num_cpus: int | None = None, dashbo
         ctx = ray.get_runtime_context()
         return RayInfo(address=ctx.gcs_address, dashboard_url=None, private=False)
     address = address or os.environ.get("RAY_ADDRESS") or None
+    joining = bool(address) and address != "local"
+    captured = ""
     try:
-        if address and address != "local":
-            ctx = ray.init(address=address, log_to_driver=log_to_driver)
-            private = False
+        if joining:
+            with _stderr_copy() as copy:
+                try:
+                    ctx = ray.init(address=address, log_to_driver=log_to_driver)
+                finally:
+                    captured = copy()
         else:
             port = _free_port()
             os.environ.setdefault("RAY_API_SERVER_ADDRESS", f"http://127.0.0.1:{port}")
             ctx = ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, dashboard_port=port,
                            log_to_driver=log_to_driver)
-            private = True
     except Exception as err:  # noqa: BLE001 - every start-up failure gets the same advice block
-        raise RayStartError(_advice(err, address)) from err
+        raise RayStartError(_advice(err, address if joining else None, captured)) from None
+    _install_stop_handlers()
     url = f"http://{ctx.dashboard_url}" if getattr(ctx, "dashboard_url", None) else None
-    info = RayInfo(address=ctx.address_info.get("gcs_address", ""), dashboard_url=url, private=private)
-    where = "a private local Ray" if private else f"the Ray cluster at {address}"
+    info = RayInfo(address=ctx.address_info.get("gcs_address", ""), dashboard_url=url, private=not joining)
+    where = "a private local Ray" if not joining else f"the Ray cluster at {address}"
     print(f"[{job}] running on {where}", flush=True)
     if url:
-        print(f"[{job}] Ray dashboard: {url} (token auth: paste the token from ~/.ray/auth_token when asked)",
-              flush=True)
+        print(f"[{job}] Ray dashboard: {url}{_dashboard_hint()}", flush=True)
     return info
 
 
-def _advice(err: Exception, address: str | None) -> str:
-    text = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
-    if "auth" in text.lower() or "token" in text.lower():
-        return (f"could not join the Ray cluster at {address}: its token does not match ({text}). Use the "
-                "cluster's token: set RAY_AUTH_TOKEN (or copy it to ~/.ray/auth_token) and the same "
-                "RAY_AUTH_MODE as the cluster.")
-    if address and address != "local":
+def _token_auth_on() -> bool:
+    return os.environ.get("RAY_AUTH_MODE", "token").lower() == "token"
+
+
+def _dashboard_hint() -> str:
+    if not _token_auth_on():
+        return ""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return " (token auth: paste $RAY_AUTH_TOKEN when the page asks for a token)"
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or "~/.ray/auth_token"
+    return (f" (token auth: the page asks for a token; paste the one in {path}, printed by "
+            "`ray get-auth-token`)")
+
+
+@contextlib.contextmanager
+def _stderr_copy() -> Iterator:
+    """Tee fd 2 into a file while joining a cluster: Ray reports a bad token only in C++ log lines there."""
+    with tempfile.TemporaryFile() as buf:
+        try:
+            saved = os.dup(2)
+        except OSError:  # no fd 2 (embedded interpreter): nothing to capture
+            yield lambda: ""
+            return
+        sys.stderr.flush()
+        os.dup2(buf.fileno(), 2)
+        done = False
+
+        def read() -> str:
+            nonlocal done
+            if not done:
+                sys.stderr.flush()
+                os.dup2(saved, 2)
+                os.close(saved)
+                done = True
+                buf.seek(0)
+                read.text = buf.read().decode(errors="replace")
+                if read.text and "InvalidAuthToken" not in read.text:
+                    sys.stderr.write(read.text)  # nothing to explain: show what Ray said, as it would have
+            return read.text
+
+        read.text = ""
+        try:
+            yield read
+        finally:
+            read()
+
+
+def _advice(err: Exception, address: str | None, captured: str = "") -> str:
+    first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    text = f"{type(err).__name__}: {first}"
+    if "InvalidAuthToken" in captured or "AuthenticationError" in text or "auth" in first.lower():
+        mode = os.environ.get("RAY_AUTH_MODE", "unset")
+        source = ("$RAY_AUTH_TOKEN" if os.environ.get("RAY_AUTH_TOKEN") else
+                  os.environ.get("RAY_AUTH_TOKEN_PATH") or str(Path("~/.ray/auth_token")))
+        return (f"the Ray cluster at {address} refused our token (InvalidAuthToken; RAY_AUTH_MODE={mode}, token "
+                f"from {source}). Set RAY_AUTH_MODE=token and give the cluster's token: RAY_AUTH_TOKEN=<token>, "
+                "or RAY_AUTH_TOKEN_PATH=<file>, or copy it to ~/.ray/auth_token (on the head: "
+                "`ray get-auth-token`).")
+    if address:
         return (f"could not join the Ray cluster at {address} ({text}). Check that it is running "
                 "(`ray status --address ...`), or omit --address and unset RAY_ADDRESS for a private local Ray.")
-    return (f"could not start a local Ray ({text}). On a busy or small machine start-up can time out: retry, "
-            "free memory, or give it longer with RAY_raylet_start_wait_time_s=120.")
+    return (f"could not start a local Ray ({text}).\n"
+            "  On a busy or small machine Ray's start-up can time out. Try:\n"
+            "  - run the command again;\n"
+            "  - give Ray longer: RAY_raylet_start_wait_time_s=120 (and RAY_gcs_rpc_server_connect_timeout_s=60);\n"
+            "  - free memory / stop other Ray instances you own (`ray status` lists them).")
+
+
+def _install_stop_handlers() -> None:
+    """SIGTERM behaves like Ctrl-C; a second SIGTERM/SIGINT shuts Ray down and exits (130) without waiting."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    hits = {"n": 0}
+
+    def stop(signum, frame):
+        hits["n"] += 1
+        if hits["n"] > 1:
+            print(f"\nstopping now (signal {signum} again)", file=sys.stderr, flush=True)
+            with contextlib.suppress(Exception):
+                import ray
+
+                ray.shutdown()
+            os._exit(130)
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    def quiet_interrupt(kind, value, tb):  # one line, not a traceback through Ray's internals
+        if issubclass(kind, KeyboardInterrupt):
+            print(f"stopped ({value or 'Ctrl-C'}); finished checkpoints are kept, re-run to continue",
+                  file=sys.stderr, flush=True)
+            return
+        previous_hook(kind, value, tb)
+
+    previous_hook = sys.excepthook
+    if previous_hook is sys.__excepthook__:
+        sys.excepthook = quiet_interrupt
+    with contextlib.suppress(ValueError):
+        signal.signal(signal.SIGTERM, stop)
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            signal.signal(signal.SIGINT, stop)
+
+
+def start_ray_or_exit(job: str, address: str | None = None, **kwargs) -> RayInfo:
+    """`start_ray` for a job's main(): on failure print `error: ...` and exit 2 (no traceback)."""
+    try:
+        return start_ray(address, job=job, **kwargs)
+    except RayStartError as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None

@@ -3,6 +3,11 @@
 One place for the questions the jobs used to answer inline: is this remote (`is_remote`), what absolute form
 travels to other nodes (`to_uri`: resolved once on the driver), how to write a file so a reader never sees half
 of it (`atomic_write`, `write_bytes`, `write_text`), and how to read/copy across storages.
+
+Where outputs go (`output_uri`): a configured absolute path or URI as given; a relative one under
+$RECOGNIZER_STORAGE when set, else under the working directory -- except when the job runs from a package that
+`ray job submit --working-dir` uploaded (`.../runtime_resources/working_dir_files/_ray_pkg_*`), which Ray deletes
+with the session: then under ~/recognizer_runs (DEFAULT_JOB_ROOT), and the job says so.
 """
 from __future__ import annotations
 
@@ -31,6 +36,54 @@ def to_uri(path: str | os.PathLike) -> str:
     if path.startswith("file://"):
         path = path[len("file://"):]
     return str(Path(path).expanduser().resolve())
+
+
+STORAGE_ENV = "RECOGNIZER_STORAGE"
+DEFAULT_JOB_ROOT = "~/recognizer_runs"  # outputs of a job running from an uploaded Ray package (documented)
+_announced: set[str] = set()
+
+
+def ray_package_root(path: str | os.PathLike) -> str | None:
+    """The `_ray_pkg_*` folder `path` lies in (a `ray job submit --working-dir` upload), else None."""
+    parts = Path(str(path)).parts
+    for i, part in enumerate(parts):
+        if part.startswith("_ray_pkg_") and "runtime_resources" in parts[:i]:
+            return str(Path(*parts[: i + 1]))
+    return None
+
+
+def storage_root() -> str:
+    """Base of relative output paths: $RECOGNIZER_STORAGE, else the working directory, else (inside a Ray package,
+    which Ray deletes with the session) ~/recognizer_runs."""
+    env = os.environ.get(STORAGE_ENV)
+    if env:
+        return to_uri(env)
+    cwd = os.getcwd()
+    return str(Path(DEFAULT_JOB_ROOT).expanduser()) if ray_package_root(cwd) else cwd
+
+
+def output_uri(path: str | os.PathLike) -> str:
+    """Resolve an output location once, on the driver (see the module doc): never a path inside a Ray package.
+    A path already resolved into the package (e.g. `Path("work_dirs").resolve()`) is moved to the storage root
+    with the same relative layout."""
+    path = str(path)
+    if is_remote(path):
+        return path.rstrip("/")
+    if path.startswith("file://"):
+        path = path[len("file://"):]
+    p = Path(path).expanduser()
+    if p.is_absolute():
+        pkg = ray_package_root(p.resolve())
+        if pkg is None:
+            return str(p.resolve())
+        p = p.resolve().relative_to(pkg)
+    root = storage_root()
+    if ray_package_root(os.getcwd()) and root not in _announced:
+        _announced.add(root)
+        print(f"[storage] this job runs from a package uploaded by `ray job submit` ({os.getcwd()}), which Ray "
+              f"deletes with the session: relative output paths go under {root} (set {STORAGE_ENV} or give an "
+              "absolute / s3:// path to choose)", flush=True)
+    return join_uri(root, p.as_posix()) if is_remote(root) else str((Path(root) / p).resolve())
 
 
 def join_uri(base: str, *parts: str) -> str:

@@ -3,6 +3,7 @@ security settings (token auth, no public endpoints, no secrets in files) are con
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import re
 import shlex
@@ -158,3 +159,158 @@ def test_dockerfile_matches_the_project():
             assert (REPO / item).exists() or item == "README.md", f"Dockerfile copies {item}, not in the repo"
     ignore = (CLUSTER / "docker" / "Dockerfile.dockerignore").read_text()
     assert "**" in ignore.splitlines()  # only what the image needs enters the build context (no .venv, data)
+
+
+# --- offline validation against the KubeRay CRDs (../shared/kuberay-crds) -------------------------------------
+
+def _strict(schema: dict) -> dict:
+    """The CRD's OpenAPI schema with unknown fields forbidden: Kubernetes would silently prune a misspelt field
+    (`rayStartParam`, `workerGroupSpec`), so the test treats one as an error."""
+    if isinstance(schema, dict):
+        schema = {k: _strict(v) for k, v in schema.items()}
+        if ("properties" in schema and "additionalProperties" not in schema
+                and not schema.get("x-kubernetes-preserve-unknown-fields")):
+            schema["additionalProperties"] = False
+    elif isinstance(schema, list):
+        schema = [_strict(v) for v in schema]
+    return schema
+
+
+@functools.lru_cache(maxsize=None)
+def _crd_validator(kind: str):
+    import jsonschema
+
+    from conftest import shared_path
+
+    crd_file = shared_path("kuberay-crds", f"ray.io_{kind.lower()}s.yaml")
+    crd = yaml.load(crd_file.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # 1 MB each
+    (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
+    return jsonschema.Draft7Validator(_strict(version["schema"]["openAPIV3Schema"]))
+
+
+@pytest.mark.parametrize("kind", ["RayCluster", "RayJob"])
+def test_manifests_validate_against_the_kuberay_crds(kind):
+    validator = _crd_validator(kind)
+    docs = _by_kind(kind)
+    assert docs
+    for path, doc in docs:
+        assert doc["apiVersion"] == "ray.io/v1", path
+        errors = sorted(validator.iter_errors(doc), key=lambda e: list(e.absolute_path))
+        assert not errors, f"{path.name}: " + "; ".join(
+            f"{'.'.join(map(str, e.absolute_path))}: {e.message[:200]}" for e in errors[:5])
+
+
+def test_crd_validation_catches_a_misspelt_field():  # the check above can fail
+    (path, doc), *_ = _by_kind("RayCluster")
+    doc["spec"]["headGroupSpec"]["rayStartParam"] = doc["spec"]["headGroupSpec"].pop("rayStartParams")
+    assert any("rayStartParam" in e.message for e in _crd_validator("RayCluster").iter_errors(doc))
+
+
+def _pod_templates() -> list[tuple[str, dict]]:
+    out = []
+    for name, spec in _cluster_specs():
+        out.append((f"{name}:head", spec["headGroupSpec"]["template"]))
+        out += [(f"{name}:{g['groupName']}", g["template"]) for g in spec["workerGroupSpecs"]]
+    return out
+
+
+def test_network_policy_limits_ray_ports_to_the_pods_that_need_them():
+    policies = {d["metadata"]["name"]: d["spec"] for _, d in _by_kind("NetworkPolicy")}
+    assert set(policies) == {"recognizer-ray-internal", "recognizer-ray-head-api"}
+    label = {"app.kubernetes.io/name": "recognizer"}
+    for name, template in _pod_templates():  # every Ray pod is covered by the policies
+        assert template["metadata"]["labels"].items() >= label.items(), name
+    for name, spec in policies.items():
+        assert spec["policyTypes"] == ["Ingress"] and spec["podSelector"]["matchLabels"].items() >= label.items()
+        for rule in spec["ingress"]:
+            assert rule.get("from"), f"{name}: an ingress rule without `from` admits every pod"
+    internal = policies["recognizer-ray-internal"]["ingress"]
+    assert internal == [{"from": [{"podSelector": {"matchLabels": label}}]}]
+    (api,) = policies["recognizer-ray-head-api"]["ingress"]
+    assert policies["recognizer-ray-head-api"]["podSelector"]["matchLabels"]["ray.io/node-type"] == "head"
+    assert api["ports"] == [{"protocol": "TCP", "port": 8265}], "only the dashboard/Jobs API, never GCS 6379"
+    submitters = [p["podSelector"]["matchLabels"].get("batch.kubernetes.io/job-name") for p in api["from"]]
+    assert {d["metadata"]["name"] for _, d in _by_kind("RayJob")} <= set(submitters), "RayJob submitter blocked"
+
+
+def test_every_path_is_on_shared_storage():
+    for name, template in _pod_templates():
+        (c,) = template["spec"]["containers"]
+        mounts = [m["mountPath"] for m in c["volumeMounts"]]
+        env = {e["name"]: e.get("value") for e in c["env"]}
+        for var in ("RECOGNIZER_STORAGE", "RECOGNIZER_TUNE_STORAGE"):
+            assert any(env[var].startswith(m + "/") for m in mounts), f"{name}: {var}={env[var]} not shared"
+    for p, doc in _by_kind("PersistentVolumeClaim"):
+        assert doc["spec"]["accessModes"] == ["ReadWriteMany"], f"{p}: every pod must see the same files"
+    (cfg,) = _docs(CLUSTER / "launcher" / "aws-gpu.yaml")
+    opts = " ".join(cfg["docker"]["run_options"])
+    assert "-v /mnt/shared:/mnt/shared" in opts and "RECOGNIZER_STORAGE=/mnt/shared/" in opts
+    assert "RECOGNIZER_TUNE_STORAGE=/mnt/shared/" in opts
+    assert "/mnt/shared" in " ".join(cfg["initialization_commands"])
+    # Only credentials are copied to the nodes: no data synced to node-local disks.
+    assert set(cfg["file_mounts"]) == {"~/.ray/auth_token", "~/.ray/recognizer.env"}
+
+
+def test_secrets_never_travel_in_the_runtime_env():
+    text = "\n".join(p.read_text() for p in CLUSTER.rglob("*") if p.is_file())
+    assert not re.search(r"runtime-env-json[^\n]*(KEY|TOKEN|SECRET)", text), "the dashboard shows runtime_env"
+    (cfg,) = _docs(CLUSTER / "launcher" / "aws-gpu.yaml")
+    for cmd in cfg["head_start_ray_commands"][1:] + cfg["worker_start_ray_commands"][1:]:
+        assert ". ~/.ray/recognizer.env" in cmd  # the W&B key from the user's secret file, like the token
+
+
+# --- the image and the dependencies ---------------------------------------------------------------------------
+
+def _project() -> dict:
+    return tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+
+
+def test_one_onnx_runtime_build_and_bounded_dependencies():
+    project = _project()
+    base, extras = project["dependencies"], project["optional-dependencies"]
+    assert not [d for d in base if d.startswith(("onnxruntime", "onnx"))], "ORT comes from one extra; onnx is dev"
+    assert extras["cpu"] == [d for d in extras["cpu"] if d.startswith("onnxruntime>")] and extras["cpu"]
+    assert len(extras["gpu"]) == 1 and extras["gpu"][0].startswith("onnxruntime-gpu")
+    assert extras["tensorrt"] == ["tensorrt>=10,<11"], "the tested TensorRT major; no pycuda"
+    assert any(d.startswith("onnx>") for d in extras["dev"]) and any(d.startswith("onnx>") for d in extras["export"])
+    for dep in base + [d for e in extras.values() for d in e]:
+        assert "==" in dep or "<" in dep, f"{dep}: heavy dependencies get an upper bound at the next major"
+
+
+def test_dockerfile_is_pinned_locked_and_not_root():
+    text = (CLUSTER / "docker" / "Dockerfile").read_text()
+    assert re.search(r"^FROM \$\{RAY_BASE\}@\$\{RAY_BASE_DIGEST\}$", text, flags=re.M), "base image by digest"
+    assert "imagetools inspect" in text  # how to update the digest
+    users = re.findall(r"^USER (\S+)$", text, flags=re.M)
+    assert users and users[-1] not in ("root", "0"), "an explicit non-root USER"
+    installs = re.findall(r"pip install ([^\n&]+)", text)
+    assert installs and all("-c cluster/docker/constraints.txt" in i for i in installs), installs
+    assert '".[gpu,wandb]"' in text and "onnxruntime" not in " ".join(installs)
+    pins = dict(line.split("==") for line in (CLUSTER / "docker" / "constraints.txt").read_text().splitlines()
+                if "==" in line)
+    assert pins["ray"] == _pinned("ray") and pins["torch"] == _pinned("torch")
+    assert "onnxruntime-gpu" in pins and "onnxruntime" not in pins and "pytest" not in pins
+    for name, images in (("manifests", [t["spec"]["containers"][0]["image"] for _, t in _pod_templates()]),
+                         ("launcher", [_docs(CLUSTER / "launcher" / "aws-gpu.yaml")[0]["docker"]["image"]])):
+        assert all("@sha256:" in i for i in images), f"{name}: app image pinned by digest: {images}"
+
+
+def test_two_onnx_runtime_builds_fail_with_the_fix(tmp_path):
+    """A second ORT distribution (its dist-info on sys.path, as pip would leave it) makes the import refuse."""
+    import subprocess
+    import sys
+
+    for dist in ("onnxruntime_gpu-1.32.0.dist-info", "onnxruntime-1.32.0.dist-info"):
+        meta = tmp_path / dist
+        meta.mkdir()
+        name = dist.split("-")[0].replace("_", "-")
+        (meta / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.32.0\n")
+    code = "from recognizer_core.onnx_runtime import import_onnxruntime; import_onnxruntime()"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={"PYTHONPATH": f"{tmp_path}:{REPO}", "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 1
+    assert "OnnxRuntimeConflict" in out.stderr and "pip uninstall -y onnxruntime onnxruntime-gpu" in out.stderr
+    assert "pip install onnxruntime-gpu" in out.stderr
+    ok = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    assert ok.returncode == 0, ok.stderr  # this environment has one build

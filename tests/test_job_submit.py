@@ -1,6 +1,8 @@
 """The README's cluster path end to end: a real Ray head on loopback (token authentication on, dashboard and
 Jobs API on 127.0.0.1), `rayjobs/tune_fight.py` submitted through the Jobs API with the repo as working_dir,
-waited for, its logs read and its results checked; then the head is stopped."""
+waited for, its logs read and its results checked; then the head is stopped. No storage path is given, as a
+user following the docs would: the results must land in the documented default outside Ray's job package
+(~/recognizer_runs, HOME pointed at the test's folder), never under `runtime_resources/.../_ray_pkg_*`."""
 from __future__ import annotations
 
 import os
@@ -78,7 +80,11 @@ def test_tune_job_submitted_to_a_local_head(tmp_path):
         # Other Ray instances may run on this machine (the test session's own): pin this cluster's State API
         # for every process of it (Ray Train's placement-group cleaner looks the cluster up there).
         "RAY_API_SERVER_ADDRESS": url,
+        # The job's ~ (where results go when the job runs from the uploaded package): this test's folder.
+        "HOME": str(tmp_path / "home"),
     })
+    env.pop("RECOGNIZER_STORAGE", None)
+    env.pop("RECOGNIZER_TUNE_STORAGE", None)
     temp_dir = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # short: Ray's socket paths must stay < 108 chars
     head = subprocess.Popen(
         [str(Path(venv_bin) / "ray"), "start", "--head", "--block", f"--port={gcs_port}",
@@ -92,8 +98,8 @@ def test_tune_job_submitted_to_a_local_head(tmp_path):
         with pytest.raises(AuthenticationError):
             JobSubmissionClient(url).list_jobs()
         client = JobSubmissionClient(url, headers={"Authorization": f"Bearer {token}"})
-        storage = tmp_path / "storage"
-        job_id = _submit(client, entrypoint=f"python rayjobs/tune_fight.py --smoke --storage-path {storage} --name job",
+        storage = tmp_path / "home" / "recognizer_runs" / "work_dirs" / "tune"
+        job_id = _submit(client, entrypoint="python rayjobs/tune_fight.py --smoke --name job",
                          runtime_env={"working_dir": str(REPO), "excludes": EXCLUDES},
                          submission_id=f"tune-fight-{secrets.token_hex(3)}")
         deadline = time.time() + 330
@@ -107,6 +113,7 @@ def test_tune_job_submitted_to_a_local_head(tmp_path):
         assert "Started a local Ray instance" not in logs
         assert "[tune] SMOKE" in logs and "[tune] best trial" in logs
         assert f"results, best config, best checkpoint and plots: {storage / 'job' / 'summary'}" in logs
+        assert "runs from a package uploaded by `ray job submit`" in logs  # and it says where results go
         info = client.get_job_info(job_id)
         assert info.runtime_env["working_dir"].startswith("gcs://")  # the repo was uploaded, not read in place
 
@@ -116,6 +123,8 @@ def test_tune_job_submitted_to_a_local_head(tmp_path):
         assert (summary / "best_config.yaml").is_file() and any(summary.glob("best_acc_top1_epoch_*.pth"))
         assert (summary / "best_checkpoint" / "training_state.pt").is_file()
         assert (summary / "plots" / "optimization_history.png").is_file()
+        leaked = [p for p in Path(temp_dir).rglob("work_dirs") if "_ray_pkg_" in str(p)]
+        assert not leaked, f"results written inside Ray's job package: {leaked}"
     finally:
         # Stop this head only (never `ray stop`, which stops every Ray on the machine): SIGTERM to the
         # `ray start --block` process group, which takes its GCS, raylet and dashboard down with it.

@@ -76,7 +76,9 @@ def export_onnx(model: torch.nn.Module, path: str | Path, example: torch.Tensor,
 
 
 def onnx_session(path: str | Path, threads: int = 0):
-    import onnxruntime as ort
+    from recognizer_core.onnx_runtime import import_onnxruntime
+
+    ort = import_onnxruntime()  # one ORT build only
 
     opts = ort.SessionOptions()
     if threads:

@@ -20,7 +20,9 @@ class OrtBackend:
     """ONNX Runtime session with the guide's options; fails loudly when CUDA was asked for and is missing."""
 
     def __init__(self, opts: OnnxOptions, input_size: tuple[int, int]):
-        import onnxruntime as ort
+        from recognizer_core.onnx_runtime import import_onnxruntime
+
+        ort = import_onnxruntime()  # one ORT build only (CPU and GPU builds break each other)
 
         if not opts.model_path or not os.path.isfile(opts.model_path):
             raise BackendError(f"model.onnx.model_path: RTMO ONNX file not found: {opts.model_path!r} "

@@ -66,7 +66,9 @@ class OnnxRecognizer:
     clips as mmaction2's average_clips='prob'."""
 
     def __init__(self, onnx_path: str | Path, spec: ModelSpec, threads: int = 0, providers: list[str] | None = None):
-        import onnxruntime as ort
+        from recognizer_core.onnx_runtime import import_onnxruntime
+
+        ort = import_onnxruntime()  # one ORT build only (CPU and GPU builds break each other)
 
         opts = ort.SessionOptions()
         if threads:

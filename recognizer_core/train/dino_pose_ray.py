@@ -19,6 +19,7 @@ import ray.train.torch
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
+from recognizer_core.storage import output_uri
 from recognizer_core.train.dino_pose_config import DinoPoseJobConfig
 from recognizer_core.train.dino_pose_loop import MODEL_FILE, WorkerContext, run_dino_pose_training
 from recognizer_core.train.state import STATE_FILE
@@ -39,7 +40,7 @@ def _absolute(path: str | None) -> str | None:
 def resolve_paths(cfg: DinoPoseJobConfig) -> DinoPoseJobConfig:
     data = cfg.data.model_copy(update={k: _absolute(getattr(cfg.data, k)) for k in (
         "train_image_dir", "train_annotation_file", "val_image_dir", "val_annotation_file", "val_bbox_file")})
-    run = cfg.run.model_copy(update={"storage_path": _absolute(cfg.run.storage_path),
+    run = cfg.run.model_copy(update={"storage_path": output_uri(cfg.run.storage_path),
                                      "resume_from": _absolute(cfg.run.resume_from)})
     model = cfg.model
     if Path(model.backbone).expanduser().exists():  # a local checkpoint folder, not a Hub name

@@ -22,6 +22,7 @@ from recognizer_core.train.config import TrainJobConfig
 from recognizer_core.skeleton.clip import SkeletonDataError
 from recognizer_core.skeleton.store import SkeletonDataset
 from recognizer_core.skeleton.validate import validate_dataset
+from recognizer_core.storage import output_uri
 from recognizer_core.train.data import prepare_dataset, split_info
 from recognizer_core.train.worker import FAULT_ENV, check_resumable
 
@@ -76,8 +77,7 @@ def scaling_config(cfg: TrainJobConfig) -> ScalingConfig:
 
 
 def _storage(cfg: TrainJobConfig) -> str:
-    p = cfg.run.storage_path
-    return p if "://" in p else os.path.abspath(os.path.expanduser(p))
+    return output_uri(cfg.run.storage_path)  # never inside a `ray job submit` package (Ray deletes it)
 
 
 def run_dir_of(run_config: RunConfig, cfg: TrainJobConfig | None = None) -> Path:
@@ -86,7 +86,7 @@ def run_dir_of(run_config: RunConfig, cfg: TrainJobConfig | None = None) -> Path
     mirror under cfg.run.storage_path/remote_runs on the rank-0 node."""
     storage = str(run_config.storage_path)
     if "://" in storage:
-        base = Path(_storage(cfg)) if cfg is not None else Path("work_dirs").resolve()
+        base = Path(_storage(cfg)) if cfg is not None else Path(output_uri("work_dirs"))
         return base / "remote_runs" / storage.split("://", 1)[1].strip("/") / run_config.name
     return Path(storage) / run_config.name
 

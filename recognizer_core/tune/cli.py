@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterable
 from pydantic import BaseModel
 
 from recognizer_core.config import ConfigError, _parse_value
+from recognizer_core.storage import output_uri
 from recognizer_core.tune.search_space import SearchSpace, describe, get_dotted, load_search_space
 from recognizer_core.tune.tuner import TuneOptions, default_storage
 
@@ -151,7 +152,7 @@ def plan_from_args(args: argparse.Namespace, *, config_cls: type[BaseModel], job
     suffix += "_mo" if args.objectives else ""
     name = args.name or f"tune_{Path(args.space).stem}{suffix}"
     try:
-        options = TuneOptions(name=name, storage_path=args.storage_path or default_storage(),
+        options = TuneOptions(name=name, storage_path=output_uri(args.storage_path or default_storage()),
                               retry_errored=args.retry_errored,
                               **{**budget, **{k: v for k, v in given.items() if v is not None}})
     except Exception as err:

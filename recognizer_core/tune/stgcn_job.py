@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import Any
 
 from recognizer_core.train.config import TrainJobConfig
-from recognizer_core.storage import is_remote, join_uri
+from recognizer_core.storage import is_remote, join_uri, output_uri
 
 JOB = "stgcn"
 METRICS = ("val/acc_top1", "val/mean_class_accuracy", "train/loss")
@@ -20,7 +20,7 @@ def trial_overrides(extra: dict[str, Any], base: TrainJobConfig, experiment_uri:
     extra = dict(extra)
     # Demo clips or a pkl are converted to Parquet here, once, so concurrent trials never race to write them.
     work = Path(join_uri(experiment_uri, "datasets")) if not is_remote(experiment_uri) else Path(
-        "work_dirs/tune_datasets").resolve()
+        output_uri("work_dirs/tune_datasets"))
     extra["data.path"] = str(prepare_dataset(base.data, work))
     for key in ("data.train_pkl", "data.val_pkl", "data.test_pkl"):  # now inside data.path
         extra[key] = None

@@ -1,0 +1,272 @@
+"""The GPU checks of bench/gpu_check.sh: the core loops through the no-Ray local context, one JSON line per check.
+
+Checks (each prints {"check": ..., "ok": ..., ...}; a failed check prints its error and the others still run):
+- stgcn_train_{fp32,fp16,bf16}: STGCN++ (fight preset) training through `train_loop` + `LocalContext` on the
+  device: samples/s over the timed epochs (the first is warm-up) and GPU utilisation sampled with nvidia-smi.
+  fp16 uses loss scaling (GradScaler); on a CPU it is reported as skipped (a CUDA recipe).
+- stgcn_resume: a run stopped after epoch 1 and continued from its checkpoint on the device (optimizer/scaler
+  state must follow the model onto the GPU); its final weights must equal an uninterrupted run's.
+- dino_pose_step_bf16: the DINO pose estimator with a frozen, randomly initialised ViT-S/14 backbone (built from a
+  config, nothing downloaded), forward + backward + AdamW step in bf16 autocast: images/s, and the backbone must
+  get no gradient.
+- stgcn_onnx: STGCN++ exported to ONNX (dynamic batch) and run with every ONNX Runtime provider present; max
+  |logit difference| to torch per provider.
+
+    python3 bench/gpu_check.py [--device cuda|cpu] [--smoke] [--only NAME ...]
+
+Needs torch, numpy, pyarrow, pyyaml, pydantic, scipy, transformers, onnx(+onnxscript), onnxruntime; not Ray.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def emit(check: str, ok: bool, **fields) -> dict:
+    line = {"check": check, "ok": ok, **fields}
+    print(json.dumps(line), flush=True)
+    return line
+
+
+class GpuSampler:
+    """nvidia-smi utilisation.gpu every 0.5 s while a check runs (None when there is no nvidia-smi)."""
+
+    def __init__(self):
+        self.values: list[float] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"],
+                                     capture_output=True, text=True, timeout=5).stdout
+                self.values.append(float(out.split()[0]))
+            except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
+                return
+            self.stop.wait(0.5)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(timeout=10)
+
+    def summary(self) -> dict:
+        if not self.values:
+            return {"gpu_util_mean": None, "gpu_util_max": None}
+        return {"gpu_util_mean": round(sum(self.values) / len(self.values), 1), "gpu_util_max": max(self.values)}
+
+
+def _stgcn_config(work: Path, epochs: int, amp: str, smoke: bool):
+    from recognizer_core.config import load_config
+    from recognizer_core.train.config import TrainJobConfig
+
+    sets = [f"train.epochs={epochs}", f"train.amp={amp}", "train.val_interval=100", "train.log_interval=0",
+            "train.test_after_train=false", "data.loader_workers=0", "scaling.num_workers=1",
+            f"data.demo_num_clips={64 if smoke else 512}", f"train.batch_size={8 if smoke else 32}",
+            "schedule.warmup_epochs=0", "optim.auto_scale_lr=false", f"run.storage_path={work}"]
+    if smoke:
+        sets += ["model.num_stages=2", "model.base_channels=8", "model.inflate_stages=[2]",
+                 "model.down_stages=[2]", "pipeline.clip_len=24"]
+    return load_config(TrainJobConfig, REPO / "configs" / "fight_stable.yaml", sets)
+
+
+def _dataset(cfg, work: Path) -> str:
+    from recognizer_core.train.data import prepare_dataset
+
+    return str(prepare_dataset(cfg.data, work / "data"))
+
+
+def _train(cfg, dataset: str, run_dir: Path, device: str):
+    from recognizer_core.train.loop import train_loop
+    from recognizer_core.train.worker import LocalContext
+
+    ctx = LocalContext(run_dir / "ckpt", device=device)
+    summary = train_loop(cfg, dataset, str(run_dir), ctx)
+    return ctx, summary
+
+
+def check_stgcn_train(amp: str, device: str, work: Path, smoke: bool) -> dict:
+    import torch
+
+    from recognizer_core.skeleton.store import SkeletonDataset
+
+    name = f"stgcn_train_{amp if amp != 'none' else 'fp32'}"
+    if amp == "fp16" and device == "cpu":
+        return emit(name, True, skipped="fp16 with loss scaling is a CUDA recipe", device=device)
+    epochs = 2 if smoke else 4
+    cfg = _stgcn_config(work / name, epochs, amp, smoke)
+    dataset = _dataset(cfg, work)
+    n_train = int((SkeletonDataset(dataset).index(columns=["split"])["split"].to_numpy() == cfg.data.train_split).sum())
+    times: list[float] = []
+    # Epoch times from the loop's own reports would need its internals; time whole runs of 1 and N epochs instead.
+    run_dir = work / name / "run"
+    with GpuSampler() as gpu:
+        t0 = time.perf_counter()
+        ctx, _ = _train(cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": 1})}), dataset,
+                        run_dir, device)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        ctx, _ = _train(cfg, dataset, run_dir, device)  # resumes after epoch 1: the timed epochs are 2..N
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    timed = times[1]
+    return emit(name, True, device=device, amp=amp, train_clips=n_train, epochs_timed=epochs - 1,
+                samples_per_s=round(n_train * (epochs - 1) / timed, 1), warmup_epoch_s=round(times[0], 2),
+                batch=cfg.train.batch_size, final_loss=ctx.reports[-1].get("train/loss"), **gpu.summary())
+
+
+def check_stgcn_resume(device: str, work: Path, smoke: bool) -> dict:
+    import torch
+
+    cfg = _stgcn_config(work / "resume", 2, "none", smoke)
+    dataset = _dataset(cfg, work)
+    ref_ctx, _ = _train(cfg, dataset, work / "resume" / "reference", device)
+    one = cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": 1})})
+    _train(one, dataset, work / "resume" / "stopped", device)
+    ctx, _ = _train(cfg, dataset, work / "resume" / "stopped", device)  # continues from epoch 1 on the device
+    load = lambda c: torch.load(sorted(c.root.glob("epoch_*"))[-1] / "training_state.pt",  # noqa: E731
+                                map_location="cpu", weights_only=True)
+    a, b = load(ref_ctx), load(ctx)
+    same = a["model"].keys() == b["model"].keys() and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    epochs = [r["epoch"] for r in ctx.reports]
+    return emit("stgcn_resume", same and epochs == [2], device=device, resumed_epochs=epochs,
+                weights_equal_uninterrupted=same)
+
+
+def check_dino_step(device: str, work: Path, smoke: bool) -> dict:
+    import torch
+    import torch.nn.functional as F
+    from transformers import Dinov2Config, Dinov2Model
+
+    from recognizer_core.models.dino_pose import build_dino_pose_model
+    from recognizer_core.train.dino_pose_config import DinoPoseJobConfig
+
+    torch.manual_seed(0)
+    dims = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128) if smoke else \
+        dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536)  # ViT-S/14
+    backbone_dir = work / "dino_vits14_random"
+    Dinov2Model(Dinov2Config(patch_size=14, image_size=224, **dims)).save_pretrained(backbone_dir)
+    image, heat = ((64, 48), (16, 12)) if smoke else ((256, 192), (64, 48))
+    batch, steps = (4, 3) if smoke else (32, 30)
+    model_cfg = {"backbone": str(backbone_dir)}
+    if smoke:
+        model_cfg.update(feature_layers=[-2, -1], stem_channels=[8, 16], fuser_channels=16, decoder_channels=16)
+    cfg = DinoPoseJobConfig.model_validate({"model": model_cfg,
+                                            "data": {"image_size": list(image), "heatmap_size": list(heat)}})
+    model = build_dino_pose_model(cfg.model, image_size=image, heatmap_size=heat, device=device).train()
+    params = model.trainable_parameters()
+    opt = torch.optim.AdamW(params, lr=1e-4)
+    x = torch.randn(batch, 3, image[0], image[1], device=device)
+    target = torch.rand(batch, cfg.model.num_keypoints, heat[0], heat[1], device=device)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    with GpuSampler() as gpu:
+        for i in range(steps + 2):
+            if i == 2:
+                sync()
+                t0 = time.perf_counter()
+            with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16):
+                out = model(x)
+                pred = next(iter(out.values())) if isinstance(out, dict) else out
+                loss = F.mse_loss(pred.float(), target)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        sync()
+        dt = time.perf_counter() - t0
+    frozen = [n for n, p in model.named_parameters() if n.startswith("backbone") and p.grad is not None]
+    return emit("dino_pose_step_bf16", not frozen and torch.isfinite(loss).item(), device=device,
+                backbone="random ViT-S/14" if not smoke else "random tiny ViT", batch=batch, image_size=list(image),
+                images_per_s=round(batch * steps / dt, 1), loss=round(float(loss.detach()), 6),
+                backbone_params_with_grad=len(frozen), **gpu.summary())
+
+
+def check_onnx(device: str, work: Path, smoke: bool) -> dict:
+    import numpy as np
+    import torch
+
+    from recognizer_core.models.recognizer import build_recognizer
+    from recognizer_core.onnx_runtime import import_onnxruntime
+
+    ort = import_onnxruntime()
+    cfg = _stgcn_config(work / "onnx", 1, "none", smoke)
+    model = build_recognizer(cfg.model).eval()
+    x = torch.randn(4, 2, cfg.pipeline.clip_len, 17, cfg.model.in_channels)  # (N, M, T, V, C)
+    with torch.no_grad():
+        ref = model(x).numpy()
+    try:
+        from recognizer_core.export.onnx import export_onnx  # the product's exporter (fused graph convs)
+    except ImportError:
+        return emit("stgcn_onnx", True, skipped="recognizer_core.export.onnx is not in this tree", device=device)
+    path = export_onnx(model, work / "stgcn.onnx", x)
+    diffs = {}
+    for provider in ort.get_available_providers():
+        if provider in ("TensorrtExecutionProvider",):
+            continue  # needs an engine build; rayjobs/build_trt_engine.py covers TensorRT
+        sess = ort.InferenceSession(str(path), providers=[provider])
+        got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+        diffs[provider] = float(np.abs(got - ref).max())
+    ok = bool(diffs) and all(d < 1e-4 for d in diffs.values())
+    return emit("stgcn_onnx", ok, device=device, providers=list(diffs), max_abs_diff=diffs,
+                onnxruntime=ort.__version__, torch_device_of_reference="cpu")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--device", default="cuda", help="cuda (default) or cpu (smoke run anywhere)")
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes (default with --device cpu)")
+    ap.add_argument("--only", nargs="*", help="run only these checks (prefix match)")
+    args = ap.parse_args()
+    import torch
+
+    smoke = args.smoke or args.device == "cpu"
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        emit("environment", False, error="--device cuda but torch sees no GPU (use --device cpu for the smoke run)")
+        return 1
+    emit("environment", True, device=args.device, smoke=smoke, torch=torch.__version__, python=platform.python_version(),
+         gpu=torch.cuda.get_device_name(0) if args.device.startswith("cuda") else None)
+    work = Path(tempfile.mkdtemp(prefix="gpu_check_"))
+    checks = [("stgcn_train_fp32", lambda: check_stgcn_train("none", args.device, work, smoke)),
+              ("stgcn_train_fp16", lambda: check_stgcn_train("fp16", args.device, work, smoke)),
+              ("stgcn_train_bf16", lambda: check_stgcn_train("bf16", args.device, work, smoke)),
+              ("stgcn_resume", lambda: check_stgcn_resume(args.device, work, smoke)),
+              ("dino_pose_step_bf16", lambda: check_dino_step(args.device, work, smoke)),
+              ("stgcn_onnx", lambda: check_onnx(args.device, work, smoke))]
+    failed = 0
+    try:
+        for name, run in checks:
+            if args.only and not any(name.startswith(o) for o in args.only):
+                continue
+            t0 = time.perf_counter()
+            try:
+                failed += not run()["ok"]
+            except Exception as err:  # noqa: BLE001 - one failed check must not hide the others
+                failed += 1
+                emit(name, False, error=f"{type(err).__name__}: {err}"[:600],
+                     where=traceback.format_exc().strip().splitlines()[-3][:300])
+            print(f"# {name}: {time.perf_counter() - t0:.1f}s", file=sys.stderr, flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

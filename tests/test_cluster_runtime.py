@@ -1,0 +1,99 @@
+"""recognizer_core/ray_runtime.py against a real `ray start --head` (token auth on) on this machine: a job with no
+address and no RAY_ADDRESS starts a private Ray instead of attaching to it, and a job given the head's address
+with the wrong token stops with one `error:` line that says what to set (no Ray traceback)."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+HEAD_TOKEN = "a" * 32
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(tmpdir: str, **extra: str) -> dict:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_API_SERVER_ADDRESS")}
+    # RAY_TMPDIR: this head's `ray_current_cluster` file (what a bare ray.init() attaches to) lives in a folder of
+    # this test, so the test sees the trap without laying it for other Ray users of the machine.
+    env.update({"RAY_TMPDIR": tmpdir, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(REPO), **extra})
+    return env
+
+
+@pytest.fixture(scope="module")
+def token_head():
+    tmpdir = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths must stay < 108 chars
+    port = _free_port()
+    env = _env(tmpdir, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=HEAD_TOKEN)
+    log = open(Path(tmpdir) / "head.log", "w")
+    head = subprocess.Popen(
+        [str(BIN / "ray"), "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
+         "--num-cpus=1", "--include-dashboard=false", "--disable-usage-stats",
+         f"--dashboard-agent-listen-port={_free_port()}", f"--ray-client-server-port={_free_port()}"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    marker = Path(tmpdir) / "ray" / "ray_current_cluster"
+    deadline = time.time() + 120
+    while not marker.exists() and time.time() < deadline and head.poll() is None:
+        time.sleep(0.5)
+    try:
+        assert marker.exists(), (Path(tmpdir) / "head.log").read_text()[-3000:]
+        yield {"address": f"127.0.0.1:{port}", "tmpdir": tmpdir}
+    finally:
+        # This head only (never `ray stop`, which stops every Ray on the machine).
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(head.pid, sig)
+                head.wait(timeout=30)
+                break
+            except ProcessLookupError:
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        log.close()
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(240)
+def test_no_address_starts_a_private_ray_beside_a_running_cluster(token_head):
+    code = ("from ray._private.services import canonicalize_bootstrap_address as c\n"
+            "print('BARE', c(None), flush=True)\n"
+            "from recognizer_core.ray_runtime import start_ray\n"
+            "info = start_ray(num_cpus=1, dashboard=False, job='probe')\n"
+            "import ray; print('JOINED', ray.get_runtime_context().gcs_address, info.private, flush=True)\n")
+    out = subprocess.run([sys.executable, "-c", code], env=_env(token_head["tmpdir"], RAY_AUTH_MODE="disabled"),
+                         capture_output=True, text=True, timeout=200)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = dict(line.split(" ", 1) for line in out.stdout.splitlines() if line.startswith(("BARE", "JOINED")))
+    # A bare ray.init() would have attached to the running head...
+    assert lines["BARE"].endswith(token_head["address"].split(":")[1]), lines
+    # ...start_ray started its own.
+    gcs, private = lines["JOINED"].split()
+    assert gcs.split(":")[1] != token_head["address"].split(":")[1] and private == "True", lines
+    assert "[probe] running on a private local Ray" in out.stdout
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(240)
+def test_token_mismatch_gives_one_line_of_advice(token_head):
+    env = _env(token_head["tmpdir"], RAY_AUTH_MODE="token", RAY_AUTH_TOKEN="b" * 32)
+    out = subprocess.run([sys.executable, "rayjobs/train_stgcn.py", "--address", token_head["address"]],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=200)
+    assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-3000:]
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, out.stderr[-3000:]
+    assert "InvalidAuthToken" in errors[0] and "RAY_AUTH_MODE=token" in errors[0] and "RAY_AUTH_TOKEN" in errors[0]
+    assert "Traceback" not in out.stderr and "gcs_client.cc" not in out.stderr  # Ray's retry lines are folded in

@@ -1,0 +1,272 @@
+"""Two Ray nodes on one machine that share nothing but what a real cluster shares, and the jobs run through them.
+
+- The head runs here; the second node runs inside its own mount namespace (`unshare -m`) with a private tmpfs
+  over the head's Ray temp dir and over $HOME: a file either node writes to a node-local path (its session
+  folder, the uploaded job package, ~, the driver's working directory) is invisible to the other, as between
+  two machines. The nodes have their own loopback addresses (127.0.0.1 / 127.0.0.2).
+- Shared storage is one directory both see (the NFS / ReadWriteMany case): $RECOGNIZER_STORAGE on both nodes,
+  as cluster/kuberay sets it.
+- Every job goes through `ray job submit` (the Jobs API) with the repository as working_dir.
+- STGCN++ trains with 2 workers placed STRICT_SPREAD (one per node); the same run with the second node killed
+  mid-run and brought back must finish from its last checkpoint with the same final weights and metrics.
+- A 4-trial Tune search (2 at a time, one 0.9-CPU worker each, on nodes of 1 CPU: two workers never fit on one
+  node) runs trials on both nodes, and writes its summary to the shared storage.
+
+Skips (with the reason) where mount namespaces are not allowed (not root, or no unshare).
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+EXCLUDES = [".venv", ".git", "work_dirs", "outputs", "runs", "**/__pycache__", "*.egg-info", ".pytest_cache",
+            "bench/results"]
+TINY = ["model.num_stages=2", "model.base_channels=8", "model.inflate_stages=[2]", "model.down_stages=[2]",
+        "pipeline.clip_len=24", "train.epochs=3", "train.batch_size=8", "data.loader_workers=0",
+        "data.demo_num_clips=48", "schedule.warmup_epochs=1", "train.val_interval=1", "train.log_interval=0",
+        "scaling.num_workers=2", "scaling.cpus_per_worker=0.5", "scaling.placement_strategy=STRICT_SPREAD",
+        "run.max_failures=4"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _namespaces_allowed() -> str | None:
+    if not shutil.which("unshare"):
+        return "no `unshare` binary"
+    probe = subprocess.run(["unshare", "-m", "--propagation", "private", "mount", "-t", "tmpfs", "tmpfs",
+                            tempfile.gettempdir()], capture_output=True, text=True)
+    if probe.returncode != 0:
+        return f"mount namespaces not allowed here ({probe.stderr.strip() or probe.returncode}); CI runs as root"
+    return None
+
+
+class TwoNodeCluster:
+    """Head (this namespace) + node2 (private mounts); start/kill/restart node2 at will."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.shared = root / "shared"
+        self.home = root / "home"
+        for p in (self.shared, self.home):
+            p.mkdir(parents=True)
+        # Ray's socket paths must stay < 108 chars: short temp dirs directly under /tmp.
+        self.head_tmp = tempfile.mkdtemp(prefix="tnh", dir="/tmp")
+        self.node2_tmp = tempfile.mkdtemp(prefix="tn2", dir="/tmp")
+        self.gcs_port, self.dash_port = _free_port(), _free_port()
+        self.address = f"127.0.0.1:{self.gcs_port}"
+        self.url = f"http://127.0.0.1:{self.dash_port}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "RECOGNIZER_"))}
+        env.update({
+            "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "HOME": str(self.home),
+            "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}", "RECOGNIZER_STORAGE": str(self.shared / "runs"),
+            "RAY_API_SERVER_ADDRESS": self.url,
+            # A dead node is noticed in seconds, and a restarted worker group may wait for it to come back.
+            "RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "5",
+            "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "180",
+        })
+        self.env = env
+        self.head = self._start("head", [
+            "--head", f"--port={self.gcs_port}", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={self.dash_port}", "--num-cpus=1", f"--temp-dir={self.head_tmp}",
+            '--resources={"head": 1}'])
+        self.node2 = None
+
+    def _ports(self) -> list[str]:
+        return [f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
+                f"--metrics-export-port={_free_port()}", f"--runtime-env-agent-port={_free_port()}",
+                f"--node-manager-port={_free_port()}", f"--object-manager-port={_free_port()}",
+                f"--ray-client-server-port={_free_port()}"]
+
+    def _start(self, name: str, args: list[str], prefix: list[str] | None = None) -> subprocess.Popen:
+        cmd = [str(BIN / "ray"), "start", "--block", "--disable-usage-stats", *self._ports(), *args]
+        if prefix:  # the last prefix item is a `sh -c` script that ends in `exec `: the command completes it
+            cmd = prefix[:-1] + [prefix[-1] + " ".join(shlex.quote(c) for c in cmd)]
+        log = (self.root / f"{name}.log").open("a")
+        return subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def start_node2(self) -> None:
+        # Private mounts: node2 sees neither the head's Ray temp dir (sessions, uploaded packages) nor its ~.
+        mounts = f"mount -t tmpfs tmpfs {self.head_tmp} && mount -t tmpfs tmpfs {self.home} && exec "
+        self.node2 = self._start("node2", [
+            f"--address={self.address}", "--node-ip-address=127.0.0.2", "--num-cpus=1",
+            f"--temp-dir={self.node2_tmp}", '--resources={"node2": 1}'],
+            prefix=["unshare", "-m", "--propagation", "private", "sh", "-c", mounts])
+        self.wait_nodes(2)
+
+    def kill_node2(self) -> None:
+        _killpg(self.node2, signal.SIGKILL)
+        self.wait_nodes(1)
+
+    def alive_nodes(self) -> int:
+        from ray.util.state import list_nodes
+
+        try:
+            return len(list_nodes(address=self.url, filters=[("state", "=", "ALIVE")]))
+        except Exception:  # noqa: BLE001 - the dashboard is still starting
+            return -1
+
+    def wait_nodes(self, n: int, timeout: float = 120) -> None:
+        deadline = time.time() + timeout
+        while self.alive_nodes() != n:
+            if time.time() > deadline:
+                raise AssertionError(f"cluster did not reach {n} alive node(s) in {timeout}s\n" + self.logs())
+            time.sleep(1)
+
+    def worker_nodes(self) -> dict[str, str]:
+        """Ray Train worker actors (alive or dead) -> the node each ran on."""
+        from ray.util.state import list_actors
+
+        actors = list_actors(address=self.url, filters=[("class_name", "=", "RayTrainWorker")], limit=10000,
+                             detail=True, raise_on_missing_output=False)
+        return {a.actor_id: a.node_id for a in actors}
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.name}\n{p.read_text()[-2000:]}" for p in sorted(self.root.glob("*.log")))
+
+    def client(self):
+        from ray.job_submission import JobSubmissionClient
+
+        return JobSubmissionClient(self.url)
+
+    def submit(self, entrypoint: str, name: str):
+        client = self.client()
+        deadline = time.time() + 90
+        while True:  # the dashboard answers before the head's job agent is up
+            try:
+                return client, client.submit_job(
+                    entrypoint=entrypoint, submission_id=f"{name}-{secrets.token_hex(3)}",
+                    runtime_env={"working_dir": str(REPO), "excludes": EXCLUDES})
+            except RuntimeError as err:
+                if "No available agent" not in str(err) or time.time() > deadline:
+                    raise
+                time.sleep(2)
+
+    def wait_job(self, client, job_id: str, timeout: float = 420) -> str:
+        from ray.job_submission import JobStatus
+
+        deadline = time.time() + timeout
+        while client.get_job_status(job_id) not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
+            if time.time() > deadline:
+                client.stop_job(job_id)
+                break
+            time.sleep(2)
+        status, logs = client.get_job_status(job_id), client.get_job_logs(job_id)
+        assert status == JobStatus.SUCCEEDED, f"{job_id}: {status}\n{logs[-5000:]}\n{self.logs()}"
+        return logs
+
+    def stop(self) -> None:
+        for proc in (self.node2, self.head):
+            if proc is not None:
+                _killpg(proc, signal.SIGTERM)
+                _killpg(proc, signal.SIGKILL)
+        for d in (self.head_tmp, self.node2_tmp):
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def _killpg(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+        proc.wait(timeout=30)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        pass
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    why = _namespaces_allowed()
+    if why:
+        pytest.skip(f"two-node test skipped: {why}")
+    c = TwoNodeCluster(tmp_path_factory.mktemp("two_node"))
+    try:
+        c.wait_nodes(1)
+        c.start_node2()
+        yield c
+    finally:
+        c.stop()
+
+
+def _train_cmd(name: str, *extra: str) -> str:
+    sets = " ".join(f"--set {s}" for s in [*TINY, f"run.name={name}", *extra])
+    return f"python rayjobs/train_stgcn.py --config configs/fight_stable.yaml {sets}"
+
+
+def _result(logs: str) -> dict:
+    return json.loads([line for line in logs.splitlines() if line.startswith("{")][-1])
+
+
+def _weights(run_dir: Path) -> dict:
+    last = sorted(run_dir.glob("checkpoint_epoch_*"))[-1]
+    return torch.load(last / "training_state.pt", map_location="cpu", weights_only=True)["model"]
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_training_across_two_nodes_survives_losing_one(cluster):
+    runs = cluster.shared / "runs" / "work_dirs"
+
+    # 1. Uninterrupted: 2 DDP workers, one per node; the run folder is on the shared storage.
+    client, job = cluster.submit(_train_cmd("two_node_ref"), "train-ref")
+    ref = _result(cluster.wait_job(client, job))
+    ref_dir = runs / "two_node_ref"
+    assert ref["error"] is None and ref["epochs_run"] == 3 and ref["run_dir"] == str(ref_dir)
+    assert (ref_dir / "summary.json").is_file() and ref["test_acc_top1"] is not None
+    assert ref["best_model_mmaction2"] and Path(ref["best_model_mmaction2"]).is_file()
+    assert list((ref_dir / "logs" / "tensorboard").glob("events.out.tfevents.*"))
+
+    # 2. The same run; node2 is killed after the first checkpoint and brought back.
+    client, job = cluster.submit(_train_cmd("two_node_killed"), "train-killed")
+    run_dir = runs / "two_node_killed"
+    deadline = time.time() + 400
+    while not list(run_dir.glob("checkpoint_epoch_*")):
+        assert time.time() < deadline, client.get_job_logs(job)[-4000:]
+        time.sleep(0.5)
+    cluster.kill_node2()
+    time.sleep(3)
+    cluster.start_node2()
+    out = _result(cluster.wait_job(client, job))
+    resumes = [json.loads(x) for x in (run_dir / "resume_log.jsonl").read_text().splitlines()]
+    assert resumes and resumes[0]["resumed_from_epoch"] >= 1, "the run did not resume from a checkpoint"
+    for key in ("epochs_run", "best_epoch", "best_acc_top1", "test_acc_top1", "test_mean_class_accuracy"):
+        assert out[key] == ref[key], f"{key}: {out[key]} after losing a node vs {ref[key]} uninterrupted"
+    a, b = _weights(ref_dir), _weights(run_dir)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "final weights differ"
+    assert len(set(cluster.worker_nodes().values())) >= 2, "the training workers did not use both nodes"
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_tune_trials_run_on_both_nodes(cluster):
+    import pandas as pd
+
+    before = cluster.worker_nodes()
+    client, job = cluster.submit("python rayjobs/tune_fight.py --smoke --name two_node_tune --num-samples 4 "
+                                 "--max-concurrent-trials 2 --workers-per-trial 1 --cpus-per-worker 0.9", "tune")
+    logs = cluster.wait_job(client, job)
+    summary = cluster.shared / "runs" / "work_dirs" / "tune" / "two_node_tune" / "summary"
+    assert f"results, best config, best checkpoint and plots: {summary}" in logs
+    table = pd.read_parquet(summary / "results.parquet")
+    assert len(table) == 4 and set(table["status"]) == {"ok"}, table
+    assert (summary / "best_config.yaml").is_file() and (summary / "best_checkpoint").is_dir()
+    nodes = {node for actor, node in cluster.worker_nodes().items() if actor not in before}
+    assert len(nodes) == 2, f"trial workers ran on {len(nodes)} node(s)"
