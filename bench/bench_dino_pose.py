@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import machine, median, now, save_result  # noqa: E402
 from recognizer_core.models.dino_heads import weighted_heatmap_mse  # noqa: E402
 from recognizer_core.models.dino_pose import KEYPOINT_HEAD, DinoPoseModelConfig, build_dino_pose_model  # noqa: E402
-from recognizer_core.train.dino_pose_loop import amp_settings  # noqa: E402
+from recognizer_core.train.dino_pose.loop import amp_settings  # noqa: E402
 
 ARCHS = {  # the published configs' shapes (hidden, layers, heads, mlp, patch, registers)
     "dinov2-small": (384, 12, 6, 1536, 14, 0), "dinov2-base": (768, 12, 12, 3072, 14, 0),

@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    from recognizer_core.train.ray_train import default_run_config, run_dir_of
+    from recognizer_core.train.stgcn.job import default_run_config, run_dir_of
 
     run_dir = run_dir_of(default_run_config(cfg), cfg)
     checkpoint = Path(args.checkpoint) if args.checkpoint else run_dir
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
 
-    from recognizer_core.train.ray_train import build_test_trainer
+    from recognizer_core.train.stgcn.job import build_test_trainer
 
     if not ray.is_initialized():
         ray.init(address=args.address, log_to_driver=True)

@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from recognizer_core.config import ConfigError, add_config_args, config_from_args, dump_config  # noqa: E402
-from recognizer_core.train.dino_pose_config import DinoPoseJobConfig  # noqa: E402
+from recognizer_core.train.dino_pose.config import DinoPoseJobConfig  # noqa: E402
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "dino_pose_base.yaml"
 # The DINO pose guide's train_human_pose.py flags -> config fields.
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     import ray
     import ray.train
 
-    from recognizer_core.train.dino_pose_ray import build_trainer, export_checkpoints, resolve_paths
+    from recognizer_core.train.dino_pose.job import build_trainer, export_checkpoints, resolve_paths
 
     if not ray.is_initialized():
         ray.init(address=args.address, log_to_driver=True)

@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None, default_space: str = "search_spaces/figh
 
     import ray
 
-    from recognizer_core.train.ray_train import build_trainer
+    from recognizer_core.train.stgcn.job import build_trainer
 
     if not ray.is_initialized():
         _init_ray(args)

@@ -13,10 +13,10 @@ from conftest import REPO, shared_path
 from dino_tiny import make_tiny_dino, tiny_job_overrides
 
 from recognizer_core.config import ConfigError, apply_overrides, load_config, validate_config
-from recognizer_core.train.dino_pose_config import DinoPoseJobConfig
-from recognizer_core.train.dino_pose_loop import MODEL_FILE, WorkerContext, load_pose_model, lr_factor, \
+from recognizer_core.train.dino_pose.config import DinoPoseJobConfig
+from recognizer_core.train.dino_pose.loop import MODEL_FILE, WorkerContext, load_pose_model, lr_factor, \
     run_dino_pose_training
-from recognizer_core.train.dino_pose_ray import resume_source
+from recognizer_core.train.dino_pose.job import resume_source
 
 sys.path.insert(0, str(REPO / "rayjobs"))
 import train_dino_pose  # noqa: E402

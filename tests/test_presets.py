@@ -8,7 +8,7 @@ import pytest
 from recognizer_core.config import load_config
 from recognizer_core.pose.config import ExtractionConfig
 from recognizer_core.train.config import TrainJobConfig
-from recognizer_core.train.dino_pose_config import DinoPoseJobConfig
+from recognizer_core.train.dino_pose.config import DinoPoseJobConfig
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 CLASS_OF = {"fight_stable": TrainJobConfig, "falldown_stable": TrainJobConfig, "fight_demo": TrainJobConfig,

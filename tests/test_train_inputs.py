@@ -15,10 +15,10 @@ from recognizer_core.config import ConfigError, load_config
 from recognizer_core.skeleton.clip import SkeletonDataError
 from recognizer_core.skeleton.demo_data import make_demo_clips
 from recognizer_core.skeleton.store import write_dataset
-from recognizer_core.train import loop as loop_mod
+from recognizer_core.train.stgcn import loop as loop_mod
 from recognizer_core.train.config import TrainJobConfig
-from recognizer_core.train.loop import train_loop
-from recognizer_core.train.worker import LocalContext
+from recognizer_core.train.stgcn.loop import train_loop
+from recognizer_core.train.context import LocalContext
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["model.num_stages=2", "model.base_channels=8", "model.inflate_stages=[2]", "model.down_stages=[2]",
@@ -59,7 +59,7 @@ def test_empty_split_is_an_error_naming_it(tmp_path):
     with pytest.raises(SkeletonDataError, match="split 'val' is empty"):
         _run(_cfg(), ds, tmp_path)
     # the driver checks it too, before any Ray worker starts (no retries of a deterministic error)
-    from recognizer_core.train.ray_train import build_trainer
+    from recognizer_core.train.stgcn.job import build_trainer
 
     with pytest.raises(SkeletonDataError, match="split 'val' is empty"):
         build_trainer(_cfg(f"data.path={ds}", f"run.storage_path={tmp_path}"))

@@ -20,7 +20,7 @@ from recognizer_core.config import load_config
 from recognizer_core.models.checkpoint import load_mmaction_checkpoint
 from recognizer_core.models.recognizer import build_recognizer
 from recognizer_core.train.config import TrainJobConfig
-from recognizer_core.train.worker import FAULT_ENV
+from recognizer_core.train.context import FAULT_ENV
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -62,7 +62,8 @@ def test_fight_preset_train_val_test_export(ray_local, tmp_path, capsys):
     summary = json.loads((run / "summary.json").read_text())
     hist = summary["history"]
     assert [h["epoch"] for h in hist] == [1, 2, 3, 4]
-    assert [h["val/validated"] for h in hist] == [0, 1, 0, 1]  # val_interval 2 and the last epoch
+    # val_interval 2 and the last epoch; val/* only where validation ran, never a placeholder
+    assert ["val/acc_top1" in h for h in hist] == [False, True, False, True]
     assert all(h["train/loss"] > 0 for h in hist)
     # warmup over epoch 1 (per iteration), then the base lr auto-scaled by 2 workers * 8 / 128
     assert hist[-1]["lr"] == pytest.approx(1e-4 * 16 / 128)
@@ -80,14 +81,15 @@ def test_fight_preset_train_val_test_export(ray_local, tmp_path, capsys):
     load_mmaction_checkpoint(model, pth)
     raw = torch.load(pth, map_location="cpu", weights_only=True)
     assert raw["meta"]["dataset_meta"]["classes"] == ["NonFight", "Fight"] and raw["meta"]["epoch"] == best["epoch"]
-    best_state = _final_state(run)["extra"]["best_state_dict"]
-    _assert_same_weights(model.state_dict(), best_state)
+    best_ckpt = run / f"checkpoint_epoch_{best['epoch']:04d}" / "training_state.pt"
+    _assert_same_weights(model.state_dict(), torch.load(best_ckpt, weights_only=True)["model"])
     # metrics: validation report in the checkpoint, test after training, plots, TensorBoard
     val = json.loads((run / f"checkpoint_epoch_{best['epoch']:04d}" / "metrics.json").read_text())["val_report"]
     n_val = sum(map(sum, val["confusion_matrix"]))
     assert n_val == val["num_samples"] > 0 and set(val["precision"]) == {"NonFight", "Fight"}
     test = json.loads((run / "test_metrics.json").read_text())
     assert test["acc_top1"] == out["test_acc_top1"] and 0 <= test["acc_top1"] <= 1
+    assert test["checkpoint"] == f"best epoch {best['epoch']}"  # the best checkpoint Ray kept, after fit()
     assert sum(map(sum, test["confusion_matrix"])) == test["num_samples"] > 0
     for png in ("curves.png", "confusion_matrix_val.png", "confusion_matrix_test.png"):
         assert (run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -19,8 +19,8 @@ import ray.train.torch
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from recognizer_core.train.dino_pose_config import DinoPoseJobConfig
-from recognizer_core.train.dino_pose_loop import MODEL_FILE, WorkerContext, run_dino_pose_training
+from recognizer_core.train.dino_pose.config import DinoPoseJobConfig
+from recognizer_core.train.dino_pose.loop import MODEL_FILE, WorkerContext, run_dino_pose_training
 from recognizer_core.train.state import STATE_FILE
 
 SCORE_ATTRIBUTE = "val/AP"

@@ -23,8 +23,8 @@ from torch.utils.data import DataLoader, DistributedSampler
 from recognizer_core.coco_pose.dataset import CocoPoseDataset
 from recognizer_core.models.dino_heads import weighted_heatmap_mse
 from recognizer_core.models.dino_pose import KEYPOINT_HEAD, build_dino_pose_model
-from recognizer_core.train.dino_pose_config import DinoPoseJobConfig
-from recognizer_core.train.dino_pose_eval import target_batch, validate
+from recognizer_core.train.dino_pose.config import DinoPoseJobConfig
+from recognizer_core.train.dino_pose.evaluate import target_batch, validate
 from recognizer_core.train.experiment_log import ExperimentLogger
 from recognizer_core.train.state import load_training_state, save_training_state, unwrap
 

@@ -1,0 +1,1 @@
+"""Exported models: the best STGCN++ model in mmaction2 format (`mmaction`), ONNX (`onnx*`)."""
