@@ -71,10 +71,12 @@ def save_training_state(directory: str | Path, *, model: torch.nn.Module, optimi
 
 def load_training_state(directory: str | Path, *, model: torch.nn.Module, optimizer=None, scheduler=None,
                         scaler=None, restore_rng: bool = True) -> dict[str, Any]:
-    """Restore what `save_training_state` wrote; returns the dict (epoch, extra, ...)."""
-    path = Path(directory) / STATE_FILE
+    """Restore what `save_training_state` wrote (a checkpoint folder, or the state file itself); returns the
+    dict (epoch, extra, ...)."""
+    path = Path(directory)
+    path = path / STATE_FILE if path.is_dir() else path
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no training state in this checkpoint")
+        raise FileNotFoundError(f"{path}: no training state here (a checkpoint folder or its {STATE_FILE})")
     state = torch.load(path, map_location="cpu", weights_only=True)
     unwrap(model).load_state_dict(state["model"])
     if optimizer is not None and state["optimizer"] is not None:
