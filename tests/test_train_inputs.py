@@ -222,3 +222,21 @@ def test_a_rank_with_nothing_to_evaluate_pads_instead_of_failing(tmp_path):
     batches = tdata.ShardBatches(got[1][0], 1, 4, cfg.pipeline, train=False, seed=0, rank=1, num_valid=0)
     x, y, valid = batches[(0, 0)]
     assert x.shape[0] == 4 and not valid.any()  # evaluated for the gather, dropped from the metrics
+
+
+def test_test_job_checks_the_split_and_the_run_before_ray(tmp_path, monkeypatch, capsys):
+    import ray
+
+    sys.path.insert(0, str(REPO))
+    from rayjobs.test_stgcn import main as test_main
+
+    monkeypatch.chdir(tmp_path)  # work_dirs here holds no run at all
+    assert test_main([]) == 2
+    assert "checkpoint not found (train first" in capsys.readouterr().err
+    ds = _dataset(tmp_path)
+    pth = tmp_path / "model.pth"
+    pth.write_bytes(b"")  # never read: the split check comes first
+    assert test_main(["--set", f"data.path={ds}", "--checkpoint", str(pth), "--split", "tset"]) == 2
+    err = capsys.readouterr().err
+    assert "no clips in split 'tset' (splits: test, train, val)" in err and ds in err
+    assert not ray.is_initialized()

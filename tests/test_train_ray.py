@@ -55,7 +55,7 @@ def _assert_same_weights(a: dict, b: dict) -> None:
         assert torch.equal(a[k], b[k]), f"{k} differs after resume"
 
 
-def test_fight_preset_train_val_test_export(ray_local, tmp_path, capsys):
+def test_fight_preset_train_val_test_export(ray_local, tmp_path, capsys, monkeypatch):
     out = _train("fight_stable.yaml", tmp_path, "fight", capsys)
     run = tmp_path / "fight"
     assert out["error"] is None and out["epochs_run"] == 4
@@ -104,6 +104,18 @@ def test_fight_preset_train_val_test_export(ray_local, tmp_path, capsys):
     m = json.loads((run / "test" / "test_metrics.json").read_text())
     assert res["test_num_clips"] == m["test_num_clips"] == 3 and m["checkpoint"].endswith(best["file"])
     assert m["num_samples"] == test["num_samples"]
+
+    # no arguments, from another folder whose work_dirs has no run of the preset's name: the newest run is
+    # found, named, and tested with the config it was trained with
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "work_dirs").symlink_to(tmp_path)
+    monkeypatch.chdir(elsewhere)
+    assert test_main([]) == 0
+    printed = capsys.readouterr().out
+    assert f"testing the newest training run, {elsewhere / 'work_dirs' / 'fight'}" in printed
+    res = json.loads(printed.strip().splitlines()[-1])
+    assert res["num_samples"] == test["num_samples"] and res["checkpoint"].endswith(best["file"])
 
 
 @pytest.fixture(scope="module")
@@ -165,3 +177,24 @@ def test_stopped_run_resumes_exactly(falldown_reference, ray_local, capsys, tmp_
     resumes = [json.loads(line) for line in (run / "resume_log.jsonl").read_text().splitlines()]
     assert [r["resumed_from_epoch"] for r in resumes] == [2]
     _assert_same_weights(_final_state(storage / "reference")["model"], _final_state(run)["model"])
+
+
+def test_a_data_error_in_a_worker_ends_the_run_at_once(ray_local, tmp_path, capsys):
+    """A clip the driver's light checks cannot see (all-zero keypoints, found when a worker reads its shard) ends
+    the run with the data error, in one JSON line and exit status 1: not retried run.max_failures times."""
+    from rayjobs.train_stgcn import main
+    from recognizer_core.skeleton.demo_data import make_demo_clips
+    from recognizer_core.skeleton.store import write_dataset
+
+    clips = make_demo_clips("fight", 24, seed=1)
+    broken = next(c for c in clips if c.split == "train")
+    broken.keypoint[...] = 0
+    broken.keypoint_score[...] = 0
+    ds = write_dataset(clips, tmp_path / "ds", label_names=("NonFight", "Fight"))
+    args = _args("fight_stable.yaml", tmp_path, "broken", f"data.path={ds}", "data.skip_empty_clips=false",
+                 "run.max_failures=3")
+    assert main(args) == 1
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert "DataErrorInWorker" in out["error"] and broken.clip_id in out["error"]
+    assert "skip_empty_clips" in out["error"]  # the fix is named
+    assert not (tmp_path / "broken" / "summary.json").exists()

@@ -14,8 +14,9 @@ from contextlib import nullcontext
 import ray
 import ray.train
 import ray.train.torch
-from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig, UserCallback
 
+from recognizer_core.skeleton.clip import SkeletonDataError
 from recognizer_core.storage import join_uri, to_uri
 from recognizer_core.train.faults import FAULT_ENV
 from recognizer_core.train.sections import ScalingSection
@@ -48,6 +49,41 @@ class RayTrainContext:
     def checkpoint_dir(self):
         ckpt = ray.train.get_checkpoint()
         return ckpt.as_directory() if ckpt is not None else nullcontext(None)
+
+
+class DataErrorInWorker(RuntimeError):
+    """A worker met bad data (SkeletonDataError): the run ends, it is not retried."""
+
+
+def _data_error(err: BaseException | None) -> BaseException | None:
+    seen = 0
+    while err is not None and seen < 10:  # Ray wraps the worker's exception; look through the chain
+        if isinstance(err, SkeletonDataError) or type(err).__name__ == "SkeletonDataError":
+            return err
+        err, seen = err.__cause__ or getattr(err, "cause", None), seen + 1
+    return None
+
+
+class StopOnDataError(UserCallback):
+    """Ends the run at once when a worker raised a SkeletonDataError. Ray Train V2 retries every worker error
+    up to FailureConfig.max_failures times from the latest checkpoint, and a data error fails the same way each
+    time (minutes of restarts, then the same error). An exception raised by a controller callback is a
+    controller error, which the default failure policy does not retry."""
+
+    def after_exception(self, run_context, worker_exceptions: dict) -> None:
+        for rank, err in sorted(worker_exceptions.items()):
+            found = _data_error(err)
+            if found is not None or "SkeletonDataError" in str(err):
+                msg = str(found) if found is not None else str(err).strip().splitlines()[-1]
+                raise DataErrorInWorker(f"worker {rank}: {msg} (a data error: not retried)")
+
+
+def with_data_error_stop(rc: RunConfig) -> RunConfig:
+    """`rc` with StopOnDataError among its callbacks (a Tune-made RunConfig gets it too)."""
+    callbacks = list(rc.callbacks or [])
+    if not any(isinstance(c, StopOnDataError) for c in callbacks):
+        rc.callbacks = callbacks + [StopOnDataError()]
+    return rc
 
 
 def scaling_config(s: ScalingSection) -> ScalingConfig:
@@ -85,6 +121,7 @@ def run_config(*, name: str, storage_path: str, max_failures: int, num_to_keep: 
                                            checkpoint_score_order="max"),
         worker_runtime_env={"env_vars": env} if env else None,
         logging_config=LoggingConfig(log_level=log_level),
+        callbacks=[StopOnDataError()],
     )
 
 

@@ -19,7 +19,8 @@ from recognizer_core.skeleton.store import SkeletonDataset
 from recognizer_core.storage import is_remote, join_uri, to_uri
 from recognizer_core.train.config import TrainJobConfig
 from recognizer_core.train.data import prepare_dataset, split_info
-from recognizer_core.train.ray_run import RayTrainContext, backend, run_config, run_uri, scaling_config
+from recognizer_core.train.ray_run import RayTrainContext, backend, run_config, run_uri, scaling_config, \
+    with_data_error_stop
 from recognizer_core.train.stgcn.evaluate import test_loop
 from recognizer_core.train.stgcn.loop import train_loop
 from recognizer_core.train.stgcn.run_state import check_resumable
@@ -104,7 +105,7 @@ def build_trainer(cfg: TrainJobConfig, *, run_config: RunConfig | None = None) -
                            "run_uri": run_uri(run_config)},
         torch_config=TorchConfig(backend=backend(cfg.scaling)),
         scaling_config=scaling_config(cfg.scaling),
-        run_config=run_config,
+        run_config=with_data_error_stop(run_config),
     )
 
 
