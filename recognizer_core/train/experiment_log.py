@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import numpy as np
 from PIL import Image
+from torch.utils.tensorboard import SummaryWriter
 
 from recognizer_core.config import StrictModel
 
@@ -61,8 +62,6 @@ class ExperimentLogger:
         if not enabled:
             return
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        from torch.utils.tensorboard import SummaryWriter
-
         self._tb = SummaryWriter(str(self.log_dir / "tensorboard"))
         if wandb is not None and wandb.enabled and wandb.mode != "disabled":
             self._wandb = self._start_wandb(wandb, config or {}, run_name)
