@@ -113,7 +113,7 @@ def test_fight_preset_train_val_test_export(ray_local, tmp_path, capsys, monkeyp
     monkeypatch.chdir(elsewhere)
     assert test_main([]) == 0
     printed = capsys.readouterr().out
-    assert f"testing the newest training run, {elsewhere / 'work_dirs' / 'fight'}" in printed
+    assert f"no run 'fight_stable': testing the newest training run, {tmp_path / 'fight'}" in printed
     res = json.loads(printed.strip().splitlines()[-1])
     assert res["num_samples"] == test["num_samples"] and res["checkpoint"].endswith(best["file"])
 
@@ -195,6 +195,8 @@ def test_a_data_error_in_a_worker_ends_the_run_at_once(ray_local, tmp_path, caps
                  "run.max_failures=3")
     assert main(args) == 1
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert "DataErrorInWorker" in out["error"] and broken.clip_id in out["error"]
+    # ended by the controller callback (a non-retryable ControllerError), not a WorkerGroupError after retries
+    assert out["error"].startswith("ControllerError") and "(a data error: not retried)" in out["error"]
+    assert broken.clip_id in out["error"]
     assert "skip_empty_clips" in out["error"]  # the fix is named
     assert not (tmp_path / "broken" / "summary.json").exists()
