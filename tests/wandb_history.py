@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from pathlib import Path
 
 _BLOCK, _HEADER = 32768, 7  # leveldb log blocks; a record header is crc32 (4), length (2), type (1)
@@ -19,6 +20,8 @@ def _records(path: Path):
             pos += left
             continue
         _crc, length, kind = struct.unpack("<IHB", data[pos:pos + _HEADER])
+        if pos + _HEADER + length > len(data):  # a record still being written
+            return
         buf += data[pos + _HEADER:pos + _HEADER + length]
         pos += _HEADER + length
         if kind in (1, 4):  # FULL or LAST fragment
@@ -28,16 +31,26 @@ def _records(path: Path):
             buf = b""
 
 
-def wandb_history(run_root: Path) -> list[dict]:
-    """The history rows of the one offline run under `run_root` (its `wandb/offline-run-*` folder)."""
+def wandb_history(run_root: Path, wait_s: float = 30.0) -> list[dict]:
+    """The history rows of the one offline run under `run_root` (its `wandb/offline-run-*` folder).
+
+    `wandb.finish()` can return before W&B's core process has written the log's tail, so this waits (up to
+    `wait_s`) for the run's closing `exit` record."""
     from wandb.proto import wandb_internal_pb2 as pb
 
     files = sorted(Path(run_root).rglob("offline-run-*/run-*.wandb"))
     assert len(files) == 1, f"expected one offline W&B run under {run_root}, found {files}"
-    rows = []
-    for raw in _records(files[0]):
-        rec = pb.Record()
-        rec.ParseFromString(raw)
-        if rec.WhichOneof("record_type") == "history":
-            rows.append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in rec.history.item})
-    return rows
+    deadline = time.monotonic() + wait_s
+    while True:
+        rows, finished = [], False
+        for raw in _records(files[0]):
+            rec = pb.Record()
+            rec.ParseFromString(raw)
+            kind = rec.WhichOneof("record_type")
+            if kind == "history":
+                rows.append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in rec.history.item})
+            finished = finished or kind == "exit"
+        if finished:
+            return rows
+        assert time.monotonic() < deadline, f"{files[0]}: the run's exit record never arrived"
+        time.sleep(0.2)

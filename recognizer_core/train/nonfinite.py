@@ -1,4 +1,4 @@
-"""Non-finite losses without a host sync per step.
+"""Non-finite losses and running losses without a host sync per step.
 
 A step whose (already DDP-reduced, so identical on every rank) gradients are not finite has them replaced by
 zeros on the device, so NaN never reaches the weights and no rank has to wait for a flag. The losses that were
@@ -11,7 +11,7 @@ from typing import Iterable
 
 import torch
 
-from recognizer_core.train.collectives import all_reduce_max
+from recognizer_core.train.collectives import all_reduce, all_reduce_max
 
 
 class NonFiniteGuard:
@@ -61,3 +61,22 @@ class NonFiniteGuard:
 
     def state(self) -> int:
         return int(self.in_a_row.item())
+
+
+class LossMeter:
+    """Weighted mean of the finite losses, kept on the device; reduced over the workers only when read."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self._sum = torch.zeros((), device=device)
+        self._n = torch.zeros((), device=device)
+
+    def add(self, loss: torch.Tensor, finite: torch.Tensor, weight: float = 1.0) -> None:
+        self._sum = self._sum + torch.where(finite, loss.detach(), 0.0) * weight
+        self._n = self._n + finite * weight
+
+    def mean(self) -> float:
+        """Mean over all workers since the last call (host sync); NaN when nothing finite was added."""
+        s, n = all_reduce([self._sum, self._n], device=self.device)
+        self._sum, self._n = torch.zeros((), device=self.device), torch.zeros((), device=self.device)
+        return s / n if n else float("nan")

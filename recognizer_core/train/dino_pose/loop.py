@@ -21,13 +21,12 @@ from recognizer_core.coco_pose.dataset import CocoPoseDataset
 from recognizer_core.models.dino_heads import weighted_heatmap_mse
 from recognizer_core.models.dino_pose import KEYPOINT_HEAD, build_dino_pose_model
 from recognizer_core.train.amp import AmpPlan, amp_plan
-from recognizer_core.train.collectives import all_reduce
 from recognizer_core.train.context import WorkerContext
 from recognizer_core.train.dino_pose.config import DinoPoseJobConfig
 from recognizer_core.train.dino_pose.evaluate import target_batch, validate
 from recognizer_core.train.epochs import should_validate
 from recognizer_core.train.experiment_log import ExperimentLogger, console
-from recognizer_core.train.nonfinite import NonFiniteGuard
+from recognizer_core.train.nonfinite import LossMeter, NonFiniteGuard
 from recognizer_core.train.run_files import RunFiles
 from recognizer_core.train.state import place_and_resume, save_training_state, unwrap
 
@@ -97,8 +96,7 @@ def train_one_epoch(tr: Trainer, loader, *, cfg: DinoPoseJobConfig, ctx: WorkerC
     stays on the device; the workers sync once per log interval and at the end."""
     model, device = tr.model, ctx.device
     model.train()
-    zero = torch.zeros((), device=device)
-    total, count, interval, interval_n, seen = zero.clone(), zero.clone(), zero.clone(), zero.clone(), 0
+    epoch_loss, interval_loss, seen = LossMeter(device), LossMeter(device), 0
     params = list(unwrap(model).trainable_parameters())
     t0 = time.perf_counter()
     for batch in loader:
@@ -124,20 +122,16 @@ def train_one_epoch(tr: Trainer, loader, *, cfg: DinoPoseJobConfig, ctx: WorkerC
         step += 1
         n = images.shape[0]
         seen += n
-        kept = torch.where(finite, loss.detach(), zero) * n
-        total, count = total + kept, count + finite * n
-        interval, interval_n = interval + kept, interval_n + finite * n
+        epoch_loss.add(loss, finite, n)  # weighted by images: the mean over all images of all workers
+        interval_loss.add(loss, finite, n)
         every = cfg.train.log_interval
         if every and step % every == 0:
             tr.guard.check(f"at epoch {epoch}")
-            s, c = all_reduce([interval, interval_n], device=device)
-            interval, interval_n = zero.clone(), zero.clone()
-            logger.log({"train/loss_iter": s / c if c else float("nan"), "lr_iter": tr.scheduler.get_last_lr()[0],
+            logger.log({"train/loss_iter": interval_loss.mean(), "lr_iter": tr.scheduler.get_last_lr()[0],
                         "epoch": epoch}, step=step, console=False)
     elapsed = time.perf_counter() - t0
     tr.guard.check(f"at epoch {epoch}")
-    total, count = all_reduce([total, count], device=device)
-    return total / count if count else float("nan"), step, seen / max(elapsed, 1e-9)
+    return epoch_loss.mean(), step, seen / max(elapsed, 1e-9)
 
 
 def write_checkpoint(directory: Path, tr: Trainer, *, epoch: int, step: int, best_ap: float, metrics: dict,

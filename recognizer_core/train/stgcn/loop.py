@@ -33,7 +33,7 @@ from recognizer_core.train.context import WorkerContext
 from recognizer_core.train.epochs import should_validate
 from recognizer_core.train.experiment_log import ExperimentLogger, console
 from recognizer_core.train.faults import maybe_inject_fault
-from recognizer_core.train.nonfinite import NonFiniteGuard
+from recognizer_core.train.nonfinite import LossMeter, NonFiniteGuard
 from recognizer_core.train.run_files import RunFiles
 from recognizer_core.train.state import place_and_resume, save_training_state
 from recognizer_core.train.stgcn.evaluate import evaluate, label_names
@@ -179,9 +179,7 @@ def train_epoch(tr: Trainer, data: Data, cfg: TrainJobConfig, ctx: WorkerContext
     torch.manual_seed(int(np.random.SeedSequence([t_cfg.seed, ep, ctx.rank]).generate_state(1)[0]))  # dropout
     data.train_sampler.set_epoch(ep - 1)
     model.train()
-    zero = torch.zeros((), device=device)
-    loss_sum, loss_n, samples, data_wait = zero.clone(), zero.clone(), 0, 0.0
-    interval_sum, interval_n = zero.clone(), zero.clone()
+    epoch_loss, interval_loss, samples, data_wait = LossMeter(device), LossMeter(device), 0, 0.0
     t0 = time.time()
     tr.optimizer.zero_grad(set_to_none=True)
     batches = iter(data.train_loader)
@@ -198,20 +196,17 @@ def train_epoch(tr: Trainer, data: Data, cfg: TrainJobConfig, ctx: WorkerContext
             loss = F.cross_entropy(logits.float(), y.repeat_interleave(x.shape[1]), weight=tr.class_weight)
             tr.scaler.scale(loss / t_cfg.accumulative_counts).backward()
         finite = tr.guard.finite_loss(loss)
-        kept = torch.where(finite, loss.detach(), zero)
-        loss_sum, loss_n = loss_sum + kept, loss_n + finite
-        interval_sum, interval_n = interval_sum + kept, interval_n + finite
+        epoch_loss.add(loss, finite)
+        interval_loss.add(loss, finite)
         samples += x.shape[0]
         if boundary:
             _optimizer_step(tr, cfg)
         state.global_step += 1
         if t_cfg.log_interval and (i + 1) % t_cfg.log_interval == 0:
             tr.guard.check(f"at epoch {ep}")
-            s, n = all_reduce([interval_sum, interval_n], device=device)
-            interval_sum, interval_n = zero.clone(), zero.clone()
+            mean = interval_loss.mean()
             if ctx.rank == 0:
                 lr_now = tr.optimizer.param_groups[0]["lr"]
-                mean = s / n if n else float("nan")
                 logger.log({"train/loss_iter": mean, "lr_iter": lr_now, "epoch": ep}, state.global_step, console=False)
                 console(f"[recognizer] epoch {ep} iter {i + 1}/{data.num_batches}: loss {mean:.4f} lr {lr_now:.3g}")
     if device.type == "cuda":
@@ -220,8 +215,8 @@ def train_epoch(tr: Trainer, data: Data, cfg: TrainJobConfig, ctx: WorkerContext
     tr.guard.check(f"at epoch {ep}")
     skipped = tr.guard.epoch_count()
     state.nonfinite_in_a_row = tr.guard.state()
-    tot_loss, tot_n, tot_samples = all_reduce([loss_sum, loss_n, samples], device=device)
-    return {"epoch": ep, "train/loss": tot_loss / tot_n if tot_n else float("nan"),
+    tot_samples = all_reduce([samples])[0]
+    return {"epoch": ep, "train/loss": epoch_loss.mean(),
             "lr": tr.optimizer.param_groups[0]["lr"], "train/samples_per_s": tot_samples / dt,
             "train/epoch_time_s": dt, "train/data_wait_frac": data_wait / dt, "train/skipped_steps": skipped}
 
