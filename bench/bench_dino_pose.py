@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import machine, median, now, save_result  # noqa: E402
 from recognizer_core.models.dino_heads import weighted_heatmap_mse  # noqa: E402
 from recognizer_core.models.dino_pose import KEYPOINT_HEAD, DinoPoseModelConfig, build_dino_pose_model  # noqa: E402
-from recognizer_core.train.dino_pose_loop import amp_settings  # noqa: E402
+from recognizer_core.train.amp import amp_plan  # noqa: E402
 
 ARCHS = {  # the published configs' shapes (hidden, layers, heads, mlp, patch, registers)
     "dinov2-small": (384, 12, 6, 1536, 14, 0), "dinov2-base": (768, 12, 12, 3072, 14, 0),
@@ -72,7 +72,7 @@ def make_variant(backbone: str, *, reference: bool, args, device: torch.device):
         model.backbone.vit.requires_grad_(False)
         model.backbone.forward = lambda images, _bb=model.backbone: _grad_forward(_bb, images)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    amp_dtype, _ = amp_settings("none" if reference else "auto", device)
+    amp_dtype = amp_plan("none" if reference else "auto", device).dtype
     ddp = DDP(model, device_ids=[device.index or 0] if device.type == "cuda" else None)
     return ddp, opt, amp_dtype
 

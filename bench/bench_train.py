@@ -45,7 +45,7 @@ def run_ours(args, dataset: Path, storage: Path, name: str) -> dict:
 
     from recognizer_core.config import load_config
     from recognizer_core.train.config import TrainJobConfig
-    from recognizer_core.train.ray_train import build_trainer
+    from recognizer_core.train.stgcn.job import build_trainer
 
     workers = max(1, args.gpus)
     cpus = max(1.0, (os.cpu_count() or 2) / workers)

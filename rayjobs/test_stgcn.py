@@ -18,42 +18,86 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from recognizer_core.config import ConfigError, add_config_args, config_from_args  # noqa: E402
+from recognizer_core.config import ConfigError, add_config_args, config_from_args, load_config  # noqa: E402
+from recognizer_core.storage import to_uri  # noqa: E402
 from recognizer_core.train.config import TrainJobConfig  # noqa: E402
+
+DEFAULT_CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "fight_stable.yaml")
+
+
+def newest_run(storage: Path) -> Path | None:
+    """The most recently finished (or checkpointed) training run under `storage`: a folder with a summary.json or
+    an exported best model."""
+    marks = list(storage.glob("*/summary.json")) + list(storage.glob("*/best_*_epoch_*.pth")) if storage.is_dir() \
+        else []
+    return max(marks, key=lambda p: p.stat().st_mtime).parent if marks else None
+
+
+def _pick_run(cfg: TrainJobConfig, args) -> tuple[TrainJobConfig, Path]:
+    """The model to test: --checkpoint; else the config's run folder; else, with no --config/--set, the newest
+    training run under run.storage_path (with the config it was trained with)."""
+    from recognizer_core.train.stgcn.job import run_folder
+
+    if args.checkpoint:
+        return cfg, Path(args.checkpoint)
+    run_dir = Path(run_folder(cfg))
+    if run_dir.exists() or args.config != DEFAULT_CONFIG or args.overrides:
+        return cfg, run_dir
+    newest = newest_run(Path(to_uri(cfg.run.storage_path)))
+    if newest is None:
+        return cfg, run_dir
+    if (newest / "config.yaml").is_file():
+        cfg = load_config(TrainJobConfig, newest / "config.yaml")
+    print(f"[test_stgcn] no run {run_dir.name!r}: testing the newest training run, {newest}", flush=True)
+    return cfg, newest
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    add_config_args(parser, TrainJobConfig, default_config="configs/fight_stable.yaml")
-    parser.add_argument("--checkpoint", default=None, help="model to test (default: the run folder's best model)")
+    add_config_args(parser, TrainJobConfig, default_config=DEFAULT_CONFIG)
+    parser.add_argument("--checkpoint", default=None, help="model to test (default: the run folder's best model; "
+                                                           "with no arguments, the newest training run's)")
     parser.add_argument("--split", default=None, help="split to evaluate (default: data.test_split)")
     parser.add_argument("--out", default=None, help="output folder (default: <run folder>/test)")
     parser.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
     args = parser.parse_args(argv)
     try:
-        cfg = config_from_args(TrainJobConfig, args)
+        cfg, checkpoint = _pick_run(config_from_args(TrainJobConfig, args), args)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    from recognizer_core.train.ray_train import default_run_config, run_dir_of
-
-    run_dir = run_dir_of(default_run_config(cfg), cfg)
-    checkpoint = Path(args.checkpoint) if args.checkpoint else run_dir
     if not checkpoint.exists():
         print(f"error: {checkpoint}: checkpoint not found (train first, or pass --checkpoint)", file=sys.stderr)
         return 2
-    out_dir = Path(args.out) if args.out else run_dir / "test"
+    out_dir = Path(args.out) if args.out else (checkpoint if checkpoint.is_dir() else checkpoint.parent) / "test"
     split = args.split or cfg.data.test_split
+    # The split must exist before any Ray start-up: a typo fails in one line, not in every worker.
+    from recognizer_core.skeleton.store import SkeletonDataset
+    from recognizer_core.train.stgcn.job import build_test_trainer, dataset_for
+
+    try:
+        dataset = dataset_for(cfg)
+        splits = SkeletonDataset(dataset).splits()
+    except (ConfigError, ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if not splits.get(split):
+        print(f"error: {dataset}: no clips in split {split!r} (splits: {', '.join(sorted(splits)) or 'none'}); "
+              "choose one with --split", file=sys.stderr)
+        return 2
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     from recognizer_core.ray_runtime import start_ray_or_exit
-    from recognizer_core.train.ray_train import build_test_trainer
 
     start_ray_or_exit("test", args.address)
-    result = build_test_trainer(cfg, checkpoint, out_dir, split).fit()
     metrics_path = out_dir / f"{split}_metrics.json"
-    if result.error or not metrics_path.exists():
-        print(json.dumps({"error": repr(result.error) if result.error else f"{metrics_path} not written"}))
+    try:  # Ray Train V2 raises what failed the run
+        build_test_trainer(cfg, checkpoint, out_dir, split).fit()
+    except Exception as err:  # noqa: BLE001 - every failure ends in the one JSON line, exit status 1
+        print(json.dumps({"error": f"{type(err).__name__}: {err}"[:2000]}))
+        return 1
+    if not metrics_path.exists():
+        print(json.dumps({"error": f"{metrics_path} not written"}))
         return 1
     m = json.loads(metrics_path.read_text())
     print(json.dumps({"split": split, "checkpoint": m["checkpoint"], "acc_top1": m["acc_top1"],

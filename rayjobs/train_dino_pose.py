@@ -28,9 +28,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import yaml  # noqa: E402
+
 from recognizer_core.coco_pose.demo import smoke_run_overrides, wants_smoke_run  # noqa: E402
-from recognizer_core.config import ConfigError, add_config_args, config_from_args, dump_config  # noqa: E402
-from recognizer_core.train.dino_pose_config import DinoPoseJobConfig  # noqa: E402
+from recognizer_core.config import ConfigError, add_config_args, config_from_args  # noqa: E402
+from recognizer_core.storage import join_uri, write_text  # noqa: E402
+from recognizer_core.train.dino_pose.config import DinoPoseJobConfig  # noqa: E402
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "dino_pose_base.yaml"
 # The DINO pose guide's train_human_pose.py flags -> config fields.
@@ -88,7 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     import ray.train
 
     from recognizer_core.ray_runtime import start_ray_or_exit
-    from recognizer_core.train.dino_pose_ray import build_trainer, export_checkpoints, resolve_paths
+    from recognizer_core.train.dino_pose.job import build_trainer, default_run_config, export_checkpoints, \
+        resolve_paths
+    from recognizer_core.train.ray_run import run_uri
 
     start_ray_or_exit("dino_pose", args.address)
     cfg = resolve_paths(cfg)
@@ -97,15 +102,14 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    run_dir = Path(cfg.run.storage_path) / cfg.run.name
-    if "://" not in cfg.run.storage_path:
-        dump_config(cfg, run_dir / "config.yaml")
+    run_dir = run_uri(default_run_config(cfg))
+    write_text(join_uri(run_dir, "config.yaml"), yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     try:
         result = trainer.fit()
-    except ray.train.TrainingFailedError as err:  # Ray Train V2 raises what the workers raised
-        print(json.dumps({"run_dir": str(run_dir), "error": repr(err)}))
+    except Exception as err:  # noqa: BLE001 - Ray Train V2 raises what failed the run: one JSON line, exit 1
+        print(json.dumps({"run_dir": str(run_dir), "error": f"{type(err).__name__}: {err}"[:2000]}))
         return 1
-    exported = export_checkpoints(result, run_dir) if "://" not in cfg.run.storage_path else {}
+    exported = export_checkpoints(result, run_dir)
     metrics = result.metrics or {}
     print(json.dumps({
         "run_dir": str(run_dir), "epoch": metrics.get("epoch"),
@@ -113,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         **exported, "latest_ray_checkpoint": result.checkpoint.path if result.checkpoint else None,
     }))
     return 0
+
 
 if __name__ == "__main__":
     sys.exit(main())

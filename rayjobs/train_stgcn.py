@@ -21,6 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from recognizer_core.config import ConfigError, add_config_args, config_from_args, dump_config  # noqa: E402
+from recognizer_core.storage import join_uri, read_text  # noqa: E402
 from recognizer_core.train.config import TrainJobConfig  # noqa: E402
 
 
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     from recognizer_core.ray_runtime import start_ray_or_exit
-    from recognizer_core.train.ray_train import build_trainer, default_run_config, run_dir_of
+    from recognizer_core.train.stgcn.job import build_trainer, run_folder, test_best
 
     start_ray_or_exit("train", args.address)
     try:
@@ -45,27 +46,31 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    run_dir = run_dir_of(default_run_config(cfg), cfg)
+    run_dir = run_folder(cfg)
     dump_config(cfg, Path(run_dir) / "config.yaml")
-    result = trainer.fit()
+    try:  # Ray Train V2 raises what failed the run (after run.max_failures retries); there is no result.error
+        result = trainer.fit()
+        if cfg.train.test_after_train:
+            test_best(cfg, result, run_dir)
+    except Exception as err:  # noqa: BLE001 - every failure ends in the one JSON line, exit status 1
+        print(json.dumps({"run_dir": str(run_dir), "error": f"{type(err).__name__}: {err}"[:2000]}))
+        return 1
 
-    summary_path = Path(run_dir) / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-    test_path = Path(run_dir) / f"{cfg.data.test_split}_metrics.json"
-    test = json.loads(test_path.read_text()) if test_path.exists() else None
+    summary = json.loads(read_text(join_uri(run_dir, "summary.json")) or "{}")
+    test = json.loads(read_text(join_uri(run_dir, f"{cfg.data.test_split}_metrics.json")) or "null")
     best = summary.get("best", {})
     out = {
         "run_dir": str(run_dir), "epochs_run": summary.get("epochs_run"),
         "stopped_early": summary.get("stopped_early"),
         "best_epoch": best.get("epoch"), f"best_{cfg.checkpoint.score_attribute}": best.get("score"),
-        "best_model_mmaction2": str(Path(run_dir) / best["file"]) if best.get("file") else None,
+        "best_model_mmaction2": join_uri(run_dir, best["file"]) if best.get("file") else None,
         "latest_checkpoint": result.checkpoint.path if result.checkpoint else None,
         "test_acc_top1": test["acc_top1"] if test else None,
         "test_mean_class_accuracy": test["mean_class_accuracy"] if test else None,
-        "error": repr(result.error) if result.error else None,
+        "error": None,
     }
     print(json.dumps(out))
-    return 1 if result.error else 0
+    return 0
 
 
 if __name__ == "__main__":

@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None, default_space: str = "search_spaces/figh
         return 2
 
     from recognizer_core.ray_runtime import RayStartError, start_ray
-    from recognizer_core.train.ray_train import build_trainer
+    from recognizer_core.train.stgcn.job import build_trainer
 
     try:
         start_ray(args.address, num_cpus=args.num_cpus, job="tune")

@@ -29,7 +29,7 @@ def test_ray_train_job_trains_evaluates_and_resumes(ray_local, tmp_path, capsys)
     best = torch.load(run_dir / "best_model.pth", weights_only=True)
     assert best["epoch"] == 1 and not any(k.startswith("backbone.") for k in best["model_state_dict"])
     latest = torch.load(run_dir / "latest_checkpoint.pth", weights_only=True)
-    assert latest["epoch"] == 0 and latest["optimizer"] is not None
+    assert latest["epoch"] == 1 and latest["optimizer"] is not None  # completed epochs, as STGCN++ counts
     assert (run_dir / "logs" / "vis" / "val_epoch001.png").is_file()
     assert (run_dir / "config.yaml").is_file()
 
@@ -41,4 +41,4 @@ def test_ray_train_job_trains_evaluates_and_resumes(ray_local, tmp_path, capsys)
     assert not (run_dir / "logs" / "vis" / "val_epoch003.png").exists()
     latest = torch.load(run_dir / "latest_checkpoint.pth", weights_only=True)
     # 12 crops, 2 workers, batch 4: 6 crops per worker, 2 steps per epoch, counted on from the first run
-    assert latest["epoch"] == 1 and latest["extra"]["global_step"] == 4
+    assert latest["epoch"] == 2 and latest["extra"]["global_step"] == 4

@@ -8,68 +8,63 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from conftest import REPO, shared_path
 from dino_tiny import make_tiny_dino, tiny_job_overrides
 
-from recognizer_core.config import ConfigError, apply_overrides, load_config, validate_config
-from recognizer_core.train.dino_pose_config import DinoPoseJobConfig
-from recognizer_core.train.dino_pose_loop import MODEL_FILE, WorkerContext, load_pose_model, lr_factor, \
-    run_dino_pose_training
-from recognizer_core.train.dino_pose_ray import resume_source
+from recognizer_core.config import ConfigError, load_config
+from recognizer_core.train.context import LocalContext
+from recognizer_core.train.dino_pose.config import DinoPoseJobConfig
+from recognizer_core.train.dino_pose.loop import MODEL_FILE, load_pose_model, run_dino_pose_training, \
+    warmup_cosine_factor
+from recognizer_core.tune.search_space import load_search_space
 
 sys.path.insert(0, str(REPO / "rayjobs"))
 import train_dino_pose  # noqa: E402
 
 
-def _run(cfg, log_dir: Path, keep: Path, resume: Path | None = None) -> list[dict]:
-    reports = []
-
-    def report(metrics, checkpoint_dir):
-        reports.append(metrics)
-        shutil.copytree(checkpoint_dir, keep / f"epoch{metrics['epoch']}")
-
-    run_dino_pose_training(cfg, WorkerContext(report=report, log_dir=log_dir, resume_dir=resume))
-    return reports
+def _run(cfg, run_dir: Path, keep: Path) -> list[dict]:
+    ctx = LocalContext(keep)  # checkpoints in keep/epoch_NNNN
+    run_dino_pose_training(cfg, ctx, str(run_dir))
+    return ctx.reports
 
 
 def test_train_validate_and_resume_exactly(tmp_path):
     coco = shared_path("data", "coco")
     backbone = make_tiny_dino(tmp_path / "bb", "dinov3")
     cfg = load_config(DinoPoseJobConfig, None, tiny_job_overrides(backbone, coco, tmp_path / "runs", epochs=2))
-    straight = _run(cfg, tmp_path / "logs", tmp_path / "a")
+    straight = _run(cfg, tmp_path / "run_a", tmp_path / "a")
     assert [r["epoch"] for r in straight] == [1, 2]
     for r in straight:
         assert {"epoch", "train/loss", "val/loss", "val/AP", "val/AP50", "val/AR", "lr"} <= set(r)
         assert math.isfinite(r["train/loss"]) and math.isfinite(r["val/loss"]) and 0.0 <= r["val/AP"] <= 1.0
     assert straight[1]["lr"] < straight[0]["lr"]  # cosine decay after warmup
     assert straight[1]["train/loss"] < straight[0]["train/loss"]  # the trainable parts learn
-    assert (tmp_path / "logs" / "vis" / "val_epoch002.png").stat().st_size > 1000
-    assert list((tmp_path / "logs" / "tensorboard").glob("events.out.tfevents.*"))
+    assert (tmp_path / "run_a" / "logs" / "vis" / "val_epoch002.png").stat().st_size > 1000
+    assert list((tmp_path / "run_a" / "logs" / "tensorboard").glob("events.out.tfevents.*"))
 
     # The resumed run validates on the person-detection boxes instead (what mmpose reports): the training
     # state does not depend on validation, so the weights must still match bit for bit.
-    det = cfg.model_copy(update={"data": cfg.data.model_copy(update={
-        "val_bbox_file": str(coco / "test_coco_det_AP_H_56.json"), "max_val_instances": 24})})
     # Resume from the single exported file (latest_checkpoint.pth), as `--set run.resume_from=FILE` does.
-    exported = shutil.copy(tmp_path / "a" / "epoch1" / "training_state.pt", tmp_path / "latest_checkpoint.pth")
-    resume_dir, holder = resume_source(str(exported))
-    resumed = _run(det, tmp_path / "logs_b", tmp_path / "b", resume=resume_dir)
-    holder.cleanup()
+    exported = shutil.copy(tmp_path / "a" / "epoch_0001" / "training_state.pt", tmp_path / "latest_checkpoint.pth")
+    det = cfg.model_copy(update={"data": cfg.data.model_copy(update={
+        "val_bbox_file": str(coco / "test_coco_det_AP_H_56.json"), "max_val_instances": 24}),
+        "run": cfg.run.model_copy(update={"resume_from": str(exported)})})
+    resumed = _run(det, tmp_path / "run_b", tmp_path / "b")
     assert [r["epoch"] for r in resumed] == [2]
-    assert math.isnan(resumed[0]["val/loss"]) and 0.0 <= resumed[0]["val/AP"] <= 1.0
+    # detection boxes have no targets: no val/loss at all (never a NaN or 0 placeholder)
+    assert "val/loss" not in resumed[0] and 0.0 <= resumed[0]["val/AP"] <= 1.0
     assert resumed[0]["train/loss"] == straight[1]["train/loss"]
-    a = torch.load(tmp_path / "a" / "epoch2" / MODEL_FILE, weights_only=True)["model_state_dict"]
-    b = torch.load(tmp_path / "b" / "epoch2" / MODEL_FILE, weights_only=True)["model_state_dict"]
+    a = torch.load(tmp_path / "a" / "epoch_0002" / MODEL_FILE, weights_only=True)["model_state_dict"]
+    b = torch.load(tmp_path / "b" / "epoch_0002" / MODEL_FILE, weights_only=True)["model_state_dict"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
-    model, loaded_cfg = load_pose_model(tmp_path / "a" / "epoch2")
+    model, loaded_cfg = load_pose_model(tmp_path / "a" / "epoch_0002")
     assert loaded_cfg.model.backbone == str(backbone)
     assert model(torch.randn(1, 3, 64, 48))["keypoints"].shape == (1, 17, 16, 12)
 
 
 def test_lr_schedule_warmup_then_cosine():
-    f = [lr_factor(s, total_steps=100, warmup_steps=10, start_factor=0.001, min_ratio=0.01) for s in range(101)]
+    f = [warmup_cosine_factor(s, total_steps=100, warmup_steps=10, start_factor=0.001, min_ratio=0.01) for s in range(101)]
     assert f[0] == pytest.approx(0.001) and f[10] == pytest.approx(1.0)
     assert all(b > a for a, b in zip(f[:10], f[1:11]))
     assert all(b <= a for a, b in zip(f[10:], f[11:]))
@@ -103,12 +98,8 @@ def test_job_refuses_bad_configs(capsys):
         load_config(DinoPoseJobConfig, None, ["data.occlusion_prob=1.5"])
 
 
-def test_search_space_names_real_fields():
-    space = yaml.safe_load((REPO / "search_spaces" / "dino_pose.yaml").read_text())
-    assert space["job"] == "dino_pose" and space["metric"] == "val/AP" and space["mode"] == "max"
-    base = yaml.safe_load((REPO / space["base_config"]).read_text())
-    for key, dist in space["params"].items():
-        value = dist["values"][0] if dist["type"] == "choice" else dist["low"]
-        cfg = validate_config(DinoPoseJobConfig, apply_overrides(base, [f"{key}={value}"]), key)
-        section, field = key.split(".")
-        assert getattr(getattr(cfg, section), field) == value
+def test_search_space_loads_for_the_dino_job():
+    # the tuner's own loader checks every param against DinoPoseJobConfig (names, types, ranges)
+    space = load_search_space(REPO / "search_spaces" / "dino_pose.yaml", DinoPoseJobConfig, job="dino_pose",
+                              metrics=["val/AP", "val/AR", "train/loss"])
+    assert space.metric == "val/AP" and space.mode == "max" and space.params

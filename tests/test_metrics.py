@@ -6,7 +6,7 @@ import logging
 import numpy as np
 import pytest
 
-from recognizer_core.train.metrics import (classification_report, confusion_matrix, flat_metrics,
+from recognizer_core.train.stgcn.metrics import (classification_report, confusion_matrix, flat_metrics,
                                            mean_class_accuracy, top_k_accuracy)
 
 # 3 classes, 8 samples; predictions = argmax of the rows

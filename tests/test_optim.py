@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from recognizer_core.train.config import OptimConfig, ScheduleConfig
-from recognizer_core.train.optim import build_optimizer, build_scheduler, lr_factor, scaled_lr
+from recognizer_core.train.stgcn.optim import build_optimizer, build_scheduler, lr_factor, scaled_lr
 
 
 def _lrs(sched_cfg: ScheduleConfig, iters: int, epochs: int, base_lr=1.0, t_max=25) -> list[float]:

@@ -15,10 +15,10 @@ from recognizer_core.config import ConfigError, load_config
 from recognizer_core.skeleton.clip import SkeletonDataError
 from recognizer_core.skeleton.demo_data import make_demo_clips
 from recognizer_core.skeleton.store import write_dataset
-from recognizer_core.train import loop as loop_mod
+from recognizer_core.train.stgcn import loop as loop_mod
 from recognizer_core.train.config import TrainJobConfig
-from recognizer_core.train.loop import train_loop
-from recognizer_core.train.worker import LocalContext
+from recognizer_core.train.stgcn.loop import train_loop
+from recognizer_core.train.context import LocalContext
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["model.num_stages=2", "model.base_channels=8", "model.inflate_stages=[2]", "model.down_stages=[2]",
@@ -59,7 +59,7 @@ def test_empty_split_is_an_error_naming_it(tmp_path):
     with pytest.raises(SkeletonDataError, match="split 'val' is empty"):
         _run(_cfg(), ds, tmp_path)
     # the driver checks it too, before any Ray worker starts (no retries of a deterministic error)
-    from recognizer_core.train.ray_train import build_trainer
+    from recognizer_core.train.stgcn.job import build_trainer
 
     with pytest.raises(SkeletonDataError, match="split 'val' is empty"):
         build_trainer(_cfg(f"data.path={ds}", f"run.storage_path={tmp_path}"))
@@ -222,3 +222,21 @@ def test_a_rank_with_nothing_to_evaluate_pads_instead_of_failing(tmp_path):
     batches = tdata.ShardBatches(got[1][0], 1, 4, cfg.pipeline, train=False, seed=0, rank=1, num_valid=0)
     x, y, valid = batches[(0, 0)]
     assert x.shape[0] == 4 and not valid.any()  # evaluated for the gather, dropped from the metrics
+
+
+def test_test_job_checks_the_split_and_the_run_before_ray(tmp_path, monkeypatch, capsys):
+    import ray
+
+    sys.path.insert(0, str(REPO))
+    from rayjobs.test_stgcn import main as test_main
+
+    monkeypatch.chdir(tmp_path)  # work_dirs here holds no run at all
+    assert test_main([]) == 2
+    assert "checkpoint not found (train first" in capsys.readouterr().err
+    ds = _dataset(tmp_path)
+    pth = tmp_path / "model.pth"
+    pth.write_bytes(b"")  # never read: the split check comes first
+    assert test_main(["--set", f"data.path={ds}", "--checkpoint", str(pth), "--split", "tset"]) == 2
+    err = capsys.readouterr().err
+    assert "no clips in split 'tset' (splits: test, train, val)" in err and ds in err
+    assert not ray.is_initialized()

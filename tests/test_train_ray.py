@@ -20,7 +20,7 @@ from recognizer_core.config import load_config
 from recognizer_core.models.checkpoint import load_mmaction_checkpoint
 from recognizer_core.models.recognizer import build_recognizer
 from recognizer_core.train.config import TrainJobConfig
-from recognizer_core.train.worker import FAULT_ENV
+from recognizer_core.train.faults import FAULT_ENV
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -55,14 +55,15 @@ def _assert_same_weights(a: dict, b: dict) -> None:
         assert torch.equal(a[k], b[k]), f"{k} differs after resume"
 
 
-def test_fight_preset_train_val_test_export(ray_local, tmp_path, capsys):
+def test_fight_preset_train_val_test_export(ray_local, tmp_path, capsys, monkeypatch):
     out = _train("fight_stable.yaml", tmp_path, "fight", capsys)
     run = tmp_path / "fight"
     assert out["error"] is None and out["epochs_run"] == 4
     summary = json.loads((run / "summary.json").read_text())
     hist = summary["history"]
     assert [h["epoch"] for h in hist] == [1, 2, 3, 4]
-    assert [h["val/validated"] for h in hist] == [0, 1, 0, 1]  # val_interval 2 and the last epoch
+    # val_interval 2 and the last epoch; val/* only where validation ran, never a placeholder
+    assert ["val/acc_top1" in h for h in hist] == [False, True, False, True]
     assert all(h["train/loss"] > 0 for h in hist)
     # warmup over epoch 1 (per iteration), then the base lr auto-scaled by 2 workers * 8 / 128
     assert hist[-1]["lr"] == pytest.approx(1e-4 * 16 / 128)
@@ -80,14 +81,15 @@ def test_fight_preset_train_val_test_export(ray_local, tmp_path, capsys):
     load_mmaction_checkpoint(model, pth)
     raw = torch.load(pth, map_location="cpu", weights_only=True)
     assert raw["meta"]["dataset_meta"]["classes"] == ["NonFight", "Fight"] and raw["meta"]["epoch"] == best["epoch"]
-    best_state = _final_state(run)["extra"]["best_state_dict"]
-    _assert_same_weights(model.state_dict(), best_state)
+    best_ckpt = run / f"checkpoint_epoch_{best['epoch']:04d}" / "training_state.pt"
+    _assert_same_weights(model.state_dict(), torch.load(best_ckpt, weights_only=True)["model"])
     # metrics: validation report in the checkpoint, test after training, plots, TensorBoard
     val = json.loads((run / f"checkpoint_epoch_{best['epoch']:04d}" / "metrics.json").read_text())["val_report"]
     n_val = sum(map(sum, val["confusion_matrix"]))
     assert n_val == val["num_samples"] > 0 and set(val["precision"]) == {"NonFight", "Fight"}
     test = json.loads((run / "test_metrics.json").read_text())
     assert test["acc_top1"] == out["test_acc_top1"] and 0 <= test["acc_top1"] <= 1
+    assert test["checkpoint"] == f"best epoch {best['epoch']}"  # the best checkpoint Ray kept, after fit()
     assert sum(map(sum, test["confusion_matrix"])) == test["num_samples"] > 0
     for png in ("curves.png", "confusion_matrix_val.png", "confusion_matrix_test.png"):
         assert (run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -102,6 +104,18 @@ def test_fight_preset_train_val_test_export(ray_local, tmp_path, capsys):
     m = json.loads((run / "test" / "test_metrics.json").read_text())
     assert res["test_num_clips"] == m["test_num_clips"] == 3 and m["checkpoint"].endswith(best["file"])
     assert m["num_samples"] == test["num_samples"]
+
+    # no arguments, from another folder whose work_dirs has no run of the preset's name: the newest run is
+    # found, named, and tested with the config it was trained with
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "work_dirs").symlink_to(tmp_path)
+    monkeypatch.chdir(elsewhere)
+    assert test_main([]) == 0
+    printed = capsys.readouterr().out
+    assert f"no run 'fight_stable': testing the newest training run, {tmp_path / 'fight'}" in printed
+    res = json.loads(printed.strip().splitlines()[-1])
+    assert res["num_samples"] == test["num_samples"] and res["checkpoint"].endswith(best["file"])
 
 
 @pytest.fixture(scope="module")
@@ -163,3 +177,26 @@ def test_stopped_run_resumes_exactly(falldown_reference, ray_local, capsys, tmp_
     resumes = [json.loads(line) for line in (run / "resume_log.jsonl").read_text().splitlines()]
     assert [r["resumed_from_epoch"] for r in resumes] == [2]
     _assert_same_weights(_final_state(storage / "reference")["model"], _final_state(run)["model"])
+
+
+def test_a_data_error_in_a_worker_ends_the_run_at_once(ray_local, tmp_path, capsys):
+    """A clip the driver's light checks cannot see (all-zero keypoints, found when a worker reads its shard) ends
+    the run with the data error, in one JSON line and exit status 1: not retried run.max_failures times."""
+    from rayjobs.train_stgcn import main
+    from recognizer_core.skeleton.demo_data import make_demo_clips
+    from recognizer_core.skeleton.store import write_dataset
+
+    clips = make_demo_clips("fight", 24, seed=1)
+    broken = next(c for c in clips if c.split == "train")
+    broken.keypoint[...] = 0
+    broken.keypoint_score[...] = 0
+    ds = write_dataset(clips, tmp_path / "ds", label_names=("NonFight", "Fight"))
+    args = _args("fight_stable.yaml", tmp_path, "broken", f"data.path={ds}", "data.skip_empty_clips=false",
+                 "run.max_failures=3")
+    assert main(args) == 1
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    # ended by the controller callback (a non-retryable ControllerError), not a WorkerGroupError after retries
+    assert out["error"].startswith("ControllerError") and "(a data error: not retried)" in out["error"]
+    assert broken.clip_id in out["error"]
+    assert "skip_empty_clips" in out["error"]  # the fix is named
+    assert not (tmp_path / "broken" / "summary.json").exists()

@@ -69,3 +69,52 @@ def test_logger_disabled_on_other_ranks(tmp_path):
     lg.log({"x": 1.0}, step=0)
     lg.close()
     assert not (tmp_path / "rank1").exists()
+
+
+class _SecondDevice:
+    """LocalContext on `meta`. Moving to a GPU keeps each Parameter object (the optimizer holds them); a move
+    to `meta` would make new ones unless tensors are swapped in place, which is what this does."""
+
+    def __new__(cls, root, device):
+        from recognizer_core.train.context import LocalContext
+
+        ctx = LocalContext(root, device=device)
+        plain = ctx.prepare_model
+
+        def prepare_model(model):
+            keep = torch.__future__.get_swap_module_params_on_conversion()
+            torch.__future__.set_swap_module_params_on_conversion(True)
+            try:
+                return plain(model)
+            finally:
+                torch.__future__.set_swap_module_params_on_conversion(keep)
+        ctx.prepare_model = prepare_model
+        return ctx
+
+
+def test_resume_puts_optimizer_state_on_the_parameters_device(tmp_path):
+    """A resumed worker moves the model to its device (a GPU) before the optimizer state is restored: torch moves
+    each state tensor to its parameter's device *as it is then*, so the old order left Adam's moments on the CPU
+    and the first step on a GPU failed. `meta` stands in for the second device here."""
+    from recognizer_core.train.state import place_and_resume
+
+    m, opt, sch = _setup(0)
+    _steps(m, opt, sch, 2)
+    scaler = torch.amp.GradScaler("cpu", enabled=True)
+    save_training_state(tmp_path / "epoch_0001", model=m, optimizer=opt, scheduler=sch, scaler=scaler, epoch=1)
+
+    m2, opt2, sch2 = _setup(1)
+    scaler2 = torch.amp.GradScaler("cpu", enabled=True)
+    placed, state = place_and_resume(_SecondDevice(tmp_path, device="meta"), m2, optimizer=opt2, scheduler=sch2,
+                                     scaler=scaler2)
+    assert next(placed.parameters()).device.type == "meta"
+    assert state["epoch"] == 1 and sch2.last_epoch == 2
+    on = [(p.device, st) for group in opt2.param_groups for p in group["params"] for st in [opt2.state[p]]]
+    assert on and all(p_dev.type == "meta" for p_dev, _ in on)
+    for p_dev, st in on:
+        for name, value in st.items():
+            # torch keeps Adam's scalar step counter on the CPU by design (unless fused/capturable)
+            if torch.is_tensor(value) and name != "step":
+                assert value.device == p_dev, f"optimizer state {name!r} on {value.device}, parameter on {p_dev}"
+    for value in scaler2.state_dict().values():
+        assert not torch.is_tensor(value) or value.device.type == "meta"

@@ -242,7 +242,7 @@ def test_errored_trial_is_reported_and_the_search_goes_on(tmp_path, ray_local):
     import yaml
 
     from recognizer_core.skeleton.demo_data import write_demo_dataset
-    from recognizer_core.train.ray_train import build_trainer
+    from recognizer_core.train.stgcn.job import build_trainer
     from recognizer_core.tune.results import records_from_grid
     from recognizer_core.tune.tuner import TuneOptions, run_tuning
 

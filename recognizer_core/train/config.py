@@ -15,6 +15,7 @@ from recognizer_core.config import SafeName, StrictModel
 from recognizer_core.models.recognizer import ModelConfig
 from recognizer_core.skeleton.transforms import PipelineConfig
 from recognizer_core.train.experiment_log import WandbConfig
+from recognizer_core.train.sections import ScalingSection
 
 
 class DataConfig(StrictModel):
@@ -130,15 +131,6 @@ class TrainConfig(StrictModel):
         if v is not None and (not v or any(w <= 0 for w in v)):
             raise ValueError(f"class weights must be positive, got {v}")
         return v
-
-
-class ScalingSection(StrictModel):
-    num_workers: int = Field(1, ge=1, description="Ray Train workers (one per GPU when use_gpu)")
-    use_gpu: bool = Field(False, description="train on GPUs (NCCL); false = CPU (gloo)")
-    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per worker (include loader_workers)")
-    gpus_per_worker: float = Field(1.0, ge=0, description="GPUs per worker when use_gpu")
-    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
-        "PACK", description="placement group strategy of the workers")
 
 
 class CheckpointSection(StrictModel):

@@ -1,20 +1,34 @@
 """Experiment logging shared by every training job: console, TensorBoard (always), W&B (when configured).
 
-W&B runs offline by default, so a run on a machine without network never blocks or fails on it; sync later
-with `wandb sync <dir>`. Only rank 0 logs (the caller passes `enabled=False` on other ranks).
+One step for every sink: the global iteration (optimizer batches since the start of the run), monotonic, with
+`epoch` logged as a value. W&B accepts only the current or a later step, so a second step axis (epochs) would
+silently drop everything logged on it once the iterations ran ahead. W&B runs offline by default, so a run on a
+machine without network never blocks or fails on it; sync later with `wandb sync <dir>`. Only rank 0 logs (the
+caller passes `enabled=False` on other ranks).
 """
 from __future__ import annotations
 
 import logging
 import math
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+from PIL import Image
+from torch.utils.tensorboard import SummaryWriter
+
 from recognizer_core.config import StrictModel
 
 log = logging.getLogger("recognizer")
+
+
+def console(msg: str) -> None:
+    """One line to stdout (sys.stdout directly: Ray Train patches print() to also log it, which prints twice)."""
+    sys.stdout.write(msg + "\n")
+    sys.stdout.flush()
 
 
 class WandbConfig(StrictModel):
@@ -44,11 +58,10 @@ class ExperimentLogger:
         self._tb = None
         self._wandb = None
         self._t0 = time.time()
+        self._step = 0
         if not enabled:
             return
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        from torch.utils.tensorboard import SummaryWriter
-
         self._tb = SummaryWriter(str(self.log_dir / "tensorboard"))
         if wandb is not None and wandb.enabled and wandb.mode != "disabled":
             self._wandb = self._start_wandb(wandb, config or {}, run_name)
@@ -69,9 +82,18 @@ class ExperimentLogger:
             log.warning("W&B init failed (%s); continuing with TensorBoard only", err)
             return None
 
+    def _monotonic(self, step: int) -> int:
+        if step < self._step:  # a caller bug; W&B would drop the values, so keep them at the current step
+            log.warning("experiment log: step %d after step %d; logged at %d", step, self._step, self._step)
+            return self._step
+        self._step = step
+        return step
+
     def log(self, metrics: dict[str, Any], step: int, console: bool = True) -> None:
+        """Scalars of `metrics` (non-numbers and non-finite values left out) at global step `step`."""
         if not self.enabled:
             return
+        step = self._monotonic(step)
         scalars = {k: v for k, v in ((k, _scalar(v)) for k, v in metrics.items()) if v is not None}
         for k, v in scalars.items():
             self._tb.add_scalar(k, v, step)
@@ -85,9 +107,7 @@ class ExperimentLogger:
         """Attach a PNG already written to disk (curves, confusion matrix, predicted skeletons)."""
         if not self.enabled:
             return
-        import numpy as np
-        from PIL import Image
-
+        step = self._monotonic(step)
         img = np.asarray(Image.open(png_path).convert("RGB"))
         self._tb.add_image(tag, img, step, dataformats="HWC")
         if self._wandb is not None:

@@ -5,13 +5,15 @@ with `weights_only=True`: the RNG states are tensors and plain Python containers
 """
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
+
+from recognizer_core.storage import atomic_write
+from recognizer_core.train.context import WorkerContext
 
 STATE_FILE = "training_state.pt"
 
@@ -49,7 +51,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def save_training_state(directory: str | Path, *, model: torch.nn.Module, optimizer=None, scheduler=None,
                         scaler=None, epoch: int, extra: dict[str, Any] | None = None) -> Path:
-    """Write the full training state to `directory/training_state.pt` atomically (tmp file + rename)."""
+    """Write the full training state to `directory/training_state.pt` atomically."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {
@@ -62,18 +64,19 @@ def save_training_state(directory: str | Path, *, model: torch.nn.Module, optimi
         "extra": extra or {},
     }
     path = directory / STATE_FILE
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_write(path, "wb") as f:
+        torch.save(state, f)
     return path
 
 
 def load_training_state(directory: str | Path, *, model: torch.nn.Module, optimizer=None, scheduler=None,
                         scaler=None, restore_rng: bool = True) -> dict[str, Any]:
-    """Restore what `save_training_state` wrote; returns the dict (epoch, extra, ...)."""
-    path = Path(directory) / STATE_FILE
+    """Restore what `save_training_state` wrote (a checkpoint folder, or the state file itself); returns the
+    dict (epoch, extra, ...)."""
+    path = Path(directory)
+    path = path / STATE_FILE if path.is_dir() else path
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no training state in this checkpoint")
+        raise FileNotFoundError(f"{path}: no training state here (a checkpoint folder or its {STATE_FILE})")
     state = torch.load(path, map_location="cpu", weights_only=True)
     unwrap(model).load_state_dict(state["model"])
     if optimizer is not None and state["optimizer"] is not None:
@@ -85,3 +88,24 @@ def load_training_state(directory: str | Path, *, model: torch.nn.Module, optimi
     if restore_rng:
         set_rng_state(state["rng"])
     return state
+
+
+def place_and_resume(ctx: WorkerContext, model: torch.nn.Module, *, optimizer=None, scheduler=None, scaler=None,
+                     fallback: str | Path | None = None,
+                     check: Callable[[Path], None] | None = None) -> tuple[torch.nn.Module, dict[str, Any] | None]:
+    """Put the model on its device (ctx.prepare_model: move + DDP), THEN restore the latest checkpoint (or
+    `fallback` when the run has none) into model, optimizer, scheduler and scaler.
+
+    The order matters: `Optimizer.load_state_dict` moves each state tensor to its parameter's device as it is
+    then, so restoring before the move leaves Adam's moments on the CPU and the first step on a GPU fails.
+    `check(dir)` may refuse a checkpoint (a different model) before anything is loaded. Returns the placed model
+    and the restored state dict (epoch, extra, ...) or None for a fresh start."""
+    model = ctx.prepare_model(model)
+    with ctx.checkpoint_dir() as ckpt:
+        source = ckpt or (str(fallback) if fallback else None)
+        if not source:
+            return model, None
+        if check is not None:
+            check(Path(source))
+        state = load_training_state(source, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler)
+    return model, state

@@ -13,6 +13,7 @@ from recognizer_core.coco_pose.dataset import CocoPoseDataConfig
 from recognizer_core.config import SafeName, StrictModel
 from recognizer_core.models.dino_pose import DinoPoseModelConfig
 from recognizer_core.train.experiment_log import WandbConfig
+from recognizer_core.train.sections import ScalingSection
 
 
 class DinoOptimConfig(StrictModel):
@@ -38,14 +39,9 @@ class DinoTrainConfig(StrictModel):
     keypoint_score_threshold: float = Field(0.2, ge=0, le=1, description="keypoints counted in instance scores")
     vis_num_images: int = Field(4, ge=0, description="validation crops drawn into the skeleton PNG")
     log_interval: int = Field(50, ge=0, description="log the running loss every N steps (0 = per epoch)")
+    max_nonfinite_steps: int = Field(20, ge=0, description="NaN/inf losses are skipped; more than this many in "
+                                                           "a row stops the run with an error")
     seed: int = 0
-
-
-class DinoScalingConfig(StrictModel):
-    num_workers: int = Field(1, ge=1, description="Ray Train workers (one per GPU)")
-    use_gpu: bool | None = Field(None, description="null = use GPUs when the Ray cluster has any")
-    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs per worker (include data.num_workers)")
-    gpus_per_worker: float = Field(1.0, ge=0)
 
 
 class DinoCheckpointConfig(StrictModel):
@@ -58,8 +54,9 @@ class DinoRunConfig(StrictModel):
     storage_path: str = Field("checkpoints_human_pose", description="where runs, checkpoints and logs go (the "
                                                                     "guide's --checkpoint_dir); NFS/S3 for clusters")
     max_failures: int = Field(0, ge=-1, description="worker-group failures recovered from the latest checkpoint")
-    resume_from: str | None = Field(None, description="start from this checkpoint directory (weights, optimizer, "
-                                                      "epoch) instead of the run's own latest")
+    resume_from: str | None = Field(None, description="start from this checkpoint directory or its "
+                                                      "training_state.pt / latest_checkpoint.pth (weights, "
+                                                      "optimizer, epoch) when the run has no checkpoint of its own")
 
 
 class DinoPoseJobConfig(StrictModel):
@@ -67,7 +64,7 @@ class DinoPoseJobConfig(StrictModel):
     model: DinoPoseModelConfig = Field(DinoPoseModelConfig(), description="backbone and heads")
     optim: DinoOptimConfig = Field(DinoOptimConfig(), description="AdamW and warmup + cosine schedule")
     train: DinoTrainConfig = Field(DinoTrainConfig(), description="loop, precision, validation")
-    scaling: DinoScalingConfig = Field(DinoScalingConfig(), description="Ray Train workers")
+    scaling: ScalingSection = Field(ScalingSection(), description="Ray Train workers (use_gpu: an explicit choice)")
     checkpoint: DinoCheckpointConfig = Field(DinoCheckpointConfig(), description="checkpoint retention")
     run: DinoRunConfig = Field(DinoRunConfig(), description="run name and storage")
     wandb: WandbConfig = Field(WandbConfig(enabled=True, project="DINOv3_HumanPose"),

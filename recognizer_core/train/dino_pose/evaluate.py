@@ -3,10 +3,10 @@ rank 0, the same metrics broadcast to every rank, and a PNG of predicted skeleto
 from __future__ import annotations
 
 from contextlib import nullcontext
+from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from recognizer_core.coco_pose.dataset import CocoPoseDataset, denormalize
 from recognizer_core.coco_pose.evaluate import coco_results, evaluate_keypoints, flip_back, \
@@ -15,6 +15,7 @@ from recognizer_core.coco_pose.heatmaps import decode_heatmaps, heatmap_to_input
 from recognizer_core.coco_pose.visualize import draw_pose_grid
 from recognizer_core.models.dino_heads import weighted_heatmap_mse
 from recognizer_core.models.dino_pose import KEYPOINT_HEAD
+from recognizer_core.train.collectives import broadcast_object, gather_objects
 
 
 def target_batch(batch: dict, cfg, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -33,17 +34,10 @@ def predict_heatmaps(model, images: torch.Tensor, *, flip_test: bool, amp_dtype)
     return hm
 
 
-def _gather(obj, world_size: int) -> list:
-    if world_size > 1 and dist.is_initialized():
-        out = [None] * world_size
-        dist.all_gather_object(out, obj)
-        return out
-    return [obj]
-
-
 def validate(model, loader, dataset: CocoPoseDataset, *, cfg, ctx, amp_dtype, logger, epoch: int,
-             step: int) -> dict[str, float]:
-    """-> {"val/loss", "val/AP", "val/AP50", "val/AP75", "val/AR"}, identical on every rank. `model` is the plain
+             step: int, vis_dir: Path) -> dict[str, float]:
+    """-> {"val/AP", "val/AP50", "val/AP75", "val/AR"} (+ "val/loss" on ground-truth boxes), identical on every
+    rank. `model` is the plain
     module (no DDP: eval needs no gradient sync, and ranks may run different numbers of batches)."""
     was_training = model.training
     model.eval()
@@ -77,20 +71,17 @@ def validate(model, loader, dataset: CocoPoseDataset, *, cfg, ctx, amp_dtype, lo
                 vis_gt.append(batch["keypoints"][j].numpy() if with_targets else None)
     local = {k: (np.concatenate(v) if v else np.zeros((0,))) for k, v in preds.items()}
     local["loss"] = (loss_sum, count)
-    gathered = _gather(local, ctx.world_size)
+    gathered = gather_objects(local)
     metrics = None
     if ctx.rank == 0:
         metrics = _score(gathered, dataset, cfg)
         if vis_imgs:
-            png = draw_pose_grid(vis_imgs, vis_pred, vis_gt, ctx.log_dir / "vis" / f"val_epoch{epoch + 1:03d}.png",
+            png = draw_pose_grid(vis_imgs, vis_pred, vis_gt, Path(vis_dir) / f"val_epoch{epoch:03d}.png",
                                  score_threshold=cfg.train.keypoint_score_threshold,
-                                 title=f"epoch {epoch + 1}: AP {metrics['val/AP']:.3f} (colour: predicted, "
+                                 title=f"epoch {epoch}: AP {metrics['val/AP']:.3f} (colour: predicted, "
                                        "white: ground truth)")
             logger.log_image("val/skeletons", png, step)
-    if ctx.world_size > 1 and dist.is_initialized():
-        box = [metrics]
-        dist.broadcast_object_list(box, src=0)
-        metrics = box[0]
+    metrics = broadcast_object(metrics)
     model.train(was_training)
     return metrics
 
@@ -108,5 +99,7 @@ def _score(gathered: list[dict], dataset: CocoPoseDataset, cfg) -> dict[str, flo
     if cfg.data.val_bbox_file is not None:
         results = oks_nms(results, cfg.train.oks_nms_threshold)
     stats = evaluate_keypoints(dataset.coco, results)
-    return {"val/loss": loss_sum / count if count else float("nan"), "val/AP": stats["AP"],
-            "val/AP50": stats["AP50"], "val/AP75": stats["AP75"], "val/AR": stats["AR"]}
+    out = {"val/AP": stats["AP"], "val/AP50": stats["AP50"], "val/AP75": stats["AP75"], "val/AR": stats["AR"]}
+    if count:  # detection boxes have no target heatmaps: no loss measured, none reported
+        out["val/loss"] = loss_sum / count
+    return out

@@ -6,31 +6,24 @@ computes the same report (so early-stopping decisions agree without another coll
 """
 from __future__ import annotations
 
-import contextlib
 import json
-import sys
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
-from recognizer_core.train.metrics import classification_report
-from recognizer_core.train.state import unwrap
-
-
-def console(msg: str) -> None:
-    # sys.stdout directly: Ray Train patches print() to also log through its logger, which prints twice
-    sys.stdout.write(msg + "\n")
-    sys.stdout.flush()
-
-
-def autocast(device: torch.device, amp: str):
-    if amp == "none":
-        return contextlib.nullcontext()
-    dtype = torch.float16 if amp == "fp16" else torch.bfloat16
-    return torch.autocast(device_type=device.type, dtype=dtype)
+from recognizer_core.models.checkpoint import load_mmaction_checkpoint
+from recognizer_core.models.recognizer import build_recognizer
+from recognizer_core.skeleton.store import SkeletonDataset
+from recognizer_core.train import data as tdata
+from recognizer_core.train.amp import autocast
+from recognizer_core.train.collectives import all_gather_tensors, all_reduce_max
+from recognizer_core.train.experiment_log import console
+from recognizer_core.train.run_files import RunFiles
+from recognizer_core.train.state import STATE_FILE, unwrap
+from recognizer_core.train.stgcn.metrics import classification_report
+from recognizer_core.train.stgcn.plots import plot_confusion_matrix
 
 
 @torch.no_grad()
@@ -53,15 +46,8 @@ def score_batches(model: torch.nn.Module, batches: Iterable, device: torch.devic
 
 def gather(probs: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """All ranks' valid rows (every rank holds the same number of rows, padding marked invalid)."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        world = dist.get_world_size()
-        out = []
-        for t in (probs, labels.to(torch.int64), valid.to(torch.int64)):
-            parts = [torch.empty_like(t) for _ in range(world)]
-            dist.all_gather(parts, t.contiguous())
-            # rank-major order; the metrics do not depend on the order
-            out.append(torch.cat(parts))
-        probs, labels, valid = out
+    # rank-major order; the metrics do not depend on the order
+    probs, labels, valid = all_gather_tensors(probs, labels.to(torch.int64), valid.to(torch.int64))
     keep = valid.bool().cpu().numpy()
     return probs.cpu().numpy()[keep], labels.cpu().numpy()[keep]
 
@@ -80,9 +66,6 @@ def evaluate(model, batches, device, *, amp: str = "none", label_names: Sequence
 def load_weights(model: torch.nn.Module, checkpoint: str | Path) -> str:
     """Weights from an mmaction2 .pth, a Ray Train checkpoint dir (training_state.pt) or a run folder (its
     exported best_<metric>_epoch_N.pth). Strict: every key must match. Returns what was loaded."""
-    from recognizer_core.models.checkpoint import load_mmaction_checkpoint
-    from recognizer_core.train.state import STATE_FILE
-
     path = Path(checkpoint)
     if path.is_dir():
         if (path / STATE_FILE).is_file():
@@ -100,10 +83,6 @@ def load_weights(model: torch.nn.Module, checkpoint: str | Path) -> str:
 
 
 def _test_batches(cfg, dataset_path: str, split: str, ctx, required: bool):
-    from recognizer_core.skeleton.store import SkeletonDataset
-    from recognizer_core.train import data as tdata
-    from recognizer_core.train.worker import all_reduce
-
     ds = SkeletonDataset(dataset_path)
     k = cfg.model.num_classes
     info = tdata.split_info(ds, split, k, required=required)
@@ -112,7 +91,7 @@ def _test_batches(cfg, dataset_path: str, split: str, ctx, required: bool):
     clips, valid = tdata.eval_shard(ds, info, ctx.rank, ctx.world_size, cfg.data, k, cfg.model.num_joints,
                                     f"{dataset_path} [{split}]")
     bs = cfg.train.val_batch_size or cfg.train.batch_size
-    nb = int(all_reduce([tdata.num_batches_for(len(clips), bs)], dist.ReduceOp.MAX)[0])
+    nb = int(all_reduce_max([tdata.num_batches_for(len(clips), bs)])[0])
     batches = tdata.ShardBatches(clips, nb, bs, cfg.pipeline, train=False, seed=cfg.train.seed, rank=ctx.rank,
                                  num_clips=cfg.pipeline.test_num_clips, num_valid=valid)
     loader, _ = tdata.make_loader(batches, cfg.data.loader_workers, cfg.data.prefetch_batches,
@@ -120,15 +99,12 @@ def _test_batches(cfg, dataset_path: str, split: str, ctx, required: bool):
     return loader, ds
 
 
-def _write_test_outputs(report: dict, out_dir: Path, split: str, source: str, num_clips: int) -> dict:
-    from recognizer_core.train.plots import plot_confusion_matrix
-
-    out_dir.mkdir(parents=True, exist_ok=True)
+def _write_test_outputs(report: dict, files: RunFiles, split: str, source: str, num_clips: int) -> dict:
     result = {k: v for k, v in report.items() if k not in ("scores", "labels")}
     result.update({"split": split, "checkpoint": source, "test_num_clips": num_clips})
-    (out_dir / f"{split}_metrics.json").write_text(json.dumps(result, indent=1))
+    files.path(f"{split}_metrics.json").write_text(json.dumps(result, indent=1))
     plot_confusion_matrix(np.array(report["confusion_matrix"]), report["label_names"],
-                          out_dir / f"confusion_matrix_{split}.png",
+                          files.path(f"confusion_matrix_{split}.png"),
                           title=f"{split} ({num_clips} clip(s)/sample), top-1 {report['acc_top1']:.3f}")
     per_class = ", ".join(f"{n}: P {report['precision'][n]:.3f} R {report['recall'][n]:.3f}"
                           for n in report["label_names"])
@@ -139,42 +115,29 @@ def _write_test_outputs(report: dict, out_dir: Path, split: str, source: str, nu
     return result
 
 
-def test_loop(cfg, dataset_path: str, checkpoint: str, out_dir: str, ctx, split: str) -> dict | None:
-    from recognizer_core.models.recognizer import build_recognizer
-
-    loader, ds = _test_batches(cfg, dataset_path, split, ctx, required=True)
-    model = build_recognizer(cfg.model)
-    source = load_weights(model, checkpoint)
-    model.to(ctx.device)
-    names = _names(cfg, ds)
-    report = evaluate(model, loader, ctx.device, amp=cfg.train.amp, label_names=names)
-    if ctx.rank == 0:
-        return _write_test_outputs(report, Path(out_dir), split, source, cfg.pipeline.test_num_clips)
-    return None
-
-
-def test_after_training(cfg, dataset_path: str, run_dir: str, ctx, summary: dict) -> dict | None:
-    """The best validation model on the test split (if the dataset has one), written into the run folder."""
-    from recognizer_core.models.recognizer import build_recognizer
-
-    split = cfg.data.test_split
-    loader, ds = _test_batches(cfg, dataset_path, split, ctx, required=False)
+def test_loop(cfg, dataset_path: str, checkpoint: str, out_uri: str, ctx, split: str, *, required: bool = True,
+              source: str | None = None) -> dict | None:
+    """Multi-clip test of `checkpoint` (a local .pth, checkpoint folder or run folder) on `split`; rank 0 writes
+    <split>_metrics.json and the confusion matrix into `out_uri` (local, NFS or s3://). With required=False a
+    dataset without that split is skipped with a line."""
+    loader, ds = _test_batches(cfg, dataset_path, split, ctx, required=required)
     if loader is None:
         if ctx.rank == 0:
             console(f"[recognizer] no {split!r} split in {dataset_path}: skipping the test")
         return None
-    if summary.get("best_state_dict") is None:
-        raise RuntimeError("no validated model to test (training ended before the first validation)")
     model = build_recognizer(cfg.model)
-    model.load_state_dict(summary["best_state_dict"], strict=True)
+    loaded = load_weights(model, checkpoint)
     model.to(ctx.device)
-    report = evaluate(model, loader, ctx.device, amp=cfg.train.amp, label_names=_names(cfg, ds))
-    if ctx.rank == 0:
-        return _write_test_outputs(report, Path(run_dir), split, f"best epoch {summary['best']['epoch']}",
-                                   cfg.pipeline.test_num_clips)
-    return None
+    report = evaluate(model, loader, ctx.device, amp=cfg.train.amp, label_names=label_names(cfg, ds))
+    if ctx.rank != 0:
+        return None
+    files = RunFiles(out_uri)
+    try:
+        return _write_test_outputs(report, files, split, source or loaded, cfg.pipeline.test_num_clips)
+    finally:
+        files.sync()
 
 
-def _names(cfg, ds) -> list[str]:
+def label_names(cfg, ds) -> list[str]:
     k = cfg.model.num_classes
     return cfg.data.label_names or (ds.label_names if len(ds.label_names) == k else [str(i) for i in range(k)])

@@ -27,7 +27,7 @@ def plot_curves(history: Sequence[dict], path: str | Path) -> Path:
     axes[1].plot(epochs, [h.get("lr", np.nan) for h in history], marker="o", ms=3, color="tab:orange")
     axes[1].set_title("learning rate")
     axes[1].ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
-    val = [h for h in history if h.get("val/validated")]
+    val = [h for h in history if "val/acc_top1" in h]  # validated epochs only
     for key, label in (("val/acc_top1", "top-1"), ("val/mean_class_accuracy", "mean class acc")):
         axes[2].plot([h["epoch"] for h in val], [h[key] for h in val], marker="o", ms=3, label=label)
     axes[2].set_title("validation")

@@ -1,0 +1,130 @@
+"""Ray Train glue both products share: the worker context, scaling, the RunConfig and the run's folder.
+
+The same TorchTrainer runs on a laptop (gloo, CPU workers) and on a GPU cluster (NCCL, one worker per GPU).
+Fault tolerance is Ray Train's: FailureConfig restarts a failed worker group from the latest reported
+checkpoint, and re-running a job with the same run name and storage path restores the run's checkpoint manager
+snapshot, so `get_checkpoint()` hands the loop the latest checkpoint in both cases.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from contextlib import nullcontext
+
+import ray
+import ray.train
+import ray.train.torch
+from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig, UserCallback
+
+from recognizer_core.skeleton.clip import SkeletonDataError
+from recognizer_core.storage import join_uri, to_uri
+from recognizer_core.train.faults import FAULT_ENV
+from recognizer_core.train.sections import ScalingSection
+
+log = logging.getLogger("recognizer")
+
+
+def checkpoint_name(epoch: int) -> str:
+    return f"checkpoint_epoch_{int(epoch):04d}"
+
+
+class RayTrainContext:
+    """`WorkerContext` of a Ray Train worker."""
+
+    def __init__(self, use_gpu: bool):
+        ctx = ray.train.get_context()
+        self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
+        self.device = ray.train.torch.get_device()
+        if use_gpu and self.device.type != "cuda":  # never train on the CPU when GPUs were asked for
+            raise RuntimeError(f"scaling.use_gpu=true but worker {self.rank} got device {self.device}")
+
+    def prepare_model(self, model):
+        return ray.train.torch.prepare_model(model)  # moves to the device, wraps in DDP when world_size > 1
+
+    def report(self, metrics, checkpoint_dir=None):
+        ckpt = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        ray.train.report(metrics, checkpoint=ckpt,
+                         checkpoint_dir_name=checkpoint_name(metrics["epoch"]) if checkpoint_dir else None)
+
+    def checkpoint_dir(self):
+        ckpt = ray.train.get_checkpoint()
+        return ckpt.as_directory() if ckpt is not None else nullcontext(None)
+
+
+class DataErrorInWorker(RuntimeError):
+    """A worker met bad data (SkeletonDataError): the run ends, it is not retried."""
+
+
+def _data_error(err: BaseException | None) -> BaseException | None:
+    seen = 0
+    while err is not None and seen < 10:  # Ray wraps the worker's exception; look through the chain
+        if isinstance(err, SkeletonDataError) or type(err).__name__ == "SkeletonDataError":
+            return err
+        err, seen = err.__cause__ or getattr(err, "cause", None), seen + 1
+    return None
+
+
+class StopOnDataError(UserCallback):
+    """Ends the run at once when a worker raised a SkeletonDataError. Ray Train V2 retries every worker error
+    up to FailureConfig.max_failures times from the latest checkpoint, and a data error fails the same way each
+    time (minutes of restarts, then the same error). An exception raised by a controller callback is a
+    controller error, which the default failure policy does not retry."""
+
+    def after_exception(self, run_context, worker_exceptions: dict) -> None:
+        for rank, err in sorted(worker_exceptions.items()):
+            found = _data_error(err)
+            if found is not None or "SkeletonDataError" in str(err):
+                msg = str(found) if found is not None else str(err).strip().splitlines()[-1]
+                raise DataErrorInWorker(f"worker {rank}: {msg} (a data error: not retried)")
+
+
+def with_data_error_stop(rc: RunConfig) -> RunConfig:
+    """`rc` with StopOnDataError among its callbacks (a Tune-made RunConfig gets it too)."""
+    callbacks = list(rc.callbacks or [])
+    if not any(isinstance(c, StopOnDataError) for c in callbacks):
+        rc.callbacks = callbacks + [StopOnDataError()]
+    return rc
+
+
+def scaling_config(s: ScalingSection) -> ScalingConfig:
+    """Explicit CPU or GPU workers. With use_gpu the trainer waits until the cluster has the GPUs (an autoscaler
+    adds GPU nodes); it never decides by what the cluster has at the moment, which on a fresh autoscaling
+    cluster is no GPU at all."""
+    resources = {"CPU": s.cpus_per_worker}
+    if s.use_gpu:
+        resources["GPU"] = s.gpus_per_worker
+    if ray.is_initialized():
+        have = ray.cluster_resources()
+        for name, amount in resources.items():
+            if amount * s.num_workers > have.get(name, 0):
+                log.warning("scaling: %d workers x %s %s, but the Ray cluster has %s %s now: the run waits for an "
+                            "autoscaler to add them (on a fixed cluster lower scaling.num_workers / "
+                            "scaling.cpus_per_worker, or set scaling.use_gpu=false)", s.num_workers, amount, name,
+                            have.get(name, 0), name)
+    return ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker=resources,
+                         placement_strategy=s.placement_strategy)
+
+
+def backend(s: ScalingSection) -> str:
+    return "nccl" if s.use_gpu else "gloo"
+
+
+def run_config(*, name: str, storage_path: str, max_failures: int, num_to_keep: int, score_attribute: str,
+               log_level: str = "WARNING") -> RunConfig:
+    """Checkpoints ranked by `score_attribute` (higher is better; only validated epochs carry one), the latest
+    always kept; the fault-injection test hook forwarded to the workers."""
+    env = {FAULT_ENV: os.environ[FAULT_ENV]} if os.environ.get(FAULT_ENV) else {}
+    return RunConfig(
+        name=name, storage_path=to_uri(storage_path),
+        failure_config=FailureConfig(max_failures=max_failures),
+        checkpoint_config=CheckpointConfig(num_to_keep=num_to_keep, checkpoint_score_attribute=score_attribute,
+                                           checkpoint_score_order="max"),
+        worker_runtime_env={"env_vars": env} if env else None,
+        logging_config=LoggingConfig(log_level=log_level),
+        callbacks=[StopOnDataError()],
+    )
+
+
+def run_uri(rc: RunConfig) -> str:
+    """The run's folder in its storage (local/NFS path or s3://...): checkpoints, logs, plots, exports."""
+    return join_uri(to_uri(str(rc.storage_path)), rc.name)

@@ -1,0 +1,1 @@
+"""STGCN++ action recognition training on the shared core (`recognizer_core.train`)."""

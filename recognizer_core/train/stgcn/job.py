@@ -1,0 +1,151 @@
+"""Ray Train jobs of STGCN++: `build_trainer` (training), `test_best` (the best checkpoint on the test split,
+after fit()) and `build_test_trainer` (any model on any split).
+
+Data (demo / pkl) is prepared once, on the driver; light checks of the dataset run there too, so a deterministic
+data error fails before any worker starts instead of being retried.
+"""
+from __future__ import annotations
+
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+from ray.train import Checkpoint, Result, RunConfig
+from ray.train.torch import TorchConfig, TorchTrainer
+
+from recognizer_core.config import ConfigError
+from recognizer_core.skeleton.clip import SkeletonDataError
+from recognizer_core.skeleton.store import SkeletonDataset
+from recognizer_core.storage import is_remote, join_uri, to_uri
+from recognizer_core.train.config import TrainJobConfig
+from recognizer_core.train.data import prepare_dataset, split_info
+from recognizer_core.train.ray_run import RayTrainContext, backend, run_config, run_uri, scaling_config, \
+    with_data_error_stop
+from recognizer_core.train.stgcn.evaluate import test_loop
+from recognizer_core.train.stgcn.loop import train_loop
+from recognizer_core.train.stgcn.run_state import check_resumable
+
+_SNAPSHOT = "checkpoint_manager_snapshot.json"
+
+
+def _train_fn(config: dict) -> None:
+    cfg = TrainJobConfig.model_validate(config["cfg"])
+    train_loop(cfg, config["dataset_path"], config["run_uri"], RayTrainContext(cfg.scaling.use_gpu))
+
+
+def _test_fn(config: dict) -> None:
+    cfg = TrainJobConfig.model_validate(config["cfg"])
+    ckpt = config["checkpoint"]
+    # a Ray checkpoint (maybe in s3://) is fetched to a local folder by each worker; a file path is used as is
+    with ckpt.as_directory() if isinstance(ckpt, Checkpoint) else nullcontext(ckpt) as local:
+        test_loop(cfg, config["dataset_path"], local, config["out_uri"], RayTrainContext(cfg.scaling.use_gpu),
+                  split=config["split"], required=config["required"], source=config.get("source"))
+
+
+def default_run_config(cfg: TrainJobConfig) -> RunConfig:
+    return run_config(name=cfg.run.name, storage_path=cfg.run.storage_path, max_failures=cfg.run.max_failures,
+                      num_to_keep=cfg.checkpoint.num_to_keep, score_attribute=cfg.checkpoint.score_attribute,
+                      log_level=cfg.run.ray_log_level)
+
+
+def run_folder(cfg: TrainJobConfig) -> str:
+    """The run folder of `cfg` (storage_path/name): checkpoints, logs, plots, summary, exported best model."""
+    return run_uri(default_run_config(cfg))
+
+
+def existing_run(run_dir: Path) -> bool:
+    return run_dir.is_dir() and any(run_dir.rglob(_SNAPSHOT))
+
+
+def preflight(cfg: TrainJobConfig, dataset_path: str | Path) -> None:
+    """Checks on the driver that need only the light columns (empty splits, labels outside num_classes), so a
+    deterministic data error fails at once instead of being retried by FailureConfig on every worker."""
+    ds = SkeletonDataset(dataset_path)
+    info = split_info(ds, cfg.data.train_split, cfg.model.num_classes)
+    if len(info) < cfg.scaling.num_workers:
+        raise SkeletonDataError(f"{dataset_path}: split {cfg.data.train_split!r} has {len(info)} clip(s), fewer "
+                                f"than scaling.num_workers={cfg.scaling.num_workers}")
+    split_info(ds, cfg.data.val_split, cfg.model.num_classes)
+
+
+def _check_existing(cfg: TrainJobConfig, rc: RunConfig) -> None:
+    run_dir = Path(run_uri(rc))
+    if not existing_run(run_dir):
+        return
+    if cfg.run.resume == "never":
+        raise ConfigError(f"run.resume=never but run {run_dir} already exists: choose a new run.name or set "
+                          "run.resume=auto to continue it")
+    ckpts = sorted(run_dir.glob("checkpoint_epoch_*"))
+    if ckpts:
+        try:
+            check_resumable(cfg, ckpts[-1])
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+
+
+def dataset_for(cfg: TrainJobConfig) -> str:
+    if is_remote(cfg.run.storage_path):
+        raise ConfigError(f"run.storage_path={cfg.run.storage_path!r}: the STGCN++ job prepares its datasets in "
+                          "the storage folder, so it must be a local or shared (NFS) path")
+    return to_uri(prepare_dataset(cfg.data, Path(to_uri(cfg.run.storage_path)) / "datasets"))
+
+
+def build_trainer(cfg: TrainJobConfig, *, run_config: RunConfig | None = None) -> TorchTrainer:
+    """A TorchTrainer for `cfg`. Without `run_config`, one is built from cfg.run / cfg.checkpoint (name, storage,
+    FailureConfig, keep the best by score_attribute and the latest); a given one (e.g. from Ray Tune, with its
+    callbacks, storage and name, which may be s3://) is used as is."""
+    if run_config is None:
+        run_config = default_run_config(cfg)
+        _check_existing(cfg, run_config)
+    dataset_path = dataset_for(cfg)
+    preflight(cfg, dataset_path)
+    return TorchTrainer(
+        _train_fn,
+        train_loop_config={"cfg": cfg.model_dump(mode="json"), "dataset_path": dataset_path,
+                           "run_uri": run_uri(run_config)},
+        torch_config=TorchConfig(backend=backend(cfg.scaling)),
+        scaling_config=scaling_config(cfg.scaling),
+        run_config=with_data_error_stop(run_config),
+    )
+
+
+def best_checkpoint(result: Result, score_attribute: str) -> tuple[Checkpoint, dict] | None:
+    """The best validated checkpoint Ray kept (only validated epochs carry the score)."""
+    ranked = [(c, m) for c, m in (result.best_checkpoints or []) if m.get(score_attribute) is not None]
+    return max(ranked, key=lambda cm: cm[1][score_attribute]) if ranked else None
+
+
+def _test_trainer(cfg: TrainJobConfig, checkpoint, out_uri: str, split: str, *, required: bool,
+                  source: str | None = None) -> TorchTrainer:
+    out_uri = to_uri(out_uri)
+    ray_storage = join_uri(out_uri, ".ray_test_runs") if is_remote(out_uri) else str(Path(out_uri).parent /
+                                                                                      ".ray_test_runs")
+    return TorchTrainer(
+        _test_fn,
+        train_loop_config={"cfg": cfg.model_dump(mode="json"), "dataset_path": dataset_for(cfg),
+                           "checkpoint": checkpoint, "out_uri": out_uri, "split": split, "required": required,
+                           "source": source},
+        torch_config=TorchConfig(backend=backend(cfg.scaling)),
+        scaling_config=scaling_config(cfg.scaling),
+        run_config=RunConfig(name=f"test_{Path(out_uri).name}_{int(time.time())}", storage_path=ray_storage),
+    )
+
+
+def build_test_trainer(cfg: TrainJobConfig, checkpoint: str | Path, out_dir: str | Path,
+                       split: str | None = None) -> TorchTrainer:
+    """Sharded multi-clip test of `checkpoint` (mmaction2 .pth, a Ray checkpoint dir or a run folder) on `split`."""
+    return _test_trainer(cfg, str(Path(checkpoint).resolve()), str(out_dir), split or cfg.data.test_split,
+                         required=True)
+
+
+def test_best(cfg: TrainJobConfig, result: Result, out_uri: str) -> bool:
+    """After fit(): the best validated checkpoint Ray kept, multi-clip, on data.test_split (skipped with a line
+    when the dataset has no such split); <split>_metrics.json and its confusion matrix go to `out_uri` (the run
+    folder). False when there is nothing to test (no validated checkpoint)."""
+    best = best_checkpoint(result, cfg.checkpoint.score_attribute)
+    if best is None:
+        return False
+    ckpt, metrics = best
+    _test_trainer(cfg, ckpt, out_uri, cfg.data.test_split, required=False,
+                  source=f"best epoch {int(metrics['epoch'])}").fit()
+    return True

@@ -1,0 +1,68 @@
+"""What the STGCN++ loop carries from epoch to epoch and across a resume: one small state object, saved as the
+`extra` of every checkpoint; early stopping (mmengine's hook) and the check that a checkpoint fits the config."""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from recognizer_core.config import read_yaml
+from recognizer_core.train.config import TrainJobConfig
+
+
+class EarlyStopper:
+    """mmengine EarlyStoppingHook (rule 'greater'): stop after `patience` validations without an improvement
+    larger than `min_delta`."""
+
+    def __init__(self, patience: int, min_delta: float, state: dict | None = None):
+        self.patience, self.min_delta = patience, min_delta
+        self.best, self.wait = (state or {}).get("best", -math.inf), (state or {}).get("wait", 0)
+
+    def update(self, value: float) -> bool:
+        if value - self.best > self.min_delta:
+            self.best, self.wait = value, 0
+        else:
+            self.wait += 1
+        return self.wait >= self.patience
+
+    def state(self) -> dict:
+        return {"best": self.best, "wait": self.wait}
+
+
+@dataclass
+class RunState:
+    epoch: int = 0  # completed epochs (1-based numbering: epoch 1 is the first)
+    global_step: int = 0  # batches since the start: the one step axis of every log
+    history: list[dict] = field(default_factory=list)
+    best: dict = field(default_factory=lambda: {"score": -math.inf, "epoch": 0, "file": None})
+    early_stopping: dict = field(default_factory=dict)
+    nonfinite_in_a_row: int = 0
+
+    def to_extra(self, label_names, world_size: int) -> dict:
+        return {**asdict(self), "label_names": list(label_names), "world_size": world_size}
+
+    @classmethod
+    def from_checkpoint(cls, state: dict | None) -> "RunState":
+        if not state:
+            return cls()
+        extra = state.get("extra") or {}
+        known = {k: extra[k] for k in ("global_step", "history", "best", "early_stopping", "nonfinite_in_a_row")
+                 if k in extra}
+        return cls(epoch=int(state["epoch"]), **known)
+
+
+def check_resumable(cfg: TrainJobConfig, ckpt: Path) -> None:
+    """A run continues only with the network and inputs it was trained with; anything else is a new run."""
+    saved_path = ckpt / "config.yaml"
+    if not saved_path.is_file():
+        return
+    saved = read_yaml(saved_path)
+    now = json.loads(cfg.model_dump_json())
+    diffs = [f"{sec}.{k}: checkpoint {saved.get(sec, {}).get(k)!r}, config {v!r}"
+             for sec in ("model", "pipeline") for k, v in now[sec].items()
+             if saved.get(sec, {}).get(k) != v and not (sec == "pipeline" and k == "test_num_clips")
+             and not (sec == "model" and k in ("dropout", "with_cp"))]
+    if diffs:
+        raise ValueError(f"cannot resume run {cfg.run.name!r} from {ckpt}: the model or pipeline changed ("
+                         + "; ".join(diffs) + "). Use a new run.name for a different model")
