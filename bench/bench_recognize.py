@@ -126,7 +126,8 @@ def video_bench(work: Path, threads: int) -> dict:
 
     from tests.fakes.fake_rtmo import build_fake_rtmo, write_marker_video
     from tests.fakes.job_videos import linear_track
-    from recognizer_core.pose.config import DecodeConfig, PoseModelConfig, TrackingConfig
+    from recognizer_core.extract.config import DecodeConfig, PoseModelConfig
+    from recognizer_core.track.config import TrackingConfig
     from recognizer_core.ray_runtime import start_ray
     from recognizer_core.recognize.batch import run_batch
     from recognizer_core.recognize.model import load_recognizer

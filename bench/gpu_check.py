@@ -94,7 +94,7 @@ def _dataset(cfg, work: Path) -> str:
 
 def _train(cfg, dataset: str, run_dir: Path, device: str):
     from recognizer_core.train.loop import train_loop
-    from recognizer_core.train.worker import LocalContext
+    from recognizer_core.train.context import LocalContext
 
     ctx = LocalContext(run_dir / "ckpt", device=device)
     summary = train_loop(cfg, dataset, str(run_dir), ctx)
@@ -158,7 +158,7 @@ def check_dino_step(device: str, work: Path, smoke: bool) -> dict:
     from transformers import Dinov2Config, Dinov2Model
 
     from recognizer_core.models.dino_pose import build_dino_pose_model
-    from recognizer_core.train.dino_pose_config import DinoPoseJobConfig
+    from recognizer_core.train.dino_pose.config import DinoPoseJobConfig
 
     torch.manual_seed(0)
     dims = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128) if smoke else \

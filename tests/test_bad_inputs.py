@@ -51,7 +51,7 @@ def _folder_inside(root, name):
 
 def _dino_cfg(overrides=()):
     from recognizer_core.config import load_config
-    from recognizer_core.train.dino_pose_config import DinoPoseJobConfig
+    from recognizer_core.train.dino_pose.config import DinoPoseJobConfig
 
     return load_config(DinoPoseJobConfig, REPO / "configs" / "dino_pose_base.yaml", list(overrides))
 
@@ -115,8 +115,8 @@ def _space(tmp: Path, params: str):
 
 
 def _onnx(tmp: Path, content: bytes | None):
-    from recognizer_core.pose.backends import OrtBackend
-    from recognizer_core.pose.config import OnnxOptions
+    from recognizer_core.extract.backends import OrtBackend
+    from recognizer_core.extract.config import OnnxOptions
 
     path = tmp / "rtmo.onnx"
     if content is not None:
@@ -308,14 +308,14 @@ CASES = [
         _train_cfg([f"data.path={t / 'nope'}"]).data, t), "SkeletonDataError",
          r"data\.path=.*nope.*: skeleton dataset folder not found"),
     # videos, extraction inputs, the pose model
-    Case("corrupt video", lambda t: __import__("recognizer_core.pose.video", fromlist=["x"]).probe_video(
+    Case("corrupt video", lambda t: __import__("recognizer_core.extract.video", fromlist=["x"]).probe_video(
         str(_write(t, "broken.mp4", b"\x00\x00\x00\x18ftypmp42" + b"\x13" * 200))), "VideoDecodeError",
          r"broken\.mp4: cannot open video"),
-    Case("input folder missing", lambda t: __import__("recognizer_core.pose.sources", fromlist=["x"]).list_folder(
-        __import__("recognizer_core.pose.config", fromlist=["x"]).SourceConfig(input=str(t / "nope"))),
+    Case("input folder missing", lambda t: __import__("recognizer_core.extract.sources", fromlist=["x"]).list_folder(
+        __import__("recognizer_core.extract.config", fromlist=["x"]).SourceConfig(input=str(t / "nope"))),
          "SourceError", r"source\.input: .*nope is not a folder"),
-    Case("manifest CSV without header", lambda t: __import__("recognizer_core.pose.sources", fromlist=["x"])
-         .list_manifest(__import__("recognizer_core.pose.config", fromlist=["x"]).SourceConfig(
+    Case("manifest CSV without header", lambda t: __import__("recognizer_core.extract.sources", fromlist=["x"])
+         .list_manifest(__import__("recognizer_core.extract.config", fromlist=["x"]).SourceConfig(
              manifest_csv=str(_write(t, "videos.csv", b"a.mp4,Fight\n")))), "SourceError",
          r"videos\.csv: needs a header with columns path,label"),
     Case("ONNX model missing", lambda t: _onnx(t, None), "BackendError",

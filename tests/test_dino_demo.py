@@ -8,7 +8,7 @@ import pytest
 
 from recognizer_core.coco_pose import demo
 from recognizer_core.config import load_config
-from recognizer_core.train.dino_pose_config import DinoPoseJobConfig
+from recognizer_core.train.dino_pose.config import DinoPoseJobConfig
 
 
 def test_stick_figures_are_a_coco_keypoint_set(tmp_path):

@@ -79,9 +79,9 @@ def test_windows_resample_to_the_model_fps_and_cover_scene_or_tracks():
 def test_window_scores_on_parquet_equal_the_test_job_path(tmp_path):
     """recognize on the dataset's clips (one window each) == train/evaluate.py's test path on the same clips."""
     from recognizer_core.skeleton.store import SkeletonDataset
-    from recognizer_core.train.evaluate import _test_batches, evaluate, load_weights
+    from recognizer_core.train.stgcn.evaluate import _test_batches, evaluate, load_weights
     from recognizer_core.models.recognizer import build_recognizer
-    from recognizer_core.train.worker import LocalContext
+    from recognizer_core.train.context import LocalContext
 
     run, cfg = make_run_folder(tmp_path)
     loader, _ = _test_batches(cfg, cfg.data.path, "train", LocalContext(tmp_path / "ckpt"), required=True)

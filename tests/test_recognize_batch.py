@@ -15,7 +15,8 @@ pytestmark = pytest.mark.ray
 
 
 def test_batch_mode_events_per_video_bad_video_recorded_and_resume(ray_local, tmp_path):
-    from recognizer_core.pose.config import DecodeConfig, PoseModelConfig, TrackingConfig
+    from recognizer_core.extract.config import DecodeConfig, PoseModelConfig
+    from recognizer_core.track.config import TrackingConfig
     from recognizer_core.recognize.batch import run_batch
     from recognizer_core.recognize.model import load_recognizer
     from recognizer_core.recognize.runner import RecognizeConfig, effective_spec

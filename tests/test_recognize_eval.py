@@ -46,7 +46,7 @@ def test_video_and_event_level_report(tmp_path):
 
 
 def test_recognize_job_evaluates_a_labelled_demo_set(tmp_path):
-    from recognizer_core.pose.pipeline import write_clip_file
+    from recognizer_core.extract.clip_files import write_clip_file
     from recognizer_core.skeleton.demo_sequence import make_demo_sequence
 
     run, _ = make_run_folder(tmp_path)

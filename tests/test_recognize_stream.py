@@ -39,7 +39,7 @@ def setup(tmp_path_factory):
 
 
 def _run(setup, speed, **kw):
-    from recognizer_core.pose.config import PoseModelConfig
+    from recognizer_core.extract.config import PoseModelConfig
     from recognizer_core.recognize.model import load_recognizer
     from recognizer_core.recognize.runner import RecognizeConfig, effective_spec
     from recognizer_core.recognize.stream import run_stream

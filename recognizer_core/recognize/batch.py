@@ -18,11 +18,12 @@ import os
 import time
 from pathlib import Path
 
-from recognizer_core.pose.config import DecodeConfig, PoseModelConfig, SourceConfig, TrackingConfig
-from recognizer_core.pose.manifest import DONE, EMPTY, FAILED, ExtractionManifest
+from recognizer_core.extract.config import DecodeConfig, PoseModelConfig, SourceConfig
+from recognizer_core.track.config import TrackingConfig
+from recognizer_core.extract.manifest import DONE, EMPTY, FAILED, ExtractionManifest
 from recognizer_core.pose.pipeline import PoseInference, VideoAssembler, decode_shard, make_video_clip, plan_video
-from recognizer_core.pose.sources import VideoSource, list_videos
-from recognizer_core.pose.tracking import track_poses
+from recognizer_core.extract.sources import VideoSource, list_videos
+from recognizer_core.track.tracking import track_poses
 from recognizer_core.recognize.outputs import safe_name, write_video_outputs
 from recognizer_core.recognize.runner import RecognizeConfig, recognize_clip
 from recognizer_core.recognize.windows import Window

@@ -30,8 +30,8 @@ def read_labels(source: str | Path, label_names: Sequence[str]) -> tuple[dict[st
     labels: dict[str, str] = {}
     intervals: dict[str, list[dict]] = defaultdict(list)
     if source.is_dir():
-        from recognizer_core.pose.config import SourceConfig
-        from recognizer_core.pose.sources import list_videos
+        from recognizer_core.extract.config import SourceConfig
+        from recognizer_core.extract.sources import list_videos
 
         for v in list_videos(SourceConfig(input=str(source))):
             labels[video_stem(v.rel_path)] = v.label_name
@@ -122,7 +122,7 @@ def write_report(report: dict, out_dir: str | Path) -> list[Path]:
     import json
 
     from recognizer_core.storage import write_text
-    from recognizer_core.train.plots import plot_confusion_matrix
+    from recognizer_core.train.stgcn.plots import plot_confusion_matrix
 
     out_dir = Path(out_dir)
     write_text(out_dir / "evaluation.json", json.dumps(report, indent=1))

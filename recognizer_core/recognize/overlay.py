@@ -33,8 +33,8 @@ def render_recognition_overlay(clip: SkeletonClip, video_uri: str, windows: Sequ
     import av
     from PIL import Image, ImageDraw
 
-    from recognizer_core.pose.overlay import draw_skeletons
-    from recognizer_core.pose.video import iter_frames
+    from recognizer_core.extract.overlay import draw_skeletons
+    from recognizer_core.extract.video import iter_frames
 
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)

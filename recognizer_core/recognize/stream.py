@@ -30,9 +30,9 @@ from recognizer_core.skeleton.clip import SkeletonClip
 
 
 def _pose_pieces():
-    from recognizer_core.pose.rtmo import RtmoPoseEstimator
-    from recognizer_core.pose.tracking import track_poses
-    from recognizer_core.pose.video import letterbox
+    from recognizer_core.extract.rtmo import RtmoPoseEstimator
+    from recognizer_core.track.tracking import track_poses
+    from recognizer_core.extract.video import letterbox
 
     return RtmoPoseEstimator, track_poses, letterbox
 
@@ -143,8 +143,8 @@ def run_stream(rec, spec, cfg: RecognizeConfig, source: str, pose_cfg, *, tracki
                post_url=None, max_seconds: float = 0, speed: float = 1.0, queue_frames: int = 4,
                verbose: bool = True) -> dict:
     """Run until the source ends, `max_seconds` pass or Ctrl-C; returns the summary."""
-    from recognizer_core.pose.backends import build_backend
-    from recognizer_core.pose.config import TrackingConfig
+    from recognizer_core.extract.backends import build_backend
+    from recognizer_core.track.config import TrackingConfig
 
     Estimator, track_poses, letterbox = _pose_pieces()
     tracking = tracking or TrackingConfig(min_track_len=3)
@@ -246,7 +246,7 @@ def _buffer_clip(buf, track_poses, tracking, source: str, stable: StableTrackIds
 
 
 def run_stream_cli(rec, spec, cfg: RecognizeConfig, args) -> int:
-    from recognizer_core.pose.config import PoseModelConfig
+    from recognizer_core.extract.config import PoseModelConfig
     from recognizer_core.recognize.pose_models import PoseModelError, resolve_pose_model
 
     if not args.pose_model:

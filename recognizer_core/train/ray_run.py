@@ -17,7 +17,7 @@ import ray.train.torch
 from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig, UserCallback
 
 from recognizer_core.skeleton.clip import SkeletonDataError
-from recognizer_core.storage import join_uri, to_uri
+from recognizer_core.storage import join_uri, output_uri, to_uri
 from recognizer_core.train.faults import FAULT_ENV
 from recognizer_core.train.sections import ScalingSection
 
@@ -115,7 +115,7 @@ def run_config(*, name: str, storage_path: str, max_failures: int, num_to_keep: 
     always kept; the fault-injection test hook forwarded to the workers."""
     env = {FAULT_ENV: os.environ[FAULT_ENV]} if os.environ.get(FAULT_ENV) else {}
     return RunConfig(
-        name=name, storage_path=to_uri(storage_path),
+        name=name, storage_path=output_uri(storage_path),  # never inside a `ray job submit` package
         failure_config=FailureConfig(max_failures=max_failures),
         checkpoint_config=CheckpointConfig(num_to_keep=num_to_keep, checkpoint_score_attribute=score_attribute,
                                            checkpoint_score_order="max"),

@@ -60,8 +60,8 @@ def stream_scores(cfg, checkpoint: str | Path, dataset_path: str | Path, split: 
     from recognizer_core.models.recognizer import build_recognizer
     from recognizer_core.skeleton.store import SkeletonDataset
     from recognizer_core.train import data as tdata
-    from recognizer_core.train.evaluate import _test_batches, evaluate, load_weights
-    from recognizer_core.train.worker import LocalContext
+    from recognizer_core.train.stgcn.evaluate import _test_batches, evaluate, load_weights
+    from recognizer_core.train.context import LocalContext
 
     model = build_recognizer(cfg.model)
     load_weights(model, checkpoint)

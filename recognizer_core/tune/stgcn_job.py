@@ -73,7 +73,7 @@ def retrain_and_test(best_config: Path, fold_store: str, out_dir: Path) -> dict:
     import ray.train
 
     from recognizer_core.config import load_config
-    from recognizer_core.train.ray_train import build_test_trainer, build_trainer
+    from recognizer_core.train.stgcn.job import build_test_trainer, build_trainer
     from recognizer_core.tune.folds import TRAINVAL
 
     cfg = load_config(TrainJobConfig, best_config, [f"data.path={fold_store}", f"data.train_split={TRAINVAL}",

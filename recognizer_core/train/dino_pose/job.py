@@ -12,7 +12,7 @@ from pathlib import Path
 from ray.train import Result, RunConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from recognizer_core.storage import is_remote, join_uri, to_uri, write_bytes
+from recognizer_core.storage import is_remote, join_uri, output_uri, to_uri, write_bytes
 from recognizer_core.train.dino_pose.config import DinoPoseJobConfig
 from recognizer_core.train.dino_pose.loop import MODEL_FILE, run_dino_pose_training
 from recognizer_core.train.ray_run import RayTrainContext, backend, run_config, run_uri, scaling_config
@@ -29,7 +29,7 @@ def _absolute(path: str | None) -> str | None:
 def resolve_paths(cfg: DinoPoseJobConfig) -> DinoPoseJobConfig:
     data = cfg.data.model_copy(update={k: _absolute(getattr(cfg.data, k)) for k in (
         "train_image_dir", "train_annotation_file", "val_image_dir", "val_annotation_file", "val_bbox_file")})
-    run = cfg.run.model_copy(update={"storage_path": _absolute(cfg.run.storage_path),
+    run = cfg.run.model_copy(update={"storage_path": output_uri(cfg.run.storage_path),
                                      "resume_from": _absolute(cfg.run.resume_from)})
     model = cfg.model
     if Path(model.backbone).expanduser().exists():  # a local checkpoint folder, not a Hub name

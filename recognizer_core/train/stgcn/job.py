@@ -16,7 +16,8 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from recognizer_core.config import ConfigError
 from recognizer_core.skeleton.clip import SkeletonDataError
 from recognizer_core.skeleton.store import SkeletonDataset
-from recognizer_core.storage import is_remote, join_uri, to_uri
+from recognizer_core.skeleton.validate import validate_dataset
+from recognizer_core.storage import is_remote, join_uri, output_uri, to_uri
 from recognizer_core.train.config import TrainJobConfig
 from recognizer_core.train.data import prepare_dataset, split_info
 from recognizer_core.train.ray_run import RayTrainContext, backend, run_config, run_uri, scaling_config, \
@@ -66,6 +67,10 @@ def preflight(cfg: TrainJobConfig, dataset_path: str | Path) -> None:
         raise SkeletonDataError(f"{dataset_path}: split {cfg.data.train_split!r} has {len(info)} clip(s), fewer "
                                 f"than scaling.num_workers={cfg.scaling.num_workers}")
     split_info(ds, cfg.data.val_split, cfg.model.num_classes)
+    # one streamed pass over the keypoints (NaN, T=0, list lengths, far coordinates), cached per dataset version
+    validate_dataset(dataset_path, [cfg.data.train_split, cfg.data.val_split, cfg.data.test_split],
+                     cfg.model.num_classes, cfg.data.nan_policy, num_joints=cfg.model.num_joints,
+                     skip_empty=cfg.data.skip_empty_clips)
 
 
 def _check_existing(cfg: TrainJobConfig, rc: RunConfig) -> None:
@@ -87,7 +92,7 @@ def dataset_for(cfg: TrainJobConfig) -> str:
     if is_remote(cfg.run.storage_path):
         raise ConfigError(f"run.storage_path={cfg.run.storage_path!r}: the STGCN++ job prepares its datasets in "
                           "the storage folder, so it must be a local or shared (NFS) path")
-    return to_uri(prepare_dataset(cfg.data, Path(to_uri(cfg.run.storage_path)) / "datasets"))
+    return to_uri(prepare_dataset(cfg.data, Path(output_uri(cfg.run.storage_path)) / "datasets"))
 
 
 def build_trainer(cfg: TrainJobConfig, *, run_config: RunConfig | None = None) -> TorchTrainer:
