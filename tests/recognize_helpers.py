@@ -10,7 +10,7 @@ from recognizer_core.models.checkpoint import export_mmaction_checkpoint
 from recognizer_core.models.recognizer import build_recognizer
 from recognizer_core.skeleton.demo_data import make_demo_clips
 from recognizer_core.skeleton.store import write_dataset
-from recognizer_core.skeleton.windows import make_windows
+from recognizer_core.dataset.windows import make_windows
 from recognizer_core.train.config import TrainJobConfig
 
 

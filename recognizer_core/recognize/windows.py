@@ -1,4 +1,4 @@
-"""Recognition windows: the training set's windowing (skeleton/windows.py `make_windows`) over a whole video.
+"""Recognition windows: the training set's windowing (dataset/windows.py `make_windows`) over a whole video.
 
 - scene windows (interactions such as fights): the top-M tracks of each window, ranked as build_dataset
   ranks them, one window per start;
@@ -14,7 +14,7 @@ from typing import Literal
 import numpy as np
 
 from recognizer_core.skeleton.clip import SkeletonClip
-from recognizer_core.skeleton.windows import make_windows
+from recognizer_core.dataset.windows import make_windows
 
 
 @dataclass
