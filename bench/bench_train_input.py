@@ -29,8 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.bench_pipeline import make_annotations  # noqa: E402
-from bench.bench_train_step import ratio_stats  # noqa: E402
-from bench.common import MMWorker, machine, median, now, save_result  # noqa: E402
+from bench.common import MMWorker, machine, median, now, ratio_stats, save_result  # noqa: E402
 from recognizer_core.skeleton.transforms import PipelineConfig, prepare_batch  # noqa: E402
 from recognizer_core.skeleton.transforms_torch import batch_features, gather_batch  # noqa: E402
 

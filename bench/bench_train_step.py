@@ -19,7 +19,6 @@ Prints ONE JSON line with a `settings` list.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import time
@@ -31,7 +30,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import MMWorker, machine, median, now, save_result  # noqa: E402
+from bench.common import MMWorker, machine, median, now, ratio_stats, save_result  # noqa: E402
 from recognizer_core.models.recognizer import ModelConfig, build_recognizer  # noqa: E402
 
 M, T, V, C = 4, 100, 17, 3
@@ -45,12 +44,6 @@ def cpu_has_bf16() -> bool:
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def ratio_stats(ref: list[float], ours: list[float]) -> dict:
-    """Paired ratios ref/ours (higher = ours faster): median, min, max."""
-    r = [a / b for a, b in zip(ref, ours)]
-    return {"median": round(statistics.median(r), 3), "min": round(min(r), 3), "max": round(max(r), 3)}
 
 
 class OurStep:

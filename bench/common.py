@@ -29,6 +29,12 @@ def median(xs: list[float]) -> float:
     return float(statistics.median(xs))
 
 
+def ratio_stats(ref: list[float], ours: list[float]) -> dict:
+    """Paired ratios ref/ours of alternated repeats (higher = ours faster): median, min, max."""
+    r = [a / b for a, b in zip(ref, ours)]
+    return {"median": round(statistics.median(r), 3), "min": round(min(r), 3), "max": round(max(r), 3)}
+
+
 class MMWorker:
     """The mmaction2 process (bench/mmaction_worker.py under the side venv), one JSON command at a time."""
 

@@ -60,7 +60,8 @@ def test_raw_batch_split_float64_and_errors():
     cfg = PipelineConfig(feats=["j", "bm"], clip_len=30, num_person=2)
     raw, labels = gather_batch(clips, cfg, train=False)
     assert raw.keypoint.shape == (3, 1, 2, 2, 30, 17, 2) and labels.tolist() == [c.label for c in clips]
-    _bitwise(batch_features(raw.to("cpu"), cfg), prepare_batch(clips, cfg, train=False)[0])
+    # a RawBatch crosses from a loader process to the training process by pickle
+    _bitwise(batch_features(pickle.loads(pickle.dumps(raw)).to("cpu"), cfg), prepare_batch(clips, cfg, train=False)[0])
     # float64 keypoints (a PYSKL pkl) are computed in float64, as the NumPy path
     anns = [dict(keypoint=c.keypoint.astype(np.float64), keypoint_score=c.keypoint_score.astype(np.float64),
                  img_shape=c.img_shape, total_frames=c.keypoint.shape[1], label=c.label, frame_dir=f"c{i}")
