@@ -15,9 +15,10 @@ SHOWN = ("val/acc_top1", "val/mean_class_accuracy", "val/AP", "val/loss", "train
 
 class SearchProgress(Callback):
     def __init__(self, metric: str, mode: str, total: int, concurrency: int, max_epochs: int | None,
-                 interval_s: float = 30.0, extra_shown: tuple[str, ...] = ()):
+                 interval_s: float = 30.0, extra_shown: tuple[str, ...] = (), early_stopping: bool = True):
         self.metric, self.mode, self.total, self.concurrency = metric, mode, total, concurrency
         self.max_epochs, self.interval_s, self.extra_shown = max_epochs, interval_s, extra_shown
+        self.early_stopping = early_stopping
         self.start = time.time()
         self.last_print = -1e9
         self.best: tuple[str, float] | None = None
@@ -41,7 +42,8 @@ class SearchProgress(Callback):
         elapsed = {t: now - self.started[t] for t in running if t in self.started}
         left = estimate_left(self.epochs, elapsed, self.finished_s, running, pending, self.max_epochs,
                              self.concurrency)
-        print(progress_line(counts, self.total, self.best, self.metric, now - self.start, left), flush=True)
+        print(progress_line(counts, self.total, self.best, self.metric, now - self.start, left, self.early_stopping),
+              flush=True)
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self.started[trial.trial_id] = time.time()

@@ -94,15 +94,15 @@ class FoldAggregator:
 
 
 def progress_line(counts: dict[str, int], total: int, best: tuple[str, float] | None, metric: str,
-                  elapsed_s: float, left_s: float | None) -> str:
+                  elapsed_s: float, left_s: float | None, early_stopping: bool = True) -> str:
     """`[tune] progress 12:30 | trials 3 done, 2 running, 5 pending (1 errored) of 10 | best ... | left ~8 min`"""
     done = counts.get("TERMINATED", 0)
     parts = [f"trials {done} done, {counts.get('RUNNING', 0)} running, "
              f"{max(0, total - done - counts.get('RUNNING', 0) - counts.get('ERROR', 0))} pending"
              + (f" ({counts['ERROR']} errored)" if counts.get("ERROR") else "") + f" of {total}"]
     parts.append(f"best {metric} {best[1]:.4f} (trial {best[0]})" if best else f"best {metric}: none measured yet")
-    parts.append(f"left {_clock(left_s)} at most (ASHA stops some trials sooner)" if left_s is not None
-                 else "left: estimating after the first epochs")
+    note = " at most (ASHA stops some trials sooner)" if early_stopping else ""
+    parts.append(f"left {_clock(left_s)}{note}" if left_s is not None else "left: estimating after the first epochs")
     return f"[tune] progress {_clock(elapsed_s)} | " + " | ".join(parts)
 
 
