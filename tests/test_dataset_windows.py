@@ -11,7 +11,7 @@ from recognizer_core.dataset.windows import assign_splits, make_windows, window_
 
 
 def _clip(T=20, M=3):
-    kp = np.arange(M * T * 17 * 2, dtype=np.float32).reshape(M, T, 17, 2)
+    kp = np.arange(M * T * 17 * 2, dtype=np.float32).reshape(M, T, 17, 2) % 300  # inside the 320x240 image
     sc = np.zeros((M, T, 17), np.float32)
     sc[0, :12] = 0.9     # person 0: frames 0-11
     sc[1, 8:] = 0.8      # person 1: frames 8-19

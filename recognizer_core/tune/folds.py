@@ -12,6 +12,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from recognizer_core.skeleton.store import DATASET_JSON, SkeletonDataset
+from recognizer_core.storage import write_text
 
 TRAINVAL = "trainval"
 
@@ -67,7 +68,9 @@ def write_fold_store(dataset_path: str | Path, out_dir: str | Path, k: int, *, s
                            "val_videos": len({g for g, j in zip(groups, fold_of) if j == f})})
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    for f in src.files:  # the view links the source's Parquet files (same names, as _dataset.json lists them)
+    index_file = src.info.get("index_file")  # the light-column index travels with the parts it indexes
+    linked = list(src.files) + ([os.path.join(str(dataset_path), index_file)] if index_file else [])
+    for f in linked:  # the view links the source's Parquet files (same names, as _dataset.json lists them)
         link = out / Path(f).name
         if not link.exists():
             try:
@@ -80,9 +83,7 @@ def write_fold_store(dataset_path: str | Path, out_dir: str | Path, k: int, *, s
     info["metadata"] = {**dict(info.get("metadata") or {}),
                         "folds": {"k": k, "seed": seed, "grouped_by": "source_video", "source": str(dataset_path)}}
     info.setdefault("files", [{"name": Path(f).name, "num_rows": None} for f in src.files])
-    tmp = out / f".{DATASET_JSON}.tmp"
-    tmp.write_text(json.dumps(info, indent=1))
-    os.replace(tmp, out / DATASET_JSON)
+    write_text(out / DATASET_JSON, json.dumps(info, indent=1))
     return {"path": str(out), "folds": info_folds, TRAINVAL: len(ids), "test": len(test_ids)}
 
 
