@@ -285,7 +285,7 @@ def test_dockerfile_is_pinned_locked_and_not_root():
     assert users and users[-1] not in ("root", "0"), "an explicit non-root USER"
     installs = re.findall(r"pip install ([^\n&]+)", text)
     assert installs and all("-c cluster/docker/constraints.txt" in i for i in installs), installs
-    assert '".[gpu,wandb]"' in text and "onnxruntime" not in " ".join(installs)
+    assert '".[gpu,wandb,export]"' in text and "onnxruntime" not in " ".join(installs)
     pins = dict(line.split("==") for line in (CLUSTER / "docker" / "constraints.txt").read_text().splitlines()
                 if "==" in line)
     assert pins["ray"] == _pinned("ray") and pins["torch"] == _pinned("torch")

@@ -16,6 +16,7 @@ Skips (with the reason) where mount namespaces are not allowed (not root, or no 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -113,16 +114,22 @@ class TwoNodeCluster:
         self.wait_nodes(2)
 
     def kill_node2(self) -> None:
-        _killpg(self.node2, signal.SIGKILL)
+        """The machine dies: SIGKILL to every process of node2's mount namespace (raylet, agents, workers; Ray
+        starts its daemons outside the `ray start` process group, so killing the group is not enough)."""
+        for pid in _namespace_pids(self.node2.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.node2.wait(timeout=30)
         self.wait_nodes(1)
 
     def alive_nodes(self) -> int:
         from ray.util.state import list_nodes
 
-        try:
-            return len(list_nodes(address=self.url, filters=[("state", "=", "ALIVE")]))
+        try:  # a dead node's partial answer must not raise: count the ALIVE ones client-side
+            nodes = list_nodes(address=self.url, limit=100, raise_on_missing_output=False, timeout=10)
         except Exception:  # noqa: BLE001 - the dashboard is still starting
             return -1
+        return sum(1 for n in nodes if n.state == "ALIVE")
 
     def wait_nodes(self, n: int, timeout: float = 120) -> None:
         deadline = time.time() + timeout
@@ -174,12 +181,33 @@ class TwoNodeCluster:
         return logs
 
     def stop(self) -> None:
+        leftovers = _namespace_pids(self.node2.pid) if self.node2 is not None else []
         for proc in (self.node2, self.head):
             if proc is not None:
-                _killpg(proc, signal.SIGTERM)
+                _killpg(proc, signal.SIGTERM)  # `ray start --block` stops its node's processes on SIGTERM
                 _killpg(proc, signal.SIGKILL)
+        for pid in leftovers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         for d in (self.head_tmp, self.node2_tmp):
             shutil.rmtree(d, ignore_errors=True)
+
+
+def _namespace_pids(pid: int) -> list[int]:
+    """Every process in the mount namespace of `pid` (none when it is gone or shares ours)."""
+    try:
+        ns = os.readlink(f"/proc/{pid}/ns/mnt")
+    except OSError:
+        return []
+    if ns == os.readlink("/proc/self/ns/mnt"):
+        return []
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/{entry}/ns/mnt") == ns:
+                    pids.append(int(entry))
+    return pids
 
 
 def _killpg(proc: subprocess.Popen, sig: int) -> None:

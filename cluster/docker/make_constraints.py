@@ -19,7 +19,7 @@ from packaging.markers import default_environment
 from packaging.requirements import Requirement
 
 HERE = Path(__file__).resolve().parent
-EXTRAS = ("gpu", "wandb")  # what the Dockerfile installs (plus the base dependencies)
+EXTRAS = ("gpu", "wandb", "export")  # what the Dockerfile installs (plus the base dependencies)
 
 
 def _norm(name: str) -> str:
