@@ -93,7 +93,7 @@ def _dataset(cfg, work: Path) -> str:
 
 
 def _train(cfg, dataset: str, run_dir: Path, device: str):
-    from recognizer_core.train.loop import train_loop
+    from recognizer_core.train.stgcn.loop import train_loop
     from recognizer_core.train.context import LocalContext
 
     ctx = LocalContext(run_dir / "ckpt", device=device)
