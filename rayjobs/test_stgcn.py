@@ -7,6 +7,12 @@ r"""Test an STGCN++ model with Ray Train workers (mmaction2's tools/test.py / di
 --checkpoint takes an mmaction2/PYSKL .pth, a Ray Train checkpoint folder, or a run folder (its exported best
 model); default: the run folder run.storage_path/run.name. Multi-clip testing (pipeline.test_num_clips)
 averages the softmax over clips, as mmaction2 does. Writes <split>_metrics.json and a confusion-matrix PNG.
+
+A multi-stream ensemble (PYSKL's j + b + jm + bm): one training run per stream, each with its config.yaml and
+exported best model; every stream and their fusion (weights chosen on the val split) are scored on val and test,
+in this process (no Ray), into <out>/ensemble.json plus each stream's model (default out: <first run>/../ensemble):
+
+    python rayjobs/test_stgcn.py --runs j=work_dirs/fight_j b=work_dirs/fight_b --metric mean_class_accuracy
 """
 from __future__ import annotations
 
@@ -52,6 +58,42 @@ def _pick_run(cfg: TrainJobConfig, args) -> tuple[TrainJobConfig, Path]:
     return cfg, newest
 
 
+def parse_runs(items: list[str]) -> dict[str, Path]:
+    """["j=work_dirs/a", "b=work_dirs/b"] -> {"j": Path, "b": Path}; each must be a run folder with config.yaml."""
+    runs: dict[str, Path] = {}
+    for item in items:
+        stream, sep, run = item.partition("=")
+        if not sep or not stream or not run:
+            raise ConfigError(f"--runs {item!r}: expected STREAM=RUN_DIR, e.g. j=work_dirs/fight_j")
+        if stream in runs:
+            raise ConfigError(f"--runs: stream {stream!r} given twice")
+        if not (Path(run) / "config.yaml").is_file():
+            raise ConfigError(f"--runs {item!r}: {Path(run) / 'config.yaml'} not found (a training run folder "
+                              "holds the config it was trained with)")
+        runs[stream] = Path(run)
+    return runs
+
+
+def test_ensemble(items: list[str], out: str | None, metric: str) -> int:
+    """Each stream's best model and the weighted fusion on val and test (in-process): one JSON line."""
+    from recognizer_core.tune.ensemble import ensemble_from_runs
+
+    try:
+        runs = parse_runs(items)
+        out_dir = Path(out) if out else next(iter(runs.values())).resolve().parent / "ensemble"
+        report = ensemble_from_runs(runs, out_dir, metric=metric)
+    except (ConfigError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for split in ("val", "test"):
+        if report[split]:
+            print(f"[test_stgcn] {split} {metric}: " + "  ".join(f"{k} {v:.4f}" for k, v in report[split].items()),
+                  flush=True)
+    print(json.dumps({"streams": list(runs), "metric": metric, "weights": report["weights"], "val": report["val"],
+                      "test": report["test"], "ensemble": str(out_dir)}))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     add_config_args(parser, TrainJobConfig, default_config=DEFAULT_CONFIG)
@@ -60,7 +102,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", default=None, help="split to evaluate (default: data.test_split)")
     parser.add_argument("--out", default=None, help="output folder (default: <run folder>/test)")
     parser.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
+    parser.add_argument("--runs", nargs="+", default=None, metavar="STREAM=RUN_DIR",
+                        help="several training runs, one per stream: test each and their fusion (an ensemble); "
+                             "each run's own config.yaml is used, --config/--set/--checkpoint/--split are ignored")
+    parser.add_argument("--metric", choices=["acc_top1", "mean_class_accuracy"], default="acc_top1",
+                        help="with --runs: what the fusion weights maximise on the val split")
     args = parser.parse_args(argv)
+    if args.runs:
+        return test_ensemble(args.runs, args.out, args.metric)
     try:
         cfg, checkpoint = _pick_run(config_from_args(TrainJobConfig, args), args)
     except ConfigError as err:

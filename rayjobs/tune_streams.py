@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     from recognizer_core.ray_runtime import RayStartError, start_ray
-    from recognizer_core.train.ray_train import build_trainer, default_run_config, run_dir_of
+    from recognizer_core.train.stgcn.job import build_trainer, run_folder
 
     try:
         start_ray(args.address, num_cpus=args.num_cpus, job="streams")
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
     if errors:
         return 1
-    out = fuse_streams(cfgs, {s: run_dir_of(default_run_config(c), c) for s, c in cfgs.items()},
+    out = fuse_streams(cfgs, {s: run_folder(c) for s, c in cfgs.items()},
                        storage / args.name / "ensemble", args.metric)
     print(json.dumps({"streams": args.streams, "weights": out["weights"], "val": out["val"], "test": out["test"],
                       "ensemble": str(storage / args.name / "ensemble")}), flush=True)

@@ -240,3 +240,22 @@ def test_test_job_checks_the_split_and_the_run_before_ray(tmp_path, monkeypatch,
     err = capsys.readouterr().err
     assert "no clips in split 'tset' (splits: test, train, val)" in err and ds in err
     assert not ray.is_initialized()
+
+
+def test_features_on_the_worker_train_exactly_as_in_the_loader(tmp_path):
+    """pipeline.device=worker (the loader gathers frames, the loop computes the features on its device) trains
+    and validates bit for bit as pipeline.device=cpu on CPU: same losses, metrics and weights, augmentation,
+    motion streams and multi-clip validation included."""
+    ds = _dataset(tmp_path)
+    common = ["train.epochs=2", "pipeline.feats=[j,b,jm,bm]", "pipeline.random_rotate=15",
+              "pipeline.random_rescale=[0.8,1.2]", "pipeline.random_shift=0.1", "pipeline.test_num_clips=2"]
+    runs = {}
+    for device in ("cpu", "worker"):
+        summary, ctx = _run(_cfg(*common, f"pipeline.device={device}"), ds, tmp_path / device)
+        state = torch.load(tmp_path / device / "ckpt" / "epoch_0002" / "training_state.pt", weights_only=True)
+        runs[device] = (ctx.reports, state["model"])
+    (rep_cpu, w_cpu), (rep_worker, w_worker) = runs["cpu"], runs["worker"]
+    keys = ("train/loss", "val/acc_top1", "val/mean_class_accuracy")
+    assert [[r[k] for k in keys] for r in rep_worker] == [[r[k] for k in keys] for r in rep_cpu]
+    assert len(rep_cpu) == 2 and all(np.isfinite(r["train/loss"]) for r in rep_cpu)
+    assert w_cpu.keys() == w_worker.keys() and all(torch.equal(w_cpu[k], w_worker[k]) for k in w_cpu)

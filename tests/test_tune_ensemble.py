@@ -58,3 +58,51 @@ def test_stream_scores_in_process(tmp_path):
     (pj, yj, ij), (pb, yb, ib) = scores["j"], scores["b"]
     assert pj.shape == pb.shape == (len(ij), 2) and np.allclose(pj.sum(1), 1, atol=1e-5)
     assert ij == ib and np.array_equal(yj, yb) and not np.allclose(pj, pb)  # same clips, different streams
+
+
+def test_test_job_reports_each_stream_and_the_fusion_of_runs(tmp_path, capsys):
+    """`test_stgcn.py --runs j=RUN b=RUN`: two run folders (config.yaml + exported best model) -> each stream and
+    the fusion on val and test, in-process (no Ray), the same numbers as the streams' own scores."""
+    import sys
+    from pathlib import Path
+
+    import ray
+    import torch
+
+    from recognizer_core.config import dump_config, load_config
+    from recognizer_core.export.mmaction import export_best_model
+    from recognizer_core.models.recognizer import build_recognizer
+    from recognizer_core.skeleton.demo_data import write_demo_dataset
+    from recognizer_core.train.config import TrainJobConfig
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from rayjobs.test_stgcn import main as test_main
+
+    data = write_demo_dataset("fight", tmp_path / "demo", num_clips=24, seed=0)
+    runs = {}
+    for seed, feats in enumerate(("j", "b")):
+        run = tmp_path / f"run_{feats}"
+        cfg = load_config(TrainJobConfig, None, [f"data.path={data}", f"pipeline.feats=[{feats}]",
+                                                 "model.base_channels=16", "pipeline.clip_len=8",
+                                                 f"run.storage_path={tmp_path}", f"run.name=run_{feats}"])
+        torch.manual_seed(seed)
+        dump_config(cfg, run / "config.yaml")
+        export_best_model(build_recognizer(cfg.model), str(run), cfg=cfg, epoch=3, label_names=None)
+        runs[feats] = (run, cfg)
+    out = tmp_path / "ens"
+    assert test_main(["--runs", *(f"{s}={r}" for s, (r, _) in runs.items()), "--out", str(out)]) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    saved = json.loads((out / "ensemble.json").read_text())
+    assert line["weights"] == saved["weights"] and set(saved["weights"]) == {"j", "b"}
+    for s, (run, cfg) in runs.items():
+        for split in ("val", "test"):
+            probs, labels, _ = stream_scores(cfg, out / f"{s}.pth", data, split)
+            assert line[split][s] == saved[split][s] == accuracy(probs, labels)
+        assert (out / f"{s}.pth").read_bytes() == (run / "best_acc_top1_epoch_3.pth").read_bytes()
+    assert {"fused", "fused_equal_weights"} <= set(line["test"])
+    assert not ray.is_initialized()
+    # A malformed or missing run is one line naming it, exit status 2.
+    assert test_main(["--runs", f"j={runs['j'][0]}", f"b={tmp_path / 'nowhere'}"]) == 2
+    assert "nowhere/config.yaml not found" in capsys.readouterr().err
+    assert test_main(["--runs", str(runs["j"][0])]) == 2
+    assert "expected STREAM=RUN_DIR" in capsys.readouterr().err

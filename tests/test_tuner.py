@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from recognizer_core.config import load_config
+from recognizer_core.export.mmaction import export_from_checkpoint
 from recognizer_core.models.checkpoint import load_mmaction_checkpoint
 from recognizer_core.models.recognizer import build_recognizer
 from recognizer_core.train.config import TrainJobConfig
@@ -57,8 +58,7 @@ def test_summary_from_records(tmp_path):
     # its run folder holds best_acc_top1_epoch_2.pth. Ray Train kept the latest of equal scores (epoch 3).
     ckpt3 = _checkpoint(space, small, a / "train", 3)
     own = a / "train" / "best_acc_top1_epoch_2.pth"
-    stgcn_job._export_from_checkpoint(space.build_config(TrainJobConfig, small, space.demo), Path(ckpt3),
-                                      a / "train", "acc_top1")
+    export_from_checkpoint(space.build_config(TrainJobConfig, small, space.demo), Path(ckpt3), str(a / "train"))
     (a / "train" / "best_acc_top1_epoch_3.pth").rename(own)
     rec_a = TrialRecord("a", small, [
         {"epoch": 1, "val/acc_top1": 0.5, "train/loss": 0.9},

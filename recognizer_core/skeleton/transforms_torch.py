@@ -173,6 +173,16 @@ def batch_features(raw: RawBatch, cfg: PipelineConfig) -> torch.Tensor:
     return out
 
 
+def model_inputs(x: torch.Tensor | RawBatch, device: torch.device | str, cfg: PipelineConfig | None) -> torch.Tensor:
+    """A loader batch's model input on `device`: a tensor (pipeline.device=cpu) is moved there; a RawBatch
+    (pipeline.device=worker) is moved there and its features computed there."""
+    if isinstance(x, RawBatch):
+        if cfg is None:
+            raise ValueError("a RawBatch (pipeline.device=worker) needs the pipeline config to compute its features")
+        return batch_features(x.to(device, non_blocking=True), cfg)
+    return x.to(device, non_blocking=True)
+
+
 def prepare_batch_torch(clips: Sequence[Any], cfg: PipelineConfig, train: bool, rng: np.random.Generator | None = None,
                         num_clips: int | None = None, device: torch.device | str = "cpu"
                         ) -> tuple[torch.Tensor, torch.Tensor]:

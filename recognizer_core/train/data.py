@@ -32,6 +32,7 @@ from recognizer_core.skeleton.store import SkeletonDataset
 from recognizer_core.skeleton.store_rows import int64_array
 from recognizer_core.skeleton.validate import empty_positions_for, scan_empty_positions, zero_far_joints
 from recognizer_core.skeleton.transforms import PipelineConfig, prepare_batch
+from recognizer_core.skeleton.transforms_torch import gather_batch
 from recognizer_core.train.config import DataConfig
 
 log = logging.getLogger("recognizer")
@@ -365,7 +366,10 @@ class ShardBatches(Dataset):
         sel = slice(b * self.batch_size, (b + 1) * self.batch_size)
         idx = order[sel]
         rng = np.random.default_rng([self.seed, epoch, self.rank, 2, b]) if self.train else None
-        x, y = prepare_batch(self._clips_for(epoch, b, idx), self.pipeline, self.train, rng, self.num_clips)
+        # pipeline.device=worker: only the sampled frames (a RawBatch) leave the loader, the features are computed
+        # on the training worker's device (transforms_torch.model_inputs); same rng draws: exact resume unaffected
+        prepare = gather_batch if self.pipeline.device == "worker" else prepare_batch
+        x, y = prepare(self._clips_for(epoch, b, idx), self.pipeline, self.train, rng, self.num_clips)
         return x, y, torch.from_numpy(valid[sel].copy())
 
 

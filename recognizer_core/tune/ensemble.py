@@ -67,7 +67,7 @@ def stream_scores(cfg, checkpoint: str | Path, dataset_path: str | Path, split: 
     load_weights(model, checkpoint)
     with tempfile.TemporaryDirectory() as tmp:
         loader, ds = _test_batches(cfg, str(dataset_path), split, LocalContext(tmp), required=True)
-        report = evaluate(model, loader, torch.device("cpu"), amp="none")
+        report = evaluate(model, loader, torch.device("cpu"), amp="none", pipeline=cfg.pipeline)
     ids = tdata.split_info(SkeletonDataset(dataset_path), split, cfg.model.num_classes).clip_ids
     return report["scores"], report["labels"], list(ids)
 

@@ -95,8 +95,8 @@ def retrain_and_test(best_config: Path, fold_store: str, out_dir: Path) -> dict:
 def export_best(cfg: TrainJobConfig, checkpoint_dir: Path, out_dir: Path, *, trial_path: str = "") -> list[Path]:
     """The best trial's best model as ONE file: the `best_<metric>_epoch_<N>.pth` its own training run exported
     (copied from `<trial>/train/`), so the summary and the trial's run folder hold the same epoch. When the run
-    folder is not reachable (remote storage), the same model is rebuilt from the checkpoint, which carries the
-    loop's best weights (`extra.best_state_dict`, `extra.best.epoch`)."""
+    folder is not reachable (remote storage), the best trial's checkpoint is exported by the one best-model
+    export (`recognizer_core.export.mmaction`), named by its own epoch."""
     import shutil
 
     metric = cfg.checkpoint.score_attribute.split("/")[-1]
@@ -106,25 +106,7 @@ def export_best(cfg: TrainJobConfig, checkpoint_dir: Path, out_dir: Path, *, tri
     own = sorted(run_dir.glob(f"best_{metric}_epoch_*.pth")) if run_dir is not None and run_dir.is_dir() else []
     if len(own) == 1:
         return [Path(shutil.copy2(own[0], Path(out_dir) / own[0].name))]
-    return [_export_from_checkpoint(cfg, Path(checkpoint_dir), Path(out_dir), metric)]
+    from recognizer_core.export.mmaction import export_from_checkpoint
 
-
-def _export_from_checkpoint(cfg: TrainJobConfig, checkpoint_dir: Path, out_dir: Path, metric: str) -> Path:
-    # The one place that writes an mmaction2 file here: switch to the shared exporter when it lands.
-    import torch
-
-    from recognizer_core.models.checkpoint import export_mmaction_checkpoint, load_into
-    from recognizer_core.models.recognizer import build_recognizer
-    from recognizer_core.train.state import STATE_FILE
-
-    state = torch.load(checkpoint_dir / STATE_FILE, map_location="cpu", weights_only=True)
-    extra = state.get("extra") or {}
-    weights, epoch = state["model"], int(state["epoch"])
-    if extra.get("best_state_dict") and (extra.get("best") or {}).get("epoch"):
-        weights, epoch = extra["best_state_dict"], int(extra["best"]["epoch"])
-    model = build_recognizer(cfg.model)
-    load_into(model, weights, str(checkpoint_dir / STATE_FILE))
-    names = extra.get("label_names") or cfg.data.label_names
-    return export_mmaction_checkpoint(model, out_dir / f"best_{metric}_epoch_{epoch}.pth", cfg=cfg.model,
-                                      epoch=epoch, classes=list(names) if names else None,
-                                      extra_meta={"source": "recognizer tune: best trial"})
+    return [Path(export_from_checkpoint(cfg, Path(checkpoint_dir), str(out_dir),
+                                        extra_meta={"source": "recognizer tune: best trial"}))]

@@ -16,6 +16,8 @@ import torch
 from recognizer_core.models.checkpoint import load_mmaction_checkpoint
 from recognizer_core.models.recognizer import build_recognizer
 from recognizer_core.skeleton.store import SkeletonDataset
+from recognizer_core.skeleton.transforms import PipelineConfig
+from recognizer_core.skeleton.transforms_torch import model_inputs
 from recognizer_core.train import data as tdata
 from recognizer_core.train.amp import autocast
 from recognizer_core.train.collectives import all_gather_tensors, all_reduce_max
@@ -27,13 +29,15 @@ from recognizer_core.train.stgcn.plots import plot_confusion_matrix
 
 
 @torch.no_grad()
-def score_batches(model: torch.nn.Module, batches: Iterable, device: torch.device, amp: str = "none"):
-    """(probabilities (n, K), labels (n,), valid (n,)) over `batches` of (x (N, clips, M, T, V, C), y, valid)."""
+def score_batches(model: torch.nn.Module, batches: Iterable, device: torch.device, amp: str = "none",
+                  pipeline: PipelineConfig | None = None):
+    """(probabilities (n, K), labels (n,), valid (n,)) over `batches` of (x (N, clips, M, T, V, C), y, valid);
+    x may be a RawBatch (pipeline.device=worker), its features computed on `device` with `pipeline`."""
     model.eval()
     net = unwrap(model)  # no DDP forward in eval: no gradient sync needed, and ranks may differ in length
     probs, labels, valid = [], [], []
     for x, y, v in batches:
-        x = x.to(device, non_blocking=True)
+        x = model_inputs(x, device, pipeline)
         with autocast(device, amp):
             p = net.predict(x)
         probs.append(p.float())
@@ -52,8 +56,9 @@ def gather(probs: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor) -> tu
     return probs.cpu().numpy()[keep], labels.cpu().numpy()[keep]
 
 
-def evaluate(model, batches, device, *, amp: str = "none", label_names: Sequence[str] | None = None) -> dict:
-    probs, labels, valid = score_batches(model, batches, device, amp)
+def evaluate(model, batches, device, *, amp: str = "none", label_names: Sequence[str] | None = None,
+             pipeline: PipelineConfig | None = None) -> dict:
+    probs, labels, valid = score_batches(model, batches, device, amp, pipeline)
     scores, y = gather(probs, labels, valid)
     report = classification_report(scores, y, label_names)
     report["scores"] = scores
@@ -128,7 +133,8 @@ def test_loop(cfg, dataset_path: str, checkpoint: str, out_uri: str, ctx, split:
     model = build_recognizer(cfg.model)
     loaded = load_weights(model, checkpoint)
     model.to(ctx.device)
-    report = evaluate(model, loader, ctx.device, amp=cfg.train.amp, label_names=label_names(cfg, ds))
+    report = evaluate(model, loader, ctx.device, amp=cfg.train.amp, label_names=label_names(cfg, ds),
+                      pipeline=cfg.pipeline)
     if ctx.rank != 0:
         return None
     files = RunFiles(out_uri)

@@ -25,6 +25,7 @@ from recognizer_core.config import dump_config
 from recognizer_core.export.mmaction import export_best_model
 from recognizer_core.models.recognizer import build_recognizer
 from recognizer_core.skeleton.store import SkeletonDataset
+from recognizer_core.skeleton.transforms_torch import model_inputs
 from recognizer_core.train import data as tdata
 from recognizer_core.train.amp import AmpPlan, amp_plan
 from recognizer_core.train.collectives import all_reduce, all_reduce_max, distributed
@@ -187,7 +188,7 @@ def train_epoch(tr: Trainer, data: Data, cfg: TrainJobConfig, ctx: WorkerContext
         t_fetch = time.time()
         x, y, _ = next(batches)
         data_wait += time.time() - t_fetch  # ~0 when the loader keeps up: the input pipeline is not the bottleneck
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        x, y = model_inputs(x, device, cfg.pipeline), y.to(device, non_blocking=True)
         boundary = (i + 1) % t_cfg.accumulative_counts == 0 or i + 1 == data.num_batches
         sync = model.no_sync() if (distributed() and not boundary and hasattr(model, "no_sync")) else nullcontext()
         with sync:
@@ -238,7 +239,8 @@ def validate(tr: Trainer, data: Data, cfg: TrainJobConfig, ctx: WorkerContext, s
              ep: int) -> dict:
     """Validation report; a new best is recorded in the state and exported (rank 0) in mmaction2 format."""
     data.val_sampler.set_epoch(ep - 1)
-    report = evaluate(tr.model, data.val_loader, ctx.device, amp=cfg.train.amp, label_names=data.names)
+    report = evaluate(tr.model, data.val_loader, ctx.device, amp=cfg.train.amp, label_names=data.names,
+                      pipeline=cfg.pipeline)
     score = flat_metrics(report, "val")[cfg.checkpoint.score_attribute]
     if score > state.best["score"]:
         file = None
