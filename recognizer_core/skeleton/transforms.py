@@ -294,8 +294,6 @@ def batch_items(clips: Sequence[Any], cfg: PipelineConfig, train: bool, rng: np.
     The frame indices are drawn here, clip by clip, from rng (train): the first draws of a batch's RNG contract,
     shared by the NumPy (prepare_batch) and torch (transforms_torch) paths.
     """
-    import torch  # here, not at the top: the ONNX Runtime recognize path uses test_sample without torch
-
     if len(clips) == 0:
         raise ValueError("prepare_batch needs at least one clip")
     if train and rng is None:
@@ -337,6 +335,8 @@ def prepare_batch(clips: Sequence[Any], cfg: PipelineConfig, train: bool, rng: n
     total_frames, label). train=True samples frames at random and augments (needs rng); train=False is the
     mmaction2 test-mode pipeline. num_clips defaults to cfg.num_clips (train) / cfg.test_num_clips (test).
     """
+    import torch  # here, not at the top: the ONNX Runtime recognize path uses test_sample without torch
+
     items, inds_list, labels, nc = batch_items(clips, cfg, train, rng, num_clips)
     non_finite: list[int] = []
     try:
