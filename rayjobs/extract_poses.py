@@ -2,6 +2,7 @@ r"""Stage 1 + 2 as a Ray Data job: videos -> RTMO poses -> tracked skeletons, on
 
     python rayjobs/extract_poses.py --config configs/extraction.yaml \
         --set source.input=/data/RWF-2000 --set model.onnx.model_path=end2end.onnx --set output=outputs/poses
+    python rayjobs/extract_poses.py --input /data/RWF-2000 --pose-model rtmo-s --output outputs/poses
 
 Decoding runs in CPU tasks (a generator per shard, frames streamed), RTMO in an autoscaling actor pool (the
 model loaded once per actor; up to one actor per GPU of the cluster), tracking and the Parquet write in one Ray
@@ -27,8 +28,9 @@ from recognizer_core.extract.config import ExtractionConfig  # noqa: E402
 from recognizer_core.extract.job import prepare_extraction, run_prepared  # noqa: E402
 from recognizer_core.extract.sources import SourceError  # noqa: E402
 from recognizer_core.ray_runtime import RayStartError, start_ray  # noqa: E402
+from recognizer_core.recognize.pose_models import PoseModelError, resolve_pose_model  # noqa: E402
 
-INPUT_ERRORS = (ConfigError, SourceError, BackendError)
+INPUT_ERRORS = (ConfigError, SourceError, BackendError, PoseModelError)
 
 
 def run_extraction(cfg: ExtractionConfig, verbose: bool = True) -> dict:
@@ -45,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--input", help="shortcut for --set source.input=...")
     parser.add_argument("--output", help="shortcut for --set output=...")
     parser.add_argument("--onnx", help="shortcut for --set model.onnx.model_path=...")
+    parser.add_argument("--pose-model", help="rtmo-s | rtmo-m | rtmo-l (downloaded once, cached) or an RTMO "
+                        ".onnx path: sets model.onnx.model_path")
+    parser.add_argument("--pose-cache", default="~/.cache/recognizer/pose_models", help="--pose-model download cache")
     parser.add_argument("--build-dataset", metavar="DIR", help="after extraction, run stage 3 "
                         "(rayjobs/build_dataset.py defaults) into DIR")
     parser.add_argument("--quiet", action="store_true", help="no per-video lines or progress bars")
@@ -53,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, flag):
             args.overrides.append(f"{field}={getattr(args, flag)}")
     try:
+        if args.pose_model:   # resolved (downloaded) here, before Ray starts
+            path = resolve_pose_model(args.pose_model, args.pose_cache)
+            args.overrides.append(f"model.onnx.model_path={path}")
         cfg = config_from_args(ExtractionConfig, args)
         summary = run_extraction(cfg, verbose=not args.quiet)
     except (*INPUT_ERRORS, RayStartError) as err:

@@ -74,3 +74,29 @@ def test_checksum_mismatch_corrupt_zip_and_missing_model_leave_nothing(served, t
     with pytest.raises(PoseModelError, match=f"sha256 mismatch .* expected {sha}"):
         resolve_pose_model("rtmo-l", tmp_path, url=f"{base}/changing.zip")
     assert _files(tmp_path) == ["rtmo-l", "source.json"]
+
+
+def test_extract_poses_takes_a_pose_model_name_or_path_before_ray_starts(tmp_path, capsys):
+    """--pose-model on the extraction job: a cached name and a local path both set model.onnx.model_path;
+    an unknown one is one `error:` line, exit 2, nothing created (empty input: Ray never starts)."""
+    import json as _json
+
+    import yaml
+
+    from rayjobs.extract_poses import main
+
+    cache = tmp_path / "cache"
+    cached = build_fake_rtmo(cache / "rtmo-s" / "end2end.onnx")  # as a first download leaves it
+    (cache / "rtmo-s" / "source.json").write_text(_json.dumps({"url": POSE_MODELS["rtmo-s"], "sha256": "x"}))
+    (tmp_path / "videos").mkdir()
+    for i, model in enumerate(("rtmo-s", str(cached))):
+        out = tmp_path / f"out{i}"
+        assert main(["--input", str(tmp_path / "videos"), "--pose-model", model, "--pose-cache", str(cache),
+                     "--output", str(out), "--quiet"]) == 0
+        used = yaml.safe_load((out / "extraction_config.yaml").read_text())["model"]["onnx"]["model_path"]
+        assert used == str(cached)
+    capsys.readouterr()
+    assert main(["--input", str(tmp_path / "videos"), "--pose-model", "rtmo-xl", "--pose-cache", str(cache),
+                 "--output", str(tmp_path / "bad"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --pose-model 'rtmo-xl'") and not (tmp_path / "bad").exists()

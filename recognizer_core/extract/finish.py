@@ -7,6 +7,7 @@ from recognizer_core.extract.clip_files import make_video_clip, write_clip_file
 from recognizer_core.extract.config import DecodeConfig
 from recognizer_core.extract.manifest import CLIPS_DIR, DONE, EMPTY, FAILED
 from recognizer_core.extract.stages import unpack_poses
+from recognizer_core.skeleton.clip import SkeletonClip
 from recognizer_core.track.config import TrackingConfig
 from recognizer_core.track.tracking import track_poses
 
@@ -20,31 +21,41 @@ def truncation(payload: dict, decode: DecodeConfig) -> dict:
     return {"decoded_frames": decoded, "declared_frames": declared, "truncated": bool(short)}
 
 
-def finish_video(video: dict, payload: dict, label: int, output_uri: str, decode: DecodeConfig,
-                 tracking: TrackingConfig) -> dict:
-    """video: VideoSource.to_dict() + video_id/key; payload: VideoAssembler.payload(). -> manifest record."""
+def track_video(video: dict, payload: dict, label: int, decode: DecodeConfig,
+                tracking: TrackingConfig) -> tuple[dict, SkeletonClip | None]:
+    """video: VideoSource.to_dict() + video_id; payload: VideoAssembler.payload(). -> (manifest record, the
+    tracked whole-video clip, or None when the record is FAILED / EMPTY). Shared with batch recognize."""
     base = {"uri": video["uri"], "rel_path": video["rel_path"], "video_id": video["video_id"],
             "label_name": video["label_name"], "split": video["split"]}
     if payload["errors"]:
-        return {"status": FAILED, **base, "reason": payload["errors"][0]}
+        return {"status": FAILED, **base, "reason": payload["errors"][0]}, None
     if not len(payload["frame_inds"]):
-        return {"status": FAILED, **base, "reason": "no decodable frames"}
+        return {"status": FAILED, **base, "reason": "no decodable frames"}, None
     trunc = truncation(payload, decode)
     if trunc["truncated"] and not decode.keep_truncated:
         return {"status": FAILED, **base, **trunc, "reason": f"truncated: decoded {trunc['decoded_frames']} of "
-                f"{trunc['declared_frames']} frames the header declares (decode.keep_truncated=false)"}
+                f"{trunc['declared_frames']} frames the header declares (decode.keep_truncated=false)"}, None
     frames = [unpack_poses(p) for p in payload["poses"]]
     tracked = track_poses(payload["frame_inds"], frames, tracking)
     num_det = sum(len(f) for f in frames)
     if tracked.num_persons == 0:
         reason = ("no person detected" if num_det == 0 else
                   f"no track passed the filters ({num_det} detections in {len(frames)} frames)")
-        return {"status": EMPTY, **base, **trunc, "reason": reason, "frames": len(frames)}
+        return {"status": EMPTY, **base, **trunc, "reason": reason, "frames": len(frames)}, None
     clip = make_video_clip(tracked, clip_id=video["video_id"], label=label, label_name=video["label_name"],
                            split=video["split"], source_video=video["uri"], image_hw=payload["image_hw"],
                            fps=payload["fps"], stride=payload["stride"],
                            extra={"rel_path": video["rel_path"], "decoded_by_time": payload["num_shards"] > 1,
                                   "truncated": trunc["truncated"]})
+    return {"status": DONE, **base, **trunc, "frames": len(frames), "persons": tracked.num_persons}, clip
+
+
+def finish_video(video: dict, payload: dict, label: int, output_uri: str, decode: DecodeConfig,
+                 tracking: TrackingConfig) -> dict:
+    """`track_video`, then the clip's Parquet write. -> manifest record."""
+    record, clip = track_video(video, payload, label, decode, tracking)
+    if clip is None:
+        return record
     rel = f"{CLIPS_DIR}/{video['video_id']}.parquet"
     write_clip_file(clip, storage.join_uri(output_uri, rel))
-    return {"status": DONE, **base, **trunc, "output": rel, "frames": len(frames), "persons": tracked.num_persons}
+    return {**record, "output": rel}

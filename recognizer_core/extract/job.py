@@ -26,8 +26,9 @@ from recognizer_core.extract.manifest import DONE, EMPTY, FAILED, ExtractionMani
 from recognizer_core.extract.sources import VideoSource, label_index, list_videos
 from recognizer_core.extract.stages import PoseInference, VideoAssembler, decode_shard, plan_video
 
-_ROW_COLUMNS = ("video_id", "shard", "num_shards", "frame_index", "shard_total", "error", "poses", "img_h",
-                "img_w", "stride", "fps", "declared")
+# the columns of the pose stream the driver reads (VideoAssembler.add); batch recognize reads the same
+ROW_COLUMNS = ("video_id", "shard", "num_shards", "frame_index", "shard_total", "error", "poses", "img_h",
+               "img_w", "stride", "fps", "declared")
 
 
 @dataclass
@@ -187,9 +188,9 @@ def run_prepared(plan: ExtractionPlan, verbose: bool = True) -> dict:
         assemblers: dict[str, VideoAssembler] = {}
         for batch in build_pipeline(cfg, items, pool).iter_batches(batch_size=None, batch_format="numpy"):
             provider = provider or str(batch["provider"][0])
-            cols = [batch[k].tolist() for k in _ROW_COLUMNS]   # plain Python values: cheap per row
+            cols = [batch[k].tolist() for k in ROW_COLUMNS]   # plain Python values: cheap per row
             for values in zip(*cols):
-                row = dict(zip(_ROW_COLUMNS, values))
+                row = dict(zip(ROW_COLUMNS, values))
                 vid = row["video_id"]
                 asm = assemblers.setdefault(vid, VideoAssembler(vid))
                 asm.add(row)

@@ -1,15 +1,12 @@
-"""Batch mode for many videos on Ray Data: decode tasks -> RTMO actor pool -> (driver: tracking) ->
-recognizer actor pool -> events per video, resumable.
+"""Batch mode for many videos, the extraction job's shape with recognition as its last stage: decode tasks ->
+RTMO actor pool (extract/job.py:build_pipeline) -> the driver groups each video's compact per-frame results
+(extract/stages.py:VideoAssembler) -> a Ray task per complete video tracks it (extract/finish.py:track_video)
+-> a recognizer actor scores that clip (model loaded once per actor) -> the driver writes the video's outputs
+and records it in the manifest. Poses here are exactly what extract_poses.py would store; the tracked clips go
+from tracking task to recognizer actor without passing through the driver.
 
-The first half is the extraction job's own plan (pose/pipeline.py: plan_video, decode_shard, PoseInference,
-VideoAssembler, track_poses, make_video_clip), so poses here are exactly what extract_poses.py would store.
-Each video, once its frames are all in, is tracked on the driver and handed to a pool of recognizer actors
-(the model loaded once per actor); finished videos are written and recorded in the manifest as they return.
-A re-run skips videos recorded done (same path, size and mtime) whose events file exists; bad videos are
-recorded in failures.jsonl and the job goes on.
-
-Imports of the extraction stage (pose/*) are the ones listed just below, so a rename of that package is a
-one-place fix.
+A re-run skips videos already recorded (same path, size and mtime); bad videos are recorded in failures.jsonl
+and the job goes on.
 """
 from __future__ import annotations
 
@@ -18,16 +15,17 @@ import os
 import time
 from pathlib import Path
 
-from recognizer_core.extract.config import DecodeConfig, PoseModelConfig, SourceConfig
-from recognizer_core.track.config import TrackingConfig
+from recognizer_core.extract.config import DecodeConfig, ExtractionConfig, PoseModelConfig, RayResources, SourceConfig
+from recognizer_core.extract.finish import track_video
+from recognizer_core.extract.job import ROW_COLUMNS, build_pipeline, resolve_paths
 from recognizer_core.extract.manifest import DONE, EMPTY, FAILED, ExtractionManifest
-from recognizer_core.pose.pipeline import PoseInference, VideoAssembler, decode_shard, make_video_clip, plan_video
 from recognizer_core.extract.sources import VideoSource, list_videos
-from recognizer_core.track.tracking import track_poses
+from recognizer_core.extract.stages import VideoAssembler
 from recognizer_core.recognize.outputs import safe_name, write_video_outputs
 from recognizer_core.recognize.runner import RecognizeConfig, recognize_clip
 from recognizer_core.recognize.windows import Window
 from recognizer_core.storage import to_uri, write_text
+from recognizer_core.track.config import TrackingConfig
 
 
 def is_skeleton_input(path: str) -> bool:
@@ -37,18 +35,21 @@ def is_skeleton_input(path: str) -> bool:
     return p.is_dir() and ((p / "clips").is_dir() or (p / "_dataset.json").exists() or any(p.glob("*.parquet")))
 
 
+def source_config(path: str) -> SourceConfig:
+    return SourceConfig(manifest_csv=path) if path.endswith(".csv") else SourceConfig(input=path)
+
+
 def list_inputs(path: str) -> list[VideoSource]:
     """Videos of a folder / URI (RWF-style layouts give labels), a CSV manifest (path,label[,split]) or one file."""
-    if path.endswith(".csv"):
-        return list_videos(SourceConfig(manifest_csv=path))
-    if os.path.isfile(path):
+    if os.path.isfile(path) and not path.endswith(".csv"):
         st = os.stat(path)
         return [VideoSource(os.path.abspath(path), os.path.basename(path), "", "", st.st_size, st.st_mtime_ns)]
-    return list_videos(SourceConfig(input=path))
+    return list_videos(source_config(path))
 
 
 class RecognizerActor:
-    """One model copy per actor; returns light results (windows without their arrays)."""
+    """One model copy per actor: a tracked clip (from a `track_video` task) -> light results (windows without
+    their arrays), plus the overlay video when asked (written from here, next to the clip)."""
 
     def __init__(self, model: str, model_config: str | None, spec_json: str, cfg_json: str, threads: int):
         from recognizer_core.recognize.model import load_recognizer
@@ -58,99 +59,125 @@ class RecognizerActor:
         self.rec = load_recognizer(model, model_config=model_config, threads=threads, spec=self.spec)
         self.cfg = RecognizeConfig.model_validate_json(cfg_json)
 
-    def recognize(self, key: str, clip):
+    def recognize(self, tracked: tuple, overlay_path: str | None):
+        record, clip = tracked
+        if clip is None:     # failed / empty: the record says why
+            return record, None
         res = recognize_clip(self.rec, clip, self.spec, self.cfg)
+        if overlay_path:
+            from recognizer_core.recognize.overlay import render_recognition_overlay
+
+            render_recognition_overlay(clip, clip.source_video, res.windows, res.probs, self.spec, overlay_path)
         res.windows = [Window(w.video, w.kind, w.start_s, w.end_s, w.track_ids, None) for w in res.windows]
-        return key, res
+        return record, res
 
 
-def pose_plan(items: list[dict], pose: PoseModelConfig, decode: DecodeConfig, pose_actors: int, cpus: float):
-    """The extraction job's Ray Data plan: shards -> decode (CPU tasks) -> RTMO (actor pool)."""
-    import ray
+def _recorded(manifest: ExtractionManifest, key: str, out: Path) -> bool:
+    """Done (and its events file still there), empty or failed. The manifest's own `status` wants a clip file
+    for done videos: here the output is the events file."""
+    done = manifest.records[DONE].get(key)
+    if done is not None and (out / done.get("output", "")).is_file():
+        return True
+    return key in manifest.records[EMPTY] or key in manifest.records[FAILED]
 
-    size = tuple(pose.model_input_size)
-    ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
-    ds = ds.flat_map(plan_video, fn_kwargs={"decode": decode}, num_cpus=cpus)
-    ds = ds.map_batches(decode_shard, batch_size=1, batch_format="numpy", num_cpus=cpus,
-                        fn_kwargs={"decode": decode, "input_size": size}, memory=512 * 1024 * 1024)
-    return ds.map_batches(PoseInference, fn_constructor_kwargs={"model_cfg": pose}, batch_size=pose.batch_size,
-                          batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=pose_actors), num_cpus=cpus)
+
+def _first_line(err: BaseException) -> str:
+    cause = getattr(err, "cause", None) or err   # RayTaskError wraps the task's own exception
+    text = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {text[-1] if text else ''}"
 
 
 def run_batch(*, inputs: str, out: str | Path, model: str, model_config: str | None, spec, cfg: RecognizeConfig,
               pose: PoseModelConfig, decode: DecodeConfig = DecodeConfig(), tracking: TrackingConfig = TrackingConfig(),
               pose_actors: int = 1, recognizer_actors: int = 1, threads: int = 1, cpus: float = 0.5,
               verbose: bool = True) -> dict:
-    """Recognize every video not yet done; returns the summary (also written as summary.json). `cpus`: CPUs
-    reserved per decode task / pose actor / recognizer actor (threads are set separately)."""
+    """Recognize every video not yet done (Ray must be started); returns the summary (also written as
+    summary.json). `cpus`: CPUs reserved per decode task / pose actor / tracking task / recognizer actor
+    (threads are set separately)."""
     import ray
-    from ray.util import ActorPool
 
+    ray.data.DataContext.get_current().enable_progress_bars = False
     out = Path(out)
-    manifest = ExtractionManifest(out)
+    manifest = ExtractionManifest(str(out))
     videos = list_inputs(inputs)
-    todo = [v for v in videos if manifest.status(v.key) is None]
+    todo = [v for v in videos if not _recorded(manifest, v.key, out)]
     by_id = {v.video_id: v for v in todo}
     counts = {DONE: 0, EMPTY: 0, FAILED: 0}
     events_by_video: dict[str, list] = {}
     frames, windows, t0 = 0, 0, time.time()
-    if todo:
-        actor_cls = ray.remote(num_cpus=cpus)(RecognizerActor)
-        model = to_uri(model)
-        model_config = to_uri(model_config) if model_config else None
-        pool = ActorPool([actor_cls.remote(model, model_config, spec.model_dump_json(), cfg.model_dump_json(), threads)
-                          for _ in range(recognizer_actors)])
-        items = [{"video_id": v.video_id, "uri": v.uri, "size": v.size} for v in todo]
-        assemblers: dict[str, VideoAssembler] = {}
 
-        clips: dict = {}  # video id -> tracked clip, kept only when an overlay is asked for
-
-        def record(key, res) -> None:
-            nonlocal windows
-            v = by_id[key]
+    def record(v: VideoSource, rec: dict, res) -> None:
+        nonlocal windows
+        status = rec.pop("status")
+        if res is not None:
             files = write_video_outputs(out, v.rel_path, res.windows, res.probs, res.events, spec, cfg.timeline)
-            if key in clips:
-                from recognizer_core.recognize.overlay import render_recognition_overlay
-
-                render_recognition_overlay(clips.pop(key), v.uri, res.windows, res.probs, spec,
-                                           out / f"{safe_name(v.rel_path)}.overlay.mp4")
-            manifest.record(DONE, v.key, uri=v.uri, rel_path=v.rel_path, video_id=v.video_id,
-                            output=os.path.basename(files["events_jsonl"]), events=len(res.events),
-                            windows=len(res.windows))
+            rec.update(output=os.path.basename(files["events_jsonl"]), events=len(res.events),
+                       windows=len(res.windows))
             events_by_video[v.rel_path] = res.events
             windows += len(res.windows)
-            counts[DONE] += 1
-            if verbose:
-                print(f"[recognize] {sum(counts.values())}/{len(todo)} done   {v.rel_path}: {len(res.events)} "
-                      f"event(s) {[f'{e.label} {e.start_s:.1f}-{e.end_s:.1f}s' for e in res.events]}", flush=True)
+        manifest.record(status, v.key, **rec)
+        counts[status] += 1
+        if verbose:
+            what = (f"{len(res.events)} event(s) {[f'{e.label} {e.start_s:.1f}-{e.end_s:.1f}s' for e in res.events]}"
+                    if res is not None else rec.get("reason", ""))
+            print(f"[recognize] {sum(counts.values())}/{len(todo)} {status:6s} {v.rel_path}: {what}", flush=True)
 
-        for batch in pose_plan(items, pose, decode, pose_actors, cpus).iter_batches(batch_size=None, batch_format="numpy"):
-            for i in range(len(batch["video_id"])):
-                row = {k: val[i] for k, val in batch.items()}
-                vid = str(row["video_id"])
-                asm = assemblers.setdefault(vid, VideoAssembler(vid))
+    if todo:
+        # the extraction job's own plan: same decode shards, same RTMO actors, same paths resolution
+        ecfg = resolve_paths(ExtractionConfig(
+            source=source_config(inputs), output=str(out), decode=decode, model=pose, tracking=tracking,
+            ray=RayResources(num_actors=pose_actors, num_cpus_per_actor=cpus, num_cpus_per_decode_task=cpus,
+                             num_cpus_per_track_task=cpus)))
+        track_task = ray.remote(track_video).options(num_cpus=cpus)
+        actor_cls = ray.remote(num_cpus=cpus)(RecognizerActor)
+        args = (to_uri(model), to_uri(model_config) if model_config else None, spec.model_dump_json(),
+                cfg.model_dump_json(), threads)
+        actors = [actor_cls.remote(*args) for _ in range(recognizer_actors)]
+        load = [0] * len(actors)
+        pending: dict = {}   # result ref -> (video, actor index)
+        max_in_flight = max(2, int(2 * ray.cluster_resources().get("CPU", 1)))
+
+        def collect(block: bool) -> None:
+            if not pending:
+                return
+            ready, _ = ray.wait(list(pending), num_returns=1 if block else len(pending), timeout=None if block else 0)
+            for ref in ready:
+                v, a = pending.pop(ref)
+                load[a] -= 1
+                try:
+                    rec, res = ray.get(ref)
+                except Exception as err:  # noqa: BLE001 - one video's failure never ends the job
+                    rec, res = {"status": FAILED, "uri": v.uri, "rel_path": v.rel_path, "video_id": v.video_id,
+                                "reason": f"tracking/recognition failed: {_first_line(err)}"}, None
+                record(v, rec, res)
+
+        def submit(v: VideoSource, asm: VideoAssembler) -> None:
+            tracked = track_task.remote({**v.to_dict(), "video_id": v.video_id}, asm.payload(), 0, decode, tracking)
+            a = load.index(min(load))
+            overlay = str(out.resolve() / f"{safe_name(v.rel_path)}.overlay.mp4") if cfg.overlay else None
+            pending[actors[a].recognize.remote(tracked, overlay)] = (v, a)
+            load[a] += 1
+            while len(pending) >= max_in_flight:
+                collect(block=True)
+
+        items = [{"video_id": v.video_id, "uri": v.uri, "size": v.size} for v in todo]
+        assemblers: dict[str, VideoAssembler] = {}
+        pipeline = build_pipeline(ecfg, items, (pose_actors, pose_actors))
+        for batch in pipeline.iter_batches(batch_size=None, batch_format="numpy"):
+            for values in zip(*[batch[k].tolist() for k in ROW_COLUMNS]):
+                row = dict(zip(ROW_COLUMNS, values))
+                asm = assemblers.setdefault(row["video_id"], VideoAssembler(row["video_id"]))
                 asm.add(row)
-                if not asm.complete:
-                    continue
-                del assemblers[vid]
-                status = _submit(pool, by_id[vid], asm, tracking, manifest, clips if cfg.overlay else None)
-                frames += len(asm.frames)
-                if status != DONE:
-                    counts[status] += 1
-                    if verbose:
-                        print(f"[recognize] {sum(counts.values())}/{len(todo)} {status}  {by_id[vid].rel_path}",
-                              flush=True)
-                while pool.has_next():  # collect what is ready; never block the pose stream
-                    try:
-                        record(*pool.get_next_unordered(timeout=0))
-                    except TimeoutError:
-                        break
+                if asm.complete:
+                    frames += len(asm.frames)
+                    submit(by_id[row["video_id"]], assemblers.pop(row["video_id"]))
+            collect(block=False)   # never block the pose stream on recognition
+        while pending:
+            collect(block=True)
         for vid in assemblers:  # a shard lost its end marker: record, never crash
             v = by_id[vid]
-            manifest.record(FAILED, v.key, uri=v.uri, rel_path=v.rel_path, reason="incomplete decode")
-            counts[FAILED] += 1
-        while pool.has_next():
-            record(*pool.get_next_unordered())
+            record(v, {"status": FAILED, "uri": v.uri, "rel_path": v.rel_path, "video_id": vid,
+                       "reason": "incomplete: not every shard reported its end"}, None)
     elapsed = time.time() - t0
     summary = {"videos": len(videos), "processed": len(todo), "done": counts[DONE], "empty": counts[EMPTY],
                "failed": counts[FAILED], "skipped": len(videos) - len(todo), "frames": frames, "windows": windows,
@@ -159,27 +186,6 @@ def run_batch(*, inputs: str, out: str | Path, model: str, model_config: str | N
                             for r in manifest.records[FAILED].values()]}
     write_text(out / "summary.json", json.dumps(summary, indent=1))
     return {**summary, "events": events_by_video}
-
-
-def _submit(pool, v: VideoSource, asm: VideoAssembler, tracking: TrackingConfig, manifest, keep=None) -> str:
-    base = {"uri": v.uri, "rel_path": v.rel_path, "video_id": v.video_id}
-    if asm.errors:
-        manifest.record(FAILED, v.key, **base, reason=asm.errors[0])
-        return FAILED
-    inds, frames = asm.ordered()
-    if not frames:
-        manifest.record(FAILED, v.key, **base, reason="no decodable frames")
-        return FAILED
-    tracked = track_poses(inds, frames, tracking)
-    if tracked.num_persons == 0:
-        manifest.record(EMPTY, v.key, **base, reason="no person tracked", frames=len(frames))
-        return EMPTY
-    clip = make_video_clip(tracked, clip_id=v.video_id, label=0, label_name="", split="", source_video=v.uri,
-                           image_hw=asm.image_hw, fps=asm.fps, stride=asm.stride)
-    if keep is not None:
-        keep[v.video_id] = clip
-    pool.submit(lambda actor, c: actor.recognize.remote(v.video_id, c), clip)
-    return DONE
 
 
 def run_batch_cli(rec, spec, cfg: RecognizeConfig, args, model: str) -> dict | None:

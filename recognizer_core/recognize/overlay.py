@@ -1,4 +1,4 @@
-"""Overlay video of a recognition: skeletons and track ids (pose/overlay.py's renderer) plus, per frame, the
+"""Overlay video of a recognition: skeletons and track ids (extract/overlay.py's renderer) plus, per frame, the
 label and score of the window centred nearest that frame: at the top for scene windows, above each person
 for track windows; red while the score is over the class's threshold. PyAV (h264) encode."""
 from __future__ import annotations

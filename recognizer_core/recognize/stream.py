@@ -4,13 +4,13 @@ events printed as they close.
 A reader thread decodes frames (PyAV) into a queue of `queue_frames`; when the recognizer falls behind, the
 oldest queued frame is dropped and counted, so the recognizer always works on the newest frames and says how
 many it skipped. Files and HTTP videos are paced to real time (`speed` x) like a live camera. Every
-`stride_s` of stream time the frames of the last window are tracked (pose/tracking.py over the buffer), cut
+`stride_s` of stream time the frames of the last window are tracked (track/tracking.py over the buffer), cut
 and scored exactly as in batch mode; latency = wall time from the arrival of a window's last frame to its
 score. Events are closed online with the same hysteresis and minimum duration as batch mode; track ids persist
 across the overlapping buffers (`StableTrackIds`). Ctrl-C stops cleanly: open events are closed and a summary
 is printed.
 
-The extraction-stage imports (pose/*) are the three listed in `_pose_pieces`.
+The extraction-stage imports (extract/, track/) are the three listed in `_pose_pieces`.
 """
 from __future__ import annotations
 
