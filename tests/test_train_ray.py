@@ -24,6 +24,7 @@ from recognizer_core.train.faults import FAULT_ENV
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+pytestmark = pytest.mark.ray  # a local Ray runtime and 2-worker Ray Train runs: minutes, 600 s timeout each
 
 TINY = ["model.num_stages=2", "model.base_channels=8", "model.inflate_stages=[2]", "model.down_stages=[2]",
         "pipeline.clip_len=24", "train.epochs=4", "train.batch_size=8", "data.loader_workers=0",
@@ -179,9 +180,11 @@ def test_stopped_run_resumes_exactly(falldown_reference, ray_local, capsys, tmp_
     _assert_same_weights(_final_state(storage / "reference")["model"], _final_state(run)["model"])
 
 
-def test_a_data_error_in_a_worker_ends_the_run_at_once(ray_local, tmp_path, capsys):
-    """A clip the driver's light checks cannot see (all-zero keypoints, found when a worker reads its shard) ends
-    the run with the data error, in one JSON line and exit status 1: not retried run.max_failures times."""
+def test_a_data_error_in_a_worker_ends_the_run_at_once(ray_local, tmp_path, capsys, monkeypatch):
+    """An all-zero clip is caught by the driver's validation before fit() (one line, exit 2). When such an error
+    still reaches a worker (here: the driver's check switched off, as for a file changed after validation), it
+    ends the run with the data error, in one JSON line and exit status 1: not retried run.max_failures times."""
+    import recognizer_core.train.stgcn.job as stgcn_job
     from rayjobs.train_stgcn import main
     from recognizer_core.skeleton.demo_data import make_demo_clips
     from recognizer_core.skeleton.store import write_dataset
@@ -193,6 +196,10 @@ def test_a_data_error_in_a_worker_ends_the_run_at_once(ray_local, tmp_path, caps
     ds = write_dataset(clips, tmp_path / "ds", label_names=("NonFight", "Fight"))
     args = _args("fight_stable.yaml", tmp_path, "broken", f"data.path={ds}", "data.skip_empty_clips=false",
                  "run.max_failures=3")
+    assert main(args) == 2  # the driver's streamed validation names the clip before any worker starts
+    err = capsys.readouterr().err
+    assert broken.clip_id in err and "all zero" in err and "skip_empty_clips" in err
+    monkeypatch.setattr(stgcn_job, "validate_dataset", lambda *a, **k: None)
     assert main(args) == 1
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     # ended by the controller callback (a non-retryable ControllerError), not a WorkerGroupError after retries
