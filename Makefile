@@ -29,6 +29,10 @@ bench: $(STAMP)  # mmaction2 comparisons need `bash bench/setup_mmaction2_venv.s
 	$(BIN)/python bench/bench_train.py
 	$(BIN)/python bench/bench_extract.py
 	$(BIN)/python bench/bench_dino_pose.py
+	$(BIN)/python bench/bench_train_input.py
+	$(BIN)/python bench/bench_dataset.py
+	$(BIN)/python bench/bench_recognize.py
+	$(BIN)/python bench/bench_ensemble.py
 
 clean:
 	rm -rf $(VENV)
