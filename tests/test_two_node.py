@@ -11,6 +11,10 @@
   mid-run and brought back must finish from its last checkpoint with the same final weights and metrics.
 - A 4-trial Tune search (2 at a time, one 0.9-CPU worker each, on nodes of 1 CPU: two workers never fit on one
   node) runs trials on both nodes, and writes its summary to the shared storage.
+- Extraction (fake RTMO, tests/fakes/fake_rtmo.py) reads videos from the shared storage and writes its clips and
+  manifest there; build_dataset then writes the dataset to s3:// on an S3-compatible server (moto) on 127.0.0.1,
+  which every node reaches through AWS_ENDPOINT_URL + keys in its environment (pyarrow's S3 filesystem reads them).
+- DINO pose trains 1 epoch on the tiny random backbone (tests/dino_tiny.py), 2 workers, one per node.
 
 Skips (with the reason) where mount namespaces are not allowed (not root, or no unshare).
 """
