@@ -190,9 +190,12 @@ class TwoNodeCluster:
 
     def stop(self) -> None:
         leftovers = _namespace_pids(self.node2.pid) if self.node2 is not None else []
+        leftovers += [pid for proc in (self.node2, self.head) if proc is not None for pid in _descendants(proc.pid)]
         for proc in (self.node2, self.head):
             if proc is not None:
-                _killpg(proc, signal.SIGTERM)  # `ray start --block` stops its node's processes on SIGTERM
+                # `ray start --block` stops its node's processes on SIGTERM, but the head drains for up to 30 s
+                # (nothing is left to drain here): a few seconds, then every process it started is killed.
+                _killpg(proc, signal.SIGTERM, timeout=5)
                 _killpg(proc, signal.SIGKILL)
         for pid in leftovers:
             with contextlib.suppress(ProcessLookupError):
@@ -218,10 +221,26 @@ def _namespace_pids(pid: int) -> list[int]:
     return pids
 
 
-def _killpg(proc: subprocess.Popen, sig: int) -> None:
+def _descendants(pid: int) -> list[int]:
+    """Every process started (transitively) by `pid`: Ray's daemons leave the `ray start` process group."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                stat = Path(f"/proc/{entry}/stat").read_text()
+                children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _killpg(proc: subprocess.Popen, sig: int, timeout: float = 30) -> None:
     try:
         os.killpg(proc.pid, sig)
-        proc.wait(timeout=30)
+        proc.wait(timeout=timeout)
     except (ProcessLookupError, subprocess.TimeoutExpired):
         pass
 
