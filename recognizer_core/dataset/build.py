@@ -8,7 +8,9 @@ mmaction2 PoseDataset pickle per split (`<split>.pkl` + label map), as the train
 from __future__ import annotations
 
 import json
+import tempfile
 from collections import Counter
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Iterator
 
@@ -85,17 +87,32 @@ def run_build(cfg: DatasetBuildConfig, plan: tuple[list[dict], list[str], int] |
     Returns (and writes) the build summary."""
     cfg = resolve_paths(cfg)
     jobs, names, unlabelled = plan or plan_videos(cfg)
-    out = write_dataset(iter_windows(cfg, jobs), cfg.output, names, rows_per_file=cfg.rows_per_file,
-                        overwrite=cfg.overwrite,
-                        metadata={"source": "rayjobs/build_dataset.py", "poses": str(cfg.poses),
-                                  "window": cfg.window.model_dump(), "split": cfg.split.model_dump()})
-    ds = SkeletonDataset(out)
-    index = ds.index(columns=["label", "split", "source_video"])
-    summary = {"output": str(out), "videos": len(jobs), "unlabelled_videos_skipped": unlabelled,
-               "clips": len(ds), "splits": ds.splits(), "label_names": names,
-               "clips_per_label": {names[k]: v for k, v in sorted(Counter(index["label"].to_pylist()).items())}}
-    if cfg.write_pkl:
-        pkl_dir = Path(cfg.pkl_dir or Path(cfg.output) / "mmaction_pkl")
-        summary["pkl"] = [str(parquet_to_pkl(out, pkl_dir / f"{split}.pkl", split)) for split in ds.splits()]
-    storage.write_text(storage.join_uri(str(out), "build_summary.json"), json.dumps(summary, indent=1))
+    remote = storage.is_remote(cfg.output)
+    if remote and not cfg.overwrite and storage.exists(storage.join_uri(cfg.output, "_dataset.json")):
+        raise ConfigError(f"output: {cfg.output} already holds a skeleton dataset (set overwrite=true)")
+    # The store writer works in a local folder (staged files renamed into place): an object-store output is
+    # built in a staging folder on the driver and uploaded once complete, _dataset.json last, so a reader never
+    # opens a half-uploaded dataset.
+    with tempfile.TemporaryDirectory(prefix="recognizer_dataset_") if remote else nullcontext(cfg.output) as local:
+        out = write_dataset(iter_windows(cfg, jobs), local, names, rows_per_file=cfg.rows_per_file,
+                            overwrite=cfg.overwrite,
+                            metadata={"source": "rayjobs/build_dataset.py", "poses": str(cfg.poses),
+                                      "window": cfg.window.model_dump(), "split": cfg.split.model_dump()})
+        ds = SkeletonDataset(out)
+        index = ds.index(columns=["label", "split", "source_video"])
+        summary = {"output": str(cfg.output), "videos": len(jobs), "unlabelled_videos_skipped": unlabelled,
+                   "clips": len(ds), "splits": ds.splits(), "label_names": names,
+                   "clips_per_label": {names[k]: v for k, v in sorted(Counter(index["label"].to_pylist()).items())}}
+        if cfg.write_pkl:
+            pkl_dir = Path(cfg.pkl_dir or Path(out) / "mmaction_pkl")
+            pkls = [parquet_to_pkl(out, pkl_dir / f"{split}.pkl", split) for split in ds.splits()]
+            summary["pkl"] = [storage.join_uri(cfg.output, "mmaction_pkl", p.name) if remote and not cfg.pkl_dir
+                              else str(p) for p in pkls]
+        if remote:
+            info = Path(out) / "_dataset.json"
+            info_bytes = info.read_bytes()
+            info.unlink()
+            storage.copy_tree(str(out), cfg.output)
+            storage.write_bytes(storage.join_uri(cfg.output, "_dataset.json"), info_bytes)
+    storage.write_text(storage.join_uri(cfg.output, "build_summary.json"), json.dumps(summary, indent=1))
     return summary
