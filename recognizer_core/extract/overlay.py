@@ -44,6 +44,39 @@ def draw_skeletons(image_bgr: np.ndarray, keypoint: np.ndarray, keypoint_score: 
     return np.asarray(img)[..., ::-1].copy()
 
 
+class H264Writer:
+    """An mp4 (h264, yuv420p) opened at the first frame, whose size it takes (cropped to even sides); `close`
+    flushes the encoder. Both overlays (extraction check, recognize) write through it."""
+
+    def __init__(self, path: str | Path, fps: float):
+        self.path, self.fps = Path(path), max(1, int(round(fps or 25)))
+        self.container = self.stream = None
+        self.frames = 0
+
+    def write(self, frame_bgr: np.ndarray) -> None:
+        import av
+
+        if self.container is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.container = av.open(str(self.path), "w")
+            self.stream = self.container.add_stream("libx264", rate=self.fps)
+            self.stream.width, self.stream.height = frame_bgr.shape[1] // 2 * 2, frame_bgr.shape[0] // 2 * 2
+            self.stream.pix_fmt = "yuv420p"
+        crop = np.ascontiguousarray(frame_bgr[: self.stream.height, : self.stream.width])
+        for packet in self.stream.encode(av.VideoFrame.from_ndarray(crop, format="bgr24")):
+            self.container.mux(packet)
+        self.frames += 1
+
+    def close(self) -> None:
+        if self.container is None:
+            return
+        try:
+            for packet in self.stream.encode():
+                self.container.mux(packet)
+        finally:
+            self.container.close()
+
+
 def render_overlay(clip: SkeletonClip, video_uri: str, out_path: str | Path, max_frames: int = 0,
                    fps: float | None = None) -> Path:
     """Render `clip` over the frames of `video_uri` it was extracted from (matched by frame_inds)."""
@@ -57,7 +90,7 @@ def render_overlay(clip: SkeletonClip, video_uri: str, out_path: str | Path, max
     as_png = out_path.suffix.lower() != ".mp4"
     if as_png:
         out_path.mkdir(parents=True, exist_ok=True)
-    writer = stream = None
+    writer = None if as_png else H264Writer(out_path, fps or clip.fps)
     written = 0
     try:
         for idx, image in iter_frames(video_uri, 0, last if by_time else None, by_time=by_time):
@@ -67,29 +100,15 @@ def render_overlay(clip: SkeletonClip, video_uri: str, out_path: str | Path, max
             if t is None:
                 continue
             drawn = draw_skeletons(image, clip.keypoint[:, t], clip.keypoint_score[:, t], clip.track_ids)
-            if as_png:
+            if writer is None:
                 from PIL import Image
 
                 Image.fromarray(drawn[..., ::-1]).save(out_path / f"frame_{idx:06d}.png")
             else:
-                import av
-
-                if writer is None:
-                    out_path.parent.mkdir(parents=True, exist_ok=True)
-                    writer = av.open(str(out_path), "w")
-                    rate = int(round(fps or clip.fps or 25))
-                    stream = writer.add_stream("libx264", rate=max(rate, 1))
-                    stream.width, stream.height = drawn.shape[1] // 2 * 2, drawn.shape[0] // 2 * 2
-                    stream.pix_fmt = "yuv420p"
-                frame = av.VideoFrame.from_ndarray(drawn[: stream.height, : stream.width], format="bgr24")
-                for packet in stream.encode(frame):
-                    writer.mux(packet)
+                writer.write(drawn)
             written += 1
             if max_frames and written >= max_frames:
                 break
-        if writer is not None:
-            for packet in stream.encode():
-                writer.mux(packet)
     finally:
         if writer is not None:
             writer.close()

@@ -30,10 +30,9 @@ def _labels_at(t: float, windows: Sequence, probs: np.ndarray, spec: ModelSpec) 
 
 def render_recognition_overlay(clip: SkeletonClip, video_uri: str, windows: Sequence, probs: np.ndarray,
                                spec: ModelSpec, out_path: str | Path) -> Path:
-    import av
     from PIL import Image, ImageDraw
 
-    from recognizer_core.extract.overlay import draw_skeletons
+    from recognizer_core.extract.overlay import H264Writer, draw_skeletons
     from recognizer_core.extract.video import iter_frames
 
     out_path = Path(out_path)
@@ -42,7 +41,7 @@ def render_recognition_overlay(clip: SkeletonClip, video_uri: str, windows: Sequ
     pos = {int(f): t for t, f in enumerate(inds)}
     times = frame_times(clip)
     ids = [int(i) for i in (clip.track_ids if clip.track_ids is not None else range(clip.num_person))]
-    writer = stream = None
+    writer = H264Writer(out_path, clip.fps)
     try:
         for idx, image in iter_frames(video_uri):
             t = pos.get(idx)
@@ -61,22 +60,9 @@ def render_recognition_overlay(clip: SkeletonClip, video_uri: str, windows: Sequ
                 if vis is not None and vis.any():
                     x, y = clip.keypoint[m, t][vis].min(0)
                     draw.text((float(x), float(y) - 24), f"{name} {score:.2f}", fill=colour)
-            frame_bgr = np.asarray(img)[..., ::-1]
-            if writer is None:
-                writer = av.open(str(out_path), "w")
-                stream = writer.add_stream("libx264", rate=max(1, int(round(clip.fps or 25))))
-                stream.width, stream.height = frame_bgr.shape[1] // 2 * 2, frame_bgr.shape[0] // 2 * 2
-                stream.pix_fmt = "yuv420p"
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame_bgr[: stream.height, : stream.width]),
-                                               format="bgr24")
-            for packet in stream.encode(frame):
-                writer.mux(packet)
-        if writer is not None:
-            for packet in stream.encode():
-                writer.mux(packet)
+            writer.write(np.asarray(img)[..., ::-1])
     finally:
-        if writer is not None:
-            writer.close()
-    if writer is None:
+        writer.close()
+    if writer.frames == 0:
         raise ValueError(f"{video_uri}: no frame of {clip.clip_id!r} found in the video")
     return out_path
