@@ -34,7 +34,11 @@ class GCNHead(nn.Module):
         N, M, C, T, V = x.shape
         if C != self.in_channels:
             raise ValueError(f"GCNHead expects {self.in_channels} feature channels, got {C}")
-        x = x.mean(dim=(3, 4)).mean(dim=1)  # AdaptiveAvgPool2d(1) over (T, V), then mean over persons
+        # mmaction2's AdaptiveAvgPool2d(1) over (T, V), then the mean over persons. As a sum then a scale
+        # on the pooled values: the sum's gradient is a broadcast view, so the backbone's last backward ops
+        # write their outputs in the backbone's own memory format (channels_last). A mean over (T, V) would
+        # materialise its gradient as a fresh NCHW tensor and turn the last block's backward into NCHW.
+        x = (x.sum(dim=(3, 4)) * (1.0 / (T * V))).mean(dim=1)
         if self.dropout is not None:
             x = self.dropout(x)
         return self.fc(x)

@@ -1,7 +1,7 @@
 """STGCN / STGCN++ backbone, faithful to mmaction2 1.2.0 `STGCN` (same state_dict keys, same numerics).
 
 STGCN++ = STGCN(gcn_adaptive='init', gcn_with_res=True, tcn_type='mstcn', layout, mode='spatial').
-Input (N, M, T, V, C) -> output (N, M, C_out, T_out, V).
+Input (N, M, T, V, C) -> output (N, M, C_out, T_out, V), a view of a channels-innermost tensor (see forward).
 """
 from __future__ import annotations
 
@@ -39,11 +39,11 @@ class STGCNBlock(nn.Module):
             self.residual = UnitTCN(in_channels, out_channels, kernel_size=1, stride=stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.tcn(self.gcn(x))
+        y = self.tcn(self.gcn(x))  # a BatchNorm (or dropout) output: adding in place is safe for autograd
         if self.residual_mode == "identity":
-            y = y + x
+            y = y.add_(x)
         elif self.residual_mode == "conv":
-            y = y + self.residual(x)
+            y = y.add_(self.residual(x))
         return self.relu(y)
 
 
@@ -115,12 +115,17 @@ class STGCN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         N, M, T, V, C = x.shape
-        x = x.permute(0, 1, 3, 4, 2).contiguous()  # N M V C T
+        # Channels innermost from here to the head: x is (N*M, T, V, C) in memory and every block sees it as
+        # an (N*M, C, T, V) tensor in channels_last format (a permuted view, no copy), so 1x1 convs and
+        # BatchNorm run as GEMMs / per-channel passes over contiguous rows (1.5x faster than NCHW here).
+        # data_bn normalises each (v, c) (or (m, v, c)) feature over the remaining axes; on a row-major
+        # (rows, features) matrix that is BatchNorm1d's 2-D case.
         if self.data_bn_type == "MVC":
-            x = self.data_bn(x.view(N, M * V * C, T))
+            x = self.data_bn(x.transpose(1, 2).reshape(N * T, M * V * C))
+            x = x.view(N, T, M, V, C).transpose(1, 2).reshape(N * M, T, V, C)
         else:
-            x = self.data_bn(x.view(N * M, V * C, T))
-        x = x.view(N, M, V, C, T).permute(0, 1, 3, 4, 2).contiguous().view(N * M, C, T, V)
+            x = self.data_bn(x.reshape(N * M * T, V * C)).view(N * M, T, V, C)
+        x = x.permute(0, 3, 1, 2)
         use_cp = self.with_cp and self.training and torch.is_grad_enabled()
         for block in self.gcn:
             x = _checkpointed_block(block, x) if use_cp else block(x)
