@@ -1,8 +1,9 @@
 """Gradients of our STGCN++ training step equal those of mmaction2's operation order on the same weights.
 
-Our blocks reorder the math for speed (GCN aggregates over joints before its 1x1 conv, mstcn runs the six
-branch 1x1 convs as one conv). `mmaction_order_forward` below is mmaction2 1.2.0's `unit_gcn` / `mstcn` /
-`STGCNBlock` forward written out literally over our modules' parameters, so both paths share every weight.
+Our blocks reorder the math for speed (channels innermost in memory end to end, GCN aggregates over joints
+before its 1x1 conv, as GEMMs on the last dim, mstcn runs the six branch 1x1 convs as one conv).
+`mmaction_order_forward` below is mmaction2 1.2.0's `STGCN` / `unit_gcn` / `mstcn` / `STGCNBlock` forward
+written out literally, in plain NCHW, over our modules' parameters, so both paths share every weight.
 """
 from __future__ import annotations
 
@@ -13,14 +14,15 @@ import torch
 import torch.nn.functional as F
 
 from recognizer_core.models.gcn_blocks import MSTCN, UnitGCN
-from recognizer_core.models.recognizer import ModelConfig, build_recognizer
-from recognizer_core.models.stgcn import STGCNBlock
+from recognizer_core.models.gcn_head import GCNHead
+from recognizer_core.models.recognizer import ModelConfig, RecognizerGCN, build_recognizer
+from recognizer_core.models.stgcn import STGCN, STGCNBlock
 
 
 def _gcn(m: UnitGCN, x: torch.Tensor) -> torch.Tensor:
-    # mmaction2 unit_gcn (adaptive='init', with_res): conv to K*C_out, einsum over joints, BN, + down(x), act
+    # mmaction2 unit_gcn: conv to K*C_out, einsum over joints, BN, + down(x) (with_res), act
     n, _, t, v = x.shape
-    res = x if m.down is None else m.down(x)
+    res = 0 if not m.with_res else (x if m.down is None else m.down(x))
     y = m.conv(x).view(n, m.num_subsets, m.out_channels, t, v)
     y = torch.einsum("nkctv,kvw->nctw", y, m.adjacency()).contiguous()
     return m.act(m.bn(y) + res)
@@ -33,18 +35,24 @@ def _mstcn(m: MSTCN, x: torch.Tensor) -> torch.Tensor:
 
 def _block(b: STGCNBlock, x: torch.Tensor) -> torch.Tensor:
     res = 0 if b.residual_mode == "none" else (x if b.residual_mode == "identity" else b.residual(x))
-    return b.relu(_mstcn(b.tcn, _gcn(b.gcn, x)) + res)
+    tcn = _mstcn if isinstance(b.tcn, MSTCN) else (lambda m, inp: m(inp))  # unit_tcn: conv + BN
+    return b.relu(tcn(b.tcn, _gcn(b.gcn, x)) + res)
 
 
 def mmaction_order_forward(model, x: torch.Tensor) -> torch.Tensor:
     bb = model.backbone
     N, M, T, V, C = x.shape
     x = x.permute(0, 1, 3, 4, 2).contiguous()
-    x = bb.data_bn(x.view(N * M, V * C, T))
+    if bb.data_bn_type == "MVC":
+        x = bb.data_bn(x.view(N, M * V * C, T))
+    elif bb.data_bn_type == "VC":
+        x = bb.data_bn(x.view(N * M, V * C, T))
     x = x.view(N, M, V, C, T).permute(0, 1, 3, 4, 2).contiguous().view(N * M, C, T, V)
     for block in bb.gcn:
         x = _block(block, x)
-    return model.cls_head(x.reshape((N, M) + x.shape[1:]))
+    x = x.reshape((N, M) + x.shape[1:])
+    head = model.cls_head  # GCNHead: AdaptiveAvgPool2d(1) over (T, V), mean over persons, fc
+    return head.fc(x.mean(dim=(3, 4)).mean(dim=1))
 
 
 def _grads(model, x, y, forward) -> dict[str, torch.Tensor]:
@@ -53,22 +61,21 @@ def _grads(model, x, y, forward) -> dict[str, torch.Tensor]:
     return {k: p.grad.detach().clone() for k, p in model.named_parameters()}
 
 
-@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-9), (torch.float32, 2e-4)])
-def test_gradients_equal_mmaction_order(dtype, tol):
-    torch.manual_seed(0)
-    cfg = ModelConfig(num_classes=3, num_stages=4, base_channels=12, inflate_stages=[2], down_stages=[2],
-                      dropout=0.0)
-    ours = build_recognizer(cfg).train().to(dtype)
+def _perturb(model) -> None:
     with torch.no_grad():  # non-trivial BN affine params and a perturbed adjacency, so every path matters
-        for name, p in ours.named_parameters():
+        for name, p in model.named_parameters():
             if name.endswith("bn.weight") or name.endswith(".1.weight"):
                 p.uniform_(0.5, 1.5)
-            elif name.endswith("bn.bias") or name.endswith(".A"):
+            elif name.endswith("bn.bias") or name.endswith(".A") or name.endswith(".PA"):
                 p.add_(0.1 * torch.randn_like(p))
+
+
+def _assert_same_step(ours, x, y, tol) -> int:
+    """One train-mode forward/backward on `ours` and on a deep copy run in mmaction2's order: equal logits,
+    gradients (relative error on every gradient that is not ~0) and BN running statistics afterwards.
+    Returns how many parameters were compared."""
     ref = copy.deepcopy(ours)
-    x = torch.randn(4, 2, 16, 17, 3, dtype=dtype)
-    x[1, 1] = 0  # a padded person
-    y = torch.tensor([0, 1, 2, 1])
+    torch.testing.assert_close(ours(x), mmaction_order_forward(ref, x), rtol=tol, atol=tol)
     g_ours = _grads(ours, x, y, lambda m, inp: m(inp))
     g_ref = _grads(ref, x, y, mmaction_order_forward)
     assert g_ours.keys() == g_ref.keys()
@@ -82,7 +89,39 @@ def test_gradients_equal_mmaction_order(dtype, tol):
         rel = ((g_ours[k] - g).norm() / g.norm()).item()
         assert rel < tol, f"{k}: relative gradient error {rel:.2e}"
         checked += 1
-    assert checked >= 100, checked  # every weight, BN affine and adjacency of the 4 blocks and the head
-    # the BN running statistics moved identically too
+    # the BN running statistics (three forwards each: two above, one in _grads) moved identically too
+    assert [k for k, _ in ours.named_buffers()] == [k for k, _ in ref.named_buffers()]
     for (k, a), (_, b) in zip(ours.named_buffers(), ref.named_buffers()):
         torch.testing.assert_close(a, b, rtol=tol, atol=tol, msg=k)
+    return checked
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-9), (torch.float32, 2e-4)])
+def test_gradients_equal_mmaction_order(dtype, tol):
+    torch.manual_seed(0)
+    cfg = ModelConfig(num_classes=3, num_stages=4, base_channels=12, inflate_stages=[2], down_stages=[2],
+                      dropout=0.0)
+    ours = build_recognizer(cfg).train().to(dtype)
+    _perturb(ours)
+    x = torch.randn(4, 2, 16, 17, 3, dtype=dtype)
+    x[1, 1] = 0  # a padded person
+    y = torch.tensor([0, 1, 2, 1])
+    # every weight, BN affine and adjacency of the 4 blocks and the head
+    assert _assert_same_step(ours, x, y, tol) >= 100
+
+
+@pytest.mark.parametrize("variant", [
+    dict(data_bn_type="MVC"), dict(data_bn_type=None), dict(gcn_adaptive=None), dict(gcn_adaptive="offset"),
+    dict(gcn_adaptive="importance"), dict(tcn_type="unit_tcn", gcn_with_res=False), dict(in_channels=12)])
+def test_backbone_variants_equal_mmaction_order(variant):
+    # The other STGCN options mmaction2 / PYSKL checkpoints use, on the channels-last path: data_bn over
+    # M*V*C or none, fixed / offset / importance adjacency, STGCN's 9x1 unit_tcn without the gcn residual,
+    # and an input wide enough for the aggregate-then-GEMM GCN in the first block too (not the dense one).
+    torch.manual_seed(0)
+    kw = dict(in_channels=3, base_channels=8, num_stages=3, inflate_stages=[3], down_stages=[3], num_person=2)
+    backbone = STGCN(**{**kw, **variant}).double()
+    ours = RecognizerGCN(backbone, GCNHead(3, backbone.out_channels)).double().train()
+    _perturb(ours)
+    x = torch.randn(3, 2, 12, 17, backbone.in_channels, dtype=torch.float64)
+    x[2, 1] = 0
+    assert _assert_same_step(ours, x, torch.tensor([0, 2, 1]), 1e-9) >= 20
