@@ -122,6 +122,35 @@ def test_summary_with_no_successful_trial(tmp_path):
                                              "learning_curves"}
 
 
+def test_on_a_tie_the_progress_line_and_the_summary_name_the_same_trial(tmp_path, capsys):
+    """One rule (records.pick_best_trial): the best value, on a tie the trial Tune created first, never an
+    errored one. Trials a, b, c were created in that order; b reaches 0.8 before a does, c leads and then errors."""
+    from types import SimpleNamespace
+
+    from recognizer_core.tune.progress import SearchProgress
+
+    space = _space()
+    params = space.start_points()[0]
+    trials = [SimpleNamespace(trial_id=t, status="RUNNING") for t in ("a", "b", "c")]  # Tune's list: creation order
+    reports = {"a": [], "b": [], "c": []}
+    progress = SearchProgress("val/acc_top1", "max", total=3, concurrency=3, max_epochs=2, interval_s=0.0)
+    for trial_id, epoch, value in (("b", 1, 0.8), ("a", 1, 0.6), ("c", 1, 0.9), ("a", 2, 0.8), ("b", 2, 0.7)):
+        reports[trial_id].append({"epoch": epoch, "val/acc_top1": value})
+        progress.on_trial_result(0, trials, trials["abc".index(trial_id)], reports[trial_id][-1])
+    assert progress.best == ("c", 0.9)
+    trials[2].status = "ERROR"
+    progress.on_trial_error(0, trials, trials[2])
+    capsys.readouterr()
+    progress.on_step_begin(0, trials)
+    assert "best val/acc_top1 0.8000 (trial a)" in capsys.readouterr().out  # not b, which got there first
+    records = [TrialRecord("a", params, reports["a"]), TrialRecord("b", params, reports["b"]),
+               TrialRecord("c", params, reports["c"], error="RuntimeError: lost")]
+    summary = write_summary(records, space, TrainJobConfig, metric="val/acc_top1", mode="max", extra=space.demo,
+                            out_dir=tmp_path, experiment_uri=str(tmp_path), plots=False)
+    assert (summary["best_trial"], summary["best_value"]) == progress.best == ("a", 0.8)
+    assert summary["best_at"] == {"epoch": 2}
+
+
 def _start(cmd: list[str], log: Path) -> subprocess.Popen:
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
     env.pop("RAY_ADDRESS", None)
