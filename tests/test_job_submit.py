@@ -110,7 +110,7 @@ def test_tune_job_submitted_to_a_local_head(tmp_path):
         logs = client.get_job_logs(job_id)
         assert status == JobStatus.SUCCEEDED, f"{status}\n{logs[-6000:]}"
         # The job ran on this cluster (not a local Ray of its own) and says where its results are.
-        assert "Started a local Ray instance" not in logs
+        assert "[tune] running on the Ray cluster at" in logs and "a private local Ray" not in logs
         assert "[tune] SMOKE" in logs and "[tune] best trial" in logs
         assert f"results, best config, best checkpoint and plots: {storage / 'job' / 'summary'}" in logs
         assert "runs from a package uploaded by `ray job submit`" in logs  # and it says where results go
