@@ -8,8 +8,6 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,16 +17,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from tests.ray_heads import free_port, stop_head
+
 REPO = Path(__file__).resolve().parents[1]
 # What the working_dir upload leaves out (Ray also honours .gitignore): environments, outputs, caches.
 EXCLUDES = [".venv", ".git", "work_dirs", "outputs", "runs", "**/__pycache__", "*.egg-info", ".pytest_cache",
             "bench/results"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_http(url: str, timeout: float) -> None:
@@ -67,7 +61,7 @@ def test_tune_job_submitted_to_a_local_head(tmp_path):
 
     # Every port of this head is free-picked: the defaults (e.g. the dashboard agent's 52365) may be held by
     # another Ray on this machine, and a job can only be submitted through this head's own agent.
-    gcs_port, dash_port, agent_port = _free_port(), _free_port(), _free_port()
+    gcs_port, dash_port, agent_port = free_port(), free_port(), free_port()
     url = f"http://127.0.0.1:{dash_port}"
     token = secrets.token_hex(24)
     venv_bin = str(Path(sys.executable).parent)
@@ -126,16 +120,5 @@ def test_tune_job_submitted_to_a_local_head(tmp_path):
         leaked = [p for p in Path(temp_dir).rglob("work_dirs") if "_ray_pkg_" in str(p)]
         assert not leaked, f"results written inside Ray's job package: {leaked}"
     finally:
-        # Stop this head only (never `ray stop`, which stops every Ray on the machine): SIGTERM to the
-        # `ray start --block` process group, which takes its GCS, raylet and dashboard down with it.
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(head.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                head.wait(timeout=30)
-                break
-            except subprocess.TimeoutExpired:
-                continue
+        stop_head(head)  # this head only (never `ray stop`), in seconds (no 30 s drain)
         shutil.rmtree(temp_dir, ignore_errors=True)

@@ -31,7 +31,9 @@ def _run(tmp_path: Path, *extra: str) -> str:
 @pytest.mark.ray
 @pytest.mark.timeout(420)
 def test_cross_validated_search_then_one_test_score(tmp_path):
-    log = _run(tmp_path, "--folds", "2", "--num-samples", "2", "--max-concurrent-trials", "1")
+    # Both trials at once (4 fold runs of 0.45 CPU + 2 drivers fit in 2 CPUs): one wave of Train start-ups, not two.
+    log = _run(tmp_path, "--folds", "2", "--num-samples", "2", "--max-concurrent-trials", "2",
+               "--cpus-per-worker", "0.45")
     exp = tmp_path / "tune_fight_smoke_cv2"
     summary = json.loads((exp / "summary" / "summary.json").read_text())
     # The summary leads with the winner's single score on the test split the search never saw.
@@ -57,7 +59,8 @@ def test_cross_validated_search_then_one_test_score(tmp_path):
 @pytest.mark.ray
 @pytest.mark.timeout(420)
 def test_multi_objective_search_pareto_front(tmp_path):
-    log = _run(tmp_path, "--objective", "latency", "--num-samples", "3", "--max-concurrent-trials", "2",
+    # The 3 trials in one wave (3 x 0.55 CPU fit in 2): a front of 3 points without a second round of start-ups.
+    log = _run(tmp_path, "--objective", "latency", "--num-samples", "3", "--max-concurrent-trials", "3",
                "--scheduler", "fifo")
     out = tmp_path / "tune_fight_smoke_mo" / "summary"
     summary = json.loads((out / "summary.json").read_text())

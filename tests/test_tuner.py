@@ -181,8 +181,9 @@ def _kill_group(proc: subprocess.Popen) -> None:
 @pytest.mark.ray
 @pytest.mark.timeout(420)
 def test_resume_after_killing_the_driver(tmp_path):
+    # Both trials at once: the kill lands while both run, and the re-run continues them side by side.
     cmd = [sys.executable, "rayjobs/tune_fight.py", "--smoke", "--num-samples", "2", "--max-concurrent-trials",
-           "1", "--storage-path", str(tmp_path), "--name", "resume", "--num-cpus", "2"]
+           "2", "--storage-path", str(tmp_path), "--name", "resume", "--num-cpus", "2"]
     first = tmp_path / "first.log"
     proc = _start(cmd, first)
     try:
