@@ -47,12 +47,13 @@ def _started(pid: int) -> str | None:
         return None
 
 
-def stop_head(proc: subprocess.Popen, extra_pids: list[int] = ()) -> None:
+def stop_head(proc: subprocess.Popen, extra_pids: list[int] = (), grace_s: float = 5) -> None:
     """Stop one `ray start --block` node and everything it started (never `ray stop`, which stops every Ray on
     the machine). SIGTERM makes `ray start --block` stop its node, but a head then drains for up to 30 s with
     nothing left to drain: a few seconds, then every process it started is killed."""
     leftovers = [(pid, _started(pid)) for pid in [*extra_pids, *descendants(proc.pid)]]
-    killpg(proc, signal.SIGTERM, timeout=5)
+    if grace_s > 0:
+        killpg(proc, signal.SIGTERM, timeout=grace_s)
     killpg(proc, signal.SIGKILL)
     for pid, started in leftovers:
         if started is not None and _started(pid) == started:  # still the process we saw, not a reused pid

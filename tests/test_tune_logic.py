@@ -40,10 +40,11 @@ def test_reports_carry_val_metrics_only_when_measured_and_count_validations():
 
 def test_fold_aggregator_reports_each_epoch_once_all_folds_reached_it():
     agg = FoldAggregator(3, ("val/acc_top1",))
-    assert agg.add(0, {"epoch": 1, "train/loss": 1.0, "val_round": 0}) == []
-    assert agg.add(1, {"epoch": 1, "train/loss": 2.0, "val_round": 0}) == []
-    (e1,) = agg.add(2, {"epoch": 1, "train/loss": 3.0, "val_round": 0})
+    assert agg.add(0, {"epoch": 1, "train/loss": 1.0, "val_round": 0, "model/latency_ms": 4.0}) == []
+    assert agg.add(1, {"epoch": 1, "train/loss": 2.0, "val_round": 0, "model/latency_ms": 4.0}) == []
+    (e1,) = agg.add(2, {"epoch": 1, "train/loss": 3.0, "val_round": 0, "model/latency_ms": 4.0})
     assert e1["train/loss"] == 2.0 and "val/acc_top1" not in e1 and e1["cv/folds"] == 3
+    assert e1["model/latency_ms"] == 4.0  # a measured objective (--folds with --objective) is carried, not dropped
     for f, v in enumerate([0.5, 0.7, 0.9]):
         out = agg.add(f, {"epoch": 2, "val/acc_top1": v, "train/loss": 1.0, "val_round": 1})
     (e2,) = out

@@ -9,7 +9,7 @@
 - Every job goes through `ray job submit` (the Jobs API) with the repository as working_dir.
 - STGCN++ trains with 2 workers placed STRICT_SPREAD (one per node); the same run with the second node killed
   mid-run and brought back must finish from its last checkpoint with the same final weights and metrics.
-- A 2-trial Tune search (both at once, one 0.9-CPU worker each, on nodes of 1 CPU: two workers never fit on one
+- A 4-trial Tune search (2 at a time, one 0.9-CPU worker each, on nodes of 1 CPU: two workers never fit on one
   node) runs trials on both nodes, and writes its summary to the shared storage.
 - Extraction (fake RTMO, tests/fakes/fake_rtmo.py) reads videos from the shared storage and writes its clips and
   manifest there; build_dataset then writes the dataset to s3:// on an S3-compatible server (moto) on 127.0.0.1,
@@ -184,8 +184,8 @@ class TwoNodeCluster:
         return logs
 
     def stop(self) -> None:
-        if self.node2 is not None:
-            stop_head(self.node2, _namespace_pids(self.node2.pid))
+        if self.node2 is not None:  # no graceful stop: everything in its namespace is killed anyway
+            stop_head(self.node2, _namespace_pids(self.node2.pid), grace_s=0)
         stop_head(self.head)
         for d in (self.head_tmp, self.node2_tmp):
             shutil.rmtree(d, ignore_errors=True)
@@ -301,14 +301,14 @@ def test_tune_trials_run_on_both_nodes(cluster):
     import pandas as pd
 
     before = cluster.worker_nodes()
-    # 2 trials at once, one 0.9-CPU worker each, on nodes of 1 CPU: they cannot share a node.
-    client, job = cluster.submit("python rayjobs/tune_fight.py --smoke --name two_node_tune --num-samples 2 "
+    # 4 trials (2 at a time): with 2, one could end (ASHA) before the other's worker starts, on the same node.
+    client, job = cluster.submit("python rayjobs/tune_fight.py --smoke --name two_node_tune --num-samples 4 "
                                  "--max-concurrent-trials 2 --workers-per-trial 1 --cpus-per-worker 0.9", "tune")
     logs = cluster.wait_job(client, job)
     summary = cluster.shared / "runs" / "work_dirs" / "tune" / "two_node_tune" / "summary"
     assert f"results, best config, best checkpoint and plots: {summary}" in logs
     table = pd.read_parquet(summary / "results.parquet")
-    assert len(table) == 2 and set(table["status"]) == {"ok"}, table
+    assert len(table) == 4 and set(table["status"]) == {"ok"}, table
     assert (summary / "best_config.yaml").is_file() and (summary / "best_checkpoint").is_dir()
     nodes = {node for actor, node in cluster.worker_nodes().items() if actor not in before}
     assert len(nodes) == 2, f"trial workers ran on {len(nodes)} node(s)"
