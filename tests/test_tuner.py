@@ -181,9 +181,9 @@ def _kill_group(proc: subprocess.Popen) -> None:
 @pytest.mark.ray
 @pytest.mark.timeout(420)
 def test_resume_after_killing_the_driver(tmp_path, capsys):
-    # Both trials at once: the kill lands while both run, and the re-run continues them side by side.
-    cmd = [sys.executable, "rayjobs/tune_fight.py", "--smoke", "--num-samples", "2", "--max-concurrent-trials",
-           "2", "--storage-path", str(tmp_path), "--name", "resume", "--num-cpus", "2"]
+    # One trial: killed with the driver after its first epoch, continued from its checkpoint by the re-run.
+    cmd = [sys.executable, "rayjobs/tune_fight.py", "--smoke", "--num-samples", "1", "--storage-path", str(tmp_path),
+           "--name", "resume", "--num-cpus", "2"]
     first = tmp_path / "first.log"
     proc = _start(cmd, first)
     try:
@@ -206,17 +206,15 @@ def test_resume_after_killing_the_driver(tmp_path, capsys):
     assert re.search(r"resumed from checkpoint at epoch [12]\b", log), log[-4000:]
     summary_dir = tmp_path / "resume" / "summary"
     table = pd.read_parquet(summary_dir / "results.parquet")
-    assert len(table) == 2 and set(table["status"]) == {"ok"}, table
+    assert len(table) == 1 and set(table["status"]) == {"ok"}, table
     assert table.set_index("trial_id").loc[killed_trial, "last epoch"] == 2  # finished, not restarted
-    # ASHA may stop a trial after its first epoch; the others ran both smoke epochs.
-    assert table["last epoch"].max() == 2 and table["last epoch"].min() >= 1
     summary = json.loads((summary_dir / "summary.json").read_text())
-    assert summary["resumed"] is True and summary["trials"] == 2
+    assert summary["resumed"] is True and summary["trials"] == 1 and summary["best_trial"] == killed_trial
     best = load_config(TrainJobConfig, summary_dir / "best_config.yaml")
     pth = next(summary_dir.glob("best_acc_top1_epoch_*.pth"))
     load_mmaction_checkpoint(build_recognizer(best.model), pth)
-    assert {p.name for p in (summary_dir / "plots").glob("*.png")} >= {"optimization_history.png",
-                                                                       "parallel_coordinate.png"}
+    assert (summary_dir / "plots" / "optimization_history.png").is_file()
+    assert "needs 2 completed trials" in summary["plots_skipped"]["parallel_coordinate"]
 
     # Re-running with a different search into the same experiment is refused before Ray starts (in this process:
     # nothing here starts Ray, so no third interpreter is needed).
