@@ -14,6 +14,7 @@ shuts Ray down and exits at once (Ray Train can swallow the first).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import socket
@@ -23,6 +24,12 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
+
+
+# The driver's `ray` logger (ray.init's logging_level; Tune and Ray Data log under it): its INFO lines ("Started a
+# local Ray instance", "Wrote the latest version of all result files ...") repeat what our own lines say. Warnings
+# and errors still show, and workers' output still reaches the driver (log_to_driver).
+RAY_LOG_LEVEL = logging.WARNING
 
 
 class RayStartError(RuntimeError):
@@ -58,14 +65,14 @@ def start_ray(address: str | None = None, *, num_cpus: int | None = None, dashbo
         if joining:
             with _stderr_copy() as copy:
                 try:
-                    ctx = ray.init(address=address, log_to_driver=log_to_driver)
+                    ctx = ray.init(address=address, log_to_driver=log_to_driver, logging_level=RAY_LOG_LEVEL)
                 finally:
                     captured = copy()
         else:
             port = _free_port()
             os.environ.setdefault("RAY_API_SERVER_ADDRESS", f"http://127.0.0.1:{port}")
             ctx = ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, dashboard_port=port,
-                           log_to_driver=log_to_driver)
+                           log_to_driver=log_to_driver, logging_level=RAY_LOG_LEVEL)
     except Exception as err:  # noqa: BLE001 - every start-up failure gets the same advice block
         raise RayStartError(_advice(err, address if joining else None, captured)) from None
     _install_stop_handlers()

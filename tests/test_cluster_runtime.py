@@ -4,8 +4,6 @@ with the wrong token stops with one `error:` line that says what to set (no Ray 
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -14,15 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.ray_heads import free_port, stop_head
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 HEAD_TOKEN = "a" * 32
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _env(tmpdir: str, **extra: str) -> dict:
@@ -37,13 +31,13 @@ def _env(tmpdir: str, **extra: str) -> dict:
 @pytest.fixture(scope="module")
 def token_head():
     tmpdir = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths must stay < 108 chars
-    port = _free_port()
+    port = free_port()
     env = _env(tmpdir, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=HEAD_TOKEN)
     log = open(Path(tmpdir) / "head.log", "w")
     head = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
          "--num-cpus=1", "--include-dashboard=false", "--disable-usage-stats",
-         f"--dashboard-agent-listen-port={_free_port()}", f"--ray-client-server-port={_free_port()}"],
+         f"--dashboard-agent-listen-port={free_port()}", f"--ray-client-server-port={free_port()}"],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     marker = Path(tmpdir) / "ray" / "ray_current_cluster"
     deadline = time.time() + 120
@@ -53,16 +47,7 @@ def token_head():
         assert marker.exists(), (Path(tmpdir) / "head.log").read_text()[-3000:]
         yield {"address": f"127.0.0.1:{port}", "tmpdir": tmpdir}
     finally:
-        # This head only (never `ray stop`, which stops every Ray on the machine).
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(head.pid, sig)
-                head.wait(timeout=30)
-                break
-            except ProcessLookupError:
-                break
-            except subprocess.TimeoutExpired:
-                continue
+        stop_head(head)  # this head only, in seconds (no 30 s drain)
         log.close()
 
 

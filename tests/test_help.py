@@ -115,6 +115,17 @@ def test_help_examples_intact(helps, script):
         assert not wrong, f"{script.name} --help shows --set examples for fields it does not have: {wrong}"
 
 
+@pytest.mark.parametrize("script", ["tune_fight.py", "tune_falldown.py"])
+def test_tune_jobs_show_their_own_examples(helps, script):
+    out = helps[str(REPO / "rayjobs" / script)]["text"]
+    for field in ("model.base_channels", "optim.lr", "train.val_interval", "data.path", "scaling.cpus_per_worker"):
+        assert f"  {field} (" in out, field
+    # Backslash continuations come out as written (RawDescriptionHelpFormatter), not run into one line.
+    assert "\\\n      --" in out and "--folds 5" in out and "--objective latency" in out
+    task = "falldown" if "falldown" in script else "fight"
+    assert f"python rayjobs/{script} --data outputs/{task}" in out.replace("rwf2000", task)
+
+
 def test_ray_sigint_handler_does_not_swallow_ctrl_c():
     """conftest keeps Ctrl-C a KeyboardInterrupt even after Ray Train / Tune code installs its handler."""
     before = signal.getsignal(signal.SIGINT)

@@ -57,7 +57,8 @@ def _assert_same_weights(a: dict, b: dict) -> None:
 
 
 def test_fight_preset_train_val_test_export(ray_local, tmp_path, capsys, monkeypatch):
-    out = _train("fight_stable.yaml", tmp_path, "fight", capsys)
+    # test_num_clips=3 (the preset says 1): the test job below must use the config the run was trained with.
+    out = _train("fight_stable.yaml", tmp_path, "fight", capsys, "pipeline.test_num_clips=3")
     run = tmp_path / "fight"
     assert out["error"] is None and out["epochs_run"] == 4
     summary = json.loads((run / "summary.json").read_text())
@@ -96,18 +97,11 @@ def test_fight_preset_train_val_test_export(ray_local, tmp_path, capsys, monkeyp
         assert (run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert list((run / "logs" / "tensorboard").glob("events.out.tfevents.*"))
 
-    # the test job: the run's best model, multi-clip (softmax averaged over 3 clips)
+    # The test job with no arguments, from another folder whose work_dirs has no run of the preset's name: the
+    # newest run is found, named, and tested with the config it was trained with (its best model, multi-clip:
+    # softmax averaged over 3 clips). One Ray test run covers the job, run discovery and the run's own config.
     from rayjobs.test_stgcn import main as test_main
 
-    args = _args("fight_stable.yaml", tmp_path, "fight", "pipeline.test_num_clips=3")
-    assert test_main(args) == 0
-    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    m = json.loads((run / "test" / "test_metrics.json").read_text())
-    assert res["test_num_clips"] == m["test_num_clips"] == 3 and m["checkpoint"].endswith(best["file"])
-    assert m["num_samples"] == test["num_samples"]
-
-    # no arguments, from another folder whose work_dirs has no run of the preset's name: the newest run is
-    # found, named, and tested with the config it was trained with
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     (elsewhere / "work_dirs").symlink_to(tmp_path)
@@ -116,7 +110,9 @@ def test_fight_preset_train_val_test_export(ray_local, tmp_path, capsys, monkeyp
     printed = capsys.readouterr().out
     assert f"no run 'fight_stable': testing the newest training run, {tmp_path / 'fight'}" in printed
     res = json.loads(printed.strip().splitlines()[-1])
-    assert res["num_samples"] == test["num_samples"] and res["checkpoint"].endswith(best["file"])
+    m = json.loads((run / "test" / "test_metrics.json").read_text())
+    assert res["test_num_clips"] == m["test_num_clips"] == 3 and m["checkpoint"].endswith(best["file"])
+    assert res["num_samples"] == m["num_samples"] == test["num_samples"] and res["checkpoint"].endswith(best["file"])
 
 
 @pytest.fixture(scope="module")

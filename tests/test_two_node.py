@@ -27,7 +27,6 @@ import secrets
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,6 +35,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from tests.ray_heads import free_port, stop_head
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -48,12 +49,6 @@ TINY = ["model.num_stages=2", "model.base_channels=8", "model.inflate_stages=[2]
         "data.demo_num_clips=48", "schedule.warmup_epochs=1", "train.val_interval=1", "train.log_interval=0",
         "scaling.num_workers=2", "scaling.cpus_per_worker=0.5", "scaling.placement_strategy=STRICT_SPREAD",
         "run.max_failures=4"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _namespaces_allowed() -> str | None:
@@ -78,7 +73,7 @@ class TwoNodeCluster:
         # Ray's socket paths must stay < 108 chars: short temp dirs directly under /tmp.
         self.head_tmp = tempfile.mkdtemp(prefix="tnh", dir="/tmp")
         self.node2_tmp = tempfile.mkdtemp(prefix="tn2", dir="/tmp")
-        self.gcs_port, self.dash_port = _free_port(), _free_port()
+        self.gcs_port, self.dash_port = free_port(), free_port()
         self.address = f"127.0.0.1:{self.gcs_port}"
         self.url = f"http://127.0.0.1:{self.dash_port}"
         env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "RECOGNIZER_"))}
@@ -100,10 +95,10 @@ class TwoNodeCluster:
         self.node2 = None
 
     def _ports(self) -> list[str]:
-        return [f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
-                f"--metrics-export-port={_free_port()}", f"--runtime-env-agent-port={_free_port()}",
-                f"--node-manager-port={_free_port()}", f"--object-manager-port={_free_port()}",
-                f"--ray-client-server-port={_free_port()}"]
+        return [f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+                f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
+                f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}",
+                f"--ray-client-server-port={free_port()}"]
 
     def _start(self, name: str, args: list[str], prefix: list[str] | None = None) -> subprocess.Popen:
         cmd = [str(BIN / "ray"), "start", "--block", "--disable-usage-stats", *self._ports(), *args]
@@ -189,17 +184,9 @@ class TwoNodeCluster:
         return logs
 
     def stop(self) -> None:
-        leftovers = _namespace_pids(self.node2.pid) if self.node2 is not None else []
-        leftovers += [pid for proc in (self.node2, self.head) if proc is not None for pid in _descendants(proc.pid)]
-        for proc in (self.node2, self.head):
-            if proc is not None:
-                # `ray start --block` stops its node's processes on SIGTERM, but the head drains for up to 30 s
-                # (nothing is left to drain here): a few seconds, then every process it started is killed.
-                _killpg(proc, signal.SIGTERM, timeout=5)
-                _killpg(proc, signal.SIGKILL)
-        for pid in leftovers:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        if self.node2 is not None:  # no graceful stop: everything in its namespace is killed anyway
+            stop_head(self.node2, _namespace_pids(self.node2.pid), grace_s=0)
+        stop_head(self.head)
         for d in (self.head_tmp, self.node2_tmp):
             shutil.rmtree(d, ignore_errors=True)
 
@@ -219,30 +206,6 @@ def _namespace_pids(pid: int) -> list[int]:
                 if os.readlink(f"/proc/{entry}/ns/mnt") == ns:
                     pids.append(int(entry))
     return pids
-
-
-def _descendants(pid: int) -> list[int]:
-    """Every process started (transitively) by `pid`: Ray's daemons leave the `ray start` process group."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            with contextlib.suppress(OSError, ValueError, IndexError):
-                stat = Path(f"/proc/{entry}/stat").read_text()
-                children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-def _killpg(proc: subprocess.Popen, sig: int, timeout: float = 30) -> None:
-    try:
-        os.killpg(proc.pid, sig)
-        proc.wait(timeout=timeout)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        pass
 
 
 @pytest.fixture(scope="module")
@@ -338,6 +301,7 @@ def test_tune_trials_run_on_both_nodes(cluster):
     import pandas as pd
 
     before = cluster.worker_nodes()
+    # 4 trials (2 at a time): with 2, one could end (ASHA) before the other's worker starts, on the same node.
     client, job = cluster.submit("python rayjobs/tune_fight.py --smoke --name two_node_tune --num-samples 4 "
                                  "--max-concurrent-trials 2 --workers-per-trial 1 --cpus-per-worker 0.9", "tune")
     logs = cluster.wait_job(client, job)

@@ -7,7 +7,7 @@ import time
 
 from ray.tune import Callback
 
-from recognizer_core.tune.records import finite
+from recognizer_core.tune.records import finite, pick_best_trial
 from recognizer_core.tune.reports import ROUND_KEY, estimate_left, progress_line
 
 SHOWN = ("val/acc_top1", "val/mean_class_accuracy", "val/AP", "val/loss", "train/loss")
@@ -22,6 +22,7 @@ class SearchProgress(Callback):
         self.start = time.time()
         self.last_print = -1e9
         self.best: tuple[str, float] | None = None
+        self.trial_best: dict[str, float] = {}  # each trial's best measured value (errored trials dropped)
         self.epochs: dict[str, int] = {}
         self.started: dict[str, float] = {}
         self.finished_s: list[float] = []
@@ -52,8 +53,10 @@ class SearchProgress(Callback):
         if finite(result.get("epoch")):
             self.epochs[trial.trial_id] = int(result["epoch"])
         value = result.get(self.metric)
-        if finite(value) and (self.best is None or (value > self.best[1] if self.mode == "max" else value < self.best[1])):
-            self.best = (trial.trial_id, float(value))
+        own = self.trial_best.get(trial.trial_id)
+        if finite(value) and (own is None or (value > own if self.mode == "max" else value < own)):
+            self.trial_best[trial.trial_id] = float(value)
+            self._pick_best(trials)
         # Only measured values are printed: an epoch without validation shows no val/* at all.
         shown = {k: result[k] for k in (self.metric, *SHOWN, *self.extra_shown) if finite(result.get(k))}
         text = " ".join(f"{k}={v:.4g}" for k, v in shown.items())
@@ -64,6 +67,15 @@ class SearchProgress(Callback):
         self.finished_s.append(time.time() - self.started.get(trial.trial_id, self.start))
         print(f"[tune] trial {trial.trial_id} finished", flush=True)
 
+    def _pick_best(self, trials) -> None:
+        # The summary's rule (records.pick_best_trial): `trials` is Tune's list in creation order, so on a tie the
+        # trial created first is named here as in the summary, whichever reported the value first.
+        self.best = pick_best_trial([(t.trial_id, self.trial_best[t.trial_id]) for t in trials
+                                     if t.trial_id in self.trial_best], self.mode)
+
     def on_trial_error(self, iteration, trials, trial, **info):
+        # The summary never picks an errored trial: neither does the progress line from now on.
+        if self.trial_best.pop(trial.trial_id, None) is not None:
+            self._pick_best(trials)
         print(f"[tune] trial {trial.trial_id} ERRORED (reported in the results table; the search goes on)",
               flush=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 CHECKPOINT_KEY = "checkpoint_path"  # added by ray.tune.integration.ray_train.TuneReportCallback
 FINAL_REPORT_KEY = "tune/final_report"  # marks the repeat of a continued Train run's last metrics (tuner.py)
@@ -45,6 +45,18 @@ def best_report(rec: TrialRecord, metric: str, mode: str, *,
             continue
         if best is None or (r[metric] > best[metric] if mode == "max" else r[metric] < best[metric]):
             best = r
+    return best
+
+
+def pick_best_trial(values: Iterable[tuple[str, Any]], mode: str) -> tuple[str, float] | None:
+    """The search's best trial from `(trial_id, the trial's best value)` pairs IN THE ORDER TUNE CREATED THE
+    TRIALS: the best finite value; on a tie the trial created first (the preset, evaluated first, keeps its
+    place against a tied newcomer). The one rule of the live `[tune] progress` line (`progress.py`) and of the
+    summary (`results.write_summary`), so both always name the same trial."""
+    best = None
+    for trial_id, value in values:
+        if finite(value) and (best is None or (value > best[1] if mode == "max" else value < best[1])):
+            best = (trial_id, float(value))
     return best
 
 

@@ -77,7 +77,9 @@ class FoldAggregator:
         if ROUND_KEY in reports[0]:
             merged[ROUND_KEY] = max(r.get(ROUND_KEY, 0) for r in reports)
         validated = any(k.startswith("val/") for r in have.values() for k in r)
-        keys = {k for r in reports for k in r if k.startswith(("val/", "train/")) and finite(r.get(k))}
+        # model/*: the trial's measured values (latency, params; the same in every fold), which a multi-objective
+        # search needs in each report.
+        keys = {k for r in reports for k in r if k.startswith(("val/", "train/", "model/")) and finite(r.get(k))}
         for key in sorted(keys):
             if key.startswith("val/") and not validated:
                 continue

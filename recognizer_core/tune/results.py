@@ -19,7 +19,7 @@ from recognizer_core.storage import copy_tree, exists, is_remote, join_uri
 from recognizer_core.tune.compare import search_compute, preset_comparison
 from recognizer_core.tune.plots import write_plots
 from recognizer_core.tune.records import (CHECKPOINT_KEY, FINAL_REPORT_KEY, TrialRecord, best_report, error_head,
-                                          finite, is_missing)
+                                          finite, is_missing, pick_best_trial)
 from recognizer_core.tune.search_space import SearchSpace, set_dotted
 
 __all__ = ["CHECKPOINT_KEY", "FINAL_REPORT_KEY", "TrialRecord", "best_report", "records_from_grid",
@@ -144,14 +144,13 @@ def write_summary(records: list[TrialRecord], space: SearchSpace, config_cls: ty
                                "errors": {r.trial_id: r.error for r in records if r.error}, "notes": []}
     # What the search cost, and the preset (the space's first start_with point) at that cost.
     summary["compute"] = search_compute(records, space, config_cls, extra)
-    ranked = [(best_report(r, metric, mode), r) for r in records if not r.error]
-    ranked = [(b, r) for b, r in ranked if b is not None]
+    ranked = {r.trial_id: (best_report(r, metric, mode), r) for r in records if not r.error}
+    ranked = {t: (b, r) for t, (b, r) in ranked.items() if b is not None}
     if ranked:
-        pick = max if mode == "max" else min
-        # On equal values the trial listed first wins (the preset, evaluated first, before a tied newcomer).
-        best, rec = pick(ranked, key=lambda br: br[0][metric])
-        if best_trial is not None:
-            best, rec = next((b, r) for b, r in ranked if r.trial_id == best_trial)
+        # `records` are in the order Tune created the trials (ResultGrid order): on equal values the first wins,
+        # the same rule (one function) as the progress line's "best".
+        chosen = best_trial or pick_best_trial([(t, b[metric]) for t, (b, _) in ranked.items()], mode)[0]
+        best, rec = ranked[chosen]
         summary.update(best_trial=rec.trial_id, best_value=best[metric], best_params=rec.params,
                        best_at={time_attr: best.get(time_attr)})
         summary["preset"] = preset_comparison(records, space, metric, mode, rec, summary["compute"])

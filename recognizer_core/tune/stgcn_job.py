@@ -80,7 +80,8 @@ def retrain_and_test(best_config: Path, fold_store: str, out_dir: Path) -> dict:
                                                     f"data.val_split={TRAINVAL}", "train.test_after_train=false",
                                                     f"run.storage_path={out_dir}"])
     run_config = ray.train.RunConfig(name="final_trainval", storage_path=str(out_dir),
-                                     checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1))
+                                     checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
+                                     logging_config=ray.train.LoggingConfig(log_level="WARNING"))
     result = build_trainer(cfg, run_config=run_config).fit()
     test_dir = out_dir / "final_test"
     build_test_trainer(cfg, result.checkpoint.path, test_dir, split="test").fit()

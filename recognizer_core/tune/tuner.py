@@ -134,7 +134,10 @@ class TrialDriver:
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=1, checkpoint_score_attribute=self.metric, checkpoint_score_order=self.mode),
             # A lost worker is recovered inside the trial, from the latest checkpoint, as in a plain run.
-            failure_config=ray.train.FailureConfig(max_failures=_train_max_failures(cfg)))
+            failure_config=ray.train.FailureConfig(max_failures=_train_max_failures(cfg)),
+            # Ray Train's own INFO (worker group start, "Reporting training result ...", checkpoint paths) would
+            # drown the search's [tune] lines; its warnings and errors still show (as in train/ray_run.py).
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"))
         # A Train run that already exists is being continued (resume, retry). If it had finished its last
         # epoch before the driver died, it reports nothing new: hand Tune its final metrics (+ checkpoint).
         continued = exists(join_uri(run_config.storage_path, run_config.name, TRAIN_SNAPSHOT))
@@ -188,6 +191,7 @@ def _searcher(space: SearchSpace, metric: str, mode: str, options: TuneOptions):
             if metric in result and not options.objectives:
                 super().on_trial_result(trial_id, result)
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "[I ...] A new study created" INFO lines
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         if options.objectives and options.mo_sampler == "nsga2":
@@ -260,6 +264,9 @@ def run_tuning(space: SearchSpace, config_cls: type[BaseModel], build_trainer: C
     # A trial whose run reported nothing (or not this metric) is shown as such in the results, instead of
     # Tune's strict check aborting the whole experiment.
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+    # Tune's new console engine prints its experiment table and TensorBoard hint even at verbose=0; the legacy
+    # engine at verbose=0 prints nothing but warnings and errors. The [tune] lines (SearchProgress) are the console.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     extra = dict(extra_overrides or {})
     metric, mode = options.metric or space.metric, options.mode or space.mode
     # Every candidate trial config must at least start: check the base + overrides once, here, not per trial.
