@@ -113,6 +113,30 @@ def run_child(py: str, variant: str, batch: int, steps: int, threads: int) -> di
     raise RuntimeError(f"{variant} batch {batch} failed (rc {proc.returncode}): {proc.stderr[-2000:]}")
 
 
+def _available_mb() -> float:
+    with open("/proc/meminfo") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("MemAvailable:")) / 1024
+
+
+def wait_for_memory(need_mb: float, timeout_s: float = 300) -> bool:
+    """Wait until `need_mb` is available (other jobs share the box: a big batch must not push it into the OOM
+    killer); False when it never was within timeout_s."""
+    t0 = time.monotonic()
+    while _available_mb() < need_mb:
+        if time.monotonic() - t0 > timeout_s:
+            return False
+        time.sleep(5)
+    return True
+
+
+def estimate_mb(prev: list[dict], batch: int) -> float:
+    """Peak RSS expected at `batch` from this variant's runs at a smaller batch (linear in the batch) + 1 GB."""
+    if not prev:
+        return 0.0
+    b0, r = max((r["batch"], r) for r in prev if r["batch"] <= batch)
+    return r["rss_before_mb"] + (r["peak_rss_mb"] - r["rss_before_mb"]) * batch / b0 + 1024
+
+
 def _stats(xs: list[float]) -> dict:
     return {"median": round(statistics.median(xs), 3 if max(xs) < 10 else 1), "min": min(xs), "max": max(xs)}
 
@@ -141,33 +165,43 @@ def main() -> None:
         note = f"{MMACTION_PY} missing: run bash bench/setup_mmaction2_venv.sh"
     batches = [int(b) for b in args.batches.split(",")]
     runs: dict = {(v, b): [] for v in variants for b in batches}
+    skipped = []
     for rep in range(args.repeats):  # alternate, so every variant sees the same machine load
         for b in batches:
             for v in variants:
+                need = estimate_mb([r for (v2, _), rs in runs.items() if v2 == v for r in rs], b)
+                if not wait_for_memory(need):
+                    skipped.append(f"rep {rep + 1} batch {b} {v}: {need:.0f} MB needed, "
+                                   f"{_available_mb():.0f} MB available")
+                    print(f"[train_memory] skipped {skipped[-1]}", file=sys.stderr, flush=True)
+                    continue
                 py = str(MMACTION_PY) if v == "mmaction2" else sys.executable
-                r = run_child(py, v, b, args.steps, args.threads)
+                r = dict(run_child(py, v, b, args.steps, args.threads), batch=b, rep=rep)
                 runs[(v, b)].append(r)
                 print(f"[train_memory] rep {rep + 1} batch {b} {v}: before {r['rss_before_mb']} MB, peak "
                       f"{r['peak_rss_mb']} MB, step {r['step_s']} s", file=sys.stderr, flush=True)
     settings = []
-    for b in batches:
+    for b in (b for b in batches if all(runs[(v, b)] for v in variants)):
         s: dict = {"batch": b}
         for v in variants:
             rs = runs[(v, b)]
-            s[v] = {"impl": rs[0]["impl"],
+            s[v] = {"impl": rs[0]["impl"], "runs": len(rs),
                     "rss_before_mb": _stats([r["rss_before_mb"] for r in rs]),
                     "peak_rss_mb": _stats([r["peak_rss_mb"] for r in rs]),
                     "step_peak_extra_mb": _stats([round(r["peak_rss_mb"] - r["rss_before_mb"], 1) for r in rs]),
                     "step_s": _stats([r["step_s"] for r in rs])}
         if "mmaction2" in variants:
-            mm = runs[("mmaction2", b)]
             for v in (v for v in variants if v != "mmaction2"):
+                mm_by_rep = {r["rep"]: r for r in runs[("mmaction2", b)]}
+                pairs = [(o, mm_by_rep[o["rep"]]) for o in runs[(v, b)] if o["rep"] in mm_by_rep]
+                if not pairs:
+                    continue
                 # paired per repeat: our peak / mmaction2's peak (< 1: ours uses less)
                 s[f"{v}_peak_vs_mmaction2"] = _stats([round(o["peak_rss_mb"] / m["peak_rss_mb"], 3)
-                                                      for o, m in zip(runs[(v, b)], mm)])
+                                                      for o, m in pairs])
                 s[f"{v}_extra_vs_mmaction2"] = _stats([
                     round((o["peak_rss_mb"] - o["rss_before_mb"]) / (m["peak_rss_mb"] - m["rss_before_mb"]), 3)
-                    for o, m in zip(runs[(v, b)], mm)])
+                    for o, m in pairs])
         settings.append(s)
     result = {"bench": "train_memory", "date": now(), "machine": machine(),
               "loadavg_1_5_15": [round(x, 2) for x in os.getloadavg()], "precision": "fp32",
@@ -175,7 +209,7 @@ def main() -> None:
               "model": "fight preset: 4 stages, base 64, inflate/down [2], 2 classes",
               "threads": args.threads, "steps_per_process": args.steps, "repeats": args.repeats,
               "measure": "ru_maxrss of a fresh process per (variant, batch); rss_before = RSS before the first step",
-              "settings": settings}
+              "settings": settings, "skipped_for_memory": skipped}
     if note:
         result.update(mmaction2=None, note=note)
     save_result(result, args.out)
