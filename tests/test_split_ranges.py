@@ -102,3 +102,16 @@ def test_training_start_reads_no_index_and_matches_an_old_dataset(grouped, tmp_p
     with pytest.raises(Exception, match=INDEX_FILE):  # per-clip labels are read lazily, from the index
         a.labels
     assert list(tdata.split_info(SkeletonDataset(grouped), "val", 2).labels) == list(b.labels)
+
+
+def test_a_split_map_overrides_the_ranges(grouped, tmp_path):
+    """A folds view copies its source's json (ranges included) and adds a split_map: membership is the map's."""
+    view = tmp_path / "view"
+    shutil.copytree(grouped, view)
+    info = json.loads((view / "_dataset.json").read_text())
+    train_ids = SkeletonDataset(grouped).index("train", columns=["clip_id"])["clip_id"].to_pylist()
+    info["split_map"] = {"train": train_ids[:10], "cv0_val": train_ids[10:20]}
+    (view / "_dataset.json").write_text(json.dumps(info))
+    ds = SkeletonDataset(view)
+    assert ds.split_positions("train") is None and ds.split_label_counts("train") is None
+    assert len(tdata.split_info(ds, "train", 2)) == 10 and len(tdata.split_info(ds, "cv0_val", 2)) == 10

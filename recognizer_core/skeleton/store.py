@@ -175,7 +175,8 @@ class SkeletonDataset:
         """Ascending row positions of `split` from the row ranges in `_dataset.json`, without reading any data
         file or the index; None when the dataset has no ranges (older, interleaved or split_map datasets)."""
         entries = self.info.get("files") or []
-        if "split_labels" not in self.info or len(entries) != len(self._files) \
+        # a split_map (clips in several splits; a folds view copies its source's json) overrides the row ranges
+        if self.split_map is not None or "split_labels" not in self.info or len(entries) != len(self._files) \
                 or any("split_rows" not in f for f in entries):
             return None
         parts = [np.arange(a, b, dtype=np.int64) + self._file_start[i]
@@ -185,7 +186,7 @@ class SkeletonDataset:
     def split_label_counts(self, split: str) -> dict[int, int] | None:
         """{label: clips} of `split` from `_dataset.json` (None when the dataset was written without them)."""
         counts = self.info.get("split_labels")
-        if counts is None:
+        if counts is None or self.split_map is not None:
             return None
         return {int(k): int(v) for k, v in (counts.get(split) or {}).items()}
 
