@@ -131,10 +131,11 @@ def wait_for_memory(need_mb: float, timeout_s: float = 300) -> bool:
 
 def estimate_mb(prev: list[dict], batch: int) -> float:
     """Peak RSS expected at `batch` from this variant's runs at a smaller batch (linear in the batch) + 1 GB."""
+    prev = [r for r in prev if r["batch"] <= batch]
     if not prev:
         return 0.0
-    b0, r = max((r["batch"], r) for r in prev if r["batch"] <= batch)
-    return r["rss_before_mb"] + (r["peak_rss_mb"] - r["rss_before_mb"]) * batch / b0 + 1024
+    r = max(prev, key=lambda r: r["batch"])
+    return r["rss_before_mb"] + (r["peak_rss_mb"] - r["rss_before_mb"]) * batch / r["batch"] + 1024
 
 
 def _stats(xs: list[float]) -> dict:
