@@ -3,11 +3,14 @@
 
 Synthetic tiny clips (1 person, `--frames` frames, 17 joints: ~1.7 kB of keypoints each at 8 frames; `--persons 4
 --frames 100` gives the ~80 kB clips of a real dataset, for the memory comparison at 1k/10k) written by
-`write_dataset` (1024 rows a file, 64-row row groups, as build_dataset writes), so disk and generation stay
-small while the number of files, row groups and rows is that of a real dataset of that many clips. Each
-measurement runs in a fresh process (its peak RSS is that step's alone):
-- `stream`: what a training worker does now: open, `split_info('train')`, `load_shard` (positions only),
-  `ShardBatches` with the default window, first batch, then `--batches` more (time to first batch, peak RSS);
+`write_dataset` (1024 rows a file, 64-row row groups, rows grouped by split per file, as build_dataset writes),
+so disk and generation stay small while the number of files, row groups and rows is that of a real dataset of
+that many clips. Each measurement runs in a fresh process (its peak RSS is that step's alone):
+- `stream`: what a training worker does now: open, `split_info('train')` (the split's row ranges and label
+  counts from `_dataset.json`, no index read), `load_shard` (positions only), `ShardBatches` with the default
+  window, first batch, then `--batches` more (time to first batch, peak RSS);
+- `stream_index`: the same on a copy whose `_dataset.json` has no split ranges (datasets written before them):
+  `split_info` reads the split's rows from `_index.parquet` (one row per clip), as every start did before;
 - `materialize`: the previous loader's cost, every clip of the shard read and validated into memory first;
 - `legacy_open`: the same dataset opened as a dataset written before `_dataset.json` held row-group counts and
   `_index.parquet` existed (footers of every file, light columns from every file);
@@ -55,18 +58,27 @@ def _generate(path: Path, n: int, frames: int, persons: int) -> float:
     from recognizer_core.skeleton.store import write_dataset
 
     t0 = time.perf_counter()
-    write_dataset(_clips(n, frames, persons), path, ["a", "b"], rows_per_file=1024, row_group_size=64)
+    write_dataset(_clips(n, frames, persons), path, ["a", "b"], rows_per_file=1024, row_group_size=64,
+                  group_by_split=True)
     return time.perf_counter() - t0
 
 
-def _legacy_copy(path: Path, out: Path) -> None:
-    """The same part files (symlinked) with a `_dataset.json` of the old layout and no index file."""
+def _legacy_copy(path: Path, out: Path, keep_index: bool = False) -> None:
+    """The same part files (symlinked) with a `_dataset.json` of an older layout: without split ranges and label
+    counts (keep_index: the index file and row-group counts stay), or also without those (the oldest)."""
+    shutil.rmtree(out, ignore_errors=True)
     out.mkdir()
     info = json.loads((path / "_dataset.json").read_text())
     for f in info["files"]:
         os.symlink(path / f["name"], out / f["name"])
-        f.pop("row_groups", None), f.pop("splits", None)
-    info.pop("index_file", None)
+        f.pop("split_rows", None)
+        if not keep_index:
+            f.pop("row_groups", None), f.pop("splits", None)
+    info.pop("split_labels", None)
+    if keep_index:
+        os.symlink(path / info["index_file"], out / info["index_file"])
+    else:
+        info.pop("index_file", None)
     (out / "_dataset.json").write_text(json.dumps(info))
 
 
@@ -181,10 +193,13 @@ def main() -> None:
             # the driver's preflight runs first; workers then use its report
             row["validate"] = _repeated("validate", path, 0, args.repeats)
             row["stream"] = _repeated("stream", path, args.batches, args.repeats)
+            by_index = work / f"by_index_{n}"
+            _legacy_copy(path, by_index, keep_index=True)
+            _run_child("validate", by_index, 0)  # its own validation report, as the driver would have made
+            row["stream_index"] = _repeated("stream", by_index, args.batches, args.repeats)
             if n <= args.materialize_max:
                 row["materialize"] = _repeated("materialize", path, args.batches, args.repeats)
             legacy = work / f"legacy_{n}"
-            shutil.rmtree(legacy, ignore_errors=True)
             _legacy_copy(path, legacy)
             row["legacy_open"] = _repeated("legacy_open", legacy, 0, args.repeats)
             results[str(n)] = json.loads(json.dumps(row), parse_float=lambda x: round(float(x), 4))

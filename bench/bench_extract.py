@@ -1,21 +1,24 @@
 """Pose-extraction throughput: the Ray Data job vs rtmlib's RTMO at batch 1, same ONNX model, same videos.
 
-    python bench/bench_extract.py                          # fake RTMO-contract model, ../shared videos
+    python bench/bench_extract.py [--repeats 5] [--max-videos N]     # fake RTMO-contract model, ../shared videos
     python bench/bench_extract.py --onnx end2end_l.onnx --device cuda --videos /data/clips
 
 Peer: rtmlib (`pip install rtmlib`, bench only; it takes a local ONNX path) used as its README shows: OpenCV
 decodes each frame, `RTMO(onnx_model=...)(frame)` letterboxes, runs batch 1 and post-processes. Ours: the
-extraction job (decode tasks -> RTMO actor pool at --batch-size -> per-video tracking + Parquet write tasks);
-its frames/s exclude Ray's start-up, which is reported separately. With the default fake model (built from
-tests/fakes: RTMO's exact I/O, almost no compute) the figures measure everything around the model, so the
-bench also reports our decode + letterbox + post-processing + tracking alone, in one process, model time
-excluded. Prints ONE JSON line and appends it to bench/results/extract.jsonl.
+extraction job (decode tasks -> RTMO actor pool at --batch-size -> per-video tracking + Parquet write tasks).
+Ray is started once, timed and reported separately (`ray_startup_s`); it is in none of the frames/s.
+The three measurements alternate repeat by repeat (ours, rtmlib, ours alone without the model, ours, ...)
+so each pair sees the same machine load; each pair gives a ratio (our frames/s / rtmlib's), reported as
+the median with its min-max. With the default fake model (built from tests/fakes: RTMO's exact I/O, almost
+no compute) the figures measure everything around the model, so the bench also reports our decode +
+letterbox + post-processing + tracking alone, in one process, model time excluded. `--max-videos N` takes
+the first N videos (sorted) so that 5+ pairs fit in a few minutes on a slow box. Prints ONE JSON line and
+appends it to bench/results/extract.jsonl.
 """
 from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import os
 import platform
 import shutil
@@ -29,6 +32,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
+from bench.common import machine, median, now, save_result  # noqa: E402
 from recognizer_core.extract.backends import build_backend  # noqa: E402
 from recognizer_core.extract.config import ExtractionConfig, PoseModelConfig, SourceConfig  # noqa: E402
 from recognizer_core.extract.rtmo import postprocess, to_model_input  # noqa: E402
@@ -38,14 +42,18 @@ from recognizer_core.track.config import TrackingConfig  # noqa: E402
 from recognizer_core.track.tracking import track_poses  # noqa: E402
 
 
-def rtmlib_batch1(videos, onnx: str, device: str, model_cfg: PoseModelConfig) -> tuple[int, float, str]:
-    """rtmlib as its README runs a video: cv2.VideoCapture frames -> RTMO (letterbox, batch 1, NMS)."""
-    import cv2
+def build_rtmlib(onnx: str, device: str, model_cfg: PoseModelConfig):
     import rtmlib
 
-    rtmo = rtmlib.RTMO(onnx_model=onnx, model_input_size=tuple(model_cfg.model_input_size),
+    return rtmlib.RTMO(onnx_model=onnx, model_input_size=tuple(model_cfg.model_input_size),
                        score_thr=model_cfg.score_threshold, nms_thr=model_cfg.nms_threshold, backend="onnxruntime",
                        device=device)
+
+
+def rtmlib_batch1(videos, rtmo) -> tuple[int, float]:
+    """rtmlib as its README runs a video: cv2.VideoCapture frames -> RTMO (letterbox, batch 1, NMS)."""
+    import cv2
+
     frames, t0 = 0, time.perf_counter()
     for v in videos:
         cap = cv2.VideoCapture(v.uri)
@@ -56,9 +64,7 @@ def rtmlib_batch1(videos, onnx: str, device: str, model_cfg: PoseModelConfig) ->
             rtmo(frame)
             frames += 1
         cap.release()
-    from importlib.metadata import version
-
-    return frames, time.perf_counter() - t0, version("rtmlib")
+    return frames, time.perf_counter() - t0
 
 
 def pipeline_without_model(videos, model_cfg: PoseModelConfig, tracking: TrackingConfig) -> dict:
@@ -106,9 +112,28 @@ def _video_hw(uri: str) -> tuple[int, int]:
     return _HW[uri]
 
 
+def _stats(xs: list[float]) -> dict:
+    return {"median": round(median(xs), 2), "min": round(min(xs), 2), "max": round(max(xs), 2)}
+
+
+def subset_dir(src: str, work: Path, n: int) -> str:
+    """The first n videos of `src` (sorted relative paths), symlinked into a folder the job can read."""
+    if n <= 0:
+        return src
+    root = Path(src)
+    dst = work / "videos"
+    for v in list_videos(SourceConfig(input=src))[:n]:
+        link = dst / Path(v.uri).relative_to(root)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(Path(v.uri).resolve())
+    return str(dst)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--videos", default=str(REPO.parent / "shared" / "data" / "videos"))
+    parser.add_argument("--max-videos", type=int, default=0, help="first N videos only (0: all)")
+    parser.add_argument("--repeats", type=int, default=5, help="alternated repeats (>= 5 for a ratio)")
     parser.add_argument("--onnx", default="", help="RTMO end2end ONNX (default: build the fake model)")
     parser.add_argument("--device", default="cpu", help="cpu | cuda")
     parser.add_argument("--batch-size", type=int, default=8, help="inference batch of the Ray job")
@@ -124,15 +149,19 @@ def main() -> int:
             from fakes.fake_rtmo import build_fake_rtmo
 
             onnx = str(build_fake_rtmo(work / "fake_rtmo.onnx"))
-        videos = list_videos(SourceConfig(input=args.videos))
-        cfg = ExtractionConfig.model_validate({
-            "source": {"input": args.videos}, "output": str(work / "poses"),
-            "model": {"onnx": {"model_path": onnx, "device": args.device}, "batch_size": args.batch_size},
-            "ray": {"num_actors": args.num_actors, "num_gpus_per_actor": args.gpus_per_actor,
-                    "num_cpus_per_actor": 1.0, "num_cpus_per_decode_task": 1.0}})
+        source = subset_dir(args.videos, work, args.max_videos)
+        videos = list_videos(SourceConfig(input=source))
 
-        alone = pipeline_without_model(videos, cfg.model, cfg.tracking)
-        peer_frames, peer_s, peer_version = rtmlib_batch1(videos, onnx, args.device, cfg.model)
+        def job_config(rep: int) -> ExtractionConfig:  # a fresh output folder: every repeat extracts all videos
+            return ExtractionConfig.model_validate({
+                "source": {"input": source}, "output": str(work / f"poses{rep}"),
+                "model": {"onnx": {"model_path": onnx, "device": args.device}, "batch_size": args.batch_size},
+                "ray": {"num_actors": args.num_actors, "num_gpus_per_actor": args.gpus_per_actor,
+                        "num_cpus_per_actor": 1.0, "num_cpus_per_decode_task": 1.0}})
+
+        cfg = job_config(0)
+        rtmo = build_rtmlib(onnx, args.device, cfg.model)
+        from importlib.metadata import version
 
         from recognizer_core.ray_runtime import start_ray
 
@@ -142,28 +171,42 @@ def main() -> int:
         spec = importlib.util.spec_from_file_location("extract_poses", REPO / "rayjobs" / "extract_poses.py")
         job = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(job)
-        summary = job.run_extraction(cfg, verbose=False)
-        ray_fps = summary["frames"] / summary["seconds"]
-        peer_fps = peer_frames / peer_s
+        ray_fps, peer_fps, alone, summaries = [], [], [], []
+        t_bench = time.perf_counter()
+        for rep in range(args.repeats):  # alternate, so each pair sees the same machine load
+            summary = job.run_extraction(job_config(rep), verbose=False)
+            ray_fps.append(summary["frames"] / summary["seconds"])
+            summaries.append(summary)
+            peer_frames, peer_s = rtmlib_batch1(videos, rtmo)
+            peer_fps.append(peer_frames / peer_s)
+            alone.append(pipeline_without_model(videos, cfg.model, cfg.tracking))
+            shutil.rmtree(work / f"poses{rep}", ignore_errors=True)
+            print(f"[bench_extract] repeat {rep + 1}/{args.repeats}: ours {ray_fps[-1]:.1f} fps, "
+                  f"rtmlib {peer_fps[-1]:.1f} fps, ours without model {alone[-1]['fps']} fps", file=sys.stderr,
+                  flush=True)
+        ratios = [a / b for a, b in zip(ray_fps, peer_fps)]
+        load = os.getloadavg()
+        last = summaries[-1]
         result = {
-            "bench": "extract", "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "host": platform.node(),
-            "cpus": os.cpu_count(), "device": args.device, "provider": summary["provider"],
+            "bench": "extract", "date": now(), "machine": machine(), "host": platform.node(),
+            "loadavg_1_5_15": [round(x, 2) for x in load], "device": args.device, "provider": last["provider"],
             "model": os.path.basename(onnx) if args.onnx else
             "fake_rtmo (tests/fakes: RTMO's I/O contract, almost no compute; not RTMO's cost)",
-            "videos": len(videos), "frames": summary["frames"], "peer": f"rtmlib {peer_version} RTMO batch 1",
-            "peer_frames": peer_frames, "peer_fps": round(peer_fps, 1),
-            "ray_job_fps": round(ray_fps, 1), "ray_vs_rtmlib": round(ray_fps / peer_fps, 2),
-            "ray_job_s": summary["seconds"], "ray_startup_s": round(startup, 1),
-            "ray_batch_size": args.batch_size, "ray_actors": summary["actors"], "ray_done": summary["done"],
-            "ray_failed": summary["failed"], "ours_without_model": alone,
+            "videos": len(videos), "frames": last["frames"], "peer": f"rtmlib {version('rtmlib')} RTMO batch 1",
+            "peer_frames": peer_frames, "repeats": args.repeats, "bench_seconds": round(time.perf_counter() - t_bench),
+            "ray_vs_rtmlib": {k: round(v, 2) for k, v in _stats(ratios).items()},
+            "ray_job_fps": _stats(ray_fps), "rtmlib_fps": _stats(peer_fps),
+            "ray_startup_s": round(startup, 1), "ray_startup_note": "ray.init once, not in any frames/s",
+            "ray_batch_size": args.batch_size, "ray_actors": last["actors"], "ray_done": last["done"],
+            "ray_failed": last["failed"],
+            "ours_without_model_fps": _stats([a["fps"] for a in alone]),
+            "ours_without_model_parts_fps": {k: _stats([a[k] for a in alone]) for k in
+                                             ("decode_letterbox_fps", "postprocess_fps", "tracking_fps")},
+            "runs": {"ray_job_fps": [round(x, 1) for x in ray_fps], "rtmlib_fps": [round(x, 1) for x in peer_fps]},
         }
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    line = json.dumps(result)
-    print(line)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    with open(args.out, "a") as f:
-        f.write(line + "\n")
+    save_result(result, args.out)
     return 0
 
 

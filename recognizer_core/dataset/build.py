@@ -94,8 +94,10 @@ def run_build(cfg: DatasetBuildConfig, plan: tuple[list[dict], list[str], int] |
     # built in a staging folder on the driver and uploaded once complete, _dataset.json last, so a reader never
     # opens a half-uploaded dataset.
     with tempfile.TemporaryDirectory(prefix="recognizer_dataset_") if remote else nullcontext(cfg.output) as local:
+        # grouped by split within each file: _dataset.json then lists each split's row ranges, and a training
+        # start reads no per-clip index
         out = write_dataset(iter_windows(cfg, jobs), local, names, rows_per_file=cfg.rows_per_file,
-                            overwrite=cfg.overwrite,
+                            overwrite=cfg.overwrite, group_by_split=True,
                             metadata={"source": "rayjobs/build_dataset.py", "poses": str(cfg.poses),
                                       "window": cfg.window.model_dump(), "split": cfg.split.model_dump()})
         ds = SkeletonDataset(out)

@@ -4,9 +4,12 @@ Layout: `<dir>/part-00000.parquet, part-00001.parquet, ...` plus `<dir>/_dataset
 schema version, split counts, per-file row and row-group counts, free-form metadata) and `<dir>/_index.parquet`
 (the light columns of every clip). Keypoints are flat list<float32> columns with shape columns (num_person,
 num_frames, num_joints) beside them, so a row becomes arrays by a zero-copy reshape. Opening reads only
-`_dataset.json` and indexing only `_index.parquet`, so both cost the same at 1k and 500k clips; part files are
-opened (and their schema checked) when first read. Datasets without those two files (older ones, or plain
-folders of part files) are opened from the part files' footers. Writing is in store_write.py.
+`_dataset.json`, and so does taking a split's rows and label counts (`split_positions`, `split_label_counts`:
+per-file row ranges and per-split label counts written with the dataset), so the training start costs the same at
+1k and 500k clips; `_index.parquet` (one row per clip) is read only by `index`, for the tools that need per-clip
+rows. Part files are opened (and their schema checked) when first read. Datasets without those files or
+fields (older ones, or plain folders of part files) are opened from the part files' footers and take their split
+rows from the index. Writing is in store_write.py.
 """
 from __future__ import annotations
 
@@ -167,6 +170,25 @@ class SkeletonDataset:
         if "splits" in self.info:
             return dict(self.info["splits"])
         return dict(Counter(self.index(columns=["split"])["split"].to_pylist()))
+
+    def split_positions(self, split: str) -> np.ndarray | None:
+        """Ascending row positions of `split` from the row ranges in `_dataset.json`, without reading any data
+        file or the index; None when the dataset has no ranges (older, interleaved or split_map datasets)."""
+        entries = self.info.get("files") or []
+        # a split_map (clips in several splits; a folds view copies its source's json) overrides the row ranges
+        if self.split_map is not None or "split_labels" not in self.info or len(entries) != len(self._files) \
+                or any("split_rows" not in f for f in entries):
+            return None
+        parts = [np.arange(a, b, dtype=np.int64) + self._file_start[i]
+                 for i, f in enumerate(entries) for a, b in f["split_rows"].get(split, [])]
+        return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+    def split_label_counts(self, split: str) -> dict[int, int] | None:
+        """{label: clips} of `split` from `_dataset.json` (None when the dataset was written without them)."""
+        counts = self.info.get("split_labels")
+        if counts is None or self.split_map is not None:
+            return None
+        return {int(k): int(v) for k, v in (counts.get(split) or {}).items()}
 
     def _file(self, i: int) -> pq.ParquetFile:
         if i in self._pf:

@@ -1,9 +1,11 @@
 """Writing a skeleton store: validated clips -> `part-NNNNN.parquet` files, `_index.parquet` and `_dataset.json`.
 
-`_dataset.json` holds everything opening a dataset needs (per file: rows, row-group sizes, split counts), and
-`_index.parquet` the light columns of every clip in one small file, so opening and indexing a 500k-clip
-dataset reads two files instead of every part file's footer and columns. Both are optional for readers: a
-dataset written before they existed (or a plain folder of part files) is opened from the footers.
+`_dataset.json` holds everything opening a dataset and starting training need (per file: rows, row-group sizes,
+split counts and each split's row ranges; per split: clips per label), and `_index.parquet` the light columns of
+every clip in one small file (read only by the tools that need per-clip rows: validation, folds, ids), so
+opening a 500k-clip dataset and taking a split's rows read one small json instead of every part file's footer
+and columns. Both are optional for readers: a dataset written before they existed (or a plain folder of part
+files) is opened from the footers, and one without split ranges takes its split rows from the index.
 """
 from __future__ import annotations
 
@@ -28,6 +30,9 @@ DATASET_JSON = "_dataset.json"
 INDEX_FILE = "_index.parquet"
 META_PREFIX = b"recognizer."
 _STRING_COLUMNS = ["clip_id", "label_name", "split", "source_video"]
+# A file whose splits form more row ranges than this (clips of several splits interleaved) gets none: its json
+# entry would grow with its rows. Readers then take split rows from the index; group_by_split=True avoids it.
+MAX_RANGES_PER_FILE = 64
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +46,15 @@ def write_dataset(clips: Iterable[SkeletonClip], out_dir: str | Path, label_name
                   rows_per_file: int = 1024, *, row_group_size: int = 64,
                   split_map: Mapping[str, Sequence[str]] | None = None, metadata: Mapping[str, Any] | None = None,
                   overwrite: bool = False, nan_policy: NanPolicy = "reject", num_joints: int | None = None,
-                  on_error: Literal["raise", "skip"] = "raise") -> Path:
+                  on_error: Literal["raise", "skip"] = "raise", group_by_split: bool = False) -> Path:
     """Validate and write clips (any iterable, consumed in `rows_per_file` chunks) as a Parquet dataset.
 
     label_names: class names by label; every clip's label must index it and a set label_name must match.
     split_map: optional {split: [clip_id, ...]} for clips in several splits (mmaction2's xsub/xview
     lists); kept verbatim in `_dataset.json` and used by `index(split)`. metadata: free-form JSON dict kept
     in `_dataset.json` (e.g. {'synthetic': True}). on_error='skip' records bad clips instead of raising.
+    group_by_split: order each file's rows by split (stable), so a split is one row range per file and
+    `_dataset.json` can list the ranges (training then never reads the index); rows otherwise keep their order.
     The previous dataset in out_dir is replaced only once the new one is complete (needs overwrite=True).
     """
     out = Path(out_dir)
@@ -61,6 +68,7 @@ def write_dataset(clips: Iterable[SkeletonClip], out_dir: str | Path, label_name
     seen: set[str] = set()
     names_by_label: dict[int, str] = {}
     split_counts: Counter = Counter()
+    split_labels: dict[str, Counter] = {}
     joints: set[int] = set()
     skipped: list[dict] = []
     max_label = -1
@@ -87,11 +95,16 @@ def write_dataset(clips: Iterable[SkeletonClip], out_dir: str | Path, label_name
         nonlocal index_writer
         final = out / f"part-{len(staged):05d}.parquet"
         tmp = out / f".{final.name}.{token}.staged"
+        if group_by_split:
+            chunk = sorted(chunk, key=lambda c: c.split)
         table = clips_to_table(chunk, label_names)
         _write_parquet(table.replace_schema_metadata(file_meta), tmp, row_group_size)
         groups = [min(row_group_size, len(chunk) - s) for s in range(0, len(chunk), row_group_size)] or [0]
         entry = {"name": final.name, "num_rows": len(chunk), "row_groups": groups,
                  "splits": dict(sorted(Counter(c.split for c in chunk).items()))}
+        ranges = _split_ranges([c.split for c in chunk])
+        if split_map is None and sum(len(r) for r in ranges.values()) <= MAX_RANGES_PER_FILE:
+            entry["split_rows"] = ranges
         staged.append((tmp, final, entry))
         light = table.select(list(LIGHT_COLUMNS))
         if index_writer is None:
@@ -111,6 +124,7 @@ def write_dataset(clips: Iterable[SkeletonClip], out_dir: str | Path, label_name
                 continue
             seen.add(clip.clip_id)
             split_counts[clip.split] += 1
+            split_labels.setdefault(clip.split, Counter())[clip.label] += 1
             joints.add(clip.num_joints)
             max_label = max(max_label, clip.label)
             chunk.append(clip)
@@ -140,6 +154,8 @@ def write_dataset(clips: Iterable[SkeletonClip], out_dir: str | Path, label_name
     }
     if split_map is not None:
         info["split_map"] = split_map
+    else:  # clips per label of each split: what the training start checks, without the index
+        info["split_labels"] = {k: {str(lb): n for lb, n in sorted(v.items())} for k, v in sorted(split_labels.items())}
     (out / DATASET_JSON).unlink(missing_ok=True)  # the dataset is invalid until the new json lands
     for path in old:
         path.unlink(missing_ok=True)
@@ -149,3 +165,15 @@ def write_dataset(clips: Iterable[SkeletonClip], out_dir: str | Path, label_name
     with atomic_write(out / DATASET_JSON, "w") as f:
         f.write(json.dumps(info, indent=1))
     return out
+
+
+def _split_ranges(splits: Sequence[str]) -> dict[str, list[list[int]]]:
+    """{split: [[first row, end row), ...]} of a file's rows, consecutive rows of one split merged."""
+    out: dict[str, list[list[int]]] = {}
+    for row, name in enumerate(splits):
+        runs = out.setdefault(name, [])
+        if runs and runs[-1][1] == row:
+            runs[-1][1] = row + 1
+        else:
+            runs.append([row, row + 1])
+    return dict(sorted(out.items()))

@@ -1,8 +1,9 @@
 """Training data: locate the dataset, shard it per worker, and batch it through the skeleton pipeline.
 
 Every source becomes a Parquet skeleton store first (mmaction2 pkl files and the demo data are converted once
-by the driver), so a worker opens the store, reads the light index of a split, and takes its own shard (whole
-row groups dealt round-robin to the ranks). The shard is streamed, never held: each epoch shuffles its row
+by the driver), so a worker opens the store, takes a split's rows (splits.py: from the ranges in `_dataset.json`,
+never the per-clip index when they are there), and takes its own shard (whole row groups dealt round-robin to
+the ranks). The shard is streamed, never held: each epoch shuffles its row
 groups, then clips within a bounded window, all from (seed, epoch, rank), so memory and start-up are the same at
 1k and 500k clips and a resumed run sees the same batches; batches are prepared by `prepare_batch` in loader
 processes.
@@ -17,23 +18,23 @@ import logging
 import os
 import shutil
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from recognizer_core.skeleton.clip import SkeletonClip, SkeletonDataError
 from recognizer_core.skeleton.store import SkeletonDataset
-from recognizer_core.skeleton.store_rows import int64_array
 from recognizer_core.skeleton.validate import empty_positions_for, scan_empty_positions, zero_far_joints
 from recognizer_core.skeleton.transforms import PipelineConfig, prepare_batch
 from recognizer_core.skeleton.transforms_torch import gather_batch
 from recognizer_core.train.config import DataConfig
+# split_info, SplitInfo, shard_positions, ClipIds live in splits.py; callers use them as data.split_info etc.
+from recognizer_core.train.splits import ClipIds, SplitInfo, row_blocks, shard_positions, split_info  # noqa: F401
 
 log = logging.getLogger("recognizer")
 
@@ -126,67 +127,6 @@ def _role(cfg: DataConfig, split: str) -> str:
     return "train" if split == cfg.train_split else "val" if split == cfg.val_split else "test"
 
 
-class ClipIds(Sequence):
-    """Clip ids as an Arrow array, turned into Python strings only when read (400k of them as a list of str
-    cost 30 MB and 0.3 s per worker, for ids that are only looked at when naming a clip)."""
-
-    def __init__(self, ids: pa.Array):
-        self._ids = ids
-
-    def __len__(self) -> int:
-        return len(self._ids)
-
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return self._ids[i].to_pylist()
-        return self._ids[i].as_py()
-
-
-@dataclass
-class SplitInfo:
-    name: str
-    positions: np.ndarray  # row positions in the store, ascending
-    labels: np.ndarray
-    clip_ids: Sequence[str]
-    blocks: np.ndarray | None = None  # the row group (global number) holding each position
-
-    def __len__(self) -> int:
-        return len(self.positions)
-
-
-def split_info(ds: SkeletonDataset, split: str, num_classes: int, required: bool = True) -> SplitInfo | None:
-    """The light index of one split, with labels checked against num_classes (cheap: no keypoints read)."""
-    table = ds.index(split, columns=["clip_id", "label"])
-    if table.num_rows == 0:
-        if required:
-            raise SkeletonDataError(f"{ds.path}: split {split!r} is empty (splits present: {ds.splits()})")
-        return None
-    pos = table["position"].to_numpy().astype(np.int64)
-    labels = table["label"].to_numpy().astype(np.int64)
-    ids = table["clip_id"].combine_chunks()
-    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
-    if bad.size:
-        show = ", ".join(f"{ids[int(i)].as_py()!r} (label {labels[i]})" for i in bad[:5])
-        raise SkeletonDataError(f"{ds.path}: split {split!r} has {bad.size} clip(s) with labels outside "
-                                f"[0, {num_classes}) (model.num_classes): {show}")
-    order = np.argsort(pos)
-    starts = np.unique(np.concatenate(ds.row_group_bounds()))
-    blocks = np.searchsorted(starts, pos[order], side="right") - 1
-    return SplitInfo(split, pos[order], labels[order], ClipIds(ids.take(int64_array(order))), blocks)
-
-
-def shard_positions(info: SplitInfo, rank: int, world: int) -> np.ndarray:
-    """This rank's positions: whole row groups dealt round-robin (a rank reads only its own row groups), or every
-    world-th clip when row groups are unknown or fewer than the ranks. Every clip is in exactly one shard."""
-    if info.blocks is None or world == 1:
-        return info.positions[rank::world]
-    ids = np.unique(info.blocks)
-    if len(ids) < world:
-        return info.positions[rank::world]
-    mine = np.isin(info.blocks, ids[rank::world])
-    return info.positions[mine]
-
-
 def is_empty_skeleton(clip: SkeletonClip) -> bool:
     return not (np.any(clip.keypoint_score > 0) or np.any(clip.keypoint != 0))
 
@@ -208,9 +148,8 @@ class StreamedShard:
         keep = ~np.isin(positions, empty) if empty is not None and len(empty) else np.ones(len(positions), bool)
         self.skipped_positions = positions[~keep]
         self.positions = positions[keep]
-        starts = np.unique(np.concatenate(ds.row_group_bounds()))
         # the row group of each clip, numbered 0.. within this shard: the unit of the block shuffle
-        self.blocks = np.unique(np.searchsorted(starts, self.positions, side="right") - 1, return_inverse=True)[1]
+        self.blocks = np.unique(row_blocks(ds, self.positions), return_inverse=True)[1]
 
     def __len__(self) -> int:
         return len(self.positions)

@@ -75,9 +75,9 @@ def load_data(cfg: TrainJobConfig, dataset_path: str, ctx: WorkerContext) -> Dat
     ds = SkeletonDataset(dataset_path)
     names = label_names(cfg, ds)
     train_info, val_info = tdata.split_info(ds, d_cfg.train_split, k), tdata.split_info(ds, d_cfg.val_split, k)
-    if ctx.rank == 0 and len(np.unique(val_info.labels)) < 2:
+    if ctx.rank == 0 and len(val_info.label_counts) < 2:  # label counts: no per-clip index read
         log.warning("validation split %r has a single class (%s): val/mean_class_accuracy is not informative",
-                    d_cfg.val_split, names[int(val_info.labels[0])])
+                    d_cfg.val_split, names[next(iter(val_info.label_counts))])
     train_clips, skipped = tdata.load_shard(ds, tdata.shard_positions(train_info, ctx.rank, ctx.world_size), d_cfg,
                                             k, cfg.model.num_joints, f"{dataset_path} [{d_cfg.train_split}]")
     val_clips, val_valid = tdata.eval_shard(ds, val_info, ctx.rank, ctx.world_size, d_cfg, k, cfg.model.num_joints,

@@ -1,0 +1,109 @@
+"""A split of a skeleton dataset for training: its row positions, row groups and labels, and the shard of each rank.
+
+The training start takes a split's rows from the ranges in `_dataset.json` (SkeletonDataset.split_positions), so
+it reads no data file and not the per-clip index, at any dataset size; datasets without ranges use the index.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from recognizer_core.skeleton.clip import SkeletonDataError
+from recognizer_core.skeleton.store import SkeletonDataset
+from recognizer_core.skeleton.store_rows import int64_array
+
+
+class ClipIds(Sequence):
+    """Clip ids as an Arrow array, turned into Python strings only when read (400k of them as a list of str
+    cost 30 MB and 0.3 s per worker, for ids that are only looked at when naming a clip)."""
+
+    def __init__(self, ids: pa.Array):
+        self._ids = ids
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return self._ids[i].to_pylist()
+        return self._ids[i].as_py()
+
+
+class SplitInfo:
+    """One split's row positions (ascending), the row group holding each, and its clips per label. Labels and clip
+    ids per clip come from the dataset's index, read only when first asked for (the training start needs
+    neither when the dataset lists its split ranges)."""
+
+    def __init__(self, name: str, positions: np.ndarray, label_counts: dict[int, int],
+                 blocks: np.ndarray | None = None, *, ds: SkeletonDataset | None = None,
+                 labels: np.ndarray | None = None, clip_ids: Sequence[str] | None = None):
+        self.name, self.positions, self.label_counts, self.blocks = name, positions, label_counts, blocks
+        self._ds, self._labels, self._clip_ids = ds, labels, clip_ids
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def _read_index(self) -> None:
+        table = self._ds.index(columns=["clip_id", "label"]).take(int64_array(self.positions))
+        self._labels = table["label"].to_numpy().astype(np.int64)
+        self._clip_ids = ClipIds(table["clip_id"].combine_chunks())
+
+    @property
+    def labels(self) -> np.ndarray:
+        if self._labels is None:
+            self._read_index()
+        return self._labels
+
+    @property
+    def clip_ids(self) -> Sequence[str]:
+        if self._clip_ids is None:
+            self._read_index()
+        return self._clip_ids
+
+
+def row_blocks(ds: SkeletonDataset, positions: np.ndarray) -> np.ndarray:
+    """The row group (global number) holding each position."""
+    starts = np.unique(np.concatenate(ds.row_group_bounds()))
+    return np.searchsorted(starts, positions, side="right") - 1
+
+
+def split_info(ds: SkeletonDataset, split: str, num_classes: int, required: bool = True) -> SplitInfo | None:
+    """One split's rows, with labels checked against num_classes. From the split ranges and label counts in
+    `_dataset.json` when the dataset has them (no data file and no index read), else from the light index."""
+    pos, counts = ds.split_positions(split), ds.split_label_counts(split)
+    if pos is not None and counts is not None:
+        bad_labels = [lb for lb in counts if not 0 <= lb < num_classes]
+        if len(pos) and not bad_labels:
+            return SplitInfo(split, pos, counts, row_blocks(ds, pos), ds=ds)
+    # no ranges, an empty split or bad labels (the index names the clips in the error)
+    table = ds.index(split, columns=["clip_id", "label"])
+    if table.num_rows == 0:
+        if required:
+            raise SkeletonDataError(f"{ds.path}: split {split!r} is empty (splits present: {ds.splits()})")
+        return None
+    pos = table["position"].to_numpy().astype(np.int64)
+    labels = table["label"].to_numpy().astype(np.int64)
+    ids = table["clip_id"].combine_chunks()
+    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+    if bad.size:
+        show = ", ".join(f"{ids[int(i)].as_py()!r} (label {labels[i]})" for i in bad[:5])
+        raise SkeletonDataError(f"{ds.path}: split {split!r} has {bad.size} clip(s) with labels outside "
+                                f"[0, {num_classes}) (model.num_classes): {show}")
+    order = np.argsort(pos)
+    uniq, n = np.unique(labels, return_counts=True)
+    return SplitInfo(split, pos[order], dict(zip(uniq.tolist(), n.tolist())), row_blocks(ds, pos[order]),
+                     labels=labels[order], clip_ids=ClipIds(ids.take(int64_array(order))))
+
+
+def shard_positions(info: SplitInfo, rank: int, world: int) -> np.ndarray:
+    """This rank's positions: whole row groups dealt round-robin (a rank reads only its own row groups), or every
+    world-th clip when row groups are unknown or fewer than the ranks. Every clip is in exactly one shard."""
+    if info.blocks is None or world == 1:
+        return info.positions[rank::world]
+    ids = np.unique(info.blocks)
+    if len(ids) < world:
+        return info.positions[rank::world]
+    mine = np.isin(info.blocks, ids[rank::world])
+    return info.positions[mine]
