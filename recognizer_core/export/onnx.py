@@ -25,7 +25,8 @@ INPUT, OUTPUT = "skeletons", "logits"
 
 
 def _static_gcn_forward(self: UnitGCN, x: torch.Tensor) -> torch.Tensor:
-    # UnitGCN.forward with the fused weight / bias precomputed (see the module docstring)
+    # UnitGCN's aggregate-then-conv in NCHW form (the training forward's channels-last GEMMs compute the same
+    # function), with the fused weight / bias precomputed (see the module docstring)
     n, c_in, t, v = x.shape
     k = self.num_subsets
     xa = (x.reshape(n * c_in * t, v) @ self._export_A).view(n, c_in, t, k, v)
