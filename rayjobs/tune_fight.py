@@ -73,14 +73,10 @@ def main(argv: list[str] | None = None, default_space: str = "search_spaces/figh
         print(f"error: {err}", file=sys.stderr)
         return 2
 
-    from recognizer_core.ray_runtime import RayStartError, start_ray
+    from recognizer_core.ray_runtime import start_ray_or_exit
     from recognizer_core.train.stgcn.job import build_trainer
 
-    try:
-        start_ray(args.address, num_cpus=args.num_cpus, job="tune")
-    except RayStartError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    start_ray_or_exit("tune", args.address, num_cpus=args.num_cpus)
     try:
         run = run_tuning(plan.space, TrainJobConfig, build_trainer, plan.options, extra_overrides=plan.extra,
                          fold_overrides=fold_overrides(folds["path"], plan.options.folds) if folds else None,

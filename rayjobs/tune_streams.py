@@ -60,14 +60,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
-    from recognizer_core.ray_runtime import RayStartError, start_ray
+    from recognizer_core.ray_runtime import start_ray_or_exit
     from recognizer_core.train.stgcn.job import build_trainer, run_folder
 
-    try:
-        start_ray(args.address, num_cpus=args.num_cpus, job="streams")
-    except RayStartError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    start_ray_or_exit("streams", args.address, num_cpus=args.num_cpus)
     # One TorchTrainer per stream, side by side (fit blocks, so each in a thread; Ray shares the CPUs/GPUs).
     errors: dict[str, BaseException] = {}
 
