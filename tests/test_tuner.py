@@ -151,6 +151,65 @@ def test_on_a_tie_the_progress_line_and_the_summary_name_the_same_trial(tmp_path
     assert summary["best_at"] == {"epoch": 2}
 
 
+def test_on_a_tie_in_a_resumed_experiment_the_trial_created_first_still_wins(tmp_path, capsys):
+    """A resumed experiment hands its restored trials back most recent result first, not in creation order
+    (Ray's TuneController._requeue_restored_trials), and its ResultGrid follows that list. The tie rule must
+    use the number Tune gave each trial when it created it. Real Tune trials from Tune's SearchGenerator
+    (no Ray runtime needed): a (the preset), b, c created in that order; a and b tie at 0.8, a reached it
+    last, so a resumed Tune lists b first."""
+    import pandas as pd
+    from ray.tune import Result
+    from ray.tune.experiment import Experiment
+    from ray.tune.search import SearchGenerator, Searcher
+
+    from recognizer_core.tune.progress import SearchProgress
+    from recognizer_core.tune.results import records_from_grid
+
+    class Points(Searcher):  # hands out the three configs in order, as a search's start_with points
+        def __init__(self, points):
+            super().__init__(metric="val/acc_top1", mode="max")
+            self.points = list(points)
+
+        def suggest(self, trial_id):
+            return self.points.pop(0) if self.points else Searcher.FINISHED
+
+    space = _space()
+    params = space.start_points()[0]
+    generator = SearchGenerator(Points([{**params, "model.dropout": d} for d in (0.2, 0.3, 0.4)]))
+    generator.add_configurations([Experiment("tie", run=run_trial_stub, num_samples=3,
+                                             storage_path=str(tmp_path))])
+    a, b, c = (generator.next_trial() for _ in range(3))
+    reports = {a: [{"epoch": 1, "val/acc_top1": 0.5}, {"epoch": 2, "val/acc_top1": 0.8}],
+               b: [{"epoch": 1, "val/acc_top1": 0.8}, {"epoch": 2, "val/acc_top1": 0.7}],
+               c: [{"epoch": 1, "val/acc_top1": 0.6}, {"epoch": 2, "val/acc_top1": 0.6}]}
+    for trial in (b, c, a):  # Tune records each result on the trial (and tags it with the experiment_tag)
+        for r in reports[trial]:
+            trial.update_last_result({**r, "trial_id": trial.trial_id, "config": trial.config})
+    restored = [b, c, a]  # as a resumed Tune lists them
+    progress = SearchProgress("val/acc_top1", "max", total=3, concurrency=3, max_epochs=2, interval_s=0.0)
+    for trial in restored:
+        for r in reports[trial]:
+            progress.on_trial_result(0, restored, trial, r)
+    assert progress.best == (a.trial_id, 0.8)
+    progress.on_step_begin(0, restored)
+    assert f"best val/acc_top1 0.8000 (trial {a.trial_id})" in capsys.readouterr().out
+    # The ResultGrid of the resumed experiment, built as Ray builds it (ResultGrid._trial_to_result), in its order.
+    grid = [Result(metrics=t.last_result.copy(), checkpoint=None, error=None, path=str(tmp_path / t.trial_id),
+                   metrics_dataframe=pd.DataFrame(reports[t])) for t in restored]
+    records = records_from_grid(grid)
+    assert [r.trial_id for r in records] == [a.trial_id, b.trial_id, c.trial_id]
+    summary = write_summary(records[::-1], space, TrainJobConfig, metric="val/acc_top1", mode="max",
+                            extra=space.demo, out_dir=tmp_path / "summary", experiment_uri=str(tmp_path),
+                            plots=False)
+    assert (summary["best_trial"], summary["best_value"]) == progress.best
+    table = pd.read_parquet(tmp_path / "summary" / "results.parquet")
+    assert list(table["trial_id"]) == [a.trial_id, b.trial_id, c.trial_id]  # the best first, on a tie a
+
+
+def run_trial_stub(config):  # the trainable the SearchGenerator's trials name; never run here
+    pass
+
+
 def _start(cmd: list[str], log: Path) -> subprocess.Popen:
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
     env.pop("RAY_ADDRESS", None)

@@ -7,7 +7,7 @@ import time
 
 from ray.tune import Callback
 
-from recognizer_core.tune.records import finite, pick_best_trial
+from recognizer_core.tune.records import creation_index, finite, in_creation_order, pick_best_trial
 from recognizer_core.tune.reports import ROUND_KEY, estimate_left, progress_line
 
 SHOWN = ("val/acc_top1", "val/mean_class_accuracy", "val/AP", "val/loss", "train/loss")
@@ -68,9 +68,11 @@ class SearchProgress(Callback):
         print(f"[tune] trial {trial.trial_id} finished", flush=True)
 
     def _pick_best(self, trials) -> None:
-        # The summary's rule (records.pick_best_trial): `trials` is Tune's list in creation order, so on a tie the
-        # trial created first is named here as in the summary, whichever reported the value first.
-        self.best = pick_best_trial([(t.trial_id, self.trial_best[t.trial_id]) for t in trials
+        # The summary's rule (records.pick_best_trial): on a tie the trial created first is named here as in the
+        # summary, whichever reported the value first. Tune's `trials` list is not in creation order on a resumed
+        # experiment: the number in each trial's experiment_tag is.
+        ordered = in_creation_order(trials, lambda t: creation_index(getattr(t, "experiment_tag", None)))
+        self.best = pick_best_trial([(t.trial_id, self.trial_best[t.trial_id]) for t in ordered
                                      if t.trial_id in self.trial_best], self.mode)
 
     def on_trial_error(self, iteration, trials, trial, **info):

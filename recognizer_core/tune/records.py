@@ -20,6 +20,7 @@ class TrialRecord:
     reports: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None
     path: str = ""
+    created: int | None = None  # Tune's creation number of the trial (`creation_index`), None when unknown
 
 
 def finite(x: Any) -> bool:
@@ -48,11 +49,25 @@ def best_report(rec: TrialRecord, metric: str, mode: str, *,
     return best
 
 
+def creation_index(experiment_tag: Any) -> int | None:
+    """The number Tune gave a trial when it created it: Tune's search generator names each new trial's
+    `experiment_tag` "<counter>_<params>" and saves the counter with the experiment, so the number survives a
+    resume. The order of Tune's trial list does not: a resumed experiment re-adds its restored trials most
+    recent result first (TuneController._requeue_restored_trials). None when the tag has no number."""
+    head = str(experiment_tag or "").split("_", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
+def in_creation_order(items: Iterable[Any], created: Callable[[Any], int | None]) -> list[Any]:
+    """`items` sorted by their creation number (`created(item)`); items without one keep their order, last."""
+    return sorted(items, key=lambda item: (created(item) is None, created(item) or 0))
+
+
 def pick_best_trial(values: Iterable[tuple[str, Any]], mode: str) -> tuple[str, float] | None:
     """The search's best trial from `(trial_id, the trial's best value)` pairs IN THE ORDER TUNE CREATED THE
-    TRIALS: the best finite value; on a tie the trial created first (the preset, evaluated first, keeps its
-    place against a tied newcomer). The one rule of the live `[tune] progress` line (`progress.py`) and of the
-    summary (`results.write_summary`), so both always name the same trial."""
+    TRIALS (`in_creation_order`): the best finite value; on a tie the trial created first (the preset,
+    evaluated first, keeps its place against a tied newcomer). The one rule of the live `[tune] progress` line
+    (`progress.py`) and of the summary (`results.write_summary`), so both always name the same trial."""
     best = None
     for trial_id, value in values:
         if finite(value) and (best is None or (value > best[1] if mode == "max" else value < best[1])):

@@ -18,8 +18,9 @@ from pydantic import BaseModel
 from recognizer_core.storage import copy_tree, exists, is_remote, join_uri
 from recognizer_core.tune.compare import search_compute, preset_comparison
 from recognizer_core.tune.plots import write_plots
-from recognizer_core.tune.records import (CHECKPOINT_KEY, FINAL_REPORT_KEY, TrialRecord, best_report, error_head,
-                                          finite, is_missing, pick_best_trial)
+from recognizer_core.tune.records import (CHECKPOINT_KEY, FINAL_REPORT_KEY, TrialRecord, best_report,
+                                          creation_index, error_head, finite, in_creation_order, is_missing,
+                                          pick_best_trial)
 from recognizer_core.tune.search_space import SearchSpace, set_dotted
 
 __all__ = ["CHECKPOINT_KEY", "FINAL_REPORT_KEY", "TrialRecord", "best_report", "records_from_grid",
@@ -27,7 +28,8 @@ __all__ = ["CHECKPOINT_KEY", "FINAL_REPORT_KEY", "TrialRecord", "best_report", "
 
 
 def records_from_grid(grid) -> list[TrialRecord]:
-    """Ray ResultGrid -> TrialRecords (errored trials included, with their exception type and message head)."""
+    """Ray ResultGrid -> TrialRecords (errored trials included, with their exception type and message head), in
+    the order Tune created the trials: the grid's own order is not that on a resumed experiment."""
     records = []
     for result in grid:
         df = result.metrics_dataframe
@@ -42,8 +44,9 @@ def records_from_grid(grid) -> list[TrialRecord]:
         reports = [{k: v for k, v in r.items() if k != FINAL_REPORT_KEY} for r in reports]
         trial_id = (result.metrics or {}).get("trial_id") or Path(str(result.path)).name.removeprefix("trial_")
         records.append(TrialRecord(trial_id=str(trial_id), params=dict(result.config or {}), reports=reports,
-                                   error=error_head(result.error), path=str(result.path)))
-    return records
+                                   error=error_head(result.error), path=str(result.path),
+                                   created=creation_index((result.metrics or {}).get("experiment_tag"))))
+    return in_creation_order(records, lambda r: r.created)
 
 
 _is_missing = is_missing
@@ -136,6 +139,7 @@ def write_summary(records: list[TrialRecord], space: SearchSpace, config_cls: ty
     `time_attr`/`max_t` are in epochs (the table's unit, whatever ASHA measured rungs in). `best_trial`: the
     trial to export instead of the best by `metric` (a multi-objective search's Pareto pick)."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    records = in_creation_order(records, lambda r: r.created)
     df = results_table(records, space, metric, mode, time_attr, max_t)
     files = [str(p) for p in write_table(df, out_dir)] if not df.empty else []
     counts = df["status"].value_counts().to_dict() if not df.empty else {}
@@ -147,8 +151,8 @@ def write_summary(records: list[TrialRecord], space: SearchSpace, config_cls: ty
     ranked = {r.trial_id: (best_report(r, metric, mode), r) for r in records if not r.error}
     ranked = {t: (b, r) for t, (b, r) in ranked.items() if b is not None}
     if ranked:
-        # `records` are in the order Tune created the trials (ResultGrid order): on equal values the first wins,
-        # the same rule (one function) as the progress line's "best".
+        # `records` are in the order Tune created the trials: on equal values the first wins, the same rule (one
+        # function) as the progress line's "best".
         chosen = best_trial or pick_best_trial([(t, b[metric]) for t, (b, _) in ranked.items()], mode)[0]
         best, rec = ranked[chosen]
         summary.update(best_trial=rec.trial_id, best_value=best[metric], best_params=rec.params,
