@@ -71,6 +71,12 @@ def start_ray(address: str | None = None, *, num_cpus: int | None = None, dashbo
         else:
             port = _free_port()
             os.environ.setdefault("RAY_API_SERVER_ADDRESS", f"http://127.0.0.1:{port}")
+            # Ray Train's preemption watcher (one actor per Train run) polls whether a node is being drained
+            # (spot / preemptible machines). A private Ray is this one machine: nothing to watch, and creating
+            # the actor makes Ray 2.60 log a C++ "E ... core_worker.cc: Actor with class name: 'PreemptionWatcher'
+            # ... has constructor arguments in the object store" line for every run. Off here only (the
+            # controller reads it from the environment, which Ray's processes inherit); clusters keep it.
+            os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
             ctx = ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, dashboard_port=port,
                            log_to_driver=log_to_driver, logging_level=RAY_LOG_LEVEL)
     except Exception as err:  # noqa: BLE001 - every start-up failure gets the same advice block

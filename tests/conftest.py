@@ -14,6 +14,11 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Ray Train's controller polls its workers every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s) and takes ONE report per
+# poll (a worker's result queue holds one), so a test run whose epochs take under 2 s is paced at 2 s per epoch,
+# and every run start, end and restart waits for a poll. The same code at a 0.5 s pace: Ray's processes (local
+# runtime, `ray start` heads, job subprocesses) inherit this environment.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 
 # Ctrl-C must stop the suite. Ray Train's fit() (TrainController) installs a SIGINT handler that turns Ctrl-C
 # into a "graceful abort" of the current run and is never removed, and Ray Tune installs one for the duration of

@@ -1,9 +1,9 @@
 """End-to-end STGCN++ jobs on a local Ray (2 CPUs, 2 workers, tiny model, demo data).
 
 One run per scenario, several assertions each: the fight preset (train + val + test + the test job + mmaction2
-export), the falldown preset as the uninterrupted reference, the same run with a worker killed mid-run, and
-the same run with its driver killed mid-run and the command re-run. The last two must finish with the same
-weights as the reference: resume is exact, not just "it continued".
+export), the falldown preset as the uninterrupted reference, and the same run with its driver killed mid-run,
+the command re-run, and a worker killed in that re-run. It must finish with the same weights as the reference:
+resume is exact, not just "it continued".
 """
 from __future__ import annotations
 
@@ -136,44 +136,38 @@ def test_falldown_preset_full_run(falldown_reference):
     assert not (run / "resume_log.jsonl").exists()
 
 
-def test_killed_worker_resumes_exactly(falldown_reference, monkeypatch, capsys):
+def test_stopped_run_then_killed_worker_resume_exactly(falldown_reference, ray_local, monkeypatch, capsys, tmp_path):
+    """Both ways a run resumes, in one run: its driver is killed mid-run and the command re-run (the run continues
+    from its latest checkpoint), and in that re-run a worker dies (Ray Train restarts the worker group from the
+    latest checkpoint). It must end with the reference's weights and scheduler state: resume is exact, not just
+    "it continued"."""
     storage = falldown_reference
-    marker = storage / "killed_worker.marker"
-    monkeypatch.setenv(FAULT_ENV, f"epoch=3,rank=1,marker={marker}")
-    out = _train("falldown_stable.yaml", storage, "killed_worker", capsys)
-    run = storage / "killed_worker"
-    assert marker.exists(), "the fault was not injected"
-    assert out["error"] is None and out["epochs_run"] == 4
-    resumes = [json.loads(line) for line in (run / "resume_log.jsonl").read_text().splitlines()]
-    assert [r["resumed_from_epoch"] for r in resumes] == [2]  # the checkpoint before the failure
-    summary = json.loads((run / "summary.json").read_text())
-    assert [h["epoch"] for h in summary["history"]] == [1, 2, 3, 4]  # epoch 3 redone once, not duplicated
-    ref = _final_state(storage / "reference")
-    got = _final_state(run)
-    _assert_same_weights(ref["model"], got["model"])
-    assert ref["scheduler"] == got["scheduler"]
-
-
-def test_stopped_run_resumes_exactly(falldown_reference, ray_local, capsys, tmp_path):
-    storage = falldown_reference
-    marker = tmp_path / "driver_killed.marker"
+    driver_marker, worker_marker = tmp_path / "driver_killed.marker", tmp_path / "killed_worker.marker"
     args = _args("falldown_stable.yaml", storage, "stopped")
     # A real driver process, SIGKILLed by the rank-0 worker after epoch 3 (the epoch-2 checkpoint is the latest)
     code = ("import os, sys; sys.argv[1:1] = []; from rayjobs.train_stgcn import main; "
-            f"os.environ['{FAULT_ENV}'] = f'epoch=3,rank=0,marker={marker},kill_pid={{os.getpid()}}'; "
+            f"os.environ['{FAULT_ENV}'] = f'epoch=3,rank=0,marker={driver_marker},kill_pid={{os.getpid()}}'; "
             f"sys.exit(main(sys.argv[1:]))")
     env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
     proc = subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=240)
     assert proc.returncode == -9, proc.stdout[-2000:] + proc.stderr[-3000:]
     run = storage / "stopped"
-    assert marker.exists() and not (run / "summary.json").exists()
-    # the same command again continues the run from its latest checkpoint
+    assert driver_marker.exists() and not (run / "summary.json").exists()
+    # The same command again continues the run from its latest checkpoint; there, rank 1 exits after epoch 3 (a
+    # lost worker): the worker group restarts from the epoch-2 checkpoint again.
+    monkeypatch.setenv(FAULT_ENV, f"epoch=3,rank=1,marker={worker_marker}")
     out = _train("falldown_stable.yaml", storage, "stopped", capsys)
+    assert worker_marker.exists(), "the worker fault was not injected"
     assert out["error"] is None and out["epochs_run"] == 4
     resumes = [json.loads(line) for line in (run / "resume_log.jsonl").read_text().splitlines()]
-    assert [r["resumed_from_epoch"] for r in resumes] == [2]
-    _assert_same_weights(_final_state(storage / "reference")["model"], _final_state(run)["model"])
+    # the re-run after the driver was killed, then the worker-group restart: each from the checkpoint before
+    assert [r["resumed_from_epoch"] for r in resumes] == [2, 2]
+    summary = json.loads((run / "summary.json").read_text())
+    assert [h["epoch"] for h in summary["history"]] == [1, 2, 3, 4]  # epoch 3 redone twice, not duplicated
+    ref, got = _final_state(storage / "reference"), _final_state(run)
+    _assert_same_weights(ref["model"], got["model"])
+    assert ref["scheduler"] == got["scheduler"]
 
 
 def test_a_data_error_in_a_worker_ends_the_run_at_once(ray_local, tmp_path, capsys, monkeypatch):

@@ -28,10 +28,26 @@ def checkpoint_name(epoch: int) -> str:
     return f"checkpoint_epoch_{int(epoch):04d}"
 
 
+def _report_log_at_run_level() -> None:
+    """Ray 2.60's worker context logs every report ("Reporting training result N: TrainingReport(...)", the whole
+    metrics dict) at INFO on a logger named after its FILE (`logging.getLogger(__file__)` in
+    ray/train/v2/_internal/execution/context.py). RunConfig's LoggingConfig filters only loggers named
+    "ray.train*", and the worker's root logger is at INFO, so that line reached the console whatever the run's
+    log level. Give that one logger the run's level: at WARNING (the default) its INFO goes, warnings stay."""
+    try:
+        from ray.train.v2._internal.execution import context as train_context
+
+        level = train_context.get_train_context().train_run_context.get_run_config().logging_config.log_level
+    except (ImportError, AttributeError):  # another Ray layout: nothing to adjust
+        return
+    logging.getLogger(train_context.__file__).setLevel(level)
+
+
 class RayTrainContext:
     """`WorkerContext` of a Ray Train worker."""
 
     def __init__(self, use_gpu: bool):
+        _report_log_at_run_level()
         ctx = ray.train.get_context()
         self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
         self.device = ray.train.torch.get_device()
