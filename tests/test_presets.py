@@ -80,3 +80,18 @@ def test_demo_preset_differs_from_fight_stable_only_in_its_budget():
     assert changed == {("data", "demo_num_clips"), ("pipeline", "clip_len"), ("pipeline", "num_person"),
                        ("optim", "base_batch_size"), ("schedule", "warmup_epochs"), ("schedule", "milestones"),
                        ("train", "epochs"), ("train", "batch_size"), ("train", "val_interval"), ("run", "name")}
+
+
+def test_falldown_preset_trains_on_its_own_classes(tmp_path):
+    """What the falldown preset changes from fight_stable, where a run uses it: its demo data (no dataset given)
+    has the preset's classes in the preset's order, and the class weight favours Falldown. The Ray run itself is
+    the same code as fight_stable's (tests/test_train_ray.py)."""
+    from recognizer_core.skeleton.store import SkeletonDataset
+    from recognizer_core.train.data import prepare_dataset
+
+    cfg = load_config(TrainJobConfig, CONFIGS / "falldown_stable.yaml", ["data.demo_num_clips=12"])
+    ds = SkeletonDataset(prepare_dataset(cfg.data, tmp_path))
+    assert ds.label_names == cfg.data.label_names == ["Normal", "Falldown"] and cfg.model.num_classes == 2
+    weight = dict(zip(ds.label_names, cfg.train.class_weight))
+    assert weight["Falldown"] > weight["Normal"] and cfg.model.dropout < load_config(
+        TrainJobConfig, CONFIGS / "fight_stable.yaml").model.dropout

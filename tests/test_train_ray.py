@@ -1,12 +1,14 @@
 """End-to-end STGCN++ jobs on a local Ray (2 CPUs, 2 workers, tiny model, demo data).
 
 One run per scenario, several assertions each: the fight preset (train + val + test + the test job + mmaction2
-export), the falldown preset as the uninterrupted reference, and the same run with its driver killed mid-run,
-the command re-run, and a worker killed in that re-run. It must finish with the same weights as the reference:
-resume is exact, not just "it continued".
+export), which is also the uninterrupted reference, and the same run with its driver killed mid-run, the command
+re-run, and a worker killed in that re-run. That must finish with the reference's weights: resume is exact, not
+just "it continued". (The falldown preset differs only in its values, checked in tests/test_presets.py.)
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -56,11 +58,28 @@ def _assert_same_weights(a: dict, b: dict) -> None:
         assert torch.equal(a[k], b[k]), f"{k} differs after resume"
 
 
-def test_fight_preset_train_val_test_export(ray_local, tmp_path, capsys, monkeypatch):
-    # test_num_clips=3 (the preset says 1): the test job below must use the config the run was trained with.
-    out = _train("fight_stable.yaml", tmp_path, "fight", capsys, "pipeline.test_num_clips=3")
-    run = tmp_path / "fight"
+# test_num_clips=3 (the preset says 1): the test job must use the config the run was trained with.
+FIGHT = ("fight_stable.yaml", "pipeline.test_num_clips=3")
+
+
+@pytest.fixture(scope="module")
+def fight_run(ray_local, tmp_path_factory):
+    """The fight preset's uninterrupted run (storage, its JSON line): the preset test checks it, and the resume
+    test must reproduce its weights exactly."""
+    from rayjobs.train_stgcn import main
+
+    storage = tmp_path_factory.mktemp("fight")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(_args(FIGHT[0], storage, "fight", *FIGHT[1:])) == 0
+    return storage, json.loads([ln for ln in printed.getvalue().splitlines() if ln.startswith("{")][-1])
+
+
+def test_fight_preset_train_val_test_export(fight_run, capsys, monkeypatch):
+    storage, out = fight_run
+    run = storage / "fight"
     assert out["error"] is None and out["epochs_run"] == 4
+    assert not (run / "resume_log.jsonl").exists()  # uninterrupted: nothing resumed
     summary = json.loads((run / "summary.json").read_text())
     hist = summary["history"]
     assert [h["epoch"] for h in hist] == [1, 2, 3, 4]
@@ -102,48 +121,28 @@ def test_fight_preset_train_val_test_export(ray_local, tmp_path, capsys, monkeyp
     # softmax averaged over 3 clips). One Ray test run covers the job, run discovery and the run's own config.
     from rayjobs.test_stgcn import main as test_main
 
-    elsewhere = tmp_path / "elsewhere"
+    elsewhere = storage.parent / f"{storage.name}_elsewhere"
     elsewhere.mkdir()
-    (elsewhere / "work_dirs").symlink_to(tmp_path)
+    (elsewhere / "work_dirs").symlink_to(storage)
     monkeypatch.chdir(elsewhere)
+    capsys.readouterr()
     assert test_main([]) == 0
     printed = capsys.readouterr().out
-    assert f"no run 'fight_stable': testing the newest training run, {tmp_path / 'fight'}" in printed
+    assert f"no run 'fight_stable': testing the newest training run, {run}" in printed
     res = json.loads(printed.strip().splitlines()[-1])
     m = json.loads((run / "test" / "test_metrics.json").read_text())
     assert res["test_num_clips"] == m["test_num_clips"] == 3 and m["checkpoint"].endswith(best["file"])
     assert res["num_samples"] == m["num_samples"] == test["num_samples"] and res["checkpoint"].endswith(best["file"])
 
 
-@pytest.fixture(scope="module")
-def falldown_reference(ray_local, tmp_path_factory):
-    """The uninterrupted falldown run every resume scenario must reproduce exactly."""
-    from rayjobs.train_stgcn import main
-
-    storage = tmp_path_factory.mktemp("falldown")
-    assert main(_args("falldown_stable.yaml", storage, "reference")) == 0
-    return storage
-
-
-def test_falldown_preset_full_run(falldown_reference):
-    run = falldown_reference / "reference"
-    summary = json.loads((run / "summary.json").read_text())
-    assert summary["epochs_run"] == 4 and summary["label_names"] == ["Normal", "Falldown"]
-    cfg = load_config(TrainJobConfig, run / "checkpoint_epoch_0004" / "config.yaml")
-    assert cfg.train.class_weight == [1.0, 1.5] and cfg.model.dropout == 0.2
-    test = json.loads((run / "test_metrics.json").read_text())
-    assert set(test["recall"]) == {"Normal", "Falldown"}
-    assert not (run / "resume_log.jsonl").exists()
-
-
-def test_stopped_run_then_killed_worker_resume_exactly(falldown_reference, ray_local, monkeypatch, capsys, tmp_path):
+def test_stopped_run_then_killed_worker_resume_exactly(fight_run, ray_local, monkeypatch, capsys, tmp_path):
     """Both ways a run resumes, in one run: its driver is killed mid-run and the command re-run (the run continues
     from its latest checkpoint), and in that re-run a worker dies (Ray Train restarts the worker group from the
     latest checkpoint). It must end with the reference's weights and scheduler state: resume is exact, not just
     "it continued"."""
-    storage = falldown_reference
+    storage = tmp_path
     driver_marker, worker_marker = tmp_path / "driver_killed.marker", tmp_path / "killed_worker.marker"
-    args = _args("falldown_stable.yaml", storage, "stopped")
+    args = _args(FIGHT[0], storage, "stopped", *FIGHT[1:])
     # A real driver process, SIGKILLed by the rank-0 worker after epoch 3 (the epoch-2 checkpoint is the latest)
     code = ("import os, sys; sys.argv[1:1] = []; from rayjobs.train_stgcn import main; "
             f"os.environ['{FAULT_ENV}'] = f'epoch=3,rank=0,marker={driver_marker},kill_pid={{os.getpid()}}'; "
@@ -157,7 +156,7 @@ def test_stopped_run_then_killed_worker_resume_exactly(falldown_reference, ray_l
     # The same command again continues the run from its latest checkpoint; there, rank 1 exits after epoch 3 (a
     # lost worker): the worker group restarts from the epoch-2 checkpoint again.
     monkeypatch.setenv(FAULT_ENV, f"epoch=3,rank=1,marker={worker_marker}")
-    out = _train("falldown_stable.yaml", storage, "stopped", capsys)
+    out = _train(FIGHT[0], storage, "stopped", capsys, *FIGHT[1:])
     assert worker_marker.exists(), "the worker fault was not injected"
     assert out["error"] is None and out["epochs_run"] == 4
     resumes = [json.loads(line) for line in (run / "resume_log.jsonl").read_text().splitlines()]
@@ -165,7 +164,7 @@ def test_stopped_run_then_killed_worker_resume_exactly(falldown_reference, ray_l
     assert [r["resumed_from_epoch"] for r in resumes] == [2, 2]
     summary = json.loads((run / "summary.json").read_text())
     assert [h["epoch"] for h in summary["history"]] == [1, 2, 3, 4]  # epoch 3 redone twice, not duplicated
-    ref, got = _final_state(storage / "reference"), _final_state(run)
+    ref, got = _final_state(fight_run[0] / "fight"), _final_state(run)
     _assert_same_weights(ref["model"], got["model"])
     assert ref["scheduler"] == got["scheduler"]
 

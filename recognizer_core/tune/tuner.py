@@ -135,8 +135,8 @@ class TrialDriver:
                 num_to_keep=1, checkpoint_score_attribute=self.metric, checkpoint_score_order=self.mode),
             # A lost worker is recovered inside the trial, from the latest checkpoint, as in a plain run.
             failure_config=ray.train.FailureConfig(max_failures=_train_max_failures(cfg)),
-            # Ray Train's own INFO (worker group start, "Reporting training result ...", checkpoint paths) would
-            # drown the search's [tune] lines; its warnings and errors still show (as in train/ray_run.py).
+            # Ray Train's own INFO (worker group start, checkpoint paths; "Reporting training result ..." through
+            # ray_run.RayTrainContext) would drown the search's [tune] lines; warnings and errors still show.
             logging_config=ray.train.LoggingConfig(log_level="WARNING"))
         # A Train run that already exists is being continued (resume, retry). If it had finished its last
         # epoch before the driver died, it reports nothing new: hand Tune its final metrics (+ checkpoint).
