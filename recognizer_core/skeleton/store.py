@@ -4,10 +4,11 @@ Layout: `<dir>/part-00000.parquet, part-00001.parquet, ...` plus `<dir>/_dataset
 schema version, split counts, per-file row and row-group counts, free-form metadata) and `<dir>/_index.parquet`
 (the light columns of every clip). Keypoints are flat list<float32> columns with shape columns (num_person,
 num_frames, num_joints) beside them, so a row becomes arrays by a zero-copy reshape. Opening reads only
-`_dataset.json`, and so does taking a split's rows and label counts (`split_positions`, `split_label_counts`:
-per-file row ranges and per-split label counts written with the dataset), so the training start costs the same at
-1k and 500k clips; `_index.parquet` (one row per clip) is read only by `index`, for the tools that need per-clip
-rows. Part files are opened (and their schema checked) when first read. Datasets without those files or
+`_dataset.json` (no part file is opened or even stat'ed: a missing one is named at its first read), and so does
+taking a split's rows and label counts (`split_ranges` -> RowRanges, `split_label_counts`: per-file row ranges and
+per-split label counts written with the dataset), so the training start costs O(files + row groups), not
+O(clips); `_index.parquet` (one row per clip) is read only by `index`, for the tools that need per-clip rows.
+Part files are opened (and their schema checked) when first read. Datasets without those files or
 fields (older ones, or plain folders of part files) are opened from the part files' footers and take their split
 rows from the index. Writing is in store_write.py.
 """
@@ -41,10 +42,11 @@ _OPEN_FILES = 32
 
 # ---------------------------------------------------------------- reading
 
-def check_file_schema(path: str | Path, fs: pafs.FileSystem | None = None) -> pa.Schema:
-    """Read a Parquet file's footer schema; SkeletonDataError names the file and the missing/extra/odd columns."""
+def check_file_schema(path: str | Path, fs: pafs.FileSystem | None = None, schema: pa.Schema | None = None) -> pa.Schema:
+    """Read a Parquet file's footer schema (or check the one given, already read from that footer);
+    SkeletonDataError names the file and the missing/extra/odd columns."""
     try:
-        schema = pq.read_schema(str(path), filesystem=fs)
+        schema = pq.read_schema(str(path), filesystem=fs) if schema is None else schema
     except (OSError, pa.ArrowInvalid) as err:
         raise SkeletonDataError(f"{path}: not a readable Parquet file ({err})") from None
     missing = [n for n in CLIP_SCHEMA.names if n not in schema.names]
@@ -133,13 +135,30 @@ class SkeletonDataset:
         with self._fs.open_input_stream(path) as f:
             return f.read().decode()
 
+    def _missing(self, i: int) -> SkeletonDataError:
+        return SkeletonDataError(f"{self._show(self._join(DATASET_JSON))}: lists {posixpath.basename(self._files[i])}"
+                                 " but the file is missing")
+
     def _check(self, i: int) -> pa.Schema:
         if self._fs.get_file_info(self._files[i]).type == pafs.FileType.NotFound:
-            raise SkeletonDataError(f"{self._show(self._join(DATASET_JSON))}: lists {posixpath.basename(self._files[i])}"
-                                    " but the file is missing")
+            raise self._missing(i)
         schema = check_file_schema(self._files[i], self._fs)
         self._checked.add(i)
         return schema
+
+    def _open(self, i: int) -> pq.ParquetFile:
+        """Open a part file, checking its schema on the same footer read (once per file and process)."""
+        try:
+            pf = pq.ParquetFile(self._fs.open_input_file(self._files[i]))
+            schema = pf.schema_arrow
+        except FileNotFoundError:
+            raise self._missing(i) from None
+        except (OSError, pa.ArrowInvalid) as err:
+            raise SkeletonDataError(f"{self.files[i]}: not a readable Parquet file ({err})") from None
+        if i not in self._checked:
+            check_file_schema(self.files[i], self._fs, schema)
+            self._checked.add(i)
+        return pf
 
     def __len__(self) -> int:
         return int(self._file_start[-1])
@@ -209,9 +228,7 @@ class SkeletonDataset:
         else:
             if len(self._pf) >= _OPEN_FILES:  # a bounded number of footers in memory, whatever the file count
                 del self._pf[next(iter(self._pf))]
-            if i not in self._checked:
-                self._check(i)
-            pf = pq.ParquetFile(self._fs.open_input_file(self._files[i]))
+            pf = self._open(i)
             sizes = [pf.metadata.row_group(g).num_rows for g in range(pf.metadata.num_row_groups)]
             if sum(sizes) != int(self._group_start[i][-1]):
                 raise SkeletonDataError(f"{self.files[i]}: {sum(sizes)} rows but {DATASET_JSON} says "
