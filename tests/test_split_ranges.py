@@ -115,6 +115,9 @@ def test_a_split_map_overrides_the_ranges(grouped, tmp_path):
     ds = SkeletonDataset(view)
     assert ds.split_positions("train") is None and ds.split_label_counts("train") is None
     assert len(tdata.split_info(ds, "train", 2)) == 10 and len(tdata.split_info(ds, "cv0_val", 2)) == 10
+    from recognizer_core.skeleton.validate import validate_dataset  # membership by clip_id there too
+    assert validate_dataset(view, ["cv0_val"], 2, use_cache=False)["num_clips"] == 10
+    assert validate_dataset(view, ["train", "cv0_val"], 2, use_cache=False)["num_clips"] == 20
 
 
 def test_demo_data_training_start_opens_no_index(tmp_path):
