@@ -6,9 +6,11 @@ Synthetic tiny clips (1 person, `--frames` frames, 17 joints: ~1.7 kB of keypoin
 `write_dataset` (1024 rows a file, 64-row row groups, rows grouped by split per file, as build_dataset writes),
 so disk and generation stay small while the number of files, row groups and rows is that of a real dataset of
 that many clips. Each measurement runs in a fresh process (its peak RSS is that step's alone):
-- `stream`: what a training worker does now: open, `split_info('train')` (the split's row ranges and label
-  counts from `_dataset.json`, no index read), `load_shard` (positions only), `ShardBatches` with the default
-  window, first batch, then `--batches` more (time to first batch, peak RSS);
+- `stream`: what a training worker does now: open, `split_info('train')` (`index_s`: the split's row ranges and
+  label counts from `_dataset.json`, no index read, no per-clip array), `shard_positions` of rank 0 of 4
+  (`shard4_rows_s`: whole row groups as ranges), `load_shard` of the whole split (ranges only), `ShardBatches`
+  with the default window, first batch (its window's positions only), then `--batches` more (time to first
+  batch, peak RSS);
 - `stream_index`: the same on a copy whose `_dataset.json` has no split ranges (datasets written before them):
   `split_info` reads the split's rows from `_index.parquet` (one row per clip), as every start did before;
 - `materialize`: the previous loader's cost, every clip of the shard read and validated into memory first;
@@ -126,6 +128,10 @@ def _child(mode: str, path: str, batches: int) -> dict:
     t1 = time.perf_counter()
     info = tdata.split_info(ds, "train", 2)
     out["index_s"] = time.perf_counter() - t1
+    t1 = time.perf_counter()
+    quarter = tdata.shard_positions(info, 0, 4)  # rank 0's rows among 4 training workers
+    out["shard4_rows_s"] = time.perf_counter() - t1
+    out["shard4_ranges"], out["split_ranges"] = len(quarter.starts), len(info.ranges.starts)
     if mode != "legacy_open":
         pipe = PipelineConfig(feats=["j"], clip_len=8, num_person=1)
         t1 = time.perf_counter()
@@ -181,6 +187,7 @@ def main() -> None:
     if args.child:
         print(json.dumps(_child(args.child[0], args.child[1], args.batches)))
         return
+    load_start = os.getloadavg()[0]
     work = Path(args.work or tempfile.mkdtemp(prefix="bench_dataset_"))
     results = {}
     try:
@@ -210,7 +217,7 @@ def main() -> None:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                             cwd=Path(__file__).parent).stdout.strip()
     save_result({"bench": "dataset", "date": now(), "commit": commit, "machine": machine(),
-                 "load_avg_1m": os.getloadavg()[0],
+                 "load_avg_1m": os.getloadavg()[0], "load_avg_1m_start": load_start,
                  "repeats": args.repeats, "frames": args.frames, "persons": args.persons,
                  "batch": BATCH,
                  "buffer_clips": DEFAULT_BUFFER_CLIPS, "sizes": results}, args.out)

@@ -56,8 +56,10 @@ def test_write_demo_dataset(tmp_path, caplog):
     assert len(ds) == 20 and ds.label_names == ["Normal", "Falldown"]
     assert ds.metadata["synthetic"] is True and ds.metadata["task"] == "falldown"
     assert ds.splits() == {"train": 14, "val": 3, "test": 3}
-    first = ds.read([0])[0]
-    np.testing.assert_array_equal(first.keypoint, make_demo_clips("falldown", 1, seed=0)[0].keypoint)
+    first = ds.read([0])[0]  # rows are grouped by split: row 0 is the first clip of the first split by name
+    made = {c.clip_id: c for c in make_demo_clips("falldown", 20, seed=0)}
+    np.testing.assert_array_equal(first.keypoint, made[first.clip_id].keypoint)
+    assert [len(r) for f in ds.info["files"] for r in f["split_rows"].values()] == [1, 1, 1]
     write_demo_dataset("falldown", path, num_clips=4, seed=0)  # regenerating replaces it
     assert len(SkeletonDataset(path)) == 4
 

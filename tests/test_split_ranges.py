@@ -115,3 +115,29 @@ def test_a_split_map_overrides_the_ranges(grouped, tmp_path):
     ds = SkeletonDataset(view)
     assert ds.split_positions("train") is None and ds.split_label_counts("train") is None
     assert len(tdata.split_info(ds, "train", 2)) == 10 and len(tdata.split_info(ds, "cv0_val", 2)) == 10
+    from recognizer_core.skeleton.validate import validate_dataset  # membership by clip_id there too
+    assert validate_dataset(view, ["cv0_val"], 2, use_cache=False)["num_clips"] == 10
+    assert validate_dataset(view, ["train", "cv0_val"], 2, use_cache=False)["num_clips"] == 20
+
+
+def test_demo_data_training_start_opens_no_index(tmp_path):
+    """The built-in demo data (500 clips: 2 files, which used to hold too many interleaved ranges to list) lists one
+    range per split per file, and a training start on it (the driver's split checks and validation pass, worker
+    shards, first batch) works with `_index.parquet` gone."""
+    cfg = load_config(TrainJobConfig, REPO / "configs/fight_stable.yaml",
+                      ["pipeline.clip_len=8", "train.batch_size=4", "data.loader_workers=0",
+                       "data.demo_num_clips=500"])
+    assert not cfg.data.path and not cfg.data.train_pkl  # the demo data
+    demo = tdata.prepare_dataset(cfg.data, tmp_path / "datasets")
+    info = json.loads((demo / "_dataset.json").read_text())
+    assert len(info["files"]) == 2 and all(len(r) == 1 for f in info["files"] for r in f["split_rows"].values())
+    no_index = tmp_path / "no_index"
+    shutil.copytree(demo, no_index)
+    (no_index / INDEX_FILE).unlink()
+    ds = SkeletonDataset(no_index)
+    assert len(tdata.split_info(ds, cfg.data.train_split, 2)) == 350  # the driver's preflight checks
+    from recognizer_core.skeleton.validate import validate_dataset
+    assert validate_dataset(no_index, ["train", "val", "test"], 2, use_cache=False)["num_clips"] == 500
+    data, x, y = _first_batch(cfg, no_index, tmp_path / "run")
+    ref, rx, ry = _first_batch(cfg, demo, tmp_path / "ref")
+    assert data.counts == ref.counts == (350, 0, 75) and torch.equal(x, rx) and torch.equal(y, ry)

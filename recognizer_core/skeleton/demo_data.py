@@ -306,8 +306,10 @@ def write_demo_dataset(task: Task, out_dir: str | Path, num_clips: int = 500, se
     clips = make_demo_clips(task, num_clips, seed, split_ratios)
     meta = {"synthetic": True, "generator": "recognizer_core.skeleton.demo_data", "task": task, "seed": seed,
             "note": "synthetic stick-figure motion, not real footage"}
+    # rows grouped by split in each file: `_dataset.json` lists each split as one row range per file, so a training
+    # start on the demo data reads neither the per-clip index nor a per-clip array, at any num_clips
     path = write_dataset(clips, out_dir, DEMO_LABEL_NAMES[task], rows_per_file=rows_per_file, metadata=meta,
-                         overwrite=overwrite)
+                         overwrite=overwrite, group_by_split=True)
     log.warning("wrote SYNTHETIC demo dataset %s: task=%s, %d clips, seed=%d (generated stick figures, "
                 "not real data)", path, task, num_clips, seed)
     return path

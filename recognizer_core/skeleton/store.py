@@ -4,10 +4,11 @@ Layout: `<dir>/part-00000.parquet, part-00001.parquet, ...` plus `<dir>/_dataset
 schema version, split counts, per-file row and row-group counts, free-form metadata) and `<dir>/_index.parquet`
 (the light columns of every clip). Keypoints are flat list<float32> columns with shape columns (num_person,
 num_frames, num_joints) beside them, so a row becomes arrays by a zero-copy reshape. Opening reads only
-`_dataset.json`, and so does taking a split's rows and label counts (`split_positions`, `split_label_counts`:
-per-file row ranges and per-split label counts written with the dataset), so the training start costs the same at
-1k and 500k clips; `_index.parquet` (one row per clip) is read only by `index`, for the tools that need per-clip
-rows. Part files are opened (and their schema checked) when first read. Datasets without those files or
+`_dataset.json` (no part file is opened or even stat'ed: a missing one is named at its first read), and so does
+taking a split's rows and label counts (`split_ranges` -> RowRanges, `split_label_counts`: per-file row ranges and
+per-split label counts written with the dataset), so the training start costs O(files + row groups), not
+O(clips); `_index.parquet` (one row per clip) is read only by `index`, for the tools that need per-clip rows.
+Part files are opened (and their schema checked) when first read. Datasets without those files or
 fields (older ones, or plain folders of part files) are opened from the part files' footers and take their split
 rows from the index. Writing is in store_write.py.
 """
@@ -28,6 +29,7 @@ import pyarrow.parquet as pq
 from recognizer_core.storage import filesystem, is_remote, to_uri
 
 from .clip import SkeletonClip, SkeletonDataError
+from .store_ranges import RowRanges
 from .store_rows import (CLIP_SCHEMA, HEAVY_COLUMNS, LIGHT_COLUMNS, clip_from_row, clips_from_batch, clips_to_table,
                          int64_array)
 from .store_write import DATASET_JSON, INDEX_FILE, META_PREFIX, SCHEMA_VERSION, write_dataset
@@ -40,10 +42,11 @@ _OPEN_FILES = 32
 
 # ---------------------------------------------------------------- reading
 
-def check_file_schema(path: str | Path, fs: pafs.FileSystem | None = None) -> pa.Schema:
-    """Read a Parquet file's footer schema; SkeletonDataError names the file and the missing/extra/odd columns."""
+def check_file_schema(path: str | Path, fs: pafs.FileSystem | None = None, schema: pa.Schema | None = None) -> pa.Schema:
+    """Read a Parquet file's footer schema (or check the one given, already read from that footer);
+    SkeletonDataError names the file and the missing/extra/odd columns."""
     try:
-        schema = pq.read_schema(str(path), filesystem=fs)
+        schema = pq.read_schema(str(path), filesystem=fs) if schema is None else schema
     except (OSError, pa.ArrowInvalid) as err:
         raise SkeletonDataError(f"{path}: not a readable Parquet file ({err})") from None
     missing = [n for n in CLIP_SCHEMA.names if n not in schema.names]
@@ -84,10 +87,8 @@ class SkeletonDataset:
                                         f"newer than this code ({SCHEMA_VERSION})")
             entries = list(self.info.get("files", []))
             self._files = [self._join(f["name"]) for f in entries]
-            if not is_remote(self.uri):  # a stat per file is cheap locally; remotely the first read names it
-                for f in self._files:
-                    if not Path(f).exists():
-                        raise SkeletonDataError(f"{info_path}: lists {Path(f).name} but the file is missing")
+            # a listed file that is missing is named by its first read (_check), locally and remotely alike: a
+            # stat per file here would make opening grow with the file count
         else:  # plain folder of part files (e.g. copied without the json): metadata from the footers
             sel = pafs.FileSelector(self._root)
             self._files = sorted(i.path for i in self._fs.get_file_info(sel)
@@ -134,10 +135,30 @@ class SkeletonDataset:
         with self._fs.open_input_stream(path) as f:
             return f.read().decode()
 
+    def _missing(self, i: int) -> SkeletonDataError:
+        return SkeletonDataError(f"{self._show(self._join(DATASET_JSON))}: lists {posixpath.basename(self._files[i])}"
+                                 " but the file is missing")
+
     def _check(self, i: int) -> pa.Schema:
+        if self._fs.get_file_info(self._files[i]).type == pafs.FileType.NotFound:
+            raise self._missing(i)
         schema = check_file_schema(self._files[i], self._fs)
         self._checked.add(i)
         return schema
+
+    def _open(self, i: int) -> pq.ParquetFile:
+        """Open a part file, checking its schema on the same footer read (once per file and process)."""
+        try:
+            pf = pq.ParquetFile(self._fs.open_input_file(self._files[i]))
+            schema = pf.schema_arrow
+        except FileNotFoundError:
+            raise self._missing(i) from None
+        except (OSError, pa.ArrowInvalid) as err:
+            raise SkeletonDataError(f"{self.files[i]}: not a readable Parquet file ({err})") from None
+        if i not in self._checked:
+            check_file_schema(self.files[i], self._fs, schema)
+            self._checked.add(i)
+        return pf
 
     def __len__(self) -> int:
         return int(self._file_start[-1])
@@ -171,17 +192,28 @@ class SkeletonDataset:
             return dict(self.info["splits"])
         return dict(Counter(self.index(columns=["split"])["split"].to_pylist()))
 
-    def split_positions(self, split: str) -> np.ndarray | None:
-        """Ascending row positions of `split` from the row ranges in `_dataset.json`, without reading any data
-        file or the index; None when the dataset has no ranges (older, interleaved or split_map datasets)."""
+    def group_starts(self) -> np.ndarray:
+        """Ascending global start row of every row group, with the row count last (RowRanges' `bounds`)."""
+        return np.unique(np.concatenate(self.row_group_bounds()))
+
+    def split_ranges(self, split: str) -> RowRanges | None:
+        """The rows of `split` as row ranges (cut at row groups) from `_dataset.json`, without reading any data
+        file or the index, in O(ranges + row groups) whatever the clip count; None when the dataset has no
+        ranges (older, interleaved or split_map datasets)."""
         entries = self.info.get("files") or []
         # a split_map (clips in several splits; a folds view copies its source's json) overrides the row ranges
         if self.split_map is not None or "split_labels" not in self.info or len(entries) != len(self._files) \
                 or any("split_rows" not in f for f in entries):
             return None
-        parts = [np.arange(a, b, dtype=np.int64) + self._file_start[i]
+        pairs = [(a + self._file_start[i], b + self._file_start[i])
                  for i, f in enumerate(entries) for a, b in f["split_rows"].get(split, [])]
-        return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+        starts, stops = (np.array(c, dtype=np.int64) for c in zip(*pairs)) if pairs else (np.zeros(0, np.int64),) * 2
+        return RowRanges.cut(starts, stops, self.group_starts())
+
+    def split_positions(self, split: str) -> np.ndarray | None:
+        """Ascending row positions of `split` (split_ranges materialised: O(clips), for tools and tests)."""
+        ranges = self.split_ranges(split)
+        return None if ranges is None else ranges.positions()
 
     def split_label_counts(self, split: str) -> dict[int, int] | None:
         """{label: clips} of `split` from `_dataset.json` (None when the dataset was written without them)."""
@@ -196,9 +228,7 @@ class SkeletonDataset:
         else:
             if len(self._pf) >= _OPEN_FILES:  # a bounded number of footers in memory, whatever the file count
                 del self._pf[next(iter(self._pf))]
-            if i not in self._checked:
-                self._check(i)
-            pf = pq.ParquetFile(self._fs.open_input_file(self._files[i]))
+            pf = self._open(i)
             sizes = [pf.metadata.row_group(g).num_rows for g in range(pf.metadata.num_row_groups)]
             if sum(sizes) != int(self._group_start[i][-1]):
                 raise SkeletonDataError(f"{self.files[i]}: {sum(sizes)} rows but {DATASET_JSON} says "
@@ -282,6 +312,16 @@ class SkeletonDataset:
                 for j, clip in zip(sel[in_g], clips):
                     out[j] = clip
         return out  # type: ignore[return-value]
+
+    def clip_ids(self, positions: Sequence[int] | np.ndarray) -> list[str]:
+        """clip_id of the clips at the given positions, from the clip_id column of their row groups (no index)."""
+        pos = np.asarray(positions, dtype=np.int64).reshape(-1)
+        out: list[str] = [""] * pos.size
+        fidx, gidx, local = self.locate(pos)
+        for j, (fi, g) in enumerate(zip(fidx.tolist(), gidx.tolist())):
+            col = self._file(fi).read_row_group(g, columns=["clip_id"])["clip_id"]
+            out[j] = col[int(local[j] - self._group_start[fi][g])].as_py()
+        return out
 
     def iter_batches(self, batch_size: int = 256, columns: Sequence[str] | None = None,
                      files: Sequence[int] | None = None) -> Iterator[tuple[int, int, pa.RecordBatch]]:

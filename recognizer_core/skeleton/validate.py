@@ -3,8 +3,9 @@
 A deterministic data error (NaN, a clip with 0 frames, a label outside the classes, list lengths that disagree
 with the shape columns, coordinates far outside the image) found inside Ray Train workers is retried by
 FailureConfig for minutes before the run fails. `validate_dataset` finds it first, in one streamed pass over
-the heavy columns (a row group at a time, vectorised numpy on the Arrow buffers, never a Python loop per
-joint), and raises one SkeletonDataError line naming the file, row, clip and field.
+the part files (a row group at a time, light columns and keypoints together, no per-clip index read; vectorised
+numpy on the Arrow buffers, never a Python loop per joint), and raises one SkeletonDataError line naming the
+file, row, clip and field.
 
 The result is cached as a small JSON report keyed by the dataset's fingerprint (names, sizes and mtimes of its
 files) and the checks' parameters: a re-run or every Tune trial on the same data reads the report instead of
@@ -23,6 +24,7 @@ from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
 from recognizer_core.storage import atomic_write, join_uri, read_text
@@ -35,7 +37,10 @@ log = logging.getLogger(__name__)
 REPORT_DIR = "_validated"  # inside the dataset folder (Parquet readers skip names starting with '_')
 _VERSION = 1  # bump when the checks change, so old reports are not trusted
 COORD_TOLERANCE = 1.0  # a joint may sit up to one image size outside the image (people at the border)
-_HEAVY = ["num_person", "num_frames", "num_joints", "img_h", "img_w", "keypoint", "keypoint_score"]
+# every column the checks need, read a row group at a time from the part files (never from `_index.parquet`: the
+# light columns ride along with the keypoints, so validation opens no per-clip index either)
+_COLUMNS = ["clip_id", "split", "label", "total_frames", "num_person", "num_frames", "num_joints", "img_h", "img_w",
+            "keypoint", "keypoint_score"]
 
 
 def user_cache_dir() -> Path:
@@ -94,7 +99,8 @@ def empty_positions_for(ds: SkeletonDataset) -> np.ndarray | None:
 def validate_dataset(path: str | Path, splits: Sequence[str], num_classes: int, nan_policy: NanPolicy = "reject",
                      *, num_joints: int | None = 17, skip_empty: bool = True, coord_tolerance: float = COORD_TOLERANCE,
                      batch_rows: int = 256, use_cache: bool = True, progress: bool | None = None) -> dict:
-    """Check every clip of `splits` (light columns, then one streamed pass over the keypoints); return a report.
+    """Check every clip of `splits` in one streamed pass over the part files (per row group: the light columns,
+    then the keypoints; `_index.parquet` is not read); return a report.
 
     Raises SkeletonDataError (one line: file, row, clip, field) on: labels outside [0, num_classes), 0 frames,
     a joint count other than num_joints (None: any), total_frames != frames, list lengths that disagree with
@@ -113,14 +119,13 @@ def validate_dataset(path: str | Path, splits: Sequence[str], num_classes: int, 
         if report is not None and report.get("params") == params:
             return {**report, "cached": True}
     start = time.perf_counter()
-    index = ds.index(columns=["clip_id", "split", "label", "num_frames", "num_joints", "total_frames"])
-    wanted = np.zeros(len(ds), dtype=bool)
-    for s in splits:
-        wanted[ds.index(s, columns=[])["position"].to_numpy()] = True
-    _check_light(ds, index, wanted, num_classes, num_joints)
-    empty, counts = _heavy_pass(ds, index, wanted, nan_policy, skip_empty, coord_tolerance, batch_rows, progress)
+    # split membership per batch: by the split column, or by clip_id for a split_map (clips in several splits)
+    member = ("clip_id", pa.array([x for s in splits for x in ds.split_map.get(s, [])], pa.string())) \
+        if ds.split_map is not None else ("split", pa.array(splits, pa.string()))
+    light = (num_classes, num_joints)
+    empty, counts = _pass(ds, member, light, nan_policy, skip_empty, coord_tolerance, batch_rows, progress)
     report = {"version": _VERSION, "fingerprint": fp, "dataset": str(ds.path), "params": params,
-              "num_clips": int(wanted.sum()), "splits": {s: int(n) for s, n in ds.splits().items() if s in splits},
+              "num_clips": counts.pop("clips"), "splits": {s: int(n) for s, n in ds.splits().items() if s in splits},
               "empty_positions": empty.tolist(), **counts, "seconds": round(time.perf_counter() - start, 3)}
     if use_cache:
         _save_report(report, _report_paths(ds, name))
@@ -129,14 +134,8 @@ def validate_dataset(path: str | Path, splits: Sequence[str], num_classes: int, 
     return {**report, "cached": False}
 
 
-def _where(ds: SkeletonDataset, index: pa.Table, pos: int) -> str:
-    fi, _, row = ds.locate(np.array([pos]))
-    return f"{ds.files[int(fi[0])]}: row {int(row[0])}: clip {index['clip_id'][pos].as_py()!r}"
-
-
-def _check_light(ds: SkeletonDataset, index: pa.Table, wanted: np.ndarray, num_classes: int,
-                 num_joints: int | None) -> None:
-    col = {c: index[c].to_numpy(zero_copy_only=False) for c in ("label", "num_frames", "num_joints", "total_frames")}
+def _check_light(batch: pa.RecordBatch, wanted: np.ndarray, num_classes: int, num_joints: int | None, fail) -> None:
+    col = {c: batch[c].to_numpy(zero_copy_only=False) for c in ("label", "num_frames", "num_joints", "total_frames")}
     checks = [
         ("label", (col["label"] < 0) | (col["label"] >= num_classes),
          lambda i: f"label={col['label'][i]} outside [0, {num_classes}) (model.num_classes)"),
@@ -149,8 +148,7 @@ def _check_light(ds: SkeletonDataset, index: pa.Table, wanted: np.ndarray, num_c
     for fld, bad, say in checks:
         hits = np.flatnonzero(bad & wanted)
         if hits.size:
-            more = f" ({hits.size} clips in all)" if hits.size > 1 else ""
-            raise SkeletonDataError(f"{_where(ds, index, int(hits[0]))}: {fld}: {say(int(hits[0]))}{more}")
+            fail(int(hits[0]), f"{fld}: {say(int(hits[0]))}", hits)
 
 
 def row_any(flags: np.ndarray, offsets: np.ndarray) -> np.ndarray:
@@ -163,8 +161,8 @@ def row_any(flags: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     return out
 
 
-def _heavy_pass(ds: SkeletonDataset, index: pa.Table, wanted: np.ndarray, nan_policy: str, skip_empty: bool,
-                tol: float, batch_rows: int, progress: bool | None) -> tuple[np.ndarray, dict]:
+def _pass(ds: SkeletonDataset, member: tuple[str, pa.Array], light: tuple, nan_policy: str, skip_empty: bool,
+          tol: float, batch_rows: int, progress: bool | None) -> tuple[np.ndarray, dict]:
     from tqdm import tqdm
 
     bounds = ds.row_group_bounds()
@@ -172,13 +170,21 @@ def _heavy_pass(ds: SkeletonDataset, index: pa.Table, wanted: np.ndarray, nan_po
     bar = tqdm(total=total, unit="clip", desc="validating skeletons", mininterval=1.0,
                disable=(total < 20_000) if progress is None else not progress)
     empty: list[np.ndarray] = []
-    counts = {"nonfinite_clips": 0, "far_coordinate_clips": 0}
+    counts = {"clips": 0, "nonfinite_clips": 0, "far_coordinate_clips": 0}
     for fi in range(len(ds.files)):
         try:
-            for _, row0, batch in ds.iter_batches(batch_rows, columns=_HEAVY, files=[fi]):
-                pos0 = int(bounds[fi][0]) + row0
-                _check_batch(ds, index, batch, pos0, wanted[pos0:pos0 + batch.num_rows], nan_policy, skip_empty,
-                             tol, empty, counts)
+            for _, row0, batch in ds.iter_batches(batch_rows, columns=_COLUMNS, files=[fi]):
+                wanted = pc.is_in(batch[member[0]], value_set=member[1]).fill_null(False).to_numpy(
+                    zero_copy_only=False)
+                counts["clips"] += int(wanted.sum())
+
+                def fail(i: int, msg: str, hits: np.ndarray, fi=fi, row0=row0, batch=batch) -> None:
+                    more = f" ({hits.size} clips in this batch)" if hits.size > 1 else ""
+                    raise SkeletonDataError(f"{ds.files[fi]}: row {row0 + i}: clip {batch['clip_id'][i].as_py()!r}: "
+                                            f"{msg}{more}")
+                _check_light(batch, wanted, *light, fail)
+                _check_batch(batch, int(bounds[fi][0]) + row0, wanted, nan_policy, skip_empty, tol, empty, counts,
+                             fail)
                 bar.update(batch.num_rows)
         except (OSError, pa.ArrowInvalid) as err:
             raise SkeletonDataError(f"{ds.files[fi]}: unreadable ({err})") from None
@@ -186,8 +192,8 @@ def _heavy_pass(ds: SkeletonDataset, index: pa.Table, wanted: np.ndarray, nan_po
     return (np.concatenate(empty) if empty else np.zeros(0, np.int64)), counts
 
 
-def _check_batch(ds, index, batch: pa.RecordBatch, pos0: int, wanted: np.ndarray, nan_policy: str,
-                 skip_empty: bool, tol: float, empty: list, counts: dict) -> None:
+def _check_batch(batch: pa.RecordBatch, pos0: int, wanted: np.ndarray, nan_policy: str, skip_empty: bool,
+                 tol: float, empty: list, counts: dict, fail) -> None:
     n = batch.num_rows
     m, t, v = (batch[c].to_numpy(zero_copy_only=False).astype(np.int64) for c in ("num_person", "num_frames",
                                                                                    "num_joints"))
@@ -195,10 +201,6 @@ def _check_batch(ds, index, batch: pa.RecordBatch, pos0: int, wanted: np.ndarray
     kp_val, kp_off = flat_list(batch["keypoint"])
     sc_val, sc_off = flat_list(batch["keypoint_score"])
     kp_nulls, sc_nulls = batch["keypoint"].null_count, batch["keypoint_score"].null_count
-
-    def fail(i: int, msg: str, hits: np.ndarray) -> None:
-        more = f" ({hits.size} clips in this batch)" if hits.size > 1 else ""
-        raise SkeletonDataError(f"{_where(ds, index, pos0 + i)}: {msg}{more}")
 
     for name, off, per, nulls in (("keypoint", kp_off, 2, kp_nulls), ("keypoint_score", sc_off, 1, sc_nulls)):
         got = np.diff(off)

@@ -3,10 +3,10 @@
 Every source becomes a Parquet skeleton store first (mmaction2 pkl files and the demo data are converted once
 by the driver), so a worker opens the store, takes a split's rows (splits.py: from the ranges in `_dataset.json`,
 never the per-clip index when they are there), and takes its own shard (whole row groups dealt round-robin to
-the ranks). The shard is streamed, never held: each epoch shuffles its row
-groups, then clips within a bounded window, all from (seed, epoch, rank), so memory and start-up are the same at
-1k and 500k clips and a resumed run sees the same batches; batches are prepared by `prepare_batch` in loader
-processes.
+the ranks), all as row ranges, never a per-clip array. The shard is streamed, never held: each epoch shuffles its
+row groups, then clips within a bounded window, all from (seed, epoch, rank) and computed a window at a time, so
+memory and start-up are the same at 1k and 500k clips and a resumed run sees the same batches; batches are
+prepared by `prepare_batch` in loader processes.
 Shards are padded by wrapping so every rank runs the same number of steps (DDP needs that); padded
 validation samples carry `valid=False` and are dropped before metrics.
 """
@@ -29,10 +29,12 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from recognizer_core.skeleton.clip import SkeletonClip, SkeletonDataError
 from recognizer_core.skeleton.store import SkeletonDataset
+from recognizer_core.skeleton.store_ranges import RowRanges
 from recognizer_core.skeleton.validate import empty_positions_for, scan_empty_positions, zero_far_joints
 from recognizer_core.skeleton.transforms import PipelineConfig, prepare_batch
 from recognizer_core.skeleton.transforms_torch import gather_batch
 from recognizer_core.train.config import DataConfig
+from recognizer_core.train.shard_order import BlockShuffle
 # split_info, SplitInfo, shard_positions, ClipIds live in splits.py; callers use them as data.split_info etc.
 from recognizer_core.train.splits import ClipIds, SplitInfo, row_blocks, shard_positions, split_info  # noqa: F401
 
@@ -134,25 +136,37 @@ def is_empty_skeleton(clip: SkeletonClip) -> bool:
 class StreamedShard:
     """One worker's clips, read from the store a bounded window at a time instead of held in memory.
 
-    Holds positions only (8 bytes a clip). `load(positions)` reads the row groups holding them and validates the
-    clips; ShardBatches keeps at most one window of `buffer_clips` clips per loader process. Known all-zero
-    clips (from the driver's cached validation report, else a two-column scan) are left out up front, so
-    `len()` is the number of usable clips, as with an in-memory shard."""
+    Holds its rows as RowRanges (O(row groups), not O(clips)); shard index i is the i-th row of the ranges, in
+    store order. `load(indices)` reads the row groups holding them and validates the clips; ShardBatches keeps at
+    most one window of `buffer_clips` clips per loader process. Known all-zero clips (from the driver's cached
+    validation report, else a two-column scan) are left out up front, so `len()` is the number of usable clips, as
+    with an in-memory shard."""
 
-    def __init__(self, ds: SkeletonDataset, positions: np.ndarray, cfg: DataConfig, num_classes: int,
+    def __init__(self, ds: SkeletonDataset, rows: RowRanges | np.ndarray, cfg: DataConfig, num_classes: int,
                  num_joints: int, source: str, *, empty: np.ndarray | None = None):
         self.ds, self.source = ds, source
         self.nan_policy = cfg.nan_policy
         self.num_classes, self.num_joints = num_classes, num_joints
-        positions = np.sort(np.asarray(positions, dtype=np.int64))
-        keep = ~np.isin(positions, empty) if empty is not None and len(empty) else np.ones(len(positions), bool)
-        self.skipped_positions = positions[~keep]
-        self.positions = positions[keep]
-        # the row group of each clip, numbered 0.. within this shard: the unit of the block shuffle
-        self.blocks = np.unique(row_blocks(ds, self.positions), return_inverse=True)[1]
+        if not isinstance(rows, RowRanges):
+            rows = RowRanges.from_positions(rows, ds.group_starts())
+        self.ranges, self.skipped_positions = rows.without(empty if empty is not None else np.zeros(0, np.int64))
+        # the row groups of the shard, numbered 0.. in store order: the unit of the block shuffle
+        self.range_block = np.unique(self.ranges.groups, return_inverse=True)[1].reshape(-1)
+        self.block_sizes = np.bincount(self.range_block, weights=self.ranges.lengths(),
+                                       minlength=int(self.range_block.max(initial=-1)) + 1).astype(np.int64)
 
     def __len__(self) -> int:
-        return len(self.positions)
+        return len(self.ranges)
+
+    @property
+    def positions(self) -> np.ndarray:
+        """Row position of every clip, ascending (O(clips): for tools and tests)."""
+        return self.ranges.positions()
+
+    @property
+    def blocks(self) -> np.ndarray:
+        """Block (row group numbered 0.. within the shard) of every clip (O(clips): for tools and tests)."""
+        return np.repeat(self.range_block, self.ranges.lengths())
 
     def __getitem__(self, i: int) -> SkeletonClip:
         """One clip, read on demand (for inspection; batches use `load`)."""
@@ -162,7 +176,7 @@ class StreamedShard:
     def load(self, idx: np.ndarray) -> dict[int, SkeletonClip]:
         """{shard index: validated clip} for the given shard indices (read in store order, one pass)."""
         idx = np.unique(np.asarray(idx, dtype=np.int64))
-        clips = self.ds.read(self.positions[idx])
+        clips = self.ds.read(self.ranges.take(idx))
         for clip in clips:
             clip.validate(self.source, nan_policy=self.nan_policy, num_classes=self.num_classes,
                           num_joints=self.num_joints)
@@ -174,20 +188,17 @@ class StreamedShard:
         return dict(zip(idx.tolist(), clips))
 
 
-def load_shard(ds: SkeletonDataset, positions: np.ndarray, cfg: DataConfig, num_classes: int,
+def load_shard(ds: SkeletonDataset, rows: RowRanges | np.ndarray, cfg: DataConfig, num_classes: int,
                num_joints: int, source: str) -> tuple[StreamedShard, list[str]]:
-    """This worker's clips as a StreamedShard (nothing heavy read yet) and the ids of skipped all-zero clips."""
+    """This worker's clips (rows: RowRanges from shard_positions, or positions) as a StreamedShard (nothing heavy
+    read yet) and the ids of skipped all-zero clips (read from their row groups, not from the index)."""
     empty = None
     if cfg.skip_empty_clips:
         empty = empty_positions_for(ds)
         if empty is None:  # no validation report of this dataset version: find them in two columns
-            empty = scan_empty_positions(ds, positions)
-    shard = StreamedShard(ds, positions, cfg, num_classes, num_joints, source, empty=empty)
-    skipped = []
-    if len(shard.skipped_positions):
-        ids = ds.index(columns=["clip_id"])["clip_id"]
-        skipped = [ids[int(p)].as_py() for p in shard.skipped_positions]
-    return shard, skipped
+            empty = scan_empty_positions(ds, np.asarray(rows))
+    shard = StreamedShard(ds, rows, cfg, num_classes, num_joints, source, empty=empty)
+    return shard, ds.clip_ids(shard.skipped_positions) if len(shard.skipped_positions) else []
 
 
 def eval_shard(ds: SkeletonDataset, info: SplitInfo, rank: int, world: int, cfg: DataConfig, num_classes: int,
@@ -198,9 +209,9 @@ def eval_shard(ds: SkeletonDataset, info: SplitInfo, rank: int, world: int, cfg:
     clips, _ = load_shard(ds, shard_positions(info, rank, world), cfg, num_classes, num_joints, source)
     if len(clips):
         return clips, len(clips)
-    usable, _ = load_shard(ds, info.positions, cfg, num_classes, num_joints, source)
+    usable, _ = load_shard(ds, info.ranges, cfg, num_classes, num_joints, source)
     if len(usable):
-        return StreamedShard(ds, usable.positions[:1], cfg, num_classes, num_joints, source), 0
+        return StreamedShard(ds, usable.ranges.take([0]), cfg, num_classes, num_joints, source), 0
     raise SkeletonDataError(f"{source}: no usable clip to evaluate (all are all-zero skeletons)")
 
 
@@ -228,10 +239,11 @@ class ShardBatches(Dataset):
     """Batch `b` of epoch `e` of one worker's shard, prepared by the skeleton pipeline.
 
     The order of an epoch and the augmentation RNG of every batch derive from (seed, epoch, rank, batch), so a
-    batch is the same whichever loader process makes it and after a resume. A StreamedShard is block-shuffled:
-    its row groups in a random order per epoch, then the clips shuffled within consecutive windows of
-    `buffer_clips` (a multiple of the batch size), so a batch needs one window in memory, never the shard. A
-    list of clips (already in memory) is shuffled as a whole."""
+    batch is the same whichever loader process makes it and after a resume. A StreamedShard is block-shuffled
+    (shard_order.BlockShuffle): its row groups in a random order per epoch, then the clips shuffled within
+    consecutive windows of `buffer_clips` (a multiple of the batch size), computed one window at a time, so a
+    batch needs one window of positions and clips in memory, never the shard's. A list of clips (already in
+    memory) is shuffled as a whole. The epoch is padded by wrapping to num_batches * batch_size."""
 
     def __init__(self, clips: Sequence[SkeletonClip] | StreamedShard, num_batches: int, batch_size: int,
                  pipeline: PipelineConfig, *, train: bool, seed: int, rank: int, num_clips: int | None = None,
@@ -244,42 +256,40 @@ class ShardBatches(Dataset):
         self.num_valid = len(self.clips) if num_valid is None else num_valid
         self.pipeline, self.train, self.seed, self.rank, self.num_clips = pipeline, train, seed, rank, num_clips
         self.window = max(1, buffer_clips // batch_size) * batch_size
-        self._order_epoch, self._order = None, None
+        self._shuffle = BlockShuffle(self.clips.block_sizes, self.window, seed, rank) \
+            if train and isinstance(self.clips, StreamedShard) else None
+        self._perm_epoch, self._perm = None, None
         self._window_key, self._window = None, {}
         self.max_resident = 0  # most clips held at once by this process (the memory bound, for tests and benches)
 
-    def order(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
-        """Clip indices for the epoch (padded by wrapping to num_batches * batch_size) and their valid mask."""
-        if self._order_epoch != epoch:
-            n, total = len(self.clips), self.num_batches * self.batch_size
-            if not self.train:
-                base = np.arange(n)
-            elif isinstance(self.clips, StreamedShard):
-                base = self._block_shuffle(epoch)
-            else:
-                base = np.random.default_rng([self.seed, epoch, self.rank, 1]).permutation(n)
-            reps = int(np.ceil(total / n))
-            self._order = np.tile(base, reps)[:total]
-            self._valid = np.arange(total) < min(n, self.num_valid)
-            self._order_epoch = epoch
-        return self._order, self._valid
+    def indices(self, epoch: int, first: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """Clip indices at epoch places [first, stop) (wrapping past the shard's end) and their valid mask."""
+        n = len(self.clips)
+        places = np.arange(first, stop, dtype=np.int64)
+        valid = places < min(n, self.num_valid)
+        places %= n
+        if not self.train:
+            return places, valid
+        if self._shuffle is not None:
+            return self._shuffle.base(epoch, places), valid
+        if self._perm_epoch != epoch:
+            self._perm = np.random.default_rng([self.seed, epoch, self.rank, 1]).permutation(n)
+            self._perm_epoch = epoch
+        return self._perm[places], valid
 
-    def _block_shuffle(self, epoch: int) -> np.ndarray:
-        blocks = self.clips.blocks
-        perm = np.random.default_rng([self.seed, epoch, self.rank, 1]).permutation(int(blocks.max()) + 1)
-        stream = np.argsort(np.argsort(perm)[blocks], kind="stable")  # clips by shuffled block, store order inside
-        for w, start in enumerate(range(0, len(stream), self.window)):
-            part = stream[start:start + self.window]
-            stream[start:start + self.window] = part[np.random.default_rng(
-                [self.seed, epoch, self.rank, 3, w]).permutation(len(part))]
-        return stream
+    def order(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """The whole epoch's clip indices (padded to num_batches * batch_size) and valid mask: O(clips), for
+        tools and tests; batches take only their own slice (`indices`)."""
+        return self.indices(epoch, 0, self.num_batches * self.batch_size)
+
+    def _batch(self, epoch: int, k: int) -> np.ndarray:
+        return self.indices(epoch, k * self.batch_size, (k + 1) * self.batch_size)[0]
 
     def _clips_for(self, epoch: int, b: int, idx: np.ndarray) -> list[SkeletonClip]:
         if not isinstance(self.clips, StreamedShard):
             return [self.clips[i] for i in idx]
         w = b * self.batch_size // self.window
         if self._window_key != (epoch, w):
-            order, _ = self.order(epoch)
             self._window = {}  # drop the old window before reading the next: at most one is resident
             first, per_window = w * self.window // self.batch_size, self.window // self.batch_size
             mine = range(first, min(first + per_window, self.num_batches))
@@ -288,8 +298,7 @@ class ShardBatches(Dataset):
                 # a DataLoader hands batch k to loader process k % num_workers: read only this process's share
                 # (another batch asked of it is still served, read on demand below)
                 mine = [k for k in mine if k % worker.num_workers == worker.id] or [b]
-            self._window = self.clips.load(np.concatenate([order[k * self.batch_size:(k + 1) * self.batch_size]
-                                                           for k in mine]))
+            self._window = self.clips.load(np.concatenate([self._batch(epoch, k) for k in mine]))
             self._window_key = (epoch, w)
         missing = [i for i in idx.tolist() if i not in self._window]  # a batch past the window (wrap padding)
         extra = self.clips.load(np.array(missing)) if missing else {}
@@ -301,15 +310,13 @@ class ShardBatches(Dataset):
 
     def __getitem__(self, key: tuple[int, int]):
         epoch, b = key
-        order, valid = self.order(epoch)
-        sel = slice(b * self.batch_size, (b + 1) * self.batch_size)
-        idx = order[sel]
+        idx, valid = self.indices(epoch, b * self.batch_size, (b + 1) * self.batch_size)
         rng = np.random.default_rng([self.seed, epoch, self.rank, 2, b]) if self.train else None
         # pipeline.device=worker: only the sampled frames (a RawBatch) leave the loader, the features are computed
         # on the training worker's device (transforms_torch.model_inputs); same rng draws: exact resume unaffected
         prepare = gather_batch if self.pipeline.device == "worker" else prepare_batch
         x, y = prepare(self._clips_for(epoch, b, idx), self.pipeline, self.train, rng, self.num_clips)
-        return x, y, torch.from_numpy(valid[sel].copy())
+        return x, y, torch.from_numpy(valid)
 
 
 def num_batches_for(num_clips: int, batch_size: int) -> int:

@@ -1,7 +1,9 @@
-"""A split of a skeleton dataset for training: its row positions, row groups and labels, and the shard of each rank.
+"""A split of a skeleton dataset for training: its rows (as row ranges), label counts, and the shard of each rank.
 
-The training start takes a split's rows from the ranges in `_dataset.json` (SkeletonDataset.split_positions), so
-it reads no data file and not the per-clip index, at any dataset size; datasets without ranges use the index.
+The training start takes a split's rows from the ranges in `_dataset.json` (SkeletonDataset.split_ranges) and
+deals whole row groups to the ranks as ranges, so it reads no data file and not the per-clip index, and costs
+O(files + row groups), not O(clips), at any dataset size; datasets without ranges (old or interleaved ones, a
+split_map, folds) take their rows from the index and continue as ranges from there.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import pyarrow as pa
 
 from recognizer_core.skeleton.clip import SkeletonDataError
 from recognizer_core.skeleton.store import SkeletonDataset
+from recognizer_core.skeleton.store_ranges import RowRanges
 from recognizer_core.skeleton.store_rows import int64_array
 
 
@@ -32,18 +35,27 @@ class ClipIds(Sequence):
 
 
 class SplitInfo:
-    """One split's row positions (ascending), the row group holding each, and its clips per label. Labels and clip
-    ids per clip come from the dataset's index, read only when first asked for (the training start needs
-    neither when the dataset lists its split ranges)."""
+    """One split's rows (RowRanges: ascending, cut at row groups) and its clips per label. Per-clip positions,
+    row groups, labels and clip ids are materialised only when asked for (tools and tests; the training start
+    needs none of them), labels and ids from the dataset's index when the dataset lists its split ranges."""
 
-    def __init__(self, name: str, positions: np.ndarray, label_counts: dict[int, int],
-                 blocks: np.ndarray | None = None, *, ds: SkeletonDataset | None = None,
+    def __init__(self, name: str, ranges: RowRanges, label_counts: dict[int, int], *, ds: SkeletonDataset,
                  labels: np.ndarray | None = None, clip_ids: Sequence[str] | None = None):
-        self.name, self.positions, self.label_counts, self.blocks = name, positions, label_counts, blocks
+        self.name, self.ranges, self.label_counts = name, ranges, label_counts
         self._ds, self._labels, self._clip_ids = ds, labels, clip_ids
 
     def __len__(self) -> int:
-        return len(self.positions)
+        return len(self.ranges)
+
+    @property
+    def positions(self) -> np.ndarray:
+        """Every row position, ascending (O(clips))."""
+        return self.ranges.positions()
+
+    @property
+    def blocks(self) -> np.ndarray:
+        """The global row group of every position (O(clips))."""
+        return np.repeat(self.ranges.groups, self.ranges.lengths())
 
     def _read_index(self) -> None:
         table = self._ds.index(columns=["clip_id", "label"]).take(int64_array(self.positions))
@@ -65,18 +77,17 @@ class SplitInfo:
 
 def row_blocks(ds: SkeletonDataset, positions: np.ndarray) -> np.ndarray:
     """The row group (global number) holding each position."""
-    starts = np.unique(np.concatenate(ds.row_group_bounds()))
-    return np.searchsorted(starts, positions, side="right") - 1
+    return np.searchsorted(ds.group_starts(), positions, side="right") - 1
 
 
 def split_info(ds: SkeletonDataset, split: str, num_classes: int, required: bool = True) -> SplitInfo | None:
     """One split's rows, with labels checked against num_classes. From the split ranges and label counts in
     `_dataset.json` when the dataset has them (no data file and no index read), else from the light index."""
-    pos, counts = ds.split_positions(split), ds.split_label_counts(split)
-    if pos is not None and counts is not None:
+    ranges, counts = ds.split_ranges(split), ds.split_label_counts(split)
+    if ranges is not None and counts is not None:
         bad_labels = [lb for lb in counts if not 0 <= lb < num_classes]
-        if len(pos) and not bad_labels:
-            return SplitInfo(split, pos, counts, row_blocks(ds, pos), ds=ds)
+        if len(ranges) and not bad_labels:
+            return SplitInfo(split, ranges, counts, ds=ds)
     # no ranges, an empty split or bad labels (the index names the clips in the error)
     table = ds.index(split, columns=["clip_id", "label"])
     if table.num_rows == 0:
@@ -93,17 +104,17 @@ def split_info(ds: SkeletonDataset, split: str, num_classes: int, required: bool
                                 f"[0, {num_classes}) (model.num_classes): {show}")
     order = np.argsort(pos)
     uniq, n = np.unique(labels, return_counts=True)
-    return SplitInfo(split, pos[order], dict(zip(uniq.tolist(), n.tolist())), row_blocks(ds, pos[order]),
-                     labels=labels[order], clip_ids=ClipIds(ids.take(int64_array(order))))
+    return SplitInfo(split, RowRanges.from_positions(pos, ds.group_starts()), dict(zip(uniq.tolist(), n.tolist())),
+                     ds=ds, labels=labels[order], clip_ids=ClipIds(ids.take(int64_array(order))))
 
 
-def shard_positions(info: SplitInfo, rank: int, world: int) -> np.ndarray:
-    """This rank's positions: whole row groups dealt round-robin (a rank reads only its own row groups), or every
-    world-th clip when row groups are unknown or fewer than the ranks. Every clip is in exactly one shard."""
-    if info.blocks is None or world == 1:
-        return info.positions[rank::world]
-    ids = np.unique(info.blocks)
+def shard_positions(info: SplitInfo, rank: int, world: int) -> RowRanges:
+    """This rank's rows: whole row groups dealt round-robin (a rank reads only its own row groups), or every
+    world-th clip when the row groups are fewer than the ranks. Every clip is in exactly one shard. O(ranges)
+    unless that fallback is taken."""
+    if world == 1:
+        return info.ranges
+    ids = np.unique(info.ranges.groups)
     if len(ids) < world:
-        return info.positions[rank::world]
-    mine = np.isin(info.blocks, ids[rank::world])
-    return info.positions[mine]
+        return info.ranges.subset(info.positions[rank::world])
+    return info.ranges.select(np.isin(info.ranges.groups, ids[rank::world]))
