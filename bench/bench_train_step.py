@@ -19,6 +19,7 @@ Prints ONE JSON line with a `settings` list.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -137,7 +138,8 @@ def main() -> None:
               "input": f"B x (M={M}, T={T}, V={V}, C={C})",
               "model": "fight preset: 4 stages, base 64, inflate/down [2], 2 classes",
               "num_parameters": sum(p.numel() for p in build_recognizer(ModelConfig(**MODEL_CFG)).parameters()),
-              "repeats": args.repeats, "steps_per_repeat": args.steps, "settings": []}
+              "repeats": args.repeats, "steps_per_repeat": args.steps,
+              "loadavg_1_5_15_start": [round(x, 2) for x in os.getloadavg()], "settings": []}
     ok, why = MMWorker.available()
     worker = MMWorker() if ok else None
     if worker is None:
@@ -158,6 +160,7 @@ def main() -> None:
         meds = [s["ours_ratio_vs_mmaction2"]["median"] for s in result["settings"]]
         result["ratio_vs_mmaction2_min_over_settings"] = min(meds)
         result["ratio_vs_mmaction2_max_over_settings"] = max(meds)
+    result["loadavg_1_5_15_end"] = [round(x, 2) for x in os.getloadavg()]  # other jobs' load on the box
     save_result(result, args.out)
 
 
