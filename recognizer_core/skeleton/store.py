@@ -318,9 +318,13 @@ class SkeletonDataset:
         pos = np.asarray(positions, dtype=np.int64).reshape(-1)
         out: list[str] = [""] * pos.size
         fidx, gidx, local = self.locate(pos)
-        for j, (fi, g) in enumerate(zip(fidx.tolist(), gidx.tolist())):
+        groups: dict[tuple[int, int], list[int]] = {}
+        for j, key in enumerate(zip(fidx.tolist(), gidx.tolist())):
+            groups.setdefault(key, []).append(j)
+        for (fi, g), js in groups.items():  # each row group's clip_id column read once, however many clips in it
             col = self._file(fi).read_row_group(g, columns=["clip_id"])["clip_id"]
-            out[j] = col[int(local[j] - self._group_start[fi][g])].as_py()
+            for j in js:
+                out[j] = col[int(local[j] - self._group_start[fi][g])].as_py()
         return out
 
     def iter_batches(self, batch_size: int = 256, columns: Sequence[str] | None = None,
