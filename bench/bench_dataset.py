@@ -40,7 +40,7 @@ import numpy as np  # noqa: E402
 
 from bench.common import machine, now, save_result  # noqa: E402
 from recognizer_core.skeleton.clip import SkeletonClip  # noqa: E402
-from recognizer_core.train.data import DEFAULT_BUFFER_CLIPS  # noqa: E402
+from recognizer_core.train.stgcn.data import DEFAULT_BUFFER_CLIPS  # noqa: E402
 
 BATCH = 16
 
@@ -116,8 +116,8 @@ def _child(mode: str, path: str, batches: int) -> dict:
                 "validate_peak_rss_above_base_mb": _peak_rss_mb() - base}
     from recognizer_core.skeleton.store import SkeletonDataset
     from recognizer_core.skeleton.transforms import PipelineConfig
-    from recognizer_core.train import data as tdata
-    from recognizer_core.train.config import DataConfig
+    from recognizer_core.train.stgcn import data as tdata
+    from recognizer_core.train.stgcn.config import DataConfig
 
     import pandas  # noqa: F401  pyarrow imports it on first pa.array (0.5 s); a Ray worker has it loaded already
 

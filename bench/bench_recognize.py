@@ -52,7 +52,7 @@ def skeleton_bench(work: Path, runs: int, threads: int) -> dict:
     from recognizer_core.recognize.model import load_recognizer
     from recognizer_core.recognize.runner import RecognizeConfig, effective_spec, make_windows_for, recognize_clip
     from recognizer_core.skeleton.demo_sequence import make_demo_sequence
-    from recognizer_core.train.config import TrainJobConfig
+    from recognizer_core.train.stgcn.config import TrainJobConfig
 
     torch.set_num_threads(threads)
     run, _ = make_run_folder(work, num_clips=12)

@@ -44,7 +44,7 @@ def run_ours(args, dataset: Path, storage: Path, name: str) -> dict:
     import ray
 
     from recognizer_core.config import load_config
-    from recognizer_core.train.config import TrainJobConfig
+    from recognizer_core.train.stgcn.config import TrainJobConfig
     from recognizer_core.train.stgcn.job import build_trainer
 
     workers = max(1, args.gpus)

@@ -28,8 +28,8 @@ from recognizer_core.skeleton.demo_data import write_demo_dataset  # noqa: E402
 from recognizer_core.skeleton.store import SkeletonDataset  # noqa: E402
 from recognizer_core.skeleton.store_rows import clips_from_batch  # noqa: E402
 from recognizer_core.skeleton.transforms import PipelineConfig, prepare_batch  # noqa: E402
-from recognizer_core.train import data as tdata  # noqa: E402
-from recognizer_core.train.config import DataConfig  # noqa: E402
+from recognizer_core.train.stgcn import data as tdata  # noqa: E402
+from recognizer_core.train.stgcn.config import DataConfig  # noqa: E402
 
 PIPE = PipelineConfig(feats=["b"], clip_len=100, num_person=4)
 

@@ -74,7 +74,7 @@ class GpuSampler:
 
 def _stgcn_config(work: Path, epochs: int, amp: str, smoke: bool):
     from recognizer_core.config import load_config
-    from recognizer_core.train.config import TrainJobConfig
+    from recognizer_core.train.stgcn.config import TrainJobConfig
 
     sets = [f"train.epochs={epochs}", f"train.amp={amp}", "train.val_interval=100", "train.log_interval=0",
             "train.test_after_train=false", "data.loader_workers=0", "scaling.num_workers=1",
@@ -87,7 +87,7 @@ def _stgcn_config(work: Path, epochs: int, amp: str, smoke: bool):
 
 
 def _dataset(cfg, work: Path) -> str:
-    from recognizer_core.train.data import prepare_dataset
+    from recognizer_core.train.stgcn.data import prepare_dataset
 
     return str(prepare_dataset(cfg.data, work / "data"))
 

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from recognizer_core.config import ConfigError, add_config_args, config_from_args, load_config  # noqa: E402
 from recognizer_core.storage import to_uri  # noqa: E402
-from recognizer_core.train.config import TrainJobConfig  # noqa: E402
+from recognizer_core.train.stgcn.config import TrainJobConfig  # noqa: E402
 
 DEFAULT_CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "fight_stable.yaml")
 

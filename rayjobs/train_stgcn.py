@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from recognizer_core.config import ConfigError, add_config_args, config_from_args, dump_config  # noqa: E402
 from recognizer_core.storage import join_uri, read_text  # noqa: E402
-from recognizer_core.train.config import TrainJobConfig  # noqa: E402
+from recognizer_core.train.stgcn.config import TrainJobConfig  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,7 +32,7 @@ from recognizer_core.tune.cli import add_tune_args, finish, plan_from_args, prin
 
 
 def main(argv: list[str] | None = None, default_space: str = "search_spaces/fight.yaml", doc: str = __doc__) -> int:
-    from recognizer_core.train.config import TrainJobConfig
+    from recognizer_core.train.stgcn.config import TrainJobConfig
 
     parser = argparse.ArgumentParser(description=doc.split("\n")[0], epilog=doc.split("\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def main(argv: list[str] | None = None) -> int:
     from recognizer_core.config import describe_fields, load_config
-    from recognizer_core.train.config import TrainJobConfig
+    from recognizer_core.train.stgcn.config import TrainJobConfig
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n", 1)[1] + "\n\nconfig fields (--set):\n"

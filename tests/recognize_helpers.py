@@ -11,7 +11,7 @@ from recognizer_core.models.recognizer import build_recognizer
 from recognizer_core.skeleton.demo_data import make_demo_clips
 from recognizer_core.skeleton.store import write_dataset
 from recognizer_core.dataset.windows import make_windows
-from recognizer_core.train.config import TrainJobConfig
+from recognizer_core.train.stgcn.config import TrainJobConfig
 
 
 def make_run_folder(root: Path, num_clips: int = 24, seed: int = 0, task: str = "fight") -> tuple[Path, TrainJobConfig]:

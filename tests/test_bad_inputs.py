@@ -34,7 +34,7 @@ class Case:
 
 def _train_cfg(overrides=(), yaml_text: str | None = None, tmp: Path | None = None, config: Path | None = None):
     from recognizer_core.config import load_config
-    from recognizer_core.train.config import TrainJobConfig
+    from recognizer_core.train.stgcn.config import TrainJobConfig
 
     path = config or REPO / "configs" / "fight_stable.yaml"
     if yaml_text is not None:
@@ -98,14 +98,14 @@ def _dataset(tmp: Path, clips, **kw):
 
 
 def _split_info(tmp: Path, split: str, num_classes: int = 2):
-    from recognizer_core.train.data import split_info
+    from recognizer_core.train.stgcn.data import split_info
 
     ds = _dataset(tmp, [_clip(clip_id=f"c{i}", label=i % 2, split="train") for i in range(4)])
     return split_info(ds, split, num_classes)
 
 
 def _space(tmp: Path, params: str):
-    from recognizer_core.train.config import TrainJobConfig
+    from recognizer_core.train.stgcn.config import TrainJobConfig
     from recognizer_core.tune.search_space import load_search_space
 
     path = tmp / "space.yaml"
@@ -304,7 +304,7 @@ CASES = [
          r"ds: split 'val' is empty \(splits present"),
     Case("labels outside num_classes", lambda t: _split_info(t, "train", num_classes=1), "SkeletonDataError",
          r"split 'train' has 2 clip\(s\) with labels outside \[0, 1\)"),
-    Case("data.path missing", lambda t: __import__("recognizer_core.train.data", fromlist=["x"]).prepare_dataset(
+    Case("data.path missing", lambda t: __import__("recognizer_core.train.stgcn.data", fromlist=["x"]).prepare_dataset(
         _train_cfg([f"data.path={t / 'nope'}"]).data, t), "SkeletonDataError",
          r"data\.path=.*nope.*: skeleton dataset folder not found"),
     # videos, extraction inputs, the pose model

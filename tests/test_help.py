@@ -19,7 +19,7 @@ from recognizer_core.config import describe_fields, field_names
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = sorted((REPO / "rayjobs").glob("*.py"))
 # The tune jobs apply --set to every trial's training config; the others name their class in add_config_args.
-CONFIG_OF_TUNE_JOBS = "recognizer_core.train.config:TrainJobConfig"
+CONFIG_OF_TUNE_JOBS = "recognizer_core.train.stgcn.config:TrainJobConfig"
 
 # One interpreter runs every --help (the imports are shared), from a foreign working directory, and reports
 # whether Ray got started.

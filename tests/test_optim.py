@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from recognizer_core.train.config import OptimConfig, ScheduleConfig
+from recognizer_core.train.stgcn.config import OptimConfig, ScheduleConfig
 from recognizer_core.train.stgcn.optim import build_optimizer, build_scheduler, lr_factor, scaled_lr
 
 

@@ -10,7 +10,7 @@ import torch
 from recognizer_core.config import ConfigError, load_config
 from recognizer_core.extract.config import ExtractionConfig
 from recognizer_core.models.recognizer import build_recognizer
-from recognizer_core.train.config import TrainJobConfig
+from recognizer_core.train.stgcn.config import TrainJobConfig
 from recognizer_core.train.dino_pose.config import DinoPoseJobConfig
 from recognizer_core.train.stgcn.optim import build_optimizer, build_scheduler
 
@@ -87,7 +87,7 @@ def test_falldown_preset_trains_on_its_own_classes(tmp_path):
     has the preset's classes in the preset's order, and the class weight favours Falldown. The Ray run itself is
     the same code as fight_stable's (tests/test_train_ray.py)."""
     from recognizer_core.skeleton.store import SkeletonDataset
-    from recognizer_core.train.data import prepare_dataset
+    from recognizer_core.train.stgcn.data import prepare_dataset
 
     cfg = load_config(TrainJobConfig, CONFIGS / "falldown_stable.yaml", ["data.demo_num_clips=12"])
     ds = SkeletonDataset(prepare_dataset(cfg.data, tmp_path))

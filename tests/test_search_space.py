@@ -8,7 +8,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from recognizer_core.train.config import TrainJobConfig
+from recognizer_core.train.stgcn.config import TrainJobConfig
 from recognizer_core.tune.search_space import (SearchSpaceError, load_search_space, optuna_distribution,
                                                set_dotted)
 from recognizer_core.tune.stgcn_job import JOB, METRICS

@@ -13,8 +13,8 @@ import torch
 from recognizer_core.config import load_config
 from recognizer_core.skeleton.demo_data import make_demo_clips
 from recognizer_core.skeleton.store import INDEX_FILE, SkeletonDataset, write_dataset
-from recognizer_core.train import data as tdata
-from recognizer_core.train.config import TrainJobConfig
+from recognizer_core.train.stgcn import data as tdata
+from recognizer_core.train.stgcn.config import TrainJobConfig
 from recognizer_core.train.context import LocalContext
 from recognizer_core.train.stgcn.loop import load_data
 

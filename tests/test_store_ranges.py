@@ -14,8 +14,8 @@ from recognizer_core.skeleton.demo_data import make_demo_clips
 from recognizer_core.skeleton.store import SkeletonDataset, write_dataset
 from recognizer_core.skeleton.store_ranges import RowRanges
 from recognizer_core.skeleton.transforms import PipelineConfig
-from recognizer_core.train import data as tdata
-from recognizer_core.train.config import DataConfig
+from recognizer_core.train.stgcn import data as tdata
+from recognizer_core.train.stgcn.config import DataConfig
 from recognizer_core.train.shard_order import BlockShuffle
 
 

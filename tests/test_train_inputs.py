@@ -16,7 +16,7 @@ from recognizer_core.skeleton.clip import SkeletonDataError
 from recognizer_core.skeleton.demo_data import make_demo_clips
 from recognizer_core.skeleton.store import write_dataset
 from recognizer_core.train.stgcn import loop as loop_mod
-from recognizer_core.train.config import TrainJobConfig
+from recognizer_core.train.stgcn.config import TrainJobConfig
 from recognizer_core.train.stgcn.loop import train_loop
 from recognizer_core.train.context import LocalContext
 
@@ -181,7 +181,7 @@ def test_resuming_with_a_different_model_is_refused(tmp_path):
 def test_mmaction_pkl_inputs_become_one_store(tmp_path):
     from recognizer_core.skeleton.mmaction_pkl import write_mmaction_pkl
     from recognizer_core.skeleton.store import SkeletonDataset
-    from recognizer_core.train.data import prepare_dataset
+    from recognizer_core.train.stgcn.data import prepare_dataset
 
     clips = make_demo_clips("falldown", 24, seed=2)
     want = {s: sorted(c.clip_id for c in clips if c.split == s) for s in ("train", "val", "test")}
@@ -207,7 +207,7 @@ def test_mmaction_pkl_inputs_become_one_store(tmp_path):
 
 def test_a_rank_with_nothing_to_evaluate_pads_instead_of_failing(tmp_path):
     from recognizer_core.skeleton.store import SkeletonDataset
-    from recognizer_core.train import data as tdata
+    from recognizer_core.train.stgcn import data as tdata
 
     def one_test_clip(clips):
         tests = [c for c in clips if c.split == "test"]

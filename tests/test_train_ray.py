@@ -21,7 +21,7 @@ import torch
 from recognizer_core.config import load_config
 from recognizer_core.models.checkpoint import load_mmaction_checkpoint
 from recognizer_core.models.recognizer import build_recognizer
-from recognizer_core.train.config import TrainJobConfig
+from recognizer_core.train.stgcn.config import TrainJobConfig
 from recognizer_core.train.faults import FAULT_ENV
 
 REPO = Path(__file__).resolve().parents[1]

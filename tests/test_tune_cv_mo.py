@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from recognizer_core.config import load_config
-from recognizer_core.train.config import TrainJobConfig
+from recognizer_core.train.stgcn.config import TrainJobConfig
 
 REPO = Path(__file__).resolve().parents[1]
 

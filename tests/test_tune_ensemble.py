@@ -44,7 +44,7 @@ def test_stream_scores_in_process(tmp_path):
     from recognizer_core.config import load_config
     from recognizer_core.models.recognizer import build_recognizer
     from recognizer_core.skeleton.demo_data import write_demo_dataset
-    from recognizer_core.train.config import TrainJobConfig
+    from recognizer_core.train.stgcn.config import TrainJobConfig
     from recognizer_core.train.state import save_training_state
 
     data = write_demo_dataset("fight", tmp_path / "demo", num_clips=24, seed=0)
@@ -73,7 +73,7 @@ def test_test_job_reports_each_stream_and_the_fusion_of_runs(tmp_path, capsys):
     from recognizer_core.export.mmaction import export_best_model
     from recognizer_core.models.recognizer import build_recognizer
     from recognizer_core.skeleton.demo_data import write_demo_dataset
-    from recognizer_core.train.config import TrainJobConfig
+    from recognizer_core.train.stgcn.config import TrainJobConfig
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from rayjobs.test_stgcn import main as test_main

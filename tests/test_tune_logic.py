@@ -147,7 +147,7 @@ def test_plots_do_not_import_results():
 
 def test_measured_model_cost():
     from recognizer_core.config import load_config
-    from recognizer_core.train.config import TrainJobConfig
+    from recognizer_core.train.stgcn.config import TrainJobConfig
     from recognizer_core.tune.stgcn_job import measure_model
 
     preset = measure_model(load_config(TrainJobConfig, REPO / "configs" / "fight_demo.yaml"), repeats=3)

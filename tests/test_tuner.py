@@ -19,7 +19,7 @@ from recognizer_core.config import load_config
 from recognizer_core.export.mmaction import export_from_checkpoint
 from recognizer_core.models.checkpoint import load_mmaction_checkpoint
 from recognizer_core.models.recognizer import build_recognizer
-from recognizer_core.train.config import TrainJobConfig
+from recognizer_core.train.stgcn.config import TrainJobConfig
 from recognizer_core.train.state import save_training_state
 from recognizer_core.tune import stgcn_job
 from recognizer_core.tune.results import TrialRecord, write_summary

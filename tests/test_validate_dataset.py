@@ -83,8 +83,8 @@ def test_far_coordinates_are_rejected_or_counted(tmp_path):
     assert msg.startswith("keypoint (") and ", 1e+30) is far outside img_shape (480, 640)" in msg
     assert validate_dataset(path, ["train", "val"], 3, "zero", use_cache=False)["far_coordinate_clips"] == 1
     # ... and under 'zero' the training loader zeroes that joint, as it does NaN joints
-    from recognizer_core.train.config import DataConfig
-    from recognizer_core.train.data import load_shard
+    from recognizer_core.train.stgcn.config import DataConfig
+    from recognizer_core.train.stgcn.data import load_shard
 
     shard, _ = load_shard(SkeletonDataset(path), np.array([7]), DataConfig(nan_policy="zero"), 3, 17, "t")
     clip = shard[0]

@@ -16,7 +16,7 @@ import torch
 from recognizer_core.models.checkpoint import export_mmaction_checkpoint, load_into
 from recognizer_core.models.recognizer import build_recognizer
 from recognizer_core.storage import filesystem, join_uri, write_bytes
-from recognizer_core.train.config import TrainJobConfig
+from recognizer_core.train.stgcn.config import TrainJobConfig
 from recognizer_core.train.state import STATE_FILE, unwrap
 
 

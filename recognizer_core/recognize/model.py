@@ -92,7 +92,7 @@ class OnnxRecognizer:
 def training_clip_stats(cfg) -> tuple[float, int, str]:
     """(fps, median clip frames, where from) of the training split the run trained on (light columns only)."""
     from recognizer_core.skeleton.store import SkeletonDataset
-    from recognizer_core.train.data import prepare_dataset
+    from recognizer_core.train.stgcn.data import prepare_dataset
 
     try:
         path = prepare_dataset(cfg.data, Path(cfg.run.storage_path).expanduser() / "datasets")
@@ -197,7 +197,7 @@ def _torch_recognizer(cfg_file: Path, pth: Path, label_names, device: str, threa
     from recognizer_core.models.checkpoint import infer_model_config, load_mmaction_checkpoint, \
         load_state_dict_file
     from recognizer_core.models.recognizer import build_recognizer
-    from recognizer_core.train.config import TrainJobConfig
+    from recognizer_core.train.stgcn.config import TrainJobConfig
 
     if threads:
         torch.set_num_threads(threads)

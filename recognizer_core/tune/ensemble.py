@@ -59,7 +59,7 @@ def stream_scores(cfg, checkpoint: str | Path, dataset_path: str | Path, split: 
 
     from recognizer_core.models.recognizer import build_recognizer
     from recognizer_core.skeleton.store import SkeletonDataset
-    from recognizer_core.train import data as tdata
+    from recognizer_core.train.stgcn import data as tdata
     from recognizer_core.train.stgcn.evaluate import _test_batches, evaluate, load_weights
     from recognizer_core.train.context import LocalContext
 
@@ -108,8 +108,8 @@ def ensemble_from_runs(run_dirs: dict[str, str | Path], out_dir: Path, *, metric
     import shutil
 
     from recognizer_core.config import load_config
-    from recognizer_core.train.config import TrainJobConfig
-    from recognizer_core.train.data import prepare_dataset
+    from recognizer_core.train.stgcn.config import TrainJobConfig
+    from recognizer_core.train.stgcn.data import prepare_dataset
 
     streams = {}
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from recognizer_core.train.config import TrainJobConfig
+from recognizer_core.train.stgcn.config import TrainJobConfig
 from recognizer_core.storage import is_remote, join_uri, output_uri
 
 JOB = "stgcn"
@@ -15,7 +15,7 @@ _SCORE_ATTRIBUTES = ("val/acc_top1", "val/mean_class_accuracy")
 def trial_overrides(extra: dict[str, Any], base: TrainJobConfig, experiment_uri: str, metric: str) -> dict:
     """Overrides every trial gets on top of the user's: one dataset prepared once (not per trial), and the
     trial's own best model (the mmaction2 .pth in its run folder) chosen by the metric being tuned."""
-    from recognizer_core.train.data import prepare_dataset
+    from recognizer_core.train.stgcn.data import prepare_dataset
 
     extra = dict(extra)
     # Demo clips or a pkl are converted to Parquet here, once, so concurrent trials never race to write them.

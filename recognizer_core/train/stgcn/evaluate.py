@@ -18,7 +18,7 @@ from recognizer_core.models.recognizer import build_recognizer
 from recognizer_core.skeleton.store import SkeletonDataset
 from recognizer_core.skeleton.transforms import PipelineConfig
 from recognizer_core.skeleton.transforms_torch import model_inputs
-from recognizer_core.train import data as tdata
+from recognizer_core.train.stgcn import data as tdata
 from recognizer_core.train.amp import autocast
 from recognizer_core.train.collectives import all_gather_tensors, all_reduce_max
 from recognizer_core.train.experiment_log import console

@@ -18,8 +18,8 @@ from recognizer_core.skeleton.clip import SkeletonDataError
 from recognizer_core.skeleton.store import SkeletonDataset
 from recognizer_core.skeleton.validate import validate_dataset
 from recognizer_core.storage import is_remote, join_uri, output_uri, to_uri
-from recognizer_core.train.config import TrainJobConfig
-from recognizer_core.train.data import prepare_dataset, split_info
+from recognizer_core.train.stgcn.config import TrainJobConfig
+from recognizer_core.train.stgcn.data import prepare_dataset, split_info
 from recognizer_core.train.ray_run import RayTrainContext, backend, run_config, run_uri, scaling_config, \
     with_data_error_stop
 from recognizer_core.train.stgcn.evaluate import test_loop

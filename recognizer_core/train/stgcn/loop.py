@@ -26,10 +26,10 @@ from recognizer_core.export.mmaction import export_best_model
 from recognizer_core.models.recognizer import build_recognizer
 from recognizer_core.skeleton.store import SkeletonDataset
 from recognizer_core.skeleton.transforms_torch import model_inputs
-from recognizer_core.train import data as tdata
+from recognizer_core.train.stgcn import data as tdata
 from recognizer_core.train.amp import AmpPlan, amp_plan
 from recognizer_core.train.collectives import all_reduce, all_reduce_max, distributed
-from recognizer_core.train.config import TrainJobConfig
+from recognizer_core.train.stgcn.config import TrainJobConfig
 from recognizer_core.train.context import WorkerContext
 from recognizer_core.train.epochs import should_validate
 from recognizer_core.train.experiment_log import ExperimentLogger, console

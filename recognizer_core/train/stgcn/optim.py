@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from recognizer_core.train.config import OptimConfig, ScheduleConfig
+from recognizer_core.train.stgcn.config import OptimConfig, ScheduleConfig
 
 
 def scaled_lr(cfg: OptimConfig, world_size: int, batch_size: int) -> float:

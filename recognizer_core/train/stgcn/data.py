@@ -33,7 +33,7 @@ from recognizer_core.skeleton.store_ranges import RowRanges
 from recognizer_core.skeleton.validate import empty_positions_for, scan_empty_positions, zero_far_joints
 from recognizer_core.skeleton.transforms import PipelineConfig, prepare_batch
 from recognizer_core.skeleton.transforms_torch import gather_batch
-from recognizer_core.train.config import DataConfig
+from recognizer_core.train.stgcn.config import DataConfig
 from recognizer_core.train.shard_order import BlockShuffle
 # split_info, SplitInfo, shard_positions, ClipIds live in splits.py; callers use them as data.split_info etc.
 from recognizer_core.train.splits import ClipIds, SplitInfo, row_blocks, shard_positions, split_info  # noqa: F401
