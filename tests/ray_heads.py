@@ -47,10 +47,12 @@ def _started(pid: int) -> str | None:
         return None
 
 
-def stop_head(proc: subprocess.Popen, extra_pids: list[int] = (), grace_s: float = 5) -> None:
+def stop_head(proc: subprocess.Popen, extra_pids: list[int] = (), grace_s: float = 0) -> None:
     """Stop one `ray start --block` node and everything it started (never `ray stop`, which stops every Ray on
     the machine). SIGTERM makes `ray start --block` stop its node, but a head then drains for up to 30 s with
-    nothing left to drain: a few seconds, then every process it started is killed."""
+    nothing left to drain, so any grace period was always spent in full (5 s per head). A test head holds
+    nothing worth a graceful stop (its temp dir is deleted next): by default every process it started is
+    killed at once; grace_s > 0 gives SIGTERM that long first."""
     leftovers = [(pid, _started(pid)) for pid in [*extra_pids, *descendants(proc.pid)]]
     if grace_s > 0:
         killpg(proc, signal.SIGTERM, timeout=grace_s)
