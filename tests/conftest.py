@@ -58,10 +58,22 @@ def ray_local():
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+        # address="local": a private runtime even while a `ray start` cluster runs on this machine (a test's own
+        # head, e.g. tests/test_two_node.py's), which a bare ray.init() would join instead.
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
                  runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}})
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def fight_reference(ray_local, tmp_path_factory):
+    """The fight preset's uninterrupted tiny run (tests/fight_reference.py): (run folder, its JSON line). Made
+    once per session: the resume tests of test_train_ray and test_two_node must reproduce its weights."""
+    sys.path.insert(0, str(REPO))
+    from tests.fight_reference import run_reference
+
+    return run_reference(tmp_path_factory.mktemp("fight_reference"))
 
 
 def pytest_collection_modifyitems(config, items):

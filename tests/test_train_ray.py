@@ -7,8 +7,6 @@ just "it continued". (The falldown preset differs only in its values, checked in
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import subprocess
@@ -23,15 +21,13 @@ from recognizer_core.models.checkpoint import load_mmaction_checkpoint
 from recognizer_core.models.recognizer import build_recognizer
 from recognizer_core.train.stgcn.config import TrainJobConfig
 from recognizer_core.train.faults import FAULT_ENV
+from tests import fight_reference as reference
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 pytestmark = pytest.mark.ray  # a local Ray runtime and 2-worker Ray Train runs: minutes, 600 s timeout each
 
-TINY = ["model.num_stages=2", "model.base_channels=8", "model.inflate_stages=[2]", "model.down_stages=[2]",
-        "pipeline.clip_len=24", "train.epochs=4", "train.batch_size=8", "data.loader_workers=0",
-        "data.demo_num_clips=60", "schedule.warmup_epochs=1", "scaling.num_workers=2",
-        "scaling.cpus_per_worker=0.5", "train.log_interval=0"]
+TINY = reference.TINY
 
 
 def _args(preset: str, storage: Path, name: str, *extra: str) -> list[str]:
@@ -39,10 +35,10 @@ def _args(preset: str, storage: Path, name: str, *extra: str) -> list[str]:
     return ["--config", str(REPO / "configs" / preset)] + [a for s in sets for a in ("--set", s)]
 
 
-def _train(preset, storage, name, capsys, *extra) -> dict:
+def _train(argv: list[str], capsys) -> dict:
     from rayjobs.train_stgcn import main
 
-    assert main(_args(preset, storage, name, *extra)) == 0
+    assert main(argv) == 0
     return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
@@ -58,26 +54,13 @@ def _assert_same_weights(a: dict, b: dict) -> None:
         assert torch.equal(a[k], b[k]), f"{k} differs after resume"
 
 
-# test_num_clips=3 (the preset says 1): the test job must use the config the run was trained with.
-FIGHT = ("fight_stable.yaml", "pipeline.test_num_clips=3")
+# The fight preset's uninterrupted run is the session fixture `fight_reference` (tests/fight_reference.py): the
+# preset test checks it, and the resume tests here and in test_two_node must reproduce its weights exactly.
 
 
-@pytest.fixture(scope="module")
-def fight_run(ray_local, tmp_path_factory):
-    """The fight preset's uninterrupted run (storage, its JSON line): the preset test checks it, and the resume
-    test must reproduce its weights exactly."""
-    from rayjobs.train_stgcn import main
-
-    storage = tmp_path_factory.mktemp("fight")
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        assert main(_args(FIGHT[0], storage, "fight", *FIGHT[1:])) == 0
-    return storage, json.loads([ln for ln in printed.getvalue().splitlines() if ln.startswith("{")][-1])
-
-
-def test_fight_preset_train_val_test_export(fight_run, capsys, monkeypatch):
-    storage, out = fight_run
-    run = storage / "fight"
+def test_fight_preset_train_val_test_export(fight_reference, capsys, monkeypatch):
+    run, out = fight_reference
+    storage = run.parent
     assert out["error"] is None and out["epochs_run"] == 4
     assert not (run / "resume_log.jsonl").exists()  # uninterrupted: nothing resumed
     summary = json.loads((run / "summary.json").read_text())
@@ -135,14 +118,14 @@ def test_fight_preset_train_val_test_export(fight_run, capsys, monkeypatch):
     assert res["num_samples"] == m["num_samples"] == test["num_samples"] and res["checkpoint"].endswith(best["file"])
 
 
-def test_stopped_run_then_killed_worker_resume_exactly(fight_run, ray_local, monkeypatch, capsys, tmp_path):
+def test_stopped_run_then_killed_worker_resume_exactly(fight_reference, ray_local, monkeypatch, capsys, tmp_path):
     """Both ways a run resumes, in one run: its driver is killed mid-run and the command re-run (the run continues
     from its latest checkpoint), and in that re-run a worker dies (Ray Train restarts the worker group from the
     latest checkpoint). It must end with the reference's weights and scheduler state: resume is exact, not just
     "it continued"."""
     storage = tmp_path
     driver_marker, worker_marker = tmp_path / "driver_killed.marker", tmp_path / "killed_worker.marker"
-    args = _args(FIGHT[0], storage, "stopped", *FIGHT[1:])
+    args = reference.args(storage, "stopped")
     # A real driver process, SIGKILLed by the rank-0 worker after epoch 3 (the epoch-2 checkpoint is the latest)
     code = ("import os, sys; sys.argv[1:1] = []; from rayjobs.train_stgcn import main; "
             f"os.environ['{FAULT_ENV}'] = f'epoch=3,rank=0,marker={driver_marker},kill_pid={{os.getpid()}}'; "
@@ -156,7 +139,7 @@ def test_stopped_run_then_killed_worker_resume_exactly(fight_run, ray_local, mon
     # The same command again continues the run from its latest checkpoint; there, rank 1 exits after epoch 3 (a
     # lost worker): the worker group restarts from the epoch-2 checkpoint again.
     monkeypatch.setenv(FAULT_ENV, f"epoch=3,rank=1,marker={worker_marker}")
-    out = _train(FIGHT[0], storage, "stopped", capsys, *FIGHT[1:])
+    out = _train(args, capsys)
     assert worker_marker.exists(), "the worker fault was not injected"
     assert out["error"] is None and out["epochs_run"] == 4
     resumes = [json.loads(line) for line in (run / "resume_log.jsonl").read_text().splitlines()]
@@ -164,7 +147,7 @@ def test_stopped_run_then_killed_worker_resume_exactly(fight_run, ray_local, mon
     assert [r["resumed_from_epoch"] for r in resumes] == [2, 2]
     summary = json.loads((run / "summary.json").read_text())
     assert [h["epoch"] for h in summary["history"]] == [1, 2, 3, 4]  # epoch 3 redone twice, not duplicated
-    ref, got = _final_state(fight_run[0] / "fight"), _final_state(run)
+    ref, got = _final_state(fight_reference[0]), _final_state(run)
     _assert_same_weights(ref["model"], got["model"])
     assert ref["scheduler"] == got["scheduler"]
 

@@ -7,8 +7,10 @@
 - Shared storage is one directory both see (the NFS / ReadWriteMany case): $RECOGNIZER_STORAGE on both nodes,
   as cluster/kuberay sets it.
 - Every job goes through `ray job submit` (the Jobs API) with the repository as working_dir.
-- STGCN++ trains with 2 workers placed STRICT_SPREAD (one per node); the same run with the second node killed
-  mid-run and brought back must finish from its last checkpoint with the same final weights and metrics.
+- STGCN++ trains with 2 workers placed STRICT_SPREAD (one per node), the second node killed mid-run and brought
+  back: the run must finish from its last checkpoint with the final weights and metrics of the same run
+  uninterrupted (the session's `fight_reference`, tests/fight_reference.py: made once, on the local Ray; 2 DDP
+  workers compute the same numbers wherever they are placed).
 - A 2-trial Tune search (side by side, one 0.9-CPU worker each, on nodes of 1 CPU: two workers never fit on one
   node) runs trials on both nodes, and writes its summary to the shared storage.
 - Extraction (fake RTMO, tests/fakes/fake_rtmo.py) reads videos from the shared storage and writes its clips and
@@ -36,6 +38,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests import fight_reference as reference
 from tests.ray_heads import free_port, stop_head
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,11 +47,8 @@ S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "A
           "AWS_EC2_METADATA_DISABLED": "true"}
 EXCLUDES = [".venv", ".git", "work_dirs", "outputs", "runs", "**/__pycache__", "*.egg-info", ".pytest_cache",
             "bench/results"]
-TINY = ["model.num_stages=2", "model.base_channels=8", "model.inflate_stages=[2]", "model.down_stages=[2]",
-        "pipeline.clip_len=24", "train.epochs=6", "train.batch_size=8", "data.loader_workers=0",
-        "data.demo_num_clips=48", "schedule.warmup_epochs=1", "train.val_interval=1", "train.log_interval=0",
-        "scaling.num_workers=2", "scaling.cpus_per_worker=0.5", "scaling.placement_strategy=STRICT_SPREAD",
-        "run.max_failures=4"]
+# The reference's settings (4 epochs, checkpoints at epochs 2 and 4), one worker per node, restarts allowed.
+SPREAD = ["scaling.placement_strategy=STRICT_SPREAD", "run.max_failures=4"]
 
 
 def _namespaces_allowed() -> str | None:
@@ -180,7 +180,7 @@ class TwoNodeCluster:
             if time.time() > deadline:
                 client.stop_job(job_id)
                 break
-            time.sleep(2)
+            time.sleep(0.5)  # a status query is one local HTTP call
         status, logs = client.get_job_status(job_id), client.get_job_logs(job_id)
         assert status == JobStatus.SUCCEEDED, f"{job_id}: {status}\n{logs[-5000:]}\n{self.logs()}"
         return logs
@@ -232,9 +232,9 @@ def cluster(tmp_path_factory):
         s3.stop()
 
 
-def _train_cmd(name: str, *extra: str) -> str:
-    sets = " ".join(f"--set {s}" for s in [*TINY, f"run.name={name}", *extra])
-    return f"python rayjobs/train_stgcn.py --config configs/fight_stable.yaml {sets}"
+def _train_cmd(name: str) -> str:
+    sets = " ".join(f"--set {s}" for s in reference.sets(*SPREAD, f"run.name={name}"))
+    return f"python rayjobs/train_stgcn.py --config configs/{reference.PRESET} {sets}"
 
 
 def _result(logs: str) -> dict:
@@ -257,21 +257,13 @@ def _weights(run_dir: Path) -> dict:
 @pytest.mark.ray
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
-def test_training_across_two_nodes_survives_losing_one(cluster):
+def test_training_across_two_nodes_survives_losing_one(fight_reference, cluster):
     runs = cluster.shared / "runs" / "work_dirs"
+    ref_dir, ref = fight_reference  # the same run, uninterrupted
 
-    # 1. Uninterrupted: 2 DDP workers, one per node; the run folder is on the shared storage.
-    client, job = cluster.submit(_train_cmd("two_node_ref"), "train-ref")
-    ref = _result(cluster.wait_job(client, job))
-    ref_dir = runs / "two_node_ref"
-    assert ref["error"] is None and ref["epochs_run"] == 6 and ref["run_dir"] == str(ref_dir)
-    assert (ref_dir / "summary.json").is_file() and ref["test_acc_top1"] is not None
-    assert ref["best_model_mmaction2"] and Path(ref["best_model_mmaction2"]).is_file()
-    assert list((ref_dir / "logs" / "tensorboard").glob("events.out.tfevents.*"))
-
-    # 2. The same run; node2 is killed once the first checkpoint is registered (in Ray Train's snapshot: a
-    #    checkpoint folder appears while it is still being written, and one not yet registered is not resumed
-    #    from) and brought back. An epoch takes about a second here: 6 epochs leave time to kill mid-run.
+    # 2 DDP workers, one per node; node2 is killed once the first checkpoint (epoch 2 of 4) is registered (in Ray
+    # Train's snapshot: a checkpoint folder appears while it is still being written, and one not yet registered
+    # is not resumed from) and brought back. An epoch takes about a second here: the kill comes within 0.2 s.
     client, job = cluster.submit(_train_cmd("two_node_killed"), "train-killed")
     run_dir = runs / "two_node_killed"
     deadline = time.time() + 400
@@ -283,6 +275,11 @@ def test_training_across_two_nodes_survives_losing_one(cluster):
     cluster.start_node2()
     logs = cluster.wait_job(client, job)
     out = _result(logs)
+    # The run folder and everything the job writes are on the shared storage.
+    assert out["error"] is None and out["epochs_run"] == 4 and out["run_dir"] == str(run_dir)
+    assert (run_dir / "summary.json").is_file() and out["test_acc_top1"] is not None
+    assert out["best_model_mmaction2"] and Path(out["best_model_mmaction2"]).is_file()
+    assert list((run_dir / "logs" / "tensorboard").glob("events.out.tfevents.*"))
     resume_log = run_dir / "resume_log.jsonl"
     assert resume_log.is_file(), f"the run did not resume from a checkpoint\n{logs[-4000:]}"
     resumes = [json.loads(x) for x in resume_log.read_text().splitlines()]
