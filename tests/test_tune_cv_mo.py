@@ -1,5 +1,7 @@
 """A cross-validated search and a multi-objective search on the demo data, run as a user runs them
-(`rayjobs/tune_fight.py --smoke ...`, a private local Ray in a subprocess), with the smallest budgets."""
+(`rayjobs/tune_fight.py --smoke ...` in a subprocess), with the smallest budgets. The command joins the session's
+local Ray (RAY_ADDRESS, as `ray job submit` sets it) instead of starting and stopping a private one each time;
+that a bare command starts a private Ray is test_cluster_runtime's and test_tuner's."""
 from __future__ import annotations
 
 import json
@@ -17,23 +19,24 @@ from recognizer_core.train.stgcn.config import TrainJobConfig
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _run(tmp_path: Path, *extra: str) -> str:
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
-    env.pop("RAY_ADDRESS", None)
-    cmd = [sys.executable, "rayjobs/tune_fight.py", "--smoke", "--num-cpus", "2", "--storage-path", str(tmp_path),
+def _run(ray_local, tmp_path: Path, *extra: str) -> str:
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO),
+           "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
+    cmd = [sys.executable, "rayjobs/tune_fight.py", "--smoke", "--storage-path", str(tmp_path),
            "--progress-interval", "10", *extra]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-5000:]
+    assert "[tune] running on the Ray cluster at" in log  # the session's Ray, not a private one
     return log
 
 
 @pytest.mark.ray
 @pytest.mark.timeout(420)
-def test_cross_validated_search_then_one_test_score(tmp_path):
+def test_cross_validated_search_then_one_test_score(ray_local, tmp_path):
     # One trial (the preset, the space's start point): its 2 fold runs side by side, then the winner's retrain and
     # test. The preset-vs-winner paired test itself is test_tune_logic's (test_paired_test_over_folds).
-    log = _run(tmp_path, "--folds", "2", "--num-samples", "1")
+    log = _run(ray_local, tmp_path, "--folds", "2", "--num-samples", "1")
     exp = tmp_path / "tune_fight_smoke_cv2"
     summary = json.loads((exp / "summary" / "summary.json").read_text())
     # The summary leads with the winner's single score on the test split the search never saw.
@@ -58,9 +61,9 @@ def test_cross_validated_search_then_one_test_score(tmp_path):
 
 @pytest.mark.ray
 @pytest.mark.timeout(420)
-def test_multi_objective_search_pareto_front(tmp_path):
+def test_multi_objective_search_pareto_front(ray_local, tmp_path):
     # 2 trials side by side (the front's logic on more points is test_tune_logic's pareto tests).
-    log = _run(tmp_path, "--objective", "latency", "--num-samples", "2", "--max-concurrent-trials", "2",
+    log = _run(ray_local, tmp_path, "--objective", "latency", "--num-samples", "2", "--max-concurrent-trials", "2",
                "--scheduler", "fifo")
     out = tmp_path / "tune_fight_smoke_mo" / "summary"
     summary = json.loads((out / "summary.json").read_text())

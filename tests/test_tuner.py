@@ -210,9 +210,9 @@ def run_trial_stub(config):  # the trainable the SearchGenerator's trials name; 
     pass
 
 
-def _start(cmd: list[str], log: Path) -> subprocess.Popen:
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
-    env.pop("RAY_ADDRESS", None)
+def _start(cmd: list[str], log: Path, ray_address: str) -> subprocess.Popen:
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": str(REPO), "RAY_ADDRESS": ray_address}
     return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
                             start_new_session=True)
 
@@ -229,7 +229,7 @@ def _wait_for(proc: subprocess.Popen, log: Path, text: str, timeout: float) -> N
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
-    # The driver and the local Ray it started (same session); our own processes only.
+    # The driver (its own session; the Ray it joined is not in it); our own processes only.
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
@@ -239,12 +239,15 @@ def _kill_group(proc: subprocess.Popen) -> None:
 
 @pytest.mark.ray
 @pytest.mark.timeout(420)
-def test_resume_after_killing_the_driver(tmp_path, capsys):
-    # One trial: killed with the driver after its first epoch, continued from its checkpoint by the re-run.
+def test_resume_after_killing_the_driver(ray_local, tmp_path, capsys):
+    # One trial: killed with the driver after its first epoch, continued from its checkpoint by the re-run. Both
+    # runs join the session's Ray (RAY_ADDRESS, as on a cluster, where the driver dies and Ray stays up) instead
+    # of starting a private one each: Ray ends the dead driver's trial, and the experiment on storage is resumed.
     cmd = [sys.executable, "rayjobs/tune_fight.py", "--smoke", "--num-samples", "1", "--storage-path", str(tmp_path),
-           "--name", "resume", "--num-cpus", "2"]
+           "--name", "resume"]
+    address = ray_local.get_runtime_context().gcs_address
     first = tmp_path / "first.log"
-    proc = _start(cmd, first)
+    proc = _start(cmd, first, address)
     try:
         _wait_for(proc, first, "epoch=1 val/acc_top1=", timeout=240)
     finally:
@@ -253,13 +256,13 @@ def test_resume_after_killing_the_driver(tmp_path, capsys):
     assert "[tune] best trial" not in first.read_text()
 
     second = tmp_path / "second.log"
-    proc = _start(cmd, second)
+    proc = _start(cmd, second, address)
     try:
         assert proc.wait(timeout=360) == 0, second.read_text()[-4000:]
     finally:
         _kill_group(proc)
     log = second.read_text()
-    assert "[tune] resuming experiment" in log
+    assert "[tune] resuming experiment" in log and "[tune] running on the Ray cluster at" in log
     # The interrupted trial continued its Train run from its latest checkpoint instead of starting over (epoch 1,
     # or 2 when the kill came after the last checkpoint but before Tune saw it: then the run only reports).
     assert re.search(r"resumed from checkpoint at epoch [12]\b", log), log[-4000:]
