@@ -82,7 +82,7 @@ class TwoNodeCluster:
             "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}", "RECOGNIZER_STORAGE": str(self.shared / "runs"),
             "RAY_API_SERVER_ADDRESS": self.url,
             # A dead node is noticed in seconds, and a restarted worker group may wait for it to come back.
-            "RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "5",
+            "RAY_health_check_period_ms": "500", "RAY_health_check_failure_threshold": "5",
             "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "180",
             # Ray Train's controller takes one report per poll (see tests/conftest.py): poll as the suite does.
             "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5"),
