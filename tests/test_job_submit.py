@@ -43,7 +43,7 @@ def _wait_http(url: str, timeout: float) -> None:
         except urllib.error.HTTPError:
             return  # up (and asking for a token)
         except OSError:
-            time.sleep(1)
+            time.sleep(0.25)
     raise AssertionError(f"no dashboard at {url} after {timeout}s")
 
 
@@ -56,7 +56,7 @@ def _submit(client, timeout: float = 60, **job) -> str:
         except RuntimeError as err:
             if "No available agent" not in str(err) or time.time() > deadline:
                 raise
-            time.sleep(2)
+            time.sleep(0.5)
 
 
 @pytest.mark.ray
@@ -106,7 +106,7 @@ def test_training_job_submitted_to_a_local_head(tmp_path):
         deadline = time.time() + 330
         status = client.get_job_status(job_id)
         while status not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED} and time.time() < deadline:
-            time.sleep(1)
+            time.sleep(0.5)  # one local HTTP call: the job's end is seen within 0.5 s
             status = client.get_job_status(job_id)
         logs = client.get_job_logs(job_id)
         assert status == JobStatus.SUCCEEDED, f"{status}\n{logs[-6000:]}"

@@ -141,7 +141,7 @@ class TwoNodeCluster:
         while self.alive_nodes() != n:
             if time.time() > deadline:
                 raise AssertionError(f"cluster did not reach {n} alive node(s) in {timeout}s\n" + self.logs())
-            time.sleep(1)
+            time.sleep(0.25)
 
     def worker_nodes(self) -> dict[str, str]:
         """Ray Train worker actors (alive or dead) -> the node each ran on."""
@@ -170,7 +170,7 @@ class TwoNodeCluster:
             except RuntimeError as err:
                 if "No available agent" not in str(err) or time.time() > deadline:
                     raise
-                time.sleep(2)
+                time.sleep(0.5)
 
     def wait_job(self, client, job_id: str, timeout: float = 420) -> str:
         from ray.job_submission import JobStatus
