@@ -49,7 +49,8 @@ def write_fold_store(dataset_path: str | Path, out_dir: str | Path, k: int, *, s
     """Write the fold view of `dataset_path` (train + val pooled, then split into k folds by source video)
     into `out_dir`; returns {path, folds: [{train, val, val_videos}], trainval, test}. Idempotent."""
     src = SkeletonDataset(dataset_path)
-    pool = [src.index(s, columns=["clip_id", "label", "source_video"]) for s in (train_split, val_split)]
+    # through the split ranges when the dataset lists them (no `_index.parquet` read), else from the index
+    pool = [src.split_columns(s, ["clip_id", "label", "source_video"]) for s in (train_split, val_split)]
     ids = [x for t in pool for x in t["clip_id"].to_pylist()]
     labels = [int(x) for t in pool for x in t["label"].to_pylist()]
     # A clip without a recorded video is its own group (nothing says it shares a video with another clip).
@@ -58,7 +59,7 @@ def write_fold_store(dataset_path: str | Path, out_dir: str | Path, k: int, *, s
         raise ValueError(f"{dataset_path}: clips listed in both {train_split!r} and {val_split!r}; folds need "
                          "each clip once")
     fold_of = assign_folds(groups, labels, k, seed)
-    test_ids = src.index(test_split, columns=["clip_id"])["clip_id"].to_pylist()
+    test_ids = src.split_columns(test_split, ["clip_id"])["clip_id"].to_pylist()
     split_map: dict[str, list[str]] = {TRAINVAL: ids, "test": test_ids}
     info_folds = []
     for f in range(k):
@@ -68,7 +69,11 @@ def write_fold_store(dataset_path: str | Path, out_dir: str | Path, k: int, *, s
                            "val_videos": len({g for g, j in zip(groups, fold_of) if j == f})})
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    index_file = src.info.get("index_file")  # the light-column index travels with the parts it indexes
+    info = dict(src.info)
+    index_file = info.get("index_file")  # the light-column index travels with the parts it indexes
+    if index_file and not os.path.exists(os.path.join(str(dataset_path), index_file)):
+        del info["index_file"]  # (gone from the source: the view reads its light columns from the parts)
+        index_file = None
     linked = list(src.files) + ([os.path.join(str(dataset_path), index_file)] if index_file else [])
     for f in linked:  # the view links the source's Parquet files (same names, as _dataset.json lists them)
         link = out / Path(f).name
@@ -77,7 +82,6 @@ def write_fold_store(dataset_path: str | Path, out_dir: str | Path, k: int, *, s
                 os.link(f, link)
             except OSError:
                 shutil.copy2(f, link)
-    info = dict(src.info)
     info["split_map"] = split_map
     info["splits"] = {s: len(v) for s, v in split_map.items()}
     info["metadata"] = {**dict(info.get("metadata") or {}),
