@@ -76,3 +76,24 @@ def test_split_info_labels_and_clip_ids_without_the_index(datasets):
         a, b = tdata.split_info(SkeletonDataset(no_index), split, 2), tdata.split_info(SkeletonDataset(old), split, 2)
         assert a._labels is None  # the ranges path: read lazily, from the split's row groups
         assert list(a.clip_ids) == list(b.clip_ids) and np.array_equal(a.labels, b.labels)
+
+
+def test_a_fold_view_lists_its_splits_as_ranges_and_trains_without_the_index(datasets, tmp_path):
+    ranged, old, no_index = datasets
+    write_fold_store(ranged, tmp_path / "view", 3, seed=2)
+    by_map = tmp_path / "by_map"  # the same view as written before: a split_map only, rows from the index
+    shutil.copytree(tmp_path / "view", by_map)
+    info = json.loads((by_map / "_dataset.json").read_text())
+    info.pop("split_map_as_rows")
+    (by_map / "_dataset.json").write_text(json.dumps(info))
+    (tmp_path / "view" / INDEX_FILE).unlink()
+    view, legacy = SkeletonDataset(tmp_path / "view"), SkeletonDataset(by_map)
+    assert legacy.split_ranges("cv0_train") is None
+    for split in ["trainval", "test"] + [f"cv{f}_{s}" for f in range(3) for s in ("train", "val")]:
+        assert view.split_ranges(split) is not None
+        a, b = tdata.split_info(view, split, 2), tdata.split_info(legacy, split, 2)
+        assert np.array_equal(a.positions, b.positions) and a.label_counts == b.label_counts
+        assert list(a.clip_ids) == list(b.clip_ids)
+    from recognizer_core.skeleton.validate import validate_dataset  # membership by clip id, no index either
+    assert validate_dataset(tmp_path / "view", ["cv1_val"], 2, use_cache=False)["num_clips"] == \
+        len(info["split_map"]["cv1_val"])

@@ -33,9 +33,10 @@ from .clip import SkeletonClip, SkeletonDataError
 from .store_ranges import RowRanges
 from .store_rows import (CLIP_SCHEMA, HEAVY_COLUMNS, LIGHT_COLUMNS, clip_from_row, clips_from_batch, clips_to_table,
                          int64_array)
-from .store_write import DATASET_JSON, INDEX_FILE, META_PREFIX, SCHEMA_VERSION, write_dataset
+from .store_write import DATASET_JSON, INDEX_FILE, META_PREFIX, SCHEMA_VERSION, SPLIT_MAP_AS_ROWS, write_dataset
 
 __all__ = ["CLIP_SCHEMA", "DATASET_JSON", "HEAVY_COLUMNS", "INDEX_FILE", "LIGHT_COLUMNS", "SCHEMA_VERSION",
+           "SPLIT_MAP_AS_ROWS",
            "SkeletonDataset", "check_file_schema", "clip_from_row", "clips_from_batch", "clips_to_table",
            "write_dataset"]
 
@@ -183,6 +184,10 @@ class SkeletonDataset:
     def split_map(self) -> dict[str, list[str]] | None:
         return self.info.get("split_map")
 
+    def _map_only(self) -> bool:
+        """A split_map without row ranges written for its splits (an older folds view copied its source's ranges)."""
+        return self.split_map is not None and not self.info.get(SPLIT_MAP_AS_ROWS)
+
     def row_group_bounds(self) -> list[np.ndarray]:
         """Per file, the start row of each row group and the file's row count (global positions)."""
         return [self._file_start[i] + g for i, g in enumerate(self._group_start)]
@@ -202,8 +207,8 @@ class SkeletonDataset:
         file or the index, in O(ranges + row groups) whatever the clip count; None when the dataset has no
         ranges (older, interleaved or split_map datasets)."""
         entries = self.info.get("files") or []
-        # a split_map (clips in several splits; a folds view copies its source's json) overrides the row ranges
-        if self.split_map is not None or "split_labels" not in self.info or len(entries) != len(self._files) \
+        # a split_map (clips in several splits) overrides the row ranges, unless they were written for its splits
+        if self._map_only() or "split_labels" not in self.info or len(entries) != len(self._files) \
                 or any("split_rows" not in f for f in entries):
             return None
         pairs = [(a + self._file_start[i], b + self._file_start[i])
@@ -219,7 +224,7 @@ class SkeletonDataset:
     def split_label_counts(self, split: str) -> dict[int, int] | None:
         """{label: clips} of `split` from `_dataset.json` (None when the dataset was written without them)."""
         counts = self.info.get("split_labels")
-        if counts is None or self.split_map is not None:
+        if counts is None or self._map_only():
             return None
         return {int(k): int(v) for k, v in (counts.get(split) or {}).items()}
 
