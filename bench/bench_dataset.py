@@ -18,9 +18,14 @@ that many clips. Each measurement runs in a fresh process (its peak RSS is that 
   `_index.parquet` existed (footers of every file, light columns from every file);
 - validation: `validate_dataset` on train+val, first call and cached call (run first, as the driver does; the
   workers then find the all-zero clip list in its report instead of scanning).
+With `--regroup`, instead: each size written the old way (splits interleaved row by row, no split ranges in
+`_dataset.json`), then `regroup_by_split` of it into a new dataset (`regroup`: time, peak RSS above the base, row
+groups before/after), and a training start on each (`stream` on the old one goes through the index, on the
+regrouped one through the ranges).
 Prints ONE JSON line.
 
     nice -n 5 .venv/bin/python bench/bench_dataset.py [--sizes 1000 50000 500000] [--out bench/results/dataset.jsonl]
+    nice -n 5 .venv/bin/python bench/bench_dataset.py --regroup --sizes 50000
 """
 from __future__ import annotations
 
@@ -56,12 +61,12 @@ def _clips(n: int, frames: int, persons: int):
                            split="train" if i % 10 < 8 else ("val" if i % 10 == 8 else "test"))
 
 
-def _generate(path: Path, n: int, frames: int, persons: int) -> float:
+def _generate(path: Path, n: int, frames: int, persons: int, grouped: bool = True) -> float:
     from recognizer_core.skeleton.store import write_dataset
 
     t0 = time.perf_counter()
     write_dataset(_clips(n, frames, persons), path, ["a", "b"], rows_per_file=1024, row_group_size=64,
-                  group_by_split=True)
+                  group_by_split=grouped)
     return time.perf_counter() - t0
 
 
@@ -101,6 +106,15 @@ def _peak_rss_mb() -> float:
 
 def _child(mode: str, path: str, batches: int) -> dict:
     """One measurement in this (fresh) process."""
+    if mode == "regroup":
+        from recognizer_core.skeleton.store_regroup import regroup_by_split
+
+        base, out_dir = _rss_mb(), Path(path).with_name(Path(path).name + "_regrouped")
+        shutil.rmtree(out_dir, ignore_errors=True)
+        t0 = time.perf_counter()
+        summary = regroup_by_split(path, out_dir)
+        return {"regroup_s": time.perf_counter() - t0, "regroup_peak_rss_above_base_mb": _peak_rss_mb() - base,
+                "row_groups_before": summary["row_groups_before"], "row_groups_after": summary["row_groups_after"]}
     if mode == "validate":
         import pandas  # noqa: F401  (see below)
         from recognizer_core.skeleton.validate import validate_dataset
@@ -183,6 +197,7 @@ def main() -> None:
     ap.add_argument("--work", default=None, help="folder for the datasets (default: a temp folder, removed)")
     ap.add_argument("--child", nargs=2, metavar=("MODE", "PATH"), help=argparse.SUPPRESS)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--regroup", action="store_true", help="measure regrouping an interleaved dataset instead")
     args = ap.parse_args()
     if args.child:
         print(json.dumps(_child(args.child[0], args.child[1], args.batches)))
@@ -191,7 +206,19 @@ def main() -> None:
     work = Path(args.work or tempfile.mkdtemp(prefix="bench_dataset_"))
     results = {}
     try:
-        for n in args.sizes:
+        for n in args.sizes if args.regroup else []:
+            path = work / f"interleaved_{n}"
+            row = {"generate_s": _generate(path, n, args.frames, args.persons, grouped=False)
+                   if not (path / "_dataset.json").exists() else None}
+            row["disk_mb"] = sum(f.stat().st_size for f in path.iterdir() if f.is_file()) / 2**20
+            row["regroup"] = _repeated("regroup", path, 0, args.repeats)
+            regrouped = path.with_name(path.name + "_regrouped")
+            for name, p in (("old", path), ("regrouped", regrouped)):
+                _run_child("validate", p, 0)  # the driver's report first, as in a real start
+                row[f"stream_{name}"] = _repeated("stream", p, args.batches, args.repeats)
+            results[str(n)] = json.loads(json.dumps(row), parse_float=lambda x: round(float(x), 4))
+            print(f"# {n} clips: {json.dumps(results[str(n)])}", file=sys.stderr, flush=True)
+        for n in [] if args.regroup else args.sizes:
             path = work / f"ds_{n}"
             fresh = not (path / "_dataset.json").exists()
             row: dict = {"generate_s": _generate(path, n, args.frames, args.persons) if fresh else None}
@@ -216,7 +243,7 @@ def main() -> None:
             shutil.rmtree(work, ignore_errors=True)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                             cwd=Path(__file__).parent).stdout.strip()
-    save_result({"bench": "dataset", "date": now(), "commit": commit, "machine": machine(),
+    save_result({"bench": "dataset_regroup" if args.regroup else "dataset", "date": now(), "commit": commit, "machine": machine(),
                  "load_avg_1m": os.getloadavg()[0], "load_avg_1m_start": load_start,
                  "repeats": args.repeats, "frames": args.frames, "persons": args.persons,
                  "batch": BATCH,

@@ -7,6 +7,12 @@ Reads the videos finished by rayjobs/extract_poses.py (its done.jsonl), draws sp
 (given by the folder layout / CSV, or by ratio, stratified by label), cuts windows in parallel tasks and
 streams them into the skeleton store (`part-*.parquet` + `_dataset.json`); with write_pkl also one
 mmaction2 PoseDataset pickle per split (`<split>.pkl` + label map). The logic lives in recognizer_core/dataset/.
+
+    python rayjobs/build_dataset.py --regroup outputs/old_dataset --output outputs/dataset_grouped
+
+rewrites an existing dataset (e.g. one written before split ranges existed, its splits interleaved) into a new
+folder with each file's rows grouped by split, so training reads its splits as row ranges, not from the per-clip
+index; same clips, columns, metadata and training batches (skeleton/store_regroup.py). No Ray.
 """
 from __future__ import annotations
 
@@ -21,6 +27,8 @@ from recognizer_core.config import ConfigError, add_config_args, config_from_arg
 from recognizer_core.dataset.build import plan_videos, resolve_paths, run_build  # noqa: E402
 from recognizer_core.dataset.config import DatasetBuildConfig  # noqa: E402
 from recognizer_core.ray_runtime import RayStartError, start_ray  # noqa: E402
+from recognizer_core.skeleton.clip import SkeletonDataError  # noqa: E402
+from recognizer_core.skeleton.store_regroup import regroup_by_split  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,7 +36,19 @@ def main(argv: list[str] | None = None) -> int:
     add_config_args(parser, DatasetBuildConfig)
     parser.add_argument("--poses", help="shortcut for --set poses=...")
     parser.add_argument("--output", help="shortcut for --set output=...")
+    parser.add_argument("--regroup", metavar="DATASET", help="instead of building: rewrite this skeleton dataset "
+                        "into --output (a new folder) with each file's rows grouped by split")
     args = parser.parse_args(argv)
+    if args.regroup:
+        if not args.output:
+            parser.error("--regroup needs --output (the new dataset's folder)")
+        try:
+            summary = regroup_by_split(args.regroup, args.output)
+        except SkeletonDataError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        print(json.dumps(summary), flush=True)
+        return 0
     for flag in ("poses", "output"):
         if getattr(args, flag):
             args.overrides.append(f"{flag}={getattr(args, flag)}")

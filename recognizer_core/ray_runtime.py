@@ -32,6 +32,35 @@ from typing import Iterator
 RAY_LOG_LEVEL = logging.WARNING
 
 
+# Ray's own worker-side warnings that, in a private local Ray, describe what is expected rather than a fault. Ray
+# Train's detached PlacementGroupCleaner warns "Detected that the Ray Train controller actor (...) is dead. Cleaning
+# up placement group ..." whenever a controller ends without its shutdown hook: that is every trial ASHA stops (Tune
+# ends the trial actor, and the controller it owns goes with it), so a demo printed one per stopped trial. The
+# cleaner still removes the group; only the line goes. These loggers live in worker processes, which the driver's
+# logging does not reach, so the private Ray's `worker_process_setup_hook` sets them as each worker starts.
+QUIET_WORKER_LOGGERS = {"ray.train.v2._internal.execution.controller.placement_group_cleaner": logging.ERROR}
+
+
+def worker_setup_hook():
+    """The private Ray's `worker_process_setup_hook`: raises QUIET_WORKER_LOGGERS to their levels in each worker
+    process before it takes any task.
+
+    A closure, so cloudpickle ships it by value and a worker runs it with the standard library alone. Named by
+    module path instead ("recognizer_core.ray_runtime...") it is imported in the worker before the driver's
+    sys.path reaches it: where the repo is not on the worker's path (a job started outside the repo root, the
+    path set by the script itself) the import fails, Ray drains the worker as failed to start, and every task,
+    actor and trial dies with WorkerCrashedError."""
+    levels = dict(QUIET_WORKER_LOGGERS)
+
+    def quiet_worker_logs() -> None:
+        import logging as _logging
+
+        for name, level in levels.items():
+            _logging.getLogger(name).setLevel(level)
+
+    return quiet_worker_logs
+
+
 class RayStartError(RuntimeError):
     """Ray could not be started or joined; the message says what happened and what to try."""
 
@@ -83,7 +112,9 @@ def start_ray(address: str | None = None, *, num_cpus: int | None = None, dashbo
             # searches) from being paced at 2 s each. Clusters keep Ray's default.
             os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
             ctx = ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, dashboard_port=port,
-                           log_to_driver=log_to_driver, logging_level=RAY_LOG_LEVEL)
+                           log_to_driver=log_to_driver, logging_level=RAY_LOG_LEVEL,
+                           runtime_env={"worker_process_setup_hook": worker_setup_hook()})
+            _PRIVATE_RAY.append(ctx)
     except Exception as err:  # noqa: BLE001 - every start-up failure gets the same advice block
         raise RayStartError(_advice(err, address if joining else None, captured)) from None
     _install_stop_handlers()
@@ -162,6 +193,22 @@ def _advice(err: Exception, address: str | None, captured: str = "") -> str:
             "  - run the command again;\n"
             "  - give Ray longer: RAY_raylet_start_wait_time_s=120 (and RAY_gcs_rpc_server_connect_timeout_s=60);\n"
             "  - free memory / stop other Ray instances you own (`ray status` lists them).")
+
+
+_PRIVATE_RAY: list = []  # the private Ray this process started, if any (flush_worker_output ends only that one)
+
+
+def flush_worker_output() -> None:
+    """Before a job's final line: shut down the private Ray this process started, so that the worker lines Ray
+    still holds (its log deduplication keeps repeats for up to 5 s and prints what is left when the driver
+    disconnects, at exit) come out now, above the final line, not after it. A joined cluster, or a Ray someone else
+    started in this process (a test's), is left running."""
+    if _PRIVATE_RAY:
+        import ray
+
+        _PRIVATE_RAY.clear()
+        if ray.is_initialized():
+            ray.shutdown()
 
 
 def _install_stop_handlers() -> None:

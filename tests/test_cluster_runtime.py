@@ -3,6 +3,7 @@ address and no RAY_ADDRESS starts a private Ray instead of attaching to it, and 
 with the wrong token stops with one `error:` line that says what to set (no Ray traceback)."""
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -56,19 +57,26 @@ def token_head():
 def test_no_address_starts_a_private_ray_beside_a_running_cluster(token_head):
     code = ("from ray._private.services import canonicalize_bootstrap_address as c\n"
             "print('BARE', c(None), flush=True)\n"
-            "from recognizer_core.ray_runtime import start_ray\n"
+            f"import sys; sys.path.insert(0, {str(REPO)!r})\n"  # as rayjobs/ scripts find the repo
+            "from recognizer_core.ray_runtime import QUIET_WORKER_LOGGERS, start_ray\n"
             "info = start_ray(num_cpus=1, dashboard=False, job='probe')\n"
-            "import ray; print('JOINED', ray.get_runtime_context().gcs_address, info.private, flush=True)\n")
-    out = subprocess.run([sys.executable, "-c", code], env=_env(token_head["tmpdir"], RAY_AUTH_MODE="disabled"),
-                         capture_output=True, text=True, timeout=200)
+            "import ray; print('JOINED', ray.get_runtime_context().gcs_address, info.private, flush=True)\n"
+            "import logging; name = next(iter(QUIET_WORKER_LOGGERS))\n"
+            "print('WORKER', ray.get(ray.remote(lambda: logging.getLogger(name).level).remote()), flush=True)\n")
+    env = _env(token_head["tmpdir"], RAY_AUTH_MODE="disabled")
+    # run outside the repo, which only the script's own sys.path names: the workers' setup hook must not import it
+    env.pop("PYTHONPATH")
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=token_head["tmpdir"], capture_output=True,
+                         text=True, timeout=200)
     assert out.returncode == 0, out.stderr[-3000:]
-    lines = dict(line.split(" ", 1) for line in out.stdout.splitlines() if line.startswith(("BARE", "JOINED")))
+    lines = dict(line.split(" ", 1) for line in out.stdout.splitlines() if line.startswith(("BARE", "JOINED", "WORKER")))
     # A bare ray.init() would have attached to the running head...
     assert lines["BARE"].endswith(token_head["address"].split(":")[1]), lines
     # ...start_ray started its own.
     gcs, private = lines["JOINED"].split()
     assert gcs.split(":")[1] != token_head["address"].split(":")[1] and private == "True", lines
     assert "[probe] running on a private local Ray" in out.stdout
+    assert lines["WORKER"] == str(logging.ERROR), lines  # Ray Train's cleaner warnings are quiet in its workers
 
 
 @pytest.mark.ray

@@ -44,10 +44,14 @@ def test_stream_scores_in_process(tmp_path):
     from recognizer_core.config import load_config
     from recognizer_core.models.recognizer import build_recognizer
     from recognizer_core.skeleton.demo_data import write_demo_dataset
+    from recognizer_core.skeleton.store import SkeletonDataset
     from recognizer_core.train.stgcn.config import TrainJobConfig
     from recognizer_core.train.state import save_training_state
 
     data = write_demo_dataset("fight", tmp_path / "demo", num_clips=24, seed=0)
+    index = data / "_index.parquet"
+    ids_by_index = SkeletonDataset(data).index("val", columns=["clip_id"])["clip_id"].to_pylist()
+    index.unlink()  # the demo data lists its split ranges: scores and clip ids come without the per-clip index
     scores = {}
     for feats in ("j", "b"):
         cfg = load_config(TrainJobConfig, None, [f"data.path={data}", f"pipeline.feats=[{feats}]",
@@ -58,6 +62,7 @@ def test_stream_scores_in_process(tmp_path):
     (pj, yj, ij), (pb, yb, ib) = scores["j"], scores["b"]
     assert pj.shape == pb.shape == (len(ij), 2) and np.allclose(pj.sum(1), 1, atol=1e-5)
     assert ij == ib and np.array_equal(yj, yb) and not np.allclose(pj, pb)  # same clips, different streams
+    assert ij == ids_by_index  # the split's store order, as the index path gave it
 
 
 def test_test_job_reports_each_stream_and_the_fusion_of_runs(tmp_path, capsys):

@@ -7,7 +7,8 @@ num_frames, num_joints) beside them, so a row becomes arrays by a zero-copy resh
 `_dataset.json` (no part file is opened or even stat'ed: a missing one is named at its first read), and so does
 taking a split's rows and label counts (`split_ranges` -> RowRanges, `split_label_counts`: per-file row ranges and
 per-split label counts written with the dataset), so the training start costs O(files + row groups), not
-O(clips); `_index.parquet` (one row per clip) is read only by `index`, for the tools that need per-clip rows.
+O(clips); `_index.parquet` (one row per clip) is read only by `index`, for datasets without ranges (a split's
+per-clip columns otherwise come from its row groups: `split_columns`).
 Part files are opened (and their schema checked) when first read. Datasets without those files or
 fields (older ones, or plain folders of part files) are opened from the part files' footers and take their split
 rows from the index. Writing is in store_write.py.
@@ -32,9 +33,10 @@ from .clip import SkeletonClip, SkeletonDataError
 from .store_ranges import RowRanges
 from .store_rows import (CLIP_SCHEMA, HEAVY_COLUMNS, LIGHT_COLUMNS, clip_from_row, clips_from_batch, clips_to_table,
                          int64_array)
-from .store_write import DATASET_JSON, INDEX_FILE, META_PREFIX, SCHEMA_VERSION, write_dataset
+from .store_write import DATASET_JSON, INDEX_FILE, META_PREFIX, SCHEMA_VERSION, SPLIT_MAP_AS_ROWS, write_dataset
 
 __all__ = ["CLIP_SCHEMA", "DATASET_JSON", "HEAVY_COLUMNS", "INDEX_FILE", "LIGHT_COLUMNS", "SCHEMA_VERSION",
+           "SPLIT_MAP_AS_ROWS",
            "SkeletonDataset", "check_file_schema", "clip_from_row", "clips_from_batch", "clips_to_table",
            "write_dataset"]
 
@@ -182,6 +184,10 @@ class SkeletonDataset:
     def split_map(self) -> dict[str, list[str]] | None:
         return self.info.get("split_map")
 
+    def _map_only(self) -> bool:
+        """A split_map without row ranges written for its splits (an older folds view copied its source's ranges)."""
+        return self.split_map is not None and not self.info.get(SPLIT_MAP_AS_ROWS)
+
     def row_group_bounds(self) -> list[np.ndarray]:
         """Per file, the start row of each row group and the file's row count (global positions)."""
         return [self._file_start[i] + g for i, g in enumerate(self._group_start)]
@@ -201,8 +207,8 @@ class SkeletonDataset:
         file or the index, in O(ranges + row groups) whatever the clip count; None when the dataset has no
         ranges (older, interleaved or split_map datasets)."""
         entries = self.info.get("files") or []
-        # a split_map (clips in several splits; a folds view copies its source's json) overrides the row ranges
-        if self.split_map is not None or "split_labels" not in self.info or len(entries) != len(self._files) \
+        # a split_map (clips in several splits) overrides the row ranges, unless they were written for its splits
+        if self._map_only() or "split_labels" not in self.info or len(entries) != len(self._files) \
                 or any("split_rows" not in f for f in entries):
             return None
         pairs = [(a + self._file_start[i], b + self._file_start[i])
@@ -218,7 +224,7 @@ class SkeletonDataset:
     def split_label_counts(self, split: str) -> dict[int, int] | None:
         """{label: clips} of `split` from `_dataset.json` (None when the dataset was written without them)."""
         counts = self.info.get("split_labels")
-        if counts is None or self.split_map is not None:
+        if counts is None or self._map_only():
             return None
         return {int(k): int(v) for k, v in (counts.get(split) or {}).items()}
 
@@ -312,6 +318,43 @@ class SkeletonDataset:
                 for j, clip in zip(sel[in_g], clips):
                     out[j] = clip
         return out  # type: ignore[return-value]
+
+    def read_columns(self, ranges: RowRanges, columns: Sequence[str] = LIGHT_COLUMNS) -> pa.Table:
+        """`columns` of the rows in `ranges`, in store order, from the part files a row group at a time (each row
+        group read once, only these columns; `_index.parquet` is not opened)."""
+        cols = list(columns)
+        bad = [c for c in cols if c not in CLIP_SCHEMA.names]
+        if bad:
+            raise SkeletonDataError(f"{self.path}: unknown column(s) {bad}")
+        pieces: list[pa.Table] = []
+        fidx = np.searchsorted(self._file_start, ranges.starts, side="right") - 1
+        for fi in np.unique(fidx).tolist():
+            pf = self._file(fi)  # opened first: it may correct the row-group bounds
+            sel = np.flatnonzero(fidx == fi)
+            local = ranges.starts[sel] - self._file_start[fi]
+            gstart = self._group_start[fi]
+            gidx = np.searchsorted(gstart, local, side="right") - 1
+            for g in np.unique(gidx).tolist():
+                try:
+                    table = pf.read_row_group(g, columns=cols)
+                except (OSError, pa.ArrowInvalid) as err:
+                    raise SkeletonDataError(f"{self.files[fi]}: row group {g} unreadable ({err})") from None
+                for k in sel[gidx == g].tolist():
+                    a = int(ranges.starts[k] - self._file_start[fi] - gstart[g])
+                    pieces.append(table.slice(a, int(ranges.stops[k] - ranges.starts[k])))
+        if not pieces:
+            return pa.schema([CLIP_SCHEMA.field(c) for c in cols]).empty_table()
+        return pa.concat_tables(pieces).combine_chunks()
+
+    def split_columns(self, split: str, columns: Sequence[str] = LIGHT_COLUMNS) -> pa.Table:
+        """`index(split, columns)` (the columns plus `position`, in store order), read through the split's row ranges
+        when `_dataset.json` lists them (the part files a row group at a time, never `_index.parquet`), else from
+        the index (older or interleaved datasets, split_map views)."""
+        ranges = self.split_ranges(split)
+        if ranges is None:
+            return self.index(split, columns=columns)
+        table = self.read_columns(ranges, columns)
+        return table.append_column("position", int64_array(ranges.positions()))
 
     def clip_ids(self, positions: Sequence[int] | np.ndarray) -> list[str]:
         """clip_id of the clips at the given positions, from the clip_id column of their row groups (no index)."""

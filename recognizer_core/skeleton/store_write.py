@@ -33,6 +33,9 @@ _STRING_COLUMNS = ["clip_id", "label_name", "split", "source_video"]
 # A file whose splits form more row ranges than this (clips of several splits interleaved) gets none: its json
 # entry would grow with its rows. Readers then take split rows from the index; group_by_split=True avoids it.
 MAX_RANGES_PER_FILE = 64
+# `_dataset.json` flag: its split_rows / split_labels are those of its split_map's splits (a folds view), so the
+# map's splits can be read as row ranges (without it a split_map overrides any ranges)
+SPLIT_MAP_AS_ROWS = "split_map_as_rows"
 
 log = logging.getLogger(__name__)
 

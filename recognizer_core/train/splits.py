@@ -37,7 +37,7 @@ class ClipIds(Sequence):
 class SplitInfo:
     """One split's rows (RowRanges: ascending, cut at row groups) and its clips per label. Per-clip positions,
     row groups, labels and clip ids are materialised only when asked for (tools and tests; the training start
-    needs none of them), labels and ids from the dataset's index when the dataset lists its split ranges."""
+    needs none of them), labels and ids read from the split's own row groups when the dataset lists its split ranges."""
 
     def __init__(self, name: str, ranges: RowRanges, label_counts: dict[int, int], *, ds: SkeletonDataset,
                  labels: np.ndarray | None = None, clip_ids: Sequence[str] | None = None):
@@ -58,7 +58,8 @@ class SplitInfo:
         return np.repeat(self.ranges.groups, self.ranges.lengths())
 
     def _read_index(self) -> None:
-        table = self._ds.index(columns=["clip_id", "label"]).take(int64_array(self.positions))
+        # only a split taken from `_dataset.json`'s ranges gets here: its own row groups, not `_index.parquet`
+        table = self._ds.read_columns(self.ranges, ["clip_id", "label"])
         self._labels = table["label"].to_numpy().astype(np.int64)
         self._clip_ids = ClipIds(table["clip_id"].combine_chunks())
 

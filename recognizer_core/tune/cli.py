@@ -253,5 +253,8 @@ def print_summary(summary: dict, metric: str) -> None:
             for r in pa["front"]) + f". best_config.yaml = trial {pa['pick']['trial_id']} (the lowest "
             f"{pa['objectives'][0]} within {pa['within']:g} of the best)", flush=True)
     print(f"[tune] results, best config, best checkpoint and plots: {summary['summary_dir']}", flush=True)
+    from recognizer_core.ray_runtime import flush_worker_output
+
+    flush_worker_output()  # the JSON line is the job's last: nothing from Ray's workers may follow it
     print(json.dumps({k: summary.get(k) for k in ("experiment", "summary_dir", "metric", "best_trial", "best_value",
                                                   "trials", "status_counts", "resumed")}, default=str), flush=True)

@@ -51,8 +51,9 @@ def choose_weights(val_scores: Sequence[np.ndarray], labels: np.ndarray, *, step
 
 
 def stream_scores(cfg, checkpoint: str | Path, dataset_path: str | Path, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """(probabilities (N, K), labels (N,), clip ids) of one model on `split`, in the split's index order (the
-    same for every stream of one dataset), with the config's multi-clip test."""
+    """(probabilities (N, K), labels (N,), clip ids) of one model on `split`, in the split's store order (the
+    same for every stream of one dataset), with the config's multi-clip test. The ids come through the split's row
+    ranges when the dataset lists them (its own row groups, not `_index.parquet`), else from the index."""
     import tempfile
 
     import torch

@@ -1,7 +1,9 @@
 """Cross-validation folds for small datasets, grouped by source video: the windows of one video never sit on
 both sides of a fold. The folds are written as a *view* of the prepared skeleton store (its Parquet files
 linked, a `_dataset.json` whose `split_map` names `cv<k>_train` / `cv<k>_val`, `trainval` and `test`), so
-the training loader selects them by split name like any other split: no change to the data code."""
+the training loader selects them by split name like any other split: no change to the data code. The view also
+lists each of its splits' row ranges and label counts (under SPLIT_MAP_AS_ROWS), so training a fold, like training
+on the source, reads no per-clip `_index.parquet` (the split_map stays for tools that select by clip id)."""
 from __future__ import annotations
 
 import json
@@ -11,7 +13,10 @@ import shutil
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from recognizer_core.skeleton.store import DATASET_JSON, SkeletonDataset
+import numpy as np
+
+from recognizer_core.skeleton.store import DATASET_JSON, SPLIT_MAP_AS_ROWS, SkeletonDataset
+from recognizer_core.skeleton.store_write import MAX_RANGES_PER_FILE
 from recognizer_core.storage import write_text
 
 TRAINVAL = "trainval"
@@ -49,7 +54,8 @@ def write_fold_store(dataset_path: str | Path, out_dir: str | Path, k: int, *, s
     """Write the fold view of `dataset_path` (train + val pooled, then split into k folds by source video)
     into `out_dir`; returns {path, folds: [{train, val, val_videos}], trainval, test}. Idempotent."""
     src = SkeletonDataset(dataset_path)
-    pool = [src.index(s, columns=["clip_id", "label", "source_video"]) for s in (train_split, val_split)]
+    # through the split ranges when the dataset lists them (no `_index.parquet` read), else from the index
+    pool = [src.split_columns(s, ["clip_id", "label", "source_video"]) for s in (train_split, val_split)]
     ids = [x for t in pool for x in t["clip_id"].to_pylist()]
     labels = [int(x) for t in pool for x in t["label"].to_pylist()]
     # A clip without a recorded video is its own group (nothing says it shares a video with another clip).
@@ -58,17 +64,28 @@ def write_fold_store(dataset_path: str | Path, out_dir: str | Path, k: int, *, s
         raise ValueError(f"{dataset_path}: clips listed in both {train_split!r} and {val_split!r}; folds need "
                          "each clip once")
     fold_of = assign_folds(groups, labels, k, seed)
-    test_ids = src.index(test_split, columns=["clip_id"])["clip_id"].to_pylist()
+    test = src.split_columns(test_split, ["clip_id", "label"])
+    test_ids = test["clip_id"].to_pylist()
     split_map: dict[str, list[str]] = {TRAINVAL: ids, "test": test_ids}
+    pos = np.concatenate([t["position"].to_numpy() for t in pool]).astype(np.int64)
+    lab, fold_arr = np.asarray(labels, np.int64), np.asarray(fold_of)
+    members = {TRAINVAL: (pos, lab), "test": (test["position"].to_numpy().astype(np.int64),
+                                              test["label"].to_numpy().astype(np.int64))}
     info_folds = []
     for f in range(k):
         split_map[f"cv{f}_train"] = [c for c, j in zip(ids, fold_of) if j != f]
         split_map[f"cv{f}_val"] = [c for c, j in zip(ids, fold_of) if j == f]
+        members[f"cv{f}_train"] = (pos[fold_arr != f], lab[fold_arr != f])
+        members[f"cv{f}_val"] = (pos[fold_arr == f], lab[fold_arr == f])
         info_folds.append({"train": len(split_map[f"cv{f}_train"]), "val": len(split_map[f"cv{f}_val"]),
                            "val_videos": len({g for g, j in zip(groups, fold_of) if j == f})})
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    index_file = src.info.get("index_file")  # the light-column index travels with the parts it indexes
+    info = dict(src.info)
+    index_file = info.get("index_file")  # the light-column index travels with the parts it indexes
+    if index_file and not os.path.exists(os.path.join(str(dataset_path), index_file)):
+        del info["index_file"]  # (gone from the source: the view reads its light columns from the parts)
+        index_file = None
     linked = list(src.files) + ([os.path.join(str(dataset_path), index_file)] if index_file else [])
     for f in linked:  # the view links the source's Parquet files (same names, as _dataset.json lists them)
         link = out / Path(f).name
@@ -77,14 +94,43 @@ def write_fold_store(dataset_path: str | Path, out_dir: str | Path, k: int, *, s
                 os.link(f, link)
             except OSError:
                 shutil.copy2(f, link)
-    info = dict(src.info)
     info["split_map"] = split_map
     info["splits"] = {s: len(v) for s, v in split_map.items()}
     info["metadata"] = {**dict(info.get("metadata") or {}),
                         "folds": {"k": k, "seed": seed, "grouped_by": "source_video", "source": str(dataset_path)}}
-    info.setdefault("files", [{"name": Path(f).name, "num_rows": None} for f in src.files])
+    info["files"] = [dict(f) for f in info.get("files") or [{"name": Path(f).name, "num_rows": None}
+                                                            for f in src.files]]
+    for f in info["files"]:  # the source's own split ranges are not the view's splits
+        f.pop("split_rows", None)
+    info.pop("split_labels", None)
+    rows = _split_rows(src, members)
+    if rows is not None:  # the view's splits as row ranges too, so its training start reads no index either
+        for f, r in zip(info["files"], rows):
+            f["split_rows"] = r
+        info["split_labels"] = {s: {str(lb): int(n) for lb, n in zip(*np.unique(lb_, return_counts=True))}
+                                for s, (_, lb_) in members.items()}
+        info[SPLIT_MAP_AS_ROWS] = True
     write_text(out / DATASET_JSON, json.dumps(info, indent=1))
     return {"path": str(out), "folds": info_folds, TRAINVAL: len(ids), "test": len(test_ids)}
+
+
+def _split_rows(src: SkeletonDataset, members: dict[str, tuple[np.ndarray, np.ndarray]]) -> list[dict] | None:
+    """Per source file, {split: [[first row, end row), ...]} of the given (positions, labels) splits, as
+    write_dataset lists them; None when a file would list more than MAX_RANGES_PER_FILE ranges of one split (the
+    view then takes its split rows from the index, as an interleaved dataset does)."""
+    file_start = np.array([b[0] for b in src.row_group_bounds()] + [len(src)], dtype=np.int64)
+    out: list[dict] = [{} for _ in src.files]
+    for split, (pos, _) in members.items():
+        pos = np.sort(pos)
+        fidx = np.searchsorted(file_start, pos, side="right") - 1
+        for fi in np.unique(fidx).tolist():
+            local = pos[fidx == fi] - file_start[fi]
+            breaks = np.flatnonzero(np.diff(local) != 1)
+            starts, ends = local[np.r_[0, breaks + 1]], local[np.r_[breaks, len(local) - 1]] + 1
+            if len(starts) > MAX_RANGES_PER_FILE:
+                return None
+            out[fi][split] = [[int(a), int(b)] for a, b in zip(starts, ends)]
+    return [dict(sorted(r.items())) for r in out]
 
 
 def fold_overrides(store: str, k: int) -> list[dict]:
