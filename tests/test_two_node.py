@@ -38,6 +38,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from recognizer_core.train.faults import FAULT_ENV
 from tests import fight_reference as reference
 from tests.ray_heads import free_port, stop_head
 
@@ -159,14 +160,14 @@ class TwoNodeCluster:
 
         return JobSubmissionClient(self.url)
 
-    def submit(self, entrypoint: str, name: str):
+    def submit(self, entrypoint: str, name: str, env: dict | None = None):
         client = self.client()
         deadline = time.time() + 90
         while True:  # the dashboard answers before the head's job agent is up
             try:
                 return client, client.submit_job(
                     entrypoint=entrypoint, submission_id=f"{name}-{secrets.token_hex(3)}",
-                    runtime_env={"working_dir": str(REPO), "excludes": EXCLUDES})
+                    runtime_env={"working_dir": str(REPO), "excludes": EXCLUDES, "env_vars": env or {}})
             except RuntimeError as err:
                 if "No available agent" not in str(err) or time.time() > deadline:
                     raise
@@ -263,13 +264,17 @@ def test_training_across_two_nodes_survives_losing_one(fight_reference, cluster)
 
     # 2 DDP workers, one per node; node2 is killed once the first checkpoint (epoch 2 of 4) is registered (in Ray
     # Train's snapshot: a checkpoint folder appears while it is still being written, and one not yet registered
-    # is not resumed from) and brought back. An epoch takes about a second here: the kill comes within 0.2 s.
-    client, job = cluster.submit(_train_cmd("two_node_killed"), "train-killed")
+    # is not resumed from) and brought back. Rank 0 holds the run there (faults.py, once) until the kill ends
+    # that worker group: an epoch takes about a second here, so without it the kill would race the epochs left.
+    held = cluster.shared / "held_after_epoch_2"
+    hold = {FAULT_ENV: f"epoch=2,rank=0,marker={held},hold_s=60"}
+    client, job = cluster.submit(_train_cmd("two_node_killed"), "train-killed", env=hold)
     run_dir = runs / "two_node_killed"
     deadline = time.time() + 400
-    while not _registered_checkpoints(run_dir):
+    while not held.exists():
         assert time.time() < deadline, client.get_job_logs(job)[-4000:]
         time.sleep(0.1)
+    assert _registered_checkpoints(run_dir), "the hold came before the epoch-2 checkpoint was registered"
     cluster.kill_node2()
     time.sleep(3)
     cluster.start_node2()

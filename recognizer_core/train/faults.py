@@ -12,8 +12,9 @@ FAULT_ENV = "RECOGNIZER_FAULT_INJECT"
 
 
 def maybe_inject_fault(epoch: int, rank: int, run_dir: str | Path, last_ckpt_epoch: int) -> None:
-    """Env RECOGNIZER_FAULT_INJECT="epoch=E,rank=R,marker=PATH[,kill_pid=PID]": after epoch E, rank R exits (a
-    lost worker) or SIGKILLs process PID (the job driver: a stopped run), once (marker file).
+    """Env RECOGNIZER_FAULT_INJECT="epoch=E,rank=R,marker=PATH[,kill_pid=PID|,hold_s=S]": after epoch E, rank R
+    exits (a lost worker), SIGKILLs process PID (the job driver: a stopped run), or holds the run for S seconds
+    (so that a test can kill a node at a known point, not in a race with the epochs left), once (marker file).
 
     It first waits until Ray Train has registered the latest checkpoint (its snapshot file names it): the
     controller collects reports every couple of seconds, and a test epoch is shorter than that."""
@@ -28,6 +29,11 @@ def maybe_inject_fault(epoch: int, rank: int, run_dir: str | Path, last_ckpt_epo
     deadline = time.time() + 120
     while last_ckpt_epoch and time.time() < deadline and not (snapshot.exists() and name in snapshot.read_text()):
         time.sleep(0.2)
+    if "hold_s" in kv:
+        marker.write_text(f"worker rank {rank} holds the run {kv['hold_s']} s after epoch {epoch}\n")
+        console(f"[fault injection] rank {rank} holds the run for {kv['hold_s']} s after epoch {epoch}")
+        time.sleep(float(kv["hold_s"]))
+        return
     if "kill_pid" in kv:
         marker.write_text(f"rank {rank} killed the driver (pid {kv['kill_pid']}) after epoch {epoch}\n")
         console(f"[fault injection] rank {rank} kills the driver pid {kv['kill_pid']} after epoch {epoch}")
