@@ -128,7 +128,9 @@ class UnitGCN(nn.Module):
             # around it (two copies of the 3x larger output; 1.5-2x slower measured, forward + backward).
             a_rows = A.permute(2, 0, 1).reshape(v * k, v)
             w = weight.transpose(0, 1).reshape(c_out, k * c_in)
-            if torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu"):
+            # The chunked Function is for CPU training (cache-sized chunks); on a GPU its many small kernels
+            # would cost more than the one large bmm saves, and under autocast the plain ops pick the dtypes.
+            if xt.is_cpu and torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu"):
                 y = AggregateLinear.apply(xt.view(n * t, v, c_in), a_rows, w).add_(bias)
             else:
                 xa = torch.bmm(a_rows.expand(n * t, v * k, v), xt.view(n * t, v, c_in)).view(n * t * v, k * c_in)
