@@ -135,3 +135,15 @@ def test_skipped_clips_are_named_without_the_index(tmp_path):
     shard, skipped = tdata.load_shard(ds, info.ranges, DataConfig(), 2, 17, "t")  # scans the two columns
     assert skipped == [c.clip_id for c in clips[4:6]] and len(shard) == len(info) - 2
     assert clips[6].clip_id in [c.clip_id for c in shard.load(np.arange(len(shard))).values()]
+
+
+def test_clip_ids_at_any_positions_in_their_order(tmp_path):
+    clips = make_demo_clips("fight", 30, seed=3)
+    path = write_dataset(clips, tmp_path / "ds", ["NonFight", "Fight"], rows_per_file=10, row_group_size=4,
+                         group_by_split=True)
+    ds = SkeletonDataset(path)
+    by_position = ds.index(columns=["clip_id"])["clip_id"].to_pylist()
+    pos = np.array([29, 0, 13, 13, 4, 27, 9, 0])  # across files and row groups, unordered, repeated
+    (path / "_index.parquet").unlink()
+    assert SkeletonDataset(path).clip_ids(pos) == [by_position[p] for p in pos]
+    assert SkeletonDataset(path).clip_ids([]) == []

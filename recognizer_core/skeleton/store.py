@@ -357,18 +357,14 @@ class SkeletonDataset:
         return table.append_column("position", int64_array(ranges.positions()))
 
     def clip_ids(self, positions: Sequence[int] | np.ndarray) -> list[str]:
-        """clip_id of the clips at the given positions, from the clip_id column of their row groups (no index)."""
+        """clip_id of the clips at the given positions (in that order), from the clip_id column of their row groups,
+        each read once (read_columns; no index)."""
         pos = np.asarray(positions, dtype=np.int64).reshape(-1)
-        out: list[str] = [""] * pos.size
-        fidx, gidx, local = self.locate(pos)
-        groups: dict[tuple[int, int], list[int]] = {}
-        for j, key in enumerate(zip(fidx.tolist(), gidx.tolist())):
-            groups.setdefault(key, []).append(j)
-        for (fi, g), js in groups.items():  # each row group's clip_id column read once, however many clips in it
-            col = self._file(fi).read_row_group(g, columns=["clip_id"])["clip_id"]
-            for j in js:
-                out[j] = col[int(local[j] - self._group_start[fi][g])].as_py()
-        return out
+        if not pos.size:
+            return []
+        rows, back = np.unique(pos, return_inverse=True)
+        ids = self.read_columns(RowRanges.from_positions(rows, self.group_starts()), ["clip_id"])["clip_id"]
+        return [ids[int(i)].as_py() for i in back.reshape(-1)]
 
     def iter_batches(self, batch_size: int = 256, columns: Sequence[str] | None = None,
                      files: Sequence[int] | None = None) -> Iterator[tuple[int, int, pa.RecordBatch]]:
