@@ -196,17 +196,49 @@ class MSTCN(nn.Module):
         self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Every branch starts with a 1x1 conv on the same input: run them as one conv (one GEMM instead of
-        # six, bit-identical per channel). A strided 1x1 conv equals the stride-1 output subsampled in T.
-        # x and y are channels_last, so a branch's channel slice is a strided view; its BatchNorm / temporal
-        # conv / max-pool would each copy it, so it is compacted once, keeping channels_last.
-        convs = [b if isinstance(b, nn.Conv2d) else b[0] for b in self.branches]
-        y = F.conv2d(x, torch.cat([c.weight for c in convs]), torch.cat([c.bias for c in convs]))
-        outs = []
-        for branch, part in zip(self.branches, y.split([c.out_channels for c in convs], dim=1)):
-            if isinstance(branch, nn.Conv2d):
-                stride = branch.stride[0]
-                outs.append(part[:, :, ::stride] if stride > 1 else part)
-            else:
-                outs.append(branch[1:](part.contiguous(memory_format=torch.channels_last)))
-        return self.drop(self.bn(self.transform(torch.cat(outs, dim=1))))
+        # mmaction2 runs each branch on x and concatenates. Here the branches that start with 1x1 conv -> BN ->
+        # ReLU run those three as one conv, one BatchNorm and one ReLU over all their channels: BN statistics
+        # are per channel, so one BN over the concatenated channels is the branches' BNs (weights, batch
+        # statistics, running statistics). One BN over ~100 channels instead of five over 10-23: the
+        # channels-last BN kernels vectorise over channels, and over 10-23 of them (1-2 vectors, mostly
+        # tail) the backward was 2-4x slower per element, worst with 2 threads. The plain 1x1 branch (no BN)
+        # is its own conv with its stride, so its strided rows are never computed and then dropped.
+        # x and y are channels_last, so a branch's channel slice is a strided view; its temporal conv or
+        # max-pool would copy it, so it is compacted once, keeping channels_last.
+        seq = [b for b in self.branches if not isinstance(b, nn.Conv2d)]
+        outs = {}
+        if seq:
+            convs, bns = [b[0] for b in seq], [b[1] for b in seq]
+            y = F.conv2d(x, torch.cat([c.weight for c in convs]), torch.cat([c.bias for c in convs]))
+            y = F.relu_(_concat_batch_norm(bns, y))
+            for branch, part in zip(seq, y.split([c.out_channels for c in convs], dim=1)):
+                outs[id(branch)] = branch[3](part.contiguous(memory_format=torch.channels_last))
+        for b in self.branches:
+            if isinstance(b, nn.Conv2d):
+                outs[id(b)] = b(x)
+        feat = torch.cat([outs[id(b)] for b in self.branches], dim=1)
+        return self.drop(self.bn(self.transform(feat)))
+
+
+def _concat_batch_norm(bns: list[nn.BatchNorm2d], y: torch.Tensor) -> torch.Tensor:
+    """BatchNorm2d `bns` applied to their consecutive channel blocks of y, as one batch_norm call.
+
+    Same as each module's forward on its block: the running statistics are updated in a concatenated copy
+    and written back, and num_batches_tracked counts up, as nn.BatchNorm2d does in training.
+    """
+    first = bns[0]
+    assert all(b.eps == first.eps and b.momentum == first.momentum and b.training == first.training
+               and b.track_running_stats for b in bns), "branch BatchNorms must share eps/momentum/mode"
+    update = first.training
+    mean = torch.cat([b.running_mean for b in bns])
+    var = torch.cat([b.running_var for b in bns])
+    out = F.batch_norm(y, mean, var, torch.cat([b.weight for b in bns]), torch.cat([b.bias for b in bns]),
+                       training=update, momentum=first.momentum, eps=first.eps)
+    if update:
+        with torch.no_grad():
+            sizes = [b.num_features for b in bns]
+            for b, m, v in zip(bns, mean.split(sizes), var.split(sizes)):
+                b.running_mean.copy_(m)
+                b.running_var.copy_(v)
+                b.num_batches_tracked.add_(1)
+    return out
