@@ -210,9 +210,11 @@ class MSTCN(nn.Module):
         if seq:
             convs, bns = [b[0] for b in seq], [b[1] for b in seq]
             y = F.conv2d(x, torch.cat([c.weight for c in convs]), torch.cat([c.bias for c in convs]))
-            y = F.relu_(_concat_batch_norm(bns, y))
+            y = _concat_batch_norm(bns, y)
             for branch, part in zip(seq, y.split([c.out_channels for c in convs], dim=1)):
-                outs[id(branch)] = branch[3](part.contiguous(memory_format=torch.channels_last))
+                # ReLU on the compact copy, in place: the copy is what both the ReLU and the temporal conv /
+                # max-pool keep for backward, and the whole BN output is freed (one activation less per block)
+                outs[id(branch)] = branch[3](F.relu_(part.contiguous(memory_format=torch.channels_last)))
         for b in self.branches:
             if isinstance(b, nn.Conv2d):
                 outs[id(b)] = b(x)
