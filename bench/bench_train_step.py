@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -162,8 +161,6 @@ def main() -> None:
         result["ratio_vs_mmaction2_min_over_settings"] = min(meds)
         result["ratio_vs_mmaction2_max_over_settings"] = max(meds)
     result["loadavg_1_5_15_end"] = [round(x, 2) for x in os.getloadavg()]  # other jobs' load on the box
-    result["tree"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                    cwd=Path(__file__).resolve().parents[1]).stdout.strip() or None
     save_result(result, args.out)
 
 
