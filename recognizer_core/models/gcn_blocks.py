@@ -197,29 +197,28 @@ class MSTCN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # mmaction2 runs each branch on x and concatenates. Here the branches that start with 1x1 conv -> BN ->
-        # ReLU run those three as one conv, one BatchNorm and one ReLU over all their channels: BN statistics
-        # are per channel, so one BN over the concatenated channels is the branches' BNs (weights, batch
-        # statistics, running statistics). One BN over ~100 channels instead of five over 10-23: the
-        # channels-last BN kernels vectorise over channels, and over 10-23 of them (1-2 vectors, mostly
-        # tail) the backward was 2-4x slower per element, worst with 2 threads. The plain 1x1 branch (no BN)
-        # is its own conv with its stride, so its strided rows are never computed and then dropped.
-        # x and y are channels_last, so a branch's channel slice is a strided view; its temporal conv or
-        # max-pool would copy it, so it is compacted once, keeping channels_last.
-        seq = [b for b in self.branches if not isinstance(b, nn.Conv2d)]
-        outs = {}
-        if seq:
-            convs, bns = [b[0] for b in seq], [b[1] for b in seq]
+        # ReLU run the conv and the BN as one conv and one BatchNorm over all their channels: BN statistics are
+        # per channel, so one BN over the concatenated channels is the branches' BNs (weights, batch statistics,
+        # running statistics). One BN over ~100 channels instead of five over 10-23: the channels-last BN
+        # kernels vectorise over channels, and over 10-23 of them (one or two vectors, mostly tail) the backward
+        # took ~3x as long per element at 1 thread and ~10x at 2. The plain 1x1 branch (no BN) is its own conv
+        # with its stride, so its strided rows are never computed and then dropped.
+        outs: list[torch.Tensor | None] = [None] * len(self.branches)
+        heads = [i for i, b in enumerate(self.branches) if not isinstance(b, nn.Conv2d)]
+        if heads:
+            convs, bns = [self.branches[i][0] for i in heads], [self.branches[i][1] for i in heads]
             y = F.conv2d(x, torch.cat([c.weight for c in convs]), torch.cat([c.bias for c in convs]))
             y = _concat_batch_norm(bns, y)
-            for branch, part in zip(seq, y.split([c.out_channels for c in convs], dim=1)):
-                # ReLU on the compact copy, in place: the copy is what both the ReLU and the temporal conv /
-                # max-pool keep for backward, and the whole BN output is freed (one activation less per block)
-                outs[id(branch)] = branch[3](F.relu_(part.contiguous(memory_format=torch.channels_last)))
-        for b in self.branches:
+            for i, part in zip(heads, y.split([c.out_channels for c in convs], dim=1)):
+                # x and y are channels_last, so a branch's channel slice is a strided view that its temporal
+                # conv or max-pool would copy: it is compacted once, keeping channels_last. The ReLU runs in
+                # place on that copy, which the conv / max-pool keeps for backward anyway, so the whole BN
+                # output is not kept for ReLU's backward (one activation less per block).
+                outs[i] = self.branches[i][3](F.relu_(part.contiguous(memory_format=torch.channels_last)))
+        for i, b in enumerate(self.branches):
             if isinstance(b, nn.Conv2d):
-                outs[id(b)] = b(x)
-        feat = torch.cat([outs[id(b)] for b in self.branches], dim=1)
-        return self.drop(self.bn(self.transform(feat)))
+                outs[i] = b(x)
+        return self.drop(self.bn(self.transform(torch.cat(outs, dim=1))))
 
 
 def _concat_batch_norm(bns: list[nn.BatchNorm2d], y: torch.Tensor) -> torch.Tensor:
@@ -229,8 +228,9 @@ def _concat_batch_norm(bns: list[nn.BatchNorm2d], y: torch.Tensor) -> torch.Tens
     and written back, and num_batches_tracked counts up, as nn.BatchNorm2d does in training.
     """
     first = bns[0]
-    assert all(b.eps == first.eps and b.momentum == first.momentum and b.training == first.training
-               and b.track_running_stats for b in bns), "branch BatchNorms must share eps/momentum/mode"
+    assert first.momentum is not None and all(
+        b.eps == first.eps and b.momentum == first.momentum and b.training == first.training and b.track_running_stats
+        for b in bns), "branch BatchNorms must share eps, a momentum and the mode"
     update = first.training
     mean = torch.cat([b.running_mean for b in bns])
     var = torch.cat([b.running_var for b in bns])
