@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from bench.common import machine, now, save_result  # noqa: E402
+from bench.common import git_commit, machine, now, save_result  # noqa: E402
 from recognizer_core.skeleton.clip import SkeletonClip  # noqa: E402
 from recognizer_core.train.stgcn.data import DEFAULT_BUFFER_CLIPS  # noqa: E402
 
@@ -241,9 +241,8 @@ def main() -> None:
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=Path(__file__).parent).stdout.strip()
-    save_result({"bench": "dataset_regroup" if args.regroup else "dataset", "date": now(), "commit": commit, "machine": machine(),
+    save_result({"bench": "dataset_regroup" if args.regroup else "dataset", "date": now(), "commit": git_commit(),
+                 "machine": machine(),
                  "load_avg_1m": os.getloadavg()[0], "load_avg_1m_start": load_start,
                  "repeats": args.repeats, "frames": args.frames, "persons": args.persons,
                  "batch": BATCH,

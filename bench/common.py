@@ -80,12 +80,17 @@ class MMWorker:
         self.close()
 
 
+def git_commit() -> str | None:
+    """The short git commit of this tree: the code a result line timed."""
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1]).stdout.strip() or None
+
+
 def save_result(result: dict, out: str | None) -> None:
     """Print the one JSON line; also append it to `out` (a .jsonl under bench/results/) when given. Records the git
     commit of the code that was timed (`tree`) unless the bench already did (`tree` / `commit`)."""
     if "tree" not in result and "commit" not in result:
-        result["tree"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                        cwd=Path(__file__).resolve().parents[1]).stdout.strip() or None
+        result["tree"] = git_commit()
     line = json.dumps(result, sort_keys=False)
     print(line, flush=True)
     if out:

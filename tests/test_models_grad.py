@@ -1,8 +1,8 @@
 """Gradients of our STGCN++ training step equal those of mmaction2's operation order on the same weights.
 
 Our blocks reorder the math for speed (channels innermost in memory end to end, GCN aggregates over joints
-before its 1x1 conv, as GEMMs on the last dim, mstcn runs its five conv-BN-ReLU branch heads as one conv,
-one BatchNorm and one ReLU).
+before its 1x1 conv, as GEMMs on the last dim, mstcn runs its five conv-BN-ReLU branch heads as one conv and
+one BatchNorm, the ReLU on each branch's compact copy).
 `mmaction_order_forward` below is mmaction2 1.2.0's `STGCN` / `unit_gcn` / `mstcn` / `STGCNBlock` forward
 written out literally, in plain NCHW, over our modules' parameters, so both paths share every weight.
 """
