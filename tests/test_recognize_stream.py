@@ -38,7 +38,7 @@ def setup(tmp_path_factory):
     server.shutdown()
 
 
-def _run(setup, speed, **kw):
+def _run(setup, speed, source=None, **kw):
     from recognizer_core.extract.config import PoseModelConfig
     from recognizer_core.recognize.model import load_recognizer
     from recognizer_core.recognize.runner import RecognizeConfig, effective_spec
@@ -47,7 +47,8 @@ def _run(setup, speed, **kw):
     rec = load_recognizer(setup["run"])
     cfg = RecognizeConfig(thresholds={"Fight": 0.0}, min_duration_s=0.0)  # always on: one event, closed at the end
     pose = PoseModelConfig(onnx={"model_path": str(setup["rtmo"]), "intra_op_num_threads": 1}, batch_size=1)
-    return run_stream(rec, effective_spec(rec.spec, cfg), cfg, setup["url"], pose, speed=speed, verbose=False, **kw)
+    return run_stream(rec, effective_spec(rec.spec, cfg), cfg, source or setup["url"], pose, speed=speed,
+                      verbose=False, **kw)
 
 
 def test_stream_over_http_scores_windows_reports_latency_and_closes_events(setup, tmp_path):
@@ -65,6 +66,19 @@ def test_stream_drops_frames_and_says_so_when_it_cannot_keep_up(setup):
     s = _run(setup, speed=30.0, queue_frames=1)  # frames arrive 30x faster than real time
     assert s["frames_read"] == 150 and s["frames_dropped"] > 0
     assert s["frames_processed"] + s["frames_dropped"] == 150
+
+
+def test_stream_camera_index_opens_its_v4l2_device_and_names_it_when_missing(setup):
+    """A camera index N reads /dev/videoN through FFmpeg's V4L2 input. No V4L2 device can exist here (a VM with
+    no kernel modules, so no v4l2loopback): this checks the mapping and that a missing camera is a reported
+    error naming the device, with nothing read, rather than a dead reader thread or a hang."""
+    import av
+
+    assert "video4linux2,v4l2" in av.formats_available  # PyAV's own FFmpeg has the V4L2 input
+    index = next(str(i) for i in range(90, 200) if not Path(f"/dev/video{i}").exists())
+    s = _run(setup, speed=1.0, source=index)
+    assert s["frames_read"] == s["windows"] == 0 and not s["interrupted"]
+    assert s["error"].startswith(f"{index}: ") and f"/dev/video{index}" in s["error"], s["error"]
 
 
 def test_stream_cli_stops_cleanly_on_ctrl_c(setup):
