@@ -17,8 +17,21 @@ WORKER = Path(__file__).with_name("mmaction_worker.py")
 
 
 def machine() -> str:
+    """Cores, CPU model and the vector units that change our figures (AVX-512, native bf16, AMX), GPU.
+    VMs of one name can land on different hosts: the model says which one a result line came from."""
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{os.cpu_count()}-core CPU ({platform.machine()}), {gpu}"
+    model, flags = platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and model == platform.machine():
+                model = " ".join(value.split())
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
+    except OSError:
+        pass
+    units = [u for u, f in (("AVX-512", "avx512f"), ("AVX512-BF16", "avx512_bf16"), ("AMX", "amx_bf16")) if f in flags]
+    return f"{os.cpu_count()}-core {model}{' (' + ', '.join(units) + ')' if units else ''}, {gpu}"
 
 
 def now() -> str:
