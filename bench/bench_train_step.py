@@ -11,10 +11,14 @@ the repeats, by wall clock and by process CPU time (CPU time moves much less wit
 Optional variants of our step, timed in the same alternation: `--bf16` (torch.autocast bfloat16, only
 where the CPU has native bf16) and `--compile` (torch.compile, inductor; the compile time is reported).
 
+Each setting also reports both sides' minor page faults per step. `--keep-freed-memory` sets glibc malloc on
+both sides (ours in-process, mmaction2's worker through the environment) to keep freed memory, so neither pays
+page faults after the first step: the ratio of the code alone (see KEEP_FREED_MEMORY in bench/common.py).
+
 Prints ONE JSON line with a `settings` list.
 
     .venv/bin/python bench/bench_train_step.py [--batches 16,64] [--threads 1,2] [--repeats 5] [--steps 2]
-        [--bf16] [--compile] [--out bench/results/train_step.jsonl]
+        [--bf16] [--compile] [--keep-freed-memory] [--out bench/results/train_step.jsonl]
 """
 from __future__ import annotations
 
@@ -31,7 +35,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import MMWorker, machine, median, now, ratio_stats, save_result  # noqa: E402
+from bench.common import (KEEP_FREED_MEMORY, MMWorker, keep_freed_memory, machine, median, minor_faults,  # noqa: E402
+                          now, ratio_stats, save_result)
 from recognizer_core.models.recognizer import ModelConfig, build_recognizer  # noqa: E402
 
 M, T, V, C = 4, 100, 17, 3
@@ -93,23 +98,33 @@ def bench_setting(worker: MMWorker | None, tmp: Path, batch: int, threads: int, 
                            backbone=dict(in_channels=C, base_channels=64, num_stages=4, inflate_stages=[2],
                                          down_stages=[2]))
         assert info["threads"] == threads, info
-        worker.call("train_steps", steps=1)  # warm-up
+    # warm-up: oneDNN primitive creation; a heap that keeps freed memory grows over the first steps
+    warm = 3 if args.keep_freed_memory else 1
+    if worker is not None:
+        worker.call("train_steps", steps=warm)
     for v in variants.values():
-        v.run(1)  # warm-up (oneDNN primitive creation)
+        v.run(warm)
     wall = {k: [] for k in variants}
     cpu = {k: [] for k in variants}
-    mm_wall, mm_cpu = [], []
+    faults = {k: 0 for k in variants}
+    mm_wall, mm_cpu, mm_faults = [], [], 0
     for _ in range(args.repeats):  # alternate, so both see the same machine load
         for name, v in variants.items():
+            f0 = minor_faults()
             w, c = v.run(args.steps)
+            faults[name] += minor_faults() - f0
             wall[name].append(w)
             cpu[name].append(c)
         if worker is not None:
+            f0 = minor_faults(worker.proc.pid)
             r = worker.call("train_steps", steps=args.steps)
+            mm_faults += minor_faults(worker.proc.pid) - f0
             mm_wall.append(r["seconds"])
             mm_cpu.append(r["cpu_seconds"])
+    steps = args.repeats * args.steps
     for name in variants:
         out[f"{name}_samples_per_s"] = round(batch * args.steps / median(wall[name]), 2)
+        out[f"{name}_page_faults_per_step"] = round(faults[name] / steps)
         if worker is not None:
             out[f"{name}_ratio_vs_mmaction2"] = ratio_stats(mm_wall, wall[name])
             out[f"{name}_cpu_ratio_vs_mmaction2"] = ratio_stats(mm_cpu, cpu[name])
@@ -117,6 +132,7 @@ def bench_setting(worker: MMWorker | None, tmp: Path, batch: int, threads: int, 
         out["compile_seconds"] = compile_s
     if worker is not None:
         out["mmaction2_samples_per_s"] = round(batch * args.steps / median(mm_wall), 2)
+        out["mmaction2_page_faults_per_step"] = round(mm_faults / steps)
     return out
 
 
@@ -128,17 +144,24 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=2, help="training steps per timed repeat")
     ap.add_argument("--bf16", action="store_true", help="also our step under bf16 autocast (native-bf16 CPUs)")
     ap.add_argument("--compile", action="store_true", help="also our step under torch.compile (inductor)")
+    ap.add_argument("--keep-freed-memory", action="store_true",
+                    help="both sides keep freed memory in the heap (glibc malloc settings): no page faults after "
+                         "the first step, so the ratio measures the code alone")
     ap.add_argument("--out", default=None, help="also append the JSON line to this .jsonl file")
     args = ap.parse_args()
     if args.bf16 and not cpu_has_bf16():
         print("note: no native bf16 on this CPU, --bf16 ignored", file=sys.stderr)
         args.bf16 = False
+    if args.keep_freed_memory:
+        keep_freed_memory()  # before the mmaction2 worker starts, so that it inherits the same settings
 
     result = {"bench": "train_step", "date": now(), "machine": machine(), "precision": "fp32",
               "input": f"B x (M={M}, T={T}, V={V}, C={C})",
               "model": "fight preset: 4 stages, base 64, inflate/down [2], 2 classes",
               "num_parameters": sum(p.numel() for p in build_recognizer(ModelConfig(**MODEL_CFG)).parameters()),
               "repeats": args.repeats, "steps_per_repeat": args.steps,
+              "allocator": ("glibc, both sides keeping freed memory: " + ", ".join(
+                  f"{k}={v}" for k, v in KEEP_FREED_MEMORY.items())) if args.keep_freed_memory else "glibc defaults",
               "loadavg_1_5_15_start": [round(x, 2) for x in os.getloadavg()], "settings": []}
     ok, why = MMWorker.available()
     worker = MMWorker() if ok else None
@@ -150,14 +173,23 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             for batch in (int(b) for b in args.batches.split(",")):
                 for threads in (int(t) for t in args.threads.split(",")):
-                    s = bench_setting(worker, Path(tmp), batch, threads, args)
+                    try:
+                        s = bench_setting(worker, Path(tmp), batch, threads, args)
+                    except (BrokenPipeError, RuntimeError) as err:
+                        if worker is None or worker.proc.poll() is None:
+                            raise
+                        # e.g. the kernel's OOM killer (a heap that keeps freed memory holds far more at batch
+                        # 64): record it, keep the settings already measured, go on with a fresh worker
+                        s = {"batch": batch, "torch_threads": threads,
+                             "error": f"mmaction2 worker died (exit {worker.proc.returncode}): {err!r}"}
+                        worker = MMWorker()
                     result["settings"].append(s)
                     print(s, file=sys.stderr, flush=True)
     finally:
         if worker is not None:
             worker.close()
     if worker is not None:
-        meds = [s["ours_ratio_vs_mmaction2"]["median"] for s in result["settings"]]
+        meds = [s["ours_ratio_vs_mmaction2"]["median"] for s in result["settings"] if "error" not in s]
         result["ratio_vs_mmaction2_min_over_settings"] = min(meds)
         result["ratio_vs_mmaction2_max_over_settings"] = max(meds)
     result["loadavg_1_5_15_end"] = [round(x, 2) for x in os.getloadavg()]  # other jobs' load on the box

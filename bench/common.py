@@ -48,6 +48,35 @@ def ratio_stats(ref: list[float], ours: list[float]) -> dict:
     return {"median": round(statistics.median(r), 3), "min": round(min(r), 3), "max": round(max(r), 3)}
 
 
+# glibc malloc settings that keep freed memory in the process heap instead of returning it to the kernel: large
+# tensors then reuse last step's pages instead of faulting in fresh zeroed ones. Page faults cost ~3 us each on
+# the development VM (about 10x bare metal; the host reclaims freed guest pages), so with glibc's defaults they
+# take a large share of a CPU training step there, more for the side that allocates more. `--keep-freed-memory`
+# in bench_train_step.py applies these to both sides, for a ratio of the code alone.
+KEEP_FREED_MEMORY = {"MALLOC_MMAP_THRESHOLD_": 1 << 30, "MALLOC_TRIM_THRESHOLD_": 2**31 - 1,
+                     "MALLOC_TOP_PAD_": 64 << 20}
+
+
+def keep_freed_memory() -> None:
+    """KEEP_FREED_MEMORY for this (already started) process, through mallopt; child processes get the same
+    from the environment variables, which glibc reads at start-up."""
+    import ctypes
+
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    codes = {"MALLOC_MMAP_THRESHOLD_": -3, "MALLOC_TRIM_THRESHOLD_": -1, "MALLOC_TOP_PAD_": -2}  # malloc.h M_*
+    for name, value in KEEP_FREED_MEMORY.items():
+        if libc.mallopt(codes[name], value) != 1:
+            raise RuntimeError(f"mallopt refused {name}={value}")
+        os.environ[name] = str(value)
+
+
+def minor_faults(pid: int | None = None) -> int:
+    """Minor page faults so far of a process (this one by default), from /proc/PID/stat."""
+    stat = Path(f"/proc/{pid or os.getpid()}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[7])  # field 10, counted after the parenthesised command name
+
+
 class MMWorker:
     """The mmaction2 process (bench/mmaction_worker.py under the side venv), one JSON command at a time."""
 
