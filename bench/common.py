@@ -50,7 +50,7 @@ def ratio_stats(ref: list[float], ours: list[float]) -> dict:
 
 # glibc malloc settings that keep freed memory in the process heap instead of returning it to the kernel: large
 # tensors then reuse last step's pages instead of faulting in fresh zeroed ones. Page faults cost ~3 us each on
-# the development VM (about 10x bare metal; the host reclaims freed guest pages), so with glibc's defaults they
+# the development VM (a Firecracker guest; measured as sys time per fault), so with glibc's defaults they
 # take a large share of a CPU training step there, more for the side that allocates more. `--keep-freed-memory`
 # in bench_train_step.py applies these to both sides, for a ratio of the code alone.
 KEEP_FREED_MEMORY = {"MALLOC_MMAP_THRESHOLD_": 1 << 30, "MALLOC_TRIM_THRESHOLD_": 2**31 - 1,
