@@ -98,8 +98,19 @@ def _assert_same_step(ours, x, y, tol) -> int:
     return checked
 
 
-@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-9), (torch.float32, 2e-4)])
-def test_gradients_equal_mmaction_order(dtype, tol):
+@pytest.fixture
+def torch_threads():
+    """Sets torch's intra-op thread count for one test and restores it."""
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("dtype, tol, threads", [(torch.float64, 1e-9, 1), (torch.float32, 2e-4, 1),
+                                                 (torch.float64, 1e-9, 2)])
+def test_gradients_equal_mmaction_order(dtype, tol, threads, torch_threads):
+    # With 2 threads mstcn pads its branch heads (10 and 20 channels here) to 16 and 32 (see MSTCN.forward).
+    torch_threads(threads)
     torch.manual_seed(0)
     cfg = ModelConfig(num_classes=3, num_stages=4, base_channels=12, inflate_stages=[2], down_stages=[2],
                       dropout=0.0)
@@ -110,6 +121,22 @@ def test_gradients_equal_mmaction_order(dtype, tol):
     y = torch.tensor([0, 1, 2, 1])
     # every weight, BN affine and adjacency of the 4 blocks and the head
     assert _assert_same_step(ours, x, y, tol) >= 100
+
+
+def test_compact_channels_gradient_is_channels_last():
+    # The dropped (padding) channels get a zero gradient, and y's gradient keeps y's channels_last layout
+    # (autograd's split would return it in NCHW, see CompactChannels).
+    y = torch.randn(2, 7, 5, 3, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    y.requires_grad_(True)
+    parts = gcn_blocks.CompactChannels.apply(y, [2, 3])
+    assert [p.shape[1] for p in parts] == [2, 3] and all(
+        p.is_contiguous(memory_format=torch.channels_last) for p in parts)
+    torch.testing.assert_close(torch.cat(parts, 1), y[:, :5], rtol=0, atol=0)
+    w = torch.randn(2, 5, 5, 3, dtype=torch.float64)
+    (torch.cat(parts, 1) * w).sum().backward()
+    assert y.grad.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y.grad, torch.cat([w, torch.zeros(2, 2, 5, 3, dtype=torch.float64)], 1),
+                               rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("variant", [
