@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: venv demo test bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml .ci/setup_venv.sh
 	PY=$(PY) VENV=$(VENV) bash .ci/setup_venv.sh
 	touch $(STAMP)
 

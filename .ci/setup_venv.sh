@@ -59,4 +59,18 @@ EOF
 )
 step "installing the project and its dependencies: pip install -e .[$extras]"
 "${PIP[@]}" install -qq -e ".[$extras]"
+
+# tcmalloc, the CPU training workers' allocator (scaling.cpu_malloc=auto; docs/training.md): a system library, so
+# installed only where this user may (root with apt-get, as in CI and containers); elsewhere one line says how.
+if ! "$BIN/python" -c "from recognizer_core.train.cpu_malloc import find_tcmalloc as f; raise SystemExit(not f())"; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        step "installing libtcmalloc-minimal4 (apt-get): tcmalloc for CPU training workers"
+        apt_install() { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libtcmalloc-minimal4 >/dev/null 2>&1; }
+        apt_install || { apt-get update -qq >/dev/null 2>&1 && apt_install; } \
+            || step "could not install libtcmalloc-minimal4: CPU training uses the system malloc (slower)"
+    else
+        step "no tcmalloc here: CPU training uses the system malloc; for faster CPU training install" \
+             "libtcmalloc-minimal4 (Debian/Ubuntu) or gperftools (conda), see docs/training.md"
+    fi
+fi
 step "done in $((SECONDS - start)) s"

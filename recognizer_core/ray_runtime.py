@@ -38,6 +38,10 @@ RAY_LOG_LEVEL = logging.WARNING
 # ends the trial actor, and the controller it owns goes with it), so a demo printed one per stopped trial. The
 # cleaner still removes the group; only the line goes. These loggers live in worker processes, which the driver's
 # logging does not reach, so the private Ray's `worker_process_setup_hook` sets them as each worker starts.
+# Set in the driver's environment while it runs a private local Ray. Ray's processes inherit it, so code running
+# in them (Tune's trial actors build the trainers) knows that the workers run on this machine too.
+PRIVATE_RAY_ENV = "RECOGNIZER_PRIVATE_RAY"
+
 QUIET_WORKER_LOGGERS = {"ray.train.v2._internal.execution.controller.placement_group_cleaner": logging.ERROR}
 
 
@@ -111,6 +115,8 @@ def start_ray(address: str | None = None, *, num_cpus: int | None = None, dashbo
             # for a poll. On one machine a poll is a local call: 0.5 s keeps short epochs (the demo, small
             # searches) from being paced at 2 s each. Clusters keep Ray's default.
             os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+            # scaling.cpu_malloc=auto preloads the tcmalloc found here into the workers (train/cpu_malloc.py)
+            os.environ[PRIVATE_RAY_ENV] = "1"
             ctx = ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, dashboard_port=port,
                            log_to_driver=log_to_driver, logging_level=RAY_LOG_LEVEL,
                            runtime_env={"worker_process_setup_hook": worker_setup_hook()})
@@ -207,6 +213,7 @@ def flush_worker_output() -> None:
         import ray
 
         _PRIVATE_RAY.clear()
+        os.environ.pop(PRIVATE_RAY_ENV, None)
         if ray.is_initialized():
             ray.shutdown()
 

@@ -14,6 +14,7 @@ import pytest
 import ray
 import yaml
 
+from recognizer_core.train.cpu_malloc import TCMALLOC_NAMES
 from recognizer_core.tune.cli import add_tune_args
 
 REPO = Path(__file__).resolve().parents[1]
@@ -159,6 +160,9 @@ def test_dockerfile_matches_the_project():
             assert (REPO / item).exists() or item == "README.md", f"Dockerfile copies {item}, not in the repo"
     ignore = (CLUSTER / "docker" / "Dockerfile.dockerignore").read_text()
     assert "**" in ignore.splitlines()  # only what the image needs enters the build context (no .venv, data)
+    # the package whose library scaling.cpu_malloc=tcmalloc finds on the nodes
+    assert "apt-get install -y --no-install-recommends libtcmalloc-minimal4" in text
+    assert "libtcmalloc_minimal.so.4" in TCMALLOC_NAMES
 
 
 # --- offline validation against the KubeRay CRDs (../shared/kuberay-crds) -------------------------------------

@@ -20,6 +20,7 @@ from recognizer_core.config import load_config
 from recognizer_core.models.checkpoint import load_mmaction_checkpoint
 from recognizer_core.models.recognizer import build_recognizer
 from recognizer_core.train.stgcn.config import TrainJobConfig
+from recognizer_core.train.cpu_malloc import find_tcmalloc
 from recognizer_core.train.faults import FAULT_ENV
 from tests import fight_reference as reference
 
@@ -126,7 +127,10 @@ def test_stopped_run_then_killed_worker_resume_exactly(fight_reference, ray_loca
     storage = tmp_path
     driver_marker, worker_marker = tmp_path / "driver_killed.marker", tmp_path / "killed_worker.marker"
     # No test after training: the resumed run's test score against the reference's is test_two_node's check.
-    args = reference.args(storage, "stopped", "train.test_after_train=false")
+    # The workers run under tcmalloc where the machine has it (`make test` installs it), the reference under the
+    # system malloc (auto: the test's Ray is not a job's private one): the allocator must not change the math.
+    malloc = "tcmalloc" if find_tcmalloc() else "system"
+    args = reference.args(storage, "stopped", "train.test_after_train=false", f"scaling.cpu_malloc={malloc}")
     # A real driver process, SIGKILLed by the rank-0 worker after epoch 3 (the epoch-2 checkpoint is the latest)
     code = ("import os, sys; sys.argv[1:1] = []; from rayjobs.train_stgcn import main; "
             f"os.environ['{FAULT_ENV}'] = f'epoch=3,rank=0,marker={driver_marker},kill_pid={{os.getpid()}}'; "
@@ -148,6 +152,7 @@ def test_stopped_run_then_killed_worker_resume_exactly(fight_reference, ray_loca
     assert [r["resumed_from_epoch"] for r in resumes] == [2, 2]
     summary = json.loads((run / "summary.json").read_text())
     assert [h["epoch"] for h in summary["history"]] == [1, 2, 3, 4]  # epoch 3 redone twice, not duplicated
+    assert ("tcmalloc" in summary["malloc"]) == (malloc == "tcmalloc"), summary["malloc"]
     ref, got = _final_state(fight_reference[0]), _final_state(run)
     _assert_same_weights(ref["model"], got["model"])
     assert ref["scheduler"] == got["scheduler"]

@@ -18,6 +18,7 @@ from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig,
 
 from recognizer_core.skeleton.clip import SkeletonDataError
 from recognizer_core.storage import join_uri, output_uri, to_uri
+from recognizer_core.train.cpu_malloc import worker_env
 from recognizer_core.train.faults import FAULT_ENV
 from recognizer_core.train.sections import ScalingSection
 
@@ -94,11 +95,17 @@ class StopOnDataError(UserCallback):
                 raise DataErrorInWorker(f"worker {rank}: {msg} (a data error: not retried)")
 
 
-def with_data_error_stop(rc: RunConfig) -> RunConfig:
-    """`rc` with StopOnDataError among its callbacks (a Tune-made RunConfig gets it too)."""
+def for_workers(rc: RunConfig, scaling: ScalingSection) -> RunConfig:
+    """`rc` as a trainer of `scaling` runs it (a Tune-made RunConfig too): StopOnDataError among its callbacks,
+    the workers' allocator (scaling.cpu_malloc) in their runtime environment."""
     callbacks = list(rc.callbacks or [])
     if not any(isinstance(c, StopOnDataError) for c in callbacks):
         rc.callbacks = callbacks + [StopOnDataError()]
+    env = worker_env(scaling.cpu_malloc, scaling.tcmalloc_path, scaling.use_gpu)
+    if env:
+        runtime_env = dict(rc.worker_runtime_env or {})
+        runtime_env["env_vars"] = {**runtime_env.get("env_vars", {}), **env}
+        rc.worker_runtime_env = runtime_env
     return rc
 
 

@@ -15,7 +15,8 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from recognizer_core.storage import is_remote, join_uri, output_uri, to_uri, write_bytes
 from recognizer_core.train.dino_pose.config import DinoPoseJobConfig
 from recognizer_core.train.dino_pose.loop import MODEL_FILE, run_dino_pose_training
-from recognizer_core.train.ray_run import RayTrainContext, backend, run_config, run_uri, scaling_config
+from recognizer_core.train.ray_run import RayTrainContext, backend, for_workers, run_config, run_uri, \
+    scaling_config
 from recognizer_core.train.state import STATE_FILE
 
 SCORE_ATTRIBUTE = "val/AP"
@@ -59,7 +60,7 @@ def build_trainer(cfg: DinoPoseJobConfig, *, run_config: RunConfig | None = None
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "run_uri": run_uri(run_config)},
         torch_config=TorchConfig(backend=backend(cfg.scaling)),
         scaling_config=scaling_config(cfg.scaling),
-        run_config=run_config,
+        run_config=for_workers(run_config, cfg.scaling),
     )
 
 

@@ -25,6 +25,7 @@ from recognizer_core.train.context import WorkerContext
 from recognizer_core.train.dino_pose.config import DinoPoseJobConfig
 from recognizer_core.train.dino_pose.evaluate import target_batch, validate
 from recognizer_core.train.epochs import should_validate
+from recognizer_core.train.cpu_malloc import malloc_in_use
 from recognizer_core.train.experiment_log import ExperimentLogger, console
 from recognizer_core.train.nonfinite import LossMeter, NonFiniteGuard
 from recognizer_core.train.run_files import RunFiles
@@ -192,8 +193,8 @@ def run_dino_pose_training(cfg: DinoPoseJobConfig, ctx: WorkerContext, run_uri: 
     logger = ExperimentLogger(files.local / "logs", config=cfg.model_dump(mode="json"), wandb=cfg.wandb,
                               enabled=ctx.rank == 0, run_name=cfg.run.name)
     if ctx.rank == 0:
-        log.info("DINO pose: %d train / %d val crops (skipped train %s, val %s), %d steps/epoch",
-                 len(train_ds), len(val_ds), train_ds.skipped, val_ds.skipped, steps_per_epoch)
+        log.info("DINO pose: %d train / %d val crops (skipped train %s, val %s), %d steps/epoch, malloc %s",
+                 len(train_ds), len(val_ds), train_ds.skipped, val_ds.skipped, steps_per_epoch, malloc_in_use())
     metrics: dict = {}
     try:
         for epoch in range(start + 1, cfg.train.epochs + 1):

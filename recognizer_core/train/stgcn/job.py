@@ -20,8 +20,8 @@ from recognizer_core.skeleton.validate import validate_dataset
 from recognizer_core.storage import is_remote, join_uri, output_uri, to_uri
 from recognizer_core.train.stgcn.config import TrainJobConfig
 from recognizer_core.train.stgcn.data import prepare_dataset, split_info
-from recognizer_core.train.ray_run import RayTrainContext, backend, run_config, run_uri, scaling_config, \
-    with_data_error_stop
+from recognizer_core.train.ray_run import RayTrainContext, backend, for_workers, run_config, run_uri, \
+    scaling_config
 from recognizer_core.train.stgcn.evaluate import test_loop
 from recognizer_core.train.stgcn.loop import train_loop
 from recognizer_core.train.stgcn.run_state import check_resumable
@@ -110,7 +110,7 @@ def build_trainer(cfg: TrainJobConfig, *, run_config: RunConfig | None = None) -
                            "run_uri": run_uri(run_config)},
         torch_config=TorchConfig(backend=backend(cfg.scaling)),
         scaling_config=scaling_config(cfg.scaling),
-        run_config=with_data_error_stop(run_config),
+        run_config=for_workers(run_config, cfg.scaling),
     )
 
 
@@ -132,7 +132,8 @@ def _test_trainer(cfg: TrainJobConfig, checkpoint, out_uri: str, split: str, *, 
                            "source": source},
         torch_config=TorchConfig(backend=backend(cfg.scaling)),
         scaling_config=scaling_config(cfg.scaling),
-        run_config=RunConfig(name=f"test_{Path(out_uri).name}_{int(time.time())}", storage_path=ray_storage),
+        run_config=for_workers(RunConfig(name=f"test_{Path(out_uri).name}_{int(time.time())}",
+                                         storage_path=ray_storage), cfg.scaling),
     )
 
 
