@@ -11,14 +11,16 @@ the repeats, by wall clock and by process CPU time (CPU time moves much less wit
 Optional variants of our step, timed in the same alternation: `--bf16` (torch.autocast bfloat16, only
 where the CPU has native bf16) and `--compile` (torch.compile, inductor; the compile time is reported).
 
-Each setting also reports both sides' minor page faults per step. `--keep-freed-memory` sets glibc malloc on
-both sides (ours in-process, mmaction2's worker through the environment) to keep freed memory, so neither pays
-page faults after the first step: the ratio of the code alone (see KEEP_FREED_MEMORY in bench/common.py).
+Each setting also reports both sides' minor page faults per step. `--allocator` picks the malloc of both sides
+(ours and mmaction2's worker): `glibc` (the default settings), `glibc-keep-freed` (glibc told to keep freed
+memory, KEEP_FREED_MEMORY in bench/common.py) or `tcmalloc` (preloaded, what scaling.cpu_malloc=auto gives our
+CPU training workers). With either of the last two neither side pays page faults after the first steps: the
+ratio of the code alone. With glibc's defaults the side that allocates more also pays more faults.
 
 Prints ONE JSON line with a `settings` list.
 
     .venv/bin/python bench/bench_train_step.py [--batches 16,64] [--threads 1,2] [--repeats 5] [--steps 2]
-        [--bf16] [--compile] [--keep-freed-memory] [--out bench/results/train_step.jsonl]
+        [--bf16] [--compile] [--allocator glibc|glibc-keep-freed|tcmalloc] [--out bench/results/train_step.jsonl]
 """
 from __future__ import annotations
 
@@ -35,8 +37,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import (KEEP_FREED_MEMORY, MMWorker, keep_freed_memory, machine, median, minor_faults,  # noqa: E402
-                          now, ratio_stats, save_result)
+from bench.common import (ALLOCATORS, MMWorker, machine, median, minor_faults, now, ratio_stats,  # noqa: E402
+                          runs_tcmalloc, save_result, use_allocator)
 from recognizer_core.models.recognizer import ModelConfig, build_recognizer  # noqa: E402
 
 M, T, V, C = 4, 100, 17, 3
@@ -99,7 +101,7 @@ def bench_setting(worker: MMWorker | None, tmp: Path, batch: int, threads: int, 
                                          down_stages=[2]))
         assert info["threads"] == threads, info
     # warm-up: oneDNN primitive creation; a heap that keeps freed memory grows over the first steps
-    warm = 3 if args.keep_freed_memory else 1
+    warm = 1 if args.allocator == "glibc" else 3
     if worker is not None:
         worker.call("train_steps", steps=warm)
     for v in variants.values():
@@ -144,24 +146,22 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=2, help="training steps per timed repeat")
     ap.add_argument("--bf16", action="store_true", help="also our step under bf16 autocast (native-bf16 CPUs)")
     ap.add_argument("--compile", action="store_true", help="also our step under torch.compile (inductor)")
-    ap.add_argument("--keep-freed-memory", action="store_true",
-                    help="both sides keep freed memory in the heap (glibc malloc settings): no page faults after "
-                         "the first step, so the ratio measures the code alone")
+    ap.add_argument("--allocator", choices=ALLOCATORS, default="glibc",
+                    help="malloc of both sides; glibc-keep-freed and tcmalloc reuse freed memory, so neither side "
+                         "pays page faults after the first steps and the ratio measures the code alone")
     ap.add_argument("--out", default=None, help="also append the JSON line to this .jsonl file")
     args = ap.parse_args()
     if args.bf16 and not cpu_has_bf16():
         print("note: no native bf16 on this CPU, --bf16 ignored", file=sys.stderr)
         args.bf16 = False
-    if args.keep_freed_memory:
-        keep_freed_memory()  # before the mmaction2 worker starts, so that it inherits the same settings
+    allocator = use_allocator(args.allocator)  # before the mmaction2 worker starts: it inherits the setting
 
     result = {"bench": "train_step", "date": now(), "machine": machine(), "precision": "fp32",
               "input": f"B x (M={M}, T={T}, V={V}, C={C})",
               "model": "fight preset: 4 stages, base 64, inflate/down [2], 2 classes",
               "num_parameters": sum(p.numel() for p in build_recognizer(ModelConfig(**MODEL_CFG)).parameters()),
               "repeats": args.repeats, "steps_per_repeat": args.steps,
-              "allocator": ("glibc, both sides keeping freed memory: " + ", ".join(
-                  f"{k}={v}" for k, v in KEEP_FREED_MEMORY.items())) if args.keep_freed_memory else "glibc defaults",
+              "allocator": allocator,
               "loadavg_1_5_15_start": [round(x, 2) for x in os.getloadavg()], "settings": []}
     ok, why = MMWorker.available()
     worker = MMWorker() if ok else None
@@ -169,6 +169,8 @@ def main() -> None:
         result.update(mmaction2=None, note=why)
     else:
         result["mmaction2_version"] = worker.info.get("mmaction2")
+        if args.allocator == "tcmalloc" and not runs_tcmalloc(worker.proc.pid):
+            raise SystemExit("the mmaction2 worker did not load tcmalloc: the sides would not be comparable")
     try:
         with tempfile.TemporaryDirectory() as tmp:
             for batch in (int(b) for b in args.batches.split(",")):

@@ -7,6 +7,7 @@ import os
 import platform
 import statistics
 import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -69,6 +70,37 @@ def keep_freed_memory() -> None:
         if libc.mallopt(codes[name], value) != 1:
             raise RuntimeError(f"mallopt refused {name}={value}")
         os.environ[name] = str(value)
+
+
+ALLOCATORS = ("glibc", "glibc-keep-freed", "tcmalloc")
+
+
+def use_allocator(name: str) -> str:
+    """Run this process, and the mmaction2 worker it starts afterwards, under allocator `name` (one of
+    ALLOCATORS); returns what to record in the JSON line. A process picks its malloc when it starts, so for
+    tcmalloc this re-executes the running script with LD_PRELOAD (the worker inherits it), as
+    scaling.cpu_malloc does for Ray's training workers."""
+    from recognizer_core.train.cpu_malloc import find_tcmalloc, malloc_in_use
+
+    if name == "glibc":
+        return "glibc defaults"
+    if name == "glibc-keep-freed":
+        keep_freed_memory()
+        return "glibc, both sides keeping freed memory: " + ", ".join(f"{k}={v}" for k, v in KEEP_FREED_MEMORY.items())
+    if name != "tcmalloc":
+        raise ValueError(f"allocator must be one of {ALLOCATORS}, got {name!r}")
+    if "tcmalloc" not in malloc_in_use():
+        path = find_tcmalloc()
+        if path is None:
+            raise SystemExit("--allocator tcmalloc: no tcmalloc library found (apt-get install libtcmalloc-minimal4)")
+        os.environ["LD_PRELOAD"] = path
+        os.execv(sys.executable, [sys.executable, *sys.argv])
+    return f"tcmalloc on both sides ({malloc_in_use()})"
+
+
+def runs_tcmalloc(pid: int) -> bool:
+    """Whether process `pid` has a tcmalloc library mapped (the mmaction2 worker under --allocator tcmalloc)."""
+    return "tcmalloc" in Path(f"/proc/{pid}/maps").read_text()
 
 
 def minor_faults(pid: int | None = None) -> int:
