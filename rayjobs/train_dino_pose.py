@@ -33,6 +33,7 @@ import yaml  # noqa: E402
 from recognizer_core.coco_pose.demo import smoke_run_overrides, wants_smoke_run  # noqa: E402
 from recognizer_core.config import ConfigError, add_config_args, config_from_args  # noqa: E402
 from recognizer_core.storage import join_uri, write_text  # noqa: E402
+from recognizer_core.train.cpu_malloc import require_tcmalloc  # noqa: E402
 from recognizer_core.train.dino_pose.config import DinoPoseJobConfig  # noqa: E402
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "dino_pose_base.yaml"
@@ -82,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             args.overrides = smoke_run_overrides(cfg) + list(args.overrides)
             cfg = config_from_args(DinoPoseJobConfig, args)
         cfg.require_data()
+        require_tcmalloc(cfg.scaling.cpu_malloc, cfg.scaling.tcmalloc_path)
     except (ConfigError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

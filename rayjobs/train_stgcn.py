@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from recognizer_core.config import ConfigError, add_config_args, config_from_args, dump_config  # noqa: E402
 from recognizer_core.storage import join_uri, read_text  # noqa: E402
+from recognizer_core.train.cpu_malloc import require_tcmalloc  # noqa: E402
 from recognizer_core.train.stgcn.config import TrainJobConfig  # noqa: E402
 
 
@@ -32,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         cfg = config_from_args(TrainJobConfig, args)
+        require_tcmalloc(cfg.scaling.cpu_malloc, cfg.scaling.tcmalloc_path)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -52,12 +52,14 @@ def main(argv: list[str] | None = None, default_space: str = "search_spaces/figh
     print_plan(plan)
 
     from recognizer_core.storage import join_uri, to_uri
+    from recognizer_core.train.cpu_malloc import require_tcmalloc
     from recognizer_core.tune.tuner import check_resumable, run_tuning
 
     folds = None
     try:
         experiment_uri = join_uri(to_uri(plan.options.storage_path), plan.options.name)
         base = plan.space.build_config(TrainJobConfig, {}, plan.extra)
+        require_tcmalloc(base.scaling.cpu_malloc, base.scaling.tcmalloc_path)
         metric = plan.options.metric or plan.space.metric
         plan.extra = stgcn_job.trial_overrides(plan.extra, base, experiment_uri, metric)
         check_resumable(plan.space, TrainJobConfig, plan.options, extra_overrides=plan.extra)

@@ -43,6 +43,12 @@ def _train_cfg(overrides=(), yaml_text: str | None = None, tmp: Path | None = No
     return load_config(TrainJobConfig, path, list(overrides))
 
 
+def _require_tcmalloc(cfg):
+    from recognizer_core.train.cpu_malloc import require_tcmalloc
+
+    return require_tcmalloc(cfg.scaling.cpu_malloc, cfg.scaling.tcmalloc_path)
+
+
 def _folder_inside(root, name):
     from recognizer_core.config import folder_inside
 
@@ -205,6 +211,9 @@ CASES = [
          r"--set: 'model\.\.dropout': '' is not a field name"),
     Case("override index past the list", lambda t: _train_cfg(["train.class_weight[7]=1"]), "ConfigError",
          r"--set: 'train\.class_weight\[7\]'"),
+    Case("tcmalloc asked for, library path missing", lambda t: _require_tcmalloc(
+        _train_cfg(["scaling.cpu_malloc=tcmalloc", f"scaling.tcmalloc_path={t / 'libtcmalloc.so.4'}"])),
+         "ConfigError", r"scaling\.tcmalloc_path='.*libtcmalloc\.so\.4': no such file"),
     Case("run.name leaving storage (../)", lambda t: _train_cfg(["run.name=../../x"]), "ConfigError",
          r"run\.name: must be 1-128 letters.*\(got '\.\./\.\./x'\)"),
     Case("run.name absolute path", lambda t: _train_cfg(["run.name=/etc/cron.d/x"]), "ConfigError",

@@ -74,6 +74,12 @@ def worker_env(cpu_malloc: str, tcmalloc_path: str | None, use_gpu: bool) -> dic
     return {"LD_PRELOAD": preload if path in preload.split() else " ".join(filter(None, [path, preload]))}
 
 
+def require_tcmalloc(cpu_malloc: str, tcmalloc_path: str | None) -> None:
+    """On the driver, before Ray starts: a ConfigError now where scaling.cpu_malloc=tcmalloc cannot be met here."""
+    if cpu_malloc == "tcmalloc":
+        worker_env(cpu_malloc, tcmalloc_path, use_gpu=False)
+
+
 def malloc_in_use() -> str:
     """The file name of the library whose `malloc` this process calls (e.g. 'libtcmalloc_minimal.so.4', or
     'libc.so.6' for glibc's): the symbol the dynamic linker resolved, found with dladdr."""
