@@ -32,16 +32,16 @@ from typing import Iterator
 RAY_LOG_LEVEL = logging.WARNING
 
 
+# Set in the driver's environment while it runs a private local Ray. Ray's processes inherit it, so code running
+# in them (Tune's trial actors build the trainers) knows that the workers run on this machine too.
+PRIVATE_RAY_ENV = "RECOGNIZER_PRIVATE_RAY"
+
 # Ray's own worker-side warnings that, in a private local Ray, describe what is expected rather than a fault. Ray
 # Train's detached PlacementGroupCleaner warns "Detected that the Ray Train controller actor (...) is dead. Cleaning
 # up placement group ..." whenever a controller ends without its shutdown hook: that is every trial ASHA stops (Tune
 # ends the trial actor, and the controller it owns goes with it), so a demo printed one per stopped trial. The
 # cleaner still removes the group; only the line goes. These loggers live in worker processes, which the driver's
 # logging does not reach, so the private Ray's `worker_process_setup_hook` sets them as each worker starts.
-# Set in the driver's environment while it runs a private local Ray. Ray's processes inherit it, so code running
-# in them (Tune's trial actors build the trainers) knows that the workers run on this machine too.
-PRIVATE_RAY_ENV = "RECOGNIZER_PRIVATE_RAY"
-
 QUIET_WORKER_LOGGERS = {"ray.train.v2._internal.execution.controller.placement_group_cleaner": logging.ERROR}
 
 

@@ -12,8 +12,9 @@ Firecracker guest, ~3 us per page fault), fight preset, 1 thread, our step:
 
 (glibc told to keep freed memory instead, `MALLOC_MMAP_THRESHOLD_` and friends, reached 7.4 s at batch 64 but
 with an 8.7 GB peak: its heap holds the holes.) This is what PyTorch's own launcher for CPUs does
-(`python -m torch.backends.xeon.run_cpu` preloads tcmalloc or jemalloc where it finds one); jemalloc with its
-defaults returns freed pages and was slower here than glibc (2.9 s at batch 16).
+(`python -m torch.backends.xeon.run_cpu` preloads tcmalloc or jemalloc where it finds one). Debian's jemalloc,
+with its defaults and with the MALLOC_CONF of Intel's tuning guide, faulted as much as glibc here (2.9 s at batch
+16, 14.9 s at batch 64).
 
 A process picks its allocator when it starts, so the library goes into the workers' `LD_PRELOAD` through the
 run's `worker_runtime_env`. `auto` does so for CPU workers of a private local Ray (one machine: the library
