@@ -65,8 +65,10 @@ step "installing the project and its dependencies: pip install -e .[$extras]"
 if ! "$BIN/python" -c "from recognizer_core.train.cpu_malloc import find_tcmalloc as f; raise SystemExit(not f())"; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
         step "installing libtcmalloc-minimal4 (apt-get): tcmalloc for CPU training workers"
-        apt_install() { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libtcmalloc-minimal4 >/dev/null 2>&1; }
-        apt_install || { apt-get update -qq >/dev/null 2>&1 && apt_install; } \
+        # bounded: a machine without a reachable mirror goes on without tcmalloc instead of waiting on apt
+        apt_install() { DEBIAN_FRONTEND=noninteractive timeout 180 apt-get install -y -qq libtcmalloc-minimal4 \
+            >/dev/null 2>&1; }
+        apt_install || { timeout 180 apt-get update -qq >/dev/null 2>&1 && apt_install; } \
             || step "could not install libtcmalloc-minimal4: CPU training uses the system malloc (slower)"
     else
         step "no tcmalloc here: CPU training uses the system malloc; for faster CPU training install" \
