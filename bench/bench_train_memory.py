@@ -15,11 +15,11 @@ their difference (`step_peak_extra_mb`: activations, gradients and optimizer sta
 Repeats alternate the variants (ours, ours_with_cp, mmaction2, ours, ...); reported are the median and
 min-max over the repeats. Prints ONE JSON line; `--out` also appends it to a .jsonl file.
 
-`--allocator tcmalloc` preloads tcmalloc into every process (what scaling.cpu_malloc=auto gives our CPU training
-workers); each process reports the allocator it ran under.
+`--allocator` sets every process's malloc as in bench_train_step.py (`tcmalloc`: what scaling.cpu_malloc=auto
+gives our CPU training workers); each process reports whether it ran under tcmalloc.
 
     .venv/bin/python bench/bench_train_memory.py [--batches 16,64] [--repeats 3] [--steps 3] [--threads 1] \
-        [--allocator glibc|tcmalloc] [--out bench/results/train_memory.jsonl]
+        [--allocator glibc|glibc-keep-freed|tcmalloc] [--out bench/results/train_memory.jsonl]
 """
 from __future__ import annotations
 
@@ -32,6 +32,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # also in the mmaction2 children: bench.common
+
+from bench.common import ALLOCATORS, runs_tcmalloc  # noqa: E402
 
 M, T, V, C = 4, 100, 17, 3
 VARIANTS = ("ours", "ours_with_cp", "mmaction2")
@@ -47,7 +51,6 @@ def _peak_mb() -> float:
 
 
 def _build_ours(with_cp: bool):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from bench.bench_train_step import MODEL_CFG
     from recognizer_core.models.recognizer import ModelConfig, build_recognizer
 
@@ -99,20 +102,17 @@ def child(variant: str, batch: int, steps: int, threads: int) -> dict:
         loss.backward()
         opt.step()
         times.append(time.perf_counter() - t0)
-    maps = Path("/proc/self/maps").read_text()
-    malloc = "tcmalloc" if "tcmalloc" in maps else "glibc"
+    malloc = "tcmalloc" if runs_tcmalloc(os.getpid()) else "glibc"
     return {"impl": impl, "torch": torch.__version__, "threads": torch.get_num_threads(), "malloc": malloc,
             "rss_before_mb": round(rss_before, 1), "peak_before_mb": round(peak_before, 1),
             "peak_rss_mb": round(_peak_mb(), 1), "step_s": round(statistics.median(times[1:] or times), 3),
             "first_step_s": round(times[0], 3), "loss": float(loss)}
 
 
-def run_child(py: str, variant: str, batch: int, steps: int, threads: int, preload: str | None) -> dict:
+def run_child(py: str, variant: str, batch: int, steps: int, threads: int) -> dict:
     cmd = [py, __file__, "--child", variant, "--batches", str(batch), "--steps", str(steps),
            "--threads", str(threads)]
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONWARNINGS="ignore")
-    if preload:
-        env["LD_PRELOAD"] = preload
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONWARNINGS="ignore")  # with the allocator's settings
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
     for line in proc.stdout.splitlines():
         if line.startswith("@@RESULT "):
@@ -156,7 +156,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3, help="training steps per process")
     ap.add_argument("--threads", type=int, default=1, help="torch threads, same on every side")
     ap.add_argument("--variants", default=",".join(VARIANTS))
-    ap.add_argument("--allocator", choices=("glibc", "tcmalloc"), default="glibc", help="malloc of every process")
+    ap.add_argument("--allocator", choices=ALLOCATORS, default="glibc", help="malloc of every process")
     ap.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
     ap.add_argument("--out", default=None, help="also append the JSON line to this .jsonl file")
     args = ap.parse_args()
@@ -164,13 +164,9 @@ def main() -> None:
         print("@@RESULT " + json.dumps(child(args.child, int(args.batches), args.steps, args.threads)), flush=True)
         return
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from bench.common import MMACTION_PY, machine, now, save_result
-    from recognizer_core.train.cpu_malloc import find_tcmalloc
+    from bench.common import MMACTION_PY, machine, now, save_result, use_allocator
 
-    preload = find_tcmalloc() if args.allocator == "tcmalloc" else None
-    if args.allocator == "tcmalloc" and preload is None:
-        raise SystemExit("--allocator tcmalloc: no tcmalloc library found (apt-get install libtcmalloc-minimal4)")
+    allocator = use_allocator(args.allocator)  # the children inherit it
 
     variants = args.variants.split(",")
     note = None
@@ -190,8 +186,8 @@ def main() -> None:
                     print(f"[train_memory] skipped {skipped[-1]}", file=sys.stderr, flush=True)
                     continue
                 py = str(MMACTION_PY) if v == "mmaction2" else sys.executable
-                r = dict(run_child(py, v, b, args.steps, args.threads, preload), batch=b, rep=rep)
-                if r["malloc"] != args.allocator:
+                r = dict(run_child(py, v, b, args.steps, args.threads), batch=b, rep=rep)
+                if (r["malloc"] == "tcmalloc") != (args.allocator == "tcmalloc"):
                     raise SystemExit(f"{v} ran under {r['malloc']}, not {args.allocator}")
                 runs[(v, b)].append(r)
                 print(f"[train_memory] rep {rep + 1} batch {b} {v}: before {r['rss_before_mb']} MB, peak "
@@ -224,7 +220,7 @@ def main() -> None:
               "input": f"B x (M={M}, T={T}, V={V}, C={C})",
               "model": "fight preset: 4 stages, base 64, inflate/down [2], 2 classes",
               "threads": args.threads, "steps_per_process": args.steps, "repeats": args.repeats,
-              "allocator": f"tcmalloc in every process ({preload})" if preload else "glibc defaults",
+              "allocator": allocator,
               "measure": "ru_maxrss of a fresh process per (variant, batch); rss_before = RSS before the first step",
               "settings": settings, "skipped_for_memory": skipped}
     if note:

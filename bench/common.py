@@ -76,7 +76,7 @@ ALLOCATORS = ("glibc", "glibc-keep-freed", "tcmalloc")
 
 
 def use_allocator(name: str) -> str:
-    """Run this process, and the mmaction2 worker it starts afterwards, under allocator `name` (one of
+    """Run this process, and the processes it starts afterwards (the mmaction2 side), under allocator `name` (one of
     ALLOCATORS); returns what to record in the JSON line. A process picks its malloc when it starts, so for
     tcmalloc this re-executes the running script with LD_PRELOAD (the worker inherits it), as
     scaling.cpu_malloc does for Ray's training workers."""
