@@ -2,7 +2,7 @@
 
 Our blocks reorder the math for speed (channels innermost in memory end to end, GCN aggregates over joints
 before its 1x1 conv, as GEMMs on the last dim, mstcn runs its five conv-BN-ReLU branch heads as one conv and
-one BatchNorm, the ReLU on each branch's compact copy).
+one BatchNorm, and in CPU training every BN(+residual)-ReLU is one fused kernel, bn_act).
 `mmaction_order_forward` below is mmaction2 1.2.0's `STGCN` / `unit_gcn` / `mstcn` / `STGCNBlock` forward
 written out literally, in plain NCHW, over our modules' parameters, so both paths share every weight.
 """
@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from recognizer_core.models import gcn_blocks
+from recognizer_core.models import bn_act, gcn_blocks
 from recognizer_core.models.gcn_blocks import MSTCN, UnitGCN
 from recognizer_core.models.gcn_head import GCNHead
 from recognizer_core.models.recognizer import ModelConfig, RecognizerGCN, build_recognizer
@@ -106,11 +106,23 @@ def torch_threads():
     torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize("dtype, tol, threads", [(torch.float64, 1e-9, 1), (torch.float32, 2e-4, 1),
-                                                 (torch.float64, 1e-9, 2)])
-def test_gradients_equal_mmaction_order(dtype, tol, threads, torch_threads):
-    # With 2 threads mstcn pads its branch heads (10 and 20 channels here) to 16 and 32 (see MSTCN.forward).
+@pytest.fixture
+def fused_bn(monkeypatch):
+    """fused_bn(True) makes CPU training use the fused BatchNorm kernels (skips where they cannot be built),
+    fused_bn(False) the eager PyTorch ops."""
+    def use(on: bool) -> None:
+        if on and not bn_act.load():
+            pytest.skip(f"the fused BatchNorm kernels cannot be built here: {bn_act.load_error()}")
+        monkeypatch.setenv(bn_act.ENV_SWITCH, "1" if on else "0")
+    return use
+
+
+@pytest.mark.parametrize("dtype, tol, threads, fused", [
+    (torch.float64, 1e-9, 1, True), (torch.float32, 2e-4, 1, True), (torch.float64, 1e-9, 2, True),
+    (torch.float64, 1e-9, 1, False), (torch.float32, 2e-4, 2, False)])
+def test_gradients_equal_mmaction_order(dtype, tol, threads, fused, torch_threads, fused_bn):
     torch_threads(threads)
+    fused_bn(fused)
     torch.manual_seed(0)
     cfg = ModelConfig(num_classes=3, num_stages=4, base_channels=12, inflate_stages=[2], down_stages=[2],
                       dropout=0.0)
@@ -123,20 +135,46 @@ def test_gradients_equal_mmaction_order(dtype, tol, threads, torch_threads):
     assert _assert_same_step(ours, x, y, tol) >= 100
 
 
-def test_compact_channels_gradient_is_channels_last():
-    # The dropped (padding) channels get a zero gradient, and y's gradient keeps y's channels_last layout
-    # (autograd's split would return it in NCHW, see CompactChannels).
-    y = torch.randn(2, 7, 5, 3, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
-    y.requires_grad_(True)
-    parts = gcn_blocks.CompactChannels.apply(y, [2, 3])
-    assert [p.shape[1] for p in parts] == [2, 3] and all(
-        p.is_contiguous(memory_format=torch.channels_last) for p in parts)
-    torch.testing.assert_close(torch.cat(parts, 1), y[:, :5], rtol=0, atol=0)
-    w = torch.randn(2, 5, 5, 3, dtype=torch.float64)
-    (torch.cat(parts, 1) * w).sum().backward()
-    assert y.grad.is_contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(y.grad, torch.cat([w, torch.zeros(2, 2, 5, 3, dtype=torch.float64)], 1),
-                               rtol=0, atol=0)
+@pytest.mark.parametrize("in_sizes, out_sizes, residual, relu", [
+    ([21], [5, 5, 5, 6], False, True),  # mstcn's heads: one input, a compact output per branch
+    ([5, 5, 5, 6], [21], False, True),  # mstcn's transform: the branch outputs in, one tensor out
+    ([21], [21], True, True),  # unit_gcn and the block end: + residual, ReLU
+    ([4, 17], [21], True, False)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_fused_batch_norm_act_equals_eager(in_sizes, out_sizes, residual, relu, threads, torch_threads, fused_bn):
+    # Outputs, the gradients of the inputs, residual, BN weight and bias, and the running statistics, in float64
+    # against nn.BatchNorm2d + add + ReLU on the concatenated tensor; the outputs are compact channels_last.
+    fused_bn(True)
+    torch_threads(threads)
+    torch.manual_seed(0)
+    channels, (n, t, v) = sum(in_sizes), (3, 70, 5)  # 1050 rows: several row chunks and blocks per thread
+    bns = [torch.nn.BatchNorm2d(c).double() for c in ([channels] if len(out_sizes) == 1 else out_sizes)]
+    for b in bns:
+        b.weight.data.uniform_(0.5, 1.5)
+        b.bias.data.uniform_(-0.5, 0.5)
+    ref_bns = copy.deepcopy(bns)
+    xs = [(torch.randn(n, c, t, v, dtype=torch.float64) * 2 + 1).contiguous(memory_format=torch.channels_last)
+          .requires_grad_() for c in in_sizes]
+    res = (torch.randn(n, channels, t, v, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+           .requires_grad_() if residual else None)
+    outs = bn_act.batch_norm_act(xs, bns, out_sizes, res, relu)
+    assert [o.shape[1] for o in outs] == out_sizes
+    assert all(o.is_contiguous(memory_format=torch.channels_last) for o in outs)
+    gys = [torch.randn_like(o) for o in outs]
+    leaves = xs + ([res] if residual else []) + [p for b in bns for p in b.parameters()]
+    grads = torch.autograd.grad(outs, leaves, gys)
+
+    x = torch.cat(xs, dim=1)
+    y = torch.cat([b(part) for b, part in zip(ref_bns, x.split([b.num_features for b in ref_bns], 1))], dim=1)
+    y = y + res if residual else y
+    ref = (F.relu(y) if relu else y).split(out_sizes, dim=1)
+    ref_leaves = xs + ([res] if residual else []) + [p for b in ref_bns for p in b.parameters()]
+    ref_grads = torch.autograd.grad(ref, ref_leaves, gys)
+    for a, b in zip(list(outs) + list(grads), list(ref) + list(ref_grads)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    for a, b in zip(bns, ref_bns):
+        for name in ("running_mean", "running_var", "num_batches_tracked"):
+            torch.testing.assert_close(getattr(a, name), getattr(b, name), rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("variant", [

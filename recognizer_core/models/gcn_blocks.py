@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import bn_act
+
 # mstcn's default branches: (kernel, dilation) temporal convs, a max-pool branch, a strided 1x1 conv.
 MSTCN_BRANCHES = ((3, 1), (3, 2), (3, 3), (3, 4), ("max", 3), "1x1")
 # UnitGCN folds A into its weights (one dense GEMM) up to this many input channels, see UnitGCN.forward.
@@ -14,8 +16,6 @@ DENSE_GCN_MAX_IN_CHANNELS = 8
 # Rows (one frame of one person each) per chunk in AggregateLinear: its (rows, w*k, c_in) aggregate stays
 # a few hundred kB, in cache, and the GEMMs keep M = rows * V >= 500.
 GCN_CHUNK_BYTES = 1 << 20
-# Channels (floats) per 64-byte cache line: see MSTCN.forward's padding of the branch heads.
-CACHE_LINE_FLOATS = 16
 
 
 class AggregateLinear(torch.autograd.Function):
@@ -64,28 +64,6 @@ class AggregateLinear(torch.autograd.Function):
             if ctx.needs_input_grad[1]:
                 ga += torch.bmm(gxa, x_c.transpose(1, 2)).sum(0)
         return gx, ga, gw
-
-
-class CompactChannels(torch.autograd.Function):
-    """y's first channel blocks of `sizes` as compact channels_last copies; y's channels after them are dropped.
-
-    Autograd's split or narrow would give a dropped block a zeros gradient in the default (NCHW) layout, and
-    the cat in their backward then returns y's whole gradient in NCHW: the BatchNorm backward behind y ran
-    with mixed layouts (a 1-thread training step took 2.5 s instead of 1.9). Here it stays channels_last.
-    """
-
-    @staticmethod
-    def forward(ctx, y: torch.Tensor, sizes: list[int]) -> tuple[torch.Tensor, ...]:
-        ctx.rest = y.shape[1] - sum(sizes)
-        parts = y.split(list(sizes) + [ctx.rest], dim=1)[:len(sizes)]
-        return tuple(part.clone(memory_format=torch.channels_last) for part in parts)
-
-    @staticmethod
-    def backward(ctx, *grads: torch.Tensor):
-        g = grads[0]
-        zeros = torch.empty((g.shape[0], ctx.rest, *g.shape[2:]), dtype=g.dtype, device=g.device,
-                            memory_format=torch.channels_last).zero_()
-        return torch.cat(list(grads) + [zeros], dim=1), None
 
 
 class UnitGCN(nn.Module):
@@ -159,9 +137,13 @@ class UnitGCN(nn.Module):
             else:
                 xa = torch.bmm(a_rows.expand(n * t, v * k, v), xt.view(n * t, v, c_in)).view(n * t * v, k * c_in)
                 y = F.linear(xa, w).view(n * t, v, c_out).add_(bias)
-        y = self.bn(y.view(n, t, v, c_out).permute(0, 3, 1, 2))
-        if self.with_res:  # in place: BatchNorm's backward does not need its output
-            y = y.add_(x if self.down is None else self.down(x))
+        y = y.view(n, t, v, c_out).permute(0, 3, 1, 2)
+        res = (x if self.down is None else self.down(x)) if self.with_res else None
+        if bn_act.wanted(y, self.bn.training):
+            return bn_act.batch_norm_act([y], [self.bn], residual=res)[0]
+        y = self.bn(y)
+        if res is not None:  # in place: BatchNorm's backward does not need its output
+            y = y.add_(res)
         return self.act(y)
 
 
@@ -187,6 +169,10 @@ class UnitTCN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.bn(self.conv(x))
+
+    def before_norm(self, x: torch.Tensor) -> torch.Tensor:
+        """forward up to its BatchNorm `bn` (STGCNBlock fuses that with the residual and ReLU)."""
+        return self.conv(x)
 
 
 class MSTCN(nn.Module):
@@ -220,6 +206,10 @@ class MSTCN(nn.Module):
         self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.bn(self.before_norm(x)))
+
+    def before_norm(self, x: torch.Tensor) -> torch.Tensor:
+        """forward up to its last BatchNorm `bn` (STGCNBlock fuses that with the residual and ReLU)."""
         # mmaction2 runs each branch on x and concatenates. Here the branches that start with 1x1 conv -> BN ->
         # ReLU run the conv and the BN as one conv and one BatchNorm over all their channels: BN statistics are
         # per channel, so one BN over the concatenated channels is the branches' BNs (weights, batch statistics,
@@ -228,43 +218,36 @@ class MSTCN(nn.Module):
         # took ~3x as long per element at 1 thread and ~10x at 2. The plain 1x1 branch (no BN) is its own conv
         # with its stride, so its strided rows are never computed and then dropped.
         #
-        # In multi-threaded CPU training the heads are padded with zero-weight channels to a multiple of 16 (107
-        # -> 112, 54 -> 64). With 2 threads PyTorch's channels-last BatchNorm is much slower when C is not a
-        # multiple of 16 floats (one 64-byte cache line), which looks like false sharing between the threads'
-        # per-channel sums: BN forward + backward over (64, 107, 100, 17) took 27 ms against 17 ms for 112
-        # channels, and over (64, 54, 100, 17) 19 ms against 8 ms for 64, slower than at 1 thread. The padding
-        # channels are zero and dropped after the BN: each real channel's statistics, output and gradients
-        # are the same as without them.
+        # In CPU training (bn_act.wanted) the BN-ReLUs are fused kernels: the heads' one writes each branch's part
+        # as its own compact tensor, and the transform's reads the branch outputs without concatenating them.
         outs: list[torch.Tensor | None] = [None] * len(self.branches)
         heads = [i for i, b in enumerate(self.branches) if not isinstance(b, nn.Conv2d)]
+        fused = bn_act.wanted(x, self.training)
         if heads:
             convs, bns = [self.branches[i][0] for i in heads], [self.branches[i][1] for i in heads]
             sizes = [c.out_channels for c in convs]
-            weights, biases = [c.weight for c in convs], [c.bias for c in convs]
-            threaded_cpu_training = self.training and x.is_cpu and torch.get_num_threads() > 1
-            pad = (-sum(sizes)) % CACHE_LINE_FLOATS if threaded_cpu_training else 0
-            if pad:
-                weights.append(weights[0].new_zeros(pad, *weights[0].shape[1:]))
-                biases.append(biases[0].new_zeros(pad))
-            y = F.conv2d(x, torch.cat(weights), torch.cat(biases))
-            y = _concat_batch_norm(bns, y, pad)
-            # x and y are channels_last, so a branch's channel slice is a strided view that its temporal conv or
-            # max-pool would copy: it is compacted once, keeping channels_last. The ReLU runs in place on that
-            # copy, which the conv / max-pool keeps for backward anyway, so the whole BN output is not kept for
-            # ReLU's backward (one activation less per block).
-            parts = (CompactChannels.apply(y, sizes) if pad else
-                     [part.contiguous(memory_format=torch.channels_last) for part in y.split(sizes, dim=1)])
+            y = F.conv2d(x, torch.cat([c.weight for c in convs]), torch.cat([c.bias for c in convs]))
+            if fused:
+                parts = bn_act.batch_norm_act([y], bns, sizes)
+            else:
+                # x and y are channels_last, so a branch's channel slice is a strided view that its temporal conv
+                # or max-pool would copy: it is compacted once. The ReLU runs in place on that copy, which the conv
+                # / max-pool keeps for backward anyway (one activation less per block).
+                parts = [F.relu_(part.contiguous(memory_format=torch.channels_last))
+                         for part in _concat_batch_norm(bns, y).split(sizes, dim=1)]
             for i, part in zip(heads, parts):
-                outs[i] = self.branches[i][3](F.relu_(part))
+                outs[i] = self.branches[i][3](part)
         for i, b in enumerate(self.branches):
             if isinstance(b, nn.Conv2d):
                 outs[i] = b(x)
-        return self.drop(self.bn(self.transform(torch.cat(outs, dim=1))))
+        bn, _, conv = self.transform
+        if fused:
+            return conv(bn_act.batch_norm_act(outs, [bn])[0])
+        return self.transform(torch.cat(outs, dim=1))
 
 
-def _concat_batch_norm(bns: list[nn.BatchNorm2d], y: torch.Tensor, pad: int = 0) -> torch.Tensor:
-    """BatchNorm2d `bns` applied to their consecutive channel blocks of y, as one batch_norm call; y's last
-    `pad` channels (after all of the blocks) get an identity BN whose statistics are dropped.
+def _concat_batch_norm(bns: list[nn.BatchNorm2d], y: torch.Tensor) -> torch.Tensor:
+    """BatchNorm2d `bns` applied to their consecutive channel blocks of y, as one batch_norm call.
 
     Same as each module's forward on its block: the running statistics are updated in a concatenated copy
     and written back, and num_batches_tracked counts up, as nn.BatchNorm2d does in training.
@@ -274,16 +257,14 @@ def _concat_batch_norm(bns: list[nn.BatchNorm2d], y: torch.Tensor, pad: int = 0)
         b.eps == first.eps and b.momentum == first.momentum and b.training == first.training and b.track_running_stats
         for b in bns), "branch BatchNorms must share eps, a momentum and the mode"
     update = first.training
-    ones, zeros = y.new_ones(pad), y.new_zeros(pad)
-    mean = torch.cat([b.running_mean for b in bns] + [zeros])
-    var = torch.cat([b.running_var for b in bns] + [ones])
-    out = F.batch_norm(y, mean, var, torch.cat([b.weight for b in bns] + [ones]),
-                       torch.cat([b.bias for b in bns] + [zeros]), training=update, momentum=first.momentum,
-                       eps=first.eps)
+    mean = torch.cat([b.running_mean for b in bns])
+    var = torch.cat([b.running_var for b in bns])
+    out = F.batch_norm(y, mean, var, torch.cat([b.weight for b in bns]), torch.cat([b.bias for b in bns]),
+                       training=update, momentum=first.momentum, eps=first.eps)
     if update:
         with torch.no_grad():
             sizes = [b.num_features for b in bns]
-            for b, m, v in zip(bns, mean.split(sizes + [pad]), var.split(sizes + [pad])):
+            for b, m, v in zip(bns, mean.split(sizes), var.split(sizes)):
                 b.running_mean.copy_(m)
                 b.running_var.copy_(v)
                 b.num_batches_tracked.add_(1)

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from . import bn_act
 from .gcn_blocks import MSTCN, UnitGCN, UnitTCN
 from .graph import Graph
 
@@ -39,11 +40,14 @@ class STGCNBlock(nn.Module):
             self.residual = UnitTCN(in_channels, out_channels, kernel_size=1, stride=stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.tcn(self.gcn(x))  # a BatchNorm (or dropout) output: adding in place is safe for autograd
-        if self.residual_mode == "identity":
-            y = y.add_(x)
-        elif self.residual_mode == "conv":
-            y = y.add_(self.residual(x))
+        h = self.gcn(x)
+        res = x if self.residual_mode == "identity" else self.residual(x) if self.residual_mode == "conv" else None
+        if bn_act.wanted(h, self.training) and isinstance(getattr(self.tcn, "drop", None), (nn.Identity, type(None))):
+            # the temporal unit's last BatchNorm, the residual add and the ReLU as one fused pass (see bn_act)
+            return bn_act.batch_norm_act([self.tcn.before_norm(h)], [self.tcn.bn], residual=res)[0]
+        y = self.tcn(h)  # a BatchNorm (or dropout) output: adding in place is safe for autograd
+        if res is not None:
+            y = y.add_(res)
         return self.relu(y)
 
 

@@ -1,0 +1,145 @@
+"""Fused training-mode BatchNorm (+ residual) (+ ReLU) for CPU training: `batch_norm_act`.
+
+The kernels (bn_act_kernels.cpp) are compiled with torch.utils.cpp_extension the first time a process on this
+machine needs them (about a minute; `make venv` and the cluster image build them ahead) and cached in
+torch's extension directory (TORCH_EXTENSIONS_DIR). Where they cannot be built (no compiler), or with
+RECOGNIZER_FUSED_BN=0, `wanted` is False and the blocks run the same computation as eager PyTorch ops.
+
+Same function as nn.BatchNorm2d in training mode followed by `+ residual` and ReLU (batch statistics with the
+biased variance, running statistics updated with the unbiased one); the sums are accumulated in double, so values
+differ from PyTorch's by float rounding only.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+from pathlib import Path
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+SOURCE = Path(__file__).with_name("bn_act_kernels.cpp")
+# -fopenmp: at::parallel_for is inline OpenMP code (torch's CPU build), serial without it; at run time libgomp.so.1
+# resolves to the one torch has loaded. -fno-trapping-math: lets GCC vectorise the ReLU masks (selects).
+FLAGS = ["-O3", "-fopenmp", "-fno-trapping-math"]
+ENV_SWITCH = "RECOGNIZER_FUSED_BN"  # "0": never use the fused kernels (A/B benches, debugging)
+_state: dict[str, object] = {}
+_lock = threading.Lock()
+
+
+def load() -> bool:
+    """Build (first time on this machine) and load the kernels; False, with the reason logged once, where not."""
+    with _lock:
+        if "ok" not in _state:
+            try:
+                _build_and_load()
+                _state["ok"], _state["error"] = True, None
+            except Exception as e:  # no compiler or ninja, a read-only cache: fall back, say so once
+                _state["ok"], _state["error"] = False, f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300]}"
+                log.warning("fused BatchNorm kernels unavailable (%s): CPU training runs eager PyTorch ops (slower)",
+                            _state["error"])
+    return bool(_state["ok"])
+
+
+def _build_and_load() -> None:
+    from torch.utils.cpp_extension import get_default_build_root
+    from torch.utils.cpp_extension import load as build_extension
+
+    # Built from a copy at a path fixed by the source's content: torch rebuilds whenever the source path changes,
+    # and a Ray job's working_dir lands at a new path per job. The name carries the hash too, so two versions of
+    # the code on one machine do not share a build directory.
+    text = SOURCE.read_bytes()
+    digest = hashlib.sha256(text + " ".join(FLAGS).encode()).hexdigest()[:12]
+    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())
+    source = root / "recognizer_sources" / f"bn_act_kernels_{digest}.cpp"
+    if not source.exists():
+        source.parent.mkdir(parents=True, exist_ok=True)
+        tmp = source.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_bytes(text)
+        os.replace(tmp, source)
+    build_extension(name=f"recognizer_bn_act_{digest}", sources=[str(source)], extra_cflags=FLAGS,
+                    extra_ldflags=["-fopenmp"], is_python_module=False, verbose=False)
+
+
+def load_error() -> str | None:
+    return _state.get("error")  # type: ignore[return-value]
+
+
+def wanted(x: torch.Tensor, training: bool) -> bool:
+    """Whether the fused path serves this call: CPU training in float32/64 without autocast (on a GPU cuDNN's
+    BatchNorm is used; in eval mode BatchNorm folds into an affine map)."""
+    return (training and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+            and not torch.is_autocast_enabled("cpu") and os.environ.get(ENV_SWITCH, "1") != "0" and load())
+
+
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    """(n, c, h, w) -> its (n*h*w, c) row matrix: a view of a channels_last tensor (a copy otherwise)."""
+    n, c, h, w = t.shape
+    return t.permute(0, 2, 3, 1).reshape(n * h * w, c).contiguous()
+
+
+class _BatchNormAct(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, mean, invstd, weight, bias, residual, relu: bool, out_sizes: list[int], *xs):
+        scale64 = weight.detach().double() * invstd
+        scale = scale64.to(xs[0].dtype)
+        shift = (bias.detach().double() - mean * scale64).to(xs[0].dtype)
+        outs = torch.ops.recognizer.bn_apply(list(xs), scale, shift, residual, relu, out_sizes)
+        ctx.keep_y = relu and residual is not None  # the ReLU mask of `bn + residual` needs the output
+        ctx.relu, ctx.out_sizes = relu, list(out_sizes)
+        ctx.res_grad = residual is not None and ctx.needs_input_grad[4]
+        ctx.save_for_backward(weight, mean, invstd, scale, shift, *(outs[:1] if ctx.keep_y else []), *xs)
+        return tuple(outs)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        weight, mean, invstd, scale, shift, *rest = ctx.saved_tensors
+        y = rest[0] if ctx.keep_y else None
+        xs = rest[1:] if ctx.keep_y else rest
+        rows = xs[0].shape[0]
+        grads = [xs[0].new_zeros(rows, s) if g is None else g.contiguous() for g, s in zip(grads, ctx.out_sizes)]
+        dxs, dweight, dbias, dres = torch.ops.recognizer.bn_backward(
+            grads, list(xs), y, mean, invstd, weight, scale, shift, ctx.relu, ctx.res_grad)
+        return (None, None, dweight, dbias, dres if ctx.res_grad else None, None, None, *dxs)
+
+
+def batch_norm_act(xs: list[torch.Tensor], bns: list[nn.BatchNorm2d], out_sizes: list[int] | None = None,
+                   residual: torch.Tensor | None = None, relu: bool = True) -> list[torch.Tensor]:
+    """ReLU(BN(cat(xs)) (+ residual)) in training mode, returned as channel blocks of out_sizes (default: one).
+
+    xs: (n, c_i, t, v) tensors whose channel concatenation the BatchNorms `bns` normalise (in order, their channels
+    concatenated); the outputs are channels_last (n, o_j, t, v) tensors. Neither the input concatenation nor the
+    output split is materialised. The modules' running statistics are updated as nn.BatchNorm2d does.
+    """
+    n, _, h, w = xs[0].shape
+    rows = [_rows(x) for x in xs]
+    channels = sum(r.shape[1] for r in rows)
+    sizes = [b.num_features for b in bns]
+    assert sum(sizes) == channels and all(b.eps == bns[0].eps for b in bns), "BatchNorms must cover the channels"
+    out_sizes = list(out_sizes or [channels])
+    assert residual is None or len(out_sizes) == 1, "a residual goes with one output block"
+    mean, var = torch.ops.recognizer.bn_stats(rows)
+    invstd = (var + bns[0].eps).rsqrt()
+    _update_running_stats(bns, mean, var, n * h * w)
+    weight = torch.cat([b.weight for b in bns]) if len(bns) > 1 else bns[0].weight
+    bias = torch.cat([b.bias for b in bns]) if len(bns) > 1 else bns[0].bias
+    res_rows = None if residual is None else _rows(residual)
+    outs = _BatchNormAct.apply(mean, invstd, weight, bias, res_rows, relu, out_sizes, *rows)
+    return [o.view(n, h, w, o.shape[1]).permute(0, 3, 1, 2) for o in outs]
+
+
+def _update_running_stats(bns: list[nn.BatchNorm2d], mean: torch.Tensor, var: torch.Tensor, count: int) -> None:
+    with torch.no_grad():
+        unbiased = var * (count / max(count - 1, 1))
+        offset = 0
+        for b in bns:
+            c = b.num_features
+            if b.track_running_stats and b.running_mean is not None:
+                b.num_batches_tracked.add_(1)
+                f = b.momentum if b.momentum is not None else 1.0 / float(b.num_batches_tracked)
+                b.running_mean.mul_(1 - f).add_(mean[offset:offset + c].to(b.running_mean.dtype), alpha=f)
+                b.running_var.mul_(1 - f).add_(unbiased[offset:offset + c].to(b.running_var.dtype), alpha=f)
+            offset += c
