@@ -161,7 +161,9 @@ def test_dockerfile_matches_the_project():
     ignore = (CLUSTER / "docker" / "Dockerfile.dockerignore").read_text()
     assert "**" in ignore.splitlines()  # only what the image needs enters the build context (no .venv, data)
     # the package whose library scaling.cpu_malloc=tcmalloc finds on the nodes
-    assert "apt-get install -y --no-install-recommends libtcmalloc-minimal4" in text
+    assert "apt-get install -y --no-install-recommends libtcmalloc-minimal4 g++" in text
+    # the fused BatchNorm kernels of CPU training are built (and must build) in the image, not in a first job
+    assert "from recognizer_core.models import bn_act; assert bn_act.load()" in text
     assert "libtcmalloc_minimal.so.4" in TCMALLOC_NAMES
 
 
