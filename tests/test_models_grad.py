@@ -211,3 +211,23 @@ def test_aggregate_linear_chunks_equal_plain_autograd(monkeypatch):
     torch.testing.assert_close(ours, plain, rtol=1e-12, atol=1e-12)
     for g, ref in zip(grads, want):
         torch.testing.assert_close(g, ref, rtol=1e-12, atol=1e-12)
+
+
+def test_fused_batch_norm_falls_back_to_eager_where_it_cannot_build(monkeypatch, caplog):
+    # No compiler (here: the build raising as torch's does without one): one warning naming the cause, CPU training
+    # takes the eager path, and the model still trains.
+    def no_compiler():
+        raise RuntimeError("Error building extension 'recognizer_bn_act': c++: command not found")
+
+    monkeypatch.setattr(bn_act, "_state", {})
+    monkeypatch.setattr(bn_act, "_build_and_load", no_compiler)
+    x = torch.randn(2, 4, 6, 5).contiguous(memory_format=torch.channels_last)
+    with caplog.at_level("WARNING", logger=bn_act.__name__):
+        assert not bn_act.wanted(x, training=True)
+        assert not bn_act.wanted(x, training=True)  # decided once, said once
+    assert [r.getMessage() for r in caplog.records] == [
+        "fused BatchNorm kernels unavailable (RuntimeError: Error building extension 'recognizer_bn_act': c++: "
+        "command not found): CPU training runs eager PyTorch ops (slower)"]
+    model = build_recognizer(ModelConfig(num_classes=2, num_stages=2, base_channels=8, dropout=0.0)).train()
+    F.cross_entropy(model(torch.randn(2, 1, 8, 17, 3)), torch.tensor([0, 1])).backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from recognizer_core.config import load_config
+from recognizer_core.models import bn_act
 from recognizer_core.models.checkpoint import load_mmaction_checkpoint
 from recognizer_core.models.recognizer import build_recognizer
 from recognizer_core.train.stgcn.config import TrainJobConfig
@@ -153,6 +154,8 @@ def test_stopped_run_then_killed_worker_resume_exactly(fight_reference, ray_loca
     summary = json.loads((run / "summary.json").read_text())
     assert [h["epoch"] for h in summary["history"]] == [1, 2, 3, 4]  # epoch 3 redone twice, not duplicated
     assert ("tcmalloc" in summary["malloc"]) == (malloc == "tcmalloc"), summary["malloc"]
+    # the workers ran the fused BatchNorm kernels that `make venv` built (or say why not, as this process would)
+    assert summary["batch_norm"] == bn_act.describe(torch.device("cpu")), summary["batch_norm"]
     ref, got = _final_state(fight_reference[0]), _final_state(run)
     _assert_same_weights(ref["model"], got["model"])
     assert ref["scheduler"] == got["scheduler"]

@@ -75,6 +75,15 @@ def wanted(x: torch.Tensor, training: bool) -> bool:
             and not torch.is_autocast_enabled("cpu") and os.environ.get(ENV_SWITCH, "1") != "0" and load())
 
 
+def describe(device: torch.device) -> str:
+    """What a training step on `device` runs its BatchNorm-ReLUs with, for start-up lines and summaries."""
+    if device.type != "cpu":
+        return "eager (cuDNN)" if device.type == "cuda" else "eager"
+    if os.environ.get(ENV_SWITCH, "1") == "0":
+        return f"eager ({ENV_SWITCH}=0)"
+    return "fused" if load() else f"eager (fused kernels unavailable: {load_error()})"
+
+
 def _rows(t: torch.Tensor) -> torch.Tensor:
     """(n, c, h, w) -> its (n*h*w, c) row matrix: a view of a channels_last tensor (a copy otherwise)."""
     n, c, h, w = t.shape

@@ -31,6 +31,7 @@ from recognizer_core.train.amp import AmpPlan, amp_plan
 from recognizer_core.train.collectives import all_reduce, all_reduce_max, distributed
 from recognizer_core.train.stgcn.config import TrainJobConfig
 from recognizer_core.train.context import WorkerContext
+from recognizer_core.models import bn_act
 from recognizer_core.train.cpu_malloc import malloc_in_use
 from recognizer_core.train.epochs import should_validate
 from recognizer_core.train.experiment_log import ExperimentLogger, console
@@ -164,7 +165,8 @@ def train_loop(cfg: TrainJobConfig, dataset_path: str, run_uri: str, ctx: Worker
         summary = {"epochs_run": state.epoch, "stopped_early": stopped_early,
                    "best": {k: v for k, v in state.best.items() if k != "confusion_matrix"},
                    "history": state.history, "label_names": data.names, "world_size": ctx.world_size,
-                   "malloc": malloc_in_use()}  # rank 0's allocator (scaling.cpu_malloc), next to its samples/s
+                   # rank 0's allocator (scaling.cpu_malloc) and BatchNorm path (models/bn_act.py), next to its samples/s
+                   "malloc": malloc_in_use(), "batch_norm": bn_act.describe(ctx.device)}
         if ctx.rank == 0:
             _write_summary(files, summary, state.best, data.names, logger, state.global_step)
     finally:
@@ -269,7 +271,8 @@ def _checkpoint(tr: Trainer, cfg: TrainJobConfig, ctx: WorkerContext, state: Run
 def _announce(cfg, ctx, data: Data, tr: Trainer, state: RunState, files: RunFiles) -> None:
     n_train, n_skip, n_val = data.counts
     console(f"[recognizer] {ctx.world_size} worker(s) on {ctx.device.type} ({torch.get_num_threads()} torch threads "
-            f"each, malloc {malloc_in_use()}); train {n_train} clips ({data.num_batches} batches of {cfg.train.batch_size} per worker), val "
+            f"each, malloc {malloc_in_use()}, BatchNorm {bn_act.describe(ctx.device)}); train {n_train} clips "
+            f"({data.num_batches} batches of {cfg.train.batch_size} per worker), val "
             f"{n_val} clips; lr {tr.lr:.3g}{f' (auto-scaled from {cfg.optim.lr:g})' if cfg.optim.auto_scale_lr else ''}"
             f"; skipped all-zero training clips: {n_skip}")
     if state.epoch:
