@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from recognizer_core.models import bn_act
 from tests.ray_heads import free_port, stop_head
 
 REPO = Path(__file__).resolve().parents[1]
@@ -82,6 +83,8 @@ def test_training_job_submitted_to_a_local_head(tmp_path):
         "RAY_API_SERVER_ADDRESS": url,
         # The job's ~ (where results go when the job runs from the uploaded package): this test's folder.
         "HOME": str(tmp_path / "home"),
+        # ... but the fused BatchNorm kernels `make venv` built (part of the installation, as in the cluster image)
+        "TORCH_EXTENSIONS_DIR": str(bn_act.build_root()),
     })
     env.pop("RECOGNIZER_STORAGE", None)
     env.pop("RECOGNIZER_TUNE_STORAGE", None)

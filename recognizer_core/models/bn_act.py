@@ -44,8 +44,14 @@ def load() -> bool:
     return bool(_state["ok"])
 
 
-def _build_and_load() -> None:
+def build_root() -> Path:
+    """Where torch builds and caches extensions: TORCH_EXTENSIONS_DIR, else ~/.cache/torch_extensions."""
     from torch.utils.cpp_extension import get_default_build_root
+
+    return Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())
+
+
+def _build_and_load() -> None:
     from torch.utils.cpp_extension import load as build_extension
 
     # Built from a copy at a path fixed by the source's content: torch rebuilds whenever the source path changes,
@@ -53,8 +59,7 @@ def _build_and_load() -> None:
     # the code on one machine do not share a build directory.
     text = SOURCE.read_bytes()
     digest = hashlib.sha256(text + " ".join(FLAGS).encode()).hexdigest()[:12]
-    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())
-    source = root / "recognizer_sources" / f"bn_act_kernels_{digest}.cpp"
+    source = build_root() / "recognizer_sources" / f"bn_act_kernels_{digest}.cpp"
     if not source.exists():
         source.parent.mkdir(parents=True, exist_ok=True)
         tmp = source.with_suffix(f".{os.getpid()}.tmp")
