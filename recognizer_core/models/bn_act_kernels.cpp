@@ -1,8 +1,8 @@
 // Fused training-mode BatchNorm (+ residual) (+ ReLU) over channels-last activations, for CPU training.
 // Loaded by bn_act.py (torch.utils.cpp_extension, compiled once per machine); the ops are torch.ops.recognizer.*.
 //
-// Why: on a CPU the STGCN++ step spends about a fifth of its time in memory-bound BatchNorm / ReLU / residual-add
-// passes and the copies around the mstcn branches. Eager PyTorch runs each as its own pass over a tensor larger
+// Why: on a CPU the eager STGCN++ step spends about a third of its time in memory-bound BatchNorm / ReLU /
+// residual-add passes and the copies around the mstcn branches. Eager PyTorch runs each as its own pass over a tensor larger
 // than the caches. Here one forward is two passes (statistics; normalise + add + ReLU) and one backward two passes
 // (masked sums; input gradient), and the activations may arrive and leave as several channel blocks (the mstcn
 // branches), so no concatenation or split is ever materialised.
