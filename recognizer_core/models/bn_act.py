@@ -1,7 +1,7 @@
 """Fused training-mode BatchNorm (+ residual) (+ ReLU) for CPU training: `batch_norm_act`.
 
 The kernels (bn_act_kernels.cpp) are compiled with torch.utils.cpp_extension the first time a process on this
-machine needs them (about a minute; `make venv` and the cluster image build them ahead) and cached in
+machine needs them (about 30 s; `make venv` and the cluster image build them ahead) and cached in
 torch's extension directory (TORCH_EXTENSIONS_DIR). Where they cannot be built (no compiler), or with
 RECOGNIZER_FUSED_BN=0, `wanted` is False and the blocks run the same computation as eager PyTorch ops.
 

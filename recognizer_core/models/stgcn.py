@@ -42,7 +42,7 @@ class STGCNBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.gcn(x)
         res = x if self.residual_mode == "identity" else self.residual(x) if self.residual_mode == "conv" else None
-        if bn_act.wanted(h, self.training) and isinstance(getattr(self.tcn, "drop", None), (nn.Identity, type(None))):
+        if bn_act.wanted(h, self.training) and not isinstance(getattr(self.tcn, "drop", None), nn.Dropout):
             # the temporal unit's last BatchNorm, the residual add and the ReLU as one fused pass (see bn_act)
             return bn_act.batch_norm_act([self.tcn.before_norm(h)], [self.tcn.bn], residual=res)[0]
         y = self.tcn(h)  # a BatchNorm (or dropout) output: adding in place is safe for autograd
