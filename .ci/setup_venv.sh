@@ -78,6 +78,7 @@ fi
 # The fused BatchNorm kernels of CPU training (recognizer_core/models/bn_act.py): compiled once per machine (about
 # 30 s) here rather than in the first training step; without a C++ compiler CPU training runs eager ops (slower).
 step "building the fused BatchNorm kernels for CPU training (once per machine)"
-"$BIN/python" -c "from recognizer_core.models import bn_act; raise SystemExit(not bn_act.load())" 2>/dev/null \
-    || step "could not build them (a C++ compiler is needed): CPU training runs eager PyTorch ops (slower)"
+# Silent when they build; otherwise bn_act's one warning line gives the reason (no compiler, no ninja, ...).
+"$BIN/python" -c "from recognizer_core.models import bn_act; raise SystemExit(not bn_act.load())" \
+    || step "could not build them (the reason is above): CPU training runs eager PyTorch ops (slower)"
 step "done in $((SECONDS - start)) s"
