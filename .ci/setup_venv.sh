@@ -75,10 +75,11 @@ if ! "$BIN/python" -c "from recognizer_core.train.cpu_malloc import find_tcmallo
              "libtcmalloc-minimal4 (Debian/Ubuntu) or gperftools (conda), see docs/training.md"
     fi
 fi
-# The fused BatchNorm kernels of CPU training (recognizer_core/models/bn_act.py): compiled once per machine (about
-# 30 s) here rather than in the first training step; without a C++ compiler CPU training runs eager ops (slower).
-step "building the fused BatchNorm kernels for CPU training (once per machine)"
-# Silent when they build; otherwise bn_act's one warning line gives the reason (no compiler, no ninja, ...).
-"$BIN/python" -c "from recognizer_core.models import bn_act; raise SystemExit(not bn_act.load())" \
+# The CPU training kernels (recognizer_core/models/cpu_kernels.py: fused BatchNorm, the GCN aggregation): compiled
+# once per machine (about 30 s) here rather than in the first training step; without a C++ compiler CPU training
+# runs eager ops (slower).
+step "building the CPU training kernels (once per machine)"
+# Silent when they build; otherwise cpu_kernels' one warning line gives the reason (no compiler, no ninja, ...).
+"$BIN/python" -c "from recognizer_core.models import cpu_kernels; raise SystemExit(not cpu_kernels.load())" \
     || step "could not build them (the reason is above): CPU training runs eager PyTorch ops (slower)"
 step "done in $((SECONDS - start)) s"

@@ -7,13 +7,14 @@ step's alone and not a previous, larger batch's high-water mark:
 
 - `ours`: `build_recognizer(ModelConfig(...))` as imported from this tree;
 - `ours_with_cp`: the same with `with_cp=True` (gradient checkpointing per block);
-- `ours_eager_bn`: `ours` with eager BatchNorm / ReLU ops instead of the fused CPU kernels (models/bn_act.py);
+- `ours_eager_ops`: `ours` with eager PyTorch ops instead of our CPU kernels (models/cpu_kernels.py; before
+  2026-12-03 `ours_eager_bn`, the BatchNorm kernels only);
 - `mmaction2`: mmaction2's `STGCN` + `GCNHead` (as bench/mmaction_worker.py builds them), in the side venv.
 
 Each process reports its RSS after the model, optimizer and batch exist but before the first step
 (`rss_before_mb`, what imports + weights + input take), the peak RSS after --steps steps (`peak_rss_mb`),
 their difference (`step_peak_extra_mb`: activations, gradients and optimizer state) and the median step time.
-Repeats alternate the variants (ours, ours_with_cp, ours_eager_bn, mmaction2, ours, ...); reported are the median and
+Repeats alternate the variants (ours, ours_with_cp, ours_eager_ops, mmaction2, ours, ...); reported are the median and
 min-max over the repeats. Prints ONE JSON line; `--out` also appends it to a .jsonl file.
 
 `--allocator` sets every process's malloc as in bench_train_step.py (`tcmalloc`: what scaling.cpu_malloc=auto
@@ -39,8 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # also in the mmac
 from bench.common import ALLOCATORS, runs_tcmalloc  # noqa: E402
 
 M, T, V, C = 4, 100, 17, 3
-# ours_eager_bn: ours with eager BatchNorm / ReLU ops instead of the fused CPU kernels (models/bn_act.py)
-VARIANTS = ("ours", "ours_with_cp", "ours_eager_bn", "mmaction2")
+# ours_eager_ops: ours with eager PyTorch ops instead of our CPU kernels (models/cpu_kernels.py)
+VARIANTS = ("ours", "ours_with_cp", "ours_eager_ops", "mmaction2")
 
 
 def _rss_mb() -> float:
@@ -115,7 +116,7 @@ def run_child(py: str, variant: str, batch: int, steps: int, threads: int) -> di
     cmd = [py, __file__, "--child", variant, "--batches", str(batch), "--steps", str(steps),
            "--threads", str(threads)]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONWARNINGS="ignore")  # with the allocator's settings
-    env["RECOGNIZER_FUSED_BN"] = "0" if variant == "ours_eager_bn" else "1"  # bn_act.ENV_SWITCH
+    env["RECOGNIZER_CPU_KERNELS"] = "0" if variant == "ours_eager_ops" else "1"  # cpu_kernels.ENV_SWITCH
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
     for line in proc.stdout.splitlines():
         if line.startswith("@@RESULT "):

@@ -8,10 +8,11 @@ same torch thread count. For every (batch, threads) setting the two alternate re
 mmaction2 seconds / our seconds for that pair. Reported per setting: the median ratio and its min-max over
 the repeats, by wall clock and by process CPU time (CPU time moves much less with other jobs' load).
 
-Optional variants of our step, timed in the same alternation: `--eager-bn` (eager BatchNorm / ReLU / add ops
-instead of the fused CPU kernels of recognizer_core/models/bn_act.py), `--bf16` (torch.autocast bfloat16, only
+Optional variants of our step, timed in the same alternation: `--eager-ops` (eager PyTorch ops instead of our
+compiled CPU kernels, recognizer_core/models/cpu_kernels.py: the fused BatchNorm / add / ReLU and the GCN
+aggregation; before 2026-12-03 `--eager-bn`, the BatchNorm kernels only), `--bf16` (torch.autocast bfloat16, only
 where the CPU has native bf16) and `--compile` (torch.compile, inductor; the compile time is reported). The JSON
-line says whether the fused kernels were in use (`fused_bn`).
+line says whether the kernels were in use (`cpu_kernels`; `fused_bn` before).
 
 Each setting also reports both sides' minor page faults per step. `--allocator` picks the malloc of both sides
 (ours and mmaction2's worker): `glibc` (the default settings), `glibc-keep-freed` (glibc told to keep freed
@@ -22,7 +23,7 @@ ratio of the code alone. With glibc's defaults the side that allocates more also
 Prints ONE JSON line with a `settings` list.
 
     .venv/bin/python bench/bench_train_step.py [--batches 16,64] [--threads 1,2] [--repeats 5] [--steps 2]
-        [--eager-bn] [--bf16] [--compile] [--allocator glibc|glibc-keep-freed|tcmalloc] [--out bench/results/train_step.jsonl]
+        [--eager-ops] [--bf16] [--compile] [--allocator glibc|glibc-keep-freed|tcmalloc] [--out bench/results/train_step.jsonl]
 """
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import (ALLOCATORS, MMWorker, machine, median, minor_faults, now, ratio_stats,  # noqa: E402
                           runs_tcmalloc, save_result, use_allocator)
-from recognizer_core.models import bn_act  # noqa: E402
+from recognizer_core.models import cpu_kernels  # noqa: E402
 from recognizer_core.models.recognizer import ModelConfig, build_recognizer  # noqa: E402
 
 M, T, V, C = 4, 100, 17, 3
@@ -61,16 +62,16 @@ class OurStep:
     """Our model + optimizer on one batch; `run(k)` times k training steps (wall and CPU seconds)."""
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, bf16: bool = False, compile: bool = False,
-                 eager_bn: bool = False) -> None:
+                 eager_ops: bool = False) -> None:
         torch.manual_seed(0)
-        self.eager_bn = eager_bn
+        self.eager_ops = eager_ops
         self.model = build_recognizer(ModelConfig(**MODEL_CFG)).train()
         self.opt = torch.optim.SGD(self.model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
         self.net = torch.compile(self.model) if compile else self.model
         self.x, self.y, self.bf16 = x, y, bf16
 
     def run(self, k: int) -> tuple[float, float]:
-        os.environ[bn_act.ENV_SWITCH] = "0" if self.eager_bn else "1"  # read at every forward
+        os.environ[cpu_kernels.ENV_SWITCH] = "0" if self.eager_ops else "1"  # read at every forward
         t0, c0 = time.perf_counter(), time.process_time()
         for _ in range(k):
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
@@ -89,8 +90,8 @@ def bench_setting(worker: MMWorker | None, tmp: Path, batch: int, threads: int, 
     x[1, -1] = 0  # one padded person, as the pipeline produces
     y = torch.randint(0, 2, (batch,), generator=gen)
     variants = {"ours": OurStep(x, y)}
-    if args.eager_bn:
-        variants["ours_eager_bn"] = OurStep(x, y, eager_bn=True)
+    if args.eager_ops:
+        variants["ours_eager_ops"] = OurStep(x, y, eager_ops=True)
     if args.bf16:
         variants["ours_bf16_autocast"] = OurStep(x, y, bf16=True)
     compile_s = None
@@ -152,8 +153,8 @@ def main() -> None:
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--repeats", type=int, default=5, help="alternated repeats per setting (>= 5 for a ratio)")
     ap.add_argument("--steps", type=int, default=2, help="training steps per timed repeat")
-    ap.add_argument("--eager-bn", action="store_true",
-                    help="also our step with eager BatchNorm/ReLU ops instead of the fused kernels (bn_act)")
+    ap.add_argument("--eager-ops", action="store_true",
+                    help="also our step with eager PyTorch ops instead of our CPU kernels (models/cpu_kernels.py)")
     ap.add_argument("--bf16", action="store_true", help="also our step under bf16 autocast (native-bf16 CPUs)")
     ap.add_argument("--compile", action="store_true", help="also our step under torch.compile (inductor)")
     ap.add_argument("--allocator", choices=ALLOCATORS, default="glibc",
@@ -171,7 +172,7 @@ def main() -> None:
               "model": "fight preset: 4 stages, base 64, inflate/down [2], 2 classes",
               "num_parameters": sum(p.numel() for p in build_recognizer(ModelConfig(**MODEL_CFG)).parameters()),
               "repeats": args.repeats, "steps_per_repeat": args.steps,
-              "allocator": allocator, "fused_bn": bn_act.load(),
+              "allocator": allocator, "cpu_kernels": cpu_kernels.load(),
               "loadavg_1_5_15_start": [round(x, 2) for x in os.getloadavg()], "settings": []}
     ok, why = MMWorker.available()
     worker = MMWorker() if ok else None

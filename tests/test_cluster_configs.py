@@ -162,8 +162,9 @@ def test_dockerfile_matches_the_project():
     assert "**" in ignore.splitlines()  # only what the image needs enters the build context (no .venv, data)
     # the package whose library scaling.cpu_malloc=tcmalloc finds on the nodes
     assert "apt-get install -y --no-install-recommends libtcmalloc-minimal4 g++" in text
-    # the fused BatchNorm kernels of CPU training are built (and must build) in the image, not in a first job
-    assert "from recognizer_core.models import bn_act; assert bn_act.load()" in text
+    # the CPU training kernels (fused BatchNorm, GCN aggregation) are built (and must build) in the image, not in a
+    # first job
+    assert "from recognizer_core.models import cpu_kernels; assert cpu_kernels.load()" in text
     assert "libtcmalloc_minimal.so.4" in TCMALLOC_NAMES
 
 

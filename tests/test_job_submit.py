@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from recognizer_core.models import bn_act
+from recognizer_core.models import cpu_kernels
 from tests.ray_heads import free_port, stop_head
 
 REPO = Path(__file__).resolve().parents[1]
@@ -84,7 +84,7 @@ def test_training_job_submitted_to_a_local_head(tmp_path):
         # The job's ~ (where results go when the job runs from the uploaded package): this test's folder.
         "HOME": str(tmp_path / "home"),
         # ... but the fused BatchNorm kernels `make venv` built (part of the installation, as in the cluster image)
-        "TORCH_EXTENSIONS_DIR": str(bn_act.build_root()),
+        "TORCH_EXTENSIONS_DIR": str(cpu_kernels.build_root()),
     })
     env.pop("RECOGNIZER_STORAGE", None)
     env.pop("RECOGNIZER_TUNE_STORAGE", None)

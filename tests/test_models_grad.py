@@ -2,7 +2,8 @@
 
 Our blocks reorder the math for speed (channels innermost in memory end to end, GCN aggregates over joints
 before its 1x1 conv, as GEMMs on the last dim, mstcn runs its five conv-BN-ReLU branch heads as one conv and
-one BatchNorm, and in CPU training every BN(+residual)-ReLU is one fused kernel, bn_act).
+one BatchNorm, and in CPU training every BN(+residual)-ReLU is one fused kernel, bn_act, and the GCN aggregation
+a compiled chunk loop, gcn_kernels.cpp).
 `mmaction_order_forward` below is mmaction2 1.2.0's `STGCN` / `unit_gcn` / `mstcn` / `STGCNBlock` forward
 written out literally, in plain NCHW, over our modules' parameters, so both paths share every weight.
 """
@@ -14,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from recognizer_core.models import bn_act, gcn_blocks
+from recognizer_core.models import bn_act, cpu_kernels, gcn_blocks
 from recognizer_core.models.gcn_blocks import MSTCN, UnitGCN
 from recognizer_core.models.gcn_head import GCNHead
 from recognizer_core.models.recognizer import ModelConfig, RecognizerGCN, build_recognizer
@@ -107,22 +108,22 @@ def torch_threads():
 
 
 @pytest.fixture
-def fused_bn(monkeypatch):
-    """fused_bn(True) makes CPU training use the fused BatchNorm kernels (skips where they cannot be built),
-    fused_bn(False) the eager PyTorch ops."""
+def cpu_kernels_on(monkeypatch):
+    """cpu_kernels_on(True) makes CPU training use our compiled kernels (fused BatchNorm, the GCN aggregation;
+    skips where they cannot be built), cpu_kernels_on(False) the eager PyTorch ops."""
     def use(on: bool) -> None:
-        if on and not bn_act.load():
-            pytest.skip(f"the fused BatchNorm kernels cannot be built here: {bn_act.load_error()}")
-        monkeypatch.setenv(bn_act.ENV_SWITCH, "1" if on else "0")
+        if on and not cpu_kernels.load():
+            pytest.skip(f"the CPU kernels cannot be built here: {cpu_kernels.load_error()}")
+        monkeypatch.setenv(cpu_kernels.ENV_SWITCH, "1" if on else "0")
     return use
 
 
-@pytest.mark.parametrize("dtype, tol, threads, fused", [
+@pytest.mark.parametrize("dtype, tol, threads, kernels", [
     (torch.float64, 1e-9, 1, True), (torch.float32, 2e-4, 1, True), (torch.float64, 1e-9, 2, True),
     (torch.float64, 1e-9, 1, False), (torch.float32, 2e-4, 2, False)])
-def test_gradients_equal_mmaction_order(dtype, tol, threads, fused, torch_threads, fused_bn):
+def test_gradients_equal_mmaction_order(dtype, tol, threads, kernels, torch_threads, cpu_kernels_on):
     torch_threads(threads)
-    fused_bn(fused)
+    cpu_kernels_on(kernels)
     torch.manual_seed(0)
     cfg = ModelConfig(num_classes=3, num_stages=4, base_channels=12, inflate_stages=[2], down_stages=[2],
                       dropout=0.0)
@@ -141,10 +142,11 @@ def test_gradients_equal_mmaction_order(dtype, tol, threads, fused, torch_thread
     ([21], [21], True, True),  # unit_gcn and the block end: + residual, ReLU
     ([4, 17], [21], True, False)])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_fused_batch_norm_act_equals_eager(in_sizes, out_sizes, residual, relu, threads, torch_threads, fused_bn):
+def test_fused_batch_norm_act_equals_eager(in_sizes, out_sizes, residual, relu, threads, torch_threads,
+                                           cpu_kernels_on):
     # Outputs, the gradients of the inputs, residual, BN weight and bias, and the running statistics, in float64
     # against nn.BatchNorm2d + add + ReLU on the concatenated tensor; the outputs are compact channels_last.
-    fused_bn(True)
+    cpu_kernels_on(True)
     torch_threads(threads)
     torch.manual_seed(0)
     channels, (n, t, v) = sum(in_sizes), (3, 70, 5)  # 1050 rows: several row chunks and blocks per thread
@@ -194,40 +196,49 @@ def test_backbone_variants_equal_mmaction_order(variant):
     assert _assert_same_step(ours, x, torch.tensor([0, 2, 1]), 1e-9) >= 20
 
 
-def test_aggregate_linear_chunks_equal_plain_autograd(monkeypatch):
-    # UnitGCN's chunked aggregate + GEMM (own backward) against the same math on whole tensors under autograd,
-    # with chunks of 3 rows over 10 (a short last chunk), in float64.
+@pytest.mark.parametrize("compiled, threads, rows, a_grad", [
+    (False, 1, 10, True), (True, 1, 10, True), (True, 2, 10, True), (True, 2, 10, False), (True, 2, 2, True)])
+def test_aggregate_linear_chunks_equal_plain_autograd(compiled, threads, rows, a_grad, monkeypatch, torch_threads,
+                                                      cpu_kernels_on):
+    # UnitGCN's chunked aggregate + GEMM + bias (own backward; the Python loop or gcn_kernels.cpp) against the same
+    # math on whole tensors under autograd, with chunks of 3 rows (a short last chunk; 2 rows: one chunk for 2
+    # threads), a fixed adjacency too (no A gradient), in float64.
+    cpu_kernels_on(compiled)
+    torch_threads(threads)
     monkeypatch.setattr(gcn_blocks, "GCN_CHUNK_BYTES", 3 * 6 * 4 * 8)
     torch.manual_seed(0)
-    rows, v, k, c_in, c_out = 10, 2, 3, 4, 5
+    v, k, c_in, c_out = 2, 3, 4, 5
     xt = torch.randn(rows, v, c_in, dtype=torch.float64, requires_grad=True)
-    a_rows = torch.randn(v * k, v, dtype=torch.float64, requires_grad=True)
+    a_rows = torch.randn(v * k, v, dtype=torch.float64, requires_grad=a_grad)
     w = torch.randn(c_out, k * c_in, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(v, c_out, dtype=torch.float64, requires_grad=True)
     gy = torch.randn(rows, v, c_out, dtype=torch.float64)
-    ours = gcn_blocks.AggregateLinear.apply(xt, a_rows, w)
-    grads = torch.autograd.grad(ours, (xt, a_rows, w), gy)
-    plain = (torch.matmul(a_rows, xt).view(rows, v, k * c_in) @ w.t())
-    want = torch.autograd.grad(plain, (xt, a_rows, w), gy)
+    leaves = (xt, a_rows, w, bias) if a_grad else (xt, w, bias)
+    ours = gcn_blocks.AggregateLinear.apply(xt, a_rows, w, bias)
+    grads = torch.autograd.grad(ours, leaves, gy)
+    plain = torch.matmul(a_rows, xt).view(rows, v, k * c_in) @ w.t() + bias
+    want = torch.autograd.grad(plain, leaves, gy)
     torch.testing.assert_close(ours, plain, rtol=1e-12, atol=1e-12)
     for g, ref in zip(grads, want):
         torch.testing.assert_close(g, ref, rtol=1e-12, atol=1e-12)
 
 
-def test_fused_batch_norm_falls_back_to_eager_where_it_cannot_build(monkeypatch, caplog):
+def test_cpu_kernels_fall_back_to_eager_where_they_cannot_build(monkeypatch, caplog):
     # No compiler (here: the build raising as torch's does without one): one warning naming the cause, CPU training
-    # takes the eager path, and the model still trains.
+    # takes the eager path (BatchNorm and the GCN aggregation), and the model still trains.
     def no_compiler():
-        raise RuntimeError("Error building extension 'recognizer_bn_act': c++: command not found")
+        raise RuntimeError("Error building extension 'recognizer_cpu_kernels': c++: command not found")
 
-    monkeypatch.setattr(bn_act, "_state", {})
-    monkeypatch.setattr(bn_act, "_build_and_load", no_compiler)
+    monkeypatch.setattr(cpu_kernels, "_state", {})
+    monkeypatch.setattr(cpu_kernels, "_build_and_load", no_compiler)
     x = torch.randn(2, 4, 6, 5).contiguous(memory_format=torch.channels_last)
-    with caplog.at_level("WARNING", logger=bn_act.__name__):
+    with caplog.at_level("WARNING", logger=cpu_kernels.__name__):
         assert not bn_act.wanted(x, training=True)
-        assert not bn_act.wanted(x, training=True)  # decided once, said once
+        assert not cpu_kernels.enabled()  # decided once, said once
     assert [r.getMessage() for r in caplog.records] == [
-        "fused BatchNorm kernels unavailable (RuntimeError: Error building extension 'recognizer_bn_act': c++: "
+        "recognizer CPU kernels unavailable (RuntimeError: Error building extension 'recognizer_cpu_kernels': c++: "
         "command not found): CPU training runs eager PyTorch ops (slower)"]
+    assert bn_act.describe(torch.device("cpu")).startswith("eager (kernels unavailable: RuntimeError: ")
     model = build_recognizer(ModelConfig(num_classes=2, num_stages=2, base_channels=8, dropout=0.0)).train()
     F.cross_entropy(model(torch.randn(2, 1, 8, 17, 3)), torch.tensor([0, 1])).backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)

@@ -38,7 +38,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from recognizer_core.models import bn_act
+from recognizer_core.models import cpu_kernels
 from recognizer_core.train.faults import FAULT_ENV
 from tests import fight_reference as reference
 from tests.ray_heads import free_port, stop_head
@@ -83,7 +83,7 @@ class TwoNodeCluster:
             "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "HOME": str(self.home),
             # The fused BatchNorm kernels `make venv` built, as the cluster image carries them: part of the
             # installation (like the shared .venv), not a node-local file; else each node compiles them anew.
-            "TORCH_EXTENSIONS_DIR": str(bn_act.build_root()),
+            "TORCH_EXTENSIONS_DIR": str(cpu_kernels.build_root()),
             "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}", "RECOGNIZER_STORAGE": str(self.shared / "runs"),
             "RAY_API_SERVER_ADDRESS": self.url,
             # A dead node is noticed in seconds, and a restarted worker group may wait for it to come back.

@@ -1,9 +1,7 @@
 """Fused training-mode BatchNorm (+ residual) (+ ReLU) for CPU training: `batch_norm_act`.
 
-The kernels (bn_act_kernels.cpp) are compiled with torch.utils.cpp_extension the first time a process on this
-machine needs them (about 30 s; `make venv` and the cluster image build them ahead) and cached in
-torch's extension directory (TORCH_EXTENSIONS_DIR). Where they cannot be built (no compiler), or with
-RECOGNIZER_FUSED_BN=0, `wanted` is False and the blocks run the same computation as eager PyTorch ops.
+The kernels are bn_act_kernels.cpp, built and loaded by cpu_kernels.py. Where they cannot be built (no compiler), or
+with RECOGNIZER_CPU_KERNELS=0, `wanted` is False and the blocks run the same computation as eager PyTorch ops.
 
 Same function as nn.BatchNorm2d in training mode followed by `+ residual` and ReLU (batch statistics with the
 biased variance, running statistics updated with the unbiased one); the sums are accumulated in double, so values
@@ -11,82 +9,28 @@ differ from PyTorch's by float rounding only.
 """
 from __future__ import annotations
 
-import hashlib
-import logging
 import os
-import threading
-from pathlib import Path
 
 import torch
 from torch import nn
 
-log = logging.getLogger(__name__)
-SOURCE = Path(__file__).with_name("bn_act_kernels.cpp")
-# -fopenmp: at::parallel_for is inline OpenMP code (torch's CPU build), serial without it; at run time libgomp.so.1
-# resolves to the one torch has loaded. -fno-trapping-math: lets GCC vectorise the ReLU masks (selects).
-FLAGS = ["-O3", "-fopenmp", "-fno-trapping-math"]
-ENV_SWITCH = "RECOGNIZER_FUSED_BN"  # "0": never use the fused kernels (A/B benches, debugging)
-_state: dict[str, object] = {}
-_lock = threading.Lock()
-
-
-def load() -> bool:
-    """Build (first time on this machine) and load the kernels; False, with the reason logged once, where not."""
-    with _lock:
-        if "ok" not in _state:
-            try:
-                _build_and_load()
-                _state["ok"], _state["error"] = True, None
-            except Exception as e:  # no compiler or ninja, a read-only cache: fall back, say so once
-                _state["ok"], _state["error"] = False, f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300]}"
-                log.warning("fused BatchNorm kernels unavailable (%s): CPU training runs eager PyTorch ops (slower)",
-                            _state["error"])
-    return bool(_state["ok"])
-
-
-def build_root() -> Path:
-    """Where torch builds and caches extensions: TORCH_EXTENSIONS_DIR, else ~/.cache/torch_extensions."""
-    from torch.utils.cpp_extension import get_default_build_root
-
-    return Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())
-
-
-def _build_and_load() -> None:
-    from torch.utils.cpp_extension import load as build_extension
-
-    # Built from a copy at a path fixed by the source's content: torch rebuilds whenever the source path changes,
-    # and a Ray job's working_dir lands at a new path per job. The name carries the hash too, so two versions of
-    # the code on one machine do not share a build directory.
-    text = SOURCE.read_bytes()
-    digest = hashlib.sha256(text + " ".join(FLAGS).encode()).hexdigest()[:12]
-    source = build_root() / "recognizer_sources" / f"bn_act_kernels_{digest}.cpp"
-    if not source.exists():
-        source.parent.mkdir(parents=True, exist_ok=True)
-        tmp = source.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_bytes(text)
-        os.replace(tmp, source)
-    build_extension(name=f"recognizer_bn_act_{digest}", sources=[str(source)], extra_cflags=FLAGS,
-                    extra_ldflags=["-fopenmp"], is_python_module=False, verbose=False)
-
-
-def load_error() -> str | None:
-    return _state.get("error")  # type: ignore[return-value]
+from . import cpu_kernels
 
 
 def wanted(x: torch.Tensor, training: bool) -> bool:
     """Whether the fused path serves this call: CPU training in float32/64 without autocast (on a GPU cuDNN's
     BatchNorm is used; in eval mode BatchNorm folds into an affine map)."""
     return (training and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
-            and not torch.is_autocast_enabled("cpu") and os.environ.get(ENV_SWITCH, "1") != "0" and load())
+            and not torch.is_autocast_enabled("cpu") and cpu_kernels.enabled())
 
 
 def describe(device: torch.device) -> str:
     """What a training step on `device` runs its BatchNorm-ReLUs with, for start-up lines and summaries."""
     if device.type != "cpu":
         return "eager (cuDNN)" if device.type == "cuda" else "eager"
-    if os.environ.get(ENV_SWITCH, "1") == "0":
-        return f"eager ({ENV_SWITCH}=0)"
-    return "fused" if load() else f"eager (fused kernels unavailable: {load_error()})"
+    if os.environ.get(cpu_kernels.ENV_SWITCH, "1") == "0":
+        return f"eager ({cpu_kernels.ENV_SWITCH}=0)"
+    return "fused" if cpu_kernels.load() else f"eager (kernels unavailable: {cpu_kernels.load_error()})"
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor:

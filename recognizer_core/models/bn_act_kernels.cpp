@@ -1,5 +1,6 @@
 // Fused training-mode BatchNorm (+ residual) (+ ReLU) over channels-last activations, for CPU training.
-// Loaded by bn_act.py (torch.utils.cpp_extension, compiled once per machine); the ops are torch.ops.recognizer.*.
+// Loaded by cpu_kernels.py (torch.utils.cpp_extension, compiled once per machine, with gcn_kernels.cpp) and used through
+// bn_act.py; the ops are torch.ops.recognizer.bn_*.
 //
 // Why: on a CPU the eager STGCN++ step spends about a third of its time in memory-bound BatchNorm / ReLU /
 // residual-add passes and the copies around the mstcn branches. Eager PyTorch runs each as its own pass over a tensor larger

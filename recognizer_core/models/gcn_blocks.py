@@ -7,63 +7,73 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import bn_act
+from . import bn_act, cpu_kernels
 
 # mstcn's default branches: (kernel, dilation) temporal convs, a max-pool branch, a strided 1x1 conv.
 MSTCN_BRANCHES = ((3, 1), (3, 2), (3, 3), (3, 4), ("max", 3), "1x1")
 # UnitGCN folds A into its weights (one dense GEMM) up to this many input channels, see UnitGCN.forward.
 DENSE_GCN_MAX_IN_CHANNELS = 8
 # Rows (one frame of one person each) per chunk in AggregateLinear: its (rows, w*k, c_in) aggregate stays
-# a few hundred kB, in cache, and the GEMMs keep M = rows * V >= 500.
-GCN_CHUNK_BYTES = 1 << 20
+# in a core's L2 and the GEMMs keep M = rows * V >= 300 (512 kB: 10-20% faster than 1 MB at 2 threads, measured).
+GCN_CHUNK_BYTES = 1 << 19
 
 
 class AggregateLinear(torch.autograd.Function):
-    """y[r] = (A_rows @ x[r]).view(v, k*c_in) @ w.T for every row r, chunk by chunk: UnitGCN's joint
+    """y[r] = (A_rows @ x[r]).view(v, k*c_in) @ w.T + bias for every row r, chunk by chunk: UnitGCN's joint
     aggregation and weight GEMM (see UnitGCN.forward) without the K-times-wider aggregate as a tensor.
 
     Autograd would keep that aggregate (rows, v*k, c_in) alive for the weight gradient and write its
     gradient as another one: two tensors 3x the block's activation, each a fresh mmap (page faults) and a
     trip through memory. Here each chunk's aggregate is rebuilt in backward (a small memory-bound bmm) and
-    used while it is in cache. Same products as the plain form; only the weight gradient's summation order
-    over rows differs (per chunk, then summed).
+    used while it is in cache. Same products as the plain form; only the gradients' summation order over rows
+    differs (per chunk, then summed). The compiled loop (gcn_kernels.cpp, parallel over chunks) runs where the
+    CPU kernels load; this Python loop is the same computation, serial, where they do not.
     """
 
     @staticmethod
-    def forward(ctx, xt: torch.Tensor, a_rows: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        # xt (rows, v, c_in) contiguous, a_rows (v*k, v), w (c_out, k*c_in) -> y (rows, v, c_out)
+    def forward(ctx, xt: torch.Tensor, a_rows: torch.Tensor, w: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        # xt (rows, v, c_in) contiguous, a_rows (v*k, v), w (c_out, k*c_in), bias (v, c_out) -> y (rows, v, c_out)
         rows, v, c_in = xt.shape
         vk, c_out = a_rows.shape[0], w.shape[0]
         step = max(1, GCN_CHUNK_BYTES // (vk * c_in * xt.element_size()))
+        ctx.save_for_backward(xt, a_rows, w)
+        ctx.step, ctx.compiled = step, cpu_kernels.enabled()
+        if ctx.compiled:
+            return torch.ops.recognizer.gcn_aggregate(xt, a_rows, w, bias, step)
         y = xt.new_empty(rows, v, c_out)
         wt = w.t()
         for s in range(0, rows, step):
             x_c = xt[s:s + step]
             xa = torch.bmm(a_rows.expand(x_c.shape[0], vk, v), x_c)
             torch.mm(xa.view(-1, w.shape[1]), wt, out=y[s:s + step].view(-1, c_out))
-        ctx.save_for_backward(xt, a_rows, w)
-        ctx.step = step
+            y[s:s + step] += bias
         return y
 
     @staticmethod
     def backward(ctx, gy: torch.Tensor):
         xt, a_rows, w = ctx.saved_tensors
+        if ctx.compiled:
+            gx, ga, gw, gb = torch.ops.recognizer.gcn_aggregate_backward(gy, xt, a_rows, w, ctx.step,
+                                                                         ctx.needs_input_grad[1])
+            return gx, ga if ctx.needs_input_grad[1] else None, gw, gb
         rows, v, c_in = xt.shape
         vk, c_out = a_rows.shape[0], w.shape[0]
         gy = gy.contiguous()
         gx = torch.empty_like(xt)
         gw = torch.zeros_like(w)
         ga = torch.zeros_like(a_rows)
+        gb = gy.new_zeros(v, c_out)
         for s in range(0, rows, ctx.step):
             x_c, g_c = xt[s:s + ctx.step], gy[s:s + ctx.step].view(-1, c_out)
             a_c = a_rows.expand(x_c.shape[0], vk, v)
             xa = torch.bmm(a_c, x_c)
             gw.addmm_(g_c.t(), xa.view(-1, w.shape[1]))
+            gb += g_c.view(-1, v, c_out).sum(0)
             gxa = torch.mm(g_c, w).view(-1, vk, c_in)
             torch.bmm(a_c.transpose(1, 2), gxa, out=gx[s:s + ctx.step])
             if ctx.needs_input_grad[1]:
                 ga += torch.bmm(gxa, x_c.transpose(1, 2)).sum(0)
-        return gx, ga, gw
+        return gx, ga if ctx.needs_input_grad[1] else None, gw, gb
 
 
 class UnitGCN(nn.Module):
@@ -133,7 +143,7 @@ class UnitGCN(nn.Module):
             # The chunked Function is for CPU training (cache-sized chunks); on a GPU its many small kernels
             # would cost more than the one large bmm saves, and under autocast the plain ops pick the dtypes.
             if xt.is_cpu and torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu"):
-                y = AggregateLinear.apply(xt.view(n * t, v, c_in), a_rows, w).add_(bias)
+                y = AggregateLinear.apply(xt.view(n * t, v, c_in), a_rows, w, bias)
             else:
                 xa = torch.bmm(a_rows.expand(n * t, v * k, v), xt.view(n * t, v, c_in)).view(n * t * v, k * c_in)
                 y = F.linear(xa, w).view(n * t, v, c_out).add_(bias)

@@ -1,0 +1,76 @@
+"""Our compiled CPU training kernels (torch.ops.recognizer.*): build once per machine, load, or say why not.
+
+Two sources, one extension: bn_act_kernels.cpp (fused BatchNorm (+ residual) (+ ReLU), used through bn_act.py) and
+gcn_kernels.cpp (UnitGCN's joint aggregation + weight GEMM, chunked and parallel over chunks, used through
+gcn_blocks.AggregateLinear). They are compiled with torch.utils.cpp_extension the first time a process on this machine
+needs them (about 30 s; `make venv` and the cluster image build them ahead) and cached in torch's extension directory
+(TORCH_EXTENSIONS_DIR). Where they cannot be built (no compiler), or with RECOGNIZER_CPU_KERNELS=0, `enabled()` is
+False and the models run the same computation with eager PyTorch ops.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("bn_act_kernels.cpp", "gcn_kernels.cpp"))
+# -fopenmp: at::parallel_for is inline OpenMP code (torch's CPU build), serial without it; at run time libgomp.so.1
+# resolves to the one torch has loaded. -fno-trapping-math: lets GCC vectorise the ReLU masks (selects).
+FLAGS = ["-O3", "-fopenmp", "-fno-trapping-math"]
+ENV_SWITCH = "RECOGNIZER_CPU_KERNELS"  # "0": never use the kernels (A/B benches, debugging)
+_state: dict[str, object] = {}
+_lock = threading.Lock()
+
+
+def load() -> bool:
+    """Build (first time on this machine) and load the kernels; False, with the reason logged once, where not."""
+    with _lock:
+        if "ok" not in _state:
+            try:
+                _build_and_load()
+                _state["ok"], _state["error"] = True, None
+            except Exception as e:  # no compiler or ninja, a read-only cache: fall back, say so once
+                _state["ok"], _state["error"] = False, f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300]}"
+                log.warning("recognizer CPU kernels unavailable (%s): CPU training runs eager PyTorch ops (slower)",
+                            _state["error"])
+    return bool(_state["ok"])
+
+
+def enabled() -> bool:
+    """Whether the kernels serve this process now: not switched off (read at every call, for A/B) and loadable."""
+    return os.environ.get(ENV_SWITCH, "1") != "0" and load()
+
+
+def load_error() -> str | None:
+    return _state.get("error")  # type: ignore[return-value]
+
+
+def build_root() -> Path:
+    """Where torch builds and caches extensions: TORCH_EXTENSIONS_DIR, else ~/.cache/torch_extensions."""
+    from torch.utils.cpp_extension import get_default_build_root
+
+    return Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())
+
+
+def _build_and_load() -> None:
+    from torch.utils.cpp_extension import load as build_extension
+
+    # Built from copies at paths fixed by the sources' content: torch rebuilds whenever a source path changes, and a
+    # Ray job's working_dir lands at a new path per job. The name carries the hash too, so two versions of the code
+    # on one machine do not share a build directory.
+    texts = [s.read_bytes() for s in SOURCES]
+    digest = hashlib.sha256(b"\0".join(texts) + " ".join(FLAGS).encode()).hexdigest()[:12]
+    copies = []
+    for src, text in zip(SOURCES, texts):
+        copy = build_root() / "recognizer_sources" / f"{src.stem}_{digest}.cpp"
+        if not copy.exists():
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            tmp = copy.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_bytes(text)
+            os.replace(tmp, copy)
+        copies.append(str(copy))
+    build_extension(name=f"recognizer_cpu_kernels_{digest}", sources=copies, extra_cflags=FLAGS,
+                    extra_ldflags=["-fopenmp"], is_python_module=False, verbose=False)
