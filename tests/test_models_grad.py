@@ -242,3 +242,23 @@ def test_cpu_kernels_fall_back_to_eager_where_they_cannot_build(monkeypatch, cap
     model = build_recognizer(ModelConfig(num_classes=2, num_stages=2, base_channels=8, dropout=0.0)).train()
     F.cross_entropy(model(torch.randn(2, 1, 8, 17, 3)), torch.tensor([0, 1])).backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_conv_biases_before_batch_norm_get_exact_zero_gradients(cpu_kernels_on):
+    # In CPU training every conv whose output channels go into a batch-statistics BatchNorm (mstcn's heads, branches,
+    # 1x1 branch and transform, the strided residual, the gcn's down path) skips its bias gradient: exactly zero,
+    # where the eager path computes rounding noise. The gcn's own conv bias becomes a per-joint bias, which a
+    # BatchNorm does not cancel: its gradient stays.
+    cpu_kernels_on(True)
+    torch.manual_seed(0)
+    cfg = ModelConfig(num_classes=3, num_stages=3, base_channels=8, inflate_stages=[2], down_stages=[2], dropout=0.0)
+    model = build_recognizer(cfg).train()
+    F.cross_entropy(model(torch.randn(2, 2, 12, 17, 3)), torch.tensor([0, 2])).backward()
+    grads = {k: p.grad for k, p in model.named_parameters()}
+    convs = [name for name, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
+    cancelled = [f"{name}.bias" for name in convs if not name.endswith("gcn.conv")]
+    # per block: 5 branch heads, 4 temporal convs, the 1x1 branch and the transform; gcn.down in blocks 1-2, the
+    # strided residual in block 2
+    assert len(cancelled) == 3 * 11 + 2 + 1, cancelled
+    assert all(torch.equal(grads[k], torch.zeros_like(grads[k])) for k in cancelled)
+    assert all(grads[f"backbone.gcn.{i}.gcn.conv.bias"].abs().max() > 1e-6 for i in range(3))

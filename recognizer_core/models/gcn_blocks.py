@@ -76,6 +76,40 @@ class AggregateLinear(torch.autograd.Function):
         return gx, ga if ctx.needs_input_grad[1] else None, gw, gb
 
 
+class _ConvZeroBiasGrad(torch.autograd.Function):
+    """F.conv2d (groups 1) whose bias gradient is zero without being computed, see conv_into_batch_stats."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, padding, dilation):
+        ctx.save_for_backward(x, weight)
+        ctx.geometry = (list(stride), list(padding), list(dilation))
+        return F.conv2d(x, weight, bias, stride, padding, dilation)
+
+    @staticmethod
+    def backward(ctx, gy):
+        x, weight = ctx.saved_tensors
+        stride, padding, dilation = ctx.geometry
+        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], False]
+        gx, gw, _ = torch.ops.aten.convolution_backward(gy, x, weight, [weight.shape[0]], stride, padding, dilation,
+                                                        False, [0, 0], 1, mask)
+        gb = weight.new_zeros(weight.shape[0]) if ctx.needs_input_grad[2] else None
+        return gx, gw, gb, None, None, None
+
+
+def conv_into_batch_stats(conv: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor | None = None,
+                          bias: torch.Tensor | None = None) -> torch.Tensor:
+    """conv(x) (or with the given weight and bias) where a BatchNorm with batch statistics takes each output channel
+    next, directly or after a concatenation. Adding a constant to a channel does not change that BatchNorm's output,
+    so the bias gradient is exactly zero: it is returned as zeros instead of being reduced from the output gradient
+    (one pass over it per conv, ~2% of a CPU training step). The bias still enters the forward, so the running mean
+    moves as in mmaction2, and the optimizer sees the same (zero) gradient as there (~0 there, by rounding)."""
+    weight = conv.weight if weight is None else weight
+    bias = conv.bias if bias is None else bias
+    if bias is None or conv.groups != 1 or isinstance(conv.padding, str) or not torch.is_grad_enabled():
+        return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+    return _ConvZeroBiasGrad.apply(x, weight, bias, conv.stride, conv.padding, conv.dilation)
+
+
 class UnitGCN(nn.Module):
     """Spatial graph convolution: 1x1 conv to K subsets, aggregate over joints with A, BN, (+res), ReLU
     (computed as aggregate-then-conv, see forward).
@@ -148,8 +182,14 @@ class UnitGCN(nn.Module):
                 xa = torch.bmm(a_rows.expand(n * t, v * k, v), xt.view(n * t, v, c_in)).view(n * t * v, k * c_in)
                 y = F.linear(xa, w).view(n * t, v, c_out).add_(bias)
         y = y.view(n, t, v, c_out).permute(0, 3, 1, 2)
-        res = (x if self.down is None else self.down(x)) if self.with_res else None
-        if bn_act.wanted(y, self.bn.training):
+        fused = bn_act.wanted(y, self.bn.training)
+        if not self.with_res or self.down is None:
+            res = x if self.with_res else None
+        elif fused and self.down[1].training:
+            res = self.down[1](conv_into_batch_stats(self.down[0], x))
+        else:
+            res = self.down(x)
+        if fused:
             return bn_act.batch_norm_act([y], [self.bn], residual=res)[0]
         y = self.bn(y)
         if res is not None:  # in place: BatchNorm's backward does not need its output
@@ -178,10 +218,16 @@ class UnitTCN(nn.Module):
             nn.init.zeros_(self.bn.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.bn(self.conv(x))
+        return self.bn(self.before_norm(x))
 
-    def before_norm(self, x: torch.Tensor) -> torch.Tensor:
-        """forward up to its BatchNorm `bn` (STGCNBlock fuses that with the residual and ReLU)."""
+    def before_norm(self, x: torch.Tensor, batch_stats_next: bool | None = None) -> torch.Tensor:
+        """forward up to its BatchNorm `bn` (STGCNBlock fuses that with the residual and ReLU). batch_stats_next:
+        whether a BatchNorm with batch statistics takes the output next (default: this unit's own `bn`, training);
+        then, in CPU training, the conv's bias gradient is skipped (conv_into_batch_stats)."""
+        if batch_stats_next is None:
+            batch_stats_next = isinstance(self.bn, nn.BatchNorm2d) and self.bn.training
+        if batch_stats_next and bn_act.wanted(x, self.training):
+            return conv_into_batch_stats(self.conv, x)
         return self.conv(x)
 
 
@@ -236,7 +282,8 @@ class MSTCN(nn.Module):
         if heads:
             convs, bns = [self.branches[i][0] for i in heads], [self.branches[i][1] for i in heads]
             sizes = [c.out_channels for c in convs]
-            y = F.conv2d(x, torch.cat([c.weight for c in convs]), torch.cat([c.bias for c in convs]))
+            weight, bias = torch.cat([c.weight for c in convs]), torch.cat([c.bias for c in convs])
+            y = conv_into_batch_stats(convs[0], x, weight, bias) if fused else F.conv2d(x, weight, bias)
             if fused:
                 parts = bn_act.batch_norm_act([y], bns, sizes)
             else:
@@ -246,13 +293,16 @@ class MSTCN(nn.Module):
                 parts = [F.relu_(part.contiguous(memory_format=torch.channels_last))
                          for part in _concat_batch_norm(bns, y).split(sizes, dim=1)]
             for i, part in zip(heads, parts):
-                outs[i] = self.branches[i][3](part)
+                unit = self.branches[i][3]  # a temporal UnitTCN (no BN of its own) or the max-pool
+                outs[i] = unit.before_norm(part, batch_stats_next=True) if fused and isinstance(unit, UnitTCN) \
+                    else unit(part)
         for i, b in enumerate(self.branches):
             if isinstance(b, nn.Conv2d):
-                outs[i] = b(x)
+                outs[i] = conv_into_batch_stats(b, x) if fused else b(x)
         bn, _, conv = self.transform
-        if fused:
-            return conv(bn_act.batch_norm_act(outs, [bn])[0])
+        if fused:  # (the branch outputs and the transform's output each go into a fused BatchNorm next)
+            h = bn_act.batch_norm_act(outs, [bn])[0]
+            return conv_into_batch_stats(conv, h) if self.bn.training else conv(h)
         return self.transform(torch.cat(outs, dim=1))
 
 
