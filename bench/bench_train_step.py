@@ -9,8 +9,9 @@ mmaction2 seconds / our seconds for that pair. Reported per setting: the median 
 the repeats, by wall clock and by process CPU time (CPU time moves much less with other jobs' load).
 
 Optional variants of our step, timed in the same alternation: `--eager-ops` (eager PyTorch ops instead of our
-compiled CPU kernels, recognizer_core/models/cpu_kernels.py: the fused BatchNorm / add / ReLU and the GCN
-aggregation; before 2026-12-03 `--eager-bn`, the BatchNorm kernels only), `--bf16` (torch.autocast bfloat16, only
+compiled CPU kernels, recognizer_core/models/cpu_kernels.py: the fused BatchNorm / add / ReLU, the GCN
+aggregation and the skipped bias gradients that go with them; before 2026-12-03 `--eager-bn`, the BatchNorm
+kernels only), `--bf16` (torch.autocast bfloat16, only
 where the CPU has native bf16) and `--compile` (torch.compile, inductor; the compile time is reported). The JSON
 line says whether the kernels were in use (`cpu_kernels`; `fused_bn` before).
 

@@ -294,13 +294,15 @@ class MSTCN(nn.Module):
                          for part in _concat_batch_norm(bns, y).split(sizes, dim=1)]
             for i, part in zip(heads, parts):
                 unit = self.branches[i][3]  # a temporal UnitTCN (no BN of its own) or the max-pool
-                outs[i] = unit.before_norm(part, batch_stats_next=True) if fused and isinstance(unit, UnitTCN) \
-                    else unit(part)
+                if fused and isinstance(unit, UnitTCN):  # its output goes into the transform's BatchNorm
+                    outs[i] = unit.before_norm(part, batch_stats_next=True)
+                else:
+                    outs[i] = unit(part)
         for i, b in enumerate(self.branches):
             if isinstance(b, nn.Conv2d):
                 outs[i] = conv_into_batch_stats(b, x) if fused else b(x)
         bn, _, conv = self.transform
-        if fused:  # (the branch outputs and the transform's output each go into a fused BatchNorm next)
+        if fused:  # the transform conv's output goes into `bn` next (here or fused in STGCNBlock)
             h = bn_act.batch_norm_act(outs, [bn])[0]
             return conv_into_batch_stats(conv, h) if self.bn.training else conv(h)
         return self.transform(torch.cat(outs, dim=1))
