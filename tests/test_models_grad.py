@@ -223,6 +223,15 @@ def test_aggregate_linear_chunks_equal_plain_autograd(compiled, threads, rows, a
         torch.testing.assert_close(g, ref, rtol=1e-12, atol=1e-12)
 
 
+def test_cpu_kernels_are_built_where_build_root_says(cpu_kernels_on):
+    # A process given TORCH_EXTENSIONS_DIR=build_root() (the two-node and job-submit clusters, as the image's
+    # workers) must find this build instead of compiling its own (~30 s in its first training step).
+    cpu_kernels_on(True)
+    out = cpu_kernels.build_dir()
+    assert out.parent == cpu_kernels.build_root()
+    assert (out / f"{out.name}.so").is_file()
+
+
 def test_cpu_kernels_fall_back_to_eager_where_they_cannot_build(monkeypatch, caplog):
     # No compiler (here: the build raising as torch's does without one): one warning naming the cause, CPU training
     # takes the eager path (BatchNorm and the GCN aggregation), and the model still trains.

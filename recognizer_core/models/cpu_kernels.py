@@ -12,8 +12,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import sys
 import threading
 from pathlib import Path
+
+import torch
 
 log = logging.getLogger(__name__)
 SOURCES = tuple(Path(__file__).with_name(name) for name in ("bn_act_kernels.cpp", "gcn_kernels.cpp"))
@@ -49,28 +52,42 @@ def load_error() -> str | None:
 
 
 def build_root() -> Path:
-    """Where torch builds and caches extensions: TORCH_EXTENSIONS_DIR, else ~/.cache/torch_extensions."""
+    """Where the kernels are built and cached: TORCH_EXTENSIONS_DIR, else torch's extension root
+    (~/.cache/torch_extensions). A process given TORCH_EXTENSIONS_DIR=build_root() finds the same build."""
     from torch.utils.cpp_extension import get_default_build_root
 
     return Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())
+
+
+def _digest() -> str:
+    """A hash of the sources, the flags, and torch's and Python's versions: names the build and the source copies."""
+    text = b"\0".join(s.read_bytes() for s in SOURCES)
+    versions = f"torch {torch.__version__} cuda {torch.version.cuda} python {sys.version_info[:3]}"
+    return hashlib.sha256(text + " ".join(FLAGS + [versions]).encode()).hexdigest()[:12]
+
+
+def build_dir() -> Path:
+    """This code's build directory, under build_root(). Passed to torch explicitly: torch's own choice (a py/cuda
+    subfolder only when TORCH_EXTENSIONS_DIR is unset) would send a process given TORCH_EXTENSIONS_DIR=build_root()
+    (the two-node and job-submit tests, whose nodes have their own HOME) to another directory, to compile again."""
+    return build_root() / f"recognizer_cpu_kernels_{_digest()}"
 
 
 def _build_and_load() -> None:
     from torch.utils.cpp_extension import load as build_extension
 
     # Built from copies at paths fixed by the sources' content: torch rebuilds whenever a source path changes, and a
-    # Ray job's working_dir lands at a new path per job. The name carries the hash too, so two versions of the code
-    # on one machine do not share a build directory.
-    texts = [s.read_bytes() for s in SOURCES]
-    digest = hashlib.sha256(b"\0".join(texts) + " ".join(FLAGS).encode()).hexdigest()[:12]
+    # Ray job's working_dir lands at a new path per job.
+    digest, out = _digest(), build_dir()
     copies = []
-    for src, text in zip(SOURCES, texts):
+    for src in SOURCES:
         copy = build_root() / "recognizer_sources" / f"{src.stem}_{digest}.cpp"
         if not copy.exists():
             copy.parent.mkdir(parents=True, exist_ok=True)
             tmp = copy.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_bytes(text)
+            tmp.write_bytes(src.read_bytes())
             os.replace(tmp, copy)
         copies.append(str(copy))
-    build_extension(name=f"recognizer_cpu_kernels_{digest}", sources=copies, extra_cflags=FLAGS,
-                    extra_ldflags=["-fopenmp"], is_python_module=False, verbose=False)
+    out.mkdir(parents=True, exist_ok=True)
+    build_extension(name=out.name, sources=copies, extra_cflags=FLAGS, extra_ldflags=["-fopenmp"],
+                    build_directory=str(out), is_python_module=False, verbose=False)
