@@ -14,7 +14,7 @@ MSTCN_BRANCHES = ((3, 1), (3, 2), (3, 3), (3, 4), ("max", 3), "1x1")
 # UnitGCN folds A into its weights (one dense GEMM) up to this many input channels, see UnitGCN.forward.
 DENSE_GCN_MAX_IN_CHANNELS = 8
 # Rows (one frame of one person each) per chunk in AggregateLinear: its (rows, w*k, c_in) aggregate stays
-# in a core's L2 and the GEMMs keep M = rows * V >= 300 (512 kB: 10-20% faster than 1 MB at 2 threads, measured).
+# in a core's L2 and the GEMMs keep M = rows * V >= 300 (256 kB, 512 kB and 1 MB: within noise on the fight step).
 GCN_CHUNK_BYTES = 1 << 19
 
 
