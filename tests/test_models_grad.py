@@ -10,6 +10,10 @@ written out literally, in plain NCHW, over our modules' parameters, so both path
 from __future__ import annotations
 
 import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -230,6 +234,19 @@ def test_cpu_kernels_are_built_where_build_root_says(cpu_kernels_on):
     out = cpu_kernels.build_dir()
     assert out.parent == cpu_kernels.build_root()
     assert (out / f"{out.name}.so").is_file()
+    # and processes whose PATHs find different ninjas first (1.11 hashes build commands unlike 1.12+) share it
+    ninja = pytest.importorskip("ninja")
+    other = [p for p in ("/usr/bin/ninja", "/usr/local/bin/ninja") if Path(p).is_file()]
+    if not other:
+        return
+    load = [sys.executable, "-c", "from recognizer_core.models import cpu_kernels; assert cpu_kernels.load()"]
+    so_mtime = None
+    for first in (ninja.BIN_DIR, str(Path(other[0]).parent)):
+        env = {**os.environ, "PATH": f"{first}{os.pathsep}{os.environ.get('PATH', '')}",
+               "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+        subprocess.run(load, env=env, check=True, timeout=300)
+        so_mtime = so_mtime or (out / f"{out.name}.so").stat().st_mtime_ns
+    assert (out / f"{out.name}.so").stat().st_mtime_ns == so_mtime, "rebuilt under another ninja"
 
 
 def test_cpu_kernels_fall_back_to_eager_where_they_cannot_build(monkeypatch, caplog):

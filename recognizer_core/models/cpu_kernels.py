@@ -9,6 +9,7 @@ False and the models run the same computation with eager PyTorch ops.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -89,5 +90,27 @@ def _build_and_load() -> None:
             os.replace(tmp, copy)
         copies.append(str(copy))
     out.mkdir(parents=True, exist_ok=True)
-    build_extension(name=out.name, sources=copies, extra_cflags=FLAGS, extra_ldflags=["-fopenmp"],
-                    build_directory=str(out), is_python_module=False, verbose=False)
+    with _pinned_ninja():
+        build_extension(name=out.name, sources=copies, extra_cflags=FLAGS, extra_ldflags=["-fopenmp"],
+                        build_directory=str(out), is_python_module=False, verbose=False)
+
+
+@contextlib.contextmanager
+def _pinned_ninja():
+    """torch runs the `ninja` its PATH finds first. Ninja 1.11 and 1.12+ hash build commands differently, so
+    processes whose PATHs find different ones (a shell without the venv, Ray workers, the test clusters) each took
+    the other's build for stale and rebuilt it (~30 s, several times per test run here). The pip package `ninja`
+    (a dependency) goes first while building (`load` holds a lock)."""
+    try:
+        import ninja
+
+        bin_dir = ninja.BIN_DIR
+    except (ImportError, AttributeError):
+        yield
+        return
+    path = os.environ.get("PATH", "")
+    os.environ["PATH"] = bin_dir + os.pathsep + path
+    try:
+        yield
+    finally:
+        os.environ["PATH"] = path
