@@ -234,7 +234,7 @@ def test_cpu_kernels_are_built_where_build_root_says(cpu_kernels_on):
     out = cpu_kernels.build_dir()
     assert out.parent == cpu_kernels.build_root()
     assert (out / f"{out.name}.so").is_file()
-    # and processes whose PATHs find different ninjas first (1.11 hashes build commands unlike 1.12+) share it
+    # and processes whose PATHs find different ninjas first (1.11 and 1.13 hash build commands differently) share it
     ninja = pytest.importorskip("ninja")
     other = [p for p in ("/usr/bin/ninja", "/usr/local/bin/ninja") if Path(p).is_file()]
     if not other:

@@ -79,7 +79,8 @@ def _build_and_load() -> None:
 
     # Built from copies at paths fixed by the sources' content: torch rebuilds whenever a source path changes, and a
     # Ray job's working_dir lands at a new path per job.
-    digest, out = _digest(), build_dir()
+    digest = _digest()
+    out = build_root() / f"recognizer_cpu_kernels_{digest}"  # = build_dir(), without hashing the sources twice
     copies = []
     for src in SOURCES:
         copy = build_root() / "recognizer_sources" / f"{src.stem}_{digest}.cpp"
@@ -97,7 +98,7 @@ def _build_and_load() -> None:
 
 @contextlib.contextmanager
 def _pinned_ninja():
-    """torch runs the `ninja` its PATH finds first. Ninja 1.11 and 1.12+ hash build commands differently, so
+    """torch runs the `ninja` its PATH finds first. Debian's ninja 1.11 and pip's 1.13 (both on this machine) hash build commands differently, so
     processes whose PATHs find different ones (a shell without the venv, Ray workers, the test clusters) each took
     the other's build for stale and rebuilt it (~30 s, several times per test run here). The pip package `ninja`
     (a dependency) goes first while building (`load` holds a lock)."""
