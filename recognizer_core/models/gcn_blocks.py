@@ -186,7 +186,7 @@ class UnitGCN(nn.Module):
         if not self.with_res or self.down is None:
             res = x if self.with_res else None
         elif fused and self.down[1].training:
-            res = self.down[1](conv_into_batch_stats(self.down[0], x))
+            res = bn_act.batch_norm_act([conv_into_batch_stats(self.down[0], x)], [self.down[1]], relu=False)[0]
         else:
             res = self.down(x)
         if fused:

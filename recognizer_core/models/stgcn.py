@@ -41,8 +41,13 @@ class STGCNBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.gcn(x)
-        res = x if self.residual_mode == "identity" else self.residual(x) if self.residual_mode == "conv" else None
-        if bn_act.wanted(h, self.training) and not isinstance(getattr(self.tcn, "drop", None), nn.Dropout):
+        fused = bn_act.wanted(h, self.training)
+        if self.residual_mode == "conv" and fused and self.residual.bn.training:
+            # the strided residual's conv + BatchNorm: its BatchNorm as a fused pass too (no ReLU)
+            res = bn_act.batch_norm_act([self.residual.before_norm(x)], [self.residual.bn], relu=False)[0]
+        else:
+            res = x if self.residual_mode == "identity" else self.residual(x) if self.residual_mode == "conv" else None
+        if fused and not isinstance(getattr(self.tcn, "drop", None), nn.Dropout):
             # the temporal unit's last BatchNorm, the residual add and the ReLU as one fused pass (see bn_act)
             return bn_act.batch_norm_act([self.tcn.before_norm(h)], [self.tcn.bn], residual=res)[0]
         y = self.tcn(h)  # a BatchNorm (or dropout) output: adding in place is safe for autograd
