@@ -155,7 +155,7 @@ def test_float32_gradients_as_accurate_as_mmaction_order(threads, kernels, torch
     exact math), over 8 test points.
 
     One float32 point alone cannot decide this. At every seed some ReLU inputs lie within float32 rounding of zero
-    (the smallest |input| is ~1e-7 of its tensor's largest) and the padded person's max-pool windows tie. Either
+    (the smallest |input| down to ~1e-7 of its tensor's largest) and the padded person's max-pool windows tie. Either
     path's rounding can then move an element across the kink, which changes a gradient by up to a third. At 1 thread
     mmaction2's own order in float32 is off the float64 gradients by 0.33, 1.4e-4 and 0.15 at seeds 1, 5 and 10, and
     ours by 4e-3 at seed 0 (one ReLU input, 3.7e-7 in float32 and <= 0 in float64) and 0.15 at seed 10. A precision
