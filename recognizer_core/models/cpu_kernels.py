@@ -67,11 +67,12 @@ def _digest() -> str:
     return hashlib.sha256(text + " ".join(FLAGS + [versions]).encode()).hexdigest()[:12]
 
 
-def build_dir() -> Path:
-    """This code's build directory, under build_root(). Passed to torch explicitly: torch's own choice (a py/cuda
-    subfolder only when TORCH_EXTENSIONS_DIR is unset) would send a process given TORCH_EXTENSIONS_DIR=build_root()
-    (the two-node and job-submit tests, whose nodes have their own HOME) to another directory, to compile again."""
-    return build_root() / f"recognizer_cpu_kernels_{_digest()}"
+def build_dir(digest: str | None = None) -> Path:
+    """This code's build directory, under build_root() (`digest`: _digest(), when the caller has it). Passed to torch
+    explicitly: torch's own choice (a py/cuda subfolder only when TORCH_EXTENSIONS_DIR is unset) would send a process
+    given TORCH_EXTENSIONS_DIR=build_root() (the two-node and job-submit tests, whose nodes have their own HOME) to
+    another directory, to compile again."""
+    return build_root() / f"recognizer_cpu_kernels_{digest or _digest()}"
 
 
 def _build_and_load() -> None:
@@ -80,7 +81,7 @@ def _build_and_load() -> None:
     # Built from copies at paths fixed by the sources' content: torch rebuilds whenever a source path changes, and a
     # Ray job's working_dir lands at a new path per job.
     digest = _digest()
-    out = build_root() / f"recognizer_cpu_kernels_{digest}"  # = build_dir(), without hashing the sources twice
+    out = build_dir(digest)
     copies = []
     for src in SOURCES:
         copy = build_root() / "recognizer_sources" / f"{src.stem}_{digest}.cpp"
@@ -98,10 +99,10 @@ def _build_and_load() -> None:
 
 @contextlib.contextmanager
 def _pinned_ninja():
-    """torch runs the `ninja` its PATH finds first. Debian's ninja 1.11 and pip's 1.13 (both on this machine) hash build commands differently, so
-    processes whose PATHs find different ones (a shell without the venv, Ray workers, the test clusters) each took
-    the other's build for stale and rebuilt it (~30 s, several times per test run here). The pip package `ninja`
-    (a dependency) goes first while building (`load` holds a lock)."""
+    """torch runs the `ninja` its PATH finds first. Debian's ninja 1.11 and pip's 1.13 (both on this machine) hash
+    build commands differently, so processes whose PATHs find different ones (a shell without the venv, Ray workers,
+    the test clusters) each took the other's build for stale and rebuilt it (~30 s, several times per test run here).
+    The pip package `ninja` (a dependency) goes first while building (`load` holds a lock)."""
     try:
         import ninja
 
