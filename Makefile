@@ -23,15 +23,20 @@ demo: $(STAMP)
 test: $(STAMP)
 	RAY_USAGE_STATS_ENABLED=0 $(BIN)/python -m pytest -q tests
 
-bench: $(STAMP)  # mmaction2 comparisons need `bash bench/setup_mmaction2_venv.sh` once
-	$(BIN)/python bench/bench_pipeline.py --feats all
-	$(BIN)/python bench/bench_train_step.py
-	$(BIN)/python bench/bench_train.py
-	$(BIN)/python bench/bench_extract.py
-	$(BIN)/python bench/bench_dino_pose.py
-	$(BIN)/python bench/bench_train_input.py
-	$(BIN)/python bench/bench_dataset.py
-	$(BIN)/python bench/bench_recognize.py
+RES := bench/results
+
+bench: $(STAMP)  # the README's Speed figures, each line appended to bench/results/ (mmaction2: bash bench/setup_mmaction2_venv.sh once)
+	$(BIN)/python bench/bench_pipeline.py --feats b,j+b+jm+bm --repeats 7 --out $(RES)/pipeline.jsonl
+	$(BIN)/python bench/bench_train_step.py --batches 16 --repeats 6 --steps 2 --eager-ops --allocator tcmalloc --out $(RES)/train_step.jsonl
+	$(BIN)/python bench/bench_train_step.py --batches 64 --repeats 5 --steps 1 --eager-ops --bf16 --allocator tcmalloc --out $(RES)/train_step.jsonl
+	$(BIN)/python bench/bench_train_memory.py --allocator tcmalloc --out $(RES)/train_memory.jsonl
+	$(BIN)/python bench/bench_train_input.py --feats j,b,jm,bm --repeats 7 --out $(RES)/train_input.jsonl
+	$(BIN)/python bench/bench_train_input.py --feats b --repeats 7 --out $(RES)/train_input.jsonl
+	$(BIN)/python bench/bench_recognize.py --runs 7
+	flock /tmp/ray_tests.lock $(BIN)/python bench/bench_extract.py --repeats 7
+	$(BIN)/python bench/bench_dino_pose.py --out $(RES)/dino_pose.jsonl
+	$(BIN)/python bench/bench_dataset.py --out $(RES)/dataset.jsonl
+	$(BIN)/python bench/bench_train.py --out $(RES)/train.jsonl
 	$(BIN)/python bench/bench_ensemble.py
 
 clean:

@@ -25,7 +25,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import MMACTION_PY, REPO, machine, median, now  # noqa: E402
+from common import MMACTION_PY, REPO, machine, median, now, ratio_stats  # noqa: E402
 
 PIPE = {"feats": ["b"], "clip_len": 48, "num_person": 2, "test_num_clips": 1}
 
@@ -113,7 +113,9 @@ def skeleton_bench(work: Path, runs: int, threads: int) -> dict:
     if mm_ok:
         out.update(mmaction2_windows_per_s=round(median(mm), 1), mmaction2_runs=[round(x, 1) for x in mm],
                    ratio=round(median(ours) / median(mm), 2), ratio_onnx=round(median(ours_onnx) / median(mm), 2),
-                   max_abs_score_diff=diff)
+                   max_abs_score_diff=diff,
+                   # per alternated run (ours windows/s / mmaction2's): the median with its min-max
+                   paired_ratio=ratio_stats(ours, mm), paired_ratio_onnx=ratio_stats(ours_onnx, mm))
     else:
         out["mmaction2"] = f"not measured: {MMACTION_PY} missing (bash bench/setup_mmaction2_venv.sh)"
     return out
