@@ -80,7 +80,11 @@ class RayResources(StrictModel):
     num_gpus_per_actor: float = Field(0.0, ge=0, description="GPUs per inference actor (fractions share a GPU)")
     num_cpus_per_actor: float = Field(1.0, gt=0)
     num_cpus_per_decode_task: float = Field(1.0, gt=0)
-    decode_task_memory_mb: int = Field(512, ge=1, description="memory reserved per decode task; also keeps "
+    # Ray reserves this per task when it places decode tasks on a node. A decode worker's own memory (USS)
+    # measured 480-590 MiB here (Ray's worker runtime ~300 MiB, PyAV's decoder and the 640x640 letterboxed
+    # blocks), over the former 512 MiB, so a node packed with decode tasks could exceed its memory and Ray
+    # Data printed a "set memory=..." warning after every run; 1 GiB keeps Ray's 25% headroom for 1080p/4K.
+    decode_task_memory_mb: int = Field(1024, ge=1, description="memory reserved per decode task; also keeps "
                                        "decoding in its own CPU tasks (Ray Data fuses same-resource maps "
                                        "into the inference actors otherwise)")
     num_cpus_per_track_task: float = Field(1.0, gt=0, description="CPUs of each per-video tracking + write task")
