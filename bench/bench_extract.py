@@ -43,7 +43,12 @@ from recognizer_core.track.tracking import track_poses  # noqa: E402
 
 
 def build_rtmlib(onnx: str, device: str, model_cfg: PoseModelConfig):
-    import rtmlib
+    try:
+        import rtmlib
+    except ImportError:  # bench only, never a project dependency (it pulls OpenCV)
+        raise SystemExit("bench_extract: the peer, rtmlib, is not installed: `pip install rtmlib`, or keep the venv "
+                         "clean with `pip install --no-deps --target DIR rtmlib opencv-python-headless` and "
+                         "PYTHONPATH=DIR") from None
 
     return rtmlib.RTMO(onnx_model=onnx, model_input_size=tuple(model_cfg.model_input_size),
                        score_thr=model_cfg.score_threshold, nms_thr=model_cfg.nms_threshold, backend="onnxruntime",

@@ -80,10 +80,10 @@ class RayResources(StrictModel):
     num_gpus_per_actor: float = Field(0.0, ge=0, description="GPUs per inference actor (fractions share a GPU)")
     num_cpus_per_actor: float = Field(1.0, gt=0)
     num_cpus_per_decode_task: float = Field(1.0, gt=0)
-    # Ray reserves this per task when it places decode tasks on a node. A decode worker's own memory (USS)
-    # measured 480-590 MiB here (Ray's worker runtime ~300 MiB, PyAV's decoder and the 640x640 letterboxed
-    # blocks), over the former 512 MiB, so a node packed with decode tasks could exceed its memory and Ray
-    # Data printed a "set memory=..." warning after every run; 1 GiB keeps Ray's 25% headroom for 1080p/4K.
+    # Ray reserves this per task when it places decode tasks on a node. A decode worker's own memory (USS, as
+    # Ray Data reports it after a run) measured 480-590 MiB on the shared videos (up to 1080p), over the former
+    # 512 MiB: a node packed with decode tasks could run out of memory, and Ray Data printed a "set memory=..."
+    # warning after every run. 1 GiB covers that with Ray's suggested 25% headroom, and some for larger frames.
     decode_task_memory_mb: int = Field(1024, ge=1, description="memory reserved per decode task; also keeps "
                                        "decoding in its own CPU tasks (Ray Data fuses same-resource maps "
                                        "into the inference actors otherwise)")
