@@ -140,6 +140,9 @@ def main() -> int:
     parser.add_argument("--max-videos", type=int, default=0, help="first N videos only (0: all)")
     parser.add_argument("--repeats", type=int, default=5, help="alternated repeats (>= 5 for a ratio)")
     parser.add_argument("--onnx", default="", help="RTMO end2end ONNX (default: build the fake model)")
+    parser.add_argument("--fake-gflops", type=float, default=0.0,
+                        help="give the fake model a conv tower of at least this many GFLOPs per image (same "
+                             "outputs): the job and rtmlib with a model that costs something, where no RTMO is")
     parser.add_argument("--device", default="cpu", help="cpu | cuda")
     parser.add_argument("--batch-size", type=int, default=8, help="inference batch of the Ray job")
     parser.add_argument("--num-actors", type=int, default=1)
@@ -151,9 +154,9 @@ def main() -> int:
     try:
         onnx = args.onnx
         if not onnx:
-            from fakes.fake_rtmo import build_fake_rtmo
+            from fakes.fake_rtmo import build_fake_rtmo, tower_gflops, tower_layers
 
-            onnx = str(build_fake_rtmo(work / "fake_rtmo.onnx"))
+            onnx = str(build_fake_rtmo(work / "fake_rtmo.onnx", gflops=args.fake_gflops))
         source = subset_dir(args.videos, work, args.max_videos)
         videos = list_videos(SourceConfig(input=source))
 
@@ -196,7 +199,9 @@ def main() -> int:
             "bench": "extract", "date": now(), "machine": machine(), "host": platform.node(),
             "loadavg_1_5_15": [round(x, 2) for x in load], "device": args.device, "provider": last["provider"],
             "model": os.path.basename(onnx) if args.onnx else
-            "fake_rtmo (tests/fakes: RTMO's I/O contract, almost no compute; not RTMO's cost)",
+            "fake_rtmo (tests/fakes: RTMO's I/O contract, almost no compute; not RTMO's cost)" if not args.fake_gflops
+            else f"fake_rtmo + a conv tower of {tower_gflops(tower_layers(args.fake_gflops)):.1f} GFLOPs per image "
+                 "(RTMO's I/O contract; a stand-in for a model's cost, not RTMO's network)",
             "videos": len(videos), "frames": last["frames"], "peer": f"rtmlib {version('rtmlib')} RTMO batch 1",
             "peer_frames": peer_frames, "repeats": args.repeats, "bench_seconds": round(time.perf_counter() - t_bench),
             "ray_vs_rtmlib": {k: round(v, 2) for k, v in _stats(ratios).items()},

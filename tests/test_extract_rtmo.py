@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fakes.fake_rtmo import KEYPOINT_SCALE, build_fake_rtmo, draw_markers, expected_person
+from fakes.fake_rtmo import KEYPOINT_SCALE, build_fake_rtmo, draw_markers, expected_person, tower_gflops, tower_layers
 from recognizer_core.extract.backends import BackendError, OrtBackend, build_backend
 from recognizer_core.extract.config import OnnxOptions, PoseModelConfig
 from recognizer_core.extract.rtmo import RtmoPoseEstimator, box_iou, nms, postprocess, to_model_input
@@ -73,6 +73,23 @@ def test_batched_equals_single_and_static_batch_model(fake_models):
         np.testing.assert_allclose(a.keypoints, b.keypoints, atol=1e-4)
         np.testing.assert_allclose(a.keypoints, c.keypoints, atol=1e-4)
         np.testing.assert_allclose(a.keypoints, d.keypoints, atol=1e-4)
+
+
+def test_compute_stand_in_keeps_the_outputs_and_adds_its_convs(fake_models, tmp_path):
+    # bench_extract.py --fake-gflops: the fake model with a conv tower of a model's cost, the same poses
+    import onnx
+
+    assert tower_layers(0) == 0 and tower_gflops(tower_layers(2.0)) >= 2.0 > tower_gflops(tower_layers(2.0) - 1)
+    heavy = build_fake_rtmo(tmp_path / "heavy.onnx", gflops=2.0)
+    convs = [n for n in onnx.load(str(heavy)).graph.node if n.op_type == "Conv"]
+    assert len(convs) == 1 + tower_layers(2.0)   # the stem and the 3x3 layers survived export
+    frames = np.stack([letterbox(draw_markers(320, 240, [(40, 50), (150, 60)], 12), (640, 640))[0]] * 2)
+    light = _estimator(fake_models["dynamic"])(frames, [2.0] * 2, [(240, 320)] * 2)
+    costly = _estimator(heavy)(frames, [2.0] * 2, [(240, 320)] * 2)
+    for a, b in zip(light, costly):
+        assert len(a) == len(b) == 2
+        np.testing.assert_array_equal(a.boxes, b.boxes)
+        np.testing.assert_array_equal(a.keypoints, b.keypoints)
 
 
 def test_nms_and_thresholds():

@@ -31,12 +31,42 @@ BACKGROUND = 30
 MARKER = 255
 
 
-def _build_module():
+# The compute stand-in (bench only): a conv tower of this width on the 4x-downsampled input, 3x3 layers added until
+# the requested cost; its output enters the scores multiplied by 0, so the detections stay the marker model's.
+TOWER_CHANNELS = 64
+TOWER_SIDE = INPUT // 4
+
+
+def tower_gflops(layers: int) -> float:
+    """Multiply-adds x 2 per image of the stand-in tower: the 4x4/4 stem plus `layers` 3x3 convs."""
+    pixels = TOWER_SIDE * TOWER_SIDE
+    return 2 * pixels * TOWER_CHANNELS * (3 * 16 + layers * 9 * TOWER_CHANNELS) / 1e9
+
+
+def tower_layers(gflops: float) -> int:
+    """The fewest 3x3 layers whose tower costs at least `gflops` per image."""
+    layers = 0
+    while gflops > 0 and tower_gflops(layers) < gflops:
+        layers += 1
+    return layers
+
+
+def _build_module(gflops: float = 0.0):
     import torch
+
+    layers = tower_layers(gflops)
 
     class FakeRTMO(torch.nn.Module):
         def __init__(self):
             super().__init__()
+            self.tower = None
+            if gflops > 0:
+                with torch.random.fork_rng(devices=[]):  # fixed weights; the caller's RNG left as it was
+                    torch.manual_seed(0)
+                    self.tower = torch.nn.Sequential(
+                        torch.nn.Conv2d(3, TOWER_CHANNELS, 4, stride=4),
+                        *[m for _ in range(layers) for m in (
+                            torch.nn.Conv2d(TOWER_CHANNELS, TOWER_CHANNELS, 3, padding=1), torch.nn.ReLU())])
             ys, xs = torch.meshgrid(torch.arange(INPUT, dtype=torch.float32) + 0.5,
                                     torch.arange(INPUT, dtype=torch.float32) + 0.5, indexing="ij")
             self.register_buffer("xs", xs.reshape(1, GRID, CELL, GRID, CELL))
@@ -53,6 +83,8 @@ def _build_module():
             cy = (mask * self.ys).sum(dim=(2, 4)).reshape(n, GRID * GRID, 1) / mass.clamp(min=1.0)
             s = mass.sqrt()
             score = mass / (mass + 20.0)
+            if self.tower is not None:  # the cost of a real model, not its output
+                score = score + self.tower(x / 255.0).mean(dim=(1, 2, 3)).reshape(n, 1, 1) * 0.0
             centre = torch.cat([cx, cy], dim=-1)                               # (n, C, 2)
             box = torch.cat([centre - self.box_half * s, centre + self.box_half * s], dim=-1)
             shift = torch.cat([s, s * 0.0, s, s * 0.0], dim=-1) * DUPLICATE_SHIFT
@@ -66,9 +98,11 @@ def _build_module():
     return FakeRTMO().eval()
 
 
-def build_fake_rtmo(path: str | Path, dynamic_batch: bool = True, static_batch: int = 1) -> Path:
+def build_fake_rtmo(path: str | Path, dynamic_batch: bool = True, static_batch: int = 1, gflops: float = 0.0) -> Path:
     """Export the fake model to ONNX (input 'input', outputs 'dets', 'keypoints', as mmdeploy names them);
-    without a dynamic batch axis the model takes exactly `static_batch` images."""
+    without a dynamic batch axis the model takes exactly `static_batch` images. `gflops` > 0 adds a conv tower
+    of at least that cost per image (multiply-adds x 2): the same outputs, with a model's compute to stand in for
+    a real RTMO's (bench_extract.py --fake-gflops)."""
     import torch
 
     path = Path(path)
@@ -77,7 +111,7 @@ def build_fake_rtmo(path: str | Path, dynamic_batch: bool = True, static_batch: 
     axes = {"input": {0: "batch"}, "dets": {0: "batch"}, "keypoints": {0: "batch"}} if dynamic_batch else None
     with warnings.catch_warnings():  # the TorchScript exporter is deprecated but simplest for dynamic axes
         warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(_build_module(), (dummy,), str(path), input_names=["input"],
+        torch.onnx.export(_build_module(gflops), (dummy,), str(path), input_names=["input"],
                           output_names=["dets", "keypoints"], dynamic_axes=axes, opset_version=17, dynamo=False)
     return path
 
