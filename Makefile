@@ -30,6 +30,7 @@ bench: $(STAMP)  # the README's Speed figures, each line appended to bench/resul
 	$(BIN)/python bench/bench_train_step.py --batches 16 --repeats 6 --steps 2 --eager-ops --allocator tcmalloc --out $(RES)/train_step.jsonl
 	$(BIN)/python bench/bench_train_step.py --batches 64 --repeats 5 --steps 1 --eager-ops --bf16 --allocator tcmalloc --out $(RES)/train_step.jsonl
 	$(BIN)/python bench/bench_train_memory.py --allocator tcmalloc --out $(RES)/train_memory.jsonl
+	$(BIN)/python bench/bench_train_roofline.py --out $(RES)/train_roofline.jsonl
 	$(BIN)/python bench/bench_train_input.py --feats j,b,jm,bm --repeats 7 --out $(RES)/train_input.jsonl
 	$(BIN)/python bench/bench_train_input.py --feats b --repeats 7 --out $(RES)/train_input.jsonl
 	$(BIN)/python bench/bench_recognize.py --runs 7

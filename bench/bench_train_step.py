@@ -84,12 +84,26 @@ class OurStep:
         return time.perf_counter() - t0, time.process_time() - c0
 
 
-def bench_setting(worker: MMWorker | None, tmp: Path, batch: int, threads: int, args) -> dict:
-    torch.set_num_threads(threads)
+def step_batch(batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The timed batch: B x (M, T, V, C) random skeletons with one padded person, and labels."""
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(batch, M, T, V, C, generator=gen)
     x[1, -1] = 0  # one padded person, as the pipeline produces
-    y = torch.randint(0, 2, (batch,), generator=gen)
+    return x, torch.randint(0, 2, (batch,), generator=gen)
+
+
+def mmaction2_model(worker: MMWorker, data: Path, threads: int) -> None:
+    """Builds the same model and optimizer in the mmaction2 worker, on the batch saved at `data` (x, y)."""
+    info = worker.call("model", data=str(data), threads=threads, num_classes=2, dropout=0.0, lr=0.1,
+                       head_in_channels=ModelConfig(**MODEL_CFG).head_in_channels,
+                       backbone=dict(in_channels=C, base_channels=64, num_stages=4, inflate_stages=[2],
+                                     down_stages=[2]))
+    assert info["threads"] == threads, info
+
+
+def bench_setting(worker: MMWorker | None, tmp: Path, batch: int, threads: int, args) -> dict:
+    torch.set_num_threads(threads)
+    x, y = step_batch(batch)
     variants = {"ours": OurStep(x, y)}
     if args.eager_ops:
         variants["ours_eager_ops"] = OurStep(x, y, eager_ops=True)
@@ -105,11 +119,7 @@ def bench_setting(worker: MMWorker | None, tmp: Path, batch: int, threads: int, 
     if worker is not None:
         data = tmp / f"batch{batch}.npz"
         np.savez(data, x=x.numpy(), y=y.numpy())
-        info = worker.call("model", data=str(data), threads=threads, num_classes=2, dropout=0.0, lr=0.1,
-                           head_in_channels=ModelConfig(**MODEL_CFG).head_in_channels,
-                           backbone=dict(in_channels=C, base_channels=64, num_stages=4, inflate_stages=[2],
-                                         down_stages=[2]))
-        assert info["threads"] == threads, info
+        mmaction2_model(worker, data, threads)
     # warm-up: oneDNN primitive creation; a heap that keeps freed memory grows over the first steps
     warm = 1 if args.allocator == "glibc" else 3
     if worker is not None:
