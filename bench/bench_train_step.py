@@ -11,8 +11,9 @@ the repeats, by wall clock and by process CPU time (CPU time moves much less wit
 Optional variants of our step, timed in the same alternation: `--eager-ops` (eager PyTorch ops instead of our
 compiled CPU kernels, recognizer_core/models/cpu_kernels.py: the fused BatchNorm / add / ReLU, the GCN
 aggregation and the skipped bias gradients that go with them; before 2026-12-03 `--eager-bn`, the BatchNorm
-kernels only), `--bf16` (torch.autocast bfloat16, only
-where the CPU has native bf16) and `--compile` (torch.compile, inductor; the compile time is reported). The JSON
+kernels only), `--bf16` (torch.autocast bfloat16, only where the CPU has native bf16; the BatchNorm kernels take
+its bf16 activations since 2026-12-03 15:00 UTC, eager ops before; with `--eager-ops` also the bf16 step with every
+kernel off) and `--compile` (torch.compile, inductor; the compile time is reported). The JSON
 line says whether the kernels were in use (`cpu_kernels`; `fused_bn` before).
 
 Each setting also reports both sides' minor page faults per step. `--allocator` picks the malloc of both sides
@@ -109,6 +110,8 @@ def bench_setting(worker: MMWorker | None, tmp: Path, batch: int, threads: int, 
         variants["ours_eager_ops"] = OurStep(x, y, eager_ops=True)
     if args.bf16:
         variants["ours_bf16_autocast"] = OurStep(x, y, bf16=True)
+        if args.eager_ops:  # what the kernels add under autocast (bf16 activations through them since 2026-12-03)
+            variants["ours_bf16_autocast_eager_ops"] = OurStep(x, y, bf16=True, eager_ops=True)
     compile_s = None
     if args.compile:
         variants["ours_compiled"] = OurStep(x, y, compile=True)

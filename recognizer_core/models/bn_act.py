@@ -5,7 +5,9 @@ with RECOGNIZER_CPU_KERNELS=0, `wanted` is False and the blocks run the same com
 
 Same function as nn.BatchNorm2d in training mode followed by `+ residual` and ReLU (batch statistics with the
 biased variance, running statistics updated with the unbiased one); the sums are accumulated in double, so values
-differ from PyTorch's by float rounding only.
+differ from PyTorch's by float rounding only. Under CPU bf16 autocast the convolutions hand over bf16 activations:
+the kernels read and write them as bf16 and compute in float32, as PyTorch's mixed-type BatchNorm does (weights,
+statistics and their gradients stay float32).
 """
 from __future__ import annotations
 
@@ -17,11 +19,18 @@ from torch import nn
 from . import cpu_kernels
 
 
+DTYPES = (torch.float32, torch.float64, torch.bfloat16)
+
+
 def wanted(x: torch.Tensor, training: bool) -> bool:
-    """Whether the fused path serves this call: CPU training in float32/64 without autocast (on a GPU cuDNN's
+    """Whether the fused path serves this call: CPU training in float32/64, or bf16 (autocast) (on a GPU cuDNN's
     BatchNorm is used; in eval mode BatchNorm folds into an affine map)."""
-    return (training and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
-            and not torch.is_autocast_enabled("cpu") and cpu_kernels.enabled())
+    return training and x.device.type == "cpu" and x.dtype in DTYPES and cpu_kernels.enabled()
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The kernels' scale / shift / gradient-coefficient type for activations of `dtype` (float32 for bf16)."""
+    return torch.float32 if dtype == torch.bfloat16 else dtype
 
 
 def describe(device: torch.device) -> str:
@@ -43,8 +52,8 @@ class _BatchNormAct(torch.autograd.Function):
     @staticmethod
     def forward(ctx, mean, invstd, weight, bias, residual, relu: bool, out_sizes: list[int], *xs):
         scale64 = weight.detach().double() * invstd
-        scale = scale64.to(xs[0].dtype)
-        shift = (bias.detach().double() - mean * scale64).to(xs[0].dtype)
+        scale = scale64.to(_compute_dtype(xs[0].dtype))
+        shift = (bias.detach().double() - mean * scale64).to(_compute_dtype(xs[0].dtype))
         outs = torch.ops.recognizer.bn_apply(list(xs), scale, shift, residual, relu, out_sizes)
         ctx.keep_y = relu and residual is not None  # the ReLU mask of `bn + residual` needs the output
         ctx.relu, ctx.out_sizes = relu, list(out_sizes)
@@ -58,7 +67,8 @@ class _BatchNormAct(torch.autograd.Function):
         y = rest[0] if ctx.keep_y else None
         xs = rest[1:] if ctx.keep_y else rest
         rows = xs[0].shape[0]
-        grads = [xs[0].new_zeros(rows, s) if g is None else g.contiguous() for g, s in zip(grads, ctx.out_sizes)]
+        grads = [xs[0].new_zeros(rows, s) if g is None else g.to(xs[0].dtype).contiguous()
+                 for g, s in zip(grads, ctx.out_sizes)]
         dxs, dweight, dbias, dres = torch.ops.recognizer.bn_backward(
             grads, list(xs), y, mean, invstd, weight, scale, shift, ctx.relu, ctx.res_grad)
         return (None, None, dweight, dbias, dres if ctx.res_grad else None, None, None, *dxs)
@@ -73,7 +83,10 @@ def batch_norm_act(xs: list[torch.Tensor], bns: list[nn.BatchNorm2d], out_sizes:
     output split is materialised. The modules' running statistics are updated as nn.BatchNorm2d does.
     """
     n, _, h, w = xs[0].shape
-    rows = [_rows(x) for x in xs]
+    # one activation type for the kernels: bf16 if autocast made any input bf16 (a float32 one is rounded, as the
+    # next autocast op would), else the inputs' own
+    dtype = torch.bfloat16 if any(x.dtype == torch.bfloat16 for x in xs) else xs[0].dtype
+    rows = [_rows(x.to(dtype)) for x in xs]
     channels = sum(r.shape[1] for r in rows)
     sizes = [b.num_features for b in bns]
     assert sum(sizes) == channels and all(b.eps == bns[0].eps for b in bns), "BatchNorms must cover the channels"
@@ -84,7 +97,7 @@ def batch_norm_act(xs: list[torch.Tensor], bns: list[nn.BatchNorm2d], out_sizes:
     _update_running_stats(bns, mean, var, n * h * w)
     weight = torch.cat([b.weight for b in bns]) if len(bns) > 1 else bns[0].weight
     bias = torch.cat([b.bias for b in bns]) if len(bns) > 1 else bns[0].bias
-    res_rows = None if residual is None else _rows(residual)
+    res_rows = None if residual is None else _rows(residual.to(dtype))
     outs = _BatchNormAct.apply(mean, invstd, weight, bias, res_rows, relu, out_sizes, *rows)
     return [o.view(n, h, w, o.shape[1]).permute(0, 3, 1, 2) for o in outs]
 

@@ -16,6 +16,11 @@
 //
 // Numerics: sums are accumulated in double per fixed row chunk and the chunks are added in order, so the result
 // does not depend on thread timing (the same thread count gives the same bits).
+//
+// Types: float32 and float64 compute in their own type. bfloat16 activations (CPU bf16 autocast, where the convs
+// and GEMMs output bf16) are read into float32, computed in float32 with float32 scale / shift / gradient
+// coefficients, and rounded to the nearest even bf16 when stored, as PyTorch's own bf16 kernels do: half the bytes
+// of float32 through these memory-bound passes.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -34,11 +39,37 @@
 
 namespace {
 
-std::vector<int64_t> widths(const std::vector<at::Tensor>& ts, int64_t rows, const char* what) {
+// Element type T of the activations, compute type of T (the type of scale, shift and the gradient coefficients).
+template <typename T> struct Compute { using type = T; };
+template <> struct Compute<at::BFloat16> { using type = float; };
+template <typename T> using compute_t = typename Compute<T>::type;
+
+// Loads and stores between T and its compute type. bf16 <-> float written on the bits (plain integer shifts and
+// selects), so GCC vectorises them; the store rounds to nearest even and keeps NaN a NaN, as c10::BFloat16 does.
+template <typename T> inline __attribute__((always_inline)) compute_t<T> ld(T v) { return v; }
+template <typename T> inline __attribute__((always_inline)) T st(compute_t<T> v) { return v; }
+template <> inline __attribute__((always_inline)) float ld<at::BFloat16>(at::BFloat16 v) {
+  uint32_t bits = uint32_t(v.x) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof(f));
+  return f;
+}
+template <> inline __attribute__((always_inline)) at::BFloat16 st<at::BFloat16>(float f) {
+  uint32_t bits;
+  std::memcpy(&bits, &f, sizeof(bits));
+  uint16_t rounded = uint16_t((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);
+  at::BFloat16 out;
+  out.x = f != f ? uint16_t(0x7FC0) : rounded;
+  return out;
+}
+
+std::vector<int64_t> widths(const std::vector<at::Tensor>& ts, int64_t rows, const char* what,
+                            c10::optional<at::ScalarType> dtype = c10::nullopt) {
   std::vector<int64_t> w;
   for (const auto& t : ts) {
     TORCH_CHECK(t.dim() == 2 && t.size(0) == rows && t.is_contiguous() && t.device().is_cpu(),
                 what, ": expected contiguous CPU (rows, channels) blocks with ", rows, " rows, got ", t.sizes());
+    TORCH_CHECK(!dtype || t.scalar_type() == *dtype, what, ": expected ", *dtype, ", got ", t.scalar_type());
     w.push_back(t.size(1));
   }
   return w;
@@ -93,12 +124,12 @@ inline void blocks(int64_t r0, int64_t r1, F body) {
 
 // ---- the hot loops: a block of whole rows (pointers at its first row, row strides) ----
 // __restrict__: no two of these pointers overlap, so GCC vectorises the channel loop without run-time overlap checks.
-// MASK: 0 none, 1 y > 0, 2 x*scale + shift > 0 recomputed.
+// MASK: 0 none, 1 y > 0, 2 x*scale + shift > 0 recomputed. T: the activations' type, C: compute_t<T>.
 
-template <typename T, int MASK>
-inline __attribute__((always_inline)) T masked(T dy, T x, T y, T scale, T shift) {
-  if (MASK == 1) return y > T(0) ? dy : T(0);
-  if (MASK == 2) return (x * scale + shift) > T(0) ? dy : T(0);
+template <typename C, int MASK>
+inline __attribute__((always_inline)) C masked(C dy, C x, C y, C scale, C shift) {
+  if (MASK == 1) return y > C(0) ? dy : C(0);
+  if (MASK == 2) return (x * scale + shift) > C(0) ? dy : C(0);
   return dy;
 }
 
@@ -107,61 +138,64 @@ inline __attribute__((always_inline)) void stats_rows(const T* __restrict__ x, i
                                                        double* __restrict__ s, double* __restrict__ ss) {
   for (int64_t r = 0; r < rows; ++r, x += xs)
     for (int64_t c = 0; c < n; ++c) {
-      double v = x[c];
+      double v = ld<T>(x[c]);
       s[c] += v;
       ss[c] += v * v;
     }
 }
 
-template <typename T, bool RES, bool RELU>
+template <typename T, bool RES, bool RELU, typename C = compute_t<T>>
 inline __attribute__((always_inline)) void apply_rows(const T* __restrict__ x, int64_t xs, const T* __restrict__ res,
-                                                       int64_t rs, const T* __restrict__ scale,
-                                                       const T* __restrict__ shift, int64_t rows, int64_t n,
+                                                       int64_t rs, const C* __restrict__ scale,
+                                                       const C* __restrict__ shift, int64_t rows, int64_t n,
                                                        T* __restrict__ y, int64_t ys) {
   for (int64_t r = 0; r < rows; ++r, x += xs, res += RES ? rs : 0, y += ys)
     for (int64_t c = 0; c < n; ++c) {
-      T v = x[c] * scale[c] + shift[c];
-      if (RES) v += res[c];
-      y[c] = (RELU && v < T(0)) ? T(0) : v;  // NaN stays NaN, as torch.relu
+      C v = ld<T>(x[c]) * scale[c] + shift[c];
+      if (RES) v += ld<T>(res[c]);
+      y[c] = st<T>((RELU && v < C(0)) ? C(0) : v);  // NaN stays NaN, as torch.relu
     }
 }
 
 // g = dy masked by the ReLU; sums of g and g*x; g written to gres when the residual needs its gradient.
-template <typename T, int MASK, bool GRES>
+template <typename T, int MASK, bool GRES, typename C = compute_t<T>>
 inline __attribute__((always_inline)) void reduce_rows(const T* __restrict__ dy, int64_t dys, const T* __restrict__ x,
                                                         int64_t xs, const T* __restrict__ y, int64_t ys,
-                                                        const T* __restrict__ scale, const T* __restrict__ shift,
+                                                        const C* __restrict__ scale, const C* __restrict__ shift,
                                                         int64_t rows, int64_t n, double* __restrict__ sg,
                                                         double* __restrict__ sgx, T* __restrict__ gres, int64_t gs) {
   for (int64_t r = 0; r < rows; ++r, dy += dys, x += xs, y += MASK == 1 ? ys : 0, gres += GRES ? gs : 0)
     for (int64_t c = 0; c < n; ++c) {
-      T g = masked<T, MASK>(dy[c], x[c], MASK == 1 ? y[c] : T(0), scale[c], shift[c]);
+      C xv = ld<T>(x[c]);
+      C g = masked<C, MASK>(ld<T>(dy[c]), xv, MASK == 1 ? ld<T>(y[c]) : C(0), scale[c], shift[c]);
       sg[c] += (double)g;
-      sgx[c] += (double)g * (double)x[c];
-      if (GRES) gres[c] = g;
+      sgx[c] += (double)g * (double)xv;
+      if (GRES) gres[c] = st<T>(g);
     }
 }
 
-template <typename T, int MASK>
+template <typename T, int MASK, typename C = compute_t<T>>
 inline __attribute__((always_inline)) void grad_rows(const T* __restrict__ dy, int64_t dys, const T* __restrict__ x,
                                                       int64_t xs, const T* __restrict__ y, int64_t ys,
-                                                      const T* __restrict__ scale, const T* __restrict__ shift,
-                                                      const T* __restrict__ k1, const T* __restrict__ k2,
-                                                      const T* __restrict__ k3, int64_t rows, int64_t n,
+                                                      const C* __restrict__ scale, const C* __restrict__ shift,
+                                                      const C* __restrict__ k1, const C* __restrict__ k2,
+                                                      const C* __restrict__ k3, int64_t rows, int64_t n,
                                                       T* __restrict__ dx, int64_t dxs) {
   for (int64_t r = 0; r < rows; ++r, dy += dys, x += xs, y += MASK == 1 ? ys : 0, dx += dxs)
     for (int64_t c = 0; c < n; ++c) {
-      T g = masked<T, MASK>(dy[c], x[c], MASK == 1 ? y[c] : T(0), scale[c], shift[c]);
-      dx[c] = k1[c] * g + k2[c] * x[c] + k3[c];
+      C xv = ld<T>(x[c]);
+      C g = masked<C, MASK>(ld<T>(dy[c]), xv, MASK == 1 ? ld<T>(y[c]) : C(0), scale[c], shift[c]);
+      dx[c] = st<T>(k1[c] * g + k2[c] * xv + k3[c]);
     }
 }
 
-// Non-template entry points, so that target_clones can compile each for several instruction sets; overloaded on T.
-#define RECOGNIZER_INSTANCES(T)                                                                                    \
+// Non-template entry points, so that target_clones can compile each for several instruction sets; overloaded on T
+// (C: its compute type).
+#define RECOGNIZER_INSTANCES(T, C)                                                                                 \
   RECOGNIZER_CLONES void stats_block(const T* x, int64_t xs, int64_t rows, int64_t n, double* s, double* ss) {     \
     stats_rows<T>(x, xs, rows, n, s, ss);                                                                          \
   }                                                                                                                \
-  RECOGNIZER_CLONES void apply_block(const T* x, int64_t xs, const T* r, int64_t rs, const T* sc, const T* sh,     \
+  RECOGNIZER_CLONES void apply_block(const T* x, int64_t xs, const T* r, int64_t rs, const C* sc, const C* sh,     \
                                      bool relu, int64_t rows, int64_t n, T* y, int64_t ys) {                       \
     if (relu && r) apply_rows<T, true, true>(x, xs, r, rs, sc, sh, rows, n, y, ys);                                \
     else if (relu) apply_rows<T, false, true>(x, xs, r, rs, sc, sh, rows, n, y, ys);                               \
@@ -169,7 +203,7 @@ inline __attribute__((always_inline)) void grad_rows(const T* __restrict__ dy, i
     else apply_rows<T, false, false>(x, xs, r, rs, sc, sh, rows, n, y, ys);                                        \
   }                                                                                                                \
   RECOGNIZER_CLONES void reduce_block(const T* dy, int64_t dys, const T* x, int64_t xs, const T* y, int64_t ys,    \
-                                      const T* sc, const T* sh, int m, int64_t rows, int64_t n, double* sg,        \
+                                      const C* sc, const C* sh, int m, int64_t rows, int64_t n, double* sg,        \
                                       double* sgx, T* gr, int64_t gs) {                                            \
     if (gr && m == 0) reduce_rows<T, 0, true>(dy, dys, x, xs, y, ys, sc, sh, rows, n, sg, sgx, gr, gs);            \
     else if (gr && m == 1) reduce_rows<T, 1, true>(dy, dys, x, xs, y, ys, sc, sh, rows, n, sg, sgx, gr, gs);       \
@@ -179,14 +213,15 @@ inline __attribute__((always_inline)) void grad_rows(const T* __restrict__ dy, i
     else reduce_rows<T, 2, false>(dy, dys, x, xs, y, ys, sc, sh, rows, n, sg, sgx, gr, gs);                        \
   }                                                                                                                \
   RECOGNIZER_CLONES void grad_block(const T* dy, int64_t dys, const T* x, int64_t xs, const T* y, int64_t ys,      \
-                                    const T* sc, const T* sh, int m, const T* k1, const T* k2, const T* k3,        \
+                                    const C* sc, const C* sh, int m, const C* k1, const C* k2, const C* k3,        \
                                     int64_t rows, int64_t n, T* dx, int64_t dxs) {                                 \
     if (m == 0) grad_rows<T, 0>(dy, dys, x, xs, y, ys, sc, sh, k1, k2, k3, rows, n, dx, dxs);                      \
     else if (m == 1) grad_rows<T, 1>(dy, dys, x, xs, y, ys, sc, sh, k1, k2, k3, rows, n, dx, dxs);                 \
     else grad_rows<T, 2>(dy, dys, x, xs, y, ys, sc, sh, k1, k2, k3, rows, n, dx, dxs);                             \
   }
-RECOGNIZER_INSTANCES(float)
-RECOGNIZER_INSTANCES(double)
+RECOGNIZER_INSTANCES(float, float)
+RECOGNIZER_INSTANCES(double, double)
+RECOGNIZER_INSTANCES(at::BFloat16, float)
 
 // Per-chunk double partial sums, added in chunk order.
 template <typename F>
@@ -209,10 +244,10 @@ std::vector<double> chunked_sums(int64_t rows, int64_t channels, F body) {
 std::tuple<at::Tensor, at::Tensor> bn_stats(std::vector<at::Tensor> xs) {
   TORCH_CHECK(!xs.empty(), "bn_stats: no input");
   const int64_t rows = xs[0].size(0);
-  widths(xs, rows, "bn_stats");
+  widths(xs, rows, "bn_stats", xs[0].scalar_type());
   std::vector<double> sums;
   int64_t channels = 0;
-  AT_DISPATCH_FLOATING_TYPES(xs[0].scalar_type(), "bn_stats", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, xs[0].scalar_type(), "bn_stats", [&] {
     Split<scalar_t> X(xs);
     channels = X.channels;
     sums = chunked_sums(rows, channels, [&](int64_t r0, int64_t r1, double* acc) {
@@ -234,7 +269,7 @@ std::tuple<at::Tensor, at::Tensor> bn_stats(std::vector<at::Tensor> xs) {
 std::vector<at::Tensor> bn_apply(std::vector<at::Tensor> xs, at::Tensor scale, at::Tensor shift,
                                  c10::optional<at::Tensor> residual, bool relu, std::vector<int64_t> out_widths) {
   const int64_t rows = xs[0].size(0);
-  auto wx = widths(xs, rows, "bn_apply");
+  auto wx = widths(xs, rows, "bn_apply", xs[0].scalar_type());
   int64_t channels = 0, out_channels = 0;
   for (auto w : wx) channels += w;
   for (auto w : out_widths) out_channels += w;
@@ -242,12 +277,13 @@ std::vector<at::Tensor> bn_apply(std::vector<at::Tensor> xs, at::Tensor scale, a
   TORCH_CHECK(scale.numel() == channels && shift.numel() == channels && scale.is_contiguous() && shift.is_contiguous(),
               "bn_apply: scale/shift must have one value per channel");
   const bool has_res = residual.has_value() && residual->defined();
-  if (has_res) widths({*residual}, rows, "bn_apply residual");
+  if (has_res) widths({*residual}, rows, "bn_apply residual", xs[0].scalar_type());
   std::vector<at::Tensor> outs;
   for (auto w : out_widths) outs.push_back(at::empty({rows, w}, xs[0].options()));
-  AT_DISPATCH_FLOATING_TYPES(xs[0].scalar_type(), "bn_apply", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, xs[0].scalar_type(), "bn_apply", [&] {
+    using C = compute_t<scalar_t>;
     Split<scalar_t> X(xs), Y(outs);
-    const scalar_t *sc = scale.data_ptr<scalar_t>(), *sh = shift.data_ptr<scalar_t>();
+    const C *sc = scale.data_ptr<C>(), *sh = shift.data_ptr<C>();
     const scalar_t* res = has_res ? residual->data_ptr<scalar_t>() : nullptr;
     at::parallel_for(0, rows, 256, [&](int64_t r0, int64_t r1) {
       std::vector<scalar_t> xbuf(X.single() ? 0 : BLOCK_ROWS * channels), ybuf(Y.single() ? 0 : BLOCK_ROWS * channels);
@@ -269,21 +305,22 @@ std::tuple<std::vector<at::Tensor>, at::Tensor, at::Tensor, at::Tensor> bn_backw
     std::vector<at::Tensor> grads, std::vector<at::Tensor> xs, c10::optional<at::Tensor> y, at::Tensor mean,
     at::Tensor invstd, at::Tensor weight, at::Tensor scale, at::Tensor shift, bool relu, bool residual_grad) {
   const int64_t rows = xs[0].size(0);
-  auto wx = widths(xs, rows, "bn_backward x");
-  widths(grads, rows, "bn_backward grad");
+  auto wx = widths(xs, rows, "bn_backward x", xs[0].scalar_type());
+  widths(grads, rows, "bn_backward grad", xs[0].scalar_type());
   int64_t channels = 0;
   for (auto w : wx) channels += w;
   const bool has_y = y.has_value() && y->defined();
-  if (has_y) widths({*y}, rows, "bn_backward y");
+  if (has_y) widths({*y}, rows, "bn_backward y", xs[0].scalar_type());
   const int mask_mode = !relu ? 0 : (has_y ? 1 : 2);
   TORCH_CHECK(!(relu && residual_grad && !has_y), "bn_backward: a residual's ReLU mask needs the output");
   at::Tensor gres = residual_grad ? at::empty({rows, channels}, xs[0].options()) : at::Tensor();
   std::vector<at::Tensor> dxs;
   for (auto w : wx) dxs.push_back(at::empty({rows, w}, xs[0].options()));
   at::Tensor dweight, dbias;
-  AT_DISPATCH_FLOATING_TYPES(xs[0].scalar_type(), "bn_backward", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, xs[0].scalar_type(), "bn_backward", [&] {
+    using C = compute_t<scalar_t>;
     Split<scalar_t> X(xs), G(grads), DX(dxs);
-    const scalar_t *sc = scale.data_ptr<scalar_t>(), *sh = shift.data_ptr<scalar_t>();
+    const C *sc = scale.data_ptr<C>(), *sh = shift.data_ptr<C>();
     const scalar_t* yp = has_y ? y->data_ptr<scalar_t>() : nullptr;
     scalar_t* gr = residual_grad ? gres.data_ptr<scalar_t>() : nullptr;
     const int64_t xn = X.single() ? 0 : BLOCK_ROWS * channels, gn = G.single() ? 0 : BLOCK_ROWS * channels;
@@ -307,9 +344,9 @@ std::tuple<std::vector<at::Tensor>, at::Tensor, at::Tensor, at::Tensor> bn_backw
       k2[c] = -w[c] * is[c] * is[c] * sgxhat / rows;
       k3[c] = -k1[c] * sg / rows - k2[c] * m[c];
     }
-    auto typed = [&](const std::vector<double>& v) { return at::tensor(v, at::kDouble).to(xs[0].scalar_type()); };
+    auto typed = [&](const std::vector<double>& v) { return at::tensor(v, at::kDouble).to(scale.scalar_type()); };
     at::Tensor t1 = typed(k1), t2 = typed(k2), t3 = typed(k3);
-    const scalar_t *p1 = t1.data_ptr<scalar_t>(), *p2 = t2.data_ptr<scalar_t>(), *p3 = t3.data_ptr<scalar_t>();
+    const C *p1 = t1.data_ptr<C>(), *p2 = t2.data_ptr<C>(), *p3 = t3.data_ptr<C>();
     // With the residual's gradient written, it is the masked gradient: read it instead of dy and y.
     at::parallel_for(0, rows, 256, [&](int64_t r0, int64_t r1) {
       std::vector<scalar_t> xbuf(xn), gbuf(gr ? 0 : gn), dxbuf(xn);

@@ -77,22 +77,32 @@ class AggregateLinear(torch.autograd.Function):
 
 
 class _ConvZeroBiasGrad(torch.autograd.Function):
-    """F.conv2d (groups 1) whose bias gradient is zero without being computed, see conv_into_batch_stats."""
+    """F.conv2d (groups 1) whose bias gradient is zero without being computed, see conv_into_batch_stats.
+
+    Under CPU autocast it does what autocast does for a conv: inputs cast to the autocast dtype, the conv and its
+    backward in that dtype, each gradient returned in its input's own dtype."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, stride, padding, dilation):
+        ctx.dtypes = (x.dtype, weight.dtype)
+        if torch.is_autocast_enabled("cpu"):
+            low = torch.get_autocast_dtype("cpu")
+            x, weight, bias = x.to(low), weight.to(low), bias.to(low)
         ctx.save_for_backward(x, weight)
         ctx.geometry = (list(stride), list(padding), list(dilation))
-        return F.conv2d(x, weight, bias, stride, padding, dilation)
+        with torch.autocast("cpu", enabled=False):
+            return F.conv2d(x, weight, bias, stride, padding, dilation)
 
     @staticmethod
     def backward(ctx, gy):
         x, weight = ctx.saved_tensors
         stride, padding, dilation = ctx.geometry
         mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], False]
-        gx, gw, _ = torch.ops.aten.convolution_backward(gy, x, weight, [weight.shape[0]], stride, padding, dilation,
-                                                        False, [0, 0], 1, mask)
-        gb = weight.new_zeros(weight.shape[0]) if ctx.needs_input_grad[2] else None
+        gx, gw, _ = torch.ops.aten.convolution_backward(gy.to(x.dtype), x, weight, [weight.shape[0]], stride,
+                                                        padding, dilation, False, [0, 0], 1, mask)
+        gx = gx.to(ctx.dtypes[0]) if gx is not None else None
+        gw = gw.to(ctx.dtypes[1]) if gw is not None else None
+        gb = weight.new_zeros(weight.shape[0], dtype=ctx.dtypes[1]) if ctx.needs_input_grad[2] else None
         return gx, gw, gb, None, None, None
 
 
