@@ -27,7 +27,7 @@ RES := bench/results
 
 bench: $(STAMP)  # the README's Speed figures, each line appended to bench/results/ (mmaction2: bash bench/setup_mmaction2_venv.sh once)
 	$(BIN)/python bench/bench_pipeline.py --feats b,j+b+jm+bm --repeats 7 --out $(RES)/pipeline.jsonl
-	$(BIN)/python bench/bench_train_step.py --batches 16 --repeats 6 --steps 2 --eager-ops --allocator tcmalloc --out $(RES)/train_step.jsonl
+	$(BIN)/python bench/bench_train_step.py --batches 16 --repeats 5 --steps 1 --eager-ops --bf16 --allocator tcmalloc --out $(RES)/train_step.jsonl
 	$(BIN)/python bench/bench_train_step.py --batches 64 --repeats 5 --steps 1 --eager-ops --bf16 --allocator tcmalloc --out $(RES)/train_step.jsonl
 	$(BIN)/python bench/bench_train_memory.py --allocator tcmalloc --out $(RES)/train_memory.jsonl
 	$(BIN)/python bench/bench_train_roofline.py --out $(RES)/train_roofline.jsonl
