@@ -24,8 +24,9 @@ thread count, in one run:
 `gemm_floor_s` is the step's GEMM FLOPs at the large-sgemm rate: no fp32 step that does these products can take less.
 With the side venv (bench/README.md), mmaction2's step is timed alternately with ours, untraced, and
 `mmaction2_s / gemm_floor_s` is the highest ratio over mmaction2 any fp32 step with these FLOPs could reach on this
-machine (mmaction2 does the same products: its unit_gcn convolves to K x C_out channels before aggregating, we
-aggregate C_in channels first; the same multiply-adds).
+machine. mmaction2 does the same products, but for one: its unit_gcn convolves to K x C_out channels before the
+joint aggregation, we aggregate the C_in channels first, so in block 2 (64 -> 128 channels) its aggregation costs
+twice ours, about 2% of the step's FLOPs; its floor would be that much higher.
 
     .venv/bin/python bench/bench_train_roofline.py [--batch 16] [--threads 1,2] [--steps 3] [--repeats 5] \
         [--allocator tcmalloc] [--out bench/results/train_roofline.jsonl]
