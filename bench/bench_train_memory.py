@@ -9,12 +9,14 @@ step's alone and not a previous, larger batch's high-water mark:
 - `ours_with_cp`: the same with `with_cp=True` (gradient checkpointing per block);
 - `ours_eager_ops`: `ours` with eager PyTorch ops instead of our CPU kernels (models/cpu_kernels.py; before
   2026-12-03 `ours_eager_bn`, the BatchNorm kernels only);
+- `ours_bf16_autocast`: `ours` under CPU bf16 autocast (`train.amp=bf16`), the activations kept in bf16 (since
+  2026-12-03);
 - `mmaction2`: mmaction2's `STGCN` + `GCNHead` (as bench/mmaction_worker.py builds them), in the side venv.
 
 Each process reports its RSS after the model, optimizer and batch exist but before the first step
 (`rss_before_mb`, what imports + weights + input take), the peak RSS after --steps steps (`peak_rss_mb`),
 their difference (`step_peak_extra_mb`: activations, gradients and optimizer state) and the median step time.
-Repeats alternate the variants (ours, ours_with_cp, ours_eager_ops, mmaction2, ours, ...); reported are the median and
+Repeats alternate the variants (ours, ours_with_cp, ours_eager_ops, ours_bf16_autocast, mmaction2, ours, ...); reported are the median and
 min-max over the repeats. Prints ONE JSON line; `--out` also appends it to a .jsonl file.
 
 `--allocator` sets every process's malloc as in bench_train_step.py (`tcmalloc`: what scaling.cpu_malloc=auto
@@ -41,7 +43,7 @@ from bench.common import ALLOCATORS, runs_tcmalloc  # noqa: E402
 
 M, T, V, C = 4, 100, 17, 3
 # ours_eager_ops: ours with eager PyTorch ops instead of our CPU kernels (models/cpu_kernels.py)
-VARIANTS = ("ours", "ours_with_cp", "ours_eager_ops", "mmaction2")
+VARIANTS = ("ours", "ours_with_cp", "ours_eager_ops", "ours_bf16_autocast", "mmaction2")
 
 
 def _rss_mb() -> float:
@@ -100,7 +102,9 @@ def child(variant: str, batch: int, steps: int, threads: int) -> dict:
     times = []
     for _ in range(steps):
         t0 = time.perf_counter()
-        loss = F.cross_entropy(model(x), y)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=variant == "ours_bf16_autocast"):
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -220,7 +224,8 @@ def main() -> None:
                     for o, m in pairs])
         settings.append(s)
     result = {"bench": "train_memory", "date": now(), "machine": machine(),
-              "loadavg_1_5_15": [round(x, 2) for x in os.getloadavg()], "precision": "fp32",
+              "loadavg_1_5_15": [round(x, 2) for x in os.getloadavg()],
+              "precision": "fp32 (ours_bf16_autocast: bf16 autocast)",
               "input": f"B x (M={M}, T={T}, V={V}, C={C})",
               "model": "fight preset: 4 stages, base 64, inflate/down [2], 2 classes",
               "threads": args.threads, "steps_per_process": args.steps, "repeats": args.repeats,
