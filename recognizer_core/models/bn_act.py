@@ -67,8 +67,7 @@ class _BatchNormAct(torch.autograd.Function):
         y = rest[0] if ctx.keep_y else None
         xs = rest[1:] if ctx.keep_y else rest
         rows = xs[0].shape[0]
-        grads = [xs[0].new_zeros(rows, s) if g is None else g.to(xs[0].dtype).contiguous()
-                 for g, s in zip(grads, ctx.out_sizes)]
+        grads = [xs[0].new_zeros(rows, s) if g is None else g.contiguous() for g, s in zip(grads, ctx.out_sizes)]
         dxs, dweight, dbias, dres = torch.ops.recognizer.bn_backward(
             grads, list(xs), y, mean, invstd, weight, scale, shift, ctx.relu, ctx.res_grad)
         return (None, None, dweight, dbias, dres if ctx.res_grad else None, None, None, *dxs)
