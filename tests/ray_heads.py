@@ -9,10 +9,20 @@ import subprocess
 from pathlib import Path
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port on 127.0.0.1 that no earlier call in this process returned. The kernel may give bind(0) a port it
+    just gave the previous call (that socket is closed by then), and `ray start` refuses to run when two of its
+    components get the same port (seen once: the client server and the metrics exporter)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def descendants(pid: int) -> list[int]:
