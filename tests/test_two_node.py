@@ -144,6 +144,12 @@ class TwoNodeCluster:
     def wait_nodes(self, n: int, timeout: float = 120) -> None:
         deadline = time.time() + timeout
         while self.alive_nodes() != n:
+            # `ray start --block` exits when its node fails to start (a port taken, a bad flag): say so at once.
+            exited = [name for name, proc in (("head", self.head), ("node2", self.node2 if n == 2 else None))
+                      if proc is not None and proc.poll() is not None]
+            if exited:
+                raise AssertionError(f"`ray start` ({', '.join(exited)}) exited before {n} node(s) were up\n"
+                                     + self.logs())
             if time.time() > deadline:
                 raise AssertionError(f"cluster did not reach {n} alive node(s) in {timeout}s\n" + self.logs())
             time.sleep(0.25)
