@@ -44,6 +44,9 @@ def parse_args(argv):
     p.add_argument("--event-file", help="stream mode: append each closed event (JSON line) to this file")
     p.add_argument("--post-url", help="stream mode: POST each closed event (JSON) to this URL")
     p.add_argument("--max-seconds", type=float, default=0, help="stream mode: stop after this long (0 = never)")
+    p.add_argument("--reconnect-s", type=float, default=300.0,
+                   help="stream mode: when a live source drops after giving frames, keep reopening it (0.5 s to 10 s "
+                        "apart) for up to this many seconds without a frame (0 = end at the first drop)")
     return p.parse_args(argv)
 
 

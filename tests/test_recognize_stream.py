@@ -1,11 +1,13 @@
 """Stream mode on a video served over HTTP on 127.0.0.1 with the fake RTMO model: events at close, frames
-dropped and counted when the recognizer falls behind, latency reported, Ctrl-C stops cleanly."""
+dropped and counted when the recognizer falls behind, latency reported, Ctrl-C stops cleanly, a live source that
+drops is reopened."""
 from __future__ import annotations
 
 import functools
 import http.server
 import json
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -28,12 +30,13 @@ def setup(tmp_path_factory):
     a = linear_track((60, 80), (140, 90), 150)
     b = linear_track((200, 150), (170, 140), 150, first=20)
     write_marker_video(www / "cam.mp4", [a, b], side=12)
+    write_marker_video(www / "live.ts", [a, b], side=12)  # MPEG-TS: what an HTTP camera streams
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(www))
     handler.log_message = lambda *a, **k: None
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     run, _ = make_run_folder(root)
-    yield {"url": f"http://127.0.0.1:{server.server_address[1]}/cam.mp4", "run": run,
+    yield {"url": f"http://127.0.0.1:{server.server_address[1]}/cam.mp4", "run": run, "www": www,
            "rtmo": build_fake_rtmo(root / "rtmo.onnx"), "root": root}
     server.shutdown()
 
@@ -115,3 +118,78 @@ def test_track_ids_persist_across_overlapping_buffers():
     # next buffer (frames 3..9): the tracker ranks them b, c, a; ids follow the people, c is new
     order = [1, 2, 0]
     assert stable.assign(times[3:], kp[order, 3:], sc[order, 3:]).tolist() == [1, 2, 0]
+
+
+class LiveCamera(http.server.BaseHTTPRequestHandler):
+    """An HTTP camera: streams MPEG-TS chunked (no length, so FFmpeg sees no duration: a live source) at about
+    2x real time. The first connection is cut after `cut_fraction` of the stream, and the camera then answers
+    503 for `down_s` (a reboot); after that it streams in full, `serves` times, and is down for good."""
+    protocol_version = "HTTP/1.1"
+    state: dict = {}
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        st = self.state
+        if time.time() < st["down_until"] or st["served"] >= st["serves"]:
+            self.send_error(503)
+            return
+        st["served"] += 1
+        data = st["data"]
+        first = st["served"] == 1
+        end = int(len(data) * st["cut_fraction"]) if first else len(data)
+        self.send_response(200)
+        self.send_header("Content-Type", "video/mp2t")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        chunk = 188 * 40
+        pause = 3.0 / (len(data) / chunk)  # the 6 s video in about 3 s
+        for i in range(0, end, chunk):
+            piece = data[i:min(i + chunk, end)]
+            self.wfile.write(b"%x\r\n" % len(piece) + piece + b"\r\n")
+            self.wfile.flush()
+            time.sleep(pause)
+        if first:  # the network drops: no chunked terminator, the connection is reset
+            st["down_until"] = time.time() + st["down_s"]
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            self.close_connection = True
+            return
+        self.wfile.write(b"0\r\n\r\n")
+
+
+def test_stream_reopens_a_live_source_that_drops_and_gives_up_when_it_stays_down(setup, tmp_path):
+    LiveCamera.state = {"data": (setup["www"] / "live.ts").read_bytes(), "cut_fraction": 0.8, "down_s": 1.5,
+                        "down_until": 0.0, "served": 0, "serves": 2}
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), LiveCamera)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    events = tmp_path / "events.jsonl"
+    try:
+        t0 = time.perf_counter()
+        s = _run(setup, speed=1.0, source=f"http://127.0.0.1:{server.server_address[1]}/live.ts",
+                 event_file=str(events), reconnect_s=2.0, max_seconds=60)
+        took = time.perf_counter() - t0
+    finally:
+        server.shutdown()
+    # Cut at 80% of the stream, down 1.5 s, reopened once and read in full; then down for good: given up 2 s after
+    # the last frame, with the reason in the error (not a hang, not a silent end).
+    assert s["reconnects"] == 1 and 1.0 <= s["outage_s"] < 10, s
+    assert 150 < s["frames_read"] < 300 and s["frames_processed"] + s["frames_dropped"] == s["frames_read"]
+    assert "no frame for" in s["error"] and "gave up" in s["error"] and "live.ts" in s["error"], s["error"]
+    assert took < 40
+    # The always-on event is closed at the cut and a new one opens after the reopening, later in stream time
+    # (stream time goes on across the gap).
+    lines = [json.loads(line) for line in events.read_text().splitlines()]
+    assert len(lines) == s["events"] == 2, lines
+    assert lines[1]["start_s"] >= lines[0]["end_s"] + 1.0, lines
+
+
+def test_stream_rtsp_source_that_refuses_is_reported_at_once(setup):
+    with socket.socket() as sock:  # a port with nothing listening: a camera that is off or a wrong address
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    t0 = time.perf_counter()
+    s = _run(setup, speed=1.0, source=f"rtsp://127.0.0.1:{port}/cam", reconnect_s=30)
+    # never gave a frame: reported at once (a wrong URL is not retried for 30 s), naming the source
+    assert s["frames_read"] == 0 and s["reconnects"] == 0 and time.perf_counter() - t0 < 15
+    assert s["error"].startswith(f"rtsp://127.0.0.1:{port}/cam: ConnectionRefusedError"), s["error"]

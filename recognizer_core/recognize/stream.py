@@ -3,7 +3,8 @@ events printed as they close.
 
 A reader thread decodes frames (PyAV) into a queue of `queue_frames`; when the recognizer falls behind, the
 oldest queued frame is dropped and counted, so the recognizer always works on the newest frames and says how
-many it skipped. Files and HTTP videos are paced to real time (`speed` x) like a live camera. Every
+many it skipped. Files and HTTP videos with a duration are paced to real time (`speed` x) like a live camera;
+a live source that drops is reopened (FrameReader). Every
 `stride_s` of stream time the frames of the last window are tracked (track/tracking.py over the buffer), cut
 and scored exactly as in batch mode; latency = wall time from the arrival of a window's last frame to its
 score. Events are closed online with the same hysteresis and minimum duration as batch mode; track ids persist
@@ -37,43 +38,104 @@ def _pose_pieces():
     return RtmoPoseEstimator, track_poses, letterbox
 
 
-class FrameReader(threading.Thread):
-    """Decodes `source` into a bounded queue, dropping the oldest frame when the consumer is behind."""
+# Schemes whose sources are live by nature; an HTTP source is live when FFmpeg finds no duration (MJPEG, MPEG-TS).
+LIVE_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "rtmps://", "udp://", "srt://", "tcp://")
+RETRY_FIRST_S, RETRY_MAX_S = 0.5, 10.0  # reopening a lost live source: the first wait, doubling up to this
+ENDED = "the stream ended"
 
-    def __init__(self, source: str, queue_frames: int = 4, speed: float = 1.0):
+
+class FrameReader(threading.Thread):
+    """Decodes `source` into a bounded queue, dropping the oldest frame when the consumer is behind.
+
+    A live source (a camera, an RTSP / RTMP / UDP URL, or an HTTP stream with no duration) that fails or ends after
+    it gave frames is reopened, waiting 0.5 s, 1 s, 2 s ... 10 s between tries, until `reconnect_s` pass without a
+    frame (0: never reopen): a camera that reboots or a network that drops for a minute must not end a detector
+    that runs for weeks. A source that gives no frame at all is reported at once (a wrong URL or device). Stream
+    time keeps increasing across reopenings (the new session's first frame comes after the last one by the wall
+    time between them), and every frame carries its session number so the consumer can start its window anew.
+    """
+
+    def __init__(self, source: str, queue_frames: int = 4, speed: float = 1.0, reconnect_s: float = 300.0):
         super().__init__(daemon=True)
-        self.source, self.speed = source, speed
+        self.source, self.speed, self.reconnect_s = source, speed, reconnect_s
         self.frames: queue.Queue = queue.Queue(maxsize=queue_frames)
         self.stop_event = threading.Event()
         self.read = self.dropped = 0
         self.fps = 0.0
         self.error = ""
         self.finished = threading.Event()
+        self.live = source.isdigit() or source.startswith(LIVE_SCHEMES)
+        self.session = self.reconnects = 0
+        self.outage_s = 0.0
+        self.lost_at: float | None = None  # wall time the current outage began; None while frames flow
+        self.lost_reason = ""
+        self._t_last: float | None = None  # stream time and wall time of the last frame put
+        self._wall_last = 0.0
 
     def _open(self):
         import av
 
         if self.source.isdigit():  # a camera index (Linux V4L2)
             return av.open(f"/dev/video{self.source}", format="v4l2")
-        return av.open(self.source, options={"rw_timeout": "10000000"} if "://" in self.source else {})
+        options = {}
+        if "://" in self.source:
+            options["rw_timeout"] = "10000000"  # a network read that waits 10 s fails, rather than hanging
+        if self.source.startswith(("rtsp://", "rtsps://")):
+            # RTP inside the RTSP TCP connection: over UDP, packets lost between a camera and a server smear
+            # frames; and the RTSP demuxer's own socket timeout (microseconds), so a silent camera is noticed.
+            options.update(rtsp_transport="tcp", timeout="10000000")
+        return av.open(self.source, options=options)
 
-    def run(self) -> None:
+    def _session(self) -> str:
+        """Opens the source and puts its frames until it ends, fails or is stopped; returns what ended it."""
         try:
             with self._open() as container:
                 stream = container.streams.video[0]
                 self.fps = float(stream.average_rate or stream.guessed_rate or 25)
-                live = self.source.isdigit() or self.source.startswith(("rtsp://", "rtmp://", "udp://"))
-                t_start = time.perf_counter()
+                self.live = self.live or ("://" in self.source and container.duration is None)
+                shift, n, t_start = None, 0, time.perf_counter()
                 for frame in container.decode(stream):
                     if self.stop_event.is_set():
-                        break
-                    t = float(frame.time) if frame.time is not None else self.read / self.fps
-                    if not live and self.speed > 0:  # a file or HTTP video: arrive at (speed x) real time
-                        time.sleep(max(0.0, t / self.speed - (time.perf_counter() - t_start)))
-                    self._put((t, time.perf_counter(), frame.to_ndarray(format="bgr24")))
+                        return "stopped"
+                    t = float(frame.time) if frame.time is not None else n / self.fps
+                    now = time.perf_counter()
+                    if shift is None:  # first frame of this session
+                        shift = 0.0 if self._t_last is None else self._t_last + (now - self._wall_last) - t
+                        if self.lost_at is not None:
+                            self.session, self.reconnects = self.session + 1, self.reconnects + 1
+                            self.outage_s += now - self.lost_at
+                            self.lost_at = None
+                    if not self.live and self.speed > 0:  # a file or HTTP video: arrive at (speed x) real time
+                        time.sleep(max(0.0, t / self.speed - (now - t_start)))
+                    self._put((t + shift, time.perf_counter(), frame.to_ndarray(format="bgr24"), self.session))
+                    self._t_last, self._wall_last = t + shift, time.perf_counter()
                     self.read += 1
+                    n += 1
+            return ENDED
         except Exception as err:  # noqa: BLE001 - reported by the consumer, never a silent thread death
-            self.error = f"{self.source}: {type(err).__name__}: {err}"
+            return f"{type(err).__name__}: {err}"
+
+    def run(self) -> None:
+        delay = RETRY_FIRST_S
+        try:
+            while not self.stop_event.is_set():
+                problem = self._session()
+                if self.stop_event.is_set():
+                    return
+                if not (self.live and self.reconnect_s > 0 and self._t_last is not None):
+                    if problem != ENDED:
+                        self.error = f"{self.source}: {problem}"
+                    return
+                now = time.perf_counter()
+                if self.lost_at is None:  # a new outage (the reason first: the consumer reads it once lost_at is set)
+                    self.lost_reason, delay = problem, RETRY_FIRST_S
+                    self.lost_at = now
+                if now - self._wall_last > self.reconnect_s:
+                    self.error = (f"{self.source}: no frame for {now - self._wall_last:.0f} s since the stream was "
+                                  f"lost ({self.lost_reason}); gave up reopening it (--reconnect-s {self.reconnect_s:g})")
+                    return
+                self.stop_event.wait(delay)
+                delay = min(2 * delay, RETRY_MAX_S)
         finally:
             self.finished.set()
 
@@ -141,30 +203,49 @@ def _deliver(event: Event, event_file: str | None, post_url: str | None) -> None
 
 def run_stream(rec, spec, cfg: RecognizeConfig, source: str, pose_cfg, *, tracking=None, event_file=None,
                post_url=None, max_seconds: float = 0, speed: float = 1.0, queue_frames: int = 4,
-               verbose: bool = True) -> dict:
-    """Run until the source ends, `max_seconds` pass or Ctrl-C; returns the summary."""
+               reconnect_s: float = 300.0, verbose: bool = True) -> dict:
+    """Run until the source ends (or stays lost for `reconnect_s`, see FrameReader), `max_seconds` pass or Ctrl-C;
+    returns the summary."""
     from recognizer_core.extract.backends import build_backend
     from recognizer_core.track.config import TrackingConfig
 
     Estimator, track_poses, letterbox = _pose_pieces()
     tracking = tracking or TrackingConfig(min_track_len=3)
     estimator = Estimator(build_backend(pose_cfg), pose_cfg)
-    reader = FrameReader(source, queue_frames, speed)
+    reader = FrameReader(source, queue_frames, speed, reconnect_s)
     reader.start()
     buf: collections.deque = collections.deque()  # (stream time, arrival, FramePoses, (H, W))
     events = OnlineEvents(spec, source)
     latencies, n_windows, processed, next_due, t0 = [], 0, 0, None, time.perf_counter()
     delivered: list[Event] = []
     stable = StableTrackIds()
-    interrupted = False
+    interrupted, session, outage_closed = False, 0, False
+
+    def close_open_events() -> None:
+        for e in events.flush():
+            delivered.append(e)
+            _deliver(e, event_file, post_url)
+
     try:
         while not (reader.finished.is_set() and reader.frames.empty()):
             if max_seconds and time.perf_counter() - t0 > max_seconds:
                 break
             try:
-                t, arrival, image = reader.frames.get(timeout=0.2)
+                t, arrival, image, frame_session = reader.frames.get(timeout=0.2)
             except queue.Empty:
+                if reader.lost_at is not None and not outage_closed:  # no frame can come until it is reopened
+                    print(f"[stream] lost {source} ({reader.lost_reason}); reopening it for up to {reconnect_s:g} s",
+                          file=sys.stderr, flush=True)
+                    close_open_events()  # an event cannot be said to go on through what we did not see
+                    outage_closed = True
                 continue
+            if frame_session != session:  # reopened: windows start anew after the gap
+                if not outage_closed:
+                    close_open_events()
+                session, outage_closed, next_due = frame_session, False, None
+                buf.clear()
+                print(f"[stream] reopened {source}: {reader.reconnects} reopening(s), {reader.outage_s:.1f} s "
+                      "without frames so far", file=sys.stderr, flush=True)
             padded, ratio = letterbox(image, pose_cfg.model_input_size)
             buf.append((t, arrival, estimator(padded[None], [ratio], [image.shape[:2]])[0], image.shape[:2]))
             processed += 1
@@ -195,13 +276,12 @@ def run_stream(rec, spec, cfg: RecognizeConfig, source: str, pose_cfg, *, tracki
         print("[stream] Ctrl-C: stopping", flush=True)
     finally:
         reader.stop_event.set()
-        for e in events.flush():
-            delivered.append(e)
-            _deliver(e, event_file, post_url)
+        close_open_events()
         reader.join(timeout=5)
     lat = np.array(latencies) * 1000
     return {"source": source, "frames_read": reader.read, "frames_processed": processed,
             "frames_dropped": reader.dropped, "windows": n_windows, "events": len(delivered),
+            "reconnects": reader.reconnects, "outage_s": round(reader.outage_s, 2),
             "latency_ms_median": round(float(np.median(lat)), 1) if len(lat) else None,
             "latency_ms_p95": round(float(np.percentile(lat, 95)), 1) if len(lat) else None,
             "seconds": round(time.perf_counter() - t0, 2), "interrupted": interrupted, "error": reader.error}
@@ -259,7 +339,7 @@ def run_stream_cli(rec, spec, cfg: RecognizeConfig, args) -> int:
         return 2
     pose = PoseModelConfig(onnx={"model_path": str(onnx_path)}, batch_size=1)
     summary = run_stream(rec, spec, cfg, args.stream, pose, event_file=args.event_file, post_url=args.post_url,
-                         max_seconds=args.max_seconds)
+                         max_seconds=args.max_seconds, reconnect_s=args.reconnect_s)
     print(json.dumps(summary), flush=True)
     if summary["error"]:
         print(f"error: {summary['error']}", file=sys.stderr)
