@@ -193,3 +193,12 @@ def test_stream_rtsp_source_that_refuses_is_reported_at_once(setup):
     # never gave a frame: reported at once (a wrong URL is not retried for 30 s), naming the source
     assert s["frames_read"] == 0 and s["reconnects"] == 0 and time.perf_counter() - t0 < 15
     assert s["error"].startswith(f"rtsp://127.0.0.1:{port}/cam: ConnectionRefusedError"), s["error"]
+
+
+def test_stream_cli_rejects_a_negative_reconnect_time(setup, capsys):
+    from rayjobs.recognize import main
+
+    assert main(["--model", str(setup["run"]), "--stream", setup["url"], "--pose-model", str(setup["rtmo"]),
+                 "--reconnect-s", "-1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: --reconnect-s must be >= 0 seconds (0 = never reopen), got -1.0"]

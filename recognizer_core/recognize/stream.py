@@ -332,6 +332,9 @@ def run_stream_cli(rec, spec, cfg: RecognizeConfig, args) -> int:
     if not args.pose_model:
         print("error: --stream needs --pose-model (rtmo-s|rtmo-m|rtmo-l or an RTMO .onnx path)", file=sys.stderr)
         return 2
+    if not args.reconnect_s >= 0:  # NaN too
+        print(f"error: --reconnect-s must be >= 0 seconds (0 = never reopen), got {args.reconnect_s}", file=sys.stderr)
+        return 2
     try:
         onnx_path = resolve_pose_model(args.pose_model, args.pose_cache)
     except PoseModelError as err:
