@@ -21,6 +21,7 @@ demo: $(STAMP)
 	RAY_USAGE_STATS_ENABLED=0 $(BIN)/python rayjobs/tune_fight.py
 
 test: $(STAMP)
+	bash .ci/test_tools.sh
 	RAY_USAGE_STATS_ENABLED=0 $(BIN)/python -m pytest -q tests
 
 RES := bench/results

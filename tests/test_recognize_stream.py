@@ -202,3 +202,77 @@ def test_stream_cli_rejects_a_negative_reconnect_time(setup, capsys):
                  "--reconnect-s", "-1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["error: --reconnect-s must be >= 0 seconds (0 = never reopen), got -1.0"]
+
+
+SYSTEM_PY = "/usr/bin/python3"  # GStreamer's bindings are Debian packages: the system interpreter has them
+
+
+def _rtsp_server_missing() -> str | None:
+    try:
+        # the server library and the elements of tests/rtsp_server.py's pipeline
+        probe = subprocess.run([SYSTEM_PY, "-c", "import gi; gi.require_version('Gst', '1.0'); "
+                                "gi.require_version('GstRtspServer', '1.0'); from gi.repository import Gst, "
+                                "GstRtspServer; Gst.init(None); assert all(Gst.ElementFactory.find(e) for e in "
+                                "('qtdemux', 'h264parse', 'rtph264pay'))"], capture_output=True, text=True)
+    except OSError:  # no system python3 at all
+        probe = None
+    if probe is None or probe.returncode != 0:
+        return "GStreamer's RTSP server is not installed here (as root: bash .ci/test_tools.sh, which `make test` runs)"
+    return None
+
+
+def test_stream_reopens_a_real_rtsp_camera_after_it_restarts(setup, tmp_path, monkeypatch):
+    why = _rtsp_server_missing()
+    if why:
+        pytest.skip(why)
+    from recognizer_core.recognize import stream
+
+    readers = []  # the run's reader, to follow its progress (the real class, only recorded)
+
+    class Recorded(stream.FrameReader):
+        def __init__(self, *args, **kw):
+            super().__init__(*args, **kw)
+            readers.append(self)
+
+    monkeypatch.setattr(stream, "FrameReader", Recorded)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+
+    def serve() -> subprocess.Popen:
+        cmd = [SYSTEM_PY, str(ROOT / "tests/rtsp_server.py"), str(port), str(setup["www"] / "cam.mp4")]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        assert proc.stdout.readline().strip() == "ready", proc.stdout.read()
+        return proc
+
+    def wait_for(cond, what: str, timeout: float = 30) -> None:
+        deadline = time.time() + timeout
+        while not cond():
+            assert time.time() < deadline, f"timed out waiting for {what}"
+            time.sleep(0.05)
+
+    servers = [serve()]
+    events = tmp_path / "events.jsonl"
+    result = {}
+    run = threading.Thread(target=lambda: result.update(_run(
+        setup, speed=1.0, source=f"rtsp://127.0.0.1:{port}/cam", event_file=str(events), reconnect_s=3.0,
+        max_seconds=90)))
+    run.start()
+    try:
+        wait_for(lambda: readers and readers[0].read >= 75, "frames from the first session")
+        servers[0].kill()  # the camera loses power mid-stream
+        wait_for(lambda: readers[0].lost_at is not None, "the reader to notice")
+        time.sleep(1.0)
+        servers.append(serve())  # and comes back on the same address
+        wait_for(lambda: readers[0].reconnects == 1 and readers[0].read >= 75 + 75, "frames after reopening")
+        servers[1].kill()  # down for good
+        run.join(timeout=60)
+    finally:
+        for proc in servers:
+            proc.kill()
+        run.join(timeout=30)
+    s = result
+    assert s["reconnects"] == 1 and s["outage_s"] >= 1.0 and "gave up" in s["error"], s
+    assert s["frames_processed"] + s["frames_dropped"] == s["frames_read"] >= 150
+    lines = [json.loads(line) for line in events.read_text().splitlines()]
+    assert len(lines) == s["events"] == 2 and lines[1]["start_s"] >= lines[0]["end_s"] + 1.0, lines
