@@ -52,7 +52,8 @@ class FrameReader(threading.Thread):
     frame (0: never reopen): a camera that reboots or a network that drops for a minute must not end a detector
     that runs for weeks. A source that gives no frame at all is reported at once (a wrong URL or device). Stream
     time keeps increasing across reopenings (the new session's first frame comes after the last one by the wall
-    time between them), and every frame carries its session number so the consumer can start its window anew.
+    time between them), and every frame carries the number of reopenings so far (its session) so the consumer can
+    start its window anew.
     """
 
     def __init__(self, source: str, queue_frames: int = 4, speed: float = 1.0, reconnect_s: float = 300.0):
@@ -65,7 +66,7 @@ class FrameReader(threading.Thread):
         self.error = ""
         self.finished = threading.Event()
         self.live = source.isdigit() or source.startswith(LIVE_SCHEMES)
-        self.session = self.reconnects = 0
+        self.reconnects = 0
         self.outage_s = 0.0
         self.lost_at: float | None = None  # wall time the current outage began; None while frames flow
         self.lost_reason = ""
@@ -102,12 +103,12 @@ class FrameReader(threading.Thread):
                     if shift is None:  # first frame of this session
                         shift = 0.0 if self._t_last is None else self._t_last + (now - self._wall_last) - t
                         if self.lost_at is not None:
-                            self.session, self.reconnects = self.session + 1, self.reconnects + 1
+                            self.reconnects += 1
                             self.outage_s += now - self.lost_at
                             self.lost_at = None
                     if not self.live and self.speed > 0:  # a file or HTTP video: arrive at (speed x) real time
                         time.sleep(max(0.0, t / self.speed - (now - t_start)))
-                    self._put((t + shift, time.perf_counter(), frame.to_ndarray(format="bgr24"), self.session))
+                    self._put((t + shift, time.perf_counter(), frame.to_ndarray(format="bgr24"), self.reconnects))
                     self._t_last, self._wall_last = t + shift, time.perf_counter()
                     self.read += 1
                     n += 1
