@@ -16,8 +16,8 @@ step's alone and not a previous, larger batch's high-water mark:
 Each process reports its RSS after the model, optimizer and batch exist but before the first step
 (`rss_before_mb`, what imports + weights + input take), the peak RSS after --steps steps (`peak_rss_mb`),
 their difference (`step_peak_extra_mb`: activations, gradients and optimizer state) and the median step time.
-Repeats alternate the variants (ours, ours_with_cp, ours_eager_ops, ours_bf16_autocast, mmaction2, ours, ...); reported are the median and
-min-max over the repeats. Prints ONE JSON line; `--out` also appends it to a .jsonl file.
+Repeats alternate the variants (ours, ours_with_cp, ours_eager_ops, ours_bf16_autocast, mmaction2, ours, ...);
+reported are the median and min-max over the repeats. Prints ONE JSON line; `--out` also appends it to a .jsonl file.
 
 `--allocator` sets every process's malloc as in bench_train_step.py (`tcmalloc`: what scaling.cpu_malloc=auto
 gives our CPU training workers); each process reports whether it ran under tcmalloc.

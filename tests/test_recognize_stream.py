@@ -18,6 +18,7 @@ import pytest
 
 from tests.fakes.fake_rtmo import build_fake_rtmo, write_marker_video
 from tests.fakes.job_videos import linear_track
+from tests.ray_heads import free_port
 from tests.recognize_helpers import make_run_folder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -186,9 +187,7 @@ def test_stream_reopens_a_live_source_that_drops_and_gives_up_when_it_stays_down
 
 
 def test_stream_rtsp_source_that_refuses_is_reported_at_once(setup):
-    with socket.socket() as sock:  # a port with nothing listening: a camera that is off or a wrong address
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()  # nothing listens there: a camera that is off or a wrong address
     t0 = time.perf_counter()
     s = _run(setup, speed=1.0, source=f"rtsp://127.0.0.1:{port}/cam", reconnect_s=30)
     # never gave a frame: reported at once (a wrong URL is not retried for 30 s), naming the source
@@ -236,9 +235,7 @@ def test_stream_reopens_a_real_rtsp_camera_after_it_restarts(setup, tmp_path, mo
             readers.append(self)
 
     monkeypatch.setattr(stream, "FrameReader", Recorded)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
 
     def serve() -> subprocess.Popen:
         cmd = [SYSTEM_PY, str(ROOT / "tests/rtsp_server.py"), str(port), str(setup["www"] / "cam.mp4")]
