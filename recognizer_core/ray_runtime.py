@@ -123,7 +123,7 @@ def start_ray(address: str | None = None, *, num_cpus: int | None = None, dashbo
             _PRIVATE_RAY.append(ctx)
     except Exception as err:  # noqa: BLE001 - every start-up failure gets the same advice block
         raise RayStartError(_advice(err, address if joining else None, captured)) from None
-    _install_stop_handlers()
+    install_stop_handlers()
     url = f"http://{ctx.dashboard_url}" if getattr(ctx, "dashboard_url", None) else None
     info = RayInfo(address=ctx.address_info.get("gcs_address", ""), dashboard_url=url, private=not joining)
     where = "a private local Ray" if not joining else f"the Ray cluster at {address}"
@@ -218,8 +218,10 @@ def flush_worker_output() -> None:
             ray.shutdown()
 
 
-def _install_stop_handlers() -> None:
-    """SIGTERM behaves like Ctrl-C; a second SIGTERM/SIGINT shuts Ray down and exits (130) without waiting."""
+def install_stop_handlers() -> None:
+    """SIGTERM behaves like Ctrl-C (KeyboardInterrupt, its text "SIGTERM" or "Ctrl-C"); a second SIGTERM/SIGINT
+    shuts Ray down (if it runs) and exits (130) without waiting. Main thread only; SIGINT only where Python's own
+    handler has it (not where the shell that started us ignores it)."""
     if threading.current_thread() is not threading.main_thread():
         return
     hits = {"n": 0}
@@ -233,7 +235,7 @@ def _install_stop_handlers() -> None:
 
                 ray.shutdown()
             os._exit(130)
-        raise KeyboardInterrupt(f"signal {signum}")
+        raise KeyboardInterrupt("Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name)
 
     def quiet_interrupt(kind, value, tb):  # one line, not a traceback through Ray's internals
         if issubclass(kind, KeyboardInterrupt):

@@ -128,11 +128,16 @@ def test_tune_jobs_show_their_own_examples(helps, script):
 
 def test_ray_sigint_handler_does_not_swallow_ctrl_c():
     """conftest keeps Ctrl-C a KeyboardInterrupt even after Ray Train / Tune code installs its handler."""
-    before = signal.getsignal(signal.SIGINT)
-    exec("import signal\nsignal.signal(signal.SIGINT, lambda *a: None)", {"__name__": "ray.train.fake"})
-    assert signal.getsignal(signal.SIGINT) is before
-    with pytest.raises(KeyboardInterrupt):
-        signal.raise_signal(signal.SIGINT)
+    # Python's own handler, as under an interactive shell: a suite started as a background job of a shell without
+    # job control inherits SIGINT ignored, and then no signal reaches Python at all.
+    started_with = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        exec("import signal\nsignal.signal(signal.SIGINT, lambda *a: None)", {"__name__": "ray.train.fake"})
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGINT, started_with)
 
 
 def test_default_configs_resolve_from_any_directory(tmp_path, monkeypatch):

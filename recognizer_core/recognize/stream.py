@@ -8,8 +8,8 @@ a live source that drops is reopened (FrameReader). Every
 `stride_s` of stream time the frames of the last window are tracked (track/tracking.py over the buffer), cut
 and scored exactly as in batch mode; latency = wall time from the arrival of a window's last frame to its
 score. Events are closed online with the same hysteresis and minimum duration as batch mode; track ids persist
-across the overlapping buffers (`StableTrackIds`). Ctrl-C stops cleanly: open events are closed and a summary
-is printed.
+across the overlapping buffers (`StableTrackIds`). Ctrl-C, and in the CLI SIGTERM, stop cleanly: open events
+are closed and a summary is printed.
 
 The extraction-stage imports (extract/, track/) are the three listed in `_pose_pieces`.
 """
@@ -272,9 +272,9 @@ def run_stream(rec, spec, cfg: RecognizeConfig, source: str, pose_cfg, *, tracki
             if verbose and (n_windows == len(wins) or n_windows % 20 < len(wins)):  # first, then every 20th
                 print(f"[stream] t={t:6.1f}s frames {processed} read {reader.read} dropped {reader.dropped} "
                       f"windows {n_windows} latency {latencies[-1] * 1000:.0f} ms", flush=True)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (docker stop, Kubernetes, systemd) in the CLI
         interrupted = True
-        print("[stream] Ctrl-C: stopping", flush=True)
+        print(f"[stream] {stop or 'Ctrl-C'}: stopping", flush=True)
     finally:
         reader.stop_event.set()
         close_open_events()
@@ -328,6 +328,7 @@ def _buffer_clip(buf, track_poses, tracking, source: str, stable: StableTrackIds
 
 def run_stream_cli(rec, spec, cfg: RecognizeConfig, args) -> int:
     from recognizer_core.extract.config import PoseModelConfig
+    from recognizer_core.ray_runtime import install_stop_handlers
     from recognizer_core.recognize.pose_models import PoseModelError, resolve_pose_model
 
     if not args.pose_model:
@@ -342,6 +343,9 @@ def run_stream_cli(rec, spec, cfg: RecognizeConfig, args) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     pose = PoseModelConfig(onnx={"model_path": str(onnx_path)}, batch_size=1)
+    # A detector in a container is stopped with SIGTERM, whose default ends the process with its open events
+    # undelivered and no summary (and which PID 1 ignores, so `docker stop` would wait for its SIGKILL).
+    install_stop_handlers()
     summary = run_stream(rec, spec, cfg, args.stream, pose, event_file=args.event_file, post_url=args.post_url,
                          max_seconds=args.max_seconds, reconnect_s=args.reconnect_s)
     print(json.dumps(summary), flush=True)
