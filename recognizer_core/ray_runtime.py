@@ -218,6 +218,9 @@ def flush_worker_output() -> None:
             ray.shutdown()
 
 
+_STOPPED_BY: list[str] = []  # the signals that stopped this process ("Ctrl-C", "SIGTERM"), for the last line
+
+
 def install_stop_handlers() -> None:
     """SIGTERM behaves like Ctrl-C (KeyboardInterrupt, its text "SIGTERM" or "Ctrl-C"); a second SIGTERM/SIGINT
     shuts Ray down (if it runs) and exits (130) without waiting. Main thread only; SIGINT only where Python's own
@@ -228,24 +231,28 @@ def install_stop_handlers() -> None:
 
     def stop(signum, frame):
         hits["n"] += 1
+        _STOPPED_BY.append("Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name)
         if hits["n"] > 1:
-            print(f"\nstopping now (signal {signum} again)", file=sys.stderr, flush=True)
+            print(f"\nstopping now ({_STOPPED_BY[-1]} again)", file=sys.stderr, flush=True)
             with contextlib.suppress(Exception):
                 import ray
 
                 ray.shutdown()
             os._exit(130)
-        raise KeyboardInterrupt("Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name)
+        raise KeyboardInterrupt(_STOPPED_BY[-1])
 
     def quiet_interrupt(kind, value, tb):  # one line, not a traceback through Ray's internals
-        if issubclass(kind, KeyboardInterrupt):
-            print(f"stopped ({value or 'Ctrl-C'}); finished checkpoints are kept, re-run to continue",
-                  file=sys.stderr, flush=True)
+        if issubclass(kind, KeyboardInterrupt):  # ray.get raises a KeyboardInterrupt of its own, with no text
+            by = str(value) or (_STOPPED_BY or ["Ctrl-C"])[-1]
+            print(f"stopped ({by}); finished checkpoints are kept, re-run to continue", file=sys.stderr, flush=True)
             return
         previous_hook(kind, value, tb)
 
+    # Importing ray replaces sys.excepthook with its own (which reports a driver's error to the GCS, then calls the
+    # default); ours goes in front of whatever is there, once per process.
     previous_hook = sys.excepthook
-    if previous_hook is sys.__excepthook__:
+    if not getattr(previous_hook, "quiet_interrupt", False):
+        quiet_interrupt.quiet_interrupt = True
         sys.excepthook = quiet_interrupt
     with contextlib.suppress(ValueError):
         signal.signal(signal.SIGTERM, stop)
