@@ -234,10 +234,10 @@ def install_stop_handlers() -> None:
         _STOPPED_BY.append("Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name)
         if hits["n"] > 1:
             print(f"\nstopping now ({_STOPPED_BY[-1]} again)", file=sys.stderr, flush=True)
+            ray = sys.modules.get("ray")  # not imported: nothing to shut down (stream mode runs without Ray)
             with contextlib.suppress(Exception):
-                import ray
-
-                ray.shutdown()
+                if ray is not None:
+                    ray.shutdown()
             os._exit(130)
         raise KeyboardInterrupt(_STOPPED_BY[-1])
 
