@@ -244,7 +244,8 @@ def install_stop_handlers() -> None:
     def quiet_interrupt(kind, value, tb):  # one line, not a traceback through Ray's internals
         if issubclass(kind, KeyboardInterrupt):  # ray.get raises a KeyboardInterrupt of its own, with no text
             by = str(value) or (_STOPPED_BY or ["Ctrl-C"])[-1]
-            print(f"stopped ({by}); finished checkpoints are kept, re-run to continue", file=sys.stderr, flush=True)
+            print(f"stopped ({by}); finished work is kept (checkpoints, trials, extracted videos), re-run the same "
+                  "command to continue", file=sys.stderr, flush=True)
             return
         previous_hook(kind, value, tb)
 

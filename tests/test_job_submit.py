@@ -148,7 +148,7 @@ def test_training_job_submitted_to_a_local_head(tmp_path):
             time.sleep(0.5)
         logs = client.get_job_logs(job_id)
         assert status == JobStatus.STOPPED, f"{status}\n{logs[-4000:]}"
-        assert "stopped (SIGTERM); finished checkpoints are kept, re-run to continue" in logs, logs[-4000:]
+        assert "stopped (SIGTERM); finished work is kept" in logs, logs[-4000:]
         assert "Traceback" not in logs, logs[-4000:]
         assert first.is_file() and not (storage / "stopped" / "summary.json").exists()
     finally:
