@@ -25,7 +25,7 @@ ratio of the code alone. With glibc's defaults the side that allocates more also
 Prints ONE JSON line with a `settings` list.
 
     .venv/bin/python bench/bench_train_step.py [--batches 16,64] [--threads 1,2] [--repeats 5] [--steps 2]
-        [--eager-ops] [--bf16] [--compile] [--allocator glibc|glibc-keep-freed|tcmalloc] [--out bench/results/train_step.jsonl]
+        [--eager-ops] [--bf16] [--compile] [--device cpu|cuda] [--allocator glibc|glibc-keep-freed|tcmalloc] [--out bench/results/train_step.jsonl]
 """
 from __future__ import annotations
 
@@ -64,25 +64,32 @@ class OurStep:
     """Our model + optimizer on one batch; `run(k)` times k training steps (wall and CPU seconds)."""
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, bf16: bool = False, compile: bool = False,
-                 eager_ops: bool = False) -> None:
+                 eager_ops: bool = False, device: str = "cpu") -> None:
         torch.manual_seed(0)
-        self.eager_ops = eager_ops
-        self.model = build_recognizer(ModelConfig(**MODEL_CFG)).train()
+        self.eager_ops, self.device = eager_ops, torch.device(device)
+        self.model = build_recognizer(ModelConfig(**MODEL_CFG)).train().to(self.device)
         self.opt = torch.optim.SGD(self.model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
         self.net = torch.compile(self.model) if compile else self.model
-        self.x, self.y, self.bf16 = x, y, bf16
+        self.x, self.y, self.bf16 = x.to(self.device), y.to(self.device), bf16
 
     def run(self, k: int) -> tuple[float, float]:
         os.environ[cpu_kernels.ENV_SWITCH] = "0" if self.eager_ops else "1"  # read at every forward
+        sync()
         t0, c0 = time.perf_counter(), time.process_time()
         for _ in range(k):
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
                 logits = self.net(self.x)
             loss = F.cross_entropy(logits.float(), self.y)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()
+        sync()  # a GPU step is timed to its last kernel, not to its last launch
         return time.perf_counter() - t0, time.process_time() - c0
+
+
+def sync() -> None:
+    if torch.cuda.is_initialized():
+        torch.cuda.synchronize()
 
 
 def step_batch(batch: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -93,9 +100,9 @@ def step_batch(batch: int) -> tuple[torch.Tensor, torch.Tensor]:
     return x, torch.randint(0, 2, (batch,), generator=gen)
 
 
-def mmaction2_model(worker: MMWorker, data: Path, threads: int) -> None:
+def mmaction2_model(worker: MMWorker, data: Path, threads: int, device: str = "cpu") -> None:
     """Builds the same model and optimizer in the mmaction2 worker, on the batch saved at `data` (x, y)."""
-    info = worker.call("model", data=str(data), threads=threads, num_classes=2, dropout=0.0, lr=0.1,
+    info = worker.call("model", data=str(data), threads=threads, device=device, num_classes=2, dropout=0.0, lr=0.1,
                        head_in_channels=ModelConfig(**MODEL_CFG).head_in_channels,
                        backbone=dict(in_channels=C, base_channels=64, num_stages=4, inflate_stages=[2],
                                      down_stages=[2]))
@@ -105,34 +112,41 @@ def mmaction2_model(worker: MMWorker, data: Path, threads: int) -> None:
 def bench_setting(worker: MMWorker | None, tmp: Path, batch: int, threads: int, args) -> dict:
     torch.set_num_threads(threads)
     x, y = step_batch(batch)
-    variants = {"ours": OurStep(x, y)}
+    dev = args.device
+    variants = {"ours": OurStep(x, y, device=dev)}
     if args.eager_ops:
-        variants["ours_eager_ops"] = OurStep(x, y, eager_ops=True)
+        variants["ours_eager_ops"] = OurStep(x, y, eager_ops=True, device=dev)
     if args.bf16:
-        variants["ours_bf16_autocast"] = OurStep(x, y, bf16=True)
+        variants["ours_bf16_autocast"] = OurStep(x, y, bf16=True, device=dev)
         if args.eager_ops:  # what the kernels add under autocast (bf16 activations through them since 2026-12-03)
-            variants["ours_bf16_autocast_eager_ops"] = OurStep(x, y, bf16=True, eager_ops=True)
-    compile_s = None
+            variants["ours_bf16_autocast_eager_ops"] = OurStep(x, y, bf16=True, eager_ops=True, device=dev)
+    compile_s = {}
     if args.compile:
-        variants["ours_compiled"] = OurStep(x, y, compile=True)
-        t0 = time.perf_counter()
-        variants["ours_compiled"].run(1)  # first call compiles (forward and backward graphs)
-        compile_s = round(time.perf_counter() - t0, 1)
+        for name, bf16 in (("ours_compiled", False), ("ours_bf16_compiled", True))[:1 + args.bf16]:
+            # our CPU kernels are opaque to dynamo (no fake-tensor rules): compiled on the CPU means eager ops
+            variants[name] = OurStep(x, y, compile=True, bf16=bf16, device=dev, eager_ops=dev == "cpu")
+            t0 = time.perf_counter()
+            variants[name].run(1)  # first call compiles (forward and backward graphs)
+            compile_s[name] = round(time.perf_counter() - t0, 1)
+    # On a GPU mmaction2 gets autocast too (what its AmpOptimWrapper gives): bf16 against bf16.
+    mm_bf16 = worker is not None and args.bf16 and dev != "cpu"
     out = {"batch": batch, "torch_threads": threads}
     if worker is not None:
         data = tmp / f"batch{batch}.npz"
         np.savez(data, x=x.numpy(), y=y.numpy())
-        mmaction2_model(worker, data, threads)
+        mmaction2_model(worker, data, threads, dev)
     # warm-up: oneDNN primitive creation; a heap that keeps freed memory grows over the first steps
     warm = 1 if args.allocator == "glibc" else 3
     if worker is not None:
         worker.call("train_steps", steps=warm)
+        if mm_bf16:
+            worker.call("train_steps", steps=warm, bf16=True)
     for v in variants.values():
         v.run(warm)
     wall = {k: [] for k in variants}
     cpu = {k: [] for k in variants}
     faults = {k: 0 for k in variants}
-    mm_wall, mm_cpu, mm_faults = [], [], 0
+    mm_wall, mm_cpu, mm_faults, mm_bf16_wall = [], [], 0, []
     for _ in range(args.repeats):  # alternate, so both see the same machine load
         for name, v in variants.items():
             f0 = minor_faults()
@@ -146,6 +160,8 @@ def bench_setting(worker: MMWorker | None, tmp: Path, batch: int, threads: int, 
             mm_faults += minor_faults(worker.proc.pid) - f0
             mm_wall.append(r["seconds"])
             mm_cpu.append(r["cpu_seconds"])
+            if mm_bf16:
+                mm_bf16_wall.append(worker.call("train_steps", steps=args.steps, bf16=True)["seconds"])
     steps = args.repeats * args.steps
     for name in variants:
         out[f"{name}_samples_per_s"] = round(batch * args.steps / median(wall[name]), 2)
@@ -153,11 +169,15 @@ def bench_setting(worker: MMWorker | None, tmp: Path, batch: int, threads: int, 
         if worker is not None:
             out[f"{name}_ratio_vs_mmaction2"] = ratio_stats(mm_wall, wall[name])
             out[f"{name}_cpu_ratio_vs_mmaction2"] = ratio_stats(mm_cpu, cpu[name])
-    if compile_s is not None:
+        if mm_bf16 and "bf16" in name:
+            out[f"{name}_ratio_vs_mmaction2_bf16_autocast"] = ratio_stats(mm_bf16_wall, wall[name])
+    if compile_s:
         out["compile_seconds"] = compile_s
     if worker is not None:
         out["mmaction2_samples_per_s"] = round(batch * args.steps / median(mm_wall), 2)
         out["mmaction2_page_faults_per_step"] = round(mm_faults / steps)
+        if mm_bf16:
+            out["mmaction2_bf16_autocast_samples_per_s"] = round(batch * args.steps / median(mm_bf16_wall), 2)
     return out
 
 
@@ -169,24 +189,27 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=2, help="training steps per timed repeat")
     ap.add_argument("--eager-ops", action="store_true",
                     help="also our step with eager PyTorch ops instead of our CPU kernels (models/cpu_kernels.py)")
-    ap.add_argument("--bf16", action="store_true", help="also our step under bf16 autocast (native-bf16 CPUs)")
+    ap.add_argument("--bf16", action="store_true", help="also our step under bf16 autocast (native-bf16 CPUs, GPUs; "
+                                                        "on a GPU mmaction2's step under bf16 autocast too)")
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda: both sides' models and batches on the GPU")
     ap.add_argument("--compile", action="store_true", help="also our step under torch.compile (inductor)")
     ap.add_argument("--allocator", choices=ALLOCATORS, default="glibc",
                     help="malloc of both sides; glibc-keep-freed and tcmalloc reuse freed memory, so neither side "
                          "pays page faults after the first steps and the ratio measures the code alone")
     ap.add_argument("--out", default=None, help="also append the JSON line to this .jsonl file")
     args = ap.parse_args()
-    if args.bf16 and not cpu_has_bf16():
+    if args.bf16 and args.device == "cpu" and not cpu_has_bf16():
         print("note: no native bf16 on this CPU, --bf16 ignored", file=sys.stderr)
         args.bf16 = False
     allocator = use_allocator(args.allocator)  # before the mmaction2 worker starts: it inherits the setting
 
-    result = {"bench": "train_step", "date": now(), "machine": machine(), "precision": "fp32",
+    result = {"bench": "train_step", "date": now(), "machine": machine(), "device": args.device, "precision": "fp32",
               "input": f"B x (M={M}, T={T}, V={V}, C={C})",
               "model": "fight preset: 4 stages, base 64, inflate/down [2], 2 classes",
               "num_parameters": sum(p.numel() for p in build_recognizer(ModelConfig(**MODEL_CFG)).parameters()),
               "repeats": args.repeats, "steps_per_repeat": args.steps,
-              "allocator": allocator, "cpu_kernels": cpu_kernels.load(),
+              "allocator": allocator,
+              "cpu_kernels": cpu_kernels.load() if args.device == "cpu" else "not used off the CPU",
               "loadavg_1_5_15_start": [round(x, 2) for x in os.getloadavg()], "settings": []}
     ok, why = MMWorker.available()
     worker = MMWorker() if ok else None

@@ -155,7 +155,10 @@ class MMWorker:
 
 
 def git_commit() -> str | None:
-    """The short git commit of this tree: the code a result line timed."""
+    """The short git commit of this tree: the code a result line timed (BENCH_TREE where the tree travelled
+    without its .git, as to the GPU machine)."""
+    if os.environ.get("BENCH_TREE"):
+        return os.environ["BENCH_TREE"]
     return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                           cwd=Path(__file__).resolve().parents[1]).stdout.strip() or None
 

@@ -1,9 +1,11 @@
 """The GPU checks of bench/gpu_check.sh: the core loops through the no-Ray local context, one JSON line per check.
 
 Checks (each prints {"check": ..., "ok": ..., ...}; a failed check prints its error and the others still run):
-- stgcn_train_{fp32,fp16,bf16}: STGCN++ (fight preset) training through `train_loop` + `LocalContext` on the
-  device: samples/s over the timed epochs (the first is warm-up) and GPU utilisation sampled with nvidia-smi.
-  fp16 uses loss scaling (GradScaler); on a CPU it is reported as skipped (a CUDA recipe).
+- stgcn_train_{fp32,fp16,bf16}: STGCN++ (fight preset, batch 32, 2048 demo clips, 4 loader processes) training
+  through `train_loop` + `LocalContext` on the device: samples/s over the timed epochs (the first is warm-up) and
+  GPU utilisation sampled with nvidia-smi. fp16 uses loss scaling (GradScaler); on a CPU it is reported as skipped
+  (a CUDA recipe). stgcn_train_fp32_worker_pipeline: the same with pipeline.device=worker (the loaders only gather
+  frames; the features are computed on the GPU); stgcn_train_bf16_worker_pipeline_b128: that at batch 128 in bf16.
 - stgcn_resume: a run stopped after epoch 1 and continued from its checkpoint on the device (optimizer/scaler
   state must follow the model onto the GPU); its final weights must equal an uninterrupted run's.
 - dino_pose_step_bf16: the DINO pose estimator with a frozen, randomly initialised ViT-S/14 backbone (built from a
@@ -72,13 +74,15 @@ class GpuSampler:
         return {"gpu_util_mean": round(sum(self.values) / len(self.values), 1), "gpu_util_max": max(self.values)}
 
 
-def _stgcn_config(work: Path, epochs: int, amp: str, smoke: bool):
+def _stgcn_config(work: Path, epochs: int, amp: str, smoke: bool, pipeline_device: str = "cpu", batch: int = 32,
+                  loader_workers: int = 0):
     from recognizer_core.config import load_config
     from recognizer_core.train.stgcn.config import TrainJobConfig
 
     sets = [f"train.epochs={epochs}", f"train.amp={amp}", "train.val_interval=100", "train.log_interval=0",
-            "train.test_after_train=false", "data.loader_workers=0", "scaling.num_workers=1",
-            f"data.demo_num_clips={64 if smoke else 512}", f"train.batch_size={8 if smoke else 32}",
+            "train.test_after_train=false", f"data.loader_workers={loader_workers}", "scaling.num_workers=1",
+            f"pipeline.device={pipeline_device}",
+            f"data.demo_num_clips={64 if smoke else 2048}", f"train.batch_size={8 if smoke else batch}",
             "schedule.warmup_epochs=0", "optim.auto_scale_lr=false", f"run.storage_path={work}"]
     if smoke:
         sets += ["model.num_stages=2", "model.base_channels=8", "model.inflate_stages=[2]",
@@ -101,16 +105,18 @@ def _train(cfg, dataset: str, run_dir: Path, device: str):
     return ctx, summary
 
 
-def check_stgcn_train(amp: str, device: str, work: Path, smoke: bool) -> dict:
+def check_stgcn_train(name: str, amp: str, device: str, work: Path, smoke: bool, pipeline_device: str = "cpu",
+                      batch: int = 32) -> dict:
+    """One training run of `epochs` epochs after a 1-epoch warm-up run, 4 loader processes per worker (the GPU
+    machine has 16 cores): samples/s over the timed epochs and GPU utilisation over the whole of both runs."""
     import torch
 
     from recognizer_core.skeleton.store import SkeletonDataset
 
-    name = f"stgcn_train_{amp if amp != 'none' else 'fp32'}"
     if amp == "fp16" and device == "cpu":
         return emit(name, True, skipped="fp16 with loss scaling is a CUDA recipe", device=device)
     epochs = 2 if smoke else 4
-    cfg = _stgcn_config(work / name, epochs, amp, smoke)
+    cfg = _stgcn_config(work / name, epochs, amp, smoke, pipeline_device, batch, loader_workers=2 if smoke else 4)
     dataset = _dataset(cfg, work)
     n_train = int((SkeletonDataset(dataset).index(columns=["split"])["split"].to_numpy() == cfg.data.train_split).sum())
     times: list[float] = []
@@ -131,7 +137,8 @@ def check_stgcn_train(amp: str, device: str, work: Path, smoke: bool) -> dict:
     timed = times[1]
     return emit(name, True, device=device, amp=amp, train_clips=n_train, epochs_timed=epochs - 1,
                 samples_per_s=round(n_train * (epochs - 1) / timed, 1), warmup_epoch_s=round(times[0], 2),
-                batch=cfg.train.batch_size, final_loss=ctx.reports[-1].get("train/loss"), **gpu.summary())
+                batch=cfg.train.batch_size, pipeline_device=cfg.pipeline.device,
+                loader_workers=cfg.data.loader_workers, final_loss=ctx.reports[-1].get("train/loss"), **gpu.summary())
 
 
 def check_stgcn_resume(device: str, work: Path, smoke: bool) -> dict:
@@ -244,9 +251,11 @@ def main() -> int:
     emit("environment", True, device=args.device, smoke=smoke, torch=torch.__version__, python=platform.python_version(),
          gpu=torch.cuda.get_device_name(0) if args.device.startswith("cuda") else None)
     work = Path(tempfile.mkdtemp(prefix="gpu_check_"))
-    checks = [("stgcn_train_fp32", lambda: check_stgcn_train("none", args.device, work, smoke)),
-              ("stgcn_train_fp16", lambda: check_stgcn_train("fp16", args.device, work, smoke)),
-              ("stgcn_train_bf16", lambda: check_stgcn_train("bf16", args.device, work, smoke)),
+    train = lambda name, amp, **kw: (name, lambda: check_stgcn_train(name, amp, args.device, work, smoke, **kw))  # noqa: E731
+    checks = [train("stgcn_train_fp32", "none"), train("stgcn_train_fp16", "fp16"), train("stgcn_train_bf16", "bf16"),
+              # pipeline.device=worker: the loaders only gather frames, the features are computed on the GPU
+              train("stgcn_train_fp32_worker_pipeline", "none", pipeline_device="worker"),
+              train("stgcn_train_bf16_worker_pipeline_b128", "bf16", pipeline_device="worker", batch=128),
               ("stgcn_resume", lambda: check_stgcn_resume(args.device, work, smoke)),
               ("dino_pose_step_bf16", lambda: check_dino_step(args.device, work, smoke)),
               ("stgcn_onnx", lambda: check_onnx(args.device, work, smoke))]

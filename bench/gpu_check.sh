@@ -1,22 +1,33 @@
 #!/usr/bin/env bash
-# GPU checks without Ray (issue 9): STGCN++ training fp32 / fp16 (loss scaling) / bf16 with samples/s and GPU
-# utilisation, resume from a checkpoint onto the GPU, the DINO pose step with a frozen random ViT-S/14 in bf16,
-# STGCN++ ONNX export run with every ONNX Runtime provider present. One JSON line per check (bench/gpu_check.py),
-# saved to bench/results/gpu_check_<device>.jsonl. Under 8 minutes on one GPU.
+# GPU checks without Ray (issues 9, 14), one JSON line each, in this order (each part under its own timeout, so a
+# failed or slow part keeps the others' lines):
+#   1. bench_train_step.py --device cuda: the STGCN++ training step against mmaction2 1.2.0's on the same GPU,
+#      batch 16 / 64 / 256, fp32 and bf16 autocast on both sides (-> train_step.jsonl);
+#   2. gpu_check.py: STGCN++ training fp32 / fp16 (loss scaling) / bf16 with samples/s and GPU utilisation, with
+#      the features computed on the GPU (pipeline.device=worker), resume from a checkpoint onto the GPU, the DINO
+#      pose step with a frozen random ViT-S/14 in bf16, STGCN++ ONNX export under every ONNX Runtime provider
+#      (-> gpu_check_cuda.jsonl);
+#   3. bench_train_input.py --device cuda: the training-mode input pipeline as batched torch ops on the GPU against
+#      the NumPy path and mmaction2's (-> train_input.jsonl);
+#   4. bench_train_step.py --compile at batch 64: torch.compile (inductor) on the GPU, compile time included.
+# About 6 minutes on one H200. Lines go to $GPU_CHECK_OUT (default bench/results/).
 #
 #   bash bench/gpu_check.sh                  # on the GPU machine
-#   bash bench/gpu_check.sh --device cpu     # smoke run anywhere (tiny sizes; tests/test_cluster_gpu_check.py)
+#   bash bench/gpu_check.sh --device cpu     # smoke run anywhere: gpu_check.py alone, tiny sizes
+#                                            # (tests/test_gpu_check_smoke.py)
 #
 # The GPU machine has python3 with torch, transformers, pyarrow, scipy, pyyaml, onnx and onnxruntime but no
 # pydantic (and no Ray, which the checks do not use). Carry pydantic as wheels (see the device notes): here, once,
 #   echo /.whl/ >> .git/info/exclude
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #       --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
-#       pydantic==2.14.4 pydantic-core==2.50.5 annotated-types typing-inspection
-# and run with `.whl` carried:
+#       pydantic==2.14.4 pydantic-core==2.50.5 annotated-types typing-inspection typing-extensions==4.16.0
+# For the mmaction2 side of parts 1 and 3, pack it once here: bash bench/pack_mmaction2_for_device.sh (-> .mmdev/,
+# used when BENCH_MMACTION_PY is unset; without it those benches time ours alone). Run with `.whl` and `.mmdev`
+# carried:
 #   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
 #   bash bench/gpu_check.sh
-set -euo pipefail
+set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
 device=cuda
@@ -25,9 +36,28 @@ for arg in "$@"; do
   if [ "$prev" = "--device" ]; then device=$arg; fi
   prev=$arg
 done
-mkdir -p bench/results
-out=bench/results/gpu_check_${device%%:*}.jsonl
+outdir=${GPU_CHECK_OUT:-bench/results}
+mkdir -p "$outdir"
+out=$outdir/gpu_check_${device%%:*}.jsonl
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+if [ -z "${BENCH_MMACTION_PY:-}" ] && [ -x .mmdev/python ]; then export BENCH_MMACTION_PY=$PWD/.mmdev/python; fi
 host=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 || true)
 echo "{\"check\": \"run\", \"date\": \"$(date -u +%FT%TZ)\", \"device_name\": \"${host:-$(uname -m) CPU}\"}" | tee -a "$out"
-timeout 480 "$PY" bench/gpu_check.py "$@" | tee -a "$out"
+failed=0
+part() {  # part SECONDS NAME COMMAND...: one part under its own timeout; a failure is reported, the rest still run
+  local limit=$1 name=$2; shift 2
+  echo "# ${name}: start $(date -u +%T)" >&2
+  timeout "$limit" "$@" || { echo "# ${name}: FAILED (exit $?)" >&2; failed=1; }
+}
+if [ "${device%%:*}" = cuda ]; then
+  part 120 train_step "$PY" bench/bench_train_step.py --device cuda --batches 16,64,256 --threads 1 --repeats 7 \
+    --steps 10 --bf16 --out "$outdir/train_step.jsonl"
+fi
+part 240 gpu_check bash -c "set -o pipefail; \"$PY\" bench/gpu_check.py $* | tee -a \"$out\""
+if [ "${device%%:*}" = cuda ]; then
+  part 60 train_input "$PY" bench/bench_train_input.py --device cuda --augment --batch 128 --samples 2048 \
+    --repeats 5 --out "$outdir/train_input.jsonl"
+  part 130 train_step_compile "$PY" bench/bench_train_step.py --device cuda --batches 64 --threads 1 --repeats 5 \
+    --steps 10 --bf16 --compile --out "$outdir/train_step.jsonl"
+fi
+exit $failed

@@ -68,11 +68,12 @@ def _model(cmd: dict) -> dict:
     torch.set_num_threads(int(cmd["threads"]))
     torch.manual_seed(0)
     data = np.load(cmd["data"])
-    state["x"], state["y"] = torch.from_numpy(data["x"]), torch.from_numpy(data["y"]).long()
+    device = torch.device(cmd.get("device", "cpu"))
+    state["x"], state["y"] = torch.from_numpy(data["x"]).to(device), torch.from_numpy(data["y"]).long().to(device)
     bb = dict(graph_cfg=dict(layout="coco", mode="spatial"), gcn_adaptive="init", gcn_with_res=True,
               tcn_type="mstcn", **cmd["backbone"])
-    backbone = STGCN(**bb)
-    head = GCNHead(num_classes=cmd["num_classes"], in_channels=cmd["head_in_channels"], dropout=cmd["dropout"])
+    backbone = STGCN(**bb).to(device)
+    head = GCNHead(num_classes=cmd["num_classes"], in_channels=cmd["head_in_channels"], dropout=cmd["dropout"]).to(device)
     backbone.train()
     head.train()
     params = list(backbone.parameters()) + list(head.parameters())
@@ -84,13 +85,21 @@ def _model(cmd: dict) -> dict:
 def _train_steps(cmd: dict) -> dict:
     backbone, head = state["net"]
     opt, x, y = state["opt"], state["x"], state["y"]
+    cuda = x.device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
     t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(int(cmd["steps"])):
-        # RecognizerGCN.loss: backbone (N, M, T, V, C) -> GCNHead (pools persons) -> cross entropy.
-        loss = F.cross_entropy(head(backbone(x)), y)
+        # RecognizerGCN.loss: backbone (N, M, T, V, C) -> GCNHead (pools persons) -> cross entropy. bf16: the
+        # autocast that mmengine's AmpOptimWrapper(dtype='bfloat16') wraps the forward in.
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bool(cmd.get("bf16"))):
+            logits = head(backbone(x))
+        loss = F.cross_entropy(logits.float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+    if cuda:
+        torch.cuda.synchronize()
     return {"seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0, "loss": float(loss)}
 
 
