@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shutil
 import subprocess
@@ -75,12 +76,13 @@ class GpuSampler:
 
 
 def _stgcn_config(work: Path, epochs: int, amp: str, smoke: bool, pipeline_device: str = "cpu", batch: int = 32,
-                  loader_workers: int = 0):
+                  loader_workers: int = 0, gpu: bool = False):
     from recognizer_core.config import load_config
     from recognizer_core.train.stgcn.config import TrainJobConfig
 
     sets = [f"train.epochs={epochs}", f"train.amp={amp}", "train.val_interval=100", "train.log_interval=0",
             "train.test_after_train=false", f"data.loader_workers={loader_workers}", "scaling.num_workers=1",
+            f"scaling.use_gpu={str(gpu).lower()}",
             f"pipeline.device={pipeline_device}",
             f"data.demo_num_clips={64 if smoke else 2048}", f"train.batch_size={8 if smoke else batch}",
             "schedule.warmup_epochs=0", "optim.auto_scale_lr=false", f"run.storage_path={work}"]
@@ -116,7 +118,8 @@ def check_stgcn_train(name: str, amp: str, device: str, work: Path, smoke: bool,
     if amp == "fp16" and device == "cpu":
         return emit(name, True, skipped="fp16 with loss scaling is a CUDA recipe", device=device)
     epochs = 2 if smoke else 4
-    cfg = _stgcn_config(work / name, epochs, amp, smoke, pipeline_device, batch, loader_workers=2 if smoke else 4)
+    cfg = _stgcn_config(work / name, epochs, amp, smoke, pipeline_device, batch, loader_workers=2 if smoke else 4,
+                        gpu=device != "cpu")
     dataset = _dataset(cfg, work)
     n_train = int((SkeletonDataset(dataset).index(columns=["split"])["split"].to_numpy() == cfg.data.train_split).sum())
     times: list[float] = []
@@ -138,25 +141,39 @@ def check_stgcn_train(name: str, amp: str, device: str, work: Path, smoke: bool,
     return emit(name, True, device=device, amp=amp, train_clips=n_train, epochs_timed=epochs - 1,
                 samples_per_s=round(n_train * (epochs - 1) / timed, 1), warmup_epoch_s=round(times[0], 2),
                 batch=cfg.train.batch_size, pipeline_device=cfg.pipeline.device,
-                loader_workers=cfg.data.loader_workers, final_loss=ctx.reports[-1].get("train/loss"), **gpu.summary())
+                loader_workers=cfg.data.loader_workers, final_loss=ctx.reports[-1].get("train/loss"),
+                # the loop's own figures for its last epoch: samples/s without start-up and checkpointing, and the
+                # share of that epoch spent waiting for the loaders (~0: the input pipeline keeps up)
+                last_epoch_samples_per_s=round(ctx.reports[-1]["train/samples_per_s"], 1),
+                last_epoch_data_wait_frac=round(ctx.reports[-1]["train/data_wait_frac"], 3), **gpu.summary())
 
 
 def check_stgcn_resume(device: str, work: Path, smoke: bool) -> dict:
+    """Bit-for-bit equality needs deterministic kernels on a GPU (cuDNN's autotuned and atomic-add backward convs
+    differ run to run), so the three runs use torch's deterministic mode there."""
     import torch
 
-    cfg = _stgcn_config(work / "resume", 2, "none", smoke)
+    cfg = _stgcn_config(work / "resume", 2, "none", smoke, gpu=device != "cpu")
     dataset = _dataset(cfg, work)
-    ref_ctx, _ = _train(cfg, dataset, work / "resume" / "reference", device)
-    one = cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": 1})})
-    _train(one, dataset, work / "resume" / "stopped", device)
-    ctx, _ = _train(cfg, dataset, work / "resume" / "stopped", device)  # continues from epoch 1 on the device
+    torch.use_deterministic_algorithms(True, warn_only=True)  # an op without a deterministic kernel warns
+    torch.backends.cudnn.deterministic = True
+    try:
+        ref_ctx, _ = _train(cfg, dataset, work / "resume" / "reference", device)
+        one = cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": 1})})
+        _train(one, dataset, work / "resume" / "stopped", device)
+        ctx, _ = _train(cfg, dataset, work / "resume" / "stopped", device)  # continues from epoch 1 on the device
+    finally:
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.deterministic = False
     load = lambda c: torch.load(sorted(c.root.glob("epoch_*"))[-1] / "training_state.pt",  # noqa: E731
                                 map_location="cpu", weights_only=True)
     a, b = load(ref_ctx), load(ctx)
     same = a["model"].keys() == b["model"].keys() and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    diff = max(float((a["model"][k].double() - b["model"][k].double()).abs().max()) for k in a["model"]
+               if a["model"][k].is_floating_point())
     epochs = [r["epoch"] for r in ctx.reports]
     return emit("stgcn_resume", same and epochs == [2], device=device, resumed_epochs=epochs,
-                weights_equal_uninterrupted=same)
+                weights_equal_uninterrupted=same, max_abs_weight_diff=diff, deterministic_algorithms=True)
 
 
 def check_dino_step(device: str, work: Path, smoke: bool) -> dict:
@@ -242,6 +259,8 @@ def main() -> int:
     ap.add_argument("--smoke", action="store_true", help="tiny sizes (default with --device cpu)")
     ap.add_argument("--only", nargs="*", help="run only these checks (prefix match)")
     args = ap.parse_args()
+    # before CUDA starts: cuBLAS is deterministic only with a fixed workspace (stgcn_resume's deterministic mode)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     import torch
 
     smoke = args.smoke or args.device == "cpu"

@@ -11,11 +11,12 @@ VENV="${BENCH_VENV:-$REPO/.bench_venv_mmaction2}"
 SITE="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 OUT="$REPO/.mmdev"
 rm -rf "$OUT" && mkdir -p "$OUT/site"
-# mmcv-lite has no compiled ops; yapf, addict and termcolor are mmengine's config and logging needs.
-for pkg in mmaction mmengine mmcv addict termcolor yapf yapf_third_party importlib_metadata zipp lazy_importer; do
+# mmcv-lite has no compiled ops; yapf (with platformdirs), addict and termcolor are what mmengine's config and
+# logging need beyond what the GPU machine has.
+for pkg in mmaction mmengine mmcv addict termcolor yapf yapf_third_party importlib_metadata zipp lazy_importer platformdirs; do
   cp -r "$SITE/$pkg" "$OUT/site/"
 done
-cp -r "$SITE"/{mmaction2,mmengine,mmcv_lite,addict,termcolor,yapf,importlib_metadata,zipp,lazy_importer}-*.dist-info "$OUT/site/"
+cp -r "$SITE"/{mmaction2,mmengine,mmcv_lite,addict,termcolor,yapf,importlib_metadata,zipp,lazy_importer,platformdirs}-*.dist-info "$OUT/site/"
 find "$OUT" -name __pycache__ -prune -exec rm -rf {} +
 # mmaction2 imports its VindLU models whenever transformers is installed (the GPU machine has transformers 5 and
 # timm, which those 2023 models predate); the STGCN bench needs none of them, so the packed copy skips them.
