@@ -10,7 +10,7 @@
 #   3. bench_train_input.py --device cuda: the training-mode input pipeline as batched torch ops on the GPU against
 #      the NumPy path and mmaction2's (-> train_input.jsonl);
 #   4. bench_train_step.py --compile at batch 64: torch.compile (inductor) on the GPU, compile time included.
-# About 6 minutes on one H200. Lines go to $GPU_CHECK_OUT (default bench/results/).
+# About 8 minutes on one H200 (measured 2026-12-04: 7.9 min, torch.compile's two compiles 90 s of it). Lines go to $GPU_CHECK_OUT (default bench/results/).
 #
 #   bash bench/gpu_check.sh                  # on the GPU machine
 #   bash bench/gpu_check.sh --device cpu     # smoke run anywhere: gpu_check.py alone, tiny sizes
@@ -42,7 +42,8 @@ out=$outdir/gpu_check_${device%%:*}.jsonl
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 if [ -z "${BENCH_MMACTION_PY:-}" ] && [ -x .mmdev/python ]; then export BENCH_MMACTION_PY=$PWD/.mmdev/python; fi
 host=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 || true)
-echo "{\"check\": \"run\", \"date\": \"$(date -u +%FT%TZ)\", \"device_name\": \"${host:-$(uname -m) CPU}\"}" | tee -a "$out"
+tree=${BENCH_TREE:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
+echo "{\"check\": \"run\", \"date\": \"$(date -u +%FT%TZ)\", \"device_name\": \"${host:-$(uname -m) CPU}\", \"tree\": \"$tree\"}" | tee -a "$out"
 failed=0
 part() {  # part SECONDS NAME COMMAND...: one part under its own timeout; a failure is reported, the rest still run
   local limit=$1 name=$2; shift 2
@@ -50,14 +51,15 @@ part() {  # part SECONDS NAME COMMAND...: one part under its own timeout; a fail
   timeout "$limit" "$@" || { echo "# ${name}: FAILED (exit $?)" >&2; failed=1; }
 }
 if [ "${device%%:*}" = cuda ]; then
-  part 120 train_step "$PY" bench/bench_train_step.py --device cuda --batches 16,64,256 --threads 1 --repeats 7 \
+  part 150 train_step "$PY" bench/bench_train_step.py --device cuda --batches 16,64,256 --threads 1 --repeats 7 \
     --steps 10 --bf16 --out "$outdir/train_step.jsonl"
 fi
-part 240 gpu_check bash -c "set -o pipefail; \"$PY\" bench/gpu_check.py $* | tee -a \"$out\""
+# the training loop's progress lines go to the log; only the checks' JSON lines to the results file
+part 240 gpu_check bash -c "set -o pipefail; \"$PY\" bench/gpu_check.py $* | tee /dev/stderr | grep --line-buffered '^{\"check\"' >> \"$out\""
 if [ "${device%%:*}" = cuda ]; then
   part 60 train_input "$PY" bench/bench_train_input.py --device cuda --augment --batch 128 --samples 2048 \
     --repeats 5 --out "$outdir/train_input.jsonl"
-  part 130 train_step_compile "$PY" bench/bench_train_step.py --device cuda --batches 64 --threads 1 --repeats 5 \
+  part 180 train_step_compile "$PY" bench/bench_train_step.py --device cuda --batches 64 --threads 1 --repeats 5 \
     --steps 10 --bf16 --compile --out "$outdir/train_step.jsonl"
 fi
 exit $failed
