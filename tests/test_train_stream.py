@@ -28,11 +28,12 @@ def setup(tmp_path_factory):
     return SkeletonDataset(path), cfg
 
 
-def _batches(ds, cfg, rank, world, epoch, *, buffer_clips=12, bs=4, only=None):
+def _batches(ds, cfg, rank, world, epoch, *, buffer_clips=12, bs=4, only=None, read_ahead=True):
     info = tdata.split_info(ds, "train", 2)
     shard, skipped = tdata.load_shard(ds, tdata.shard_positions(info, rank, world), cfg.data, 2, 17, "t")
     nb = tdata.num_batches_for(len(shard), bs)
-    sb = tdata.ShardBatches(shard, nb, bs, cfg.pipeline, train=True, seed=5, rank=rank, buffer_clips=buffer_clips)
+    sb = tdata.ShardBatches(shard, nb, bs, cfg.pipeline, train=True, seed=5, rank=rank, buffer_clips=buffer_clips,
+                            read_ahead=read_ahead)
     keys = range(nb) if only is None else only
     return sb, shard, [sb[(epoch, b)] for b in keys]
 
@@ -73,11 +74,13 @@ def test_batches_depend_only_on_seed_epoch_rank_batch(setup):
         assert torch.equal(x, rx) and torch.equal(y, ry)
 
 
-def test_memory_is_one_window_not_the_shard(setup):
+def test_memory_is_two_windows_not_the_shard(setup):
     ds, cfg = setup
     sb, shard, out = _batches(ds, cfg, 0, 1, 0, buffer_clips=12, bs=4)
     assert len(shard) == 75 and sb.window == 12
-    assert 0 < sb.max_resident <= 12
+    assert 12 < sb.max_resident <= 24  # the window served and the next, read ahead
+    plain, _, _ = _batches(ds, cfg, 0, 1, 0, buffer_clips=12, bs=4, read_ahead=False)
+    assert 0 < plain.max_resident <= 12
     assert sum(len(y) for _, y, _ in out) == sb.num_batches * 4
     # the window shuffle mixes clips of several row groups into one batch
     order, _ = sb.order(0)
@@ -99,3 +102,45 @@ def test_known_all_zero_clips_are_left_out_without_reading_keypoints(setup, tmp_
     assert report["empty_positions"] == [3, 4] and zero_train
     shard, skipped = tdata.load_shard(ds, train.positions, setup[1].data, 2, 17, "t")
     assert len(shard) == len(train) - len(zero_train) and skipped == [clips[p].clip_id for p in zero_train]
+
+
+def test_read_ahead_serves_the_same_batches_and_reads_the_next_epoch(setup):
+    ds, cfg = setup
+    plain, _, _ = _batches(ds, cfg, 1, 2, 0, only=[], read_ahead=False)
+    ahead, _, _ = _batches(ds, cfg, 1, 2, 0, only=[])
+    for epoch in (0, 1):
+        for b in range(plain.num_batches):
+            for a, r in zip(ahead[(epoch, b)], plain[(epoch, b)]):
+                assert torch.equal(a, r)
+        # past the last window of an epoch, the thread has read the first window of the next one
+        assert ahead._ahead is not None and ahead._ahead[0] == (epoch + 1, 0)
+    # out of order (a resumed run asks for a batch in the middle first): served right, read-ahead discarded
+    fresh, _, _ = _batches(ds, cfg, 1, 2, 0, only=[])
+    for a, r in zip(fresh[(1, 5)], plain[(1, 5)]):
+        assert torch.equal(a, r)
+    for a, r in zip(fresh[(1, 0)], plain[(1, 0)]):
+        assert torch.equal(a, r)
+
+
+def test_a_bad_clip_read_ahead_fails_the_batch_that_needs_it(setup, tmp_path):
+    """The read-ahead thread's error is raised in the batch of its window, not in the one being served."""
+    clips = make_demo_clips("fight", 40, seed=2)
+    ds = SkeletonDataset(write_dataset(clips, tmp_path / "ds", ["NonFight", "Fight"]))
+    info = tdata.split_info(ds, "train", 2)
+    shard, _ = tdata.load_shard(ds, info.positions, setup[1].data, 2, 17, "t")
+    sb = tdata.ShardBatches(shard, tdata.num_batches_for(len(shard), 4), 4, setup[1].pipeline, train=True, seed=5,
+                            rank=0, buffer_clips=8)
+    order, _ = sb.order(0)
+    bad = int(order[9])  # in the second window (places 8..15)
+    real_load = shard.load
+
+    def load(idx):
+        if bad in np.asarray(idx).tolist():
+            raise tdata.SkeletonDataError("clip 9: keypoint has NaN")
+        return real_load(idx)
+
+    shard.load = load
+    sb[(0, 0)]  # the first window is served; the second, read ahead, fails in the background
+    sb[(0, 1)]
+    with pytest.raises(tdata.SkeletonDataError, match="clip 9"):
+        sb[(0, 2)]

@@ -5,7 +5,8 @@ by the driver), so a worker opens the store, takes a split's rows (splits.py: fr
 never the per-clip index when they are there), and takes its own shard (whole row groups dealt round-robin to
 the ranks), all as row ranges, never a per-clip array. The shard is streamed, never held: each epoch shuffles its
 row groups, then clips within a bounded window, all from (seed, epoch, rank) and computed a window at a time, so
-memory and start-up are the same at 1k and 500k clips and a resumed run sees the same batches; batches are
+memory and start-up are the same at 1k and 500k clips and a resumed run sees the same batches (the next window is
+read ahead in a background thread while this one is served); batches are
 prepared by `prepare_batch` in loader processes.
 Shards are padded by wrapping so every rank runs the same number of steps (DDP needs that); padded
 validation samples carry `valid=False` and are dropped before metrics.
@@ -17,6 +18,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 import uuid
 from dataclasses import replace
 from pathlib import Path
@@ -138,7 +140,7 @@ class StreamedShard:
 
     Holds its rows as RowRanges (O(row groups), not O(clips)); shard index i is the i-th row of the ranges, in
     store order. `load(indices)` reads the row groups holding them and validates the clips; ShardBatches keeps at
-    most one window of `buffer_clips` clips per loader process. Known all-zero clips (from the driver's cached
+    most two windows of `buffer_clips` clips per loader process (the one served and the next, read ahead). Known all-zero clips (from the driver's cached
     validation report, else a two-column scan) are left out up front, so `len()` is the number of usable clips, as
     with an in-memory shard."""
 
@@ -232,7 +234,7 @@ class EpochBatchSampler(Sampler):
         return self.num_batches
 
 
-DEFAULT_BUFFER_CLIPS = 2048  # ~180 MB of 4-person, 100-frame clips per loader process
+DEFAULT_BUFFER_CLIPS = 2048  # ~180 MB of 4-person, 100-frame clips; two windows per loader process (read-ahead)
 
 
 class ShardBatches(Dataset):
@@ -242,12 +244,15 @@ class ShardBatches(Dataset):
     batch is the same whichever loader process makes it and after a resume. A StreamedShard is block-shuffled
     (shard_order.BlockShuffle): its row groups in a random order per epoch, then the clips shuffled within
     consecutive windows of `buffer_clips` (a multiple of the batch size), computed one window at a time, so a
-    batch needs one window of positions and clips in memory, never the shard's. A list of clips (already in
-    memory) is shuffled as a whole. The epoch is padded by wrapping to num_batches * batch_size."""
+    batch needs one window of positions and clips in memory, never the shard's. With `read_ahead` a background
+    thread reads the next window (the next epoch's first, for training) while this one is served: reading is ~4x
+    the cost of preparing a clip, and without it every loader process stops at each window boundary at once (on a
+    GPU that stall was half of a short epoch). Memory is then two windows per process. A list of clips (already
+    in memory) is shuffled as a whole. The epoch is padded by wrapping to num_batches * batch_size."""
 
     def __init__(self, clips: Sequence[SkeletonClip] | StreamedShard, num_batches: int, batch_size: int,
                  pipeline: PipelineConfig, *, train: bool, seed: int, rank: int, num_clips: int | None = None,
-                 num_valid: int | None = None, buffer_clips: int = DEFAULT_BUFFER_CLIPS):
+                 num_valid: int | None = None, buffer_clips: int = DEFAULT_BUFFER_CLIPS, read_ahead: bool = True):
         if not len(clips):
             raise SkeletonDataError(f"rank {rank}: no usable clips in this worker's shard")
         self.clips = clips if isinstance(clips, StreamedShard) else list(clips)
@@ -260,7 +265,16 @@ class ShardBatches(Dataset):
             if train and isinstance(self.clips, StreamedShard) else None
         self._perm_epoch, self._perm = None, None
         self._window_key, self._window = None, {}
+        self.read_ahead = read_ahead and isinstance(self.clips, StreamedShard)
+        self._ahead: tuple[tuple[int, int], threading.Thread, dict, int] | None = None
+        self._lock = threading.Lock()  # one store read at a time: the store's open file handles are shared
         self.max_resident = 0  # most clips held at once by this process (the memory bound, for tests and benches)
+
+    def __getstate__(self) -> dict:  # to a spawned loader process: no thread, a fresh lock
+        return {k: v for k, v in self.__dict__.items() if k not in ("_ahead", "_lock")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _ahead=None, _lock=threading.Lock())
 
     def indices(self, epoch: int, first: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         """Clip indices at epoch places [first, stop) (wrapping past the shard's end) and their valid mask."""
@@ -285,24 +299,72 @@ class ShardBatches(Dataset):
     def _batch(self, epoch: int, k: int) -> np.ndarray:
         return self.indices(epoch, k * self.batch_size, (k + 1) * self.batch_size)[0]
 
+    def _window_rows(self, epoch: int, w: int) -> np.ndarray:
+        """Shard indices of window `w` of `epoch` that this process serves (empty if none of its batches)."""
+        first, per_window = w * self.window // self.batch_size, self.window // self.batch_size
+        mine = range(first, min(first + per_window, self.num_batches))
+        worker = torch.utils.data.get_worker_info()
+        if worker is not None and worker.num_workers > 1:
+            # a DataLoader hands batch k to loader process k % num_workers: read only this process's share
+            # (another batch asked of it is still served, read on demand in _clips_for)
+            mine = [k for k in mine if k % worker.num_workers == worker.id]
+        return np.concatenate([self._batch(epoch, k) for k in mine]) if mine else np.zeros(0, np.int64)
+
+    def _load(self, rows: np.ndarray) -> dict[int, SkeletonClip]:
+        with self._lock:
+            return self.clips.load(rows)
+
+    def _take_window(self, epoch: int, w: int, b: int) -> dict[int, SkeletonClip]:
+        """Window (epoch, w): the read-ahead's result when it read this one, else read now."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            key, thread, box, _ = ahead
+            thread.join()
+            if key == (epoch, w):
+                if "error" in box:  # a bad clip fails the batch that needs it, as without read-ahead
+                    raise box["error"]
+                return box["clips"]
+        rows = self._window_rows(epoch, w)
+        return self._load(rows if len(rows) else self._batch(epoch, b))
+
+    def _start_read_ahead(self, epoch: int, w: int) -> None:
+        """Reads the window after (epoch, w) in a background thread; its shard indices are computed here, since
+        the shuffle's caches are not thread-safe."""
+        if (w + 1) * self.window < self.num_batches * self.batch_size:
+            key = (epoch, w + 1)
+        elif self.train:
+            key = (epoch + 1, 0)  # the next epoch's order is known now: it depends on (seed, epoch, rank) only
+        else:
+            return  # evaluation runs again only after training epochs: do not hold a window through them
+        rows = self._window_rows(*key)
+        if not len(rows):
+            return
+        box: dict = {}
+
+        def read() -> None:
+            try:
+                box["clips"] = self._load(rows)
+            except BaseException as err:  # noqa: BLE001 - handed to the batch that needs this window
+                box["error"] = err
+
+        thread = threading.Thread(target=read, name="shard-read-ahead", daemon=True)
+        thread.start()
+        self._ahead = (key, thread, box, len(rows))
+
     def _clips_for(self, epoch: int, b: int, idx: np.ndarray) -> list[SkeletonClip]:
         if not isinstance(self.clips, StreamedShard):
             return [self.clips[i] for i in idx]
         w = b * self.batch_size // self.window
         if self._window_key != (epoch, w):
-            self._window = {}  # drop the old window before reading the next: at most one is resident
-            first, per_window = w * self.window // self.batch_size, self.window // self.batch_size
-            mine = range(first, min(first + per_window, self.num_batches))
-            worker = torch.utils.data.get_worker_info()
-            if worker is not None and worker.num_workers > 1:
-                # a DataLoader hands batch k to loader process k % num_workers: read only this process's share
-                # (another batch asked of it is still served, read on demand below)
-                mine = [k for k in mine if k % worker.num_workers == worker.id] or [b]
-            self._window = self.clips.load(np.concatenate([self._batch(epoch, k) for k in mine]))
+            self._window = {}  # drop the old window first: at most this one and the one read ahead are resident
+            self._window = self._take_window(epoch, w, b)
             self._window_key = (epoch, w)
+            if self.read_ahead:
+                self._start_read_ahead(epoch, w)
         missing = [i for i in idx.tolist() if i not in self._window]  # a batch past the window (wrap padding)
-        extra = self.clips.load(np.array(missing)) if missing else {}
-        self.max_resident = max(self.max_resident, len(self._window) + len(extra))
+        extra = self._load(np.array(missing)) if missing else {}
+        ahead = self._ahead[3] if self._ahead is not None else 0
+        self.max_resident = max(self.max_resident, len(self._window) + ahead + len(extra))
         return [self._window[i] if i in self._window else extra[i] for i in idx.tolist()]
 
     def __len__(self) -> int:
