@@ -171,6 +171,26 @@ def test_recipe_options_bf16_accumulation_checkpointing_sgd_cosine_early_stop(tm
     assert "momentum_buffer" in next(iter(state["optimizer"]["state"].values()))  # SGD really used
 
 
+def test_deterministic_kernels_during_the_run_only_and_same_weights(tmp_path):
+    """train.deterministic (for GPU runs) holds during the run, is undone after it, and does not change CPU math."""
+    seen = []
+
+    class Watching(LocalContext):
+        def report(self, metrics, checkpoint_dir):
+            seen.append((torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark))
+            return super().report(metrics, checkpoint_dir)
+
+    ds = _dataset(tmp_path)
+    weights = []
+    for i, det in enumerate(("false", "true")):
+        ctx = Watching(tmp_path / f"ckpt{i}")
+        train_loop(_cfg("train.epochs=2", f"train.deterministic={det}"), ds, str(tmp_path / f"run{i}"), ctx)
+        weights.append(torch.load(tmp_path / f"ckpt{i}" / "epoch_0002" / "training_state.pt", weights_only=True))
+    assert seen == [(False, False)] * 2 + [(True, False)] * 2
+    assert not torch.are_deterministic_algorithms_enabled()
+    assert all(torch.equal(weights[0]["model"][k], weights[1]["model"][k]) for k in weights[0]["model"])
+
+
 def test_resuming_with_a_different_model_is_refused(tmp_path):
     ds = _dataset(tmp_path)
     _run(_cfg(), ds, tmp_path)

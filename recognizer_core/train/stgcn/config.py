@@ -121,6 +121,8 @@ class TrainConfig(StrictModel):
     max_nonfinite_steps: int = Field(20, ge=0, description="NaN/inf losses are skipped (logged); more than "
                                                            "this many in a row stops the run with an error")
     seed: int = Field(0, description="seed of weights init, shuffling, augmentation and dropout")
+    deterministic: bool = Field(False, description="deterministic GPU kernels (no cuDNN autotuning), so a GPU run "
+                                                   "repeats and resumes bit for bit; slower. CPU runs already do")
     log_interval: int = Field(20, ge=0, description="console/TensorBoard loss every N iterations (0 = per epoch only)")
     test_after_train: bool = Field(True, description="after training, evaluate the best model on the test "
                                                      "split (if it has clips) with multi-clip testing")

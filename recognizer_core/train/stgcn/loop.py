@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import tempfile
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,8 +105,6 @@ def load_data(cfg: TrainJobConfig, dataset_path: str, ctx: WorkerContext) -> Dat
 def build_trainer_parts(cfg: TrainJobConfig, ctx: WorkerContext, num_batches: int) -> tuple[Trainer, RunState]:
     """Model, optimizer, schedule and scaler, placed on the device and then restored from the latest checkpoint."""
     t_cfg, device = cfg.train, ctx.device
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed input shapes (clip_len, num_person): autotune the convs once
     torch.manual_seed(t_cfg.seed)  # identical initial weights on every rank
     model = build_recognizer(cfg.model)
     lr = scaled_lr(cfg.optim, ctx.world_size, t_cfg.batch_size)
@@ -124,8 +123,34 @@ def build_trainer_parts(cfg: TrainJobConfig, ctx: WorkerContext, num_batches: in
     return Trainer(model, optimizer, scheduler, scaler, amp, class_weight, guard, lr), state
 
 
+@contextmanager
+def kernel_choice(deterministic: bool, device: torch.device):
+    """torch's global kernel settings for one training run, restored afterwards (a process may run several)."""
+    saved = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
+             torch.backends.cudnn.benchmark)
+    if deterministic:
+        # On a GPU, cuDNN's autotuned algorithms and atomic-add backward kernels differ run to run, so a resumed
+        # run drifts from an uninterrupted one (seen on an H200: bench/results/gpu_check_cuda.jsonl). cuBLAS is
+        # deterministic only with a fixed workspace, read when its first handle is made (after this).
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)  # an op with no deterministic kernel raises, naming itself
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input shapes (clip_len, num_person): autotune the convs once
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved[0])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[1], saved[2]
+
+
 def train_loop(cfg: TrainJobConfig, dataset_path: str, run_uri: str, ctx: WorkerContext) -> dict:
     """Train (resuming from ctx's latest checkpoint if any); returns the final summary (rank 0's view)."""
+    with kernel_choice(cfg.train.deterministic, ctx.device):
+        return _train(cfg, dataset_path, run_uri, ctx)
+
+
+def _train(cfg: TrainJobConfig, dataset_path: str, run_uri: str, ctx: WorkerContext) -> dict:
     files = RunFiles(run_uri)
     data = load_data(cfg, dataset_path, ctx)
     tr, state = build_trainer_parts(cfg, ctx, data.num_batches)
