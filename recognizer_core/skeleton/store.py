@@ -16,7 +16,9 @@ rows from the index. Writing is in store_write.py.
 from __future__ import annotations
 
 import json
+import os
 import posixpath
+import threading
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -100,6 +102,7 @@ class SkeletonDataset:
             self.info = {"schema_version": SCHEMA_VERSION, "label_names": [], "metadata": {}}
             entries = [{} for _ in self._files]
         self._pf: dict[int, pq.ParquetFile] = {}
+        self._lock, self._lock_pid = None, None  # see _files_lock
         rows, groups = [], []
         for i, (f, entry) in enumerate(zip(self._files, entries)):
             if "row_groups" in entry:  # written by this code: no footer needed to open
@@ -118,7 +121,7 @@ class SkeletonDataset:
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        state.update(_pf={}, _fs=None)  # open files and filesystems are per process
+        state.update(_pf={}, _fs=None, _lock=None, _lock_pid=None)  # open files and filesystems are per process
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -228,7 +231,19 @@ class SkeletonDataset:
             return None
         return {int(k): int(v) for k, v in (counts.get(split) or {}).items()}
 
+    def _files_lock(self) -> threading.RLock:
+        """Held around each use of the open files (a loader's read-ahead thread and its main thread may both read):
+        pyarrow's ParquetFile is not thread-safe (unlocked reads failed, hung or crashed). One per process: after a
+        fork the parent's lock may be held by a thread that is not in the child."""
+        if self._lock_pid != os.getpid():
+            self._lock, self._lock_pid = threading.RLock(), os.getpid()
+        return self._lock
+
     def _file(self, i: int) -> pq.ParquetFile:
+        with self._files_lock():
+            return self._file_unlocked(i)
+
+    def _file_unlocked(self, i: int) -> pq.ParquetFile:
         if i in self._pf:
             self._pf[i] = self._pf.pop(i)  # most recently used last
         else:
@@ -263,7 +278,8 @@ class SkeletonDataset:
             if table.num_rows != len(self):
                 raise SkeletonDataError(f"{self._show(path)}: {table.num_rows} rows but the dataset has {len(self)}")
             return table
-        tables = [self._file(i).read(columns=cols) for i in range(len(self._files))]
+        with self._files_lock():
+            tables = [self._file(i).read(columns=cols) for i in range(len(self._files))]
         return pa.concat_tables(tables) if tables else pa.table({c: pa.array([], CLIP_SCHEMA.field(c).type)
                                                                 for c in cols})
 
@@ -307,7 +323,8 @@ class SkeletonDataset:
             for g in np.unique(gidx):
                 in_g = np.nonzero(gidx == g)[0]
                 try:
-                    table = pf.read_row_group(int(g))
+                    with self._files_lock():  # only the read: decoding the clips below runs unlocked
+                        table = pf.read_row_group(int(g))
                 except (OSError, pa.ArrowInvalid) as err:
                     raise SkeletonDataError(f"{self.files[fi]}: row group {int(g)} unreadable ({err})") from None
                 rows = local[in_g] - gstart[g]
@@ -336,7 +353,8 @@ class SkeletonDataset:
             gidx = np.searchsorted(gstart, local, side="right") - 1
             for g in np.unique(gidx).tolist():
                 try:
-                    table = pf.read_row_group(g, columns=cols)
+                    with self._files_lock():
+                        table = pf.read_row_group(g, columns=cols)
                 except (OSError, pa.ArrowInvalid) as err:
                     raise SkeletonDataError(f"{self.files[fi]}: row group {g} unreadable ({err})") from None
                 for k in sel[gidx == g].tolist():
@@ -374,7 +392,9 @@ class SkeletonDataset:
         for i in (range(len(self._files)) if files is None else files):
             pf, row = self._file(i), 0
             for g in range(pf.metadata.num_row_groups):
-                for batch in pf.read_row_group(g, columns=columns).to_batches(max_chunksize=batch_size):
+                with self._files_lock():
+                    table = pf.read_row_group(g, columns=columns)
+                for batch in table.to_batches(max_chunksize=batch_size):
                     yield i, row, batch
                     row += batch.num_rows
 

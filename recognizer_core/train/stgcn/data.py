@@ -140,9 +140,9 @@ class StreamedShard:
 
     Holds its rows as RowRanges (O(row groups), not O(clips)); shard index i is the i-th row of the ranges, in
     store order. `load(indices)` reads the row groups holding them and validates the clips; ShardBatches keeps at
-    most two windows of `buffer_clips` clips per loader process (the one served and the next, read ahead). Known all-zero clips (from the driver's cached
-    validation report, else a two-column scan) are left out up front, so `len()` is the number of usable clips, as
-    with an in-memory shard."""
+    most two windows of `buffer_clips` clips per loader process (the one served and the next, read ahead). Known
+    all-zero clips (from the driver's cached validation report, else a two-column scan) are left out up front, so
+    `len()` is the number of usable clips, as with an in-memory shard."""
 
     def __init__(self, ds: SkeletonDataset, rows: RowRanges | np.ndarray, cfg: DataConfig, num_classes: int,
                  num_joints: int, source: str, *, empty: np.ndarray | None = None):
@@ -267,14 +267,14 @@ class ShardBatches(Dataset):
         self._window_key, self._window = None, {}
         self.read_ahead = read_ahead and isinstance(self.clips, StreamedShard)
         self._ahead: tuple[tuple[int, int], threading.Thread, dict, int] | None = None
-        self._lock = threading.Lock()  # one store read at a time: the store's open file handles are shared
+        self._pid = os.getpid()  # the process whose thread _ahead is (the store locks its own files)
         self.max_resident = 0  # most clips held at once by this process (the memory bound, for tests and benches)
 
-    def __getstate__(self) -> dict:  # to a spawned loader process: no thread, a fresh lock
-        return {k: v for k, v in self.__dict__.items() if k not in ("_ahead", "_lock")}
+    def __getstate__(self) -> dict:  # to a spawned loader process: no thread
+        return {k: v for k, v in self.__dict__.items() if k != "_ahead"}
 
     def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state, _ahead=None, _lock=threading.Lock())
+        self.__dict__.update(state, _ahead=None, _pid=os.getpid())
 
     def indices(self, epoch: int, first: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         """Clip indices at epoch places [first, stop) (wrapping past the shard's end) and their valid mask."""
@@ -310,10 +310,6 @@ class ShardBatches(Dataset):
             mine = [k for k in mine if k % worker.num_workers == worker.id]
         return np.concatenate([self._batch(epoch, k) for k in mine]) if mine else np.zeros(0, np.int64)
 
-    def _load(self, rows: np.ndarray) -> dict[int, SkeletonClip]:
-        with self._lock:
-            return self.clips.load(rows)
-
     def _take_window(self, epoch: int, w: int, b: int) -> dict[int, SkeletonClip]:
         """Window (epoch, w): the read-ahead's result when it read this one, else read now."""
         ahead, self._ahead = self._ahead, None
@@ -325,7 +321,7 @@ class ShardBatches(Dataset):
                     raise box["error"]
                 return box["clips"]
         rows = self._window_rows(epoch, w)
-        return self._load(rows if len(rows) else self._batch(epoch, b))
+        return self.clips.load(rows if len(rows) else self._batch(epoch, b))
 
     def _start_read_ahead(self, epoch: int, w: int) -> None:
         """Reads the window after (epoch, w) in a background thread; its shard indices are computed here, since
@@ -343,7 +339,7 @@ class ShardBatches(Dataset):
 
         def read() -> None:
             try:
-                box["clips"] = self._load(rows)
+                box["clips"] = self.clips.load(rows)
             except BaseException as err:  # noqa: BLE001 - handed to the batch that needs this window
                 box["error"] = err
 
@@ -355,6 +351,8 @@ class ShardBatches(Dataset):
         if not isinstance(self.clips, StreamedShard):
             return [self.clips[i] for i in idx]
         w = b * self.batch_size // self.window
+        if self._pid != os.getpid():  # a forked loader process: the parent's read-ahead thread is not here
+            self._ahead, self._pid = None, os.getpid()
         if self._window_key != (epoch, w):
             self._window = {}  # drop the old window first: at most this one and the one read ahead are resident
             self._window = self._take_window(epoch, w, b)
@@ -362,7 +360,7 @@ class ShardBatches(Dataset):
             if self.read_ahead:
                 self._start_read_ahead(epoch, w)
         missing = [i for i in idx.tolist() if i not in self._window]  # a batch past the window (wrap padding)
-        extra = self._load(np.array(missing)) if missing else {}
+        extra = self.clips.load(np.array(missing)) if missing else {}
         ahead = self._ahead[3] if self._ahead is not None else 0
         self.max_resident = max(self.max_resident, len(self._window) + ahead + len(extra))
         return [self._window[i] if i in self._window else extra[i] for i in idx.tolist()]
