@@ -25,7 +25,7 @@ ratio of the code alone. With glibc's defaults the side that allocates more also
 Prints ONE JSON line with a `settings` list.
 
     .venv/bin/python bench/bench_train_step.py [--batches 16,64] [--threads 1,2] [--repeats 5] [--steps 2]
-        [--eager-ops] [--bf16] [--compile] [--device cpu|cuda] [--allocator glibc|glibc-keep-freed|tcmalloc] [--out bench/results/train_step.jsonl]
+        [--eager-ops] [--bf16] [--compile] [--device cpu|cuda] [--branch-bn] [--allocator glibc|glibc-keep-freed|tcmalloc] [--out bench/results/train_step.jsonl]
 """
 from __future__ import annotations
 
@@ -45,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import (ALLOCATORS, MMWorker, machine, median, minor_faults, now, ratio_stats,  # noqa: E402
                           runs_tcmalloc, save_result, use_allocator)
 from recognizer_core.models import cpu_kernels  # noqa: E402
+from recognizer_core.models.gcn_blocks import BRANCH_BN_SWITCH  # noqa: E402
 from recognizer_core.models.recognizer import ModelConfig, build_recognizer  # noqa: E402
 
 M, T, V, C = 4, 100, 17, 3
@@ -64,9 +65,9 @@ class OurStep:
     """Our model + optimizer on one batch; `run(k)` times k training steps (wall and CPU seconds)."""
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, bf16: bool = False, compile: bool = False,
-                 eager_ops: bool = False, device: str = "cpu") -> None:
+                 eager_ops: bool = False, device: str = "cpu", branch_bn: bool = False) -> None:
         torch.manual_seed(0)
-        self.eager_ops, self.device = eager_ops, torch.device(device)
+        self.eager_ops, self.device, self.branch_bn = eager_ops, torch.device(device), branch_bn
         self.model = build_recognizer(ModelConfig(**MODEL_CFG)).train().to(self.device)
         self.opt = torch.optim.SGD(self.model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
         self.net = torch.compile(self.model) if compile else self.model
@@ -74,6 +75,7 @@ class OurStep:
 
     def run(self, k: int) -> tuple[float, float]:
         os.environ[cpu_kernels.ENV_SWITCH] = "0" if self.eager_ops else "1"  # read at every forward
+        os.environ[BRANCH_BN_SWITCH] = "1" if self.branch_bn else "0"
         sync()
         t0, c0 = time.perf_counter(), time.process_time()
         for _ in range(k):
@@ -116,8 +118,13 @@ def bench_setting(worker: MMWorker | None, tmp: Path, batch: int, threads: int, 
     variants = {"ours": OurStep(x, y, device=dev)}
     if args.eager_ops:
         variants["ours_eager_ops"] = OurStep(x, y, eager_ops=True, device=dev)
+    if args.branch_bn:  # mstcn's branches with their own BatchNorms (gcn_blocks.BRANCH_BN_SWITCH; eager path only)
+        variants["ours_branch_bn"] = OurStep(x, y, device=dev, branch_bn=True, eager_ops=dev == "cpu")
     if args.bf16:
         variants["ours_bf16_autocast"] = OurStep(x, y, bf16=True, device=dev)
+        if args.branch_bn:
+            variants["ours_bf16_branch_bn"] = OurStep(x, y, bf16=True, device=dev, branch_bn=True,
+                                                      eager_ops=dev == "cpu")
         if args.eager_ops:  # what the kernels add under autocast (bf16 activations through them since 2026-12-03)
             variants["ours_bf16_autocast_eager_ops"] = OurStep(x, y, bf16=True, eager_ops=True, device=dev)
     compile_s = {}
@@ -192,6 +199,8 @@ def main() -> None:
     ap.add_argument("--bf16", action="store_true", help="also our step under bf16 autocast (native-bf16 CPUs, GPUs; "
                                                         "on a GPU mmaction2's step under bf16 autocast too)")
     ap.add_argument("--device", default="cpu", help="cpu, or cuda: both sides' models and batches on the GPU")
+    ap.add_argument("--branch-bn", action="store_true",
+                    help="also our step with each mstcn branch's own BatchNorm (the GPU A/B; on the CPU with eager ops)")
     ap.add_argument("--compile", action="store_true", help="also our step under torch.compile (inductor)")
     ap.add_argument("--allocator", choices=ALLOCATORS, default="glibc",
                     help="malloc of both sides; glibc-keep-freed and tcmalloc reuse freed memory, so neither side "

@@ -144,6 +144,17 @@ def test_gradients_equal_mmaction_order(threads, kernels, torch_threads, cpu_ker
     assert _assert_same_step(ours, x, y, 1e-9) >= 100
 
 
+def test_branch_batch_norms_equal_mmaction_order(torch_threads, cpu_kernels_on, monkeypatch):
+    """The GPU A/B path (each mstcn branch with its own BatchNorm, gcn_blocks.BRANCH_BN_SWITCH) is the same step."""
+    from recognizer_core.models import gcn_blocks
+
+    cpu_kernels_on(False)  # the eager path, what a GPU runs
+    monkeypatch.setenv(gcn_blocks.BRANCH_BN_SWITCH, "1")
+    monkeypatch.setattr(gcn_blocks, "_concat_batch_norm", None)  # the merged BatchNorm must not run
+    ours, x, y = _test_point(0, torch.float64)
+    assert _assert_same_step(ours, x, y, 1e-9) >= 100
+
+
 def _max_relative_error(g: dict[str, torch.Tensor], truth: dict[str, torch.Tensor]) -> float:
     scale = max(t.abs().max() for t in truth.values())
     return max(((g[k].double() - t).norm() / t.norm()).item() for k, t in truth.items() if t.norm() > 1e-6 * scale)

@@ -3,6 +3,8 @@ state_dict keys match mmaction2 checkpoints exactly (`gcn.conv`, `gcn.down.0`, `
 """
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -16,6 +18,11 @@ DENSE_GCN_MAX_IN_CHANNELS = 8
 # Rows (one frame of one person each) per chunk in AggregateLinear: its (rows, w*k, c_in) aggregate stays
 # in a core's L2 and the GEMMs keep M = rows * V >= 300 (256 kB, 512 kB and 1 MB: within noise on the fight step).
 GCN_CHUNK_BYTES = 1 << 19
+# "1": off the fused CPU path, each mstcn branch runs on x with its own BatchNorm, in mmaction2's order, instead of
+# one merged BatchNorm (MSTCN.before_norm). The merge pays on a CPU; on a GPU its concatenations and copies are ~25
+# small launches per block (counted on the meta device), so this is the A/B for the next GPU run
+# (bench_train_step.py --branch-bn). Read at every forward.
+BRANCH_BN_SWITCH = "RECOGNIZER_MSTCN_BRANCH_BN"
 
 
 class AggregateLinear(torch.autograd.Function):
@@ -286,9 +293,11 @@ class MSTCN(nn.Module):
         #
         # In CPU training (bn_act.wanted) the BN-ReLUs are fused kernels: the heads' one writes each branch's part
         # as its own compact tensor, and the transform's reads the branch outputs without concatenating them.
+        fused = bn_act.wanted(x, self.training)
+        if not fused and os.environ.get(BRANCH_BN_SWITCH) == "1":
+            return self.transform(torch.cat([branch(x) for branch in self.branches], dim=1))
         outs: list[torch.Tensor | None] = [None] * len(self.branches)
         heads = [i for i, b in enumerate(self.branches) if not isinstance(b, nn.Conv2d)]
-        fused = bn_act.wanted(x, self.training)
         if heads:
             convs, bns = [self.branches[i][0] for i in heads], [self.branches[i][1] for i in heads]
             sizes = [c.out_channels for c in convs]
