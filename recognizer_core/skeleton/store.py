@@ -232,21 +232,17 @@ class SkeletonDataset:
         return {int(k): int(v) for k, v in (counts.get(split) or {}).items()}
 
     def _files_lock(self) -> threading.RLock:
-        """Held around each use of the open files (a loader's read-ahead thread and its main thread may both read):
-        pyarrow's ParquetFile is not thread-safe (unlocked reads failed, hung or crashed). One per process: after a
-        fork the parent's lock may be held by a thread that is not in the child."""
+        """Held around each use of the open files: pyarrow's ParquetFile is not thread-safe (a loader's read-ahead
+        thread and its main thread read unlocked failed, hung or crashed). Per process: a fork's may be held."""
         if self._lock_pid != os.getpid():
             self._lock, self._lock_pid = threading.RLock(), os.getpid()
         return self._lock
 
     def _file(self, i: int) -> pq.ParquetFile:
         with self._files_lock():
-            return self._file_unlocked(i)
-
-    def _file_unlocked(self, i: int) -> pq.ParquetFile:
-        if i in self._pf:
-            self._pf[i] = self._pf.pop(i)  # most recently used last
-        else:
+            if i in self._pf:
+                self._pf[i] = self._pf.pop(i)  # most recently used last
+                return self._pf[i]
             if len(self._pf) >= _OPEN_FILES:  # a bounded number of footers in memory, whatever the file count
                 del self._pf[next(iter(self._pf))]
             pf = self._open(i)
@@ -258,7 +254,15 @@ class SkeletonDataset:
                                         f"{INDEX_FILE})")
             self._group_start[i] = np.cumsum([0] + sizes)  # a file rewritten with other row groups still reads
             self._pf[i] = pf
-        return self._pf[i]
+            return pf
+
+    def _row_group(self, i: int, g: int, columns: list[str] | None = None) -> pa.Table:
+        """Row group `g` of part file `i`; only the read holds the lock (callers decode the table in parallel)."""
+        try:
+            with self._files_lock():
+                return self._file(i).read_row_group(g, columns=columns)
+        except (OSError, pa.ArrowInvalid) as err:
+            raise SkeletonDataError(f"{self.files[i]}: row group {g} unreadable ({err})") from None
 
     def _mask(self, table: pa.Table | pa.RecordBatch, split: str | Sequence[str]) -> Any:
         names = [split] if isinstance(split, str) else list(split)
@@ -317,16 +321,12 @@ class SkeletonDataset:
         for fi in np.unique(fidx):
             sel = np.nonzero(fidx == fi)[0]
             local = pos[sel] - self._file_start[fi]
-            pf = self._file(int(fi))  # opened first: it may correct the row-group bounds
+            self._file(int(fi))  # opened first: it may correct the row-group bounds
             gstart = self._group_start[fi]
             gidx = np.searchsorted(gstart, local, side="right") - 1
             for g in np.unique(gidx):
                 in_g = np.nonzero(gidx == g)[0]
-                try:
-                    with self._files_lock():  # only the read: decoding the clips below runs unlocked
-                        table = pf.read_row_group(int(g))
-                except (OSError, pa.ArrowInvalid) as err:
-                    raise SkeletonDataError(f"{self.files[fi]}: row group {int(g)} unreadable ({err})") from None
+                table = self._row_group(int(fi), int(g))
                 rows = local[in_g] - gstart[g]
                 # Views into the row group, not an Arrow take (which copies list columns slowly); copies when
                 # fewer than half its rows are wanted, so the rest of the group is not kept alive by them.
@@ -346,17 +346,13 @@ class SkeletonDataset:
         pieces: list[pa.Table] = []
         fidx = np.searchsorted(self._file_start, ranges.starts, side="right") - 1
         for fi in np.unique(fidx).tolist():
-            pf = self._file(fi)  # opened first: it may correct the row-group bounds
+            self._file(fi)  # opened first: it may correct the row-group bounds
             sel = np.flatnonzero(fidx == fi)
             local = ranges.starts[sel] - self._file_start[fi]
             gstart = self._group_start[fi]
             gidx = np.searchsorted(gstart, local, side="right") - 1
             for g in np.unique(gidx).tolist():
-                try:
-                    with self._files_lock():
-                        table = pf.read_row_group(g, columns=cols)
-                except (OSError, pa.ArrowInvalid) as err:
-                    raise SkeletonDataError(f"{self.files[fi]}: row group {g} unreadable ({err})") from None
+                table = self._row_group(fi, g, cols)
                 for k in sel[gidx == g].tolist():
                     a = int(ranges.starts[k] - self._file_start[fi] - gstart[g])
                     pieces.append(table.slice(a, int(ranges.stops[k] - ranges.starts[k])))
@@ -390,10 +386,9 @@ class SkeletonDataset:
         time. Read a row group at a time (ParquetFile.iter_batches reads ahead: a whole 1024-row file of real
         clips, ~80 MB, was resident at once)."""
         for i in (range(len(self._files)) if files is None else files):
-            pf, row = self._file(i), 0
-            for g in range(pf.metadata.num_row_groups):
-                with self._files_lock():
-                    table = pf.read_row_group(g, columns=columns)
+            row = 0
+            for g in range(self._file(i).metadata.num_row_groups):
+                table = self._row_group(i, g, None if columns is None else list(columns))
                 for batch in table.to_batches(max_chunksize=batch_size):
                     yield i, row, batch
                     row += batch.num_rows
