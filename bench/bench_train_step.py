@@ -25,7 +25,8 @@ ratio of the code alone. With glibc's defaults the side that allocates more also
 Prints ONE JSON line with a `settings` list.
 
     .venv/bin/python bench/bench_train_step.py [--batches 16,64] [--threads 1,2] [--repeats 5] [--steps 2]
-        [--eager-ops] [--bf16] [--compile] [--device cpu|cuda] [--branch-bn] [--allocator glibc|glibc-keep-freed|tcmalloc] [--out bench/results/train_step.jsonl]
+        [--eager-ops] [--bf16] [--compile] [--device cpu|cuda] [--branch-bn]
+        [--allocator glibc|glibc-keep-freed|tcmalloc] [--out bench/results/train_step.jsonl]
 """
 from __future__ import annotations
 

@@ -254,7 +254,8 @@ def main() -> int:
     ap.add_argument("--smoke", action="store_true", help="tiny sizes (default with --device cpu)")
     ap.add_argument("--only", nargs="*", help="run only these checks (prefix match)")
     args = ap.parse_args()
-    # before CUDA starts: cuBLAS is deterministic only with a fixed workspace (stgcn_resume's deterministic mode)
+    # before CUDA starts: cuBLAS is deterministic only with a fixed workspace, and stgcn_resume sets
+    # train.deterministic after other checks have started cuBLAS
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     import torch
 
