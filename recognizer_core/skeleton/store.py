@@ -35,7 +35,8 @@ from .clip import SkeletonClip, SkeletonDataError
 from .store_ranges import RowRanges
 from .store_rows import (CLIP_SCHEMA, HEAVY_COLUMNS, LIGHT_COLUMNS, clip_from_row, clips_from_batch, clips_to_table,
                          int64_array)
-from .store_write import DATASET_JSON, INDEX_FILE, META_PREFIX, SCHEMA_VERSION, SPLIT_MAP_AS_ROWS, write_dataset
+from .store_write import (DATASET_JSON, INDEX_FILE, META_PREFIX, SCHEMA_VERSION, SPLIT_MAP_AS_ROWS, check_file_schema,
+                          write_dataset)
 
 __all__ = ["CLIP_SCHEMA", "DATASET_JSON", "HEAVY_COLUMNS", "INDEX_FILE", "LIGHT_COLUMNS", "SCHEMA_VERSION",
            "SPLIT_MAP_AS_ROWS",
@@ -45,27 +46,6 @@ __all__ = ["CLIP_SCHEMA", "DATASET_JSON", "HEAVY_COLUMNS", "INDEX_FILE", "LIGHT_
 _OPEN_FILES = 32
 
 # ---------------------------------------------------------------- reading
-
-def check_file_schema(path: str | Path, fs: pafs.FileSystem | None = None, schema: pa.Schema | None = None) -> pa.Schema:
-    """Read a Parquet file's footer schema (or check the one given, already read from that footer);
-    SkeletonDataError names the file and the missing/extra/odd columns."""
-    try:
-        schema = pq.read_schema(str(path), filesystem=fs) if schema is None else schema
-    except (OSError, pa.ArrowInvalid) as err:
-        raise SkeletonDataError(f"{path}: not a readable Parquet file ({err})") from None
-    missing = [n for n in CLIP_SCHEMA.names if n not in schema.names]
-    extra = [n for n in schema.names if n not in CLIP_SCHEMA.names]
-    wrong = [f"{f.name} is {schema.field(f.name).type}, expected {f.type}" for f in CLIP_SCHEMA
-             if f.name in schema.names and not schema.field(f.name).type.equals(f.type)]
-    if missing or extra or wrong:
-        parts = ([f"missing column(s) {missing}"] if missing else []) + \
-                ([f"unexpected column(s) {extra}"] if extra else []) + wrong
-        raise SkeletonDataError(f"{path}: not a skeleton-store file (schema v{SCHEMA_VERSION}): " + "; ".join(parts))
-    version = (schema.metadata or {}).get(META_PREFIX + b"schema_version")
-    if version is not None and int(version) > SCHEMA_VERSION:
-        raise SkeletonDataError(f"{path}: schema version {int(version)} is newer than this code ({SCHEMA_VERSION})")
-    return schema
-
 
 class SkeletonDataset:
     """A skeleton store opened for streaming reads. Opening reads `_dataset.json` only (footers for datasets

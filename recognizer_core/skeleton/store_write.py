@@ -6,6 +6,7 @@ every clip in one small file (read only by the tools that need per-clip rows: va
 opening a 500k-clip dataset and taking a split's rows read one small json instead of every part file's footer
 and columns. Both are optional for readers: a dataset written before they existed (or a plain folder of part
 files) is opened from the footers, and one without split ranges takes its split rows from the index.
+The format's contract is checked here too (`check_file_schema`), for readers of any part file.
 """
 from __future__ import annotations
 
@@ -18,12 +19,13 @@ from pathlib import Path
 from typing import Any, Iterable, Literal, Mapping, Sequence
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from recognizer_core.storage import atomic_write
 
 from .clip import NanPolicy, SkeletonClip, SkeletonDataError
-from .store_rows import LIGHT_COLUMNS, clips_to_table
+from .store_rows import CLIP_SCHEMA, LIGHT_COLUMNS, clips_to_table
 
 SCHEMA_VERSION = 1
 DATASET_JSON = "_dataset.json"
@@ -180,3 +182,24 @@ def _split_ranges(splits: Sequence[str]) -> dict[str, list[list[int]]]:
         else:
             runs.append([row, row + 1])
     return dict(sorted(out.items()))
+
+
+def check_file_schema(path: str | Path, fs: pafs.FileSystem | None = None, schema: pa.Schema | None = None) -> pa.Schema:
+    """Read a Parquet file's footer schema (or check the one given, already read from that footer);
+    SkeletonDataError names the file and the missing/extra/odd columns."""
+    try:
+        schema = pq.read_schema(str(path), filesystem=fs) if schema is None else schema
+    except (OSError, pa.ArrowInvalid) as err:
+        raise SkeletonDataError(f"{path}: not a readable Parquet file ({err})") from None
+    missing = [n for n in CLIP_SCHEMA.names if n not in schema.names]
+    extra = [n for n in schema.names if n not in CLIP_SCHEMA.names]
+    wrong = [f"{f.name} is {schema.field(f.name).type}, expected {f.type}" for f in CLIP_SCHEMA
+             if f.name in schema.names and not schema.field(f.name).type.equals(f.type)]
+    if missing or extra or wrong:
+        parts = ([f"missing column(s) {missing}"] if missing else []) + \
+                ([f"unexpected column(s) {extra}"] if extra else []) + wrong
+        raise SkeletonDataError(f"{path}: not a skeleton-store file (schema v{SCHEMA_VERSION}): " + "; ".join(parts))
+    version = (schema.metadata or {}).get(META_PREFIX + b"schema_version")
+    if version is not None and int(version) > SCHEMA_VERSION:
+        raise SkeletonDataError(f"{path}: schema version {int(version)} is newer than this code ({SCHEMA_VERSION})")
+    return schema
