@@ -34,6 +34,9 @@ bench: $(STAMP)  # the README's Speed figures, each line appended to bench/resul
 	$(BIN)/python bench/bench_train_roofline.py --out $(RES)/train_roofline.jsonl
 	$(BIN)/python bench/bench_train_input.py --feats j,b,jm,bm --repeats 7 --out $(RES)/train_input.jsonl
 	$(BIN)/python bench/bench_train_input.py --feats b --repeats 7 --out $(RES)/train_input.jsonl
+	$(BIN)/python bench/bench_train_loader.py --out $(RES)/train_loader.jsonl
+	$(BIN)/python bench/bench_train_loader.py --pipeline-device cpu --out $(RES)/train_loader.jsonl
+	$(BIN)/python bench/count_step_ops.py --out $(RES)/step_ops.jsonl
 	$(BIN)/python bench/bench_recognize.py --runs 7
 	-flock /tmp/ray_tests.lock $(BIN)/python bench/bench_extract.py --repeats 7  # '-': rtmlib is optional; the rest still runs
 	$(BIN)/python bench/bench_dino_pose.py --out $(RES)/dino_pose.jsonl

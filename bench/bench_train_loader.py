@@ -1,8 +1,8 @@
 """The training loader against a fast consumer: reading the next shard window ahead (the default) vs not.
 
 What the GPU run of 2026-12-04 showed: at batch 128 the STGCN++ loop waited for its 4 loader processes 47% of
-each epoch. Reading a window of clips from the store costs ~4x preparing them, and every loader process reads
-its share of a window when it reaches it, all at once, so the consumer stalls at each window boundary. With
+each epoch. Reading a window of clips from the store costs 5-10x preparing them (measured here too), and every
+loader process reads its share of a window when it reaches it, all at once, so the consumer stalls at each window boundary. With
 read-ahead a thread in each loader process reads the next window (the next epoch's first one at an epoch's end)
 while the current one is served.
 
@@ -11,7 +11,8 @@ consumer that takes each batch and then sleeps as long as a training step at `--
 (the H200's bf16 step at batch 256 measured 2738 samples/s). Per repeat, each variant gets a fresh loader for
 `--epochs` epochs; the first is start-up and is not timed. Variants alternate (off, on, off, on, ...). Reported:
 samples/s, the share of the time spent waiting in next() (the GPU's idle share, were the consumer a GPU) and the
-longest single wait, medians over repeats, and the paired ratio of samples/s (on / off) with its min-max.
+longest single wait, medians over repeats, and the paired ratio of samples/s (on / off) with its min-max. Also,
+in this process, what a loader spends per clip reading a window against preparing it (`one_process_per_clip`).
 
     .venv/bin/python bench/bench_train_loader.py [--clips 8192] [--batch 128] [--loader-workers 2]
         [--pipeline-device worker] [--consume 3000] [--epochs 3] [--repeats 5] [--out bench/results/train_loader.jsonl]
@@ -29,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import machine, median, now, ratio_stats, save_result  # noqa: E402
 from recognizer_core.skeleton.demo_data import write_demo_dataset  # noqa: E402
 from recognizer_core.skeleton.store import SkeletonDataset  # noqa: E402
-from recognizer_core.skeleton.transforms import PipelineConfig  # noqa: E402
+from recognizer_core.skeleton.transforms import PipelineConfig, prepare_batch  # noqa: E402
+from recognizer_core.skeleton.transforms_torch import gather_batch  # noqa: E402
 from recognizer_core.train.stgcn import data as tdata  # noqa: E402
 from recognizer_core.train.stgcn.config import DataConfig  # noqa: E402
 
@@ -64,6 +66,31 @@ def run_loader(clips, pipe: PipelineConfig, args, read_ahead: bool) -> dict:
     return {"samples_per_s": median(rates), "wait_frac": median(waits), "max_wait_s": max(gaps)}
 
 
+def read_vs_prepare(clips, pipe: PipelineConfig, batch: int, repeats: int = 3) -> dict:
+    """What one loader process spends per clip, in this process: reading a window from the store (one
+    StreamedShard.load of its clips) against preparing them (the loader's part of the pipeline, batch by batch)."""
+    import numpy as np
+
+    sb = tdata.ShardBatches(clips, tdata.num_batches_for(len(clips), batch), batch, pipe, train=True, seed=0, rank=0)
+    rows = sb.order(0)[0][:sb.window]
+    prepare = gather_batch if pipe.device == "worker" else prepare_batch
+    read_s, prep_s = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        window = clips.load(rows)
+        read_s.append(time.perf_counter() - t0)
+        got = [window[i] for i in rows.tolist()]
+        rng = np.random.default_rng(0)
+        t0 = time.perf_counter()
+        for k in range(0, len(got), batch):
+            prepare(got[k:k + batch], pipe, True, rng)
+        prep_s.append(time.perf_counter() - t0)
+    n = len(rows)
+    return {"clips": n, "read_ms_per_clip": round(1e3 * median(read_s) / n, 3),
+            "prepare_ms_per_clip": round(1e3 * median(prep_s) / n, 3),
+            "read_over_prepare": round(median(read_s) / median(prep_s), 2)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clips", type=int, default=8192, help="demo clips, all splits (70%% train)")
@@ -82,6 +109,7 @@ def main() -> None:
         ds = SkeletonDataset(path)
         info = tdata.split_info(ds, "train", 2)
         clips, _ = tdata.load_shard(ds, tdata.shard_positions(info, 0, 1), DataConfig(), 2, 17, str(path))
+        cost = read_vs_prepare(clips, pipe, args.batch)
         for r in range(args.repeats):
             for read_ahead in (False, True):
                 runs[read_ahead].append(run_loader(clips, pipe, args, read_ahead))
@@ -90,7 +118,7 @@ def main() -> None:
     result = {"bench": "train_loader", "date": now(), "machine": machine(), "train_clips": len(clips),
               "window_clips": window, "batch": args.batch, "loader_workers": args.loader_workers,
               "pipeline_device": args.pipeline_device, "consumer_samples_per_s": args.consume,
-              "epochs_timed": args.epochs - 1, "repeats": args.repeats}
+              "epochs_timed": args.epochs - 1, "repeats": args.repeats, "one_process_per_clip": cost}
     for read_ahead, name in ((False, "plain"), (True, "read_ahead")):
         rs = runs[read_ahead]
         result[name] = {"samples_per_s": round(median([r["samples_per_s"] for r in rs]), 1),

@@ -19,8 +19,8 @@ DENSE_GCN_MAX_IN_CHANNELS = 8
 # in a core's L2 and the GEMMs keep M = rows * V >= 300 (256 kB, 512 kB and 1 MB: within noise on the fight step).
 GCN_CHUNK_BYTES = 1 << 19
 # "1": off the fused CPU path, each mstcn branch runs on x with its own BatchNorm, in mmaction2's order, instead of
-# one merged BatchNorm (MSTCN.before_norm). The merge pays on a CPU; on a GPU its concatenations and copies are ~25
-# small launches per block (counted on the meta device), so this is the A/B for the next GPU run
+# one merged BatchNorm (MSTCN.before_norm). The merge pays on a CPU; on a GPU its concatenations and copies are 25
+# more launches per block (153 against 128, bench/count_step_ops.py), so this is the A/B for the next GPU run
 # (bench_train_step.py --branch-bn). Read at every forward.
 BRANCH_BN_SWITCH = "RECOGNIZER_MSTCN_BRANCH_BN"
 
