@@ -13,7 +13,8 @@ compiled CPU kernels, recognizer_core/models/cpu_kernels.py: the fused BatchNorm
 aggregation and the skipped bias gradients that go with them; before 2026-12-03 `--eager-bn`, the BatchNorm
 kernels only), `--bf16` (torch.autocast bfloat16, only where the CPU has native bf16; the BatchNorm kernels take
 its bf16 activations since 2026-12-03 15:00 UTC, eager ops before; with `--eager-ops` also the bf16 step with every
-kernel off) and `--compile` (torch.compile, inductor; the compile time is reported). The JSON
+kernel off) and `--compile [MODE]` (torch.compile, inductor, as `train.compile=MODE` runs it; the compile time is
+reported; `reduce-overhead` replays CUDA graphs, variants named `..._compiled_reduce_overhead`). The JSON
 line says whether the kernels were in use (`cpu_kernels`; `fused_bn` before).
 
 Each setting also reports both sides' minor page faults per step. `--allocator` picks the malloc of both sides
@@ -25,7 +26,7 @@ ratio of the code alone. With glibc's defaults the side that allocates more also
 Prints ONE JSON line with a `settings` list.
 
     .venv/bin/python bench/bench_train_step.py [--batches 16,64] [--threads 1,2] [--repeats 5] [--steps 2]
-        [--eager-ops] [--bf16] [--compile] [--device cpu|cuda] [--branch-bn]
+        [--eager-ops] [--bf16] [--compile [default|reduce-overhead|max-autotune]] [--device cpu|cuda] [--branch-bn]
         [--allocator glibc|glibc-keep-freed|tcmalloc] [--out bench/results/train_step.jsonl]
 """
 from __future__ import annotations
@@ -65,13 +66,13 @@ def cpu_has_bf16() -> bool:
 class OurStep:
     """Our model + optimizer on one batch; `run(k)` times k training steps (wall and CPU seconds)."""
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, bf16: bool = False, compile: bool = False,
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, bf16: bool = False, compile: str | None = None,
                  eager_ops: bool = False, device: str = "cpu", branch_bn: bool = False) -> None:
         torch.manual_seed(0)
         self.eager_ops, self.device, self.branch_bn = eager_ops, torch.device(device), branch_bn
         self.model = build_recognizer(ModelConfig(**MODEL_CFG)).train().to(self.device)
         self.opt = torch.optim.SGD(self.model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
-        self.net = torch.compile(self.model) if compile else self.model
+        self.net = torch.compile(self.model, mode=compile, dynamic=False) if compile else self.model
         self.x, self.y, self.bf16 = x.to(self.device), y.to(self.device), bf16
 
     def run(self, k: int) -> tuple[float, float]:
@@ -130,9 +131,10 @@ def bench_setting(worker: MMWorker | None, tmp: Path, batch: int, threads: int, 
             variants["ours_bf16_autocast_eager_ops"] = OurStep(x, y, bf16=True, eager_ops=True, device=dev)
     compile_s = {}
     if args.compile:
-        for name, bf16 in (("ours_compiled", False), ("ours_bf16_compiled", True))[:1 + args.bf16]:
-            # our CPU kernels are opaque to dynamo (no fake-tensor rules): compiled on the CPU means eager ops
-            variants[name] = OurStep(x, y, compile=True, bf16=bf16, device=dev, eager_ops=dev == "cpu")
+        tag = "" if args.compile == "default" else "_" + args.compile.replace("-", "_")
+        for name, bf16 in ((f"ours_compiled{tag}", False), (f"ours_bf16_compiled{tag}", True))[:1 + args.bf16]:
+            # the CPU kernels step aside while dynamo traces (cpu_kernels.enabled): inductor compiles the eager ops
+            variants[name] = OurStep(x, y, compile=args.compile, bf16=bf16, device=dev)
             t0 = time.perf_counter()
             variants[name].run(1)  # first call compiles (forward and backward graphs)
             compile_s[name] = round(time.perf_counter() - t0, 1)
@@ -202,7 +204,10 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", help="cpu, or cuda: both sides' models and batches on the GPU")
     ap.add_argument("--branch-bn", action="store_true",
                     help="also our step with each mstcn branch's own BatchNorm (the GPU A/B; on the CPU with eager ops)")
-    ap.add_argument("--compile", action="store_true", help="also our step under torch.compile (inductor)")
+    ap.add_argument("--compile", nargs="?", const="default", default=None,
+                    choices=["default", "reduce-overhead", "max-autotune"],
+                    help="also our step under torch.compile (inductor) in this mode (default: default; "
+                         "reduce-overhead replays CUDA graphs), as train.compile runs it")
     ap.add_argument("--allocator", choices=ALLOCATORS, default="glibc",
                     help="malloc of both sides; glibc-keep-freed and tcmalloc reuse freed memory, so neither side "
                          "pays page faults after the first steps and the ratio measures the code alone")

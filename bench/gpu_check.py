@@ -13,8 +13,11 @@ Checks (each prints {"check": ..., "ok": ..., ...}; a failed check prints its er
   get no gradient.
 - stgcn_onnx: STGCN++ exported to ONNX (dynamic batch) and run with every ONNX Runtime provider present; max
   |logit difference| to torch per provider.
+- with --compiled, instead: stgcn_train_bf16_worker_pipeline_b128_reduce_overhead and stgcn_train_fp32_reduce_overhead,
+  the training checks under train.compile=reduce-overhead (inductor + CUDA graphs; `default` on a CPU), with the
+  first (compiling) step's seconds. The GPU utilisation goal (issue 14) is read from these.
 
-    python3 bench/gpu_check.py [--device cuda|cpu] [--smoke] [--only NAME ...]
+    python3 bench/gpu_check.py [--device cuda|cpu] [--smoke] [--only NAME ...] [--compiled]
 
 Needs torch, numpy, pyarrow, pyyaml, pydantic, scipy, transformers, onnx(+onnxscript), onnxruntime; not Ray.
 """
@@ -108,9 +111,10 @@ def _train(cfg, dataset: str, run_dir: Path, device: str):
 
 
 def check_stgcn_train(name: str, amp: str, device: str, work: Path, smoke: bool, pipeline_device: str = "cpu",
-                      batch: int = 32) -> dict:
+                      batch: int = 32, compile: str = "none") -> dict:
     """One training run of `epochs` epochs after a 1-epoch warm-up run, 4 loader processes per worker (the GPU
-    machine has 16 cores): samples/s over the timed epochs and GPU utilisation over the whole of both runs."""
+    machine has 16 cores): samples/s over the timed epochs; GPU utilisation over the whole of both runs and over
+    the timed run alone (the warm-up holds start-up and, with train.compile, compiling, while the GPU idles)."""
     import torch
 
     from recognizer_core.skeleton.store import SkeletonDataset
@@ -119,7 +123,7 @@ def check_stgcn_train(name: str, amp: str, device: str, work: Path, smoke: bool,
         return emit(name, True, skipped="fp16 with loss scaling is a CUDA recipe", device=device)
     epochs = 2 if smoke else 4
     cfg = _stgcn_config(work / name, epochs, amp, smoke, pipeline_device, batch, loader_workers=2 if smoke else 4,
-                        gpu=device != "cpu")
+                        gpu=device != "cpu", extra=(f"train.compile={compile}",))
     dataset = _dataset(cfg, work)
     n_train = int((SkeletonDataset(dataset).index(columns=["split"])["split"].to_numpy() == cfg.data.train_split).sum())
     times: list[float] = []
@@ -127,17 +131,22 @@ def check_stgcn_train(name: str, amp: str, device: str, work: Path, smoke: bool,
     run_dir = work / name / "run"
     with GpuSampler() as gpu:
         t0 = time.perf_counter()
-        ctx, _ = _train(cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": 1})}), dataset,
-                        run_dir, device)
+        warm_ctx, _ = _train(cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": 1})}), dataset,
+                             run_dir, device)
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        ctx, _ = _train(cfg, dataset, run_dir, device)  # resumes after epoch 1: the timed epochs are 2..N
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
+        with GpuSampler() as gpu_timed:
+            t0 = time.perf_counter()
+            ctx, _ = _train(cfg, dataset, run_dir, device)  # resumes after epoch 1: the timed epochs are 2..N
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
     timed = times[1]
+    compiled = {} if compile == "none" else {
+        "compile": compile, "first_step_s_warmup": round(warm_ctx.reports[0]["train/compile_s"], 1),
+        # the timed run builds a new compiled module; dynamo's cache of the same graph makes its first step quick
+        "first_step_s_timed": round(ctx.reports[0]["train/compile_s"], 1)}
     return emit(name, True, device=device, amp=amp, train_clips=n_train, epochs_timed=epochs - 1,
                 samples_per_s=round(n_train * (epochs - 1) / timed, 1), warmup_epoch_s=round(times[0], 2),
                 batch=cfg.train.batch_size, pipeline_device=cfg.pipeline.device,
@@ -145,7 +154,8 @@ def check_stgcn_train(name: str, amp: str, device: str, work: Path, smoke: bool,
                 # the loop's own figures for its last epoch: samples/s without start-up and checkpointing, and the
                 # share of that epoch spent waiting for the loaders (~0: the input pipeline keeps up)
                 last_epoch_samples_per_s=round(ctx.reports[-1]["train/samples_per_s"], 1),
-                last_epoch_data_wait_frac=round(ctx.reports[-1]["train/data_wait_frac"], 3), **gpu.summary())
+                last_epoch_data_wait_frac=round(ctx.reports[-1]["train/data_wait_frac"], 3), **compiled,
+                **gpu.summary(), **{f"{k}_timed_run": v for k, v in gpu_timed.summary().items()})
 
 
 def check_stgcn_resume(device: str, work: Path, smoke: bool) -> dict:
@@ -253,6 +263,9 @@ def main() -> int:
     ap.add_argument("--device", default="cuda", help="cuda (default) or cpu (smoke run anywhere)")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes (default with --device cpu)")
     ap.add_argument("--only", nargs="*", help="run only these checks (prefix match)")
+    ap.add_argument("--compiled", action="store_true",
+                    help="instead: the training checks under train.compile (reduce-overhead, CUDA graphs, on a GPU; "
+                         "default on a CPU), each compiling once in its warm-up run")
     args = ap.parse_args()
     # before CUDA starts: cuBLAS is deterministic only with a fixed workspace, and stgcn_resume sets
     # train.deterministic after other checks have started cuBLAS
@@ -274,6 +287,12 @@ def main() -> int:
               ("stgcn_resume", lambda: check_stgcn_resume(args.device, work, smoke)),
               ("dino_pose_step_bf16", lambda: check_dino_step(args.device, work, smoke)),
               ("stgcn_onnx", lambda: check_onnx(args.device, work, smoke))]
+    if args.compiled:  # a small model's step on a GPU is launch-bound: one CUDA graph replay instead of ~1,000 ops
+        mode = "reduce-overhead" if args.device.startswith("cuda") else "default"
+        tag = mode.replace("-", "_")
+        checks = [train(f"stgcn_train_bf16_worker_pipeline_b128_{tag}", "bf16", pipeline_device="worker", batch=128,
+                        compile=mode),
+                  train(f"stgcn_train_fp32_{tag}", "none", compile=mode)]
     failed = 0
     try:
         for name, run in checks:

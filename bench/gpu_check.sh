@@ -2,18 +2,21 @@
 # GPU checks without Ray (issues 9, 14), one JSON line each, in this order (each part under its own timeout, so a
 # failed or slow part keeps the others' lines):
 #   1. bench_train_step.py --device cuda: the STGCN++ training step against mmaction2 1.2.0's on the same GPU,
-#      batch 16 / 64 / 256, fp32 and bf16 autocast on both sides, and ours with mstcn's per-branch BatchNorms
+#      batch 16 / 64, fp32 and bf16 autocast on both sides, and ours with mstcn's per-branch BatchNorms
 #      (gcn_blocks.BRANCH_BN_SWITCH, the A/B for fewer launches) (-> train_step.jsonl);
 #   2. gpu_check.py: STGCN++ training fp32 / fp16 (loss scaling) / bf16 with samples/s and GPU utilisation, with
 #      the features computed on the GPU (pipeline.device=worker), resume from a checkpoint onto the GPU, the DINO
 #      pose step with a frozen random ViT-S/14 in bf16, STGCN++ ONNX export under every ONNX Runtime provider
 #      (-> gpu_check_cuda.jsonl);
-#   3. bench_train_input.py --device cuda: the training-mode input pipeline as batched torch ops on the GPU against
-#      the NumPy path and mmaction2's (-> train_input.jsonl);
-#   4. bench_train_step.py --compile at batch 64: torch.compile (inductor) on the GPU, compile time included.
-# About 8-9 minutes on one H200 (measured 2026-12-04: 7.9 min before --branch-bn, torch.compile's two compiles
-# 90 s of it); the parts' limits add up to 590 s, inside one device call's 600. Lines go to $GPU_CHECK_OUT
-# (default bench/results/).
+#   3. gpu_check.py --compiled: the training checks under train.compile=reduce-overhead (inductor + CUDA graphs), at
+#      batch 128 bf16 with the features on the GPU and at batch 32 fp32, with GPU utilisation over the timed run
+#      (issue 14's 90% goal) and the compiling step's seconds (-> gpu_check_cuda.jsonl);
+#   4. bench_train_step.py --compile reduce-overhead at batch 16: the step as CUDA graph replays against
+#      mmaction2's eager step, where launching ~1,000 operations per step made us 0.92x (-> train_step.jsonl).
+# Measured once and left out since (run them alone when their code changes): bench_train_input.py --device cuda
+# (2026-12-04: 3.22x the NumPy path) and bench_train_step.py --compile at batch 64 (1.92x mmaction2, 43 s to
+# compile). About 9 minutes on one H200; the parts' limits add up to 590 s, inside one device call's 600. Lines go
+# to $GPU_CHECK_OUT (default bench/results/).
 #
 #   bash bench/gpu_check.sh                  # on the GPU machine
 #   bash bench/gpu_check.sh --device cpu     # smoke run anywhere: gpu_check.py alone, tiny sizes
@@ -54,15 +57,15 @@ part() {  # part SECONDS NAME COMMAND...: one part under its own timeout; a fail
   timeout "$limit" "$@" || { echo "# ${name}: FAILED (exit $?)" >&2; failed=1; }
 }
 if [ "${device%%:*}" = cuda ]; then
-  part 180 train_step "$PY" bench/bench_train_step.py --device cuda --batches 16,64,256 --threads 1 --repeats 7 \
+  part 130 train_step "$PY" bench/bench_train_step.py --device cuda --batches 16,64 --threads 1 --repeats 5 \
     --steps 10 --bf16 --branch-bn --out "$outdir/train_step.jsonl"
 fi
 # the training loop's progress lines go to the log; only the checks' JSON lines to the results file
-part 200 gpu_check bash -c "set -o pipefail; \"$PY\" bench/gpu_check.py $* | tee /dev/stderr | grep --line-buffered '^{\"check\"' >> \"$out\""
+checks() { echo "set -o pipefail; \"$PY\" bench/gpu_check.py $* | tee /dev/stderr | grep --line-buffered '^{\"check\"' >> \"$out\""; }
+part 200 gpu_check bash -c "$(checks "$@")"
 if [ "${device%%:*}" = cuda ]; then
-  part 60 train_input "$PY" bench/bench_train_input.py --device cuda --augment --batch 128 --samples 2048 \
-    --repeats 5 --out "$outdir/train_input.jsonl"
-  part 150 train_step_compile "$PY" bench/bench_train_step.py --device cuda --batches 64 --threads 1 --repeats 5 \
-    --steps 10 --bf16 --compile --out "$outdir/train_step.jsonl"
+  part 170 gpu_check_compiled bash -c "$(checks "$@" --compiled)"
+  part 90 train_step_cuda_graphs "$PY" bench/bench_train_step.py --device cuda --batches 16 --threads 1 --repeats 5 \
+    --steps 10 --compile reduce-overhead --out "$outdir/train_step.jsonl"
 fi
 exit $failed

@@ -33,8 +33,10 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype == torch.bfloat16 else dtype
 
 
-def describe(device: torch.device) -> str:
+def describe(device: torch.device, compile_mode: str = "none") -> str:
     """What a training step on `device` runs its BatchNorm-ReLUs with, for start-up lines and summaries."""
+    if compile_mode != "none":
+        return "inductor (torch.compile)"  # cpu_kernels.enabled() is False while dynamo traces
     if device.type != "cpu":
         return "eager (cuDNN)" if device.type == "cuda" else "eager"
     if os.environ.get(cpu_kernels.ENV_SWITCH, "1") == "0":

@@ -44,7 +44,11 @@ def load() -> bool:
 
 
 def enabled() -> bool:
-    """Whether the kernels serve this process now: not switched off (read at every call, for A/B) and loadable."""
+    """Whether the kernels serve this process now: not switched off (read at every call, for A/B) and loadable.
+    Never while torch.compile traces the model: the kernels are opaque to it (no fake-tensor rules), and inductor
+    generates its own fused loops from the eager ops (train.compile)."""
+    if torch.compiler.is_compiling():
+        return False
     return os.environ.get(ENV_SWITCH, "1") != "0" and load()
 
 

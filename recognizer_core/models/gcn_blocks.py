@@ -122,7 +122,8 @@ def conv_into_batch_stats(conv: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor
     moves as in mmaction2, and the optimizer sees the same (zero) gradient as there (~0 there, by rounding)."""
     weight = conv.weight if weight is None else weight
     bias = conv.bias if bias is None else bias
-    if bias is None or conv.groups != 1 or isinstance(conv.padding, str) or not torch.is_grad_enabled():
+    if bias is None or conv.groups != 1 or isinstance(conv.padding, str) or not torch.is_grad_enabled() \
+            or torch.compiler.is_compiling():  # inductor prunes the unused gradient itself
         return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
     return _ConvZeroBiasGrad.apply(x, weight, bias, conv.stride, conv.padding, conv.dilation)
 
@@ -193,7 +194,9 @@ class UnitGCN(nn.Module):
             w = weight.transpose(0, 1).reshape(c_out, k * c_in)
             # The chunked Function is for CPU training (cache-sized chunks); on a GPU its many small kernels
             # would cost more than the one large bmm saves, and under autocast the plain ops pick the dtypes.
-            if xt.is_cpu and torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu"):
+            # Under torch.compile the plain ops below, which inductor fuses, are traced instead.
+            if xt.is_cpu and torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu") \
+                    and not torch.compiler.is_compiling():
                 y = AggregateLinear.apply(xt.view(n * t, v, c_in), a_rows, w, bias)
             else:
                 xa = torch.bmm(a_rows.expand(n * t, v * k, v), xt.view(n * t, v, c_in)).view(n * t * v, k * c_in)

@@ -18,6 +18,9 @@ from recognizer_core.train.experiment_log import WandbConfig
 from recognizer_core.train.sections import ScalingSection
 
 
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # torch.compile modes that replay the step as CUDA graphs
+
+
 class DataConfig(StrictModel):
     path: str | None = Field(None, description="Parquet skeleton dataset folder (train/val/test splits in one "
                                                "dataset); a local or shared (NFS) path every worker can read")
@@ -123,9 +126,20 @@ class TrainConfig(StrictModel):
     seed: int = Field(0, description="seed of weights init, shuffling, augmentation and dropout")
     deterministic: bool = Field(False, description="deterministic GPU kernels (no cuDNN autotuning), so a GPU run "
                                                    "repeats and resumes bit for bit; slower. CPU runs already do")
+    compile: Literal["none", "default", "reduce-overhead", "max-autotune"] = Field(
+        "none", description="torch.compile the model for the training steps (inductor; validation, checkpoints and "
+                           "export use the same weights uncompiled). 'reduce-overhead' also replays the step as CUDA "
+                           "graphs (a small model's per-step launch cost on a GPU), 'max-autotune' also autotunes "
+                           "kernels; both GPU only. The first step compiles (about 40-100 s). Pays on a GPU; on a "
+                           "CPU the fused kernels that compiling switches off are faster (docs/training.md)")
     log_interval: int = Field(20, ge=0, description="console/TensorBoard loss every N iterations (0 = per epoch only)")
     test_after_train: bool = Field(True, description="after training, evaluate the best model on the test "
                                                      "split (if it has clips) with multi-clip testing")
+
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _yaml_off(cls, v):
+        return "none" if v is False else v  # YAML reads `compile: off` (and `false`, `no`) as false
 
     @field_validator("class_weight")
     @classmethod
@@ -205,6 +219,21 @@ class TrainJobConfig(StrictModel):
         if self.train.amp == "fp16" and not self.scaling.use_gpu:
             raise ValueError("train.amp=fp16 needs scaling.use_gpu=true (fp16 loss scaling is a GPU recipe); "
                              "use train.amp=bf16 on CPU")
+        if self.train.compile in CUDA_GRAPH_MODES and not self.scaling.use_gpu:
+            raise ValueError(f"train.compile={self.train.compile} captures CUDA graphs: it needs scaling.use_gpu=true; "
+                             "use train.compile=default (or none, faster) on CPU")
+        if self.train.compile in CUDA_GRAPH_MODES and self.train.accumulative_counts > 1:
+            # CUDA graph trees hand the first micro-batch's gradient buffer to .grad and overwrite it on the next
+            # replay: accumulated gradients come out wrong without an error (pytorch/pytorch#169545, open)
+            raise ValueError(f"train.compile={self.train.compile} (CUDA graphs) gives wrong accumulated gradients "
+                             f"with train.accumulative_counts={self.train.accumulative_counts}; use "
+                             "train.compile=default, or accumulative_counts=1")
+        if self.train.compile in CUDA_GRAPH_MODES and self.scaling.num_workers > 1:
+            # DDP reads each gradient from a hook after the graph's backward; under CUDA graph trees those are the
+            # graph's reused output buffers (the accumulation bug above). Not verified on more than one GPU (no such
+            # machine here), so not offered there yet
+            raise ValueError(f"train.compile={self.train.compile} (CUDA graphs) is for one worker; with "
+                             f"scaling.num_workers={self.scaling.num_workers} use train.compile=default")
         if self.data.is_demo and k != 2:
             raise ValueError(f"the built-in demo data has 2 classes but model.num_classes={k}; set data.path "
                              "or data.train_pkl")

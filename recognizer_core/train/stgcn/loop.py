@@ -30,7 +30,7 @@ from recognizer_core.skeleton.transforms_torch import model_inputs
 from recognizer_core.train.stgcn import data as tdata
 from recognizer_core.train.amp import AmpPlan, amp_plan
 from recognizer_core.train.collectives import all_reduce, all_reduce_max, distributed
-from recognizer_core.train.stgcn.config import TrainJobConfig
+from recognizer_core.train.stgcn.config import CUDA_GRAPH_MODES, TrainJobConfig
 from recognizer_core.train.context import WorkerContext
 from recognizer_core.models import bn_act
 from recognizer_core.train.cpu_malloc import malloc_in_use
@@ -62,7 +62,8 @@ class Data:
 
 @dataclass
 class Trainer:
-    model: torch.nn.Module
+    model: torch.nn.Module  # placed (DDP-wrapped where distributed): validation, checkpoints, export
+    step_model: torch.nn.Module  # what the training steps call: `model`, or it under torch.compile (train.compile)
     optimizer: torch.optim.Optimizer
     scheduler: Any
     scaler: torch.amp.GradScaler
@@ -70,6 +71,7 @@ class Trainer:
     class_weight: torch.Tensor | None
     guard: NonFiniteGuard
     lr: float
+    compile_s: float | None = None  # the first compiled step's seconds, once this process has run it
 
 
 def load_data(cfg: TrainJobConfig, dataset_path: str, ctx: WorkerContext) -> Data:
@@ -117,10 +119,23 @@ def build_trainer_parts(cfg: TrainJobConfig, ctx: WorkerContext, num_batches: in
     model, restored = place_and_resume(ctx, model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
                                        check=lambda ckpt: check_resumable(cfg, ckpt))
     state = RunState.from_checkpoint(restored)
+    step_model = compile_for_training(model, t_cfg.compile)
     class_weight = torch.tensor(t_cfg.class_weight, dtype=torch.float32, device=device) if t_cfg.class_weight \
         else None
     guard = NonFiniteGuard(device, t_cfg.max_nonfinite_steps, state.nonfinite_in_a_row)
-    return Trainer(model, optimizer, scheduler, scaler, amp, class_weight, guard, lr), state
+    return Trainer(model, step_model, optimizer, scheduler, scaler, amp, class_weight, guard, lr), state
+
+
+def compile_for_training(model: torch.nn.Module, mode: str) -> torch.nn.Module:
+    """`model` under torch.compile for the training steps (train.compile), or itself when off.
+
+    The compiled module shares the parameters and buffers, so the eager `model` stays what validation, checkpoints
+    (no `_orig_mod.` keys) and export use, and its train()/eval() state is the one the compiled graph guards on.
+    dynamic=False: every training batch has one shape (shards are padded to full batches), so one static graph is
+    compiled at the first step and never again. The CPU kernels step aside while dynamo traces (cpu_kernels.enabled)."""
+    if mode == "none":
+        return model
+    return torch.compile(model, mode=mode, dynamic=False)
 
 
 @contextmanager
@@ -191,7 +206,8 @@ def _train(cfg: TrainJobConfig, dataset_path: str, run_uri: str, ctx: WorkerCont
                    "best": {k: v for k, v in state.best.items() if k != "confusion_matrix"},
                    "history": state.history, "label_names": data.names, "world_size": ctx.world_size,
                    # rank 0's allocator (scaling.cpu_malloc) and BatchNorm path (models/bn_act.py), next to its samples/s
-                   "malloc": malloc_in_use(), "batch_norm": bn_act.describe(ctx.device)}
+                   "malloc": malloc_in_use(), "batch_norm": bn_act.describe(ctx.device, cfg.train.compile),
+                   "compile": {"mode": cfg.train.compile, "first_step_s": tr.compile_s}}
         if ctx.rank == 0:
             _write_summary(files, summary, state.best, data.names, logger, state.global_step)
     finally:
@@ -210,6 +226,8 @@ def train_epoch(tr: Trainer, data: Data, cfg: TrainJobConfig, ctx: WorkerContext
     data.train_sampler.set_epoch(ep - 1)
     model.train()
     epoch_loss, interval_loss, samples, data_wait = LossMeter(device), LossMeter(device), 0, 0.0
+    compile_s = None  # the first step's seconds where it compiles (the first epoch this process runs)
+    graphs = t_cfg.compile in CUDA_GRAPH_MODES
     t0 = time.time()
     tr.optimizer.zero_grad(set_to_none=True)
     batches = iter(data.train_loader)
@@ -221,8 +239,11 @@ def train_epoch(tr: Trainer, data: Data, cfg: TrainJobConfig, ctx: WorkerContext
         boundary = (i + 1) % t_cfg.accumulative_counts == 0 or i + 1 == data.num_batches
         sync = model.no_sync() if (distributed() and not boundary and hasattr(model, "no_sync")) else nullcontext()
         with sync:
+            t_step = time.time()
+            if graphs:  # the last step's graph outputs are dead: CUDA graph trees may reuse their memory
+                torch.compiler.cudagraph_mark_step_begin()
             with tr.amp.autocast(device):
-                logits = model(x)
+                logits = tr.step_model(x)
             loss = F.cross_entropy(logits.float(), y.repeat_interleave(x.shape[1]), weight=tr.class_weight)
             tr.scaler.scale(loss / t_cfg.accumulative_counts).backward()
         finite = tr.guard.finite_loss(loss)
@@ -231,6 +252,11 @@ def train_epoch(tr: Trainer, data: Data, cfg: TrainJobConfig, ctx: WorkerContext
         samples += x.shape[0]
         if boundary:
             _optimizer_step(tr, cfg)
+        if t_cfg.compile != "none" and tr.compile_s is None:
+            tr.compile_s = compile_s = time.time() - t_step  # dynamo + inductor, forward and backward, then a step
+            if ctx.rank == 0:
+                console(f"[recognizer] torch.compile (mode {t_cfg.compile}): first step {compile_s:.1f} s (compiling, "
+                        "or found in this process's or inductor's cache)")
         state.global_step += 1
         if t_cfg.log_interval and (i + 1) % t_cfg.log_interval == 0:
             tr.guard.check(f"at epoch {ep}")
@@ -248,7 +274,8 @@ def train_epoch(tr: Trainer, data: Data, cfg: TrainJobConfig, ctx: WorkerContext
     tot_samples = all_reduce([samples])[0]
     return {"epoch": ep, "train/loss": epoch_loss.mean(),
             "lr": tr.optimizer.param_groups[0]["lr"], "train/samples_per_s": tot_samples / dt,
-            "train/epoch_time_s": dt, "train/data_wait_frac": data_wait / dt, "train/skipped_steps": skipped}
+            "train/epoch_time_s": dt, "train/data_wait_frac": data_wait / dt, "train/skipped_steps": skipped,
+            **({"train/compile_s": compile_s} if compile_s is not None else {})}
 
 
 def _optimizer_step(tr: Trainer, cfg: TrainJobConfig) -> None:
@@ -296,7 +323,8 @@ def _checkpoint(tr: Trainer, cfg: TrainJobConfig, ctx: WorkerContext, state: Run
 def _announce(cfg, ctx, data: Data, tr: Trainer, state: RunState, files: RunFiles) -> None:
     n_train, n_skip, n_val = data.counts
     console(f"[recognizer] {ctx.world_size} worker(s) on {ctx.device.type} ({torch.get_num_threads()} torch threads "
-            f"each, malloc {malloc_in_use()}, BatchNorm {bn_act.describe(ctx.device)}); train {n_train} clips "
+            f"each, malloc {malloc_in_use()}, BatchNorm {bn_act.describe(ctx.device, cfg.train.compile)}"
+            f"{'' if cfg.train.compile == 'none' else f', torch.compile mode {cfg.train.compile}'}); train {n_train} clips "
             f"({data.num_batches} batches of {cfg.train.batch_size} per worker), val "
             f"{n_val} clips; lr {tr.lr:.3g}{f' (auto-scaled from {cfg.optim.lr:g})' if cfg.optim.auto_scale_lr else ''}"
             f"; skipped all-zero training clips: {n_skip}")
