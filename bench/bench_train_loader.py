@@ -12,7 +12,8 @@ consumer that takes each batch and then sleeps as long as a training step at `--
 `--epochs` epochs; the first is start-up and is not timed. Variants alternate (off, on, off, on, ...). Reported:
 samples/s, the share of the time spent waiting in next() (the GPU's idle share, were the consumer a GPU) and the
 longest single wait, medians over repeats, and the paired ratio of samples/s (on / off) with its min-max. Also,
-in this process, what a loader spends per clip reading a window against preparing it (`one_process_per_clip`).
+in this process, what a loader spends per clip reading a window against preparing it (`one_process_per_clip`),
+and validating a clip (part of reading) with its value checks as reductions against the masks used before.
 
     .venv/bin/python bench/bench_train_loader.py [--clips 8192] [--batch 128] [--loader-workers 2]
         [--pipeline-device worker] [--consume 3000] [--epochs 3] [--repeats 5] [--out bench/results/train_loader.jsonl]
@@ -24,10 +25,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import machine, median, now, ratio_stats, save_result  # noqa: E402
+from recognizer_core.skeleton import clip as clip_mod  # noqa: E402
 from recognizer_core.skeleton.demo_data import write_demo_dataset  # noqa: E402
 from recognizer_core.skeleton.store import SkeletonDataset  # noqa: E402
 from recognizer_core.skeleton.transforms import PipelineConfig, prepare_batch  # noqa: E402
@@ -86,9 +89,22 @@ def read_vs_prepare(clips, pipe: PipelineConfig, batch: int, repeats: int = 3) -
             prepare(got[k:k + batch], pipe, True, rng)
         prep_s.append(time.perf_counter() - t0)
     n = len(rows)
+    # Validation, part of every read: the value checks by reductions (clip.values_ok) against the masks that every
+    # clip built before 2026-12-04 21:20 UTC (values_ok switched off), alternated.
+    got = [window[i] for i in rows.tolist()]
+    val_s: dict[bool, list[float]] = {True: [], False: []}
+    for _ in range(repeats):
+        for fast in (True, False):
+            with mock.patch.object(clip_mod, "values_ok", clip_mod.values_ok if fast else lambda *a, **k: False):
+                t0 = time.perf_counter()
+                for c in got:
+                    c.validate("bench", num_classes=2, num_joints=17)
+                val_s[fast].append(time.perf_counter() - t0)
     return {"clips": n, "read_ms_per_clip": round(1e3 * median(read_s) / n, 3),
             "prepare_ms_per_clip": round(1e3 * median(prep_s) / n, 3),
-            "read_over_prepare": round(median(read_s) / median(prep_s), 2)}
+            "read_over_prepare": round(median(read_s) / median(prep_s), 2),
+            "validate_ms_per_clip": round(1e3 * median(val_s[True]) / n, 3),
+            "validate_with_masks_ms_per_clip": round(1e3 * median(val_s[False]) / n, 3)}
 
 
 def main() -> None:

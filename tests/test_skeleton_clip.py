@@ -126,3 +126,37 @@ def test_extra_json_is_lossless():
     assert encode_extra({}) == "" and decode_extra("") == {}
     with pytest.raises(SkeletonDataError, match="clip 'k': extra\\['f'\\]: values of type function"):
         encode_extra({"f": lambda: 0}, "k")
+
+
+def test_values_ok_agrees_with_the_masks_it_skips():
+    # validate() builds the NaN/inf and far-outside masks only where values_ok says no: it must never say yes where
+    # a mask has a hit (a no where they are clear only costs time)
+    from recognizer_core.skeleton.clip import COORD_MARGIN, far_outside, values_ok
+
+    rng = np.random.default_rng(0)
+    h, w = 480, 640
+    checked = {True: 0, False: 0}
+    for k in range(400):
+        kp = (rng.random((2, 8, 17, 2)) * [w, h]).astype(np.float32)
+        sc = rng.random((2, 8, 17)).astype(np.float32)
+        at = tuple(rng.integers(0, n) for n in (2, 8, 17))
+        axis, size = int(rng.integers(0, 2)), (w, h)
+        case = k % 8
+        if case == 1:
+            kp[at + (axis,)] = np.nan
+        elif case == 2:
+            kp[at + (axis,)] = -np.inf
+        elif case == 3:
+            sc[at] = np.nan
+        elif case == 4:  # the smallest float32 past the bound, then the bound itself (inside)
+            kp[at + (axis,)] = np.nextafter(np.float32((1 + COORD_MARGIN) * size[axis]), np.float32(np.inf))
+        elif case == 5:
+            kp[at + (axis,)] = np.float32((1 + COORD_MARGIN) * size[axis])
+        elif case == 6:
+            kp[at + (axis,)] = -COORD_MARGIN * size[axis] - 1
+        elif case == 7:  # past the shorter side's bound (2h) but inside x's own (2w): the per-axis test decides
+            kp[at + (0,)] = 1.9 * w
+        masks_clear = not (~np.isfinite(kp)).any() and not (~np.isfinite(sc)).any() and not far_outside(kp, (h, w)).any()
+        assert values_ok(kp, sc, (h, w)) == masks_clear, (case, at, axis)
+        checked[masks_clear] += 1
+    assert min(checked.values()) > 100

@@ -33,6 +33,29 @@ def far_outside(keypoint: np.ndarray, img_shape: tuple[int, int], margin: float 
     with np.errstate(invalid="ignore"):
         return np.isfinite(keypoint) & ((keypoint < -margin * size) | (keypoint > (1 + margin) * size))
 
+
+def values_ok(keypoint: np.ndarray, keypoint_score: np.ndarray, img_shape: tuple[int, int],
+              margin: float = COORD_MARGIN) -> bool:
+    """True when every score is finite and every coordinate finite and at most `margin` image sizes outside (H, W):
+    a few reductions, where the masks (isfinite, far_outside) cost several times that. Every clip is
+    validated at every read, so this is a training loader's cost per clip. False may be a false alarm (a sum of
+    finite scores that overflows): the caller then builds the masks, which decide."""
+    if keypoint.size == 0:
+        return True
+    h, w = img_shape
+    if not np.isfinite(keypoint_score.sum(dtype=np.float64)):
+        return False
+    # Compared as Python floats (float64), as far_outside compares. NaN makes a min and a max NaN, which no
+    # comparison holds for. First the whole array against the shorter side's bounds (inside both axes' bounds;
+    # contiguous reductions), then, where that fails, each axis against its own.
+    lo, hi, short = float(keypoint.min()), float(keypoint.max()), min(h, w)
+    if lo >= -margin * short and hi <= (1 + margin) * short:
+        return True
+    x, y = keypoint[..., 0], keypoint[..., 1]
+    return (float(x.min()) >= -margin * w and float(y.min()) >= -margin * h and float(x.max()) <= (1 + margin) * w
+            and float(y.max()) <= (1 + margin) * h)
+
+
 # mmaction2 PoseDataset keys that map onto SkeletonClip fields; every other key is kept in `extra`.
 _MMACTION_KEYS = ("frame_dir", "label", "img_shape", "original_shape", "total_frames", "keypoint",
                   "keypoint_score")
@@ -137,23 +160,24 @@ class SkeletonClip:
             setattr(self, name, arr.astype(np.int32, copy=False))
         kp = kp.astype(np.float32, copy=False)
         sc = sc.astype(np.float32, copy=False)
-        bad_xy = ~np.isfinite(kp)
-        bad_sc = ~np.isfinite(sc)
-        far = far_outside(kp, self.img_shape)
-        if bad_xy.any() or bad_sc.any() or far.any():
-            if nan_policy != "zero":
-                for field_, mask, what in (("keypoint", bad_xy, "NaN/inf values"), ("keypoint_score", bad_sc,
-                                           "NaN/inf values"), ("keypoint", far, "coordinates far outside "
-                                           f"img_shape (H, W) = {self.img_shape}")):
-                    if mask.any():
-                        bad = tuple(np.argwhere(mask)[0].tolist())
-                        value = f" ({float(kp[bad]):g})" if mask is far else ""
-                        raise SkeletonDataError(f"{where}: {field_} has {what} (first at index {bad}{value}); "
-                                                "use nan_policy='zero' to zero those joints")
-            bad_joint = bad_xy.any(-1) | bad_sc | far.any(-1)
-            kp, sc = kp.copy(), sc.copy()
-            kp[bad_joint] = 0.0
-            sc[bad_joint] = 0.0
+        if not values_ok(kp, sc, self.img_shape):
+            bad_xy = ~np.isfinite(kp)
+            bad_sc = ~np.isfinite(sc)
+            far = far_outside(kp, self.img_shape)
+            if bad_xy.any() or bad_sc.any() or far.any():
+                if nan_policy != "zero":
+                    for field_, mask, what in (("keypoint", bad_xy, "NaN/inf values"), ("keypoint_score", bad_sc,
+                                               "NaN/inf values"), ("keypoint", far, "coordinates far outside "
+                                               f"img_shape (H, W) = {self.img_shape}")):
+                        if mask.any():
+                            bad = tuple(np.argwhere(mask)[0].tolist())
+                            value = f" ({float(kp[bad]):g})" if mask is far else ""
+                            raise SkeletonDataError(f"{where}: {field_} has {what} (first at index {bad}{value}); "
+                                                    "use nan_policy='zero' to zero those joints")
+                bad_joint = bad_xy.any(-1) | bad_sc | far.any(-1)
+                kp, sc = kp.copy(), sc.copy()
+                kp[bad_joint] = 0.0
+                sc[bad_joint] = 0.0
         self.keypoint, self.keypoint_score = kp, sc
         self.fps = float(self.fps)
         if not isinstance(self.extra, dict):
