@@ -183,6 +183,8 @@ def bench_setting(worker: MMWorker | None, tmp: Path, batch: int, threads: int, 
             out[f"{name}_ratio_vs_mmaction2_bf16_autocast"] = ratio_stats(mm_bf16_wall, wall[name])
     if compile_s:
         out["compile_seconds"] = compile_s
+        from torch._dynamo.utils import counters
+        out["cudagraph_skips"] = int(counters["inductor"]["cudagraph_skips"])  # > 0: graphs left uncaptured
     if worker is not None:
         out["mmaction2_samples_per_s"] = round(batch * args.steps / median(mm_wall), 2)
         out["mmaction2_page_faults_per_step"] = round(mm_faults / steps)

@@ -118,6 +118,7 @@ def check_stgcn_train(name: str, amp: str, device: str, work: Path, smoke: bool,
     import torch
 
     from recognizer_core.skeleton.store import SkeletonDataset
+    from recognizer_core.train.stgcn.loop import cudagraph_skips
 
     if amp == "fp16" and device == "cpu":
         return emit(name, True, skipped="fp16 with loss scaling is a CUDA recipe", device=device)
@@ -145,6 +146,7 @@ def check_stgcn_train(name: str, amp: str, device: str, work: Path, smoke: bool,
     timed = times[1]
     compiled = {} if compile == "none" else {
         "compile": compile, "first_step_s_warmup": round(warm_ctx.reports[0]["train/compile_s"], 1),
+        "cudagraph_skips": cudagraph_skips(),  # > 0: reduce-overhead ran without CUDA graphs (a warning says why)
         # the timed run builds a new compiled module; dynamo's cache of the same graph makes its first step quick
         "first_step_s_timed": round(ctx.reports[0]["train/compile_s"], 1)}
     return emit(name, True, device=device, amp=amp, train_clips=n_train, epochs_timed=epochs - 1,

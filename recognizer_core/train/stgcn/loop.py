@@ -126,6 +126,13 @@ def build_trainer_parts(cfg: TrainJobConfig, ctx: WorkerContext, num_batches: in
     return Trainer(model, step_model, optimizer, scheduler, scaler, amp, class_weight, guard, lr), state
 
 
+def cudagraph_skips() -> int:
+    """How many compiled graphs inductor left without CUDA graphs in this process (e.g. a CPU op in the graph)."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["inductor"]["cudagraph_skips"])
+
+
 def compile_for_training(model: torch.nn.Module, mode: str) -> torch.nn.Module:
     """`model` under torch.compile for the training steps (train.compile), or itself when off.
 
@@ -257,6 +264,9 @@ def train_epoch(tr: Trainer, data: Data, cfg: TrainJobConfig, ctx: WorkerContext
             if ctx.rank == 0:
                 console(f"[recognizer] torch.compile (mode {t_cfg.compile}): first step {compile_s:.1f} s (compiling, "
                         "or found in this process's or inductor's cache)")
+                if graphs and cudagraph_skips():  # inductor logged why; say what it means for this run
+                    console("[recognizer] torch.compile: CUDA graphs were skipped (inductor's warning above says why): "
+                            "the steps run compiled but launch every kernel, as mode default")
         state.global_step += 1
         if t_cfg.log_interval and (i + 1) % t_cfg.log_interval == 0:
             tr.guard.check(f"at epoch {ep}")
