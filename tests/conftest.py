@@ -47,6 +47,18 @@ def shared_path(*parts: str) -> Path:
     return p
 
 
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread for the test: the suite shares 2 cores with other processes, and oversubscribed OpenMP
+    threads spin and run ~2x slower."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
     return shared_path()

@@ -10,32 +10,22 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
-from recognizer_core.config import ConfigError, load_config
+from recognizer_core.config import ConfigError
 from recognizer_core.models.recognizer import build_recognizer
 from recognizer_core.skeleton.demo_data import make_demo_clips
 from recognizer_core.skeleton.store import write_dataset
 from recognizer_core.train.context import LocalContext
 from recognizer_core.train.stgcn.config import TrainJobConfig
 from recognizer_core.train.stgcn.loop import train_loop
-from conftest import REPO
+from test_train_inputs import _cfg as tiny_cfg
 
-TINY = ["model.num_stages=2", "model.base_channels=8", "model.inflate_stages=[2]", "model.down_stages=[2]",
-        "pipeline.clip_len=16", "train.batch_size=4", "train.val_interval=1", "data.loader_workers=0",
-        "schedule.warmup_epochs=0", "train.log_interval=0", "train.test_after_train=false",
-        # dropout off: inductor draws its random numbers with its own generator, so masks differ from eager's
-        "model.dropout=0"]
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# dropout off: inductor draws its random numbers with its own generator, so masks differ from eager's
+NO_DROPOUT = ["model.dropout=0"]
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _cfg(*extra: str) -> TrainJobConfig:
-    return load_config(TrainJobConfig, REPO / "configs/fight_stable.yaml", TINY + list(extra))
+    return tiny_cfg(*NO_DROPOUT, *extra)
 
 
 def _weights(ckpt_dir, epoch: int) -> dict[str, torch.Tensor]:

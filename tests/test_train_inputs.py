@@ -26,13 +26,7 @@ TINY = ["model.num_stages=2", "model.base_channels=8", "model.inflate_stages=[2]
         "data.loader_workers=0", "schedule.warmup_epochs=0", "train.log_interval=0", "train.test_after_train=false"]
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    # The suite shares 2 cores with other processes; oversubscribed OpenMP threads spin and run ~2x slower.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _cfg(*extra: str) -> TrainJobConfig:
