@@ -246,7 +246,7 @@ def train_epoch(tr: Trainer, data: Data, cfg: TrainJobConfig, ctx: WorkerContext
         boundary = (i + 1) % t_cfg.accumulative_counts == 0 or i + 1 == data.num_batches
         sync = model.no_sync() if (distributed() and not boundary and hasattr(model, "no_sync")) else nullcontext()
         with sync:
-            t_step = time.time()
+            t_step, skips = time.time(), cudagraph_skips() if graphs and tr.compile_s is None else 0
             if graphs:  # the last step's graph outputs are dead: CUDA graph trees may reuse their memory
                 torch.compiler.cudagraph_mark_step_begin()
             with tr.amp.autocast(device):
@@ -264,7 +264,7 @@ def train_epoch(tr: Trainer, data: Data, cfg: TrainJobConfig, ctx: WorkerContext
             if ctx.rank == 0:
                 console(f"[recognizer] torch.compile (mode {t_cfg.compile}): first step {compile_s:.1f} s (compiling, "
                         "or found in this process's or inductor's cache)")
-                if graphs and cudagraph_skips():  # inductor logged why; say what it means for this run
+                if graphs and cudagraph_skips() > skips:  # inductor logged why; say what it means for this run
                     console("[recognizer] torch.compile: CUDA graphs were skipped (inductor's warning above says why): "
                             "the steps run compiled but launch every kernel, as mode default")
         state.global_step += 1
