@@ -3,7 +3,7 @@
 Checks (each prints {"check": ..., "ok": ..., ...}; a failed check prints its error and the others still run):
 - stgcn_train_{fp32,fp16,bf16}: STGCN++ (fight preset, batch 32, 2048 demo clips, 4 loader processes) training
   through `train_loop` + `LocalContext` on the device: samples/s over the timed epochs (the first is warm-up) and
-  GPU utilisation sampled with nvidia-smi. fp16 uses loss scaling (GradScaler); on a CPU it is reported as skipped
+  GPU utilisation sampled with nvidia-smi (over both runs, the timed run, and its last epoch). fp16 uses loss scaling (GradScaler); on a CPU it is reported as skipped
   (a CUDA recipe). stgcn_train_fp32_worker_pipeline: the same with pipeline.device=worker (the loaders only gather
   frames; the features are computed on the GPU); stgcn_train_bf16_worker_pipeline_b128: that at batch 128 in bf16.
 - stgcn_resume: a run stopped after epoch 1 and continued from its checkpoint on the device (optimizer/scaler
@@ -47,10 +47,12 @@ def emit(check: str, ok: bool, **fields) -> dict:
 
 
 class GpuSampler:
-    """nvidia-smi utilisation.gpu every 0.5 s while a check runs (None when there is no nvidia-smi)."""
+    """nvidia-smi utilisation.gpu every 0.25 s while a check runs (None when there is no nvidia-smi), with the time
+    of each sample, so a window (one epoch) can be averaged alone."""
 
     def __init__(self):
         self.values: list[float] = []
+        self.times: list[float] = []
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
@@ -60,9 +62,10 @@ class GpuSampler:
                 out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"],
                                      capture_output=True, text=True, timeout=5).stdout
                 self.values.append(float(out.split()[0]))
+                self.times.append(time.perf_counter())
             except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
                 return
-            self.stop.wait(0.5)
+            self.stop.wait(0.25)
 
     def __enter__(self):
         self.thread.start()
@@ -77,9 +80,13 @@ class GpuSampler:
             return {"gpu_util_mean": None, "gpu_util_max": None}
         return {"gpu_util_mean": round(sum(self.values) / len(self.values), 1), "gpu_util_max": max(self.values)}
 
+    def mean_between(self, t0: float, t1: float) -> float | None:
+        window = [v for t, v in zip(self.times, self.values) if t0 <= t <= t1]
+        return round(sum(window) / len(window), 1) if window else None
+
 
 def _stgcn_config(work: Path, epochs: int, amp: str, smoke: bool, pipeline_device: str = "cpu", batch: int = 32,
-                  loader_workers: int = 0, gpu: bool = False, extra: tuple[str, ...] = ()):
+                  loader_workers: int = 0, gpu: bool = False, extra: tuple[str, ...] = (), clips: int = 2048):
     from recognizer_core.config import load_config
     from recognizer_core.train.stgcn.config import TrainJobConfig
 
@@ -87,7 +94,7 @@ def _stgcn_config(work: Path, epochs: int, amp: str, smoke: bool, pipeline_devic
             "train.test_after_train=false", f"data.loader_workers={loader_workers}", "scaling.num_workers=1",
             f"scaling.use_gpu={str(gpu).lower()}",
             f"pipeline.device={pipeline_device}",
-            f"data.demo_num_clips={64 if smoke else 2048}", f"train.batch_size={8 if smoke else batch}",
+            f"data.demo_num_clips={64 if smoke else clips}", f"train.batch_size={8 if smoke else batch}",
             "schedule.warmup_epochs=0", "optim.auto_scale_lr=false", f"run.storage_path={work}", *extra]
     if smoke:
         sets += ["model.num_stages=2", "model.base_channels=8", "model.inflate_stages=[2]",
@@ -102,19 +109,31 @@ def _dataset(cfg, work: Path) -> str:
 
 
 def _train(cfg, dataset: str, run_dir: Path, device: str):
-    from recognizer_core.train.stgcn.loop import train_loop
     from recognizer_core.train.context import LocalContext
+    from recognizer_core.train.stgcn.loop import train_loop
 
-    ctx = LocalContext(run_dir / "ckpt", device=device)
+    class TimedContext(LocalContext):
+        """Also notes when each epoch's report comes: the end of that epoch (training, validation where due,
+        checkpoint), so GPU utilisation can be averaged over one epoch."""
+
+        report_times: list[float]
+
+        def report(self, metrics, checkpoint_dir=None):
+            super().report(metrics, checkpoint_dir)
+            self.report_times.append(time.perf_counter())
+
+    ctx = TimedContext(run_dir / "ckpt", device=device)
+    ctx.report_times = []
     summary = train_loop(cfg, dataset, str(run_dir), ctx)
     return ctx, summary
 
 
 def check_stgcn_train(name: str, amp: str, device: str, work: Path, smoke: bool, pipeline_device: str = "cpu",
-                      batch: int = 32, compile: str = "none") -> dict:
+                      batch: int = 32, compile: str = "none", clips: int = 2048) -> dict:
     """One training run of `epochs` epochs after a 1-epoch warm-up run, 4 loader processes per worker (the GPU
-    machine has 16 cores): samples/s over the timed epochs; GPU utilisation over the whole of both runs and over
-    the timed run alone (the warm-up holds start-up and, with train.compile, compiling, while the GPU idles)."""
+    machine has 16 cores): samples/s over the timed epochs; GPU utilisation over the whole of both runs, over the
+    timed run alone (the warm-up holds start-up and, with train.compile, compiling, while the GPU idles) and over
+    its last epoch (the run's own start-up and loader spawn left out)."""
     import torch
 
     from recognizer_core.skeleton.store import SkeletonDataset
@@ -124,7 +143,7 @@ def check_stgcn_train(name: str, amp: str, device: str, work: Path, smoke: bool,
         return emit(name, True, skipped="fp16 with loss scaling is a CUDA recipe", device=device)
     epochs = 2 if smoke else 4
     cfg = _stgcn_config(work / name, epochs, amp, smoke, pipeline_device, batch, loader_workers=2 if smoke else 4,
-                        gpu=device != "cpu", extra=(f"train.compile={compile}",))
+                        gpu=device != "cpu", extra=(f"train.compile={compile}",), clips=clips)
     dataset = _dataset(cfg, work)
     n_train = int((SkeletonDataset(dataset).index(columns=["split"])["split"].to_numpy() == cfg.data.train_split).sum())
     times: list[float] = []
@@ -137,13 +156,15 @@ def check_stgcn_train(name: str, amp: str, device: str, work: Path, smoke: bool,
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
-        with GpuSampler() as gpu_timed:
-            t0 = time.perf_counter()
-            ctx, _ = _train(cfg, dataset, run_dir, device)  # resumes after epoch 1: the timed epochs are 2..N
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - t0)
+        t_timed = time.perf_counter()
+        ctx, _ = _train(cfg, dataset, run_dir, device)  # resumes after epoch 1: the timed epochs are 2..N
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        t_end = time.perf_counter()
+        times.append(t_end - t_timed)
     timed = times[1]
+    # the last epoch alone: from the report ending the one before it to its own (training, validation, checkpoint)
+    last = gpu.mean_between(*ctx.report_times[-2:]) if len(ctx.report_times) >= 2 else None
     compiled = {} if compile == "none" else {
         "compile": compile, "first_step_s_warmup": round(warm_ctx.reports[0]["train/compile_s"], 1),
         "cudagraph_skips": cudagraph_skips(),  # > 0: reduce-overhead ran without CUDA graphs (a warning says why)
@@ -157,7 +178,8 @@ def check_stgcn_train(name: str, amp: str, device: str, work: Path, smoke: bool,
                 # share of that epoch spent waiting for the loaders (~0: the input pipeline keeps up)
                 last_epoch_samples_per_s=round(ctx.reports[-1]["train/samples_per_s"], 1),
                 last_epoch_data_wait_frac=round(ctx.reports[-1]["train/data_wait_frac"], 3), **compiled,
-                **gpu.summary(), **{f"{k}_timed_run": v for k, v in gpu_timed.summary().items()})
+                **gpu.summary(), gpu_util_mean_timed_run=gpu.mean_between(t_timed, t_end),
+                gpu_util_mean_last_epoch=last)
 
 
 def check_stgcn_resume(device: str, work: Path, smoke: bool) -> dict:
@@ -292,9 +314,11 @@ def main() -> int:
     if args.compiled:  # a small model's step on a GPU is launch-bound: one CUDA graph replay instead of ~1,000 ops
         mode = "reduce-overhead" if args.device.startswith("cuda") else "default"
         tag = mode.replace("-", "_")
+        # 8192 clips (5,735 for training): a compiled epoch of 2,048 would last about a second, a few samples of
+        # nvidia-smi
         checks = [train(f"stgcn_train_bf16_worker_pipeline_b128_{tag}", "bf16", pipeline_device="worker", batch=128,
-                        compile=mode),
-                  train(f"stgcn_train_fp32_{tag}", "none", compile=mode)]
+                        compile=mode, clips=8192),
+                  train(f"stgcn_train_fp32_{tag}", "none", compile=mode, clips=8192)]
     failed = 0
     try:
         for name, run in checks:
