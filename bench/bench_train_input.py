@@ -8,11 +8,13 @@ skeleton transforms, so its pipeline runs without them either way). Per repeat, 
             `--device` (cpu, or cuda with a synchronize), reported whole and split (gather alone = what the
             loader still does; features alone = what moves to the training device);
   - mmaction2: train-mode Compose (PreNormalize2D, GenSkeFeat, UniformSampleFrames, PoseDecode,
-            FormatGCNInput), per sample with PoseDataset's deepcopy, in its side venv.
+            FormatGCNInput), per sample with PoseDataset's deepcopy, in its side venv;
+  - with --compile, also the torch path with the features compiled (transforms_torch.compiled_features, what
+            train.compile runs): its features alone against the eager features, paired.
 Ratios are paired per repeat (median, min-max). Prints ONE JSON line.
 
     .venv/bin/python bench/bench_train_input.py [--samples 256] [--batch 16] [--feats j,b,jm,bm] [--repeats 5]
-        [--augment] [--device cpu|cuda] [--threads 1] [--out bench/results/train_input.jsonl]
+        [--augment] [--compile] [--device cpu|cuda] [--threads 1] [--out bench/results/train_input.jsonl]
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.bench_pipeline import make_annotations  # noqa: E402
 from bench.common import MMWorker, machine, median, now, ratio_stats, save_result  # noqa: E402
 from recognizer_core.skeleton.transforms import PipelineConfig, prepare_batch  # noqa: E402
-from recognizer_core.skeleton.transforms_torch import batch_features, gather_batch  # noqa: E402
+from recognizer_core.skeleton.transforms_torch import batch_features, compiled_features, gather_batch  # noqa: E402
 
 
 def main() -> None:
@@ -45,6 +47,8 @@ def main() -> None:
     ap.add_argument("--augment", action="store_true")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (loader processes run 1 each)")
+    ap.add_argument("--compile", action="store_true",
+                    help="also the torch path with its features compiled (compiled_features, as train.compile runs it)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -67,7 +71,7 @@ def main() -> None:
             prepare_batch(b, cfg, train=True, rng=rng)
         return time.perf_counter() - t0
 
-    def run_torch() -> tuple[float, float]:
+    def run_torch(compute=None) -> tuple[float, float]:
         rng = np.random.default_rng(0)
         gather = 0.0
         t0 = time.perf_counter()
@@ -75,9 +79,16 @@ def main() -> None:
             g0 = time.perf_counter()
             raw, _ = gather_batch(b, cfg, train=True, rng=rng)
             gather += time.perf_counter() - g0
-            batch_features(raw.to(device, non_blocking=True), cfg)
+            batch_features(raw.to(device, non_blocking=True), cfg, compute)
         sync()
         return time.perf_counter() - t0, gather
+
+    compiled = None
+    if args.compile:
+        compiled = compiled_features(cfg)
+        c0 = time.perf_counter()
+        run_torch(compiled)  # compiles (one graph; a last, smaller batch would add one)
+        compile_s = time.perf_counter() - c0
 
     result = {"bench": "train_input", "date": now(), "machine": machine(), "device": str(device),
               "torch_threads": args.threads, "feats": feats, "clip_len": args.clip_len,
@@ -85,7 +96,7 @@ def main() -> None:
               "repeats": args.repeats}
     ok, why = MMWorker.available()
     worker = MMWorker() if ok else None
-    t_np, t_torch, t_gather, t_mm = [], [], [], []
+    t_np, t_torch, t_gather, t_mm, t_comp, t_comp_gather = [], [], [], [], [], []
     try:
         with tempfile.TemporaryDirectory() as tmp:
             if worker is not None:
@@ -100,6 +111,10 @@ def main() -> None:
                 t, g = run_torch()
                 t_torch.append(t)
                 t_gather.append(g)
+                if compiled is not None:
+                    t, g = run_torch(compiled)
+                    t_comp.append(t)
+                    t_comp_gather.append(g)
                 if worker is not None:
                     t_mm.append(worker.call("run_pipeline")["seconds"])
     finally:
@@ -112,6 +127,12 @@ def main() -> None:
                   torch_features_only_samples_per_s=round(n / median(t_feat), 1),
                   ratio_torch_vs_numpy=ratio_stats(t_np, t_torch),
                   ratio_gather_only_vs_numpy=ratio_stats(t_np, t_gather))
+    if compiled is not None:
+        t_comp_feat = [t - g for t, g in zip(t_comp, t_comp_gather)]
+        result.update(compile_seconds=round(compile_s, 1),
+                      torch_compiled_samples_per_s=round(n / median(t_comp), 1),
+                      torch_compiled_features_only_samples_per_s=round(n / median(t_comp_feat), 1),
+                      ratio_compiled_features_vs_eager_features=ratio_stats(t_feat, t_comp_feat))
     if worker is not None:
         result.update(mmaction2_samples_per_s=round(n / median(t_mm), 1),
                       ratio_torch_vs_mmaction2=ratio_stats(t_mm, t_torch),

@@ -19,13 +19,14 @@ from recognizer_core.train.stgcn.config import TrainJobConfig
 from recognizer_core.train.stgcn.loop import train_loop
 from test_train_inputs import _cfg as tiny_cfg
 
-# dropout off: inductor draws its random numbers with its own generator, so masks differ from eager's
-NO_DROPOUT = ["model.dropout=0"]
+# Dropout off: inductor draws its random numbers with its own generator, so masks differ from eager's. The features
+# on the training worker (pipeline.device=worker), so the compiled run compiles them too.
+SETTINGS = ["model.dropout=0", "pipeline.device=worker"]
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _cfg(*extra: str) -> TrainJobConfig:
-    return tiny_cfg(*NO_DROPOUT, *extra)
+    return tiny_cfg(*SETTINGS, *extra)
 
 
 def _weights(ckpt_dir, epoch: int) -> dict[str, torch.Tensor]:
@@ -57,8 +58,9 @@ def test_compiled_training_equals_eager_compiles_once_and_resumes_exactly(tmp_pa
     (eager, w_eager, eager_graphs), (compiled, w_comp, graphs) = runs["eager"], runs["compiled"]
     out = capsys.readouterr().out
     assert eager_graphs == 0 and "torch.compile" not in eager["batch_norm"] and eager["compile"]["first_step_s"] is None
-    # one graph for the whole run: no recompiles after validation's eval() or at the next epoch
-    assert graphs == 1, graphs
+    # two graphs for the whole run, the model's and the features': no recompiles after validation's eval() or at
+    # the next epoch
+    assert graphs == 2, graphs
     assert compiled["batch_norm"] == "inductor (torch.compile)" and compiled["compile"]["mode"] == "default"
     assert compiled["compile"]["first_step_s"] > 0 and "torch.compile (mode default): first step" in out
     assert "train/compile_s" in compiled["history"][0] and "train/compile_s" not in compiled["history"][1]

@@ -55,6 +55,28 @@ def test_train_mode_same_draws_and_values(feats):
     assert not torch.allclose(plain, want)
 
 
+def test_compiled_features_equal_the_eager_ones_bit_for_bit():
+    # train.compile with pipeline.device=worker compiles features_of (inductor, C++ on a CPU): one graph, the same
+    # bits as the eager ops, train mode (affine) with bones and motion; the non-finite check still names the clip
+    from torch._dynamo.utils import counters
+
+    from recognizer_core.skeleton.transforms_torch import compiled_features
+
+    clips = make_demo_clips("fight", num_clips=8, seed=5)
+    cfg = PipelineConfig(feats=["j", "b", "jm", "bm"], clip_len=40, num_person=3, random_rescale=(0.8, 1.2),
+                         random_shift=0.1, random_rotate=15.0)
+    compute = compiled_features(cfg)
+    counters.clear()
+    rng = np.random.default_rng(7)
+    for _ in range(2):
+        raw, _ = gather_batch(clips, cfg, train=True, rng=rng)
+        _bitwise(batch_features(raw, cfg, compute), batch_features(raw, cfg))
+    assert counters["stats"]["unique_graphs"] == 1
+    raw.keypoint[2, 0, 1, 0, 3, 5, 0] = float("nan")  # past the loader's validation, as a broken batch would be
+    with pytest.raises(ValueError, match=clips[2].clip_id):
+        batch_features(raw, cfg, compute)
+
+
 def test_raw_batch_split_float64_and_errors():
     clips = make_demo_clips("falldown", num_clips=3, seed=1)
     cfg = PipelineConfig(feats=["j", "bm"], clip_len=30, num_person=2)

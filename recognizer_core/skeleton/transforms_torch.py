@@ -22,8 +22,9 @@ The training loop's one call, with `x_raw` the loader's RawBatch:  `x = batch_fe
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, fields
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -110,18 +111,56 @@ def _mean(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a + b) / 2  # mmaction2's score of a bone / motion, in the operands' dtype (then stored float32)
 
 
-def batch_features(raw: RawBatch, cfg: PipelineConfig) -> torch.Tensor:
-    """Worker side: float32 (N, num_clips, M, clip_len, V, C) on raw's device, as `prepare_batch` returns."""
+def batch_features(raw: RawBatch, cfg: PipelineConfig, compute: Callable | None = None) -> torch.Tensor:
+    """Worker side: float32 (N, num_clips, M, clip_len, V, C) on raw's device, as `prepare_batch` returns.
+    `compute`: `features_of` (the default) or it compiled (`compiled_features`); a non-finite sample is an error
+    naming its clip either way."""
+    parent = None
+    if "b" in cfg.feats or "bm" in cfg.feats:  # outside features_of: the cached NumPy table is not for tracing
+        v = raw.keypoint.shape[-2]
+        if v != len(_bone_arrays(cfg.dataset)[2]):
+            bone_index(cfg.dataset, v)  # raises, naming the joint counts
+        parent = torch.as_tensor(_bone_arrays(cfg.dataset)[2].copy(), device=raw.keypoint.device)
+    out, bad = (compute or features_of)(raw.keypoint, raw.score, raw.half_image, raw.persons, raw.has_next,
+                                        raw.affine, parent, cfg=cfg)
+    if bool(bad.any()):  # one sync per batch, as the NumPy path's check
+        raise non_finite_error(raw.names, bad.nonzero().flatten().tolist())
+    return out
+
+
+def compiled_features(cfg: PipelineConfig) -> Callable:
+    """`features_of` for `cfg` under torch.compile (inductor, default mode, static shapes: a loader's batches have
+    one shape), for train.compile: its ~30 elementwise passes fused into a few kernels, launches that bind a GPU
+    at small batches. On CPU its output equals the eager one bit for bit (tests/test_transforms_torch.py). No
+    CUDA graphs here: the model's graph takes this output as its input, and two graph trees in a row are not
+    what CUDA graph trees are made for."""
+    return torch.compile(functools.partial(features_of, cfg=cfg), dynamic=False)
+
+
+def _put(dst: torch.Tensor, op: Callable, *args) -> None:
+    """op(*args) written into `dst` (a strided slice of the output): with out=, no temporary, in eager mode;
+    assigned while dynamo traces, which cannot trace out= into a non-contiguous tensor (inductor fuses the copy)."""
+    if torch.compiler.is_compiling():
+        dst.copy_(op(*args))
+    else:
+        op(*args, out=dst)
+
+
+def features_of(keypoint: torch.Tensor, score: torch.Tensor, half_image: torch.Tensor, persons: torch.Tensor,
+                has_next: torch.Tensor | None, affine: torch.Tensor | None, parent: torch.Tensor | None, *,
+                cfg: PipelineConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """A RawBatch's tensors (and `parent`: each joint's bone parent, where bones are wanted) -> (features, (N,)
+    bool: the sample has a NaN / inf): pure tensor arithmetic, so it can be compiled."""
     feats = list(cfg.feats)
-    half = raw.half_image.view(-1, 1, 1, 1, 1, 1, 2)
-    kp = (raw.keypoint - half) / half  # PreNormalize2D, in the keypoint dtype
-    if raw.affine is not None:  # augment.apply_affine: x' = a00 x + a01 y + t0, y' = a10 x + a11 y + t1
-        a = raw.affine.to(kp.dtype).view(-1, 1, 1, 1, 1, 1, 2, 3)
+    half = half_image.view(-1, 1, 1, 1, 1, 1, 2)
+    kp = (keypoint - half) / half  # PreNormalize2D, in the keypoint dtype
+    if affine is not None:  # augment.apply_affine: x' = a00 x + a01 y + t0, y' = a10 x + a11 y + t1
+        a = affine.to(kp.dtype).view(-1, 1, 1, 1, 1, 1, 2, 3)
         x, y = kp[..., 0], kp[..., 1]
         kp = torch.stack([a[..., 0, 0] * x + a[..., 0, 1] * y + a[..., 0, 2],
                           a[..., 1, 0] * x + a[..., 1, 1] * y + a[..., 1, 2]], dim=-1)
-    jd = torch.promote_types(kp.dtype, raw.score.dtype)  # GenSkeFeat concatenates keypoint and score
-    joints, scores = kp.to(jd), raw.score.to(jd)
+    jd = torch.promote_types(kp.dtype, score.dtype)  # GenSkeFeat concatenates keypoint and score
+    joints, scores = kp.to(jd), score.to(jd)
     n, nc, mp, _, cl, v, _ = joints.shape
     # Each stream is written straight into its channels of the output (ops with out=: computed in the
     # operands' dtype, stored as float32), no per-stream temporaries and no concatenation.
@@ -136,9 +175,6 @@ def batch_features(raw: RawBatch, cfg: PipelineConfig) -> torch.Tensor:
         xy.copy_(joints[:, :, :, 0])
         sc.copy_(scores[:, :, :, 0])
     if "b" in feats or "bm" in feats:
-        if v != len(_bone_arrays(cfg.dataset)[2]):
-            bone_index(cfg.dataset, v)  # raises, naming the joint counts
-        parent = torch.as_tensor(_bone_arrays(cfg.dataset)[2].copy(), device=joints.device)
         if "bm" in feats:  # bones of the frame and the next frame, float32 as JointToBone stores them
             bone = (joints - joints.index_select(-2, parent)).float()
             bone_s = _mean(scores, scores.index_select(-1, parent)).float()
@@ -147,39 +183,37 @@ def batch_features(raw: RawBatch, cfg: PipelineConfig) -> torch.Tensor:
                 xy.copy_(bone[:, :, :, 0])
                 sc.copy_(bone_s[:, :, :, 0])
             xy, sc = slot("bm")
-            torch.sub(bone[:, :, :, 1], bone[:, :, :, 0], out=xy)
-            torch.div(bone_s[:, :, :, 0] + bone_s[:, :, :, 1], 2, out=sc)
+            _put(xy, torch.sub, bone[:, :, :, 1], bone[:, :, :, 0])
+            _put(sc, torch.div, bone_s[:, :, :, 0] + bone_s[:, :, :, 1], 2)
         else:
             cur, cur_s = joints[:, :, :, 0], scores[:, :, :, 0]
             xy, sc = slot("b")
-            torch.sub(cur, cur.index_select(-2, parent), out=xy)
-            torch.div(cur_s + cur_s.index_select(-1, parent), 2, out=sc)
+            _put(xy, torch.sub, cur, cur.index_select(-2, parent))
+            _put(sc, torch.div, cur_s + cur_s.index_select(-1, parent), 2)
     if "jm" in feats:
         xy, sc = slot("jm")
-        torch.sub(joints[:, :, :, 1], joints[:, :, :, 0], out=xy)
-        torch.div(scores[:, :, :, 0] + scores[:, :, :, 1], 2, out=sc)
-    if raw.has_next is not None:  # ToMotion: motion at the sequence's last frame is 0, score included
-        last = ~raw.has_next[:, :, None, :, None, None]
+        _put(xy, torch.sub, joints[:, :, :, 1], joints[:, :, :, 0])
+        _put(sc, torch.div, scores[:, :, :, 0] + scores[:, :, :, 1], 2)
+    if has_next is not None:  # ToMotion: motion at the sequence's last frame is 0, score included
+        last = ~has_next[:, :, None, :, None, None]
         for name in ("jm", "bm"):
             if name in feats:
                 k = 3 * feats.index(name)
                 out[..., k:k + 3].masked_fill_(last, 0.0)
-    padded = torch.arange(mp, device=out.device) >= raw.persons[:, None]  # (N, M)
+    padded = torch.arange(mp, device=out.device) >= persons[:, None]  # (N, M)
     out.masked_fill_(padded[:, None, :, None, None, None], 0.0)  # FormatGCNInput's zero padding
     # NaN / inf propagate into a per-sample sum: one reduction instead of an isfinite pass
-    bad = ~torch.isfinite(out.view(n, -1).sum(dim=1))
-    if bool(bad.any()):  # one sync per batch, as the NumPy path's check
-        raise non_finite_error(raw.names, bad.nonzero().flatten().tolist())
-    return out
+    return out, ~torch.isfinite(out.view(n, -1).sum(dim=1))
 
 
-def model_inputs(x: torch.Tensor | RawBatch, device: torch.device | str, cfg: PipelineConfig | None) -> torch.Tensor:
+def model_inputs(x: torch.Tensor | RawBatch, device: torch.device | str, cfg: PipelineConfig | None,
+                 compute: Callable | None = None) -> torch.Tensor:
     """A loader batch's model input on `device`: a tensor (pipeline.device=cpu) is moved there; a RawBatch
-    (pipeline.device=worker) is moved there and its features computed there."""
+    (pipeline.device=worker) is moved there and its features computed there (by `compute`, see batch_features)."""
     if isinstance(x, RawBatch):
         if cfg is None:
             raise ValueError("a RawBatch (pipeline.device=worker) needs the pipeline config to compute its features")
-        return batch_features(x.to(device, non_blocking=True), cfg)
+        return batch_features(x.to(device, non_blocking=True), cfg, compute)
     return x.to(device, non_blocking=True)
 
 

@@ -16,7 +16,7 @@ import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -26,7 +26,7 @@ from recognizer_core.config import dump_config
 from recognizer_core.export.mmaction import export_best_model
 from recognizer_core.models.recognizer import build_recognizer
 from recognizer_core.skeleton.store import SkeletonDataset
-from recognizer_core.skeleton.transforms_torch import model_inputs
+from recognizer_core.skeleton.transforms_torch import compiled_features, model_inputs
 from recognizer_core.train.stgcn import data as tdata
 from recognizer_core.train.amp import AmpPlan, amp_plan
 from recognizer_core.train.collectives import all_reduce, all_reduce_max, distributed
@@ -64,6 +64,7 @@ class Data:
 class Trainer:
     model: torch.nn.Module  # placed (DDP-wrapped where distributed): validation, checkpoints, export
     step_model: torch.nn.Module  # what the training steps call: `model`, or it under torch.compile (train.compile)
+    features: Callable | None  # compiled features_of for pipeline.device=worker under train.compile; else eager
     optimizer: torch.optim.Optimizer
     scheduler: Any
     scaler: torch.amp.GradScaler
@@ -120,10 +121,12 @@ def build_trainer_parts(cfg: TrainJobConfig, ctx: WorkerContext, num_batches: in
                                        check=lambda ckpt: check_resumable(cfg, ckpt))
     state = RunState.from_checkpoint(restored)
     step_model = compile_for_training(model, t_cfg.compile)
+    features = compiled_features(cfg.pipeline) if t_cfg.compile != "none" and cfg.pipeline.device == "worker" \
+        else None
     class_weight = torch.tensor(t_cfg.class_weight, dtype=torch.float32, device=device) if t_cfg.class_weight \
         else None
     guard = NonFiniteGuard(device, t_cfg.max_nonfinite_steps, state.nonfinite_in_a_row)
-    return Trainer(model, step_model, optimizer, scheduler, scaler, amp, class_weight, guard, lr), state
+    return Trainer(model, step_model, features, optimizer, scheduler, scaler, amp, class_weight, guard, lr), state
 
 
 def cudagraph_skips() -> int:
@@ -242,7 +245,7 @@ def train_epoch(tr: Trainer, data: Data, cfg: TrainJobConfig, ctx: WorkerContext
         t_fetch = time.time()
         x, y, _ = next(batches)
         data_wait += time.time() - t_fetch  # ~0 when the loader keeps up: the input pipeline is not the bottleneck
-        x, y = model_inputs(x, device, cfg.pipeline), y.to(device, non_blocking=True)
+        x, y = model_inputs(x, device, cfg.pipeline, tr.features), y.to(device, non_blocking=True)
         boundary = (i + 1) % t_cfg.accumulative_counts == 0 or i + 1 == data.num_batches
         sync = model.no_sync() if (distributed() and not boundary and hasattr(model, "no_sync")) else nullcontext()
         with sync:
