@@ -18,7 +18,8 @@ float rounding differences (other kernels, possible FMA contraction). The random
 so exact resume keeps working whichever path a run uses. A batch whose clips have different keypoint dtypes is
 computed in their common dtype (the NumPy path computes each dtype's clips separately).
 
-The training loop's one call, with `x_raw` the loader's RawBatch:  `x = batch_features(x_raw.to(device), cfg)`.
+The training loop's one call, with `x_raw` the loader's RawBatch:  `x = batch_features(x_raw.to(device), cfg)`
+(under train.compile with `compute=compiled_features(cfg)`: `features_of`, the pure tensor part, compiled).
 """
 from __future__ import annotations
 
