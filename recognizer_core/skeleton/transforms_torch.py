@@ -121,12 +121,19 @@ def batch_features(raw: RawBatch, cfg: PipelineConfig, compute: Callable | None 
         v = raw.keypoint.shape[-2]
         if v != len(_bone_arrays(cfg.dataset)[2]):
             bone_index(cfg.dataset, v)  # raises, naming the joint counts
-        parent = torch.as_tensor(_bone_arrays(cfg.dataset)[2].copy(), device=raw.keypoint.device)
+        parent = _parents_on(cfg.dataset, raw.keypoint.device)
     out, bad = (compute or features_of)(raw.keypoint, raw.score, raw.half_image, raw.persons, raw.has_next,
                                         raw.affine, parent, cfg=cfg)
     if bool(bad.any()):  # one sync per batch, as the NumPy path's check
         raise non_finite_error(raw.names, bad.nonzero().flatten().tolist())
     return out
+
+
+@functools.lru_cache(maxsize=None)
+def _parents_on(dataset: str, device: torch.device) -> torch.Tensor:
+    """Each joint's bone parent as a tensor on `device`, made once: a copy from NumPy to a GPU at every batch would
+    wait for the GPU (pageable memory)."""
+    return torch.as_tensor(_bone_arrays(dataset)[2].copy(), device=device)
 
 
 def compiled_features(cfg: PipelineConfig) -> Callable:
