@@ -5,7 +5,8 @@ At small batches a GPU step is bound by launching its operations, not by their w
 ours 29 ms per step at batch 16, 39 ms at 64). This counts the aten operations one forward, one backward and one
 SGD step dispatch, with torch's dispatch hook on the `meta` device: no data and no GPU, but the same code path a
 GPU takes (our CPU kernels are not used off the CPU). Views (view, slice, expand, ...) are counted too, though most
-launch nothing. Also one mstcn block alone (64 -> 64 channels), where the merged BatchNorm's copies are.
+launch nothing. Also one mstcn block alone (64 -> 64 channels), where the merged BatchNorm's copies are, and what
+our training loop adds to each update outside the step counted here: the non-finite gradient guard.
 mmaction2 is counted in its side venv (`bench/setup_mmaction2_venv.sh`) by this same script. Prints ONE JSON line.
 
     .venv/bin/python bench/count_step_ops.py [--out bench/results/step_ops.jsonl]
@@ -78,6 +79,15 @@ def count(side: str) -> dict:
             opt.step()
         out = {"forward": sum(fwd.ops.values()), "backward": sum(bwd.ops.values()), "optimizer": sum(upd.ops.values())}
     out["step"] = out["forward"] + out["backward"] + out["optimizer"]
+    if side == "ours":  # what the training loop adds to the update: the non-finite gradient guard (nonfinite.py)
+        from recognizer_core.train.nonfinite import NonFiniteGuard
+
+        # the norm comes from gradient clipping (multi-tensor kernels on a GPU), outside the count
+        norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
+        with Count() as guard:
+            NonFiniteGuard.drop_nonfinite_grads(model.parameters(), norm)
+        out["loop_nonfinite_guard"] = sum(guard.ops.values())
+        out["loop_nonfinite_guard_top_ops"] = guard.ops.most_common(3)
     xb = torch.randn(8, 64, 100, 17, device="meta")
     if side == "ours":
         xb = xb.contiguous(memory_format=torch.channels_last)  # as STGCN.forward hands it to its blocks
