@@ -76,3 +76,41 @@ def test_auto_scale_lr_and_optimizer_choice():
     assert adamw.defaults["betas"] == (0.9, 0.999) and adamw.defaults["weight_decay"] == 1e-3
     sgd = build_optimizer(params, OptimConfig(type="sgd", lr=0.01, weight_decay=5e-4, nesterov=True), 0.01)
     assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["nesterov"] and sgd.defaults["momentum"] == 0.9
+
+
+@pytest.mark.parametrize("kind", ["adamw", "sgd"])
+def test_a_fused_optimizer_skips_a_nonfinite_step_on_the_device(kind):
+    # On a GPU the job builds fused optimizers and tells a non-finite step to skip itself (found_inf, GradScaler's
+    # protocol) instead of zeroing each gradient. The fused kernels run on a CPU too, so the path is tested here.
+    from types import SimpleNamespace
+
+    from recognizer_core.train.nonfinite import NonFiniteGuard
+    from recognizer_core.train.stgcn.loop import _optimizer_step
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    cfg = SimpleNamespace(optim=OptimConfig(type=kind, momentum=0.9))
+    opt = build_optimizer(model.parameters(), cfg.optim, 0.1, fused=True)
+    assert all(g["fused"] for g in opt.param_groups)
+    tr = SimpleNamespace(model=model, optimizer=opt, scheduler=torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0),
+                         scaler=torch.amp.GradScaler("cpu", enabled=False), amp=SimpleNamespace(scaler=False),
+                         guard=NonFiniteGuard(torch.device("cpu"), 5))
+
+    def step(nan: bool) -> tuple[list[torch.Tensor], list[torch.Tensor], dict, dict]:
+        before = [p.detach().clone() for p in model.parameters()]
+        model(torch.randn(2, 4)).sum().backward()
+        if nan:
+            model.weight.grad[0, 0] = float("nan")
+        state = {(i, k): v.clone() for i, s in enumerate(opt.state.values()) for k, v in s.items() if torch.is_tensor(v)}
+        _optimizer_step(tr, cfg)
+        after = {(i, k): v for i, s in enumerate(opt.state.values()) for k, v in s.items() if torch.is_tensor(v)}
+        return before, [p.detach() for p in model.parameters()], state, after
+
+    before, after, _, _ = step(nan=False)
+    assert all(not torch.equal(a, b) for a, b in zip(before, after))  # a finite step moves every parameter
+    before, after, state, state_after = step(nan=True)
+    assert all(torch.equal(a, b) for a, b in zip(before, after)), "a non-finite step moved the weights"
+    assert state.keys() == state_after.keys() and all(torch.equal(state[k], state_after[k]) for k in state)
+    assert all(torch.isfinite(p).all() for p in model.parameters()) and not hasattr(opt, "found_inf")
+    before, after, _, _ = step(nan=False)  # and the next finite step trains again
+    assert all(not torch.equal(a, b) for a, b in zip(before, after))

@@ -23,11 +23,16 @@ def scaled_lr(cfg: OptimConfig, world_size: int, batch_size: int) -> float:
     return cfg.lr * (world_size * batch_size) / cfg.base_batch_size
 
 
-def build_optimizer(params, cfg: OptimConfig, lr: float) -> torch.optim.Optimizer:
+def build_optimizer(params, cfg: OptimConfig, lr: float, fused: bool = False) -> torch.optim.Optimizer:
+    """`fused` (training on a GPU): the update as one multi-tensor kernel, which also takes a `found_inf` flag on
+    the device and then leaves the parameters alone (loop._optimizer_step), so a non-finite step costs no launch
+    per gradient and no host sync. Off on a CPU, whose steps stay as they were."""
+    kw = {"fused": True} if fused else {}
     if cfg.type == "adamw":
-        return torch.optim.AdamW(params, lr=lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(params, lr=lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay,
+                                 **kw)
     return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                           nesterov=cfg.nesterov and cfg.momentum > 0)
+                           nesterov=cfg.nesterov and cfg.momentum > 0, **kw)
 
 
 def lr_factor(step: int, *, iters_per_epoch: int, cfg: ScheduleConfig, base_lr: float,
