@@ -3,8 +3,8 @@
 Checks (each prints {"check": ..., "ok": ..., ...}; a failed check prints its error and the others still run):
 - stgcn_train_{fp32,fp16,bf16}: STGCN++ (fight preset, batch 32, 2048 demo clips, 4 loader processes) training
   through `train_loop` + `LocalContext` on the device: samples/s over the timed epochs (the first is warm-up) and
-  GPU utilisation sampled with nvidia-smi (over both runs, the timed run, and its last epoch). fp16 uses loss scaling (GradScaler); on a CPU it is reported as skipped
-  (a CUDA recipe). stgcn_train_fp32_worker_pipeline: the same with pipeline.device=worker (the loaders only gather
+  GPU utilisation sampled with nvidia-smi (over both runs, the timed run, and its last epoch). fp16 uses loss
+  scaling (GradScaler); on a CPU it is reported as skipped (a CUDA recipe). stgcn_train_fp32_worker_pipeline: the same with pipeline.device=worker (the loaders only gather
   frames; the features are computed on the GPU); stgcn_train_bf16_worker_pipeline_b128: that at batch 128 in bf16.
 - stgcn_resume: a run stopped after epoch 1 and continued from its checkpoint on the device (optimizer/scaler
   state must follow the model onto the GPU); its final weights must equal an uninterrupted run's.

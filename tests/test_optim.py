@@ -101,7 +101,8 @@ def test_a_fused_optimizer_skips_a_nonfinite_step_on_the_device(kind):
         model(torch.randn(2, 4)).sum().backward()
         if nan:
             model.weight.grad[0, 0] = float("nan")
-        state = {(i, k): v.clone() for i, s in enumerate(opt.state.values()) for k, v in s.items() if torch.is_tensor(v)}
+        state = {(i, k): v.clone() for i, s in enumerate(opt.state.values()) for k, v in s.items()
+                 if torch.is_tensor(v)}
         _optimizer_step(tr, cfg)
         after = {(i, k): v for i, s in enumerate(opt.state.values()) for k, v in s.items() if torch.is_tensor(v)}
         return before, [p.detach() for p in model.parameters()], state, after

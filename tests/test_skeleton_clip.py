@@ -156,7 +156,8 @@ def test_values_ok_agrees_with_the_masks_it_skips():
             kp[at + (axis,)] = -COORD_MARGIN * size[axis] - 1
         elif case == 7:  # past the shorter side's bound (2h) but inside x's own (2w): the per-axis test decides
             kp[at + (0,)] = 1.9 * w
-        masks_clear = not (~np.isfinite(kp)).any() and not (~np.isfinite(sc)).any() and not far_outside(kp, (h, w)).any()
+        masks_clear = (np.isfinite(kp).all() and np.isfinite(sc).all()
+                       and not far_outside(kp, (h, w)).any())
         assert values_ok(kp, sc, (h, w)) == masks_clear, (case, at, axis)
         checked[masks_clear] += 1
     assert min(checked.values()) > 100

@@ -347,7 +347,8 @@ def _announce(cfg, ctx, data: Data, tr: Trainer, state: RunState, files: RunFile
     n_train, n_skip, n_val = data.counts
     console(f"[recognizer] {ctx.world_size} worker(s) on {ctx.device.type} ({torch.get_num_threads()} torch threads "
             f"each, malloc {malloc_in_use()}, BatchNorm {bn_act.describe(ctx.device, cfg.train.compile)}"
-            f"{'' if cfg.train.compile == 'none' else f', torch.compile mode {cfg.train.compile}'}); train {n_train} clips "
+            f"{'' if cfg.train.compile == 'none' else f', torch.compile mode {cfg.train.compile}'}); "
+            f"train {n_train} clips "
             f"({data.num_batches} batches of {cfg.train.batch_size} per worker), val "
             f"{n_val} clips; lr {tr.lr:.3g}{f' (auto-scaled from {cfg.optim.lr:g})' if cfg.optim.auto_scale_lr else ''}"
             f"; skipped all-zero training clips: {n_skip}")
