@@ -80,7 +80,7 @@ def use_allocator(name: str) -> str:
     ALLOCATORS); returns what to record in the JSON line. A process picks its malloc when it starts, so for
     tcmalloc this re-executes the running script with LD_PRELOAD (the worker inherits it), as
     scaling.cpu_malloc does for Ray's training workers."""
-    from recognizer_core.train.cpu_malloc import find_tcmalloc, malloc_in_use
+    from recognizer_core.train.cpu_malloc import HUGE_PAGES_ENV, find_tcmalloc, malloc_in_use
 
     if name == "glibc":
         return "glibc defaults"
@@ -94,8 +94,9 @@ def use_allocator(name: str) -> str:
         if path is None:
             raise SystemExit("--allocator tcmalloc: no tcmalloc library found (apt-get install libtcmalloc-minimal4)")
         os.environ["LD_PRELOAD"] = path
+        os.environ.setdefault(HUGE_PAGES_ENV, "1")  # what the workers get with tcmalloc (cpu_malloc.worker_env)
         os.execv(sys.executable, [sys.executable, *sys.argv])
-    return f"tcmalloc on both sides ({malloc_in_use()})"
+    return f"tcmalloc on both sides ({malloc_in_use()}, {HUGE_PAGES_ENV}={os.environ.get(HUGE_PAGES_ENV, 'unset')})"
 
 
 def runs_tcmalloc(pid: int) -> bool:

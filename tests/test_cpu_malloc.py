@@ -30,6 +30,7 @@ def fake_libs(tmp_path, monkeypatch):
     second.mkdir()
     monkeypatch.setattr(cpu_malloc, "search_dirs", lambda: [first, second])
     monkeypatch.delenv("LD_PRELOAD", raising=False)
+    monkeypatch.delenv(cpu_malloc.HUGE_PAGES_ENV, raising=False)
     return first, second
 
 
@@ -50,12 +51,15 @@ def test_auto_preloads_tcmalloc_only_for_cpu_workers_of_a_private_ray(fake_libs,
     monkeypatch.delenv(PRIVATE_RAY_ENV, raising=False)
     assert worker_env("auto", None, use_gpu=False) == {}  # a cluster: its nodes may not have the library
     monkeypatch.setenv(PRIVATE_RAY_ENV, "1")
-    assert worker_env("auto", None, use_gpu=False) == {"LD_PRELOAD": str(lib)}
+    assert worker_env("auto", None, use_gpu=False) == {"LD_PRELOAD": str(lib), "THP_MEM_ALLOC_ENABLE": "1"}
     assert worker_env("auto", None, use_gpu=True) == {}
     assert worker_env("system", None, use_gpu=False) == {}
     # an LD_PRELOAD the user set is kept, after ours
     monkeypatch.setenv("LD_PRELOAD", "/opt/libfoo.so")
-    assert worker_env("tcmalloc", None, use_gpu=True) == {"LD_PRELOAD": f"{lib} /opt/libfoo.so"}
+    assert worker_env("tcmalloc", None, use_gpu=True)["LD_PRELOAD"] == f"{lib} /opt/libfoo.so"
+    # and so is the user's own huge-page switch
+    monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", "0")
+    assert worker_env("tcmalloc", None, use_gpu=True)["THP_MEM_ALLOC_ENABLE"] == "0"
 
 
 def test_missing_tcmalloc_is_one_config_error_naming_the_field(fake_libs, monkeypatch, tmp_path):
@@ -68,7 +72,7 @@ def test_missing_tcmalloc_is_one_config_error_naming_the_field(fake_libs, monkey
         worker_env("tcmalloc", "/nowhere/libtcmalloc.so.4", use_gpu=False)
     own = tmp_path / "libtcmalloc.so.4"
     own.write_bytes(b"")
-    assert worker_env("tcmalloc", str(own), use_gpu=False) == {"LD_PRELOAD": str(own)}
+    assert worker_env("tcmalloc", str(own), use_gpu=False)["LD_PRELOAD"] == str(own)
 
 
 def test_for_workers_adds_the_allocator_to_the_run_config(fake_libs, monkeypatch):
@@ -77,7 +81,7 @@ def test_for_workers_adds_the_allocator_to_the_run_config(fake_libs, monkeypatch
     monkeypatch.setenv(PRIVATE_RAY_ENV, "1")
     rc = RunConfig(name="r", worker_runtime_env={"env_vars": {"FAULT": "x"}})
     rc = for_workers(rc, ScalingSection())
-    assert rc.worker_runtime_env["env_vars"] == {"FAULT": "x", "LD_PRELOAD": str(lib)}
+    assert rc.worker_runtime_env["env_vars"] == {"FAULT": "x", "LD_PRELOAD": str(lib), "THP_MEM_ALLOC_ENABLE": "1"}
     assert sum(isinstance(c, StopOnDataError) for c in rc.callbacks) == 1
     rc = for_workers(rc, ScalingSection(cpu_malloc="system"))  # a second pass adds nothing twice
     assert sum(isinstance(c, StopOnDataError) for c in rc.callbacks) == 1
@@ -87,7 +91,8 @@ def test_for_workers_adds_the_allocator_to_the_run_config(fake_libs, monkeypatch
 
 
 # A training step's pattern: a 64 MB activation allocated, written and freed, again and again. Prints the
-# allocator in use and the minor page faults of the last 5 rounds.
+# allocator in use, the minor page faults of the last 5 rounds and the process's anonymous huge pages (kB) while the
+# activation is alive.
 _CHILD = """
 import json, sys
 sys.path.insert(0, sys.argv[1])
@@ -98,8 +103,10 @@ for i in range(8):
     if i == 3:
         f0 = minor_faults()
     x = torch.ones(16 << 20)
+    rollup = open("/proc/self/smaps_rollup").read()
     del x
-print(json.dumps({"malloc": malloc_in_use(), "faults_per_round": (minor_faults() - f0) / 5}))
+huge = int(rollup.split("AnonHugePages:")[1].split()[0])
+print(json.dumps({"malloc": malloc_in_use(), "faults_per_round": (minor_faults() - f0) / 5, "huge_kb": huge}))
 """
 
 
@@ -114,6 +121,7 @@ def test_tcmalloc_reuses_freed_pages_where_glibc_faults_them_in_again(monkeypatc
     if path is None:
         pytest.skip("no tcmalloc on this machine (make test installs libtcmalloc-minimal4 where it can)")
     monkeypatch.delenv("LD_PRELOAD", raising=False)
+    monkeypatch.delenv(cpu_malloc.HUGE_PAGES_ENV, raising=False)
     monkeypatch.setenv(PRIVATE_RAY_ENV, "1")
     glibc = _child({})
     tcmalloc = _child(worker_env("auto", None, use_gpu=False))
@@ -122,3 +130,10 @@ def test_tcmalloc_reuses_freed_pages_where_glibc_faults_them_in_again(monkeypatc
     # glibc mmaps the 64 MB afresh each round: one fault per 4 kB page (fewer with transparent huge pages)
     assert glibc["faults_per_round"] > 1000, glibc
     assert tcmalloc["faults_per_round"] < glibc["faults_per_round"] / 10, (glibc, tcmalloc)
+    # the workers' PyTorch asks for huge pages (where the kernel's THP mode allows it): the 64 MB block sits on them
+    thp = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    mode = thp.read_text() if thp.exists() else "[never]"
+    if "[madvise]" in mode:  # only what asks for them gets them (this VM's mode)
+        assert glibc["huge_kb"] < 32 << 10, glibc
+    if "[never]" not in mode:
+        assert tcmalloc["huge_kb"] >= 32 << 10, tcmalloc

@@ -33,6 +33,12 @@ from recognizer_core.ray_runtime import PRIVATE_RAY_ENV
 # gperftools' tcmalloc: Debian/Ubuntu `libtcmalloc-minimal4` (no heap profiler, what a trainer needs), the full
 # `libgoogle-perftools4`, and the unversioned names conda and -dev packages add.
 TCMALLOC_NAMES = ("libtcmalloc_minimal.so.4", "libtcmalloc.so.4", "libtcmalloc_minimal.so", "libtcmalloc.so")
+# With tcmalloc, PyTorch's CPU allocator is also told to ask for transparent huge pages (2 MB pages, madvise) for
+# blocks of 2 MB and more. tcmalloc keeps those pages, so the step's activations stay on huge pages: fewer TLB misses
+# in the memory-bound BatchNorm / ReLU passes. Measured on the AMD host (fight preset, 3 alternated pairs): 2% at batch
+# 16 / 1 thread, 3.5% at 2 threads, 3% at batch 64, the same peak RSS. Not under glibc, which maps each block afresh
+# and would zero-fill 2 MB per fault. A value the user set (e.g. 0) is kept.
+HUGE_PAGES_ENV = "THP_MEM_ALLOC_ENABLE"
 INSTALL_HINT = ("install it (Debian/Ubuntu: apt-get install libtcmalloc-minimal4; conda: conda install "
                 "gperftools) or set scaling.tcmalloc_path")
 
@@ -56,7 +62,8 @@ def find_tcmalloc() -> str | None:
 
 
 def worker_env(cpu_malloc: str, tcmalloc_path: str | None, use_gpu: bool) -> dict[str, str]:
-    """Environment variables for the training workers: LD_PRELOAD of tcmalloc, or nothing (the system malloc).
+    """Environment variables for the training workers: LD_PRELOAD of tcmalloc with PyTorch's huge-page switch
+    (HUGE_PAGES_ENV), or nothing (the system malloc).
     Raises ConfigError, before any worker starts, where tcmalloc was asked for and cannot be found."""
     if cpu_malloc == "system" or (cpu_malloc == "auto" and (use_gpu or not os.environ.get(PRIVATE_RAY_ENV))):
         return {}
@@ -72,7 +79,8 @@ def worker_env(cpu_malloc: str, tcmalloc_path: str | None, use_gpu: bool) -> dic
                               f"{', '.join(map(str, search_dirs()))}: {INSTALL_HINT}")
         return {}
     preload = os.environ.get("LD_PRELOAD", "")
-    return {"LD_PRELOAD": preload if path in preload.split() else " ".join(filter(None, [path, preload]))}
+    return {"LD_PRELOAD": preload if path in preload.split() else " ".join(filter(None, [path, preload])),
+            HUGE_PAGES_ENV: os.environ.get(HUGE_PAGES_ENV, "1")}
 
 
 def require_tcmalloc(cpu_malloc: str, tcmalloc_path: str | None) -> None:
