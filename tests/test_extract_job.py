@@ -94,6 +94,8 @@ def test_extract_and_build_dataset_end_to_end(ray_local, tmp_path, fake_model):
         {"rel_path": cut, "decoded_frames": 37, "declared_frames": 100, "kept": True}]
     assert not any(r.get("truncated") for rel, r in done.items() if rel != cut)   # real videos are whole
     assert summary["provider"] == "CPUExecutionProvider" and summary["label_names"] == ["NonFight", "Fight"]
+    # the pipeline's start-up apart from the rate after it (bench_extract compares both with rtmlib)
+    assert 0 < summary["first_poses_s"] < summary["seconds"] and summary["frames_per_s_after_first_poses"] > 0
 
     frames = {"val/Fight/cctv_hevc.mp4": 700, "train/Fight/fi001.mp4": 53, "train/NonFight/ntu.avi": 103,
               "val/NonFight/posetrack.mp4": 5}

@@ -172,6 +172,7 @@ def run_prepared(plan: ExtractionPlan, verbose: bool = True) -> dict:
     plan.manifest.remove_partial_files()
     t0 = time.time()
     frames_done, provider, pool = 0, "", (0, 0)
+    first_poses = None  # (seconds, frames) when the first batch of poses came back: the pipeline's start-up
     bar = tqdm(total=len(plan.todo), unit="video", desc="extract", disable=not verbose, dynamic_ncols=True)
     if not verbose:
         bar.write = lambda *a, **k: None
@@ -188,6 +189,7 @@ def run_prepared(plan: ExtractionPlan, verbose: bool = True) -> dict:
         assemblers: dict[str, VideoAssembler] = {}
         for batch in build_pipeline(cfg, items, pool).iter_batches(batch_size=None, batch_format="numpy"):
             provider = provider or str(batch["provider"][0])
+            first_poses = first_poses or (time.time() - t0, int((batch["frame_index"] >= 0).sum()))
             cols = [batch[k].tolist() for k in ROW_COLUMNS]   # plain Python values: cheap per row
             for values in zip(*cols):
                 row = dict(zip(ROW_COLUMNS, values))
@@ -214,6 +216,10 @@ def run_prepared(plan: ExtractionPlan, verbose: bool = True) -> dict:
         "skipped_empty": skipped[EMPTY], "skipped_failed": skipped[FAILED], "frames": frames_done,
         "seconds": round(elapsed, 2),
         "frames_per_s": round(frames_done / elapsed, 1) if elapsed > 0 and frames_done else 0.0,
+        # start-up (decode tasks and inference actors starting, the model loading) and the rate after it
+        "first_poses_s": round(first_poses[0], 2) if first_poses else None,
+        "frames_per_s_after_first_poses": (round((frames_done - first_poses[1]) / (elapsed - first_poses[0]), 1)
+                                           if first_poses and elapsed > first_poses[0] else None),
         "provider": provider, "actors": list(pool), "output": out, "label_names": plan.label_names,
         "truncated_videos": finisher.truncated,
         "failures": [{"rel_path": r.get("rel_path"), "reason": r.get("reason")}
