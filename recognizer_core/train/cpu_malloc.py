@@ -35,9 +35,9 @@ from recognizer_core.ray_runtime import PRIVATE_RAY_ENV
 TCMALLOC_NAMES = ("libtcmalloc_minimal.so.4", "libtcmalloc.so.4", "libtcmalloc_minimal.so", "libtcmalloc.so")
 # With tcmalloc, PyTorch's CPU allocator is also told to ask for transparent huge pages (2 MB pages, madvise) for
 # blocks of 2 MB and more. tcmalloc keeps those pages, so the step's activations stay on huge pages: fewer TLB misses
-# in the memory-bound BatchNorm / ReLU passes. Measured on the AMD host (fight preset, 3 alternated pairs): 2% at batch
-# 16 / 1 thread, 3.5% at 2 threads, 3% at batch 64, the same peak RSS. Not under glibc, which maps each block afresh
-# and would zero-fill 2 MB per fault. A value the user set (e.g. 0) is kept.
+# in the memory-bound BatchNorm / ReLU passes. Measured on the AMD host (fight preset, alternated processes): 1.7-3.5%
+# at batch 16 / 1 thread (4 pairs), 3.5-3.9% at 2 threads (2 pairs), 2.9% at batch 64 (1 pair), the same peak RSS.
+# Not under glibc, which maps each block afresh and would zero-fill 2 MB per fault. A value the user set is kept.
 HUGE_PAGES_ENV = "THP_MEM_ALLOC_ENABLE"
 INSTALL_HINT = ("install it (Debian/Ubuntu: apt-get install libtcmalloc-minimal4; conda: conda install "
                 "gperftools) or set scaling.tcmalloc_path")
