@@ -172,7 +172,7 @@ def run_prepared(plan: ExtractionPlan, verbose: bool = True) -> dict:
     plan.manifest.remove_partial_files()
     t0 = time.time()
     frames_done, provider, pool = 0, "", (0, 0)
-    first_poses = None  # (seconds, frames) when the first batch of poses came back: the pipeline's start-up
+    first_poses = None  # (seconds, frames) when the first batch of poses came back: start-up + the first block
     bar = tqdm(total=len(plan.todo), unit="video", desc="extract", disable=not verbose, dynamic_ncols=True)
     if not verbose:
         bar.write = lambda *a, **k: None
@@ -216,7 +216,7 @@ def run_prepared(plan: ExtractionPlan, verbose: bool = True) -> dict:
         "skipped_empty": skipped[EMPTY], "skipped_failed": skipped[FAILED], "frames": frames_done,
         "seconds": round(elapsed, 2),
         "frames_per_s": round(frames_done / elapsed, 1) if elapsed > 0 and frames_done else 0.0,
-        # start-up (decode tasks and inference actors starting, the model loading) and the rate after it
+        # until the first poses (start-up, then the first block decoded and inferred) and the rate after them
         "first_poses_s": round(first_poses[0], 2) if first_poses else None,
         "frames_per_s_after_first_poses": (round((frames_done - first_poses[1]) / (elapsed - first_poses[0]), 1)
                                            if first_poses and elapsed > first_poses[0] else None),
