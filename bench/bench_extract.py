@@ -8,8 +8,9 @@ decodes each frame, `RTMO(onnx_model=...)(frame)` letterboxes, runs batch 1 and 
 extraction job (decode tasks -> RTMO actor pool at --batch-size -> per-video tracking + Parquet write tasks).
 Ray is started once, timed and reported separately (`ray_startup_s`); it is in none of the frames/s. Our job's
 seconds include its own start-up (decode tasks and the inference actor starting, the model loading; until its
-first poses, `ray_first_poses_s`, which also holds the first block's decoding and inference), rtmlib's loop does not include loading its model (`rtmlib_model_load_s`, timed
-apart in every repeat), so two more ratios over the same pairs: both with start-up
+first poses, `ray_first_poses_s`, which also holds the first block's decoding and inference), rtmlib's loop
+does not include loading its model (`rtmlib_model_load_s`, timed apart in every repeat), so two more ratios over
+the same pairs: both with start-up
 (`ray_vs_rtmlib_both_loading_the_model`) and neither (`ray_after_first_poses_vs_rtmlib`, ours counted from its
 first poses).
 The three measurements alternate repeat by repeat (ours, rtmlib, ours alone without the model, ours, ...)
