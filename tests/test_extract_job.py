@@ -187,3 +187,43 @@ def test_resume_after_kill_redoes_only_unfinished_videos(ray_local, tmp_path, fa
     assert not list((out / "clips").glob(".*.tmp"))
     again = _load_job("extract_poses").run_extraction(cfg, verbose=False)   # nothing left: all skipped
     assert again["processed"] == 0 and again["skipped_done"] == 8
+
+
+
+def test_each_block_reaches_the_driver_before_the_next_is_done(ray_local, tmp_path):
+    # a video's tracking + write task starts when its poses reach the driver; Ray Data's default iterator
+    # would hand over block k only once block k+1 exists, which here never happens: the test then times out
+    import ray
+
+    from recognizer_core.extract.job import iter_blocks
+
+    class WaitForDriver:   # defined here: Ray's workers cannot import this test module, so it travels by value
+        """Holds every block after the first it gets (blocks come in any order) until the driver has marked
+        that one as received (a file)."""
+
+        def __init__(self, mark: str):
+            import threading
+
+            self.mark, self.lock, self.blocks = mark, threading.Lock(), 0
+
+        def __call__(self, batch: dict) -> dict:
+            with self.lock:
+                self.blocks += 1
+                first = self.blocks == 1
+            if not first:
+                deadline = time.time() + 20
+                while not os.path.exists(self.mark):
+                    if time.time() > deadline:
+                        raise TimeoutError("the driver did not get the first block while the second was held")
+                    time.sleep(0.05)
+            return batch
+
+    mark = tmp_path / "first_block_received"
+    ds = ray.data.from_items([{"id": i} for i in range(3)], override_num_blocks=3).map_batches(
+        WaitForDriver, fn_constructor_kwargs={"mark": str(mark)}, batch_size=1, batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0.5)
+    seen = []
+    for batch in iter_blocks(ds):
+        seen += batch["id"].tolist()
+        mark.touch()
+    assert sorted(seen) == [0, 1, 2]

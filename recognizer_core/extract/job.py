@@ -103,6 +103,13 @@ def build_pipeline(cfg: ExtractionConfig, items: list[dict], pool: tuple[int, in
                           num_gpus=cfg.ray.num_gpus_per_actor or None, num_cpus=cfg.ray.num_cpus_per_actor)
 
 
+def iter_blocks(ds, batch_format: str = "numpy"):
+    """The dataset's output, one batch per block, each as soon as Ray Data produces it. Its default iterator
+    (prefetch_batches=1) holds every block back until the next one arrives: the driver then got each video's
+    poses, and started its tracking + write task, only once the next video was inferred as well."""
+    return ds.iter_batches(batch_size=None, batch_format=batch_format, prefetch_batches=0)
+
+
 def _first_line(err: BaseException) -> str:
     cause = getattr(err, "cause", None) or err   # RayTaskError wraps the task's own exception
     text = str(cause).strip().splitlines()
@@ -187,7 +194,7 @@ def run_prepared(plan: ExtractionPlan, verbose: bool = True) -> dict:
         by_id = {v.video_id: v for v in plan.todo}
         items = [{"video_id": v.video_id, "uri": v.uri, "size": v.size} for v in plan.todo]
         assemblers: dict[str, VideoAssembler] = {}
-        for batch in build_pipeline(cfg, items, pool).iter_batches(batch_size=None, batch_format="numpy"):
+        for batch in iter_blocks(build_pipeline(cfg, items, pool)):
             provider = provider or str(batch["provider"][0])
             first_poses = first_poses or (time.time() - t0, int((batch["frame_index"] >= 0).sum()))
             cols = [batch[k].tolist() for k in ROW_COLUMNS]   # plain Python values: cheap per row

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from recognizer_core.extract.config import DecodeConfig, ExtractionConfig, PoseModelConfig, RayResources, SourceConfig
 from recognizer_core.extract.finish import track_video
-from recognizer_core.extract.job import ROW_COLUMNS, build_pipeline, resolve_paths
+from recognizer_core.extract.job import ROW_COLUMNS, build_pipeline, iter_blocks, resolve_paths
 from recognizer_core.extract.manifest import DONE, EMPTY, FAILED, ExtractionManifest
 from recognizer_core.extract.sources import VideoSource, list_videos
 from recognizer_core.extract.stages import VideoAssembler
@@ -163,7 +163,7 @@ def run_batch(*, inputs: str, out: str | Path, model: str, model_config: str | N
         items = [{"video_id": v.video_id, "uri": v.uri, "size": v.size} for v in todo]
         assemblers: dict[str, VideoAssembler] = {}
         pipeline = build_pipeline(ecfg, items, (pose_actors, pose_actors))
-        for batch in pipeline.iter_batches(batch_size=None, batch_format="numpy"):
+        for batch in iter_blocks(pipeline):
             for values in zip(*[batch[k].tolist() for k in ROW_COLUMNS]):
                 row = dict(zip(ROW_COLUMNS, values))
                 asm = assemblers.setdefault(row["video_id"], VideoAssembler(row["video_id"]))
