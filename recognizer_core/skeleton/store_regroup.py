@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 from .clip import SkeletonDataError
 from .store import SkeletonDataset
 from .store_rows import CLIP_SCHEMA, LIGHT_COLUMNS
-from .store_write import _STRING_COLUMNS, DATASET_JSON, INDEX_FILE, SCHEMA_VERSION
+from .store_write import DATASET_JSON, INDEX_FILE, PART_FILE_OPTIONS, SCHEMA_VERSION
 
 
 def regroup_by_split(src_path: str | Path, out_dir: str | Path) -> dict:
@@ -76,8 +76,7 @@ def _write_grouped(src: SkeletonDataset, out: Path) -> dict:
                 groups_before += 1
             # the part file's own schema (and its metadata: schema version, label names), not a rebuilt one
             order = [p for s in sorted(pieces) for p in pieces[s]]
-            with pq.ParquetWriter(out / name, pf.schema_arrow, compression="zstd",
-                                  use_dictionary=_STRING_COLUMNS) as writer:
+            with pq.ParquetWriter(out / name, pf.schema_arrow, **PART_FILE_OPTIONS) as writer:
                 for piece in order:  # one row group per piece: the old blocks, cut by split
                     writer.write_table(piece, row_group_size=max(1, piece.num_rows))
             sizes = [p.num_rows for p in order] or [0]
