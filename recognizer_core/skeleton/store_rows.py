@@ -98,8 +98,8 @@ def _column(batch: Any, name: str) -> Any:
 
 
 def _arrow_lists(col: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    if isinstance(col, pa.ChunkedArray):
-        col = col.combine_chunks()
+    if isinstance(col, pa.ChunkedArray):   # a row group's column is one chunk: combining it would copy it
+        col = col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
     values = col.values.to_numpy(zero_copy_only=False)
     offsets = col.offsets.to_numpy()
     valid = col.is_valid().to_numpy(zero_copy_only=False) if col.null_count else None
