@@ -40,6 +40,7 @@ bench: $(STAMP)  # the README's Speed figures, each line appended to bench/resul
 	$(BIN)/python bench/bench_recognize.py --runs 7
 	-flock /tmp/ray_tests.lock $(BIN)/python bench/bench_extract.py --repeats 7  # '-': rtmlib is optional; the rest still runs
 	$(BIN)/python bench/bench_dino_pose.py --out $(RES)/dino_pose.jsonl
+	flock /tmp/ray_tests.lock $(BIN)/python bench/bench_dino_job.py --out $(RES)/dino_job.jsonl
 	$(BIN)/python bench/bench_dataset.py --out $(RES)/dataset.jsonl
 	$(BIN)/python bench/bench_train.py --out $(RES)/train.jsonl
 	$(BIN)/python bench/bench_ensemble.py
