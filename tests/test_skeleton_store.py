@@ -123,8 +123,10 @@ def test_clips_from_batch_formats(store):
     clips, ds = store
     table = pq.read_table(ds.files[1])
     ref = clips[50:100]
-    # Arrow table / record batch (zero-copy views) and a sliced batch (offsets not starting at 0)
-    for batch in (table, table.to_batches()[0], table.slice(10, 20)):
+    # Arrow table / record batch (zero-copy views) and sliced batches (offsets not starting at 0), the columns in
+    # one chunk (taken as they are) or in several (combined)
+    assert table.column("keypoint").num_chunks > 1
+    for batch in (table, table.to_batches()[0], table.slice(10, 20), table.combine_chunks().slice(10, 20)):
         off = 10 if batch.num_rows == 20 else 0
         got = clips_from_batch(batch)
         for a, b in zip(ref[off:], got):
