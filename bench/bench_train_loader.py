@@ -1,7 +1,7 @@
 """The training loader against a fast consumer: reading the next shard window ahead (the default) vs not.
 
 What the GPU run of 2026-12-04 showed: at batch 128 the STGCN++ loop waited for its 4 loader processes 47% of
-each epoch. Reading a window of clips from the store costs 5-10x preparing them (measured here too), and every
+each epoch. Reading a window of clips from the store costs 4-7x preparing them (measured here too), and every
 loader process reads its share of a window when it reaches it, all at once, so the consumer stalls at each window boundary. With
 read-ahead a thread in each loader process reads the next window (the next epoch's first one at an epoch's end)
 while the current one is served.

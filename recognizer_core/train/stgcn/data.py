@@ -246,7 +246,7 @@ class ShardBatches(Dataset):
     consecutive windows of `buffer_clips` (a multiple of the batch size), computed one window at a time, so a
     batch needs one window of positions and clips in memory, never the shard's. With `read_ahead` a background
     thread reads the next window (the next epoch's first, for training) while this one is served: reading costs
-    5-10x preparing a clip (bench_train_loader.py), and without it every loader process stops at each window
+    4-7x preparing a clip (bench_train_loader.py), and without it every loader process stops at each window
     boundary at once (on a GPU that stall was half of a short epoch). Memory is then two windows per process. A list of clips (already
     in memory) is shuffled as a whole. The epoch is padded by wrapping to num_batches * batch_size."""
 
