@@ -84,6 +84,7 @@ def main() -> int:
             print(f"[bench_dino_job] {r + 1}/{args.repeats}: Ray job {ray_s[-1]:.1f} s, "
                   f"without Ray {plain_s[-1]:.1f} s", file=sys.stderr, flush=True)
     added = [a - b for a, b in zip(ray_s, plain_s)]
+
     def stats(xs: list[float]) -> dict:
         return {"median": round(median(xs), 2), "min": round(min(xs), 2), "max": round(max(xs), 2)}
 

@@ -189,7 +189,6 @@ def test_resume_after_kill_redoes_only_unfinished_videos(ray_local, tmp_path, fa
     assert again["processed"] == 0 and again["skipped_done"] == 8
 
 
-
 def test_each_block_reaches_the_driver_before_the_next_is_done(ray_local, tmp_path):
     # a video's tracking + write task starts when its poses reach the driver; Ray Data's default iterator
     # would hand over block k only once block k+1 exists, which here never happens: the test then times out
