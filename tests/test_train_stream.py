@@ -144,3 +144,37 @@ def test_a_bad_clip_read_ahead_fails_the_batch_that_needs_it(setup, tmp_path):
     sb[(0, 1)]
     with pytest.raises(tdata.SkeletonDataError, match="clip 9"):
         sb[(0, 2)]
+
+
+def test_scanning_for_empty_clips_while_a_read_ahead_reads_the_same_files(setup):
+    # load_shard's two-column scan (no validation report) can run while another shard's read-ahead thread reads
+    # the same dataset: both must go through the store's lock. Unlocked, the reader failed within a few hundred
+    # scans here ("ReadRangeCache did not find matching cache entry"), and once crashed the test process.
+    import threading
+    import time
+
+    from recognizer_core.skeleton.validate import scan_empty_positions
+
+    ds, cfg = setup
+    shard, _ = tdata.load_shard(ds, np.arange(len(ds)), cfg.data.model_copy(update={"skip_empty_clips": False}),
+                                2, 17, "t")
+    errors, stop = [], threading.Event()
+
+    def read_ahead_like() -> None:
+        while not stop.is_set():
+            try:
+                shard.load(np.arange(len(shard)))
+            except Exception as err:  # noqa: BLE001 - collected for the assertion
+                errors.append(err)
+                return
+
+    reader = threading.Thread(target=read_ahead_like, daemon=True)
+    reader.start()
+    deadline = time.time() + 3
+    scans = 0
+    while time.time() < deadline and not errors:
+        assert scan_empty_positions(ds, np.arange(len(ds))).tolist() == []
+        scans += 1
+    stop.set()
+    reader.join()
+    assert not errors, f"after {scans} scans: {errors[0]}"

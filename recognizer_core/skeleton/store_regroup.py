@@ -66,10 +66,7 @@ def _write_grouped(src: SkeletonDataset, out: Path) -> dict:
             name = posixpath.basename(path)
             pieces: dict[str, list[pa.Table]] = {}
             for g in range(pf.metadata.num_row_groups):  # each old row group read once
-                try:
-                    table = pf.read_row_group(g)
-                except (OSError, pa.ArrowInvalid) as err:
-                    raise SkeletonDataError(f"{path}: row group {g} unreadable ({err})") from None
+                table = src._row_group(fi, g)   # the store's own read: its lock, its error naming file and group
                 splits = table["split"].to_numpy(zero_copy_only=False)
                 for s in sorted(set(splits.tolist())):
                     pieces.setdefault(s, []).append(table.filter(pa.array(splits == s)))

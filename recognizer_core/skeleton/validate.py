@@ -281,12 +281,15 @@ def scan_empty_positions(ds: SkeletonDataset, positions: np.ndarray) -> np.ndarr
     fidx, _, _ = ds.locate(positions)
     out = []
     for fi in np.unique(fidx):
-        pf = ds._file(int(fi))  # opened first: it may correct the row-group bounds
+        ds._file(int(fi))  # opened first: it may correct the row-group bounds
         gstart = ds._group_start[fi]
         local = positions[fidx == fi] - int(bounds[fi][0])
         gidx = np.searchsorted(gstart, local, side="right") - 1
         for g in np.unique(gidx):
-            t = pf.read_row_group(int(g), columns=["keypoint", "keypoint_score"])
+            # through the store's lock: a loader's read-ahead thread may be reading this dataset's files, and one
+            # ParquetFile used by two threads at once fails ("ReadRangeCache did not find matching cache entry")
+            # or crashes the process
+            t = ds._row_group(int(fi), int(g), ["keypoint", "keypoint_score"])
             kp_val, kp_off = flat_list(t["keypoint"].combine_chunks())
             sc_val, sc_off = flat_list(t["keypoint_score"].combine_chunks())
             empty = ~(row_any(sc_val > 0, sc_off) | row_any(kp_val != 0, kp_off))
