@@ -87,7 +87,8 @@ def test_part_files_split_the_float_bytes_and_use_lz4(store, tmp_path, monkeypat
     monkeypatch.setattr(store_write, "PART_FILE_OPTIONS", {"compression": "zstd"})
     clips = gen_clips(20, seed=3)
     old = SkeletonDataset(write_dataset(clips, tmp_path / "zstd", NAMES, rows_per_file=50, row_group_size=8))
-    assert pq.ParquetFile(old.files[0]).metadata.row_group(0).column(14).compression == "ZSTD"
+    first = pq.ParquetFile(old.files[0]).metadata.row_group(0)
+    assert {first.column(i).compression for i in range(first.num_columns)} == {"ZSTD"}
     for a, b in zip(clips, old.iter_clips(batch_size=7)):
         assert_same(a, b)
 

@@ -148,8 +148,8 @@ def test_a_bad_clip_read_ahead_fails_the_batch_that_needs_it(setup, tmp_path):
 
 def test_scanning_for_empty_clips_while_a_read_ahead_reads_the_same_files(setup):
     # load_shard's two-column scan (no validation report) can run while another shard's read-ahead thread reads
-    # the same dataset: both must go through the store's lock. Unlocked, the reader failed within a few hundred
-    # scans here ("ReadRangeCache did not find matching cache entry"), and once crashed the test process.
+    # the same dataset: both must go through the store's lock. Unlocked, the reader failed within tens of scans
+    # ("ReadRangeCache did not find matching cache entry") in 4 runs of 5, and the 5th died of a segfault in it.
     import threading
     import time
 
