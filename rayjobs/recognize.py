@@ -68,19 +68,18 @@ def default_model(args) -> str:
 
 
 def run_skeletons(rec, spec, cfg: RecognizeConfig, source, out: Path, truth=None) -> dict:
-    from recognizer_core.recognize.outputs import write_video_outputs
+    from recognizer_core.recognize.outputs import UniqueStems, plot_timeline, write_video_outputs
     from recognizer_core.recognize.runner import iter_skeleton_clips, recognize_clip
 
     clips = source if isinstance(source, list) else iter_skeleton_clips(source)
-    events, windows = {}, 0
+    events, windows, stems = {}, 0, UniqueStems()
     for clip in clips:
         res = recognize_clip(rec, clip, spec, cfg)
-        write_video_outputs(out, res.video, res.windows, res.probs, res.events, spec, timeline=cfg.timeline)
+        stem = stems(res.video)
+        write_video_outputs(out, res.video, res.windows, res.probs, res.events, spec, timeline=cfg.timeline,
+                            stem=stem)
         if truth is not None and cfg.timeline:
-            from recognizer_core.recognize.outputs import plot_timeline, safe_name
-
-            plot_timeline(out / f"{safe_name(res.video)}.timeline.png", res.video, res.windows, res.probs,
-                          res.events, spec, truth)
+            plot_timeline(out / f"{stem}.timeline.png", res.video, res.windows, res.probs, res.events, spec, truth)
         events[res.video] = res.events
         windows += len(res.windows)
         print(f"[recognize] {res.video}: {len(res.windows)} windows, {len(res.events)} events "

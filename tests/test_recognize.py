@@ -1,6 +1,8 @@
 """Recognize core: events from known score sequences, windows, and window scores equal to the test job's."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -42,6 +44,18 @@ def test_events_span_window_centres_merge_and_minimum_duration():
     assert events_from_scores([], [], [], on=0.5, off=0.4, min_duration_s=0, merge_gap_s=0) == []
 
 
+def test_a_stretch_without_windows_ends_an_event():
+    """Nobody seen from 10 s to 40 s: no windows there, so the windows before and after are neighbours in the
+    list; the run must not span the gap (two fights, not one of 47 s)."""
+    starts = np.concatenate([np.arange(0, 10, 0.5), np.arange(37.5, 47.5, 0.5)])
+    ev = events_from_scores(starts, starts + 3.0, np.full(len(starts), 0.9), on=0.6, off=0.5, min_duration_s=0.0,
+                            merge_gap_s=1.0)
+    assert [(a, b) for a, b, _, _ in ev] == [(1.25, 11.25), (38.75, 48.75)]
+    ev = events_from_scores(starts, starts + 3.0, np.full(len(starts), 0.9), on=0.6, off=0.5, min_duration_s=0.0,
+                            merge_gap_s=30.0)  # a merge gap wider than the stretch joins them, as asked
+    assert [(a, b) for a, b, _, _ in ev] == [(1.25, 48.75)]
+
+
 def test_threshold_at_precision():
     scores = np.array([0.95, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4])
     positive = np.array([1, 1, 0, 1, 1, 0, 0], bool)
@@ -71,6 +85,7 @@ def test_windows_resample_to_the_model_fps_and_cover_scene_or_tracks():
     assert [round(w.start_s, 3) for w in wins][:3] == [0.0, 0.467, 1.0]  # source frame times (0.5 s: a tie, the earlier frame)
     assert all(w.clip.num_frames == 60 and w.clip.num_person == 2 for w in wins)
     assert all(w.end_s - w.start_s == pytest.approx(2.0, abs=0.07) for w in wins)
+    assert wins[-1].end_s == pytest.approx(89 / 15 + 1 / 30) and wins[-1].start_s > wins[-2].start_s  # the end is scored
     tracks = video_windows(clip, fps=30.0, window_frames=60, num_person=2, mode="track", stride_s=0.5)
     by_track = {tid: sum(1 for w in tracks if w.track_ids == [tid]) for tid in (7, 8, 9)}
     assert by_track[7] == by_track[8] == len(wins) and 0 < by_track[9] < by_track[7]  # 9 only when seen
@@ -98,6 +113,42 @@ def test_window_scores_on_parquet_equal_the_test_job_path(tmp_path):
     assert ours.shape == ref.shape == (len(clips), 2)
     assert ref[:, 1].std() > 1e-4  # scores differ per clip by far more than the tolerance
     np.testing.assert_allclose(ours, ref, atol=1e-7, rtol=1e-5)
+
+
+def test_outputs_of_videos_with_one_file_name_and_of_dataset_rows_do_not_overwrite_each_other(tmp_path):
+    """cam1/x.mp4 and cam2/x.mp4 (a camera export's names) and a dataset's windows of one source video: each
+    gets its own output files. Before, the second overwrote the first's events, silently."""
+    from rayjobs.recognize import run_skeletons
+    from recognizer_core.recognize.outputs import rel_path_stem
+
+    assert rel_path_stem("cam1/2024-05-01.mp4") == "cam1__2024-05-01.mp4" and rel_path_stem("x.mp4") == "x.mp4"
+    run, cfg = make_run_folder(tmp_path)
+    rec = load_recognizer(run)
+    rc = RecognizeConfig(thresholds={"Fight": 0.0}, min_duration_s=0.0, timeline=False)
+    spec = effective_spec(rec.spec, rc)
+    a, b = _clip(), _clip()
+    a.source_video, b.source_video = "/nvr/cam1/2024-05-01.mp4", "/nvr/cam2/2024-05-01.mp4"
+    a.clip_id, b.clip_id = "cam1_0501", "cam2_0501"
+    b.keypoint_score[:, 15:] = 0  # cam2's people leave after 1 s: a shorter event
+    res = run_skeletons(rec, spec, rc, [a, b], tmp_path / "out")
+    files = sorted(p.name for p in (tmp_path / "out").glob("*.events.jsonl"))
+    assert len(files) == 2 and files[0] == "2024-05-01.mp4.events.jsonl", files
+    ends = {f: [json.loads(x)["end_s"] for x in (tmp_path / "out" / f).read_text().splitlines()] for f in files}
+    assert sorted(ends.values()) == sorted([[e.to_dict()["end_s"] for e in res["events"][v]] for v in (a.source_video,
+                                                                                          b.source_video)])
+    assert len({tuple(v) for v in ends.values()}) == 2  # two different event lists, both kept
+
+    # a dataset folder: rows are windows of source videos, three of cam1's here
+    from recognizer_core.dataset.windows import make_windows
+    from recognizer_core.skeleton.store import write_dataset
+
+    rows = [w for c in (a, b) for w in make_windows(c, 30, 30, num_person=2)]
+    data = write_dataset(rows, tmp_path / "ds", ["NonFight", "Fight"])
+    res = run_skeletons(rec, spec, rc, str(data), tmp_path / "out_ds")
+    assert sorted(res["events"]) == sorted(r.clip_id for r in rows) and len(rows) == 4
+    assert len(list((tmp_path / "out_ds").glob("*.events.jsonl"))) == 4
+    first = res["events"][rows[1].clip_id][0]  # the second window of cam1: its times are the video's
+    assert first.start_s >= 1.9 and first.end_s <= 4.1
 
 
 def test_model_forms_tune_summary_and_mmaction_pth_with_py_config(tmp_path):

@@ -44,13 +44,17 @@ def test_batch_mode_events_per_video_bad_video_recorded_and_resume(ray_local, tm
     assert s["failures"][0]["rel_path"] == "Fight/broken.mp4" and s["failures"][0]["reason"]
     out = tmp_path / "out"
     # the marker video: two tracks, 4 s at 25 fps -> sliding windows, each over the top-2 tracks
-    rows = list(csv.DictReader((out / "two_people.mp4.windows.csv").open()))
+    rows = list(csv.DictReader((out / "Fight__two_people.mp4.windows.csv").open()))  # named by its path
     assert len(rows) >= 2 and all(set(r["track_ids"].split()) == {"0", "1"} for r in rows[1:])
-    events = [json.loads(x) for x in (out / "two_people.mp4.events.jsonl").read_text().splitlines()]
+    events = [json.loads(x) for x in (out / "Fight__two_people.mp4.events.jsonl").read_text().splitlines()]
     assert len(events) == 1 and events[0]["label"] == "Fight" and events[0]["track_ids"] == [0, 1]
-    assert (out / "two_people.mp4.timeline.png").is_file()
-    assert (out / "two_people.mp4.overlay.mp4").stat().st_size > 1000  # skeletons + label per window, PyAV
+    assert (out / "Fight__two_people.mp4.timeline.png").is_file()
+    assert (out / "Fight__two_people.mp4.overlay.mp4").stat().st_size > 1000  # skeletons + label per window, PyAV
     done = [json.loads(x) for x in (out / "done.jsonl").read_text().splitlines()]
     assert {d["rel_path"] for d in done} <= {"Fight/two_people.mp4", "Fight/fi001.mp4", "NonFight/nofi001.mp4"}
     again = run_batch(**kw)  # resumable: nothing is redone, the bad video stays recorded
     assert again["processed"] == 0 and again["skipped"] == 4 and again["failed"] == 0
+    # ... and the evaluation still sees every video: done ones' events read back, empty ones as none
+    assert set(again["events"]) == set(s["events"]) == {"Fight/two_people.mp4", "Fight/fi001.mp4",
+                                                          "NonFight/nofi001.mp4"}
+    assert [e.to_dict() for e in again["events"]["Fight/two_people.mp4"]] == events

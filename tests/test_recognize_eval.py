@@ -39,6 +39,11 @@ def test_video_and_event_level_report(tmp_path):
     assert r["accuracy"] == 0.5 and r["confusion_matrix"] == [[1, 1], [1, 1]]
     assert r["precision"]["Fight"] == 0.5 and r["recall"]["Fight"] == 0.5
     assert r["events"]["per_class"]["Fight"] == {"tp": 1, "fp": 1, "fn": 1, "precision": 0.5, "recall": 0.5}
+    # a Fight video without times is scored at the video level only: its event is not a false one
+    events["/y/e.mp4"] = [ev("/y/e.mp4", 3, 9, 0.8)]
+    r = evaluate(events, {**labels, "e": "Fight"}, intervals, NAMES, 0)
+    assert r["videos"] == 5 and r["events_unscored"] == ["e"]
+    assert r["events"]["per_class"]["Fight"] == {"tp": 1, "fp": 1, "fn": 1, "precision": 0.5, "recall": 0.5}
     bad = tmp_path / "bad.csv"
     bad.write_text("video,label\na.mp4,Fall\n")
     with pytest.raises(ValueError, match="bad.csv:2: label 'Fall' is not one of the model's"):

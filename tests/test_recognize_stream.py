@@ -66,6 +66,61 @@ def test_stream_over_http_scores_windows_reports_latency_and_closes_events(setup
     assert 0 <= lines[0]["start_s"] < lines[0]["end_s"] <= 6.1 and lines[0]["track_ids"] == [0, 1]
 
 
+def test_stream_closes_an_event_when_the_scene_empties_not_when_the_stream_ends(setup, tmp_path):
+    """Two people for 4 s, nobody for 4 s (more than a window), two others for 4 s. The always-on scene event
+    must close when nobody is left: no window scores below `off` then, so it used to stay open through the gap,
+    take in the next people and reach the user only at the stream's end."""
+    import numpy as np
+
+    a, b = linear_track((60, 80), (140, 90), 300), linear_track((200, 150), (170, 140), 300)
+    c, d = linear_track((100, 60), (60, 60), 300), linear_track((220, 100), (250, 120), 300)
+    a[100:], b[100:], c[:200], d[:200] = np.nan, np.nan, np.nan, np.nan
+    video = write_marker_video(tmp_path / "gap.mp4", [a, b, c, d], side=12)  # 25 fps, 12 s
+    events = tmp_path / "events.jsonl"
+    s = _run(setup, speed=0, source=str(video), queue_frames=400, event_file=str(events))
+    assert s["error"] == "" and s["frames_dropped"] == 0 and s["frames_processed"] == 300
+    lines = [json.loads(line) for line in events.read_text().splitlines()]
+    assert [e["label"] for e in lines] == ["Fight", "Fight"], lines
+    # events span window centres (a buffer's centre is half a window, 1.6 s, before its newest frame)
+    assert lines[0]["end_s"] <= 4.0 + 1.65 + 0.25 < lines[1]["start_s"], lines
+
+
+def test_stream_paces_a_file_from_its_first_timestamp_not_from_zero(tmp_path):
+    """Recorder exports and MPEG-TS start at t > 0 (here 15 s): pacing by the absolute timestamp waited that long
+    before the first frame."""
+    import fractions
+
+    import av
+    import numpy as np
+
+    from recognizer_core.recognize.stream import FrameReader
+
+    path = tmp_path / "recorder.ts"
+    with av.open(str(path), "w", format="mpegts") as c:
+        st = c.add_stream("mpeg2video", rate=10)
+        st.width = st.height = 64
+        st.pix_fmt, st.time_base = "yuv420p", fractions.Fraction(1, 10)
+        for i in range(20):  # 2 s from t = 15 s
+            f = av.VideoFrame.from_ndarray(np.full((64, 64, 3), i * 10, np.uint8), format="rgb24")
+            f.pts, f.time_base = 150 + i, fractions.Fraction(1, 10)
+            for packet in st.encode(f):
+                c.mux(packet)
+        for packet in st.encode():
+            c.mux(packet)
+    reader = FrameReader(str(path), queue_frames=100, speed=2.0)
+    t0 = time.perf_counter()
+    reader.start()
+    try:
+        first = reader.frames.get(timeout=30)[0]
+        waited = time.perf_counter() - t0
+        assert reader.finished.wait(30)
+    finally:
+        reader.stop_event.set()
+        reader.join(5)
+    assert 14.9 <= first <= 15.2 and reader.read == 20
+    assert waited < 5.0 and time.perf_counter() - t0 < 10.0  # about 1 s at 2x; 7.5 s more when paced from 0
+
+
 def test_stream_drops_frames_and_says_so_when_it_cannot_keep_up(setup):
     s = _run(setup, speed=30.0, queue_frames=1)  # frames arrive 30x faster than real time
     assert s["frames_read"] == 150 and s["frames_dropped"] > 0

@@ -17,17 +17,23 @@ from recognizer_core.skeleton.clip import SkeletonClip
 SPLITS = ("train", "val", "test")
 
 
-def window_starts(num_frames: int, clip_len: int, stride: int, min_frames: int = 1) -> list[int]:
+def window_starts(num_frames: int, clip_len: int, stride: int, min_frames: int = 1,
+                  cover_end: bool = False) -> list[int]:
     """Start frames of the windows of a clip; clip_len 0 = one window over the whole clip.
 
-    A clip shorter than clip_len gives one (short) window if it has at least min_frames frames.
+    A clip shorter than clip_len gives one (short) window if it has at least min_frames frames. `cover_end`
+    adds a last window ending at the clip's last frame where the stride would leave frames unseen (recognition
+    scores a whole video; training windows keep the stride's grid).
     """
     if num_frames < min_frames or num_frames == 0:
         return []
     if clip_len <= 0 or num_frames <= clip_len:
         return [0]
     stride = stride or clip_len
-    return list(range(0, num_frames - clip_len + 1, stride))
+    starts = list(range(0, num_frames - clip_len + 1, stride))
+    if cover_end and starts[-1] != num_frames - clip_len:
+        starts.append(num_frames - clip_len)
+    return starts
 
 
 def _person_rank(clip: SkeletonClip, t0: int, t1: int, min_person_frames: int) -> list[int]:
@@ -45,13 +51,13 @@ def _person_rank(clip: SkeletonClip, t0: int, t1: int, min_person_frames: int) -
 
 
 def make_windows(clip: SkeletonClip, clip_len: int, stride: int = 0, num_person: int = 4, min_frames: int = 1,
-                 min_person_frames: int = 1) -> list[SkeletonClip]:
+                 min_person_frames: int = 1, cover_end: bool = False) -> list[SkeletonClip]:
     """Windows of `clip` as new clips (id `<clip_id>@<start>`, or the clip_id itself for a whole clip).
 
     Windows in which nobody is seen are dropped. frame_inds keep the source video's frame numbers.
     """
     out = []
-    starts = window_starts(clip.num_frames, clip_len, stride, min_frames)
+    starts = window_starts(clip.num_frames, clip_len, stride, min_frames, cover_end)
     whole = clip_len <= 0
     for t0 in starts:
         t1 = clip.num_frames if whole else min(t0 + clip_len, clip.num_frames)

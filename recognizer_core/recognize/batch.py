@@ -21,7 +21,8 @@ from recognizer_core.extract.job import ROW_COLUMNS, build_pipeline, iter_blocks
 from recognizer_core.extract.manifest import DONE, EMPTY, FAILED, ExtractionManifest
 from recognizer_core.extract.sources import VideoSource, list_videos
 from recognizer_core.extract.stages import VideoAssembler
-from recognizer_core.recognize.outputs import safe_name, write_video_outputs
+from recognizer_core.recognize.events import Event
+from recognizer_core.recognize.outputs import rel_path_stem, write_video_outputs
 from recognizer_core.recognize.runner import RecognizeConfig, recognize_clip
 from recognizer_core.recognize.windows import Window
 from recognizer_core.storage import to_uri, write_text
@@ -81,6 +82,20 @@ def _recorded(manifest: ExtractionManifest, key: str, out: Path) -> bool:
     return key in manifest.records[EMPTY] or key in manifest.records[FAILED]
 
 
+def _recorded_events(manifest: ExtractionManifest, videos: list[VideoSource], out: Path) -> dict[str, list[Event]]:
+    """{rel_path: events} of videos an earlier run recorded: done ones read back from their events file, empty
+    ones with none (failed ones have no prediction)."""
+    found: dict[str, list[Event]] = {}
+    for v in videos:
+        done = manifest.records[DONE].get(v.key)
+        if done is not None:
+            lines = (out / done["output"]).read_text(encoding="utf-8").splitlines()
+            found[v.rel_path] = [Event(**json.loads(line)) for line in lines if line.strip()]
+        elif v.key in manifest.records[EMPTY]:
+            found[v.rel_path] = []
+    return found
+
+
 def _first_line(err: BaseException) -> str:
     cause = getattr(err, "cause", None) or err   # RayTaskError wraps the task's own exception
     text = str(cause).strip().splitlines()
@@ -103,18 +118,22 @@ def run_batch(*, inputs: str, out: str | Path, model: str, model_config: str | N
     todo = [v for v in videos if not _recorded(manifest, v.key, out)]
     by_id = {v.video_id: v for v in todo}
     counts = {DONE: 0, EMPTY: 0, FAILED: 0}
-    events_by_video: dict[str, list] = {}
+    # every video's events, those of an earlier run included: the evaluation scores the whole input
+    events_by_video: dict[str, list] = _recorded_events(manifest, [v for v in videos if v.video_id not in by_id], out)
     frames, windows, t0 = 0, 0, time.time()
 
     def record(v: VideoSource, rec: dict, res) -> None:
         nonlocal windows
         status = rec.pop("status")
         if res is not None:
-            files = write_video_outputs(out, v.rel_path, res.windows, res.probs, res.events, spec, cfg.timeline)
+            files = write_video_outputs(out, v.rel_path, res.windows, res.probs, res.events, spec, cfg.timeline,
+                                        stem=rel_path_stem(v.rel_path))
             rec.update(output=os.path.basename(files["events_jsonl"]), events=len(res.events),
                        windows=len(res.windows))
             events_by_video[v.rel_path] = res.events
             windows += len(res.windows)
+        elif status == EMPTY:
+            events_by_video[v.rel_path] = []   # nobody seen: the video is predicted as background
         manifest.record(status, v.key, **rec)
         counts[status] += 1
         if verbose:
@@ -154,7 +173,7 @@ def run_batch(*, inputs: str, out: str | Path, model: str, model_config: str | N
         def submit(v: VideoSource, asm: VideoAssembler) -> None:
             tracked = track_task.remote({**v.to_dict(), "video_id": v.video_id}, asm.payload(), 0, decode, tracking)
             a = load.index(min(load))
-            overlay = str(out.resolve() / f"{safe_name(v.rel_path)}.overlay.mp4") if cfg.overlay else None
+            overlay = str(out.resolve() / f"{rel_path_stem(v.rel_path)}.overlay.mp4") if cfg.overlay else None
             pending[actors[a].recognize.remote(tracked, overlay)] = (v, a)
             load[a] += 1
             while len(pending) >= max_in_flight:

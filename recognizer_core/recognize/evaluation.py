@@ -3,7 +3,8 @@ event-level precision / recall with temporal-IoU matching when true intervals ar
 
 Labels come from an RWF-2000-style folder (`[split/]<Label>/<video>`: the parent folder is the label) or a
 CSV with columns `video,label[,start_s,end_s]` (one row per true interval; a row without times labels the
-whole video). A video's prediction is the class of its highest-peak event, or the background class when it
+whole video; such a video, unless background, counts at the video level only, listed as `events_unscored`).
+A video's prediction is the class of its highest-peak event, or the background class when it
 has none. Videos are matched by file-name stem (events name videos by their path or URI).
 """
 from __future__ import annotations
@@ -105,10 +106,14 @@ def evaluate(events_by_video: dict[str, list[Event]], labels: dict[str, str], in
         report["recall"][n] = float(cm[c, c] / cm[c].sum()) if cm[c].sum() else None
     if intervals:
         stems = {video_stem(v): ev for v, ev in events_by_video.items()}
+        # Event-level scoring needs the true times: videos with intervals, and background videos (every event
+        # there is false). A video labelled with an action but no times says nothing about where it happens.
+        timed = set(intervals) | {v for v, lab in labels.items() if background is not None and lab == names[background]}
+        report["events_unscored"] = sorted(set(stems) & set(labels) - timed)
         per: dict = {}
         for n in (names[c] for c in range(len(names)) if c != background):
             tp = fp = fn = 0
-            for v in sorted(set(stems) & (set(intervals) | set(labels))):
+            for v in sorted(set(stems) & timed):
                 a, b, c_ = match_events([e.to_dict() for e in stems[v] if e.label == n],
                                         [t for t in intervals.get(v, []) if t["label"] == n], iou)
                 tp, fp, fn = tp + a, fp + b, fn + c_

@@ -3,7 +3,8 @@ duration; and the threshold at a chosen precision, from validation scores.
 
 Each score sequence (the scene, or one track) is scanned in time order. An event opens at the first window
 whose class score reaches `on` and stays open while the score is at least `off` (< on: hysteresis keeps a
-dipping score from splitting one event into many). Its span is centred on the windows' centres (half a hop
+dipping score from splitting one event into many) and the windows follow each other (a stretch with nobody
+seen, hence no windows, ends it). Its span is centred on the windows' centres (half a hop
 either side), not their full length, so a long window does not stretch the event by its own length.
 Events of one class and sequence less than `merge_gap_s` apart are merged; then shorter than
 `min_duration_s` are dropped.
@@ -62,10 +63,15 @@ def events_from_scores(starts: np.ndarray, ends: np.ndarray, scores: np.ndarray,
     centres = (starts + ends) / 2
     hop = float(np.median(np.diff(centres))) if len(centres) > 1 else float(ends[0] - starts[0])
     lo, hi = float(starts.min()), float(ends.max())
+    # Windows where nobody was seen are not scored, so neighbours in this list can be far apart in time: a run
+    # never spans such a gap (more than 1.5 hops between centres), as if the missing windows scored 0.
+    cuts = [0, *(np.nonzero(np.diff(centres) > 1.5 * hop)[0] + 1), len(scores)]
+    runs = [(a + s0, b + s0) for s0, s1 in zip(cuts[:-1], cuts[1:]) for a, b in hysteresis_runs(scores[s0:s1], on, off)]
     spans = []
-    for a, b in hysteresis_runs(scores, on, off):
+    for a, b in runs:
         ids = sorted({int(t) for i in range(a, b + 1) for t in (track_ids[i] if track_ids else [])})
-        spans.append([max(lo, centres[a] - hop / 2), min(hi, centres[b] + hop / 2), float(scores[a:b + 1].max()), ids])
+        spans.append([max(lo, float(centres[a]) - hop / 2), min(hi, float(centres[b]) + hop / 2),
+                      float(scores[a:b + 1].max()), ids])
     merged: list[list] = []
     for s in spans:
         if merged and s[0] - merged[-1][1] <= merge_gap_s:

@@ -6,6 +6,7 @@ resumed one would take as finished.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import re
@@ -22,9 +23,31 @@ EVENT_FIELDS = ("video", "label", "start_s", "end_s", "peak_score", "track_ids")
 
 
 def safe_name(video: str) -> str:
-    """A file-name stem for a video path or URI."""
+    """A file-name stem for a video path or URI: its file name."""
     stem = Path(video.rstrip("/")).name or "video"
     return re.sub(r"[^A-Za-z0-9._-]+", "_", stem)
+
+
+def rel_path_stem(rel_path: str) -> str:
+    """A file-name stem for a video's path under the input folder, its folders joined by `__`: CCTV exports
+    often repeat file names per camera (cam1/2024-05-01.mp4, cam2/2024-05-01.mp4), which must not share outputs."""
+    parts = [p for p in re.split(r"[/\\]+", rel_path) if p not in ("", ".")]
+    return "__".join(safe_name(p) for p in parts) or "video"
+
+
+class UniqueStems:
+    """Output stems for videos named by full paths or URIs: the file name, and where a different video of this
+    run already took it, the file name with a hash of the full name (the same name in every run)."""
+
+    def __init__(self) -> None:
+        self.owner: dict[str, str] = {}
+
+    def __call__(self, video: str) -> str:
+        stem = safe_name(video)
+        if self.owner.setdefault(stem, video) != video:
+            stem = f"{stem}_{hashlib.sha1(video.encode()).hexdigest()[:8]}"
+            self.owner.setdefault(stem, video)
+        return stem
 
 
 def events_csv(events: Sequence[Event]) -> str:
@@ -39,10 +62,12 @@ def events_csv(events: Sequence[Event]) -> str:
 
 
 def write_video_outputs(out_dir: str | Path, video: str, windows: Sequence, probs: np.ndarray,
-                        events: Sequence[Event], spec: ModelSpec, timeline: bool = True) -> dict[str, str]:
-    """<out>/<stem>.events.jsonl / .events.csv / .windows.csv (+ .timeline.png); returns {kind: path}."""
+                        events: Sequence[Event], spec: ModelSpec, timeline: bool = True,
+                        stem: str | None = None) -> dict[str, str]:
+    """<out>/<stem>.events.jsonl / .events.csv / .windows.csv (+ .timeline.png); returns {kind: path}.
+    `stem` defaults to the video's file name (callers with many videos pass a unique one)."""
     out_dir = Path(out_dir)
-    stem = safe_name(video)
+    stem = stem or safe_name(video)
     files = {"events_jsonl": out_dir / f"{stem}.events.jsonl", "events_csv": out_dir / f"{stem}.events.csv",
              "windows_csv": out_dir / f"{stem}.windows.csv"}
     write_text(files["events_jsonl"], "".join(json.dumps(e.to_dict()) + "\n" for e in events))

@@ -77,9 +77,9 @@ class VideoResult:
     seconds: float = 0.0
 
 
-def make_windows_for(clip: SkeletonClip, spec: ModelSpec, stride_s: float) -> list[Window]:
-    return video_windows(clip, fps=spec.fps, window_frames=spec.window_frames,
-                         num_person=spec.pipeline.num_person, mode=spec.window_mode, stride_s=stride_s)
+def make_windows_for(clip: SkeletonClip, spec: ModelSpec, stride_s: float, cover_end: bool = True) -> list[Window]:
+    return video_windows(clip, fps=spec.fps, window_frames=spec.window_frames, num_person=spec.pipeline.num_person,
+                         mode=spec.window_mode, stride_s=stride_s, cover_end=cover_end)
 
 
 def score_windows(recognizer, windows: Sequence[Window], batch_size: int = 64) -> np.ndarray:
@@ -114,7 +114,11 @@ def iter_skeleton_clips(path: str | Path) -> Iterator[SkeletonClip]:
     if not files:
         raise FileNotFoundError(f"{path}: no skeleton Parquet file(s)")
     if path.is_dir() and (path / "_dataset.json").exists():
-        yield from SkeletonDataset(path).iter_clips()
+        # A dataset's rows are windows of source videos, several per video: each is recognized and named on its
+        # own (its clip id, `<video id>@<start frame>`), its times still the source video's seconds.
+        for clip in SkeletonDataset(path).iter_clips():
+            clip.source_video = clip.clip_id
+            yield clip
         return
     import pyarrow.parquet as pq
 

@@ -94,20 +94,21 @@ class FrameReader(threading.Thread):
                 stream = container.streams.video[0]
                 self.fps = float(stream.average_rate or stream.guessed_rate or 25)
                 self.live = self.live or ("://" in self.source and container.duration is None)
-                shift, n, t_start = None, 0, time.perf_counter()
+                shift, n, t_start, t_first = None, 0, time.perf_counter(), None
                 for frame in container.decode(stream):
                     if self.stop_event.is_set():
                         return "stopped"
                     t = float(frame.time) if frame.time is not None else n / self.fps
                     now = time.perf_counter()
                     if shift is None:  # first frame of this session
+                        t_first = t  # MPEG-TS and recorder exports start at t > 0: pace from here, not from 0
                         shift = 0.0 if self._t_last is None else self._t_last + (now - self._wall_last) - t
                         if self.lost_at is not None:
                             self.reconnects += 1
                             self.outage_s += now - self.lost_at
                             self.lost_at = None
                     if not self.live and self.speed > 0:  # a file or HTTP video: arrive at (speed x) real time
-                        time.sleep(max(0.0, t / self.speed - (now - t_start)))
+                        time.sleep(max(0.0, (t - t_first) / self.speed - (now - t_start)))
                     self._put((t + shift, time.perf_counter(), frame.to_ndarray(format="bgr24"), self.reconnects))
                     self._t_last, self._wall_last = t + shift, time.perf_counter()
                     self.read += 1
@@ -182,6 +183,11 @@ class OnlineEvents:
             return []
         return [Event(self.video, self.spec.label_names[c], a, b, peak, sorted(ids), c)]
 
+    def close_absent(self, keys) -> list[Event]:
+        """Close the events of sequences without a window in this buffer: the person left (or nobody is seen),
+        so no window of theirs will score below `off`; waiting for one would hold the event until the stream ends."""
+        return [e for k in list(self.open) if k[0] not in keys for e in self._close(k)]
+
     def flush(self) -> list[Event]:
         return [e for k in list(self.open) for e in self._close(k)]
 
@@ -222,10 +228,13 @@ def run_stream(rec, spec, cfg: RecognizeConfig, source: str, pose_cfg, *, tracki
     stable = StableTrackIds()
     interrupted, session, outage_closed = False, 0, False
 
-    def close_open_events() -> None:
-        for e in events.flush():
+    def deliver(closed: list[Event]) -> None:
+        for e in closed:
             delivered.append(e)
             _deliver(e, event_file, post_url)
+
+    def close_open_events() -> None:
+        deliver(events.flush())
 
     try:
         while not (reader.finished.is_set() and reader.frames.empty()):
@@ -257,18 +266,15 @@ def run_stream(rec, spec, cfg: RecognizeConfig, source: str, pose_cfg, *, tracki
                 continue
             next_due = t + cfg.stride_s
             clip = _buffer_clip(buf, track_poses, tracking, source, stable)
-            if clip is None:
-                continue
-            wins = [w for w in make_windows_for(clip, spec, stride_s=1e9)]
+            wins = make_windows_for(clip, spec, stride_s=1e9, cover_end=False) if clip is not None else []
+            deliver(events.close_absent({w.key for w in wins}))
             if not wins:
                 continue
             probs = score_windows(rec, wins, cfg.batch_size)
             latencies.append(time.perf_counter() - buf[-1][1])
             n_windows += len(wins)
             for w, p in zip(wins, probs):
-                for e in events.feed(w.key, t - spec.window_s / 2, cfg.stride_s, p, w.track_ids):
-                    delivered.append(e)
-                    _deliver(e, event_file, post_url)
+                deliver(events.feed(w.key, t - spec.window_s / 2, cfg.stride_s, p, w.track_ids))
             if verbose and (n_windows == len(wins) or n_windows % 20 < len(wins)):  # first, then every 20th
                 print(f"[stream] t={t:6.1f}s frames {processed} read {reader.read} dropped {reader.dropped} "
                       f"windows {n_windows} latency {latencies[-1] * 1000:.0f} ms", flush=True)

@@ -82,8 +82,9 @@ def _track_id(clip: SkeletonClip, m: int) -> int:
 
 def video_windows(clip: SkeletonClip, *, fps: float, window_frames: int, num_person: int,
                   mode: Literal["scene", "track", "both"], stride_s: float = 0.5,
-                  min_person_frames: int = 1) -> list[Window]:
-    """Every window of a whole-video clip, in time order (per sequence); 'both' gives scene and track windows."""
+                  min_person_frames: int = 1, cover_end: bool = True) -> list[Window]:
+    """Every window of a whole-video clip, in time order (per sequence); 'both' gives scene and track windows.
+    The last window ends at the video's last frame (`cover_end`), so its final fraction of a stride is scored too."""
     video = clip.source_video or clip.clip_id
     c, times = resample(clip, fps)
     stride = max(1, int(round(stride_s * fps)))
@@ -94,7 +95,7 @@ def video_windows(clip: SkeletonClip, *, fps: float, window_frames: int, num_per
     out: list[Window] = []
     for part, persons, kind in parts:
         for w in make_windows(part, window_frames, stride, num_person=persons, min_frames=1,
-                              min_person_frames=min_person_frames):
+                              min_person_frames=min_person_frames, cover_end=cover_end):
             t0 = int(w.extra["window_start"])
             t1 = t0 + w.num_frames - 1
             ids = [int(i) for i in w.track_ids] if w.track_ids is not None else []
