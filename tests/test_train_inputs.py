@@ -214,6 +214,10 @@ def test_mmaction_pkl_inputs_become_one_store(tmp_path):
                f"data.test_pkl={paths['test']}")
     store = SkeletonDataset(prepare_dataset(cfg.data, tmp_path / "datasets"))
     assert store.splits() == {s: len(ids) for s, ids in want.items()}
+    # without test_pkl the test job uses val.pkl (its default), which still serves validation whole
+    cfg = _cfg(f"data.train_pkl={paths['train']}", f"data.val_pkl={paths['val']}")
+    store = SkeletonDataset(prepare_dataset(cfg.data, tmp_path / "datasets"))
+    assert store.splits() == {"train": len(want["train"]), "val": len(want["val"]), "test": len(want["val"])}
     # a shared pickle without the requested split is an error naming the split and the file
     with pytest.raises(SkeletonDataError, match="all.pkl: no split 'validation'"):
         prepare_dataset(_cfg(f"data.train_pkl={one}", "data.val_split=validation").data, tmp_path / "d2")

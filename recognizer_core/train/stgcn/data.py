@@ -98,19 +98,22 @@ def _pkl_files_to_parquet(cfg: DataConfig, out: Path) -> None:
 
     roles = [(cfg.train_pkl, cfg.train_split), (cfg.val_pkl or cfg.train_pkl, cfg.val_split),
              (cfg.test_pkl or cfg.val_pkl or cfg.train_pkl, cfg.test_split)]
-    role_count = {p: sum(1 for q, _ in roles if q == p) for p, _ in roles}
+    # The test role counts only when test_pkl is given: by default it reuses val_pkl (as mmaction2 configs test
+    # on the val annotation file), and a bare val.pkl must still serve validation whole.
+    counted = roles if cfg.test_pkl else roles[:2]
+    role_count = {p: sum(1 for q, _ in counted if q == p) for p, _ in roles}
     loaded: dict[str, Any] = {}
     clips: list[SkeletonClip] = []
     seen: set[str] = set()
-    for path, split in roles:
+    for role, (path, split) in enumerate(roles):
         if path not in loaded:
             loaded[path] = read_mmaction_pkl(path, cfg.label_names, nan_policy=cfg.nan_policy)
         pose = loaded[path]
         if pose.split_map and split in pose.split_map:
             wanted = set(pose.split_map[split])
             chosen = [c for c in pose.clips if c.clip_id in wanted]
-        elif role_count[path] == 1:
-            chosen = list(pose.clips)
+        elif role_count[path] == 1 and not (role == 2 and not cfg.test_pkl and pose.split_map):
+            chosen = list(pose.clips)  # the defaulted test role takes a whole file only when it is a bare list
         else:
             if split == cfg.test_split:
                 continue  # no test split is fine: the test job then has nothing to do
