@@ -105,6 +105,30 @@ def test_all_zero_clips_are_listed_or_rejected(tmp_path):
     assert empty_positions_for(SkeletonDataset(path)).tolist() == [7]
 
 
+def test_clips_empty_once_nan_and_far_joints_are_zeroed_are_skipped_not_fatal(tmp_path, monkeypatch):
+    """A tool writing NaN for undetected joints (or off-screen junk): under nan_policy zero the loader zeroes
+    those joints, leaving nobody. Validation and the loader's own scan counted NaN as a non-zero value, so such a
+    clip was not skipped and killed the run mid-epoch despite skip_empty_clips."""
+    from recognizer_core.train.stgcn.config import DataConfig
+    from recognizer_core.train.stgcn.data import load_shard
+
+    def nobody(row):
+        n = len(row["keypoint"])
+        row["keypoint"] = [float("nan")] * (n // 2) + [1e6] * (n - n // 2)  # NaN, then far outside the image
+        row["keypoint_score"] = [0.9] * len(row["keypoint_score"])
+    monkeypatch.setenv("RECOGNIZER_CACHE", str(tmp_path / "cache"))
+    path = _foreign(tmp_path, nobody)
+    cfg = DataConfig(path=path, nan_policy="zero", skip_empty_clips=True)
+    ds = SkeletonDataset(path)
+    # no report yet: the loader's scan of the keypoint columns finds it
+    shard, skipped = load_shard(ds, np.arange(len(ds)), cfg, 3, 17, "train")
+    assert skipped == ["c07"] and len(shard) == 11
+    assert len(shard.load(np.arange(len(shard)))) == 11
+    report = validate_dataset(path, ["train", "val"], 3, "zero")
+    assert report["empty_positions"] == [7] and report["nonfinite_clips"] == 1 and report["far_coordinate_clips"] == 1
+    assert empty_positions_for(ds).tolist() == [7]
+
+
 def test_second_call_reads_the_cached_report_not_the_data(tmp_path):
     path = write_dataset(_clips(), tmp_path / "ds", ["a", "b", "c"], rows_per_file=5)
     first = validate_dataset(path, ["train", "val"], 3)

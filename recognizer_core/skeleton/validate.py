@@ -35,7 +35,7 @@ from .store import DATASET_JSON, INDEX_FILE, SkeletonDataset
 log = logging.getLogger(__name__)
 
 REPORT_DIR = "_validated"  # inside the dataset folder (Parquet readers skip names starting with '_')
-_VERSION = 1  # bump when the checks change, so old reports are not trusted
+_VERSION = 2  # bump when the checks change, so old reports are not trusted (2: empty after NaN zeroing)
 COORD_TOLERANCE = 1.0  # a joint may sit up to one image size outside the image (people at the border)
 # every column the checks need, read a row group at a time from the part files (never from `_index.parquet`: the
 # light columns ride along with the keypoints, so validation opens no per-clip index either)
@@ -233,12 +233,30 @@ def _check_batch(batch: pa.RecordBatch, pos0: int, wanted: np.ndarray, nan_polic
                     f"{tol:g} x the image size); fix the file or use data.nan_policy=zero to zero such joints",
                  np.flatnonzero(far))
         counts["far_coordinate_clips"] += int(far.sum())
-    is_empty = ~(row_any(sc_val > 0, sc_off) | row_any(kp_val != 0, kp_off))
+    is_empty = empty_rows(kp_val, kp_off, sc_val, sc_off, w, h)
     if not skip_empty and (is_empty & wanted).any():
         i = int(np.flatnonzero(is_empty & wanted)[0])
         fail(i, "keypoint and keypoint_score are all zero (no person); set data.skip_empty_clips=true to skip",
              np.flatnonzero(is_empty & wanted))
     empty.append(pos0 + np.flatnonzero(is_empty))
+
+
+def empty_rows(kp_val: np.ndarray, kp_off: np.ndarray, sc_val: np.ndarray, sc_off: np.ndarray, w: np.ndarray,
+               h: np.ndarray) -> np.ndarray:
+    """Per row: no person left once the loader has zeroed the NaN/inf joints and those far outside the image
+    (nan_policy 'zero': clip.validate, zero_far_joints). Counting a NaN as a non-zero value let an all-NaN clip
+    pass as a person here and fail the loader mid-epoch, with skip_empty_clips set."""
+    kp_live = np.isfinite(kp_val) & (kp_val != 0)
+    sc_live = np.isfinite(sc_val) & (sc_val > 0)
+    if len(kp_val) != 2 * len(sc_val) or not np.array_equal(kp_off, 2 * sc_off):
+        return ~(row_any(sc_live, sc_off) | row_any(kp_live, kp_off))  # lengths disagree: a failed row; no pairs
+    xy = kp_val.reshape(-1, 2)
+    per_row = np.diff(sc_off)
+    size = np.stack([np.repeat(w, per_row), np.repeat(h, per_row)], axis=1)
+    with np.errstate(invalid="ignore"):
+        far = ((xy < -COORD_TOLERANCE * size) | (xy > (1 + COORD_TOLERANCE) * size)).any(1)
+    good = np.isfinite(xy).all(1) & np.isfinite(sc_val) & ~far
+    return ~row_any(good & (sc_live | kp_live.reshape(-1, 2).any(1)), sc_off)
 
 
 def flat_list(col: pa.ListArray) -> tuple[np.ndarray, np.ndarray]:
@@ -274,7 +292,7 @@ def _far_coordinates(values: np.ndarray, off: np.ndarray, w: np.ndarray, h: np.n
 
 
 def scan_empty_positions(ds: SkeletonDataset, positions: np.ndarray) -> np.ndarray:
-    """The all-zero clips among `positions`, read a row group at a time (two columns, bounded memory): the
+    """The all-zero clips among `positions`, read a row group at a time (four columns, bounded memory): the
     fallback when no validation report of this dataset version is at hand."""
     positions = np.sort(np.asarray(positions, dtype=np.int64))
     bounds = ds.row_group_bounds()
@@ -289,10 +307,11 @@ def scan_empty_positions(ds: SkeletonDataset, positions: np.ndarray) -> np.ndarr
             # through the store's lock: a loader's read-ahead thread may be reading this dataset's files, and one
             # ParquetFile used by two threads at once fails ("ReadRangeCache did not find matching cache entry")
             # or crashes the process
-            t = ds._row_group(int(fi), int(g), ["keypoint", "keypoint_score"])
+            t = ds._row_group(int(fi), int(g), ["keypoint", "keypoint_score", "img_h", "img_w"])
             kp_val, kp_off = flat_list(t["keypoint"].combine_chunks())
             sc_val, sc_off = flat_list(t["keypoint_score"].combine_chunks())
-            empty = ~(row_any(sc_val > 0, sc_off) | row_any(kp_val != 0, kp_off))
+            w, h = (t[c].to_numpy().astype(np.float32) for c in ("img_w", "img_h"))
+            empty = empty_rows(kp_val, kp_off, sc_val, sc_off, w, h)
             rows = local[gidx == g] - gstart[g]
             out.append(rows[empty[rows]] + gstart[g] + int(bounds[fi][0]))
     return np.concatenate(out) if out else np.zeros(0, np.int64)

@@ -144,8 +144,8 @@ class StreamedShard:
     Holds its rows as RowRanges (O(row groups), not O(clips)); shard index i is the i-th row of the ranges, in
     store order. `load(indices)` reads the row groups holding them and validates the clips; ShardBatches keeps at
     most two windows of `buffer_clips` clips per loader process (the one served and the next, read ahead). Known
-    all-zero clips (from the driver's cached validation report, else a two-column scan) are left out up front, so
-    `len()` is the number of usable clips, as with an in-memory shard."""
+    all-zero clips (from the driver's cached validation report, else a scan of their keypoint columns) are left
+    out up front, so `len()` is the number of usable clips, as with an in-memory shard."""
 
     def __init__(self, ds: SkeletonDataset, rows: RowRanges | np.ndarray, cfg: DataConfig, num_classes: int,
                  num_joints: int, source: str, *, empty: np.ndarray | None = None):
@@ -200,7 +200,7 @@ def load_shard(ds: SkeletonDataset, rows: RowRanges | np.ndarray, cfg: DataConfi
     empty = None
     if cfg.skip_empty_clips:
         empty = empty_positions_for(ds)
-        if empty is None:  # no validation report of this dataset version: find them in two columns
+        if empty is None:  # no validation report of this dataset version: find them in the keypoint columns
             empty = scan_empty_positions(ds, np.asarray(rows))
     shard = StreamedShard(ds, rows, cfg, num_classes, num_joints, source, empty=empty)
     return shard, ds.clip_ids(shard.skipped_positions) if len(shard.skipped_positions) else []
