@@ -1,4 +1,5 @@
-"""Decoding: real videos (h264, HEVC, AVI, mpeg4), shards equal a whole-file decode, bad files fail clearly."""
+"""Decoding: real videos (h264, HEVC, AVI, mpeg4), shards equal a whole-file decode (MPEG-TS too), AVI in one
+shard, phone videos upright, bad files fail clearly."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,7 +7,9 @@ import pytest
 
 from conftest import shared_path
 from fakes.fake_rtmo import write_marker_video
-from recognizer_core.extract.video import (VideoDecodeError, frame_stride_for, iter_frames, plan_shards,
+from recognizer_core.extract.config import DecodeConfig
+from recognizer_core.extract.stages import plan_video
+from recognizer_core.extract.video import (VideoDecodeError, frame_stride_for, iter_frames, letterbox, plan_shards,
                                         probe_video)
 
 
@@ -42,6 +45,70 @@ def test_hevc_shards_match_whole_decode():
             parts[i] = f
     assert sorted(parts) == sorted(whole) == list(range(0, 700, 7))
     assert all(np.array_equal(parts[i], whole[i]) for i in whole)
+
+
+def test_avi_is_decoded_in_one_shard():
+    """AVI frames carry timestamps guessed from packet order (out of order with B-frames): a shard, which indexes
+    frames by timestamp, dropped 42 of this file's 103 frames and misplaced the rest."""
+    path = str(shared_path("data", "videos", "misc", "mmaction2_S001C001P001R001A001_rgb.avi"))
+    rows = plan_video({"video_id": "v", "uri": path, "size": 1}, DecodeConfig(shard_frames=16))
+    assert len(rows) == 1 and rows[0]["num_shards"] == 1 and rows[0]["declared"] == 103 and not rows[0]["error"]
+    hevc = str(shared_path("data", "videos", "misc", "cctv_fight_hevc.mp4"))
+    assert len(plan_video({"video_id": "h", "uri": hevc, "size": 1}, DecodeConfig(shard_frames=250))) == 3
+
+
+def test_mpeg_ts_shards_match_whole_decode(tmp_path):
+    """MPEG-TS has no index: a seek landed after its target, and the frames between belonged to no shard."""
+    import av
+
+    path = str(tmp_path / "cam.ts")
+    with av.open(path, "w") as c:
+        st = c.add_stream("libx264", rate=30)
+        st.width, st.height, st.pix_fmt = 128, 96, "yuv420p"
+        st.codec_context.gop_size = 60
+        rng = np.random.default_rng(0)
+        for i in range(1500):
+            img = np.full((96, 128, 3), i % 256, np.uint8)
+            img[:8, :8] = rng.integers(0, 255, (8, 8, 3))
+            for packet in st.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                c.mux(packet)
+        for packet in st.encode():
+            c.mux(packet)
+    whole = {i: f for i, f in iter_frames(path, input_size=(64, 64), by_time=True)}
+    parts = {}
+    for s in plan_shards(probe_video(path).num_frames, 600):
+        for i, f in iter_frames(path, s.start, s.end, 1, (64, 64), by_time=True):
+            assert i not in parts and s.start <= i and (s.end is None or i < s.end)
+            parts[i] = f
+    assert sorted(parts) == sorted(whole) == list(range(1500))
+    assert all(np.array_equal(parts[i], whole[i]) for i in whole)
+
+
+def test_a_phone_portrait_video_is_decoded_upright(tmp_path):
+    """Phones store portrait video landscape with a display rotation. Decoded as stored, a standing person lay on
+    their side: for a fall detector, a fall."""
+    import av
+
+    upright = np.zeros((96, 64, 3), np.uint8)  # portrait: H 96, W 64, a bright block top-left (a head)
+    upright[4:28, 4:24] = 230
+    path = str(tmp_path / "phone.mp4")
+    with av.open(path, "w") as c:
+        st = c.add_stream("libx264", rate=25)
+        st.width, st.height, st.pix_fmt = 96, 64, "yuv420p"  # stored landscape
+        st.options = {"crf": "0"}
+        st.set_display_rotation(-90)  # counter-clockwise degrees for display: turned clockwise, as phones record
+        for _ in range(5):  # stored: the upright image turned a quarter counter-clockwise
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(np.rot90(upright, 1)), format="bgr24")
+            for packet in st.encode(frame):
+                c.mux(packet)
+        for packet in st.encode():
+            c.mux(packet)
+    info = probe_video(path)
+    assert (info.width, info.height) == (64, 96)
+    image = next(iter(iter_frames(path)))[1]
+    assert image.shape == (96, 64, 3) and np.abs(image.astype(int) - upright).mean() < 3
+    model_input = next(iter(iter_frames(path, input_size=(128, 128))))[1]
+    assert np.abs(model_input.astype(int) - letterbox(upright, (128, 128))[0]).mean() < 3
 
 
 def test_stride_plan_and_target_fps(tmp_path):

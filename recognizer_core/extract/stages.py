@@ -34,7 +34,7 @@ def plan_video(item: dict, decode: DecodeConfig) -> list[dict]:
     except VideoDecodeError as err:
         return [{**base, "error": str(err)}]
     stride = frame_stride_for(info.fps, decode.frame_stride, decode.target_fps)
-    shards = plan_shards(info.num_frames, decode.shard_frames)
+    shards = plan_shards(info.num_frames, decode.shard_frames if info.seekable else max(info.num_frames, 1))
     common = {**base, "num_shards": len(shards), "stride": stride, "fps": info.fps, "width": info.width,
               "height": info.height, "declared": info.num_frames}
     return [{**common, "shard": s.index, "start": s.start, "end": -1 if s.end is None else s.end} for s in shards]

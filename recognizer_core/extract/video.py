@@ -2,10 +2,12 @@
 
 Frames are yielded one at a time, never a whole video in memory. A frame's index is its position on the
 video's own time line, round((t - start_time) * fps), so decoding a shard after a seek gives the same indices
-(and the same frame_stride selection) as decoding the whole file from the start.
+(and the same frame_stride selection) as decoding the whole file from the start. Frames come upright: a phone's
+portrait video is stored landscape with a display rotation, which is applied (sizes are the displayed ones).
 """
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Iterator
@@ -26,6 +28,9 @@ class VideoInfo:
     fps: float
     num_frames: int      # container's count or an estimate from the duration; 0 when unknown
     codec: str
+    # False for AVI: its frames carry timestamps guessed from packet order, out of order with B-frames, so the
+    # file is decoded in one shard, frames indexed by decode order (shards index by timestamp)
+    seekable: bool = True
 
 
 @dataclass(frozen=True)
@@ -53,11 +58,35 @@ def probe_video(uri: str) -> VideoInfo:
             width, height = stream.codec_context.width, stream.codec_context.height
             if not width or not height:
                 raise VideoDecodeError(f"{uri}: video stream has no frame size")
-            return VideoInfo(int(width), int(height), fps, num, stream.codec_context.name)
+            if _first_frame_quarter_turns(container, stream) % 2:
+                width, height = height, width  # displayed upright: portrait
+            seekable = "avi" not in container.format.name.split(",")
+            return VideoInfo(int(width), int(height), fps, num, stream.codec_context.name, seekable)
     except VideoDecodeError:
         raise
     except Exception as err:  # av.error.* (InvalidDataError, ...), OSError from the filesystem
         raise VideoDecodeError(f"{uri}: cannot open video: {type(err).__name__}: {err}") from None
+
+
+def _first_frame_quarter_turns(container, stream) -> int:
+    """Counter-clockwise quarter turns of the display rotation; PyAV exposes it on decoded frames only."""
+    try:
+        return quarter_turns(next(container.decode(stream)))
+    except Exception:  # noqa: BLE001 - no frame, or undecodable: decoding reports it, naming the file
+        return 0
+
+
+def quarter_turns(frame) -> int:
+    """np.rot90's k for a decoded frame: its display matrix's counter-clockwise rotation (PyAV's
+    `frame.rotation`: a phone's portrait video reads -90, stored landscape, shown turned clockwise)."""
+    return int(round(float(getattr(frame, "rotation", 0) or 0) / 90)) % 4
+
+
+def frame_bgr(frame) -> np.ndarray:
+    """A decoded frame as the upright BGR image a player shows."""
+    image = frame.to_ndarray(format="bgr24")
+    k = quarter_turns(frame)
+    return np.ascontiguousarray(np.rot90(image, k)) if k else image
 
 
 def _stream_fps(stream) -> float:
@@ -118,10 +147,12 @@ def _iter_pyav(uri: str, start: int, end: int | None, stride: int, input_size: t
         if start > 0:
             if fps <= 0 or tb <= 0:
                 raise VideoDecodeError(f"{uri}: cannot seek to frame {start}: no frame rate / time base")
-            container.seek(int((t0 + start / fps) / tb), stream=stream, backward=True, any_frame=False)
+            frames = _seek_before(container, stream, start, fps, tb, t0)
+        else:
+            frames = container.decode(stream)
         size = None
         last = -1
-        for frame in container.decode(stream):
+        for frame in frames:
             if not by_time:
                 idx = last + 1
             elif frame.pts is not None and fps > 0 and tb > 0:
@@ -136,13 +167,34 @@ def _iter_pyav(uri: str, start: int, end: int | None, stride: int, input_size: t
             if idx % stride:
                 continue
             if input_size is None:
-                yield idx, frame.to_ndarray(format="bgr24")
+                yield idx, frame_bgr(frame)
                 continue
             if size is None:
-                size = letterbox_params(frame.height, frame.width, input_size)
-            resized = frame.reformat(width=size[2], height=size[1], format="bgr24",
+                k = quarter_turns(frame)
+                size = (k, *letterbox_params(*((frame.width, frame.height) if k % 2 else (frame.height, frame.width)),
+                                             input_size))
+            k, _, nh, nw = size
+            # resized as stored, then turned upright: the same pixels as turning first, at a fraction of the cost
+            resized = frame.reformat(width=nh if k % 2 else nw, height=nw if k % 2 else nh, format="bgr24",
                                      interpolation="BILINEAR").to_ndarray()
-            yield idx, pad_letterbox(resized, input_size)
+            yield idx, pad_letterbox(np.rot90(resized, k) if k else resized, input_size)
+
+
+def _seek_before(container, stream, start: int, fps: float, tb: float, t0: float):
+    """Decoded frames from at or before frame `start`. A seek lands on the keyframe before its target in indexed
+    containers, but MPEG-TS / MPEG-PS have no index and often land after it: those frames would belong to no
+    shard. Seek again further back (1 s, 2 s, 4 s ...) until the first frame is at or before `start`."""
+    margin = 0.0
+    while True:
+        t = max(0.0, start / fps - margin)
+        container.seek(int((t0 + t) / tb), stream=stream, backward=True, any_frame=False)
+        frames = container.decode(stream)
+        first = next(frames, None)
+        if first is None:
+            return iter(())
+        if t == 0.0 or first.pts is None or int(round((first.pts * tb - t0) * fps)) <= start:
+            return itertools.chain([first], frames)
+        margin = max(1.0, 2 * margin)
 
 
 def _iter_opencv(uri: str, start: int, end: int | None, stride: int, input_size: tuple[int, int] | None,

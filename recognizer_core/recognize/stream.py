@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from recognizer_core.extract.video import frame_bgr
 from recognizer_core.recognize.events import Event
 from recognizer_core.recognize.runner import RecognizeConfig, make_windows_for, score_windows
 from recognizer_core.skeleton.clip import SkeletonClip
@@ -109,7 +110,7 @@ class FrameReader(threading.Thread):
                             self.lost_at = None
                     if not self.live and self.speed > 0:  # a file or HTTP video: arrive at (speed x) real time
                         time.sleep(max(0.0, (t - t_first) / self.speed - (now - t_start)))
-                    self._put((t + shift, time.perf_counter(), frame.to_ndarray(format="bgr24"), self.reconnects))
+                    self._put((t + shift, time.perf_counter(), frame_bgr(frame), self.reconnects))
                     self._t_last, self._wall_last = t + shift, time.perf_counter()
                     self.read += 1
                     n += 1
