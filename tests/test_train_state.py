@@ -50,6 +50,20 @@ def test_missing_state_names_path(tmp_path):
         load_training_state(tmp_path, model=m)
 
 
+def test_resume_with_loss_scaling_from_a_run_without_it(tmp_path):
+    """amp=auto picks bf16 (no scaler) on GPUs that have it, fp16 (scaler) on others: a run checkpointed on one
+    and restarted by Ray Train on the other failed to resume ("source state dict is empty")."""
+    m = torch.nn.Linear(2, 2)
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    save_training_state(tmp_path, model=m, optimizer=opt, scaler=torch.amp.GradScaler("cpu", enabled=False), epoch=3)
+    scaler = torch.amp.GradScaler("cpu", enabled=True, init_scale=1024.0)
+    assert load_training_state(tmp_path, model=m, optimizer=opt, scaler=scaler)["epoch"] == 3
+    assert scaler.get_scale() == 1024.0  # a fresh scale
+    save_training_state(tmp_path, model=m, optimizer=opt, scaler=scaler, epoch=4)  # and back: scaled -> bf16
+    assert load_training_state(tmp_path, model=m, optimizer=opt, scaler=torch.amp.GradScaler("cpu", enabled=False),
+                               )["epoch"] == 4
+
+
 def test_logger_writes_tensorboard_and_skips_non_finite(tmp_path, capsys):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

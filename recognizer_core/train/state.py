@@ -83,7 +83,8 @@ def load_training_state(directory: str | Path, *, model: torch.nn.Module, optimi
         optimizer.load_state_dict(state["optimizer"])
     if scheduler is not None and state["scheduler"] is not None:
         scheduler.load_state_dict(state["scheduler"])
-    if scaler is not None and state["scaler"] is not None:
+    if scaler is not None and state["scaler"]:
+        # a disabled scaler saved {} (amp=auto chose bf16 on the GPU that saved, fp16 here): start a fresh scale
         scaler.load_state_dict(state["scaler"])
     if restore_rng:
         set_rng_state(state["rng"])
