@@ -68,6 +68,13 @@ def test_manifest_ignores_torn_lines_and_missing_outputs(tmp_path):
         f.write('{"key": "k4", "outp')          # a job killed mid-write
     m2 = ExtractionManifest(tmp_path)
     assert [m2.status(k) for k in ("k1", "k2", "k3", "k4")] == [DONE, None, FAILED, None]
+    # the summary's failures: a video retried with success is not one, nor an edited video's old version (k5)
+    (tmp_path / "clips/c.parquet").write_bytes(b"x")
+    m2.record(FAILED, "k1", reason="old", rel_path="a.mp4")
+    m2.record(FAILED, "k5", reason="older version", rel_path="e.mp4")
+    m2.record(DONE, "k3", output="clips/c.parquet")
+    m2.record(FAILED, "k6", reason="bad", rel_path="f.mp4")
+    assert m2.failures(["k1", "k3", "k6"]) == [{"rel_path": "f.mp4", "reason": "bad"}]
 
 
 def test_config_errors_and_help():

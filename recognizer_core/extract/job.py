@@ -229,8 +229,7 @@ def run_prepared(plan: ExtractionPlan, verbose: bool = True) -> dict:
                                            if first_poses and elapsed > first_poses[0] else None),
         "provider": provider, "actors": list(pool), "output": out, "label_names": plan.label_names,
         "truncated_videos": finisher.truncated,
-        "failures": [{"rel_path": r.get("rel_path"), "reason": r.get("reason")}
-                     for r in plan.manifest.records[FAILED].values()],
+        "failures": plan.manifest.failures(v.key for v in plan.videos),
     }
     storage.write_text(storage.join_uri(out, "summary.json"), json.dumps(summary, indent=1))
     return summary

@@ -90,6 +90,12 @@ class ExtractionManifest:
                 return kind
         return None
 
+    def failures(self, keys) -> list[dict]:
+        """{rel_path, reason} of the videos among `keys` whose status is failed: a failure record stays in the file
+        after a retry succeeds, and one of an edited video's old version (another key) is not this video's."""
+        return [{"rel_path": self.records[FAILED][k].get("rel_path"), "reason": self.records[FAILED][k].get("reason")}
+                for k in keys if self.status(k) == FAILED]
+
     def record(self, kind: str, key: str, **fields) -> dict:
         rec = {"key": key, **fields, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
         line = json.dumps(rec) + "\n"

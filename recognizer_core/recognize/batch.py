@@ -201,8 +201,7 @@ def run_batch(*, inputs: str, out: str | Path, model: str, model_config: str | N
     summary = {"videos": len(videos), "processed": len(todo), "done": counts[DONE], "empty": counts[EMPTY],
                "failed": counts[FAILED], "skipped": len(videos) - len(todo), "frames": frames, "windows": windows,
                "seconds": round(elapsed, 2), "frames_per_s": round(frames / elapsed, 1) if frames else 0.0,
-               "failures": [{"rel_path": r.get("rel_path"), "reason": r.get("reason")}
-                            for r in manifest.records[FAILED].values()]}
+               "failures": manifest.failures(v.key for v in videos)}
     write_text(out / "summary.json", json.dumps(summary, indent=1))
     return {**summary, "events": events_by_video}
 
