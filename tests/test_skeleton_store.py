@@ -260,6 +260,28 @@ def test_list_lengths_that_disagree_with_the_shape_name_file_row_and_clip(tmp_pa
         SkeletonDataset(path).read([5])
 
 
+def test_a_part_file_rewritten_with_other_row_groups_reads_the_same_rows(tmp_path):
+    """The same rows rewritten with row groups of 5 instead of 8 (another Parquet tool): every read path returns
+    what it did before. Column reads cut their ranges at _dataset.json's row groups and sliced past the end of
+    the new, shorter ones."""
+    import pyarrow.parquet as pq
+
+    from recognizer_core.skeleton.store_write import PART_FILE_OPTIONS
+
+    path = write_dataset(gen_clips(40), tmp_path / "ds", NAMES, rows_per_file=40, row_group_size=8,
+                         group_by_split=True)
+    before = SkeletonDataset(path)
+    want = {s: before.split_columns(s, ["clip_id", "label"]) for s in ("train", "val", "test")}
+    ids = before.clip_ids([3, 17, 30, 9])
+    part = path / "part-00000.parquet"
+    pq.write_table(pq.read_table(part), part, row_group_size=5, **PART_FILE_OPTIONS)
+    for s, table in want.items():
+        assert SkeletonDataset(path).split_columns(s, ["clip_id", "label"]).equals(table), s
+    assert SkeletonDataset(path).clip_ids([3, 17, 30, 9]) == ids
+    ds = SkeletonDataset(path)
+    assert [c.clip_id for c in ds.read(ds.split_positions("train"))] == want["train"]["clip_id"].to_pylist()
+
+
 def test_open_and_index_read_only_the_metadata_files(tmp_path):
     path = write_dataset(gen_clips(30), tmp_path / "ds", NAMES, rows_per_file=7, row_group_size=3)
     info = json.loads((path / DATASET_JSON).read_text())

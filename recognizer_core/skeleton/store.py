@@ -327,15 +327,17 @@ class SkeletonDataset:
         fidx = np.searchsorted(self._file_start, ranges.starts, side="right") - 1
         for fi in np.unique(fidx).tolist():
             self._file(fi)  # opened first: it may correct the row-group bounds
-            sel = np.flatnonzero(fidx == fi)
-            local = ranges.starts[sel] - self._file_start[fi]
-            gstart = self._group_start[fi]
-            gidx = np.searchsorted(gstart, local, side="right") - 1
-            for g in np.unique(gidx).tolist():
-                table = self._row_group(fi, g, cols)
-                for k in sel[gidx == g].tolist():
-                    a = int(ranges.starts[k] - self._file_start[fi] - gstart[g])
-                    pieces.append(table.slice(a, int(ranges.stops[k] - ranges.starts[k])))
+            gstart, first = self._group_start[fi], int(self._file_start[fi])
+            g_read, table = -1, None
+            for k in np.flatnonzero(fidx == fi).tolist():
+                a, b = int(ranges.starts[k]) - first, int(ranges.stops[k]) - first
+                while a < b:  # ranges were cut at _dataset.json's row groups: a rewritten file may cut them anew
+                    g = int(np.searchsorted(gstart, a, side="right")) - 1
+                    if g != g_read:  # ranges ascend: each row group is read once
+                        g_read, table = g, self._row_group(fi, g, cols)
+                    n = min(b, int(gstart[g + 1])) - a
+                    pieces.append(table.slice(a - int(gstart[g]), n))
+                    a += n
         if not pieces:
             return pa.schema([CLIP_SCHEMA.field(c) for c in cols]).empty_table()
         return pa.concat_tables(pieces).combine_chunks()
