@@ -26,11 +26,36 @@ def test_patch_tokens_without_cls_and_registers(checkpoints, kind):
     x = torch.randn(2, 3, 64, 48)
     (fmap,) = bb(x)
     p = 14 if kind.startswith("dinov2") else 16
-    assert fmap.shape == (2, 32, 64 // p, 48 // p)
+    grid = (5, 3) if p == 14 else (4, 3)  # 64 x 48 is 4.6 x 3.4 patches of 14: resized to 70 x 42
+    assert fmap.shape == (2, 32, *grid)
     prefix = 1 + (4 if kind != "dinov2" else 0)
     with torch.no_grad():
-        ref = vit.eval()(pixel_values=x).last_hidden_state[:, prefix:]
+        sized = torch.nn.functional.interpolate(x, size=(grid[0] * p, grid[1] * p), mode="bilinear")
+        ref = vit.eval()(pixel_values=sized).last_hidden_state[:, prefix:]
     torch.testing.assert_close(fmap.flatten(2).transpose(1, 2), ref)
+
+
+def test_every_pixel_of_the_crop_reaches_the_backbone(checkpoints):
+    """A crop whose sides are not whole patches: the ViT used to see only the floored part (36 patches of 14 =
+    504 of 512 px), and the head stretched that over the whole crop, misplacing features toward the far edges."""
+    bb = build_backbone(checkpoints["dinov2"], [-1], torch.float32)
+    x = torch.zeros(1, 3, 70, 70)
+    edge = x.clone()
+    edge[..., 64:, 64:] = 3.0  # something in the bottom-right corner only: beyond 5 whole patches (70 // 14 = 5)
+    crop = (slice(None), slice(None), slice(0, 66), slice(0, 66))  # 66 px: 4.7 patches, so 5 resized
+    (plain,), (seen,) = bb(x[crop]), bb(edge[crop])
+    assert plain.shape[-2:] == (5, 5)
+    changed = (seen - plain).abs().amax(1)[0]
+    assert changed[-1, -1] > 1e-3  # the corner patch sees it (floored to 4 patches, nothing did)
+
+
+def test_float32_backbone_stays_float32_under_the_loops_autocast(checkpoints):
+    x = torch.randn(1, 3, 56, 42)
+    bb = build_backbone(checkpoints["dinov2"], [-1], torch.float32)
+    (ref,) = bb(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # as train_one_epoch / predict_heatmaps call the model
+        (got,) = bb(x)
+    torch.testing.assert_close(got, ref, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("kind", ["dinov2", "dinov3"])

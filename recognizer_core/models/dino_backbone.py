@@ -8,9 +8,9 @@ learned table (`Dinov2Embeddings.interpolate_pos_encoding`), DINOv3 computes RoP
 """
 from __future__ import annotations
 
-from contextlib import nullcontext
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 # ImageNet statistics: what every DINOv2 / DINOv3 (LVD-1689M) checkpoint's image processor normalises with.
@@ -82,11 +82,19 @@ class DinoBackbone(nn.Module):
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         b, _, h, w = images.shape
-        gh, gw = h // self.patch_size[0], w // self.patch_size[1]
-        if gh < 1 or gw < 1:
+        (ph, pw) = self.patch_size
+        if h < ph or w < pw:
             raise BackboneError(f"input {h}x{w} is smaller than one {self.patch_size} patch")
-        autocast = (torch.autocast(images.device.type, dtype=self.dtype) if self.dtype != torch.float32
-                    else nullcontext())
+        gh, gw = int(h / ph + 0.5), int(w / pw + 0.5)
+        if (gh * ph, gw * pw) != (h, w):
+            # The ViT sees whole patches only. Floored, its token map covered gw * pw of the crop's w pixels, and the
+            # head, which stretches that map over the stem's map of the whole crop, misplaced features by up to 8 px
+            # at the far edges (512 px with /14 patches). Resized to whole patches, the grid spans the crop.
+            images = F.interpolate(images, size=(gh * ph, gw * pw), mode="bilinear", align_corners=False)
+        # enabled=False for float32: an autocast region that is off turns the loop's AMP autocast off inside it,
+        # where a bare nullcontext left a "float32" backbone running in bf16 / fp16
+        fp32 = self.dtype == torch.float32
+        autocast = torch.autocast(images.device.type, dtype=torch.bfloat16 if fp32 else self.dtype, enabled=not fp32)
         with torch.no_grad(), autocast:
             out = self.vit(pixel_values=images.to(self.dtype), output_hidden_states=True)
             # hidden_states[0] is the embedding output; layer i's output is hidden_states[i + 1].
