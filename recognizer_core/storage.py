@@ -98,27 +98,43 @@ def filesystem(uri: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
     return pafs.FileSystem.from_uri(uri)
 
 
+def _umask() -> int:
+    try:  # Linux shows it without changing it (os.umask can only be read by setting it, racing other threads)
+        with open("/proc/self/status", encoding="ascii") as f:
+            return next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError):
+        mask = os.umask(0o022)
+        os.umask(mask)
+        return mask
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     """Open `path` for writing so that readers see the old file or the whole new one, never a part: locally a
-    temp file in the same folder renamed over the target (removed on failure); remotely one object PUT, which
-    object stores make visible only when complete."""
+    temp file in the same folder renamed over the target (removed on failure), with the mode a plain `open`
+    gives (mkstemp's 0600 kept other users and services from reading exported models and datasets); remotely the
+    bytes are gathered in memory and uploaded only when the body ends without an error (pyarrow completes an
+    object store upload when its stream closes, an exception's exit included, which published a partial file)."""
     if is_remote(path):
+        import io
+
+        buf = io.BytesIO()
+        if "b" in mode:
+            yield buf
+        else:
+            text = io.TextIOWrapper(buf, encoding="utf-8")
+            yield text
+            text.flush()
+            text.detach()
         fs, p = filesystem(path)
         fs.create_dir(posixpath.dirname(p), recursive=True)
         with fs.open_output_stream(p) as raw:
-            if "b" in mode:
-                yield raw
-            else:
-                import io
-                text = io.TextIOWrapper(raw, encoding="utf-8")
-                yield text
-                text.flush()
-                text.detach()
+            raw.write(buf.getbuffer())
         return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~_umask())
     try:
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
             yield f
