@@ -62,7 +62,7 @@ def export(model: str, out: str, *, model_config: str | None = None, calibrate_p
         data = spec.source.get("training_data", "")
         if not Path(data).is_dir():
             raise SystemExit(f"error: --calibrate-precision needs the model's training data; not found: {data!r}")
-        split = "val"
+        split = spec.source.get("val_split", "val")  # the run's validation split (data.val_split)
         update["thresholds"], report["calibration"] = calibrate_thresholds(rec, data, split, calibrate_precision)
     if window_mode:
         update["window_mode"] = window_mode

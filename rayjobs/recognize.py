@@ -111,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
             data = rec.spec.source.get("training_data", "")
             if not Path(data).is_dir():
                 raise ValueError(f"calibrate_precision: the model's training data is not here ({data!r})")
-            th, report = calibrate_thresholds(rec, data, "val", cfg.calibrate_precision)
+            th, report = calibrate_thresholds(rec, data, rec.spec.source.get("val_split", "val"),
+                                              cfg.calibrate_precision)
             rec.spec = rec.spec.model_copy(update={"thresholds": th})
             print(f"[recognize] thresholds calibrated on the validation split: {json.dumps(report)}", flush=True)
         spec = effective_spec(rec.spec, cfg)

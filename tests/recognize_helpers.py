@@ -14,14 +14,18 @@ from recognizer_core.dataset.windows import make_windows
 from recognizer_core.train.stgcn.config import TrainJobConfig
 
 
-def make_run_folder(root: Path, num_clips: int = 24, seed: int = 0, task: str = "fight") -> tuple[Path, TrainJobConfig]:
+def make_run_folder(root: Path, num_clips: int = 24, seed: int = 0, task: str = "fight",
+                    val_split: str = "val") -> tuple[Path, TrainJobConfig]:
     """A run folder as train_stgcn.py leaves it (config.yaml + best_*_epoch_*.pth), over a small Parquet dataset
-    of demo clips windowed as build_dataset windows them (whole clips, top-2 persons re-ranked)."""
+    of demo clips windowed as build_dataset windows them (whole clips, top-2 persons re-ranked). `val_split`
+    renames the validation split (NTU-style pickles call it xsub_val)."""
     names = ["NonFight", "Fight"] if task == "fight" else ["Normal", "Falldown"]
     clips = [w for c in make_demo_clips(task, num_clips, seed=seed) for w in make_windows(c, 0, num_person=2)]
+    for c in clips:
+        c.split = val_split if c.split == "val" else c.split
     data = write_dataset(clips, root / "dataset", names)
     cfg = validate_config(TrainJobConfig, {
-        "data": {"path": str(data), "label_names": names, "loader_workers": 0},
+        "data": {"path": str(data), "label_names": names, "loader_workers": 0, "val_split": val_split},
         "model": {"num_classes": 2, "num_stages": 3, "base_channels": 16, "inflate_stages": [2],
                   "down_stages": [2], "dropout": 0.0},
         "pipeline": {"feats": ["j", "b"], "clip_len": 24, "num_person": 2, "test_num_clips": 2},

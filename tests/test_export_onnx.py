@@ -38,6 +38,16 @@ print(json.dumps({"probs": res.probs.tolist(), "type": type(rec).__name__}))
 """
 
 
+def test_calibration_uses_the_runs_validation_split(tmp_path):
+    """A run trained with data.val_split=xsub_val (NTU-style pickles): calibration looked for a split named 'val'
+    and failed, or would have calibrated on other clips where one exists."""
+    from rayjobs.export_model import export
+
+    run, _ = make_run_folder(tmp_path, val_split="xsub_val")
+    report = export(str(run), str(tmp_path / "fight.onnx"), calibrate_precision=0.5)
+    assert report["calibration"]["split"] == "xsub_val" and report["calibration"]["clips"] > 0
+
+
 def test_export_job_sidecar_and_torch_free_recognize(tmp_path):
     from recognizer_core.recognize.model import load_recognizer
     from recognizer_core.recognize.runner import RecognizeConfig, effective_spec, recognize_clip

@@ -78,17 +78,80 @@ def test_mismatched_checkpoint_error_names_file_and_keys(tmp_path):
         load_mmaction_checkpoint(tiny(num_classes=5), tmp_path / "edited.pth")
 
 
-def test_loading_is_weights_only_by_default(tmp_path):
-    bad = tmp_path / "pickled.pth"  # an arbitrary pickled object (could run code on load)
-    torch.save({"state_dict": tiny().state_dict(), "obj": argparse.Namespace(a=1)}, bad)
-    with pytest.raises(CheckpointError, match=r"pickled.pth: cannot read checkpoint safely: it pickles argparse.Namespace.*trusted=True"):
-        load_state_dict_file(bad)
-    assert "backbone.data_bn.weight" in load_state_dict_file(bad, trusted=True)
+class _Payload:
+    """Runs a shell command when unpickled by plain pickle."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_loading_never_runs_code_from_the_file(tmp_path):
+    bad = tmp_path / "pickled.pth"  # pickled objects beside the weights: one would run a command on load
+    marker = tmp_path / "ran"
+    torch.save({"state_dict": tiny().state_dict(), "obj": argparse.Namespace(a=1), "evil": _Payload(marker)}, bad)
+    sd = load_state_dict_file(bad)
+    assert "backbone.data_bn.weight" in sd and not marker.exists()
+    assert torch.equal(sd["backbone.data_bn.weight"], tiny().state_dict()["backbone.data_bn.weight"])
+    with pytest.raises(CheckpointError, match="state set on the class"):  # no attribute set on torch's classes
+        load_state_dict_file(_class_build_checkpoint(tmp_path / "build.pth"))
+    assert "count" not in vars(torch.nn.Parameter)
+    assert "backbone.data_bn.weight" in load_state_dict_file(bad, trusted=True)  # plain pickle, trusted only
+    assert marker.exists()
     with pytest.raises(CheckpointError, match="not found"):
         load_state_dict_file(tmp_path / "missing.pth")
     (tmp_path / "truncated.pth").write_bytes(bad.read_bytes()[:100])
     with pytest.raises(CheckpointError, match="truncated.pth: cannot read checkpoint"):
         load_state_dict_file(tmp_path / "truncated.pth")
+
+
+def _class_build_checkpoint(path):
+    """A hand-written pickle: a global torch does not allow (so the inert loader reads it), then BUILD on the class
+    torch.nn.Parameter, which would set an attribute (`count`) on it: torch patched by a data file."""
+    import pickle
+    import zipfile
+
+    data = (pickle.PROTO + b"\x02" + pickle.GLOBAL + b"argparse\nNamespace\n" + pickle.POP + pickle.GLOBAL + b"torch.nn.parameter\nParameter\n"
+            + pickle.NONE + pickle.EMPTY_DICT + pickle.BINUNICODE + (5).to_bytes(4, "little") + b"count"
+            + pickle.NONE + pickle.SETITEM + pickle.TUPLE2 + pickle.BUILD + pickle.STOP)
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("archive/data.pkl", data)
+        z.writestr("archive/version", "3\n")
+    return path
+
+
+def test_an_mmengine_training_checkpoint_loads_without_mmengine(tmp_path, monkeypatch):
+    """mmengine's checkpoints keep the message hub's logs as HistoryBuffer objects with numpy arrays: a plain
+    weights-only load refuses them, so a checkpoint straight from an mmaction2 training run could not be used."""
+    import sys
+    import types
+
+    import numpy as np
+
+    mod = types.ModuleType("mmengine.logging.history_buffer")
+
+    class HistoryBuffer:
+        def __init__(self):
+            self._log_history, self._count_history = np.array([0.5, 0.4]), np.array([1, 1])
+    HistoryBuffer.__module__, HistoryBuffer.__qualname__ = mod.__name__, "HistoryBuffer"
+    mod.HistoryBuffer = HistoryBuffer
+    for name in ("mmengine", "mmengine.logging"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    monkeypatch.setitem(sys.modules, mod.__name__, mod)
+    path = tmp_path / "best_acc_top1_epoch_3.pth"
+    torch.save({"meta": {"epoch": 3, "dataset_meta": {"classes": ["NonFight", "Fight"]}},
+                "state_dict": tiny().state_dict(),
+                "message_hub": {"log_scalars": {"train/loss": HistoryBuffer()}, "runtime_info": {"epoch": 3}}}, path)
+    for name in ("mmengine", "mmengine.logging", mod.__name__):  # loaded where mmengine is not installed
+        monkeypatch.delitem(sys.modules, name)
+    assert "backbone.data_bn.weight" in load_state_dict_file(path)
+    from recognizer_core.models.checkpoint import read_checkpoint
+
+    assert read_checkpoint(path)["meta"]["dataset_meta"]["classes"] == ["NonFight", "Fight"]
 
 
 def test_infer_config_round_trip():

@@ -1,11 +1,13 @@
 """Checkpoint I/O for the STGCN++ recognizer: mmaction2 / mmengine format in and out, PYSKL conversion.
 
-Loading is safe by default (`weights_only=True`): a checkpoint can hold tensors and plain containers only.
+Loading is safe by default: tensors and plain containers as torch's weights-only loader reads them, anything
+else (mmengine's message hub) as inert stand-ins; no code from the file runs.
 Every error names the file and lists what does not match.
 """
 from __future__ import annotations
 
 import os
+import pickle
 import re
 import time
 from collections import OrderedDict
@@ -24,22 +26,64 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be read or does not fit the model; the message names the file."""
 
 
-def load_state_dict_file(path: str | Path, *, trusted: bool = False) -> "OrderedDict[str, torch.Tensor]":
-    """Read a checkpoint and return its flat state_dict (unwraps mmengine's `state_dict` / a `model` entry,
-    strips DDP's `module.` prefix). `trusted=True` allows arbitrary pickled objects (only for files you trust)."""
+class _Inert:
+    """Stands in for an object a checkpoint pickles beyond tensors and containers (mmengine's message hub keeps
+    its logs as HistoryBuffer objects holding numpy arrays): built from its arguments and state without running
+    any code of the file's classes, never called. The weights and `meta` around it load as usual."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        self.args = args
+
+    def __setstate__(self, state) -> None:
+        self.state = state
+
+
+class _InertUnpickler(pickle._Unpickler):  # the Python implementation: its opcodes can be overridden
+    """Unpickles what torch's weights-only loader allows, as that loader would, and any other global as _Inert.
+    BUILD on a class is refused: it would set attributes on torch's own classes."""
+
+    dispatch = dict(pickle._Unpickler.dispatch)
+
+    def find_class(self, module: str, name: str):
+        from torch._weights_only_unpickler import _get_allowed_globals
+
+        return _get_allowed_globals().get(f"{module}.{name}", _Inert)
+
+    def load_build(self) -> None:
+        if isinstance(self.stack[-2], type):
+            raise pickle.UnpicklingError(f"state set on the class {self.stack[-2].__name__}")
+        pickle._Unpickler.load_build(self)
+
+    dispatch[pickle.BUILD[0]] = load_build
+
+
+class _InertPickle:  # what torch.load takes as `pickle_module`
+    Unpickler = _InertUnpickler
+    load = staticmethod(pickle.load)
+
+
+def read_checkpoint(path: str | Path, *, trusted: bool = False) -> Any:
+    """The object a checkpoint file holds, read safely: tensors and plain containers as torch's weights-only
+    loader reads them; other pickled objects (an mmaction2 training run's message hub) as inert stand-ins, so a
+    checkpoint straight from mmengine loads without running code from the file. `trusted=True`: plain pickle."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=not trusted)
+        return torch.load(path, map_location="cpu", weights_only=not trusted)
     except Exception as err:  # noqa: BLE001 - re-raised with the file name
-        unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
-        if unsafe and not trusted:
-            raise CheckpointError(
-                f"{path}: cannot read checkpoint safely: it pickles {unsafe.group(1)}, not only tensors; "
-                "if you trust the file, load it with trusted=True") from None
+        if trusted or not re.search(r"Unsupported global: GLOBAL (\S+)", str(err)):
+            raise CheckpointError(f"{path}: cannot read checkpoint: {type(err).__name__}: {err}") from None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_InertPickle)
+    except Exception as err:  # noqa: BLE001 - re-raised with the file name
         raise CheckpointError(f"{path}: cannot read checkpoint: {type(err).__name__}: {err}") from None
-    return _flat_state_dict(obj, str(path))
+
+
+def load_state_dict_file(path: str | Path, *, trusted: bool = False) -> "OrderedDict[str, torch.Tensor]":
+    """Read a checkpoint (`read_checkpoint`) and return its flat state_dict (unwraps mmengine's `state_dict` / a
+    `model` entry, strips DDP's `module.` prefix)."""
+    return _flat_state_dict(read_checkpoint(path, trusted=trusted), str(path))
 
 
 def _flat_state_dict(obj: Any, source: str) -> "OrderedDict[str, torch.Tensor]":

@@ -125,14 +125,16 @@ def spec_from_train_config(cfg, label_names: Sequence[str] | None, source: dict)
     return ModelSpec(label_names=names, model=cfg.model.model_dump(mode="json"), pipeline=cfg.pipeline, fps=fps,
                      window_frames=frames, window_mode=mode, track_classes=per_person,
                      thresholds={n: ClassThreshold() for i, n in enumerate(names) if i != 0},
-                     source={**source, "training_data": data_source})
+                     source={**source, "training_data": data_source,
+                             "val_split": getattr(cfg.data, "val_split", "val")})
 
 
 def _checkpoint_meta(pth: Path) -> dict:
-    import torch
+    from recognizer_core.models.checkpoint import read_checkpoint
 
-    obj = torch.load(pth, map_location="cpu", weights_only=True)
-    return obj.get("meta", {}) if isinstance(obj, dict) else {}
+    obj = read_checkpoint(pth)
+    meta = obj.get("meta") if isinstance(obj, dict) else None
+    return meta if isinstance(meta, dict) else {}
 
 
 def _newest_best(folder: Path) -> Path:
