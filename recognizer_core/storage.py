@@ -172,6 +172,13 @@ def exists(uri: str | os.PathLike) -> bool:
     return fs.get_file_info(path).type != pafs.FileType.NotFound
 
 
+def remove(uri: str | os.PathLike) -> None:
+    """Delete a file or object if it is there."""
+    fs, path = filesystem(uri)
+    if fs.get_file_info(path).type != pafs.FileType.NotFound:
+        fs.delete_file(path)
+
+
 def copy_tree(src_uri: str, dst_uri: str) -> None:
     """Copy a folder between any two storages (local <-> s3 <-> gs)."""
     src_fs, src = filesystem(src_uri)

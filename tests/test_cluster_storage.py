@@ -97,3 +97,55 @@ def test_atomic_writes_get_the_mode_a_plain_open_gives(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "model.json").stat().st_mode & 0o777 == (tmp_path / "plain.json").stat().st_mode & 0o777 == 0o644
+
+
+def test_a_dataset_rebuilt_on_s3_hides_the_old_description_while_uploading(tmp_path, monkeypatch):
+    """build_dataset onto object storage: the old _dataset.json stayed while the new part files were uploaded
+    over the old ones, so a reader (or any reader after an interrupted upload) mapped the old row counts and
+    split ranges onto new files. And a pkl_dir on s3:// was written to a local folder named 's3:'."""
+    pytest.importorskip("moto")
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    from recognizer_core.dataset.build import run_build
+    from recognizer_core.dataset.config import DatasetBuildConfig
+    from recognizer_core.extract.clip_files import write_clip_file
+    from recognizer_core.extract.manifest import DONE, ExtractionManifest
+    from recognizer_core.skeleton.demo_data import make_demo_clips
+    from recognizer_core.skeleton.store import SkeletonDataset
+
+    poses = tmp_path / "poses"
+    manifest = ExtractionManifest(str(poses))
+    for c in make_demo_clips("fight", 6, seed=1):
+        write_clip_file(c, poses / "clips" / f"{c.clip_id}.parquet")
+        manifest.record(DONE, c.clip_id, video_id=c.clip_id, output=f"clips/{c.clip_id}.parquet",
+                        label_name=["NonFight", "Fight"][c.label], split=c.split)
+    (poses / "labels.json").write_text('{"label_names": ["NonFight", "Fight"]}')
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                     "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://{host}:{port}"}.items():
+            monkeypatch.setenv(k, v)
+        boto3.client("s3", endpoint_url=f"http://{host}:{port}").create_bucket(Bucket="data")
+        monkeypatch.chdir(tmp_path)
+        cfg = DatasetBuildConfig.model_validate({"poses": str(poses), "output": "s3://data/ds", "use_ray": False,
+                                                 "write_pkl": True, "pkl_dir": "s3://data/pkl",
+                                                 "window": {"clip_len": 20, "stride": 20}})
+        first = run_build(cfg)
+        seen = []
+        real_copy = storage.copy_tree
+
+        def copy_and_look(src, dst):  # the real upload; what a reader would find when it starts
+            seen.append(storage.exists("s3://data/ds/_dataset.json"))
+            real_copy(src, dst)
+        monkeypatch.setattr(storage, "copy_tree", copy_and_look)
+        again = run_build(cfg.model_copy(update={"window": cfg.window.model_copy(update={"clip_len": 10,
+                                                                                         "stride": 10})}))
+        assert seen == [True, False]  # the pkl upload (elsewhere), then the dataset's, with no stale description
+        assert again["clips"] > first["clips"] and len(SkeletonDataset("s3://data/ds")) == again["clips"]
+        assert sorted(again["pkl"]) == sorted(f"s3://data/pkl/{s}.pkl" for s in again["splits"])
+        assert all(storage.exists(p) for p in again["pkl"]) and not (tmp_path / "s3:").exists()
+    finally:
+        server.stop()

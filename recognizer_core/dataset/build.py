@@ -8,6 +8,7 @@ mmaction2 PoseDataset pickle per split (`<split>.pkl` + label map), as the train
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 from collections import Counter
 from contextlib import nullcontext
@@ -106,14 +107,23 @@ def run_build(cfg: DatasetBuildConfig, plan: tuple[list[dict], list[str], int] |
                    "clips": len(ds), "splits": ds.splits(), "label_names": names,
                    "clips_per_label": {names[k]: v for k, v in sorted(Counter(index["label"].to_pylist()).items())}}
         if cfg.write_pkl:
-            pkl_dir = Path(cfg.pkl_dir or Path(out) / "mmaction_pkl")
+            pkl_remote = storage.is_remote(cfg.pkl_dir)  # written in a local folder, then uploaded
+            pkl_dir = Path(out) / "mmaction_pkl" if not cfg.pkl_dir else \
+                Path(tempfile.mkdtemp(prefix="recognizer_pkl_")) if pkl_remote else Path(cfg.pkl_dir)
             pkls = [parquet_to_pkl(out, pkl_dir / f"{split}.pkl", split) for split in ds.splits()]
-            summary["pkl"] = [storage.join_uri(cfg.output, "mmaction_pkl", p.name) if remote and not cfg.pkl_dir
+            if pkl_remote:
+                storage.copy_tree(str(pkl_dir), cfg.pkl_dir)
+                shutil.rmtree(pkl_dir, ignore_errors=True)
+            summary["pkl"] = [storage.join_uri(cfg.pkl_dir, p.name) if pkl_remote else
+                              storage.join_uri(cfg.output, "mmaction_pkl", p.name) if remote and not cfg.pkl_dir
                               else str(p) for p in pkls]
         if remote:
             info = Path(out) / "_dataset.json"
             info_bytes = info.read_bytes()
             info.unlink()
+            # the old dataset's json goes first: while the new files upload over the old ones, it would describe
+            # them with the old row counts and split ranges (wrong clips, val clips read as train, no error)
+            storage.remove(storage.join_uri(cfg.output, "_dataset.json"))
             storage.copy_tree(str(out), cfg.output)
             storage.write_bytes(storage.join_uri(cfg.output, "_dataset.json"), info_bytes)
     storage.write_text(storage.join_uri(cfg.output, "build_summary.json"), json.dumps(summary, indent=1))
