@@ -177,15 +177,51 @@ def set_dotted(data: dict, key: str, value: Any) -> None:
     seq[index] = copy.deepcopy(value)
 
 
-def apply_overrides(data: dict, overrides: list[str], source: str = "--set") -> dict:
-    """Return a copy of `data` with `a.b.c=value` (or `a.list[i]=value`) overrides applied."""
+def _target_annotation(cls: type[BaseModel] | None, key: str) -> Any:
+    """The annotation of the field a dotted key sets (the element type for `list[i]`), or None if unknown."""
+    model, ann = cls, None
+    try:
+        for name, index in split_dotted(key):
+            if model is None:
+                return None
+            field = model.model_fields.get(name)
+            if field is None:
+                return None
+            ann = field.annotation
+            if index is not None:
+                seq = next((a for a in _arms(ann) if typing.get_origin(a) in _SEQUENCES), None)
+                ann = typing.get_args(seq)[0] if seq is not None and typing.get_args(seq) else None
+            model = _model_in(ann) if ann is not None else None
+    except KeyError:
+        return None
+    return ann
+
+
+def _parse_for(value: str, ann: Any) -> Any:
+    """A --set value for a field of type `ann`. Text fields take the text as written: YAML would turn
+    `run.name=2024-05-01` into a date, `pkl_dir=` into None and `label_names=[No, Yes]` into booleans."""
+    arms = [a for a in _arms(ann)] if ann is not None else []
+    if arms and all(a is str or a is type(None) for a in arms) and str in arms:
+        return None if type(None) in arms and value.strip() in ("null", "~", "None") else value
+    if arms and all(typing.get_origin(a) in (list, tuple) and typing.get_args(a)[:1] == (str,) for a in arms):
+        try:
+            return yaml.load(value, Loader=yaml.BaseLoader)  # every scalar a string
+        except yaml.YAMLError:
+            return value
+    return _parse_value(value)
+
+
+def apply_overrides(data: dict, overrides: list[str], source: str = "--set",
+                    cls: type[BaseModel] | None = None) -> dict:
+    """Return a copy of `data` with `a.b.c=value` (or `a.list[i]=value`) overrides applied. Values are YAML
+    scalars (96, 1e-4, [2, 4], true), except for the text fields of `cls`, which take the text as written."""
     data = copy.deepcopy(data)
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"{source}: override {item!r} must look like section.field=value")
         key, value = item.split("=", 1)
         try:
-            set_dotted(data, key.strip(), _parse_value(value))
+            set_dotted(data, key.strip(), _parse_for(value, _target_annotation(cls, key.strip())))
         except KeyError as err:
             raise ConfigError(f"{source}: {err.args[0]}") from None
     return data
@@ -289,7 +325,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
     data = read_yaml(path) if path else {}
     source = str(path) if path else "<defaults>"
     if overrides:
-        data = apply_overrides(data, overrides)
+        data = apply_overrides(data, overrides, cls=cls)
         source += " + --set " + " ".join(overrides)
     return validate_config(cls, data, source)
 

@@ -21,10 +21,17 @@ class Optim(StrictModel):
     lr: float = 1e-4
 
 
+class Data(StrictModel):
+    pkl_dir: str = "x"
+    val_pkl: str | None = None
+    label_names: list[str] = []
+
+
 class Job(StrictModel):
     name: str = "run"
     model: Model = Model()
     optim: Optim = Optim()
+    data: Data = Data()
 
 
 def test_yaml_and_overrides(tmp_path):
@@ -59,6 +66,18 @@ def test_override_list_element(tmp_path):
     assert cfg.model.inflate_stages == [2, 5]
     with pytest.raises(ConfigError, match="needs a list with at least 4 entries"):
         load_config(Job, p, ["model.inflate_stages[3]=5"])
+
+
+def test_text_fields_take_the_text_as_written():
+    """YAML made `name=2024-05-01` a date, `pkl_dir=` None, `label_names=[No, Yes]` booleans: rejected, or the
+    documented 'empty = default' unreachable. Numbers and lists of numbers still parse."""
+    cfg = load_config(Job, None, ["name=2024-05-01", "data.pkl_dir=", "data.label_names=[No, Yes]",
+                                  "data.val_pkl=null", "model.inflate_stages=[1, 2]", "optim.lr=1e-3"])
+    assert cfg.name == "2024-05-01" and cfg.data.pkl_dir == "" and cfg.data.label_names == ["No", "Yes"]
+    assert cfg.data.val_pkl is None and cfg.model.inflate_stages == [1, 2] and cfg.optim.lr == 1e-3
+    assert load_config(Job, None, ["data.val_pkl=on", "data.label_names=[off]"]).data.label_names == ["off"]
+    with pytest.raises(ConfigError, match="label_names"):  # an [index] needs the list in the config
+        load_config(Job, None, ["data.label_names[0]=off"])
 
 
 def test_override_errors():

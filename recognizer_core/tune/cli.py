@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable
 
 from pydantic import BaseModel
 
-from recognizer_core.config import ConfigError, _parse_value
+from recognizer_core.config import ConfigError, _parse_for, _target_annotation
 from recognizer_core.storage import output_uri
 from recognizer_core.tune.search_space import SearchSpace, describe, get_dotted, load_search_space
 from recognizer_core.tune.tuner import TuneOptions, default_storage
@@ -94,13 +94,13 @@ def add_tune_args(parser: argparse.ArgumentParser, default_space: str,
                    "2 epochs")
 
 
-def _overrides_dict(items: Iterable[str]) -> dict[str, Any]:
+def _overrides_dict(items: Iterable[str], config_cls: type[BaseModel] | None = None) -> dict[str, Any]:
     out = {}
     for item in items:
         if "=" not in item:
             raise ConfigError(f"--set {item!r} must look like section.field=value")
         key, value = item.split("=", 1)
-        out[key.strip()] = _parse_value(value)
+        out[key.strip()] = _parse_for(value, _target_annotation(config_cls, key.strip()))  # text fields as written
     return out
 
 
@@ -108,7 +108,7 @@ def plan_from_args(args: argparse.Namespace, *, config_cls: type[BaseModel], job
                    metrics: Iterable[str]) -> TunePlan:
     """Parse and validate everything before Ray starts: a bad space or override fails here, fast."""
     space = load_search_space(args.space, config_cls, job=job, metrics=metrics)
-    extra = _overrides_dict(args.overrides)
+    extra = _overrides_dict(args.overrides, config_cls)
     if args.data:
         key = "data.train_pkl" if args.data.endswith(".pkl") else "data.path"
         local = "://" not in args.data
