@@ -211,3 +211,35 @@ def test_start_with_points_are_checked(tmp_path):
         ("{schedule.milestones: [30, 20]}", "start_with[0].schedule.milestones: [30, 20] is not one of"),
     ]:
         assert expected in _error(_write(tmp_path, params, start_with=f"[{point}]")), point
+
+
+def test_numbers_as_yaml_writes_them_and_integer_choice_sets(tmp_path):
+    """YAML 1.1 reads 1e-4 as text: a start point's lr of 1e-4 was 'outside [1e-05, 0.001]'. A choice of integers
+    with `sets` keyed by those integers was refused (keys had to be quoted)."""
+    params = """
+        optim.lr: {type: loguniform, low: 1e-5, high: 1e-3}
+        stages: {type: choice, values: [3, 4], sets: {3: {model.num_stages: 3, model.inflate_stages: [],
+                 model.down_stages: []}, 4: {model.num_stages: 4, model.inflate_stages: [2], model.down_stages: [2]}}}
+    """
+    space = load_search_space(_write(tmp_path, params, start_with="[{optim.lr: 1e-4, stages: 3}]"), TrainJobConfig)
+    assert space.start_points() == [{"optim.lr": 1e-4, "stages": 3}]
+    assert space.build_config(TrainJobConfig, {"stages": 3}).model.num_stages == 3
+
+
+def test_the_preset_trial_is_found_when_its_point_leaves_params_to_sample(tmp_path):
+    """start_with may leave params out (they are sampled); the preset comparison wanted every param equal and
+    never found the preset trial."""
+    from recognizer_core.tune.compare import preset_trial
+    from recognizer_core.tune.records import TrialRecord
+
+    params = """
+        optim.type: {type: choice, values: [adamw, sgd]}
+        optim.lr: {type: loguniform, low: 1.0e-5, high: 1.0e-3}
+        model.dropout: {type: uniform, low: 0.1, high: 0.7}
+    """
+    space = load_search_space(_write(tmp_path, params, start_with="[{optim.type: adamw, model.dropout: 0.3}]"),
+                              TrainJobConfig)
+    later = TrialRecord("b", {"optim.type": "adamw", "model.dropout": 0.3, "optim.lr": 2e-4}, [], created=2)
+    first = TrialRecord("a", {"optim.type": "adamw", "model.dropout": 0.3, "optim.lr": 4.7e-5}, [], created=1)
+    other = TrialRecord("c", {"optim.type": "sgd", "model.dropout": 0.3, "optim.lr": 1e-4}, [], created=0)
+    assert preset_trial([later, other, first], space) is first

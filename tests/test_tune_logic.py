@@ -93,6 +93,28 @@ def test_fold_store_is_read_by_split_name(tmp_path):
     assert len(SkeletonDataset(src).index("train")) == 16  # the source is untouched
 
 
+def test_folds_of_an_experiment_on_object_storage_go_to_an_absolute_local_folder(tmp_path, monkeypatch):
+    """--folds with --storage-path s3://...: Path('s3://b/...') made the relative folder 's3:/b/...' in the
+    driver's working directory, a path no trial (in its own directory, or on another node) could find."""
+    from recognizer_core.config import validate_config
+    from recognizer_core.train.stgcn.config import TrainJobConfig
+    from recognizer_core.tune.stgcn_job import prepare_folds
+
+    import numpy as np
+
+    clips = [SkeletonClip(clip_id=f"c{i}", keypoint=np.ones((1, 4, 17, 2), np.float32),
+                          keypoint_score=np.ones((1, 4, 17), np.float32), label=i % 2,
+                          split="val" if i >= 12 else "train", source_video=f"video{i // 2}", img_shape=(64, 64),
+                          total_frames=4) for i in range(16)]
+    src = write_dataset(clips, tmp_path / "src", label_names=["a", "b"])
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    base = validate_config(TrainJobConfig, {"data": {"path": str(src)}}, "test")
+    info = prepare_folds(str(src), base, "s3://bucket/tune/fight_cv", 2, 0)
+    assert Path(info["path"]).is_absolute() and "fight_cv_folds_k2_seed0" in info["path"]
+    assert SkeletonDataset(info["path"]).splits() and not (tmp_path / "s3:").exists()
+
+
 def test_paired_test_over_folds():
     noise = paired_test([0.80, 0.70, 0.90, 0.75], [0.78, 0.74, 0.86, 0.77])
     assert noise["p_value"] > 0.05 and noise["verdict"].startswith("within noise")

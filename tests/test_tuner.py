@@ -111,6 +111,29 @@ def test_summary_from_records(tmp_path):
     assert json.loads((out / "summary.json").read_text())["best_trial"] == "a"
 
 
+def test_a_space_that_tunes_the_epochs_lets_its_longest_trials_finish(tmp_path):
+    """ASHA's max_t came from the base config's schedule (fight_stable: 30 epochs, 15 validations): a trial given
+    40 epochs was stopped at its 16th validation, and a 10-epoch trial that finished was marked stopped early."""
+    from recognizer_core.tune.results import results_table
+    from recognizer_core.tune.tuner import longest_schedule, schedule_of
+
+    path = tmp_path / "epochs.yaml"
+    path.write_text(f"job: stgcn\nbase_config: {REPO / 'configs' / 'fight_stable.yaml'}\nmetric: val/acc_top1\n"
+                    "params:\n  train.epochs: {type: int, low: 10, high: 40, step: 10}\n"
+                    "  model.dropout: {type: uniform, low: 0.1, high: 0.7}\n")
+    space = load_search_space(path, TrainJobConfig, job="stgcn", metrics=stgcn_job.METRICS)
+    base = space.build_config(TrainJobConfig, {}, {})
+    longest = longest_schedule(space, TrainJobConfig, {}, base)
+    assert len(schedule_of(base)) == 15 and longest[-1] == 40 and len(longest) == 20
+    done = TrialRecord("t10", {"train.epochs": 10, "model.dropout": 0.3},
+                       [{"epoch": e, "val/acc_top1": 0.6} for e in range(2, 11, 2)])
+    cut = TrialRecord("t40", {"train.epochs": 40, "model.dropout": 0.3},
+                      [{"epoch": e, "val/acc_top1": 0.6} for e in range(2, 21, 2)])
+    own = lambda rec: space.config_dict(rec.params)["train"]["epochs"]  # noqa: E731 - as tune's finish() does
+    table = results_table([done, cut], space, "val/acc_top1", "max", "epoch", own).set_index("trial_id")
+    assert not table.loc["t10", "stopped_early"] and table.loc["t40", "stopped_early"]
+
+
 def test_summary_with_no_successful_trial(tmp_path):
     space = _space()
     recs = [TrialRecord("x", {}, [], error="ValueError: bad"), TrialRecord("y", {}, [{"epoch": 1}])]

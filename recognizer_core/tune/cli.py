@@ -186,8 +186,11 @@ def finish(run, plan: TunePlan, config_cls: type[BaseModel], *,
     from recognizer_core.storage import join_uri
 
     records = records_from_grid(run.result_grid)
-    max_t = get_dotted(plan.space.build_config(config_cls, {}, plan.extra).model_dump(),
-                       plan.options.epochs_field, None)
+    def max_t(rec) -> int | None:  # each trial's own epochs: a space may tune them
+        try:
+            return get_dotted(plan.space.config_dict(rec.params, plan.extra), plan.options.epochs_field, None)
+        except (KeyError, ValueError):  # params of another space version: not judged
+            return None
     local = scratch_dir(run.experiment_uri)
     shutil.rmtree(local, ignore_errors=True)  # a re-run rewrites the whole summary (no stale best model)
     chosen = None

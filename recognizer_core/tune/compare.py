@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from recognizer_core.tune.records import TrialRecord, best_report, finite
+from recognizer_core.tune.records import TrialRecord, best_report, finite, in_creation_order
 from recognizer_core.tune.search_space import SearchSpace, get_dotted
 
 FOLDS_KEY = "cv/folds"  # in every report of a cross-validated trial (tuner.FoldReporter)
@@ -69,13 +69,15 @@ def search_compute(records: list[TrialRecord], space: SearchSpace, config_cls: t
 
 
 def preset_trial(records: list[TrialRecord], space: SearchSpace) -> TrialRecord | None:
-    """The trial that ran the space's first `start_with` point (the preset, evaluated first)."""
+    """The trial that ran the space's first `start_with` point (the preset, evaluated first): the first created
+    whose params agree with the point's. A point may leave params out (they are sampled), so only its own are
+    compared."""
     points = space.start_points()
     if not points:
         return None
     want = {k: _norm(v) for k, v in points[0].items()}
-    for rec in records:
-        if {k: _norm(v) for k, v in rec.params.items()} == want:
+    for rec in in_creation_order(records, lambda r: r.created):
+        if all(k in rec.params and _norm(rec.params[k]) == v for k, v in want.items()):
             return rec
     return None
 

@@ -54,7 +54,8 @@ _finite = finite
 
 
 def results_table(records: list[TrialRecord], space: SearchSpace, metric: str, mode: str,
-                  time_attr: str = "epoch", max_t: int | None = None) -> pd.DataFrame:
+                  time_attr: str = "epoch", max_t: int | Callable[[TrialRecord], int | None] | None = None
+                  ) -> pd.DataFrame:
     """One row per trial, best first: status, best/last metric, progress, checkpoint, error, params."""
     rows = []
     for rec in records:
@@ -65,6 +66,7 @@ def results_table(records: list[TrialRecord], space: SearchSpace, metric: str, m
         ckpt = best_report(rec, metric, mode, checkpoint_exists=exists)
         status = "error" if rec.error else ("ok" if best is not None else "no_metric")
         last_t = last.get(time_attr)
+        own_max = max_t(rec) if callable(max_t) else max_t  # a space may tune the epochs: each trial's own
         row = {
             "trial_id": rec.trial_id, "status": status,
             f"best {metric}": best[metric] if best else float("nan"),
@@ -73,7 +75,7 @@ def results_table(records: list[TrialRecord], space: SearchSpace, metric: str, m
             f"last {time_attr}": last_t,
             "validations": len(measured),
             "reports": len(rec.reports),
-            "stopped_early": bool(status == "ok" and max_t is not None and _finite(last_t) and last_t < max_t),
+            "stopped_early": bool(status == "ok" and own_max is not None and _finite(last_t) and last_t < own_max),
             "checkpoint": ckpt.get(CHECKPOINT_KEY) if ckpt else None,
             "error": rec.error,
         }
@@ -132,7 +134,8 @@ ExportFn = Callable[..., list[Path]]  # (cfg, checkpoint_dir, out_dir, *, trial_
 
 def write_summary(records: list[TrialRecord], space: SearchSpace, config_cls: type[BaseModel], *,
                   metric: str, mode: str, extra: dict[str, Any], out_dir: Path, experiment_uri: str,
-                  time_attr: str = "epoch", max_t: int | None = None, export_best: ExportFn | None = None,
+                  time_attr: str = "epoch", max_t: int | Callable[[TrialRecord], int | None] | None = None,
+                  export_best: ExportFn | None = None,
                   plots: bool = True, best_trial: str | None = None) -> dict:
     """Write everything into `out_dir`; returns the summary (also saved as summary.json).
 

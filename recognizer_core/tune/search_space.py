@@ -13,7 +13,7 @@ import typing
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from recognizer_core.config import ConfigError, StrictModel, read_yaml, validate_config
 from recognizer_core.tune.fields import check_field, get_dotted, set_dotted
@@ -39,6 +39,12 @@ class Param(StrictModel):
     epochs_of: int | None = Field(None, ge=1, description="the values are epochs of a run this many epochs "
                                   "long (e.g. milestones of a 30-epoch preset): each trial gets them scaled to "
                                   "its own epochs, so a shorter run (the demo) keeps the schedule's shape")
+
+    @field_validator("sets", mode="before")
+    @classmethod
+    def _keys_as_text(cls, sets: Any) -> Any:
+        # YAML reads `sets: {4: ..., 6: ...}` (a choice of integers) with integer keys; labels compare as text
+        return {str(k): v for k, v in sets.items()} if isinstance(sets, dict) else sets
 
     @model_validator(mode="after")
     def _consistent(self) -> "Param":
@@ -115,6 +121,20 @@ class SearchSpace(StrictModel):
     # Filled by the loader (not written in the YAML).
     source: str = ""
     base: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _start_numbers(self) -> "SearchSpace":
+        # YAML 1.1 reads 1e-4 (no dot) as text: a start point's number for a numeric parameter is a number
+        for point in self.start_with:
+            for name, value in point.items():
+                p = self.params.get(name)
+                if p is not None and p.type != "choice" and isinstance(value, str):
+                    try:
+                        number = float(value)
+                    except ValueError:
+                        continue  # left for the range check to name
+                    point[name] = int(number) if p.type == "int" and number.is_integer() else number
+        return self
 
     # --- the Optuna define-by-run function -------------------------------------------------------------------
     def suggest(self, trial) -> None:

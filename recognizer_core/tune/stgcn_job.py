@@ -12,6 +12,14 @@ METRICS = ("val/acc_top1", "val/mean_class_accuracy", "train/loss")
 _SCORE_ATTRIBUTES = ("val/acc_top1", "val/mean_class_accuracy")
 
 
+def datasets_dir(experiment_uri: str) -> Path:
+    """Where the experiment's prepared datasets (converted data, fold views) go: inside a local experiment; for
+    one on object storage (written by Parquet's local store writer) the job's local outputs, per experiment."""
+    if not is_remote(experiment_uri):
+        return Path(join_uri(experiment_uri, "datasets"))
+    return Path(output_uri("work_dirs/tune_datasets"))
+
+
 def trial_overrides(extra: dict[str, Any], base: TrainJobConfig, experiment_uri: str, metric: str) -> dict:
     """Overrides every trial gets on top of the user's: one dataset prepared once (not per trial), and the
     trial's own best model (the mmaction2 .pth in its run folder) chosen by the metric being tuned."""
@@ -19,9 +27,7 @@ def trial_overrides(extra: dict[str, Any], base: TrainJobConfig, experiment_uri:
 
     extra = dict(extra)
     # Demo clips or a pkl are converted to Parquet here, once, so concurrent trials never race to write them.
-    work = Path(join_uri(experiment_uri, "datasets")) if not is_remote(experiment_uri) else Path(
-        output_uri("work_dirs/tune_datasets"))
-    extra["data.path"] = str(prepare_dataset(base.data, work))
+    extra["data.path"] = str(prepare_dataset(base.data, datasets_dir(experiment_uri)))
     for key in ("data.train_pkl", "data.val_pkl", "data.test_pkl"):  # now inside data.path
         extra[key] = None
     if metric in _SCORE_ATTRIBUTES:
@@ -62,7 +68,9 @@ def prepare_folds(dataset_path: str, base: TrainJobConfig, experiment_uri: str, 
     """The fold view of the prepared dataset (folds.write_fold_store), next to it in the experiment."""
     from recognizer_core.tune.folds import write_fold_store
 
-    out = Path(join_uri(experiment_uri, "datasets")) / f"folds_k{k}_seed{seed}"
+    name = f"folds_k{k}_seed{seed}"  # an s3:// experiment's fold view goes where its converted data goes
+    out = datasets_dir(experiment_uri) / (name if not is_remote(experiment_uri) else
+                                          f"{experiment_uri.rstrip('/').rsplit('/', 1)[-1]}_{name}")
     return write_fold_store(dataset_path, out, k, seed=seed, train_split=base.data.train_split,
                             val_split=base.data.val_split, test_split=base.data.test_split)
 

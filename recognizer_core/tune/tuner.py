@@ -15,6 +15,7 @@ This module is Ray glue: the caller (a `rayjobs/` script) has already called `ra
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import warnings
@@ -26,7 +27,7 @@ from pydantic import BaseModel, Field
 from recognizer_core.config import ConfigError, StrictModel
 from recognizer_core.tune.records import FINAL_REPORT_KEY
 from recognizer_core.tune.reports import validated_epochs
-from recognizer_core.tune.search_space import SearchSpace, get_dotted
+from recognizer_core.tune.search_space import SearchSpace, _label, get_dotted
 from recognizer_core.storage import exists, join_uri, read_text, to_uri, write_text
 
 REQUEST_FILE = "recognizer_tune.json"
@@ -160,6 +161,26 @@ def schedule_of(cfg: BaseModel, epochs_field: str = "train.epochs") -> list[int]
     return validated_epochs(epochs, interval, int(begin or 1))
 
 
+def longest_schedule(space: SearchSpace, config_cls: type[BaseModel], extra: dict[str, Any],
+                     base_cfg: BaseModel) -> list[int] | None:
+    """The validated epochs of the longest run any trial can have. A space that tunes the epochs (or the
+    validation interval) gives trials longer than the base config; ASHA's max_t from the base alone stopped
+    them before their last epochs. Tries each such parameter's range ends / choices (a few configs)."""
+    section = space.epochs_field.rsplit(".", 1)[0] + "." if "." in space.epochs_field else ""
+    fields = {space.epochs_field, f"{section}val_interval", f"{section}val_begin"}
+    grids = [[(name, _label(v)) for _, v in p.candidates()] for name, p in space.params.items()
+             if name in fields or any(k in fields for bundle in (p.sets or {}).values() for k in bundle)]
+    longest = schedule_of(base_cfg, space.epochs_field)
+    for combo in itertools.product(*grids) if grids else ():
+        try:
+            schedule = schedule_of(space.build_config(config_cls, dict(combo), extra), space.epochs_field)
+        except (ConfigError, KeyError, ValueError):  # a combination the space's `when`s never make
+            continue
+        if schedule and (longest is None or len(schedule) > len(longest)):
+            longest = schedule
+    return longest
+
+
 def run_trial(params: dict[str, Any], driver: TrialDriver) -> None:
     """The Tune function trainable (a plain function, as Tune expects) running one `TrialDriver`."""
     driver(params)
@@ -275,8 +296,8 @@ def run_tuning(space: SearchSpace, config_cls: type[BaseModel], build_trainer: C
     experiment_uri = join_uri(storage, options.name)
     driver = TrialDriver(space, config_cls, build_trainer, extra, experiment_uri, metric, mode,
                          fold_overrides=fold_overrides, measure=measure)
-    schedule = schedule_of(base_cfg, space.epochs_field)
-    max_epochs = get_dotted(base_cfg.model_dump(), options.epochs_field, default=None)
+    schedule = longest_schedule(space, config_cls, extra, base_cfg)
+    max_epochs = schedule[-1] if schedule else get_dotted(base_cfg.model_dump(), options.epochs_field, default=None)
     progress = SearchProgress(metric, mode, options.num_samples, options.max_concurrent_trials, max_epochs,
                               options.progress_interval_s, extra_shown=tuple(options.objectives),
                               early_stopping=options.scheduler == "asha")
