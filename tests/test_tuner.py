@@ -349,6 +349,30 @@ def test_command_line_plans(tmp_path):
         _plan("--metric", "val/AP")
     with pytest.raises(ConfigError, match="num_samples"):
         _plan("--num-samples", "0")
+    # another metric without a mode: the space's 'max' would have maximised a loss
+    with pytest.raises(ConfigError, match="not the space's metric .* say --mode max or --mode min"):
+        _plan("--metric", "train/loss")
+    assert _plan("--metric", "train/loss", "--mode", "min").options.mode == "min"
+
+
+def test_resuming_with_another_metric_mode_or_folds_is_refused(tmp_path):
+    """Those options were said to be 'ignored' on resume, but the summary ranked by the new mode (naming the worst
+    trial best) and --folds/--seed built other folds for the unfinished trials."""
+    from recognizer_core.config import ConfigError
+    from recognizer_core.storage import join_uri, write_text
+    from recognizer_core.tune.tuner import REQUEST_FILE, check_resumable, request_record
+
+    first = _plan("--storage-path", str(tmp_path), "--name", "exp", "--folds", "3")  # a name: --folds sets none
+    write_text(join_uri(first.options.storage_path, first.options.name, REQUEST_FILE),
+               json.dumps(request_record(first.space, first.extra, TrainJobConfig, first.options)))
+    same = _plan("--storage-path", str(tmp_path), "--name", "exp", "--folds", "3", "--mode", "max",
+                 "--num-samples", "9")
+    assert check_resumable(same.space, TrainJobConfig, same.options, extra_overrides=same.extra)
+    for argv, said in [(["--mode", "min"], "mode 'max' (now mode 'min')"), (["--folds", "5"], "folds 3 (now folds 5)"),
+                       (["--seed", "1"], "seed 0 (now seed 1)")]:
+        plan = _plan("--storage-path", str(tmp_path), "--name", "exp", "--folds", "3", *argv)
+        with pytest.raises(ConfigError, match=re.escape(said)):
+            check_resumable(plan.space, TrainJobConfig, plan.options, extra_overrides=plan.extra)
 
 
 @pytest.mark.ray

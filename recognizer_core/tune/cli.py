@@ -63,9 +63,11 @@ def add_tune_args(parser: argparse.ArgumentParser, default_space: str,
     g.add_argument("--metric", default=None, help="metric to optimise (default: the space's)")
     g.add_argument("--mode", choices=["max", "min"], default=None)
     g.add_argument("--scheduler", choices=["asha", "fifo"], default=None, help="asha (default) or fifo")
-    g.add_argument("--grace-period", type=int, default=None, help="ASHA: epochs before a trial may be stopped")
+    g.add_argument("--grace-period", type=int, default=None, help="ASHA: validations before a trial may be stopped "
+                   "(default: max-t / 8)")
     g.add_argument("--reduction-factor", type=float, default=None, help="ASHA reduction factor (default 3)")
-    g.add_argument("--max-t", type=int, default=None, help="ASHA: max epochs (default: the config's epochs)")
+    g.add_argument("--max-t", type=int, default=None, help="ASHA: most validations a trial runs (default: the "
+                   "longest schedule the space gives)")
     g.add_argument("--max-failures", type=int, default=None, help="retries of a failed trial (default 0)")
     g.add_argument("--retry-errored", action="store_true", help="on resume, run errored trials again")
     g.add_argument("--folds", type=int, default=None, help="cross-validation: each trial trains K models on folds "
@@ -160,6 +162,9 @@ def plan_from_args(args: argparse.Namespace, *, config_cls: type[BaseModel], job
     metric = options.metric or space.metric
     if metrics and metric not in metrics:
         raise ConfigError(f"--metric {metric!r} is not reported by the {job} trainer (one of {list(metrics)})")
+    if metric != space.metric and options.mode is None:  # the space's mode is for its own metric
+        raise ConfigError(f"--metric {metric!r} is not the space's metric ({space.metric!r}, {space.mode}): say "
+                          "--mode max or --mode min")
     # The trial configs themselves are validated now, not in the first trial.
     space.build_config(config_cls, {}, extra)
     return TunePlan(space=space, options=options, extra=extra, demo=demo, notes=notes)

@@ -126,7 +126,7 @@ class TrialDriver:
         import ray.tune
         from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
 
-        from recognizer_core.tune.trial_runs import ReportToTune
+        from recognizer_core.tune.trial_runs import FoldReport, ReportToTune
 
         # The Train run is named after the trial, so a restarted trial (resume, retry) continues that run
         # from its latest checkpoint instead of starting over. Keeping 1 by score also keeps the latest.
@@ -146,6 +146,10 @@ class TrialDriver:
         if continued and result.metrics and isinstance(callback, ReportToTune):
             ckpt = {CHECKPOINT_PATH_KEY: result.checkpoint.path} if result.checkpoint is not None else {}
             ray.tune.report({**callback.clean(result.metrics), **ckpt, FINAL_REPORT_KEY: 1})
+        elif continued and result.metrics and isinstance(callback, FoldReport):
+            # to the fold aggregator: a fold with no report at all left every merged epoch without the metric,
+            # and the whole cross-validated trial ended as 'no_metric'
+            callback.after_report(None, [result.metrics], None)
         return result
 
 
@@ -238,6 +242,9 @@ def request_record(space: SearchSpace, extra: dict[str, Any], config_cls: type[B
             "options": json.loads(options.model_dump_json(exclude={"storage_path", "retry_errored"}))}
 
 
+SCORED_OPTIONS = ("metric", "mode", "folds", "seed", "objectives", "epochs_field")
+
+
 def _check_same_request(previous: dict, current: dict, experiment_uri: str) -> None:
     changed = [k for k in ("config_class", "space", "extra_overrides") if previous.get(k) != current.get(k)]
     if changed:
@@ -252,7 +259,21 @@ def _check_same_request(previous: dict, current: dict, experiment_uri: str) -> N
                           f"{', '.join(details or changed)}). Re-run with the original space and options to "
                           "continue it, or pass a new --name to start another experiment.")
     opt_prev, opt_cur = previous.get("options", {}), current["options"]
-    ignored = [k for k in sorted(set(opt_prev) | set(opt_cur)) if opt_prev.get(k) != opt_cur.get(k)]
+    # What the trials are scored on and compared by: a resumed search keeps its searcher and scheduler, while
+    # the summary, the folds and the best pick would follow the new value and mix two searches.
+    space = current.get("space", {})
+
+    def effective(opts: dict, k: str) -> Any:  # metric / mode unset mean the space's (the same space here)
+        return opts.get(k) if opts.get(k) is not None or k not in ("metric", "mode") else space.get(k)
+    scored = [k for k in SCORED_OPTIONS if k in opt_prev and effective(opt_prev, k) != effective(opt_cur, k)]
+    if scored:
+        was = ", ".join(f"{k} {effective(opt_prev, k)!r}" for k in scored)
+        now = ", ".join(f"{k} {effective(opt_cur, k)!r}" for k in scored)
+        raise ConfigError(f"{experiment_uri} was started with {was} (now {now}): its trials were scored that "
+                          "way. Re-run with the original values to continue it, or pass a new --name to start "
+                          "another experiment.")
+    ignored = [k for k in sorted(set(opt_prev) | set(opt_cur))
+               if opt_prev.get(k) != opt_cur.get(k) and k not in SCORED_OPTIONS]
     if ignored:
         print(f"[tune] resuming {experiment_uri}: options {ignored} differ from the first run and are ignored "
               "(a resumed experiment keeps its budget, scheduler and searcher state)", flush=True)
