@@ -202,7 +202,12 @@ def _parse_for(value: str, ann: Any) -> Any:
     `run.name=2024-05-01` into a date, `pkl_dir=` into None and `label_names=[No, Yes]` into booleans."""
     arms = [a for a in _arms(ann)] if ann is not None else []
     if arms and all(a is str or a is type(None) for a in arms) and str in arms:
-        return None if type(None) in arms and value.strip() in ("null", "~", "None") else value
+        text = value.strip()
+        if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":  # quoted: YAML / JSON's own string
+            quoted = _parse_value(text)
+            if isinstance(quoted, str):
+                return quoted
+        return None if type(None) in arms and text in ("null", "~", "None") else value
     if arms and all(typing.get_origin(a) in (list, tuple) and typing.get_args(a)[:1] == (str,) for a in arms):
         try:
             return yaml.load(value, Loader=yaml.BaseLoader)  # every scalar a string

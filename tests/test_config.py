@@ -75,6 +75,7 @@ def test_text_fields_take_the_text_as_written():
                                   "data.val_pkl=null", "model.inflate_stages=[1, 2]", "optim.lr=1e-3"])
     assert cfg.name == "2024-05-01" and cfg.data.pkl_dir == "" and cfg.data.label_names == ["No", "Yes"]
     assert cfg.data.val_pkl is None and cfg.model.inflate_stages == [1, 2] and cfg.optim.lr == 1e-3
+    assert load_config(Job, None, ['name="2024-05-01"', "data.pkl_dir='a b'"]).name == "2024-05-01"  # quoted
     assert load_config(Job, None, ["data.val_pkl=on", "data.label_names=[off]"]).data.label_names == ["off"]
     with pytest.raises(ConfigError, match="label_names"):  # an [index] needs the list in the config
         load_config(Job, None, ["data.label_names[0]=off"])
