@@ -45,6 +45,26 @@ def _run(cfg, ds, tmp_path):
     return train_loop(cfg, ds, str(tmp_path / "run"), ctx), ctx
 
 
+def test_a_preset_class_order_other_than_the_datasets_is_an_error(tmp_path):
+    """Extraction's default class order is the sorted folder names (RWF-2000: Fight=0, NonFight=1); the fight
+    presets say [NonFight, Fight]. The preset's names were used as they were: reports, class weights and the
+    exported model's background class swapped, silently."""
+    from recognizer_core.config import ConfigError
+    from recognizer_core.train.stgcn.job import build_trainer
+
+    def sorted_names(clips):  # as extraction stores them by default
+        for c in clips:
+            c.label = 1 - c.label
+    ds = _dataset(tmp_path, sorted_names, label_names=("Fight", "NonFight"))
+    with pytest.raises(ConfigError, match=r"stores its labels as \['Fight', 'NonFight'\] \(the same classes in "
+                                          r"another order\).*data.label_names=\['Fight', 'NonFight'\]"):
+        build_trainer(_cfg(f"data.path={ds}", f"run.storage_path={tmp_path}"))  # on the driver, before workers
+    with pytest.raises(ConfigError, match="the same classes in another order"):
+        _run(_cfg(), ds, tmp_path)
+    summary, _ = _run(_cfg("data.label_names=[Fight, NonFight]"), ds, tmp_path)  # the dataset's order trains
+    assert summary["epochs_run"] == 1
+
+
 def test_empty_split_is_an_error_naming_it(tmp_path):
     def no_val(clips):
         for c in clips:

@@ -28,6 +28,10 @@ def trial_overrides(extra: dict[str, Any], base: TrainJobConfig, experiment_uri:
     extra = dict(extra)
     # Demo clips or a pkl are converted to Parquet here, once, so concurrent trials never race to write them.
     extra["data.path"] = str(prepare_dataset(base.data, datasets_dir(experiment_uri)))
+    from recognizer_core.skeleton.store import SkeletonDataset
+    from recognizer_core.train.stgcn.evaluate import label_names
+
+    label_names(base, SkeletonDataset(extra["data.path"]))  # the preset's class order is the dataset's (or an error)
     for key in ("data.train_pkl", "data.val_pkl", "data.test_pkl"):  # now inside data.path
         extra[key] = None
     if metric in _SCORE_ATTRIBUTES:

@@ -13,6 +13,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
+from recognizer_core.config import ConfigError
 from recognizer_core.models.checkpoint import load_mmaction_checkpoint
 from recognizer_core.models.recognizer import build_recognizer
 from recognizer_core.skeleton.store import SkeletonDataset
@@ -145,5 +146,17 @@ def test_loop(cfg, dataset_path: str, checkpoint: str, out_uri: str, ctx, split:
 
 
 def label_names(cfg, ds) -> list[str]:
+    """The class names, index by index. The config's must be the dataset's own when the dataset names them: the
+    labels stored are indices into the dataset's list (extraction's default is the sorted folder names, Fight
+    before NonFight), and a preset's other order silently swapped reports, class weights and the exported
+    model's background class."""
     k = cfg.model.num_classes
-    return cfg.data.label_names or (ds.label_names if len(ds.label_names) == k else [str(i) for i in range(k)])
+    given, stored = list(cfg.data.label_names or []), list(ds.label_names or [])
+    # (names left blank in the dataset are unknown; labels beyond the config's classes are split_info's error)
+    if given and any(i < len(stored) and stored[i] and stored[i] != name for i, name in enumerate(given)):
+        how = ("the same classes in another order" if sorted(given) == sorted(stored) else "other classes")
+        raise ConfigError(f"data.label_names {given} but the dataset {ds.path} stores its labels as {stored} "
+                          f"({how}): its label i is {stored[0]!r} for i=0. Set data.label_names={stored} (and "
+                          "class weights in that order), or rebuild the dataset with the class order you want "
+                          "(extraction: source.label_names).")
+    return given or (stored if len(stored) == k else [str(i) for i in range(k)])

@@ -22,7 +22,7 @@ from recognizer_core.train.stgcn.config import TrainJobConfig
 from recognizer_core.train.stgcn.data import prepare_dataset, split_info
 from recognizer_core.train.ray_run import RayTrainContext, backend, for_workers, run_config, run_uri, \
     scaling_config
-from recognizer_core.train.stgcn.evaluate import test_loop
+from recognizer_core.train.stgcn.evaluate import label_names, test_loop
 from recognizer_core.train.stgcn.loop import train_loop
 from recognizer_core.train.stgcn.run_state import check_resumable
 
@@ -62,6 +62,7 @@ def preflight(cfg: TrainJobConfig, dataset_path: str | Path) -> None:
     """Checks on the driver that need only the light columns (empty splits, labels outside num_classes), so a
     deterministic data error fails at once instead of being retried by FailureConfig on every worker."""
     ds = SkeletonDataset(dataset_path)
+    label_names(cfg, ds)  # the config's class order is the dataset's
     info = split_info(ds, cfg.data.train_split, cfg.model.num_classes)
     if len(info) < cfg.scaling.num_workers:
         raise SkeletonDataError(f"{dataset_path}: split {cfg.data.train_split!r} has {len(info)} clip(s), fewer "
