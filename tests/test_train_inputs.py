@@ -183,6 +183,23 @@ def test_recipe_options_bf16_accumulation_checkpointing_sgd_cosine_early_stop(tm
     steps_per_epoch = -(-(-(-n_train // 4)) // 2)  # ceil(ceil(n / batch) / accumulative_counts)
     assert state["scheduler"]["last_epoch"] == 2 * steps_per_epoch
     assert "momentum_buffer" in next(iter(state["optimizer"]["state"].values()))  # SGD really used
+    # started again, the stopped run stays stopped: it trained more epochs past the stop before
+    again, ctx2 = _run(cfg, ds, tmp_path)
+    assert again["stopped_early"] and again["epochs_run"] == 2 and ctx2.reports == []
+
+
+def test_a_short_last_accumulation_group_takes_its_mean_gradient(tmp_path):
+    """Accumulating over more batches than an epoch has: the one group is short, and its gradient was divided by
+    accumulative_counts instead of its own size (a smaller step). It must equal accumulating exactly the epoch."""
+    ds = _dataset(tmp_path)
+    n_batches = -(-sum(1 for c in make_demo_clips("fight", 24, seed=1) if c.split == "train") // 4)
+    weights = []
+    for i, k in enumerate((n_batches, n_batches + 3)):
+        ctx = LocalContext(tmp_path / f"ckpt{i}")
+        train_loop(_cfg("train.epochs=1", f"train.accumulative_counts={k}", "optim.type=sgd", "optim.lr=0.1",
+                        "optim.momentum=0"), ds, str(tmp_path / f"run{i}"), ctx)
+        weights.append(torch.load(tmp_path / f"ckpt{i}" / "epoch_0001" / "training_state.pt", weights_only=True))
+    assert all(torch.allclose(weights[0]["model"][k], weights[1]["model"][k], atol=1e-6) for k in weights[0]["model"])
 
 
 def test_deterministic_kernels_during_the_run_only_and_same_weights(tmp_path):
@@ -210,6 +227,9 @@ def test_resuming_with_a_different_model_is_refused(tmp_path):
     _run(_cfg(), ds, tmp_path)
     with pytest.raises(ValueError, match=r"model or pipeline changed.*model.base_channels: checkpoint 8, config 16"):
         _run(_cfg("model.base_channels=16"), ds, tmp_path)
+    # another batch size (or worker count): the restored schedule counted other steps per epoch
+    with pytest.raises(ValueError, match=r"steps per epoch changed \(train.batch_size: checkpoint 4, config 8\)"):
+        _run(_cfg("train.batch_size=8"), ds, tmp_path)
 
 
 def test_mmaction_pkl_inputs_become_one_store(tmp_path):

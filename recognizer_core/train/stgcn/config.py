@@ -83,8 +83,8 @@ class ScheduleConfig(StrictModel):
     warmup_epochs: float = Field(3, ge=0, description="linear warmup length in epochs (applied per iteration)")
     warmup_start_factor: float = Field(0.1, gt=0, le=1, description="lr factor at the first warmup iteration")
     type: Literal["multistep", "cosine", "constant"] = Field("multistep", description="schedule after warmup")
-    milestones: list[int] = Field([15, 25], description="multistep: epochs (absolute) where lr is multiplied by "
-                                                        "gamma")
+    milestones: list[int] = Field([15, 25], description="multistep: epochs after the warmup where lr is "
+                                                        "multiplied by gamma (mmengine's begin=warmup_epochs)")
     gamma: float = Field(0.5, gt=0, le=1, description="multistep decay factor")
     T_max: int | None = Field(None, gt=0, description="cosine: epochs of the cosine after warmup "
                                                       "(default: epochs - warmup_epochs)")

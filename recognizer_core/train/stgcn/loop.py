@@ -185,9 +185,11 @@ def _train(cfg: TrainJobConfig, dataset_path: str, run_uri: str, ctx: WorkerCont
                               enabled=ctx.rank == 0, run_name=cfg.run.name)
     if ctx.rank == 0:
         _announce(cfg, ctx, data, tr, state, files)
-    stopped_early, last_ckpt_epoch = False, state.epoch
+    stopped_early, last_ckpt_epoch = state.stopped_early, state.epoch
     try:
-        for ep in range(state.epoch + 1, cfg.train.epochs + 1):
+        # a run that stopped early and is started again (the same command, or Ray Train restarting a worker
+        # lost after that checkpoint) stays stopped: training on would add epochs and could change the best model
+        for ep in range(state.epoch + 1, cfg.train.epochs + 1) if not stopped_early else ():
             metrics = train_epoch(tr, data, cfg, ctx, state, logger, ep)
             report = None
             if should_validate(ep, cfg.train.epochs, cfg.train.val_interval, cfg.train.val_begin):
@@ -195,7 +197,7 @@ def _train(cfg: TrainJobConfig, dataset_path: str, run_uri: str, ctx: WorkerCont
                 metrics.update(flat_metrics(report, "val"))
                 if cfg.train.early_stopping.enabled:
                     stopped_early = stopper.update(metrics[cfg.train.early_stopping.monitor])
-            state.epoch, state.early_stopping = ep, stopper.state()
+            state.epoch, state.early_stopping, state.stopped_early = ep, stopper.state(), stopped_early
             state.history.append(metrics)
             if ctx.rank == 0:
                 logger.log(metrics, state.global_step, console=False)
@@ -247,6 +249,9 @@ def train_epoch(tr: Trainer, data: Data, cfg: TrainJobConfig, ctx: WorkerContext
         data_wait += time.time() - t_fetch  # ~0 when the loader keeps up: the input pipeline is not the bottleneck
         x, y = model_inputs(x, device, cfg.pipeline, tr.features), y.to(device, non_blocking=True)
         boundary = (i + 1) % t_cfg.accumulative_counts == 0 or i + 1 == data.num_batches
+        # the epoch's last group may be short: its mean gradient divides by its own size (mmengine's scale_loss)
+        group = min(t_cfg.accumulative_counts, data.num_batches - i // t_cfg.accumulative_counts
+                    * t_cfg.accumulative_counts)
         sync = model.no_sync() if (distributed() and not boundary and hasattr(model, "no_sync")) else nullcontext()
         with sync:
             t_step, skips = time.time(), cudagraph_skips() if graphs and tr.compile_s is None else 0
@@ -255,7 +260,7 @@ def train_epoch(tr: Trainer, data: Data, cfg: TrainJobConfig, ctx: WorkerContext
             with tr.amp.autocast(device):
                 logits = tr.step_model(x)
             loss = F.cross_entropy(logits.float(), y.repeat_interleave(x.shape[1]), weight=tr.class_weight)
-            tr.scaler.scale(loss / t_cfg.accumulative_counts).backward()
+            tr.scaler.scale(loss / group).backward()
         finite = tr.guard.finite_loss(loss)
         epoch_loss.add(loss, finite)
         interval_loss.add(loss, finite)

@@ -38,6 +38,7 @@ class RunState:
     best: dict = field(default_factory=lambda: {"score": -math.inf, "epoch": 0, "file": None})
     early_stopping: dict = field(default_factory=dict)
     nonfinite_in_a_row: int = 0
+    stopped_early: bool = False
 
     def to_extra(self, label_names, world_size: int) -> dict:
         return {**asdict(self), "label_names": list(label_names), "world_size": world_size}
@@ -47,8 +48,8 @@ class RunState:
         if not state:
             return cls()
         extra = state.get("extra") or {}
-        known = {k: extra[k] for k in ("global_step", "history", "best", "early_stopping", "nonfinite_in_a_row")
-                 if k in extra}
+        known = {k: extra[k] for k in ("global_step", "history", "best", "early_stopping", "nonfinite_in_a_row",
+                                       "stopped_early") if k in extra}
         return cls(epoch=int(state["epoch"]), **known)
 
 
@@ -66,3 +67,13 @@ def check_resumable(cfg: TrainJobConfig, ckpt: Path) -> None:
     if diffs:
         raise ValueError(f"cannot resume run {cfg.run.name!r} from {ckpt}: the model or pipeline changed ("
                          + "; ".join(diffs) + "). Use a new run.name for a different model")
+    # The restored schedule counts optimizer steps and its lr was scaled to the old global batch: with another
+    # number of batches per epoch it decayed early (2 workers instead of 1: 'epoch 20' at epoch 11) from the
+    # wrong lr, without a word.
+    steps = [f"{sec}.{k}: checkpoint {saved.get(sec, {}).get(k)!r}, config {now[sec][k]!r}"
+             for sec, k in (("scaling", "num_workers"), ("train", "batch_size"), ("train", "accumulative_counts"))
+             if k in saved.get(sec, {}) and saved[sec][k] != now[sec][k]]
+    if steps:
+        raise ValueError(f"cannot resume run {cfg.run.name!r} from {ckpt}: the steps per epoch changed ("
+                         + "; ".join(steps) + "), so the restored learning-rate schedule would no longer fit. "
+                         "Resume with the original values, or use a new run.name")
