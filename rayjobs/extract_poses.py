@@ -73,11 +73,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[extract] truncated: {t['rel_path']}: decoded {t['decoded_frames']} of {t['declared_frames']} "
               f"declared frames ({'kept' if t['kept'] else 'not kept'})", file=sys.stderr)
     if args.build_dataset:
-        from recognizer_core.dataset.build import run_build
+        from recognizer_core.dataset.build import plan_videos, resolve_paths, run_build
         from recognizer_core.dataset.config import DatasetBuildConfig
 
-        start_ray(cfg.ray.address or None, job="build_dataset", dashboard=False)
-        print(json.dumps(run_build(DatasetBuildConfig(poses=cfg.output, output=args.build_dataset))))
+        try:  # one clear line, as everywhere else (e.g. no video finished: nothing to build), before Ray starts
+            poses = summary.get("output") or cfg.output
+            bcfg = resolve_paths(DatasetBuildConfig(poses=poses, output=args.build_dataset))
+            plan = plan_videos(bcfg)
+            start_ray(cfg.ray.address or None, job="build_dataset", dashboard=False)
+            print(json.dumps(run_build(bcfg, plan)))
+        except (ConfigError, RayStartError, ValueError) as err:
+            print(f"error: --build-dataset: {err}", file=sys.stderr)
+            return 2
     return 0
 
 

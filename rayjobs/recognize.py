@@ -102,7 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     if model is None:
         print("error: --model is required with --input / --stream", file=sys.stderr)
         return 2
-    out = Path(args.output)
+    from recognizer_core.storage import output_uri
+
+    out = Path(output_uri(args.output))  # never inside `ray job submit`'s package, which Ray deletes
+    args.output = str(out)
     try:
         rec = load_recognizer(model, model_config=args.model_config, threads=args.threads)
         if cfg.calibrate_precision:

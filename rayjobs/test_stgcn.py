@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from recognizer_core.config import ConfigError, add_config_args, config_from_args, load_config  # noqa: E402
-from recognizer_core.storage import to_uri  # noqa: E402
+from recognizer_core.storage import output_uri, to_uri  # noqa: E402
 from recognizer_core.train.stgcn.config import TrainJobConfig  # noqa: E402
 
 DEFAULT_CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "fight_stable.yaml")
@@ -80,7 +80,7 @@ def test_ensemble(items: list[str], out: str | None, metric: str) -> int:
 
     try:
         runs = parse_runs(items)
-        out_dir = Path(out) if out else next(iter(runs.values())).resolve().parent / "ensemble"
+        out_dir = Path(output_uri(out)) if out else next(iter(runs.values())).resolve().parent / "ensemble"
         report = ensemble_from_runs(runs, out_dir, metric=metric)
     except (ConfigError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -118,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     if not checkpoint.exists():
         print(f"error: {checkpoint}: checkpoint not found (train first, or pass --checkpoint)", file=sys.stderr)
         return 2
-    out_dir = Path(args.out) if args.out else (checkpoint if checkpoint.is_dir() else checkpoint.parent) / "test"
+    out_dir = Path(output_uri(args.out)) if args.out else \
+        (checkpoint if checkpoint.is_dir() else checkpoint.parent) / "test"
     split = args.split or cfg.data.test_split
     # The split must exist before any Ray start-up: a typo fails in one line, not in every worker.
     from recognizer_core.skeleton.store import SkeletonDataset

@@ -50,7 +50,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-cpus", type=int, default=None)
     args = parser.parse_args(argv)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    storage = Path(args.storage_path).resolve()
+    from recognizer_core.storage import is_remote, output_uri
+
+    if is_remote(args.storage_path):
+        print(f"error: --storage-path {args.storage_path}: the fused ensemble is written to a local or shared (NFS) "
+              "folder, not to object storage", file=sys.stderr)
+        return 2
+    args.streams = list(dict.fromkeys(args.streams))  # a stream named twice would train one run twice at once
+    storage = Path(output_uri(args.storage_path))  # never inside `ray job submit`'s package, which Ray deletes
     base = args.overrides + ([f"data.path={Path(args.data).resolve()}"] if args.data else [])
     try:
         cfgs = {s: load_config(TrainJobConfig, args.config, base + [
@@ -73,7 +80,9 @@ def main(argv: list[str] | None = None) -> int:
         except BaseException as err:
             errors[s] = err
 
-    threads = [threading.Thread(target=fit, args=(s,), name=f"stream_{s}") for s in args.streams]
+    # daemon threads: Ctrl-C / SIGTERM (a KeyboardInterrupt in this thread) ends the job instead of waiting for
+    # every stream's training to finish
+    threads = [threading.Thread(target=fit, args=(s,), name=f"stream_{s}", daemon=True) for s in args.streams]
     for t in threads:
         t.start()
     for t in threads:

@@ -47,6 +47,25 @@ def test_recognizer_storage_is_the_root_of_relative_outputs(ray_package, monkeyp
     assert not any("_ray_pkg_" in storage.output_uri(p) for p in (".", "a/b", str(Path.cwd() / "c")))
 
 
+def test_every_job_output_leaves_the_package(ray_package, monkeypatch, tmp_path):
+    """Only training and tuning went through output_uri: extraction, dataset building, recognize's and the test
+    job's outputs and tune_streams' ensemble were written inside the package, which Ray deletes with the
+    session (on a cluster, into each pod's own copy of it)."""
+    from recognizer_core.dataset.build import resolve_paths as build_paths
+    from recognizer_core.dataset.config import DatasetBuildConfig
+    from recognizer_core.extract.config import ExtractionConfig
+    from recognizer_core.extract.job import resolve_paths as extract_paths
+
+    monkeypatch.setenv(storage.STORAGE_ENV, str(tmp_path / "shared"))
+    shared = str(tmp_path / "shared")
+    ecfg = extract_paths(ExtractionConfig.model_validate({"source": {"input": str(tmp_path)}, "output": "outputs/poses"}))
+    assert ecfg.output == f"{shared}/outputs/poses"
+    bcfg = build_paths(DatasetBuildConfig(poses="outputs/poses", output="outputs/ds", pkl_dir="outputs/pkl"))
+    assert (bcfg.poses, bcfg.output, bcfg.pkl_dir) == (ecfg.output, f"{shared}/outputs/ds", f"{shared}/outputs/pkl")
+    (ray_package / "uploaded_poses").mkdir()  # an input that came with the package is read where it is
+    assert build_paths(DatasetBuildConfig(poses="uploaded_poses")).poses == str(ray_package / "uploaded_poses")
+
+
 def test_package_detection_needs_the_runtime_resources_layout(tmp_path):
     assert storage.ray_package_root(tmp_path / "_ray_pkg_1" / "x") is None  # a folder merely named so
     pkg = tmp_path / "runtime_resources" / "working_dir_files" / "_ray_pkg_1"

@@ -8,6 +8,7 @@ mmaction2 PoseDataset pickle per split (`<split>.pkl` + label map), as the train
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from collections import Counter
@@ -80,7 +81,11 @@ def iter_windows(cfg: DatasetBuildConfig, jobs: list[dict]) -> Iterator[Skeleton
 
 def resolve_paths(cfg: DatasetBuildConfig) -> DatasetBuildConfig:
     """Relative paths resolved once, on the driver: the window tasks may run on other nodes."""
-    return cfg.model_copy(update={"poses": storage.to_uri(cfg.poses), "output": storage.to_uri(cfg.output)})
+    # Outputs never go inside `ray job submit`'s package (Ray deletes it); the poses, a relative path that is not
+    # in the working directory, are where extraction put them (the same storage root).
+    poses = cfg.poses if storage.is_remote(cfg.poses) or os.path.exists(cfg.poses) else storage.output_uri(cfg.poses)
+    return cfg.model_copy(update={"poses": storage.to_uri(poses), "output": storage.output_uri(cfg.output),
+                                  "pkl_dir": storage.output_uri(cfg.pkl_dir) if cfg.pkl_dir else ""})
 
 
 def run_build(cfg: DatasetBuildConfig, plan: tuple[list[dict], list[str], int] | None = None) -> dict:

@@ -47,7 +47,7 @@ def resolve_paths(cfg: ExtractionConfig) -> ExtractionConfig:
         return storage.to_uri(p) if p else p
 
     return cfg.model_copy(update={
-        "output": res(cfg.output),
+        "output": storage.output_uri(cfg.output),  # never inside `ray job submit`'s package, which Ray deletes
         "source": cfg.source.model_copy(update={"input": res(cfg.source.input),
                                                 "manifest_csv": res(cfg.source.manifest_csv)}),
         "model": cfg.model.model_copy(update={
