@@ -28,6 +28,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -171,7 +172,11 @@ def check_stgcn_train(name: str, amp: str, device: str, work: Path, smoke: bool,
         # the timed run builds a new compiled module; dynamo's cache of the same graph makes its first step quick
         "first_step_s_timed": round(ctx.reports[0]["train/compile_s"], 1)}
     return emit(name, True, device=device, amp=amp, train_clips=n_train, epochs_timed=epochs - 1,
+                # the whole timed run: its start-up (loader processes, model, the epoch-1 checkpoint) included
                 samples_per_s=round(n_train * (epochs - 1) / timed, 1), warmup_epoch_s=round(times[0], 2),
+                # the loop's own per-epoch rates over the timed epochs (no start-up, no checkpoint writes)
+                epoch_samples_per_s_median=round(statistics.median(r["train/samples_per_s"] for r in ctx.reports),
+                                                 1),
                 batch=cfg.train.batch_size, pipeline_device=cfg.pipeline.device,
                 loader_workers=cfg.data.loader_workers, final_loss=ctx.reports[-1].get("train/loss"),
                 # the loop's own figures for its last epoch: samples/s without start-up and checkpointing, and the
