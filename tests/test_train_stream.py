@@ -52,9 +52,13 @@ def test_every_clip_once_per_epoch_across_ranks(setup):
         assert sorted(sb.order(1)[0][:n].tolist()) == list(range(n)) and not np.array_equal(sb.order(1)[0][:n],
                                                                                              order[:n])
     assert sorted(seen) == info.positions.tolist()  # each training clip in exactly one shard
-    # row groups are dealt whole: a rank reads only its own
-    blocks = [set(info.blocks[np.isin(info.positions, tdata.shard_positions(info, r, 3))]) for r in range(3)]
-    assert not (blocks[0] & blocks[1]) and not (blocks[1] & blocks[2])
+    # balanced to within a clip (row groups differ in size: whole ones made the small shards repeat their clips to
+    # fill the largest one's steps), and a rank reads mostly its own row groups: few are shared
+    shards = [tdata.shard_positions(info, r, 3) for r in range(3)]
+    assert max(map(len, shards)) - min(map(len, shards)) <= 1
+    blocks = [set(info.blocks[np.isin(info.positions, s.positions())]) for s in shards]
+    shared = (blocks[0] & blocks[1]) | (blocks[1] & blocks[2]) | (blocks[0] & blocks[2])
+    assert len(shared) <= 2 < len(set(info.blocks.tolist()))
 
 
 def test_batches_depend_only_on_seed_epoch_rank_batch(setup):

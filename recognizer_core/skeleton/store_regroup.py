@@ -6,7 +6,7 @@ What stays: every clip in the file it was in, every column and its values, the p
 `_dataset.json`'s label names, metadata and other fields. Each old row group is cut into one new row group per split
 it held (its rows in their old order) and a file's pieces are written split by split, each split's in the old
 order. So every split is the same sequence of row groups (blocks) with the same clips as before: the ranks' shards
-(whole row groups dealt round-robin), each epoch's block shuffle and window shuffle, hence every training and
+(row groups dealt round-robin, then balanced), each epoch's block shuffle and window shuffle, hence every training and
 validation batch for a seed, are unchanged. What changes: row positions (a split's rows are now one range per
 file), and row groups are smaller where the old ones held several splits.
 The input is only read. Memory: one part file at a time, as when it was written.

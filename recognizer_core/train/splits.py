@@ -1,7 +1,7 @@
 """A split of a skeleton dataset for training: its rows (as row ranges), label counts, and the shard of each rank.
 
 The training start takes a split's rows from the ranges in `_dataset.json` (SkeletonDataset.split_ranges) and
-deals whole row groups to the ranks as ranges, so it reads no data file and not the per-clip index, and costs
+deals row groups to the ranks as ranges (balanced to within a clip), so it reads no data file and not the per-clip index, and costs
 O(files + row groups), not O(clips), at any dataset size; datasets without ranges (old or interleaved ones, a
 split_map, folds) take their rows from the index and continue as ranges from there.
 """
@@ -110,12 +110,47 @@ def split_info(ds: SkeletonDataset, split: str, num_classes: int, required: bool
 
 
 def shard_positions(info: SplitInfo, rank: int, world: int) -> RowRanges:
-    """This rank's rows: whole row groups dealt round-robin (a rank reads only its own row groups), or every
-    world-th clip when the row groups are fewer than the ranks. Every clip is in exactly one shard. O(ranges)
-    unless that fallback is taken."""
+    """This rank's rows: row groups dealt round-robin (a rank reads mostly its own row groups; neighbouring
+    groups hold other videos and labels, so every shard mixes them), then balanced to within one clip: the
+    shards that came out larger hand the rows at their end to the smaller ones. Groups differ in size (a split's
+    first and last ones are partial), and unbalanced shards made the smaller ones repeat up to most of their
+    clips to fill the largest one's steps (DistributedSampler pads at most world - 1). Every clip is in exactly
+    one shard. O(ranges); every world-th clip when the row groups are fewer than the ranks."""
     if world == 1:
         return info.ranges
-    ids = np.unique(info.ranges.groups)
+    r = info.ranges
+    ids = np.unique(r.groups)
     if len(ids) < world:
-        return info.ranges.subset(info.positions[rank::world])
-    return info.ranges.select(np.isin(info.ranges.groups, ids[rank::world]))
+        return r.subset(info.positions[rank::world])
+    owner = np.searchsorted(ids, r.groups) % world          # range k's rank, dealt by row group
+    lengths = r.lengths()
+    have = np.bincount(owner, weights=lengths, minlength=world).astype(np.int64)
+    n = int(lengths.sum())
+    want = np.full(world, n // world, np.int64)
+    want[: n % world] += 1
+    pool: list[tuple[int, int]] = []                        # rows the larger shards give up, in store order
+    starts, stops = [list(r.starts[owner == k]) for k in range(world)], [list(r.stops[owner == k]) for k in range(world)]
+    for k in range(world):
+        extra = int(have[k] - want[k])
+        while extra > 0:                                    # from the end of the shard
+            a, b = int(starts[k][-1]), int(stops[k][-1])
+            cut = max(a, b - extra)
+            pool.append((cut, b))
+            extra -= b - cut
+            if cut == a:
+                starts[k].pop(), stops[k].pop()
+            else:
+                stops[k][-1] = cut
+    pool.sort()
+    for k in range(world):
+        need = int(want[k] - have[k])
+        while need > 0:
+            a, b = pool.pop(0)
+            take = min(need, b - a)
+            starts[k].append(a), stops[k].append(a + take)
+            if a + take < b:
+                pool.insert(0, (a + take, b))
+            need -= take
+    order = np.argsort(starts[rank], kind="stable")
+    return RowRanges.cut(np.asarray(starts[rank], np.int64)[order], np.asarray(stops[rank], np.int64)[order],
+                         r.bounds)

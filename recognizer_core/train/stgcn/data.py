@@ -2,8 +2,8 @@
 
 Every source becomes a Parquet skeleton store first (mmaction2 pkl files and the demo data are converted once
 by the driver), so a worker opens the store, takes a split's rows (splits.py: from the ranges in `_dataset.json`,
-never the per-clip index when they are there), and takes its own shard (whole row groups dealt round-robin to
-the ranks), all as row ranges, never a per-clip array. The shard is streamed, never held: each epoch shuffles its
+never the per-clip index when they are there), and takes its own shard (row groups dealt round-robin to the
+ranks, balanced to within a clip), all as row ranges, never a per-clip array. The shard is streamed, never held: each epoch shuffles its
 row groups, then clips within a bounded window, all from (seed, epoch, rank) and computed a window at a time, so
 memory and start-up are the same at 1k and 500k clips and a resumed run sees the same batches (the next window is
 read ahead in a background thread while this one is served); batches are
