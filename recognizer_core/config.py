@@ -179,34 +179,27 @@ def set_dotted(data: dict, key: str, value: Any) -> None:
 
 def _target_annotation(cls: type[BaseModel] | None, key: str) -> Any:
     """The annotation of the field a dotted key sets (the element type for `list[i]`), or None if unknown."""
-    model, ann = cls, None
     try:
-        for name, index in split_dotted(key):
-            if model is None:
-                return None
-            field = model.model_fields.get(name)
-            if field is None:
-                return None
-            ann = field.annotation
-            if index is not None:
-                seq = next((a for a in _arms(ann) if typing.get_origin(a) in _SEQUENCES), None)
-                ann = typing.get_args(seq)[0] if seq is not None and typing.get_args(seq) else None
-            model = _model_in(ann) if ann is not None else None
+        *path, (name, index) = split_dotted(key)
     except KeyError:
         return None
-    return ann
+    section = _section_at(cls, tuple(p for p, _ in path)) if cls is not None else None
+    field = section.model_fields.get(name) if section is not None else None
+    if field is None or index is None:
+        return field.annotation if field is not None else None
+    seq = next((a for a in _arms(field.annotation) if typing.get_origin(a) in _SEQUENCES), None)
+    return (typing.get_args(seq) or (None,))[0] if seq is not None else None
 
 
 def _parse_for(value: str, ann: Any) -> Any:
-    """A --set value for a field of type `ann`. Text fields take the text as written: YAML would turn
-    `run.name=2024-05-01` into a date, `pkl_dir=` into None and `label_names=[No, Yes]` into booleans."""
-    arms = [a for a in _arms(ann)] if ann is not None else []
-    if arms and all(a is str or a is type(None) for a in arms) and str in arms:
-        text = value.strip()
-        if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":  # quoted: YAML / JSON's own string
-            quoted = _parse_value(text)
-            if isinstance(quoted, str):
-                return quoted
+    """A --set value for a field of type `ann`. Text fields take the text as written (a quoted one as YAML reads
+    it): YAML alone made `run.name=2024-05-01` a date, `pkl_dir=` None and `label_names=[No, Yes]` booleans."""
+    arms = _arms(ann) if ann is not None else []
+    text = value.strip()
+    if str in arms and all(a in (str, type(None)) for a in arms):
+        quoted = _parse_value(text) if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"" else None
+        if isinstance(quoted, str):
+            return quoted
         return None if type(None) in arms and text in ("null", "~", "None") else value
     if arms and all(typing.get_origin(a) in (list, tuple) and typing.get_args(a)[:1] == (str,) for a in arms):
         try:
@@ -218,8 +211,8 @@ def _parse_for(value: str, ann: Any) -> Any:
 
 def apply_overrides(data: dict, overrides: list[str], source: str = "--set",
                     cls: type[BaseModel] | None = None) -> dict:
-    """Return a copy of `data` with `a.b.c=value` (or `a.list[i]=value`) overrides applied. Values are YAML
-    scalars (96, 1e-4, [2, 4], true), except for the text fields of `cls`, which take the text as written."""
+    """A copy of `data` with `a.b.c=value` (or `a.list[i]=value`) overrides applied: YAML values (96, 1e-4, [2, 4],
+    true), except in the text fields of `cls` (_parse_for)."""
     data = copy.deepcopy(data)
     for item in overrides or []:
         if "=" not in item:

@@ -1,9 +1,9 @@
 """A split of a skeleton dataset for training: its rows (as row ranges), label counts, and the shard of each rank.
 
 The training start takes a split's rows from the ranges in `_dataset.json` (SkeletonDataset.split_ranges) and
-deals row groups to the ranks as ranges (balanced to within a clip), so it reads no data file and not the per-clip index, and costs
-O(files + row groups), not O(clips), at any dataset size; datasets without ranges (old or interleaved ones, a
-split_map, folds) take their rows from the index and continue as ranges from there.
+deals row groups to the ranks as ranges (balanced to within a clip), so it reads no data file and not the
+per-clip index, and costs O(files + row groups), not O(clips), at any dataset size; datasets without ranges (old
+or interleaved ones, a split_map, folds) take their rows from the index and continue as ranges from there.
 """
 from __future__ import annotations
 
@@ -129,7 +129,8 @@ def shard_positions(info: SplitInfo, rank: int, world: int) -> RowRanges:
     want = np.full(world, n // world, np.int64)
     want[: n % world] += 1
     pool: list[tuple[int, int]] = []                        # rows the larger shards give up, in store order
-    starts, stops = [list(r.starts[owner == k]) for k in range(world)], [list(r.stops[owner == k]) for k in range(world)]
+    starts = [list(r.starts[owner == k]) for k in range(world)]
+    stops = [list(r.stops[owner == k]) for k in range(world)]
     for k in range(world):
         extra = int(have[k] - want[k])
         while extra > 0:                                    # from the end of the shard

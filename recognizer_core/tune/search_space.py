@@ -7,13 +7,14 @@ parameter. See search_spaces/README.md for the format.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, Field, ValidationError, model_validator
 
 from recognizer_core.config import ConfigError, StrictModel, read_yaml, validate_config
 from recognizer_core.tune.fields import check_field, get_dotted, set_dotted
@@ -34,17 +35,12 @@ class Param(StrictModel):
     step: float | None = Field(None, gt=0)
     log: bool = False
     values: list[Any] | None = None
-    sets: dict[str, dict[str, Any]] | None = None
+    # keys as text: YAML reads `sets: {4: ..., 6: ...}` (a choice of integers) with integer keys
+    sets: dict[Annotated[str, BeforeValidator(str)], dict[str, Any]] | None = None
     when: dict[str, Any] | None = None
     epochs_of: int | None = Field(None, ge=1, description="the values are epochs of a run this many epochs "
                                   "long (e.g. milestones of a 30-epoch preset): each trial gets them scaled to "
                                   "its own epochs, so a shorter run (the demo) keeps the schedule's shape")
-
-    @field_validator("sets", mode="before")
-    @classmethod
-    def _keys_as_text(cls, sets: Any) -> Any:
-        # YAML reads `sets: {4: ..., 6: ...}` (a choice of integers) with integer keys; labels compare as text
-        return {str(k): v for k, v in sets.items()} if isinstance(sets, dict) else sets
 
     @model_validator(mode="after")
     def _consistent(self) -> "Param":
@@ -129,11 +125,9 @@ class SearchSpace(StrictModel):
             for name, value in point.items():
                 p = self.params.get(name)
                 if p is not None and p.type != "choice" and isinstance(value, str):
-                    try:
-                        number = float(value)
-                    except ValueError:
-                        continue  # left for the range check to name
-                    point[name] = int(number) if p.type == "int" and number.is_integer() else number
+                    with contextlib.suppress(ValueError):  # not a number: left for the range check to name
+                        point[name] = int(float(value)) if p.type == "int" and float(value).is_integer() \
+                            else float(value)
         return self
 
     # --- the Optuna define-by-run function -------------------------------------------------------------------

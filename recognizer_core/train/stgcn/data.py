@@ -3,10 +3,10 @@
 Every source becomes a Parquet skeleton store first (mmaction2 pkl files and the demo data are converted once
 by the driver), so a worker opens the store, takes a split's rows (splits.py: from the ranges in `_dataset.json`,
 never the per-clip index when they are there), and takes its own shard (row groups dealt round-robin to the
-ranks, balanced to within a clip), all as row ranges, never a per-clip array. The shard is streamed, never held: each epoch shuffles its
-row groups, then clips within a bounded window, all from (seed, epoch, rank) and computed a window at a time, so
-memory and start-up are the same at 1k and 500k clips and a resumed run sees the same batches (the next window is
-read ahead in a background thread while this one is served); batches are
+ranks, balanced to within a clip), all as row ranges, never a per-clip array. The shard is streamed, never
+held: each epoch shuffles its row groups, then clips within a bounded window, all from (seed, epoch, rank) and
+computed a window at a time, so memory and start-up are the same at 1k and 500k clips and a resumed run sees
+the same batches (the next window is read ahead in a background thread while this one is served); batches are
 prepared by `prepare_batch` in loader processes.
 Shards are padded by wrapping so every rank runs the same number of steps (DDP needs that); padded
 validation samples carry `valid=False` and are dropped before metrics.
@@ -98,10 +98,8 @@ def _pkl_files_to_parquet(cfg: DataConfig, out: Path) -> None:
 
     roles = [(cfg.train_pkl, cfg.train_split), (cfg.val_pkl or cfg.train_pkl, cfg.val_split),
              (cfg.test_pkl or cfg.val_pkl or cfg.train_pkl, cfg.test_split)]
-    # The test role counts only when test_pkl is given: by default it reuses val_pkl (as mmaction2 configs test
-    # on the val annotation file), and a bare val.pkl must still serve validation whole.
-    counted = roles if cfg.test_pkl else roles[:2]
-    role_count = {p: sum(1 for q, _ in counted if q == p) for p, _ in roles}
+    # the test role counts only when test_pkl is given (by default it reuses val_pkl, as mmaction2 configs do)
+    role_count = {p: sum(1 for q, _ in (roles if cfg.test_pkl else roles[:2]) if q == p) for p, _ in roles}
     loaded: dict[str, Any] = {}
     clips: list[SkeletonClip] = []
     seen: set[str] = set()
