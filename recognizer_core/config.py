@@ -117,10 +117,10 @@ def resolve_repo_path(path: str | os.PathLike | None) -> str | None:
     return str(repo_path) if repo_path.exists() else str(path)
 
 
-def _parse_value(text: str) -> Any:
-    # YAML scalars give the natural types: 96 -> int, 1e-4 -> float, [2, 4] -> list, true -> bool.
+def _parse_value(text: str, loader: type = yaml.SafeLoader) -> Any:
+    # YAML scalars give the natural types: 96 -> int, 1e-4 -> float, [2, 4] -> list, true -> bool (BaseLoader: text)
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=loader)
     except yaml.YAMLError:
         return text
 
@@ -186,7 +186,7 @@ def _target_annotation(cls: type[BaseModel] | None, key: str) -> Any:
     section = _section_at(cls, tuple(p for p, _ in path)) if cls is not None else None
     field = section.model_fields.get(name) if section is not None else None
     if field is None or index is None:
-        return field.annotation if field is not None else None
+        return getattr(field, "annotation", None)
     seq = next((a for a in _arms(field.annotation) if typing.get_origin(a) in _SEQUENCES), None)
     return (typing.get_args(seq) or (None,))[0] if seq is not None else None
 
@@ -197,15 +197,11 @@ def _parse_for(value: str, ann: Any) -> Any:
     arms = _arms(ann) if ann is not None else []
     text = value.strip()
     if str in arms and all(a in (str, type(None)) for a in arms):
-        quoted = _parse_value(text) if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"" else None
-        if isinstance(quoted, str):
-            return quoted
+        if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"" and isinstance(_parse_value(text), str):
+            return _parse_value(text)
         return None if type(None) in arms and text in ("null", "~", "None") else value
     if arms and all(typing.get_origin(a) in (list, tuple) and typing.get_args(a)[:1] == (str,) for a in arms):
-        try:
-            return yaml.load(value, Loader=yaml.BaseLoader)  # every scalar a string
-        except yaml.YAMLError:
-            return value
+        return _parse_value(value, yaml.BaseLoader)  # every scalar a string
     return _parse_value(value)
 
 

@@ -35,8 +35,7 @@ class Param(StrictModel):
     step: float | None = Field(None, gt=0)
     log: bool = False
     values: list[Any] | None = None
-    # keys as text: YAML reads `sets: {4: ..., 6: ...}` (a choice of integers) with integer keys
-    sets: dict[Annotated[str, BeforeValidator(str)], dict[str, Any]] | None = None
+    sets: dict[Annotated[str, BeforeValidator(str)], dict[str, Any]] | None = None  # YAML's int keys as text
     when: dict[str, Any] | None = None
     epochs_of: int | None = Field(None, ge=1, description="the values are epochs of a run this many epochs "
                                   "long (e.g. milestones of a 30-epoch preset): each trial gets them scaled to "
