@@ -77,8 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         from recognizer_core.dataset.config import DatasetBuildConfig
 
         try:  # one clear line, as everywhere else (e.g. no video finished: nothing to build), before Ray starts
-            poses = summary.get("output") or cfg.output
-            bcfg = resolve_paths(DatasetBuildConfig(poses=poses, output=args.build_dataset))
+            bcfg = resolve_paths(DatasetBuildConfig(poses=summary["output"], output=args.build_dataset))
             plan = plan_videos(bcfg)
             start_ray(cfg.ray.address or None, job="build_dataset", dashboard=False)
             print(json.dumps(run_build(bcfg, plan)))

@@ -179,10 +179,7 @@ def set_dotted(data: dict, key: str, value: Any) -> None:
 
 def _target_annotation(cls: type[BaseModel] | None, key: str) -> Any:
     """The annotation of the field a dotted key sets (the element type for `list[i]`), or None if unknown."""
-    try:
-        *path, (name, index) = split_dotted(key)
-    except KeyError:
-        return None
+    *path, (name, index) = split_dotted(key)  # a bad key: KeyError, which the callers report
     section = _section_at(cls, tuple(p for p, _ in path)) if cls is not None else None
     field = section.model_fields.get(name) if section is not None else None
     if field is None or index is None:

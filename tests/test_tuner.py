@@ -349,6 +349,8 @@ def test_command_line_plans(tmp_path):
         _plan("--metric", "val/AP")
     with pytest.raises(ConfigError, match="num_samples"):
         _plan("--num-samples", "0")
+    with pytest.raises(ConfigError, match="'model.drop out': 'drop out' is not a field name"):
+        _plan("--set", "model.drop out=0.2")
     # another metric without a mode: the space's 'max' would have maximised a loss
     with pytest.raises(ConfigError, match="not the space's metric .* say --mode max or --mode min"):
         _plan("--metric", "train/loss")

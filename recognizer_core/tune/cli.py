@@ -17,7 +17,7 @@ from pydantic import BaseModel
 
 from recognizer_core.config import ConfigError, _parse_for, _target_annotation
 from recognizer_core.storage import output_uri
-from recognizer_core.tune.search_space import SearchSpace, describe, get_dotted, load_search_space
+from recognizer_core.tune.search_space import SearchSpace, get_dotted, load_search_space
 from recognizer_core.tune.tuner import TuneOptions, default_storage
 
 # Budgets used when the command is run without data: they must finish in minutes on 2 CPUs.
@@ -102,7 +102,10 @@ def _overrides_dict(items: Iterable[str], config_cls: type[BaseModel] | None = N
         if "=" not in item:
             raise ConfigError(f"--set {item!r} must look like section.field=value")
         key, value = item.split("=", 1)
-        out[key.strip()] = _parse_for(value, _target_annotation(config_cls, key.strip()))  # text fields as written
+        try:
+            out[key.strip()] = _parse_for(value, _target_annotation(config_cls, key.strip()))  # text as written
+        except KeyError as err:
+            raise ConfigError(f"--set: {err.args[0]}") from None
     return out
 
 
@@ -168,6 +171,22 @@ def plan_from_args(args: argparse.Namespace, *, config_cls: type[BaseModel], job
     # The trial configs themselves are validated now, not in the first trial.
     space.build_config(config_cls, {}, extra)
     return TunePlan(space=space, options=options, extra=extra, demo=demo, notes=notes)
+
+
+def describe(space: SearchSpace) -> str:
+    """One line per parameter, for logs and --help."""
+    lines = []
+    for name, p in space.params.items():
+        if p.type == "choice":
+            dist = f"choice {p.labels()}"
+        else:
+            scale = " (log)" if p.type == "loguniform" or p.log else ""
+            step = f" step {p.step:g}" if p.step else ""
+            dist = f"{p.type} [{p.low:g}, {p.high:g}]{step}{scale}"
+        cond = f"  when {p.when}" if p.when else ""
+        cond += f"  (epochs of a {p.epochs_of}-epoch run, scaled to the trial's)" if p.epochs_of else ""
+        lines.append(f"  {name}: {dist}{cond}")
+    return "\n".join(lines)
 
 
 def print_plan(plan: TunePlan) -> None:

@@ -376,22 +376,6 @@ def _reason(err: Exception) -> str:
     return text.replace("\n", "\n    ")
 
 
-def describe(space: SearchSpace) -> str:
-    """One line per parameter, for logs and --help."""
-    lines = []
-    for name, p in space.params.items():
-        if p.type == "choice":
-            dist = f"choice {p.labels()}"
-        else:
-            scale = " (log)" if p.type == "loguniform" or p.log else ""
-            step = f" step {p.step:g}" if p.step else ""
-            dist = f"{p.type} [{p.low:g}, {p.high:g}]{step}{scale}"
-        cond = f"  when {p.when}" if p.when else ""
-        cond += f"  (epochs of a {p.epochs_of}-epoch run, scaled to the trial's)" if p.epochs_of else ""
-        lines.append(f"  {name}: {dist}{cond}")
-    return "\n".join(lines)
-
-
 def optuna_distribution(p: Param):
     """The Optuna distribution `SearchSpace.suggest` samples `p` from (for rebuilding a study from results)."""
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
