@@ -114,3 +114,25 @@ def test_build_dataset_without_extracted_videos_fails_before_ray(tmp_path):
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
         f"error: poses: {tmp_path / 'nothing_here'} has no finished videos (run rayjobs/extract_poses.py first)"]
     assert not (tmp_path / "ds").exists()
+
+
+def test_extract_build_dataset_with_no_finished_video_is_one_error_line(tmp_path, fake_model):
+    """extract_poses --build-dataset where every video failed (here in an earlier run, so no Ray starts): stage 3
+    has nothing to build; it said so in a traceback until 2026-12-05."""
+    from recognizer_core.extract.config import SourceConfig
+    from recognizer_core.extract.manifest import ExtractionManifest
+    from recognizer_core.extract.sources import list_videos
+
+    videos = tmp_path / "videos"
+    write_marker_video(videos / "Fight/a.mp4", [np.full((4, 2), 40.0)])
+    (video,) = list_videos(SourceConfig(input=str(videos)))
+    ExtractionManifest(str(tmp_path / "out")).record(FAILED, video.key, rel_path=video.rel_path,
+                                                     video_id=video.video_id, reason="decode error")
+    proc = _job("--input", str(videos), "--onnx", str(fake_model), "--output", "out", "--build-dataset", "ds",
+                cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines() == [
+        "[extract] failed: Fight/a.mp4: decode error",
+        f"error: --build-dataset: poses: {tmp_path / 'out'} has no finished videos "
+        "(run rayjobs/extract_poses.py first)"]
+    assert not (tmp_path / "ds").exists()
