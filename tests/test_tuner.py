@@ -408,3 +408,36 @@ def test_errored_trial_is_reported_and_the_search_goes_on(tmp_path, ray_local):
                             extra=fast, out_dir=tmp_path / "summary", experiment_uri=run.experiment_uri)
     assert summary["status_counts"] == {"ok": 1, "error": 1}
     assert summary["best_params"] == {"data.path": good}
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(300)
+def test_a_fold_run_finished_before_the_driver_died_reports_its_final_metrics(ray_local, tmp_path):
+    """Resuming a cross-validated trial whose fold had finished its Train run: the run continues with nothing
+    left to train and reports nothing. Until 2026-12-05 only a plain trial's callback got the final metrics
+    again, so that fold left every merged epoch without the metric and the trial ended as 'no_metric'."""
+    from ray.util.queue import Queue
+
+    from recognizer_core.train.stgcn.job import build_trainer
+    from recognizer_core.tune.trial_runs import FoldReport
+    from recognizer_core.tune.tuner import TrialDriver, schedule_of
+
+    space = _space()
+    extra = {**space.demo, "train.epochs": 1, "data.demo_num_clips": 40, "scaling.num_workers": 1,
+             "scaling.cpus_per_worker": 0.5, "model.num_stages": 2, "model.base_channels": 8,
+             "model.inflate_stages": [2], "model.down_stages": [2], "data.loader_workers": 0}
+    cfg = space.build_config(TrainJobConfig, {}, extra)
+    driver = TrialDriver(space, TrainJobConfig, build_trainer, extra, str(tmp_path), "val/acc_top1", "max")
+
+    def fit_fold() -> list[dict]:
+        reports = Queue(actor_options={"num_cpus": 0})
+        driver._fit(cfg, str(tmp_path / "trial_x"), "train_fold0", FoldReport(reports, 0, schedule_of(cfg), {}))
+        got = []
+        while not reports.empty():
+            got.append(reports.get()[1])
+        return got
+
+    first = fit_fold()
+    assert [r["epoch"] for r in first] == [1] and 0 <= first[0]["val/acc_top1"] <= 1
+    again = fit_fold()   # the driver died after the fold's last epoch; the resumed trial fits the run again
+    assert [(r["epoch"], r["val/acc_top1"]) for r in again] == [(1, first[0]["val/acc_top1"])]
