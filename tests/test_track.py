@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from fakes.fake_rtmo import KEYPOINT_OFFSETS
 from recognizer_core.track.config import TrackingConfig
@@ -76,3 +77,21 @@ def test_packed_frame_poses_round_trip_including_empty_frames():
             np.testing.assert_array_equal(getattr(back, name), getattr(poses, name))
             assert getattr(back, name).shape == getattr(poses, name).shape
     assert len(pack_poses(full)) == 3 * 56 * 4          # compact: 56 float32 per person, no padding
+
+
+def test_max_tracks_caps_persons_at_one_time_not_per_video():
+    """Walkers pass one after another, at most two in view: a per-video cap of 2 kept the two best and dropped
+    everyone who came later (a fight at the end of a long CCTV video was never stored). Three in view at once
+    with a cap of 2: the worst of them is dropped where it is never among the best two."""
+    frames = [dict() for _ in range(6 * 5 + 5)]
+    for walker in range(6):                          # each walks for 10 frames; the next starts 5 frames later
+        for t in range(10):
+            frames[walker * 5 + t][walker] = _person(40 + 80 * walker + 3 * t, 100)
+    frames = [_frame(list(f.values()), [0.9] * len(f)) for f in frames]
+    tr = track_poses(np.arange(len(frames)), frames, TrackingConfig(min_track_len=5, max_tracks=2))
+    assert tr.num_persons == 6
+    assert sorted(float(tr.keypoint[m][tr.box_score[m] > 0][0, 0, 0]) for m in range(6)) == pytest.approx(
+        [40 + 80 * w + KEYPOINT_OFFSETS[0, 0] * 10 for w in range(6)])
+    crowd = [_frame([_person(50, 50), _person(200, 50), _person(350, 50)], [0.9, 0.5, 0.7]) for _ in range(6)]
+    tr = track_poses(np.arange(6), crowd, TrackingConfig(min_track_len=3, max_tracks=2))
+    assert tr.num_persons == 2 and tr.box_score[:, 0].tolist() == pytest.approx([0.9, 0.7])

@@ -12,5 +12,6 @@ class TrackingConfig(StrictModel):
     max_missing: int = Field(10, ge=0, description="frames a track may go unseen before it ends")
     min_track_len: int = Field(5, ge=1, description="tracks seen in fewer frames are dropped")
     min_track_score: float = Field(0.3, ge=0, le=1, description="tracks with lower mean detection score are dropped")
-    max_tracks: int = Field(16, ge=1, description="tracks stored per video (by length x score); stage 3 keeps "
-                                                  "num_person of them per window")
+    max_tracks: int = Field(16, ge=1, description="persons kept at any one time: a track is stored if it is "
+                            "among the max_tracks best (length x score) seen in one of its frames; stage 3 keeps "
+                            "num_person of them per window")

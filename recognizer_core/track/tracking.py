@@ -2,6 +2,9 @@
 
 Tracks are ranked by length x mean detection score; the stored person order is that rank, fixed for the
 whole video, so a person keeps its index in every frame (mmaction2's FormatGCNInput keeps the first M).
+`max_tracks` caps the persons kept at any one time, not per video: a track is kept if it ranks among the top
+max_tracks tracks seen in at least one of its frames, so people who only appear late in a long video (after
+16 others came and went) are kept; stage 3 and recognize re-rank the persons per window.
 """
 from __future__ import annotations
 
@@ -49,11 +52,23 @@ class TrackedPoses:
     keypoint: np.ndarray         # float32 (M, T, 17, 2), zeros where the person is not seen
     keypoint_score: np.ndarray   # float32 (M, T, 17)
     box_score: np.ndarray        # float32 (M, T) detection score, 0 where not seen
-    track_ids: np.ndarray        # int32 (M,) ids in order of first appearance
+    track_ids: np.ndarray        # int32 (M,) the tracker's ids (numbered by first appearance), in rank order
 
     @property
     def num_persons(self) -> int:
         return int(self.keypoint.shape[0])
+
+
+def _top_at_some_frame(ranked: list[_Track], num_frames: int, k: int) -> list[_Track]:
+    """The tracks (in rank order) that are among the k best-ranked tracks seen in at least one of their frames."""
+    higher = np.zeros(num_frames, np.int64)   # per frame: better-ranked tracks seen there so far
+    kept = []
+    for tr in ranked:
+        seen = np.fromiter(tr.hits, np.int64, len(tr.hits))
+        if (higher[seen] < k).any():
+            kept.append(tr)
+        higher[seen] += 1
+    return kept
 
 
 def track_poses(frame_inds, frames: list[FramePoses], cfg: TrackingConfig) -> TrackedPoses:
@@ -88,7 +103,7 @@ def track_poses(frame_inds, frames: list[FramePoses], cfg: TrackingConfig) -> Tr
         if n >= cfg.min_track_len and mean_score >= cfg.min_track_score:
             kept.append((n * mean_score, tr))
     kept.sort(key=lambda x: (-x[0], x[1].track_id))
-    kept = [tr for _, tr in kept[: cfg.max_tracks]]
+    kept = _top_at_some_frame([tr for _, tr in kept], len(frames), cfg.max_tracks)
 
     T, M = len(frames), len(kept)
     keypoint = np.zeros((M, T, NUM_KEYPOINTS, 2), np.float32)
