@@ -113,6 +113,9 @@ def test_nms_and_thresholds():
     nan[1, 0] = np.nan
     assert postprocess(nan, kpts, 1.0, (15, 15), PoseModelConfig(max_detections=5)).scores.tolist() == \
         [pytest.approx(0.9), pytest.approx(0.5)]
+    padded = np.concatenate([dets[2:3], np.zeros((3, 5), np.float32)])   # a fixed-K export's zero padding rows
+    p = postprocess(padded, np.zeros((4, 17, 3), np.float32), 1.0, (40, 40), PoseModelConfig(score_threshold=0))
+    assert p.scores.tolist() == [pytest.approx(0.5)]
 
 
 def test_backend_errors(fake_models, tmp_path):

@@ -73,7 +73,10 @@ def postprocess(dets: np.ndarray, keypoints: np.ndarray, ratio: float, image_hw:
     if keypoints.ndim != 3 or keypoints.shape[1:] != (NUM_KEYPOINTS, 3) or len(keypoints) != len(dets):
         raise ValueError(f"RTMO output 'keypoints' must be (K, 17, 3) matching dets, got {keypoints.shape}")
     scores = dets[:, 4]
-    valid = (scores >= cfg.score_threshold) & np.isfinite(dets).all(1) & np.isfinite(keypoints).all((1, 2))
+    # > 0 too: fixed-K exports (mmdeploy's TensorRT RTMO, model_io.pad_detections) pad with all-zero rows, which
+    # score_threshold=0 kept as people (rtmlib's multiclass_nms compares with >)
+    valid = ((scores >= cfg.score_threshold) & (scores > 0) & np.isfinite(dets).all(1)
+             & np.isfinite(keypoints).all((1, 2)))
     if not valid.any():
         return FramePoses.empty()
     boxes, scores, kpts = dets[valid, :4] / ratio, scores[valid], keypoints[valid]
