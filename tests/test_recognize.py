@@ -99,7 +99,7 @@ def test_window_scores_on_parquet_equal_the_test_job_path(tmp_path):
     from recognizer_core.train.context import LocalContext
 
     run, cfg = make_run_folder(tmp_path)
-    loader, _ = _test_batches(cfg, cfg.data.path, "train", LocalContext(tmp_path / "ckpt"), required=True)
+    loader, _, _ = _test_batches(cfg, cfg.data.path, "train", LocalContext(tmp_path / "ckpt"), required=True)
     model = build_recognizer(cfg.model)
     load_weights(model, run)
     ref = evaluate(model, loader, torch.device("cpu"))["scores"]

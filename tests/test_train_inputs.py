@@ -92,14 +92,24 @@ def test_all_zero_skeletons_are_skipped_and_counted_or_rejected(tmp_path, capsys
     zero_ids = []
 
     def zero(clips):
-        for c in [c for c in clips if c.split == "train"][:3]:
+        for c in [c for c in clips if c.split == "train"][:3] + [c for c in clips if c.split == "test"][:1]:
             c.keypoint[:] = 0
             c.keypoint_score[:] = 0
             zero_ids.append(c.clip_id)
     ds = _dataset(tmp_path, zero)
     summary, _ = _run(_cfg(), ds, tmp_path)
     assert summary["epochs_run"] == 1
-    assert "skipped all-zero training clips: 3" in capsys.readouterr().out
+    assert "skipped all-zero clips: 3 train, 0 val (not scored)" in capsys.readouterr().out
+    # the test job says how many it did not score (mmaction2 scores every clip: its numbers count them)
+    from recognizer_core.skeleton.store import SkeletonDataset
+    from recognizer_core.train.stgcn.evaluate import test_loop
+
+    test = test_loop(_cfg(), ds, str(tmp_path / "run"), str(tmp_path / "test"), LocalContext(tmp_path / "t"),
+                     "test")
+    n_test = SkeletonDataset(ds).splits()["test"]
+    assert test["skipped_empty_clips"] == 1 and test["num_samples"] == n_test - 1
+    assert json.loads((tmp_path / "test" / "test_metrics.json").read_text())["skipped_empty_clips"] == 1
+    assert "1 all-zero clip(s) skipped, not scored" in capsys.readouterr().out
     with pytest.raises(SkeletonDataError, match=f"{zero_ids[0]}.*all zero"):
         _run(_cfg("data.skip_empty_clips=false", "run.name=strict"), ds, tmp_path / "strict")
 
@@ -276,7 +286,7 @@ def test_a_rank_with_nothing_to_evaluate_pads_instead_of_failing(tmp_path):
     info = tdata.split_info(ds, "test", 2)
     assert len(info) == 1
     got = [tdata.eval_shard(ds, info, rank, 2, cfg.data, 2, 17, "test") for rank in (0, 1)]
-    assert [valid for _, valid in got] == [1, 0] and got[1][0][0].clip_id == info.clip_ids[0]
+    assert [valid for _, valid, _ in got] == [1, 0] and got[1][0][0].clip_id == info.clip_ids[0]
     batches = tdata.ShardBatches(got[1][0], 1, 4, cfg.pipeline, train=False, seed=0, rank=1, num_valid=0)
     x, y, valid = batches[(0, 0)]
     assert x.shape[0] == 4 and not valid.any()  # evaluated for the gather, dropped from the metrics

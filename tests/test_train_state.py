@@ -132,3 +132,25 @@ def test_resume_puts_optimizer_state_on_the_parameters_device(tmp_path):
                 assert value.device == p_dev, f"optimizer state {name!r} on {value.device}, parameter on {p_dev}"
     for value in scaler2.state_dict().values():
         assert not torch.is_tensor(value) or value.device.type == "meta"
+
+
+def test_the_test_after_training_uses_the_exported_best_model_on_a_plateau(tmp_path):
+    """Ray keeps the latest of tied best scores (it drops the earliest first); the loop exports the first epoch
+    that reached the best score, as mmengine does. The test after training took Ray's, so the job printed the
+    test score of epoch 6 next to best_epoch 3 and the exported model of epoch 3."""
+    import json
+
+    from ray.train import Checkpoint, Result
+
+    from recognizer_core.train.stgcn.job import checkpoint_to_test
+
+    kept = []
+    for epoch in range(6, 11):   # epochs 3..10 all scored 0.5; Ray kept 6..10
+        (tmp_path / f"checkpoint_epoch_{epoch:04d}").mkdir()
+        kept.append((Checkpoint(str(tmp_path / f"checkpoint_epoch_{epoch:04d}")), {"epoch": epoch, "val/acc": 0.5}))
+    result = Result(metrics={}, checkpoint=kept[-1][0], error=None, path=str(tmp_path), best_checkpoints=kept)
+    ckpt, epoch = checkpoint_to_test(str(tmp_path), result, "val/acc")     # no exported model: Ray's best
+    assert isinstance(ckpt, Checkpoint) and epoch == 6
+    (tmp_path / "best_acc_epoch_3.pth").write_bytes(b"weights")
+    (tmp_path / "summary.json").write_text(json.dumps({"best": {"epoch": 3, "file": "best_acc_epoch_3.pth"}}))
+    assert checkpoint_to_test(str(tmp_path), result, "val/acc") == (str(tmp_path / "best_acc_epoch_3.pth"), 3)

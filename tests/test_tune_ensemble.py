@@ -33,9 +33,24 @@ def test_weights_from_validation_and_fused_scores(tmp_path):
     saved = json.loads((tmp_path / "ensemble.json").read_text())
     assert saved["weights"] == {"a": w[0], "b": w[1]} and saved["weights_chosen_on"] == "val"
     assert report["test"]["fused"] == val and report["test"]["a"] == pytest.approx(4 / 6)
-    with pytest.raises(ValueError, match="validation clips differ"):
+    with pytest.raises(ValueError, match="val clips differ"):
         ensemble_report({"a": {"val": (a, labels), "model": "a"}, "b": {"val": (b, labels[::-1]), "model": "b"}},
                         tmp_path)
+    with pytest.raises(ValueError, match="test clips differ"):   # same labels, other clips
+        ensemble_report({"a": {"val": (a, labels), "test": (a, labels, list("uvwxyz")), "model": "a"},
+                         "b": {"val": (b, labels), "test": (b, labels, list("uvwxyq")), "model": "b"}}, tmp_path)
+
+
+def test_mean_class_accuracy_is_the_training_jobs(tmp_path):
+    """A class predicted but absent from the labels counts (as 0), as in mmaction2 and test_metrics.json; the
+    ensemble's own definition left it out (0.75 here against the job's 0.5 for the same model)."""
+    from recognizer_core.train.stgcn import metrics
+
+    labels = np.array([0, 0, 1, 1])
+    probs = _probs([0, 0, 2, 2], k=3)
+    report = ensemble_report({"a": {"val": (probs, labels), "test": None, "model": "a"}}, tmp_path,
+                             metric="mean_class_accuracy")
+    assert report["val"]["a"] == metrics.mean_class_accuracy(probs, labels) == pytest.approx(1 / 3)
 
 
 def test_stream_scores_in_process(tmp_path):
@@ -63,6 +78,17 @@ def test_stream_scores_in_process(tmp_path):
     assert pj.shape == pb.shape == (len(ij), 2) and np.allclose(pj.sum(1), 1, atol=1e-5)
     assert ij == ib and np.array_equal(yj, yb) and not np.allclose(pj, pb)  # same clips, different streams
     assert ij == ids_by_index  # the split's store order, as the index path gave it
+    # an all-zero clip is skipped (data.skip_empty_clips): it has no score, and its id is not listed either
+    from recognizer_core.skeleton.demo_data import make_demo_clips
+    from recognizer_core.skeleton.store import write_dataset
+
+    clips = make_demo_clips("fight", 24, seed=0)
+    val = [c for c in clips if c.split == "val"]
+    val[1].keypoint[:] = 0
+    val[1].keypoint_score[:] = 0
+    zeroed = write_dataset(clips, tmp_path / "zeroed", label_names=("NonFight", "Fight"))
+    probs, labels, ids = stream_scores(cfg, tmp_path / "b", zeroed, "val")
+    assert ids == [c.clip_id for c in val if c is not val[1]] and len(probs) == len(labels) == len(ids)
 
 
 def test_test_job_reports_each_stream_and_the_fusion_of_runs(tmp_path, capsys):

@@ -11,6 +11,9 @@ from typing import Sequence
 
 import numpy as np
 
+# the training job's own definitions (mmaction2's): one stream's numbers here equal its test_metrics.json
+from recognizer_core.train.stgcn.metrics import mean_class_accuracy, top_k_accuracy
+
 ENSEMBLE_FILE = "ensemble.json"
 
 
@@ -20,12 +23,7 @@ def fuse(scores: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
 
 
 def accuracy(scores: np.ndarray, labels: np.ndarray) -> float:
-    return float((scores.argmax(1) == labels).mean())
-
-
-def mean_class_accuracy(scores: np.ndarray, labels: np.ndarray) -> float:
-    pred = scores.argmax(1)
-    return float(np.mean([(pred[labels == c] == c).mean() for c in np.unique(labels)]))
+    return top_k_accuracy(scores, labels, (1,))[0]
 
 
 def simplex(n: int, step: float) -> list[tuple[float, ...]]:
@@ -52,45 +50,51 @@ def choose_weights(val_scores: Sequence[np.ndarray], labels: np.ndarray, *, step
 
 def stream_scores(cfg, checkpoint: str | Path, dataset_path: str | Path, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """(probabilities (N, K), labels (N,), clip ids) of one model on `split`, in the split's store order (the
-    same for every stream of one dataset), with the config's multi-clip test. The ids come through the split's row
-    ranges when the dataset lists them (its own row groups, not `_index.parquet`), else from the index."""
+    same for every stream of one dataset), with the config's multi-clip test. All-zero clips skipped by
+    `data.skip_empty_clips` are not scored, and their ids are not in the list."""
     import tempfile
 
     import torch
 
     from recognizer_core.models.recognizer import build_recognizer
-    from recognizer_core.skeleton.store import SkeletonDataset
-    from recognizer_core.train.stgcn import data as tdata
     from recognizer_core.train.stgcn.evaluate import _test_batches, evaluate, load_weights
     from recognizer_core.train.context import LocalContext
 
     model = build_recognizer(cfg.model)
     load_weights(model, checkpoint)
     with tempfile.TemporaryDirectory() as tmp:
-        loader, ds = _test_batches(cfg, str(dataset_path), split, LocalContext(tmp), required=True)
+        loader, ds, _ = _test_batches(cfg, str(dataset_path), split, LocalContext(tmp), required=True)
         report = evaluate(model, loader, torch.device("cpu"), amp="none", pipeline=cfg.pipeline)
-    ids = tdata.split_info(SkeletonDataset(dataset_path), split, cfg.model.num_classes).clip_ids
+    ids = ds.clip_ids(loader.dataset.clips.positions)   # one process: its shard is the whole split, in order
     return report["scores"], report["labels"], list(ids)
 
 
 def ensemble_report(streams: dict[str, dict], out_dir: Path, *, metric: str = "acc_top1", step: float = 0.1) -> dict:
-    """streams: {name: {"val": (scores, labels), "test": (scores, labels) or None, "model": path}} ->
+    """streams: {name: {"val": (scores, labels[, clip ids]), "test": the same or None, "model": path}} ->
     weights chosen on val; every stream and the fusion on val and test; ensemble.json written."""
     names = list(streams)
     val_labels = streams[names[0]]["val"][1]
-    for n in names:
-        if not np.array_equal(streams[n]["val"][1], val_labels):
-            raise ValueError(f"stream {n!r}: validation clips differ from stream {names[0]!r} (same dataset needed)")
+    for split in ("val", "test"):   # fused scores must be of the same clips, row by row
+        first = streams[names[0]].get(split)
+        for n in names[1:]:
+            other = streams[n].get(split)
+            if first is None or other is None:
+                continue
+            same = np.array_equal(other[1], first[1]) and (len(first) < 3 or len(other) < 3
+                                                           or list(other[2]) == list(first[2]))
+            if not same:
+                raise ValueError(f"stream {n!r}: {split} clips differ from stream {names[0]!r} (same dataset and "
+                                 "data.skip_empty_clips needed)")
     weights, val_fused = choose_weights([streams[n]["val"][0] for n in names], val_labels, step=step, metric=metric)
     score = accuracy if metric == "acc_top1" else mean_class_accuracy
     out = {"metric": metric, "weights": dict(zip(names, weights)), "weights_chosen_on": "val",
-           "val": {n: score(*streams[n]["val"]) for n in names}, "test": {}}
+           "val": {n: score(*streams[n]["val"][:2]) for n in names}, "test": {}}
     out["val"]["fused"] = val_fused
     out["val"]["fused_equal_weights"] = score(fuse([streams[n]["val"][0] for n in names], [1 / len(names)] * len(names)),
                                               val_labels)
     if all(streams[n].get("test") is not None for n in names):
         test_labels = streams[names[0]]["test"][1]
-        out["test"] = {n: score(*streams[n]["test"]) for n in names}
+        out["test"] = {n: score(*streams[n]["test"][:2]) for n in names}
         out["test"]["fused"] = score(fuse([streams[n]["test"][0] for n in names], weights), test_labels)
         out["test"]["fused_equal_weights"] = score(
             fuse([streams[n]["test"][0] for n in names], [1 / len(names)] * len(names)), test_labels)
@@ -109,6 +113,7 @@ def ensemble_from_runs(run_dirs: dict[str, str | Path], out_dir: Path, *, metric
     import shutil
 
     from recognizer_core.config import load_config
+    from recognizer_core.skeleton.store import SkeletonDataset
     from recognizer_core.train.stgcn.config import TrainJobConfig
     from recognizer_core.train.stgcn.data import prepare_dataset
 
@@ -122,11 +127,9 @@ def ensemble_from_runs(run_dirs: dict[str, str | Path], out_dir: Path, *, metric
             raise FileNotFoundError(f"{run}: expected one best_*_epoch_N.pth, found {[b.name for b in best]}")
         dataset = dataset_path or prepare_dataset(cfg.data, Path(cfg.run.storage_path) / "datasets")
         model = Path(shutil.copy2(best[0], out_dir / f"{name}.pth"))
-        val = stream_scores(cfg, model, dataset, cfg.data.val_split)[:2]
-        try:
-            test = stream_scores(cfg, model, dataset, cfg.data.test_split)[:2]
-        except Exception:  # no (usable) test split: validation numbers only
-            test = None
+        val = stream_scores(cfg, model, dataset, cfg.data.val_split)
+        has_test = cfg.data.test_split in SkeletonDataset(dataset).splits()
+        test = stream_scores(cfg, model, dataset, cfg.data.test_split) if has_test else None  # else val only
         streams[name] = {"val": val, "test": test, "model": model}
     return ensemble_report(streams, out_dir, metric=metric)
 

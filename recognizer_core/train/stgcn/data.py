@@ -205,16 +205,16 @@ def load_shard(ds: SkeletonDataset, rows: RowRanges | np.ndarray, cfg: DataConfi
 
 
 def eval_shard(ds: SkeletonDataset, info: SplitInfo, rank: int, world: int, cfg: DataConfig, num_classes: int,
-               num_joints: int, source: str) -> tuple[StreamedShard, int]:
-    """(clips, number of valid clips) of this rank's share of an evaluation split. A rank whose share is empty
-    (fewer clips than workers, or only all-zero ones) evaluates a stand-in clip as padding: every rank must
-    take part in the gather."""
-    clips, _ = load_shard(ds, shard_positions(info, rank, world), cfg, num_classes, num_joints, source)
+               num_joints: int, source: str) -> tuple[StreamedShard, int, int]:
+    """(clips, number of valid clips, all-zero clips skipped) of this rank's share of an evaluation split. A rank
+    whose share is empty (fewer clips than workers, or only all-zero ones) evaluates a stand-in clip as padding:
+    every rank must take part in the gather."""
+    clips, skipped = load_shard(ds, shard_positions(info, rank, world), cfg, num_classes, num_joints, source)
     if len(clips):
-        return clips, len(clips)
+        return clips, len(clips), len(skipped)
     usable, _ = load_shard(ds, info.ranges, cfg, num_classes, num_joints, source)
     if len(usable):
-        return StreamedShard(ds, usable.ranges.take([0]), cfg, num_classes, num_joints, source), 0
+        return StreamedShard(ds, usable.ranges.take([0]), cfg, num_classes, num_joints, source), 0, len(skipped)
     raise SkeletonDataError(f"{source}: no usable clip to evaluate (all are all-zero skeletons)")
 
 

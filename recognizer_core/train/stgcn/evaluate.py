@@ -21,7 +21,7 @@ from recognizer_core.skeleton.transforms import PipelineConfig
 from recognizer_core.skeleton.transforms_torch import model_inputs
 from recognizer_core.train.stgcn import data as tdata
 from recognizer_core.train.amp import autocast
-from recognizer_core.train.collectives import all_gather_tensors, all_reduce_max
+from recognizer_core.train.collectives import all_gather_tensors, all_reduce, all_reduce_max
 from recognizer_core.train.experiment_log import console
 from recognizer_core.train.run_files import RunFiles
 from recognizer_core.train.state import STATE_FILE, unwrap
@@ -93,16 +93,21 @@ def _test_batches(cfg, dataset_path: str, split: str, ctx, required: bool):
     k = cfg.model.num_classes
     info = tdata.split_info(ds, split, k, required=required)
     if info is None:
-        return None, ds
-    clips, valid = tdata.eval_shard(ds, info, ctx.rank, ctx.world_size, cfg.data, k, cfg.model.num_joints,
-                                    f"{dataset_path} [{split}]")
+        return None, ds, 0
+    clips, valid, skipped = tdata.eval_shard(ds, info, ctx.rank, ctx.world_size, cfg.data, k, cfg.model.num_joints,
+                                             f"{dataset_path} [{split}]")
     bs = cfg.train.val_batch_size or cfg.train.batch_size
     nb = int(all_reduce_max([tdata.num_batches_for(len(clips), bs)])[0])
     batches = tdata.ShardBatches(clips, nb, bs, cfg.pipeline, train=False, seed=cfg.train.seed, rank=ctx.rank,
                                  num_clips=cfg.pipeline.test_num_clips, num_valid=valid)
     loader, _ = tdata.make_loader(batches, cfg.data.loader_workers, cfg.data.prefetch_batches,
                                   ctx.device.type == "cuda")
-    return loader, ds
+    return loader, ds, int(all_reduce([skipped])[0])   # all-zero clips skipped over every rank's share
+
+
+def _skipped_note(report: dict) -> str:
+    n = report.get("skipped_empty_clips", 0)
+    return f"; {n} all-zero clip(s) skipped, not scored (data.skip_empty_clips)" if n else ""
 
 
 def _write_test_outputs(report: dict, files: RunFiles, split: str, source: str, num_clips: int) -> dict:
@@ -115,7 +120,8 @@ def _write_test_outputs(report: dict, files: RunFiles, split: str, source: str, 
     per_class = ", ".join(f"{n}: P {report['precision'][n]:.3f} R {report['recall'][n]:.3f}"
                           for n in report["label_names"])
     console(f"[recognizer] {split}: top-1 {report['acc_top1']:.4f}  mean class acc "
-            f"{report['mean_class_accuracy']:.4f}  ({report['num_samples']} clips, {num_clips} clip(s) each)\n"
+            f"{report['mean_class_accuracy']:.4f}  ({report['num_samples']} clips, {num_clips} clip(s) each"
+            f"{_skipped_note(report)})\n"
             f"[recognizer] {split} per class: {per_class}\n"
             f"[recognizer] {split} confusion matrix (rows true, cols predicted): {report['confusion_matrix']}")
     return result
@@ -126,7 +132,7 @@ def test_loop(cfg, dataset_path: str, checkpoint: str, out_uri: str, ctx, split:
     """Multi-clip test of `checkpoint` (a local .pth, checkpoint folder or run folder) on `split`; rank 0 writes
     <split>_metrics.json and the confusion matrix into `out_uri` (local, NFS or s3://). With required=False a
     dataset without that split is skipped with a line."""
-    loader, ds = _test_batches(cfg, dataset_path, split, ctx, required=required)
+    loader, ds, skipped = _test_batches(cfg, dataset_path, split, ctx, required=required)
     if loader is None:
         if ctx.rank == 0:
             console(f"[recognizer] no {split!r} split in {dataset_path}: skipping the test")
@@ -140,7 +146,8 @@ def test_loop(cfg, dataset_path: str, checkpoint: str, out_uri: str, ctx, split:
         return None
     files = RunFiles(out_uri)
     try:
-        return _write_test_outputs(report, files, split, source or loaded, cfg.pipeline.test_num_clips)
+        return _write_test_outputs({**report, "skipped_empty_clips": skipped}, files, split,
+                                   source or loaded, cfg.pipeline.test_num_clips)
     finally:
         files.sync()
 

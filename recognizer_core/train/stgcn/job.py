@@ -6,8 +6,10 @@ data error fails before any worker starts instead of being retried.
 """
 from __future__ import annotations
 
+import json
+import tempfile
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from ray.train import Checkpoint, Result, RunConfig
@@ -17,7 +19,7 @@ from recognizer_core.config import ConfigError
 from recognizer_core.skeleton.clip import SkeletonDataError
 from recognizer_core.skeleton.store import SkeletonDataset
 from recognizer_core.skeleton.validate import validate_dataset
-from recognizer_core.storage import is_remote, join_uri, output_uri, to_uri
+from recognizer_core.storage import exists, is_remote, join_uri, output_uri, read_bytes, read_text, to_uri
 from recognizer_core.train.stgcn.config import TrainJobConfig
 from recognizer_core.train.stgcn.data import prepare_dataset, split_info
 from recognizer_core.train.ray_run import RayTrainContext, backend, for_workers, run_config, run_uri, \
@@ -37,10 +39,29 @@ def _train_fn(config: dict) -> None:
 def _test_fn(config: dict) -> None:
     cfg = TrainJobConfig.model_validate(config["cfg"])
     ckpt = config["checkpoint"]
-    # a Ray checkpoint (maybe in s3://) is fetched to a local folder by each worker; a file path is used as is
-    with ckpt.as_directory() if isinstance(ckpt, Checkpoint) else nullcontext(ckpt) as local:
+    # a Ray checkpoint (maybe in s3://) is fetched to a local folder by each worker, an s3:// .pth to a local
+    # file; a file path is used as is
+    if isinstance(ckpt, Checkpoint):
+        opened = ckpt.as_directory()
+    elif is_remote(ckpt):
+        opened = _fetched(ckpt)
+    else:
+        opened = nullcontext(ckpt)
+    with opened as local:
         test_loop(cfg, config["dataset_path"], local, config["out_uri"], RayTrainContext(cfg.scaling.use_gpu),
                   split=config["split"], required=config["required"], source=config.get("source"))
+
+
+@contextmanager
+def _fetched(uri: str):
+    """A remote file, downloaded to a temporary local file for the block."""
+    with tempfile.TemporaryDirectory(prefix="recognizer_test_") as tmp:
+        local = Path(tmp) / Path(uri).name
+        data = read_bytes(uri)
+        if data is None:
+            raise FileNotFoundError(f"{uri}: not found")
+        local.write_bytes(data)
+        yield str(local)
 
 
 def default_run_config(cfg: TrainJobConfig) -> RunConfig:
@@ -146,13 +167,24 @@ def build_test_trainer(cfg: TrainJobConfig, checkpoint: str | Path, out_dir: str
 
 
 def test_best(cfg: TrainJobConfig, result: Result, out_uri: str) -> bool:
-    """After fit(): the best validated checkpoint Ray kept, multi-clip, on data.test_split (skipped with a line
+    """After fit(): the best model (`checkpoint_to_test`), multi-clip, on data.test_split (skipped with a line
     when the dataset has no such split); <split>_metrics.json and its confusion matrix go to `out_uri` (the run
     folder). False when there is nothing to test (no validated checkpoint)."""
-    best = best_checkpoint(result, cfg.checkpoint.score_attribute)
-    if best is None:
+    chosen = checkpoint_to_test(out_uri, result, cfg.checkpoint.score_attribute)
+    if chosen is None:
         return False
-    ckpt, metrics = best
-    _test_trainer(cfg, ckpt, out_uri, cfg.data.test_split, required=False,
-                  source=f"best epoch {int(metrics['epoch'])}").fit()
+    ckpt, epoch = chosen
+    _test_trainer(cfg, ckpt, out_uri, cfg.data.test_split, required=False, source=f"best epoch {epoch}").fit()
     return True
+
+
+def checkpoint_to_test(run_dir: str, result: Result, score_attribute: str) -> tuple[str | Checkpoint, int] | None:
+    """(the run's best model, its epoch): the mmaction2 .pth the loop exported as best (the first epoch to reach
+    the best score, as mmengine's CheckpointHook keeps it), else the best checkpoint Ray kept. Ray's checkpoint
+    manager drops the earliest of tied scores first, so on a plateau its best kept checkpoint was a later epoch
+    than the exported model, and the job printed one epoch's test score next to another's best epoch."""
+    exported = json.loads(read_text(join_uri(to_uri(run_dir), "summary.json")) or "{}").get("best") or {}
+    if exported.get("file") and exists(join_uri(to_uri(run_dir), exported["file"])):
+        return join_uri(to_uri(run_dir), exported["file"]), int(exported["epoch"])
+    best = best_checkpoint(result, score_attribute)
+    return (best[0], int(best[1]["epoch"])) if best else None

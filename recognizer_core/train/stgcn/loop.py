@@ -57,7 +57,7 @@ class Data:
     val_sampler: Any
     num_batches: int
     names: list[str]
-    counts: tuple[int, int, int]  # train clips, skipped all-zero clips, val clips (over all workers)
+    counts: tuple[int, int, int, int]  # train clips, skipped all-zero train clips, val clips, skipped val clips
 
 
 @dataclass
@@ -86,12 +86,12 @@ def load_data(cfg: TrainJobConfig, dataset_path: str, ctx: WorkerContext) -> Dat
                     d_cfg.val_split, names[next(iter(val_info.label_counts))])
     train_clips, skipped = tdata.load_shard(ds, tdata.shard_positions(train_info, ctx.rank, ctx.world_size), d_cfg,
                                             k, cfg.model.num_joints, f"{dataset_path} [{d_cfg.train_split}]")
-    val_clips, val_valid = tdata.eval_shard(ds, val_info, ctx.rank, ctx.world_size, d_cfg, k, cfg.model.num_joints,
+    val_clips, val_valid, val_skipped = tdata.eval_shard(ds, val_info, ctx.rank, ctx.world_size, d_cfg, k, cfg.model.num_joints,
                                             f"{dataset_path} [{d_cfg.val_split}]")
     if skipped:
         log.warning("rank %d: skipped %d all-zero skeleton clip(s) in %r: %s", ctx.rank, len(skipped),
                     d_cfg.train_split, skipped[:10])
-    counts = tuple(int(v) for v in all_reduce([len(train_clips), len(skipped), val_valid]))
+    counts = tuple(int(v) for v in all_reduce([len(train_clips), len(skipped), val_valid, val_skipped]))
     # DDP needs the same number of steps on every rank: the largest shard decides, smaller ones wrap around.
     bs, vbs = t_cfg.batch_size, t_cfg.val_batch_size or t_cfg.batch_size
     nb, nvb = (int(v) for v in all_reduce_max([tdata.num_batches_for(len(train_clips), bs),
@@ -349,14 +349,14 @@ def _checkpoint(tr: Trainer, cfg: TrainJobConfig, ctx: WorkerContext, state: Run
 
 
 def _announce(cfg, ctx, data: Data, tr: Trainer, state: RunState, files: RunFiles) -> None:
-    n_train, n_skip, n_val = data.counts
+    n_train, n_skip, n_val, n_val_skip = data.counts
     console(f"[recognizer] {ctx.world_size} worker(s) on {ctx.device.type} ({torch.get_num_threads()} torch threads "
             f"each, malloc {malloc_in_use()}, BatchNorm {bn_act.describe(ctx.device, cfg.train.compile)}"
             f"{'' if cfg.train.compile == 'none' else f', torch.compile mode {cfg.train.compile}'}); "
             f"train {n_train} clips "
             f"({data.num_batches} batches of {cfg.train.batch_size} per worker), val "
             f"{n_val} clips; lr {tr.lr:.3g}{f' (auto-scaled from {cfg.optim.lr:g})' if cfg.optim.auto_scale_lr else ''}"
-            f"; skipped all-zero training clips: {n_skip}")
+            f"; skipped all-zero clips: {n_skip} train, {n_val_skip} val (not scored)")
     if state.epoch:
         console(f"[recognizer] resumed from checkpoint at epoch {state.epoch}")
         with open(files.path("resume_log.jsonl"), "a") as f:
