@@ -1,9 +1,11 @@
-"""Non-finite losses and running losses without a host sync per step.
+"""Non-finite losses and running losses without a host sync per step on a GPU.
 
-A step whose (already DDP-reduced, so identical on every rank) gradients are not finite has them replaced by
-zeros on the device, so NaN never reaches the weights and no rank has to wait for a flag. The losses that were
-not finite are counted on the device; `check()` (once per log interval and per epoch) reduces the counts over
-the workers and stops the run after too many in a row.
+A step whose (already DDP-reduced, so identical on every rank) gradients are not finite is skipped: on a GPU by
+the fused optimizer's `found_inf` flag, on the device (the training loops); elsewhere after a host check
+(`grads_finite`), which costs nothing on a CPU. Zeroing the gradients instead is no skip: SGD momentum and Adam's
+moments still move the weights (by 80-90% of a normal step), and Adam's step count advances. The losses that
+were not finite are counted on the device; `check()` (once per log interval and per epoch) reduces the counts
+over the workers and stops the run after too many in a row.
 """
 from __future__ import annotations
 
@@ -31,18 +33,15 @@ class NonFiniteGuard:
         return finite
 
     @staticmethod
-    def drop_nonfinite_grads(params: Iterable[torch.nn.Parameter], total_norm: torch.Tensor | None = None) -> None:
-        """Zero every gradient when any is not finite (`total_norm`: the grad norm if already computed)."""
+    def grads_finite(params: Iterable[torch.nn.Parameter], total_norm: torch.Tensor | None = None) -> bool:
+        """Whether every gradient is finite (`total_norm`: the grad norm if already computed). A host sync: for
+        optimizers without a device-side skip (not fused), whose step the caller then leaves out."""
         grads = [p.grad for p in params if p.grad is not None]
         if not grads:
-            return
+            return True
         if total_norm is None:
             total_norm = torch.nn.utils.get_total_norm(grads)
-        ok = torch.isfinite(total_norm)
-        torch._foreach_mul_(grads, ok.to(grads[0].dtype))  # 0 * finite = 0 ...
-        for g in grads:
-            g.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)  # ... and 0 * NaN/inf = NaN is cleared here
-        # a finite gradient is left as it was: multiplied by 1, and nan_to_num leaves finite values alone
+        return bool(torch.isfinite(total_norm))
 
     def check(self, where: str) -> None:
         """Host sync (all workers): raise if more than max_in_a_row non-finite losses came in a row."""

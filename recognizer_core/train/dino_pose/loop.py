@@ -116,8 +116,7 @@ def train_one_epoch(tr: Trainer, loader, *, cfg: DinoPoseJobConfig, ctx: WorkerC
         if tr.scaler is not None:  # the scaler skips non-finite steps itself
             tr.scaler.step(tr.optimizer)
             tr.scaler.update()
-        else:
-            tr.guard.drop_nonfinite_grads(params, norm)
+        elif tr.guard.grads_finite(params, norm):  # else no step: zeroed gradients still moved the weights
             tr.optimizer.step()
         tr.scheduler.step()
         step += 1
