@@ -345,3 +345,26 @@ def test_conv_biases_before_batch_norm_get_exact_zero_gradients(cpu_kernels_on):
     assert len(cancelled) == 3 * 11 + 2 + 1, cancelled
     assert all(torch.equal(grads[k], torch.zeros_like(grads[k])) for k in cancelled)
     assert all(grads[f"backbone.gcn.{i}.gcn.conv.bias"].abs().max() > 1e-6 for i in range(3))
+
+
+def test_frozen_batch_norms_stay_frozen_with_the_cpu_kernels(cpu_kernels_on):
+    """A model in train mode with its BatchNorms in eval mode (mmengine's norm_eval, a fine-tune with frozen
+    statistics): the fused kernels used batch statistics and updated the frozen running ones, as the blocks
+    decided by their own train flag."""
+    cpu_kernels_on(True)
+    torch.manual_seed(0)
+    base = build_recognizer(ModelConfig(num_classes=3, num_stages=3, base_channels=8, inflate_stages=[3],
+                                        down_stages=[3], dropout=0.0)).train()
+    for m in base.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.eval()
+    x = torch.randn(2, 1, 16, 17, 3)
+    fused = copy.deepcopy(base)
+    out = fused(x)
+    cpu_kernels_on(False)
+    eager = copy.deepcopy(base)
+    ref = eager(x)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    for (name, a), b in zip(fused.named_buffers(), base.buffers()):
+        if "data_bn" not in name:   # the BatchNorm1d on the input is not frozen here
+            assert torch.equal(a, b), f"{name} moved"

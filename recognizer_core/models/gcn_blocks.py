@@ -113,6 +113,12 @@ class _ConvZeroBiasGrad(torch.autograd.Function):
         return gx, gw, gb, None, None, None
 
 
+def batch_norms_training(module: nn.Module) -> bool:
+    """Whether every BatchNorm in `module` is in training mode. The fused CPU kernels compute batch statistics
+    and update running ones: a BatchNorm frozen by eval() (mmengine's norm_eval) must take the eager path."""
+    return all(m.training for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
+
+
 def conv_into_batch_stats(conv: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor | None = None,
                           bias: torch.Tensor | None = None) -> torch.Tensor:
     """conv(x) (or with the given weight and bias) where a BatchNorm with batch statistics takes each output channel
@@ -296,7 +302,7 @@ class MSTCN(nn.Module):
         #
         # In CPU training (bn_act.wanted) the BN-ReLUs are fused kernels: the heads' one writes each branch's part
         # as its own compact tensor, and the transform's reads the branch outputs without concatenating them.
-        fused = bn_act.wanted(x, self.training)
+        fused = bn_act.wanted(x, self.training and batch_norms_training(self))
         if not fused and os.environ.get(BRANCH_BN_SWITCH) == "1":
             return self.transform(torch.cat([branch(x) for branch in self.branches], dim=1))
         outs: list[torch.Tensor | None] = [None] * len(self.branches)

@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from . import bn_act
-from .gcn_blocks import MSTCN, UnitGCN, UnitTCN
+from .gcn_blocks import MSTCN, UnitGCN, UnitTCN, batch_norms_training
 from .graph import Graph
 
 EPS = 1e-4  # mmaction2 rounds base_channels * ratio**k with this epsilon
@@ -41,7 +41,7 @@ class STGCNBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.gcn(x)
-        fused = bn_act.wanted(h, self.training)
+        fused = bn_act.wanted(h, self.training and batch_norms_training(self.tcn))
         if self.residual_mode == "conv" and fused and self.residual.bn.training:
             # the strided residual's conv + BatchNorm: its BatchNorm as a fused pass too (no ReLU)
             res = bn_act.batch_norm_act([self.residual.before_norm(x)], [self.residual.bn], relu=False)[0]
