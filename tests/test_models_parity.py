@@ -68,6 +68,10 @@ def test_model_config_validation_and_head_channels():
                 {"num_classes": 0}, {"typo_field": 1}):
         with pytest.raises(ConfigError, match="model.yaml"):
             validate_config(ModelConfig, {**bad}, "model.yaml")
+    # stage 1 never inflates (mmaction2 skips it too): listing it made head_in_channels 128 for a 64-channel head
+    assert build_recognizer(ModelConfig(num_stages=2, inflate_stages=[2])).cls_head.fc.in_features == 128
+    with pytest.raises(ConfigError, match="stage 1 is the input block"):
+        validate_config(ModelConfig, {"num_stages": 2, "inflate_stages": [1]}, "model.yaml")
 
 
 def test_training_step_updates_and_dropout_only_in_train():

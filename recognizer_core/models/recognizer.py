@@ -36,10 +36,13 @@ class ModelConfig(StrictModel):
 
     @model_validator(mode="after")
     def _stages_in_range(self) -> "ModelConfig":
+        # stage 1 is the input block, which neither mmaction2 nor this STGCN ever inflates or downsamples: with
+        # it listed, head_in_channels (and the exported mmaction2 config's GCNHead) counted one doubling too many
         for name in ("inflate_stages", "down_stages"):
-            bad = [s for s in getattr(self, name) if not 1 <= s <= self.num_stages]
+            bad = [s for s in getattr(self, name) if not 2 <= s <= self.num_stages]
             if bad:
-                raise ValueError(f"{name} {bad} outside 1..num_stages ({self.num_stages})")
+                raise ValueError(f"{name} {bad} outside 2..num_stages ({self.num_stages}): stage 1 is the input "
+                                 "block, which never changes channels or length")
         return self
 
     @property
