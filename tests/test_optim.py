@@ -36,6 +36,14 @@ def test_linear_warmup_per_iteration_then_multistep_from_warmup_end():
     assert per_epoch[28:] == pytest.approx([0.25] * 2)
 
 
+def test_a_fractional_warmup_ends_where_mmengine_ends_it():
+    # LinearLR(end=2.5 epochs, convert_to_iter_based) at 7 iterations per epoch: mmengine truncates to end=17
+    # iterations (build_iter_from_epoch: int(2.5 * 7)), so lr reaches 1.0 at step 16; rounding made it 18 steps.
+    lrs = _lrs(ScheduleConfig(warmup_epochs=2.5), iters=7, epochs=4)
+    assert lrs[15] < 1.0 and lrs[16] == pytest.approx(1.0)
+    assert lrs[1] == pytest.approx(0.1 + 0.9 / 16)
+
+
 def test_cosine_after_warmup_reaches_eta_min():
     cfg = ScheduleConfig(type="cosine", warmup_epochs=5, eta_min=1e-6)
     base = 1e-3

@@ -43,7 +43,7 @@ def lr_factor(step: int, *, iters_per_epoch: int, cfg: ScheduleConfig, base_lr: 
     milestones=[15, 25])` decays at epochs 3+15 and 3+25; milestones here have the same meaning.
     """
     epoch = step // iters_per_epoch  # by-epoch schedules change at epoch boundaries
-    warmup_iters = int(round(cfg.warmup_epochs * iters_per_epoch))
+    warmup_iters = int(cfg.warmup_epochs * iters_per_epoch)   # mmengine's build_iter_from_epoch truncates
     warm = 1.0
     if warmup_iters > 1 and step < warmup_iters:
         # LinearLR(end=warmup_iters): total_iters = end - begin - 1, reaching 1.0 on the last warmup step
