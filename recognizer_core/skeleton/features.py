@@ -167,7 +167,7 @@ def skeleton_features(joints: np.ndarray, scores: np.ndarray, feats: Sequence[st
                 np.copyto(s, fr(bs))
             xy, s = slot("bm")
             np.subtract(fr(bxy, True), fr(bxy), out=xy)
-            _mean(fr(bs), fr(bs, True), s, tmp.astype(np.float32, copy=False))
+            _mean(fr(bs), fr(bs, True), s, scratch("mean32", shape, np.float32))   # not a cast of float64 scratch
         else:
             xy, s = slot("b")
             _sub_pairs(fr(src), fr(parent_xy), xy)
