@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from recognizer_core.config import ConfigError, add_config_args, config_from_args, load_config  # noqa: E402
-from recognizer_core.storage import output_uri, to_uri  # noqa: E402
+from recognizer_core.storage import output_uri  # noqa: E402
 from recognizer_core.train.stgcn.config import TrainJobConfig  # noqa: E402
 
 DEFAULT_CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "fight_stable.yaml")
@@ -49,7 +49,7 @@ def _pick_run(cfg: TrainJobConfig, args) -> tuple[TrainJobConfig, Path]:
     run_dir = Path(run_folder(cfg))
     if run_dir.exists() or args.config != DEFAULT_CONFIG or args.overrides:
         return cfg, run_dir
-    newest = newest_run(Path(to_uri(cfg.run.storage_path)))
+    newest = newest_run(Path(output_uri(cfg.run.storage_path)))   # where train_stgcn put its runs
     if newest is None:
         return cfg, run_dir
     if (newest / "config.yaml").is_file():

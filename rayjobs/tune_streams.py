@@ -50,7 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-cpus", type=int, default=None)
     args = parser.parse_args(argv)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    from recognizer_core.skeleton.clip import SkeletonDataError
     from recognizer_core.storage import is_remote, output_uri
+    from recognizer_core.train.stgcn.dataset_source import dataset_location
 
     if is_remote(args.storage_path):
         print(f"error: --storage-path {args.storage_path}: the fused ensemble is written to a local or shared (NFS) "
@@ -58,12 +60,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args.streams = list(dict.fromkeys(args.streams))  # a stream named twice would train one run twice at once
     storage = Path(output_uri(args.storage_path))  # never inside `ray job submit`'s package, which Ray deletes
-    base = args.overrides + ([f"data.path={Path(args.data).resolve()}"] if args.data else [])
     try:
+        base = args.overrides + ([f"data.path={dataset_location(args.data)}"] if args.data else [])  # s3:// as is
         cfgs = {s: load_config(TrainJobConfig, args.config, base + [
             f"pipeline.feats=[{s}]", f"run.name={args.name}_{s}", f"run.storage_path={storage}",
             "train.test_after_train=false"]) for s in args.streams}
-    except ConfigError as err:
+    except (ConfigError, SkeletonDataError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

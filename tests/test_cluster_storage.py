@@ -8,6 +8,27 @@ import pytest
 
 from recognizer_core import storage
 
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def s3(monkeypatch):
+    """A real S3-compatible server (moto) on 127.0.0.1, the AWS variables pointing at it; yields a boto3 client."""
+    pytest.importorskip("moto")
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                     "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://{host}:{port}"}.items():
+            monkeypatch.setenv(k, v)
+        yield boto3.client("s3", endpoint_url=f"http://{host}:{port}")
+    finally:
+        server.stop()
+
 
 @pytest.fixture
 def ray_package(tmp_path, monkeypatch):
@@ -72,35 +93,21 @@ def test_package_detection_needs_the_runtime_resources_layout(tmp_path):
     assert storage.ray_package_root(pkg / "a" / "b") == str(pkg)
 
 
-def test_atomic_writes_keep_the_old_object_on_s3_when_the_body_fails(monkeypatch):
+def test_atomic_writes_keep_the_old_object_on_s3_when_the_body_fails(s3):
     """On object storage, pyarrow completes an upload when its stream closes, also when leaving on an exception:
     a job stopped mid-write (SIGTERM becomes KeyboardInterrupt) replaced a whole model or dataset file by a part.
     A real S3-compatible server (moto) on 127.0.0.1."""
-    pytest.importorskip("moto")
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-               "AWS_ENDPOINT_URL": f"http://{host}:{port}"}
-        for k, v in env.items():
-            monkeypatch.setenv(k, v)
-        boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"]).create_bucket(Bucket="models")
-        uri = "s3://models/fight/model.onnx"
-        storage.write_bytes(uri, b"the whole old model")
-        with pytest.raises(KeyboardInterrupt):
-            with storage.atomic_write(uri, "wb") as f:
-                f.write(b"half of a new")
-                raise KeyboardInterrupt
-        assert storage.read_bytes(uri) == b"the whole old model"
-        with storage.atomic_write(uri, "w") as f:
-            f.write("new, whole")
-        assert storage.read_bytes(uri) == b"new, whole"
-    finally:
-        server.stop()
+    s3.create_bucket(Bucket="models")
+    uri = "s3://models/fight/model.onnx"
+    storage.write_bytes(uri, b"the whole old model")
+    with pytest.raises(KeyboardInterrupt):
+        with storage.atomic_write(uri, "wb") as f:
+            f.write(b"half of a new")
+            raise KeyboardInterrupt
+    assert storage.read_bytes(uri) == b"the whole old model"
+    with storage.atomic_write(uri, "w") as f:
+        f.write("new, whole")
+    assert storage.read_bytes(uri) == b"new, whole"
 
 
 def test_atomic_writes_get_the_mode_a_plain_open_gives(tmp_path):
@@ -118,14 +125,10 @@ def test_atomic_writes_get_the_mode_a_plain_open_gives(tmp_path):
     assert (tmp_path / "model.json").stat().st_mode & 0o777 == (tmp_path / "plain.json").stat().st_mode & 0o777 == 0o644
 
 
-def test_a_dataset_rebuilt_on_s3_hides_the_old_description_while_uploading(tmp_path, monkeypatch):
+def test_a_dataset_rebuilt_on_s3_hides_the_old_description_while_uploading(tmp_path, monkeypatch, s3):
     """build_dataset onto object storage: the old _dataset.json stayed while the new part files were uploaded
     over the old ones, so a reader (or any reader after an interrupted upload) mapped the old row counts and
     split ranges onto new files. And a pkl_dir on s3:// was written to a local folder named 's3:'."""
-    pytest.importorskip("moto")
-    import boto3
-    from moto.server import ThreadedMotoServer
-
     from recognizer_core.dataset.build import run_build
     from recognizer_core.dataset.config import DatasetBuildConfig
     from recognizer_core.extract.clip_files import write_clip_file
@@ -140,31 +143,74 @@ def test_a_dataset_rebuilt_on_s3_hides_the_old_description_while_uploading(tmp_p
         manifest.record(DONE, c.clip_id, video_id=c.clip_id, output=f"clips/{c.clip_id}.parquet",
                         label_name=["NonFight", "Fight"][c.label], split=c.split)
     (poses / "labels.json").write_text('{"label_names": ["NonFight", "Fight"]}')
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                     "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://{host}:{port}"}.items():
-            monkeypatch.setenv(k, v)
-        boto3.client("s3", endpoint_url=f"http://{host}:{port}").create_bucket(Bucket="data")
-        monkeypatch.chdir(tmp_path)
-        cfg = DatasetBuildConfig.model_validate({"poses": str(poses), "output": "s3://data/ds", "use_ray": False,
-                                                 "write_pkl": True, "pkl_dir": "s3://data/pkl",
-                                                 "window": {"clip_len": 20, "stride": 20}})
-        first = run_build(cfg)
-        seen = []
-        real_copy = storage.copy_tree
+    s3.create_bucket(Bucket="data")
+    monkeypatch.chdir(tmp_path)
+    cfg = DatasetBuildConfig.model_validate({"poses": str(poses), "output": "s3://data/ds", "use_ray": False,
+                                             "write_pkl": True, "pkl_dir": "s3://data/pkl",
+                                             "window": {"clip_len": 20, "stride": 20}})
+    first = run_build(cfg)
+    seen = []
+    real_copy = storage.copy_tree
 
-        def copy_and_look(src, dst):  # the real upload; what a reader would find when it starts
-            seen.append(storage.exists("s3://data/ds/_dataset.json"))
-            real_copy(src, dst)
-        monkeypatch.setattr(storage, "copy_tree", copy_and_look)
-        again = run_build(cfg.model_copy(update={"window": cfg.window.model_copy(update={"clip_len": 10,
-                                                                                         "stride": 10})}))
-        assert seen == [True, False]  # the pkl upload (elsewhere), then the dataset's, with no stale description
-        assert again["clips"] > first["clips"] and len(SkeletonDataset("s3://data/ds")) == again["clips"]
-        assert sorted(again["pkl"]) == sorted(f"s3://data/pkl/{s}.pkl" for s in again["splits"])
-        assert all(storage.exists(p) for p in again["pkl"]) and not (tmp_path / "s3:").exists()
-    finally:
-        server.stop()
+    def copy_and_look(src, dst):  # the real upload; what a reader would find when it starts
+        seen.append(storage.exists("s3://data/ds/_dataset.json"))
+        real_copy(src, dst)
+    monkeypatch.setattr(storage, "copy_tree", copy_and_look)
+    again = run_build(cfg.model_copy(update={"window": cfg.window.model_copy(update={"clip_len": 10,
+                                                                                     "stride": 10})}))
+    assert seen == [True, False]  # the pkl upload (elsewhere), then the dataset's, with no stale description
+    assert again["clips"] > first["clips"] and len(SkeletonDataset("s3://data/ds")) == again["clips"]
+    assert sorted(again["pkl"]) == sorted(f"s3://data/pkl/{s}.pkl" for s in again["splits"])
+    assert all(storage.exists(p) for p in again["pkl"]) and not (tmp_path / "s3:").exists()
+
+
+def test_training_reads_a_dataset_on_object_storage(s3, tmp_path, monkeypatch):
+    """docs/cluster.md: on a cluster, data.path / --data may be an s3:// URI (build_dataset writes there). The
+    driver refused it ('folder not found': a Path of the URI), and a relative dataset that build_dataset had
+    written under RECOGNIZER_STORAGE was not found by the training job either."""
+    from recognizer_core.config import load_config
+    from recognizer_core.skeleton.demo_data import write_demo_dataset
+    from recognizer_core.skeleton.clip import SkeletonDataError
+    from recognizer_core.train.stgcn import data as tdata
+    from recognizer_core.train.stgcn.config import TrainJobConfig
+    from recognizer_core.train.stgcn.job import dataset_for, preflight
+
+    local = write_demo_dataset("fight", tmp_path / "demo", num_clips=24, seed=0)
+    s3.create_bucket(Bucket="data")
+    storage.copy_tree(str(local), "s3://data/ds")
+    cfg = load_config(TrainJobConfig, REPO / "configs/fight_stable.yaml",
+                      ["data.path=s3://data/ds", f"run.storage_path={tmp_path / 'runs'}"])
+    assert dataset_for(cfg) == "s3://data/ds"
+    preflight(cfg, "s3://data/ds")   # the driver's checks read it through pyarrow
+    ds = tdata.SkeletonDataset("s3://data/ds")
+    shard, _ = tdata.load_shard(ds, tdata.split_info(ds, "train", 2).ranges, cfg.data, 2, 17, "s3")
+    assert shard[0].keypoint.shape[-2:] == (17, 2)
+    with pytest.raises(SkeletonDataError, match="s3://data/nothing.*no skeleton dataset"):
+        tdata.prepare_dataset(cfg.data.model_copy(update={"path": "s3://data/nothing"}), tmp_path)
+
+    monkeypatch.setenv(storage.STORAGE_ENV, str(tmp_path / "shared"))
+    storage.copy_tree(str(local), str(tmp_path / "shared" / "outputs" / "ds"))
+    monkeypatch.chdir(tmp_path)   # no outputs/ds here
+    found = tdata.prepare_dataset(cfg.data.model_copy(update={"path": "outputs/ds"}), tmp_path)
+    assert Path(found) == tmp_path / "shared" / "outputs" / "ds"
+
+
+def test_test_job_finds_the_newest_run_where_training_wrote_it(tmp_path, monkeypatch):
+    """test_stgcn with no arguments looked for runs under run.storage_path as given, while train_stgcn writes
+    under storage.output_uri (RECOGNIZER_STORAGE on every cluster manifest): it picked a stale local run."""
+    import argparse
+    import sys
+
+    sys.path.insert(0, str(REPO))
+    from rayjobs.test_stgcn import DEFAULT_CONFIG, _pick_run
+    from recognizer_core.config import load_config
+    from recognizer_core.train.stgcn.config import TrainJobConfig
+
+    monkeypatch.setenv(storage.STORAGE_ENV, str(tmp_path / "shared"))
+    monkeypatch.chdir(tmp_path)
+    for run in (tmp_path / "work_dirs" / "stale", tmp_path / "shared" / "work_dirs" / "fresh"):
+        run.mkdir(parents=True)
+        (run / "summary.json").write_text("{}")
+    cfg = load_config(TrainJobConfig, DEFAULT_CONFIG)
+    args = argparse.Namespace(checkpoint=None, config=DEFAULT_CONFIG, overrides=[])
+    assert _pick_run(cfg, args)[1] == tmp_path / "shared" / "work_dirs" / "fresh"

@@ -118,6 +118,9 @@ def plan_from_args(args: argparse.Namespace, *, config_cls: type[BaseModel], job
         key = "data.train_pkl" if args.data.endswith(".pkl") else "data.path"
         local = "://" not in args.data
         extra[key] = str(Path(args.data).expanduser().resolve()) if local else args.data
+        if local and not Path(extra[key]).exists() and not Path(args.data).is_absolute() \
+                and Path(output_uri(args.data)).exists():   # where build_dataset wrote a relative --output
+            extra[key] = output_uri(args.data)
         if local and not Path(extra[key]).exists():
             raise ConfigError(f"--data {args.data}: no such file or folder")
     data_given = any(extra.get(k) or get_dotted(space.base, k, None) for k in ("data.path", "data.train_pkl"))

@@ -159,8 +159,9 @@ class CheckpointSection(StrictModel):
 class RunSection(StrictModel):
     name: SafeName = Field("stgcnpp", description="run name: the run folder is storage_path/name; re-running with "
                                              "the same name continues the run from its latest checkpoint")
-    storage_path: str = Field("work_dirs", description="folder (or s3:// / gs:// / NFS path shared by all "
-                                                       "nodes) holding runs")
+    storage_path: str = Field("work_dirs", description="folder holding runs: local, or an NFS path shared by "
+                              "all nodes on a cluster (not s3://: the job writes its run folder and prepared "
+                              "datasets as files; Tune's --storage-path takes s3://)")
     max_failures: int = Field(3, ge=-1, description="worker-group failures recovered from the latest "
                                                     "checkpoint (-1 = unlimited)")
     ray_log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(

@@ -1,7 +1,7 @@
-"""Training data: locate the dataset, shard it per worker, and batch it through the skeleton pipeline.
+"""Training data: shard the dataset per worker and batch it through the skeleton pipeline.
 
-Every source becomes a Parquet skeleton store first (mmaction2 pkl files and the demo data are converted once
-by the driver), so a worker opens the store, takes a split's rows (splits.py: from the ranges in `_dataset.json`,
+Every source becomes a Parquet skeleton store first (dataset_source.py: mmaction2 pkl files and the demo data are
+converted once by the driver), so a worker opens the store, takes a split's rows (splits.py: from the ranges in `_dataset.json`,
 never the per-clip index when they are there), and takes its own shard (row groups dealt round-robin to the
 ranks, balanced to within a clip), all as row ranges, never a per-clip array. The shard is streamed, never
 held: each epoch shuffles its row groups, then clips within a bounded window, all from (seed, epoch, rank) and
@@ -13,17 +13,10 @@ validation samples carry `valid=False` and are dropped before metrics.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
-import shutil
 import threading
-import uuid
-from dataclasses import replace
-from pathlib import Path
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 import torch
@@ -39,97 +32,10 @@ from recognizer_core.train.stgcn.config import DataConfig
 from recognizer_core.train.shard_order import BlockShuffle
 # split_info, SplitInfo, shard_positions, ClipIds live in splits.py; callers use them as data.split_info etc.
 from recognizer_core.train.splits import ClipIds, SplitInfo, row_blocks, shard_positions, split_info  # noqa: F401
+# prepare_dataset lives in dataset_source.py; callers use it as data.prepare_dataset
+from recognizer_core.train.stgcn.dataset_source import prepare_dataset  # noqa: F401
 
 log = logging.getLogger("recognizer")
-
-
-def prepare_dataset(cfg: DataConfig, work_dir: str | Path) -> Path:
-    """Return the Parquet store to train on, converting the pkl files or writing the demo data under `work_dir`.
-
-    Runs on the driver. A prepared store is reused (a resumed run, or Tune trials sharing the data); it is
-    built in a temporary folder and renamed into place, so concurrent trials never see a half-written one."""
-    if cfg.path:
-        path = Path(cfg.path)
-        if not path.is_dir():
-            raise SkeletonDataError(f"data.path={cfg.path!r}: skeleton dataset folder not found")
-        return path
-    work_dir = Path(work_dir)
-    if cfg.train_pkl:
-        files = [p for p in (cfg.train_pkl, cfg.val_pkl, cfg.test_pkl) if p]
-        stamps = [(p, os.stat(p).st_size, os.stat(p).st_mtime_ns) if os.path.exists(p) else p for p in files]
-        # a changed pickle (same path, new content) gets a new conversion
-        key = hashlib.sha1(json.dumps([stamps, cfg.train_split, cfg.val_split, cfg.test_split, cfg.label_names,
-                                       cfg.nan_policy]).encode()).hexdigest()[:10]
-        return _build_once(work_dir / f"pkl_{Path(cfg.train_pkl).stem}_{key}",
-                           lambda out: _pkl_files_to_parquet(cfg, out))
-    from recognizer_core.skeleton.demo_data import write_demo_dataset
-
-    def write(out: Path) -> None:
-        log.warning("no data.path / data.train_pkl: training on the built-in SYNTHETIC %s demo data (%d clips)",
-                    cfg.demo_task, cfg.demo_num_clips)
-        write_demo_dataset(cfg.demo_task, out, num_clips=cfg.demo_num_clips, seed=cfg.demo_seed)
-
-    return _build_once(work_dir / f"demo_{cfg.demo_task}_{cfg.demo_num_clips}_seed{cfg.demo_seed}", write)
-
-
-def _build_once(out: Path, build) -> Path:
-    if (out / "_dataset.json").exists():
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}")
-    try:
-        build(tmp)
-        try:
-            os.rename(tmp, out)
-        except OSError:  # another process finished first: use its copy
-            if not (out / "_dataset.json").exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
-
-
-def _pkl_files_to_parquet(cfg: DataConfig, out: Path) -> None:
-    """One store from train/val/test pkl files. A file whose `split` mapping has the split name contributes
-    those clips; a file without it that serves only this role (the guide's separate train.pkl / val.pkl /
-    test.pkl) contributes all its clips."""
-    from recognizer_core.skeleton.mmaction_pkl import read_mmaction_pkl
-    from recognizer_core.skeleton.store import write_dataset
-
-    roles = [(cfg.train_pkl, cfg.train_split), (cfg.val_pkl or cfg.train_pkl, cfg.val_split),
-             (cfg.test_pkl or cfg.val_pkl or cfg.train_pkl, cfg.test_split)]
-    # the test role counts only when test_pkl is given (by default it reuses val_pkl, as mmaction2 configs do)
-    role_count = {p: sum(1 for q, _ in (roles if cfg.test_pkl else roles[:2]) if q == p) for p, _ in roles}
-    loaded: dict[str, Any] = {}
-    clips: list[SkeletonClip] = []
-    seen: set[str] = set()
-    for role, (path, split) in enumerate(roles):
-        if path not in loaded:
-            loaded[path] = read_mmaction_pkl(path, cfg.label_names, nan_policy=cfg.nan_policy)
-        pose = loaded[path]
-        if pose.split_map and split in pose.split_map:
-            wanted = set(pose.split_map[split])
-            chosen = [c for c in pose.clips if c.clip_id in wanted]
-        elif role_count[path] == 1 and not (role == 2 and not cfg.test_pkl and pose.split_map):
-            chosen = list(pose.clips)  # the defaulted test role takes a whole file only when it is a bare list
-        else:
-            if split == cfg.test_split:
-                continue  # no test split is fine: the test job then has nothing to do
-            raise SkeletonDataError(f"{path}: no split {split!r} in its split mapping "
-                                    f"(splits: {sorted(pose.split_map or {})}); set data.{_role(cfg, split)}_split "
-                                    f"or give a separate data.{_role(cfg, split)}_pkl")
-        for c in chosen:
-            clip_id = c.clip_id if c.clip_id not in seen else f"{c.clip_id}@{split}"
-            seen.add(clip_id)
-            clips.append(replace(c, clip_id=clip_id, split=split))
-    if not clips:
-        raise SkeletonDataError(f"{cfg.train_pkl}: no clips in splits {[s for _, s in roles]}")
-    write_dataset(clips, out, label_names=cfg.label_names, overwrite=True, nan_policy=cfg.nan_policy,
-                  num_joints=None)
-
-
-def _role(cfg: DataConfig, split: str) -> str:
-    return "train" if split == cfg.train_split else "val" if split == cfg.val_split else "test"
 
 
 def is_empty_skeleton(clip: SkeletonClip) -> bool:
