@@ -91,7 +91,7 @@ def test_training_start_reads_no_index_and_matches_an_old_dataset(grouped, tmp_p
 
     data, x, y = _first_batch(cfg, no_index, tmp_path / "a")
     old_data, old_x, old_y = _first_batch(cfg, old, tmp_path / "b")  # no ranges: rows from the index
-    assert data.counts == old_data.counts == (60, 0, 15)
+    assert data.counts == old_data.counts == (60, 0, 15, 0)
     assert data.num_batches == old_data.num_batches == 15
     assert torch.equal(x, old_x) and torch.equal(y, old_y)
 
@@ -139,4 +139,4 @@ def test_demo_data_training_start_opens_no_index(tmp_path):
     assert validate_dataset(no_index, ["train", "val", "test"], 2, use_cache=False)["num_clips"] == 500
     data, x, y = _first_batch(cfg, no_index, tmp_path / "run")
     ref, rx, ry = _first_batch(cfg, demo, tmp_path / "ref")
-    assert data.counts == ref.counts == (350, 0, 75) and torch.equal(x, rx) and torch.equal(y, ry)
+    assert data.counts == ref.counts == (350, 0, 75, 0) and torch.equal(x, rx) and torch.equal(y, ry)
