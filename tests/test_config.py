@@ -105,3 +105,14 @@ def test_help_lists_every_field(tmp_path):
         assert field in text
     args = parser.parse_args(["--set", "model.dropout=0.5"])
     assert config_from_args(Job, args).model.dropout == 0.5
+
+
+def test_fractional_gpus_with_several_workers_are_refused_before_ray():
+    """Two DDP ranks given halves of one GPU (PACK puts them there) crash NCCL at start ("Duplicate GPU
+    detected"); tune's --gpus-per-worker help invited the combination."""
+    from recognizer_core.train.stgcn.config import TrainJobConfig
+
+    gpu = ["scaling.use_gpu=true", "scaling.gpus_per_worker=0.5"]
+    with pytest.raises(ConfigError, match="scaling: .*NCCL needs a whole GPU per worker"):
+        load_config(TrainJobConfig, None, gpu + ["scaling.num_workers=2"])
+    assert load_config(TrainJobConfig, None, gpu).scaling.gpus_per_worker == 0.5   # one worker: trials share

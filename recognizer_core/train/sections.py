@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from recognizer_core.config import StrictModel
 
@@ -24,3 +24,13 @@ class ScalingSection(StrictModel):
                             "say tcmalloc (every node needs the library); system = the system malloc")
     tcmalloc_path: str | None = Field(None, description="the tcmalloc library on the workers (default: the first "
                                                         "found in the usual lib folders of this machine)")
+
+    @model_validator(mode="after")
+    def _one_gpu_per_rank(self) -> "ScalingSection":
+        # NCCL needs a GPU of its own per rank: two ranks given halves of one GPU (PACK places them there) fail at
+        # start with "Duplicate GPU detected" (ray-project/ray#48012). Fractions suit one-worker trials sharing GPUs.
+        if self.use_gpu and self.num_workers > 1 and self.gpus_per_worker < 1:
+            raise ValueError(f"gpus_per_worker={self.gpus_per_worker} with num_workers={self.num_workers}: NCCL "
+                             "needs a whole GPU per worker (fractions put two ranks on one GPU); use "
+                             "gpus_per_worker >= 1, or fractions with num_workers=1 (trials sharing a GPU)")
+        return self

@@ -86,7 +86,8 @@ def add_tune_args(parser: argparse.ArgumentParser, default_space: str,
     r.add_argument("--workers-per-trial", type=int, default=None, help="Ray Train workers per trial")
     r.add_argument("--cpus-per-worker", type=float, default=None, help="CPUs per worker (fractions allowed)")
     r.add_argument("--gpus-per-worker", type=float, default=None,
-                   help="GPUs per worker, fractions allowed (0.5 = two trials share a GPU); > 0 turns on GPU")
+                   help="GPUs per worker, fractions allowed with one worker per trial (0.5 = two trials share a "
+                   "GPU); > 0 turns on GPU")
     r.add_argument("--driver-cpus", type=float, default=None, help="CPUs reserved per trial driver (default 0.05)")
     c = parser.add_argument_group("Ray")
     c.add_argument("--address", default=None, help="Ray cluster (default: $RAY_ADDRESS, as set by `ray job "
