@@ -121,6 +121,9 @@ def test_paired_test_over_folds():
     clear = paired_test([0.90, 0.91, 0.93, 0.92, 0.90], [0.70, 0.72, 0.71, 0.69, 0.73])
     assert clear["p_value"] < 0.001 and clear["verdict"].startswith("more than noise")
     assert paired_test([0.5, 0.5], [0.5, 0.5])["p_value"] == 1.0
+    # the winner was chosen on these folds among 12 trials: the p-value is optimistic, and the verdict says so
+    chosen = paired_test([0.90, 0.91, 0.93, 0.92, 0.90], [0.70, 0.72, 0.71, 0.69, 0.73], selected_from=12)
+    assert chosen["verdict"].startswith("more than noise") and "best of 12 trials" in chosen["verdict"]
 
 
 def test_pareto_front_and_pick():
