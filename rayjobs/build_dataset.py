@@ -3,7 +3,8 @@ r"""Stage 3 as a Ray Data job: per-video skeletons -> windows, labels, splits ->
     python rayjobs/build_dataset.py --set poses=outputs/poses --set output=outputs/dataset \
         --set window.clip_len=100 --set window.stride=50 --set write_pkl=true
 
-Reads the videos finished by rayjobs/extract_poses.py (its done.jsonl), draws splits per source video
+Reads the videos finished by rayjobs/extract_poses.py (the current version of each video its last run listed,
+with that listing's labels and splits; see docs/extraction.md), draws splits per source video
 (given by the folder layout / CSV, or by ratio, stratified by label), cuts windows in parallel tasks and
 streams them into the skeleton store (`part-*.parquet` + `_dataset.json`); with write_pkl also one
 mmaction2 PoseDataset pickle per split (`<split>.pkl` + label map). The logic lives in recognizer_core/dataset/.
@@ -29,6 +30,18 @@ from recognizer_core.dataset.config import DatasetBuildConfig  # noqa: E402
 from recognizer_core.ray_runtime import RayStartError, start_ray  # noqa: E402
 from recognizer_core.skeleton.clip import SkeletonDataError  # noqa: E402
 from recognizer_core.skeleton.store_regroup import regroup_by_split  # noqa: E402
+
+
+def _data_error(err: BaseException) -> BaseException | None:
+    """The bad-data error (ValueError, OSError: a clip file, the listing, a split) behind `err`, else None. A window
+    task's error comes back wrapped (a RayTaskError whose .cause is Ray Data's UserCodeException, raised from the
+    task's own error), its text a remote traceback: the innermost one is the message to show."""
+    chain: list[BaseException] = []
+    while err is not None and all(err is not e for e in chain) and len(chain) < 8:
+        chain.append(err)
+        err = getattr(err, "cause", None) or err.__cause__
+    found = [e for e in chain if isinstance(e, (ValueError, OSError))]
+    return found[-1] if found else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,6 +73,13 @@ def main(argv: list[str] | None = None) -> int:
         summary = run_build(cfg, plan)
     except (ConfigError, RayStartError) as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:   # noqa: BLE001 - bad data: one line; anything else keeps its traceback
+        data = _data_error(err)
+        if data is None:
+            raise
+        text = str(data).strip().splitlines()
+        print(f"error: {text[0] if text else type(data).__name__}", file=sys.stderr)
         return 2
     print(json.dumps(summary), flush=True)
     return 0

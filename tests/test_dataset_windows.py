@@ -1,13 +1,13 @@
 """Stage 3: windows with per-window person ranking, and splits grouped by source video."""
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 import numpy as np
 import pytest
 
 from recognizer_core.skeleton.clip import SkeletonClip
-from recognizer_core.dataset.windows import assign_splits, make_windows, window_starts
+from recognizer_core.dataset.windows import assign_splits, make_windows, split_counts, window_starts
 
 
 def _clip(T=20, M=3):
@@ -68,3 +68,35 @@ def test_splits_are_grouped_by_video_and_stratified():
         assign_splits(videos, mode="given")
     with pytest.raises(ValueError, match="summing to 1"):
         assign_splits(videos, (0.5, 0.2, 0.2))
+
+
+def test_adding_videos_moves_only_videos_next_to_a_cut():
+    """One RNG shared across labels shuffled by position: adding 5 'fall' videos to 80 re-drew 28 splits (12
+    val/test videos into train), 'normal' ones too. Now a label's order is a hash of (seed, video id)."""
+    base = [(f"fall_{i:03d}", "fall", "") for i in range(0, 80, 2)] + [(f"normal_{i:03d}", "normal", "")
+                                                                         for i in range(40)]
+    before = assign_splits(base, (0.8, 0.1, 0.1), seed=0)
+    for added in ([("fall_001", "fall", "")], [(f"fall_{i:03d}", "fall", "") for i in range(1, 80, 16)]):
+        after = assign_splits(base + added, (0.8, 0.1, 0.1), seed=0)
+        moved = [v for v in before if before[v] != after[v]]
+        assert len(moved) <= 2 * len(added) and not any(v.startswith("normal") for v in moved), moved
+    # a label's splits depend only on its own videos: another label's videos never change them
+    fall_only = assign_splits(base[:40], (0.8, 0.1, 0.1), seed=0)
+    assert all(before[v] == fall_only[v] for v in fall_only)
+    assert assign_splits(base, (0.8, 0.1, 0.1), seed=1) != before
+
+
+@pytest.mark.parametrize("n, want", [(1, (1, 0, 0)), (2, (2, 0, 0)), (3, (1, 1, 1)), (5, (3, 1, 1)),
+                                     (8, (6, 1, 1)), (10, (8, 1, 1)), (15, (12, 2, 1)), (25, (20, 3, 2))])
+def test_split_counts_largest_remainder_with_a_val_and_test_video(n, want):
+    """round() per split gave 5 videos 4/0/1 and 4 videos 3/0/1: no val video in small classes."""
+    assert split_counts(n, (0.8, 0.1, 0.1)) == want
+    assert sum(split_counts(n, (0.5, 0.5, 0.0))) == n and split_counts(n, (0.5, 0.5, 0.0))[2] == 0
+
+
+def test_every_class_of_five_videos_has_val_and_test_videos():
+    """10 classes x 5 videos: val was empty, and training stopped on "split 'val' is empty"."""
+    videos = [(f"{k}_{i}", k, "") for k in "abcdefghij" for i in range(5)]
+    s = assign_splits(videos, (0.8, 0.1, 0.1), 0)
+    per = Counter((label, s[v]) for v, label, _ in videos)
+    assert all(per[(k, "val")] == 1 and per[(k, "test")] == 1 and per[(k, "train")] == 3 for k in "abcdefghij")

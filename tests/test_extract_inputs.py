@@ -102,7 +102,9 @@ def test_actor_pool_is_sized_from_the_cluster_gpus():
 
     assert actor_pool_size(cfg(num_gpus_per_actor=1.0), cluster_gpus=8) == (1, 8)
     assert actor_pool_size(cfg(num_gpus_per_actor=0.5, num_actors=2), cluster_gpus=3) == (2, 6)
-    assert actor_pool_size(cfg(num_gpus_per_actor=1.0, num_actors=2), cluster_gpus=0) == (2, 2)  # autoscaler adds
+    # a scale-from-zero cluster (no GPU node yet): the pool grows as the autoscaler adds GPU nodes; a fixed pool of
+    # num_actors used one GPU of the manifests' eight
+    assert actor_pool_size(cfg(num_gpus_per_actor=1.0, num_actors=2), cluster_gpus=0) == (2, None)
     assert actor_pool_size(cfg(num_gpus_per_actor=1.0, max_actors=3), cluster_gpus=8) == (1, 3)
     assert actor_pool_size(cfg(), cluster_gpus=8) == (1, 1)   # CPU inference: ORT already uses every core
 

@@ -133,3 +133,61 @@ def test_bad_pickles_give_clear_errors(tmp_path):
         read_mmaction_pkl(tmp_path / "junk.pkl")
     with pytest.raises(SkeletonDataError, match="layout must be"):
         write_mmaction_pkl(make_clips(1), tmp_path / "y.pkl", layout="tuple")
+
+
+def pose_decode(results):
+    """mmaction2 1.2.0 PoseDecode.transform (mmaction/datasets/transforms/pose_transforms.py), verbatim body."""
+    if 'total_frames' not in results:
+        results['total_frames'] = results['keypoint'].shape[1]
+    if 'frame_inds' not in results:
+        results['frame_inds'] = np.arange(results['total_frames'])
+    if results['frame_inds'].ndim != 1:
+        results['frame_inds'] = np.squeeze(results['frame_inds'])
+    offset = results.get('offset', 0)
+    frame_inds = results['frame_inds'] + offset
+    results['keypoint'] = results['keypoint'][:, frame_inds].astype(np.float32)
+    if 'keypoint_score' in results:
+        kpscore = results['keypoint_score']
+        results['keypoint_score'] = kpscore[:, frame_inds].astype(np.float32)
+    return results
+
+
+def test_source_frame_numbers_are_not_mmaction2_frame_inds(tmp_path):
+    """Windows of a source video carry its frame numbers (v3's start at 15); written as `frame_inds` they were
+    PoseDecode's indices into the T frames: out of bounds. They travel as `source_frame_inds`, and come back."""
+    clips = make_clips()
+    ds = write_dataset(clips, tmp_path / "ds", ["no", "yes"])
+    raw = pickle.loads(parquet_to_pkl(ds, tmp_path / "x.pkl").read_bytes())
+    for clip, ann in zip(clips, raw["annotations"]):
+        assert "frame_inds" not in ann and ann["source_frame_inds"].tolist() == clip.frame_inds.tolist()
+        decoded = pose_decode(dict(ann))
+        np.testing.assert_array_equal(decoded["keypoint"], clip.keypoint)
+    back = list(SkeletonDataset(pkl_to_parquet(tmp_path / "x.pkl", tmp_path / "ds2")).iter_clips())
+    assert [c.frame_inds.tolist() for c in back] == [c.frame_inds.tolist() for c in clips]
+    assert all("source_frame_inds" not in c.extra and "frame_inds" not in c.extra for c in back)
+    # another tool's own frame_inds (indices into T) stay what they were, in the annotation's own key
+    ann = dict(raw["annotations"][0], frame_inds=np.arange(0, 20, 2, dtype=np.int32))
+    del ann["source_frame_inds"]
+    write_pkl(tmp_path / "y.pkl", [ann])
+    again = pickle.loads(parquet_to_pkl(pkl_to_parquet(tmp_path / "y.pkl", tmp_path / "ds3"),
+                                        tmp_path / "y2.pkl").read_bytes())["annotations"][0]
+    assert_identical(ann, again)
+
+
+def test_what_a_pkl_round_trip_changes(tmp_path):
+    """The documented exceptions to an identical pkl -> parquet -> pkl: float64 keypoints come back float32 (the
+    store's dtype, values rounded), numpy-int labels / total_frames as int, list shapes as tuples."""
+    good = make_clips(1)[0].to_annotation()
+    ann = dict(good, keypoint=good["keypoint"].astype(np.float64) + 1e-9, label=np.int64(1),
+               total_frames=np.int64(20), img_shape=[720, 1280])
+    write_pkl(tmp_path / "f64.pkl", [ann])
+    back = pickle.loads(parquet_to_pkl(pkl_to_parquet(tmp_path / "f64.pkl", tmp_path / "ds"),
+                                       tmp_path / "b.pkl").read_bytes())["annotations"][0]
+    assert back["keypoint"].dtype == np.float32
+    np.testing.assert_array_equal(back["keypoint"], ann["keypoint"].astype(np.float32))
+    assert type(back["label"]) is int and type(back["total_frames"]) is int and back["img_shape"] == (720, 1280)
+    rest = {k for k in ann if k not in ("keypoint", "label", "total_frames", "img_shape")}
+    for k in rest:
+        assert_identical(ann[k], back[k], k)
+    import recognizer_core.skeleton.mmaction_pkl as mod
+    assert "lossless both ways" not in mod.__doc__ and "float64" in mod.__doc__

@@ -1,14 +1,17 @@
 """Stage 3, building a skeleton dataset: per-video skeletons -> windows, labels, splits -> Parquet dataset.
 
-Reads the videos finished by rayjobs/extract_poses.py (its done.jsonl), draws splits per source video
-(given by the folder layout / CSV, or by ratio, stratified by label), cuts windows in parallel tasks and
-streams them into the skeleton store (`part-*.parquet` + `_dataset.json`); with write_pkl also one
-mmaction2 PoseDataset pickle per split (`<split>.pkl` + label map), as the training guide's stage 3 did.
+Reads the videos finished by rayjobs/extract_poses.py: one record per video of its last run's listing
+(`videos.jsonl`), at the video's current version, with the listing's label and split (manifest.current_done);
+draws splits per source video (given by the folder layout / CSV, or by ratio, stratified by label), cuts windows
+in parallel tasks and streams them into the skeleton store (`part-*.parquet` + `_dataset.json`); with write_pkl
+also one mmaction2 PoseDataset pickle per split (`<split>.pkl` + label map), as the training guide's stage 3 did.
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
+import posixpath
 import shutil
 import tempfile
 from collections import Counter
@@ -17,11 +20,12 @@ from pathlib import Path
 from typing import Iterator
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 
 from recognizer_core import storage
 from recognizer_core.config import ConfigError
 from recognizer_core.dataset.config import DatasetBuildConfig
-from recognizer_core.dataset.windows import assign_splits, make_windows
+from recognizer_core.dataset.windows import SPLITS, assign_splits, make_windows, missing_labels
 from recognizer_core.extract.manifest import ExtractionManifest
 from recognizer_core.extract.clip_files import read_clip_file
 from recognizer_core.skeleton.clip import SkeletonClip
@@ -29,25 +33,33 @@ from recognizer_core.skeleton.mmaction_pkl import parquet_to_pkl
 from recognizer_core.skeleton.store import SkeletonDataset, write_dataset
 from recognizer_core.skeleton.store_rows import clips_from_batch, clips_to_table
 
+log = logging.getLogger(__name__)
+PKL_DIR = "mmaction_pkl"   # the default pkl folder, inside the dataset
 
-def video_windows(path: str, split: str, label: int, cfg: DatasetBuildConfig) -> list[SkeletonClip]:
+
+def video_windows(path: str, split: str, label: int, label_name: str, cfg: DatasetBuildConfig) -> list[SkeletonClip]:
     clip = read_clip_file(path)
-    clip.split, clip.label = split, label
+    # the clip file keeps the label it was extracted with; a label fixed since (CSV) comes from the listing
+    clip.split, clip.label, clip.label_name = split, label, label_name
     w = cfg.window
     return make_windows(clip, w.clip_len, w.stride, w.num_person, w.min_frames, w.min_person_frames)
 
 
 def _window_batch(batch: dict, cfg: DatasetBuildConfig) -> pa.Table:
     clips = []
-    for path, split, label in zip(batch["path"], batch["split"], batch["label"]):
-        clips.extend(video_windows(str(path), str(split), int(label), cfg))
+    for path, split, label, name in zip(batch["path"], batch["split"], batch["label"], batch["label_name"]):
+        clips.extend(video_windows(str(path), str(split), int(label), str(name), cfg))
     return clips_to_table(clips)
 
 
 def plan_videos(cfg: DatasetBuildConfig) -> tuple[list[dict], list[str], int]:
-    """(jobs: path/split/label per finished video, label names, videos skipped for having no label)."""
+    """(jobs: path/split/label/label_name per current finished video, label names, videos skipped for having no
+    label). Old records (an edited or moved video's earlier version, a label since fixed) are left out."""
     poses = storage.to_uri(cfg.poses)   # resolved once here: the window tasks may run on other nodes
-    records = ExtractionManifest(poses).done_records()
+    records, stale = ExtractionManifest(poses).current_done()
+    if stale:
+        log.info("%s: %d finished record(s) left out: earlier versions of edited videos or videos no longer listed",
+                 poses, stale)
     if not records:
         raise ConfigError(f"poses: {poses} has no finished videos (run rayjobs/extract_poses.py first)")
     names = list(cfg.label_names)
@@ -61,17 +73,23 @@ def plan_videos(cfg: DatasetBuildConfig) -> tuple[list[dict], list[str], int]:
     splits = assign_splits([(r["video_id"], r["label_name"], r.get("split", "")) for r in labelled],
                            cfg.split.ratios, cfg.split.seed, cfg.split.mode)
     jobs = [{"path": storage.join_uri(poses, r["output"]), "split": splits[r["video_id"]],
-             "label": names.index(r["label_name"])} for r in sorted(labelled, key=lambda r: r["video_id"])]
+             "label": names.index(r["label_name"]), "label_name": r["label_name"],
+             "drawn": not (r.get("split") and cfg.split.mode != "ratio")}     # split drawn by ratio
+            for r in sorted(labelled, key=lambda r: r["video_id"])]
     return jobs, names, len(records) - len(labelled)
 
 
 def iter_windows(cfg: DatasetBuildConfig, jobs: list[dict]) -> Iterator[SkeletonClip]:
     if not cfg.use_ray:
         for job in jobs:
-            yield from video_windows(job["path"], job["split"], job["label"], cfg)
+            yield from video_windows(job["path"], job["split"], job["label"], job["label_name"], cfg)
         return
     import ray   # started by the caller (rayjobs/build_dataset.py): recognizer_core never starts Ray
 
+    # Windows come out in the jobs' (video id) order, as without Ray: Ray Data otherwise hands blocks back as
+    # tasks finish, so two builds of the same videos wrote their rows (part files, row groups) in different orders.
+    # The dataset copies the context when it is created, and its execution reads that copy.
+    ray.data.DataContext.get_current().execution_options.preserve_order = True
     ds = ray.data.from_items(jobs, override_num_blocks=max(1, min(len(jobs), 200)))
     ds = ds.map_batches(_window_batch, fn_kwargs={"cfg": cfg}, batch_format="numpy", batch_size=8,
                         num_cpus=cfg.num_cpus_per_task)
@@ -86,6 +104,48 @@ def resolve_paths(cfg: DatasetBuildConfig) -> DatasetBuildConfig:
     poses = cfg.poses if storage.is_remote(cfg.poses) or os.path.exists(cfg.poses) else storage.output_uri(cfg.poses)
     return cfg.model_copy(update={"poses": storage.to_uri(poses), "output": storage.output_uri(cfg.output),
                                   "pkl_dir": storage.output_uri(cfg.pkl_dir) if cfg.pkl_dir else ""})
+
+
+def _list_files(uri: str) -> list[str]:
+    fs, root = storage.filesystem(uri)
+    infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+    return [storage.join_uri(uri, posixpath.basename(i.path)) for i in infos if i.type == pafs.FileType.File]
+
+
+def remove_old_pkls(cfg: DatasetBuildConfig) -> list[str]:
+    """Remove the pkls (and label maps) of the previous build: those its build_summary.json lists, and any in the
+    dataset's own `mmaction_pkl` folder. A rebuild without a test split otherwise left the old test.pkl there,
+    describing clips of a dataset that no longer exists. Returns what was removed."""
+    try:
+        old = json.loads(storage.read_text(storage.join_uri(cfg.output, "build_summary.json")) or "{}")
+    except ValueError:
+        old = {}   # an unreadable summary lists nothing; the dataset's own folder is still cleared
+    listed = old.get("pkl", []) if isinstance(old, dict) and isinstance(old.get("pkl"), list) else []
+    pkls = {p for p in listed if isinstance(p, str) and p.endswith(".pkl")}
+    pkls |= {p for p in _list_files(storage.join_uri(cfg.output, PKL_DIR)) if p.endswith(".pkl")}
+    removed = []
+    for pkl in sorted(pkls):
+        for path in (pkl, pkl[: -len(".pkl")] + ".label_map.txt"):
+            if storage.exists(path):
+                storage.remove(path)
+                removed.append(path)
+    return removed
+
+
+def _warn_missing(jobs: list[dict], index: pa.Table, names: list[str], cfg: DatasetBuildConfig) -> dict:
+    """{split: [classes with no clip in it]} over the dataset's splits, the ones videos were given, and the ratio
+    splits (> 0) where some split was drawn; warned in one line (training needs every class in val to score it)."""
+    by_split: dict[str, set[str]] = {}
+    for label, split in zip(index["label"].to_pylist(), index["split"].to_pylist()):
+        by_split.setdefault(split, set()).add(names[label])
+    check = set(by_split) | {j["split"] for j in jobs}
+    if any(j["drawn"] for j in jobs):
+        check |= {s for s, r in zip(SPLITS, cfg.split.ratios) if r > 0}
+    missing = missing_labels(by_split, sorted(check))
+    if missing:
+        log.warning("classes missing from splits: %s (by ratio, a class needs >= 3 videos for one in each of "
+                    "train, val and test)", "; ".join(f"{s}: {', '.join(v)}" for s, v in missing.items()))
+    return missing
 
 
 def run_build(cfg: DatasetBuildConfig, plan: tuple[list[dict], list[str], int] | None = None) -> dict:
@@ -110,17 +170,19 @@ def run_build(cfg: DatasetBuildConfig, plan: tuple[list[dict], list[str], int] |
         index = ds.index(columns=["label", "split", "source_video"])
         summary = {"output": str(cfg.output), "videos": len(jobs), "unlabelled_videos_skipped": unlabelled,
                    "clips": len(ds), "splits": ds.splits(), "label_names": names,
-                   "clips_per_label": {names[k]: v for k, v in sorted(Counter(index["label"].to_pylist()).items())}}
+                   "clips_per_label": {names[k]: v for k, v in sorted(Counter(index["label"].to_pylist()).items())},
+                   "classes_missing_from_splits": _warn_missing(jobs, index, names, cfg)}
+        remove_old_pkls(cfg)   # the new dataset is in place (or staged): the old one's pkls go
         if cfg.write_pkl:
             pkl_remote = storage.is_remote(cfg.pkl_dir)  # written in a local folder, then uploaded
-            pkl_dir = Path(out) / "mmaction_pkl" if not cfg.pkl_dir else \
+            pkl_dir = Path(out) / PKL_DIR if not cfg.pkl_dir else \
                 Path(tempfile.mkdtemp(prefix="recognizer_pkl_")) if pkl_remote else Path(cfg.pkl_dir)
             pkls = [parquet_to_pkl(out, pkl_dir / f"{split}.pkl", split) for split in ds.splits()]
             if pkl_remote:
                 storage.copy_tree(str(pkl_dir), cfg.pkl_dir)
                 shutil.rmtree(pkl_dir, ignore_errors=True)
             summary["pkl"] = [storage.join_uri(cfg.pkl_dir, p.name) if pkl_remote else
-                              storage.join_uri(cfg.output, "mmaction_pkl", p.name) if remote and not cfg.pkl_dir
+                              storage.join_uri(cfg.output, PKL_DIR, p.name) if remote and not cfg.pkl_dir
                               else str(p) for p in pkls]
         if remote:
             info = Path(out) / "_dataset.json"

@@ -20,8 +20,11 @@ class SplitConfig(StrictModel):
     mode: Literal["given", "ratio", "given_or_ratio"] = Field(
         "given_or_ratio", description="given = split from folder/CSV; ratio = random by video; "
                                       "given_or_ratio = given where known, ratio for the rest")
-    ratios: tuple[float, float, float] = Field((0.8, 0.1, 0.1), description="train, val, test fractions")
-    seed: int = 0
+    ratios: tuple[float, float, float] = Field(
+        (0.8, 0.1, 0.1), description="train, val, test fractions of each label's videos (largest remainder; "
+                                     "a label with >= 3 videos gets >= 1 val and >= 1 test video where > 0)")
+    seed: int = Field(0, description="ratio splits order each label's videos by a hash of (seed, video id): "
+                                     "adding videos moves only those next to a cut")
 
     @model_validator(mode="after")
     def _check_ratios(self) -> "SplitConfig":

@@ -6,7 +6,7 @@ Splits are drawn per source video (stratified by label), so windows of one video
 """
 from __future__ import annotations
 
-import random
+import hashlib
 from collections import defaultdict
 from typing import Iterable, Sequence
 
@@ -81,18 +81,44 @@ def make_windows(clip: SkeletonClip, clip_len: int, stride: int = 0, num_person:
     return out
 
 
+def split_counts(n: int, ratios: Sequence[float]) -> tuple[int, int, int]:
+    """(train, val, test) video counts of a label with n videos: largest remainder over the three splits (round()
+    per split gave 5 videos at 0.8/0.1/0.1 as 4/0/1), then at least one val and one test video where n >= 3 and
+    that ratio is > 0 (else 10 classes x 5 videos had no val video at all), and one train video where n >= 1."""
+    exact = [r * n for r in ratios]
+    counts = [int(x) for x in exact]
+    # ties go to the earlier split (train, val, test): deterministic, and train comes first
+    by_remainder = sorted(range(3), key=lambda i: (-(exact[i] - counts[i]), i))
+    for i in by_remainder[: n - sum(counts)]:
+        counts[i] += 1
+    for i, floor in ((0, 1), (1, 3), (2, 3)):
+        if ratios[i] > 0 and counts[i] == 0 and n >= floor:
+            donor = max(range(3), key=lambda j: (counts[j], -j))  # the largest split: n >= 3 leaves it >= 1
+            counts[donor] -= 1
+            counts[i] += 1
+    return counts[0], counts[1], counts[2]
+
+
+def _rank(seed: int, video: str) -> str:
+    # A video's place in its label's order depends only on the seed and its own id, so adding or removing videos
+    # never reshuffles the others (one shared RNG shuffling by position re-drew every split after a new video).
+    return hashlib.sha256(f"{seed}:{video}".encode()).hexdigest()
+
+
 def assign_splits(videos: Iterable[tuple[str, str, str]], ratios: Sequence[float] = (0.8, 0.1, 0.1),
                   seed: int = 0, mode: str = "given_or_ratio") -> dict[str, str]:
     """{video: split} from (video, label_name, given_split) triples.
 
     mode 'given' keeps the given split (error if one is missing); 'ratio' ignores it and draws splits by
-    `ratios` (train, val, test) per label, shuffled with `seed`; 'given_or_ratio' draws only for videos
-    without a given split. Deterministic for a given set of videos and seed.
+    `ratios` (train, val, test) per label; 'given_or_ratio' draws only for videos without a given split.
+    Drawing: each label's videos are ordered by a hash of (seed, video id) and cut into train | val | test by
+    `split_counts`. A label's splits depend only on that label's videos; adding a video moves at most the few
+    videos next to a cut (the counts shift by one), never the rest.
     """
     if len(ratios) != 3 or abs(sum(ratios) - 1) > 1e-6 or min(ratios) < 0:
         raise ValueError(f"split ratios must be 3 non-negative numbers summing to 1, got {list(ratios)}")
     result: dict[str, str] = {}
-    by_label: dict[str, list[str]] = defaultdict(list)
+    by_label: dict[str, set[str]] = defaultdict(set)
     for video, label, given in videos:
         if given and mode != "ratio":
             result[video] = given
@@ -100,17 +126,17 @@ def assign_splits(videos: Iterable[tuple[str, str, str]], ratios: Sequence[float
             raise ValueError(f"video {video!r} has no given split (split.mode=given); set split.mode=ratio "
                              "or give splits in the folder layout / CSV")
         else:
-            by_label[label].append(video)
-    rng = random.Random(seed)
-    for label in sorted(by_label):
-        group = sorted(set(by_label[label]))
-        rng.shuffle(group)
-        n = len(group)
-        n_train = int(round(ratios[0] * n))
-        n_val = min(int(round(ratios[1] * n)), n - n_train)
-        if ratios[0] > 0 and n_train == 0 and n > 0:
-            n_train = 1
-            n_val = min(n_val, n - 1)
-        for i, video in enumerate(group):
+            by_label[label].add(video)
+    for group in by_label.values():
+        order = sorted(group, key=lambda v: (_rank(seed, v), v))
+        n_train, n_val, _ = split_counts(len(order), ratios)
+        for i, video in enumerate(order):
             result[video] = SPLITS[0] if i < n_train else SPLITS[1] if i < n_train + n_val else SPLITS[2]
     return result
+
+
+def missing_labels(labels_by_split: dict[str, set[str]], splits: Iterable[str]) -> dict[str, list[str]]:
+    """{split: [labels with no clip in it]} for each of `splits`, over the labels seen in any split."""
+    every = set().union(*labels_by_split.values()) if labels_by_split else set()
+    out = {s: sorted(every - labels_by_split.get(s, set())) for s in splits}
+    return {s: v for s, v in out.items() if v}

@@ -76,7 +76,8 @@ class PoseModelConfig(StrictModel):
 class RayResources(StrictModel):
     num_actors: int = Field(1, ge=1, description="inference actors kept at least (one model copy each)")
     max_actors: int = Field(0, ge=0, description="autoscale the actor pool up to this many; 0 = one per "
-                            "num_gpus_per_actor of the cluster's GPUs at start (never below num_actors)")
+                            "num_gpus_per_actor of the cluster's GPUs at start (never below num_actors), or no "
+                            "bound when it has none yet (scale-from-zero: the autoscaler adds GPU nodes)")
     num_gpus_per_actor: float = Field(0.0, ge=0, description="GPUs per inference actor (fractions share a GPU)")
     num_cpus_per_actor: float = Field(1.0, gt=0)
     num_cpus_per_decode_task: float = Field(1.0, gt=0)

@@ -73,17 +73,21 @@ def prepare_extraction(cfg: ExtractionConfig) -> ExtractionPlan:
     return ExtractionPlan(cfg, manifest, videos, names, todo, skipped)
 
 
-def actor_pool_size(cfg: ExtractionConfig, cluster_gpus: float) -> tuple[int, int]:
-    """(min, max) inference actors: max_actors if set, else one per num_gpus_per_actor of the cluster's GPUs."""
+def actor_pool_size(cfg: ExtractionConfig, cluster_gpus: float) -> tuple[int, int | None]:
+    """(min, max) inference actors: max_actors if set, else one per num_gpus_per_actor of the cluster's GPUs;
+    max None (no bound: Ray Data asks the autoscaler for GPU nodes as the queue grows) on a cluster that has no
+    GPU yet, which scale-from-zero clusters (the KubeRay manifests: GPU workers from 0 replicas) have at start."""
     lo = cfg.ray.num_actors
     if cfg.ray.max_actors:
         return lo, max(lo, cfg.ray.max_actors)
     if cfg.ray.num_gpus_per_actor > 0:
+        if cluster_gpus == 0:
+            return lo, None
         return lo, max(lo, int(cluster_gpus // cfg.ray.num_gpus_per_actor))
     return lo, lo  # CPU inference: ONNX Runtime already uses every core of an actor's node
 
 
-def build_pipeline(cfg: ExtractionConfig, items: list[dict], pool: tuple[int, int]):
+def build_pipeline(cfg: ExtractionConfig, items: list[dict], pool: tuple[int, int | None]):
     """The Ray Data plan: plan shards -> decode (CPU tasks) -> RTMO (actor pool of pool[0]..pool[1])."""
     import ray
 
@@ -176,6 +180,8 @@ def run_prepared(plan: ExtractionPlan, verbose: bool = True) -> dict:
     storage.write_text(storage.join_uri(out, "extraction_config.yaml"),
                        yaml.safe_dump(json.loads(cfg.model_dump_json()), sort_keys=False))
     storage.write_text(storage.join_uri(out, "labels.json"), json.dumps({"label_names": plan.label_names}))
+    # every listed video (skipped ones too): build_dataset keeps only these, each at its current version and label
+    plan.manifest.write_listing(plan.videos)
     plan.manifest.remove_partial_files()
     t0 = time.time()
     frames_done, provider, pool = 0, "", (0, 0)

@@ -6,6 +6,11 @@ mid-write) is ignored on read. Object stores cannot append: each record is one s
 (`manifest/<kind>/<video_id>.json`, visible only when complete), folded into the JSONL files by `compact()` at
 the end of a run. Records are keyed by `VideoSource.key` (path + size + mtime): an edited file is redone.
 Nothing is created until the first record is written, so a job stopped by a bad input leaves no folder behind.
+
+Old records are never rewritten: an edited video leaves its old DONE record pointing at the same
+`clips/<video_id>.parquet`, a moved one leaves its old record and clip file, a label fixed in a CSV keeps its key.
+So each run also writes the current listing (`videos.jsonl`: video_id, rel_path, label_name, split, key of every
+video of the source), and `current_done()` gives build_dataset one record per listed video, its current version's.
 """
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ import json
 import os
 import posixpath
 import time
+from typing import Iterable
 
 import pyarrow.fs as pafs
 
@@ -21,6 +27,8 @@ from recognizer_core import storage
 DONE, EMPTY, FAILED = "done", "empty", "failed"
 _FILES = {DONE: "done.jsonl", EMPTY: "empty_clips.jsonl", FAILED: "failures.jsonl"}
 CLIPS_DIR = "clips"
+LISTING_FILE = "videos.jsonl"
+_LISTING_FIELDS = ("video_id", "rel_path", "label_name", "split", "key")
 
 
 def _parse_lines(text: str | None) -> list[dict]:
@@ -42,12 +50,18 @@ class ExtractionManifest:
         self.records: dict[str, dict[str, dict]] = {kind: {} for kind in _FILES}
         for kind, name in _FILES.items():
             for rec in _parse_lines(storage.read_text(self.path(kind))):
-                self.records[kind][rec["key"]] = rec
+                self._put(kind, rec)
         if self.remote:
             for kind in _FILES:
-                for rec in self._record_objects(kind):
-                    self.records[kind][rec["key"]] = rec
+                for rec in self._record_objects(kind):   # newer than the JSONL files, which they are folded into
+                    self._put(kind, rec)
         self.clip_files = self._list_clips()
+
+    def _put(self, kind: str, rec: dict) -> None:
+        # re-inserted, not updated in place: the dicts' order is the order of the last write (newest last), which
+        # current_done() relies on when no listing exists
+        self.records[kind].pop(rec["key"], None)
+        self.records[kind][rec["key"]] = rec
 
     def path(self, kind: str) -> str:
         return storage.join_uri(self.uri, _FILES[kind])
@@ -108,7 +122,7 @@ class ExtractionManifest:
                 f.write(line)
                 f.flush()
                 os.fsync(f.fileno())
-        self.records[kind][key] = rec
+        self._put(kind, rec)
         if kind == DONE and fields.get("output"):
             self.clip_files.add(fields["output"])
         return rec
@@ -129,3 +143,47 @@ class ExtractionManifest:
     def done_records(self) -> list[dict]:
         """Finished videos whose output file still exists (a deleted output means: extract again)."""
         return [r for r in self.records[DONE].values() if r.get("output", "") in self.clip_files]
+
+    def write_listing(self, videos: Iterable) -> None:
+        """Write the run's current videos (VideoSource objects) to videos.jsonl, replacing the last run's."""
+        lines = [json.dumps({"video_id": v.video_id, "rel_path": v.rel_path, "label_name": v.label_name,
+                             "split": v.split, "key": v.key}) + "\n" for v in videos]
+        storage.write_text(storage.join_uri(self.uri, LISTING_FILE), "".join(lines))
+
+    def listing(self) -> list[dict] | None:
+        """The last run's videos.jsonl, or None for outputs written before listings existed."""
+        text = storage.read_text(storage.join_uri(self.uri, LISTING_FILE))
+        if text is None:
+            return None
+        out = []
+        for n, line in enumerate(text.splitlines(), start=1):
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                rec = None
+            if not isinstance(rec, dict) or any(not isinstance(rec.get(k), str) for k in _LISTING_FIELDS):
+                raise ValueError(f"{storage.join_uri(self.uri, LISTING_FILE)}:{n}: not a listing record with "
+                                 f"string fields {list(_LISTING_FIELDS)}")
+            out.append(rec)
+        return out
+
+    def current_done(self) -> tuple[list[dict], int]:
+        """(one DONE record per current video, number of finished records left out as not current).
+
+        With a listing: for each listed video the DONE record of its current version (same key), with the
+        listing's label_name and split (a label fixed in a CSV keeps the key, so the record's label is stale);
+        a video whose current version failed, is empty or is not extracted yet is left out, as are videos no
+        longer listed (moved, renamed, deleted). Without one: the newest DONE record per video_id.
+        """
+        done = self.done_records()
+        listing = self.listing()
+        if listing is None:
+            newest = {r.get("video_id") or r["key"]: r for r in done}   # done is oldest first: the last one wins
+            return list(newest.values()), len(done) - len(newest)
+        by_key = {r["key"]: r for r in done}
+        current = []
+        for v in listing:
+            rec = by_key.get(v["key"])
+            if rec is not None and rec.get("video_id", v["video_id"]) == v["video_id"]:
+                current.append({**rec, **{k: v[k] for k in ("video_id", "rel_path", "label_name", "split")}})
+        return current, len(done) - len(current)

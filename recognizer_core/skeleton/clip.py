@@ -62,6 +62,10 @@ _MMACTION_KEYS = ("frame_dir", "label", "img_shape", "original_shape", "total_fr
 # Our own per-clip metadata, written into annotation dicts only where set. label_name and split are not:
 # mmaction2 keeps class names in a label-map file and splits in the pkl's `split` mapping.
 _META_KEYS = ("source_video", "fps", "track_ids", "frame_inds")
+# The annotation key of each: `frame_inds` means something else in mmaction2 (PoseDecode indexes keypoint's T axis
+# with it), so the source video's frame numbers travel under their own name; an annotation's `frame_inds` stays in
+# `extra`, round-tripped as it came.
+_ANN_KEY = {"frame_inds": "source_frame_inds"}
 # extra key remembering non-float32 keypoint dtypes of a pkl (pyskl stores float16) for lossless export.
 DTYPE_KEY = "_mmaction_dtypes"
 
@@ -187,9 +191,9 @@ class SkeletonClip:
     def to_annotation(self) -> dict:
         """The mmaction2 PoseDataset annotation dict (frame_dir = clip_id) plus extra keys.
 
-        Our metadata (source_video, fps, track_ids, frame_inds) is added only where set;
-        mmaction2 passes unknown keys through its pipeline untouched (UniformSampleFrames overwrites
-        `frame_inds`, which is why the source frame numbers are only written when present).
+        Our metadata (source_video, fps, track_ids, and frame_inds as `source_frame_inds`) is added only where
+        set; mmaction2 passes unknown keys through its pipeline untouched. (Written as `frame_inds`, the source
+        frame numbers were read by PoseDecode as indices into the T frames: out of bounds after frame T.)
         """
         extra = dict(self.extra)
         dtypes = extra.pop(DTYPE_KEY, {})
@@ -203,7 +207,7 @@ class SkeletonClip:
             value = getattr(self, key)
             if value is None or (isinstance(value, (str, float)) and not value):
                 continue
-            ann[key] = value.copy() if isinstance(value, np.ndarray) else value
+            ann[_ANN_KEY.get(key, key)] = value.copy() if isinstance(value, np.ndarray) else value
         ann.update(extra)
         return ann
 
@@ -231,8 +235,8 @@ class SkeletonClip:
                         ("fps", lambda x: type(x) is float and x),
                         ("track_ids", lambda x: isinstance(x, np.ndarray) and x.dtype == np.int32),
                         ("frame_inds", lambda x: isinstance(x, np.ndarray) and x.dtype == np.int32)):
-            if key in extra and ok(extra[key]):
-                meta[key] = extra.pop(key)
+            if _ANN_KEY.get(key, key) in extra and ok(extra[_ANN_KEY.get(key, key)]):
+                meta[key] = extra.pop(_ANN_KEY.get(key, key))
         dtypes = {}
         kp, sc = ann["keypoint"], ann["keypoint_score"]
         for key, arr in (("keypoint", kp), ("keypoint_score", sc)):

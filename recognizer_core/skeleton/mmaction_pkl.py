@@ -1,4 +1,12 @@
-"""mmaction2 PoseDataset pickles <-> the Parquet skeleton store, lossless both ways.
+"""mmaction2 PoseDataset pickles <-> the Parquet skeleton store.
+
+pkl -> Parquet -> pkl gives back the same annotations (keys and values), splits, layout and top-level keys, not
+always the same types: `label` / `total_frames` come back as int (numpy ints were), `img_shape` /
+`original_shape` as tuples (lists were), and float64 `keypoint` / `keypoint_score` as float32, values rounded to
+float32 (the store holds float32; float16 and float32 come back exact, in their own dtype). Other keys keep their
+exact types. Parquet -> pkl -> Parquet keeps every clip field. The source video's frame numbers are written as
+`source_frame_inds` (mmaction2's PoseDecode reads `frame_inds` as indices into the clip's frames); an annotation's
+own `frame_inds` is kept as it came.
 
 The pickle layout (mmaction2 1.x / PYSKL): `{'split': {name: [frame_dir, ...]}, 'annotations': [dict(
 frame_dir, label, img_shape, original_shape, total_frames, keypoint (M,T,V,2), keypoint_score (M,T,V),
@@ -173,7 +181,7 @@ def parquet_to_pkl(dataset_dir: str | Path, pkl_path: str | Path,
     """Write a Parquet skeleton dataset (or some of its splits) as an mmaction2 pose pickle.
 
     The split mapping, pickle layout and extra top-level keys saved by pkl_to_parquet are restored, so
-    pkl -> parquet -> pkl gives the same annotations and splits.
+    pkl -> parquet -> pkl gives the same annotations and splits (with the type changes above).
     """
     ds = SkeletonDataset(dataset_dir)
     clips = list(ds.iter_clips(split))

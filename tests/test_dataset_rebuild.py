@@ -1,0 +1,243 @@
+"""Stage 3 over a poses folder that changed between extraction runs: edited, moved and relabelled videos, stale pkls
+of an earlier build, data errors as one line, and the build's row order with Ray (a fake Ray Data, no cluster)."""
+from __future__ import annotations
+
+import json
+import logging
+import pickle
+import sys
+import types
+
+import numpy as np
+import pytest
+
+from recognizer_core.dataset import build as build_mod
+from recognizer_core.dataset.build import plan_videos, run_build
+from recognizer_core.dataset.config import DatasetBuildConfig
+from recognizer_core.extract.clip_files import write_clip_file
+from recognizer_core.extract.manifest import DONE, EMPTY, ExtractionManifest
+from recognizer_core.extract.sources import VideoSource
+from recognizer_core.skeleton.clip import SkeletonClip
+from recognizer_core.skeleton.store import SkeletonDataset
+
+NAMES = ["normal", "fall"]
+
+
+def _clip(vid: str, label_name: str, T: int = 120, seed: int = 0) -> SkeletonClip:
+    rng = np.random.default_rng(seed)
+    kp = rng.uniform(10, 300, (2, T, 17, 2)).astype(np.float32)
+    sc = rng.uniform(0.3, 1, (2, T, 17)).astype(np.float32)
+    return SkeletonClip(vid, NAMES.index(label_name), kp, sc, (480, 640), T, label_name=label_name,
+                        source_video=f"/in/{vid}.mp4", fps=30.0, track_ids=np.arange(2, dtype=np.int32),
+                        frame_inds=np.arange(T, dtype=np.int32), extra={"box_score": sc.mean(-1)})
+
+
+def _video(rel: str, label: str = "", mtime: int = 0, split: str = "") -> VideoSource:
+    return VideoSource(f"/in/{rel}", rel, label or rel.split("/")[-2], split, 100, mtime)
+
+
+def _extract(root, videos: list[VideoSource], done: list[VideoSource], T: int = 120, listing: bool = True):
+    """What an extraction run leaves: a clip file + DONE record per video in `done`, and (new) the listing."""
+    (root / "clips").mkdir(parents=True, exist_ok=True)
+    (root / "labels.json").write_text(json.dumps({"label_names": NAMES}))
+    man = ExtractionManifest(str(root))
+    for i, v in enumerate(done):
+        rel = f"clips/{v.video_id}.parquet"
+        write_clip_file(_clip(v.video_id, v.label_name, T, seed=i + v.mtime_ns), root / rel)
+        man.record(DONE, v.key, uri=v.uri, rel_path=v.rel_path, video_id=v.video_id, label_name=v.label_name,
+                   split=v.split, output=rel)
+    if listing:
+        man.write_listing(videos)
+    return man
+
+
+def _cfg(root, out, **kw) -> DatasetBuildConfig:
+    return DatasetBuildConfig.model_validate({"poses": str(root), "output": str(out), "use_ray": False,
+                                              "window": {"clip_len": 60, "stride": 60}, **kw})
+
+
+def _videos_in(out) -> dict[str, set[tuple[str, str]]]:
+    """{video_id: {(label_name, split)}} over the dataset's windows."""
+    idx = SkeletonDataset(out).index(columns=["clip_id", "label_name", "split", "num_frames"]).to_pydict()
+    seen: dict[str, set] = {}
+    for cid, ln, sp in zip(idx["clip_id"], idx["label_name"], idx["split"]):
+        seen.setdefault(cid.split("@")[0], set()).add((ln, sp))
+    return seen
+
+
+def _source(n: int = 12) -> list[VideoSource]:
+    return [_video(f"{NAMES[i % 2]}/c{i:02d}.mp4") for i in range(n)]
+
+
+def test_an_edited_video_is_built_once_at_its_new_version(tmp_path):
+    """An edit gives a new key, the same video_id and clip file: two DONE records for one file made the build fail
+    ("clip_id is not unique"). The new version (180 frames: 3 windows, the old one had 2) is the one built."""
+    videos = _source()
+    man = _extract(tmp_path / "poses", videos, videos)
+    edited = VideoSource(videos[3].uri, videos[3].rel_path, "fall", "", 200, 777)
+    write_clip_file(_clip(edited.video_id, "fall", T=180, seed=9), tmp_path / f"poses/clips/{edited.video_id}.parquet")
+    man.record(DONE, edited.key, uri=edited.uri, rel_path=edited.rel_path, video_id=edited.video_id,
+               label_name="fall", split="", output=f"clips/{edited.video_id}.parquet")
+    man.write_listing(videos[:3] + [edited] + videos[4:])
+    jobs, _, _ = plan_videos(_cfg(tmp_path / "poses", tmp_path / "ds"))
+    assert len(jobs) == 12 and sum(j["path"].endswith(f"/{edited.video_id}.parquet") for j in jobs) == 1
+    summary = run_build(_cfg(tmp_path / "poses", tmp_path / "ds"))
+    assert summary["videos"] == 12 and summary["clips"] == 11 * 2 + 3
+    # an output written before listings existed: the newest record of each video_id
+    (tmp_path / "poses/videos.jsonl").unlink()
+    records, stale = ExtractionManifest(str(tmp_path / "poses")).current_done()
+    assert len(records) == 12 and stale == 1 and [r for r in records if r["video_id"] == edited.video_id][0]["key"] \
+        == edited.key
+    assert run_build(_cfg(tmp_path / "poses", tmp_path / "ds2"))["clips"] == 25
+
+
+def test_a_moved_or_deleted_video_leaves_the_dataset(tmp_path):
+    """normal/c04.mp4 moved to fall/ is extracted again under a new video_id; the old record and clip file stay.
+    The same footage was built twice, once per label, often in different splits."""
+    videos = _source()
+    moved_from = videos[4]
+    moved_to = _video("fall/c04.mp4", mtime=moved_from.mtime_ns)
+    now = [v for v in videos if v is not moved_from and v is not videos[7]] + [moved_to]   # c07 deleted
+    man = _extract(tmp_path / "poses", videos, videos)
+    _extract(tmp_path / "poses", now, [moved_to])
+    assert man.status(moved_to.key) is None   # (extraction redoes it: a new key)
+    run_build(_cfg(tmp_path / "poses", tmp_path / "ds"))
+    seen = _videos_in(tmp_path / "ds")
+    assert moved_from.video_id not in seen and videos[7].video_id not in seen
+    assert {ln for ln, _ in seen[moved_to.video_id]} == {"fall"} and len(seen) == 11
+
+
+def test_a_label_fixed_in_the_csv_is_taken_from_the_listing(tmp_path):
+    """Same file, label changed in the CSV: same key, so extraction skips it and its record keeps the old label."""
+    videos = [_video(f"v{i:02d}.mp4", NAMES[i % 2], split="train" if i < 8 else "val") for i in range(10)]
+    _extract(tmp_path / "poses", videos, videos)
+    fixed = VideoSource(videos[2].uri, videos[2].rel_path, "fall", "val", videos[2].size, videos[2].mtime_ns)
+    ExtractionManifest(str(tmp_path / "poses")).write_listing(videos[:2] + [fixed] + videos[3:])
+    assert fixed.key == videos[2].key
+    run_build(_cfg(tmp_path / "poses", tmp_path / "ds"))
+    ds = SkeletonDataset(tmp_path / "ds")
+    rows = [r for r in ds.index(columns=["clip_id", "label", "label_name", "split"]).to_pylist()
+            if r["clip_id"].startswith(fixed.video_id)]
+    assert rows and all((r["label"], r["label_name"], r["split"]) == (1, "fall", "val") for r in rows)
+    assert all(c.label_name == "fall" for c in ds.iter_clips("val") if c.clip_id.startswith(fixed.video_id))
+
+
+def test_a_video_whose_current_version_is_empty_is_left_out(tmp_path):
+    """Edited into a clip with nobody in it: the old clip file (old footage) stays, but it is not this video now."""
+    videos = _source(6)
+    man = _extract(tmp_path / "poses", videos, videos)
+    edited = VideoSource(videos[0].uri, videos[0].rel_path, videos[0].label_name, "", 5, 5)
+    man.record(EMPTY, edited.key, video_id=edited.video_id, reason="no person detected")
+    man.write_listing([edited] + videos[1:])
+    jobs, _, _ = plan_videos(_cfg(tmp_path / "poses", tmp_path / "ds"))
+    assert len(jobs) == 5 and not any(edited.video_id in j["path"] for j in jobs)
+
+
+def test_extraction_writes_the_listing_of_every_video(tmp_path):
+    """run_prepared writes videos.jsonl for the videos it lists, skipped ones included (here all are: no Ray)."""
+    from recognizer_core.extract.config import ExtractionConfig
+    from recognizer_core.extract.job import ExtractionPlan, run_prepared
+
+    videos = _source(4)
+    man = _extract(tmp_path / "poses", videos, videos, listing=False)
+    cfg = ExtractionConfig.model_validate({"source": {"input": str(tmp_path)}, "output": str(tmp_path / "poses")})
+    run_prepared(ExtractionPlan(cfg, man, videos, NAMES, [], {DONE: 4, EMPTY: 0, "failed": 0}), verbose=False)
+    listed = ExtractionManifest(str(tmp_path / "poses")).listing()
+    assert listed == [{"video_id": v.video_id, "rel_path": v.rel_path, "label_name": v.label_name, "split": "",
+                       "key": v.key} for v in videos]
+
+
+def test_a_rebuild_removes_the_previous_builds_pkls(tmp_path):
+    videos = _source(12)
+    _extract(tmp_path / "poses", videos, videos)
+    first = run_build(_cfg(tmp_path / "poses", tmp_path / "ds", write_pkl=True))
+    assert sorted(first["splits"]) == ["test", "train", "val"]
+    again = run_build(_cfg(tmp_path / "poses", tmp_path / "ds", write_pkl=True, split={"ratios": (0.9, 0.1, 0.0)}))
+    assert sorted(again["splits"]) == ["train", "val"]
+    assert sorted(p.name for p in (tmp_path / "ds/mmaction_pkl").iterdir()) == [
+        "train.label_map.txt", "train.pkl", "val.label_map.txt", "val.pkl"]
+    # a pkl_dir of the user's: only what the previous build listed goes, other files stay
+    own = tmp_path / "mine"
+    own.mkdir()
+    (own / "keep.pkl").write_bytes(b"x")
+    run_build(_cfg(tmp_path / "poses", tmp_path / "ds", write_pkl=True, pkl_dir=str(own)))
+    assert not (tmp_path / "ds/mmaction_pkl").exists() or not list((tmp_path / "ds/mmaction_pkl").iterdir())
+    run_build(_cfg(tmp_path / "poses", tmp_path / "ds", write_pkl=True, pkl_dir=str(own),
+                   split={"ratios": (1.0, 0.0, 0.0)}))
+    assert sorted(p.name for p in own.iterdir()) == ["keep.pkl", "train.label_map.txt", "train.pkl"]
+    data = pickle.loads((own / "train.pkl").read_bytes())
+    assert set(data["split"]) == {"train"} and len(data["annotations"]) == 24
+
+
+def test_classes_missing_from_a_split_are_warned_in_one_line(tmp_path, caplog):
+    videos = [_video(f"normal/n{i}.mp4") for i in range(5)] + [_video(f"fall/f{i}.mp4") for i in range(2)]
+    _extract(tmp_path / "poses", videos, videos)
+    with caplog.at_level(logging.WARNING, logger="recognizer_core.dataset.build"):
+        summary = run_build(_cfg(tmp_path / "poses", tmp_path / "ds"))
+    assert summary["classes_missing_from_splits"] == {"test": ["fall"], "val": ["fall"]}
+    (msg,) = [r.getMessage() for r in caplog.records if "missing" in r.getMessage()]
+    assert "\n" not in msg and "test: fall; val: fall" in msg
+
+
+def test_build_cli_data_errors_are_one_line(tmp_path, capsys):
+    from rayjobs.build_dataset import main
+
+    videos = _source(4)
+    _extract(tmp_path / "poses", videos, videos, listing=False)   # old output: two records for one file
+    twice = videos[1]
+    ExtractionManifest(str(tmp_path / "poses")).record(DONE, "other-key", video_id="dup", label_name="normal",
+                                                        output=f"clips/{twice.video_id}.parquet")
+    (tmp_path / "poses" / "clips" / f"{videos[0].video_id}.parquet").write_bytes(b"not parquet")
+    rc = main(["--poses", str(tmp_path / "poses"), "--output", str(tmp_path / "ds"), "--set", "use_ray=false"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("error: ") and "\n" not in err and "Traceback" not in err
+
+
+def test_a_ray_task_data_error_is_unwrapped():
+    """A window task's error as Ray hands it back: RayTaskError (.cause = UserCodeException) raised from the real
+    one; its text is a remote traceback, the real error's is one line."""
+    from rayjobs.build_dataset import _data_error
+
+    class Wrapped(RuntimeError):
+        cause = None
+
+    real = ValueError("clips/x.parquet: expected one clip per video file, found 2")
+    user = RuntimeError("UDF failed to process a data block.")
+    user.__cause__ = real
+    outer = Wrapped("Traceback (most recent call last):\n  ...\nray.exceptions.UserCodeException")
+    outer.cause = user
+    assert _data_error(outer) is real and _data_error(RuntimeError("bug")) is None
+
+
+def test_ray_build_preserves_the_video_order(tmp_path, monkeypatch):
+    """Ray Data hands blocks back as tasks finish unless preserve_order is set (read where the dataset is made)."""
+    videos = _source(6)
+    _extract(tmp_path / "poses", videos, videos)
+    cfg = _cfg(tmp_path / "poses", tmp_path / "ds")
+    jobs, _, _ = plan_videos(cfg)
+    ctx = types.SimpleNamespace(execution_options=types.SimpleNamespace(preserve_order=False))
+    seen = {}
+
+    class FakeDataset:   # runs the batches in order: only the context setting is under test
+        def __init__(self, items):
+            self.items, self.fn, self.kw = items, None, {}
+
+        def map_batches(self, fn, fn_kwargs, **_):
+            self.fn, self.kw = fn, fn_kwargs
+            return self
+
+        def iter_batches(self, **_):
+            cols = {k: np.array([j[k] for j in self.items]) for k in self.items[0]}
+            yield self.fn(cols, **self.kw)
+
+    def from_items(items, **_):
+        seen["preserve_order"] = ctx.execution_options.preserve_order
+        return FakeDataset(items)
+
+    fake = types.ModuleType("ray")
+    fake.data = types.SimpleNamespace(DataContext=types.SimpleNamespace(get_current=lambda: ctx),
+                                      from_items=from_items)
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    with_ray = [c.clip_id for c in build_mod.iter_windows(cfg.model_copy(update={"use_ray": True}), jobs)]
+    assert seen == {"preserve_order": True}
+    assert with_ray == [c.clip_id for c in build_mod.iter_windows(cfg, jobs)]
