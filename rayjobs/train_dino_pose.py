@@ -7,12 +7,13 @@ r"""Train the DINO pose model (frozen DINOv2/DINOv3 + stem + UNet heatmap head) 
         --val_annotation_file /coco/annotations/person_keypoints_val2017.json \
         --model_name facebook/dinov2-base --image_size 512 512 --heatmap_size 512 512 \
         --lr 1e-4 --batch_size 16 --epochs 100 --num_workers 4 --checkpoint_dir checkpoints_human_pose \
-        --set scaling.num_workers=4          # 4 GPUs (DDP)
+        --set scaling.num_workers=4 --set scaling.use_gpu=true   # 4 GPUs (DDP over NCCL)
 
+Without `scaling.use_gpu=true` (the preset says false) the workers train on CPUs (gloo).
 The guide's flags are shortcuts for config fields (file < flags < --set). The run folder is
 checkpoint_dir/run.name: Ray Train checkpoints (best by val/AP + latest), logs/ (TensorBoard, W&B offline,
-vis/*.png skeletons), config.yaml, and after the run best_model.pth and latest_checkpoint.pth. Re-running the
-same command continues from the latest checkpoint.
+vis/*.png skeletons), config.yaml, and best_model.pth (when val/AP improves) and latest_checkpoint.pth (with every
+checkpoint), written during training. Re-running the same command continues from the latest checkpoint.
 
 With no COCO paths at all (`python rayjobs/train_dino_pose.py`) it runs a SMOKE RUN: a tiny random DINOv2 built
 from a config (nothing downloaded), 2 epochs on the 4 shared COCO images (../shared/data/coco) or drawn stick
@@ -32,7 +33,7 @@ import yaml  # noqa: E402
 
 from recognizer_core.coco_pose.demo import smoke_run_overrides, wants_smoke_run  # noqa: E402
 from recognizer_core.config import ConfigError, add_config_args, config_from_args  # noqa: E402
-from recognizer_core.storage import join_uri, write_text  # noqa: E402
+from recognizer_core.storage import exists, join_uri, write_text  # noqa: E402
 from recognizer_core.train.cpu_malloc import require_tcmalloc  # noqa: E402
 from recognizer_core.train.dino_pose.config import DinoPoseJobConfig  # noqa: E402
 
@@ -93,8 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     import ray.train
 
     from recognizer_core.ray_runtime import start_ray_or_exit
-    from recognizer_core.train.dino_pose.job import build_trainer, default_run_config, export_checkpoints, \
-        resolve_paths
+    from recognizer_core.train.dino_pose.job import build_trainer, default_run_config, resolve_paths
+    from recognizer_core.train.dino_pose.loop import BEST_FILE, LATEST_FILE
     from recognizer_core.train.ray_run import run_uri
 
     start_ray_or_exit("dino_pose", args.address)
@@ -106,17 +107,21 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     run_dir = run_uri(default_run_config(cfg))
     write_text(join_uri(run_dir, "config.yaml"), yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+
+    def guide_files() -> dict[str, str]:  # written by the loop during training, so also after a failure
+        return {name: uri for name, uri in (("best_model", join_uri(run_dir, BEST_FILE)),
+                                            ("latest_checkpoint", join_uri(run_dir, LATEST_FILE))) if exists(uri)}
+
     try:
         result = trainer.fit()
     except Exception as err:  # noqa: BLE001 - Ray Train V2 raises what failed the run: one JSON line, exit 1
-        print(json.dumps({"run_dir": str(run_dir), "error": f"{type(err).__name__}: {err}"[:2000]}))
+        print(json.dumps({"run_dir": str(run_dir), "error": f"{type(err).__name__}: {err}"[:2000], **guide_files()}))
         return 1
-    exported = export_checkpoints(result, run_dir)
     metrics = result.metrics or {}
     print(json.dumps({
         "run_dir": str(run_dir), "epoch": metrics.get("epoch"),
         **{k: metrics.get(k) for k in ("train/loss", "val/loss", "val/AP", "val/AP50", "val/AR", "best/AP")},
-        **exported, "latest_ray_checkpoint": result.checkpoint.path if result.checkpoint else None,
+        **guide_files(), "latest_ray_checkpoint": result.checkpoint.path if result.checkpoint else None,
     }))
     return 0
 

@@ -12,25 +12,6 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
-def s3(monkeypatch):
-    """A real S3-compatible server (moto) on 127.0.0.1, the AWS variables pointing at it; yields a boto3 client."""
-    pytest.importorskip("moto")
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                     "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://{host}:{port}"}.items():
-            monkeypatch.setenv(k, v)
-        yield boto3.client("s3", endpoint_url=f"http://{host}:{port}")
-    finally:
-        server.stop()
-
-
-@pytest.fixture
 def ray_package(tmp_path, monkeypatch):
     """The working directory of a submitted job, as Ray lays it out on the head."""
     pkg = tmp_path / "session_x" / "runtime_resources" / "working_dir_files" / "_ray_pkg_0123abcd"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -11,11 +12,12 @@ import torch
 from conftest import REPO, shared_path
 from dino_tiny import make_tiny_dino, tiny_job_overrides
 
-from recognizer_core.config import ConfigError, load_config
+import recognizer_core.train.dino_pose.loop as dino_loop
+from recognizer_core.config import ConfigError, config_from_args, load_config
 from recognizer_core.train.context import LocalContext
 from recognizer_core.train.dino_pose.config import DinoPoseJobConfig
-from recognizer_core.train.dino_pose.loop import MODEL_FILE, load_pose_model, run_dino_pose_training, \
-    warmup_cosine_factor
+from recognizer_core.train.dino_pose.loop import BEST_FILE, LATEST_FILE, MODEL_FILE, load_pose_model, \
+    run_dino_pose_training, warmup_cosine_factor
 from recognizer_core.tune.search_space import load_search_space
 
 sys.path.insert(0, str(REPO / "rayjobs"))
@@ -104,3 +106,69 @@ def test_search_space_loads_for_the_dino_job():
     space = load_search_space(REPO / "search_spaces" / "dino_pose.yaml", DinoPoseJobConfig, job="dino_pose",
                               metrics=["val/AP", "val/AR", "train/loss"])
     assert space.metric == "val/AP" and space.mode == "max" and space.params
+
+
+def test_guide_files_are_written_during_training_and_survive_a_failure(tmp_path, monkeypatch):
+    """best_model.pth and latest_checkpoint.pth were exported only after a successful fit(): a run that failed at
+    epoch 90 of 100 left neither, though the guide says both are saved during training."""
+    coco = shared_path("data", "coco")
+    backbone = make_tiny_dino(tmp_path / "bb", "dinov2")
+    cfg = load_config(DinoPoseJobConfig, None, tiny_job_overrides(backbone, coco, tmp_path / "runs", epochs=4))
+    aps = {1: 0.5, 2: 0.7, 3: 0.3}
+
+    def fake_validate(model, loader, dataset, *, epoch, **_):  # val/AP by epoch; epoch 4 fails
+        if epoch not in aps:
+            raise RuntimeError("worker lost")
+        return {"val/AP": aps[epoch]}
+
+    monkeypatch.setattr(dino_loop, "validate", fake_validate)
+    run_dir = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="worker lost"):
+        _run(cfg, run_dir, tmp_path / "ckpt")
+    best = torch.load(run_dir / BEST_FILE, weights_only=True)
+    latest = torch.load(run_dir / LATEST_FILE, weights_only=True)
+    assert best["epoch"] == 2 and best["metrics"]["val/AP"] == 0.7  # the best val/AP, not the last
+    assert latest["epoch"] == 3 and latest["optimizer"] is not None  # the last checkpoint's full state
+    assert not any(k.startswith("backbone.") for k in best["model_state_dict"])
+
+
+def _documented_commands(text: str) -> list[list[str]]:
+    """The arguments of every `python rayjobs/train_dino_pose.py ...` command in `text` (continuations joined,
+    comments cut)."""
+    lines, out, i = text.splitlines(), [], 0
+    while i < len(lines):
+        if lines[i].strip().startswith("python rayjobs/train_dino_pose.py"):
+            parts = []
+            while True:
+                body = lines[i].split("#")[0].strip()
+                parts.append(body.rstrip("\\"))
+                if not body.endswith("\\"):
+                    break
+                i += 1
+            out.append(shlex.split(" ".join(parts))[2:])
+        i += 1
+    return out
+
+
+def test_documented_multi_gpu_commands_use_the_gpus():
+    """The docs' "4 GPUs (DDP)" command trained on 4 CPU workers over gloo: the preset says use_gpu: false."""
+    from recognizer_core.train.ray_run import backend
+
+    texts = {"rayjobs/train_dino_pose.py": train_dino_pose.__doc__,
+             "docs/dino_pose.md": (REPO / "docs" / "dino_pose.md").read_text()}
+    checked = 0
+    for name, text in texts.items():
+        for argv in _documented_commands(text):
+            if not any(a.startswith("scaling.num_workers=") for a in argv):
+                continue
+            args = train_dino_pose.build_parser().parse_args(argv)
+            args.overrides = train_dino_pose.guide_overrides(args) + list(args.overrides)
+            cfg = config_from_args(DinoPoseJobConfig, args)
+            assert cfg.scaling.num_workers == 4 and cfg.scaling.use_gpu, name
+            assert backend(cfg.scaling) == "nccl", name
+            checked += 1
+    assert checked == 2
+    for path in ("configs/dino_pose_base.yaml", "rayjobs/train_dino_pose.py", "docs/dino_pose.md"):
+        for line in (REPO / path).read_text().splitlines():
+            if "--set scaling.num_workers=" in line and "GPU" in line:  # a suggested command for GPUs
+                assert "scaling.use_gpu=true" in line, f"{path}: {line}"

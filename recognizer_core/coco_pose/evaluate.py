@@ -34,7 +34,8 @@ def heatmaps_to_image_keypoints(heatmaps: torch.Tensor, crop_to_image: np.ndarra
 def coco_results(image_ids, keypoints: np.ndarray, keypoint_scores: np.ndarray, box_scores, *,
                  keypoint_score_threshold: float = 0.2, areas=None) -> list[dict]:
     """One COCO results entry per instance; instance score = box score x mean of confident keypoint scores
-    (mmpose's rescoring, so a sure box with a vague pose ranks below a sure pose)."""
+    (mmpose's rescoring, so a sure box with a vague pose ranks below a sure pose). `areas` (the crops' image
+    areas) become each entry's "area", the scale `oks_nms` uses; pycocotools recomputes its own on loading."""
     out = []
     for i, image_id in enumerate(image_ids):
         s = np.asarray(keypoint_scores[i], dtype=np.float64)
@@ -49,16 +50,25 @@ def coco_results(image_ids, keypoints: np.ndarray, keypoint_scores: np.ndarray, 
     return out
 
 
+def crop_areas(crop_to_image: np.ndarray, input_size: tuple[int, int]) -> np.ndarray:
+    """(N, 2, 3) crop->image affines -> the image area each crop covers: the padded, aspect-fixed box (mmpose's
+    prod(bbox_scale), the area its top-down CocoMetric gives OKS-NMS)."""
+    mats = np.asarray(crop_to_image, dtype=np.float64).reshape(-1, 2, 3)
+    return np.abs(np.linalg.det(mats[:, :, :2])) * input_size[0] * input_size[1]
+
+
 def _oks_matrix(kps: np.ndarray, areas: np.ndarray) -> np.ndarray:
-    """OKS between every pair of poses (n, K, 2): entry [i, j] uses pose j's area as the reference scale."""
+    """OKS between every pair of poses (n, K, 2), scaled by the mean of the two areas (mmpose's oks_iou)."""
     d2 = ((kps[:, None, :, :] - kps[None, :, :, :]) ** 2).sum(-1)  # (n, n, K)
     var = (2 * COCO_SIGMAS) ** 2
-    return np.exp(-d2 / var / (areas[None, :, None] + np.spacing(1)) / 2).mean(-1)
+    scale = (areas[:, None] + areas[None, :]) / 2 + np.spacing(1)
+    return np.exp(-d2 / var / scale[:, :, None] / 2).mean(-1)
 
 
 def oks_nms(results: list[dict], threshold: float = 0.9) -> list[dict]:
-    """Per image, greedily drop poses whose OKS with a higher-scored kept pose exceeds `threshold`
-    (mmpose's oks_nms on detection-box results; the area comes from the keypoints' extent)."""
+    """Per image, greedily drop poses whose OKS with a higher-scored kept pose exceeds `threshold`: mmpose's
+    oks_nms as its CocoMetric calls it. A result's "area" (`coco_results(areas=crop_areas(...))`, the padded crop
+    box) is the OKS scale; without one, the keypoints' extent (mmpose's fallback when no box scale is known)."""
     by_image: dict[int, list[dict]] = defaultdict(list)
     for r in results:
         by_image[r["image_id"]].append(r)
@@ -66,7 +76,8 @@ def oks_nms(results: list[dict], threshold: float = 0.9) -> list[dict]:
     for rs in by_image.values():
         rs = sorted(rs, key=lambda r: -r["score"])
         kps = np.stack([np.asarray(r["keypoints"], dtype=np.float64).reshape(-1, 3)[:, :2] for r in rs])
-        areas = np.ptp(kps[..., 0], axis=1) * np.ptp(kps[..., 1], axis=1)
+        extent = np.ptp(kps[..., 0], axis=1) * np.ptp(kps[..., 1], axis=1)
+        areas = np.array([r.get("area", e) for r, e in zip(rs, extent)], dtype=np.float64)
         oks = _oks_matrix(kps, areas)
         keep: list[int] = []
         for i in range(len(rs)):
@@ -83,7 +94,7 @@ def evaluate_keypoints(coco_gt, results: list[dict]) -> dict[str, float]:
     if not results:
         return {name: 0.0 for name in STAT_NAMES}
     with contextlib.redirect_stdout(io.StringIO()):
-        coco_dt = coco_gt.loadRes(results)
+        coco_dt = coco_gt.loadRes([dict(r) for r in results])  # loadRes rewrites area/bbox/id in its input
         ev = COCOeval(coco_gt, coco_dt, iouType="keypoints")
         ev.params.imgIds = sorted({r["image_id"] for r in results} | set(coco_gt.getImgIds()))
         ev.evaluate()

@@ -56,7 +56,8 @@ class DinoRunConfig(StrictModel):
     max_failures: int = Field(0, ge=-1, description="worker-group failures recovered from the latest checkpoint")
     resume_from: str | None = Field(None, description="start from this checkpoint directory or its "
                                                       "training_state.pt / latest_checkpoint.pth (weights, "
-                                                      "optimizer, epoch) when the run has no checkpoint of its own")
+                                                      "optimizer, epoch), local or s3://, when the run has no "
+                                                      "checkpoint of its own")
 
 
 class DinoPoseJobConfig(StrictModel):

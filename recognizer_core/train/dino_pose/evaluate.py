@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from recognizer_core.coco_pose.dataset import CocoPoseDataset, denormalize
-from recognizer_core.coco_pose.evaluate import coco_results, evaluate_keypoints, flip_back, \
+from recognizer_core.coco_pose.evaluate import coco_results, crop_areas, evaluate_keypoints, flip_back, \
     heatmaps_to_image_keypoints, oks_nms
 from recognizer_core.coco_pose.heatmaps import decode_heatmaps, heatmap_to_input, render_heatmaps
 from recognizer_core.coco_pose.visualize import draw_pose_grid
@@ -44,7 +44,7 @@ def validate(model, loader, dataset: CocoPoseDataset, *, cfg, ctx, amp_dtype, lo
     size = tuple(cfg.data.image_size)
     with_targets = cfg.data.val_bbox_file is None  # detection boxes have no target heatmaps
     loss_sum, count = 0.0, 0
-    preds = {"index": [], "image_id": [], "keypoints": [], "scores": [], "box_score": []}
+    preds = {"index": [], "image_id": [], "keypoints": [], "scores": [], "box_score": [], "area": []}
     vis_imgs, vis_pred, vis_gt = [], [], []
     for batch in loader:
         images = batch["image"].to(ctx.device)
@@ -61,6 +61,7 @@ def validate(model, loader, dataset: CocoPoseDataset, *, cfg, ctx, amp_dtype, lo
         preds["keypoints"].append(kps)
         preds["scores"].append(scores)
         preds["box_score"].append(batch["bbox_score"].numpy())
+        preds["area"].append(crop_areas(batch["crop_to_image"].numpy(), size))  # OKS-NMS scale, as mmpose's
         want = cfg.train.vis_num_images - len(vis_imgs)
         if ctx.rank == 0 and want > 0:
             coords, sc = decode_heatmaps(hm[:want], cfg.data.heatmap_sigma)
@@ -92,10 +93,12 @@ def _score(gathered: list[dict], dataset: CocoPoseDataset, cfg) -> dict[str, flo
     count = sum(g["loss"][1] for g in gathered)
     if not parts:
         raise ValueError(f"{dataset.annotation_file}: validation produced no predictions")
-    cat = {k: np.concatenate([g[k] for g in parts]) for k in ("index", "image_id", "keypoints", "scores", "box_score")}
+    keys = ("index", "image_id", "keypoints", "scores", "box_score", "area")
+    cat = {k: np.concatenate([g[k] for g in parts]) for k in keys}
     order = np.argsort(cat["index"], kind="stable")
     results = coco_results(cat["image_id"][order], cat["keypoints"][order], cat["scores"][order],
-                           cat["box_score"][order], keypoint_score_threshold=cfg.train.keypoint_score_threshold)
+                           cat["box_score"][order], keypoint_score_threshold=cfg.train.keypoint_score_threshold,
+                           areas=cat["area"][order])
     if cfg.data.val_bbox_file is not None:
         results = oks_nms(results, cfg.train.oks_nms_threshold)
     stats = evaluate_keypoints(dataset.coco, results)

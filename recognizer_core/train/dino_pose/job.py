@@ -1,20 +1,21 @@
-"""Ray Train job of DINO pose: `build_trainer(cfg, run_config=None) -> TorchTrainer` and the guide's files.
+"""Ray Train job of DINO pose: `build_trainer(cfg, run_config=None) -> TorchTrainer`.
 
 DDP over the workers (NCCL on GPUs, gloo on CPUs), on the shared core (`recognizer_core.train.ray_run`): a
 checkpoint with every validated epoch (full training state + inference weights); Ray keeps the best
 `checkpoint.num_to_keep` by val/AP and always the latest, and re-running a run of the same name continues from
-its latest checkpoint.
+its latest checkpoint. The guide's best_model.pth / latest_checkpoint.pth are written by the loop during training
+(`loop.write_guide_files`), so a run that fails later still has them.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from ray.train import Result, RunConfig
+from ray.train import RunConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from recognizer_core.storage import is_remote, join_uri, output_uri, to_uri, write_bytes
+from recognizer_core.storage import is_remote, output_uri, to_uri
 from recognizer_core.train.dino_pose.config import DinoPoseJobConfig
-from recognizer_core.train.dino_pose.loop import MODEL_FILE, run_dino_pose_training
+from recognizer_core.train.dino_pose.loop import remote_state_uri, run_dino_pose_training
 from recognizer_core.train.ray_run import RayTrainContext, backend, for_workers, run_config, run_uri, \
     scaling_config
 from recognizer_core.train.state import STATE_FILE
@@ -48,12 +49,24 @@ def default_run_config(cfg: DinoPoseJobConfig) -> RunConfig:
                       num_to_keep=cfg.checkpoint.num_to_keep, score_attribute=SCORE_ATTRIBUTE)
 
 
+def check_resume_from(resume_from: str | None) -> None:
+    """On the driver, before any worker starts: run.resume_from names a checkpoint file or folder that exists,
+    local or remote (the workers download a remote one)."""
+    if not resume_from:
+        return
+    try:
+        found = remote_state_uri(resume_from) is not None if is_remote(resume_from) else Path(resume_from).exists()
+    except OSError as err:  # unreachable store, no credentials: one line, not a pyarrow traceback
+        raise FileNotFoundError(f"run.resume_from={resume_from}: cannot be read ({err})") from err
+    if not found:
+        raise FileNotFoundError(f"run.resume_from={resume_from}: no checkpoint file or folder with {STATE_FILE}")
+
+
 def build_trainer(cfg: DinoPoseJobConfig, *, run_config: RunConfig | None = None) -> TorchTrainer:
     """The DINO pose TorchTrainer. `run_config` (the tuner's) replaces the one derived from cfg.run."""
     cfg = resolve_paths(cfg)
     cfg.require_data()
-    if cfg.run.resume_from and not is_remote(cfg.run.resume_from) and not Path(cfg.run.resume_from).exists():
-        raise FileNotFoundError(f"run.resume_from={cfg.run.resume_from}: no such checkpoint directory or file")
+    check_resume_from(cfg.run.resume_from)
     run_config = run_config or default_run_config(cfg)
     return TorchTrainer(
         _train_fn,
@@ -63,20 +76,3 @@ def build_trainer(cfg: DinoPoseJobConfig, *, run_config: RunConfig | None = None
         run_config=for_workers(run_config, cfg.scaling),
     )
 
-
-def export_checkpoints(result: Result, out_uri: str) -> dict[str, str]:
-    """The guide's files from a finished run, written into `out_uri` (local, NFS or s3://): best_model.pth
-    (inference weights of the best val/AP checkpoint) and latest_checkpoint.pth (full training state of the last
-    checkpoint; `--set run.resume_from=` takes it)."""
-    written = {}
-    ranked = [(c, m) for c, m in (result.best_checkpoints or []) if m.get(SCORE_ATTRIBUTE) is not None]
-    for name, ckpt, inner in (("best_model", max(ranked, key=lambda cm: cm[1][SCORE_ATTRIBUTE])[0] if ranked
-                               else None, MODEL_FILE),
-                              ("latest_checkpoint", result.checkpoint, STATE_FILE)):
-        if ckpt is None:
-            continue
-        with ckpt.as_directory() as d:
-            target = join_uri(out_uri, f"{name}.pth")
-            write_bytes(target, (Path(d) / inner).read_bytes())
-        written[name] = target
-    return written

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow.fs as pafs
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
@@ -20,6 +21,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from recognizer_core.coco_pose.dataset import CocoPoseDataset
 from recognizer_core.models.dino_heads import weighted_heatmap_mse
 from recognizer_core.models.dino_pose import KEYPOINT_HEAD, build_dino_pose_model
+from recognizer_core.storage import filesystem, is_remote, join_uri, read_bytes, write_bytes
 from recognizer_core.train.amp import AmpPlan, amp_plan
 from recognizer_core.train.context import WorkerContext
 from recognizer_core.train.dino_pose.config import DinoPoseJobConfig
@@ -29,10 +31,11 @@ from recognizer_core.train.cpu_malloc import malloc_in_use
 from recognizer_core.train.experiment_log import ExperimentLogger, console
 from recognizer_core.train.nonfinite import LossMeter, NonFiniteGuard
 from recognizer_core.train.run_files import RunFiles
-from recognizer_core.train.state import place_and_resume, save_training_state, unwrap
+from recognizer_core.train.state import STATE_FILE, place_and_resume, save_training_state, unwrap
 
 log = logging.getLogger("recognizer")
 MODEL_FILE = "model.pt"  # inference weights + config inside every checkpoint (the guide's best_model.pth)
+BEST_FILE, LATEST_FILE = "best_model.pth", "latest_checkpoint.pth"  # the guide's files, in the run folder
 
 
 def warmup_cosine_factor(step: int, *, total_steps: int, warmup_steps: int, start_factor: float,
@@ -56,6 +59,30 @@ def build_datasets(cfg: DinoPoseJobConfig) -> tuple[CocoPoseDataset, CocoPoseDat
         if len(ds) == 0:
             raise ValueError(f"{ds.annotation_file}: no usable person in the {name} set (skipped: {ds.skipped})")
     return train, val
+
+
+def remote_state_uri(uri: str) -> str | None:
+    """The training-state file a remote run.resume_from names: the object itself, or STATE_FILE inside a
+    checkpoint folder; None when neither exists."""
+    fs, path = filesystem(uri)
+    for candidate, inner in ((uri, path), (join_uri(uri, STATE_FILE), join_uri(path, STATE_FILE))):
+        if fs.get_file_info(inner).type == pafs.FileType.File:
+            return candidate
+    return None
+
+
+def local_resume_from(resume_from: str | None, directory: Path) -> str | None:
+    """run.resume_from as a path torch.load can open: a remote one (s3://...) is downloaded into `directory`
+    (the state loader reads local paths only)."""
+    if not resume_from or not is_remote(resume_from):
+        return resume_from
+    uri = remote_state_uri(resume_from)
+    data = read_bytes(uri) if uri else None
+    if data is None:
+        raise FileNotFoundError(f"run.resume_from={resume_from}: no checkpoint file or folder with {STATE_FILE}")
+    local = directory / STATE_FILE
+    local.write_bytes(data)
+    return str(local)
 
 
 @dataclass
@@ -85,8 +112,10 @@ def build_parts(cfg: DinoPoseJobConfig, ctx: WorkerContext, steps_per_epoch: int
         min_ratio=cfg.optim.min_lr_ratio))
     amp = amp_plan(cfg.train.amp, ctx.device)
     scaler = torch.amp.GradScaler("cuda") if amp.scaler else None
-    model, restored = place_and_resume(ctx, model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-                                       fallback=cfg.run.resume_from)
+    # A remote resume_from is fetched even when the run's own checkpoint wins: place_and_resume decides which.
+    with tempfile.TemporaryDirectory(prefix="dino_pose_resume_") as tmp:
+        model, restored = place_and_resume(ctx, model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+                                           fallback=local_resume_from(cfg.run.resume_from, Path(tmp)))
     guard = NonFiniteGuard(ctx.device, cfg.train.max_nonfinite_steps)
     return Trainer(model, optimizer, scheduler, scaler, amp, guard), restored
 
@@ -135,13 +164,22 @@ def train_one_epoch(tr: Trainer, loader, *, cfg: DinoPoseJobConfig, ctx: WorkerC
 
 
 def write_checkpoint(directory: Path, tr: Trainer, *, epoch: int, step: int, best_ap: float, metrics: dict,
-                     cfg: DinoPoseJobConfig) -> Path:
+                     cfg: DinoPoseJobConfig, run_uri: str) -> Path:
     """Full training state (`epoch` = completed epochs) + the inference weights and config (MODEL_FILE)."""
     save_training_state(directory, model=tr.model, optimizer=tr.optimizer, scheduler=tr.scheduler, scaler=tr.scaler,
-                        epoch=epoch, extra={"best_ap": best_ap, "global_step": step})
+                        epoch=epoch, extra={"best_ap": best_ap, "global_step": step, "run_uri": run_uri})
     torch.save({"model_state_dict": unwrap(tr.model).state_dict(), "config": cfg.model_dump(mode="json"),
                 "epoch": epoch, "metrics": metrics}, directory / MODEL_FILE)
     return directory
+
+
+def write_guide_files(checkpoint: Path, run_uri: str, *, best: bool) -> None:
+    """The guide's files, kept current DURING training (a run that fails later still leaves them): LATEST_FILE
+    (full training state; run.resume_from takes it) with every checkpoint, BEST_FILE (MODEL_FILE's inference
+    weights) when val/AP improved. Each write is atomic, local or s3://."""
+    write_bytes(join_uri(run_uri, LATEST_FILE), (checkpoint / STATE_FILE).read_bytes())
+    if best:
+        write_bytes(join_uri(run_uri, BEST_FILE), (checkpoint / MODEL_FILE).read_bytes())
 
 
 def load_pose_model(checkpoint: str | Path, device: torch.device | str = "cpu", backbone: str | None = None):
@@ -181,14 +219,18 @@ def run_dino_pose_training(cfg: DinoPoseJobConfig, ctx: WorkerContext, run_uri: 
     sampler, train_loader, val_loader = _loaders(cfg, ctx, train_ds, val_ds)
     steps_per_epoch = max(1, len(train_loader))
     tr, restored = build_parts(cfg, ctx, steps_per_epoch)
+    files = RunFiles(run_uri)
     start, best_ap, step = 0, -1.0, 0
     if restored is not None:
+        extra = restored["extra"]
         start = int(restored["epoch"])
-        best_ap = float(restored["extra"].get("best_ap", -1.0))
-        step = int(restored["extra"].get("global_step", start * steps_per_epoch))
+        step = int(extra.get("global_step", start * steps_per_epoch))
+        # best/AP (and so BEST_FILE) is this run's: a state from another run (run.resume_from) starts it afresh,
+        # or its first epochs would never write BEST_FILE into this run's folder
+        if extra.get("run_uri", files.uri) == files.uri:
+            best_ap = float(extra.get("best_ap", -1.0))
         if ctx.rank == 0:
             console(f"[dino_pose] resumed at epoch {start} (global step {step})")
-    files = RunFiles(run_uri)
     logger = ExperimentLogger(files.local / "logs", config=cfg.model_dump(mode="json"), wandb=cfg.wandb,
                               enabled=ctx.rank == 0, run_name=cfg.run.name)
     if ctx.rank == 0:
@@ -205,9 +247,11 @@ def run_dino_pose_training(cfg: DinoPoseJobConfig, ctx: WorkerContext, run_uri: 
             metrics = {"epoch": epoch, "train/loss": train_loss, "lr": tr.scheduler.get_last_lr()[0],
                        "train/images_per_s": ips * ctx.world_size, "train/epoch_time_s": time.perf_counter() - t0}
             validated = should_validate(epoch, cfg.train.epochs, cfg.train.val_interval)
+            improved = False
             if validated:  # val/* only here: never a placeholder in a report or a log
                 val = validate(unwrap(tr.model), val_loader, val_ds, cfg=cfg, ctx=ctx, amp_dtype=tr.amp.dtype,
                                logger=logger, epoch=epoch, step=step, vis_dir=files.local / "logs" / "vis")
+                improved = val["val/AP"] > best_ap
                 best_ap = max(best_ap, val["val/AP"])
                 metrics.update(val)
                 metrics["best/AP"] = best_ap
@@ -218,10 +262,13 @@ def run_dino_pose_training(cfg: DinoPoseJobConfig, ctx: WorkerContext, run_uri: 
             tmp = None
             if ctx.rank == 0 and validated:
                 tmp = Path(tempfile.mkdtemp(prefix="dino_pose_ckpt_"))
-                write_checkpoint(tmp, tr, epoch=epoch, step=step, best_ap=best_ap, metrics=metrics, cfg=cfg)
+                write_checkpoint(tmp, tr, epoch=epoch, step=step, best_ap=best_ap, metrics=metrics, cfg=cfg,
+                                 run_uri=files.uri)
                 files.sync()
             try:
                 ctx.report(metrics, str(tmp) if tmp else None)
+                if tmp is not None:  # after the report: the guide's files never hold a checkpoint Ray refused
+                    write_guide_files(tmp, files.uri, best=improved)
             finally:
                 if tmp is not None:
                     shutil.rmtree(tmp, ignore_errors=True)
