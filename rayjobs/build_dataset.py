@@ -3,8 +3,8 @@ r"""Stage 3 as a Ray Data job: per-video skeletons -> windows, labels, splits ->
     python rayjobs/build_dataset.py --set poses=outputs/poses --set output=outputs/dataset \
         --set window.clip_len=100 --set window.stride=50 --set write_pkl=true
 
-Reads the videos finished by rayjobs/extract_poses.py (the current version of each video its last run listed,
-with that listing's labels and splits; see docs/extraction.md), draws splits per source video
+Reads the videos finished by rayjobs/extract_poses.py (the current version of each video its source's last run
+listed, with that listing's labels and splits; see docs/extraction.md), draws splits per source video
 (given by the folder layout / CSV, or by ratio, stratified by label), cuts windows in parallel tasks and
 streams them into the skeleton store (`part-*.parquet` + `_dataset.json`); with write_pkl also one
 mmaction2 PoseDataset pickle per split (`<split>.pkl` + label map). The logic lives in recognizer_core/dataset/.

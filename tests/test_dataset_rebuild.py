@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import pickle
+import shutil
 import sys
 import types
 
@@ -21,6 +22,7 @@ from recognizer_core.skeleton.clip import SkeletonClip
 from recognizer_core.skeleton.store import SkeletonDataset
 
 NAMES = ["normal", "fall"]
+SOURCE = "/in"   # the source (input folder) the listings belong to
 
 
 def _clip(vid: str, label_name: str, T: int = 120, seed: int = 0) -> SkeletonClip:
@@ -47,7 +49,7 @@ def _extract(root, videos: list[VideoSource], done: list[VideoSource], T: int = 
         man.record(DONE, v.key, uri=v.uri, rel_path=v.rel_path, video_id=v.video_id, label_name=v.label_name,
                    split=v.split, output=rel)
     if listing:
-        man.write_listing(videos)
+        man.write_listing(videos, SOURCE)
     return man
 
 
@@ -78,13 +80,13 @@ def test_an_edited_video_is_built_once_at_its_new_version(tmp_path):
     write_clip_file(_clip(edited.video_id, "fall", T=180, seed=9), tmp_path / f"poses/clips/{edited.video_id}.parquet")
     man.record(DONE, edited.key, uri=edited.uri, rel_path=edited.rel_path, video_id=edited.video_id,
                label_name="fall", split="", output=f"clips/{edited.video_id}.parquet")
-    man.write_listing(videos[:3] + [edited] + videos[4:])
+    man.write_listing(videos[:3] + [edited] + videos[4:], SOURCE)
     jobs, _, _ = plan_videos(_cfg(tmp_path / "poses", tmp_path / "ds"))
     assert len(jobs) == 12 and sum(j["path"].endswith(f"/{edited.video_id}.parquet") for j in jobs) == 1
     summary = run_build(_cfg(tmp_path / "poses", tmp_path / "ds"))
     assert summary["videos"] == 12 and summary["clips"] == 11 * 2 + 3
     # an output written before listings existed: the newest record of each video_id
-    (tmp_path / "poses/videos.jsonl").unlink()
+    shutil.rmtree(tmp_path / "poses" / "listings")
     records, stale = ExtractionManifest(str(tmp_path / "poses")).current_done()
     assert len(records) == 12 and stale == 1 and [r for r in records if r["video_id"] == edited.video_id][0]["key"] \
         == edited.key
@@ -112,7 +114,7 @@ def test_a_label_fixed_in_the_csv_is_taken_from_the_listing(tmp_path):
     videos = [_video(f"v{i:02d}.mp4", NAMES[i % 2], split="train" if i < 8 else "val") for i in range(10)]
     _extract(tmp_path / "poses", videos, videos)
     fixed = VideoSource(videos[2].uri, videos[2].rel_path, "fall", "val", videos[2].size, videos[2].mtime_ns)
-    ExtractionManifest(str(tmp_path / "poses")).write_listing(videos[:2] + [fixed] + videos[3:])
+    ExtractionManifest(str(tmp_path / "poses")).write_listing(videos[:2] + [fixed] + videos[3:], SOURCE)
     assert fixed.key == videos[2].key
     run_build(_cfg(tmp_path / "poses", tmp_path / "ds"))
     ds = SkeletonDataset(tmp_path / "ds")
@@ -128,13 +130,14 @@ def test_a_video_whose_current_version_is_empty_is_left_out(tmp_path):
     man = _extract(tmp_path / "poses", videos, videos)
     edited = VideoSource(videos[0].uri, videos[0].rel_path, videos[0].label_name, "", 5, 5)
     man.record(EMPTY, edited.key, video_id=edited.video_id, reason="no person detected")
-    man.write_listing([edited] + videos[1:])
+    man.write_listing([edited] + videos[1:], SOURCE)
     jobs, _, _ = plan_videos(_cfg(tmp_path / "poses", tmp_path / "ds"))
     assert len(jobs) == 5 and not any(edited.video_id in j["path"] for j in jobs)
 
 
 def test_extraction_writes_the_listing_of_every_video(tmp_path):
-    """run_prepared writes videos.jsonl for the videos it lists, skipped ones included (here all are: no Ray)."""
+    """run_prepared writes its source's listing of the videos it lists, skipped ones included (here all are: no
+    Ray)."""
     from recognizer_core.extract.config import ExtractionConfig
     from recognizer_core.extract.job import ExtractionPlan, run_prepared
 
@@ -145,6 +148,25 @@ def test_extraction_writes_the_listing_of_every_video(tmp_path):
     listed = ExtractionManifest(str(tmp_path / "poses")).listing()
     assert listed == [{"video_id": v.video_id, "rel_path": v.rel_path, "label_name": v.label_name, "split": "",
                        "key": v.key} for v in videos]
+
+
+def test_videos_of_two_sources_extracted_into_one_folder_are_both_built(tmp_path):
+    """Each source keeps its own listing: footage of a second camera folder extracted into the same poses folder
+    does not hide the first folder's videos, and re-listing one source (a video deleted there) leaves the other."""
+    first = _source(6)
+    second = [_video(f"{NAMES[i % 2]}/cam2_{i}.mp4") for i in range(4)]
+    man = _extract(tmp_path / "poses", first, first)
+    for i, v in enumerate(second):
+        rel = f"clips/{v.video_id}.parquet"
+        write_clip_file(_clip(v.video_id, v.label_name, seed=50 + i), tmp_path / "poses" / rel)
+        man.record(DONE, v.key, uri=v.uri, rel_path=v.rel_path, video_id=v.video_id, label_name=v.label_name,
+                   split="", output=rel)
+    man.write_listing(second, "/camera2")
+    jobs, _, _ = plan_videos(_cfg(tmp_path / "poses", tmp_path / "ds"))
+    assert len(jobs) == 10
+    man.write_listing(first[1:], SOURCE)   # first[0] deleted from its folder
+    jobs, _, _ = plan_videos(_cfg(tmp_path / "poses", tmp_path / "ds"))
+    assert len(jobs) == 9 and not any(first[0].video_id in j["path"] for j in jobs)
 
 
 def test_a_rebuild_removes_the_previous_builds_pkls(tmp_path):

@@ -1,7 +1,7 @@
 """Stage 3, building a skeleton dataset: per-video skeletons -> windows, labels, splits -> Parquet dataset.
 
-Reads the videos finished by rayjobs/extract_poses.py: one record per video of its last run's listing
-(`videos.jsonl`), at the video's current version, with the listing's label and split (manifest.current_done);
+Reads the videos finished by rayjobs/extract_poses.py: one record per video of its sources' latest listings
+(`listings/*.jsonl`), at the video's current version, with the listing's label and split (manifest.current_done);
 draws splits per source video (given by the folder layout / CSV, or by ratio, stratified by label), cuts windows
 in parallel tasks and streams them into the skeleton store (`part-*.parquet` + `_dataset.json`); with write_pkl
 also one mmaction2 PoseDataset pickle per split (`<split>.pkl` + label map), as the training guide's stage 3 did.

@@ -181,7 +181,7 @@ def run_prepared(plan: ExtractionPlan, verbose: bool = True) -> dict:
                        yaml.safe_dump(json.loads(cfg.model_dump_json()), sort_keys=False))
     storage.write_text(storage.join_uri(out, "labels.json"), json.dumps({"label_names": plan.label_names}))
     # every listed video (skipped ones too): build_dataset keeps only these, each at its current version and label
-    plan.manifest.write_listing(plan.videos)
+    plan.manifest.write_listing(plan.videos, cfg.source.manifest_csv or cfg.source.input)
     plan.manifest.remove_partial_files()
     t0 = time.time()
     frames_done, provider, pool = 0, "", (0, 0)

@@ -9,11 +9,14 @@ Nothing is created until the first record is written, so a job stopped by a bad 
 
 Old records are never rewritten: an edited video leaves its old DONE record pointing at the same
 `clips/<video_id>.parquet`, a moved one leaves its old record and clip file, a label fixed in a CSV keeps its key.
-So each run also writes the current listing (`videos.jsonl`: video_id, rel_path, label_name, split, key of every
-video of the source), and `current_done()` gives build_dataset one record per listed video, its current version's.
+So each run also writes its source's current listing (`listings/<source id>.jsonl`: video_id, rel_path,
+label_name, split, key of every video the source lists now; one file per source, so several sources extracted into
+one folder are all kept), and `current_done()` gives build_dataset one record per listed video, its current
+version's.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import posixpath
@@ -27,7 +30,7 @@ from recognizer_core import storage
 DONE, EMPTY, FAILED = "done", "empty", "failed"
 _FILES = {DONE: "done.jsonl", EMPTY: "empty_clips.jsonl", FAILED: "failures.jsonl"}
 CLIPS_DIR = "clips"
-LISTING_FILE = "videos.jsonl"
+LISTINGS_DIR = "listings"   # one <source id>.jsonl per source (input folder or CSV) extracted into this folder
 _LISTING_FIELDS = ("video_id", "rel_path", "label_name", "split", "key")
 
 
@@ -144,27 +147,36 @@ class ExtractionManifest:
         """Finished videos whose output file still exists (a deleted output means: extract again)."""
         return [r for r in self.records[DONE].values() if r.get("output", "") in self.clip_files]
 
-    def write_listing(self, videos: Iterable) -> None:
-        """Write the run's current videos (VideoSource objects) to videos.jsonl, replacing the last run's."""
+    def write_listing(self, videos: Iterable, source: str) -> None:
+        """Write the run's current videos (VideoSource objects) as `source`'s listing (its input folder or CSV),
+        replacing that source's last one; other sources' listings stay."""
         lines = [json.dumps({"video_id": v.video_id, "rel_path": v.rel_path, "label_name": v.label_name,
                              "split": v.split, "key": v.key}) + "\n" for v in videos]
-        storage.write_text(storage.join_uri(self.uri, LISTING_FILE), "".join(lines))
+        storage.write_text(self._listing_uri(source), "".join(lines))
+
+    def _listing_uri(self, source: str) -> str:
+        sid = hashlib.sha1(source.encode()).hexdigest()[:12]
+        return storage.join_uri(self.uri, LISTINGS_DIR, f"{sid}.jsonl")
 
     def listing(self) -> list[dict] | None:
-        """The last run's videos.jsonl, or None for outputs written before listings existed."""
-        text = storage.read_text(storage.join_uri(self.uri, LISTING_FILE))
-        if text is None:
+        """Every source's listing, in one list (by file name), or None for outputs written before listings."""
+        fs, root = storage.filesystem(storage.join_uri(self.uri, LISTINGS_DIR))
+        infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+        names = sorted(posixpath.basename(i.path) for i in infos
+                       if i.type == pafs.FileType.File and i.path.endswith(".jsonl"))
+        if not names:
             return None
         out = []
-        for n, line in enumerate(text.splitlines(), start=1):
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                rec = None
-            if not isinstance(rec, dict) or any(not isinstance(rec.get(k), str) for k in _LISTING_FIELDS):
-                raise ValueError(f"{storage.join_uri(self.uri, LISTING_FILE)}:{n}: not a listing record with "
-                                 f"string fields {list(_LISTING_FIELDS)}")
-            out.append(rec)
+        for name in names:
+            uri = storage.join_uri(self.uri, LISTINGS_DIR, name)
+            for n, line in enumerate((storage.read_text(uri) or "").splitlines(), start=1):
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    rec = None
+                if not isinstance(rec, dict) or any(not isinstance(rec.get(k), str) for k in _LISTING_FIELDS):
+                    raise ValueError(f"{uri}:{n}: not a listing record with string fields {list(_LISTING_FIELDS)}")
+                out.append(rec)
         return out
 
     def current_done(self) -> tuple[list[dict], int]:
