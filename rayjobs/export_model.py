@@ -9,13 +9,21 @@ sidecar (<out>.json) holds the label names, the pipeline (feats, clip_len, num_p
 window length of the training clips, the event thresholds and the source run. --calibrate-precision sets
 each class's threshold to the lowest whose precision on the validation split reaches the value. The export is
 checked against torch on real pipeline input (max |logit difference| printed; fails above --tolerance times
-max(1, |logit|)).
+max(1, |logit|)). The .onnx and its sidecar are written under temporary names and moved into place only
+after every step passed: a failed re-export leaves the previous pair as it was.
+--background-class (a class name, an index or none) sets the class that never makes an event; by default the
+class named like background (NonFight, Normal, ...), else class 0 (none for mmaction2 .py models).
+--window-mode overrides the model's window kind; with `both`, --track-classes (comma-separated, default the
+model's) names the per-person classes scored on per-track windows.
+--trt-engine also builds a TensorRT engine of the model for external runtimes (Triton, trtexec): recognize
+does not load it.
 Run it with: python rayjobs/recognize.py --model <out>.onnx ... (ONNX Runtime, no torch).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -24,14 +32,42 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # build_trt_engine bes
 
 
 def export(model: str, out: str, *, model_config: str | None = None, calibrate_precision: float | None = None,
-           tolerance: float = 1e-5, window_mode: str | None = None, trt_engine: str | None = None,
-           fp16: bool = False) -> dict:
+           tolerance: float = 1e-5, window_mode: str | None = None, track_classes: list[str] | None = None,
+           background_class: str | None = None, trt_engine: str | None = None, fp16: bool = False) -> dict:
+    from recognizer_core.recognize.spec import sidecar_path
+
+    if fp16 and not trt_engine:
+        raise ValueError("--fp16 sets the precision of the TensorRT engine: give --trt-engine too")
+    out_path = Path(out)
+    # Written under temporary names beside the target, moved into place at the end: a re-export that fails
+    # a check (parity, calibration, engine build) must not leave new weights beside the old sidecar's labels
+    # and thresholds.
+    tmp = out_path.with_name(f".{out_path.stem}.{os.getpid()}.partial.onnx")
+    try:
+        report = _export(model, tmp, out_path, model_config=model_config, calibrate_precision=calibrate_precision,
+                         tolerance=tolerance, window_mode=window_mode, track_classes=track_classes,
+                         background_class=background_class, trt_engine=trt_engine, fp16=fp16)
+        # the old sidecar goes first: between the moves there is a model without a sidecar (refused by
+        # recognize), never a model with another model's sidecar
+        sidecar_path(out_path).unlink(missing_ok=True)
+        os.replace(tmp, out_path)
+        os.replace(sidecar_path(tmp), sidecar_path(out_path))
+    finally:
+        for p in (tmp, sidecar_path(tmp)):
+            p.unlink(missing_ok=True)
+    return report
+
+
+def _export(model: str, tmp: Path, out: Path, *, model_config: str | None, calibrate_precision: float | None,
+            tolerance: float, window_mode: str | None, track_classes: list[str] | None,
+            background_class: str | None, trt_engine: str | None, fp16: bool) -> dict:
+    """The export into `tmp` (.onnx and its .json); `out` is the name it will have (recorded in the sidecar)."""
     import torch
 
     from recognizer_core.export.onnx import OPSET, check_onnx_parity, export_onnx, write_sidecar
     from recognizer_core.recognize.model import load_recognizer
-
     from recognizer_core.recognize.runner import make_windows_for
+    from recognizer_core.recognize.spec import sidecar_path
     from recognizer_core.skeleton.demo_sequence import make_demo_sequence
 
     if trt_engine:
@@ -40,32 +76,38 @@ def export(model: str, out: str, *, model_config: str | None = None, calibrate_p
         except ImportError:  # before anything is written: no ONNX file without its engine and sidecar
             raise SystemExit("error: --trt-engine needs the tensorrt package (pip install 'recognizer[tensorrt]' "
                              "on a machine with an NVIDIA GPU); nothing was written") from None
-    rec = load_recognizer(model, model_config=model_config)
+    rec = load_recognizer(model, model_config=model_config, background_class=background_class)
     spec = rec.spec
+    names = spec.label_names
+    update: dict = {"window_mode": window_mode or spec.window_mode,
+                    "track_classes": spec.track_classes if track_classes is None else list(track_classes)}
+    bad = [n for n in update["track_classes"] if n not in names]
+    if bad:
+        raise ValueError(f"--track-classes: unknown class(es) {bad}; the model's classes are {names}")
+    if update["window_mode"] == "both" and not update["track_classes"]:
+        raise ValueError("--window-mode both: no per-person classes; name them with --track-classes "
+                         f"(of {[names[c] for c in spec.event_classes]})")
     # checked on real pipeline input (windows of the synthetic demo sequence), not on noise
     windows = make_windows_for(make_demo_sequence()[0], spec, stride_s=2.0)[:16]
     x = torch.from_numpy(rec.prepare([w.clip for w in windows])).flatten(0, 1)
-    onnx_path = export_onnx(rec.net, out, x[:1])
+    onnx_path = export_onnx(rec.net, tmp, x[:1])
     diff = check_onnx_parity(rec.net, onnx_path, x)
     with torch.no_grad():
         scale = max(1.0, float(rec.net(x).abs().max()))
     if diff > tolerance * scale:
-        raise SystemExit(f"error: {onnx_path}: ONNX logits differ from torch by {diff:.3g} > {tolerance} x "
-                         f"max(1, |logit|) = {tolerance * scale:.3g}")
-    update: dict = {"source": {**spec.source, "exported_onnx": str(onnx_path), "opset": OPSET,
-                               "onnx_max_abs_diff": diff}}
-    report = {"onnx": str(onnx_path), "max_abs_diff_vs_torch": diff, "max_abs_logit": round(scale, 3),
+        raise SystemExit(f"error: {out}: ONNX logits differ from torch by {diff:.3g} > {tolerance} x "
+                         f"max(1, |logit|) = {tolerance * scale:.3g}; nothing was written")
+    update["source"] = {**spec.source, "exported_onnx": str(out), "opset": OPSET, "onnx_max_abs_diff": diff}
+    report = {"onnx": str(out), "max_abs_diff_vs_torch": diff, "max_abs_logit": round(scale, 3),
               "opset": OPSET}
     if calibrate_precision is not None:
         from recognizer_core.recognize.calibrate import calibrate_thresholds
 
         data = spec.source.get("training_data", "")
-        if not Path(data).is_dir():
+        if not data or not Path(data).is_dir():  # Path("") is the working directory
             raise SystemExit(f"error: --calibrate-precision needs the model's training data; not found: {data!r}")
         split = spec.source.get("val_split", "val")  # the run's validation split (data.val_split)
         update["thresholds"], report["calibration"] = calibrate_thresholds(rec, data, split, calibrate_precision)
-    if window_mode:
-        update["window_mode"] = window_mode
     if trt_engine:  # same builder as the RTMO engines; needs the tensorrt package and a GPU (imported there)
         from build_trt_engine import build_engine
 
@@ -75,8 +117,10 @@ def export(model: str, out: str, *, model_config: str | None = None, calibrate_p
                                                                          p.in_channels)))
         update["source"]["trt_engine"] = report["trt_engine"]
     spec = spec.model_copy(update=update)
-    report["sidecar"] = str(write_sidecar(onnx_path, json.loads(spec.to_json())))
-    report.update(label_names=spec.label_names, window_s=round(spec.window_s, 3), fps=spec.fps,
+    write_sidecar(onnx_path, json.loads(spec.to_json()))
+    report["sidecar"] = str(sidecar_path(out))
+    report.update(label_names=names, background_class=None if spec.background_class is None else
+                  names[spec.background_class], window_s=round(spec.window_s, 3), fps=spec.fps,
                   window_mode=spec.window_mode, thresholds={k: v.on for k, v in spec.thresholds.items()})
     return report
 
@@ -88,7 +132,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-config", help="config of a .pth: our training YAML or an mmaction2 .py")
     parser.add_argument("--calibrate-precision", type=float, help="thresholds at this validation precision")
     parser.add_argument("--window-mode", choices=["scene", "track", "both"], help="override the model's window mode")
-    parser.add_argument("--trt-engine", help="also build a TensorRT engine (batch 1-64) here (GPU + tensorrt)")
+    parser.add_argument("--track-classes", type=lambda s: [n.strip() for n in s.split(",") if n.strip()],
+                        help="per-person classes for --window-mode both, comma-separated (default: the model's)")
+    parser.add_argument("--background-class", help="the class that never makes an event: a class name, an index, "
+                                                   "none or auto (default auto: named like background, else 0)")
+    parser.add_argument("--trt-engine", help="also build a TensorRT engine (batch 1-64) here, for external runtimes "
+                                             "(Triton, trtexec); recognize does not load it (GPU + tensorrt)")
     parser.add_argument("--fp16", action="store_true", help="TensorRT engine with fp16 kernels")
     parser.add_argument("--tolerance", type=float, default=1e-5,
                         help="max |logit diff| ONNX vs torch, relative to max(1, |logit|)")
@@ -98,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         report = export(args.model, args.out, model_config=args.model_config,
                         calibrate_precision=args.calibrate_precision, tolerance=args.tolerance,
-                        window_mode=args.window_mode, trt_engine=args.trt_engine, fp16=args.fp16)
+                        window_mode=args.window_mode, track_classes=args.track_classes,
+                        background_class=args.background_class, trt_engine=args.trt_engine, fp16=args.fp16)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

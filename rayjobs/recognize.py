@@ -11,6 +11,8 @@
 Labels, pipeline, fps and window length come from the model. Per video: <stem>.events.jsonl / .events.csv,
 <stem>.windows.csv and <stem>.timeline.png in --output; --labels adds evaluation.json + confusion_matrix.png.
 `--set` takes RecognizeConfig fields (stride_s, window_mode, thresholds.<Class>=0.7, min_duration_s, ...).
+--background-class chooses the class that never makes an event (default: the export's record, else the class
+named like background, e.g. NonFight / Normal, else class 0 of our models and none of mmaction2 .py models).
 """
 from __future__ import annotations
 
@@ -32,6 +34,8 @@ def parse_args(argv):
     add_config_args(p, RecognizeConfig, default_config=None)
     p.add_argument("--model", help="run folder, Tune summary, .pth (+ --model-config) or .onnx (+ .json sidecar)")
     p.add_argument("--model-config", help="config of a .pth: training YAML or mmaction2 .py")
+    p.add_argument("--background-class", help="the class that never makes an event: a class name, an index, none "
+                                              "(every class makes events) or auto (default: the model's)")
     p.add_argument("--input", help="skeleton Parquet (file, extract_poses output, dataset) or videos (folder, "
                                    "file, URI, or a CSV with a path column)")
     p.add_argument("--output", default="outputs/recognize", help="output folder")
@@ -107,18 +111,23 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(output_uri(args.output))  # never inside `ray job submit`'s package, which Ray deletes
     args.output = str(out)
     try:
-        rec = load_recognizer(model, model_config=args.model_config, threads=args.threads)
+        rec = load_recognizer(model, model_config=args.model_config, threads=args.threads,
+                              background_class=args.background_class)
         if cfg.calibrate_precision:
             from recognizer_core.recognize.calibrate import calibrate_thresholds
 
             data = rec.spec.source.get("training_data", "")
-            if not Path(data).is_dir():
+            if not data or not Path(data).is_dir():  # Path("") is the working directory
                 raise ValueError(f"calibrate_precision: the model's training data is not here ({data!r})")
             th, report = calibrate_thresholds(rec, data, rec.spec.source.get("val_split", "val"),
                                               cfg.calibrate_precision)
             rec.spec = rec.spec.model_copy(update={"thresholds": th})
             print(f"[recognize] thresholds calibrated on the validation split: {json.dumps(report)}", flush=True)
         spec = effective_spec(rec.spec, cfg)
+        if args.labels:  # read before the run: a bad labels file is reported before any video is processed
+            from recognizer_core.recognize.evaluation import read_labels
+
+            labels, intervals = read_labels(args.labels, spec.label_names, spec.background_class)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -131,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         return run_stream_cli(rec, spec, cfg, args)
     if demo:
         from recognizer_core.recognize.demo import side_by_side
-        from recognizer_core.recognize.evaluation import evaluate, video_stem
+        from recognizer_core.recognize.evaluation import evaluate, video_key
         from recognizer_core.skeleton.demo_sequence import make_demo_sequence
 
         clip, truth = make_demo_sequence()
@@ -140,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         result = run_skeletons(rec, spec, cfg, [clip], out, truth)
         events = result["events"][clip.source_video]
         print(side_by_side(events, truth, spec.label_names))
-        report = evaluate(result["events"], {}, {video_stem(clip.source_video): truth}, spec.label_names,
+        report = evaluate(result["events"], {}, {video_key(clip.source_video): truth}, spec.label_names,
                           spec.background_class)
         print(json.dumps({"events": len(events), "true_events": len(truth),
                           "event_level": report["events"], "output": str(out)}))
@@ -158,10 +167,13 @@ def main(argv: list[str] | None = None) -> int:
     summary = {"videos": len(result["events"]), "windows": result.get("windows"),
                "events": sum(len(v) for v in result["events"].values()), "output": str(out)}
     if args.labels:
-        from recognizer_core.recognize.evaluation import evaluate, read_labels, write_report
+        from recognizer_core.recognize.evaluation import evaluate, write_report
 
-        labels, intervals = read_labels(args.labels, spec.label_names)
-        report = evaluate(result["events"], labels, intervals, spec.label_names, spec.background_class)
+        try:
+            report = evaluate(result["events"], labels, intervals, spec.label_names, spec.background_class)
+        except ValueError as err:  # a label name that fits several videos
+            print(f"error: {err}", file=sys.stderr)
+            return 2
         write_report(report, out)
         summary["evaluation"] = {k: report[k] for k in ("videos", "accuracy", "precision", "recall")}
         if "events" in report:

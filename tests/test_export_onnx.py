@@ -94,3 +94,66 @@ def test_tensorrt_engine_request_without_tensorrt_fails_before_writing(tmp_path)
                           cwd=ROOT, timeout=120)
     assert proc.returncode != 0 and "needs the tensorrt package" in proc.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def _mmaction_py(tmp_path, cfg) -> Path:
+    from recognizer_core.models.checkpoint import mmaction_config_text
+
+    py = tmp_path / "stgcnpp.py"
+    py.write_text(mmaction_config_text(cfg.model) + "test_pipeline = [dict(type='GenSkeFeat', dataset='coco', "
+                  "feats=['j', 'b']), dict(type='UniformSampleFrames', clip_len=24, num_clips=2, test_mode=True), "
+                  "dict(type='FormatGCNInput', num_person=2)]\n")
+    return py
+
+
+def test_a_failed_reexport_leaves_the_previous_model_and_sidecar(tmp_path):
+    """Re-export to the same --out, failing at calibration: the new .onnx was written before the check, beside
+    the old sidecar, so recognize ran the new weights with the old labels and thresholds."""
+    import shutil
+
+    from rayjobs.export_model import export
+    from recognizer_core.recognize.spec import ModelSpec
+
+    out = tmp_path / "export" / "model.onnx"
+    first, _ = make_run_folder(tmp_path / "a")
+    export(str(first), str(out))
+    before = out.read_bytes(), out.with_suffix(".json").read_text()
+    second, _ = make_run_folder(tmp_path / "b", seed=1, task="falldown")   # other weights, other classes
+    shutil.rmtree(tmp_path / "b" / "dataset")                             # so calibration cannot run
+    with pytest.raises(SystemExit, match="needs the model's training data"):
+        export(str(second), str(out), calibrate_precision=0.9)
+    assert (out.read_bytes(), out.with_suffix(".json").read_text()) == before
+    assert sorted(p.name for p in out.parent.iterdir()) == ["model.json", "model.onnx"]  # no partial files
+    # a successful one replaces both, and --track-classes reaches the sidecar with --window-mode both
+    with pytest.raises(ValueError, match="--window-mode both: no per-person classes"):
+        export(str(second), str(out), window_mode="both")
+    report = export(str(second), str(out), window_mode="both", track_classes=["Falldown"])
+    spec = ModelSpec.read(out.with_suffix(".json"))
+    assert out.read_bytes() != before[0] and report["onnx"] == str(out) and spec.source["exported_onnx"] == str(out)
+    assert spec.label_names == ["Normal", "Falldown"] and spec.track_classes == ["Falldown"]
+    assert spec.background_class == 0 and spec.source["background_class"] == "auto: class named 'Normal'"
+    assert sorted(p.name for p in out.parent.iterdir()) == ["model.json", "model.onnx"]
+
+
+def test_calibration_without_training_data_is_an_error_not_the_working_directory(tmp_path, monkeypatch, capsys):
+    """An mmaction2 .pth + .py model records no training data: "" was read as Path(""), the working directory."""
+    from rayjobs.export_model import export
+    from rayjobs.recognize import main as recognize_main
+
+    run, cfg = make_run_folder(tmp_path)
+    pth, py = next(run.glob("best_*.pth")), _mmaction_py(tmp_path, cfg)
+    monkeypatch.chdir(cfg.data.path)   # a dataset in the working directory: it was calibrated on
+    with pytest.raises(SystemExit, match="needs the model's training data; not found: ''"):
+        export(str(pth), str(tmp_path / "m.onnx"), model_config=str(py), calibrate_precision=0.5)
+    assert not (tmp_path / "m.onnx").exists() and not (tmp_path / "m.json").exists()
+    rc = recognize_main(["--model", str(pth), "--model-config", str(py), "--input", str(tmp_path / "none"),
+                         "--output", str(tmp_path / "out"), "--set", "calibrate_precision=0.5"])
+    assert rc == 2 and "calibrate_precision: the model's training data is not here ('')" in capsys.readouterr().err
+
+
+def test_fp16_without_a_trt_engine_is_an_error(tmp_path, capsys):
+    from rayjobs.export_model import main
+
+    assert main([str(tmp_path / "run"), "--out", str(tmp_path / "m.onnx"), "--fp16"]) == 2
+    assert "--fp16 sets the precision of the TensorRT engine: give --trt-engine too" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

@@ -100,3 +100,72 @@ def test_build_trt_engine_takes_fp16_and_paths_from_the_config(tmp_path):
     assert resolve({"onnx": "b.onnx", "output": "b.trt"})["fp16"] is False   # PoseModelConfig's default
     with pytest.raises(Exception, match="give the ONNX file"):
         resolve({})
+
+
+def test_engine_is_made_and_run_with_the_configured_device_current(tmp_path, monkeypatch):
+    """TensorRT makes an engine and its context on the *current* CUDA device: with model.tensorrt.device=cuda:1
+    they were made on cuda:0 while the inputs went to cuda:1. A stand-in tensorrt module records the device
+    current at each call (no GPU here)."""
+    import contextlib
+    import sys
+    import types
+
+    from recognizer_core.extract.config import TensorRTOptions
+    from recognizer_core.extract.tensorrt_backend import TensorRTBackend
+
+    current, seen = ["cuda:0"], {}
+
+    @contextlib.contextmanager
+    def device(d):
+        before, current[0] = current[0], str(d)
+        try:
+            yield
+        finally:
+            current[0] = before
+
+    class Context:
+        def set_input_shape(self, *_): pass
+        def set_tensor_address(self, *_): pass
+        def get_tensor_shape(self, name): return (2, 1, 5) if name == "dets" else (2, 1, 17, 3)
+
+        def execute_async_v3(self, _stream):
+            seen["run"] = current[0]
+            return True
+
+    class Engine:
+        num_io_tensors = 3
+
+        def __init__(self): seen["engine"] = current[0]
+        def get_tensor_name(self, i): return ["input", "dets", "keypoints"][i]
+        def get_tensor_mode(self, name): return "in" if name == "input" else "out"
+        def get_tensor_dtype(self, _name): return "float32"
+        def get_tensor_shape(self, _name): return (2, 3, 64, 64)
+
+        def create_execution_context(self):
+            seen["context"] = current[0]
+            return Context()
+
+    class Logger:
+        WARNING = 2
+
+        def __init__(self, _level): pass
+
+    class Runtime:
+        def __init__(self, _logger): pass
+        def deserialize_cuda_engine(self, _blob): return Engine()
+
+    trt = types.SimpleNamespace(__version__="10.7.0", Logger=Logger, Runtime=Runtime, IOutputAllocator=object,
+                                TensorIOMode=types.SimpleNamespace(INPUT="in", OUTPUT="out"), nptype=np.dtype)
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device", device)
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device=None: types.SimpleNamespace(cuda_stream=0,
+                                                                                       synchronize=lambda: None))
+    monkeypatch.setattr(torch.cuda, "stream", lambda _s: contextlib.nullcontext())
+    engine = tmp_path / "rtmo.trt"
+    engine.write_bytes(b"engine")
+    backend = TensorRTBackend(TensorRTOptions(model_path=str(engine), device="cuda:1"), (64, 64))
+    assert seen == {"engine": "cuda:1", "context": "cuda:1"} and current == ["cuda:0"]
+    backend.device = torch.device("cpu")   # the run's tensors stay on the CPU here; the device made current is it
+    dets, kpts = backend(np.zeros((2, 3, 64, 64), np.float32))
+    assert seen["run"] == "cpu" and dets.shape == (2, 1, 5) and kpts.shape == (2, 1, 17, 3)

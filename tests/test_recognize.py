@@ -205,3 +205,76 @@ def test_both_window_kinds_fights_from_scene_windows_falls_from_track_windows():
     assert sum(e.label == "Falldown" for e in events) == 3 and sum(e.label == "Fight" for e in events) == 1
     with pytest.raises(Exception, match="unknown classes"):
         effective_spec(spec, RecognizeConfig(track_classes=["Fall"]))
+
+
+def test_background_class_by_name_by_setting_or_by_the_models_convention(tmp_path):
+    """Extraction's default class order is the sorted folders (Fight, NonFight): with class 0 taken as the
+    background, the exported model made NonFight events and never Fight ones; an mmaction2 NTU model never
+    made events of its class 0 ("drink water"), with no setting to change it."""
+    from recognizer_core.recognize.spec import ModelSpec, resolve_background, with_background
+    from recognizer_core.skeleton.transforms import PipelineConfig
+
+    assert resolve_background(["Fight", "NonFight"])[0] == 1
+    assert resolve_background(["Fall", "no_fall"])[0] == 1 and resolve_background(["Non-Fight", "Fight"])[0] == 0
+    assert resolve_background(["drink water", "eat meal"], fallback=None) == (
+        None, "auto: no class named like background, so every class makes events")
+    assert resolve_background(["Calm", "Fight"])[0] == 0                        # this project's order
+    assert resolve_background(["Fight", "NonFight"], "none")[0] is None
+    assert resolve_background(["Fight", "NonFight"], "fight")[0] == 0 and resolve_background(["a", "b"], 1)[0] == 1
+    for setting, msg in (("Walk", "not one of the model's classes"), ("2", "index 2 outside 0..1")):
+        with pytest.raises(ValueError, match=msg):
+            resolve_background(["Fight", "NonFight"], setting)
+    assert resolve_background(["Normal", "Fight", "Other"])[0] == 0     # class 0 among them: the presets' order
+    with pytest.raises(ValueError, match=r"classes \['Normal', 'Other'\] all look like background"):
+        resolve_background(["Fight", "Normal", "Other"])
+
+    run, cfg = make_run_folder(tmp_path)
+    rec = load_recognizer(run, label_names=["Fight", "NonFight"])
+    assert rec.spec.background_class == 1 and rec.spec.event_classes == [0] and list(rec.spec.thresholds) == ["Fight"]
+    rec = load_recognizer(run, background_class="none")
+    assert rec.spec.background_class is None and list(rec.spec.thresholds) == ["NonFight", "Fight"]
+
+    pth, py = next(run.glob("best_*.pth")), tmp_path / "stgcnpp.py"
+    from recognizer_core.models.checkpoint import mmaction_config_text
+
+    py.write_text(mmaction_config_text(cfg.model) + "test_pipeline = [dict(type='UniformSampleFrames', clip_len=24)]\n")
+    mm = load_recognizer(pth, model_config=py, label_names=["drink water", "eat meal"])
+    assert mm.spec.background_class is None and mm.spec.event_classes == [0, 1]
+    assert load_recognizer(pth, model_config=py, label_names=["drink water", "eat meal"],
+                           background_class="eat meal").spec.event_classes == [0]
+
+    # an export's recorded choice, changed at recognition time (load_recognizer(background_class=...))
+    spec = ModelSpec(label_names=["NonFight", "Fight", "Falldown"], pipeline=PipelineConfig(), window_frames=60,
+                     thresholds={"Fight": {"on": 0.7}, "Falldown": {"on": 0.6}})
+    assert with_background(spec, None) is spec
+    moved = with_background(spec, "Falldown")
+    assert moved.background_class == 2 and moved.event_classes == [0, 1] and list(moved.thresholds) == ["Fight"]
+    assert moved.source["background_class"] == "set: class 'Falldown'"
+    from recognizer_core.recognize.model import default_window_mode
+
+    # the window kind follows the event classes, not classes 1..K-1: Fall here is per-person (track windows)
+    assert default_window_mode(["Fall", "Normal"], PipelineConfig(num_person=2), 1) == ("track", [])
+
+
+def test_onnx_prepare_reads_a_float16_pkls_clips_as_the_torch_path_does():
+    """A clip from a PYSKL float16 pkl holds float32 copies and is normalised in float16 (transforms._clip_arrays,
+    as mmaction2 does); OnnxRecognizer.prepare normalised the float32 copies instead."""
+    from recognizer_core.recognize.model import OnnxRecognizer, TorchRecognizer
+    from recognizer_core.recognize.spec import ModelSpec
+    from recognizer_core.skeleton.clip import DTYPE_KEY
+    from recognizer_core.skeleton.transforms import PipelineConfig, test_sample
+
+    clip = _clip(T=40)
+    clip.keypoint = clip.keypoint.astype(np.float16).astype(np.float32)
+    clip.keypoint_score = clip.keypoint_score.astype(np.float16).astype(np.float32)
+    clip.extra[DTYPE_KEY] = {"keypoint": "<f2", "keypoint_score": "<f2"}
+    spec = ModelSpec(label_names=["NonFight", "Fight"], pipeline=PipelineConfig(feats=["b"], clip_len=10,
+                                                                              num_person=2), window_frames=40)
+    onnx_rec = OnnxRecognizer.__new__(OnnxRecognizer)   # prepare needs no session
+    onnx_rec.spec = spec
+    torch_rec = TorchRecognizer.__new__(TorchRecognizer)
+    torch_rec.spec = spec
+    ref = torch_rec.prepare([clip])
+    assert not np.array_equal(test_sample(clip.keypoint, clip.keypoint_score, clip.img_shape, spec.pipeline)[0],
+                              ref[0])   # float32 normalisation differs: the case matters
+    np.testing.assert_array_equal(onnx_rec.prepare([clip]), ref)

@@ -81,3 +81,43 @@ def test_recognize_job_evaluates_a_labelled_demo_set(tmp_path):
     truth = {"fights": "Fight", "calm": "NonFight", "brawl": "Fight"}
     assert report["accuracy"] == pytest.approx(np.mean([preds[n] == truth[n] for n in truth]))
     assert report["videos"] == 3 and "events" in report and report["events"]["tiou"] == 0.5
+
+
+def test_videos_with_one_file_name_in_two_folders_are_scored_apart(tmp_path):
+    """Fight/cam1_0001.mp4 and NonFight/cam1_0001.mp4: matched by file-name stem they were one video (3 scored of
+    4, one counted wrong although every prediction was right)."""
+    from recognizer_core.recognize.evaluation import match_videos
+
+    root = tmp_path / "videos"
+    rel = ["Fight/cam1_0001.mp4", "NonFight/cam1_0001.mp4", "Fight/cam2_0007.mp4", "NonFight/cam3_0002.mp4"]
+    for p in rel:
+        (root / p).parent.mkdir(parents=True, exist_ok=True)
+        (root / p).write_bytes(b"")
+    labels, intervals = read_labels(root, NAMES)
+    assert labels == {"Fight/cam1_0001": "Fight", "NonFight/cam1_0001": "NonFight", "Fight/cam2_0007": "Fight",
+                      "NonFight/cam3_0002": "NonFight"} and intervals == {}
+    ev = lambda v: [Event(v, "Fight", 1.0, 3.0, 0.9, [], 1)]  # noqa: E731
+    for name in (lambda p: p, lambda p: str(root / p)):      # batch mode's relative paths, or full paths
+        events = {name(p): ev(name(p)) if p.startswith("Fight") else [] for p in rel}
+        r = evaluate(events, labels, intervals, NAMES, 0)
+        assert r["videos"] == 4 and r["accuracy"] == 1.0 and r["confusion_matrix"] == [[2, 0], [0, 2]]
+        assert r["unlabelled"] == [] and r["missing"] == []
+    # a CSV naming videos by file name alone: fine where the name is unique, an error where it is not
+    assert match_videos(["/nvr/cam2/a.mp4", "/nvr/cam1/b.mp4"], ["a", "cam1/b"]) == {"/nvr/cam2/a.mp4": "a",
+                                                                                      "/nvr/cam1/b.mp4": "cam1/b"}
+    csv = tmp_path / "labels.csv"
+    csv.write_text("video,label\ncam1_0001.mp4,Fight\ncam2_0007.mp4,Fight\n")
+    labels, intervals = read_labels(csv, NAMES)
+    with pytest.raises(ValueError, match=r"'cam1_0001' fits several videos \('Fight/cam1_0001.mp4', "
+                                         r"'NonFight/cam1_0001.mp4'\); name the videos by their path"):
+        evaluate({p: [] for p in rel}, labels, intervals, NAMES, 0)
+    with pytest.raises(ValueError, match=r"video '/x/a.mp4' fits several labelled names \['a', 'x/a'\]"):
+        match_videos(["/x/a.mp4"], ["a", "x/a"])
+
+
+def test_a_videos_label_is_its_first_non_background_row_whatever_the_class_order(tmp_path):
+    """Classes in extraction's sorted order (Fight, NonFight): the background is NonFight, not class 0."""
+    csv = tmp_path / "labels.csv"
+    csv.write_text("video,label,start_s,end_s\na.mp4,NonFight,,\na.mp4,Fight,2,4\nb.mp4,NonFight,,\n")
+    labels, _ = read_labels(csv, ["Fight", "NonFight"], background=1)
+    assert labels == {"a": "Fight", "b": "NonFight"}

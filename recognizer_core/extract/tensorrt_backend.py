@@ -101,6 +101,13 @@ class TensorRTBackend:
             raise BackendError(f"model.tensorrt.device={opts.device!r}: no CUDA device visible")
         self.device = torch.device(opts.device)
         self._torch, self._trt = torch, trt
+        # TensorRT puts an engine and its context on the *current* CUDA device; the inputs and buffers go to
+        # opts.device, so both are made (and run, in _run) with that device current
+        with torch.cuda.device(self.device):
+            self._load(opts, input_size)
+
+    def _load(self, opts: TensorRTOptions, input_size: tuple[int, int]) -> None:
+        torch, trt = self._torch, self._trt
         logger = trt.Logger(trt.Logger.WARNING)
         with open(opts.model_path, "rb") as f:
             self.engine = trt.Runtime(logger).deserialize_cuda_engine(f.read())
@@ -134,7 +141,7 @@ class TensorRTBackend:
 
     def _run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         torch = self._torch
-        with torch.cuda.stream(self.stream):
+        with torch.cuda.device(self.device), torch.cuda.stream(self.stream):
             inp = torch.from_numpy(x).to(self.device, non_blocking=True)
             self.context.set_input_shape(self.input_name, tuple(inp.shape))
             self.context.set_tensor_address(self.input_name, inp.data_ptr())

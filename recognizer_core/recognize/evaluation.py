@@ -5,12 +5,19 @@ Labels come from an RWF-2000-style folder (`[split/]<Label>/<video>`: the parent
 CSV with columns `video,label[,start_s,end_s]` (one row per true interval; a row without times labels the
 whole video; such a video, unless background, counts at the video level only, listed as `events_unscored`).
 A video's prediction is the class of its highest-peak event, or the background class when it
-has none. Videos are matched by file-name stem (events name videos by their path or URI).
+has none.
+
+Videos are matched by path (`video_key`: folders and file name without its extension): a label and a result
+match when the shorter path is the end of the longer one, so a label may name a video by its path under the
+input folder (what a labelled folder gives), by a full path, or by its file name alone where that is unique.
+Where a name fits two or more videos (cam1/a.mp4 and cam2/a.mp4 for a label `a.mp4`) evaluation stops with an
+error naming them, rather than scoring one video's result against another's label.
 """
 from __future__ import annotations
 
 import csv
 import io
+import re
 from collections import defaultdict
 from pathlib import Path
 from typing import Sequence
@@ -21,12 +28,47 @@ from recognizer_core.recognize.events import Event
 from recognizer_core.recognize.outputs import safe_name
 
 
-def video_stem(video: str) -> str:
-    return Path(safe_name(video)).stem
+def video_key(video: str) -> str:
+    """The name videos are matched by: the path's parts as output names write them (safe_name), `/`-joined,
+    the file's extension dropped (a CSV may say `a` or `a.mp4`)."""
+    parts = [safe_name(p) for p in re.split(r"[/\\]+", video.strip()) if p not in ("", ".")] or ["video"]
+    parts[-1] = Path(parts[-1]).stem or parts[-1]
+    return "/".join(parts)
 
 
-def read_labels(source: str | Path, label_names: Sequence[str]) -> tuple[dict[str, str], dict[str, list[dict]]]:
-    """({video stem: label}, {video stem: [true intervals {label, start_s, end_s}]})."""
+def _suffix_match(a: str, b: str) -> bool:
+    pa, pb = a.split("/"), b.split("/")
+    n = min(len(pa), len(pb))
+    return pa[-n:] == pb[-n:]
+
+
+def match_videos(videos: Sequence[str], labelled: Sequence[str]) -> dict[str, str]:
+    """{video (as results name it): its label key} for every video some label key names (see the module
+    docstring); ValueError, one line, where a name fits more than one video."""
+    by_name: dict[str, list[str]] = defaultdict(list)
+    for key in labelled:
+        by_name[key.rsplit("/", 1)[-1]].append(key)
+    found: dict[str, str] = {}
+    owner: dict[str, str] = {}
+    for v in videos:
+        vk = video_key(v)
+        hits = [k for k in by_name.get(vk.rsplit("/", 1)[-1], []) if _suffix_match(vk, k)]
+        if len(hits) > 1:
+            raise ValueError(f"labels: video {v!r} fits several labelled names {sorted(hits)}; name the videos "
+                             "by their path under the input folder")
+        if hits:
+            if hits[0] in owner:
+                raise ValueError(f"labels: {hits[0]!r} fits several videos ({owner[hits[0]]!r}, {v!r}); name the "
+                                 "videos by their path under the input folder")
+            owner[hits[0]] = v
+            found[v] = hits[0]
+    return found
+
+
+def read_labels(source: str | Path, label_names: Sequence[str],
+                background: int | None = 0) -> tuple[dict[str, str], dict[str, list[dict]]]:
+    """({video key: label}, {video key: [true intervals {label, start_s, end_s}]}). A video with rows of
+    several labels takes the first that is not `background`."""
     source = Path(source)
     labels: dict[str, str] = {}
     intervals: dict[str, list[dict]] = defaultdict(list)
@@ -35,13 +77,16 @@ def read_labels(source: str | Path, label_names: Sequence[str]) -> tuple[dict[st
         from recognizer_core.extract.sources import list_videos
 
         for v in list_videos(SourceConfig(input=str(source))):
-            labels[video_stem(v.rel_path)] = v.label_name
+            key = video_key(v.rel_path)
+            if key in labels:  # a.mp4 and a.avi in one folder: one key, two videos
+                raise ValueError(f"{source}: two videos share the name {key!r} (file names without extension)")
+            labels[key] = v.label_name
     elif source.is_file():
         rows = list(csv.DictReader(io.StringIO(source.read_text(encoding="utf-8-sig"))))
         if not rows or not {"video", "label"} <= set(rows[0]):
             raise ValueError(f"{source}: labels CSV needs a header with columns video,label[,start_s,end_s]")
         for line, row in enumerate(rows, start=2):
-            stem, label = video_stem(row["video"].strip()), row["label"].strip()
+            stem, label = video_key(row["video"]), row["label"].strip()
             if label not in label_names:
                 raise ValueError(f"{source}:{line}: label {label!r} is not one of the model's {list(label_names)}")
             if (row.get("start_s") or "").strip():
@@ -52,7 +97,8 @@ def read_labels(source: str | Path, label_names: Sequence[str]) -> tuple[dict[st
                 if b <= a:
                     raise ValueError(f"{source}:{line}: end_s {b} <= start_s {a}")
                 intervals[stem].append({"label": label, "start_s": a, "end_s": b})
-            labels[stem] = label if labels.get(stem, label_names[0]) == label_names[0] else labels[stem]
+            bg = label_names[background] if background is not None else None
+            labels[stem] = label if labels.get(stem, bg) == bg else labels[stem]
     else:
         raise FileNotFoundError(f"{source}: labels not found (a labelled video folder or a CSV)")
     unknown = sorted({lab for lab in labels.values() if lab not in label_names})
@@ -89,14 +135,18 @@ def match_events(pred: Sequence[dict], true: Sequence[dict], iou: float = 0.5) -
 
 def evaluate(events_by_video: dict[str, list[Event]], labels: dict[str, str], intervals: dict[str, list[dict]],
              label_names: Sequence[str], background: int | None, iou: float = 0.5) -> dict:
-    """The report (JSON-able); videos without a label are listed, not scored."""
+    """The report (JSON-able); videos without a label are listed, not scored. `labels` / `intervals` are keyed
+    by video_key (read_labels), `events_by_video` by the videos' paths or URIs; they are matched by
+    match_videos."""
     names = list(label_names)
-    preds = {video_stem(v): video_prediction(ev, names, background) for v, ev in events_by_video.items()}
+    key_of = match_videos(list(events_by_video), sorted(set(labels) | set(intervals)))
+    # the results under their label keys; unmatched ones under their own names
+    preds = {key_of.get(v, v): video_prediction(ev, names, background) for v, ev in events_by_video.items()}
     scored = sorted(set(preds) & set(labels))
     cm = np.zeros((len(names), len(names)), int)
     for v in scored:
         cm[names.index(labels[v]), names.index(preds[v])] += 1
-    report: dict = {"videos": len(scored), "unlabelled": sorted(set(preds) - set(labels)),
+    report: dict = {"videos": len(scored), "unlabelled": sorted(v for v in events_by_video if v not in key_of),
                     "missing": sorted(set(labels) - set(preds)), "label_names": names,
                     "accuracy": float(np.trace(cm) / max(cm.sum(), 1)), "confusion_matrix": cm.tolist(),
                     "precision": {}, "recall": {}}
@@ -105,7 +155,7 @@ def evaluate(events_by_video: dict[str, list[Event]], labels: dict[str, str], in
         report["precision"][n] = float(cm[c, c] / cm[:, c].sum()) if cm[:, c].sum() else None
         report["recall"][n] = float(cm[c, c] / cm[c].sum()) if cm[c].sum() else None
     if intervals:
-        stems = {video_stem(v): ev for v, ev in events_by_video.items()}
+        stems = {key_of[v]: ev for v, ev in events_by_video.items() if v in key_of}
         # Event-level scoring needs the true times: videos with intervals, and background videos (every event
         # there is false). A video labelled with an action but no times says nothing about where it happens.
         timed = set(intervals) | {v for v, lab in labels.items() if background is not None and lab == names[background]}

@@ -9,6 +9,10 @@ What a folder must hold (the contract relied on, nothing else):
   num_person and feats are read from its test pipeline; the network from the weights; classes from the
   checkpoint's meta or `label_names=`);
 - `<name>.onnx` + `<name>.json` (rayjobs/export_model.py): ONNX Runtime only, torch is never imported.
+
+The background class (never an event) is the one named like background (spec.BACKGROUND_NAMES), else class 0
+for our training configs (the presets put it first) and none for mmaction2 `.py` configs; `background_class`
+(a name, an index or `none`) overrides it, and an export records the choice in its sidecar.
 """
 from __future__ import annotations
 
@@ -20,8 +24,9 @@ from typing import Protocol, Sequence
 import numpy as np
 
 from recognizer_core.config import load_config
-from recognizer_core.recognize.spec import ClassThreshold, ModelSpec, sidecar_path
-from recognizer_core.skeleton.transforms import PipelineConfig, test_sample
+from recognizer_core.recognize.spec import ClassThreshold, ModelSpec, resolve_background, sidecar_path, \
+    with_background
+from recognizer_core.skeleton.transforms import PipelineConfig, _clip_arrays, test_sample
 from recognizer_core.storage import to_uri
 
 log = logging.getLogger("recognizer")
@@ -78,7 +83,8 @@ class OnnxRecognizer:
         self.spec, self.source = spec, str(onnx_path)
 
     def prepare(self, clips: Sequence) -> np.ndarray:
-        return np.stack([test_sample(c.keypoint, c.keypoint_score, c.img_shape, self.spec.pipeline)[0] for c in clips])
+        # the arrays prepare_batch (the torch path) reads: a float16 pkl's clips are normalised in float16
+        return np.stack([test_sample(*_clip_arrays(c, False), c.img_shape, self.spec.pipeline)[0] for c in clips])
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         n, nc = x.shape[:2]
@@ -107,25 +113,28 @@ def training_clip_stats(cfg) -> tuple[float, int, str]:
         return 30.0, int(cfg.pipeline.clip_len), "fallback: clip_len at 30 fps"
 
 
-def default_window_mode(label_names: Sequence[str], pipeline: PipelineConfig) -> tuple[str, list[str]]:
-    """(mode, per-person classes): classes named like a fall are per-person (per-track windows), the others
-    interactions (scene windows); a one-person model is per-person throughout. Override with window_mode."""
-    events = list(label_names[1:])
+def default_window_mode(label_names: Sequence[str], pipeline: PipelineConfig,
+                        background: int | None = 0) -> tuple[str, list[str]]:
+    """(mode, per-person classes): event classes named like a fall are per-person (per-track windows), the
+    others interactions (scene windows); a one-person model is per-person throughout. Override with window_mode."""
+    events = [n for i, n in enumerate(label_names) if i != background]
     per_person = [n for n in events if "fall" in n.lower()]
     if pipeline.num_person == 1 or (per_person and len(per_person) == len(events)):
         return "track", []
     return ("both", per_person) if per_person else ("scene", [])
 
 
-def spec_from_train_config(cfg, label_names: Sequence[str] | None, source: dict) -> ModelSpec:
+def spec_from_train_config(cfg, label_names: Sequence[str] | None, source: dict,
+                           background_class: str | int | None = None) -> ModelSpec:
     k = cfg.model.num_classes
     names = list(label_names or cfg.data.label_names or [str(i) for i in range(k)])
+    background, how = resolve_background(names, background_class, fallback=0)
     fps, frames, data_source = training_clip_stats(cfg)
-    mode, per_person = default_window_mode(names, cfg.pipeline)
-    return ModelSpec(label_names=names, model=cfg.model.model_dump(mode="json"), pipeline=cfg.pipeline, fps=fps,
-                     window_frames=frames, window_mode=mode, track_classes=per_person,
-                     thresholds={n: ClassThreshold() for i, n in enumerate(names) if i != 0},
-                     source={**source, "training_data": data_source,
+    mode, per_person = default_window_mode(names, cfg.pipeline, background)
+    return ModelSpec(label_names=names, background_class=background, model=cfg.model.model_dump(mode="json"),
+                     pipeline=cfg.pipeline, fps=fps, window_frames=frames, window_mode=mode, track_classes=per_person,
+                     thresholds={n: ClassThreshold() for i, n in enumerate(names) if i != background},
+                     source={**source, "background_class": how, "training_data": data_source,
                              "val_split": getattr(cfg.data, "val_split", "val")})
 
 
@@ -172,14 +181,16 @@ def _mmaction_py_pipeline(text: str, source: str) -> PipelineConfig:
 
 def load_recognizer(path: str | Path, *, model_config: str | Path | None = None,
                     label_names: Sequence[str] | None = None, device: str = "cpu", threads: int = 0,
-                    spec: ModelSpec | None = None) -> Recognizer:
+                    spec: ModelSpec | None = None, background_class: str | int | None = None) -> Recognizer:
     """A ready-to-score model from any of the forms in the module docstring. `spec` (already resolved, e.g. on
-    the driver) skips reading the training data for it."""
+    the driver) skips reading the training data for it and is used as it is. `background_class`: a class name,
+    an index, 'none' or 'auto' (None: an export's recorded choice, else auto; see the module docstring)."""
     path = Path(path).expanduser()
     if path.suffix == ".onnx":
         if not path.is_file():
             raise FileNotFoundError(f"{path}: ONNX model not found")
-        return OnnxRecognizer(path, spec or ModelSpec.read(sidecar_path(path)), threads=threads)
+        return OnnxRecognizer(path, spec or with_background(ModelSpec.read(sidecar_path(path)), background_class),
+                              threads=threads)
     if path.is_dir():
         cfg_file, pth = resolve_model_folder(path)
     elif path.suffix == ".pth":
@@ -189,11 +200,11 @@ def load_recognizer(path: str | Path, *, model_config: str | Path | None = None,
         cfg_file, pth = Path(model_config), path
     else:
         raise FileNotFoundError(f"{path}: not a run folder, Tune summary, .pth or .onnx model")
-    return _torch_recognizer(cfg_file, pth, label_names, device, threads, spec)
+    return _torch_recognizer(cfg_file, pth, label_names, device, threads, spec, background_class)
 
 
 def _torch_recognizer(cfg_file: Path, pth: Path, label_names, device: str, threads: int,
-                      given: ModelSpec | None = None) -> TorchRecognizer:
+                      given: ModelSpec | None = None, background_class: str | int | None = None) -> TorchRecognizer:
     import torch
 
     from recognizer_core.models.checkpoint import infer_model_config, load_mmaction_checkpoint, \
@@ -210,15 +221,17 @@ def _torch_recognizer(cfg_file: Path, pth: Path, label_names, device: str, threa
         model_cfg = infer_model_config(load_state_dict_file(pth), dropout=0.0)
         pipeline = _mmaction_py_pipeline(cfg_file.read_text(), str(cfg_file))
         names = list(names or [str(i) for i in range(model_cfg.num_classes)])
-        mode, per_person = default_window_mode(names, pipeline)
-        spec = ModelSpec(label_names=names, model=model_cfg.model_dump(mode="json"), pipeline=pipeline,
-                         window_frames=pipeline.clip_len, window_mode=mode, track_classes=per_person,
-                         thresholds={n: ClassThreshold() for n in names[1:]},
-                         source={**source, "note": "mmaction2 config: window = clip_len at 30 fps"})
+        background, how = resolve_background(names, background_class, fallback=None)
+        mode, per_person = default_window_mode(names, pipeline, background)
+        spec = given or ModelSpec(
+            label_names=names, background_class=background, model=model_cfg.model_dump(mode="json"),
+            pipeline=pipeline, window_frames=pipeline.clip_len, window_mode=mode, track_classes=per_person,
+            thresholds={n: ClassThreshold() for i, n in enumerate(names) if i != background},
+            source={**source, "background_class": how, "note": "mmaction2 config: window = clip_len at 30 fps"})
     else:
         cfg = load_config(TrainJobConfig, cfg_file)
         model_cfg = cfg.model
-        spec = given or spec_from_train_config(cfg, names, source)
+        spec = given or spec_from_train_config(cfg, names, source, background_class)
     net = build_recognizer(model_cfg)
     load_mmaction_checkpoint(net, pth)
     return TorchRecognizer(net, spec, str(pth), device)

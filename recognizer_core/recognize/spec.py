@@ -7,8 +7,9 @@ from the model and its training data, never retyped by the user.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Sequence
 
 from pydantic import Field, model_validator
 
@@ -16,6 +17,10 @@ from recognizer_core.config import StrictModel, validate_config
 from recognizer_core.skeleton.transforms import PipelineConfig
 
 SIDECAR_FORMAT = "recognizer-model/1"
+# Class names taken for the background class (compared lower-case without `_`, `-` and spaces: NonFight,
+# non_fight, No-Fall, ...). Extraction's default class order is the sorted folder names (Fight, NonFight),
+# so the background cannot be assumed to be class 0.
+BACKGROUND_NAMES = ("nonfight", "nofight", "nonfall", "nofall", "normal", "background", "none", "negative", "other")
 
 
 def sidecar_path(onnx_path: str | Path) -> Path:
@@ -40,7 +45,8 @@ class ModelSpec(StrictModel):
 
     format: str = SIDECAR_FORMAT
     label_names: list[str] = Field(..., min_length=2, description="class names in logit order")
-    background_class: int | None = Field(0, description="class that never makes an event (NonFight, Normal)")
+    background_class: int | None = Field(0, description="index of the class that never makes an event "
+                                                        "(NonFight, Normal); null: every class makes events")
     model: dict = Field(default_factory=dict, description="ModelConfig of the network (for rebuilding it)")
     pipeline: PipelineConfig = Field(..., description="the training pipeline; recognize runs its test mode")
     fps: float = Field(30.0, gt=0, description="frame rate of the training clips (videos are resampled to it)")
@@ -97,3 +103,53 @@ class ModelSpec(StrictModel):
         except json.JSONDecodeError as err:
             raise ValueError(f"{path}: not JSON: {err}") from None
         return validate_config(cls, data, str(path))
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[\s_-]+", "", name.lower())
+
+
+def resolve_background(label_names: Sequence[str], setting: str | int | None = "auto",
+                       fallback: int | None = 0) -> tuple[int | None, str]:
+    """(background class index or None, how it was chosen) for a background_class setting: a class name
+    (case-insensitive), an index, 'none' (every class makes events), or 'auto' / None: the class named like
+    background (BACKGROUND_NAMES; class 0 where it is one of several, an error where it is not), else
+    `fallback` (0 for this project's models, whose presets put the background first; None for mmaction2
+    configs, whose datasets such as NTU have no background class)."""
+    names = list(label_names)
+    text = "auto" if setting is None else str(setting).strip()
+    if text.lower() == "auto":
+        found = [i for i, n in enumerate(names) if _norm(n) in BACKGROUND_NAMES]
+        if len(found) > 1 and found[0] == 0:   # e.g. Normal, Fight, Other: the presets' order decides
+            found = [0]
+        if len(found) > 1:
+            raise ValueError(f"background_class: classes {[names[i] for i in found]} all look like background; "
+                             "choose one (a class name, an index, or none)")
+        if found:
+            return found[0], f"auto: class named {names[found[0]]!r}"
+        if fallback is None:
+            return None, "auto: no class named like background, so every class makes events"
+        return fallback, f"auto: no class named like background; class {fallback} ({names[fallback]!r})"
+    if text.lower() == "none":
+        return None, "set: none (every class makes events)"
+    if re.fullmatch(r"\d+", text):
+        if int(text) >= len(names):
+            raise ValueError(f"background_class: index {text} outside 0..{len(names) - 1} (classes {names})")
+        return int(text), f"set: class {text} ({names[int(text)]!r})"
+    exact = [i for i, n in enumerate(names) if n == text] or \
+        [i for i, n in enumerate(names) if n.lower() == text.lower()]
+    if len(exact) != 1:
+        raise ValueError(f"background_class: {text!r} is not one of the model's classes {names} "
+                         "(give a class name, an index, none or auto)")
+    return exact[0], f"set: class {names[exact[0]]!r}"
+
+
+def with_background(spec: ModelSpec, setting: str | int | None) -> ModelSpec:
+    """`spec` with its background class chosen by `setting` (see resolve_background; None keeps the spec's):
+    the new background's threshold is dropped, a former background class gets the default threshold."""
+    if setting is None:
+        return spec
+    index, how = resolve_background(spec.label_names, setting, spec.background_class)
+    thresholds = {n: t for n, t in spec.thresholds.items() if index is None or n != spec.label_names[index]}
+    return ModelSpec.model_validate({**spec.model_dump(), "background_class": index, "thresholds": thresholds,
+                                     "source": {**spec.source, "background_class": how}})
