@@ -12,7 +12,8 @@ examples:
       --metric mean_class_accuracy
 
 Writes <storage>/<name>/ensemble/: ensemble.json (streams, weights, val and test scores of each stream and of
-the fusion) and each stream's best model (<stream>.pth, mmaction2 format): the exported ensemble.
+the fusion) and each stream's best model (<stream>.pth, mmaction2 format). recognize and export_model take one
+stream's model; the fused ensemble is scored here and by test_stgcn.py --runs, not deployed.
 """
 from __future__ import annotations
 

@@ -107,9 +107,9 @@ def ensemble_report(streams: dict[str, dict], out_dir: Path, *, metric: str = "a
 def ensemble_from_runs(run_dirs: dict[str, str | Path], out_dir: Path, *, metric: str = "acc_top1",
                        dataset_path: str | Path | None = None) -> dict:
     """Training run folders (their config.yaml and best_*_epoch_N.pth), one per stream -> each stream's best
-    model on val and test, fusion weights from val, `out_dir`/ensemble.json plus `<stream>.pth` copies (the
-    exported ensemble). What `rayjobs/tune_streams.py` runs after training, and what `test_stgcn.py` can call
-    with several runs."""
+    model on val and test, fusion weights from val, `out_dir`/ensemble.json plus `<stream>.pth` copies
+    (recognize and export_model load one stream's model, not the fusion). What `rayjobs/tune_streams.py` runs
+    after training, and what `test_stgcn.py` can call with several runs."""
     import shutil
 
     from recognizer_core.config import load_config
@@ -132,9 +132,3 @@ def ensemble_from_runs(run_dirs: dict[str, str | Path], out_dir: Path, *, metric
         test = stream_scores(cfg, model, dataset, cfg.data.test_split) if has_test else None  # else val only
         streams[name] = {"val": val, "test": test, "model": model}
     return ensemble_report(streams, out_dir, metric=metric)
-
-
-def load_ensemble(path: str | Path) -> dict:
-    """An exported ensemble: {weights: {stream: w}, models: {stream: .pth}, ...} (ensemble.json)."""
-    p = Path(path)
-    return json.loads((p / ENSEMBLE_FILE if p.is_dir() else p).read_text())
