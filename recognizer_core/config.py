@@ -197,8 +197,10 @@ def _parse_for(value: str, ann: Any) -> Any:
         if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"" and isinstance(_parse_value(text), str):
             return _parse_value(text)
         return None if type(None) in arms and text in ("null", "~", "None") else value
-    if arms and all(typing.get_origin(a) in (list, tuple) and typing.get_args(a)[:1] == (str,) for a in arms):
-        return _parse_value(value, yaml.BaseLoader)  # every scalar a string
+    lists = [a for a in arms if a is not type(None)]   # list[str] | None: null is None, a list's scalars text
+    if lists and all(typing.get_origin(a) in (list, tuple) and typing.get_args(a)[:1] == (str,) for a in lists):
+        is_null = len(lists) < len(arms) and text in ("null", "~", "None")
+        return None if is_null else _parse_value(value, yaml.BaseLoader)
     return _parse_value(value)
 
 

@@ -25,6 +25,7 @@ class Data(StrictModel):
     pkl_dir: str = "x"
     val_pkl: str | None = None
     label_names: list[str] = []
+    classes: list[str] | None = None   # as the training job's data.label_names
 
 
 class Job(StrictModel):
@@ -79,6 +80,9 @@ def test_text_fields_take_the_text_as_written():
     assert load_config(Job, None, ["data.val_pkl=on", "data.label_names=[off]"]).data.label_names == ["off"]
     with pytest.raises(ConfigError, match="label_names"):  # an [index] needs the list in the config
         load_config(Job, None, ["data.label_names[0]=off"])
+    # an optional list of text (the training job's data.label_names, recognize's track_classes) took YAML's types
+    optional = load_config(Job, None, ["data.classes=[No, Yes, 1]"]).data.classes
+    assert optional == ["No", "Yes", "1"] and load_config(Job, None, ["data.classes=null"]).data.classes is None
 
 
 def test_override_errors():
