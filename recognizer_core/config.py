@@ -1,8 +1,8 @@
 """Typed job configs: YAML file + dotted command-line overrides, validated by pydantic.
 
-One loader for every job (train, tune, extract, dino pose) so they share the override syntax
-(`--set model.base_channels=96`) and the error messages (`<file>: model.base_channels: ...`).
-No config inheritance: a preset is one self-contained YAML file.
+One loader for every job (train, tune, extract, dino pose) so they share the override syntax (`--set
+model.base_channels=96`) and the error messages (`<file>: model.base_channels: ...`). No config inheritance: a
+preset is one self-contained YAML file.
 """
 from __future__ import annotations
 
@@ -135,7 +135,8 @@ def split_dotted(key: str) -> list[tuple[str, int | None]]:
     for part in key.split("."):
         m = _INDEX.match(part)
         if not m:
-            raise KeyError(f"{key!r}: {part!r} is not a field name (letters, digits, _; optional [index])")
+            raise KeyError(f"{key!r}: {part!r} is not a field name (letters, digits, _; optional [index]); a "
+                           f"mapping key like it goes in the value: --set '{key.rsplit('.', 1)[0]}={{{part}: ...}}'")
         out.append((m["name"], None if m["index"] is None else int(m["index"])))
     return out
 
