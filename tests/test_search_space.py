@@ -139,6 +139,9 @@ def test_valid_minimal_space_and_base_relative_to_repo_root(tmp_path):
      "params.depth: value 'a' gives a config the job rejects"),
     # [index] only on list fields
     ("model.dropout[1]: {type: uniform, low: 0.1, high: 0.5}", "dropout is not a list"),
+    # a float distribution on an int field: its ends 16.0 and 64.0 pass, every sampled value failed its trial
+    ("train.batch_size: {type: uniform, low: 16, high: 64}",
+     "params.train.batch_size: a value inside (16.000000000000004) gives a config the job rejects"),
 ])
 def test_bad_params_are_rejected_with_clear_errors(tmp_path, params, expected):
     text = _error(_write(tmp_path, params))
@@ -243,3 +246,19 @@ def test_the_preset_trial_is_found_when_its_point_leaves_params_to_sample(tmp_pa
     first = TrialRecord("a", {"optim.type": "adamw", "model.dropout": 0.3, "optim.lr": 4.7e-5}, [], created=1)
     other = TrialRecord("c", {"optim.type": "sgd", "model.dropout": 0.3, "optim.lr": 1e-4}, [], created=0)
     assert preset_trial([later, other, first], space) is first
+
+
+def test_conditions_read_the_trials_config_with_defaults_and_overrides(tmp_path):
+    """`when` read the preset's YAML as written: a default the preset leaves out (optim.type: adamw) read as None, and
+    a --set / demo override (optim.type=sgd) was not seen, so its parameters were never sampled although every
+    trial ran that optimizer."""
+    path = _write(tmp_path, """
+        optim.weight_decay: {type: loguniform, low: 1.0e-4, high: 1.0e-2, when: {optim.type: adamw}}
+        optim.momentum: {type: uniform, low: 0.8, high: 0.99, when: {optim.type: sgd}}
+    """)
+    space = load_search_space(path, TrainJobConfig, job=JOB, metrics=METRICS)
+    assert "type" not in space.base.get("optim", {})   # the base YAML leaves the default out
+    assert all(set(t.params) == {"optim.weight_decay"} for t in _sample(space, 3))
+    space.fix_overrides(TrainJobConfig, {"optim.type": "sgd"})   # what the tuner does with --set / demo
+    assert all(set(t.params) == {"optim.momentum"} for t in _sample(space, 3))
+

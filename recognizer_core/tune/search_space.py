@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import math
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -83,8 +84,11 @@ class Param(StrictModel):
         """Values worth validating against the config: the range ends, or every choice."""
         if self.type == "choice":
             return [(f"value {_label(v)!r}", v) for v in self.values]
-        lo, hi = (int(self.low), int(self.high)) if self.type == "int" else (self.low, self.high)
-        return [("low", lo), ("high", hi)]
+        if self.type == "int":
+            return [("low", int(self.low)), ("high", int(self.high))]
+        # and a value between them: 16.0 and 64.0 pass an int field, every sampled 42.3 then failed its trial
+        inside = self.low + self.step if self.step else math.nextafter(self.low, self.high)
+        return [("low", self.low), ("high", self.high), (f"a value inside ({inside!r})", inside)]
 
     def value_of(self, label: Any) -> Any:
         """Optuna only stores scalars: a choice of lists is suggested by label and mapped back here."""
@@ -116,6 +120,15 @@ class SearchSpace(StrictModel):
     # Filled by the loader (not written in the YAML).
     source: str = ""
     base: dict[str, Any] = Field(default_factory=dict)
+    # What `when` reads for a field no earlier parameter set: the trials' starting config, class defaults and (from
+    # `fix_overrides`) the demo / --set overrides included; the raw YAML had neither, so a `when` missed them.
+    fixed: dict[str, Any] = Field(default_factory=dict)
+
+    def fix_overrides(self, config_cls: type[BaseModel], extra: dict[str, Any] | None = None) -> BaseModel:
+        """The trials' starting config (base + class defaults + `extra`), kept for `when`; returned."""
+        cfg = self.build_config(config_cls, {}, extra)
+        self.fixed = cfg.model_dump(mode="json")
+        return cfg
 
     @model_validator(mode="after")
     def _start_numbers(self) -> "SearchSpace":
@@ -150,7 +163,7 @@ class SearchSpace(StrictModel):
 
     def _active(self, when: dict[str, Any], chosen: dict[str, Any]) -> bool:
         for key, want in when.items():
-            have = chosen[key] if key in chosen else get_dotted(self.base, key, default=None)
+            have = chosen[key] if key in chosen else get_dotted(self.fixed or self.base, key, default=None)
             wanted = want if isinstance(want, list) else [want]
             if _label(have) not in [_label(w) for w in wanted]:
                 return False
@@ -255,7 +268,7 @@ def load_search_space(path: str | Path, config_cls: type[BaseModel], *, job: str
     base_path = _resolve_base(path, space.base_config)
     try:
         space.base = read_yaml(base_path)
-        validate_config(config_cls, space.base, str(base_path))
+        space.fixed = validate_config(config_cls, space.base, str(base_path)).model_dump(mode="json")
     except ConfigError as err:
         raise SearchSpaceError(f"{src}: base_config: {err}") from None
     problems += _check_params(space, config_cls)

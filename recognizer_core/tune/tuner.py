@@ -237,7 +237,7 @@ def request_record(space: SearchSpace, extra: dict[str, Any], config_cls: type[B
                    options: TuneOptions) -> dict:
     """What defines an experiment: resuming it with a different space or overrides would mix two searches."""
     return {"config_class": f"{config_cls.__module__}.{config_cls.__qualname__}",
-            "space": json.loads(space.model_dump_json(exclude={"source", "demo"})),
+            "space": json.loads(space.model_dump_json(exclude={"source", "demo", "fixed"})),  # fixed: base + extra
             "extra_overrides": extra,
             "options": json.loads(options.model_dump_json(exclude={"storage_path", "retry_errored"}))}
 
@@ -312,7 +312,7 @@ def run_tuning(space: SearchSpace, config_cls: type[BaseModel], build_trainer: C
     extra = dict(extra_overrides or {})
     metric, mode = options.metric or space.metric, options.mode or space.mode
     # Every candidate trial config must at least start: check the base + overrides once, here, not per trial.
-    base_cfg = space.build_config(config_cls, {}, extra)
+    base_cfg = space.fix_overrides(config_cls, extra)   # `when` conditions then see the demo / --set overrides
     storage = to_uri(options.storage_path)
     experiment_uri = join_uri(storage, options.name)
     driver = TrialDriver(space, config_cls, build_trainer, extra, experiment_uri, metric, mode,
