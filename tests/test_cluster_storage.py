@@ -115,6 +115,7 @@ def test_a_dataset_rebuilt_on_s3_hides_the_old_description_while_uploading(tmp_p
     from recognizer_core.extract.clip_files import write_clip_file
     from recognizer_core.extract.manifest import DONE, ExtractionManifest
     from recognizer_core.skeleton.demo_data import make_demo_clips
+    from recognizer_core.skeleton.clip import SkeletonDataError
     from recognizer_core.skeleton.store import SkeletonDataset
 
     poses = tmp_path / "poses"
@@ -136,11 +137,16 @@ def test_a_dataset_rebuilt_on_s3_hides_the_old_description_while_uploading(tmp_p
     def copy_and_look(src, dst):  # the real upload; what a reader would find when it starts
         seen.append(storage.exists("s3://data/ds/_dataset.json"))
         real_copy(src, dst)
+        if dst == "s3://data/ds":  # uploaded, the json not yet: a reader (or any, after a crash here) refuses the
+            # folder; it opened the part files there as a plain folder of them
+            with pytest.raises(SkeletonDataError, match="_dataset.writing of a write: the dataset is being written"):
+                SkeletonDataset(dst)
     monkeypatch.setattr(storage, "copy_tree", copy_and_look)
     again = run_build(cfg.model_copy(update={"window": cfg.window.model_copy(update={"clip_len": 10,
                                                                                      "stride": 10})}))
     assert seen == [True, False]  # the pkl upload (elsewhere), then the dataset's, with no stale description
     assert again["clips"] > first["clips"] and len(SkeletonDataset("s3://data/ds")) == again["clips"]
+    assert not storage.exists("s3://data/ds/_dataset.writing")
     assert sorted(again["pkl"]) == sorted(f"s3://data/pkl/{s}.pkl" for s in again["splits"])
     assert all(storage.exists(p) for p in again["pkl"]) and not (tmp_path / "s3:").exists()
 

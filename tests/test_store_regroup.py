@@ -18,6 +18,7 @@ from recognizer_core.skeleton.clip import SkeletonDataError
 from recognizer_core.skeleton.demo_data import make_demo_clips
 from recognizer_core.skeleton.store import INDEX_FILE, SkeletonDataset, write_dataset
 from recognizer_core.skeleton.store_regroup import regroup_by_split
+from recognizer_core.skeleton.store_write import WRITE_ID, WRITE_ID_KEY
 from recognizer_core.train.context import LocalContext
 from recognizer_core.train.stgcn import data as tdata
 from recognizer_core.train.stgcn.config import TrainJobConfig
@@ -62,7 +63,10 @@ def test_same_clips_columns_and_metadata_one_range_per_split(old, new):
     assert a.schema == b.schema and a.equals(b)  # every column of every clip, keypoints included
     src, out = SkeletonDataset(old), SkeletonDataset(new)
     assert out.label_names == src.label_names and out.metadata == src.metadata == {"source": "unit test", "fps": 25}
-    assert pq.read_schema(out.files[0]).metadata == pq.read_schema(src.files[0]).metadata
+    # the footers keep their metadata (schema version, label names) under a new write id: the rows moved
+    meta_out, meta_src = pq.read_schema(out.files[0]).metadata, pq.read_schema(src.files[0]).metadata
+    assert meta_out.pop(WRITE_ID_KEY) == out.info[WRITE_ID].encode() != meta_src.pop(WRITE_ID_KEY)
+    assert meta_out == meta_src
     assert out.splits() == src.splits() and len(out) == len(src)
     for f, old_f in zip(out.info["files"], src.info["files"]):
         assert f["num_rows"] == old_f["num_rows"] and f["splits"] == old_f["splits"]  # clips stay in their file

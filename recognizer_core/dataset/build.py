@@ -32,6 +32,7 @@ from recognizer_core.skeleton.clip import SkeletonClip
 from recognizer_core.skeleton.mmaction_pkl import parquet_to_pkl
 from recognizer_core.skeleton.store import SkeletonDataset, write_dataset
 from recognizer_core.skeleton.store_rows import clips_from_batch, clips_to_table
+from recognizer_core.skeleton.store_write import WRITING_MARKER
 
 log = logging.getLogger(__name__)
 PKL_DIR = "mmaction_pkl"   # the default pkl folder, inside the dataset
@@ -189,9 +190,14 @@ def run_build(cfg: DatasetBuildConfig, plan: tuple[list[dict], list[str], int] |
             info_bytes = info.read_bytes()
             info.unlink()
             # the old dataset's json goes first: while the new files upload over the old ones, it would describe
-            # them with the old row counts and split ranges (wrong clips, val clips read as train, no error)
+            # them with the old row counts and split ranges (wrong clips, val clips read as train, no error). The
+            # marker, until the new json lands, keeps readers from opening the json-less folder as a plain folder
+            # of part files (part old, part new), here and after an interrupted upload
+            marker = storage.join_uri(cfg.output, WRITING_MARKER)
+            storage.write_text(marker, "uploading")
             storage.remove(storage.join_uri(cfg.output, "_dataset.json"))
             storage.copy_tree(str(out), cfg.output)
             storage.write_bytes(storage.join_uri(cfg.output, "_dataset.json"), info_bytes)
+            storage.remove(marker)
     storage.write_text(storage.join_uri(cfg.output, "build_summary.json"), json.dumps(summary, indent=1))
     return summary

@@ -8,7 +8,8 @@ it held (its rows in their old order) and a file's pieces are written split by s
 order. So every split is the same sequence of row groups (blocks) with the same clips as before: the ranks' shards
 (row groups dealt round-robin, then balanced), each epoch's block shuffle and window shuffle, hence every training and
 validation batch for a seed, are unchanged. What changes: row positions (a split's rows are now one range per
-file), and row groups are smaller where the old ones held several splits.
+file), row groups are smaller where the old ones held several splits, and the write id (a new one, in the json and
+every footer: the rows moved, so a reader of the old dataset must not take these files for its own).
 The input is only read. Memory: one part file at a time, as when it was written.
 """
 from __future__ import annotations
@@ -28,7 +29,7 @@ import pyarrow.parquet as pq
 from .clip import SkeletonDataError
 from .store import SkeletonDataset
 from .store_rows import CLIP_SCHEMA, LIGHT_COLUMNS
-from .store_write import DATASET_JSON, INDEX_FILE, PART_FILE_OPTIONS, SCHEMA_VERSION
+from .store_write import DATASET_JSON, INDEX_FILE, PART_FILE_OPTIONS, SCHEMA_VERSION, WRITE_ID, WRITE_ID_KEY
 
 
 def regroup_by_split(src_path: str | Path, out_dir: str | Path) -> dict:
@@ -60,6 +61,8 @@ def _write_grouped(src: SkeletonDataset, out: Path) -> dict:
     entries, split_counts, split_labels = [], Counter(), {}
     groups_before = groups_after = 0
     index_writer: pq.ParquetWriter | None = None
+    write_id = uuid.uuid4().hex
+    with_id = {WRITE_ID_KEY: write_id.encode()}
     try:
         for fi, path in enumerate(src.files):
             pf = src._file(fi)
@@ -73,7 +76,8 @@ def _write_grouped(src: SkeletonDataset, out: Path) -> dict:
                 groups_before += 1
             # the part file's own schema (and its metadata: schema version, label names), not a rebuilt one
             order = [p for s in sorted(pieces) for p in pieces[s]]
-            with pq.ParquetWriter(out / name, pf.schema_arrow, **PART_FILE_OPTIONS) as writer:
+            schema = pf.schema_arrow.with_metadata({**(pf.schema_arrow.metadata or {}), **with_id})
+            with pq.ParquetWriter(out / name, schema, **PART_FILE_OPTIONS) as writer:
                 for piece in order:  # one row group per piece: the old blocks, cut by split
                     writer.write_table(piece, row_group_size=max(1, piece.num_rows))
             sizes = [p.num_rows for p in order] or [0]
@@ -92,20 +96,22 @@ def _write_grouped(src: SkeletonDataset, out: Path) -> dict:
             light = pa.concat_tables([p.select(list(LIGHT_COLUMNS)) for p in order]) if order else None
             if light is not None and light.num_rows:
                 if index_writer is None:
-                    index_writer = pq.ParquetWriter(out / INDEX_FILE, light.schema, compression="zstd")
+                    index_writer = pq.ParquetWriter(out / INDEX_FILE, light.schema.with_metadata(with_id),
+                                                    compression="zstd")
                 index_writer.write_table(light, row_group_size=1 << 16)
     finally:
         if index_writer is not None:
             index_writer.close()
     if index_writer is None:  # no clips at all: an empty index, as write_dataset writes
-        pq.write_table(pa.schema([CLIP_SCHEMA.field(c) for c in LIGHT_COLUMNS]).empty_table(), out / INDEX_FILE)
+        pq.write_table(pa.schema([CLIP_SCHEMA.field(c) for c in LIGHT_COLUMNS], metadata=with_id).empty_table(),
+                       out / INDEX_FILE)
     info = dict(src.info)
     info.update({
         "format": info.get("format", "recognizer.skeleton"), "schema_version": info.get("schema_version",
                                                                                        SCHEMA_VERSION),
         "num_clips": len(src), "files": entries, "index_file": INDEX_FILE, "splits": dict(sorted(split_counts.items())),
         "split_labels": {k: {str(lb): n for lb, n in sorted(v.items())} for k, v in sorted(split_labels.items())},
-        "regrouped_from": str(src.path),
+        "regrouped_from": str(src.path), WRITE_ID: write_id,
     })
     with open(out / DATASET_JSON, "w") as f:
         f.write(json.dumps(info, indent=1))

@@ -6,6 +6,12 @@ every clip in one small file (read only by the tools that need per-clip rows: va
 opening a 500k-clip dataset and taking a split's rows read one small json instead of every part file's footer
 and columns. Both are optional for readers: a dataset written before they existed (or a plain folder of part
 files) is opened from the footers, and one without split ranges takes its split rows from the index.
+Each write has an id (WRITE_ID) in `_dataset.json` and in every part file's and the index's footer, so a reader
+that opened the dataset before a rewrite errors when it (re)opens a file of the new write instead of reading other
+clips at its old positions. From the moment the old `_dataset.json` goes until the new one lands, the folder holds
+WRITING_MARKER (and the new files sit beside the old ones as `.<name>.<token>.staged`): a reader finding either
+without a json refuses the folder (being written, or a write was interrupted) rather than open whatever part files
+are there as a smaller dataset.
 The format's contract is checked here too (`check_file_schema`), for readers of any part file.
 """
 from __future__ import annotations
@@ -38,6 +44,14 @@ MAX_RANGES_PER_FILE = 64
 # `_dataset.json` flag: its split_rows / split_labels are those of its split_map's splits (a folds view), so the
 # map's splits can be read as row ranges (without it a split_map overrides any ranges)
 SPLIT_MAP_AS_ROWS = "split_map_as_rows"
+# `_dataset.json` key, and (under META_PREFIX) footer key of each file of the write: readers compare the two
+WRITE_ID = "write_id"
+WRITE_ID_KEY = META_PREFIX + WRITE_ID.encode()
+# suffix of the files a write stages beside the dataset (`.<final name>.<token>.staged`) until its commit
+STAGED_SUFFIX = ".staged"
+# present while a dataset has no valid `_dataset.json` because it is being (re)written, here or by an upload
+# (dataset/build.py); left behind by an interrupted commit. '_': Parquet readers skip it
+WRITING_MARKER = "_dataset.writing"
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +93,9 @@ def write_dataset(clips: Iterable[SkeletonClip], out_dir: str | Path, label_name
     if old and not overwrite:
         raise FileExistsError(f"{out}: already holds a skeleton dataset (pass overwrite=True to replace it)")
     label_names = list(label_names) if label_names is not None else None
+    write_id = uuid.uuid4().hex
     file_meta = {META_PREFIX + b"schema_version": str(SCHEMA_VERSION).encode(),
-                 META_PREFIX + b"label_names": json.dumps(label_names).encode()}
+                 META_PREFIX + b"label_names": json.dumps(label_names).encode(), WRITE_ID_KEY: write_id.encode()}
     seen: set[str] = set()
     names_by_label: dict[int, str] = {}
     split_counts: Counter = Counter()
@@ -89,8 +104,8 @@ def write_dataset(clips: Iterable[SkeletonClip], out_dir: str | Path, label_name
     skipped: list[dict] = []
     max_label = -1
     staged: list[tuple[Path, Path, dict]] = []  # (tmp, final, file entry of _dataset.json)
-    token = uuid.uuid4().hex[:8]
-    index_tmp = out / f".{INDEX_FILE}.{token}.staged"
+    token = write_id[:8]
+    index_tmp = out / f".{INDEX_FILE}.{token}{STAGED_SUFFIX}"
     index_writer: pq.ParquetWriter | None = None
 
     def check(clip: SkeletonClip) -> SkeletonClip:
@@ -110,7 +125,7 @@ def write_dataset(clips: Iterable[SkeletonClip], out_dir: str | Path, label_name
     def flush(chunk: list[SkeletonClip]) -> None:
         nonlocal index_writer
         final = out / f"part-{len(staged):05d}.parquet"
-        tmp = out / f".{final.name}.{token}.staged"
+        tmp = out / f".{final.name}.{token}{STAGED_SUFFIX}"
         if group_by_split:
             chunk = sorted(chunk, key=lambda c: c.split)
         table = clips_to_table(chunk, label_names)
@@ -124,7 +139,8 @@ def write_dataset(clips: Iterable[SkeletonClip], out_dir: str | Path, label_name
         staged.append((tmp, final, entry))
         light = table.select(list(LIGHT_COLUMNS))
         if index_writer is None:
-            index_writer = pq.ParquetWriter(index_tmp, light.schema, compression="zstd")
+            index_writer = pq.ParquetWriter(index_tmp, light.schema.with_metadata({WRITE_ID_KEY: write_id.encode()}),
+                                            compression="zstd")
         index_writer.write_table(light, row_group_size=1 << 16)
 
     try:
@@ -163,7 +179,8 @@ def write_dataset(clips: Iterable[SkeletonClip], out_dir: str | Path, label_name
         split_map = {str(k): [str(x) for x in v] for k, v in split_map.items()}
         split_counts = Counter({k: sum(x in seen for x in v) for k, v in split_map.items()})
     info = {
-        "format": "recognizer.skeleton", "schema_version": SCHEMA_VERSION, "label_names": label_names or [],
+        "format": "recognizer.skeleton", "schema_version": SCHEMA_VERSION, WRITE_ID: write_id,
+        "label_names": label_names or [],
         "num_clips": len(seen), "num_joints": sorted(joints),
         "files": [entry for _, _, entry in staged], "index_file": INDEX_FILE,
         "splits": dict(sorted(split_counts.items())), "metadata": dict(metadata or {}), "skipped": skipped,
@@ -172,7 +189,11 @@ def write_dataset(clips: Iterable[SkeletonClip], out_dir: str | Path, label_name
         info["split_map"] = split_map
     else:  # clips per label of each split: what the training start checks, without the index
         info["split_labels"] = {k: {str(lb): n for lb, n in sorted(v.items())} for k, v in sorted(split_labels.items())}
-    (out / DATASET_JSON).unlink(missing_ok=True)  # the dataset is invalid until the new json lands
+    # The dataset is invalid until the new json lands. Readers that open it meanwhile see no json but the marker
+    # and refuse the folder; readers that opened it before find this write's id in the parts they reopen. An
+    # interrupted commit leaves the marker (and staged files).
+    (out / WRITING_MARKER).write_text(write_id)
+    (out / DATASET_JSON).unlink(missing_ok=True)
     for path in old:
         path.unlink(missing_ok=True)
     for tmp, final, _ in staged:
@@ -180,7 +201,16 @@ def write_dataset(clips: Iterable[SkeletonClip], out_dir: str | Path, label_name
     os.replace(index_tmp, out / INDEX_FILE)
     with atomic_write(out / DATASET_JSON, "w") as f:
         f.write(json.dumps(info, indent=1))
+    (out / WRITING_MARKER).unlink(missing_ok=True)
+    for path in _staged_files(out):  # left by an interrupted earlier write (ours are all renamed): garbage now
+        path.unlink(missing_ok=True)
     return out
+
+
+def _staged_files(out: Path) -> list[Path]:
+    """The files write_dataset stages in `out` (its own, or an interrupted write's)."""
+    return [p for n in (f".part-*.parquet.*{STAGED_SUFFIX}", f".{INDEX_FILE}.*{STAGED_SUFFIX}")
+            for p in out.glob(n) if p.is_file()]
 
 
 def _split_ranges(splits: Sequence[str]) -> dict[str, list[list[int]]]:
@@ -193,6 +223,34 @@ def _split_ranges(splits: Sequence[str]) -> dict[str, list[list[int]]]:
         else:
             runs.append([row, row + 1])
     return dict(sorted(out.items()))
+
+
+def write_id_of(schema: pa.Schema) -> str | None:
+    """The id of the write that made a file, from its footer (None: written before write ids, or by another tool)."""
+    found = (schema.metadata or {}).get(WRITE_ID_KEY)
+    return found.decode() if found is not None else None
+
+
+def writes_in_progress(names: Iterable[str]) -> list[str]:
+    """Of a folder's file names, the marker and staged files of a write in progress (or interrupted)."""
+    names = list(names)
+    return [n for n in names if n == WRITING_MARKER] + \
+        [n for n in names if n.startswith(".") and n.endswith(STAGED_SUFFIX)]
+
+
+def write_error(dataset: Any, what: str, found: str | None, expected: str | None,
+                json_now: str | None) -> SkeletonDataError:
+    """`what` is of write `found`, the dataset was opened at `expected`: rewritten since (or being rewritten: no
+    json now), unless the json still names the write opened (then that file alone was replaced)."""
+    try:
+        rewritten = json_now is None or json.loads(json_now).get(WRITE_ID) != expected
+    except (ValueError, AttributeError):
+        rewritten = True
+    if rewritten:
+        return SkeletonDataError(f"{dataset}: rewritten since it was opened ({os.path.basename(what)} is of another "
+                                 "write): open it again")
+    return SkeletonDataError(f"{what}: of write {found} but {DATASET_JSON} lists write {expected}: the file was "
+                             "replaced after the dataset was written (rewrite it with write_dataset)")
 
 
 def check_file_schema(path: str | Path, fs: pafs.FileSystem | None = None, schema: pa.Schema | None = None) -> pa.Schema:

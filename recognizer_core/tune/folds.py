@@ -3,7 +3,9 @@ both sides of a fold. The folds are written as a *view* of the prepared skeleton
 linked, a `_dataset.json` whose `split_map` names `cv<k>_train` / `cv<k>_val`, `trainval` and `test`), so
 the training loader selects them by split name like any other split: no change to the data code. The view also
 lists each of its splits' row ranges and label counts (under SPLIT_MAP_AS_ROWS), so training a fold, like training
-on the source, reads no per-clip `_index.parquet` (the split_map stays for tools that select by clip id)."""
+on the source, reads no per-clip `_index.parquet` (the split_map stays for tools that select by clip id).
+Writing the view again after the source was rebuilt relinks its files (a link kept from the old source would
+read the old clips under the new split_map)."""
 from __future__ import annotations
 
 import json
@@ -16,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from recognizer_core.skeleton.store import DATASET_JSON, SPLIT_MAP_AS_ROWS, SkeletonDataset
-from recognizer_core.skeleton.store_write import MAX_RANGES_PER_FILE
+from recognizer_core.skeleton.store_write import MAX_RANGES_PER_FILE, WRITE_ID
 from recognizer_core.storage import write_text
 
 TRAINVAL = "trainval"
@@ -81,19 +83,21 @@ def write_fold_store(dataset_path: str | Path, out_dir: str | Path, k: int, *, s
                            "val_videos": len({g for g, j in zip(groups, fold_of) if j == f})})
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    previous = _read_json(out / DATASET_JSON)
     info = dict(src.info)
     index_file = info.get("index_file")  # the light-column index travels with the parts it indexes
     if index_file and not os.path.exists(os.path.join(str(dataset_path), index_file)):
         del info["index_file"]  # (gone from the source: the view reads its light columns from the parts)
         index_file = None
     linked = list(src.files) + ([os.path.join(str(dataset_path), index_file)] if index_file else [])
+    # a copy (no hard link across devices) is kept only if the view was written from this very write of the source
+    copies_current = info.get(WRITE_ID) is not None and previous.get(WRITE_ID) == info.get(WRITE_ID)
     for f in linked:  # the view links the source's Parquet files (same names, as _dataset.json lists them)
-        link = out / Path(f).name
-        if not link.exists():
-            try:
-                os.link(f, link)
-            except OSError:
-                shutil.copy2(f, link)
+        _link(f, out / Path(f).name, copies_current)
+    names = {Path(f).name for f in linked}
+    for old in out.glob("part-*.parquet"):  # a part file the rebuilt source no longer has
+        if old.name not in names:
+            old.unlink()
     info["split_map"] = split_map
     info["splits"] = {s: len(v) for s, v in split_map.items()}
     info["metadata"] = {**dict(info.get("metadata") or {}),
@@ -112,6 +116,33 @@ def write_fold_store(dataset_path: str | Path, out_dir: str | Path, k: int, *, s
         info[SPLIT_MAP_AS_ROWS] = True
     write_text(out / DATASET_JSON, json.dumps(info, indent=1))
     return {"path": str(out), "folds": info_folds, TRAINVAL: len(ids), "test": len(test_ids)}
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _link(src: str, link: Path, copies_current: bool) -> None:
+    """Make `link` the source file `src`: kept when it is that file (same inode) or, for a copy, when the view was
+    written from the source's current write; else replaced whole (a hard link, or a copy where the view sits on
+    another device), through a temporary name so an interrupted call leaves no partial file under `link`."""
+    if link.exists():
+        a, b = os.stat(src), os.stat(link)
+        if (a.st_ino, a.st_dev) == (b.st_ino, b.st_dev) or (copies_current and a.st_size == b.st_size):
+            return
+    tmp = link.with_name(f".{link.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copy2(src, tmp)
+        os.replace(tmp, link)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _split_rows(src: SkeletonDataset, members: dict[str, tuple[np.ndarray, np.ndarray]]) -> list[dict] | None:
