@@ -9,12 +9,10 @@ taking a split's rows and label counts (`split_ranges` -> RowRanges, `split_labe
 per-split label counts written with the dataset), so the training start costs O(files + row groups), not
 O(clips); `_index.parquet` (one row per clip) is read only by `index`, for datasets without ranges (a split's
 per-clip columns otherwise come from its row groups: `split_columns`).
-Part files are opened (and their schema checked) when first read, and then (and at each reopen: at most
-_OPEN_FILES stay open) their write id is compared with the one the dataset was opened with: a dataset rewritten
-since then errors instead of reading other clips at the old positions. Datasets without those files or
-fields (older ones, or plain folders of part files) are opened from the part files' footers and take their split
-rows from the index; a folder without `_dataset.json` but with a write's marker or staged files is refused (being
-written, or a write was interrupted). Writing is in store_write.py.
+Part files are opened (schema checked) when first read; at each (re)open their write id must be the one the
+dataset was opened with (a rewrite since then errors, not reads other clips). Older datasets and plain folders of
+part files are opened from the footers, their split rows from the index; a json-less folder with a write's marker
+or staged files is refused (being written, or interrupted). Writing is in store_write.py.
 """
 from __future__ import annotations
 
@@ -39,7 +37,7 @@ from .store_ranges import RowRanges
 from .store_rows import (CLIP_SCHEMA, HEAVY_COLUMNS, LIGHT_COLUMNS, clip_from_row, clips_from_batch, clips_to_table,
                          int64_array)
 from .store_write import (DATASET_JSON, INDEX_FILE, META_PREFIX, SCHEMA_VERSION, SPLIT_MAP_AS_ROWS, WRITE_ID,
-                          check_file_schema, write_dataset, write_error, write_id_of, writes_in_progress)
+                          check_file_schema, refuse_write_in_progress, write_dataset, write_error, write_id_of)
 
 __all__ = ["CLIP_SCHEMA", "DATASET_JSON", "HEAVY_COLUMNS", "INDEX_FILE", "LIGHT_COLUMNS", "SCHEMA_VERSION",
            "SPLIT_MAP_AS_ROWS",
@@ -79,19 +77,13 @@ class SkeletonDataset:
         else:  # plain folder of part files (e.g. copied without the json): metadata from the footers
             names = sorted(posixpath.basename(i.path) for i in self._fs.get_file_info(pafs.FileSelector(self._root))
                            if i.type == pafs.FileType.File)
-            # a write's marker or staged files: the folder is mid-rewrite (its json removed, parts being renamed or
-            # uploaded) or that write was interrupted, so its part files are not one dataset
-            busy = writes_in_progress(names)
-            if busy:
-                raise SkeletonDataError(f"{self.path}: no {DATASET_JSON} but {busy[0]} of a write: the dataset is "
-                                        "being written, or a write was interrupted (write it again)")
+            refuse_write_in_progress(self.path, names)
             self._files = [self._join(n) for n in names if n.startswith("part-") and n.endswith(".parquet")]
             if not self._files:
                 raise SkeletonDataError(f"{self.path}: no {DATASET_JSON} and no part-*.parquet files")
             self.info = {"schema_version": SCHEMA_VERSION, "label_names": [], "metadata": {}}
             entries = [{} for _ in self._files]
-        # the write each file must come from: the json's (None for a dataset written before write ids), or for a
-        # plain folder each footer's, read below
+        # each file's write: the json's (None before write ids existed); a plain folder's footers', read below
         self._write_ids: list[str | None] = [self.info.get(WRITE_ID)] * len(self._files)
         self._pf: dict[int, pq.ParquetFile] = {}
         self._lock, self._lock_pid = None, None  # see _files_lock
@@ -101,8 +93,7 @@ class SkeletonDataset:
                 sizes = [int(n) for n in entry["row_groups"]]
             else:
                 schema = self._check(i)
-                if raw is None:
-                    self._write_ids[i] = write_id_of(schema)
+                self._write_ids[i] = self._write_ids[i] if raw is not None else write_id_of(schema)
                 if raw is None and not self.info["label_names"]:
                     names = (schema.metadata or {}).get(META_PREFIX + b"label_names")
                     self.info["label_names"] = json.loads(names) or [] if names else []
@@ -161,8 +152,8 @@ class SkeletonDataset:
         return pf
 
     def _check_write(self, what: str, schema: pa.Schema, expected: str | None) -> None:
-        """A file (re)opened must be of the write the dataset was opened at: a rewrite since then (same row counts)
-        would put other clips, of other splits, at the positions taken from the old json."""
+        """A (re)opened file must be of the write the dataset was opened at: after a rewrite (same row counts)
+        the old json's positions hold other clips, of other splits."""
         if write_id_of(schema) != expected:
             raise write_error(self.path, what, write_id_of(schema), expected, self._read_text(self._join(DATASET_JSON)))
 

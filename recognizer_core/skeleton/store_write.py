@@ -231,11 +231,16 @@ def write_id_of(schema: pa.Schema) -> str | None:
     return found.decode() if found is not None else None
 
 
-def writes_in_progress(names: Iterable[str]) -> list[str]:
-    """Of a folder's file names, the marker and staged files of a write in progress (or interrupted)."""
+def refuse_write_in_progress(dataset: Any, names: Iterable[str]) -> None:
+    """A json-less folder whose file names include a write's marker or staged files: it is mid-rewrite (json
+    removed, parts being renamed or uploaded) or that write was interrupted, so its part files are not one
+    dataset."""
     names = list(names)
-    return [n for n in names if n == WRITING_MARKER] + \
+    busy = [n for n in names if n == WRITING_MARKER] + \
         [n for n in names if n.startswith(".") and n.endswith(STAGED_SUFFIX)]
+    if busy:
+        raise SkeletonDataError(f"{dataset}: no {DATASET_JSON} but {busy[0]} of a write: the dataset is being "
+                                "written, or a write was interrupted (write it again)")
 
 
 def write_error(dataset: Any, what: str, found: str | None, expected: str | None,
