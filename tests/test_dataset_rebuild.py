@@ -43,13 +43,13 @@ def _extract(root, videos: list[VideoSource], done: list[VideoSource], T: int = 
     (root / "clips").mkdir(parents=True, exist_ok=True)
     (root / "labels.json").write_text(json.dumps({"label_names": NAMES}))
     man = ExtractionManifest(str(root))
+    if listing:   # the job writes it when it starts, before any video is done
+        man.write_listing(videos, SOURCE)
     for i, v in enumerate(done):
         rel = f"clips/{v.video_id}.parquet"
         write_clip_file(_clip(v.video_id, v.label_name, T, seed=i + v.mtime_ns), root / rel)
         man.record(DONE, v.key, uri=v.uri, rel_path=v.rel_path, video_id=v.video_id, label_name=v.label_name,
                    split=v.split, output=rel)
-    if listing:
-        man.write_listing(videos, SOURCE)
     return man
 
 
@@ -143,7 +143,7 @@ def test_extraction_writes_the_listing_of_every_video(tmp_path):
 
     videos = _source(4)
     man = _extract(tmp_path / "poses", videos, videos, listing=False)
-    cfg = ExtractionConfig.model_validate({"source": {"input": str(tmp_path)}, "output": str(tmp_path / "poses")})
+    cfg = ExtractionConfig.model_validate({"source": {"input": SOURCE}, "output": str(tmp_path / "poses")})
     run_prepared(ExtractionPlan(cfg, man, videos, NAMES, [], {DONE: 4, EMPTY: 0, "failed": 0}), verbose=False)
     listed = ExtractionManifest(str(tmp_path / "poses")).listing()
     assert listed == [{"video_id": v.video_id, "rel_path": v.rel_path, "label_name": v.label_name, "split": "",
@@ -263,3 +263,42 @@ def test_ray_build_preserves_the_video_order(tmp_path, monkeypatch):
     with_ray = [c.clip_id for c in build_mod.iter_windows(cfg.model_copy(update={"use_ray": True}), jobs)]
     assert seen == {"preserve_order": True}
     assert with_ray == [c.clip_id for c in build_mod.iter_windows(cfg, jobs)]
+
+
+def test_a_folder_extracted_before_listings_keeps_its_videos_when_a_new_source_is_added(tmp_path):
+    """The first run that wrote a listing into a folder extracted before listings existed made the build use the
+    listings only: every earlier video was dropped."""
+    old = _source(4)
+    man = _extract(tmp_path / "poses", old, old, listing=False)   # extracted by the code before listings
+    new = [_video(f"{NAMES[i % 2]}/cam2_{i}.mp4") for i in range(2)]
+    for i, v in enumerate(new):
+        rel = f"clips/{v.video_id}.parquet"
+        write_clip_file(_clip(v.video_id, v.label_name, seed=70 + i), tmp_path / "poses" / rel)
+        man.record(DONE, v.key, uri=v.uri, rel_path=v.rel_path, video_id=v.video_id, label_name=v.label_name,
+                   split="", output=rel)
+    man.write_listing(new, "/camera2")
+    jobs, _, _ = plan_videos(_cfg(tmp_path / "poses", tmp_path / "ds"))
+    assert len(jobs) == 6
+    man.write_listing(old[1:], SOURCE)   # the old folder extracted again, old[0] deleted from it: its own listing
+    jobs, _, _ = plan_videos(_cfg(tmp_path / "poses", tmp_path / "ds"))
+    assert len(jobs) == 5 and not any(old[0].video_id in j["path"] for j in jobs)
+
+
+def test_one_video_id_in_two_listings_is_built_once(tmp_path):
+    """A folder extracted, then a CSV over the same files (to fix a label): two listings name one video_id (one
+    clip file); it was built twice and the build died on 'clip_id is not unique'."""
+    videos = _source(4)
+    man = _extract(tmp_path / "poses", videos, videos)
+    relabelled = _video(videos[0].rel_path, label="fall" if videos[0].label_name == "normal" else "normal",
+                        mtime=5)
+    write_clip_file(_clip(relabelled.video_id, relabelled.label_name, seed=9),
+                    tmp_path / "poses" / f"clips/{relabelled.video_id}.parquet")
+    man.record(DONE, relabelled.key, uri=relabelled.uri, rel_path=relabelled.rel_path,
+               video_id=relabelled.video_id, label_name=relabelled.label_name, split="",
+               output=f"clips/{relabelled.video_id}.parquet")
+    man.write_listing([relabelled], "/in/labels.csv")
+    jobs, _, _ = plan_videos(_cfg(tmp_path / "poses", tmp_path / "ds"))
+    assert len(jobs) == 4
+    (job,) = [j for j in jobs if relabelled.video_id in j["path"]]
+    assert job["label_name"] == relabelled.label_name     # the newest record's (the file on disk is its)
+    run_build(_cfg(tmp_path / "poses", tmp_path / "ds"))  # one clip_id each

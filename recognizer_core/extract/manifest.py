@@ -31,6 +31,7 @@ DONE, EMPTY, FAILED = "done", "empty", "failed"
 _FILES = {DONE: "done.jsonl", EMPTY: "empty_clips.jsonl", FAILED: "failures.jsonl"}
 CLIPS_DIR = "clips"
 LISTINGS_DIR = "listings"   # one <source id>.jsonl per source (input folder or CSV) extracted into this folder
+LEGACY_LISTING = "before-listings.jsonl"   # the videos of a folder extracted before listings existed
 _LISTING_FIELDS = ("video_id", "rel_path", "label_name", "split", "key")
 
 
@@ -150,6 +151,17 @@ class ExtractionManifest:
     def write_listing(self, videos: Iterable, source: str) -> None:
         """Write the run's current videos (VideoSource objects) as `source`'s listing (its input folder or CSV),
         replacing that source's last one; other sources' listings stay."""
+        legacy_uri = storage.join_uri(self.uri, LISTINGS_DIR, LEGACY_LISTING)
+        if self.listing() is None and self.done_records():
+            # a folder extracted before listings existed: its videos keep a listing of their own (the newest record
+            # per video_id, as they were built until now), or the first new run's listing would drop them all
+            legacy = [{k: str(r.get(k) or "") for k in _LISTING_FIELDS} for r in self.current_done()[0]]
+            storage.write_text(legacy_uri, "".join(json.dumps(r) + "\n" for r in legacy))
+        old = storage.read_text(legacy_uri)
+        if old is not None:   # a source listed again now is listed by its own file: its old entries go
+            inside = source.rstrip("/") + "/"
+            keep = [ln for ln in old.splitlines() if ln and not json.loads(ln)["key"].startswith(inside)]
+            storage.write_text(legacy_uri, "".join(ln + "\n" for ln in keep))
         lines = [json.dumps({"video_id": v.video_id, "rel_path": v.rel_path, "label_name": v.label_name,
                              "split": v.split, "key": v.key}) + "\n" for v in videos]
         storage.write_text(self._listing_uri(source), "".join(lines))
@@ -192,10 +204,15 @@ class ExtractionManifest:
         if listing is None:
             newest = {r.get("video_id") or r["key"]: r for r in done}   # done is oldest first: the last one wins
             return list(newest.values()), len(done) - len(newest)
-        by_key = {r["key"]: r for r in done}
-        current = []
+        order = {r["key"]: i for i, r in enumerate(done)}   # write order: the newest record wrote the clip file
+        current: dict[str, dict] = {}
         for v in listing:
-            rec = by_key.get(v["key"])
-            if rec is not None and rec.get("video_id", v["video_id"]) == v["video_id"]:
-                current.append({**rec, **{k: v[k] for k in ("video_id", "rel_path", "label_name", "split")}})
-        return current, len(done) - len(current)
+            rec = done[order[v["key"]]] if v["key"] in order else None
+            if rec is None or rec.get("video_id", v["video_id"]) != v["video_id"]:
+                continue
+            # one video_id in two listings (one relative path under two sources, or a folder and then a CSV over
+            # the same files) is one clip file: the newest record's, built once
+            old = current.get(v["video_id"])
+            if old is None or order[v["key"]] > order[old["key"]]:
+                current[v["video_id"]] = {**rec, **{k: v[k] for k in ("video_id", "rel_path", "label_name", "split")}}
+        return list(current.values()), len(done) - len(current)
