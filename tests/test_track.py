@@ -95,3 +95,32 @@ def test_max_tracks_caps_persons_at_one_time_not_per_video():
     crowd = [_frame([_person(50, 50), _person(200, 50), _person(350, 50)], [0.9, 0.5, 0.7]) for _ in range(6)]
     tr = track_poses(np.arange(6), crowd, TrackingConfig(min_track_len=3, max_tracks=2))
     assert tr.num_persons == 2 and tr.box_score[:, 0].tolist() == pytest.approx([0.9, 0.7])
+
+
+def test_rows_are_reused_after_a_gap_so_memory_follows_the_crowd_not_the_video_length(tmp_path):
+    """People pass one at a time through a long video: one dense row per person ever seen grew with length x
+    people (999 rows, 793 MiB for 4,000 frames). A row takes a later person once empty for row_gap frames;
+    frame_track_ids says whose each frame is, and windows, clip files and recognize carry the right ids."""
+    from recognizer_core.dataset.windows import make_windows
+    from recognizer_core.extract.clip_files import make_video_clip, read_clip_file, write_clip_file
+    from recognizer_core.recognize.windows import video_windows
+
+    T, span = 600, 40
+    frames = [_frame([_person(40 + 5 * (t % span), 100 + 30 * (t // span % 3))], [0.9]) for t in range(T)]
+    tr = track_poses(np.arange(T), frames, TrackingConfig(row_gap=100))
+    people = T // span
+    assert len(set(tr.frame_track_ids[tr.frame_track_ids >= 0].tolist())) == people
+    assert tr.num_persons == 4          # a row is free again 100 frames after its person left: 3 spans + 1
+    assert ((tr.frame_track_ids >= 0) == (tr.box_score > 0)).all()
+    clip = make_video_clip(tr, clip_id="v", label=0, label_name="a", split="train", source_video="v.mp4",
+                           image_hw=(480, 640), fps=30.0, stride=1)
+    back = read_clip_file(write_clip_file(clip, tmp_path / "v.parquet"))
+    np.testing.assert_array_equal(back.extra["frame_track_ids"], tr.frame_track_ids)
+    for w in make_windows(back, clip_len=span, stride=span, num_person=2):   # each window: one person
+        t0 = int(w.extra["window_start"])
+        (row,) = np.nonzero(tr.frame_track_ids[:, t0] >= 0)[0]
+        assert w.track_ids.tolist() == [tr.frame_track_ids[row, t0]]
+        assert (w.extra["frame_track_ids"][0] == tr.frame_track_ids[row, t0]).all()
+    keys = {w.key for w in video_windows(back, fps=30.0, window_frames=span, num_person=1, mode="track",
+                                         stride_s=span / 30.0)}
+    assert len(keys) == people          # recognize's per-person sequences: one per person, not per row

@@ -50,6 +50,24 @@ def _person_rank(clip: SkeletonClip, t0: int, t1: int, min_person_frames: int) -
     return [int(m) for m in keep]
 
 
+def per_frame_extras(clip: SkeletonClip) -> list[str]:
+    """Names of the clip's extra arrays with a value per person and frame (M, T): box_score, frame_track_ids."""
+    shape = clip.keypoint_score.shape[:2]
+    return [k for k, v in clip.extra.items() if isinstance(v, np.ndarray) and v.shape == shape]
+
+
+def window_track_ids(clip: SkeletonClip, persons: list[int], t0: int, t1: int) -> np.ndarray | None:
+    """The track id of each chosen row in frames [t0, t1): a stored row holds several people one after another
+    (tracking.row_gap), so the row's own id is that of its first; frame_track_ids says whose the window is."""
+    if clip.track_ids is None:
+        return None
+    ids = clip.extra.get("frame_track_ids")
+    if not (isinstance(ids, np.ndarray) and ids.shape == clip.keypoint_score.shape[:2]):
+        return clip.track_ids[persons]
+    seen = [ids[m, t0:t1][ids[m, t0:t1] >= 0] for m in persons]
+    return np.asarray([int(s[0]) if len(s) else int(clip.track_ids[m]) for s, m in zip(seen, persons)], np.int32)
+
+
 def make_windows(clip: SkeletonClip, clip_len: int, stride: int = 0, num_person: int = 4, min_frames: int = 1,
                  min_person_frames: int = 1, cover_end: bool = False) -> list[SkeletonClip]:
     """Windows of `clip` as new clips (id `<clip_id>@<start>`, or the clip_id itself for a whole clip).
@@ -64,10 +82,9 @@ def make_windows(clip: SkeletonClip, clip_len: int, stride: int = 0, num_person:
         persons = _person_rank(clip, t0, t1, min_person_frames)[:num_person]
         if not persons:
             continue
-        extra = {k: v for k, v in clip.extra.items() if k != "box_score"}
-        box_score = clip.extra.get("box_score")
-        if isinstance(box_score, np.ndarray) and box_score.ndim == 2:
-            extra["box_score"] = np.ascontiguousarray(box_score[persons, t0:t1])
+        per_frame = per_frame_extras(clip)
+        extra = {k: v for k, v in clip.extra.items() if k not in per_frame}
+        extra.update({k: np.ascontiguousarray(clip.extra[k][persons, t0:t1]) for k in per_frame})
         extra["window_start"] = int(t0)
         frame_inds = clip.frame_inds[t0:t1] if clip.frame_inds is not None else np.arange(t0, t1, dtype=np.int32)
         out.append(SkeletonClip(
@@ -76,7 +93,7 @@ def make_windows(clip: SkeletonClip, clip_len: int, stride: int = 0, num_person:
             keypoint_score=np.ascontiguousarray(clip.keypoint_score[persons, t0:t1]), img_shape=clip.img_shape,
             total_frames=t1 - t0, label_name=clip.label_name, split=clip.split,
             source_video=clip.source_video or clip.clip_id, fps=clip.fps,
-            track_ids=None if clip.track_ids is None else clip.track_ids[persons],
+            track_ids=window_track_ids(clip, persons, t0, t1),
             frame_inds=np.asarray(frame_inds, np.int32), original_shape=clip.original_shape, extra=extra))
     return out
 

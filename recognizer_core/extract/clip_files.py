@@ -21,8 +21,8 @@ def make_video_clip(tracked: TrackedPoses, *, clip_id: str, label: int, label_na
         img_shape=tuple(image_hw), total_frames=int(tracked.keypoint.shape[1]), label_name=label_name,
         split=split, source_video=source_video, fps=float(fps) / max(stride, 1), track_ids=tracked.track_ids,
         frame_inds=tracked.frame_inds, original_shape=tuple(image_hw),
-        extra={"box_score": tracked.box_score, "source_fps": float(fps), "frame_stride": int(stride),
-               **(extra or {})})
+        extra={"box_score": tracked.box_score, "frame_track_ids": tracked.frame_track_ids,
+               "source_fps": float(fps), "frame_stride": int(stride), **(extra or {})})
 
 
 def write_clip_file(clip: SkeletonClip, uri: str | os.PathLike, label_names: list[str] | None = None) -> str:

@@ -99,7 +99,9 @@ def render_overlay(clip: SkeletonClip, video_uri: str, out_path: str | Path, max
             t = pos.get(idx)
             if t is None:
                 continue
-            drawn = draw_skeletons(image, clip.keypoint[:, t], clip.keypoint_score[:, t], clip.track_ids)
+            ids = clip.extra.get("frame_track_ids")   # whose each row is at this frame (rows are reused)
+            ids = ids[:, t] if isinstance(ids, np.ndarray) and ids.ndim == 2 else clip.track_ids
+            drawn = draw_skeletons(image, clip.keypoint[:, t], clip.keypoint_score[:, t], ids)
             if writer is None:
                 from PIL import Image
 

@@ -14,7 +14,7 @@ from typing import Literal
 import numpy as np
 
 from recognizer_core.skeleton.clip import SkeletonClip
-from recognizer_core.dataset.windows import make_windows
+from recognizer_core.dataset.windows import make_windows, per_frame_extras
 
 
 @dataclass
@@ -52,8 +52,7 @@ def resample(clip: SkeletonClip, fps: float, tolerance: float = 0.02) -> tuple[S
     prev = np.clip(idx - 1, 0, len(times) - 1)
     idx = np.where(np.abs(times[prev] - grid) <= np.abs(times[idx] - grid) + 1e-6, prev, idx)  # ties: earlier
     extra = dict(clip.extra)
-    if isinstance(extra.get("box_score"), np.ndarray) and extra["box_score"].ndim == 2:
-        extra["box_score"] = np.ascontiguousarray(extra["box_score"][:, idx])
+    extra.update({k: np.ascontiguousarray(extra[k][:, idx]) for k in per_frame_extras(clip)})
     out = SkeletonClip(
         clip_id=clip.clip_id, label=clip.label, keypoint=np.ascontiguousarray(clip.keypoint[:, idx]),
         keypoint_score=np.ascontiguousarray(clip.keypoint_score[:, idx]), img_shape=clip.img_shape,
@@ -66,8 +65,7 @@ def resample(clip: SkeletonClip, fps: float, tolerance: float = 0.02) -> tuple[S
 
 def _track_clip(clip: SkeletonClip, m: int) -> SkeletonClip:
     extra = dict(clip.extra)
-    if isinstance(extra.get("box_score"), np.ndarray) and extra["box_score"].ndim == 2:
-        extra["box_score"] = extra["box_score"][m:m + 1]
+    extra.update({k: extra[k][m:m + 1] for k in per_frame_extras(clip)})
     return SkeletonClip(
         clip_id=clip.clip_id, label=clip.label, keypoint=clip.keypoint[m:m + 1],
         keypoint_score=clip.keypoint_score[m:m + 1], img_shape=clip.img_shape, total_frames=clip.total_frames,

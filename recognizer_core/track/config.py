@@ -15,3 +15,6 @@ class TrackingConfig(StrictModel):
     max_tracks: int = Field(16, ge=1, description="persons kept at any one time: a track is stored if it is "
                             "among the max_tracks best (length x score) seen in one of its frames; stage 3 keeps "
                             "num_person of them per window")
+    row_gap: int = Field(300, ge=0, description="a stored person row takes a later track once empty for this many "
+                         "frames (of the stored clip, after decode.frame_stride); keep it above the longest "
+                         "window stage 3 or recognize cuts, so no window holds two people in one row")

@@ -5,6 +5,10 @@ whole video, so a person keeps its index in every frame (mmaction2's FormatGCNIn
 `max_tracks` caps the persons kept at any one time, not per video: a track is kept if it ranks among the top
 max_tracks tracks seen in at least one of its frames, so people who only appear late in a long video (after
 16 others came and went) are kept; stage 3 and recognize re-rank the persons per window.
+A stored row (person index) is reused by a later track once it has been empty for `row_gap` frames: a long video
+with people passing would otherwise store one dense row per person ever seen (memory growing with length
+squared). A gap longer than any window keeps every window to one person per row; `frame_track_ids` (M, T) says
+whose each row's frames are.
 """
 from __future__ import annotations
 
@@ -52,7 +56,8 @@ class TrackedPoses:
     keypoint: np.ndarray         # float32 (M, T, 17, 2), zeros where the person is not seen
     keypoint_score: np.ndarray   # float32 (M, T, 17)
     box_score: np.ndarray        # float32 (M, T) detection score, 0 where not seen
-    track_ids: np.ndarray        # int32 (M,) the tracker's ids (numbered by first appearance), in rank order
+    track_ids: np.ndarray        # int32 (M,) each row's first (best-ranked) track id, in rank order
+    frame_track_ids: np.ndarray  # int32 (M, T) the track id of each row's frame, -1 where nobody is seen
 
     @property
     def num_persons(self) -> int:
@@ -103,16 +108,37 @@ def track_poses(frame_inds, frames: list[FramePoses], cfg: TrackingConfig) -> Tr
         if n >= cfg.min_track_len and mean_score >= cfg.min_track_score:
             kept.append((n * mean_score, tr))
     kept.sort(key=lambda x: (-x[0], x[1].track_id))
-    kept = _top_at_some_frame([tr for _, tr in kept], len(frames), cfg.max_tracks)
+    rows = _pack_rows(_top_at_some_frame([tr for _, tr in kept], len(frames), cfg.max_tracks), cfg.row_gap)
 
-    T, M = len(frames), len(kept)
+    T, M = len(frames), len(rows)
     keypoint = np.zeros((M, T, NUM_KEYPOINTS, 2), np.float32)
     keypoint_score = np.zeros((M, T, NUM_KEYPOINTS), np.float32)
     box_score = np.zeros((M, T), np.float32)
-    for m, tr in enumerate(kept):
-        for t, d in tr.hits.items():
-            keypoint[m, t] = frames[t].keypoints[d]
-            keypoint_score[m, t] = frames[t].keypoint_scores[d]
-            box_score[m, t] = frames[t].scores[d]
+    frame_track_ids = np.full((M, T), -1, np.int32)
+    for m, row in enumerate(rows):
+        for tr in row:
+            for t, d in tr.hits.items():
+                keypoint[m, t] = frames[t].keypoints[d]
+                keypoint_score[m, t] = frames[t].keypoint_scores[d]
+                box_score[m, t] = frames[t].scores[d]
+                frame_track_ids[m, t] = tr.track_id
     return TrackedPoses(np.asarray(frame_inds, np.int32), keypoint, keypoint_score, box_score,
-                        np.array([tr.track_id for tr in kept], np.int32))
+                        np.array([row[0].track_id for row in rows], np.int32), frame_track_ids)
+
+
+def _pack_rows(ranked: list[_Track], gap: int) -> list[list[_Track]]:
+    """Rows of tracks, best first: each track takes the first row whose tracks all end more than `gap` frames
+    before it starts or start more than `gap` frames after it ends, else a new row (interval packing)."""
+    rows: list[list[_Track]] = []
+    spans: list[list[tuple[int, int]]] = []
+    for tr in ranked:
+        first, last = min(tr.hits), max(tr.hits)
+        for row, taken in zip(rows, spans):
+            if all(last + gap < a or b + gap < first for a, b in taken):
+                row.append(tr)
+                taken.append((first, last))
+                break
+        else:
+            rows.append([tr])
+            spans.append([(first, last)])
+    return rows
