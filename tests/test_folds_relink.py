@@ -60,3 +60,17 @@ def test_copies_are_kept_for_the_same_source_and_replaced_after_a_rebuild(tmp_pa
     assert (view / "part-00000.parquet").stat().st_ino != copy.st_ino
     _assert_reads_its_split_map(view, 2)
     assert not [p for p in view.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_view_of_a_plain_folder_of_part_files_reads(tmp_path):
+    """A dataset copied without its _dataset.json (documented to open) made into a folds view: the view's json has
+    no write id, its linked files have one, and every read failed as 'the file was replaced'."""
+    import shutil
+
+    _build(tmp_path / "ds", 1, rows_per_file=6)
+    (tmp_path / "plain").mkdir()
+    for part in (tmp_path / "ds").glob("part-*.parquet"):
+        shutil.copy(part, tmp_path / "plain" / part.name)
+    write_fold_store(str(tmp_path / "plain"), str(tmp_path / "view"), 2)
+    ds = SkeletonDataset(tmp_path / "view")
+    assert all(c.startswith("v1_") for c in (c.clip_id for c in ds.read(ds.split_positions("cv0_train"))))
