@@ -41,8 +41,15 @@ def test_guide_files_on_s3_and_resume_from_them(runs, tmp_path):
     assert _state(latest_uri)["epoch"] == 1  # written into the s3:// run folder by the loop itself
     assert _state(storage.join_uri(run_uri, BEST_FILE))["epoch"] == 1
 
-    # the driver: a file or a checkpoint folder that exists passes; a missing one is one clear error
-    storage.write_bytes(f"{runs}/ckpt/checkpoint_000000/{STATE_FILE}", storage.read_bytes(latest_uri))
+    # the driver: a file or a checkpoint folder that exists passes; a missing one is one clear error. The folder's
+    # state is one written before states named their run, with a best/AP this run's first epoch will not beat:
+    # the resumed run must still write its own best_model.pth (best/AP restarts for a run.resume_from state)
+    old = _state(latest_uri)
+    old["extra"].pop("run_uri", None)
+    old["extra"]["best_ap"] = 2.0
+    buf = io.BytesIO()
+    torch.save(old, buf)
+    storage.write_bytes(f"{runs}/ckpt/checkpoint_000000/{STATE_FILE}", buf.getvalue())
     check_resume_from(latest_uri)
     check_resume_from(f"{runs}/ckpt/checkpoint_000000")
     with pytest.raises(FileNotFoundError, match=r"run.resume_from=s3://runs/nothing/latest_checkpoint.pth"):
@@ -57,3 +64,4 @@ def test_guide_files_on_s3_and_resume_from_them(runs, tmp_path):
         run_dino_pose_training(resumed, ctx, str(tmp_path / f"run_{i}"))
         assert [r["epoch"] for r in ctx.reports] == [2]  # epoch 1 came from s3
         assert torch.load(tmp_path / f"run_{i}" / LATEST_FILE, weights_only=True)["extra"]["global_step"] == 2 * steps
+        assert torch.load(tmp_path / f"run_{i}" / BEST_FILE, weights_only=True)["epoch"] == 2

@@ -43,6 +43,19 @@ class NonFiniteGuard:
             total_norm = torch.nn.utils.get_total_norm(grads)
         return bool(torch.isfinite(total_norm))
 
+    @classmethod
+    def step_allowed(cls, optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter],
+                     total_norm: torch.Tensor | None = None) -> bool:
+        """Whether to call the optimizer step at all. A fused optimizer (GPUs) is always stepped, with GradScaler's
+        `found_inf` flag set on it: its kernel skips a non-finite update on the device, no host sync (the caller
+        removes the flag after the step). Any other is checked on the host (`grads_finite`)."""
+        if not all(group.get("fused") for group in optimizer.param_groups):
+            return cls.grads_finite(params, total_norm)
+        if total_norm is None:
+            total_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+        optimizer.found_inf = (~torch.isfinite(total_norm)).float()
+        return True
+
     def check(self, where: str) -> None:
         """Host sync (all workers): raise if more than max_in_a_row non-finite losses came in a row."""
         worst = int(all_reduce_max([self.worst], self.device)[0])

@@ -91,6 +91,9 @@ def load_training_state(directory: str | Path, *, model: torch.nn.Module, optimi
     return state
 
 
+FROM_FALLBACK = "from_fallback"   # in place_and_resume's state: restored from `fallback`, not the run's own checkpoint
+
+
 def place_and_resume(ctx: WorkerContext, model: torch.nn.Module, *, optimizer=None, scheduler=None, scaler=None,
                      fallback: str | Path | None = None,
                      check: Callable[[Path], None] | None = None) -> tuple[torch.nn.Module, dict[str, Any] | None]:
@@ -109,4 +112,4 @@ def place_and_resume(ctx: WorkerContext, model: torch.nn.Module, *, optimizer=No
         if check is not None:
             check(Path(source))
         state = load_training_state(source, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler)
-    return model, state
+    return model, {**state, FROM_FALLBACK: not ckpt}

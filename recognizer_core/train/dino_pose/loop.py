@@ -31,7 +31,7 @@ from recognizer_core.train.cpu_malloc import malloc_in_use
 from recognizer_core.train.experiment_log import ExperimentLogger, console
 from recognizer_core.train.nonfinite import LossMeter, NonFiniteGuard
 from recognizer_core.train.run_files import RunFiles
-from recognizer_core.train.state import STATE_FILE, place_and_resume, save_training_state, unwrap
+from recognizer_core.train.state import FROM_FALLBACK, STATE_FILE, place_and_resume, save_training_state, unwrap
 
 log = logging.getLogger("recognizer")
 MODEL_FILE = "model.pt"  # inference weights + config inside every checkpoint (the guide's best_model.pth)
@@ -103,8 +103,9 @@ def build_parts(cfg: DinoPoseJobConfig, ctx: WorkerContext, steps_per_epoch: int
     trainable = model.trainable_parameters()
     # identical on every rank and never trained: no DDP broadcast, no gradient buckets
     DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, model.backbone_parameter_names())
+    # fused on a GPU: one kernel, and it takes the non-finite flag on the device (no host sync per step)
     optimizer = torch.optim.AdamW(trainable, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
-                                  weight_decay=cfg.optim.weight_decay)
+                                  weight_decay=cfg.optim.weight_decay, fused=ctx.device.type == "cuda")
     total_steps = steps_per_epoch * cfg.train.epochs
     warmup = int(round(cfg.optim.warmup_epochs * steps_per_epoch))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine_factor(
@@ -145,8 +146,11 @@ def train_one_epoch(tr: Trainer, loader, *, cfg: DinoPoseJobConfig, ctx: WorkerC
         if tr.scaler is not None:  # the scaler skips non-finite steps itself
             tr.scaler.step(tr.optimizer)
             tr.scaler.update()
-        elif tr.guard.grads_finite(params, norm):  # else no step: zeroed gradients still moved the weights
-            tr.optimizer.step()
+        elif tr.guard.step_allowed(tr.optimizer, params, norm):  # fused (GPU): skips on the device
+            try:
+                tr.optimizer.step()
+            finally:
+                tr.optimizer.__dict__.pop("found_inf", None)
         tr.scheduler.step()
         step += 1
         n = images.shape[0]
@@ -225,9 +229,9 @@ def run_dino_pose_training(cfg: DinoPoseJobConfig, ctx: WorkerContext, run_uri: 
         extra = restored["extra"]
         start = int(restored["epoch"])
         step = int(extra.get("global_step", start * steps_per_epoch))
-        # best/AP (and so BEST_FILE) is this run's: a state from another run (run.resume_from) starts it afresh,
+        # best/AP (and so BEST_FILE) is this run's: a state from run.resume_from (another run) starts it afresh,
         # or its first epochs would never write BEST_FILE into this run's folder
-        if extra.get("run_uri", files.uri) == files.uri:
+        if not restored.get(FROM_FALLBACK):
             best_ap = float(extra.get("best_ap", -1.0))
         if ctx.rank == 0:
             console(f"[dino_pose] resumed at epoch {start} (global step {step})")

@@ -301,18 +301,11 @@ def _optimizer_step(tr: Trainer, cfg: TrainJobConfig) -> None:
     params = [p for p in tr.model.parameters() if p.grad is not None]
     norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.clip_grad_max_norm) if cfg.optim.clip_grad_max_norm \
         else None
-    skip = False
-    if not tr.amp.scaler:  # the fp16 scaler skips non-finite steps itself
-        if all(group.get("fused") for group in tr.optimizer.param_groups):
-            # GradScaler's own protocol: the fused kernel skips the update where found_inf is set, on the device.
-            # The groups' flag, not the device: a checkpoint's param groups (fused or not) replace the built ones.
-            if norm is None:
-                norm = torch.nn.utils.get_total_norm([p.grad for p in params])
-            tr.optimizer.found_inf = (~torch.isfinite(norm)).float()
-        else:  # a host check (free on a CPU), and no step: zeroed gradients still moved the weights (momentum)
-            skip = not tr.guard.grads_finite(params, norm)
+    # the fp16 scaler skips non-finite steps itself; otherwise a fused optimizer skips on the device (found_inf),
+    # others after a host check. The groups' flag, not the device: a checkpoint's param groups replace the built ones.
+    run = tr.amp.scaler or tr.guard.step_allowed(tr.optimizer, params, norm)
     try:
-        if not skip:
+        if run:
             tr.scaler.step(tr.optimizer)
     finally:
         tr.optimizer.__dict__.pop("found_inf", None)
