@@ -102,9 +102,10 @@ def _export(model: str, tmp: Path, out: Path, *, model_config: str | None, calib
               "opset": OPSET}
     if calibrate_precision is not None:
         from recognizer_core.recognize.calibrate import calibrate_thresholds
+        from recognizer_core.storage import is_remote
 
         data = spec.source.get("training_data", "")
-        if not data or not Path(data).is_dir():  # Path("") is the working directory
+        if not data or not (is_remote(data) or Path(data).is_dir()):  # Path("") is the working directory
             raise SystemExit(f"error: --calibrate-precision needs the model's training data; not found: {data!r}")
         split = spec.source.get("val_split", "val")  # the run's validation split (data.val_split)
         update["thresholds"], report["calibration"] = calibrate_thresholds(rec, data, split, calibrate_precision)

@@ -115,9 +115,10 @@ def main(argv: list[str] | None = None) -> int:
                               background_class=args.background_class)
         if cfg.calibrate_precision:
             from recognizer_core.recognize.calibrate import calibrate_thresholds
+            from recognizer_core.storage import is_remote
 
             data = rec.spec.source.get("training_data", "")
-            if not data or not Path(data).is_dir():  # Path("") is the working directory
+            if not data or not (is_remote(data) or Path(data).is_dir()):  # Path("") is the working directory
                 raise ValueError(f"calibrate_precision: the model's training data is not here ({data!r})")
             th, report = calibrate_thresholds(rec, data, rec.spec.source.get("val_split", "val"),
                                               cfg.calibrate_precision)

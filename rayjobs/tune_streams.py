@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     from recognizer_core.skeleton.clip import SkeletonDataError
-    from recognizer_core.storage import is_remote, output_uri
+    from recognizer_core.storage import is_remote, output_uri, to_uri
     from recognizer_core.train.stgcn.dataset_source import dataset_location
 
     if is_remote(args.storage_path):
@@ -62,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     args.streams = list(dict.fromkeys(args.streams))  # a stream named twice would train one run twice at once
     storage = Path(output_uri(args.storage_path))  # never inside `ray job submit`'s package, which Ray deletes
     try:
-        base = args.overrides + ([f"data.path={dataset_location(args.data)}"] if args.data else [])  # s3:// as is
+        # absolute (the streams' config.yaml is read from other folders later); s3:// as is
+        base = args.overrides + ([f"data.path={to_uri(dataset_location(args.data))}"] if args.data else [])
         cfgs = {s: load_config(TrainJobConfig, args.config, base + [
             f"pipeline.feats=[{s}]", f"run.name={args.name}_{s}", f"run.storage_path={storage}",
             "train.test_after_train=false"]) for s in args.streams}

@@ -48,6 +48,22 @@ def test_calibration_uses_the_runs_validation_split(tmp_path):
     assert report["calibration"]["split"] == "xsub_val" and report["calibration"]["clips"] > 0
 
 
+def test_calibration_reads_training_data_on_object_storage(tmp_path, s3):
+    """A model trained on an s3:// data.path (training reads one since 2026-12-05): export's calibration refused
+    its training data as 'not found' (a folder check)."""
+    from recognizer_core import storage
+    from recognizer_core.config import dump_config
+    from rayjobs.export_model import export
+
+    run, cfg = make_run_folder(tmp_path)
+    s3.create_bucket(Bucket="data")
+    storage.copy_tree(cfg.data.path, "s3://data/ds")
+    dump_config(cfg.model_copy(update={"data": cfg.data.model_copy(update={"path": "s3://data/ds"})}),
+                run / "config.yaml")
+    report = export(str(run), str(tmp_path / "fight.onnx"), calibrate_precision=0.5)
+    assert report["calibration"]["clips"] > 0
+
+
 def test_export_job_sidecar_and_torch_free_recognize(tmp_path):
     from recognizer_core.recognize.model import load_recognizer
     from recognizer_core.recognize.runner import RecognizeConfig, effective_spec, recognize_clip
