@@ -45,12 +45,17 @@ def _extract(root, videos: list[VideoSource], done: list[VideoSource], T: int = 
     man = ExtractionManifest(str(root))
     if listing:   # the job writes it when it starts, before any video is done
         man.write_listing(videos, SOURCE)
-    for i, v in enumerate(done):
+    _done(man, root, done, T=T)
+    return man
+
+
+def _done(man: ExtractionManifest, root, videos: list[VideoSource], seed: int = 0, T: int = 120) -> None:
+    """Each video extracted: its clip file and DONE record."""
+    for i, v in enumerate(videos):
         rel = f"clips/{v.video_id}.parquet"
-        write_clip_file(_clip(v.video_id, v.label_name, T, seed=i + v.mtime_ns), root / rel)
+        write_clip_file(_clip(v.video_id, v.label_name, T, seed=seed + i + v.mtime_ns), root / rel)
         man.record(DONE, v.key, uri=v.uri, rel_path=v.rel_path, video_id=v.video_id, label_name=v.label_name,
                    split=v.split, output=rel)
-    return man
 
 
 def _cfg(root, out, **kw) -> DatasetBuildConfig:
@@ -156,11 +161,7 @@ def test_videos_of_two_sources_extracted_into_one_folder_are_both_built(tmp_path
     first = _source(6)
     second = [_video(f"{NAMES[i % 2]}/cam2_{i}.mp4") for i in range(4)]
     man = _extract(tmp_path / "poses", first, first)
-    for i, v in enumerate(second):
-        rel = f"clips/{v.video_id}.parquet"
-        write_clip_file(_clip(v.video_id, v.label_name, seed=50 + i), tmp_path / "poses" / rel)
-        man.record(DONE, v.key, uri=v.uri, rel_path=v.rel_path, video_id=v.video_id, label_name=v.label_name,
-                   split="", output=rel)
+    _done(man, tmp_path / "poses", second, seed=50)
     man.write_listing(second, "/camera2")
     jobs, _, _ = plan_videos(_cfg(tmp_path / "poses", tmp_path / "ds"))
     assert len(jobs) == 10
@@ -271,11 +272,7 @@ def test_a_folder_extracted_before_listings_keeps_its_videos_when_a_new_source_i
     old = _source(4)
     man = _extract(tmp_path / "poses", old, old, listing=False)   # extracted by the code before listings
     new = [_video(f"{NAMES[i % 2]}/cam2_{i}.mp4") for i in range(2)]
-    for i, v in enumerate(new):
-        rel = f"clips/{v.video_id}.parquet"
-        write_clip_file(_clip(v.video_id, v.label_name, seed=70 + i), tmp_path / "poses" / rel)
-        man.record(DONE, v.key, uri=v.uri, rel_path=v.rel_path, video_id=v.video_id, label_name=v.label_name,
-                   split="", output=rel)
+    _done(man, tmp_path / "poses", new, seed=70)
     man.write_listing(new, "/camera2")
     jobs, _, _ = plan_videos(_cfg(tmp_path / "poses", tmp_path / "ds"))
     assert len(jobs) == 6
@@ -291,11 +288,7 @@ def test_one_video_id_in_two_listings_is_built_once(tmp_path):
     man = _extract(tmp_path / "poses", videos, videos)
     relabelled = _video(videos[0].rel_path, label="fall" if videos[0].label_name == "normal" else "normal",
                         mtime=5)
-    write_clip_file(_clip(relabelled.video_id, relabelled.label_name, seed=9),
-                    tmp_path / "poses" / f"clips/{relabelled.video_id}.parquet")
-    man.record(DONE, relabelled.key, uri=relabelled.uri, rel_path=relabelled.rel_path,
-               video_id=relabelled.video_id, label_name=relabelled.label_name, split="",
-               output=f"clips/{relabelled.video_id}.parquet")
+    _done(man, tmp_path / "poses", [relabelled], seed=9)
     man.write_listing([relabelled], "/in/labels.csv")
     jobs, _, _ = plan_videos(_cfg(tmp_path / "poses", tmp_path / "ds"))
     assert len(jobs) == 4
