@@ -124,3 +124,26 @@ def test_rows_are_reused_after_a_gap_so_memory_follows_the_crowd_not_the_video_l
     keys = {w.key for w in video_windows(back, fps=30.0, window_frames=span, num_person=1, mode="track",
                                          stride_s=span / 30.0)}
     assert len(keys) == people          # recognize's per-person sequences: one per person, not per row
+
+
+def test_a_whole_video_window_keeps_the_people_of_a_reused_row_apart():
+    """window.clip_len=0 (the default: one window per video) is longer than row_gap: a reused row's two people were
+    spliced into one training 'person' named after the first. Windows take one row per person."""
+    from recognizer_core.dataset.windows import make_windows
+    from recognizer_core.extract.clip_files import make_video_clip
+
+    frames = []
+    for t in range(550):
+        people = [_person(50 + t * 0.2, 100), _person(300, 100 + t * 0.1)] if t < 100 else []
+        people += [_person(150, 300)] if 450 <= t else []
+        frames.append(_frame(people, [0.9, 0.8][:len(people)] if t < 100 else [0.7] * len(people)))
+    tr = track_poses(np.arange(550), frames, TrackingConfig(row_gap=300))
+    assert tr.num_persons == 2 and sorted(set(tr.frame_track_ids[0].tolist()) - {-1}) == [0, 2]
+    clip = make_video_clip(tr, clip_id="v", label=0, label_name="a", split="train", source_video="v.mp4",
+                           image_hw=(480, 640), fps=30.0, stride=1)
+    (whole,) = make_windows(clip, clip_len=0, num_person=4)
+    assert sorted(whole.track_ids.tolist()) == [0, 1, 2]
+    for p, tid in enumerate(whole.track_ids):
+        seen = whole.keypoint_score[p].max(-1) > 0
+        assert (whole.extra["frame_track_ids"][p][seen] == tid).all()
+        assert seen.sum() == 100                  # each person only its own 100 frames

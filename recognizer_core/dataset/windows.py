@@ -36,13 +36,9 @@ def window_starts(num_frames: int, clip_len: int, stride: int, min_frames: int =
     return starts
 
 
-def _person_rank(clip: SkeletonClip, t0: int, t1: int, min_person_frames: int) -> list[int]:
-    seen = clip.keypoint_score[:, t0:t1].max(-1) > 0                         # (M, t)
-    box_score = clip.extra.get("box_score")
-    if isinstance(box_score, np.ndarray) and box_score.shape == clip.keypoint_score.shape[:2]:
-        score = box_score[:, t0:t1]
-    else:
-        score = clip.keypoint_score[:, t0:t1].mean(-1)
+def _person_rank(keypoint_score: np.ndarray, box_score: np.ndarray | None, min_person_frames: int) -> list[int]:
+    seen = keypoint_score.max(-1) > 0                                           # (P, t)
+    score = box_score if box_score is not None else keypoint_score.mean(-1)
     frames = seen.sum(1)
     mean_score = np.where(frames > 0, (score * seen).sum(1) / np.maximum(frames, 1), 0.0)
     rank = frames * mean_score
@@ -56,21 +52,45 @@ def per_frame_extras(clip: SkeletonClip) -> list[str]:
     return [k for k, v in clip.extra.items() if isinstance(v, np.ndarray) and v.shape == shape]
 
 
-def window_track_ids(clip: SkeletonClip, persons: list[int], t0: int, t1: int) -> np.ndarray | None:
-    """The track id of each chosen row in frames [t0, t1): a stored row holds several people one after another
-    (tracking.row_gap), so the row's own id is that of its first; frame_track_ids says whose the window is."""
-    if clip.track_ids is None:
-        return None
-    ids = clip.extra.get("frame_track_ids")
-    if not (isinstance(ids, np.ndarray) and ids.shape == clip.keypoint_score.shape[:2]):
-        return clip.track_ids[persons]
-    seen = [ids[m, t0:t1][ids[m, t0:t1] >= 0] for m in persons]
-    return np.asarray([int(s[0]) if len(s) else int(clip.track_ids[m]) for s, m in zip(seen, persons)], np.int32)
+def window_people(clip: SkeletonClip, t0: int, t1: int):
+    """Frames [t0, t1) as one row per person: (keypoint, keypoint_score, {per-frame extra: (P, t)}, track ids or
+    None). A stored row that holds several people one after another (tracking reuses rows, frame_track_ids says
+    whose each frame is) gives one row per person here, each with only its own frames, so a window (a whole
+    video at window.clip_len=0) never splices two people into one."""
+    kp, sc = clip.keypoint[:, t0:t1], clip.keypoint_score[:, t0:t1]
+    per_frame = {k: clip.extra[k][:, t0:t1] for k in per_frame_extras(clip)}
+    ids = None if clip.track_ids is None else np.asarray(clip.track_ids, np.int32)
+    owner = per_frame.get("frame_track_ids")
+    if owner is None:
+        return kp, sc, per_frame, ids
+    rows, masks, people = [], [], []
+    for m in range(kp.shape[0]):
+        present = np.unique(owner[m][owner[m] >= 0])
+        if len(present) > 1:
+            rows += [m] * len(present)
+            masks += [owner[m] == tid for tid in present]
+            people += [int(tid) for tid in present]
+        else:
+            rows.append(m)
+            masks.append(None)
+            people.append(int(present[0]) if len(present) else int(ids[m]) if ids is not None else m)
+    if all(mask is None for mask in masks):
+        return kp, sc, per_frame, np.asarray(people, np.int32)
+
+    def split(a: np.ndarray, fill) -> np.ndarray:   # (M, t, ...) -> (P, t, ...): others' frames set to `fill`
+        out = a[rows]
+        for p, mask in enumerate(masks):
+            if mask is not None:
+                out[p][~mask] = fill
+        return out
+    extras = {k: split(v, -1 if k == "frame_track_ids" else 0) for k, v in per_frame.items()}
+    return split(kp, 0), split(sc, 0), extras, np.asarray(people, np.int32)
 
 
 def make_windows(clip: SkeletonClip, clip_len: int, stride: int = 0, num_person: int = 4, min_frames: int = 1,
                  min_person_frames: int = 1, cover_end: bool = False) -> list[SkeletonClip]:
-    """Windows of `clip` as new clips (id `<clip_id>@<start>`, or the clip_id itself for a whole clip).
+    """Windows of `clip` as new clips (id `<clip_id>@<start>`, or the clip_id itself for a whole clip), each with
+    the window's `num_person` best people (frames seen x detection score; `window_people`).
 
     Windows in which nobody is seen are dropped. frame_inds keep the source video's frame numbers.
     """
@@ -79,21 +99,21 @@ def make_windows(clip: SkeletonClip, clip_len: int, stride: int = 0, num_person:
     whole = clip_len <= 0
     for t0 in starts:
         t1 = clip.num_frames if whole else min(t0 + clip_len, clip.num_frames)
-        persons = _person_rank(clip, t0, t1, min_person_frames)[:num_person]
+        kp, sc, per_frame, ids = window_people(clip, t0, t1)
+        persons = _person_rank(sc, per_frame.get("box_score"), min_person_frames)[:num_person]
         if not persons:
             continue
-        per_frame = per_frame_extras(clip)
         extra = {k: v for k, v in clip.extra.items() if k not in per_frame}
-        extra.update({k: np.ascontiguousarray(clip.extra[k][persons, t0:t1]) for k in per_frame})
+        extra.update({k: np.ascontiguousarray(v[persons]) for k, v in per_frame.items()})
         extra["window_start"] = int(t0)
         frame_inds = clip.frame_inds[t0:t1] if clip.frame_inds is not None else np.arange(t0, t1, dtype=np.int32)
         out.append(SkeletonClip(
             clip_id=clip.clip_id if len(starts) == 1 and whole else f"{clip.clip_id}@{t0}",
-            label=clip.label, keypoint=np.ascontiguousarray(clip.keypoint[persons, t0:t1]),
-            keypoint_score=np.ascontiguousarray(clip.keypoint_score[persons, t0:t1]), img_shape=clip.img_shape,
+            label=clip.label, keypoint=np.ascontiguousarray(kp[persons]),
+            keypoint_score=np.ascontiguousarray(sc[persons]), img_shape=clip.img_shape,
             total_frames=t1 - t0, label_name=clip.label_name, split=clip.split,
             source_video=clip.source_video or clip.clip_id, fps=clip.fps,
-            track_ids=window_track_ids(clip, persons, t0, t1),
+            track_ids=None if ids is None else ids[persons],
             frame_inds=np.asarray(frame_inds, np.int32), original_shape=clip.original_shape, extra=extra))
     return out
 

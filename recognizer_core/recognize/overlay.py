@@ -40,22 +40,26 @@ def render_recognition_overlay(clip: SkeletonClip, video_uri: str, windows: Sequ
     inds = clip.frame_inds if clip.frame_inds is not None else np.arange(clip.num_frames)
     pos = {int(f): t for t, f in enumerate(inds)}
     times = frame_times(clip)
-    ids = [int(i) for i in (clip.track_ids if clip.track_ids is not None else range(clip.num_person))]
+    row_ids = np.asarray(clip.track_ids if clip.track_ids is not None else range(clip.num_person), np.int32)
+    owner = clip.extra.get("frame_track_ids")   # whose each row is, frame by frame (tracking reuses rows)
+    owner = owner if isinstance(owner, np.ndarray) and owner.shape == clip.keypoint_score.shape[:2] else None
     writer = H264Writer(out_path, clip.fps)
     try:
         for idx, image in iter_frames(video_uri):
             t = pos.get(idx)
             if t is None:
                 continue
+            ids = owner[:, t] if owner is not None else row_ids
             img = Image.fromarray(draw_skeletons(image, clip.keypoint[:, t], clip.keypoint_score[:, t],
-                                                 clip.track_ids)[..., ::-1])
+                                                 ids)[..., ::-1])
             draw = ImageDraw.Draw(img)
             for key, (name, score, on) in _labels_at(float(times[t]), windows, probs, spec).items():
                 colour = (255, 40, 40) if on else (255, 255, 255)
                 if key == "scene":
                     draw.text((8, 8), f"{name} {score:.2f}", fill=colour)
                     continue
-                m = ids.index(int(key[len("track"):])) if int(key[len("track"):]) in ids else None
+                rows = np.nonzero(ids == int(key[len("track"):]))[0]
+                m = int(rows[0]) if len(rows) else None
                 vis = clip.keypoint_score[m, t] > 0 if m is not None else None
                 if vis is not None and vis.any():
                     x, y = clip.keypoint[m, t][vis].min(0)
