@@ -295,3 +295,45 @@ def test_one_video_id_in_two_listings_is_built_once(tmp_path):
     (job,) = [j for j in jobs if relabelled.video_id in j["path"]]
     assert job["label_name"] == relabelled.label_name     # the newest record's (the file on disk is its)
     run_build(_cfg(tmp_path / "poses", tmp_path / "ds"))  # one clip_id each
+
+
+def test_a_csv_source_extracted_before_listings_is_listed_by_its_own_file_when_run_again(tmp_path):
+    """A folder extracted from a CSV before listings existed, then run again with the CSV minus one video and
+    another relabelled: the legacy listing kept every old entry (its keys are not under the CSV's path) and won
+    ties by file name, so the deleted video stayed and the relabelled one could keep its old label."""
+    old = _source(4)
+    man = _extract(tmp_path / "poses", old, old, listing=False)
+    relabelled = VideoSource(old[1].uri, old[1].rel_path, "fall" if old[1].label_name == "normal" else "normal",
+                             "", old[1].size, old[1].mtime_ns)     # the same file (same key): only the CSV changed
+    man.write_listing([old[0], relabelled, old[3]], "/in/labels.csv", base=SOURCE)   # old[2] left out of the CSV
+    jobs, _, _ = plan_videos(_cfg(tmp_path / "poses", tmp_path / "ds"))
+    by_id = {j["path"].rsplit("/", 1)[1][: -len(".parquet")]: j for j in jobs}
+    assert sorted(by_id) == sorted(v.video_id for v in (old[0], old[1], old[3]))
+    assert by_id[old[1].video_id]["label_name"] == relabelled.label_name
+
+
+def test_a_second_source_with_fewer_classes_keeps_the_first_sources_classes(tmp_path):
+    """Each run rewrote labels.json with its own source's classes: a second camera folder with only 'fall' videos
+    extracted into the same poses folder left build_dataset refusing the first folder's 'normal' videos."""
+    from recognizer_core.extract.config import ExtractionConfig
+    from recognizer_core.extract.job import prepare_extraction, run_prepared
+
+    cam1, cam2 = tmp_path / "cam1", tmp_path / "cam2"
+    for root, rels in ((cam1, ["normal/a.mp4", "fall/b.mp4"]), (cam2, ["fall/c.mp4"])):
+        for rel in rels:
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            (root / rel).write_bytes(b"x")
+    from fakes.fake_rtmo import build_fake_rtmo
+
+    model = build_fake_rtmo(tmp_path / "rtmo.onnx")
+    out = tmp_path / "poses"
+    for source in (cam1, cam2):
+        plan = prepare_extraction(ExtractionConfig.model_validate({
+            "source": {"input": str(source)}, "output": str(out), "model": {"onnx": {"model_path": str(model)}}}))
+        for v in plan.videos:   # extracted (as the job's tasks would record them), so nothing is left to do
+            _done(plan.manifest, out, [v])
+        run_prepared(plan.__class__(plan.cfg, plan.manifest, plan.videos, plan.label_names, [], plan.skipped),
+                     verbose=False)
+    assert json.loads((out / "labels.json").read_text())["label_names"] == ["fall", "normal"]
+    jobs, names, _ = plan_videos(_cfg(out, tmp_path / "ds"))
+    assert len(jobs) == 3 and names == ["fall", "normal"]

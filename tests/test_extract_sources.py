@@ -108,3 +108,35 @@ def test_uri_source_lists_and_decodes(tmp_path):
     assert probe_video(v.uri).num_frames == 6 and len(list(iter_frames(v.uri))) == 6
     with pytest.raises(SourceError, match="nosuchscheme"):
         list_videos(SourceConfig(input="nosuchscheme://bucket/videos"))
+
+
+def test_odd_names_hidden_files_and_csv_mistakes(tmp_path, s3):
+    """Object-store keys with a space, '(', '%' or '#' were listed as URIs pyarrow could not open (every such video
+    'failed'); hidden files (macOS ._x.mp4, a .Trash folder) were videos; a CSV naming one file twice extracted it
+    twice with whichever label came last; a cp1252 CSV (Excel's plain 'CSV') ended in a traceback; line numbers
+    skipped blank lines."""
+    from recognizer_core.extract.sources import open_video_file
+
+    s3.create_bucket(Bucket="bkt")
+    names = ["train/Fight/my clip (1).MP4", "val/NonFight/c%20d.avi", "val/NonFight/e#1.mp4"]
+    for i, name in enumerate(names):
+        s3.put_object(Bucket="bkt", Key=f"videos/{name}", Body=bytes([i]) * (i + 1))
+    videos = list_videos(SourceConfig(input="s3://bkt/videos"))
+    assert sorted(v.rel_path for v in videos) == sorted(names)
+    for v in videos:
+        with open_video_file(v.uri) as f:
+            assert f.read() == bytes([names.index(v.rel_path)]) * (names.index(v.rel_path) + 1)
+
+    for rel in ("Fight/a.mp4", "Fight/._a.mp4", ".Trash/Fight/old.mp4"):
+        _touch(tmp_path / "local", rel)
+    assert [v.rel_path for v in list_videos(SourceConfig(input=str(tmp_path / "local")))] == ["Fight/a.mp4"]
+
+    (tmp_path / "dup.csv").write_text("path,label\nlocal/Fight/a.mp4,Fight\n\nlocal/Fight/a.mp4,NonFight\n")
+    with pytest.raises(SourceError, match=r"dup.csv:4: local/Fight/a.mp4 is listed already on line 2"):
+        list_videos(SourceConfig(manifest_csv=str(tmp_path / "dup.csv")))
+    (tmp_path / "blank.csv").write_text("path,label\n\n\n,Fight\n")
+    with pytest.raises(SourceError, match=r"blank.csv:4: empty path"):
+        list_videos(SourceConfig(manifest_csv=str(tmp_path / "blank.csv")))
+    (tmp_path / "excel.csv").write_bytes("path,label\nlocal/Fight/a.mp4,Pelea violenta\u00ed\n".encode("cp1252"))
+    with pytest.raises(SourceError, match="excel.csv is not UTF-8 text"):
+        list_videos(SourceConfig(manifest_csv=str(tmp_path / "excel.csv")))

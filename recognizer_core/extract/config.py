@@ -17,8 +17,8 @@ VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".m4v", ".webm", ".mpg", ".m
 
 class SourceConfig(StrictModel):
     input: str = Field("", description="folder or pyarrow filesystem URI (local path, s3://, gs://) of videos")
-    manifest_csv: str = Field("", description="CSV with columns path,label[,split] (paths relative to the CSV "
-                                              "or absolute/URIs); when set, labels come from it, not folders")
+    manifest_csv: str = Field("", description="CSV with columns path,label[,split] (paths relative to input "
+                              "when set, else to the CSV's folder, or absolute/URIs); labels then come from it")
     extensions: list[str] = Field(list(VIDEO_EXTENSIONS), description="video file extensions to pick up")
     label_names: list[str] = Field([], description="class names in label-index order; empty = sorted names found")
     split_names: list[str] = Field(["train", "val", "test"], description="folder names read as the split "

@@ -13,6 +13,7 @@ flagged; the job goes on and ends with a summary (summary.json).
 from __future__ import annotations
 
 import json
+import posixpath
 import time
 from dataclasses import dataclass
 
@@ -60,7 +61,7 @@ def prepare_extraction(cfg: ExtractionConfig) -> ExtractionPlan:
     cfg = resolve_paths(cfg)
     check_model_file(cfg.model)
     videos = list_videos(cfg.source)
-    names = label_index([v for v in videos if v.label_name], cfg.source.label_names)
+    names = _with_earlier_classes(cfg, label_index([v for v in videos if v.label_name], cfg.source.label_names))
     manifest = ExtractionManifest(cfg.output)
     skipped = {DONE: 0, EMPTY: 0, FAILED: 0}
     todo = []
@@ -71,6 +72,20 @@ def prepare_extraction(cfg: ExtractionConfig) -> ExtractionPlan:
         else:
             skipped[status] += 1
     return ExtractionPlan(cfg, manifest, videos, names, todo, skipped)
+
+
+def _with_earlier_classes(cfg: ExtractionConfig, names: list[str]) -> list[str]:
+    """The poses folder's classes: those earlier runs into it recorded (labels.json) first, in their order, then
+    this source's new ones; an explicit source.label_names that covers the earlier ones sets the order instead.
+    Each run rewrote labels.json with its own source's classes: a second source with fewer classes extracted into
+    the folder left build_dataset without the first one's."""
+    try:
+        old = json.loads(storage.read_text(storage.join_uri(cfg.output, "labels.json")) or "{}").get("label_names")
+    except (ValueError, AttributeError):
+        old = None
+    if not old or (cfg.source.label_names and set(old) <= set(names)):
+        return names
+    return list(old) + [n for n in names if n not in old]
 
 
 def actor_pool_size(cfg: ExtractionConfig, cluster_gpus: float) -> tuple[int, int | None]:
@@ -177,11 +192,13 @@ def run_prepared(plan: ExtractionPlan, verbose: bool = True) -> dict:
     from tqdm import tqdm
 
     cfg, out = plan.cfg, plan.cfg.output
-    storage.write_text(storage.join_uri(out, "extraction_config.yaml"),
-                       yaml.safe_dump(json.loads(cfg.model_dump_json()), sort_keys=False))
+    if plan.todo:   # the settings the clips were made with: a run that extracts nothing does not replace them
+        storage.write_text(storage.join_uri(out, "extraction_config.yaml"),
+                           yaml.safe_dump(json.loads(cfg.model_dump_json()), sort_keys=False))
     storage.write_text(storage.join_uri(out, "labels.json"), json.dumps({"label_names": plan.label_names}))
     # every listed video (skipped ones too): build_dataset keeps only these, each at its current version and label
-    plan.manifest.write_listing(plan.videos, cfg.source.manifest_csv or cfg.source.input)
+    plan.manifest.write_listing(plan.videos, cfg.source.manifest_csv or cfg.source.input,
+                                base=cfg.source.input or posixpath.dirname(cfg.source.manifest_csv))
     plan.manifest.remove_partial_files()
     t0 = time.time()
     frames_done, provider, pool = 0, "", (0, 0)

@@ -148,9 +148,10 @@ class ExtractionManifest:
         """Finished videos whose output file still exists (a deleted output means: extract again)."""
         return [r for r in self.records[DONE].values() if r.get("output", "") in self.clip_files]
 
-    def write_listing(self, videos: Iterable, source: str) -> None:
-        """Write the run's current videos (VideoSource objects) as `source`'s listing (its input folder or CSV),
-        replacing that source's last one; other sources' listings stay."""
+    def write_listing(self, videos: Iterable, source: str, base: str = "") -> None:
+        """Write the run's current videos (VideoSource objects) as `source`'s listing (its input folder or CSV;
+        `base`: the folder its paths are under), replacing that source's last one; other sources' listings stay."""
+        videos = list(videos)
         legacy_uri = storage.join_uri(self.uri, LISTINGS_DIR, LEGACY_LISTING)
         if self.listing() is None and self.done_records():
             # a folder extracted before listings existed: its videos keep a listing of their own (the newest record
@@ -159,8 +160,10 @@ class ExtractionManifest:
             storage.write_text(legacy_uri, "".join(json.dumps(r) + "\n" for r in legacy))
         old = storage.read_text(legacy_uri)
         if old is not None:   # a source listed again now is listed by its own file: its old entries go
-            inside = source.rstrip("/") + "/"
-            keep = [ln for ln in old.splitlines() if ln and not json.loads(ln)["key"].startswith(inside)]
+            inside = (base or source).rstrip("/") + "/"
+            now = {v.key for v in videos} | {v.video_id for v in videos}
+            keep = [ln for ln in old.splitlines() if ln and not ((r := json.loads(ln))["key"].startswith(inside)
+                                                                 or r["key"] in now or r["video_id"] in now)]
             storage.write_text(legacy_uri, "".join(ln + "\n" for ln in keep))
         lines = [json.dumps({"video_id": v.video_id, "rel_path": v.rel_path, "label_name": v.label_name,
                              "split": v.split, "key": v.key}) + "\n" for v in videos]
@@ -171,11 +174,13 @@ class ExtractionManifest:
         return storage.join_uri(self.uri, LISTINGS_DIR, f"{sid}.jsonl")
 
     def listing(self) -> list[dict] | None:
-        """Every source's listing, in one list (by file name), or None for outputs written before listings."""
+        """Every source's listing, in one list, oldest listing first (the legacy one, then by time written: where
+        two name one video, current_done takes the later), or None for outputs written before listings."""
         fs, root = storage.filesystem(storage.join_uri(self.uri, LISTINGS_DIR))
-        infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
-        names = sorted(posixpath.basename(i.path) for i in infos
-                       if i.type == pafs.FileType.File and i.path.endswith(".jsonl"))
+        infos = [i for i in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+                 if i.type == pafs.FileType.File and i.path.endswith(".jsonl")]
+        infos.sort(key=lambda i: (posixpath.basename(i.path) != LEGACY_LISTING, i.mtime_ns or 0, i.path))
+        names = [posixpath.basename(i.path) for i in infos]
         if not names:
             return None
         out = []
@@ -212,7 +217,7 @@ class ExtractionManifest:
                 continue
             # one video_id in two listings (one relative path under two sources, or a folder and then a CSV over
             # the same files) is one clip file: the newest record's, built once
-            old = current.get(v["video_id"])
-            if old is None or order[v["key"]] > order[old["key"]]:
+            old = current.get(v["video_id"])   # a later listing wins a tie (the same record named twice)
+            if old is None or order[v["key"]] >= order[old["key"]]:
                 current[v["video_id"]] = {**rec, **{k: v[k] for k in ("video_id", "rel_path", "label_name", "split")}}
         return list(current.values()), len(done) - len(current)

@@ -10,6 +10,7 @@ import hashlib
 import io
 import os
 import re
+import urllib.parse
 from dataclasses import asdict, dataclass
 from pathlib import PurePosixPath
 
@@ -60,7 +61,9 @@ def _join_uri(root_uri: str, path: str) -> str:
     if "://" not in root_uri:
         return path
     scheme = root_uri.split("://", 1)[0]
-    return f"{scheme}://{path}"
+    # a key with a space, '(', '%' or '#' is escaped: pyarrow's from_uri refuses or percent-decodes it otherwise,
+    # and the listed video could never be opened
+    return f"{scheme}://{urllib.parse.quote(path, safe='/')}"
 
 
 def _labels_from_layout(rel: str, split_names: list[str]) -> tuple[str, str]:
@@ -95,6 +98,8 @@ def list_folder(cfg: SourceConfig) -> list[VideoSource]:
         if info.type != pafs.FileType.File or not info.path.lower().endswith(exts):
             continue
         rel = PurePosixPath(info.path).relative_to(PurePosixPath(root)).as_posix()
+        if any(part.startswith(".") for part in PurePosixPath(rel).parts):
+            continue   # hidden: macOS's ._x.mp4 resource forks, a .Trash folder's videos
         label, split = _labels_from_layout(rel, cfg.split_names)
         videos.append(VideoSource(_join_uri(cfg.input, info.path), rel, label, split,
                                   int(info.size or 0), _mtime_ns(info)))
@@ -106,20 +111,28 @@ def list_manifest(cfg: SourceConfig) -> list[VideoSource]:
     try:
         with fs.open_input_stream(csv_path) as f:
             text = f.read().decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise SourceError(f"source.manifest_csv: {cfg.manifest_csv} is not UTF-8 text ({err.reason} at byte "
+                          f"{err.start}): save it as UTF-8 (Excel: 'CSV UTF-8')") from None
     except (FileNotFoundError, OSError) as err:
         raise SourceError(f"source.manifest_csv: cannot read {cfg.manifest_csv}: {err}") from None
-    rows = list(csv.DictReader(io.StringIO(text)))
-    if not rows or not {"path", "label"} <= set(rows[0]):
+    reader = csv.DictReader(io.StringIO(text))
+    rows = [(reader.line_num, row) for row in reader]   # line_num: the file's line, blank lines counted
+    if not rows or not {"path", "label"} <= set(rows[0][1]):
         raise SourceError(f"{cfg.manifest_csv}: needs a header with columns path,label[,split]")
     base = cfg.input or (os.path.dirname(cfg.manifest_csv) if "://" not in cfg.manifest_csv
                          else cfg.manifest_csv.rsplit("/", 1)[0])
-    videos = []
-    for line_no, row in enumerate(rows, start=2):
+    videos, seen = [], {}
+    for line_no, row in rows:
         rel = (row.get("path") or "").strip()
         if not rel:
             raise SourceError(f"{cfg.manifest_csv}:{line_no}: empty path")
-        uri = rel if ("://" in rel or os.path.isabs(rel)) else f"{base.rstrip('/')}/{rel}"
+        uri = rel if ("://" in rel or os.path.isabs(rel)) else _join_uri(base, f"{base.rstrip('/')}/{rel}"
+                                                                            .split("://", 1)[-1])
         vfs, vpath = resolve_filesystem(uri)
+        if vpath in seen:   # one file twice: extracted twice, with whichever label came last
+            raise SourceError(f"{cfg.manifest_csv}:{line_no}: {rel} is listed already on line {seen[vpath]}")
+        seen[vpath] = line_no
         info = _file_info(vfs, vpath)
         uri = vpath if "://" not in uri else uri
         videos.append(VideoSource(uri, rel, (row.get("label") or "").strip(),
