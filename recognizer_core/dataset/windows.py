@@ -36,9 +36,8 @@ def window_starts(num_frames: int, clip_len: int, stride: int, min_frames: int =
     return starts
 
 
-def _person_rank(keypoint_score: np.ndarray, box_score: np.ndarray | None, min_person_frames: int) -> list[int]:
-    seen = keypoint_score.max(-1) > 0                                           # (P, t)
-    score = box_score if box_score is not None else keypoint_score.mean(-1)
+def _person_rank(seen: np.ndarray, score: np.ndarray, min_person_frames: int) -> list[int]:
+    """People (rows of `seen` / `score`, (P, t)) by frames seen x mean score, best first."""
     frames = seen.sum(1)
     mean_score = np.where(frames > 0, (score * seen).sum(1) / np.maximum(frames, 1), 0.0)
     rank = frames * mean_score
@@ -52,39 +51,48 @@ def per_frame_extras(clip: SkeletonClip) -> list[str]:
     return [k for k, v in clip.extra.items() if isinstance(v, np.ndarray) and v.shape == shape]
 
 
-def window_people(clip: SkeletonClip, t0: int, t1: int):
-    """Frames [t0, t1) as one row per person: (keypoint, keypoint_score, {per-frame extra: (P, t)}, track ids or
-    None). A stored row that holds several people one after another (tracking reuses rows, frame_track_ids says
-    whose each frame is) gives one row per person here, each with only its own frames, so a window (a whole
-    video at window.clip_len=0) never splices two people into one."""
+def window_people(clip: SkeletonClip, t0: int, t1: int, num_person: int, min_person_frames: int = 1):
+    """Frames [t0, t1) as the window's `num_person` best people, one row each (frames seen x detection score):
+    (keypoint, keypoint_score, {per-frame extra: (P, t)}, track ids or None). A stored row that holds several
+    people one after another (tracking reuses rows; frame_track_ids says whose each frame is) counts as one
+    person per track id, each with only its own frames, so a window (a whole video at window.clip_len=0) never
+    splices two people into one. People are ranked from masks; arrays are built for the chosen ones only."""
     kp, sc = clip.keypoint[:, t0:t1], clip.keypoint_score[:, t0:t1]
     per_frame = {k: clip.extra[k][:, t0:t1] for k in per_frame_extras(clip)}
     ids = None if clip.track_ids is None else np.asarray(clip.track_ids, np.int32)
     owner = per_frame.get("frame_track_ids")
-    if owner is None:
-        return kp, sc, per_frame, ids
-    rows, masks, people = [], [], []
-    for m in range(kp.shape[0]):
-        present = np.unique(owner[m][owner[m] >= 0])
-        if len(present) > 1:
-            rows += [m] * len(present)
-            masks += [owner[m] == tid for tid in present]
-            people += [int(tid) for tid in present]
-        else:
-            rows.append(m)
-            masks.append(None)
-            people.append(int(present[0]) if len(present) else int(ids[m]) if ids is not None else m)
-    if all(mask is None for mask in masks):
-        return kp, sc, per_frame, np.asarray(people, np.int32)
+    rows: list[int] = list(range(kp.shape[0]))
+    masks: list[np.ndarray | None] = [None] * len(rows)
+    people = list(ids) if ids is not None else rows.copy()
+    if owner is not None:
+        rows, masks, people = [], [], []
+        for m in range(kp.shape[0]):
+            present = np.unique(owner[m][owner[m] >= 0])
+            if len(present) > 1:
+                rows += [m] * len(present)
+                masks += [owner[m] == tid for tid in present]
+                people += [int(tid) for tid in present]
+            else:
+                rows.append(m)
+                masks.append(None)
+                people.append(int(present[0]) if len(present) else int(ids[m]) if ids is not None else m)
+    seen = (sc.max(-1) > 0)[rows]                                               # (P, t)
+    for i, mask in enumerate(masks):
+        if mask is not None:
+            seen[i] &= mask
+    box = per_frame.get("box_score")
+    score = box[rows] if box is not None else sc[rows].mean(-1)
+    chosen = _person_rank(seen, score, min_person_frames)[:num_person]
 
-    def split(a: np.ndarray, fill) -> np.ndarray:   # (M, t, ...) -> (P, t, ...): others' frames set to `fill`
-        out = a[rows]
-        for p, mask in enumerate(masks):
-            if mask is not None:
-                out[p][~mask] = fill
+    def take(a: np.ndarray, fill) -> np.ndarray:   # the chosen people's rows, others' frames set to `fill`
+        out = a[[rows[p] for p in chosen]]
+        for i, p in enumerate(chosen):
+            if masks[p] is not None:
+                out[i][~masks[p]] = fill
         return out
-    extras = {k: split(v, -1 if k == "frame_track_ids" else 0) for k, v in per_frame.items()}
-    return split(kp, 0), split(sc, 0), extras, np.asarray(people, np.int32)
+    extras = {k: take(v, -1 if k == "frame_track_ids" else 0) for k, v in per_frame.items()}
+    track_ids = None if ids is None and owner is None else np.asarray([people[p] for p in chosen], np.int32)
+    return take(kp, 0), take(sc, 0), extras, track_ids
 
 
 def make_windows(clip: SkeletonClip, clip_len: int, stride: int = 0, num_person: int = 4, min_frames: int = 1,
@@ -99,21 +107,20 @@ def make_windows(clip: SkeletonClip, clip_len: int, stride: int = 0, num_person:
     whole = clip_len <= 0
     for t0 in starts:
         t1 = clip.num_frames if whole else min(t0 + clip_len, clip.num_frames)
-        kp, sc, per_frame, ids = window_people(clip, t0, t1)
-        persons = _person_rank(sc, per_frame.get("box_score"), min_person_frames)[:num_person]
-        if not persons:
+        kp, sc, per_frame, ids = window_people(clip, t0, t1, num_person, min_person_frames)
+        if not len(kp):
             continue
         extra = {k: v for k, v in clip.extra.items() if k not in per_frame}
-        extra.update({k: np.ascontiguousarray(v[persons]) for k, v in per_frame.items()})
+        extra.update({k: np.ascontiguousarray(v) for k, v in per_frame.items()})
         extra["window_start"] = int(t0)
         frame_inds = clip.frame_inds[t0:t1] if clip.frame_inds is not None else np.arange(t0, t1, dtype=np.int32)
         out.append(SkeletonClip(
             clip_id=clip.clip_id if len(starts) == 1 and whole else f"{clip.clip_id}@{t0}",
-            label=clip.label, keypoint=np.ascontiguousarray(kp[persons]),
-            keypoint_score=np.ascontiguousarray(sc[persons]), img_shape=clip.img_shape,
+            label=clip.label, keypoint=np.ascontiguousarray(kp),
+            keypoint_score=np.ascontiguousarray(sc), img_shape=clip.img_shape,
             total_frames=t1 - t0, label_name=clip.label_name, split=clip.split,
             source_video=clip.source_video or clip.clip_id, fps=clip.fps,
-            track_ids=None if ids is None else ids[persons],
+            track_ids=ids,
             frame_inds=np.asarray(frame_inds, np.int32), original_shape=clip.original_shape, extra=extra))
     return out
 
