@@ -271,6 +271,7 @@ def test_a_folder_extracted_before_listings_keeps_its_videos_when_a_new_source_i
     listings only: every earlier video was dropped."""
     old = _source(4)
     man = _extract(tmp_path / "poses", old, old, listing=False)   # extracted by the code before listings
+    _old_config(tmp_path / "poses", input=SOURCE)
     new = [_video(f"{NAMES[i % 2]}/cam2_{i}.mp4") for i in range(2)]
     _done(man, tmp_path / "poses", new, seed=70)
     man.write_listing(new, "/camera2")
@@ -303,9 +304,10 @@ def test_a_csv_source_extracted_before_listings_is_listed_by_its_own_file_when_r
     ties by file name, so the deleted video stayed and the relabelled one could keep its old label."""
     old = _source(4)
     man = _extract(tmp_path / "poses", old, old, listing=False)
+    _old_config(tmp_path / "poses", manifest_csv="/in/labels.csv")
     relabelled = VideoSource(old[1].uri, old[1].rel_path, "fall" if old[1].label_name == "normal" else "normal",
                              "", old[1].size, old[1].mtime_ns)     # the same file (same key): only the CSV changed
-    man.write_listing([old[0], relabelled, old[3]], "/in/labels.csv", base=SOURCE)   # old[2] left out of the CSV
+    man.write_listing([old[0], relabelled, old[3]], "/in/labels.csv")   # old[2] left out of the CSV
     jobs, _, _ = plan_videos(_cfg(tmp_path / "poses", tmp_path / "ds"))
     by_id = {j["path"].rsplit("/", 1)[1][: -len(".parquet")]: j for j in jobs}
     assert sorted(by_id) == sorted(v.video_id for v in (old[0], old[1], old[3]))
@@ -337,3 +339,43 @@ def test_a_second_source_with_fewer_classes_keeps_the_first_sources_classes(tmp_
     assert json.loads((out / "labels.json").read_text())["label_names"] == ["fall", "normal"]
     jobs, names, _ = plan_videos(_cfg(out, tmp_path / "ds"))
     assert len(jobs) == 3 and names == ["fall", "normal"]
+    # a class renamed in the first source (normal -> walking) is gone once no source has videos of it; an explicit
+    # source.label_names is taken as it is
+    (cam1 / "normal").rename(cam1 / "walking")
+    cfg = {"source": {"input": str(cam1)}, "output": str(out), "model": {"onnx": {"model_path": str(model)}}}
+    assert prepare_extraction(ExtractionConfig.model_validate(cfg)).label_names == ["fall", "walking"]
+    cfg["source"]["label_names"] = ["walking", "fall"]
+    assert prepare_extraction(ExtractionConfig.model_validate(cfg)).label_names == ["walking", "fall"]
+
+
+def _old_config(root, input: str = "", manifest_csv: str = "") -> None:
+    """The extraction_config.yaml the code before listings wrote: which source the folder was last extracted from."""
+    (root / "extraction_config.yaml").write_text(json.dumps({"source": {"input": input,
+                                                                        "manifest_csv": manifest_csv}}))
+
+
+def test_a_csv_under_a_folder_extracted_before_listings_leaves_the_folders_videos(tmp_path):
+    """A folder extracted before listings existed, then a CSV that lies in it naming one new video (the job, as a
+    user runs it): the CSV's run pruned every old video under its folder from the build."""
+    from fakes.fake_rtmo import build_fake_rtmo
+    from recognizer_core.extract.config import ExtractionConfig, SourceConfig
+    from recognizer_core.extract.job import prepare_extraction, run_prepared
+    from recognizer_core.extract.sources import list_videos
+
+    folder, out = tmp_path / "videos", tmp_path / "poses"
+    for rel in ("normal/a.mp4", "fall/b.mp4", "new/c.mp4"):
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_bytes(rel.encode())
+    old = [v for v in list_videos(SourceConfig(input=str(folder))) if not v.rel_path.startswith("new/")]
+    _extract(out, old, old, listing=False)                    # extracted by the code before listings
+    _old_config(out, input=str(folder))
+    (folder / "extra.csv").write_text("path,label\nnew/c.mp4,fall\n")
+    model = build_fake_rtmo(tmp_path / "rtmo.onnx")
+    plan = prepare_extraction(ExtractionConfig.model_validate({
+        "source": {"manifest_csv": str(folder / "extra.csv")}, "output": str(out),
+        "model": {"onnx": {"model_path": str(model)}}}))
+    _done(plan.manifest, out, plan.videos)
+    run_prepared(plan.__class__(plan.cfg, plan.manifest, plan.videos, plan.label_names, [], plan.skipped),
+                 verbose=False)
+    jobs, _, _ = plan_videos(_cfg(out, tmp_path / "ds"))
+    assert len(jobs) == 3

@@ -126,6 +126,14 @@ def test_odd_names_hidden_files_and_csv_mistakes(tmp_path, s3):
     for v in videos:
         with open_video_file(v.uri) as f:
             assert f.read() == bytes([names.index(v.rel_path)]) * (names.index(v.rel_path) + 1)
+    # what opened before is not escaped (its manifest key, so its extraction, stays); a CSV in a folder whose
+    # name is written escaped (as pyarrow needs it) finds its videos
+    assert [v.uri for v in videos if "(1)" in v.rel_path] == ["s3://bkt/videos/train/Fight/my%20clip%20(1).MP4"]
+    s3.put_object(Bucket="bkt", Key="my videos/list.csv", Body=b"path,label\nFight/a b.mp4,Fight\n")
+    s3.put_object(Bucket="bkt", Key="my videos/Fight/a b.mp4", Body=b"v")
+    (v,) = list_videos(SourceConfig(manifest_csv="s3://bkt/my%20videos/list.csv"))
+    with open_video_file(v.uri) as f:
+        assert f.read() == b"v"
 
     for rel in ("Fight/a.mp4", "Fight/._a.mp4", ".Trash/Fight/old.mp4"):
         _touch(tmp_path / "local", rel)

@@ -13,7 +13,6 @@ flagged; the job goes on and ends with a summary (summary.json).
 from __future__ import annotations
 
 import json
-import posixpath
 import time
 from dataclasses import dataclass
 
@@ -61,8 +60,9 @@ def prepare_extraction(cfg: ExtractionConfig) -> ExtractionPlan:
     cfg = resolve_paths(cfg)
     check_model_file(cfg.model)
     videos = list_videos(cfg.source)
-    names = _with_earlier_classes(cfg, label_index([v for v in videos if v.label_name], cfg.source.label_names))
     manifest = ExtractionManifest(cfg.output)
+    names = _with_earlier_classes(cfg, label_index([v for v in videos if v.label_name], cfg.source.label_names),
+                                  manifest)
     skipped = {DONE: 0, EMPTY: 0, FAILED: 0}
     todo = []
     for v in videos:
@@ -74,18 +74,22 @@ def prepare_extraction(cfg: ExtractionConfig) -> ExtractionPlan:
     return ExtractionPlan(cfg, manifest, videos, names, todo, skipped)
 
 
-def _with_earlier_classes(cfg: ExtractionConfig, names: list[str]) -> list[str]:
-    """The poses folder's classes: those earlier runs into it recorded (labels.json) first, in their order, then
-    this source's new ones; an explicit source.label_names that covers the earlier ones sets the order instead.
+def _with_earlier_classes(cfg: ExtractionConfig, names: list[str], manifest: ExtractionManifest) -> list[str]:
+    """The poses folder's classes: those of the other sources extracted into it that still have videos there
+    (labels.json's order) first, then this source's new ones; an explicit source.label_names is taken as it is.
     Each run rewrote labels.json with its own source's classes: a second source with fewer classes extracted into
     the folder left build_dataset without the first one's."""
+    if cfg.source.label_names:
+        return names
     try:
         old = json.loads(storage.read_text(storage.join_uri(cfg.output, "labels.json")) or "{}").get("label_names")
     except (ValueError, AttributeError):
         old = None
-    if not old or (cfg.source.label_names and set(old) <= set(names)):
+    if not old:
         return names
-    return list(old) + [n for n in names if n not in old]
+    others = {r.get("label_name") for r in manifest.current_done(skip=cfg.source.manifest_csv or cfg.source.input)[0]}
+    kept = [n for n in old if n in others or n in names]
+    return kept + [n for n in names if n not in kept]
 
 
 def actor_pool_size(cfg: ExtractionConfig, cluster_gpus: float) -> tuple[int, int | None]:
@@ -197,8 +201,7 @@ def run_prepared(plan: ExtractionPlan, verbose: bool = True) -> dict:
                            yaml.safe_dump(json.loads(cfg.model_dump_json()), sort_keys=False))
     storage.write_text(storage.join_uri(out, "labels.json"), json.dumps({"label_names": plan.label_names}))
     # every listed video (skipped ones too): build_dataset keeps only these, each at its current version and label
-    plan.manifest.write_listing(plan.videos, cfg.source.manifest_csv or cfg.source.input,
-                                base=cfg.source.input or posixpath.dirname(cfg.source.manifest_csv))
+    plan.manifest.write_listing(plan.videos, cfg.source.manifest_csv or cfg.source.input)
     plan.manifest.remove_partial_files()
     t0 = time.time()
     frames_done, provider, pool = 0, "", (0, 0)

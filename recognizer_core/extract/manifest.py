@@ -24,6 +24,7 @@ import time
 from typing import Iterable
 
 import pyarrow.fs as pafs
+import yaml
 
 from recognizer_core import storage
 
@@ -148,39 +149,55 @@ class ExtractionManifest:
         """Finished videos whose output file still exists (a deleted output means: extract again)."""
         return [r for r in self.records[DONE].values() if r.get("output", "") in self.clip_files]
 
-    def write_listing(self, videos: Iterable, source: str, base: str = "") -> None:
-        """Write the run's current videos (VideoSource objects) as `source`'s listing (its input folder or CSV;
-        `base`: the folder its paths are under), replacing that source's last one; other sources' listings stay."""
+    def write_listing(self, videos: Iterable, source: str) -> None:
+        """Write the run's current videos (VideoSource objects) as `source`'s listing (its input folder or CSV),
+        replacing that source's last one; other sources' listings stay."""
         videos = list(videos)
         legacy_uri = storage.join_uri(self.uri, LISTINGS_DIR, LEGACY_LISTING)
         if self.listing() is None and self.done_records():
-            # a folder extracted before listings existed: its videos keep a listing of their own (the newest record
-            # per video_id, as they were built until now), or the first new run's listing would drop them all
-            legacy = [{k: str(r.get(k) or "") for k in _LISTING_FIELDS} for r in self.current_done()[0]]
-            storage.write_text(legacy_uri, "".join(json.dumps(r) + "\n" for r in legacy))
+            self._write_legacy_listings(legacy_uri)
         old = storage.read_text(legacy_uri)
-        if old is not None:   # a source listed again now is listed by its own file: its old entries go
-            inside = (base or source).rstrip("/") + "/"
+        if old is not None:   # what a source lists now is in its own file
             now = {v.key for v in videos} | {v.video_id for v in videos}
-            keep = [ln for ln in old.splitlines() if ln and not ((r := json.loads(ln))["key"].startswith(inside)
-                                                                 or r["key"] in now or r["video_id"] in now)]
+            keep = [ln for ln in old.splitlines() if ln and not ((r := json.loads(ln))["key"] in now
+                                                                 or r["video_id"] in now)]
             storage.write_text(legacy_uri, "".join(ln + "\n" for ln in keep))
         lines = [json.dumps({"video_id": v.video_id, "rel_path": v.rel_path, "label_name": v.label_name,
                              "split": v.split, "key": v.key}) + "\n" for v in videos]
         storage.write_text(self._listing_uri(source), "".join(lines))
 
+    def _write_legacy_listings(self, legacy_uri: str) -> None:
+        """A folder extracted before listings existed: its videos (the newest record per video_id, as they were
+        built until now) keep listings, or the first new run's listing would drop them all. Those under the source
+        its extraction_config.yaml names (the last run's) become that source's listing, which its next run
+        replaces (videos deleted there go); the rest stay in LEGACY_LISTING until a source lists them again."""
+        legacy = [{k: str(r.get(k) or "") for k in _LISTING_FIELDS} for r in self.current_done()[0]]
+        try:
+            src = (yaml.safe_load(storage.read_text(storage.join_uri(self.uri, "extraction_config.yaml")) or "")
+                   or {}).get("source") or {}
+        except (yaml.YAMLError, AttributeError):
+            src = {}
+        last = src.get("manifest_csv") or src.get("input") or ""
+        base = (src.get("input") or posixpath.dirname(src.get("manifest_csv") or "")).rstrip("/") + "/"
+        mine = [r for r in legacy if last and r["key"].startswith(base)]
+        if mine:
+            storage.write_text(self._listing_uri(last), "".join(json.dumps(r) + "\n" for r in mine))
+        taken = {r["key"] for r in mine}
+        storage.write_text(legacy_uri, "".join(json.dumps(r) + "\n" for r in legacy if r["key"] not in taken))
+
     def _listing_uri(self, source: str) -> str:
         sid = hashlib.sha1(source.encode()).hexdigest()[:12]
         return storage.join_uri(self.uri, LISTINGS_DIR, f"{sid}.jsonl")
 
-    def listing(self) -> list[dict] | None:
+    def listing(self, skip: str | None = None) -> list[dict] | None:
         """Every source's listing, in one list, oldest listing first (the legacy one, then by time written: where
         two name one video, current_done takes the later), or None for outputs written before listings."""
         fs, root = storage.filesystem(storage.join_uri(self.uri, LISTINGS_DIR))
         infos = [i for i in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
                  if i.type == pafs.FileType.File and i.path.endswith(".jsonl")]
         infos.sort(key=lambda i: (posixpath.basename(i.path) != LEGACY_LISTING, i.mtime_ns or 0, i.path))
-        names = [posixpath.basename(i.path) for i in infos]
+        skipped = posixpath.basename(self._listing_uri(skip)) if skip else None   # `skip`: a source's own listing
+        names = [posixpath.basename(i.path) for i in infos if posixpath.basename(i.path) != skipped]
         if not names:
             return None
         out = []
@@ -196,7 +213,7 @@ class ExtractionManifest:
                 out.append(rec)
         return out
 
-    def current_done(self) -> tuple[list[dict], int]:
+    def current_done(self, skip: str | None = None) -> tuple[list[dict], int]:
         """(one DONE record per current video, number of finished records left out as not current).
 
         With a listing: for each listed video the DONE record of its current version (same key), with the
@@ -205,7 +222,7 @@ class ExtractionManifest:
         longer listed (moved, renamed, deleted). Without one: the newest DONE record per video_id.
         """
         done = self.done_records()
-        listing = self.listing()
+        listing = self.listing(skip)
         if listing is None:
             newest = {r.get("video_id") or r["key"]: r for r in done}   # done is oldest first: the last one wins
             return list(newest.values()), len(done) - len(newest)

@@ -57,13 +57,16 @@ def resolve_filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
         raise SourceError(f"{uri}: cannot open filesystem: {err}") from None
 
 
+_URI_SAFE = "/!$&'()*+,;=:@~"   # what pyarrow's URIs take as it is: names that opened before keep their keys
+
+
 def _join_uri(root_uri: str, path: str) -> str:
     if "://" not in root_uri:
         return path
     scheme = root_uri.split("://", 1)[0]
     # a key with a space, '(', '%' or '#' is escaped: pyarrow's from_uri refuses or percent-decodes it otherwise,
     # and the listed video could never be opened
-    return f"{scheme}://{urllib.parse.quote(path, safe='/')}"
+    return f"{scheme}://{urllib.parse.quote(path, safe=_URI_SAFE)}"
 
 
 def _labels_from_layout(rel: str, split_names: list[str]) -> tuple[str, str]:
@@ -127,8 +130,12 @@ def list_manifest(cfg: SourceConfig) -> list[VideoSource]:
         rel = (row.get("path") or "").strip()
         if not rel:
             raise SourceError(f"{cfg.manifest_csv}:{line_no}: empty path")
-        uri = rel if ("://" in rel or os.path.isabs(rel)) else _join_uri(base, f"{base.rstrip('/')}/{rel}"
-                                                                            .split("://", 1)[-1])
+        if "://" in rel or os.path.isabs(rel):
+            uri = rel
+        elif "://" in base:   # the base as written may be escaped already (s3://bkt/my%20videos): decoded, joined
+            uri = _join_uri(base, urllib.parse.unquote(base.split("://", 1)[1]).rstrip("/") + "/" + rel)
+        else:
+            uri = f"{base.rstrip('/')}/{rel}"
         vfs, vpath = resolve_filesystem(uri)
         if vpath in seen:   # one file twice: extracted twice, with whichever label came last
             raise SourceError(f"{cfg.manifest_csv}:{line_no}: {rel} is listed already on line {seen[vpath]}")
