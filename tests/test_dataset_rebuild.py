@@ -339,8 +339,11 @@ def test_a_second_source_with_fewer_classes_keeps_the_first_sources_classes(tmp_
     assert json.loads((out / "labels.json").read_text())["label_names"] == ["fall", "normal"]
     jobs, names, _ = plan_videos(_cfg(out, tmp_path / "ds"))
     assert len(jobs) == 3 and names == ["fall", "normal"]
-    # a class renamed in the first source (normal -> walking) is gone once no source has videos of it; an explicit
-    # source.label_names is taken as it is
+    # an explicit source.label_names comes first, in its order; other sources' classes that have videos follow
+    cfg = {"source": {"input": str(cam2), "label_names": ["fall"]}, "output": str(out),
+           "model": {"onnx": {"model_path": str(model)}}}
+    assert prepare_extraction(ExtractionConfig.model_validate(cfg)).label_names == ["fall", "normal"]
+    # a class renamed in the first source (normal -> walking) is gone once no source has videos of it
     (cam1 / "normal").rename(cam1 / "walking")
     cfg = {"source": {"input": str(cam1)}, "output": str(out), "model": {"onnx": {"model_path": str(model)}}}
     assert prepare_extraction(ExtractionConfig.model_validate(cfg)).label_names == ["fall", "walking"]
@@ -354,9 +357,12 @@ def _old_config(root, input: str = "", manifest_csv: str = "") -> None:
                                                                         "manifest_csv": manifest_csv}}))
 
 
-def test_a_csv_under_a_folder_extracted_before_listings_leaves_the_folders_videos(tmp_path):
+def test_a_csv_under_a_folder_extracted_before_listings_leaves_the_folders_videos(tmp_path, monkeypatch):
     """A folder extracted before listings existed, then a CSV that lies in it naming one new video (the job, as a
-    user runs it): the CSV's run pruned every old video under its folder from the build."""
+    user runs it): the CSV's run pruned every old video under its folder from the build; and with a video to
+    extract, the run replaced the old extraction_config.yaml (which names whose the old videos are) first."""
+    import ray
+
     from fakes.fake_rtmo import build_fake_rtmo
     from recognizer_core.extract.config import ExtractionConfig, SourceConfig
     from recognizer_core.extract.job import prepare_extraction, run_prepared
@@ -374,8 +380,13 @@ def test_a_csv_under_a_folder_extracted_before_listings_leaves_the_folders_video
     plan = prepare_extraction(ExtractionConfig.model_validate({
         "source": {"manifest_csv": str(folder / "extra.csv")}, "output": str(out),
         "model": {"onnx": {"model_path": str(model)}}}))
-    _done(plan.manifest, out, plan.videos)
-    run_prepared(plan.__class__(plan.cfg, plan.manifest, plan.videos, plan.label_names, [], plan.skipped),
-                 verbose=False)
+    assert [v.rel_path for v in plan.todo] == ["new/c.mp4"]
+
+    def no_cluster():   # the job's Ray part is not this test's: stop where it would start extracting
+        raise RuntimeError("no Ray here")
+    monkeypatch.setattr(ray, "cluster_resources", no_cluster)
+    with pytest.raises(RuntimeError, match="no Ray here"):
+        run_prepared(plan, verbose=False)
+    _done(plan.manifest, out, plan.videos)   # as the job's tasks would record it
     jobs, _, _ = plan_videos(_cfg(out, tmp_path / "ds"))
     assert len(jobs) == 3

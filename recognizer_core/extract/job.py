@@ -76,11 +76,10 @@ def prepare_extraction(cfg: ExtractionConfig) -> ExtractionPlan:
 
 def _with_earlier_classes(cfg: ExtractionConfig, names: list[str], manifest: ExtractionManifest) -> list[str]:
     """The poses folder's classes: those of the other sources extracted into it that still have videos there
-    (labels.json's order) first, then this source's new ones; an explicit source.label_names is taken as it is.
+    (labels.json's order) first, then this source's new ones; an explicit source.label_names comes first in its
+    order, other sources' classes after it.
     Each run rewrote labels.json with its own source's classes: a second source with fewer classes extracted into
     the folder left build_dataset without the first one's."""
-    if cfg.source.label_names:
-        return names
     try:
         old = json.loads(storage.read_text(storage.join_uri(cfg.output, "labels.json")) or "{}").get("label_names")
     except (ValueError, AttributeError):
@@ -88,6 +87,8 @@ def _with_earlier_classes(cfg: ExtractionConfig, names: list[str], manifest: Ext
     if not old:
         return names
     others = {r.get("label_name") for r in manifest.current_done(skip=cfg.source.manifest_csv or cfg.source.input)[0]}
+    if cfg.source.label_names:   # its order first; other sources' classes with videos after it
+        return names + [n for n in old if n in others and n not in names]
     kept = [n for n in old if n in others or n in names]
     return kept + [n for n in names if n not in kept]
 
@@ -196,12 +197,13 @@ def run_prepared(plan: ExtractionPlan, verbose: bool = True) -> dict:
     from tqdm import tqdm
 
     cfg, out = plan.cfg, plan.cfg.output
-    if plan.todo:   # the settings the clips were made with: a run that extracts nothing does not replace them
-        storage.write_text(storage.join_uri(out, "extraction_config.yaml"),
-                           yaml.safe_dump(json.loads(cfg.model_dump_json()), sort_keys=False))
-    storage.write_text(storage.join_uri(out, "labels.json"), json.dumps({"label_names": plan.label_names}))
-    # every listed video (skipped ones too): build_dataset keeps only these, each at its current version and label
+    # every listed video (skipped ones too): build_dataset keeps only these, each at its current version and label.
+    # First: in a folder extracted before listings, the old extraction_config.yaml names whose videos those are.
     plan.manifest.write_listing(plan.videos, cfg.source.manifest_csv or cfg.source.input)
+    config_uri = storage.join_uri(out, "extraction_config.yaml")
+    if plan.todo or not storage.exists(config_uri):   # a run that extracts nothing keeps the clips' settings
+        storage.write_text(config_uri, yaml.safe_dump(json.loads(cfg.model_dump_json()), sort_keys=False))
+    storage.write_text(storage.join_uri(out, "labels.json"), json.dumps({"label_names": plan.label_names}))
     plan.manifest.remove_partial_files()
     t0 = time.time()
     frames_done, provider, pool = 0, "", (0, 0)
