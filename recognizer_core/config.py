@@ -22,7 +22,6 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
 
 T = TypeVar("T", bound=BaseModel)
-
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -194,13 +193,13 @@ def _parse_for(value: str, ann: Any) -> Any:
     it): YAML alone made `run.name=2024-05-01` a date, `pkl_dir=` None and `label_names=[No, Yes]` booleans."""
     arms = _arms(ann) if ann is not None else []
     text = value.strip()
+    is_null = type(None) in arms and text in ("null", "~", "None")   # an optional field's null
     if str in arms and all(a in (str, type(None)) for a in arms):
         if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"" and isinstance(_parse_value(text), str):
             return _parse_value(text)
-        return None if type(None) in arms and text in ("null", "~", "None") else value
-    lists = [a for a in arms if a is not type(None)]   # list[str] | None: null is None, a list's scalars text
+        return None if is_null else value
+    lists = [a for a in arms if a is not type(None)]   # list[str] | None: a list's scalars are text
     if lists and all(typing.get_origin(a) in (list, tuple) and typing.get_args(a)[:1] == (str,) for a in lists):
-        is_null = len(lists) < len(arms) and text in ("null", "~", "None")
         return None if is_null else _parse_value(value, yaml.BaseLoader)
     return _parse_value(value)
 
