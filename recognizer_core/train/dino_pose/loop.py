@@ -168,10 +168,10 @@ def train_one_epoch(tr: Trainer, loader, *, cfg: DinoPoseJobConfig, ctx: WorkerC
 
 
 def write_checkpoint(directory: Path, tr: Trainer, *, epoch: int, step: int, best_ap: float, metrics: dict,
-                     cfg: DinoPoseJobConfig, run_uri: str) -> Path:
+                     cfg: DinoPoseJobConfig) -> Path:
     """Full training state (`epoch` = completed epochs) + the inference weights and config (MODEL_FILE)."""
     save_training_state(directory, model=tr.model, optimizer=tr.optimizer, scheduler=tr.scheduler, scaler=tr.scaler,
-                        epoch=epoch, extra={"best_ap": best_ap, "global_step": step, "run_uri": run_uri})
+                        epoch=epoch, extra={"best_ap": best_ap, "global_step": step})
     torch.save({"model_state_dict": unwrap(tr.model).state_dict(), "config": cfg.model_dump(mode="json"),
                 "epoch": epoch, "metrics": metrics}, directory / MODEL_FILE)
     return directory
@@ -266,8 +266,7 @@ def run_dino_pose_training(cfg: DinoPoseJobConfig, ctx: WorkerContext, run_uri: 
             tmp = None
             if ctx.rank == 0 and validated:
                 tmp = Path(tempfile.mkdtemp(prefix="dino_pose_ckpt_"))
-                write_checkpoint(tmp, tr, epoch=epoch, step=step, best_ap=best_ap, metrics=metrics, cfg=cfg,
-                                 run_uri=files.uri)
+                write_checkpoint(tmp, tr, epoch=epoch, step=step, best_ap=best_ap, metrics=metrics, cfg=cfg)
                 files.sync()
             try:
                 ctx.report(metrics, str(tmp) if tmp else None)
