@@ -63,15 +63,37 @@ def resample(clip: SkeletonClip, fps: float, tolerance: float = 0.02) -> tuple[S
     return out, times[idx]
 
 
-def _track_clip(clip: SkeletonClip, m: int) -> SkeletonClip:
+def _track_clip(clip: SkeletonClip, m: int, a: int = 0, b: int | None = None, tid: int | None = None) -> SkeletonClip:
+    """Row m of `clip` over frames [a, b) as a one-person clip."""
+    b = clip.num_frames if b is None else b
     extra = dict(clip.extra)
-    extra.update({k: extra[k][m:m + 1] for k in per_frame_extras(clip)})
+    extra.update({k: extra[k][m:m + 1, a:b] for k in per_frame_extras(clip)})
     return SkeletonClip(
-        clip_id=clip.clip_id, label=clip.label, keypoint=clip.keypoint[m:m + 1],
-        keypoint_score=clip.keypoint_score[m:m + 1], img_shape=clip.img_shape, total_frames=clip.total_frames,
+        clip_id=clip.clip_id, label=clip.label, keypoint=clip.keypoint[m:m + 1, a:b],
+        keypoint_score=clip.keypoint_score[m:m + 1, a:b], img_shape=clip.img_shape, total_frames=b - a,
         label_name=clip.label_name, split=clip.split, source_video=clip.source_video, fps=clip.fps,
-        track_ids=np.asarray([_track_id(clip, m)], np.int32), frame_inds=clip.frame_inds,
+        track_ids=np.asarray([_track_id(clip, m) if tid is None else tid], np.int32),
+        frame_inds=None if clip.frame_inds is None else clip.frame_inds[a:b],
         original_shape=clip.original_shape, extra=extra)
+
+
+def _track_parts(clip: SkeletonClip) -> list[tuple[SkeletonClip, int]]:
+    """(one-person clip, its first frame in `clip`) per person. A stored row that holds several people one after
+    another (tracking reuses rows; frame_track_ids) gives one per person, over that person's frames: as one
+    sequence, a window longer than tracking.row_gap kept only one of them."""
+    owner = clip.extra.get("frame_track_ids")
+    if not (isinstance(owner, np.ndarray) and owner.shape == clip.keypoint_score.shape[:2]):
+        owner = None
+    parts = []
+    for m in range(clip.num_person):
+        people = np.unique(owner[m][owner[m] >= 0]) if owner is not None else ()
+        if len(people) <= 1:
+            parts.append((_track_clip(clip, m), 0))
+            continue
+        for tid in people:   # a row's people never overlap in time: each one's span holds only that person
+            frames = np.nonzero(owner[m] == tid)[0]
+            parts.append((_track_clip(clip, m, int(frames[0]), int(frames[-1]) + 1, int(tid)), int(frames[0])))
+    return parts
 
 
 def _track_id(clip: SkeletonClip, m: int) -> int:
@@ -87,14 +109,14 @@ def video_windows(clip: SkeletonClip, *, fps: float, window_frames: int, num_per
     c, times = resample(clip, fps)
     stride = max(1, int(round(stride_s * fps)))
     dt = 1.0 / fps
-    parts = [(c, num_person, "scene")] if mode in ("scene", "both") else []
+    parts = [(c, 0, num_person, "scene")] if mode in ("scene", "both") else []
     if mode in ("track", "both"):
-        parts += [(_track_clip(c, m), 1, "track") for m in range(c.num_person)]
+        parts += [(part, first, 1, "track") for part, first in _track_parts(c)]
     out: list[Window] = []
-    for part, persons, kind in parts:
+    for part, first, persons, kind in parts:
         for w in make_windows(part, window_frames, stride, num_person=persons, min_frames=1,
                               min_person_frames=min_person_frames, cover_end=cover_end):
-            t0 = int(w.extra["window_start"])
+            t0 = first + int(w.extra["window_start"])
             t1 = t0 + w.num_frames - 1
             ids = [int(i) for i in w.track_ids] if w.track_ids is not None else []
             out.append(Window(video, kind, float(times[t0]), float(times[t1] + dt), ids, w))
