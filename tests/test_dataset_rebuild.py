@@ -349,6 +349,15 @@ def test_a_second_source_with_fewer_classes_keeps_the_first_sources_classes(tmp_
     assert prepare_extraction(ExtractionConfig.model_validate(cfg)).label_names == ["fall", "walking"]
     cfg["source"]["label_names"] = ["walking", "fall"]
     assert prepare_extraction(ExtractionConfig.model_validate(cfg)).label_names == ["walking", "fall"]
+    # the same in a folder with one source (its own listing skipped: no other source, not "no listings")
+    cfg = {"source": {"input": str(cam2)}, "output": str(tmp_path / "poses2"),
+           "model": {"onnx": {"model_path": str(model)}}}
+    plan = prepare_extraction(ExtractionConfig.model_validate(cfg))
+    run_prepared(plan.__class__(plan.cfg, plan.manifest, plan.videos, plan.label_names, [], plan.skipped),
+                 verbose=False)   # its listing is written when the run starts, the videos' records as they finish
+    _done(plan.manifest, tmp_path / "poses2", plan.videos)
+    (cam2 / "fall").rename(cam2 / "falling")
+    assert prepare_extraction(ExtractionConfig.model_validate(cfg)).label_names == ["falling"]
 
 
 def _old_config(root, input: str = "", manifest_csv: str = "") -> None:

@@ -196,10 +196,11 @@ class ExtractionManifest:
         infos = [i for i in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
                  if i.type == pafs.FileType.File and i.path.endswith(".jsonl")]
         infos.sort(key=lambda i: (posixpath.basename(i.path) != LEGACY_LISTING, i.mtime_ns or 0, i.path))
-        skipped = posixpath.basename(self._listing_uri(skip)) if skip else None   # `skip`: a source's own listing
-        names = [posixpath.basename(i.path) for i in infos if posixpath.basename(i.path) != skipped]
-        if not names:
+        if not infos:
             return None
+        # `skip`: a source's own listing (with only that one, the others' are empty: not "no listings")
+        skipped = posixpath.basename(self._listing_uri(skip)) if skip else None
+        names = [posixpath.basename(i.path) for i in infos if posixpath.basename(i.path) != skipped]
         out = []
         for name in names:
             uri = storage.join_uri(self.uri, LISTINGS_DIR, name)
