@@ -191,3 +191,28 @@ def test_what_a_pkl_round_trip_changes(tmp_path):
         assert_identical(ann[k], back[k], k)
     import recognizer_core.skeleton.mmaction_pkl as mod
     assert "lossless both ways" not in mod.__doc__ and "float64" in mod.__doc__
+
+
+def test_annotation_without_img_shape_is_a_1080p_frame_like_mmaction2(tmp_path, caplog):
+    """mmaction2's PreNormalize2D reads `results.get('img_shape', (1080, 1920))`: a pkl without img_shape trains
+    there. It loads here with that frame (and a warning), the features equal a 1080x1920 clip's, and the key stays
+    absent when the clip is written back (it was refused with an error line before)."""
+    from recognizer_core.skeleton.transforms import PipelineConfig, prepare_batch
+    good = make_clips(2)
+    anns = [c.to_annotation() for c in good]
+    for ann in anns:
+        ann["keypoint"] = ann["keypoint"] * 15  # pixels of a 1080p frame
+        del ann["img_shape"]
+    with caplog.at_level(logging.WARNING):
+        clips = read_mmaction_pkl(write_pkl(tmp_path / "noshape.pkl", anns))
+    assert [c.img_shape for c in clips] == [(1080, 1920)] * 2
+    assert "noshape.pkl: 2 of 2 annotation(s) have no 'img_shape'" in caplog.text
+    cfg = PipelineConfig(feats=["j"], clip_len=20)
+    as_1080 = [dict(a, img_shape=(1080, 1920)) for a in anns]
+    for batch in (clips, anns):  # clips loaded from the pkl, and the annotation dicts themselves
+        np.testing.assert_array_equal(prepare_batch(batch, cfg, train=False)[0],
+                                      prepare_batch(as_1080, cfg, train=False)[0])
+    ds = pkl_to_parquet(tmp_path / "noshape.pkl", tmp_path / "ds")
+    back = pickle.loads(parquet_to_pkl(ds, tmp_path / "back.pkl").read_bytes())["annotations"]
+    for ann, again in zip(anns, back):
+        assert_identical(ann, again)

@@ -68,6 +68,10 @@ _META_KEYS = ("source_video", "fps", "track_ids", "frame_inds")
 _ANN_KEY = {"frame_inds": "source_frame_inds"}
 # extra key remembering non-float32 keypoint dtypes of a pkl (pyskl stores float16) for lossless export.
 DTYPE_KEY = "_mmaction_dtypes"
+# An annotation without `img_shape` is normalised by mmaction2's PreNormalize2D as a 1080x1920 frame (its default
+# `img_shape` argument); we take the same frame and mark the clip, so that export leaves the key out again.
+MMACTION_DEFAULT_IMG_SHAPE = (1080, 1920)
+SHAPE_ASSUMED_KEY = "_mmaction_img_shape_assumed"
 
 
 def _shape2(value: Any, what: str, source: str) -> tuple[int, int]:
@@ -197,7 +201,9 @@ class SkeletonClip:
         """
         extra = dict(self.extra)
         dtypes = extra.pop(DTYPE_KEY, {})
-        ann = {"frame_dir": self.clip_id, "label": int(self.label), "img_shape": tuple(self.img_shape)}
+        ann = {"frame_dir": self.clip_id, "label": int(self.label)}
+        if not extra.pop(SHAPE_ASSUMED_KEY, False):
+            ann["img_shape"] = tuple(self.img_shape)
         if self.original_shape is not None:
             ann["original_shape"] = tuple(self.original_shape)
         ann["total_frames"] = int(self.total_frames)
@@ -220,7 +226,7 @@ class SkeletonClip:
             raise SkeletonDataError(f"{source}: annotation must be a dict, got {type(ann).__name__}")
         name = ann.get("frame_dir", "<no frame_dir>")
         where = f"{source}: clip {name!r}"
-        for key in ("frame_dir", "label", "keypoint", "total_frames", "img_shape"):
+        for key in ("frame_dir", "label", "keypoint", "total_frames"):
             if key not in ann:
                 raise SkeletonDataError(f"{where}: annotation has no {key!r}")
         if "keypoint_score" not in ann:
@@ -245,6 +251,8 @@ class SkeletonClip:
                     dtypes[key] = arr.dtype.str
         if dtypes:
             extra[DTYPE_KEY] = dtypes
+        if "img_shape" not in ann:
+            extra[SHAPE_ASSUMED_KEY] = True
         label = ann["label"]
         # A 'label_name' key stays in extra (so it round-trips) and also names the class.
         label_name = extra.get("label_name") if isinstance(extra.get("label_name"), str) else ""
@@ -255,7 +263,8 @@ class SkeletonClip:
             label_name = label_names[int(label)]
         meta["label_name"] = label_name
         clip = cls(clip_id=str(name), label=label, keypoint=np.asarray(kp), keypoint_score=np.asarray(sc),
-                   img_shape=ann["img_shape"], total_frames=ann["total_frames"], split=split,
+                   img_shape=ann.get("img_shape", MMACTION_DEFAULT_IMG_SHAPE), total_frames=ann["total_frames"],
+                   split=split,
                    original_shape=ann.get("original_shape"), extra=extra, **meta)
         return clip.validate(source, nan_policy=nan_policy,
                              num_classes=len(label_names) if label_names is not None else None,

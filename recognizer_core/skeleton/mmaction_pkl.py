@@ -29,7 +29,8 @@ from typing import Iterable, Iterator, Sequence
 
 from tqdm.auto import tqdm
 
-from .clip import NanPolicy, SkeletonClip, SkeletonDataError, decode_extra, encode_extra
+from .clip import (MMACTION_DEFAULT_IMG_SHAPE, SHAPE_ASSUMED_KEY, NanPolicy, SkeletonClip, SkeletonDataError,
+                   decode_extra, encode_extra)
 from .store import SkeletonDataset, write_dataset
 
 log = logging.getLogger(__name__)
@@ -106,6 +107,11 @@ def read_mmaction_pkl(path: str | Path, label_names: Sequence[str] | str | Path 
             ann, split=first_split.get(ann.get("frame_dir"), ""), label_names=label_names, source=str(path),
             nan_policy=nan_policy, num_joints=num_joints))
     _warn_unannotated(path, split_map, {c.clip_id for c in clips})
+    assumed = [c.clip_id for c in clips if c.extra.get(SHAPE_ASSUMED_KEY)]
+    if assumed:
+        log.warning("%s: %d of %d annotation(s) have no 'img_shape' (first: %r); taken as %dx%d pixels (H x W), "
+                    "as mmaction2's PreNormalize2D does", path, len(assumed), len(clips), assumed[0],
+                    *MMACTION_DEFAULT_IMG_SHAPE)
     split_map = {str(k): list(v) for k, v in split_map.items()} if split_map is not None else None
     return PosePickle(clips, split_map, label_names, layout, other)
 

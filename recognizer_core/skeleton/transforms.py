@@ -25,7 +25,7 @@ from pydantic import Field, field_validator, model_validator
 
 from recognizer_core.config import StrictModel
 from recognizer_core.skeleton.augment import apply_affine, sample_affine
-from recognizer_core.skeleton.clip import DTYPE_KEY
+from recognizer_core.skeleton.clip import DTYPE_KEY, MMACTION_DEFAULT_IMG_SHAPE
 from recognizer_core.skeleton.features import BONES_BY_DATASET, half_image, scratch, skeleton_features
 from recognizer_core.skeleton.sampling import test_frame_indices, train_frame_indices
 
@@ -308,7 +308,9 @@ def batch_items(clips: Sequence[Any], cfg: PipelineConfig, train: bool, rng: np.
             total = int(_field(clip, "total_frames", is_map))
             if total != kp.shape[1]:
                 raise ValueError(f"{where}: total_frames={total} but keypoint has {kp.shape[1]} frames")
-            shape = _checked_shape(_field(clip, "img_shape", is_map), where)
+            # An annotation dict without img_shape: mmaction2's PreNormalize2D default frame (see clip.py).
+            shape = _checked_shape(clip.get("img_shape", MMACTION_DEFAULT_IMG_SHAPE) if is_map else clip.img_shape,
+                                   where)
             labels.append(int(_field(clip, "label", is_map)))
         except KeyError as err:
             raise ValueError(f"{where}: {err.args[0]}") from None
