@@ -278,3 +278,26 @@ def test_onnx_prepare_reads_a_float16_pkls_clips_as_the_torch_path_does():
     assert not np.array_equal(test_sample(clip.keypoint, clip.keypoint_score, clip.img_shape, spec.pipeline)[0],
                               ref[0])   # float32 normalisation differs: the case matters
     np.testing.assert_array_equal(onnx_rec.prepare([clip]), ref)
+
+
+def test_overlay_labels_a_reused_row_with_the_person_it_holds_at_each_frame():
+    """Tracking reuses a row for a later person (frame_track_ids): the overlay puts track 12's label on that row
+    only in 12's frames, and track 7's only in 7's (with the row's single track id, 7's label sat on 12)."""
+    from recognizer_core.recognize.overlay import label_placements, row_owners
+    clip = _clip()
+    owner = np.repeat(np.array([[7], [8], [9]], np.int32), 90, axis=1)
+    owner[0, 40:50], owner[0, 50:] = -1, 12
+    clip.keypoint_score[0, 40:50] = 0
+    clip.extra["frame_track_ids"] = owner
+    tracks = video_windows(clip, fps=15.0, window_frames=30, num_person=1, mode="track", stride_s=0.5)
+    assert {w.key for w in tracks} == {"track7", "track8", "track9", "track12"}
+    labels = {"track7": ("Fight", 0.8, True), "track12": ("Fight", 0.9, True), "scene": ("NonFight", 0.6, False)}
+    ids = row_owners(clip)
+    for t, shown in ((10, "0.80"), (70, "0.90")):
+        placed = label_placements(clip, t, ids[:, t], labels)
+        x, y = clip.keypoint[0, t].min(0)
+        assert sorted(placed) == [(f"Fight {shown}", (float(x), float(y) - 24), True),
+                                  ("NonFight 0.60", (8.0, 8.0), False)]
+    assert [p[0] for p in label_placements(clip, 45, ids[:, 45], labels)] == ["NonFight 0.60"]  # nobody there
+    del clip.extra["frame_track_ids"]  # without per-frame ids the row is its one track on every frame
+    assert (row_owners(clip) == np.array([[7], [8], [9]])).all()

@@ -28,6 +28,33 @@ def _labels_at(t: float, windows: Sequence, probs: np.ndarray, spec: ModelSpec) 
     return out
 
 
+def row_owners(clip: SkeletonClip) -> np.ndarray:
+    """(M, T) person id of each row at each frame: `frame_track_ids` where tracking stored it (it reuses a row for
+    a later person), else each row's track id (or its index) on every frame."""
+    owner = clip.extra.get("frame_track_ids")
+    if isinstance(owner, np.ndarray) and owner.shape == clip.keypoint_score.shape[:2]:
+        return owner
+    row_ids = np.asarray(clip.track_ids if clip.track_ids is not None else range(clip.num_person), np.int32)
+    return np.repeat(row_ids[:, None], clip.num_frames, axis=1)
+
+
+def label_placements(clip: SkeletonClip, t: int, ids: np.ndarray,
+                     labels: dict[str, tuple[str, float, bool]]) -> list[tuple[str, tuple[float, float], bool]]:
+    """(text, top-left, over threshold) of each label drawn on frame t: a scene label at the top, a track's above
+    the row that holds that person at t (`ids`: each row's person at t; a reused row holds others elsewhere)."""
+    out = []
+    for key, (name, score, on) in labels.items():
+        if key == "scene":
+            out.append((f"{name} {score:.2f}", (8.0, 8.0), on))
+            continue
+        rows = np.nonzero(ids == int(key[len("track"):]))[0]
+        vis = clip.keypoint_score[int(rows[0]), t] > 0 if len(rows) else None
+        if vis is not None and vis.any():
+            x, y = clip.keypoint[int(rows[0]), t][vis].min(0)
+            out.append((f"{name} {score:.2f}", (float(x), float(y) - 24), on))
+    return out
+
+
 def render_recognition_overlay(clip: SkeletonClip, video_uri: str, windows: Sequence, probs: np.ndarray,
                                spec: ModelSpec, out_path: str | Path) -> Path:
     from PIL import Image, ImageDraw
@@ -40,30 +67,19 @@ def render_recognition_overlay(clip: SkeletonClip, video_uri: str, windows: Sequ
     inds = clip.frame_inds if clip.frame_inds is not None else np.arange(clip.num_frames)
     pos = {int(f): t for t, f in enumerate(inds)}
     times = frame_times(clip)
-    row_ids = np.asarray(clip.track_ids if clip.track_ids is not None else range(clip.num_person), np.int32)
-    owner = clip.extra.get("frame_track_ids")   # whose each row is, frame by frame (tracking reuses rows)
-    owner = owner if isinstance(owner, np.ndarray) and owner.shape == clip.keypoint_score.shape[:2] else None
+    owner = row_owners(clip)
     writer = H264Writer(out_path, clip.fps)
     try:
         for idx, image in iter_frames(video_uri):
             t = pos.get(idx)
             if t is None:
                 continue
-            ids = owner[:, t] if owner is not None else row_ids
+            ids = owner[:, t]
             img = Image.fromarray(draw_skeletons(image, clip.keypoint[:, t], clip.keypoint_score[:, t],
                                                  ids)[..., ::-1])
             draw = ImageDraw.Draw(img)
-            for key, (name, score, on) in _labels_at(float(times[t]), windows, probs, spec).items():
-                colour = (255, 40, 40) if on else (255, 255, 255)
-                if key == "scene":
-                    draw.text((8, 8), f"{name} {score:.2f}", fill=colour)
-                    continue
-                rows = np.nonzero(ids == int(key[len("track"):]))[0]
-                m = int(rows[0]) if len(rows) else None
-                vis = clip.keypoint_score[m, t] > 0 if m is not None else None
-                if vis is not None and vis.any():
-                    x, y = clip.keypoint[m, t][vis].min(0)
-                    draw.text((float(x), float(y) - 24), f"{name} {score:.2f}", fill=colour)
+            for text, xy, on in label_placements(clip, t, ids, _labels_at(float(times[t]), windows, probs, spec)):
+                draw.text(xy, text, fill=(255, 40, 40) if on else (255, 255, 255))
             writer.write(np.asarray(img)[..., ::-1])
     finally:
         writer.close()
