@@ -29,6 +29,20 @@ def test_window_starts():
     assert window_starts(5, 8, 4, min_frames=5) == [0] and window_starts(4, 8, 4, min_frames=5) == []
 
 
+def test_build_covers_a_videos_last_frames_with_window_cover_end(tmp_path):
+    """window.cover_end adds a window ending at the video's last frame where the stride's grid leaves frames out
+    (frames 16-19 of 20 at clip_len 8, stride 8); the default keeps the grid, as builds before it did."""
+    from recognizer_core.dataset.build import video_windows
+    from recognizer_core.dataset.config import DatasetBuildConfig
+    from recognizer_core.extract.clip_files import write_clip_file
+    path = write_clip_file(_clip(), tmp_path / "vid.parquet")
+    for cover_end, starts in ((False, [0, 8]), (True, [0, 8, 12])):
+        cfg = DatasetBuildConfig(window={"clip_len": 8, "cover_end": cover_end})
+        wins = video_windows(path, "train", 1, "Fight", cfg)
+        assert [int(w.extra["window_start"]) for w in wins] == starts
+        assert wins[-1].frame_inds.tolist() == _clip().frame_inds[starts[-1]:starts[-1] + 8].tolist()
+
+
 def test_windows_rank_persons_inside_each_window():
     clip = _clip()
     wins = make_windows(clip, clip_len=8, stride=4, num_person=2, min_person_frames=2)

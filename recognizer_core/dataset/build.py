@@ -43,7 +43,7 @@ def video_windows(path: str, split: str, label: int, label_name: str, cfg: Datas
     # the clip file keeps the label it was extracted with; a label fixed since (CSV) comes from the listing
     clip.split, clip.label, clip.label_name = split, label, label_name
     w = cfg.window
-    return make_windows(clip, w.clip_len, w.stride, w.num_person, w.min_frames, w.min_person_frames)
+    return make_windows(clip, w.clip_len, w.stride, w.num_person, w.min_frames, w.min_person_frames, w.cover_end)
 
 
 def _window_batch(batch: dict, cfg: DatasetBuildConfig) -> pa.Table:

@@ -14,6 +14,8 @@ class WindowConfig(StrictModel):
     min_frames: int = Field(1, ge=1, description="a video shorter than clip_len is kept whole if it has this many")
     num_person: int = Field(4, ge=1, description="persons kept per window (top length x score, stable order)")
     min_person_frames: int = Field(1, ge=1, description="a person must appear in this many window frames")
+    cover_end: bool = Field(False, description="add a last window ending at the video's last frame where the "
+                                               "stride leaves frames in no window (it overlaps the one before)")
 
 
 class SplitConfig(StrictModel):

@@ -23,7 +23,7 @@ def window_starts(num_frames: int, clip_len: int, stride: int, min_frames: int =
 
     A clip shorter than clip_len gives one (short) window if it has at least min_frames frames. `cover_end`
     adds a last window ending at the clip's last frame where the stride would leave frames unseen (recognition
-    scores a whole video; training windows keep the stride's grid).
+    scores a whole video; training windows keep the stride's grid unless `window.cover_end` is set).
     """
     if num_frames < min_frames or num_frames == 0:
         return []
