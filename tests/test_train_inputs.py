@@ -240,6 +240,19 @@ def test_resuming_with_a_different_model_is_refused(tmp_path):
     # another batch size (or worker count): the restored schedule counted other steps per epoch
     with pytest.raises(ValueError, match=r"steps per epoch changed \(train.batch_size: checkpoint 4, config 8\)"):
         _run(_cfg("train.batch_size=8"), ds, tmp_path)
+    # other data under the same run.name (the demo preset, then real data): a finished demo run was 'resumed'
+    with pytest.raises(ValueError, match=r"trained on other data \(data.path: checkpoint None, config '"):
+        _run(_cfg(f"data.path={ds}"), ds, tmp_path)
+    with pytest.raises(ValueError, match=r"other data \(data.demo_num_clips: checkpoint 96, config 48\)"):
+        _run(_cfg("data.demo_num_clips=48"), ds, tmp_path)
+
+
+def test_resuming_on_the_same_data_written_another_way_continues(tmp_path):
+    ds = _dataset(tmp_path)
+    _run(_cfg(f"data.path={ds}"), ds, tmp_path)
+    summary, _ = _run(_cfg(f"data.path={ds}/", "train.epochs=2"), ds, tmp_path)
+    assert summary["epochs_run"] == 2
+    assert '"resumed_from_epoch": 1' in (tmp_path / "run" / "resume_log.jsonl").read_text()
 
 
 def test_mmaction_pkl_inputs_become_one_store(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -67,6 +68,15 @@ def check_resumable(cfg: TrainJobConfig, ckpt: Path) -> None:
     if diffs:
         raise ValueError(f"cannot resume run {cfg.run.name!r} from {ckpt}: the model or pipeline changed ("
                          + "; ".join(diffs) + "). Use a new run.name for a different model")
+    # Another dataset under the same run.name (the docs' demo command, then the same preset on real data) resumed
+    # the demo run: a finished one trained 0 epochs and reported the demo model as the new data's result.
+    data_keys = ("path", "train_pkl", "val_pkl", "train_split", "val_split")
+    data_keys += ("demo_task", "demo_num_clips", "demo_seed") if cfg.data.is_demo else ()
+    data = [f"data.{k}: checkpoint {saved['data'][k]!r}, config {now['data'][k]!r}" for k in data_keys
+            if k in saved.get("data", {}) and _same_place(saved["data"][k]) != _same_place(now["data"][k])]
+    if data:
+        raise ValueError(f"cannot resume run {cfg.run.name!r} from {ckpt}: it trained on other data ("
+                         + "; ".join(data) + "). Use a new run.name (--set run.name=...) for a run on this data")
     # The restored schedule counts optimizer steps and its lr was scaled to the old global batch: with another
     # number of batches per epoch it decayed early (2 workers instead of 1: 'epoch 20' at epoch 11) from the
     # wrong lr, without a word.
@@ -77,3 +87,8 @@ def check_resumable(cfg: TrainJobConfig, ckpt: Path) -> None:
         raise ValueError(f"cannot resume run {cfg.run.name!r} from {ckpt}: the steps per epoch changed ("
                          + "; ".join(steps) + "), so the restored learning-rate schedule would no longer fit. "
                          "Resume with the original values, or use a new run.name")
+
+
+def _same_place(value):
+    """A path as written, normalised (`data/x/` and `./data/x` are one folder); other values as they are."""
+    return os.path.normpath(value) if isinstance(value, str) and value and "://" not in value else value
