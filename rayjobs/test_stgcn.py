@@ -40,21 +40,24 @@ def newest_run(storage: Path) -> Path | None:
 
 
 def _pick_run(cfg: TrainJobConfig, args) -> tuple[TrainJobConfig, Path]:
-    """The model to test: --checkpoint; else the config's run folder; else, with no --config/--set, the newest
-    training run under run.storage_path (with the config it was trained with)."""
+    """The model to test: --checkpoint (a path, or a file name in the config's run folder); else the config's run
+    folder; with no --config/--set, the newest training run under run.storage_path (with the config it was
+    trained with)."""
     from recognizer_core.train.stgcn.job import run_folder
 
-    if args.checkpoint:
-        return cfg, Path(args.checkpoint)
     run_dir = Path(run_folder(cfg))
-    if run_dir.exists() or args.config != DEFAULT_CONFIG or args.overrides:
+    if args.checkpoint:
+        given = Path(args.checkpoint)
+        in_run = run_dir / given
+        return cfg, in_run if not given.exists() and not given.is_absolute() and in_run.exists() else given
+    if args.config != DEFAULT_CONFIG or args.overrides:
         return cfg, run_dir
     newest = newest_run(Path(output_uri(cfg.run.storage_path)))   # where train_stgcn put its runs
     if newest is None:
         return cfg, run_dir
     if (newest / "config.yaml").is_file():
         cfg = load_config(TrainJobConfig, newest / "config.yaml")
-    print(f"[test_stgcn] no run {run_dir.name!r}: testing the newest training run, {newest}", flush=True)
+    print(f"[test_stgcn] no --config / --set: testing the newest training run, {newest}", flush=True)
     return cfg, newest
 
 

@@ -2,6 +2,7 @@
 deletes with the session), resolved once on the driver."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -201,3 +202,14 @@ def test_test_job_finds_the_newest_run_where_training_wrote_it(tmp_path, monkeyp
     cfg = load_config(TrainJobConfig, DEFAULT_CONFIG)
     args = argparse.Namespace(checkpoint=None, config=DEFAULT_CONFIG, overrides=[])
     assert _pick_run(cfg, args)[1] == tmp_path / "shared" / "work_dirs" / "fresh"
+    # the preset's own run folder, older than the newest run, is not what "no arguments" tests (it was)
+    stable = tmp_path / "shared" / "work_dirs" / "fight_stable"
+    stable.mkdir()
+    (stable / "summary.json").write_text("{}")
+    (stable / "best_acc_top1_epoch_30.pth").write_bytes(b"")
+    os.utime(stable / "summary.json", (1, 1))
+    os.utime(stable / "best_acc_top1_epoch_30.pth", (1, 1))
+    assert _pick_run(cfg, args)[1] == tmp_path / "shared" / "work_dirs" / "fresh"
+    # --checkpoint with a file name (docs/training.md's example) is looked up in the config's run folder
+    args = argparse.Namespace(checkpoint="best_acc_top1_epoch_30.pth", config=DEFAULT_CONFIG, overrides=[])
+    assert _pick_run(cfg, args)[1] == stable / "best_acc_top1_epoch_30.pth"
