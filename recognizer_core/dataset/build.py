@@ -178,7 +178,9 @@ def run_build(cfg: DatasetBuildConfig, plan: tuple[list[dict], list[str], int] |
             pkl_remote = storage.is_remote(cfg.pkl_dir)  # written in a local folder, then uploaded
             pkl_dir = Path(out) / PKL_DIR if not cfg.pkl_dir else \
                 Path(tempfile.mkdtemp(prefix="recognizer_pkl_")) if pkl_remote else Path(cfg.pkl_dir)
-            pkls = [parquet_to_pkl(out, pkl_dir / f"{split}.pkl", split) for split in ds.splits()]
+            # one bare list per split: the guide's config reads ann_file_train/val/test without `split=`, and
+            # mmaction2's PoseDataset then iterates the file's top level (a dict's keys: a TypeError)
+            pkls = [parquet_to_pkl(out, pkl_dir / f"{split}.pkl", split, layout="list") for split in ds.splits()]
             if pkl_remote:
                 storage.copy_tree(str(pkl_dir), cfg.pkl_dir)
                 shutil.rmtree(pkl_dir, ignore_errors=True)

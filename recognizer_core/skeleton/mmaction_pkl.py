@@ -183,11 +183,12 @@ def pkl_to_parquet(pkl_path: str | Path, out_dir: str | Path, label_names: Seque
 
 
 def parquet_to_pkl(dataset_dir: str | Path, pkl_path: str | Path,
-                   split: str | Sequence[str] | None = None) -> Path:
+                   split: str | Sequence[str] | None = None, layout: str | None = None) -> Path:
     """Write a Parquet skeleton dataset (or some of its splits) as an mmaction2 pose pickle.
 
     The split mapping, pickle layout and extra top-level keys saved by pkl_to_parquet are restored, so
-    pkl -> parquet -> pkl gives the same annotations and splits (with the type changes above).
+    pkl -> parquet -> pkl gives the same annotations and splits (with the type changes above). `layout`
+    overrides the layout: 'list' is a bare list of annotations, what PoseDataset reads without `split=`.
     """
     ds = SkeletonDataset(dataset_dir)
     clips = list(ds.iter_clips(split))
@@ -196,5 +197,5 @@ def parquet_to_pkl(dataset_dir: str | Path, pkl_path: str | Path,
     if split_map is not None and split is not None:
         keep = [split] if isinstance(split, str) else list(split)
         split_map = {k: v for k, v in split_map.items() if k in keep}
-    return write_mmaction_pkl(clips, pkl_path, split_map=split_map, layout=meta.get("layout", "dict"),
+    return write_mmaction_pkl(clips, pkl_path, split_map=split_map, layout=layout or meta.get("layout", "dict"),
                               other=decode_extra(meta.get("other")), label_names=ds.label_names or None)

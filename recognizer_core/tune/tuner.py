@@ -220,7 +220,8 @@ def _searcher(space: SearchSpace, metric: str, mode: str, options: TuneOptions):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         if options.objectives and options.mo_sampler == "nsga2":
-            sampler = optuna.samplers.NSGAIISampler(seed=options.seed)
+            sampler = optuna.samplers.NSGAIISampler(seed=options.seed,
+                                                    population_size=nsga2_population(options.num_samples))
         else:
             # multivariate + group: TPE models parameters jointly, and conditional ones (SGD momentum,
             # milestones) only among the trials where they exist; it handles several objectives too.
@@ -231,6 +232,36 @@ def _searcher(space: SearchSpace, metric: str, mode: str, options: TuneOptions):
                              sampler=sampler, points_to_evaluate=space.start_points() or None)
     return _OptunaSearch(space=space.suggest, metric=metric, mode=mode, sampler=sampler,
                          points_to_evaluate=space.start_points() or None)
+
+
+def nsga2_population(num_samples: int) -> int:
+    """NSGA-II's generation size for a search of `num_samples` trials. Its generation 0 is random sampling, so
+    Optuna's default 50 made any search of <= 50 trials (the default 20) a random search; a quarter of the
+    budget leaves about 3 generations to evolve. At least 4 (Optuna needs >= 2, the crossover's 2 parents),
+    at most Optuna's 50."""
+    return max(4, min(50, num_samples // 4))
+
+
+def asha_or_fifo(options: TuneOptions, schedule: list[int] | None, max_epochs: int | None, metric: str,
+                 mode: str):
+    """The trial scheduler. ASHA's unit is a validation (val_round): rungs fall on validated epochs only, so
+    every rung compares measured values. Without a known schedule (another job's config), epochs."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if options.scheduler != "asha":
+        return FIFOScheduler()
+    time_attr = "epoch" if schedule is None and options.time_attr == "val_round" else options.time_attr
+    length = len(schedule) if time_attr == "val_round" and schedule else max_epochs
+    max_t = options.max_t or length
+    if not max_t:
+        raise ConfigError(f"ASHA needs --max-t: the config's {options.epochs_field} is unknown")
+    grace = min(options.grace_period or max(1, max_t // 8), max_t)
+    # ASHA stops a trial that reaches its max_t, killing its Train run while it shuts down. When max_t is the
+    # whole schedule (the default), the trial should end by itself (workers and resources freed): ASHA gets
+    # one more. A shorter --max-t N is a budget: the trial stops after N, as asked.
+    ends_by_itself = length is not None and max_t >= int(length)
+    return ASHAScheduler(time_attr=time_attr, max_t=max_t + 1 if ends_by_itself else max_t, grace_period=grace,
+                         reduction_factor=options.reduction_factor, metric=metric, mode=mode)
 
 
 def request_record(space: SearchSpace, extra: dict[str, Any], config_cls: type[BaseModel],
@@ -301,7 +332,6 @@ def run_tuning(space: SearchSpace, config_cls: type[BaseModel], build_trainer: C
     their mean. measure(cfg) -> {name: value}: measured once per trial (e.g. latency, for `objectives`)."""
     from recognizer_core.tune.progress import SearchProgress
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     # A trial whose run reported nothing (or not this metric) is shown as such in the results, instead of
     # Tune's strict check aborting the whole experiment.
@@ -333,18 +363,7 @@ def run_tuning(space: SearchSpace, config_cls: type[BaseModel], build_trainer: C
         tuner = tune.Tuner.restore(experiment_uri, trainable=trainable, resume_unfinished=True,
                                    resume_errored=False, restart_errored=options.retry_errored)
     else:
-        # ASHA's unit is a validation (val_round): rungs fall on validated epochs only, so every rung compares
-        # measured values. Without a known schedule (another job's config), epochs.
-        time_attr = "epoch" if schedule is None and options.time_attr == "val_round" else options.time_attr
-        max_t = options.max_t or (len(schedule) if time_attr == "val_round" else int(max_epochs))
-        if options.scheduler == "asha":
-            grace = min(options.grace_period or max(1, max_t // 8), max_t)
-            # max_t + 1: ASHA stops a trial that reaches max_t, killing its Train run while it shuts down;
-            # a trial that trains its last epoch should instead end by itself (workers and resources freed).
-            scheduler = ASHAScheduler(time_attr=time_attr, max_t=max_t + 1, grace_period=grace,
-                                      reduction_factor=options.reduction_factor, metric=metric, mode=mode)
-        else:
-            scheduler = FIFOScheduler()
+        scheduler = asha_or_fifo(options, schedule, max_epochs, metric, mode)
         write_text(join_uri(experiment_uri, REQUEST_FILE), json.dumps(record, indent=1))
         tuner = tune.Tuner(
             trainable,
