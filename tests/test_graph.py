@@ -68,3 +68,20 @@ def test_stgcn_spatial_matches_reference_loops(layout):
                     further[j, i] = norm[j, i]
     np.testing.assert_allclose(g.A, np.stack([root, close, further]).astype(np.float32))
     np.testing.assert_allclose(g.A.sum(0).sum(0), 1.0, rtol=1e-6)  # the 3 partitions split each column
+
+
+def test_exported_hand_config_builds_in_mmaction2s_graph():
+    """mmaction2 1.2.0's Graph takes 'openpose' / 'nturgb+d' / 'coco' or a dict (num_node, inward, center); the
+    exported config of a handmp model said layout='coco-hand', which its `assert layout in [...]` refused."""
+    from recognizer_core.models.checkpoint import mmaction_config_text
+    from recognizer_core.models.recognizer import ModelConfig
+    scope: dict = {}
+    exec(mmaction_config_text(ModelConfig(layout="handmp", num_classes=3, in_channels=3)), {}, scope)
+    layout = scope["model"]["backbone"]["graph_cfg"]["layout"]
+    assert isinstance(layout, dict) and {"num_node", "inward", "center"} <= set(layout)  # mmaction2's asserts
+    hand = Graph("handmp")
+    assert (layout["num_node"], layout["center"], [tuple(e) for e in layout["inward"]]) == (
+        hand.num_node, hand.center, [tuple(e) for e in hand.inward])
+    scope = {}
+    exec(mmaction_config_text(ModelConfig(num_classes=3, in_channels=3)), {}, scope)
+    assert scope["model"]["backbone"]["graph_cfg"]["layout"] == "coco"

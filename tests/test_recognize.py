@@ -301,3 +301,25 @@ def test_overlay_labels_a_reused_row_with_the_person_it_holds_at_each_frame():
     assert [p[0] for p in label_placements(clip, 45, ids[:, 45], labels)] == ["NonFight 0.60"]  # nobody there
     del clip.extra["frame_track_ids"]  # without per-frame ids the row is its one track on every frame
     assert (row_owners(clip) == np.array([[7], [8], [9]])).all()
+
+
+def test_mmaction_py_config_sets_the_temporal_strides_the_weights_do_not_hold(tmp_path):
+    """A stage that widens the channels without striding in time (inflate_stages=[3], down_stages=[]) has a 1x1
+    residual conv like a down stage: from the weights alone recognize built a stride-2 stage (other scores)."""
+    from recognizer_core.models.checkpoint import export_mmaction_checkpoint, mmaction_config_text
+    from recognizer_core.models.recognizer import ModelConfig, build_recognizer
+    from recognizer_core.recognize.model import load_recognizer
+    torch.manual_seed(0)
+    cfg = ModelConfig(num_classes=2, in_channels=3, base_channels=8, num_stages=3, inflate_stages=[3],
+                      down_stages=[], dropout=0.0)
+    net = build_recognizer(cfg).eval()
+    pth = export_mmaction_checkpoint(net, tmp_path / "m.pth", cfg=cfg)
+    py = tmp_path / "m.py"
+    py.write_text(mmaction_config_text(cfg) + "test_pipeline = [dict(type='UniformSampleFrames', clip_len=32, "
+                  "num_clips=1), dict(type='FormatGCNInput', num_person=2)]\n")
+    rec = load_recognizer(pth, model_config=py, label_names=["a", "b"])
+    assert rec.spec.model["down_stages"] == [] and rec.spec.model["inflate_stages"] == [3]
+    x = rec.prepare([_clip(T=40)])
+    with torch.no_grad():
+        want = net(torch.from_numpy(x)).softmax(-1).numpy()
+    np.testing.assert_allclose(rec.predict(x), want, atol=1e-6)

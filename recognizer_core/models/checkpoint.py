@@ -179,14 +179,18 @@ def load_mmaction_checkpoint(model: nn.Module, path: str | Path, *, trusted: boo
 
 def mmaction_config_text(cfg) -> str:
     """The model section of an mmaction2 1.2.0 config that builds the same network as `cfg` (ModelConfig)."""
-    layout = "coco-hand" if cfg.layout == "handmp" else cfg.layout
+    if cfg.layout == "handmp":  # mmaction2 1.2.0's Graph names only openpose / nturgb+d / coco: a dict it takes
+        num_node, center, inward = LAYOUTS["handmp"]
+        layout = f"dict(num_node={num_node}, inward={[tuple(e) for e in inward]}, center={center})"
+    else:
+        layout = f"'{cfg.layout}'"
     return (
         "model = dict(\n    type='RecognizerGCN',\n    backbone=dict(\n        type='STGCN',\n"
         "        gcn_adaptive='init',\n        gcn_with_res=True,\n        tcn_type='mstcn',\n"
         f"        in_channels={cfg.in_channels},\n        base_channels={cfg.base_channels},\n"
         f"        num_stages={cfg.num_stages},\n        inflate_stages={list(cfg.inflate_stages)},\n"
         f"        down_stages={list(cfg.down_stages)},\n"
-        f"        graph_cfg=dict(layout='{layout}', mode='spatial')),\n"
+        f"        graph_cfg=dict(layout={layout}, mode='spatial')),\n"
         f"    cls_head=dict(type='GCNHead', num_classes={cfg.num_classes}, "
         f"in_channels={cfg.head_in_channels}, dropout={cfg.dropout}))\n")
 

@@ -179,6 +179,23 @@ def _mmaction_py_pipeline(text: str, source: str) -> PipelineConfig:
                           feats=[a or b for a, b in re.findall(r"'(\w+)'|\"(\w+)\"", feats)] if feats else ["j"])
 
 
+def _mmaction_py_stages(text: str, source: str) -> dict:
+    """num_stages / inflate_stages / down_stages of an mmaction2 config's backbone, where it sets them: temporal
+    strides are not in the weights (infer_model_config guesses a down stage at every 1x1 residual conv, also
+    one that only widens the channels)."""
+    import ast
+
+    found = {}
+    for key in ("num_stages", "inflate_stages", "down_stages"):
+        m = re.search(rf"\b{key}\s*=\s*(\[[^\]]*\]|\d+)", text)
+        if m:
+            try:
+                found[key] = ast.literal_eval(m.group(1))
+            except (ValueError, SyntaxError):
+                raise ValueError(f"{source}: cannot read {key} = {m.group(1)!r}") from None
+    return found
+
+
 def load_recognizer(path: str | Path, *, model_config: str | Path | None = None,
                     label_names: Sequence[str] | None = None, device: str = "cpu", threads: int = 0,
                     spec: ModelSpec | None = None, background_class: str | int | None = None) -> Recognizer:
@@ -218,7 +235,8 @@ def _torch_recognizer(cfg_file: Path, pth: Path, label_names, device: str, threa
     names = label_names or (meta.get("dataset_meta") or {}).get("classes")
     source = {"checkpoint": str(pth.resolve()), "config": str(cfg_file.resolve()), "epoch": meta.get("epoch")}
     if cfg_file.suffix == ".py":
-        model_cfg = infer_model_config(load_state_dict_file(pth), dropout=0.0)
+        model_cfg = infer_model_config(load_state_dict_file(pth), dropout=0.0,
+                                       **_mmaction_py_stages(cfg_file.read_text(), str(cfg_file)))
         pipeline = _mmaction_py_pipeline(cfg_file.read_text(), str(cfg_file))
         names = list(names or [str(i) for i in range(model_cfg.num_classes)])
         background, how = resolve_background(names, background_class, fallback=None)
