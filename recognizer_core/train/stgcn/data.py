@@ -299,7 +299,10 @@ def _own_files(_: int) -> None:
 
 def make_loader(batches: ShardBatches, loader_workers: int, prefetch: int, pin_memory: bool):
     sampler = EpochBatchSampler(len(batches))
-    kwargs = dict(num_workers=loader_workers, pin_memory=pin_memory)
+    # Its own generator: a DataLoader iterator draws a base seed at creation, from torch's global generator by
+    # default, which the loop seeds per epoch for dropout. Persistent loader processes draw once per process, so a
+    # resumed run drew where the uninterrupted one had not, and its first epoch's dropout masks differed.
+    kwargs = dict(num_workers=loader_workers, pin_memory=pin_memory, generator=torch.Generator())
     if loader_workers > 0:
         kwargs.update(persistent_workers=True, prefetch_factor=prefetch, worker_init_fn=_own_files)
     # batch_size=None: each dataset item is already a batch; the sampler hands out (epoch, batch) keys.

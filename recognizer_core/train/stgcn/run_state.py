@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from dataclasses import asdict, dataclass, field
@@ -10,6 +11,8 @@ from pathlib import Path
 
 from recognizer_core.config import read_yaml
 from recognizer_core.train.stgcn.config import TrainJobConfig
+
+log = logging.getLogger(__name__)
 
 
 class EarlyStopper:
@@ -87,6 +90,20 @@ def check_resumable(cfg: TrainJobConfig, ckpt: Path) -> None:
         raise ValueError(f"cannot resume run {cfg.run.name!r} from {ckpt}: the steps per epoch changed ("
                          + "; ".join(steps) + "), so the restored learning-rate schedule would no longer fit. "
                          "Resume with the original values, or use a new run.name")
+    # The optimizer's and scheduler's states are restored over the config (as mmengine does): a new lr was printed
+    # but not used, another optimizer type crashed at its first step (SGD reading AdamW's groups: KeyError).
+    optim = [f"{sec}.{k}: checkpoint {saved[sec][k]!r}, config {v!r}" for sec in ("optim", "schedule")
+             for k, v in now[sec].items() if k in saved.get(sec, {}) and saved[sec][k] != v
+             and (sec, k) != ("optim", "clip_grad_max_norm")]
+    if optim:
+        raise ValueError(f"cannot resume run {cfg.run.name!r} from {ckpt}: the optimizer or schedule changed ("
+                         + "; ".join(optim) + "); the checkpoint's would be restored over them. Resume with the "
+                         "original values, or use a new run.name")
+    old_epochs = saved.get("train", {}).get("epochs")
+    if cfg.schedule.type == "cosine" and old_epochs is not None and old_epochs != cfg.train.epochs:
+        log.warning("resuming run %r with train.epochs=%d (it started with %d): the cosine schedule is stretched "
+                    "to the new length, so the lr jumps at the resumed epoch", cfg.run.name, cfg.train.epochs,
+                    old_epochs)
 
 
 def _same_place(value):
