@@ -73,6 +73,20 @@ def test_shipped_spaces_sample_valid_conditional_configs(name):
     assert space.build_config(TrainJobConfig, point) == base
 
 
+@pytest.mark.parametrize("name", ["fight", "falldown"])
+def test_cosine_eta_min_stays_well_below_every_trials_lr(name):
+    """eta_min was searched in 1e-7..1e-5 while a trial's lr after auto_scale_lr goes down to 1e-5 x 16/128 =
+    1.25e-6: ~4% of cosine trials had eta_min >= lr, a flat lr labelled cosine (optim.py clamps the floor)."""
+    space = load_search_space(REPO / "search_spaces" / f"{name}.yaml", TrainJobConfig, job=JOB, metrics=METRICS)
+    for extra in ({}, space.demo):  # a real search (the preset's base_batch_size 128) and the demo's
+        cfg = space.build_config(TrainJobConfig, {}, extra)
+        batches = space.params["train.batch_size"].values if "train.batch_size" in space.params else [
+            cfg.train.batch_size]
+        scale = cfg.scaling.num_workers * min(batches) / cfg.optim.base_batch_size if cfg.optim.auto_scale_lr else 1
+        smallest_lr = space.params["optim.lr"].low * scale
+        assert space.params["schedule.eta_min"].high <= 0.1 * smallest_lr, (name, extra, smallest_lr)
+
+
 def _write(tmp_path: Path, params: str, **top) -> Path:
     (tmp_path / "configs").mkdir(exist_ok=True)
     (tmp_path / "configs" / "base.yaml").write_text(

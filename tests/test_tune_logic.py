@@ -181,3 +181,110 @@ def test_measured_model_cost():
         repeats=3)
     assert preset["model/params_m"] == pytest.approx(0.275452) and light["model/params_m"] == pytest.approx(0.017937)
     assert preset["model/latency_ms"] > 0 and light["model/latency_ms"] > 0
+
+
+def _fold_reports(agg: FoldAggregator, events: list[tuple], sched: list[int]) -> list[dict]:
+    """Feed ('add', fold, epoch, value) / ('finish', fold) events; returns every merged report."""
+    out = []
+    for ev in events:
+        if ev[0] == "finish":
+            out += agg.finish(ev[1])
+        else:
+            out += agg.add(ev[1], clean_report({"epoch": ev[2], "val/acc_top1": ev[3], "train/loss": 0.1}, sched))
+    return out
+
+
+def test_fold_means_after_a_resume_are_ones_that_happened():
+    """A resumed cross-validated trial: its folds continue from their own latest checkpoints, an epoch or more
+    apart. The aggregator filled a fold's missing earlier epochs with its final value (a later epoch's): epoch 6
+    was reported as 0.77 where the folds' epoch-6 mean was 0.69, and a best of 0.85 that never happened."""
+    m, sched = "val/acc_top1", validated_epochs(10, 1)
+    # Case 1: fold 0 resumes after its epoch-6 checkpoint, fold 1 after epoch 5; both run to epoch 10.
+    value = {0: {e: round(0.50 + 0.04 * e, 4) for e in range(1, 11)},
+             1: {e: round(0.40 + 0.04 * e, 4) for e in range(1, 11)}}
+    events = []
+    for e in range(6, 11):
+        events += ([("add", 0, e + 1, value[0][e + 1])] if e < 10 else []) + [("add", 1, e, value[1][e])]
+    reps = _fold_reports(FoldAggregator(2, (m,)), events + [("finish", 0), ("finish", 1)], sched)
+    assert [r["epoch"] for r in reps] == [7, 8, 9, 10]  # epoch 6: fold 0 will never report it again
+    for r in reps:
+        assert r[m] == pytest.approx((value[0][r["epoch"]] + value[1][r["epoch"]]) / 2)
+        assert [r[f"{m}_fold{f}"] for f in (0, 1)] == [value[0][r["epoch"]], value[1][r["epoch"]]]
+    # Case 2: fold 0 had finished all 10 epochs (its continued run repeats only its final metrics), fold 1
+    # resumes after epoch 5. Only epoch 10 has real values from both folds.
+    f0, f1 = {10: 0.90}, {6: 0.80, 7: 0.70, 8: 0.70, 9: 0.70, 10: 0.70}
+    events = [("add", 0, 10, f0[10]), ("add", 1, 6, f1[6]), ("finish", 0)]
+    events += [("add", 1, e, f1[e]) for e in range(7, 11)] + [("finish", 1)]
+    reps = _fold_reports(FoldAggregator(2, (m,)), events, sched)
+    assert [(r["epoch"], r[m]) for r in reps] == [(10, pytest.approx(0.80))]
+    # A fold that finished early still stands in with its last values, but only for LATER epochs.
+    events = [("add", 0, 1, 0.5), ("add", 1, 1, 0.7), ("add", 1, 2, 0.8), ("finish", 0), ("add", 1, 3, 0.9)]
+    reps = _fold_reports(FoldAggregator(2, (m,)), events, sched)
+    assert [(r["epoch"], r[m]) for r in reps] == [(1, pytest.approx(0.6)), (2, pytest.approx(0.65)),
+                                                  (3, pytest.approx(0.7))]
+
+
+def test_asha_max_t_is_the_number_of_validations_a_trial_runs():
+    """`--max-t 5` ran 6 validations: ASHA got max_t + 1, meant only for the default (the whole schedule), where
+    a trial should end by itself instead of being stopped at its last validation."""
+    from types import SimpleNamespace
+
+    from ray.tune.schedulers import FIFOScheduler
+
+    from recognizer_core.tune.tuner import TuneOptions, asha_or_fifo
+
+    def stopped_at(max_t, schedule=validated_epochs(15, 1)):
+        asha = asha_or_fifo(TuneOptions(name="x", max_t=max_t), schedule, schedule[-1], "val/acc_top1", "max")
+        trial = SimpleNamespace(trial_id="t1")
+        asha.on_trial_add(None, trial)
+        for r in range(1, len(schedule) + 1):  # a single trial: always the rung's best, only max_t stops it
+            if asha.on_trial_result(None, trial, {"val_round": r, "val/acc_top1": 0.5 + r / 100}) != "CONTINUE":
+                return r
+        return None  # ran its whole schedule: it ends by itself
+
+    assert stopped_at(5) == 5 and stopped_at(1) == 1
+    assert stopped_at(None) is None and stopped_at(15) is None and stopped_at(40) is None
+    assert isinstance(asha_or_fifo(TuneOptions(name="x", scheduler="fifo"), None, None, "m", "max"), FIFOScheduler)
+
+
+def test_nsga2_evolves_within_the_search_budget():
+    """NSGAIISampler's default population of 50 made its generation 0 (random sampling) the whole of any search
+    of <= 50 trials: the default 20-trial --mo-sampler nsga2 search was a random search."""
+    import optuna
+
+    from recognizer_core.train.stgcn.config import TrainJobConfig
+    from recognizer_core.tune.search_space import load_search_space
+    from recognizer_core.tune.tuner import TuneOptions, _searcher
+
+    space = load_search_space(REPO / "search_spaces" / "fight.yaml", TrainJobConfig, job="stgcn")
+    options = TuneOptions(name="x", objectives=["model/latency_ms"], mo_sampler="nsga2", num_samples=20)
+    sampler = _searcher(space, "val/acc_top1", "max", options)._sampler
+    assert isinstance(sampler, optuna.samplers.NSGAIISampler)
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
+    for i in range(options.num_samples):
+        trial = study.ask()
+        space.suggest(trial)
+        study.tell(trial, [(i * 7 % 11) / 11, (i * 5 % 13) / 13])
+    generations = {t.system_attrs.get("NSGAIISampler:generation") for t in study.trials}
+    assert max(g for g in generations if g is not None) >= 2  # 20 trials in generations of 5: 0..3
+
+
+def test_paired_test_counts_only_the_ranked_trials():
+    """"best of 3 trials" when only 2 had a metric: errored and unmeasured trials were never the winner's rivals."""
+    from recognizer_core.train.stgcn.config import TrainJobConfig
+    from recognizer_core.tune.compare import preset_comparison
+    from recognizer_core.tune.search_space import load_search_space
+
+    space = load_search_space(REPO / "search_spaces" / "fight.yaml", TrainJobConfig, job="stgcn")
+    m = "val/acc_top1"
+
+    def cv(folds):
+        return {"epoch": 2, m: sum(folds) / len(folds), "cv/folds": len(folds),
+                **{f"{m}_fold{k}": v for k, v in enumerate(folds)}}
+
+    preset = TrialRecord("p", dict(space.start_points()[0]), [cv([0.60, 0.62, 0.58])])
+    winner = TrialRecord("w", {"depth": "deep"}, [cv([0.70, 0.71, 0.69])])
+    records = [preset, winner, TrialRecord("e", {}, [], error="RuntimeError: boom"),
+               TrialRecord("n", {}, [{"epoch": 1, "train/loss": 0.5}])]
+    out = preset_comparison(records, space, m, "max", winner, {"trial_epochs": 6})
+    assert out["cv"]["selected_from"] == 2 and "best of 2 trials" in out["cv"]["verdict"]

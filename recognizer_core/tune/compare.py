@@ -135,6 +135,8 @@ def preset_comparison(records: list[TrialRecord], space: SearchSpace, metric: st
         (pm, ps), (wm, ws) = mean_std(pf), mean_std(wf)
         out["cv"] = {"preset": f"{pm:.4f} +- {ps:.4f}", "winner": f"{wm:.4f} +- {ws:.4f}",
                      "preset_folds": pf, "winner_folds": wf}
-        out["cv"].update(paired_test(wf, pf, selected_from=len(records)) if winner is not preset else
+        # the winner was picked among the ranked trials only: an errored or unmeasured one was never a rival
+        ranked = sum(1 for r in records if not r.error and best_report(r, metric, mode) is not None)
+        out["cv"].update(paired_test(wf, pf, selected_from=ranked) if winner is not preset else
                          {"verdict": "the preset itself won: nothing to test"})
     return out

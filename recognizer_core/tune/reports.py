@@ -39,18 +39,29 @@ def clean_report(metrics: dict[str, Any], schedule: list[int] | None) -> dict[st
 class FoldAggregator:
     """Collects the K fold runs' reports of one trial; once every fold has reported epoch e, returns the
     report of epoch e: each `val/*` metric's mean over the folds (what ASHA and TPE see), its std and each
-    fold's value. A fold that has finished (e.g. stopped early) counts with its last validated values."""
+    fold's value. A fold that has finished (e.g. stopped early) counts with its last validated values, but
+    only at epochs after its own last report: a value never stands in for an earlier epoch.
+
+    A trial continued after a restart has folds resuming from their own latest checkpoints, often an epoch or
+    more apart (a fold that had finished only repeats its final metrics). An epoch before a fold's first
+    report here is one that fold will never report again: it is skipped, not merged from later values, so
+    every mean reported is one that happened."""
 
     def __init__(self, folds: int, metrics: tuple[str, ...]):
         self.folds, self.metrics = folds, metrics
         self.by_epoch: dict[int, dict[int, dict]] = {}
         self.last_val: dict[int, dict] = {}
+        self.first_epoch: dict[int, int] = {}  # each fold's first / last epoch reported to this aggregator
+        self.last_epoch: dict[int, int] = {}
         self.finished: set[int] = set()
         self.emitted = 0
 
     def add(self, fold: int, report: dict) -> list[dict]:
         epoch = int(report["epoch"])
-        self.by_epoch.setdefault(epoch, {})[fold] = report
+        self.first_epoch.setdefault(fold, epoch)
+        self.last_epoch[fold] = max(epoch, self.last_epoch.get(fold, epoch))
+        if epoch > self.emitted:
+            self.by_epoch.setdefault(epoch, {})[fold] = report
         if any(k.startswith("val/") for k in report):
             self.last_val[fold] = report
         return self._ready()
@@ -59,19 +70,32 @@ class FoldAggregator:
         self.finished.add(fold)
         return self._ready()
 
+    def _without(self, fold: int, epoch: int) -> str:
+        """What epoch `epoch` can do without fold `fold`'s report: 'wait' for it, 'stand_in' (the finished
+        fold's last values, from an earlier epoch), or 'skip' the epoch (the fold will never report it)."""
+        if fold not in self.first_epoch:  # nothing from it yet: its first report may be this epoch
+            return "stand_in" if fold in self.finished else "wait"
+        if epoch < self.first_epoch[fold]:  # it resumed past this epoch
+            return "skip"
+        if epoch > self.last_epoch[fold]:
+            return "stand_in" if fold in self.finished else "wait"
+        return "skip"  # inside the epochs it reported, yet not reported: a gap, never filled in
+
     def _ready(self) -> list[dict]:
         out = []
-        for epoch in sorted(e for e in self.by_epoch if e > self.emitted):
+        for epoch in sorted(self.by_epoch):
             have = self.by_epoch[epoch]
-            missing = [f for f in range(self.folds) if f not in have]
-            if any(f not in self.finished for f in missing):
+            verdicts = {self._without(f, epoch) for f in range(self.folds) if f not in have}
+            if "wait" in verdicts:
                 break
-            out.append(self._merge(epoch, have))
+            if "skip" not in verdicts:
+                out.append(self._merge(epoch, have))
             self.emitted = epoch
             del self.by_epoch[epoch]
         return out
 
     def _merge(self, epoch: int, have: dict[int, dict]) -> dict:
+        # a fold missing here is a finished one past its last report (`_without`): its last values stand in
         reports = [have.get(f) or self.last_val.get(f) or {} for f in range(self.folds)]
         merged: dict[str, Any] = {"epoch": epoch, FOLDS_KEY: self.folds}
         if ROUND_KEY in reports[0]:

@@ -66,7 +66,8 @@ class TuneOptions(StrictModel):
     objectives: list[str] = Field(default_factory=list, description="extra objectives to MINIMISE next to "
                                   "the metric (e.g. model/latency_ms): a multi-objective search")
     mo_sampler: Literal["nsga2", "tpe"] = Field("tpe", description="multi-objective sampler: Optuna "
-                                                "NSGA-II or multi-objective TPE")
+                                                "NSGA-II (generations of max(4, min(50, num_samples // 4)) "
+                                                "trials) or multi-objective TPE")
     progress_interval_s: float = Field(30.0, gt=0, description="seconds between [tune] progress lines")
 
 
@@ -251,15 +252,15 @@ def asha_or_fifo(options: TuneOptions, schedule: list[int] | None, max_epochs: i
     if options.scheduler != "asha":
         return FIFOScheduler()
     time_attr = "epoch" if schedule is None and options.time_attr == "val_round" else options.time_attr
-    length = len(schedule) if time_attr == "val_round" and schedule else max_epochs
+    length = len(schedule) if time_attr == "val_round" and schedule else (int(max_epochs) if max_epochs else None)
     max_t = options.max_t or length
     if not max_t:
-        raise ConfigError(f"ASHA needs --max-t: the config's {options.epochs_field} is unknown")
+        raise ConfigError(f"ASHA needs --max-t: the config's {options.epochs_field} is not a number of epochs")
     grace = min(options.grace_period or max(1, max_t // 8), max_t)
     # ASHA stops a trial that reaches its max_t, killing its Train run while it shuts down. When max_t is the
     # whole schedule (the default), the trial should end by itself (workers and resources freed): ASHA gets
     # one more. A shorter --max-t N is a budget: the trial stops after N, as asked.
-    ends_by_itself = length is not None and max_t >= int(length)
+    ends_by_itself = length is not None and max_t >= length
     return ASHAScheduler(time_attr=time_attr, max_t=max_t + 1 if ends_by_itself else max_t, grace_period=grace,
                          reduction_factor=options.reduction_factor, metric=metric, mode=mode)
 
