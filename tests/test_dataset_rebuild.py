@@ -114,6 +114,26 @@ def test_a_moved_or_deleted_video_leaves_the_dataset(tmp_path):
     assert {ln for ln, _ in seen[moved_to.video_id]} == {"fall"} and len(seen) == 11
 
 
+def test_recognize_on_a_poses_folder_scores_only_its_current_videos(tmp_path):
+    """recognize --input <poses folder> read every file in clips/: a moved video's old file (the path no longer
+    exists) and a deleted video were scored beside the current ones. It takes the build's current videos now."""
+    from recognizer_core.recognize.runner import iter_skeleton_clips
+    videos = _source()
+    moved_from, moved_to = videos[4], _video("fall/c04.mp4", mtime=videos[4].mtime_ns)
+    now = [v for v in videos if v is not moved_from and v is not videos[7]] + [moved_to]   # c07 deleted
+    _extract(tmp_path / "poses", videos, videos)
+    _extract(tmp_path / "poses", now, [moved_to])
+    assert len(list((tmp_path / "poses/clips").glob("*.parquet"))) == 13   # the old files stay on disk
+    want = sorted(v.video_id for v in now)
+    for given in (tmp_path / "poses", tmp_path / "poses/clips"):
+        assert sorted(c.clip_id for c in iter_skeleton_clips(given)) == want
+    plain = tmp_path / "plain"   # a folder of clip files without an extraction's records: every file
+    plain.mkdir()
+    for f in sorted((tmp_path / "poses/clips").glob("*.parquet"))[:3]:
+        (plain / f.name).write_bytes(f.read_bytes())
+    assert len(list(iter_skeleton_clips(plain))) == 3
+
+
 def test_a_label_fixed_in_the_csv_is_taken_from_the_listing(tmp_path):
     """Same file, label changed in the CSV: same key, so extraction skips it and its record keeps the old label."""
     videos = [_video(f"v{i:02d}.mp4", NAMES[i % 2], split="train" if i < 8 else "val") for i in range(10)]

@@ -4,6 +4,7 @@ Pure logic (no Ray): the job script, the Ray Data batch mode and the stream mode
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Literal, Sequence
@@ -16,6 +17,8 @@ from recognizer_core.recognize.events import Event, detect_events
 from recognizer_core.recognize.spec import ClassThreshold, ModelSpec
 from recognizer_core.recognize.windows import Window, video_windows
 from recognizer_core.skeleton.clip import SkeletonClip
+
+log = logging.getLogger(__name__)
 
 
 class RecognizeConfig(StrictModel):
@@ -102,6 +105,22 @@ def recognize_clip(recognizer, clip: SkeletonClip, spec: ModelSpec, cfg: Recogni
     return VideoResult(clip.source_video or clip.clip_id, windows, probs, events, time.perf_counter() - t0)
 
 
+def _current_clip_files(folder: Path) -> list[Path]:
+    """The clip files of an extraction's `clips/` folder that hold a current video, as build_dataset takes them:
+    an edited video's earlier version, a moved or deleted video's old file, a video whose new version failed
+    stay on disk but are not scored. Any other folder: its Parquet files."""
+    from recognizer_core.extract.manifest import _FILES, DONE, CLIPS_DIR, ExtractionManifest
+
+    root = folder.parent
+    if folder.name != CLIPS_DIR or not (root / _FILES[DONE]).is_file():
+        return sorted(folder.glob("*.parquet"))
+    records, stale = ExtractionManifest(str(root)).current_done()
+    if stale:
+        log.info("%s: %d clip file(s) left out: earlier versions of edited videos or videos no longer listed",
+                 root, stale)
+    return sorted(root / r["output"] for r in records)
+
+
 def iter_skeleton_clips(path: str | Path) -> Iterator[SkeletonClip]:
     """Whole-video clips from a skeleton Parquet input: one file of extract_poses.py, its `clips/` folder or
     its output folder, or a skeleton dataset folder (every row a clip)."""
@@ -110,7 +129,7 @@ def iter_skeleton_clips(path: str | Path) -> Iterator[SkeletonClip]:
     path = Path(path)
     if path.is_dir() and (path / "clips").is_dir():
         path = path / "clips"
-    files = [path] if path.is_file() else sorted(path.glob("*.parquet"))
+    files = [path] if path.is_file() else _current_clip_files(path)
     if not files:
         raise FileNotFoundError(f"{path}: no skeleton Parquet file(s)")
     if path.is_dir() and (path / "_dataset.json").exists():
