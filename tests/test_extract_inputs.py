@@ -26,8 +26,8 @@ def fake_model(tmp_path_factory):
     return build_fake_rtmo(tmp_path_factory.mktemp("model") / "fake_rtmo.onnx")
 
 
-def _job(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_ADDRESS": "127.0.0.1:1"}  # a Ray start would fail loudly
+def _job(*args: str, cwd: Path, ray_address: str = "127.0.0.1:1") -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_ADDRESS": ray_address}  # a Ray start would fail loudly
     return subprocess.run([sys.executable, str(REPO / "rayjobs/extract_poses.py"), "--quiet", *args], cwd=cwd,
                           env=env, capture_output=True, text=True, timeout=120)
 
@@ -56,6 +56,22 @@ def test_bad_inputs_fail_before_ray_in_one_line_and_create_nothing(tmp_path, fak
         assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-2000:]
         assert expected in lines[0]
         assert not out.exists(), args
+
+
+def test_cuda_device_without_a_cuda_onnx_runtime_fails_before_a_local_ray(tmp_path, fake_model):
+    """A private local Ray runs the inference actors here: the missing CUDA provider was found in the first actor
+    (after Ray's start, with labels.json, the config and listings written). On a cluster the workers check it."""
+    import onnxruntime as ort
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this ONNX Runtime has a CUDA provider")
+    videos = tmp_path / "videos"
+    write_marker_video(videos / "Fight/a.mp4", [np.full((4, 2), 40.0)])
+    proc = _job("--input", str(videos), "--onnx", str(fake_model), "--set", "model.onnx.device=cuda", "--output",
+                "out", cwd=tmp_path, ray_address="")
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-2000:]
+    assert "model.onnx.device='cuda' but ONNX Runtime has no CUDA provider" in lines[0]
+    assert not (tmp_path / "out").exists()
 
 
 def _run_video_without_ray(uri: str, model: Path, decode: DecodeConfig, out: Path) -> dict:

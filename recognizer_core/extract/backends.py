@@ -13,7 +13,7 @@ import numpy as np
 from recognizer_core.extract.config import OnnxOptions, PoseModelConfig
 from recognizer_core.extract.model_io import BackendError, PoseBackend, check_outputs, pick_outputs, run_in_chunks
 
-__all__ = ["BackendError", "PoseBackend", "OrtBackend", "build_backend", "check_model_file"]
+__all__ = ["BackendError", "PoseBackend", "OrtBackend", "build_backend", "check_cuda_provider", "check_model_file"]
 
 
 class OrtBackend:
@@ -37,10 +37,7 @@ class OrtBackend:
         so.log_severity_level = 3
         device = opts.device.lower()
         if device.startswith("cuda"):
-            available = ort.get_available_providers()
-            if "CUDAExecutionProvider" not in available:
-                raise BackendError(f"model.onnx.device={opts.device!r} but ONNX Runtime has no CUDA provider "
-                                   f"(available: {available}); install onnxruntime-gpu or set device: cpu")
+            _need_cuda_provider(opts.device)
             cuda_opts = {
                 "device_id": int(device.split(":")[1]) if ":" in device else 0,
                 "gpu_mem_limit": int(opts.gpu_mem_limit_gb * 1024**3),
@@ -103,6 +100,21 @@ def check_model_file(cfg: PoseModelConfig) -> None:
     if cfg.inference_mode == "onnx":
         OrtBackend(cfg.onnx.model_copy(update={"device": "cpu", "graph_optimization_level": "ORT_DISABLE_ALL",
                                                "intra_op_num_threads": 1}), cfg.model_input_size)
+
+
+def _need_cuda_provider(device: str) -> None:
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if "CUDAExecutionProvider" not in available:
+        raise BackendError(f"model.onnx.device={device!r} but ONNX Runtime has no CUDA provider "
+                           f"(available: {available}); install onnxruntime-gpu or set device: cpu")
+
+
+def check_cuda_provider(cfg: PoseModelConfig) -> None:
+    """model.onnx.device: cuda needs ONNX Runtime's CUDA provider where the inference runs."""
+    if cfg.inference_mode == "onnx" and cfg.onnx.device.lower().startswith("cuda"):
+        _need_cuda_provider(cfg.onnx.device)
 
 
 def build_backend(cfg: PoseModelConfig) -> PoseBackend:

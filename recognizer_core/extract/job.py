@@ -13,13 +13,14 @@ flagged; the job goes on and ends with a summary (summary.json).
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 
 import yaml
 
 from recognizer_core import storage
-from recognizer_core.extract.backends import check_model_file
+from recognizer_core.extract.backends import check_cuda_provider, check_model_file
 from recognizer_core.extract.config import ExtractionConfig
 from recognizer_core.extract.finish import finish_video
 from recognizer_core.extract.manifest import DONE, EMPTY, FAILED, ExtractionManifest
@@ -59,6 +60,10 @@ def prepare_extraction(cfg: ExtractionConfig) -> ExtractionPlan:
     """Everything that can fail on bad input, before Ray starts. Raises BackendError / SourceError."""
     cfg = resolve_paths(cfg)
     check_model_file(cfg.model)
+    if not (cfg.ray.address or os.environ.get("RAY_ADDRESS")):
+        # a private local Ray runs the inference actors on this machine: its ONNX Runtime is theirs (on a cluster
+        # the GPU workers' image may have a CUDA build the driver's lacks, so the actors check it there)
+        check_cuda_provider(cfg.model)
     videos = list_videos(cfg.source)
     manifest = ExtractionManifest(cfg.output)
     names = _with_earlier_classes(cfg, label_index([v for v in videos if v.label_name], cfg.source.label_names),
