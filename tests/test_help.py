@@ -19,7 +19,8 @@ from recognizer_core.config import describe_fields, field_names
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = sorted((REPO / "rayjobs").glob("*.py"))
 # The tune jobs apply --set to every trial's training config; the others name their class in add_config_args.
-CONFIG_OF_TUNE_JOBS = "recognizer_core.train.stgcn.config:TrainJobConfig"
+CONFIG_OF_TUNE_JOBS = {"tune_dino_pose.py": "recognizer_core.train.dino_pose.config:DinoPoseJobConfig",
+                       "*": "recognizer_core.train.stgcn.config:TrainJobConfig"}
 
 # One interpreter runs every --help (the imports are shared), from a foreign working directory, and reports
 # whether Ray got started.
@@ -55,7 +56,7 @@ def _config_class(script: Path):
     m = re.search(r"add_config_args\(\s*\w+,\s*(\w+)", src)
     if m is None:
         if script.name.startswith("tune_"):
-            module, name = CONFIG_OF_TUNE_JOBS.split(":")
+            module, name = CONFIG_OF_TUNE_JOBS.get(script.name, CONFIG_OF_TUNE_JOBS["*"]).split(":")
             return getattr(importlib.import_module(module), name)
         return None
     imp = re.search(rf"^from\s+(\S+)\s+import\s+[^\n]*\b{m[1]}\b", src, re.M)

@@ -1,7 +1,8 @@
 """Command line of the tuning jobs (`rayjobs/tune_*.py`): one parser, demo/smoke budgets, the final report.
 
 No Ray here: the script parses with `add_tune_args` + `plan_from_args`, starts Ray, calls
-`tuner.run_tuning`, then `finish`.
+`tuner.run_tuning`, then `finish`. What differs between the tuned jobs (which fields name real data, what the
+demo trains on, options a job cannot honour) is a `JobCli`; its defaults are STGCN++'s.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from typing import Any, Callable, Iterable
 
 from pydantic import BaseModel
 
-from recognizer_core.config import ConfigError, _parse_for, _target_annotation
+from recognizer_core.config import ConfigError, _parse_for, _target_annotation, read_yaml
 from recognizer_core.storage import output_uri
 from recognizer_core.tune.search_space import SearchSpace, get_dotted, load_search_space
 from recognizer_core.tune.tuner import TuneOptions, default_storage
@@ -27,6 +28,27 @@ SMOKE_BUDGET = {"num_samples": 2, "max_concurrent_trials": 2}
 # The smoke run (CI) keeps the demo overrides but not their data size: 48 clips x 2 epochs is enough to run
 # every step of the machinery; learning is what the demo shows.
 SMOKE_OVERRIDES = {"train.epochs": 2, "data.demo_num_clips": 48}
+# The script that tunes each space's `job:`: a space handed to another job's script is refused with its name
+# (tune_fight.py read the DINO space against the STGCN++ config and listed 16 unrelated problems).
+TUNE_SCRIPTS = {"stgcn": "rayjobs/tune_fight.py or rayjobs/tune_falldown.py", "dino_pose": "rayjobs/tune_dino_pose.py"}
+# Options only the STGCN++ scripts implement (skeleton datasets, folds of them, its latency measure): another
+# job hides them from --help and refuses them by name (`JobCli.refused`).
+STGCN_ONLY_OPTIONS = ("data", "folds", "objectives", "mo_sampler", "pick_within")
+DemoFn = Callable[[SearchSpace, argparse.Namespace], tuple[dict[str, Any], str]]
+
+
+@dataclass(frozen=True)
+class JobCli:
+    """What the shared command line needs to know of the job it tunes; the defaults are STGCN++'s."""
+
+    data_fields: tuple[str, ...] = ("data.path", "data.train_pkl")  # any of them set: real data, else the demo
+    # (space, args) -> (the demo's overrides, the DEMO line); None: the space's `demo:` section on demo clips
+    demo: DemoFn | None = None
+    smoke_overrides: dict[str, Any] = field(default_factory=lambda: dict(SMOKE_OVERRIDES))  # on top of the demo
+    refused: dict[str, str] = field(default_factory=dict)  # argparse dest -> the one-line refusal
+
+
+STGCN_CLI = JobCli()
 
 
 @dataclass
@@ -39,8 +61,9 @@ class TunePlan:
 
 
 def add_tune_args(parser: argparse.ArgumentParser, default_space: str,
-                  config_cls: type[BaseModel] | None = None) -> None:
-    """The tune jobs' options; with `config_cls`, --help also lists every config field --set accepts."""
+                  config_cls: type[BaseModel] | None = None, *, hidden: Iterable[str] = ()) -> None:
+    """The tune jobs' options; with `config_cls`, --help also lists every config field --set accepts. `hidden`:
+    options (argparse dests) left out of --help, still parsed so that the job can refuse them by name."""
     if config_cls is not None:
         from recognizer_core.config import describe_fields
 
@@ -95,6 +118,10 @@ def add_tune_args(parser: argparse.ArgumentParser, default_space: str,
     c.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (no cluster)")
     c.add_argument("--smoke", action="store_true", help="smallest end-to-end run (CI): demo data, 2 trials x "
                    "2 epochs")
+    hidden = set(hidden)
+    for action in parser._actions:  # argparse has no public way to hide an option once added
+        if action.dest in hidden:
+            action.help = argparse.SUPPRESS
 
 
 def _overrides_dict(items: Iterable[str], config_cls: type[BaseModel] | None = None) -> dict[str, Any]:
@@ -110,9 +137,31 @@ def _overrides_dict(items: Iterable[str], config_cls: type[BaseModel] | None = N
     return out
 
 
+def _refuse(args: argparse.Namespace, refused: dict[str, str]) -> None:
+    for dest, why in refused.items():
+        value = getattr(args, dest, None)
+        if value not in (None, [], False) and not (dest == "folds" and value == 1):  # --folds 1 = no folds
+            raise ConfigError(why)
+
+
+def _check_job(space_path: str, job: str) -> None:
+    """A space written for another job names the script that tunes it (before its base preset is read against
+    this job's config, which lists every field of the other job as a problem)."""
+    try:
+        declared = read_yaml(space_path).get("job")
+    except ConfigError:
+        return  # load_search_space says what is wrong with the file
+    if isinstance(declared, str) and declared != job:
+        where = TUNE_SCRIPTS.get(declared, f"the {declared} tune script")
+        raise ConfigError(f"{space_path}: this space is for the {declared!r} job (its `job:`), this script tunes "
+                          f"{job!r}: run {where} --space {space_path}")
+
+
 def plan_from_args(args: argparse.Namespace, *, config_cls: type[BaseModel], job: str,
-                   metrics: Iterable[str]) -> TunePlan:
+                   metrics: Iterable[str], cli: JobCli = STGCN_CLI) -> TunePlan:
     """Parse and validate everything before Ray starts: a bad space or override fails here, fast."""
+    _refuse(args, cli.refused)
+    _check_job(args.space, job)
     space = load_search_space(args.space, config_cls, job=job, metrics=metrics)
     extra = _overrides_dict(args.overrides, config_cls)
     if args.data:
@@ -124,21 +173,26 @@ def plan_from_args(args: argparse.Namespace, *, config_cls: type[BaseModel], job
             extra[key] = output_uri(args.data)
         if local and not Path(extra[key]).exists():
             raise ConfigError(f"--data {args.data}: no such file or folder")
-    data_given = any(extra.get(k) or get_dotted(space.base, k, None) for k in ("data.path", "data.train_pkl"))
+    data_given = any(extra.get(k) or get_dotted(space.base, k, None) for k in cli.data_fields)
     demo = not data_given
     notes = []
     budget: dict[str, Any] = {}
     user = extra  # the command line wins over the demo and smoke budgets
     if demo:
-        extra = {**space.demo, **user}
+        if cli.demo is None:
+            demo_overrides, note = space.demo, (
+                f"no --data given, so every trial trains on synthetic demo clips with the demo overrides of "
+                f"{args.space} ({', '.join(f'{k}={v}' for k, v in space.demo.items())})")
+        else:
+            demo_overrides, note = cli.demo(space, args)
+        extra = {**demo_overrides, **user}
         budget = dict(DEMO_BUDGET)
-        notes.append(f"DEMO: no --data given, so every trial trains on synthetic demo clips with the demo "
-                     f"overrides of {args.space} ({', '.join(f'{k}={v}' for k, v in space.demo.items())})")
+        notes.append(f"DEMO: {note}")
     if args.smoke:
-        extra = {**extra, **SMOKE_OVERRIDES, **user}
+        extra = {**extra, **cli.smoke_overrides, **user}
         budget = dict(SMOKE_BUDGET)
         notes.append("SMOKE: the smallest end-to-end search (CI): " + ", ".join(
-            f"{k}={v}" for k, v in {**SMOKE_BUDGET, **SMOKE_OVERRIDES}.items()))
+            f"{k}={v}" for k, v in {**SMOKE_BUDGET, **cli.smoke_overrides}.items()))
     if args.workers_per_trial is not None:
         extra["scaling.num_workers"] = args.workers_per_trial
     if args.cpus_per_worker is not None:
