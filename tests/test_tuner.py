@@ -347,8 +347,13 @@ def test_command_line_plans(tmp_path):
         _plan("--set", "model.dropuot=0.2")
     with pytest.raises(ConfigError, match="'val/AP' is not reported by the stgcn trainer"):
         _plan("--metric", "val/AP")
-    with pytest.raises(ConfigError, match="num_samples"):
+    # one line naming the flag (it printed pydantic's block naming TuneOptions' field and its docs URL)
+    with pytest.raises(ConfigError, match=r"^command line: --num-samples: Input should be greater than or equal "
+                                          r"to 1 \(got 0\)$"):
         _plan("--num-samples", "0")
+    for flag in ("--gpus-per-worker", "--pick-within"):   # -1 GPUs ran on CPUs
+        with pytest.raises(ConfigError, match=f"^{flag} must be >= 0, got -1.0$"):
+            _plan(flag, "-1")
     with pytest.raises(ConfigError, match="'model.drop out': 'drop out' is not a field name"):
         _plan("--set", "model.drop out=0.2")
     # another metric without a mode: the space's 'max' would have maximised a loss

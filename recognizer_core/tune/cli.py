@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from recognizer_core.config import ConfigError, _parse_for, _target_annotation, read_yaml
 from recognizer_core.storage import output_uri
@@ -197,6 +197,10 @@ def plan_from_args(args: argparse.Namespace, *, config_cls: type[BaseModel], job
         extra["scaling.num_workers"] = args.workers_per_trial
     if args.cpus_per_worker is not None:
         extra["scaling.cpus_per_worker"] = args.cpus_per_worker
+    for flag, value in (("--gpus-per-worker", args.gpus_per_worker),
+                        ("--pick-within", getattr(args, "pick_within", None))):
+        if value is not None and not value >= 0:   # NaN too
+            raise ConfigError(f"{flag} must be >= 0, got {value}")
     if args.gpus_per_worker is not None:
         extra["scaling.use_gpu"] = args.gpus_per_worker > 0
         if args.gpus_per_worker > 0:
@@ -218,8 +222,10 @@ def plan_from_args(args: argparse.Namespace, *, config_cls: type[BaseModel], job
         options = TuneOptions(name=name, storage_path=output_uri(args.storage_path or default_storage()),
                               retry_errored=args.retry_errored,
                               **{**budget, **{k: v for k, v in given.items() if v is not None}})
-    except Exception as err:
-        raise ConfigError(f"command line: {err}") from None
+    except ValidationError as err:   # one line naming the flags, not TuneOptions' fields
+        raise ConfigError("command line: " + "; ".join(
+            f"--{'-'.join(str(x) for x in e['loc']).replace('_', '-')}: {e['msg'].removeprefix('Value error, ')} "
+            f"(got {e.get('input')!r})" for e in err.errors())) from None
     metric = options.metric or space.metric
     if metrics and metric not in metrics:
         raise ConfigError(f"--metric {metric!r} is not reported by the {job} trainer (one of {list(metrics)})")
