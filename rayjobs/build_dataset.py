@@ -8,6 +8,9 @@ listed, with that listing's labels and splits; see docs/extraction.md), draws sp
 (given by the folder layout / CSV, or by ratio, stratified by label), cuts windows in parallel tasks and
 streams them into the skeleton store (`part-*.parquet` + `_dataset.json`); with write_pkl also one
 mmaction2 PoseDataset pickle per split (`<split>.pkl` + label map). The logic lives in recognizer_core/dataset/.
+A bad clip file (damaged, a column missing, NaN) skips its video: `skipped: <path>: <reason>` on the console and
+in build_summary.json (`bad_clip_files_skipped`); only when every video is bad does the job end (one error line,
+exit 2, the previous dataset kept).
 
     python rayjobs/build_dataset.py --regroup outputs/old_dataset --output outputs/dataset_grouped
 
@@ -33,15 +36,10 @@ from recognizer_core.skeleton.store_regroup import regroup_by_split  # noqa: E40
 
 
 def _data_error(err: BaseException) -> BaseException | None:
-    """The bad-data error (ValueError, OSError: a clip file, the listing, a split) behind `err`, else None. A window
-    task's error comes back wrapped (a RayTaskError whose .cause is Ray Data's UserCodeException, raised from the
-    task's own error), its text a remote traceback: the innermost one is the message to show."""
-    chain: list[BaseException] = []
-    while err is not None and all(err is not e for e in chain) and len(chain) < 8:
-        chain.append(err)
-        err = getattr(err, "cause", None) or err.__cause__
-    found = [e for e in chain if isinstance(e, (ValueError, OSError))]
-    return found[-1] if found else None
+    """`err` where it is bad data (ValueError, OSError: the listing, a split, the output), else None. A bad clip
+    file never gets here: its video is skipped inside the window task (dataset/build.py windows_or_skip), so an
+    error Ray hands back from a task is a bug and keeps its traceback."""
+    return err if isinstance(err, (ValueError, OSError)) else None
 
 
 def main(argv: list[str] | None = None) -> int:

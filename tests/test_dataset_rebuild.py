@@ -233,26 +233,22 @@ def test_build_cli_data_errors_are_one_line(tmp_path, capsys):
     twice = videos[1]
     ExtractionManifest(str(tmp_path / "poses")).record(DONE, "other-key", video_id="dup", label_name="normal",
                                                         output=f"clips/{twice.video_id}.parquet")
-    (tmp_path / "poses" / "clips" / f"{videos[0].video_id}.parquet").write_bytes(b"not parquet")
+    (tmp_path / "poses" / "clips" / f"{videos[0].video_id}.parquet").write_bytes(b"not parquet")   # skipped
     rc = main(["--poses", str(tmp_path / "poses"), "--output", str(tmp_path / "ds"), "--set", "use_ray=false"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.startswith("error: ") and "\n" not in err and "Traceback" not in err
+    assert "clip_id is not unique" in err
 
 
-def test_a_ray_task_data_error_is_unwrapped():
-    """A window task's error as Ray hands it back: RayTaskError (.cause = UserCodeException) raised from the real
-    one; its text is a remote traceback, the real error's is one line."""
+def test_an_error_out_of_a_ray_task_keeps_its_traceback():
+    """A bad clip file is skipped inside the window task (tests/test_build_bad_clips.py), so what Ray hands back
+    wrapped is a bug: a traceback, not one line. Bad input met on the driver is still one line."""
     from rayjobs.build_dataset import _data_error
-
-    class Wrapped(RuntimeError):
-        cause = None
 
     real = ValueError("clips/x.parquet: expected one clip per video file, found 2")
     user = RuntimeError("UDF failed to process a data block.")
     user.__cause__ = real
-    outer = Wrapped("Traceback (most recent call last):\n  ...\nray.exceptions.UserCodeException")
-    outer.cause = user
-    assert _data_error(outer) is real and _data_error(RuntimeError("bug")) is None
+    assert _data_error(user) is None and _data_error(real) is real and _data_error(OSError("disk")) is not None
 
 
 def test_ray_build_preserves_the_video_order(tmp_path, monkeypatch):

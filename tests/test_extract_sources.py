@@ -148,3 +148,18 @@ def test_odd_names_hidden_files_and_csv_mistakes(tmp_path, s3):
     (tmp_path / "excel.csv").write_bytes("path,label\nlocal/Fight/a.mp4,Pelea violenta\u00ed\n".encode("cp1252"))
     with pytest.raises(SourceError, match="excel.csv is not UTF-8 text"):
         list_videos(SourceConfig(manifest_csv=str(tmp_path / "excel.csv")))
+
+
+def test_a_csv_split_outside_split_names_is_rejected(tmp_path):
+    """A split typo ('tain') was extracted and built as a split of its own; now one error naming file, line and
+    value, before any video is looked up. An empty split (drawn by ratio) and the configured names still pass."""
+    _touch(tmp_path, "v/a.mp4")
+    _touch(tmp_path, "v/b.mp4")
+    (tmp_path / "m.csv").write_text("path,label,split\nv/a.mp4,Fight,train\nv/b.mp4,NonFight,tain\n")
+    with pytest.raises(SourceError, match=r"m.csv:3: split 'tain' is not one of source.split_names "
+                                          r"\['train', 'val', 'test'\]"):
+        list_videos(SourceConfig(manifest_csv=str(tmp_path / "m.csv")))
+    cfg = SourceConfig(manifest_csv=str(tmp_path / "m.csv"), split_names=["train", "tain"])
+    assert [v.split for v in list_videos(cfg)] == ["train", "tain"]
+    (tmp_path / "ok.csv").write_text("path,label,split\nv/a.mp4,Fight,val\nv/b.mp4,NonFight,\n")
+    assert [v.split for v in list_videos(SourceConfig(manifest_csv=str(tmp_path / "ok.csv")))] == ["val", ""]

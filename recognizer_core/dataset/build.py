@@ -5,6 +5,7 @@ Reads the videos finished by rayjobs/extract_poses.py: one record per video of i
 draws splits per source video (given by the folder layout / CSV, or by ratio, stratified by label), cuts windows
 in parallel tasks and streams them into the skeleton store (`part-*.parquet` + `_dataset.json`); with write_pkl
 also one mmaction2 PoseDataset pickle per split (`<split>.pkl` + label map), as the training guide's stage 3 did.
+A bad clip file skips its video (logged and listed in build_summary.json); one never ends a long build.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
 from recognizer_core import storage
@@ -28,7 +30,7 @@ from recognizer_core.dataset.config import DatasetBuildConfig
 from recognizer_core.dataset.windows import SPLITS, assign_splits, make_windows, missing_labels
 from recognizer_core.extract.manifest import ExtractionManifest
 from recognizer_core.extract.clip_files import read_clip_file
-from recognizer_core.skeleton.clip import SkeletonClip
+from recognizer_core.skeleton.clip import SkeletonClip, SkeletonDataError
 from recognizer_core.skeleton.mmaction_pkl import parquet_to_pkl
 from recognizer_core.skeleton.store import SkeletonDataset, write_dataset
 from recognizer_core.skeleton.store_rows import clips_from_batch, clips_to_table
@@ -38,19 +40,82 @@ log = logging.getLogger(__name__)
 PKL_DIR = "mmaction_pkl"   # the default pkl folder, inside the dataset
 
 
+# What a damaged or foreign clip file raises while read, checked and cut (pyarrow's errors: ArrowInvalid is a
+# ValueError, a vanished file an OSError). One such file skips its video; the build goes on without it.
+BAD_CLIP_ERRORS = (ValueError, OSError, TypeError, KeyError, IndexError, pa.ArrowException)
+_NAN_HINT = "; use nan_policy='zero'"   # the store's advice; build_dataset has no nan_policy
+
+
 def video_windows(path: str, split: str, label: int, label_name: str, cfg: DatasetBuildConfig) -> list[SkeletonClip]:
+    """The windows of one video's clip file. A bad file raises here, per video (the store would otherwise find a
+    NaN only when the window reaches the writer, with no file named)."""
     clip = read_clip_file(path)
     # the clip file keeps the label it was extracted with; a label fixed since (CSV) comes from the listing
     clip.split, clip.label, clip.label_name = split, label, label_name
+    try:
+        clip.validate(path, num_joints=None)   # as write_dataset checks each window: any V
+    except SkeletonDataError as err:
+        text = str(err)
+        if _NAN_HINT not in text:
+            raise
+        raise SkeletonDataError(text.split(_NAN_HINT)[0] + "; re-extract this video to build it") from None
     w = cfg.window
     return make_windows(clip, w.clip_len, w.stride, w.num_person, w.min_frames, w.min_person_frames, w.cover_end)
 
 
+def _reason(err: BaseException, path: str) -> str:
+    """One line for `skipped: <path>: <reason>`: the error's first line, without a repeat of the path (or the
+    '<batch>' that stands for it in store_rows' messages)."""
+    lines = str(err).strip().splitlines()
+    text = lines[0] if lines else type(err).__name__
+    for prefix in (f"{path}: ", "<batch>: "):
+        text = text[len(prefix):] if text.startswith(prefix) else text
+    return text
+
+
+def windows_or_skip(job: dict, cfg: DatasetBuildConfig) -> tuple[list[SkeletonClip], str]:
+    """(windows, "") or ([], reason): one bad clip file never ends the build. The catch is here, inside what each
+    Ray task runs, so a bad file comes back as data, never as Ray's wrapped exception."""
+    path, split, label, name = str(job["path"]), str(job["split"]), int(job["label"]), str(job["label_name"])
+    try:
+        return video_windows(path, split, label, name, cfg), ""
+    except BAD_CLIP_ERRORS as err:
+        return [], _reason(err, path)
+
+
+# Two extra columns on the window tasks' output: a skipped video is one row with its path and reason, the clip
+# columns null (Ray Data wants one schema for every block, so the skips travel with the windows).
+SKIP_PATH, SKIP_REASON = "_skipped_path", "_skipped_reason"
+
+
 def _window_batch(batch: dict, cfg: DatasetBuildConfig) -> pa.Table:
-    clips = []
-    for path, split, label, name in zip(batch["path"], batch["split"], batch["label"], batch["label_name"]):
-        clips.extend(video_windows(str(path), str(split), int(label), str(name), cfg))
-    return clips_to_table(clips)
+    clips, skips = [], []
+    for job in zip(batch["path"], batch["split"], batch["label"], batch["label_name"]):
+        windows, reason = windows_or_skip(dict(zip(("path", "split", "label", "label_name"), job)), cfg)
+        clips.extend(windows)
+        if reason:
+            skips.append((str(job[0]), reason))
+    table = clips_to_table(clips)
+    table = table.append_column(SKIP_PATH, pa.nulls(len(clips), pa.string())) \
+                 .append_column(SKIP_REASON, pa.nulls(len(clips), pa.string()))
+    if not skips:
+        return table
+    rows = {f.name: pa.nulls(len(skips), f.type) for f in table.schema}
+    rows[SKIP_PATH] = pa.array([p for p, _ in skips], pa.string())
+    rows[SKIP_REASON] = pa.array([r for _, r in skips], pa.string())
+    return pa.concat_tables([table, pa.table(rows, schema=table.schema)])
+
+
+def _split_skips(batch: pa.Table) -> tuple[pa.Table, list[tuple[str, str]]]:
+    """A window task's output -> (the windows' rows, [(path, reason)] of its skipped videos)."""
+    reasons = batch.column(SKIP_REASON)
+    skips: list[tuple[str, str]] = []
+    if reasons.null_count < len(reasons):   # copied by the filter only where a video was skipped
+        bad = pc.is_valid(reasons)
+        skipped = batch.filter(bad)
+        skips = list(zip(skipped.column(SKIP_PATH).to_pylist(), skipped.column(SKIP_REASON).to_pylist()))
+        batch = batch.filter(pc.invert(bad))
+    return batch.drop_columns([SKIP_PATH, SKIP_REASON]), skips
 
 
 def plan_videos(cfg: DatasetBuildConfig) -> tuple[list[dict], list[str], int]:
@@ -80,22 +145,42 @@ def plan_videos(cfg: DatasetBuildConfig) -> tuple[list[dict], list[str], int]:
     return jobs, names, len(records) - len(labelled)
 
 
-def iter_windows(cfg: DatasetBuildConfig, jobs: list[dict]) -> Iterator[SkeletonClip]:
+def iter_windows(cfg: DatasetBuildConfig, jobs: list[dict],
+                 skipped: list[dict] | None = None) -> Iterator[SkeletonClip]:
+    """Every video's windows, in job order; a bad clip file is logged (`skipped: <path>: <reason>`), added to
+    `skipped` and left out. Every video bad: a ConfigError, raised inside the writer, so the old dataset stays."""
+    skipped = [] if skipped is None else skipped
+    before = len(skipped)
+
+    def skip(path: str, reason: str) -> None:
+        log.warning("skipped: %s: %s", path, reason)
+        skipped.append({"path": path, "reason": reason})
+
     if not cfg.use_ray:
         for job in jobs:
-            yield from video_windows(job["path"], job["split"], job["label"], job["label_name"], cfg)
-        return
-    import ray   # started by the caller (rayjobs/build_dataset.py): recognizer_core never starts Ray
+            windows, reason = windows_or_skip(job, cfg)
+            if reason:
+                skip(str(job["path"]), reason)
+            yield from windows
+    else:
+        import ray   # started by the caller (rayjobs/build_dataset.py): recognizer_core never starts Ray
 
-    # Windows come out in the jobs' (video id) order, as without Ray: Ray Data otherwise hands blocks back as
-    # tasks finish, so two builds of the same videos wrote their rows (part files, row groups) in different orders.
-    # The dataset copies the context when it is created, and its execution reads that copy.
-    ray.data.DataContext.get_current().execution_options.preserve_order = True
-    ds = ray.data.from_items(jobs, override_num_blocks=max(1, min(len(jobs), 200)))
-    ds = ds.map_batches(_window_batch, fn_kwargs={"cfg": cfg}, batch_format="numpy", batch_size=8,
-                        num_cpus=cfg.num_cpus_per_task)
-    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-        yield from clips_from_batch(batch, copy=True)
+        # Windows come out in the jobs' (video id) order, as without Ray: Ray Data otherwise hands blocks back as
+        # tasks finish, so two builds of the same videos wrote their rows (part files, row groups) in different
+        # orders. The dataset copies the context when it is created, and its execution reads that copy.
+        ray.data.DataContext.get_current().execution_options.preserve_order = True
+        ds = ray.data.from_items(jobs, override_num_blocks=max(1, min(len(jobs), 200)))
+        ds = ds.map_batches(_window_batch, fn_kwargs={"cfg": cfg}, batch_format="numpy", batch_size=8,
+                            num_cpus=cfg.num_cpus_per_task)
+        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            batch, skips = _split_skips(batch)
+            for path, reason in skips:
+                skip(path, reason)
+            yield from clips_from_batch(batch, copy=True)
+    if jobs and len(skipped) - before == len(jobs):
+        first = skipped[before]
+        raise ConfigError(f"poses: {cfg.poses}: all {len(jobs)} videos' clip files are bad, nothing to build "
+                          f"(first: {first['path']}: {first['reason']})")
 
 
 def resolve_paths(cfg: DatasetBuildConfig) -> DatasetBuildConfig:
@@ -163,13 +248,18 @@ def run_build(cfg: DatasetBuildConfig, plan: tuple[list[dict], list[str], int] |
     with tempfile.TemporaryDirectory(prefix="recognizer_dataset_") if remote else nullcontext(cfg.output) as local:
         # grouped by split within each file: _dataset.json then lists each split's row ranges, and a training
         # start reads no per-clip index
-        out = write_dataset(iter_windows(cfg, jobs), local, names, rows_per_file=cfg.rows_per_file,
+        skipped: list[dict] = []   # bad clip files: {path, reason}
+        out = write_dataset(iter_windows(cfg, jobs, skipped), local, names, rows_per_file=cfg.rows_per_file,
                             overwrite=cfg.overwrite, group_by_split=True,
                             metadata={"source": "rayjobs/build_dataset.py", "poses": str(cfg.poses),
                                       "window": cfg.window.model_dump(), "split": cfg.split.model_dump()})
         ds = SkeletonDataset(out)
         index = ds.index(columns=["label", "split", "source_video"])
+        if skipped:
+            log.warning("%d of %d videos skipped for a bad clip file (build_summary.json: bad_clip_files_skipped)",
+                        len(skipped), len(jobs))
         summary = {"output": str(cfg.output), "videos": len(jobs), "unlabelled_videos_skipped": unlabelled,
+                   "bad_clip_files_skipped": skipped,
                    "clips": len(ds), "splits": ds.splits(), "label_names": names,
                    "clips_per_label": {names[k]: v for k, v in sorted(Counter(index["label"].to_pylist()).items())},
                    "classes_missing_from_splits": _warn_missing(jobs, index, names, cfg)}

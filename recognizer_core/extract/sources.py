@@ -130,6 +130,10 @@ def list_manifest(cfg: SourceConfig) -> list[VideoSource]:
         rel = (row.get("path") or "").strip()
         if not rel:
             raise SourceError(f"{cfg.manifest_csv}:{line_no}: empty path")
+        split = (row.get("split") or "").strip()
+        if split and split not in cfg.split_names:   # a typo ('tain') was extracted and built as its own split
+            raise SourceError(f"{cfg.manifest_csv}:{line_no}: split {split!r} is not one of source.split_names "
+                              f"{cfg.split_names} (or empty: drawn by ratio)")
         if "://" in rel or os.path.isabs(rel):
             uri = rel
         elif "://" in base:   # the base as written may be escaped already (s3://bkt/my%20videos): decoded, joined
@@ -142,8 +146,8 @@ def list_manifest(cfg: SourceConfig) -> list[VideoSource]:
         seen[vpath] = line_no
         info = _file_info(vfs, vpath)
         uri = vpath if "://" not in uri else uri
-        videos.append(VideoSource(uri, rel, (row.get("label") or "").strip(),
-                                  (row.get("split") or "").strip(), int(info.size or 0), _mtime_ns(info)))
+        videos.append(VideoSource(uri, rel, (row.get("label") or "").strip(), split,
+                                  int(info.size or 0), _mtime_ns(info)))
     return videos
 
 
