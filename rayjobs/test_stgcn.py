@@ -7,6 +7,9 @@ r"""Test an STGCN++ model with Ray Train workers (mmaction2's tools/test.py / di
 --checkpoint takes an mmaction2/PYSKL .pth, a Ray Train checkpoint folder, or a run folder (its exported best
 model); default: the run folder run.storage_path/run.name. Multi-clip testing (pipeline.test_num_clips)
 averages the softmax over clips, as mmaction2 does. Writes <split>_metrics.json and a confusion-matrix PNG.
+Before Ray starts the model is loaded once on the driver: an unreadable file, other weights than the config's
+model, or other classes than the config's / dataset's names (a fight model with falldown_stable.yaml, where the
+checkpoint records its classes) is refused in one line.
 
 A multi-stream ensemble (PYSKL's j + b + jm + bm): one training run per stream, each with its config.yaml and
 exported best model; every stream and their fusion (weights chosen on the val split) are scored on val and test,
@@ -25,6 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from recognizer_core.config import ConfigError, add_config_args, config_from_args, load_config  # noqa: E402
+from recognizer_core.skeleton.store import SkeletonDataset  # noqa: E402
 from recognizer_core.storage import output_uri  # noqa: E402
 from recognizer_core.train.stgcn.config import TrainJobConfig  # noqa: E402
 
@@ -59,6 +63,48 @@ def _pick_run(cfg: TrainJobConfig, args) -> tuple[TrainJobConfig, Path]:
         cfg = load_config(TrainJobConfig, newest / "config.yaml")
     print(f"[test_stgcn] no --config / --set: testing the newest training run, {newest}", flush=True)
     return cfg, newest
+
+
+def checkpoint_classes(path: str | Path) -> list[str] | None:
+    """The class names a checkpoint file carries: an exported .pth's meta.dataset_meta.classes (mmaction2's
+    place), a Ray checkpoint's training_state.pt extra.label_names; None where it has none."""
+    from recognizer_core.models.checkpoint import read_checkpoint
+
+    obj = read_checkpoint(path)
+    if not isinstance(obj, dict):
+        return None
+    meta = obj.get("meta") if isinstance(obj.get("meta"), dict) else {}
+    dataset_meta = meta.get("dataset_meta") if isinstance(meta.get("dataset_meta"), dict) else {}
+    extra = obj.get("extra") if isinstance(obj.get("extra"), dict) else {}
+    names = dataset_meta.get("classes") or extra.get("label_names")
+    return [str(n) for n in names] if isinstance(names, (list, tuple)) and names else None
+
+
+def check_checkpoint(cfg: TrainJobConfig, checkpoint: Path, dataset: SkeletonDataset) -> None:
+    """On the driver, before Ray: the model loads into cfg.model, strictly (a corrupt file or other shapes failed
+    in every worker, a traceback each), and the classes it was trained on are the ones this test reports under
+    (data.label_names, else the dataset's names). A fight model tested with falldown_stable.yaml was scored under
+    the falldown names without a word. Raises CheckpointError / ConfigError / FileNotFoundError."""
+    from recognizer_core.models.checkpoint import CheckpointError
+    from recognizer_core.models.recognizer import build_recognizer
+    from recognizer_core.train.stgcn.evaluate import label_names, load_weights
+
+    try:
+        loaded = load_weights(build_recognizer(cfg.model), checkpoint)  # the file the workers load, found the same way
+    except CheckpointError as err:
+        if "cannot read checkpoint" not in str(err):  # keys or shapes that differ: the listing stays as it is
+            raise
+        # torch's weights-only refusal of a corrupt file runs over several lines: one line, nothing dropped
+        raise CheckpointError(" ".join(line.strip() for line in str(err).splitlines() if line.strip())) from None
+    expected = label_names(cfg, dataset)
+    stored = dataset.label_names
+    named = bool(cfg.data.label_names) or (len(stored) == cfg.model.num_classes and all(stored))
+    classes = checkpoint_classes(loaded)
+    if named and classes is not None and classes != expected:
+        where = "data.label_names" if cfg.data.label_names else f"the dataset {dataset.path}"
+        raise ConfigError(f"{loaded}: the model was trained on classes {classes} but {where} names them {expected}: "
+                          "test it with the config it was trained with (config.yaml in its run folder) on data of "
+                          "those classes")
 
 
 def parse_runs(items: list[str]) -> dict[str, Path]:
@@ -124,19 +170,27 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = Path(output_uri(args.out)) if args.out else \
         (checkpoint if checkpoint.is_dir() else checkpoint.parent) / "test"
     split = args.split or cfg.data.test_split
-    # The split must exist before any Ray start-up: a typo fails in one line, not in every worker.
-    from recognizer_core.skeleton.store import SkeletonDataset
+    # The split, the model and the GPUs are checked before any Ray start-up: a typo, a corrupt file or another
+    # task's model fails in one line here, not in every worker.
+    from recognizer_core.train.ray_run import check_local_gpus
     from recognizer_core.train.stgcn.job import build_test_trainer, dataset_for
 
     try:
         dataset = dataset_for(cfg)
-        splits = SkeletonDataset(dataset).splits()
-    except (ConfigError, ValueError, FileNotFoundError) as err:
+        store = SkeletonDataset(dataset)
+        splits = store.splits()
+    except (ValueError, OSError) as err:  # ConfigError, SkeletonDataError, unreadable files
         print(f"error: {err}", file=sys.stderr)
         return 2
     if not splits.get(split):
         print(f"error: {dataset}: no clips in split {split!r} (splits: {', '.join(sorted(splits)) or 'none'}); "
               "choose one with --split", file=sys.stderr)
+        return 2
+    try:
+        check_checkpoint(cfg, checkpoint, store)
+        check_local_gpus(cfg.scaling, args.address)
+    except (ValueError, OSError) as err:  # CheckpointError, ConfigError, unreadable files
+        print(f"error: {err}", file=sys.stderr)
         return 2
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -144,8 +198,13 @@ def main(argv: list[str] | None = None) -> int:
 
     start_ray_or_exit("test", args.address)
     metrics_path = out_dir / f"{split}_metrics.json"
+    try:
+        trainer = build_test_trainer(cfg, checkpoint, out_dir, split, dataset_path=dataset)
+    except (ValueError, OSError) as err:  # a ConfigError: what the started Ray lacks (scaling_config)
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     try:  # Ray Train V2 raises what failed the run
-        build_test_trainer(cfg, checkpoint, out_dir, split).fit()
+        trainer.fit()
     except Exception as err:  # noqa: BLE001 - every failure ends in the one JSON line, exit status 1
         print(json.dumps({"error": f"{type(err).__name__}: {err}"[:2000]}))
         return 1

@@ -9,7 +9,9 @@ r"""Train the DINO pose model (frozen DINOv2/DINOv3 + stem + UNet heatmap head) 
         --lr 1e-4 --batch_size 16 --epochs 100 --num_workers 4 --checkpoint_dir checkpoints_human_pose \
         --set scaling.num_workers=4 --set scaling.use_gpu=true   # 4 GPUs (DDP over NCCL)
 
-Without `scaling.use_gpu=true` (the preset says false) the workers train on CPUs (gloo).
+Without `scaling.use_gpu=true` (the preset says false) the workers train on CPUs (gloo). Before Ray starts, the
+COCO paths must exist and be readable, and a private local Ray (no --address / RAY_ADDRESS) must have the GPUs asked
+for: one `error:` line, exit status 2 (with a cluster, a path the driver cannot see is a warning: the workers check).
 The guide's flags are shortcuts for config fields (file < flags < --set). The run folder is
 checkpoint_dir/run.name: Ray Train checkpoints (best by val/AP + latest), logs/ (TensorBoard, W&B offline,
 vis/*.png skeletons), config.yaml, and best_model.pth (when val/AP improves) and latest_checkpoint.pth (with every
@@ -94,15 +96,22 @@ def main(argv: list[str] | None = None) -> int:
     import ray.train
 
     from recognizer_core.ray_runtime import start_ray_or_exit
-    from recognizer_core.train.dino_pose.job import build_trainer, default_run_config, resolve_paths
+    from recognizer_core.train.dino_pose.job import build_trainer, check_coco_inputs, default_run_config, \
+        resolve_paths
     from recognizer_core.train.dino_pose.loop import BEST_FILE, LATEST_FILE
-    from recognizer_core.train.ray_run import run_uri
+    from recognizer_core.train.ray_run import check_local_gpus, private_ray, run_uri
 
-    start_ray_or_exit("dino_pose", args.address)
     cfg = resolve_paths(cfg)
+    try:  # before Ray starts: a missing COCO folder or a GPU this machine lacks is one line, not a worker traceback
+        check_local_gpus(cfg.scaling, args.address)
+        check_coco_inputs(cfg, private_ray=private_ray(args.address))
+    except (ValueError, OSError) as err:  # ConfigError, FileNotFoundError
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    start_ray_or_exit("dino_pose", args.address)
     try:
         trainer = build_trainer(cfg)
-    except (ConfigError, ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError) as err:  # ConfigError (what the started Ray lacks), run.resume_from not found
         print(f"error: {err}", file=sys.stderr)
         return 2
     run_dir = run_uri(default_run_config(cfg))

@@ -8,7 +8,9 @@ r"""Train STGCN++ with Ray Train (DDP on every GPU of the cluster, or CPU worker
 The run folder is run.storage_path/run.name: Ray Train checkpoints (best by val/acc_top1 + latest, at most
 checkpoint.num_to_keep), logs/tensorboard, best_acc_top1_epoch_N.pth (mmaction2 format), curves.png,
 confusion matrices, summary.json, test_metrics.json. Re-running the same command continues the run from its
-latest checkpoint; a lost worker is recovered by Ray Train (run.max_failures).
+latest checkpoint; a lost worker is recovered by Ray Train (run.max_failures). The dataset is prepared and
+validated before Ray starts, and GPUs that a private local Ray (no --address / RAY_ADDRESS) cannot have are
+refused then too: each is one `error:` line, exit status 2.
 """
 from __future__ import annotations
 
@@ -40,12 +42,19 @@ def main(argv: list[str] | None = None) -> int:
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     from recognizer_core.ray_runtime import start_ray_or_exit
-    from recognizer_core.train.stgcn.job import build_trainer, run_folder, test_best
+    from recognizer_core.train.ray_run import check_local_gpus
+    from recognizer_core.train.stgcn.job import build_trainer, prepare_run, run_folder, test_best
 
+    try:  # everything that needs no Ray, before Ray starts: a bad dataset or GPU request is one line, at once
+        check_local_gpus(cfg.scaling, args.address)
+        dataset_path = prepare_run(cfg)
+    except (ValueError, OSError) as err:  # ConfigError, SkeletonDataError, unreadable files
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     start_ray_or_exit("train", args.address)
     try:
-        trainer = build_trainer(cfg)
-    except (ConfigError, ValueError, FileNotFoundError) as err:
+        trainer = build_trainer(cfg, dataset_path=dataset_path)
+    except (ValueError, OSError) as err:  # a ConfigError: what the started Ray lacks (scaling_config)
         print(f"error: {err}", file=sys.stderr)
         return 2
     run_dir = run_folder(cfg)

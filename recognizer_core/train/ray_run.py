@@ -16,6 +16,8 @@ import ray.train
 import ray.train.torch
 from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig, UserCallback
 
+from recognizer_core.config import ConfigError
+from recognizer_core.ray_runtime import PRIVATE_RAY_ENV
 from recognizer_core.skeleton.clip import SkeletonDataError
 from recognizer_core.storage import join_uri, output_uri, to_uri
 from recognizer_core.train.cpu_malloc import worker_env
@@ -109,10 +111,41 @@ def for_workers(rc: RunConfig, scaling: ScalingSection) -> RunConfig:
     return rc
 
 
+def private_ray(address: str | None) -> bool:
+    """Whether a job given `address` (--address) starts a private local Ray, by start_ray's rule: no address and no
+    $RAY_ADDRESS (or "local"). Its workers run on this machine only, and no autoscaler adds a node."""
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    return not address or address == "local"
+
+
+def _shortage(s: ScalingSection, name: str, found: str) -> str:
+    per = s.gpus_per_worker if name == "GPU" else s.cpus_per_worker
+    fix = ("set scaling.use_gpu=false, lower scaling.num_workers, or give --address of a cluster with GPUs"
+           if name == "GPU" else "lower scaling.num_workers / scaling.cpus_per_worker")
+    field = "scaling.use_gpu=true: " if name == "GPU" else ""
+    return (f"{field}scaling.num_workers={s.num_workers} x {per:g} {name} asks for {s.num_workers * per:g} {name}, "
+            f"but {found}, and a private local Ray cannot add any: {fix}")
+
+
+def check_local_gpus(s: ScalingSection, address: str | None) -> None:
+    """Before Ray starts: GPUs asked of a private local Ray (no `address`) that this machine does not have
+    (torch's count, which honours CUDA_VISIBLE_DEVICES and is 0 for a CPU build of torch). Ray Train would wait
+    for them forever, a WorkerGroupStartupTimeoutError traceback every minute. A cluster keeps waiting (its
+    autoscaler may add GPU nodes)."""
+    if not s.use_gpu or not private_ray(address):
+        return
+    import torch
+
+    have = torch.cuda.device_count()  # NVML when it can: no CUDA context in the driver
+    if s.num_workers * s.gpus_per_worker > have:
+        raise ConfigError(_shortage(s, "GPU", f"this machine has {have} CUDA device(s) (torch's count)"))
+
+
 def scaling_config(s: ScalingSection) -> ScalingConfig:
     """Explicit CPU or GPU workers. With use_gpu the trainer waits until the cluster has the GPUs (an autoscaler
     adds GPU nodes); it never decides by what the cluster has at the moment, which on a fresh autoscaling
-    cluster is no GPU at all."""
+    cluster is no GPU at all. A private local Ray (PRIVATE_RAY_ENV, also set in the processes it runs) has no
+    autoscaler: there a shortage is a ConfigError instead of a wait that never ends."""
     resources = {"CPU": s.cpus_per_worker}
     if s.use_gpu:
         resources["GPU"] = s.gpus_per_worker
@@ -120,6 +153,8 @@ def scaling_config(s: ScalingSection) -> ScalingConfig:
         have = ray.cluster_resources()
         for name, amount in resources.items():
             if amount * s.num_workers > have.get(name, 0):
+                if os.environ.get(PRIVATE_RAY_ENV):
+                    raise ConfigError(_shortage(s, name, f"the private local Ray has {have.get(name, 0):g}"))
                 log.warning("scaling: %d workers x %s %s, but the Ray cluster has %s %s now: the run waits for an "
                             "autoscaler to add them (on a fixed cluster lower scaling.num_workers / "
                             "scaling.cpus_per_worker, or set scaling.use_gpu=false)", s.num_workers, amount, name,

@@ -11,8 +11,9 @@ from recognizer_core.config import StrictModel
 class ScalingSection(StrictModel):
     num_workers: int = Field(1, ge=1, description="Ray Train workers (one per GPU when use_gpu)")
     use_gpu: bool = Field(False, description="train on GPUs (NCCL, mixed precision as train.amp says); false = "
-                                             "CPU (gloo). true waits for GPU workers (an autoscaler adds them), "
-                                             "never falls back to the CPU")
+                                             "CPU (gloo). true waits for GPU workers on a cluster (an autoscaler "
+                                             "adds them), never falls back to the CPU; on a private local Ray, "
+                                             "GPUs it lacks are an error")
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per worker (include loader workers)")
     gpus_per_worker: float = Field(1.0, ge=0, description="GPUs per worker when use_gpu")
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(

@@ -8,6 +8,8 @@ its latest checkpoint. The guide's best_model.pth / latest_checkpoint.pth are wr
 """
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 from ray.train import RunConfig
@@ -60,6 +62,41 @@ def check_resume_from(resume_from: str | None) -> None:
         raise FileNotFoundError(f"run.resume_from={resume_from}: cannot be read ({err})") from err
     if not found:
         raise FileNotFoundError(f"run.resume_from={resume_from}: no checkpoint file or folder with {STATE_FILE}")
+
+
+# data.* COCO inputs: (field, whether it is a folder)
+COCO_INPUTS = (("train_image_dir", True), ("train_annotation_file", False), ("val_image_dir", True),
+               ("val_annotation_file", False), ("val_bbox_file", False))
+
+
+def coco_input_problems(cfg: DinoPoseJobConfig) -> list[str]:
+    """The data.* COCO paths that are missing or unreadable on this machine, one phrase each. Only existence and
+    read access: parsing train2017's annotations takes a worker tens of seconds and about 1 GB."""
+    problems = []
+    for field, is_dir in COCO_INPUTS:
+        value = getattr(cfg.data, field)
+        if not value or is_remote(value):  # unset (require_data's case), or a URI this check cannot list
+            continue
+        path, kind = Path(value).expanduser(), "folder" if is_dir else "file"
+        if not path.exists():
+            problems.append(f"data.{field}={value}: {kind} not found")
+        elif path.is_dir() != is_dir:
+            problems.append(f"data.{field}={value}: not a {kind}")
+        elif not os.access(path, os.R_OK | (os.X_OK if is_dir else 0)):
+            problems.append(f"data.{field}={value}: {kind} not readable (permissions)")
+    return problems
+
+
+def check_coco_inputs(cfg: DinoPoseJobConfig, *, private_ray: bool) -> None:
+    """Before Ray starts. A private local Ray's workers read the paths on this machine, so a missing one is a
+    FileNotFoundError here (it was a traceback in a Ray worker); a cluster's workers may see storage this driver
+    does not, so there it is a warning and the workers check."""
+    problems = coco_input_problems(cfg)
+    if problems and private_ray:
+        raise FileNotFoundError("; ".join(problems))
+    if problems:
+        print(f"warning: not visible on this driver (the cluster's workers must see them): {'; '.join(problems)}",
+              file=sys.stderr, flush=True)
 
 
 def build_trainer(cfg: DinoPoseJobConfig, *, run_config: RunConfig | None = None) -> TorchTrainer:

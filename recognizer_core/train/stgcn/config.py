@@ -7,6 +7,7 @@ Ray starts, with the field named.
 """
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -19,6 +20,26 @@ from recognizer_core.train.sections import ScalingSection
 
 
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # torch.compile modes that replay the step as CUDA graphs
+
+
+def _finite(v):
+    """A float field's value (or a list/tuple of floats) if every number in it is finite. pydantic's bounds let
+    inf through (inf > 0) and NaN through `w <= 0` style checks: optim.lr=inf and train.class_weight=[nan, 1.0]
+    loaded and trained into NaN losses."""
+    values = v if isinstance(v, (list, tuple)) else [v]
+    if any(isinstance(x, float) and not math.isfinite(x) for x in values):
+        raise ValueError(f"must be finite numbers, got {list(v)}" if isinstance(v, (list, tuple)) else
+                         f"must be a finite number, got {v}")
+    return v
+
+
+class _FiniteFloats(StrictModel):
+    """The sections below: every float field (and list/tuple of floats) must be finite."""
+
+    @field_validator("*")
+    @classmethod
+    def _finite_floats(cls, v):
+        return _finite(v)
 
 
 class DataConfig(StrictModel):
@@ -58,7 +79,7 @@ class DataConfig(StrictModel):
         return not self.path and not self.train_pkl
 
 
-class OptimConfig(StrictModel):
+class OptimConfig(_FiniteFloats):
     type: Literal["adamw", "sgd"] = Field("adamw", description="optimizer (the guide recommends AdamW)")
     lr: float = Field(1e-4, gt=0, description="base learning rate (before auto_scale_lr)")
     weight_decay: float = Field(1e-3, ge=0, description="weight decay")
@@ -79,7 +100,7 @@ class OptimConfig(StrictModel):
         return v
 
 
-class ScheduleConfig(StrictModel):
+class ScheduleConfig(_FiniteFloats):
     warmup_epochs: float = Field(3, ge=0, description="linear warmup length in epochs (applied per iteration)")
     warmup_start_factor: float = Field(0.1, gt=0, le=1, description="lr factor at the first warmup iteration")
     type: Literal["multistep", "cosine", "constant"] = Field("multistep", description="schedule after warmup")
@@ -98,7 +119,7 @@ class ScheduleConfig(StrictModel):
         return v
 
 
-class EarlyStoppingConfig(StrictModel):
+class EarlyStoppingConfig(_FiniteFloats):
     enabled: bool = Field(False, description="stop when the monitored metric stops improving")
     monitor: Literal["val/acc_top1", "val/mean_class_accuracy"] = Field("val/acc_top1",
                                                                         description="metric to watch")
@@ -106,7 +127,7 @@ class EarlyStoppingConfig(StrictModel):
     min_delta: float = Field(0.001, ge=0, description="smallest change that counts as an improvement")
 
 
-class TrainConfig(StrictModel):
+class TrainConfig(_FiniteFloats):
     epochs: int = Field(30, ge=1, description="number of training epochs")
     batch_size: int = Field(32, ge=1, description="clips per worker per step")
     val_batch_size: int | None = Field(None, ge=1, description="clips per worker per validation step "

@@ -2,7 +2,8 @@
 after fit()) and `build_test_trainer` (any model on any split).
 
 Data (demo / pkl) is prepared once, on the driver; light checks of the dataset run there too, so a deterministic
-data error fails before any worker starts instead of being retried.
+data error fails before any worker starts instead of being retried. `prepare_run` does both without Ray, so the
+jobs run it before Ray starts.
 """
 from __future__ import annotations
 
@@ -117,15 +118,27 @@ def dataset_for(cfg: TrainJobConfig) -> str:
     return to_uri(prepare_dataset(cfg.data, Path(output_uri(cfg.run.storage_path)) / "datasets"))
 
 
-def build_trainer(cfg: TrainJobConfig, *, run_config: RunConfig | None = None) -> TorchTrainer:
-    """A TorchTrainer for `cfg`. Without `run_config`, one is built from cfg.run / cfg.checkpoint (name, storage,
-    FailureConfig, keep the best by score_attribute and the latest); a given one (e.g. from Ray Tune, with its
-    callbacks, storage and name, which may be s3://) is used as is."""
+def prepare_run(cfg: TrainJobConfig, run_config: RunConfig | None = None) -> str:
+    """What build_trainer checks and prepares on the driver, none of which needs Ray: the run's resume rules
+    (only without a given `run_config`), the dataset prepared (demo / pkl converted) and validated. Returns the
+    dataset's URI. A job calls it before Ray starts, so a bad dataset is one line, not one after Ray's start-up,
+    and hands the URI to build_trainer(dataset_path=...), which then checks nothing twice."""
     if run_config is None:
-        run_config = default_run_config(cfg)
-        _check_existing(cfg, run_config)
+        _check_existing(cfg, default_run_config(cfg))
     dataset_path = dataset_for(cfg)
     preflight(cfg, dataset_path)
+    return dataset_path
+
+
+def build_trainer(cfg: TrainJobConfig, *, run_config: RunConfig | None = None,
+                  dataset_path: str | None = None) -> TorchTrainer:
+    """A TorchTrainer for `cfg`. Without `run_config`, one is built from cfg.run / cfg.checkpoint (name, storage,
+    FailureConfig, keep the best by score_attribute and the latest); a given one (e.g. from Ray Tune, with its
+    callbacks, storage and name, which may be s3://) is used as is. `dataset_path`: what prepare_run(cfg)
+    returned (the job ran it before Ray started); without it prepare_run runs here."""
+    if dataset_path is None:
+        dataset_path = prepare_run(cfg, run_config)
+    run_config = run_config or default_run_config(cfg)
     return TorchTrainer(
         _train_fn,
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "dataset_path": dataset_path,
@@ -143,13 +156,13 @@ def best_checkpoint(result: Result, score_attribute: str) -> tuple[Checkpoint, d
 
 
 def _test_trainer(cfg: TrainJobConfig, checkpoint, out_uri: str, split: str, *, required: bool,
-                  source: str | None = None) -> TorchTrainer:
+                  source: str | None = None, dataset_path: str | None = None) -> TorchTrainer:
     out_uri = to_uri(out_uri)
     ray_storage = join_uri(out_uri, ".ray_test_runs") if is_remote(out_uri) else str(Path(out_uri).parent /
                                                                                       ".ray_test_runs")
     return TorchTrainer(
         _test_fn,
-        train_loop_config={"cfg": cfg.model_dump(mode="json"), "dataset_path": dataset_for(cfg),
+        train_loop_config={"cfg": cfg.model_dump(mode="json"), "dataset_path": dataset_path or dataset_for(cfg),
                            "checkpoint": checkpoint, "out_uri": out_uri, "split": split, "required": required,
                            "source": source},
         torch_config=TorchConfig(backend=backend(cfg.scaling)),
@@ -160,10 +173,11 @@ def _test_trainer(cfg: TrainJobConfig, checkpoint, out_uri: str, split: str, *, 
 
 
 def build_test_trainer(cfg: TrainJobConfig, checkpoint: str | Path, out_dir: str | Path,
-                       split: str | None = None) -> TorchTrainer:
-    """Sharded multi-clip test of `checkpoint` (mmaction2 .pth, a Ray checkpoint dir or a run folder) on `split`."""
+                       split: str | None = None, *, dataset_path: str | None = None) -> TorchTrainer:
+    """Sharded multi-clip test of `checkpoint` (mmaction2 .pth, a Ray checkpoint dir or a run folder) on `split`;
+    `dataset_path`: dataset_for(cfg), when the caller already prepared it."""
     return _test_trainer(cfg, str(Path(checkpoint).resolve()), str(out_dir), split or cfg.data.test_split,
-                         required=True)
+                         required=True, dataset_path=dataset_path)
 
 
 def test_best(cfg: TrainJobConfig, result: Result, out_uri: str) -> bool:
