@@ -38,6 +38,8 @@ def export(model: str, out: str, *, model_config: str | None = None, calibrate_p
 
     if fp16 and not trt_engine:
         raise ValueError("--fp16 sets the precision of the TensorRT engine: give --trt-engine too")
+    if calibrate_precision is not None:
+        check_precision(calibrate_precision)
     out_path = Path(out)
     # Written under temporary names beside the target, moved into place at the end: a re-export that fails
     # a check (parity, calibration, engine build) must not leave new weights beside the old sidecar's labels
@@ -56,6 +58,19 @@ def export(model: str, out: str, *, model_config: str | None = None, calibrate_p
         for p in (tmp, sidecar_path(tmp)):
             p.unlink(missing_ok=True)
     return report
+
+
+def check_precision(p: float) -> None:
+    """--calibrate-precision within recognize's calibrate_precision bounds, (0, 1]: 90 or 1.5 gave threshold 1.0
+    (never fires) and 0 or -1 gave 0.0 (fires on everything), written into the sidecar without a word."""
+    from pydantic import ValidationError
+
+    from recognizer_core.recognize.runner import RecognizeConfig
+
+    try:
+        RecognizeConfig(calibrate_precision=p)
+    except ValidationError:
+        raise ValueError(f"--calibrate-precision must be a precision in (0, 1] (0.9 = 90 %), got {p:g}") from None
 
 
 def _export(model: str, tmp: Path, out: Path, *, model_config: str | None, calibrate_precision: float | None,

@@ -72,13 +72,27 @@ def default_model(args) -> str:
 
 
 def run_skeletons(rec, spec, cfg: RecognizeConfig, source, out: Path, truth=None) -> dict:
+    """Score each clip of a skeleton input (a path, or a list of clips). A file or clip that cannot be read,
+    checked (cfg.nan_policy) or scored is printed as `failed: <file>: <reason>` and listed under `failures`
+    (batch mode's words and fields); the others are still scored."""
     from recognizer_core.recognize.outputs import UniqueStems, plot_timeline, write_video_outputs
-    from recognizer_core.recognize.runner import iter_skeleton_clips, recognize_clip
+    from recognizer_core.recognize.runner import check_clip, failure_reason, iter_skeleton_inputs, recognize_clip
 
-    clips = source if isinstance(source, list) else iter_skeleton_clips(source)
+    failures: list[dict] = []
+
+    def failed(name: str, reason: str) -> None:
+        failures.append({"rel_path": name, "reason": reason})
+        print(f"[recognize] failed: {name}: {reason}", file=sys.stderr, flush=True)
+
+    clips = ((c.source_video or c.clip_id, c) for c in source) if isinstance(source, list) else \
+        iter_skeleton_inputs(source, failed)
     events, windows, stems = {}, 0, UniqueStems()
-    for clip in clips:
-        res = recognize_clip(rec, clip, spec, cfg)
+    for name, clip in clips:
+        try:
+            res = recognize_clip(rec, check_clip(clip, spec, cfg.nan_policy, name), spec, cfg)
+        except Exception as err:  # noqa: BLE001 - one clip's failure never ends the run (batch mode's rule)
+            failed(name, failure_reason(err, name))
+            continue
         stem = stems(res.video)
         write_video_outputs(out, res.video, res.windows, res.probs, res.events, spec, timeline=cfg.timeline,
                             stem=stem)
@@ -88,7 +102,7 @@ def run_skeletons(rec, spec, cfg: RecognizeConfig, source, out: Path, truth=None
         windows += len(res.windows)
         print(f"[recognize] {res.video}: {len(res.windows)} windows, {len(res.events)} events "
               f"({res.seconds:.2f} s)", flush=True)
-    return {"events": events, "windows": windows}
+    return {"events": events, "windows": windows, "failed": len(failures), "failures": failures}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,14 +116,17 @@ def main(argv: list[str] | None = None) -> int:
     from recognizer_core.recognize.runner import effective_spec
 
     demo = not args.input and not args.stream
-    model = args.model or (default_model(args) if demo else None)
-    if model is None:
+    if not args.model and not demo:
         print("error: --model is required with --input / --stream", file=sys.stderr)
         return 2
     from recognizer_core.storage import output_uri
 
     out = Path(output_uri(args.output))  # never inside `ray job submit`'s package, which Ray deletes
     args.output = str(out)
+    if out.exists() and not out.is_dir():  # before any model work; the first write was a FileExistsError
+        print(f"error: --output {out}: exists and is not a folder", file=sys.stderr)
+        return 2
+    model = args.model or default_model(args)
     try:
         rec = load_recognizer(model, model_config=args.model_config, threads=args.threads,
                               background_class=args.background_class)
@@ -148,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[recognize] SYNTHETIC demo sequence: {clip.num_frames / clip.fps:.0f} s, {clip.num_person} "
               f"tracks, {len(truth)} true events", flush=True)
         result = run_skeletons(rec, spec, cfg, [clip], out, truth)
+        if result["failed"]:   # printed above
+            return 1
         events = result["events"][clip.source_video]
         print(side_by_side(events, truth, spec.label_names))
         report = evaluate(result["events"], {}, {video_key(clip.source_video): truth}, spec.label_names,
@@ -156,9 +175,18 @@ def main(argv: list[str] | None = None) -> int:
                           "event_level": report["events"], "output": str(out)}))
         return 0
     from recognizer_core.recognize.batch import is_skeleton_input
+    from recognizer_core.storage import is_remote
 
-    if is_skeleton_input(args.input):
-        result = run_skeletons(rec, spec, cfg, args.input, out)
+    local = args.input.removeprefix("file://")
+    if not is_remote(args.input) and not Path(local).exists():  # not "video input needs --pose-model"
+        print(f"error: --input {args.input}: no such file or folder", file=sys.stderr)
+        return 2
+    if is_skeleton_input(local):
+        try:
+            result = run_skeletons(rec, spec, cfg, local, out)
+        except (FileNotFoundError, ValueError) as err:  # the input as a whole (one bad file is a `failed:` line)
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     else:
         from recognizer_core.recognize.batch import run_batch_cli
 
@@ -180,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         if "events" in report:
             summary["evaluation"]["events"] = report["events"]
     print(json.dumps({**summary, **{k: v for k, v in result.items() if k not in ("events", "windows")}}))
-    return 0
+    # failed inputs are listed above and the others scored; an error only when not one could be scored
+    return 1 if result.get("failed") and not result["events"] else 0
 
 
 if __name__ == "__main__":

@@ -210,6 +210,7 @@ def run_batch_cli(rec, spec, cfg: RecognizeConfig, args, model: str) -> dict | N
     """rayjobs/recognize.py's video path: resolve the pose model, start Ray, run, print failures."""
     import sys
 
+    from recognizer_core.extract.backends import BackendError, check_model_file
     from recognizer_core.ray_runtime import RayStartError, start_ray
     from recognizer_core.recognize.pose_models import PoseModelError, resolve_pose_model
 
@@ -218,9 +219,15 @@ def run_batch_cli(rec, spec, cfg: RecognizeConfig, args, model: str) -> dict | N
         return None
     try:
         onnx_path = resolve_pose_model(args.pose_model, args.pose_cache)
+        pose = PoseModelConfig(onnx={"model_path": str(onnx_path), "intra_op_num_threads": 1})
         videos = list_inputs(args.input)
     except (PoseModelError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
+        return None
+    try:  # extract_poses.py's check before Ray: a non-RTMO .onnx (the action model) failed in every pose actor
+        check_model_file(pose)
+    except BackendError as err:
+        print(f"error: --pose-model {args.pose_model}: {str(err).removeprefix(f'{onnx_path}: ')}", file=sys.stderr)
         return None
     if not videos:
         print(f"error: {args.input}: no videos found", file=sys.stderr)
@@ -230,7 +237,6 @@ def run_batch_cli(rec, spec, cfg: RecognizeConfig, args, model: str) -> dict | N
     except RayStartError as err:
         print(f"error: {err}", file=sys.stderr)
         return None
-    pose = PoseModelConfig(onnx={"model_path": str(onnx_path), "intra_op_num_threads": 1})
     result = run_batch(inputs=args.input, out=args.output, model=model, model_config=args.model_config, spec=spec,
                        cfg=cfg, pose=pose, threads=args.threads or 1)
     for f in result["failures"]:

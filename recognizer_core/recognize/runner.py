@@ -7,9 +7,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Literal, Sequence
+from typing import Annotated, Callable, Iterator, Literal, Sequence
 
 import numpy as np
+from annotated_types import Ge, Le
 from pydantic import Field
 
 from recognizer_core.config import StrictModel
@@ -34,13 +35,18 @@ class RecognizeConfig(StrictModel):
     # CPU, STGCN++ base 64: batch 4-8 ran 1.5-2x faster than 32-64 (activations leave the cache); a GPU wants more
     batch_size: int = Field(8, ge=1, description="windows per model call")
     merge_gap_s: float = Field(1.0, ge=0, description="events of one class closer than this are merged")
-    thresholds: dict[str, float] = Field(default_factory=dict, description="class name -> on threshold "
-                                                                         "(overrides the model's)")
+    # bounded here, not only in the spec's ClassThreshold: a bad value is then a --set error naming
+    # `thresholds.<Class>`, before the model loads
+    thresholds: dict[str, Annotated[float, Ge(0), Le(1)]] = Field(
+        default_factory=dict, description="class name -> on threshold in [0, 1] (overrides the model's)")
     hysteresis: float | None = Field(None, ge=0, le=1, description="off = on - hysteresis (default: the model's)")
     min_duration_s: float | None = Field(None, ge=0, description="drop shorter events (default: the model's)")
     calibrate_precision: float | None = Field(
         None, gt=0, le=1, description="set thresholds to the lowest reaching this precision on the validation "
                                       "split of the model's training data (run folders; exports store theirs)")
+    nan_policy: Literal["reject", "zero"] = Field(
+        "reject", description="skeleton input with NaN/inf or far-outside keypoints: 'reject' fails that file "
+                              "(named, the run goes on), 'zero' zeroes those joints (training's data.nan_policy)")
     timeline: bool = Field(True, description="write a timeline PNG per video")
     overlay: bool = Field(False, description="write an overlay mp4 per video (video input only)")
 
@@ -121,9 +127,36 @@ def _current_clip_files(folder: Path) -> list[Path]:
     return sorted(root / r["output"] for r in records)
 
 
-def iter_skeleton_clips(path: str | Path) -> Iterator[SkeletonClip]:
-    """Whole-video clips from a skeleton Parquet input: one file of extract_poses.py, its `clips/` folder or
-    its output folder, or a skeleton dataset folder (every row a clip)."""
+def check_clip(clip: SkeletonClip, spec: ModelSpec, nan_policy: str, source: str = "") -> SkeletonClip:
+    """A skeleton input clip checked as training checks its clips (SkeletonClip.validate with the nan policy, then
+    far-outside joints zeroed under 'zero'): a NaN keypoint gave NaN scores and no message. Raises
+    SkeletonDataError naming `source`, the clip and the field."""
+    from recognizer_core.models.graph import LAYOUTS   # numpy only: the ONNX path stays torch-free
+    from recognizer_core.skeleton.validate import zero_far_joints
+
+    layout = LAYOUTS.get(spec.model.get("layout", spec.pipeline.dataset))
+    clip.validate(source, nan_policy=nan_policy, num_joints=layout[0] if layout else None)
+    if nan_policy == "zero":
+        zero_far_joints(clip)
+    return clip
+
+
+def failure_reason(err: BaseException, name: str) -> str:
+    """One line: the error's message without a leading `<name>: ` (the failure line names the file already);
+    the exception type too where it is not one of ours (a pyarrow or numpy error says little alone)."""
+    text = (str(err).strip().splitlines() or [""])[0]
+    text = text[len(name) + 2:] if text.startswith(f"{name}: ") else text
+    return text if isinstance(err, (ValueError, OSError)) else f"{type(err).__name__}: {text}"
+
+
+def iter_skeleton_inputs(path: str | Path, failed: Callable[[str, str], None] | None = None
+                         ) -> Iterator[tuple[str, SkeletonClip]]:
+    """(file, whole-video clip) from a skeleton Parquet input: one file of extract_poses.py, its `clips/` folder
+    or its output folder, or a skeleton dataset folder (every row a clip).
+
+    failed(file, reason): a file that cannot be read (truncated, not Parquet, list lengths that disagree with
+    the shape columns) is reported there and skipped, the others still read; without it the error is raised.
+    An input with no Parquet file at all, or a dataset whose _dataset.json cannot be read, always raises."""
     from recognizer_core.skeleton.store import SkeletonDataset
 
     path = Path(path)
@@ -135,19 +168,49 @@ def iter_skeleton_clips(path: str | Path) -> Iterator[SkeletonClip]:
     if path.is_dir() and (path / "_dataset.json").exists():
         # A dataset's rows are windows of source videos, several per video: each is recognized and named on its
         # own (its clip id, `<video id>@<start frame>`), its times still the source video's seconds.
-        for clip in SkeletonDataset(path).iter_clips():
+        ds = SkeletonDataset(path)
+        for i, f in enumerate(ds.files):
+            yield from _guarded(f, _dataset_file_clips(ds, i), failed)
+        return
+    for f in files:
+        yield from _guarded(str(f), _file_clips(f), failed)
+
+
+def iter_skeleton_clips(path: str | Path, failed: Callable[[str, str], None] | None = None) -> Iterator[SkeletonClip]:
+    """The clips of iter_skeleton_inputs without their file names."""
+    for _, clip in iter_skeleton_inputs(path, failed):
+        yield clip
+
+
+def _guarded(name: str, clips: Iterator[SkeletonClip], failed: Callable[[str, str], None] | None
+             ) -> Iterator[tuple[str, SkeletonClip]]:
+    try:
+        for clip in clips:
+            yield name, clip
+    except Exception as err:  # noqa: BLE001 - one file's failure never ends the run (batch mode's rule)
+        if failed is None:
+            raise
+        failed(name, failure_reason(err, name))
+
+
+def _dataset_file_clips(ds, i: int) -> Iterator[SkeletonClip]:
+    from recognizer_core.skeleton.store_rows import clips_from_batch
+
+    for _, row0, batch in ds.iter_batches(files=[i]):
+        for clip in clips_from_batch(batch, source=ds.files[i], rows=range(row0, row0 + batch.num_rows)):
             clip.source_video = clip.clip_id
             yield clip
-        return
+
+
+def _file_clips(f: Path) -> Iterator[SkeletonClip]:
     import pyarrow.parquet as pq
 
     from recognizer_core.skeleton.store_rows import clips_from_batch
 
-    for f in files:
-        try:
-            table = pq.read_table(f)
-        except Exception as err:  # noqa: BLE001 - name the file
-            raise ValueError(f"{f}: not a skeleton Parquet file ({err})") from None
-        for clip in clips_from_batch(table, copy=True):
-            clip.source_video = clip.source_video or str(f)
-            yield clip
+    try:
+        table = pq.read_table(f)
+    except Exception as err:  # noqa: BLE001 - name the file
+        raise ValueError(f"{f}: not a skeleton Parquet file ({err})") from None
+    for clip in clips_from_batch(table, copy=True, source=str(f)):
+        clip.source_video = clip.source_video or str(f)
+        yield clip
