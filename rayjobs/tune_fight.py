@@ -63,6 +63,12 @@ def main(argv: list[str] | None = None, default_space: str = "search_spaces/figh
         metric = plan.options.metric or plan.space.metric
         plan.extra = stgcn_job.trial_overrides(plan.extra, base, experiment_uri, metric)
         check_resumable(plan.space, TrainJobConfig, plan.options, extra_overrides=plan.extra)
+        from recognizer_core.train.stgcn.job import dataset_for, preflight
+
+        # a bad dataset (NaN, labels, dtypes) is one line here, not the same error in every trial; the trials'
+        # own check then finds this dataset version validated (cached)
+        trial_base = plan.space.build_config(TrainJobConfig, {}, plan.extra)
+        preflight(trial_base, dataset_for(trial_base))
         if plan.options.folds > 1:
             from recognizer_core.tune.folds import fold_overrides
 

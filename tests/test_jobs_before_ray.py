@@ -109,6 +109,13 @@ def test_train_dataset_errors_come_before_ray(tmp_path, ray_starts, capsys):
         assert train_stgcn.main(argv) == 2, path
         _one_error(capsys, *expected)
     assert ray_starts == []
+    # the tune job too: every trial failed with the same message (20 tracebacks at the default --num-samples)
+    from rayjobs import tune_fight
+    for path, expected in cases[1:]:
+        assert tune_fight.main(["--data", path, "--storage-path", str(tmp_path / "tune")]) == 2, path
+        lines = [ln for ln in capsys.readouterr().err.strip().splitlines() if ln.startswith("error: ")]
+        assert len(lines) == 1 and all(text in lines[0] for text in expected), lines
+    assert ray_starts == []
 
 
 def test_train_validates_the_dataset_once_and_before_ray(tmp_path, monkeypatch, capsys):
