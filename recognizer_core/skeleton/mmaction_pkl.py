@@ -128,32 +128,29 @@ def _warn_unannotated(path: Path, split_map: dict | None, clip_ids: set[str]) ->
     return missing
 
 
-def _default_split_map(clips: Sequence[SkeletonClip]) -> dict[str, list[str]]:
-    split_map: dict[str, list[str]] = {}
-    for c in clips:
-        if c.split:
-            split_map.setdefault(c.split, []).append(c.clip_id)
-    return split_map
-
-
 def write_mmaction_pkl(clips: Iterable[SkeletonClip], path: str | Path,
                        split_map: dict[str, list[str]] | None = None, layout: str = "dict",
                        other: dict | None = None, label_names: Sequence[str] | None = None) -> Path:
     """Write clips as an mmaction2 PoseDataset pickle (atomic: temp file + rename).
 
     split_map defaults to {clip.split: [clip_id, ...]} in clip order. With label_names, an mmaction2
-    label-map file `<name>.label_map.txt` (one class per line) is written beside the pickle.
+    label-map file `<name>.label_map.txt` (one class per line) is written beside the pickle. `clips` is consumed
+    once and no clip is kept: each becomes its annotation (a copy of its arrays) as it comes, so a streamed
+    dataset's peak memory is the annotations plus one batch, not twice the keypoints.
     """
     path = Path(path)
-    clips = list(clips)
-    anns = [c.to_annotation() for c in clips]
+    if layout not in ("dict", "list"):
+        raise SkeletonDataError(f"{path}: layout must be 'dict' or 'list', got {layout!r}")
+    anns: list[dict] = []
+    default_map: dict[str, list[str]] = {}  # the same str objects as the annotations' frame_dir, as before
+    for c in clips:
+        anns.append(c.to_annotation())
+        if c.split:
+            default_map.setdefault(c.split, []).append(c.clip_id)
     if layout == "list":
         data: object = anns
-    elif layout == "dict":
-        data = {"split": split_map if split_map is not None else _default_split_map(clips), "annotations": anns,
-                **(other or {})}
     else:
-        raise SkeletonDataError(f"{path}: layout must be 'dict' or 'list', got {layout!r}")
+        data = {"split": split_map if split_map is not None else default_map, "annotations": anns, **(other or {})}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
     try:
@@ -191,11 +188,12 @@ def parquet_to_pkl(dataset_dir: str | Path, pkl_path: str | Path,
     overrides the layout: 'list' is a bare list of annotations, what PoseDataset reads without `split=`.
     """
     ds = SkeletonDataset(dataset_dir)
-    clips = list(ds.iter_clips(split))
     meta = ds.metadata.get(_META_KEY, {})
     split_map = ds.split_map
     if split_map is not None and split is not None:
         keep = [split] if isinstance(split, str) else list(split)
         split_map = {k: v for k, v in split_map.items() if k in keep}
-    return write_mmaction_pkl(clips, pkl_path, split_map=split_map, layout=layout or meta.get("layout", "dict"),
-                              other=decode_extra(meta.get("other")), label_names=ds.label_names or None)
+    # streamed: holding every clip while their annotations were copied doubled the peak memory (13 GB for 6.5)
+    return write_mmaction_pkl(ds.iter_clips(split), pkl_path, split_map=split_map,
+                              layout=layout or meta.get("layout", "dict"), other=decode_extra(meta.get("other")),
+                              label_names=ds.label_names or None)

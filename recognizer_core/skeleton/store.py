@@ -26,13 +26,13 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from recognizer_core.storage import filesystem, is_remote, to_uri
 
 from .clip import SkeletonClip, SkeletonDataError
+from .store_member import SplitMember
 from .store_ranges import RowRanges
 from .store_rows import (CLIP_SCHEMA, HEAVY_COLUMNS, LIGHT_COLUMNS, clip_from_row, clips_from_batch, clips_to_table,
                          int64_array)
@@ -256,13 +256,6 @@ class SkeletonDataset:
         except (OSError, pa.ArrowInvalid) as err:
             raise SkeletonDataError(f"{self.files[i]}: row group {g} unreadable ({err})") from None
 
-    def _mask(self, table: pa.Table | pa.RecordBatch, split: str | Sequence[str]) -> Any:
-        names = [split] if isinstance(split, str) else list(split)
-        if self.split_map is not None:  # clips may sit in several splits: membership by clip_id
-            ids = [x for s in names for x in self.split_map.get(s, [])]
-            return pc.is_in(table["clip_id"], value_set=pa.array(ids, pa.string()))
-        return pc.is_in(table["split"], value_set=pa.array(names, pa.string()))
-
     def _light(self, cols: list[str]) -> pa.Table:
         index_file = self.info.get("index_file")
         if index_file:  # one small file for the whole dataset
@@ -289,8 +282,8 @@ class SkeletonDataset:
             raise SkeletonDataError(f"{self.path}: unknown or heavy column(s) {bad}")
         table = self._light(cols)
         table = table.append_column("position", int64_array(np.arange(table.num_rows)))
-        if split is not None:
-            table = table.filter(self._mask(table, split))
+        if split is not None:  # by the split column, or by clip_id for a split_map (clips in several splits)
+            table = table.filter(pa.array(SplitMember(self.split_map, split)(table)))
         return table.select(list(columns) + ["position"])
 
     def locate(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -391,10 +384,11 @@ class SkeletonDataset:
 
     def iter_clips(self, split: str | Sequence[str] | None = None, batch_size: int = 256,
                    copy: bool = False) -> Iterator[SkeletonClip]:
-        """Stream clips file by file, `batch_size` rows at a time."""
+        """Stream clips file by file, `batch_size` rows at a time (store order)."""
+        member = None if split is None else SplitMember(self.split_map, split)  # a split_map's ids hashed once
         for fi, row0, batch in self.iter_batches(batch_size):
             rows = np.arange(row0, row0 + batch.num_rows)
-            if split is not None:
-                mask = self._mask(batch, split)
-                batch, rows = batch.filter(mask), rows[mask.to_numpy(zero_copy_only=False)]
+            if member is not None:
+                mask = member(batch)
+                batch, rows = batch.filter(pa.array(mask)), rows[mask]
             yield from clips_from_batch(batch, copy=copy, source=self.files[fi], rows=rows.tolist())
