@@ -67,12 +67,15 @@ def main(argv: list[str] | None = None) -> int:
         cfgs = {s: load_config(TrainJobConfig, args.config, base + [
             f"pipeline.feats=[{s}]", f"run.name={args.name}_{s}", f"run.storage_path={storage}",
             "train.test_after_train=false"]) for s in args.streams}
-    except (ConfigError, SkeletonDataError) as err:
+        from recognizer_core.train.stgcn.job import build_trainer, prepare_run, run_folder
+
+        # each stream's resume rules and its dataset checked before Ray starts (the validation is cached)
+        datasets = {s: prepare_run(cfgs[s]) for s in args.streams}
+    except (ConfigError, SkeletonDataError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
     from recognizer_core.ray_runtime import start_ray_or_exit
-    from recognizer_core.train.stgcn.job import build_trainer, run_folder
 
     start_ray_or_exit("streams", args.address, num_cpus=args.num_cpus)
     # One TorchTrainer per stream, side by side (fit blocks, so each in a thread; Ray shares the CPUs/GPUs).
@@ -80,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def fit(s: str) -> None:
         try:
-            build_trainer(cfgs[s]).fit()
+            build_trainer(cfgs[s], dataset_path=datasets[s]).fit()
         except BaseException as err:
             errors[s] = err
 

@@ -1,19 +1,29 @@
 """PNG plots of a search, drawn from the trial records (so they can be redrawn from a finished or resumed
 experiment): the metric per trial labelled by trial id (errored trials marked), learning curves per trial id,
 parameter importances (only with enough completed trials, unconditional parameters only) and a parallel-
-coordinate plot of the most important parameters."""
+coordinate plot of the most important parameters. Large searches keep readable plots: past LEGEND_TRIALS curves
+only the best BEST_NAMED trials get a colour and a legend entry, the parallel plot names only the best
+BEST_NAMED trials, and the history's width and tick labels are capped (HISTORY_MAX_WIDTH_IN, HISTORY_MAX_TICKS)."""
 from __future__ import annotations
 
 import math
 import warnings
 from pathlib import Path
 
-from recognizer_core.tune.records import TrialRecord, best_report, finite
+from recognizer_core.tune.records import TrialRecord, best_report, finite, in_creation_order
 from recognizer_core.tune.search_space import SearchSpace, optuna_distribution
 
 # fANOVA on fewer completed trials ranks noise: below this, the importances plot is skipped (and said why).
 MIN_TRIALS_FOR_IMPORTANCE = 8
 TOP_PARAMS = 6  # parallel coordinates: one axis per parameter, so only the most important ones
+# What gets a name is capped: a 500-trial search drew a 500-entry legend (4,300 px tall, colours repeating every
+# 10 lines), a 21,572 px wide history and trial ids stacked 0.04 apart that stretched the parallel plot's y axis
+# 20-fold (every line squashed into its bottom 5%). Searches as small as these caps look as they always did.
+LEGEND_TRIALS = 20  # learning curves: one coloured, named curve per trial up to this many curves
+BEST_NAMED = 10  # above it, and in the parallel plot above this many trials: only the best ones are named
+HISTORY_MAX_WIDTH_IN = 16.0  # optimization history: 0.5 inch per trial up to this width ...
+HISTORY_MAX_TICKS = 40  # ... and at most this many trial-id tick labels (every k-th trial past it)
+ERRORED_IDS_SHOWN = 8  # errored trial ids listed in the curves' title; more are counted, not listed
 
 
 def study_from_records(records: list[TrialRecord], space: SearchSpace, metric: str, mode: str,
@@ -87,7 +97,7 @@ def write_plots(records: list[TrialRecord], space: SearchSpace, metric: str, mod
         return made, {n: why for n in ("optimization_history", "learning_curves", "param_importances",
                                        "parallel_coordinate")}
     save(_history(plt, records, metric, mode), "optimization_history")
-    save(_curves(plt, records, metric, time_attr), "learning_curves")
+    save(_curves(plt, records, metric, time_attr, mode), "learning_curves")
     imp: dict[str, float] = {}
     if len(done) < MIN_TRIALS_FOR_IMPORTANCE:
         skipped["param_importances"] = (f"{len(done)} completed trials: importances need at least "
@@ -115,50 +125,85 @@ def write_plots(records: list[TrialRecord], space: SearchSpace, metric: str, mod
     return made, skipped
 
 
+def _best_first(records: list[TrialRecord], metric: str, mode: str) -> list[TrialRecord]:
+    """Non-errored trials with a finite metric, best value first; on a tie the trial created first (the
+    summary's rule, records.pick_best_trial)."""
+    scored = [(best_report(r, metric, mode), r) for r in in_creation_order(records, lambda r: r.created)]
+    ranked = [(b[metric], k, r) for k, (b, r) in enumerate(scored) if b is not None and not r.error]
+    ranked.sort(key=lambda t: (-t[0] if mode == "max" else t[0], t[1]))
+    return [r for _, _, r in ranked]
+
+
 def _history(plt, records: list[TrialRecord], metric: str, mode: str):
-    fig, ax = plt.subplots(figsize=(max(7.0, 0.5 * len(records) + 2), 4.5))
-    best_so_far, xs, ys = None, [], []
+    n = len(records)
+    fig, ax = plt.subplots(figsize=(min(HISTORY_MAX_WIDTH_IN, max(7.0, 0.5 * n + 2)), 4.5))
+    small = n <= 100  # matplotlib's default markers until they would overlap at the capped width
+    best_so_far, xs, ys, ok, bad = None, [], [], [], []
     low = min((best_report(r, metric, mode) or {}).get(metric, math.inf) for r in records)
     for i, rec in enumerate(records):
         b = best_report(rec, metric, mode)
         if b is None or rec.error:
-            y = b[metric] if b is not None else (low if math.isfinite(low) else 0)
-            ax.scatter([i], [y], marker="x", color="red", s=60,
-                       label="errored / no metric" if "errored / no metric" not in
-                       ax.get_legend_handles_labels()[1] else None)
+            bad.append((i, b[metric] if b is not None else (low if math.isfinite(low) else 0)))
             continue
         v = b[metric]
-        ax.scatter([i], [v], color="tab:blue")
+        ok.append((i, v))
         best_so_far = v if best_so_far is None else (max if mode == "max" else min)(best_so_far, v)
         xs.append(i)
         ys.append(best_so_far)
+    if ok:
+        ax.scatter(*zip(*ok), color="tab:blue", s=None if small else 12)
+    if bad:
+        ax.scatter(*zip(*bad), marker="x", color="red", s=60 if small else 24, label="errored / no metric")
     ax.step(xs, ys, where="post", color="tab:orange", label="best so far")
-    ax.set_xticks(range(len(records)))
-    ax.set_xticklabels([r.trial_id for r in records], rotation=60, ha="right", fontsize=8)
-    ax.set_xlabel("trial id (in start order)")
+    step = math.ceil(n / HISTORY_MAX_TICKS)  # rotated ids need ~0.3 inch each: thin them past the cap
+    shown = list(range(0, n, step))
+    ax.set_xticks(shown)
+    ax.set_xticklabels([records[i].trial_id for i in shown], rotation=60, ha="right", fontsize=8)
+    ax.set_xlabel("trial id (in start order)" + (f"; the id of one trial in {step} shown" if step > 1 else ""))
     ax.set_ylabel(f"best {metric}")
     ax.legend(fontsize=8)
     return fig
 
 
-def _curves(plt, records: list[TrialRecord], metric: str, time_attr: str):
+def _curves(plt, records: list[TrialRecord], metric: str, time_attr: str, mode: str):
     fig, ax = plt.subplots(figsize=(8, 5))
+    curves = {}  # id(record) -> its validated points, in the records' order
     for rec in records:
         pts = [(r.get(time_attr), r[metric]) for r in rec.reports if finite(r.get(metric)) and finite(r.get(time_attr))]
         if pts:
-            ax.plot(*zip(*pts), marker="o", ms=3, label=rec.trial_id)
+            curves[id(rec)] = (rec, pts)
+    many = len(curves) > LEGEND_TRIALS
+    if many:  # the best few named and in colour, every other curve thin and grey behind them
+        named = [r for r in _best_first(records, metric, mode) if id(r) in curves][:BEST_NAMED]
+        keep = {id(r) for r in named}
+        for key, (rec, pts) in curves.items():
+            if key not in keep:
+                ax.plot(*zip(*pts), color="0.6", lw=0.6, alpha=0.4, zorder=1)
+    else:
+        named = [rec for rec, _ in curves.values()]
+    for k, rec in enumerate(named):  # the colour cycle has 10 colours: dashed from the 11th on, so none repeats
+        ax.plot(*zip(*curves[id(rec)][1]), marker="o", ms=3, label=rec.trial_id, color=f"C{k % 10}",
+                ls="-" if k < 10 else "--", zorder=2)
     errored = [r.trial_id for r in records if r.error]
     ax.set_xlabel(f"{time_attr} (validated only)")
     ax.set_ylabel(metric)
+    lines = [f"{len(curves)} trials: the best {len(named)} by {metric} in colour, the rest thin grey"] if many else []
     if errored:
-        ax.set_title(f"errored (no curve): {', '.join(errored)}", fontsize=9, color="red")
-    ax.legend(fontsize=7, ncol=2, title="trial id")
+        more = len(errored) - ERRORED_IDS_SHOWN
+        lines.append(f"errored: {', '.join(errored[:ERRORED_IDS_SHOWN])}" + (f" and {more} more" if more > 0 else ""))
+    if lines:
+        ax.set_title("\n".join(lines), fontsize=9, color="black" if many else "red")
+    if many:  # beside the axes: ten entries inside would cover the curves they name
+        ax.legend(fontsize=7, title="trial id (best first)", loc="upper left", bbox_to_anchor=(1.01, 1))
+    elif named:
+        ax.legend(fontsize=7, ncol=2, title="trial id")
     return fig
 
 
 def _parallel(plt, records: list[TrialRecord], space: SearchSpace, names: list[str], metric: str, mode: str):
     """One vertical axis per parameter (normalised 0..1, choices spread evenly), a line per trial coloured by
-    its metric, ticks only at each axis' own values (at most 6 labels, so they never overlap)."""
+    its metric, ticks only at each axis' own values (at most 6 labels, so they never overlap); the ids of the
+    best BEST_NAMED trials at the metric axis (all of them in a smaller search), their lines drawn on top."""
     import matplotlib
 
     values = [best_report(r, metric, mode)[metric] for r in records]
@@ -184,12 +229,28 @@ def _parallel(plt, records: list[TrialRecord], space: SearchSpace, names: list[s
             ax.text(j + 0.03, t, label, fontsize=7, va="center")
     scaled.append([(v - lo) / (hi - lo) if hi > lo else 0.5 for v in values])
     cmap = matplotlib.colormaps["viridis"]
-    for i, rec in enumerate(records):
-        ax.plot(axes_pos, [col[i] for col in scaled], color=cmap(scaled[-1][i]), alpha=0.8)
-    label_y = -1.0
-    for i in sorted(range(len(records)), key=lambda i: scaled[-1][i]):  # ids at the metric axis, never overlapping
-        label_y = max(scaled[-1][i], label_y + 0.04)
-        ax.text(axes_pos[-1] + 0.05, label_y, records[i].trial_id, fontsize=7, va="center")
+    best = {id(r) for r in _best_first(records, metric, mode)[:BEST_NAMED]}
+    named = [i for i, r in enumerate(records) if id(r) in best]
+    crowd = len(records) > 50  # hundreds of opaque lines hide each other: fainter and thinner ones
+    for i in [i for i in range(len(records)) if id(records[i]) not in best] + named:  # the named ones on top
+        top = id(records[i]) in best
+        thin = crowd and not top
+        ax.plot(axes_pos, [col[i] for col in scaled], color=cmap(scaled[-1][i]), alpha=0.35 if thin else 0.8,
+                lw=0.7 if thin else (2.0 if top and len(named) < len(records) else 1.5))
+    # Ids at the metric axis, 0.04 apart: stacked up from their own values, then pushed down below the axis'
+    # top (1), so they stay inside the data's range; a leader joins a moved id to its line.
+    order = sorted(named, key=lambda i: scaled[-1][i])
+    ys: list[float] = []
+    for i in order:
+        ys.append(max(scaled[-1][i], ys[-1] + 0.04) if ys else scaled[-1][i])
+    for k in range(len(ys) - 1, -1, -1):
+        ys[k] = min(ys[k], 1.0 if k == len(ys) - 1 else ys[k + 1] - 0.04)
+    for i, y in zip(order, ys):
+        if abs(y - scaled[-1][i]) > 1e-9:
+            # add_artist, not plot: a leader must not widen the data limits (and so the x axis)
+            ax.add_artist(matplotlib.lines.Line2D([axes_pos[-1], axes_pos[-1] + 0.05], [scaled[-1][i], y],
+                                                  color="0.5", lw=0.5))
+        ax.text(axes_pos[-1] + 0.05, y, records[i].trial_id, fontsize=7, va="center")
     for x in axes_pos:
         ax.axvline(x, color="grey", lw=0.8)
     ax.text(axes_pos[-1] - 0.3, 1.04, f"{hi:.3g}", fontsize=7)
@@ -197,6 +258,8 @@ def _parallel(plt, records: list[TrialRecord], space: SearchSpace, names: list[s
     ax.set_xticks(axes_pos)
     ax.set_xticklabels(names + [metric], rotation=20, ha="right", fontsize=8)
     ax.set_yticks([])
-    ax.set_ylim(-0.1, max(1.1, label_y + 0.05))
-    ax.set_title(f"top {len(names)} parameters (by importance when ranked), completed trials by id", fontsize=9)
+    ax.set_ylim(-0.1, 1.1)
+    who = (f"{len(records)} completed trials, ids of the best {len(named)} (thick)" if len(named) < len(records)
+           else "completed trials by id")
+    ax.set_title(f"top {len(names)} parameters (by importance when ranked), {who}", fontsize=9)
     return fig
