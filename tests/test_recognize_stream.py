@@ -42,14 +42,15 @@ def setup(tmp_path_factory):
     server.shutdown()
 
 
-def _run(setup, speed, source=None, **kw):
+def _run(setup, speed, source=None, cfg_kw=None, **kw):
     from recognizer_core.extract.config import PoseModelConfig
     from recognizer_core.recognize.model import load_recognizer
     from recognizer_core.recognize.runner import RecognizeConfig, effective_spec
     from recognizer_core.recognize.stream import run_stream
 
     rec = load_recognizer(setup["run"])
-    cfg = RecognizeConfig(thresholds={"Fight": 0.0}, min_duration_s=0.0)  # always on: one event, closed at the end
+    # always on: one event, closed at the end
+    cfg = RecognizeConfig(**{"thresholds": {"Fight": 0.0}, "min_duration_s": 0.0, **(cfg_kw or {})})
     pose = PoseModelConfig(onnx={"model_path": str(setup["rtmo"]), "intra_op_num_threads": 1}, batch_size=1)
     return run_stream(rec, effective_spec(rec.spec, cfg), cfg, source or setup["url"], pose, speed=speed,
                       verbose=False, **kw)
@@ -69,7 +70,8 @@ def test_stream_over_http_scores_windows_reports_latency_and_closes_events(setup
 def test_stream_closes_an_event_when_the_scene_empties_not_when_the_stream_ends(setup, tmp_path):
     """Two people for 4 s, nobody for 4 s (more than a window), two others for 4 s. The always-on scene event
     must close when nobody is left: no window scores below `off` then, so it used to stay open through the gap,
-    take in the next people and reach the user only at the stream's end."""
+    take in the next people and reach the user only at the stream's end. (The windows stop for 0.7 s only, the
+    buffer still holding the first two: merge_gap_s 0 here, as the default 1 s merges the two, as batch mode does.)"""
     import numpy as np
 
     a, b = linear_track((60, 80), (140, 90), 300), linear_track((200, 150), (170, 140), 300)
@@ -77,7 +79,7 @@ def test_stream_closes_an_event_when_the_scene_empties_not_when_the_stream_ends(
     a[100:], b[100:], c[:200], d[:200] = np.nan, np.nan, np.nan, np.nan
     video = write_marker_video(tmp_path / "gap.mp4", [a, b, c, d], side=12)  # 25 fps, 12 s
     events = tmp_path / "events.jsonl"
-    s = _run(setup, speed=0, source=str(video), queue_frames=400, event_file=str(events))
+    s = _run(setup, speed=0, source=str(video), queue_frames=400, event_file=str(events), cfg_kw={"merge_gap_s": 0})
     assert s["error"] == "" and s["frames_dropped"] == 0 and s["frames_processed"] == 300
     lines = [json.loads(line) for line in events.read_text().splitlines()]
     assert [e["label"] for e in lines] == ["Fight", "Fight"], lines
@@ -341,3 +343,66 @@ def test_stream_reopens_a_real_rtsp_camera_after_it_restarts(setup, tmp_path, mo
     assert s["frames_processed"] + s["frames_dropped"] == s["frames_read"] >= 150
     lines = [json.loads(line) for line in events.read_text().splitlines()]
     assert len(lines) == s["events"] == 2 and lines[1]["start_s"] >= lines[0]["end_s"] + 1.0, lines
+
+
+# --- events: batch mode's rules one step at a time, and their delivery -------------------------------------------
+
+
+@pytest.mark.parametrize("seed, merge_gap_s", [(0, 1.0), (1, 1.0), (2, 0.0), (3, 2.0), (4, 1.0), (5, 0.5)])
+def test_stream_events_equal_batch_events_on_the_same_scores(seed, merge_gap_s):
+    """The same window scores through batch detect_events and the stream's OnlineEvents give the same events:
+    merged within merge_gap_s (the stream ignored it), min_duration_s on the merged event (the stream applied it
+    to each piece), and with window_mode both only the classes of each window's kind (the stream made events of
+    every class from every window)."""
+    import numpy as np
+
+    from recognizer_core.recognize.events import OnlineEvents, detect_events
+    from recognizer_core.recognize.spec import ClassThreshold, ModelSpec
+    from recognizer_core.recognize.windows import Window
+    from recognizer_core.skeleton.transforms import PipelineConfig
+
+    spec = ModelSpec(label_names=["Normal", "Fight", "Falldown"], pipeline=PipelineConfig(), fps=30, window_frames=90,
+                     window_mode="both", track_classes=["Falldown"],
+                     thresholds={"Fight": ClassThreshold(on=0.6, off=0.4, min_duration_s=1.5),
+                                 "Falldown": ClassThreshold(on=0.5, min_duration_s=1.0)})
+    rng = np.random.default_rng(seed)
+    hop, n = 0.5, 120
+    present = {"scene": np.ones(n, bool), "track0": np.ones(n, bool), "track1": np.zeros(n, bool)}
+    present["scene"][rng.integers(0, n, 3)] = False  # nobody seen at a few steps
+    present["track0"][40:40 + rng.integers(1, 5)] = False  # a person missed for 1-4 steps
+    present["track1"][30:100] = True
+    scores = {k: np.clip(np.convolve(rng.uniform(-0.6, 1.6, n + 4), np.ones(5) / 5, "valid"), 0, 1) for k in present}
+    steps = []
+    windows, probs = [], []
+    for i in range(n):
+        centre, step = spec.window_s / 2 + i * hop, []
+        for key in present:
+            if present[key][i]:
+                kind, ids = ("scene", [0, 1]) if key == "scene" else ("track", [int(key[-1])])
+                p = np.array([0.0, scores[key][i], scores[key][i]], np.float32)
+                windows.append(Window("cam", kind, centre - spec.window_s / 2, centre + spec.window_s / 2, ids, None))
+                probs.append(p)
+                step.append((windows[-1].key, kind, p, ids))
+        steps.append((centre, step))
+    online = OnlineEvents(spec, "cam", merge_gap_s)
+    for centre, step in steps:
+        online.step(centre, hop, step)
+    online.flush()
+
+    def rows(events):
+        return sorted((e.label, round(e.start_s, 6), round(e.end_s, 6), round(e.peak_score, 5), e.track_ids)
+                      for e in events)
+
+    batch = rows(detect_events(windows, np.array(probs), spec, merge_gap_s))
+    assert batch and {r[0] for r in batch} == {"Fight", "Falldown"}, batch
+    assert rows(online.pop_ready()) == batch
+
+
+def _gap_video(path):
+    """Two people for 4 s, nobody for 4 s, two others for 4 s (25 fps): a scene event closes mid-stream."""
+    import numpy as np
+
+    a, b = linear_track((60, 80), (140, 90), 300), linear_track((200, 150), (170, 140), 300)
+    c, d = linear_track((100, 60), (60, 60), 300), linear_track((220, 100), (250, 120), 300)
+    a[100:], b[100:], c[:200], d[:200] = np.nan, np.nan, np.nan, np.nan
+    return write_marker_video(path, [a, b, c, d], side=12)

@@ -7,10 +7,17 @@ dipping score from splitting one event into many) and the windows follow each ot
 seen, hence no windows, ends it). Its span is centred on the windows' centres (half a hop
 either side), not their full length, so a long window does not stretch the event by its own length.
 Events of one class and sequence less than `merge_gap_s` apart are merged; then shorter than
-`min_duration_s` are dropped.
+`min_duration_s` are dropped. `OnlineEvents` applies the same rules one window step at a time (stream mode), so
+a stream's events equal batch mode's on the same scores; `EventSink` delivers them (printed, appended to a file,
+POSTed by a sender thread so that a slow endpoint never holds up scoring).
 """
 from __future__ import annotations
 
+import collections
+import json
+import sys
+import threading
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
@@ -120,3 +127,213 @@ def threshold_at_precision(scores: np.ndarray, positive: np.ndarray, precision: 
             continue  # a threshold takes every window with an equal score
         best = (float(s[i]), float(prec[i]), float(tp[i] / n_pos))
     return best
+
+
+@dataclass
+class OnlineEvents:
+    """`detect_events` over windows that arrive one step at a time: per (sequence, class), hysteresis, then
+    merging with the previous event of that key when it returns within `merge_gap_s` (a closed event is held that
+    long in stream time before it is final), then `min_duration_s` on the merged event. Only the classes whose
+    window kind is the window's (window_mode both). Final events queue in `ready`, oldest first; they leave it
+    only once delivered, so a stop signal between closing and delivering loses none."""
+
+    spec: ModelSpec
+    video: str
+    merge_gap_s: float = 1.0
+    open: dict = field(default_factory=dict)  # (key, class) -> [start_s, end_s, peak, track ids]
+    held: dict = field(default_factory=dict)  # (key, class) -> a closed span that may still merge with the next
+    ready: collections.deque = field(default_factory=collections.deque)
+
+    def step(self, centre_s: float, hop_s: float,
+             windows: Sequence[tuple[str, str, np.ndarray, Sequence[int]]]) -> None:
+        """One scoring step: the windows (key, kind, class probabilities, track ids) centred at `centre_s`, steps
+        `hop_s` apart. A sequence without a window in this step ends its events (the person left, or nobody is
+        seen: no window of theirs will score below `off`), as batch mode ends a run at a gap in the windows."""
+        keys = {w[0] for w in windows}
+        for k in [k for k in self.open if k[0] not in keys]:
+            self._close(k)
+        for key, kind, probs, track_ids in windows:
+            self._feed(key, kind, centre_s, hop_s, probs, track_ids)
+        # The next step is centred at least a hop later, so no later event of a key can start before
+        # centre + hop / 2: a held event further than merge_gap_s before that can merge with nothing more.
+        for k in [k for k, span in self.held.items() if centre_s + hop_s / 2 - span[1] > self.merge_gap_s]:
+            self._finish(k)
+
+    def _feed(self, key: str, kind: str, centre_s: float, hop_s: float, probs: np.ndarray, track_ids) -> None:
+        for c in self.spec.event_classes:
+            if self.spec.window_kind(c) != kind:
+                continue  # as detect_events: e.g. falls from track windows only, fights from scene windows only
+            k, th, s = (key, c), self.spec.threshold(c), float(probs[c])
+            cur = self.open.get(k)
+            if cur is None and s >= th.on:
+                held = self.held.get(k)
+                if held is not None and centre_s - hop_s / 2 - held[1] <= self.merge_gap_s:
+                    self.open[k] = held  # the same class back within merge_gap_s: one event, as batch merges them
+                    del self.held[k]
+                    self._extend(held, centre_s + hop_s / 2, s, track_ids)
+                    continue
+                if held is not None:
+                    self._finish(k)
+                self.open[k] = [centre_s - hop_s / 2, centre_s + hop_s / 2, s, set(track_ids)]
+            elif cur is not None and s >= th.off_value:
+                self._extend(cur, centre_s + hop_s / 2, s, track_ids)
+            elif cur is not None:
+                self._close(k)
+
+    @staticmethod
+    def _extend(span: list, end_s: float, score: float, track_ids) -> None:
+        span[1], span[2] = max(span[1], end_s), max(span[2], score)
+        span[3] |= set(track_ids)
+
+    def _close(self, k) -> None:
+        self.held[k] = self.open[k]  # stored before removed: a stop signal in between leaves it somewhere
+        del self.open[k]
+
+    def _finish(self, k) -> None:
+        a, b, peak, ids = self.held[k]
+        if b - a >= self.spec.threshold(k[1]).min_duration_s:
+            self.ready.append(Event(self.video, self.spec.label_names[k[1]], a, b, peak, sorted(ids), k[1]))
+        del self.held[k]
+
+    def flush(self) -> None:
+        """Every open and held event final (the stream ends, stops or is lost)."""
+        for k in list(self.open):
+            self._close(k)
+        for k in list(self.held):
+            self._finish(k)
+
+    def pop_ready(self) -> list[Event]:
+        out = list(self.ready)
+        self.ready.clear()
+        return out
+
+
+class EventOutputError(ValueError):
+    """--event-file / --post-url unusable: reported before the stream starts."""
+
+
+def check_post_url(url: str) -> None:
+    import urllib.parse
+
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError as err:
+        raise EventOutputError(f"--post-url {url!r}: {err}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or any(ch.isspace() or ord(ch) < 32 for ch in url):
+        raise EventOutputError(f"--post-url {url!r}: not an http:// or https:// URL with a host")
+
+
+class PostSender(threading.Thread):
+    """POSTs event lines from a bounded queue: each one tried up to 1 + `retries` times, 1 s, 2 s, 4 s ... apart
+    (an endpoint that restarts); when the queue is full the oldest unsent event is dropped and counted (the
+    newest are the ones still worth an alert). Any exception of a POST counts as a failed try."""
+
+    def __init__(self, url: str, max_queue: int = 100, retries: int = 3, timeout_s: float = 5.0,
+                 backoff_s: float = 1.0):
+        super().__init__(daemon=True)
+        self.url, self.max_queue, self.retries = url, max_queue, retries
+        self.timeout_s, self.backoff_s = timeout_s, backoff_s
+        self.pending: collections.deque = collections.deque()
+        self.cond = threading.Condition()
+        self.posted = self.failed = self.dropped = 0
+        self.closing, self.deadline = False, float("inf")
+
+    def put(self, line: str) -> None:
+        with self.cond:
+            if len(self.pending) >= self.max_queue:
+                self.pending.popleft()
+                self.dropped += 1
+                if self.dropped == 1:
+                    print(f"[stream] POST {self.url} is behind: {self.max_queue} events waiting; dropping the oldest "
+                          "unsent ones (counted in the summary)", file=sys.stderr, flush=True)
+            self.pending.append(line)
+            self.cond.notify()
+
+    def run(self) -> None:
+        while True:
+            with self.cond:
+                while not self.pending and not self.closing:
+                    self.cond.wait()
+                if not self.pending or time.monotonic() > self.deadline:
+                    return
+                line = self.pending.popleft()
+            self._post(line)
+
+    def _post(self, line: str) -> None:
+        import urllib.error
+        import urllib.request
+
+        err: BaseException | None = None
+        for attempt in range(self.retries + 1):
+            try:
+                req = urllib.request.Request(self.url, data=line.encode(), headers={"Content-Type": "application/json"})
+                urllib.request.urlopen(req, timeout=self.timeout_s).close()
+                self.posted += 1
+                return
+            except Exception as e:  # noqa: BLE001 - a bad answer (BadStatusLine), a refused or slow endpoint
+                err = e
+            if isinstance(err, urllib.error.HTTPError) and 400 <= err.code < 500 and err.code not in (408, 429):
+                break  # the endpoint refuses this event: the same request again gets the same answer
+            wait = self.backoff_s * 2 ** attempt
+            if attempt == self.retries or time.monotonic() + wait > self.deadline:
+                break
+            time.sleep(wait)
+        self.failed += 1
+        print(f"[stream] POST {self.url} failed after {attempt + 1} tr{'y' if attempt == 0 else 'ies'}: "
+              f"{type(err).__name__}: {err}", file=sys.stderr, flush=True)
+
+    def close(self, drain_s: float) -> None:
+        """Posts what is pending for up to `drain_s`, then counts the rest as dropped."""
+        with self.cond:
+            self.closing, self.deadline = True, time.monotonic() + drain_s
+            self.cond.notify_all()
+        self.join(timeout=drain_s + 0.5)
+        with self.cond:
+            left = len(self.pending)
+            self.pending.clear()
+            self.dropped += left
+        if left or self.is_alive():
+            print(f"[stream] POST {self.url}: stopped waiting after {drain_s:g} s; {left} event(s) not posted"
+                  + (", one POST still in flight" if self.is_alive() else ""), file=sys.stderr, flush=True)
+
+
+class EventSink:
+    """Stream mode's events, each printed (`[event] {...}`) and appended to `event_file` at once, then handed to
+    the POST sender. The file is opened here, before the stream starts: a folder that does not exist is one error
+    line at start, not a crash at the first event hours later."""
+
+    def __init__(self, event_file: str | None = None, post_url: str | None = None, **sender_kw):
+        if post_url:
+            check_post_url(post_url)
+        try:
+            self.file = open(event_file, "a", encoding="utf-8") if event_file else None  # noqa: SIM115 - held open
+        except OSError as err:
+            raise EventOutputError(f"--event-file {event_file}: {err.strerror or err}") from None
+        self.sender = PostSender(post_url, **sender_kw) if post_url else None
+        if self.sender:
+            self.sender.start()
+        self.events = self.write_failed = 0
+
+    def emit(self, event: Event) -> None:
+        line = json.dumps(event.to_dict())
+        print(f"[event] {line}", flush=True)
+        self.events += 1
+        if self.file:
+            try:
+                self.file.write(line + "\n")
+                self.file.flush()
+            except Exception as err:  # noqa: BLE001 - a full disk must not end a detector: counted, said once each
+                self.write_failed += 1
+                print(f"[stream] writing {self.file.name} failed: {err}", file=sys.stderr, flush=True)
+        if self.sender:
+            self.sender.put(line)
+
+    def close(self, drain_s: float = 5.0) -> dict:
+        if self.sender:
+            self.sender.close(drain_s)
+        if self.file:
+            self.file.close()
+        s = self.sender
+        return {"events": self.events, "posted": s.posted if s else 0, "post_failed": s.failed if s else 0,
+                "post_dropped": s.dropped if s else 0, "event_write_failed": self.write_failed}

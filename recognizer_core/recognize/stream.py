@@ -1,15 +1,17 @@
 """Stream mode: a live source (RTSP / HTTP URL, a file, or a camera index) -> RTMO -> tracking -> windows ->
-events printed as they close.
+events delivered as they become final.
 
 A reader thread decodes frames (PyAV) into a queue of `queue_frames`; when the recognizer falls behind, the
 oldest queued frame is dropped and counted, so the recognizer always works on the newest frames and says how
 many it skipped. Files and HTTP videos with a duration are paced to real time (`speed` x) like a live camera;
-a live source that drops is reopened (FrameReader). Every
-`stride_s` of stream time the frames of the last window are tracked (track/tracking.py over the buffer), cut
-and scored exactly as in batch mode; latency = wall time from the arrival of a window's last frame to its
-score. Events are closed online with the same hysteresis and minimum duration as batch mode; track ids persist
-across the overlapping buffers (`StableTrackIds`). Ctrl-C, and in the CLI SIGTERM, stop cleanly: open events
-are closed and a summary is printed.
+a live source that drops is reopened, and a clock that jumps is re-anchored (FrameReader). Every
+`stride_s` of stream time the frames of the last window are tracked (track/tracking.py over the buffer), placed
+at their true times (dropped frames leave gaps, not a squeezed clip), cut and scored exactly as in batch mode;
+latency = wall time from the arrival of a window's last frame to its score. Events follow batch mode's rules
+(events.OnlineEvents: hysteresis, merging within `merge_gap_s`, then minimum duration), so an event is final
+`merge_gap_s` of stream time after it closes; it is printed and written at once, POSTed by a sender thread
+(events.EventSink). Track ids persist across the overlapping buffers (`StableTrackIds`). Ctrl-C, and in the CLI
+SIGTERM, stop cleanly: open events are closed and delivered, pending POSTs get `drain_s`, a summary is printed.
 
 The extraction-stage imports (extract/, track/) are the three listed in `_pose_pieces`.
 """
@@ -21,13 +23,13 @@ import queue
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from recognizer_core.extract.video import frame_bgr
-from recognizer_core.recognize.events import Event
+from recognizer_core.recognize.events import EventOutputError, EventSink, OnlineEvents, check_post_url
 from recognizer_core.recognize.runner import RecognizeConfig, make_windows_for, score_windows
+from recognizer_core.recognize.windows import resample
 from recognizer_core.skeleton.clip import SkeletonClip
 
 
@@ -42,6 +44,13 @@ def _pose_pieces():
 # Schemes whose sources are live by nature; an HTTP source is live when FFmpeg finds no duration (MJPEG, MPEG-TS).
 LIVE_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "rtmps://", "udp://", "srt://", "tcp://")
 RETRY_FIRST_S, RETRY_MAX_S = 0.5, 10.0  # reopening a lost live source: the first wait, doubling up to this
+# A live source's clock that drifts this far from wall time (a file's that jumps this far ahead) is re-anchored:
+# well above a camera's start-up burst (FFmpeg's probe buffers seconds, then decodes them at once) and a stall
+# that the 10 s read timeout allows; a smaller jump ahead is a gap in time, as when frames are lost.
+CLOCK_SLIP_S = 10.0
+# Live formats whose timestamps are FFmpeg's frame count at a guessed rate, not the camera's (MJPEG over HTTP)
+NO_CLOCK_FORMATS = {"mpjpeg", "mjpeg", "jpeg_pipe", "image2", "image2pipe"}
+LATENCY_STEPS = 10000  # the summary's latency median / p95 are over this many latest scoring steps
 ENDED = "the stream ended"
 
 
@@ -51,10 +60,14 @@ class FrameReader(threading.Thread):
     A live source (a camera, an RTSP / RTMP / UDP URL, or an HTTP stream with no duration) that fails or ends after
     it gave frames is reopened, waiting 0.5 s, 1 s, 2 s ... 10 s between tries, until `reconnect_s` pass without a
     frame (0: never reopen): a camera that reboots or a network that drops for a minute must not end a detector
-    that runs for weeks. A source that gives no frame at all is reported at once (a wrong URL or device). Stream
-    time keeps increasing across reopenings (the new session's first frame comes after the last one by the wall
-    time between them), and every frame carries the number of reopenings so far (its session) so the consumer can
-    start its window anew.
+    that runs for weeks. A source that gives no frame at all is reported at once (a wrong URL or device).
+
+    Stream time only increases. A live source without a clock of its own (MJPEG over HTTP: FFmpeg numbers its
+    frames 1/25 s apart whatever the camera sends) is timed by arrival. A clock that goes back (MPEG-TS wraps
+    every 26.5 h; an encoder restarts), jumps ahead, or in a live source drifts more than CLOCK_SLIP_S from wall
+    time is re-anchored, as is a reopening: the next frame comes after the last one by the wall time between them
+    (a file: by one frame), and starts a new session. Every frame carries its session number and why that session
+    began, so the consumer starts its window anew.
     """
 
     def __init__(self, source: str, queue_frames: int = 4, speed: float = 1.0, reconnect_s: float = 300.0):
@@ -67,7 +80,8 @@ class FrameReader(threading.Thread):
         self.error = ""
         self.finished = threading.Event()
         self.live = source.isdigit() or source.startswith(LIVE_SCHEMES)
-        self.reconnects = 0
+        self.reconnects = self.clock_resets = self.session = 0
+        self.clock = "stream"  # or "arrival": the live source has no clock of its own
         self.outage_s = 0.0
         self.lost_at: float | None = None  # wall time the current outage began; None while frames flow
         self.lost_reason = ""
@@ -88,6 +102,17 @@ class FrameReader(threading.Thread):
             options.update(rtsp_transport="tcp", timeout="10000000")
         return av.open(self.source, options=options)
 
+    def _clock_break(self, step: float, slip: float) -> str:
+        """Why the source's clock cannot go on as stream time ('' when it can): `step` is its advance since the
+        last frame, `slip` how far it fell behind wall time since the session's anchor (negative: ran ahead)."""
+        if step < 0:
+            return f"the stream's clock went back {-step:.2f} s"
+        if self.live and abs(slip) > CLOCK_SLIP_S:
+            return f"the stream's clock {'fell behind' if slip > 0 else 'ran ahead of'} wall time by {abs(slip):.1f} s"
+        if not self.live and step > CLOCK_SLIP_S:
+            return f"the stream's clock jumped {step:.1f} s ahead"
+        return ""
+
     def _session(self) -> str:
         """Opens the source and puts its frames until it ends, fails or is stopped; returns what ended it."""
         try:
@@ -95,25 +120,48 @@ class FrameReader(threading.Thread):
                 stream = container.streams.video[0]
                 self.fps = float(stream.average_rate or stream.guessed_rate or 25)
                 self.live = self.live or ("://" in self.source and container.duration is None)
-                shift, n, t_start, t_first = None, 0, time.perf_counter(), None
+                by_arrival = self.live and (container.format.name in NO_CLOCK_FORMATS or stream.time_base is None)
+                shift = raw_last = lag0 = why = None
+                t_start, t_first = time.perf_counter(), 0.0
                 for frame in container.decode(stream):
                     if self.stop_event.is_set():
                         return "stopped"
-                    t = float(frame.time) if frame.time is not None else n / self.fps
                     now = time.perf_counter()
-                    if shift is None:  # first frame of this session
-                        t_first = t  # MPEG-TS and recorder exports start at t > 0: pace from here, not from 0
-                        shift = 0.0 if self._t_last is None else self._t_last + (now - self._wall_last) - t
-                        if self.lost_at is not None:
-                            self.reconnects += 1
-                            self.outage_s += now - self.lost_at
-                            self.lost_at = None
+                    first = raw_last is None  # the first frame of this opening
+                    if first:  # a live source whose first frame has no time has no clock: one choice per opening
+                        by_arrival = by_arrival or (self.live and frame.time is None)
+                        self.clock = "arrival" if by_arrival else "stream"
+                    if by_arrival:
+                        raw = now
+                    elif frame.time is not None:
+                        raw = float(frame.time)
+                    else:  # a frame without a time in a source with a clock: one frame after the last
+                        raw = 0.0 if first else raw_last + 1.0 / self.fps
+                    broke = "" if first else self._clock_break(raw - raw_last, (now - raw) - lag0)
+                    if first or broke:  # (re-)anchor the source's clock to stream time
+                        if self._t_last is None:  # the very first frame: the source's own time (arrival: 0)
+                            t_new = 0.0 if by_arrival else raw
+                        elif self.live or first:
+                            t_new = self._t_last + (now - self._wall_last)
+                        else:  # a file read faster or slower than real time: the wall time means nothing
+                            t_new = self._t_last + 1.0 / self.fps
+                        shift, lag0 = t_new - raw, now - raw
+                        if broke:
+                            self.clock_resets += 1
+                            self.session, why = self.session + 1, broke
+                        else:
+                            t_first = t_new  # MPEG-TS and recorder exports start at t > 0: pace from here
+                            if self.lost_at is not None:
+                                self.reconnects += 1
+                                self.outage_s += now - self.lost_at
+                                self.lost_at = None
+                                self.session, why = self.session + 1, "reopened"
+                    t = raw + shift
                     if not self.live and self.speed > 0:  # a file or HTTP video: arrive at (speed x) real time
                         time.sleep(max(0.0, (t - t_first) / self.speed - (now - t_start)))
-                    self._put((t + shift, time.perf_counter(), frame_bgr(frame), self.reconnects))
-                    self._t_last, self._wall_last = t + shift, time.perf_counter()
+                    self._put((t, time.perf_counter(), frame_bgr(frame), self.session, why))
+                    self._t_last, self._wall_last, raw_last = t, time.perf_counter(), raw
                     self.read += 1
-                    n += 1
             return ENDED
         except Exception as err:  # noqa: BLE001 - reported by the consumer, never a silent thread death
             return f"{type(err).__name__}: {err}"
@@ -155,94 +203,49 @@ class FrameReader(threading.Thread):
                     pass
 
 
-@dataclass
-class OnlineEvents:
-    """Hysteresis + minimum duration over scores arriving one window at a time, per (sequence, class)."""
-
-    spec: object
-    video: str
-    open: dict = field(default_factory=dict)  # (key, class) -> [start_s, end_s, peak, track ids]
-
-    def feed(self, key: str, centre_s: float, hop_s: float, probs: np.ndarray, track_ids) -> list[Event]:
-        closed = []
-        for c in self.spec.event_classes:
-            th, s = self.spec.threshold(c), float(probs[c])
-            cur = self.open.get((key, c))
-            if cur is None and s >= th.on:
-                self.open[(key, c)] = [centre_s - hop_s / 2, centre_s + hop_s / 2, s, set(track_ids)]
-            elif cur is not None and s >= th.off_value:
-                cur[1], cur[2] = centre_s + hop_s / 2, max(cur[2], s)
-                cur[3] |= set(track_ids)
-            elif cur is not None:
-                closed += self._close((key, c))
-        return closed
-
-    def _close(self, k) -> list[Event]:
-        a, b, peak, ids = self.open.pop(k)
-        c = k[1]
-        if b - a < self.spec.threshold(c).min_duration_s:
-            return []
-        return [Event(self.video, self.spec.label_names[c], a, b, peak, sorted(ids), c)]
-
-    def close_absent(self, keys) -> list[Event]:
-        """Close the events of sequences without a window in this buffer: the person left (or nobody is seen),
-        so no window of theirs will score below `off`; waiting for one would hold the event until the stream ends."""
-        return [e for k in list(self.open) if k[0] not in keys for e in self._close(k)]
-
-    def flush(self) -> list[Event]:
-        return [e for k in list(self.open) for e in self._close(k)]
-
-
-def _deliver(event: Event, event_file: str | None, post_url: str | None) -> None:
-    line = json.dumps(event.to_dict())
-    print(f"[event] {line}", flush=True)
-    if event_file:
-        with open(event_file, "a", encoding="utf-8") as f:
-            f.write(line + "\n")
-    if post_url:
-        import urllib.request
-
-        req = urllib.request.Request(post_url, data=line.encode(), headers={"Content-Type": "application/json"})
-        try:
-            urllib.request.urlopen(req, timeout=5).close()
-        except OSError as err:
-            print(f"[stream] POST {post_url} failed: {err}", file=sys.stderr, flush=True)
-
-
 def run_stream(rec, spec, cfg: RecognizeConfig, source: str, pose_cfg, *, tracking=None, event_file=None,
                post_url=None, max_seconds: float = 0, speed: float = 1.0, queue_frames: int = 4,
-               reconnect_s: float = 300.0, verbose: bool = True) -> dict:
+               reconnect_s: float = 300.0, verbose: bool = True, drain_s: float = 5.0) -> dict:
     """Run until the source ends (or stays lost for `reconnect_s`, see FrameReader), `max_seconds` pass or Ctrl-C;
-    returns the summary."""
+    returns the summary. A bad `event_file` / `post_url` raises EventOutputError before anything starts."""
     from recognizer_core.extract.backends import build_backend
     from recognizer_core.track.config import TrackingConfig
 
+    sink = EventSink(event_file, post_url)
     Estimator, track_poses, letterbox = _pose_pieces()
     tracking = tracking or TrackingConfig(min_track_len=3)
-    estimator = Estimator(build_backend(pose_cfg), pose_cfg)
+    try:
+        estimator = Estimator(build_backend(pose_cfg), pose_cfg)
+    except BaseException:
+        sink.close(0)  # no sender thread or open file left behind by a pose model that fails to load
+        raise
     reader = FrameReader(source, queue_frames, speed, reconnect_s)
     reader.start()
     buf: collections.deque = collections.deque()  # (stream time, arrival, FramePoses, (H, W))
-    events = OnlineEvents(spec, source)
-    latencies, n_windows, processed, next_due, t0 = [], 0, 0, None, time.perf_counter()
-    delivered: list[Event] = []
+    events = OnlineEvents(spec, source, cfg.merge_gap_s)
+    # the latest LATENCY_STEPS scoring steps: a detector that runs for weeks keeps its memory flat
+    latencies: collections.deque = collections.deque(maxlen=LATENCY_STEPS)
+    n_windows, processed, next_due, t0 = 0, 0, None, time.perf_counter()
     stable = StableTrackIds()
     interrupted, session, outage_closed = False, 0, False
 
-    def deliver(closed: list[Event]) -> None:
-        for e in closed:
-            delivered.append(e)
-            _deliver(e, event_file, post_url)
+    def deliver() -> None:
+        """Printed and written first, POSTs queued (the sender thread posts them): final events leave the queue
+        only once handed over, so a SIGTERM here loses none of those closed in the same step."""
+        while events.ready:
+            sink.emit(events.ready[0])
+            events.ready.popleft()
 
     def close_open_events() -> None:
-        deliver(events.flush())
+        events.flush()
+        deliver()
 
     try:
         while not (reader.finished.is_set() and reader.frames.empty()):
             if max_seconds and time.perf_counter() - t0 > max_seconds:
                 break
             try:
-                t, arrival, image, frame_session = reader.frames.get(timeout=0.2)
+                t, arrival, image, frame_session, why = reader.frames.get(timeout=0.2)
             except queue.Empty:
                 if reader.lost_at is not None and not outage_closed:  # no frame can come until it is reopened
                     print(f"[stream] lost {source} ({reader.lost_reason}); reopening it for up to {reconnect_s:g} s",
@@ -250,13 +253,17 @@ def run_stream(rec, spec, cfg: RecognizeConfig, source: str, pose_cfg, *, tracki
                     close_open_events()  # an event cannot be said to go on through what we did not see
                     outage_closed = True
                 continue
-            if frame_session != session:  # reopened: windows start anew after the gap
+            if frame_session != session:  # reopened, or the clock re-anchored: windows start anew after the gap
                 if not outage_closed:
                     close_open_events()
                 session, outage_closed, next_due = frame_session, False, None
                 buf.clear()
-                print(f"[stream] reopened {source}: {reader.reconnects} reopening(s), {reader.outage_s:.1f} s "
-                      "without frames so far", file=sys.stderr, flush=True)
+                if why == "reopened":
+                    print(f"[stream] reopened {source}: {reader.reconnects} reopening(s), {reader.outage_s:.1f} s "
+                          "without frames so far", file=sys.stderr, flush=True)
+                else:
+                    print(f"[stream] {source}: {why}; stream time goes on from t={t:.1f} s and windows start anew",
+                          file=sys.stderr, flush=True)
             padded, ratio = letterbox(image, pose_cfg.model_input_size)
             buf.append((t, arrival, estimator(padded[None], [ratio], [image.shape[:2]])[0], image.shape[:2]))
             processed += 1
@@ -266,16 +273,17 @@ def run_stream(rec, spec, cfg: RecognizeConfig, source: str, pose_cfg, *, tracki
             if t < next_due or buf[-1][0] - buf[0][0] < 0.9 * spec.window_s:
                 continue
             next_due = t + cfg.stride_s
-            clip = _buffer_clip(buf, track_poses, tracking, source, stable)
+            clip = _buffer_clip(buf, track_poses, tracking, source, stable, spec.fps)
             wins = make_windows_for(clip, spec, stride_s=1e9, cover_end=False) if clip is not None else []
-            deliver(events.close_absent({w.key for w in wins}))
+            probs = score_windows(rec, wins, cfg.batch_size) if wins else []
+            # a step with no window still counts: it ends the events of whoever left, and held events expire
+            events.step(t - spec.window_s / 2, cfg.stride_s,
+                        [(w.key, w.kind, p, w.track_ids) for w, p in zip(wins, probs)])
+            deliver()
             if not wins:
                 continue
-            probs = score_windows(rec, wins, cfg.batch_size)
             latencies.append(time.perf_counter() - buf[-1][1])
             n_windows += len(wins)
-            for w, p in zip(wins, probs):
-                deliver(events.feed(w.key, t - spec.window_s / 2, cfg.stride_s, p, w.track_ids))
             if verbose and (n_windows == len(wins) or n_windows % 20 < len(wins)):  # first, then every 20th
                 print(f"[stream] t={t:6.1f}s frames {processed} read {reader.read} dropped {reader.dropped} "
                       f"windows {n_windows} latency {latencies[-1] * 1000:.0f} ms", flush=True)
@@ -285,13 +293,16 @@ def run_stream(rec, spec, cfg: RecognizeConfig, source: str, pose_cfg, *, tracki
     finally:
         reader.stop_event.set()
         close_open_events()
+        delivered = sink.close(drain_s)  # what the POST sender still holds, for up to drain_s
         reader.join(timeout=5)
     lat = np.array(latencies) * 1000
     return {"source": source, "frames_read": reader.read, "frames_processed": processed,
-            "frames_dropped": reader.dropped, "windows": n_windows, "events": len(delivered),
+            "frames_dropped": reader.dropped, "windows": n_windows, **delivered,
             "reconnects": reader.reconnects, "outage_s": round(reader.outage_s, 2),
+            "clock": reader.clock, "clock_resets": reader.clock_resets,
             "latency_ms_median": round(float(np.median(lat)), 1) if len(lat) else None,
             "latency_ms_p95": round(float(np.percentile(lat, 95)), 1) if len(lat) else None,
+            "latency_steps": len(lat),
             "seconds": round(time.perf_counter() - t0, 2), "interrupted": interrupted, "error": reader.error}
 
 
@@ -320,17 +331,23 @@ class StableTrackIds:
         return np.array(ids, np.int32)
 
 
-def _buffer_clip(buf, track_poses, tracking, source: str, stable: StableTrackIds) -> SkeletonClip | None:
+def _buffer_clip(buf, track_poses, tracking, source: str, stable: StableTrackIds, fps: float) -> SkeletonClip | None:
+    """The buffer's tracked people as a clip at the model's `fps`, each model frame the buffered frame nearest
+    its time: frames dropped when the recognizer fell behind (or an irregular camera) leave gaps in time, which
+    a clip numbered 0, 1, 2 ... would close up, squeezing the motion."""
     times = np.array([b[0] for b in buf])
     tracked = track_poses(np.arange(len(buf)), [b[2] for b in buf], tracking)
     if tracked.num_persons == 0:
         return None
     track_ids = stable.assign(times, tracked.keypoint, tracked.keypoint_score)
-    fps = (len(times) - 1) / max(times[-1] - times[0], 1e-6)
     h, w = buf[-1][3]
-    return SkeletonClip(clip_id=source, label=0, keypoint=tracked.keypoint, keypoint_score=tracked.keypoint_score,
-                        img_shape=(int(h), int(w)), total_frames=len(buf), source_video=source, fps=float(fps),
-                        track_ids=track_ids, frame_inds=None, extra={"box_score": tracked.box_score})
+    # frame numbers in milliseconds from the buffer's first frame: frame_times() reads them back as seconds
+    clip = SkeletonClip(clip_id=source, label=0, keypoint=tracked.keypoint, keypoint_score=tracked.keypoint_score,
+                        img_shape=(int(h), int(w)), total_frames=len(buf), source_video=source,
+                        fps=float((len(times) - 1) / max(times[-1] - times[0], 1e-6)), track_ids=track_ids,
+                        frame_inds=np.rint((times - times[0]) * 1000).astype(np.int32),
+                        extra={"box_score": tracked.box_score, "source_fps": 1000.0})
+    return resample(clip, fps, tolerance=-1.0)[0]  # always by time: an average rate near the model's hides gaps
 
 
 def run_stream_cli(rec, spec, cfg: RecognizeConfig, args) -> int:
@@ -345,8 +362,11 @@ def run_stream_cli(rec, spec, cfg: RecognizeConfig, args) -> int:
         print(f"error: --reconnect-s must be >= 0 seconds (0 = never reopen), got {args.reconnect_s}", file=sys.stderr)
         return 2
     try:
+        EventSink(args.event_file).close()  # before the pose model loads: where events go is checked first
+        if args.post_url:
+            check_post_url(args.post_url)
         onnx_path = resolve_pose_model(args.pose_model, args.pose_cache)
-    except PoseModelError as err:
+    except (PoseModelError, EventOutputError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     pose = PoseModelConfig(onnx={"model_path": str(onnx_path)}, batch_size=1)
