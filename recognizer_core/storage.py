@@ -2,7 +2,8 @@
 
 One place for the questions the jobs used to answer inline: is this remote (`is_remote`), what absolute form
 travels to other nodes (`to_uri`: resolved once on the driver), how to write a file so a reader never sees half
-of it (`atomic_write`, `write_bytes`, `write_text`), and how to read/copy across storages.
+of it (`atomic_write`, `write_bytes`, `write_text`; `put_object` through a filesystem the caller holds), and how
+to read/copy across storages.
 
 Where outputs go (`output_uri`): a configured absolute path or URI as given; a relative one under
 $RECOGNIZER_STORAGE when set, else under the working directory -- except when the job runs from a package that
@@ -18,6 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import IO, Iterator
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 
 
@@ -98,6 +100,30 @@ def filesystem(uri: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
     return pafs.FileSystem.from_uri(uri)
 
 
+def object_filesystem(uri: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
+    """filesystem() for whole-object writes (put_object), which other reads may share. On S3 with
+    allow_delayed_open: an object smaller than one upload part then goes up as one PutObject at close, where
+    pyarrow's default opens a multipart upload for every object (3 requests for a 300-byte manifest record)."""
+    uri = str(uri)
+    if uri.startswith("s3://") and "?" not in uri:
+        try:
+            return pafs.FileSystem.from_uri(uri + "?allow_delayed_open=true")
+        except pa.ArrowInvalid:   # an older pyarrow refuses the option: its default upload, as before
+            pass
+    return filesystem(uri)
+
+
+def put_object(fs: pafs.FileSystem, path: str, data: bytes | memoryview) -> None:
+    """Write `data` as the whole object `path` of a remote `fs` in one upload (an object store publishes an object
+    only when it is complete; locally use atomic_write, which renames a temp file). S3 has no folders: an object
+    needs no parent, and create_dir cost 2 HEADs and a PUT of an empty marker per level, per write, which no
+    reader needed (a prefix with objects lists as a folder). GCS and HDFS keep creating the parents."""
+    if fs.type_name != "s3":
+        fs.create_dir(posixpath.dirname(path), recursive=True)
+    with fs.open_output_stream(path) as raw:
+        raw.write(data)
+
+
 def _umask() -> int:
     try:  # Linux shows it without changing it (os.umask can only be read by setting it, racing other threads)
         with open("/proc/self/status", encoding="ascii") as f:
@@ -126,10 +152,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
             yield text
             text.flush()
             text.detach()
-        fs, p = filesystem(path)
-        fs.create_dir(posixpath.dirname(p), recursive=True)
-        with fs.open_output_stream(p) as raw:
-            raw.write(buf.getbuffer())
+        put_object(*object_filesystem(path), buf.getbuffer())
         return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ import csv
 import hashlib
 import io
 import os
+import posixpath
 import re
 import urllib.parse
 from dataclasses import asdict, dataclass
@@ -85,6 +86,34 @@ def _file_info(fs: pafs.FileSystem, path: str) -> pafs.FileInfo:
     return info
 
 
+def _file_infos(files: list[tuple[str, pafs.FileSystem, str]]) -> list[pafs.FileInfo]:
+    """The FileInfo of each (uri, filesystem, path), in order; 'video not found' names the first missing one.
+
+    Remote: one listing per folder that two or more rows name (a page of 1000 per request) instead of one HEAD per
+    row, one at a time (2000 requests, ~40 s at S3's ~20 ms each, on every run over a 2000-row CSV). A path that
+    no listing shows, a folder with one row, a store that refuses listing (an IAM policy may allow GetObject but
+    not ListBucket) and every local file (a stat is cheap) is asked for by itself, as before."""
+    def folder(uri: str, fs: pafs.FileSystem, path: str) -> tuple[str, str, str] | None:
+        # the scheme and the options (?region=...) too: one bucket name under two of them is not the same object
+        return None if fs.type_name == "local" else (uri.split("://", 1)[0], uri.partition("?")[2],
+                                                     posixpath.dirname(path))
+
+    rows: dict[tuple[str, str, str], list[int]] = {}
+    for i, file in enumerate(files):
+        if (key := folder(*file)) is not None:
+            rows.setdefault(key, []).append(i)
+    listed: dict[tuple[tuple[str, str, str], str], pafs.FileInfo] = {}
+    for key, members in rows.items():
+        if len(members) > 1:
+            try:
+                infos = files[members[0]][1].get_file_info(pafs.FileSelector(key[2], allow_not_found=True))
+            except OSError:
+                continue
+            listed.update(((key, info.path), info) for info in infos)
+    found = [listed.get((folder(uri, fs, path), path)) for uri, fs, path in files]
+    return [info if info is not None else _file_info(fs, path) for info, (_, fs, path) in zip(found, files)]
+
+
 def _mtime_ns(info: pafs.FileInfo) -> int:
     return int(info.mtime_ns) if info.mtime_ns is not None else 0
 
@@ -125,7 +154,7 @@ def list_manifest(cfg: SourceConfig) -> list[VideoSource]:
         raise SourceError(f"{cfg.manifest_csv}: needs a header with columns path,label[,split]")
     base = cfg.input or (os.path.dirname(cfg.manifest_csv) if "://" not in cfg.manifest_csv
                          else cfg.manifest_csv.rsplit("/", 1)[0])
-    videos, seen = [], {}
+    files, named, seen = [], [], {}
     for line_no, row in rows:
         rel = (row.get("path") or "").strip()
         if not rel:
@@ -144,11 +173,11 @@ def list_manifest(cfg: SourceConfig) -> list[VideoSource]:
         if vpath in seen:   # one file twice: extracted twice, with whichever label came last
             raise SourceError(f"{cfg.manifest_csv}:{line_no}: {rel} is listed already on line {seen[vpath]}")
         seen[vpath] = line_no
-        info = _file_info(vfs, vpath)
-        uri = vpath if "://" not in uri else uri
-        videos.append(VideoSource(uri, rel, (row.get("label") or "").strip(), split,
-                                  int(info.size or 0), _mtime_ns(info)))
-    return videos
+        files.append((uri, vfs, vpath))
+        named.append((rel, (row.get("label") or "").strip(), split))
+    # sizes and mtimes (the manifest key) after every row is checked: folders are listed, not one HEAD per row
+    return [VideoSource(vpath if "://" not in uri else uri, rel, label, split, int(info.size or 0), _mtime_ns(info))
+            for (uri, _, vpath), (rel, label, split), info in zip(files, named, _file_infos(files))]
 
 
 def list_videos(cfg: SourceConfig) -> list[VideoSource]:
