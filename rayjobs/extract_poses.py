@@ -66,12 +66,16 @@ def main(argv: list[str] | None = None) -> int:
     except (*INPUT_ERRORS, RayStartError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(json.dumps({k: v for k, v in summary.items() if k not in ("failures", "truncated_videos")}), flush=True)
+    listed = ("failures", "truncated_videos", "damaged_videos")   # one line each below
+    print(json.dumps({k: v for k, v in summary.items() if k not in listed}), flush=True)
     for f in summary["failures"]:
         print(f"[extract] failed: {f['rel_path']}: {f['reason']}", file=sys.stderr)
     for t in summary["truncated_videos"]:
         print(f"[extract] truncated: {t['rel_path']}: decoded {t['decoded_frames']} of {t['declared_frames']} "
               f"declared frames ({'kept' if t['kept'] else 'not kept'})", file=sys.stderr)
+    for d in summary["damaged_videos"]:
+        print(f"[extract] damaged: {d['rel_path']}: {d['skipped_packets']} damaged packets skipped (their frames are "
+              f"missing, the rest kept)", file=sys.stderr)
     if args.build_dataset:
         from recognizer_core.dataset.build import plan_videos, resolve_paths, run_build
         from recognizer_core.dataset.config import DatasetBuildConfig

@@ -154,3 +154,26 @@ def test_extract_build_dataset_with_no_finished_video_is_one_error_line(tmp_path
         f"error: --build-dataset: poses: {tmp_path / 'out'} has no finished videos "
         "(run rayjobs/extract_poses.py first)"]
     assert not (tmp_path / "ds").exists()
+
+
+def test_a_damaged_video_is_kept_to_its_end_with_its_skipped_packets_recorded(tmp_path, fake_model):
+    """One bad packet mid-video ended the decode: the rest of the video was lost and reported `truncated`."""
+    import av
+
+    from recognizer_core.extract.clip_files import read_clip_file
+
+    track = linear_track((30, 35), (150, 135), 90)
+    whole = write_marker_video(tmp_path / "whole.mp4", [track], side=SIDE)
+    with av.open(str(whole)) as c:   # zero the data of the packet holding frame 40, as a bad sector would
+        st = c.streams.video[0]
+        pos, size = next((p.pos, p.size) for p in c.demux(st) if p.size and round(p.pts * st.time_base * 25) == 40)
+    data = bytearray(whole.read_bytes())
+    data[pos + 5: pos + size] = bytes(size - 5)
+    (tmp_path / "hit.mp4").write_bytes(bytes(data))
+    for shard_frames in (600, 30):   # one shard (frames counted) and several (frames by timestamp)
+        rec = _run_video_without_ray(str(tmp_path / "hit.mp4"), fake_model, DecodeConfig(shard_frames=shard_frames),
+                                     tmp_path / f"out{shard_frames}")
+        assert rec["status"] == DONE and not rec["truncated"] and rec["skipped_packets"] == 1
+        assert rec["decoded_frames"] == rec["declared_frames"] == 90
+        clip = read_clip_file(tmp_path / f"out{shard_frames}" / rec["output"])
+        assert clip.extra["skipped_packets"] == 1 and 40 not in clip.frame_inds and clip.frame_inds[-1] == 89

@@ -28,8 +28,8 @@ from recognizer_core.extract.sources import VideoSource, label_index, list_video
 from recognizer_core.extract.stages import PoseInference, VideoAssembler, decode_shard, plan_video
 
 # the columns of the pose stream the driver reads (VideoAssembler.add); batch recognize reads the same
-ROW_COLUMNS = ("video_id", "shard", "num_shards", "frame_index", "shard_total", "error", "poses", "img_h",
-               "img_w", "stride", "fps", "declared")
+ROW_COLUMNS = ("video_id", "shard", "num_shards", "frame_index", "shard_total", "error", "skipped_packets",
+               "poses", "img_h", "img_w", "stride", "fps", "declared")
 
 
 @dataclass
@@ -157,6 +157,7 @@ class _Finisher:
         self.pending: dict = {}
         self.counts = {DONE: 0, EMPTY: 0, FAILED: 0}
         self.truncated: list[dict] = []
+        self.damaged: list[dict] = []   # videos with packets skipped as damaged (decoded to the end around them)
 
     def submit(self, video: VideoSource, asm: VideoAssembler) -> None:
         cfg, names = self.plan.cfg, self.plan.label_names
@@ -189,8 +190,11 @@ class _Finisher:
         if rec.get("truncated"):
             self.truncated.append({"rel_path": video.rel_path, "decoded_frames": rec["decoded_frames"],
                                    "declared_frames": rec["declared_frames"], "kept": status != FAILED})
+        if rec.get("skipped_packets"):
+            self.damaged.append({"rel_path": video.rel_path, "skipped_packets": rec["skipped_packets"]})
         self.bar.update(1)
-        self.bar.write(f"[extract] {status:6s} {video.rel_path}" + (" (truncated)" if rec.get("truncated") else ""))
+        self.bar.write(f"[extract] {status:6s} {video.rel_path}" + (" (truncated)" if rec.get("truncated") else "")
+                       + (f" ({rec['skipped_packets']} damaged packets skipped)" if rec.get("skipped_packets") else ""))
 
     def drain(self) -> None:
         while self.pending:
@@ -252,7 +256,8 @@ def run_prepared(plan: ExtractionPlan, verbose: bool = True) -> dict:
     counts, skipped = finisher.counts, plan.skipped
     summary = {
         "videos": len(plan.videos), "processed": len(plan.todo), "done": counts[DONE], "empty": counts[EMPTY],
-        "failed": counts[FAILED], "truncated": len(finisher.truncated), "skipped_done": skipped[DONE],
+        "failed": counts[FAILED], "truncated": len(finisher.truncated), "damaged": len(finisher.damaged),
+        "skipped_done": skipped[DONE],
         "skipped_empty": skipped[EMPTY], "skipped_failed": skipped[FAILED], "frames": frames_done,
         "seconds": round(elapsed, 2),
         "frames_per_s": round(frames_done / elapsed, 1) if elapsed > 0 and frames_done else 0.0,
@@ -261,7 +266,7 @@ def run_prepared(plan: ExtractionPlan, verbose: bool = True) -> dict:
         "frames_per_s_after_first_poses": (round((frames_done - first_poses[1]) / (elapsed - first_poses[0]), 1)
                                            if first_poses and elapsed > first_poses[0] else None),
         "provider": provider, "actors": list(pool), "output": out, "label_names": plan.label_names,
-        "truncated_videos": finisher.truncated,
+        "truncated_videos": finisher.truncated, "damaged_videos": finisher.damaged,
         "failures": plan.manifest.failures(v.key for v in plan.videos),
     }
     storage.write_text(storage.join_uri(out, "summary.json"), json.dumps(summary, indent=1))

@@ -8,8 +8,9 @@ Flow (extract/job.py wires it into Ray Data):
   `extract/finish.py:finish_video` (tracking, truncation check, the Parquet write) on any node.
 
 Shard completeness: each shard's last frame row carries `shard_total` (frames it produced; -1 on the
-others), and a shard that produced nothing sends one marker row (frame_index -1, with `error` when the
-decoder failed), so the driver knows when a video is complete whatever order the blocks arrive in.
+others) and `skipped_packets` (packets its decoder skipped as damaged; 0 on the others), and a shard that
+produced nothing sends one marker row (frame_index -1, with `error` when the decoder failed), so the driver
+knows when a video is complete whatever order the blocks arrive in.
 """
 from __future__ import annotations
 
@@ -19,8 +20,8 @@ import numpy as np
 
 from recognizer_core.extract.config import DecodeConfig, PoseModelConfig
 from recognizer_core.extract.rtmo import NUM_KEYPOINTS, FramePoses, RtmoPoseEstimator
-from recognizer_core.extract.video import (VideoDecodeError, frame_stride_for, iter_frames, letterbox_params,
-                                        plan_shards, probe_video)
+from recognizer_core.extract.video import (DecodeStats, VideoDecodeError, frame_stride_for, iter_frames,
+                                        letterbox_params, plan_shards, probe_video)
 
 
 def plan_video(item: dict, decode: DecodeConfig) -> list[dict]:
@@ -53,6 +54,7 @@ def _frame_block(rows: list[tuple], shard: dict, input_size: tuple[int, int]) ->
         "img_w": np.array([r[4] for r in rows], np.int32),
         "shard_total": np.array([r[5] for r in rows], np.int64),
         "error": np.array([r[6] for r in rows], dtype=object),
+        "skipped_packets": np.array([r[7] if len(r) > 7 else 0 for r in rows], np.int64),
         "stride": np.full(n, shard["stride"], np.int32),
         "fps": np.full(n, shard["fps"], np.float64),
         "declared": np.full(n, shard["declared"], np.int64),
@@ -70,10 +72,10 @@ def decode_shard(batch: dict, decode: DecodeConfig, input_size: tuple[int, int])
         h, w = int(shard["height"]), int(shard["width"])
         ratio = letterbox_params(h, w, input_size)[0]
         end = None if shard["end"] < 0 else int(shard["end"])
-        block, count, pending = [], 0, None
+        block, count, pending, stats = [], 0, None, DecodeStats()
         try:
             frames = iter_frames(shard["uri"], int(shard["start"]), end, int(shard["stride"]), input_size,
-                                 backend=decode.backend, by_time=shard["num_shards"] > 1)
+                                 backend=decode.backend, by_time=shard["num_shards"] > 1, stats=stats)
             for idx, image in frames:
                 if pending is not None:  # hold one frame back: the shard's last row must carry the count
                     block.append(pending)
@@ -90,9 +92,9 @@ def decode_shard(batch: dict, decode: DecodeConfig, input_size: tuple[int, int])
             block = [(-1, marker, 1.0, 0, 0, count, error)] if pending is None else \
                 block + [(*pending[:5], count, error)]
         elif pending is None:
-            block = [(-1, marker, 1.0, 0, 0, 0, "")]
+            block = [(-1, marker, 1.0, 0, 0, 0, "", stats.skipped_packets)]
         else:
-            block.append((*pending[:5], count, ""))
+            block.append((*pending[:5], count, "", stats.skipped_packets))
         yield _frame_block(block, shard, input_size)
 
 
@@ -126,7 +128,7 @@ class PoseInference:
     def __call__(self, batch: dict) -> dict:
         n = len(batch["frame_index"])
         out = {key: batch[key] for key in ("video_id", "shard", "num_shards", "frame_index", "img_h", "img_w",
-                                             "shard_total", "error", "stride", "fps", "declared")}
+                                             "shard_total", "error", "skipped_packets", "stride", "fps", "declared")}
         packed = np.array([b""] * n, dtype=object)
         real = np.nonzero(np.asarray(batch["frame_index"]) >= 0)[0]
         if len(real):
@@ -147,6 +149,7 @@ class VideoAssembler:
         self.video_id = video_id
         self.num_shards: int | None = None
         self.totals: dict[int, int] = {}
+        self.skipped: dict[int, int] = {}  # per shard: packets its decoder skipped as damaged
         self.received: dict[int, int] = {}
         self.frames: dict[int, bytes] = {}
         self.image_hw: tuple[int, int] = (0, 0)
@@ -162,6 +165,7 @@ class VideoAssembler:
             self.errors.append(str(row["error"]))
         if int(row["shard_total"]) >= 0:
             self.totals[shard] = int(row["shard_total"])
+            self.skipped[shard] = int(row.get("skipped_packets", 0))
         idx = int(row["frame_index"])
         if idx < 0:
             return
@@ -184,4 +188,5 @@ class VideoAssembler:
         inds = sorted(self.frames)
         return {"frame_inds": np.asarray(inds, np.int64), "poses": [self.frames[i] for i in inds],
                 "image_hw": self.image_hw, "stride": self.stride, "fps": self.fps, "declared": self.declared,
-                "errors": list(self.errors), "num_shards": self.num_shards or 1}
+                "errors": list(self.errors), "num_shards": self.num_shards or 1,
+                "skipped_packets": sum(self.skipped.values())}

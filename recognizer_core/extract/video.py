@@ -4,6 +4,8 @@ Frames are yielded one at a time, never a whole video in memory. A frame's index
 video's own time line, round((t - start_time) * fps), so decoding a shard after a seek gives the same indices
 (and the same frame_stride selection) as decoding the whole file from the start. Frames come upright: a phone's
 portrait video is stored landscape with a display rotation, which is applied (sizes are the displayed ones).
+A packet the decoder rejects as damaged is skipped and counted (`DecodeStats`), and decoding goes on: its frame is
+a gap in the indices, not a shift, and not the end of the video.
 """
 from __future__ import annotations
 
@@ -19,6 +21,21 @@ from recognizer_core.extract.sources import open_video_file
 
 class VideoDecodeError(RuntimeError):
     """A video that cannot be opened or decoded; the message names the file."""
+
+
+@dataclass
+class DecodeStats:
+    """What `iter_frames` skipped, filled in as it runs: read it once the frames are consumed."""
+    skipped_packets: int = 0     # packets the decoder rejected as damaged data; their frames are missing
+    first_skip: str = ""         # the first one: "frame N: InvalidDataError: ..." (N: the first frame missing)
+
+
+# FFmpeg's decoders answer damaged data with AVERROR_INVALIDDATA; bits damaged into a feature flag can also give
+# AVERROR_PATCHWELCOME. Either costs that packet's frame, not the rest of the stream.
+_DAMAGED_DATA_ERRORS = ("InvalidDataError", "PatchWelcomeError")
+# Count mode: a skipped packet's frame is looked for in the timestamps of this many frames after the skip (the
+# decoder reports the error before it would have output that frame, at most its reorder delay + threads earlier).
+_GAP_SEARCH_FRAMES = 32
 
 
 @dataclass(frozen=True)
@@ -71,7 +88,7 @@ def probe_video(uri: str) -> VideoInfo:
 def _first_frame_quarter_turns(container, stream) -> int:
     """Counter-clockwise quarter turns of the display rotation; PyAV exposes it on decoded frames only."""
     try:
-        return quarter_turns(next(container.decode(stream)))
+        return quarter_turns(next(_decode_skipping(container, stream, _Skips(0.0, False, 0, None, DecodeStats()))))
     except Exception:  # noqa: BLE001 - no frame, or undecodable: decoding reports it, naming the file
         return 0
 
@@ -135,7 +152,7 @@ def letterbox(image_bgr: np.ndarray, input_size: tuple[int, int]) -> tuple[np.nd
 
 
 def _iter_pyav(uri: str, start: int, end: int | None, stride: int, input_size: tuple[int, int] | None,
-               by_time: bool) -> Iterator[tuple[int, np.ndarray]]:
+               by_time: bool, stats: DecodeStats) -> Iterator[tuple[int, np.ndarray]]:
     import av
 
     with open_video_file(uri) as f, av.open(f) as container:
@@ -144,19 +161,26 @@ def _iter_pyav(uri: str, start: int, end: int | None, stride: int, input_size: t
         fps = _stream_fps(stream)
         tb = float(stream.time_base) if stream.time_base else 0.0
         t0 = float(stream.start_time * stream.time_base) if stream.start_time is not None and tb else 0.0
+        skips = _Skips(tb * fps, _constant_rate_timestamps(container, stream, fps), start, end, stats)
         if start > 0:
             if fps <= 0 or tb <= 0:
                 raise VideoDecodeError(f"{uri}: cannot seek to frame {start}: no frame rate / time base")
-            frames = _seek_before(container, stream, start, fps, tb, t0)
+            frames = _seek_before(container, stream, start, fps, tb, t0, skips)
         else:
-            frames = container.decode(stream)
+            frames = _decode_skipping(container, stream, skips)
+        prev = (t0 - 1 / fps) / tb if tb * fps > 0 else None  # the timestamp a frame -1 would have
         size = None
         last = -1
         for frame in frames:
+            pts, gap = frame.pts, 0
+            if skips.rejected != skips.seen or skips.owed:  # packets rejected: where did their frames go?
+                here = last + 1 if not by_time or prev is None else int(round((prev * tb - t0) * fps)) + 1
+                gap = skips.settle(pts, prev, here)
+            prev = pts
             if not by_time:
-                idx = last + 1
-            elif frame.pts is not None and fps > 0 and tb > 0:
-                idx = int(round((frame.pts * tb - t0) * fps))
+                idx = last + 1 + gap  # a lost frame is a gap: the frames after it keep their numbers
+            elif pts is not None and fps > 0 and tb > 0:
+                idx = int(round((pts * tb - t0) * fps))
             else:
                 raise VideoDecodeError(f"{uri}: frames carry no timestamps; cannot decode it in shards")
             if idx <= last or idx < start:
@@ -178,9 +202,93 @@ def _iter_pyav(uri: str, start: int, end: int | None, stride: int, input_size: t
             resized = frame.reformat(width=nh if k % 2 else nw, height=nw if k % 2 else nh, format="bgr24",
                                      interpolation="BILINEAR").to_ndarray()
             yield idx, pad_letterbox(np.rot90(resized, k) if k else resized, input_size)
+        else:
+            skips.stream_ended(last + 1)
+        if last < 0 and skips.rejected and start == 0 and end is None:
+            # a whole file of which nothing decodes fails as before (OpenCV is tried); an empty shard does not
+            raise VideoDecodeError(f"{uri}: no frame decodes: the decoder rejected {skips.rejected} packet(s) as "
+                                   f"damaged ({skips.error})")
 
 
-def _seek_before(container, stream, start: int, fps: float, tb: float, t0: float):
+class _Skips:
+    """The packets `_decode_skipping` skipped (`rejected`), settled frame by frame into `stats`. The decoder
+    reports a damaged packet before it would have output its frame, so that frame is the next jump in the
+    timestamps (`_place_gap`); the skip is counted by the call whose [start, end) holds that gap, which is how
+    two shards that both decode the packets around their boundary count it once."""
+
+    __slots__ = ("rate", "exact", "start", "end", "stats", "rejected", "error", "seen", "owed", "wait")
+
+    def __init__(self, rate: float, exact: bool, start: int, end: int | None, stats: DecodeStats):
+        self.rate, self.exact, self.start, self.end, self.stats = rate, exact, start, end, stats
+        self.rejected, self.error = 0, ""  # by `_decode_skipping`: all it skipped, the latest one's error
+        self.seen = self.owed = self.wait = 0
+
+    def settle(self, pts, prev, here: int) -> int:
+        """At a frame while skips are owed (`here`: the index a frame right after the previous one has) -> the
+        frames lost just before this one."""
+        if self.rejected != self.seen:
+            self.owed, self.seen, self.wait = self.owed + self.rejected - self.seen, self.rejected, _GAP_SEARCH_FRAMES
+        gap, owed, self.wait = _place_gap(self.owed, self.wait, pts, prev, self.rate, self.exact)
+        if owed < self.owed:  # at the gap that starts at `here`; or no jump came: at this frame, `here` too
+            self._count(self.owed - owed, here)
+        self.owed = owed
+        return gap
+
+    def stream_ended(self, here: int) -> None:
+        """Skips still owed at the stream's end are the last frames', so this call's if it decodes to the end (a
+        shard that stopped at `end` leaves its owed ones to the next shard)."""
+        if self.end is None:
+            self._count(self.owed + self.rejected - self.seen, max(here, self.start))
+
+    def _count(self, n: int, at: int) -> None:
+        if n and at >= self.start and (self.end is None or at < self.end):
+            self.stats.skipped_packets += n
+            self.stats.first_skip = self.stats.first_skip or f"frame {at}: {self.error}"
+
+
+def _decode_skipping(container, stream, skips: _Skips):
+    """`container.decode(stream)` packet by packet, as PyAV runs it, except that a packet the decoder rejects as
+    damaged is skipped (noted in `skips`) and decoding goes on with the next."""
+    import av
+
+    damaged = tuple(getattr(av.error, name) for name in _DAMAGED_DATA_ERRORS)
+    for packet in container.demux(stream):
+        try:
+            frames = packet.decode()
+        except damaged as err:
+            skips.rejected += 1
+            skips.error = f"{type(err).__name__}: {err}"
+            continue
+        yield from frames
+
+
+def _constant_rate_timestamps(container, stream, fps: float) -> bool:
+    """Whether a jump in the frames' timestamps means missing frames: not in AVI (timestamps guessed from packet
+    order, shuffled by B-frames), nor where the average rate is off the nominal one (variable frame rate: the
+    mmaction2 demo's timestamps skip 5 frames where none is missing)."""
+    if "avi" in container.format.name.split(","):
+        return False
+    average = float(stream.average_rate or 0)
+    return average <= 0 or abs(average / fps - 1) < 0.01
+
+
+def _place_gap(owed: int, wait: int, pts, prev, rate: float, exact: bool) -> tuple[int, int, int]:
+    """Count mode, `owed` frames lost to skipped packets -> (gap before this frame, still owed, frames left to
+    look). The decoder reports a damaged packet before it would output that frame, so the gap is the next jump
+    in the timestamps: all of it at a constant frame rate (`exact`: a damaged reference can cost more frames
+    than its packet, 36 frames for 2 packets in an HEVC test), else at most `owed`. Without timestamps it is
+    here; with no jump within _GAP_SEARCH_FRAMES the decoder lost no frame (it showed a concealed one): no gap."""
+    if pts is None or prev is None or rate <= 0:
+        return owed, 0, 0
+    lost = int(round((pts - prev) * rate)) - 1
+    if lost > 0:
+        gap = lost if exact else min(lost, owed)
+        return gap, max(owed - gap, 0), wait
+    wait -= 1
+    return 0, owed if wait > 0 else 0, wait
+
+
+def _seek_before(container, stream, start: int, fps: float, tb: float, t0: float, skips: _Skips):
     """Decoded frames from at or before frame `start`. A seek lands on the keyframe before its target in indexed
     containers, but MPEG-TS / MPEG-PS have no index and often land after it: those frames would belong to no
     shard. Seek again further back (1 s, 2 s, 4 s ...) until the first frame is at or before `start`."""
@@ -188,7 +296,8 @@ def _seek_before(container, stream, start: int, fps: float, tb: float, t0: float
     while True:
         t = max(0.0, start / fps - margin)
         container.seek(int((t0 + t) / tb), stream=stream, backward=True, any_frame=False)
-        frames = container.decode(stream)
+        skips.rejected = 0  # a try that seeks again decodes its packets again
+        frames = _decode_skipping(container, stream, skips)
         first = next(frames, None)
         if first is None:
             return iter(())
@@ -198,7 +307,7 @@ def _seek_before(container, stream, start: int, fps: float, tb: float, t0: float
 
 
 def _iter_opencv(uri: str, start: int, end: int | None, stride: int, input_size: tuple[int, int] | None,
-                 by_time: bool) -> Iterator[tuple[int, np.ndarray]]:
+                 by_time: bool, stats: DecodeStats) -> Iterator[tuple[int, np.ndarray]]:
     try:
         import cv2
     except ImportError:
@@ -228,7 +337,7 @@ def _iter_opencv(uri: str, start: int, end: int | None, stride: int, input_size:
 
 def iter_frames(uri: str, start: int = 0, end: int | None = None, stride: int = 1,
                 input_size: tuple[int, int] | None = None, backend: str = "pyav",
-                by_time: bool | None = None) -> Iterator[tuple[int, np.ndarray]]:
+                by_time: bool | None = None, stats: DecodeStats | None = None) -> Iterator[tuple[int, np.ndarray]]:
     """Yield (frame_index, BGR uint8 image) for frames start <= index < end with index % stride == 0.
 
     Frame indices count decoded frames, which is robust to broken timestamps (AVI). A video decoded in
@@ -236,19 +345,23 @@ def iter_frames(uri: str, start: int = 0, end: int | None = None, stride: int = 
     round((t - start_time) * fps), so every shard agrees on indices and on the stride selection; for a
     constant-frame-rate file the two are equal. All shards of one video must use the same mode.
     With `input_size` the image is RTMO's letterboxed model input (input_size[0], input_size[1], 3);
-    otherwise the original frame. PyAV errors before the first frame fall back to OpenCV when it is
-    installed; errors later end the stream as a truncated video would (the frames so far are kept).
+    otherwise the original frame. A packet PyAV's decoder rejects as damaged is skipped and counted in
+    `stats` (the frames after it keep their indices: its frame is a gap); decoding goes on to the end. PyAV
+    errors before the first frame (or a whole file of damaged packets) fall back to OpenCV when it is
+    installed; a demuxer error later ends the stream as a truncated file does (the frames so far are kept).
     """
     if by_time is None:
         by_time = start > 0 or end is not None
     if start > 0 and not by_time:
         raise ValueError("decoding from start > 0 needs by_time=True")
+    stats = DecodeStats() if stats is None else stats
     decoders = [_iter_pyav, _iter_opencv] if backend == "pyav" else [_iter_opencv, _iter_pyav]
     errors = []
     for decode in decoders:
         produced = 0
+        stats.skipped_packets, stats.first_skip = 0, ""  # the counts of the decoder whose frames are kept
         try:
-            for item in decode(uri, start, end, stride, input_size, by_time):
+            for item in decode(uri, start, end, stride, input_size, by_time, stats):
                 produced += 1
                 yield item
             return
@@ -256,8 +369,8 @@ def iter_frames(uri: str, start: int = 0, end: int | None = None, stride: int = 
             if produced:
                 raise
             errors.append(str(err))
-        except Exception as err:  # av.error.*: corrupt data mid-stream
+        except Exception as err:  # av.error.* from the demuxer: the data ends early (truncated file)
             if produced:
-                return  # truncated / damaged tail: keep what was decoded
+                return  # truncated tail: keep what was decoded
             errors.append(f"{uri}: {type(err).__name__}: {err}")
     raise VideoDecodeError("; ".join(errors))

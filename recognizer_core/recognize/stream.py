@@ -183,7 +183,8 @@ class FrameReader(threading.Thread):
                     self.lost_at = now
                 if now - self._wall_last > self.reconnect_s:
                     self.error = (f"{self.source}: no frame for {now - self._wall_last:.0f} s since the stream was "
-                                  f"lost ({self.lost_reason}); gave up reopening it (--reconnect-s {self.reconnect_s:g})")
+                                  f"lost ({self.lost_reason}); gave up reopening it "
+                                  f"(--reconnect-s {self.reconnect_s:g})")
                     return
                 self.stop_event.wait(delay)
                 delay = min(2 * delay, RETRY_MAX_S)
