@@ -66,14 +66,18 @@ def main(argv: list[str] | None = None, default_space: str = "search_spaces/figh
         from recognizer_core.train.stgcn.job import dataset_for, preflight
 
         # a bad dataset (NaN, labels, dtypes) is one line here, not the same error in every trial; the trials'
-        # own check then finds this dataset version validated (cached)
-        trial_base = plan.space.build_config(TrainJobConfig, {}, plan.extra)
-        preflight(trial_base, dataset_for(trial_base))
+        # own check then finds this dataset version validated (cached). With folds, the trials' data is the fold
+        # view's cv<k> splits (train+val pooled: the dataset needs no val split), checked once it exists.
+        if plan.options.folds <= 1:
+            trial_base = plan.space.build_config(TrainJobConfig, {}, plan.extra)
+            preflight(trial_base, dataset_for(trial_base))
         if plan.options.folds > 1:
             from recognizer_core.tune.folds import fold_overrides
 
             folds = stgcn_job.prepare_folds(plan.extra["data.path"], base, experiment_uri, plan.options.folds,
                                             plan.options.seed)
+            fold0 = plan.space.build_config(TrainJobConfig, {}, {**plan.extra, **fold_overrides(folds["path"], 1)[0]})
+            preflight(fold0, folds["path"])
             print(f"[tune] {plan.options.folds}-fold cross-validation grouped by source video on train+val "
                   f"({folds['trainval']} clips; val folds {[f['val'] for f in folds['folds']]} clips); test split "
                   f"({folds['test']} clips) kept for the winner's single final score", flush=True)

@@ -79,6 +79,9 @@ def test_a_bad_clip_file_skips_its_video_and_the_build_goes_on(tmp_path, caplog)
 
     paths = _extract(tmp_path / "poses")
     expect = _damage(paths)
+    # another tool's 'extra' column: JSON, but not an object (an AttributeError escaped the per-video catch)
+    _edit(paths[4], lambda t: t.set_column(t.schema.get_field_index("extra"), "extra", pa.array(["[1, 2]"] * len(t))))
+    expect[paths[4]] = "column 'extra' must hold a JSON object, got list"
     with caplog.at_level(logging.WARNING, logger="recognizer_core.dataset.build"):
         rc = main(["--poses", str(tmp_path / "poses"), "--output", str(tmp_path / "ds"), "--set", "use_ray=false",
                    "--set", "split.mode=given", "--set", "window.clip_len=60"])
@@ -90,10 +93,10 @@ def test_a_bad_clip_file_skips_its_video_and_the_build_goes_on(tmp_path, caplog)
         assert text in skipped[path] and "\n" not in skipped[path] and "<batch>" not in skipped[path]
     assert "nan_policy" not in skipped[paths[3]] and "re-extract this video" in skipped[paths[3]]
     lines = [r.getMessage() for r in caplog.records]
-    assert all(f"skipped: {p}: {skipped[p]}" in lines for p in paths[:4])
-    assert "4 of 6 videos skipped for a bad clip file" in " ".join(lines)
-    # the two good videos are built, 2 windows each
-    assert SkeletonDataset(tmp_path / "ds").splits() == {"train": 4} and summary["clips"] == 4
+    assert all(f"skipped: {p}: {skipped[p]}" in lines for p in paths[:5])
+    assert "5 of 6 videos skipped for a bad clip file" in " ".join(lines)
+    # the good video is built, 2 windows
+    assert SkeletonDataset(tmp_path / "ds").splits() == {"train": 2} and summary["clips"] == 2
 
 
 def test_every_bad_clip_file_is_one_error_line_and_the_old_dataset_stays(tmp_path, capsys):

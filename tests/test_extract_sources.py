@@ -163,3 +163,25 @@ def test_a_csv_split_outside_split_names_is_rejected(tmp_path):
     assert [v.split for v in list_videos(cfg)] == ["train", "tain"]
     (tmp_path / "ok.csv").write_text("path,label,split\nv/a.mp4,Fight,val\nv/b.mp4,NonFight,\n")
     assert [v.split for v in list_videos(SourceConfig(manifest_csv=str(tmp_path / "ok.csv")))] == ["val", ""]
+
+
+def test_csv_rows_on_an_object_store_keep_whole_second_mtimes_however_they_are_looked_up(tmp_path):
+    """Rows of a folder named twice are looked up by one listing: MinIO / Ceph list mtimes in milliseconds where a
+    HEAD (what earlier runs recorded) gives whole seconds, so every key changed and a resume extracted everything
+    again; a folder's lone row (a HEAD) and a listed one must also agree."""
+    import os
+
+    import pyarrow.fs as pafs
+
+    from recognizer_core.extract.sources import _file_infos
+
+    for name in ("a.mp4", "b.mp4"):
+        (tmp_path / "videos" / name).parent.mkdir(exist_ok=True)
+        (tmp_path / "videos" / name).write_bytes(b"v")
+        os.utime(tmp_path / "videos" / name, ns=(1_700_000_000_123_456_789,) * 2)
+    remote = pafs.SubTreeFileSystem(str(tmp_path), pafs.LocalFileSystem())  # not 'local': listed like a bucket
+    both = _file_infos([(f"s3://b/videos/{n}", remote, f"videos/{n}") for n in ("a.mp4", "b.mp4")])
+    lone = _file_infos([("s3://b/videos/a.mp4", remote, "videos/a.mp4")])
+    assert [i.mtime_ns for i in both] == [1_700_000_000_000_000_000] * 2 == [lone[0].mtime_ns] * 2
+    local = _file_infos([(str(tmp_path / "videos/a.mp4"), pafs.LocalFileSystem(), str(tmp_path / "videos/a.mp4"))])
+    assert local[0].mtime_ns == 1_700_000_000_123_456_789   # local files keep their stat, as their keys always had

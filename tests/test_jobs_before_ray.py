@@ -265,3 +265,18 @@ def test_non_finite_config_floats_are_refused_with_the_field(tmp_path, ray_start
     assert "optim.lr: must be a finite number, got inf" in capsys.readouterr().err
     assert _tiny_cfg("fight_stable.yaml", "train.loss_scale=dynamic", "train.class_weight=[1.0, 2.5]")
     assert ray_starts == []
+
+
+def test_tune_folds_need_no_val_split_and_check_the_fold_view(tmp_path, ray_starts, capsys):
+    """With --folds, train and val are pooled into cv<k> splits: a dataset without a val split is valid (the
+    early dataset check refused it: "split 'val' is empty"); the fold view is what is checked before Ray."""
+    from rayjobs import tune_fight
+
+    def train_and_test(clips):
+        for i, c in enumerate(clips):
+            c.split = "test" if i % 5 == 4 else "train"
+            c.source_video = f"video{i // 3}"
+    ds = _dataset(tmp_path / "train_test", edit=train_and_test)
+    with pytest.raises(RayStarted):
+        tune_fight.main(["--data", ds, "--folds", "3", "--storage-path", str(tmp_path / "tune"), "--num-samples", "2"])
+    assert "3-fold cross-validation" in capsys.readouterr().out and len(ray_starts) == 1

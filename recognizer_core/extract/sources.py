@@ -109,9 +109,19 @@ def _file_infos(files: list[tuple[str, pafs.FileSystem, str]]) -> list[pafs.File
                 infos = files[members[0]][1].get_file_info(pafs.FileSelector(key[2], allow_not_found=True))
             except OSError:
                 continue
-            listed.update(((key, info.path), info) for info in infos)
+            listed.update(((key, info.path), _whole_seconds(info)) for info in infos)
     found = [listed.get((folder(uri, fs, path), path)) for uri, fs, path in files]
-    return [info if info is not None else _file_info(fs, path) for info, (_, fs, path) in zip(found, files)]
+    return [info if info is not None else _file_info(fs, path) if fs.type_name == "local"
+            else _whole_seconds(_file_info(fs, path)) for info, (_, fs, path) in zip(found, files)]
+
+
+def _whole_seconds(info: pafs.FileInfo) -> pafs.FileInfo:
+    """A listed object as a HEAD shows it: HTTP's Last-Modified has whole seconds, while MinIO / Ceph listings give
+    milliseconds. A CSV row's key (uri|size|mtime) must not depend on how it was looked up (one row in its folder,
+    listing refused) nor change from the HEADs that earlier runs recorded: every video would be extracted again."""
+    if info.mtime_ns is None:
+        return info
+    return pafs.FileInfo(info.path, info.type, mtime_ns=info.mtime_ns // 10**9 * 10**9, size=info.size)
 
 
 def _mtime_ns(info: pafs.FileInfo) -> int:

@@ -334,4 +334,7 @@ def encode_extra(extra: dict, clip_id: str = "") -> str:
 def decode_extra(text: str | None) -> dict:
     if not text:
         return {}
-    return {k: _decode(v) for k, v in json.loads(text).items()}
+    value = json.loads(text)
+    if not isinstance(value, dict):   # a file another tool wrote: one clear error, not an AttributeError
+        raise SkeletonDataError(f"column 'extra' must hold a JSON object, got {type(value).__name__}")
+    return {k: _decode(v) for k, v in value.items()}
