@@ -45,8 +45,9 @@ def newest_run(storage: Path) -> Path | None:
 
 def _pick_run(cfg: TrainJobConfig, args) -> tuple[TrainJobConfig, Path]:
     """The model to test: --checkpoint (a path, or a file name in the config's run folder); else the config's run
-    folder; with no --config/--set, the newest training run under run.storage_path (with the config it was
-    trained with)."""
+    folder; with no --config (and no run.name / run.storage_path set), the newest training run under
+    run.storage_path, with the config it was trained with and the --set overrides on top (its own config's
+    scaling.use_gpu=false, say, still tests that run, not the preset's)."""
     from recognizer_core.train.stgcn.job import run_folder
 
     run_dir = Path(run_folder(cfg))
@@ -54,14 +55,15 @@ def _pick_run(cfg: TrainJobConfig, args) -> tuple[TrainJobConfig, Path]:
         given = Path(args.checkpoint)
         in_run = run_dir / given
         return cfg, in_run if not given.exists() and not given.is_absolute() and in_run.exists() else given
-    if args.config != DEFAULT_CONFIG or args.overrides:
+    names_a_run = any(o.split("=", 1)[0].strip() in ("run.name", "run.storage_path") for o in args.overrides)
+    if args.config != DEFAULT_CONFIG or names_a_run:
         return cfg, run_dir
     newest = newest_run(Path(output_uri(cfg.run.storage_path)))   # where train_stgcn put its runs
     if newest is None:
         return cfg, run_dir
     if (newest / "config.yaml").is_file():
-        cfg = load_config(TrainJobConfig, newest / "config.yaml")
-    print(f"[test_stgcn] no --config / --set: testing the newest training run, {newest}", flush=True)
+        cfg = load_config(TrainJobConfig, newest / "config.yaml", list(args.overrides))
+    print(f"[test_stgcn] no --config: testing the newest training run, {newest}", flush=True)
     return cfg, newest
 
 

@@ -109,6 +109,7 @@ def prepare(args: argparse.Namespace) -> TunePlan:
     from recognizer_core.train.cpu_malloc import require_tcmalloc
     from recognizer_core.train.dino_pose.config import DinoPoseJobConfig
     from recognizer_core.train.dino_pose.job import check_resume_from
+    from recognizer_core.train.ray_run import private_ray
     from recognizer_core.tune.search_space import get_dotted
     from recognizer_core.tune.tuner import check_resumable
     from train_dino_pose import GUIDE_FLAGS
@@ -126,22 +127,33 @@ def prepare(args: argparse.Namespace) -> TunePlan:
     except (ValueError, FileNotFoundError) as err:
         raise ConfigError(str(err)) from None
     data = base.model_dump()
+    # On a cluster (--address / RAY_ADDRESS) the workers may see storage this driver does not (a shared mount on
+    # the GPU nodes only): there a path missing here is a warning, as in train_dino_pose.py, and the trial checks.
+    local = private_ray(args.address)
+    missing_here = []
     for key in PATH_FIELDS:
         value = get_dotted(data, key, None)
         try:
             missing = bool(value) and key != "run.resume_from" and not exists(value)
         except OSError as err:  # an unreachable store, no credentials: one line, not a pyarrow traceback
             raise ConfigError(f"{key}={value}: cannot be read ({err})") from None
-        if missing:
+        if missing and local:
             raise ConfigError(f"{key}={value}: no such file or folder")
-        if value and not is_remote(value):
+        if missing:
+            missing_here.append(f"{key}={value}")
+        elif value and not is_remote(value):
             plan.extra[key] = to_uri(value)  # a trial's working directory is not this one
     backbone = base.model.backbone
     if Path(backbone).expanduser().exists():
         plan.extra["model.backbone"] = to_uri(backbone)
-    elif backbone.startswith(("/", ".", "~")):  # a Hub name is checked by the download, in the trial
+    elif backbone.startswith(("/", ".", "~")) and local:  # a Hub name is checked by the download, in the trial
         raise ConfigError(f"model.backbone={backbone}: no such folder (a local DINO checkpoint, or a Hub name such "
                           "as facebook/dinov2-base)")
+    elif backbone.startswith(("/", ".", "~")):
+        missing_here.append(f"model.backbone={backbone}")
+    if missing_here:
+        print(f"warning: not visible on this driver (the cluster's workers must see them): {'; '.join(missing_here)}",
+              file=sys.stderr, flush=True)
     require_tcmalloc(base.scaling.cpu_malloc, base.scaling.tcmalloc_path)
     plan.space.build_config(DinoPoseJobConfig, {}, plan.extra)
     check_resumable(plan.space, DinoPoseJobConfig, plan.options, extra_overrides=plan.extra)

@@ -210,6 +210,15 @@ def test_test_job_finds_the_newest_run_where_training_wrote_it(tmp_path, monkeyp
     os.utime(stable / "summary.json", (1, 1))
     os.utime(stable / "best_acc_top1_epoch_30.pth", (1, 1))
     assert _pick_run(cfg, args)[1] == tmp_path / "shared" / "work_dirs" / "fresh"
+    # --set without --config still tests the newest run, its own config with the override on top (the advice of the
+    # GPU check, scaling.use_gpu=false, switched to the preset's older run folder)
+    fresh = tmp_path / "shared" / "work_dirs" / "fresh"
+    (fresh / "config.yaml").write_text("run:\n  name: fresh\nscaling:\n  use_gpu: true\n")
+    picked_cfg, picked = _pick_run(cfg, argparse.Namespace(checkpoint=None, config=DEFAULT_CONFIG,
+                                                          overrides=["scaling.use_gpu=false"]))
+    assert picked == fresh and picked_cfg.run.name == "fresh" and not picked_cfg.scaling.use_gpu
+    named = argparse.Namespace(checkpoint=None, config=DEFAULT_CONFIG, overrides=["run.name=fight_stable"])
+    assert _pick_run(cfg, named)[1] == stable   # naming a run picks that run
     # --checkpoint with a file name (docs/training.md's example) is looked up in the config's run folder
     args = argparse.Namespace(checkpoint="best_acc_top1_epoch_30.pth", config=DEFAULT_CONFIG, overrides=[])
     assert _pick_run(cfg, args)[1] == stable / "best_acc_top1_epoch_30.pth"

@@ -113,7 +113,7 @@ def test_fight_preset_train_val_test_export(fight_reference, capsys, monkeypatch
     capsys.readouterr()
     assert test_main([]) == 0
     printed = capsys.readouterr().out
-    assert f"no --config / --set: testing the newest training run, {run}" in printed
+    assert f"no --config: testing the newest training run, {run}" in printed
     res = json.loads(printed.strip().splitlines()[-1])
     m = json.loads((run / "test" / "test_metrics.json").read_text())
     assert res["test_num_clips"] == m["test_num_clips"] == 3 and m["checkpoint"].endswith(best["file"])

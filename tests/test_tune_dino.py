@@ -89,6 +89,18 @@ def test_coco_paths_from_the_guides_flags_are_checked_and_made_absolute(tmp_path
         _prepare("--storage-path", str(tmp_path / "tune"), *flags, "--set", "model.decoder_chanels=64")
 
 
+def test_on_a_cluster_paths_the_driver_cannot_see_are_a_warning(tmp_path, monkeypatch, capsys):
+    """As train_dino_pose.py: a cluster's workers may see a mount this driver does not (it was refused here)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+    flags = _coco(tmp_path)
+    plan = _prepare("--storage-path", str(tmp_path / "tune"), *flags, "--val_annotation_file",
+                    "/shared/coco/val.json", "--model_name", "/models/dinov2-base")
+    err = capsys.readouterr().err
+    assert "warning: not visible on this driver" in err and "/shared/coco/val.json" in err and "/models/dino" in err
+    assert plan.extra["data.val_annotation_file"] == "/shared/coco/val.json"
+
+
 @pytest.mark.parametrize("argv, said", [
     (["--folds", "5"], "--folds is STGCN++ only"),
     (["--objective", "latency"], "--objective is STGCN++ only"),

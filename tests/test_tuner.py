@@ -351,6 +351,8 @@ def test_command_line_plans(tmp_path):
     with pytest.raises(ConfigError, match=r"^command line: --num-samples: Input should be greater than or equal "
                                           r"to 1 \(got 0\)$"):
         _plan("--num-samples", "0")
+    with pytest.raises(ConfigError, match=r"^command line: --progress-interval: Input should be greater than 0"):
+        _plan("--progress-interval", "0")   # the field is progress_interval_s; the flag has no _s
     for flag in ("--gpus-per-worker", "--pick-within"):   # -1 GPUs ran on CPUs
         with pytest.raises(ConfigError, match=f"^{flag} must be >= 0, got -1.0$"):
             _plan(flag, "-1")

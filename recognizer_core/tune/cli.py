@@ -223,9 +223,10 @@ def plan_from_args(args: argparse.Namespace, *, config_cls: type[BaseModel], job
                               retry_errored=args.retry_errored,
                               **{**budget, **{k: v for k, v in given.items() if v is not None}})
     except ValidationError as err:   # one line naming the flags, not TuneOptions' fields
+        flag = {"progress_interval_s": "--progress-interval", "objectives": "--objective"}
         raise ConfigError("command line: " + "; ".join(
-            f"--{'-'.join(str(x) for x in e['loc']).replace('_', '-')}: {e['msg'].removeprefix('Value error, ')} "
-            f"(got {e.get('input')!r})" for e in err.errors())) from None
+            f"{flag.get(str(e['loc'][0]), '--' + str(e['loc'][0]).replace('_', '-')) if e['loc'] else '?'}: "
+            f"{e['msg'].removeprefix('Value error, ')} (got {e.get('input')!r})" for e in err.errors())) from None
     metric = options.metric or space.metric
     if metrics and metric not in metrics:
         raise ConfigError(f"--metric {metric!r} is not reported by the {job} trainer (one of {list(metrics)})")
