@@ -12,7 +12,8 @@ per-clip columns otherwise come from its row groups: `split_columns`).
 Part files are opened (schema checked) when first read; at each (re)open their write id must be the one the
 dataset was opened with (a rewrite since then errors, not reads other clips). Older datasets and plain folders of
 part files are opened from the footers, their split rows from the index; a json-less folder with a write's marker
-or staged files is refused (being written, or interrupted). Writing is in store_write.py.
+or staged files is refused (being written, or interrupted), and one whose json a commit put there while it was
+being listed opens through that json (store_open.py). Writing is in store_write.py.
 """
 from __future__ import annotations
 
@@ -33,11 +34,12 @@ from recognizer_core.storage import filesystem, is_remote, to_uri
 
 from .clip import SkeletonClip, SkeletonDataError
 from .store_member import SplitMember
+from .store_open import json_or_parts, read_text
 from .store_ranges import RowRanges
 from .store_rows import (CLIP_SCHEMA, HEAVY_COLUMNS, LIGHT_COLUMNS, clip_from_row, clips_from_batch, clips_to_table,
                          int64_array)
 from .store_write import (DATASET_JSON, INDEX_FILE, META_PREFIX, SCHEMA_VERSION, SPLIT_MAP_AS_ROWS, WRITE_ID,
-                          check_file_schema, refuse_write_in_progress, write_dataset, write_error, write_id_of)
+                          check_file_schema, write_dataset, write_error, write_id_of)
 
 __all__ = ["CLIP_SCHEMA", "DATASET_JSON", "HEAVY_COLUMNS", "INDEX_FILE", "LIGHT_COLUMNS", "SCHEMA_VERSION",
            "SPLIT_MAP_AS_ROWS",
@@ -60,7 +62,7 @@ class SkeletonDataset:
         if self._fs.get_file_info(self._root).type != pafs.FileType.Directory:
             raise SkeletonDataError(f"{self.path}: skeleton dataset folder not found")
         info_path = self._join(DATASET_JSON)
-        raw = self._read_text(info_path)
+        raw, parts = json_or_parts(self._fs, self._root, self._join, self.path)  # parts: a json-less folder's
         self._checked: set[int] = set()
         if raw is not None:
             try:
@@ -75,12 +77,7 @@ class SkeletonDataset:
             # a listed file that is missing is named by its first read (_check), locally and remotely alike: a
             # stat per file here would make opening grow with the file count
         else:  # plain folder of part files (e.g. copied without the json): metadata from the footers
-            names = sorted(posixpath.basename(i.path) for i in self._fs.get_file_info(pafs.FileSelector(self._root))
-                           if i.type == pafs.FileType.File)
-            refuse_write_in_progress(self.path, names)
-            self._files = [self._join(n) for n in names if n.startswith("part-") and n.endswith(".parquet")]
-            if not self._files:
-                raise SkeletonDataError(f"{self.path}: no {DATASET_JSON} and no part-*.parquet files")
+            self._files = parts
             self.info = {"schema_version": SCHEMA_VERSION, "label_names": [], "metadata": {}}
             entries = [{} for _ in self._files]
         # each file's write: the json's (None before write ids existed); a plain folder's footers', read below
@@ -119,12 +116,6 @@ class SkeletonDataset:
     def _show(self, path: str) -> str:
         return f"{self.uri.split('://')[0]}://{path}" if is_remote(self.uri) else path
 
-    def _read_text(self, path: str) -> str | None:
-        if self._fs.get_file_info(path).type != pafs.FileType.File:
-            return None
-        with self._fs.open_input_stream(path) as f:
-            return f.read().decode()
-
     def _missing(self, i: int) -> SkeletonDataError:
         return SkeletonDataError(f"{self._show(self._join(DATASET_JSON))}: lists {posixpath.basename(self._files[i])}"
                                  " but the file is missing")
@@ -155,7 +146,8 @@ class SkeletonDataset:
         """A (re)opened file must be of the write the dataset was opened at: after a rewrite (same row counts)
         the old json's positions hold other clips, of other splits."""
         if expected is not None and write_id_of(schema) != expected:   # None: a json without ids (older, a view)
-            raise write_error(self.path, what, write_id_of(schema), expected, self._read_text(self._join(DATASET_JSON)))
+            json_now = read_text(self._fs, self._join(DATASET_JSON))
+            raise write_error(self.path, what, write_id_of(schema), expected, json_now)
 
     def __len__(self) -> int:
         return int(self._file_start[-1])
