@@ -184,7 +184,10 @@ def test_resume_after_kill_redoes_only_unfinished_videos(ray_local, tmp_path, fa
     for rel, rec in after.items():
         clip = read_clip_file(out / rec["output"])
         assert clip.num_person == 1 and clip.num_frames == 40
-    assert not list((out / "clips").glob(".*.tmp"))
+    # a killed run's temp files stay (hidden from the clip listing) until a run an hour later: a live run into the
+    # same folder may be writing them (manifest.PARTIAL_FILE_AGE_S)
+    from recognizer_core.extract.manifest import ExtractionManifest
+    assert ExtractionManifest(str(out)).clip_files == {f"clips/{Path(r['output']).name}" for r in after.values()}
     again = _load_job("extract_poses").run_extraction(cfg, verbose=False)   # nothing left: all skipped
     assert again["processed"] == 0 and again["skipped_done"] == 8
 

@@ -108,13 +108,15 @@ def test_on_a_cluster_paths_the_driver_cannot_see_are_a_warning(tmp_path, monkey
     (["--data", "outputs/rwf/dataset"], "--data names an STGCN++ skeleton dataset"),
     (["--space", str(REPO / "search_spaces" / "fight.yaml")], "run rayjobs/tune_fight.py or"),
 ])
-def test_what_the_dino_job_cannot_do_is_refused_in_one_line_before_ray(argv, said, tmp_path, capsys):
-    import ray
+def test_what_the_dino_job_cannot_do_is_refused_in_one_line_before_ray(argv, said, tmp_path, capsys, monkeypatch):
+    from recognizer_core import ray_runtime
 
+    started = []   # not ray.is_initialized(): the suite's session-wide Ray may be up already
+    monkeypatch.setattr(ray_runtime, "start_ray_or_exit", lambda *a, **k: started.append(a))
     assert tune_dino_pose.main(["--storage-path", str(tmp_path), *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and said in err and len(err.splitlines()) == 1, err
-    assert not ray.is_initialized()
+    assert started == []
 
 
 def test_the_stgcn_scripts_name_the_dino_script_for_the_dino_space(tmp_path, capsys):

@@ -8,15 +8,18 @@ decode (CPU tasks, a generator per shard) -> RTMO (autoscaling actor pool, sized
 writes its Parquet file to the shared output -> the driver records the returned status in the manifest.
 Re-running skips finished videos (manifest keyed by path + size + mtime); a killed job loses only the videos
 in flight. Bad videos go to failures.jsonl, videos without persons to empty_clips.jsonl, truncated ones are
-flagged; the job goes on and ends with a summary (summary.json).
+flagged; the job goes on and ends with a summary (summary.json). Several sources (and several runs at once) may
+extract into one poses folder: each video's id (its clip file's name) is kept apart from other sources' files
+(`assign_video_ids`) and labels.json keeps every listed source's classes (`_with_earlier_classes`).
 """
 from __future__ import annotations
 
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+import pyarrow.fs as pafs
 import yaml
 
 from recognizer_core import storage
@@ -24,7 +27,8 @@ from recognizer_core.extract.backends import check_cuda_provider, check_model_fi
 from recognizer_core.extract.config import ExtractionConfig
 from recognizer_core.extract.finish import finish_video
 from recognizer_core.extract.manifest import DONE, EMPTY, FAILED, ExtractionManifest
-from recognizer_core.extract.sources import VideoSource, label_index, list_videos
+from recognizer_core.extract.sources import (SourceError, VideoSource, label_index, list_videos, make_video_id,
+                                             resolve_filesystem)
 from recognizer_core.extract.stages import PoseInference, VideoAssembler, decode_shard, plan_video
 
 # the columns of the pose stream the driver reads (VideoAssembler.add); batch recognize reads the same
@@ -66,8 +70,10 @@ def prepare_extraction(cfg: ExtractionConfig) -> ExtractionPlan:
         check_cuda_provider(cfg.model)
     videos = list_videos(cfg.source)
     manifest = ExtractionManifest(cfg.output)
+    others = _other_sources_videos(manifest, _source_name(cfg))
+    videos = assign_video_ids(videos, manifest, others)
     names = _with_earlier_classes(cfg, label_index([v for v in videos if v.label_name], cfg.source.label_names),
-                                  manifest)
+                                  others)
     skipped = {DONE: 0, EMPTY: 0, FAILED: 0}
     todo = []
     for v in videos:
@@ -79,23 +85,101 @@ def prepare_extraction(cfg: ExtractionConfig) -> ExtractionPlan:
     return ExtractionPlan(cfg, manifest, videos, names, todo, skipped)
 
 
-def _with_earlier_classes(cfg: ExtractionConfig, names: list[str], manifest: ExtractionManifest) -> list[str]:
-    """The poses folder's classes: those of the other sources extracted into it that still have videos there
-    (labels.json's order) first, then this source's new ones; an explicit source.label_names comes first in its
-    order, other sources' classes after it.
+def _source_name(cfg: ExtractionConfig) -> str:
+    """What names this run's source in the manifest's listings: its CSV, else its input folder."""
+    return cfg.source.manifest_csv or cfg.source.input
+
+
+def _other_sources_videos(manifest: ExtractionManifest, source: str) -> list[dict]:
+    """The videos (video_id, key, label_name) of the poses folder's other sources: their listings, read now (a run
+    writes its listing when it starts, so a run still extracting is there); in a folder written before listings,
+    its finished records."""
+    listed = manifest.listing(skip=source)
+    return listed if listed is not None else manifest.current_done()[0]
+
+
+def _with_earlier_classes(cfg: ExtractionConfig, names: list[str], others: list[dict]) -> list[str]:
+    """The poses folder's classes: labels.json's (in its order) that this source or another listed source
+    (`others`) has, then this source's new ones, then other listed sources' not in labels.json yet; an explicit
+    source.label_names comes first in its order, other sources' classes after it.
     Each run rewrote labels.json with its own source's classes: a second source with fewer classes extracted into
-    the folder left build_dataset without the first one's."""
+    the folder, or a second run started while the first was still extracting, left build_dataset without the first
+    one's."""
     try:
         old = json.loads(storage.read_text(storage.join_uri(cfg.output, "labels.json")) or "{}").get("label_names")
     except (ValueError, AttributeError):
         old = None
-    if not old:
-        return names
-    others = {r.get("label_name") for r in manifest.current_done(skip=cfg.source.manifest_csv or cfg.source.input)[0]}
-    if cfg.source.label_names:   # its order first; other sources' classes with videos after it
-        return names + [n for n in old if n in others and n not in names]
-    kept = [n for n in old if n in others or n in names]
-    return kept + [n for n in names if n not in kept]
+    old = [n for n in old if isinstance(n, str)] if isinstance(old, list) else []
+    listed = {r.get("label_name") for r in others} - {None, ""}
+    if cfg.source.label_names:   # its order first; other sources' classes after it
+        first = list(names)
+    else:
+        first = [n for n in old if n in listed or n in names]
+        first += [n for n in names if n not in first]
+    return first + [n for n in old if n in listed and n not in first] + sorted(listed - set(old) - set(first))
+
+
+def _another_file(key: str, video: VideoSource, exists: dict[str, bool]) -> bool:
+    """Whether the manifest key `key` (uri|size|mtime) of another source is a different video than `video`: not the
+    same uri, not the same size and mtime (the same file through a symlinked or remounted folder: one clip is right),
+    and still there (a source folder moved elsewhere: its old listing names this video's earlier extraction).
+    `exists` caches the look-ups; one that cannot be made counts as there (two clips, none overwritten)."""
+    uri, size, mtime = key.rsplit("|", 2)
+    if uri == video.uri or (size, mtime) == (str(video.size), str(video.mtime_ns)):
+        return False
+    if uri not in exists:
+        try:
+            fs, path = resolve_filesystem(uri)
+            exists[uri] = fs.get_file_info(path).type != pafs.FileType.NotFound
+        except (SourceError, OSError, ValueError):
+            exists[uri] = True
+    return exists[uri]
+
+
+def _taken_by_other(video_id: str, video: VideoSource, by_id: dict[str, list[str]], exists: dict[str, bool]) -> bool:
+    return any(_another_file(key, video, exists) for key in by_id.get(video_id, ()))
+
+
+def _keys_by_id(others: list[dict]) -> dict[str, list[str]]:
+    by_id: dict[str, list[str]] = {}
+    for r in others:
+        by_id.setdefault(str(r.get("video_id") or ""), []).append(str(r["key"]))
+    return by_id
+
+
+def assign_video_ids(videos: list[VideoSource], manifest: ExtractionManifest, others: list[dict]) -> list[VideoSource]:
+    """Each video's id (its clip file's name). The id hashes the path relative to the source, so one relative path
+    under two input folders (datasetA/Fight/1.mp4, datasetB/Fight/1.mp4) was one clip file: the second run
+    overwrote the first's skeleton, whose DONE record then pointed at the other video. A video with a DONE record
+    keeps that record's id (ids never change: a resume skips it, builds name clips by it); a new one whose id
+    another source lists for a different file gets the next free make_video_id variant (recorded in this source's
+    listing, so its next run finds it in its DONE record)."""
+    by_id, exists, out = _keys_by_id(others), {}, []
+    for v in videos:
+        rec = manifest.records[DONE].get(v.key)
+        if rec is not None:
+            vid = str(rec.get("video_id") or v.video_id)
+        else:
+            variant = 0
+            while _taken_by_other(make_video_id(v.rel_path, variant), v, by_id, exists):
+                variant += 1
+            vid = make_video_id(v.rel_path, variant)
+        out.append(v if vid == v.video_id else replace(v, assigned_id=vid))
+    return out
+
+
+def _check_ids_still_free(plan: ExtractionPlan, others: list[dict]) -> None:
+    """Another run into this folder that listed its videos after this one planned (both started at once) may list
+    a different file under an id this run is about to write: stop before either clip is overwritten."""
+    by_id, exists = _keys_by_id(others), {}
+    for v in plan.todo:
+        if v.key in plan.manifest.records[DONE]:
+            continue   # its id is its record's, kept as it was
+        for key in by_id.get(v.video_id, ()):
+            if _another_file(key, v, exists):
+                raise SourceError(
+                    f"{v.uri}: another extraction into {plan.cfg.output} listed {key.rsplit('|', 2)[0]} under the "
+                    f"same video_id {v.video_id} while this run started; run this one again (it then gets its own id)")
 
 
 def actor_pool_size(cfg: ExtractionConfig, cluster_gpus: float) -> tuple[int, int | None]:
@@ -208,10 +292,15 @@ def run_prepared(plan: ExtractionPlan, verbose: bool = True) -> dict:
     cfg, out = plan.cfg, plan.cfg.output
     # every listed video (skipped ones too): build_dataset keeps only these, each at its current version and label.
     # First: in a folder extracted before listings, the old extraction_config.yaml names whose videos those are.
-    plan.manifest.write_listing(plan.videos, cfg.source.manifest_csv or cfg.source.input)
+    plan.manifest.write_listing(plan.videos, _source_name(cfg))
+    # read again now, this run's listing written (announce, then look): a run into this folder started since this
+    # one planned is seen (its ids, its classes), and one that starts from now on sees this one's
+    _check_ids_still_free(plan, _other_sources_videos(plan.manifest, _source_name(cfg)))
     config_uri = storage.join_uri(out, "extraction_config.yaml")
     if plan.todo or not storage.exists(config_uri):   # a run that extracts nothing keeps the clips' settings
         storage.write_text(config_uri, yaml.safe_dump(json.loads(cfg.model_dump_json()), sort_keys=False))
+    plan.label_names = _with_earlier_classes(cfg, plan.label_names, _other_sources_videos(plan.manifest,
+                                                                                          _source_name(cfg)))
     storage.write_text(storage.join_uri(out, "labels.json"), json.dumps({"label_names": plan.label_names}))
     plan.manifest.remove_partial_files()
     t0 = time.time()

@@ -1,13 +1,21 @@
 """Extraction bookkeeping: which videos are finished, empty or failed, on local/NFS storage or an object store.
 
-Local or shared (NFS) folders: append-only JSONL files, each record flushed and fsynced before the next video
-is taken as done, so a job killed at any point loses at most the videos in flight; a torn last line (killed
-mid-write) is ignored on read. Object stores cannot append: each record is one small object
-(`manifest/<kind>/<video_id>.json`, visible only when complete), folded into the JSONL files by `compact()` at
-the end of a run. The driver records thousands of videos one at a time, so each record is one PUT through one
-filesystem held for the run (no folder markers, no multipart upload: storage.put_object); a resumed run reads the
-record objects 16 at a time, and compact() sees which exist with one listing. Records are keyed by
-`VideoSource.key` (path + size + mtime): an edited file is redone.
+Local or shared (NFS) folders: append-only JSONL files, each record one O_APPEND write(), fsynced before the
+next video is taken as done, so a job killed at any point loses at most the videos in flight; a torn last line
+(a kill or a full disk cut the write short) is ignored on read, and the next record after it starts a new line.
+Several runs may record into one folder at once from ONE host: the kernel does not interleave O_APPEND writes of
+one client. From several NFS clients it is not safe: NFS has no atomic append (each client computes the end of the
+file, open(2)), so records of two hosts can overwrite each other; extract into one folder from one host at a time.
+Object stores cannot append: each record is one small object (`manifest/<kind>/<video_id>.json`, visible only
+when complete), folded into the JSONL files by `compact()` at the end of a run. The driver records thousands of
+videos one at a time, so each record is one PUT through one filesystem held for the run (no folder markers, no
+multipart upload: storage.put_object); a resumed run reads the record objects 16 at a time.
+Several runs on one object-store folder: a reader lists and reads the objects before the JSONL files, and
+compact() writes the JSONL before it deletes objects, so a record is always in one of the two; compact() merges
+the JSONL as it is now, this run's records and other runs' objects (reading only objects this run has not seen),
+and deletes only objects it folded in. Left: two compact()s at the same moment can drop one's records from the
+JSONL (S3 has no compare-and-swap here); those videos are then extracted again, never taken as wrong.
+Records are keyed by `VideoSource.key` (path + size + mtime): an edited file is redone.
 Nothing is created until the first record is written, so a job stopped by a bad input leaves no folder behind.
 
 Old records are never rewritten: an edited video leaves its old DONE record pointing at the same
@@ -40,6 +48,14 @@ LEGACY_LISTING = "before-listings.jsonl"   # the videos of a folder extracted be
 _LISTING_FIELDS = ("video_id", "rel_path", "label_name", "split", "key")
 _RECORD_DIR = "manifest"   # object stores: manifest/<kind>/<video_id>.json, one object per record
 _READ_THREADS = 16   # record objects read at once on resume: HEAD + GET at ~20 ms each, one at a time: 13 min/20k
+# a clip temp file untouched this long belongs to no live writer (each block written moves its mtime); one of a
+# killed run stays hidden (dot name) until a run starts that much later
+PARTIAL_FILE_AGE_S = 3600.0
+
+
+def _newest_last(recs: Iterable[dict]) -> list[dict]:
+    """Records of several writers in the order _put needs (newest last): by their time, ties in the given order."""
+    return sorted(recs, key=lambda r: str(r.get("time", "")))
 
 
 def _parse_lines(text: str | None) -> list[dict]:
@@ -62,13 +78,18 @@ class ExtractionManifest:
         # the URI and set up an S3 client for a 300-byte write)
         self._fs, self._root = storage.object_filesystem(self.uri) if self.remote else (None, "")
         self.records: dict[str, dict[str, dict]] = {kind: {} for kind in _FILES}
-        for kind, name in _FILES.items():
+        # object stores: record objects this run wrote or read, {path: (size, mtime_ns or None for its own PUTs)};
+        # compact() reads only the others (a resumed run's compact() then reads none: 2 requests per video)
+        self._known: dict[str, tuple[int, int | None]] = {}
+        self._line_start: set[str] = set()   # local JSONL files whose end this run has seen to be a line start
+        # objects first, then the JSONL: a compact() by another run in between writes the JSONL before deleting
+        # them, so each record is in one of the two reads (JSONL first lost those folded in between)
+        objects = self._read_record_objects() if self.remote else []
+        for kind in _FILES:
             for rec in _parse_lines(storage.read_text(self.path(kind))):
                 self._put(kind, rec)
-        if self.remote:
-            for kind in _FILES:
-                for rec in self._record_objects(kind):   # newer than the JSONL files, which they are folded into
-                    self._put(kind, rec)
+        for kind, rec in objects:   # newer than the JSONL files, which they are folded into
+            self._put(kind, rec)
         self.clip_files = self._list_clips()
 
     def _put(self, kind: str, rec: dict) -> None:
@@ -86,21 +107,41 @@ class ExtractionManifest:
     def _record_dir(self, kind: str | None = None) -> str:
         return posixpath.join(self._root, _RECORD_DIR, *([kind] if kind else []))
 
-    def _record_objects(self, kind: str) -> list[dict]:
-        """A killed run's record objects of `kind`, in listing order (one object per video: its newest record)."""
-        infos = self._fs.get_file_info(pafs.FileSelector(self._record_dir(kind), allow_not_found=True))
-        paths = [i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(".json")]
+    def _list_record_objects(self) -> dict[str, tuple[str, int, int | None]]:
+        """{path: (kind, size, mtime_ns)} of every record object, in listing order (one listing)."""
+        infos = self._fs.get_file_info(pafs.FileSelector(self._record_dir(), recursive=True, allow_not_found=True))
+        out = {}
+        for i in infos:
+            kind = posixpath.basename(posixpath.dirname(i.path))
+            if (i.type == pafs.FileType.File and i.path.endswith(".json") and kind in _FILES
+                    and posixpath.dirname(i.path) == self._record_dir(kind)):
+                out[i.path] = (kind, i.size, i.mtime_ns)
+        return out
 
-        def read(path: str) -> str:
-            with self._fs.open_input_stream(path) as f:
-                return f.read().decode()
+    def _read_objects(self, paths: list[str]) -> list[str | None]:
+        """The texts of record objects, 16 at a time, in the given order; None for one deleted since its listing."""
+        def read(path: str) -> str | None:
+            try:
+                with self._fs.open_input_stream(path) as f:
+                    return f.read().decode()
+            except FileNotFoundError:   # another run's compact() folded it into the JSONL since the listing
+                return None
 
         if len(paths) <= 1:
-            texts = [read(p) for p in paths]
-        else:   # pyarrow releases the GIL while it waits; map keeps the listing order
-            with ThreadPoolExecutor(min(_READ_THREADS, len(paths))) as pool:
-                texts = list(pool.map(read, paths))
-        return [rec for text in texts for rec in _parse_lines(text)]
+            return [read(p) for p in paths]
+        with ThreadPoolExecutor(min(_READ_THREADS, len(paths))) as pool:   # pyarrow releases the GIL while it waits
+            return list(pool.map(read, paths))
+
+    def _read_record_objects(self, listed: dict | None = None) -> list[tuple[str, dict]]:
+        """(kind, record) of the record objects (`listed`, or all), in listing order; remembered as known."""
+        listed = self._list_record_objects() if listed is None else listed
+        out = []
+        for path, text in zip(listed, self._read_objects(list(listed))):
+            if text is not None:
+                kind, size, mtime = listed[path]
+                self._known[path] = (size, mtime)
+                out += [(kind, rec) for rec in _parse_lines(text)]
+        return out
 
     def _list_clips(self) -> set[str]:
         """Finished clip files, listed once (not one existence check per video: slow on an object store)."""
@@ -109,14 +150,21 @@ class ExtractionManifest:
         return {f"{CLIPS_DIR}/{posixpath.basename(i.path)}" for i in infos
                 if i.type == pafs.FileType.File and not posixpath.basename(i.path).startswith(".")}
 
-    def remove_partial_files(self) -> None:
-        """Temp files of clip writes cut off by a kill (the atomic write's `.<name>.*.tmp`): never results."""
+    def remove_partial_files(self, min_age_s: float = PARTIAL_FILE_AGE_S) -> None:
+        """Temp files of clip writes cut off by a kill (the atomic write's `.<name>.*.tmp`): never results. Only
+        those untouched for `min_age_s`: another run writing into this folder now has its temp files here too
+        (their names carry no owner), and removing one failed that run's video."""
         if self.remote:
             return   # object-store writes are one PUT: nothing partial is ever visible
         clips = os.path.join(self.uri, CLIPS_DIR)
         for name in os.listdir(clips) if os.path.isdir(clips) else []:
             if name.startswith(".") and name.endswith(".tmp"):
-                os.unlink(os.path.join(clips, name))
+                path = os.path.join(clips, name)
+                try:
+                    if time.time() - os.stat(path).st_mtime >= min_age_s:
+                        os.unlink(path)
+                except FileNotFoundError:   # renamed by its writer, or removed by another run starting now
+                    pass
 
     def status(self, key: str) -> str | None:
         done = self.records[DONE].get(key)
@@ -135,36 +183,90 @@ class ExtractionManifest:
 
     def record(self, kind: str, key: str, **fields) -> dict:
         rec = {"key": key, **fields, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        line = json.dumps(rec) + "\n"
+        line = (json.dumps(rec) + "\n").encode()
         if self.remote:
             name = fields.get("video_id") or str(abs(hash(key)))
-            storage.put_object(self._fs, posixpath.join(self._record_dir(kind), f"{name}.json"), line.encode())
+            path = posixpath.join(self._record_dir(kind), f"{name}.json")
+            storage.put_object(self._fs, path, line)
+            self._known[path] = (len(line), None)
         else:
-            os.makedirs(self.uri, exist_ok=True)
-            with open(self.path(kind), "a", encoding="utf-8") as f:
-                f.write(line)
-                f.flush()
-                os.fsync(f.fileno())
+            self._append(kind, line)
         self._put(kind, rec)
         if kind == DONE and fields.get("output"):
             self.clip_files.add(fields["output"])
         return rec
 
+    def _append(self, kind: str, line: bytes) -> None:
+        """Append one record line to a local JSONL file in one write() (O_APPEND: whole, after other writers')."""
+        os.makedirs(self.uri, exist_ok=True)
+        fd = os.open(self.path(kind), os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
+        try:
+            if kind not in self._line_start:
+                end = os.fstat(fd).st_size
+                if end and os.pread(fd, 1, end - 1) != b"\n":
+                    line = b"\n" + line   # after a torn last line (killed, disk full): glued to it, unreadable
+            data = memoryview(line)
+            while data:   # short only when the disk is full: the next write raises
+                data = data[os.write(fd, data):]
+            os.fsync(fd)
+            self._line_start.add(kind)
+        except BaseException:
+            self._line_start.discard(kind)   # maybe torn now: the next record checks again
+            raise
+        finally:
+            os.close(fd)
+
     def compact(self) -> None:
-        """Object stores: fold the per-record objects into the JSONL files (one read per kind on resume)."""
+        """Object stores: fold the record objects into the JSONL files (one read per kind on resume), merged with
+        what other runs wrote there meanwhile (module docstring); deletes only the objects folded in."""
         if not self.remote:
             return
-        # which kinds have record objects: one listing (self.records already holds every record, read at open or
-        # written since; reading the objects again only to see that they exist cost 2 requests per video)
-        infos = self._fs.get_file_info(pafs.FileSelector(self._record_dir(), recursive=True, allow_not_found=True))
-        kinds = {posixpath.basename(posixpath.dirname(i.path)) for i in infos
-                 if i.type == pafs.FileType.File and i.path.endswith(".json")}
+        listed = self._list_record_objects()
+        if not listed:
+            return
+        # objects of other runs (or replaced since this run read them): read, folded in with this run's records
+        theirs = self._read_record_objects({p: v for p, v in listed.items() if not self._knows(p, v[1], v[2])})
         for kind in _FILES:
-            if kind not in kinds:
+            if not any(v[0] == kind for v in listed.values()):
                 continue
-            text = "".join(json.dumps(r) + "\n" for r in self.records[kind].values())
-            storage.write_text(self.path(kind), text)   # first: a kill before the delete leaves both (same records)
-            self._fs.delete_dir(self._record_dir(kind))
+            try:
+                with self._fs.open_input_stream(posixpath.join(self._root, _FILES[kind])) as f:
+                    now = _parse_lines(f.read().decode())
+            except FileNotFoundError:
+                now = []
+            merged = _newest_last([*now, *self.records[kind].values(), *(r for k, r in theirs if k == kind)])
+            self.records[kind] = {}
+            for rec in merged:
+                self._put(kind, rec)
+            # first: a kill before the delete leaves both (same records)
+            storage.put_object(self._fs, posixpath.join(self._root, _FILES[kind]),
+                               "".join(json.dumps(r) + "\n" for r in self.records[kind].values()).encode())
+        self._delete_folded(listed)
+
+    def _knows(self, path: str, size: int, mtime_ns: int | None) -> bool:
+        """Whether this run wrote or read the object as it is listed now (its own PUTs: by size, the server's
+        mtime is not known; a same-size record of the same video by another run at once is taken as this one)."""
+        known = self._known.get(path)
+        return known is not None and known[0] == size and known[1] in (None, mtime_ns)
+
+    def _delete_folded(self, listed: dict[str, tuple[str, int, int | None]]) -> None:
+        """Delete the record objects `listed` (now in the JSONL files), not one written or replaced since."""
+        again = self._list_record_objects()
+        if again == listed:   # nothing new: one batch delete (per object: 3 requests each)
+            # left: an object PUT in the ms between that listing and this delete's own is lost unless its run
+            # reaches its compact(), which writes it again from memory
+            self._fs.delete_dir_contents(self._record_dir(), missing_dir_ok=True)
+            return
+        folded = [p for p, v in listed.items() if again.get(p) == v]
+
+        def delete(path: str) -> None:
+            try:
+                self._fs.delete_file(path)
+            except FileNotFoundError:   # another run's compact() deleted it
+                pass
+
+        with ThreadPoolExecutor(max(1, min(_READ_THREADS, len(folded)))) as pool:
+            list(pool.map(delete, folded))
 
     def done_records(self) -> list[dict]:
         """Finished videos whose output file still exists (a deleted output means: extract again)."""
@@ -254,8 +356,9 @@ class ExtractionManifest:
             rec = done[order[v["key"]]] if v["key"] in order else None
             if rec is None or rec.get("video_id", v["video_id"]) != v["video_id"]:
                 continue
-            # one video_id in two listings (one relative path under two sources, or a folder and then a CSV over
-            # the same files) is one clip file: the newest record's, built once
+            # one video_id in two listings (the same file under two sources: a folder and a CSV over it, a
+            # symlinked folder; other files get their own ids, job.assign_video_ids) is one clip file: the newest
+            # record's, built once
             old = current.get(v["video_id"])   # a later listing wins a tie (the same record named twice)
             if old is None or order[v["key"]] >= order[old["key"]]:
                 current[v["video_id"]] = {**rec, **{k: v[k] for k in ("video_id", "rel_path", "label_name", "split")}}

@@ -32,6 +32,9 @@ class VideoSource:
     split: str
     size: int
     mtime_ns: int
+    # set by the job's planning (job.assign_video_ids) where another source of the poses folder lists a different
+    # file under this rel_path's id, or where this file's record has another id: that id, not make_video_id's
+    assigned_id: str = ""
 
     @property
     def key(self) -> str:
@@ -40,12 +43,20 @@ class VideoSource:
 
     @property
     def video_id(self) -> str:
-        """File-system-safe, unique per rel_path: readable stem + hash of the whole relative path."""
-        stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", PurePosixPath(self.rel_path).stem)[:60]
-        return f"{stem}-{hashlib.sha1(self.rel_path.encode()).hexdigest()[:10]}"
+        """The clip file's name: `assigned_id` if set, else make_video_id(rel_path)."""
+        return self.assigned_id or make_video_id(self.rel_path)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def make_video_id(rel_path: str, variant: int = 0) -> str:
+    """File-system-safe, unique per rel_path: readable stem + hash of the whole relative path. Variant n > 0 hashes
+    `rel_path#n`: the id of a second video with one relative path under another source (datasetA/Fight/1.mp4,
+    datasetB/Fight/1.mp4), which would otherwise overwrite the first one's clip file."""
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", PurePosixPath(rel_path).stem)[:60]
+    name = f"{rel_path}#{variant}" if variant else rel_path
+    return f"{stem}-{hashlib.sha1(name.encode()).hexdigest()[:10]}"
 
 
 def resolve_filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
