@@ -126,8 +126,8 @@ def test_one_relative_path_under_two_folders_gives_two_clip_files(tmp_path, monk
 
 
 def test_one_file_under_two_names_keeps_one_id(tmp_path, monkeypatch):
-    """Only another file gets another id: the same file through a CSV, a symlinked folder (same size and mtime) or
-    a source folder moved elsewhere (its old path gone) keeps the id, so it is built once, not twice."""
+    """Only another file gets another id: the same file through a CSV, a symlinked folder or a source folder moved
+    elsewhere (same size and mtime) keeps the id, so it is built once, not twice."""
     _videos(tmp_path / "datasetA", {"Fight/1.mp4": b"video A"})
     out = tmp_path / "poses"
     a = _plan(tmp_path / "datasetA", out)
@@ -138,9 +138,21 @@ def test_one_file_under_two_names_keeps_one_id(tmp_path, monkeypatch):
     assert _plan(None, out, csv=tmp_path / "datasetA/list.csv").videos[0].video_id == vid
     os.symlink(tmp_path / "datasetA", tmp_path / "linkA")
     assert _plan(tmp_path / "linkA", out).videos[0].video_id == vid
-    os.rename(tmp_path / "datasetA", tmp_path / "moved")
-    (tmp_path / "moved/Fight/1.mp4").write_bytes(b"video A, re-encoded")   # another size: only the path tells
+    os.rename(tmp_path / "datasetA", tmp_path / "moved")   # mv keeps size and mtime
     assert _plan(tmp_path / "moved", out).videos[0].video_id == vid
+
+
+def test_a_second_dataset_does_not_take_the_ids_of_an_archived_one(tmp_path, monkeypatch):
+    """Source A extracted, then its raw videos archived (gone from this host); source B, another dataset with the
+    same names: B took A's id ('a moved folder'), overwrote A's clip, and A dropped out of the build silently."""
+    _videos(tmp_path / "datasetA", {"Fight/1.mp4": b"video A"})
+    out = tmp_path / "poses"
+    a = _plan(tmp_path / "datasetA", out)
+    _start(a, monkeypatch)
+    _finish(a)
+    (tmp_path / "datasetA/Fight/1.mp4").unlink()
+    _videos(tmp_path / "datasetB", {"Fight/1.mp4": b"video B, another size"})
+    assert _plan(tmp_path / "datasetB", out).videos[0].video_id != a.videos[0].video_id
 
 
 def test_an_id_taken_by_a_run_started_at_the_same_time_stops_before_writing(tmp_path, monkeypatch):

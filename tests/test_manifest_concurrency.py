@@ -142,6 +142,30 @@ def test_two_runs_compacting_into_one_s3_folder_keep_each_others_records(s3, req
     assert _record_objects(out) == []
 
 
+class _HookSecondListing(_Hooked):
+    """The hook runs right after the filesystem's second listing (compact's re-listing before its delete)."""
+
+    def get_file_info(self, arg):
+        out = self._fs.get_file_info(arg)
+        if isinstance(arg, pafs.FileSelector):
+            self._n = getattr(self, "_n", 0) + 1
+            if self._n == 2:
+                self._hook()
+        return out
+
+
+def test_a_record_put_between_anothers_relisting_and_delete_is_written_by_its_own_compact(s3, request):
+    """Run B's record lands after run A's re-listing and before A's batch delete: A deletes it unfolded. B's own
+    compact() listed no object then and returned, so the record was lost; B writes what it recorded now."""
+    out = f"s3://{_bucket(s3, request)}/poses"
+    a, b = ExtractionManifest(out), ExtractionManifest(out)
+    _done(a, "a1"), _done(b, "b1")
+    a._fs = _HookSecondListing(a._fs, lambda: _done(b, "b9"), "after")
+    a.compact()
+    b.compact()
+    assert sorted(ExtractionManifest(out).records[DONE]) == ["a1", "b1", "b9"]
+
+
 @pytest.mark.parametrize("when", ["before", "after"])
 def test_a_reader_opening_an_s3_folder_while_a_run_compacts_sees_every_record(s3, request, monkeypatch, when):
     out = f"s3://{_bucket(s3, request)}/poses"

@@ -19,7 +19,6 @@ import os
 import time
 from dataclasses import dataclass, replace
 
-import pyarrow.fs as pafs
 import yaml
 
 from recognizer_core import storage
@@ -27,8 +26,7 @@ from recognizer_core.extract.backends import check_cuda_provider, check_model_fi
 from recognizer_core.extract.config import ExtractionConfig
 from recognizer_core.extract.finish import finish_video
 from recognizer_core.extract.manifest import DONE, EMPTY, FAILED, ExtractionManifest
-from recognizer_core.extract.sources import (SourceError, VideoSource, label_index, list_videos, make_video_id,
-                                             resolve_filesystem)
+from recognizer_core.extract.sources import SourceError, VideoSource, label_index, list_videos, make_video_id
 from recognizer_core.extract.stages import PoseInference, VideoAssembler, decode_shard, plan_video
 
 # the columns of the pose stream the driver reads (VideoAssembler.add); batch recognize reads the same
@@ -119,25 +117,17 @@ def _with_earlier_classes(cfg: ExtractionConfig, names: list[str], others: list[
     return first + [n for n in old if n in listed and n not in first] + sorted(listed - set(old) - set(first))
 
 
-def _another_file(key: str, video: VideoSource, exists: dict[str, bool]) -> bool:
+def _another_file(key: str, video: VideoSource) -> bool:
     """Whether the manifest key `key` (uri|size|mtime) of another source is a different video than `video`: not the
-    same uri, not the same size and mtime (the same file through a symlinked or remounted folder: one clip is right),
-    and still there (a source folder moved elsewhere: its old listing names this video's earlier extraction).
-    `exists` caches the look-ups; one that cannot be made counts as there (two clips, none overwritten)."""
+    same uri and not the same size and mtime (the same file through a symlinked, remounted or moved folder keeps
+    both: one clip is right). Whether the other file still exists does not matter: a source whose raw videos were
+    archived after extraction keeps its clips, and a second dataset with the same names must not take them."""
     uri, size, mtime = key.rsplit("|", 2)
-    if uri == video.uri or (size, mtime) == (str(video.size), str(video.mtime_ns)):
-        return False
-    if uri not in exists:
-        try:
-            fs, path = resolve_filesystem(uri)
-            exists[uri] = fs.get_file_info(path).type != pafs.FileType.NotFound
-        except (SourceError, OSError, ValueError):
-            exists[uri] = True
-    return exists[uri]
+    return uri != video.uri and (size, mtime) != (str(video.size), str(video.mtime_ns))
 
 
-def _taken_by_other(video_id: str, video: VideoSource, by_id: dict[str, list[str]], exists: dict[str, bool]) -> bool:
-    return any(_another_file(key, video, exists) for key in by_id.get(video_id, ()))
+def _taken_by_other(video_id: str, video: VideoSource, by_id: dict[str, list[str]]) -> bool:
+    return any(_another_file(key, video) for key in by_id.get(video_id, ()))
 
 
 def _keys_by_id(others: list[dict]) -> dict[str, list[str]]:
@@ -154,14 +144,14 @@ def assign_video_ids(videos: list[VideoSource], manifest: ExtractionManifest, ot
     keeps that record's id (ids never change: a resume skips it, builds name clips by it); a new one whose id
     another source lists for a different file gets the next free make_video_id variant (recorded in this source's
     listing, so its next run finds it in its DONE record)."""
-    by_id, exists, out = _keys_by_id(others), {}, []
+    by_id, out = _keys_by_id(others), []
     for v in videos:
         rec = manifest.records[DONE].get(v.key)
         if rec is not None:
             vid = str(rec.get("video_id") or v.video_id)
         else:
             variant = 0
-            while _taken_by_other(make_video_id(v.rel_path, variant), v, by_id, exists):
+            while _taken_by_other(make_video_id(v.rel_path, variant), v, by_id):
                 variant += 1
             vid = make_video_id(v.rel_path, variant)
         out.append(v if vid == v.video_id else replace(v, assigned_id=vid))
@@ -171,12 +161,12 @@ def assign_video_ids(videos: list[VideoSource], manifest: ExtractionManifest, ot
 def _check_ids_still_free(plan: ExtractionPlan, others: list[dict]) -> None:
     """Another run into this folder that listed its videos after this one planned (both started at once) may list
     a different file under an id this run is about to write: stop before either clip is overwritten."""
-    by_id, exists = _keys_by_id(others), {}
+    by_id = _keys_by_id(others)
     for v in plan.todo:
         if v.key in plan.manifest.records[DONE]:
             continue   # its id is its record's, kept as it was
         for key in by_id.get(v.video_id, ()):
-            if _another_file(key, v, exists):
+            if _another_file(key, v):
                 raise SourceError(
                     f"{v.uri}: another extraction into {plan.cfg.output} listed {key.rsplit('|', 2)[0]} under the "
                     f"same video_id {v.video_id} while this run started; run this one again (it then gets its own id)")

@@ -81,6 +81,7 @@ class ExtractionManifest:
         # object stores: record objects this run wrote or read, {path: (size, mtime_ns or None for its own PUTs)};
         # compact() reads only the others (a resumed run's compact() then reads none: 2 requests per video)
         self._known: dict[str, tuple[int, int | None]] = {}
+        self._recorded: set[str] = set()   # kinds this run put record objects of (compact writes them)
         self._line_start: set[str] = set()   # local JSONL files whose end this run has seen to be a line start
         # objects first, then the JSONL: a compact() by another run in between writes the JSONL before deleting
         # them, so each record is in one of the two reads (JSONL first lost those folded in between)
@@ -189,6 +190,7 @@ class ExtractionManifest:
             path = posixpath.join(self._record_dir(kind), f"{name}.json")
             storage.put_object(self._fs, path, line)
             self._known[path] = (len(line), None)
+            self._recorded.add(kind)
         else:
             self._append(kind, line)
         self._put(kind, rec)
@@ -222,12 +224,14 @@ class ExtractionManifest:
         if not self.remote:
             return
         listed = self._list_record_objects()
-        if not listed:
+        # a kind this run recorded is written from memory even with no object left: another run's compaction may
+        # have deleted this run's objects before folding them in (PUT after its second listing)
+        if not listed and not self._recorded:
             return
         # objects of other runs (or replaced since this run read them): read, folded in with this run's records
         theirs = self._read_record_objects({p: v for p, v in listed.items() if not self._knows(p, v[1], v[2])})
         for kind in _FILES:
-            if not any(v[0] == kind for v in listed.values()):
+            if not any(v[0] == kind for v in listed.values()) and kind not in self._recorded:
                 continue
             try:
                 with self._fs.open_input_stream(posixpath.join(self._root, _FILES[kind])) as f:
