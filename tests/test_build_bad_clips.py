@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
-import types
 
 import numpy as np
 import pyarrow as pa
@@ -21,6 +19,7 @@ from recognizer_core.extract.manifest import DONE, ExtractionManifest
 from recognizer_core.extract.sources import VideoSource
 from recognizer_core.skeleton.clip import SkeletonClip
 from recognizer_core.skeleton.store import SkeletonDataset
+from tests.fakes.fake_ray_data import FakeRayData
 
 NAMES = ["normal", "fall"]
 
@@ -115,33 +114,6 @@ def test_every_bad_clip_file_is_one_error_line_and_the_old_dataset_stays(tmp_pat
     assert len(SkeletonDataset(tmp_path / "ds")) == 4   # the previous build, whole
 
 
-def _fake_ray(monkeypatch) -> list[pa.Table]:
-    """Ray Data stand-in: the window function runs on batches of 2 jobs and its Arrow tables come back as they
-    are, so the skips travel through the task output as they do under Ray. Returns the tables handed back."""
-    ctx = types.SimpleNamespace(execution_options=types.SimpleNamespace(preserve_order=False))
-    tables: list[pa.Table] = []
-
-    class FakeDataset:
-        def __init__(self, items):
-            self.items, self.fn, self.kw = items, None, {}
-
-        def map_batches(self, fn, fn_kwargs, **_):
-            self.fn, self.kw = fn, fn_kwargs
-            return self
-
-        def iter_batches(self, **_):
-            for s in range(0, len(self.items), 2):
-                part = self.items[s:s + 2]
-                tables.append(self.fn({k: np.array([j[k] for j in part]) for k in part[0]}, **self.kw))
-                yield tables[-1]
-
-    fake = types.ModuleType("ray")
-    fake.data = types.SimpleNamespace(DataContext=types.SimpleNamespace(get_current=lambda: ctx),
-                                      from_items=lambda items, **_: FakeDataset(items))
-    monkeypatch.setitem(sys.modules, "ray", fake)
-    return tables
-
-
 def test_the_ray_path_skips_through_the_same_per_video_code(tmp_path, monkeypatch):
     """The catch is inside the function Ray Data runs: a bad file comes back as a skip row, not an exception."""
     paths = _extract(tmp_path / "poses", n=8)
@@ -151,7 +123,7 @@ def test_the_ray_path_skips_through_the_same_per_video_code(tmp_path, monkeypatc
     assert [j["path"] for j in jobs] == paths
     local: list[dict] = []
     want = [c.clip_id for c in build_mod.iter_windows(cfg, jobs, local)]
-    tables = _fake_ray(monkeypatch)
+    tables = FakeRayData(batch=2).install(monkeypatch).tables
     remote: list[dict] = []
     got = [c.clip_id for c in build_mod.iter_windows(cfg.model_copy(update={"use_ray": True}), jobs, remote)]
     assert got == want and len(got) == 8

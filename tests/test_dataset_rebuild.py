@@ -6,8 +6,6 @@ import json
 import logging
 import pickle
 import shutil
-import sys
-import types
 
 import numpy as np
 import pytest
@@ -20,6 +18,7 @@ from recognizer_core.extract.manifest import DONE, EMPTY, ExtractionManifest
 from recognizer_core.extract.sources import VideoSource
 from recognizer_core.skeleton.clip import SkeletonClip
 from recognizer_core.skeleton.store import SkeletonDataset
+from tests.fakes.fake_ray_data import FakeRayData
 
 NAMES = ["normal", "fall"]
 SOURCE = "/in"   # the source (input folder) the listings belong to
@@ -257,31 +256,9 @@ def test_ray_build_preserves_the_video_order(tmp_path, monkeypatch):
     _extract(tmp_path / "poses", videos, videos)
     cfg = _cfg(tmp_path / "poses", tmp_path / "ds")
     jobs, _, _ = plan_videos(cfg)
-    ctx = types.SimpleNamespace(execution_options=types.SimpleNamespace(preserve_order=False))
-    seen = {}
-
-    class FakeDataset:   # runs the batches in order: only the context setting is under test
-        def __init__(self, items):
-            self.items, self.fn, self.kw = items, None, {}
-
-        def map_batches(self, fn, fn_kwargs, **_):
-            self.fn, self.kw = fn, fn_kwargs
-            return self
-
-        def iter_batches(self, **_):
-            cols = {k: np.array([j[k] for j in self.items]) for k in self.items[0]}
-            yield self.fn(cols, **self.kw)
-
-    def from_items(items, **_):
-        seen["preserve_order"] = ctx.execution_options.preserve_order
-        return FakeDataset(items)
-
-    fake = types.ModuleType("ray")
-    fake.data = types.SimpleNamespace(DataContext=types.SimpleNamespace(get_current=lambda: ctx),
-                                      from_items=from_items)
-    monkeypatch.setitem(sys.modules, "ray", fake)
+    fake = FakeRayData().install(monkeypatch)   # runs the batches in order: only the context setting is under test
     with_ray = [c.clip_id for c in build_mod.iter_windows(cfg.model_copy(update={"use_ray": True}), jobs)]
-    assert seen == {"preserve_order": True}
+    assert fake.preserve_order == [True]
     assert with_ray == [c.clip_id for c in build_mod.iter_windows(cfg, jobs)]
 
 
