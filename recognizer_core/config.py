@@ -84,7 +84,7 @@ SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 def check_safe_name(value: str) -> str:
-    if not SAFE_NAME.match(value):
+    if not SAFE_NAME.fullmatch(value):   # match() let a trailing newline through ($)
         raise ValueError("must be 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit "
                          "(it names a folder inside the storage path)")
     return value

@@ -220,6 +220,8 @@ CASES = [
          r"run\.name: must be 1-128 letters"),
     Case("DINO run.name leaving storage", lambda t: _dino_cfg(["run.name=../x"]), "ConfigError",
          r"run\.name: must be 1-128 letters"),
+    Case("run.name with a trailing newline (a YAML block scalar)", lambda t: _train_cfg(["run.name=fight\n"]),
+         "ConfigError", r"run\.name: must be 1-128 letters"),
     Case("run folder is a symlink leaving storage", lambda t: (t.joinpath("runs").mkdir(),
                                                                t.joinpath("runs", "r1").symlink_to("/etc"),
                                                                _folder_inside(t / "runs", "r1")),

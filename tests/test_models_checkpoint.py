@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import pickle
 
 import pytest
 import torch
@@ -152,6 +153,32 @@ def test_an_mmengine_training_checkpoint_loads_without_mmengine(tmp_path, monkey
     from recognizer_core.models.checkpoint import read_checkpoint
 
     assert read_checkpoint(path)["meta"]["dataset_meta"]["classes"] == ["NonFight", "Fight"]
+
+
+class _RunsCode:
+    """A pickled object whose unpickling would run code: exec, a global torch's weights-only loader refuses."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (exec, (f"open({str(self.marker)!r}, 'w').close()",))
+
+
+def test_a_checkpoint_that_would_run_code_does_not_run_it(tmp_path):
+    """torch's legacy (non-zip) format reads its first pickle with pickle_module.load: the inert fallback used plain
+    pickle.load there, so such a file ran its code on load (recognize, test_stgcn and export read checkpoints so)."""
+    from recognizer_core.models.checkpoint import CheckpointError, read_checkpoint
+
+    marker = tmp_path / "code_ran"
+    legacy = tmp_path / "legacy.pth"
+    legacy.write_bytes(pickle.dumps(_RunsCode(marker), protocol=2))
+    with pytest.raises(CheckpointError, match="legacy.pth: cannot read checkpoint"):
+        read_checkpoint(legacy)
+    zipped = tmp_path / "zipped.pth"   # the zip format: an inert stand-in, the rest readable
+    torch.save({"meta": {"epoch": 1}, "hook": _RunsCode(marker)}, zipped)
+    assert read_checkpoint(zipped)["meta"] == {"epoch": 1}
+    assert not marker.exists()
 
 
 def test_infer_config_round_trip():

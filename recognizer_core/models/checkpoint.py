@@ -59,7 +59,9 @@ class _InertUnpickler(pickle._Unpickler):  # the Python implementation: its opco
 
 class _InertPickle:  # what torch.load takes as `pickle_module`
     Unpickler = _InertUnpickler
-    load = staticmethod(pickle.load)
+    # torch's legacy (non-zip) format reads its first pickles with pickle_module.load: plain pickle.load ran any
+    # global of such a file (an exec in its "magic number" pickle), past the inert unpickler
+    load = staticmethod(lambda f, **kw: _InertUnpickler(f, **kw).load())
 
 
 def read_checkpoint(path: str | Path, *, trusted: bool = False) -> Any:
