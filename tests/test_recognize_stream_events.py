@@ -24,6 +24,7 @@ class Endpoint(http.server.BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         st = self.state
         st["bodies"].append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+        st.setdefault("auth", []).append(self.headers.get("Authorization"))
         answer = st["answers"].pop(0) if st["answers"] else "ok"
         if answer == "garbage":
             self.wfile.write(b"garbage\r\n")
@@ -138,3 +139,26 @@ def test_stream_latency_is_kept_for_a_bounded_number_of_steps(setup, monkeypatch
     monkeypatch.setattr(stream, "LATENCY_STEPS", 3)
     s = _run(setup, speed=0, queue_frames=400)
     assert s["windows"] > 3 and s["latency_steps"] == 3 and s["latency_ms_median"] > 0, s
+
+
+def test_camera_and_webhook_passwords_stay_out_of_events_posts_and_logs(setup, endpoint, tmp_path, capsys):
+    """rtsp://admin:pw@cam/1 (how IP cameras authenticate) went into every event's `video`, the POST body, the
+    event file and the summary; a --post-url with user:token@ failed every POST (urllib took it as the host name)
+    and printed the token."""
+    import base64
+
+    from recognizer_core.recognize.events import redact_url
+
+    assert redact_url("rtsp://admin:S3cret@10.0.0.7:554/s1") == "rtsp://admin:***@10.0.0.7:554/s1"
+    assert redact_url("rtsp://token@cam/1") == "rtsp://***@cam/1" and redact_url("/videos/a@b.mp4") == "/videos/a@b.mp4"
+    url, state = endpoint
+    hook = url.replace("http://", "http://alerts:hunter2@")
+    source = setup["url"].replace("http://", "http://admin:S3cret@")   # FFmpeg sends it as Basic auth
+    events = tmp_path / "events.jsonl"
+    s = _run(setup, speed=0, source=source, event_file=str(events), post_url=hook)
+    assert s["error"] == "" and s["events"] >= 1 and s["posted"] == s["events"]
+    printed = capsys.readouterr()
+    for text in (json.dumps(s), events.read_text(), json.dumps(state["bodies"]), printed.out, printed.err):
+        assert "S3cret" not in text and "hunter2" not in text
+    assert state["bodies"][0]["video"] == setup["url"].replace("http://", "http://admin:***@")
+    assert state["auth"][0] == "Basic " + base64.b64encode(b"alerts:hunter2").decode()

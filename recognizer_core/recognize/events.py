@@ -212,6 +212,34 @@ class EventOutputError(ValueError):
     """--event-file / --post-url unusable: reported before the stream starts."""
 
 
+def redact_url(url: str) -> str:
+    """`url` without the password of its user info (rtsp://admin:pw@cam/1 -> rtsp://admin:***@cam/1): IP cameras
+    and webhooks take credentials in the URL, and events, summaries and log lines must not carry them."""
+    import urllib.parse
+
+    if "://" not in url or "@" not in url:
+        return url
+    parts = urllib.parse.urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    user, _, host = parts.netloc.rpartition("@")
+    name = user.split(":", 1)[0]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{name}:***@{host}" if ":" in user else f"***@{host}"))
+
+
+def _without_userinfo(url: str) -> tuple[str, dict[str, str]]:
+    """(url without user info, the Authorization header it stood for): urllib takes `user:pw@host` as the host."""
+    import base64
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(url)
+    if "@" not in parts.netloc:
+        return url, {}
+    user, _, host = parts.netloc.rpartition("@")
+    token = base64.b64encode(urllib.parse.unquote(user).encode()).decode()
+    return urllib.parse.urlunsplit(parts._replace(netloc=host)), {"Authorization": f"Basic {token}"}
+
+
 def check_post_url(url: str) -> None:
     import urllib.parse
 
@@ -219,9 +247,9 @@ def check_post_url(url: str) -> None:
         parts = urllib.parse.urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError for a port that is not a number
     except ValueError as err:
-        raise EventOutputError(f"--post-url {url!r}: {err}") from None
+        raise EventOutputError(f"--post-url {redact_url(url)!r}: {err}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname or any(ch.isspace() or ord(ch) < 32 for ch in url):
-        raise EventOutputError(f"--post-url {url!r}: not an http:// or https:// URL with a host")
+        raise EventOutputError(f"--post-url {redact_url(url)!r}: not an http:// or https:// URL with a host")
 
 
 class PostSender(threading.Thread):
@@ -232,7 +260,10 @@ class PostSender(threading.Thread):
     def __init__(self, url: str, max_queue: int = 100, retries: int = 3, timeout_s: float = 5.0,
                  backoff_s: float = 1.0):
         super().__init__(daemon=True)
-        self.url, self.max_queue, self.retries = url, max_queue, retries
+        # user:password@ in the URL becomes Basic auth (urllib would take it as part of the host name); log lines
+        # name the URL without the password
+        (self._target, self._auth), self.url = _without_userinfo(url), redact_url(url)
+        self.max_queue, self.retries = max_queue, retries
         self.timeout_s, self.backoff_s = timeout_s, backoff_s
         self.pending: collections.deque = collections.deque()
         self.cond = threading.Condition()
@@ -267,7 +298,8 @@ class PostSender(threading.Thread):
         err: BaseException | None = None
         for attempt in range(self.retries + 1):
             try:
-                req = urllib.request.Request(self.url, data=line.encode(), headers={"Content-Type": "application/json"})
+                req = urllib.request.Request(self._target, data=line.encode(),
+                                             headers={"Content-Type": "application/json", **self._auth})
                 urllib.request.urlopen(req, timeout=self.timeout_s).close()
                 self.posted += 1
                 return

@@ -27,7 +27,7 @@ import time
 import numpy as np
 
 from recognizer_core.extract.video import frame_bgr
-from recognizer_core.recognize.events import EventOutputError, EventSink, OnlineEvents, check_post_url
+from recognizer_core.recognize.events import EventOutputError, EventSink, OnlineEvents, check_post_url, redact_url
 from recognizer_core.recognize.runner import RecognizeConfig, make_windows_for, score_windows
 from recognizer_core.recognize.windows import resample
 from recognizer_core.skeleton.clip import SkeletonClip
@@ -175,14 +175,14 @@ class FrameReader(threading.Thread):
                     return
                 if not (self.live and self.reconnect_s > 0 and self._t_last is not None):
                     if problem != ENDED:
-                        self.error = f"{self.source}: {problem}"
+                        self.error = f"{redact_url(self.source)}: {problem}"
                     return
                 now = time.perf_counter()
                 if self.lost_at is None:  # a new outage (the reason first: the consumer reads it once lost_at is set)
                     self.lost_reason, delay = problem, RETRY_FIRST_S
                     self.lost_at = now
                 if now - self._wall_last > self.reconnect_s:
-                    self.error = (f"{self.source}: no frame for {now - self._wall_last:.0f} s since the stream was "
+                    self.error = (f"{redact_url(self.source)}: no frame for {now - self._wall_last:.0f} s since the stream was "
                                   f"lost ({self.lost_reason}); gave up reopening it "
                                   f"(--reconnect-s {self.reconnect_s:g})")
                     return
@@ -222,6 +222,7 @@ def run_stream(rec, spec, cfg: RecognizeConfig, source: str, pose_cfg, *, tracki
         raise
     reader = FrameReader(source, queue_frames, speed, reconnect_s)
     reader.start()
+    source = redact_url(source)   # events, POSTs, the summary and log lines never carry a camera's password
     buf: collections.deque = collections.deque()  # (stream time, arrival, FramePoses, (H, W))
     events = OnlineEvents(spec, source, cfg.merge_gap_s)
     # the latest LATENCY_STEPS scoring steps: a detector that runs for weeks keeps its memory flat
