@@ -1,4 +1,12 @@
-"""Top-down COCO person-keypoint dataset: one sample per person box, cropped, augmented, with heatmap targets."""
+"""Top-down COCO person-keypoint dataset: one sample per person box, cropped, augmented, with heatmap targets.
+
+Pixel conventions: COCO stores a keypoint as the integer index of its pixel, so pixel i's centre is at i
+(detectron2 adds 0.5 when it loads COCO keypoints and subtracts 0.5 when it writes results; mmpose mirrors x to
+w - 1 - x). Boxes, crops (PIL's affine transform), flips and heatmaps here use continuous coordinates, pixel i
+covering [i, i + 1) with its centre at i + 0.5. Labelled keypoints are therefore moved by +0.5 when loaded
+(`coco_to_continuous`) and predictions by -0.5 when written as COCO results (`continuous_to_coco`); without
+that, a flip-trained model's keypoints came out half an image pixel right of and below the annotation.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -21,6 +29,23 @@ from recognizer_core.models.dino_backbone import IMAGENET_MEAN, IMAGENET_STD
 from recognizer_core.skeleton.coco import FLIP_INDEX, NUM_JOINTS
 
 log = logging.getLogger("recognizer")
+
+# Where COCO's pixel index i lies in continuous coordinates: the centre of pixel i, i + 0.5.
+COCO_PIXEL_CENTRE = 0.5
+
+
+def coco_to_continuous(keypoints: np.ndarray) -> np.ndarray:
+    """COCO keypoints (..., K, 3) as (x, y, v) pixel indices -> a copy with labelled (v > 0) x, y at their
+    pixel centres in continuous coordinates. Unlabelled ones (COCO writes 0, 0, 0) stay as they are."""
+    out = np.array(keypoints, dtype=np.float64, copy=True)
+    labelled = out[..., 2] > 0
+    out[..., :2] += np.where(labelled[..., None], COCO_PIXEL_CENTRE, 0.0)
+    return out
+
+
+def continuous_to_coco(xy: np.ndarray) -> np.ndarray:
+    """Keypoint positions (..., 2) in continuous image coordinates -> COCO's pixel-index convention."""
+    return np.asarray(xy, dtype=np.float64) - COCO_PIXEL_CENTRE
 
 
 class CocoPoseDataConfig(StrictModel):
@@ -78,6 +103,7 @@ class CocoPoseDataset(torch.utils.data.Dataset):
     """Person instances of a COCO keypoint file. Train: annotated boxes with at least one labelled keypoint.
     Eval: the same, or the boxes of a detection file (`bbox_file`) with empty targets.
 
+    Instance keypoints are in continuous image coordinates (`coco_to_continuous`), not COCO's pixel indices.
     `skipped` counts what was left out and why; a referenced image missing on disk is an error at construction
     (naming it), not hours into an epoch. With `with_heatmaps=False` a sample carries the target keypoints in
     heatmap coordinates (`target_keypoints`) instead of the maps, for rendering on the GPU (`render_heatmaps`).
@@ -123,7 +149,7 @@ class CocoPoseDataset(torch.utils.data.Dataset):
                 if kps.size != 3 * NUM_JOINTS or not np.isfinite(kps).all():
                     self.skipped["bad_annotations"] += 1
                     continue
-                kps = kps.reshape(NUM_JOINTS, 3)
+                kps = coco_to_continuous(kps.reshape(NUM_JOINTS, 3))
                 box = _clip_box(ann.get("bbox", [0, 0, 0, 0]), info["width"], info["height"])
                 if (kps[:, 2] > 0).sum() == 0 or box is None:
                     continue

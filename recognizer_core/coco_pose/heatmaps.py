@@ -1,8 +1,10 @@
 """Gaussian keypoint heatmaps: encode (unbiased, sub-pixel centres) and decode (argmax + DARK refinement).
 
-Coordinates are continuous, pixel i covering [i, i + 1) (COCO's and PIL's convention), so image, crop and
-heatmap coordinates differ by a plain scale: x_heatmap = x_input * W_heatmap / W_input, and a horizontal flip
-is x -> W - x at every resolution. Encoding evaluates the Gaussian at pixel centres with the exact (float)
+Coordinates are continuous, pixel i covering [i, i + 1) with its centre at i + 0.5 (PIL's convention), so image,
+crop and heatmap coordinates differ by a plain scale: x_heatmap = x_input * W_heatmap / W_input, and a horizontal
+flip is x -> W - x at every resolution. COCO's keypoints are pixel indices instead (pixel i's centre at i):
+coco_pose/dataset.py's `coco_to_continuous` adds 0.5 to them on loading, and `continuous_to_coco` subtracts it
+where predictions become COCO results. Encoding evaluates the Gaussian at pixel centres with the exact (float)
 keypoint as mean (mmpose's `use_udp`-style unbiased encoding); decoding takes the argmax and refines it with
 DARK's second-order Taylor step on the log of a locally blurred heatmap (Zhang et al., CVPR 2020), which
 recovers an encoded keypoint to a small fraction of a pixel.

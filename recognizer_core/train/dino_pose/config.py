@@ -35,7 +35,8 @@ class DinoTrainConfig(StrictModel):
         "auto", description="mixed precision of the trainable parts: auto = bf16 on GPUs that support it, fp16 "
                             "(loss scaling) on older GPUs, none on CPU")
     flip_test: bool = Field(True, description="average heatmaps of the crop and its mirror at validation")
-    oks_nms_threshold: float = Field(0.9, gt=0, le=1, description="OKS-NMS on detection-box results")
+    oks_nms_threshold: float = Field(0.9, gt=0, le=1, description="OKS-NMS of validation results on every image, "
+                                                                   "ground-truth or detection boxes (1.0 keeps all)")
     keypoint_score_threshold: float = Field(0.2, ge=0, le=1, description="keypoints counted in instance scores")
     vis_num_images: int = Field(4, ge=0, description="validation crops drawn into the skeleton PNG")
     log_interval: int = Field(50, ge=0, description="log the running loss every N steps (0 = per epoch)")

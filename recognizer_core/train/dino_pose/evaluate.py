@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from recognizer_core.coco_pose.dataset import CocoPoseDataset, denormalize
+from recognizer_core.coco_pose.dataset import CocoPoseDataset, continuous_to_coco, denormalize
 from recognizer_core.coco_pose.evaluate import coco_results, crop_areas, evaluate_keypoints, flip_back, \
     heatmaps_to_image_keypoints, oks_nms
 from recognizer_core.coco_pose.heatmaps import decode_heatmaps, heatmap_to_input, render_heatmaps
@@ -87,21 +87,28 @@ def validate(model, loader, dataset: CocoPoseDataset, *, cfg, ctx, amp_dtype, lo
     return metrics
 
 
-def _score(gathered: list[dict], dataset: CocoPoseDataset, cfg) -> dict[str, float]:
+def validation_results(gathered: list[dict], cfg) -> list[dict]:
+    """Gathered per-rank predictions (continuous image coordinates) -> COCO keypoint results, in dataset order.
+
+    Keypoints go back to COCO's pixel indices (`continuous_to_coco`: the loader moved the annotations to pixel
+    centres, +0.5). Every image's results are OKS-NMSed, with ground-truth boxes too: mmpose's CocoMetric does so
+    whatever the boxes (unless nms_mode='none'), and two crops of overlapping people can yield the same pose."""
     parts = [g for g in gathered if len(g["index"])]
-    loss_sum = sum(g["loss"][0] for g in gathered)
-    count = sum(g["loss"][1] for g in gathered)
-    if not parts:
-        raise ValueError(f"{dataset.annotation_file}: validation produced no predictions")
     keys = ("index", "image_id", "keypoints", "scores", "box_score", "area")
     cat = {k: np.concatenate([g[k] for g in parts]) for k in keys}
     order = np.argsort(cat["index"], kind="stable")
-    results = coco_results(cat["image_id"][order], cat["keypoints"][order], cat["scores"][order],
-                           cat["box_score"][order], keypoint_score_threshold=cfg.train.keypoint_score_threshold,
-                           areas=cat["area"][order])
-    if cfg.data.val_bbox_file is not None:
-        results = oks_nms(results, cfg.train.oks_nms_threshold)
-    stats = evaluate_keypoints(dataset.coco, results)
+    results = coco_results(cat["image_id"][order], continuous_to_coco(cat["keypoints"][order]),
+                           cat["scores"][order], cat["box_score"][order],
+                           keypoint_score_threshold=cfg.train.keypoint_score_threshold, areas=cat["area"][order])
+    return oks_nms(results, cfg.train.oks_nms_threshold)
+
+
+def _score(gathered: list[dict], dataset: CocoPoseDataset, cfg) -> dict[str, float]:
+    loss_sum = sum(g["loss"][0] for g in gathered)
+    count = sum(g["loss"][1] for g in gathered)
+    if not any(len(g["index"]) for g in gathered):
+        raise ValueError(f"{dataset.annotation_file}: validation produced no predictions")
+    stats = evaluate_keypoints(dataset.coco, validation_results(gathered, cfg))
     out = {"val/AP": stats["AP"], "val/AP50": stats["AP50"], "val/AP75": stats["AP75"], "val/AR": stats["AR"]}
     if count:  # detection boxes have no target heatmaps: no loss measured, none reported
         out["val/loss"] = loss_sum / count
