@@ -22,7 +22,7 @@ from recognizer_core.extract.manifest import DONE, EMPTY, FAILED, ExtractionMani
 from recognizer_core.extract.sources import VideoSource, list_videos
 from recognizer_core.extract.stages import VideoAssembler
 from recognizer_core.recognize.events import Event
-from recognizer_core.recognize.outputs import rel_path_stem, write_video_outputs
+from recognizer_core.recognize.outputs import UniqueStems, rel_path_stem, write_video_outputs
 from recognizer_core.recognize.runner import RecognizeConfig, recognize_clip
 from recognizer_core.recognize.windows import Window
 from recognizer_core.storage import to_uri, write_text
@@ -102,6 +102,36 @@ def _first_line(err: BaseException) -> str:
     return f"{type(cause).__name__}: {text[-1] if text else ''}"
 
 
+EVENTS_SUFFIX = ".events.jsonl"
+
+
+def output_stems(manifest: ExtractionManifest, videos: list[VideoSource]) -> tuple[dict[str, str], set[str]]:
+    """({rel_path: output stem} for every listed video, manifest keys of done records to redo). The stems are
+    fixed before any video is processed (so they do not depend on the order in which videos finish):
+    rel_path_stem (`cam1/x.mp4` -> `cam1__x.mp4`, cut with a hash when too long), with a hash of the rel_path where
+    another video took that stem: one listed before it, or one whose outputs an earlier run recorded in this
+    folder (those keep their names: resume reads them back). A done record whose events file belongs to another
+    video (two videos of an older version's run wrote one file: the newest wrote it last) is redone."""
+    done = [r for r in manifest.records[DONE].values()   # oldest first: the newest record of a stem owns it
+            if r.get("rel_path") and str(r.get("output", "")).endswith(EVENTS_SUFFIX)]
+    stems = UniqueStems(rel_path_stem, {r["output"].removesuffix(EVENTS_SUFFIX): r["rel_path"] for r in done})
+    names = {v.rel_path: stems(v.rel_path) for v in videos}
+    return names, {r["key"] for r in done if stems.owner[r["output"].removesuffix(EVENTS_SUFFIX)] != r["rel_path"]}
+
+
+def write_recorded_outputs(out: Path, v: VideoSource, stem: str, rec: dict, res, spec, timeline: bool) -> bool:
+    """Write one video's outputs and note them in its manifest record `rec`. A write that fails (a full disk, a
+    name the file system refuses) turns `rec` into a FAILED record with the reason, as a bad video is: it never
+    ends the run. -> whether the outputs were written."""
+    try:
+        files = write_video_outputs(out, v.rel_path, res.windows, res.probs, res.events, spec, timeline, stem=stem)
+    except Exception as err:  # noqa: BLE001 - one video's failure never ends the job
+        rec.update(status=FAILED, reason=f"writing outputs failed: {_first_line(err)}")
+        return False
+    rec.update(output=os.path.basename(files["events_jsonl"]), events=len(res.events), windows=len(res.windows))
+    return True
+
+
 def run_batch(*, inputs: str, out: str | Path, model: str, model_config: str | None, spec, cfg: RecognizeConfig,
               pose: PoseModelConfig, decode: DecodeConfig = DecodeConfig(), tracking: TrackingConfig = TrackingConfig(),
               pose_actors: int = 1, recognizer_actors: int = 1, threads: int = 1, cpus: float = 0.5,
@@ -115,7 +145,8 @@ def run_batch(*, inputs: str, out: str | Path, model: str, model_config: str | N
     out = Path(out)
     manifest = ExtractionManifest(str(out))
     videos = list_inputs(inputs)
-    todo = [v for v in videos if not _recorded(manifest, v.key, out)]
+    stems, redo = output_stems(manifest, videos)
+    todo = [v for v in videos if v.key in redo or not _recorded(manifest, v.key, out)]
     by_id = {v.video_id: v for v in todo}
     counts = {DONE: 0, EMPTY: 0, FAILED: 0}
     # every video's events, those of an earlier run included: the evaluation scores the whole input
@@ -124,12 +155,10 @@ def run_batch(*, inputs: str, out: str | Path, model: str, model_config: str | N
 
     def record(v: VideoSource, rec: dict, res) -> None:
         nonlocal windows
+        if res is not None and not write_recorded_outputs(out, v, stems[v.rel_path], rec, res, spec, cfg.timeline):
+            res = None   # recorded as failed, with the write error
         status = rec.pop("status")
         if res is not None:
-            files = write_video_outputs(out, v.rel_path, res.windows, res.probs, res.events, spec, cfg.timeline,
-                                        stem=rel_path_stem(v.rel_path))
-            rec.update(output=os.path.basename(files["events_jsonl"]), events=len(res.events),
-                       windows=len(res.windows))
             events_by_video[v.rel_path] = res.events
             windows += len(res.windows)
         elif status == EMPTY:
@@ -173,7 +202,7 @@ def run_batch(*, inputs: str, out: str | Path, model: str, model_config: str | N
         def submit(v: VideoSource, asm: VideoAssembler) -> None:
             tracked = track_task.remote({**v.to_dict(), "video_id": v.video_id}, asm.payload(), 0, decode, tracking)
             a = load.index(min(load))
-            overlay = str(out.resolve() / f"{rel_path_stem(v.rel_path)}.overlay.mp4") if cfg.overlay else None
+            overlay = str(out.resolve() / f"{stems[v.rel_path]}.overlay.mp4") if cfg.overlay else None
             pending[actors[a].recognize.remote(tracked, overlay)] = (v, a)
             load[a] += 1
             while len(pending) >= max_in_flight:

@@ -11,7 +11,7 @@ import io
 import json
 import re
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -28,25 +28,47 @@ def safe_name(video: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", stem)
 
 
+# File names are limited to 255 bytes (ext4, XFS, NTFS...): the longest output name is the stem + ".timeline.png"
+# (13), and atomic_write's temp file adds 14 more (".<name>.XXXXXXXX.tmp"); 200 leaves room for both.
+MAX_STEM = 200
+
+
+def hashed_stem(stem: str, full: str, variant: int = 0) -> str:
+    """`stem` (cut to fit MAX_STEM) + `_` + 8 hex of the sha1 of the full name (`full#variant` for variant > 0):
+    the same name in every run, unique per full name."""
+    key = f"{full}#{variant}" if variant else full
+    return f"{stem[:MAX_STEM - 9]}_{hashlib.sha1(key.encode()).hexdigest()[:8]}"
+
+
+def fit_stem(stem: str, full: str) -> str:
+    """`stem` as it is, or cut with a hash of `full` where it is longer than MAX_STEM (a deep folder path)."""
+    return stem if len(stem.encode()) <= MAX_STEM else hashed_stem(stem, full)
+
+
 def rel_path_stem(rel_path: str) -> str:
     """A file-name stem for a video's path under the input folder, its folders joined by `__`: CCTV exports
-    often repeat file names per camera (cam1/2024-05-01.mp4, cam2/2024-05-01.mp4), which must not share outputs."""
+    often repeat file names per camera (cam1/2024-05-01.mp4, cam2/2024-05-01.mp4), which must not share outputs.
+    A stem longer than MAX_STEM is cut and ends with a hash of the full rel_path (fit_stem)."""
     parts = [p for p in re.split(r"[/\\]+", rel_path) if p not in ("", ".")]
-    return "__".join(safe_name(p) for p in parts) or "video"
+    return fit_stem("__".join(safe_name(p) for p in parts) or "video", rel_path)
 
 
 class UniqueStems:
-    """Output stems for videos named by full paths or URIs: the file name, and where a different video of this
-    run already took it, the file name with a hash of the full name (the same name in every run)."""
+    """Output stems for videos, by full name (a path, URI or rel_path): `name(video)` (the file name by default;
+    batch mode passes rel_path_stem), cut to fit MAX_STEM, and where a different video already took it, in this
+    run or in `taken` ({stem: video} of an earlier run's outputs in the folder), with a hash of the full name (the
+    same name in every run). Without this, the second video's outputs overwrote the first's, silently."""
 
-    def __init__(self) -> None:
-        self.owner: dict[str, str] = {}
+    def __init__(self, name: Callable[[str], str] = safe_name, taken: Mapping[str, str] | None = None) -> None:
+        self.name = name
+        self.owner: dict[str, str] = dict(taken or {})
 
     def __call__(self, video: str) -> str:
-        stem = safe_name(video)
-        if self.owner.setdefault(stem, video) != video:
-            stem = f"{stem}_{hashlib.sha1(video.encode()).hexdigest()[:8]}"
-            self.owner.setdefault(stem, video)
+        stem = fit_stem(self.name(video), video)
+        variant = 0
+        while self.owner.setdefault(stem, video) != video:   # a (rare) hashed name that is taken too: next variant
+            stem = hashed_stem(self.name(video), video, variant)
+            variant += 1
         return stem
 
 
@@ -65,9 +87,9 @@ def write_video_outputs(out_dir: str | Path, video: str, windows: Sequence, prob
                         events: Sequence[Event], spec: ModelSpec, timeline: bool = True,
                         stem: str | None = None) -> dict[str, str]:
     """<out>/<stem>.events.jsonl / .events.csv / .windows.csv (+ .timeline.png); returns {kind: path}.
-    `stem` defaults to the video's file name (callers with many videos pass a unique one)."""
+    `stem` defaults to the video's file name, cut to fit (callers with many videos pass a unique one)."""
     out_dir = Path(out_dir)
-    stem = stem or safe_name(video)
+    stem = stem or fit_stem(safe_name(video), video)
     files = {"events_jsonl": out_dir / f"{stem}.events.jsonl", "events_csv": out_dir / f"{stem}.events.csv",
              "windows_csv": out_dir / f"{stem}.windows.csv"}
     write_text(files["events_jsonl"], "".join(json.dumps(e.to_dict()) + "\n" for e in events))
