@@ -3,9 +3,15 @@ event-level precision / recall with temporal-IoU matching when true intervals ar
 
 Labels come from an RWF-2000-style folder (`[split/]<Label>/<video>`: the parent folder is the label) or a
 CSV with columns `video,label[,start_s,end_s]` (one row per true interval; a row without times labels the
-whole video; such a video, unless background, counts at the video level only, listed as `events_unscored`).
-A video's prediction is the class of its highest-peak event, or the background class when it
-has none.
+whole video). Event-level scoring needs true times: it covers the videos with timed rows and the background
+videos; a video with neither is listed as `events_unscored`. A class a video is labelled with for the whole
+video (an untimed row) and not timed there is not scored at event level in that video, even where other
+classes are timed there: its events could match no interval and would count as false.
+
+A video's prediction is the class of its highest-peak event; with none, the background class, or where the
+model has no background class (an mmaction2 `.py` model, `--background-class none`) no class at all: the
+confusion matrix then has an extra last column, NONE ("(none)"), and such a video is a miss in accuracy and
+its true class's recall, not a prediction of any class.
 
 Videos are matched by path (`video_key`: folders and file name without its extension): a label and a result
 match when the shorter path is the end of the longer one, so a label may name a video by its path under the
@@ -26,6 +32,8 @@ import numpy as np
 
 from recognizer_core.recognize.events import Event
 from recognizer_core.recognize.outputs import safe_name
+
+NONE = "(none)"  # the prediction of a video without events where the model has no background class
 
 
 def video_key(video: str) -> str:
@@ -68,7 +76,9 @@ def match_videos(videos: Sequence[str], labelled: Sequence[str]) -> dict[str, st
 def read_labels(source: str | Path, label_names: Sequence[str],
                 background: int | None = 0) -> tuple[dict[str, str], dict[str, list[dict]]]:
     """({video key: label}, {video key: [true intervals {label, start_s, end_s}]}). A video with rows of
-    several labels takes the first that is not `background`."""
+    several labels takes the first that is not `background`. A CSV row without times of a class other than
+    `background` is kept among the intervals with start_s = end_s = None (the class labels the whole video:
+    evaluate does not score that class's events there)."""
     source = Path(source)
     labels: dict[str, str] = {}
     intervals: dict[str, list[dict]] = defaultdict(list)
@@ -98,6 +108,8 @@ def read_labels(source: str | Path, label_names: Sequence[str],
                     raise ValueError(f"{source}:{line}: end_s {b} <= start_s {a}")
                 intervals[stem].append({"label": label, "start_s": a, "end_s": b})
             bg = label_names[background] if background is not None else None
+            if not (row.get("start_s") or "").strip() and label != bg:
+                intervals[stem].append({"label": label, "start_s": None, "end_s": None})
             labels[stem] = label if labels.get(stem, bg) == bg else labels[stem]
     else:
         raise FileNotFoundError(f"{source}: labels not found (a labelled video folder or a CSV)")
@@ -108,8 +120,9 @@ def read_labels(source: str | Path, label_names: Sequence[str],
 
 
 def video_prediction(events: Sequence[Event], label_names: Sequence[str], background: int | None) -> str:
+    """The highest-peak event's class; without events the background class, or NONE where there is none."""
     if not events:
-        return label_names[background if background is not None else 0]
+        return label_names[background] if background is not None else NONE
     return max(events, key=lambda e: e.peak_score).label
 
 
@@ -143,29 +156,42 @@ def evaluate(events_by_video: dict[str, list[Event]], labels: dict[str, str], in
     # the results under their label keys; unmatched ones under their own names
     preds = {key_of.get(v, v): video_prediction(ev, names, background) for v, ev in events_by_video.items()}
     scored = sorted(set(preds) & set(labels))
-    cm = np.zeros((len(names), len(names)), int)
+    # rows true, columns predicted; without a background class a last column NONE counts the videos without
+    # events (in each row's total, so a miss lowers accuracy and recall; in no class's precision)
+    columns = names + ([NONE] if background is None else [])
+    cm = np.zeros((len(names), len(columns)), int)
     for v in scored:
-        cm[names.index(labels[v]), names.index(preds[v])] += 1
+        cm[names.index(labels[v]), columns.index(preds[v])] += 1
     report: dict = {"videos": len(scored), "unlabelled": sorted(v for v in events_by_video if v not in key_of),
                     "missing": sorted(set(labels) - set(preds)), "label_names": names,
-                    "accuracy": float(np.trace(cm) / max(cm.sum(), 1)), "confusion_matrix": cm.tolist(),
-                    "precision": {}, "recall": {}}
+                    "accuracy": float(np.trace(cm[:, :len(names)]) / max(cm.sum(), 1)),
+                    "confusion_matrix": cm.tolist(), "predicted_names": columns, "precision": {}, "recall": {}}
     for c, n in enumerate(names):
         # None (JSON null), not NaN, where a class was never predicted / never true
         report["precision"][n] = float(cm[c, c] / cm[:, c].sum()) if cm[:, c].sum() else None
         report["recall"][n] = float(cm[c, c] / cm[c].sum()) if cm[c].sum() else None
-    if intervals:
+    true = {v: [t for t in ts if t["start_s"] is not None] for v, ts in intervals.items()}
+    if any(true.values()):
         stems = {key_of[v]: ev for v, ev in events_by_video.items() if v in key_of}
         # Event-level scoring needs the true times: videos with intervals, and background videos (every event
         # there is false). A video labelled with an action but no times says nothing about where it happens.
-        timed = set(intervals) | {v for v, lab in labels.items() if background is not None and lab == names[background]}
-        report["events_unscored"] = sorted(set(stems) & set(labels) - timed)
+        bg = names[background] if background is not None else None
+        timed = {v for v, ts in true.items() if ts} | {v for v, lab in labels.items() if lab == bg}
+        # per video, the classes labelled for the whole video only: untimed rows (read_labels) and the video's
+        # label (it came from an untimed row, or `labels` was given without times), less the classes with
+        # intervals there (those times say where the class happens, so its events can be matched)
+        whole = {v: {t["label"] for t in ts if t["start_s"] is None} for v, ts in intervals.items()}
+        for v, lab in labels.items():
+            if lab != bg:
+                whole.setdefault(v, set()).add(lab)
+        whole = {v: cls - {t["label"] for t in true.get(v, [])} for v, cls in whole.items()}
+        report["events_unscored"] = sorted(set(stems) & (set(labels) | set(intervals)) - timed)
         per: dict = {}
         for n in (names[c] for c in range(len(names)) if c != background):
             tp = fp = fn = 0
-            for v in sorted(set(stems) & timed):
+            for v in sorted(v for v in set(stems) & timed if n not in whole.get(v, ())):
                 a, b, c_ = match_events([e.to_dict() for e in stems[v] if e.label == n],
-                                        [t for t in intervals.get(v, []) if t["label"] == n], iou)
+                                        [t for t in true.get(v, []) if t["label"] == n], iou)
                 tp, fp, fn = tp + a, fp + b, fn + c_
             per[n] = {"tp": tp, "fp": fp, "fn": fn, "precision": tp / (tp + fp) if tp + fp else None,
                       "recall": tp / (tp + fn) if tp + fn else None}
@@ -181,7 +207,10 @@ def write_report(report: dict, out_dir: str | Path) -> list[Path]:
 
     out_dir = Path(out_dir)
     write_text(out_dir / "evaluation.json", json.dumps(report, indent=1))
-    png = plot_confusion_matrix(np.array(report["confusion_matrix"]), report["label_names"],
+    cm, columns = np.array(report["confusion_matrix"]), report.get("predicted_names", report["label_names"])
+    if cm.shape[1] > cm.shape[0]:  # the NONE column: the plot draws square matrices, so an empty NONE row
+        cm = np.vstack([cm, np.zeros((cm.shape[1] - cm.shape[0], cm.shape[1]), int)])
+    png = plot_confusion_matrix(cm, columns,
                                 out_dir / "confusion_matrix.png",
                                 title=f"videos: accuracy {report['accuracy']:.3f} ({report['videos']} videos)")
     return [out_dir / "evaluation.json", png]
