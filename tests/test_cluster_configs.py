@@ -321,3 +321,99 @@ def test_two_onnx_runtime_builds_fail_with_the_fix(tmp_path):
     ok = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                         env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
     assert ok.returncode == 0, ok.stderr  # this environment has one build
+
+
+# --- Pod Security "restricted" and the pods' Kubernetes identities ------------------------------------------
+
+IMAGE_UID, IMAGE_GID = 1000, 100  # the `ray` user and `users` group of the image (cluster/docker/Dockerfile)
+RESTRICTED_VOLUMES = set("configMap csi downwardAPI emptyDir ephemeral persistentVolumeClaim projected secret".split())
+
+
+def _every_pod() -> list[tuple[str, dict]]:
+    """Every pod spec the manifests make, with what KubeRay adds (ray-operator common/pod.go): the head's autoscaler
+    sidecar gets autoscalerOptions.securityContext, a worker's wait-gcs-ready init container a copy of its Ray
+    container's. KubeRay's default RayJob submitter pod has none: the manifest must give its own (K8sJobMode)."""
+    out = []
+    for name, spec in _cluster_specs():
+        head = dict(spec["headGroupSpec"]["template"]["spec"])
+        if spec.get("enableInTreeAutoscaling"):
+            sc = (spec.get("autoscalerOptions") or {}).get("securityContext")
+            head["containers"] = head["containers"] + [{"name": "autoscaler", "securityContext": sc}]
+        out.append((f"{name}:head", head))
+        for g in spec["workerGroupSpecs"]:
+            pod = dict(g["template"]["spec"])
+            pod["initContainers"] = pod.get("initContainers", []) + [
+                {"name": "wait-gcs-ready", "securityContext": pod["containers"][0].get("securityContext")}]
+            out.append((f"{name}:{g['groupName']}", pod))
+    for p, job in _by_kind("RayJob"):
+        if job["spec"].get("submissionMode", "K8sJobMode") == "K8sJobMode":
+            template = job["spec"].get("submitterPodTemplate") or {"spec": {"containers": [{"name": "default"}]}}
+            out.append((f"{p.name}:RayJob:submitter", template["spec"]))
+    return out
+
+
+def _restricted_violations(pod: dict) -> list[str]:
+    """What the Pod Security "restricted" profile (Kubernetes >= 1.25) would reject in a pod spec."""
+    bad = [k for k in ("hostNetwork", "hostPID", "hostIPC") if pod.get(k)]
+    bad += [f"volume {v['name']}" for v in pod.get("volumes", []) if not set(v) - {"name"} <= RESTRICTED_VOLUMES]
+    psc = pod.get("securityContext") or {}
+    for c in pod["containers"] + pod.get("initContainers", []):
+        sc = c.get("securityContext") or {}
+        caps = sc.get("capabilities") or {}
+        seccomp = (sc.get("seccompProfile") or psc.get("seccompProfile") or {}).get("type")
+        bad += [f"{c['name']}: {why}" for why, failed in (
+            ("privileged", sc.get("privileged")),
+            ("allowPrivilegeEscalation must be false", sc.get("allowPrivilegeEscalation") is not False),
+            ("capabilities.drop must hold ALL", "ALL" not in caps.get("drop", [])),
+            ("capabilities.add beyond NET_BIND_SERVICE", set(caps.get("add", [])) - {"NET_BIND_SERVICE"}),
+            ("runAsNonRoot must be true", sc.get("runAsNonRoot", psc.get("runAsNonRoot")) is not True),
+            ("runAsUser 0", sc.get("runAsUser", psc.get("runAsUser")) == 0),
+            ("seccompProfile must be RuntimeDefault or Localhost", seccomp not in ("RuntimeDefault", "Localhost")),
+            ("hostPort", any(port.get("hostPort") for port in c.get("ports", [])))) if failed]
+    return bad
+
+
+@pytest.mark.parametrize("name, pod", _every_pod(), ids=lambda x: x if isinstance(x, str) else "")
+def test_every_pod_meets_pod_security_restricted(name, pod):
+    assert not _restricted_violations(pod), f"{name}: {_restricted_violations(pod)}"
+    psc = pod["securityContext"]
+    # A numeric uid: with only the image's named USER the kubelet cannot verify runAsNonRoot and refuses to start.
+    assert (psc["runAsUser"], psc["runAsGroup"], psc["fsGroup"]) == (IMAGE_UID, IMAGE_GID, IMAGE_GID), name
+    assert f"`ray` (uid {IMAGE_UID})" in (CLUSTER / "docker" / "Dockerfile").read_text()
+    head_image = _cluster_specs()[0][1]["headGroupSpec"]["template"]["spec"]["containers"][0]["image"]
+    assert {c.get("image", head_image) for c in pod["containers"]} == {head_image}, name
+
+
+def test_the_restricted_check_can_fail():  # the old manifests (no securityContext) fail it, as the cluster would
+    for name, pod in _every_pod():
+        bare = {k: [{"name": c["name"]} for c in v] if k.endswith("ontainers") else v
+                for k, v in pod.items() if k != "securityContext"}
+        n = len(bare["containers"]) + len(bare.get("initContainers", []))  # 4 each: escalation, caps, root, seccomp
+        assert len(_restricted_violations(bare)) == 4 * n, (name, _restricted_violations(bare))
+    add = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"], "add": ["SYS_PTRACE"]}}
+    assert _restricted_violations({"securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "Unconfined"}},
+                                   "containers": [{"name": "c", "securityContext": add}]}) == [
+        "c: capabilities.add beyond NET_BIND_SERVICE", "c: seccompProfile must be RuntimeDefault or Localhost"]
+
+
+def test_worker_pods_get_neither_the_autoscalers_account_nor_a_token():
+    """KubeRay binds its autoscaler Role (pods get/list/watch, rayclusters get/patch) to the head's service account;
+    workers run trial code, so they get an account of their own, with the same cloud identity and no API token."""
+    accounts = {d["metadata"]["name"]: d for _, d in _by_kind("ServiceAccount")}
+    bound = {s["name"] for k in ("RoleBinding", "ClusterRoleBinding") for _, b in _by_kind(k) for s in b["subjects"]}
+    for name, spec in _cluster_specs():
+        head_sa = spec["headGroupSpec"]["template"]["spec"]["serviceAccountName"]
+        assert head_sa in accounts, f"{name}: KubeRay expects the head's account {head_sa} to exist"
+        for g in spec["workerGroupSpecs"]:
+            pod, where = g["template"]["spec"], f"{name}:{g['groupName']}"
+            sa = pod.get("serviceAccountName", "default")
+            assert sa != head_sa, f"{where}: workers must not share the autoscaler's account {head_sa}"
+            assert pod.get("automountServiceAccountToken") is False, f"{where}: trial code needs no API token"
+            assert sa in accounts and sa not in bound, f"{where}: {sa} must be defined here and bound to no Role"
+            assert accounts[sa]["automountServiceAccountToken"] is False
+            # the head's cloud identity (IRSA / workload identity annotation): trials write s3:// and gs:// paths
+            assert accounts[sa]["metadata"].get("annotations") == accounts[head_sa]["metadata"].get("annotations")
+    for p, job in _by_kind("RayJob"):  # the submitter only calls the Jobs API (port 8265, networkpolicy.yaml)
+        submitter = job["spec"]["submitterPodTemplate"]
+        assert submitter["spec"]["automountServiceAccountToken"] is False and "labels" not in submitter.get(
+            "metadata", {}), f"{p}: no API token, and not the Ray pods' label (it would open every Ray port)"
