@@ -94,10 +94,15 @@ def run_skeletons(rec, spec, cfg: RecognizeConfig, source, out: Path, truth=None
             failed(name, failure_reason(err, name))
             continue
         stem = stems(res.video)
-        write_video_outputs(out, res.video, res.windows, res.probs, res.events, spec, timeline=cfg.timeline,
-                            stem=stem)
-        if truth is not None and cfg.timeline:
-            plot_timeline(out / f"{stem}.timeline.png", res.video, res.windows, res.probs, res.events, spec, truth)
+        try:   # a full disk or an unwritable name fails this clip, as in batch mode, not the run
+            write_video_outputs(out, res.video, res.windows, res.probs, res.events, spec, timeline=cfg.timeline,
+                                stem=stem)
+            if truth is not None and cfg.timeline:
+                plot_timeline(out / f"{stem}.timeline.png", res.video, res.windows, res.probs, res.events, spec,
+                              truth)
+        except OSError as err:
+            failed(name, f"writing outputs failed: {err}")
+            continue
         events[res.video] = res.events
         windows += len(res.windows)
         print(f"[recognize] {res.video}: {len(res.windows)} windows, {len(res.events)} events "

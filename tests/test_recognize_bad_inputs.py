@@ -86,6 +86,21 @@ def test_a_nan_keypoint_fails_its_file_with_one_line_and_the_others_are_scored(r
     assert "nan" not in scores.lower().replace("nan.mp4", "")
 
 
+def test_a_clip_whose_outputs_cannot_be_written_fails_alone(run, tmp_path, capsys):
+    """An OSError writing one clip's outputs (full disk, a name taken by a folder) ended a skeleton run."""
+    clips = tmp_path / "poses" / "clips"
+    clips.mkdir(parents=True)
+    _write(_clip("good"), clips / "good.parquet")
+    _write(_clip("blocked"), clips / "blocked.parquet")
+    (tmp_path / "out" / "blocked.mp4.events.jsonl").mkdir(parents=True)   # a folder where the file goes
+    rc, summary, err = _recognize(["--model", str(run), "--input", str(tmp_path / "poses"), "--output",
+                                   str(tmp_path / "out")], capsys)
+    assert rc == 0 and summary["videos"] == 1 and summary["failed"] == 1, err
+    assert [f["rel_path"] for f in summary["failures"]] == [str(clips / "blocked.parquet")]
+    assert "writing outputs failed" in summary["failures"][0]["reason"]
+    assert (tmp_path / "out" / "good.mp4.windows.csv").is_file()
+
+
 def test_truncated_and_short_list_files_fail_alone_and_nothing_scored_is_rc_1(run, tmp_path, capsys):
     """Before: an uncaught traceback at the first bad file and no output for any video."""
     clips = tmp_path / "poses" / "clips"
