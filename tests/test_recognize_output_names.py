@@ -59,7 +59,7 @@ def test_ordinary_paths_keep_their_names_and_colliding_ones_get_a_hash(tmp_path)
     rels = ["Camera 1/x.mp4", "Camera_1/x.mp4", "cam1/2024-05-01.mp4", "cam1/night__01.mp4", "cam1__night/01.mp4"]
     stems, redo = output_stems(ExtractionManifest(str(tmp_path / "out")), [_video(r) for r in rels])
     assert len(set(stems.values())) == len(rels) and redo == set(), stems
-    h = {r: hashlib.sha1(r.encode()).hexdigest()[:8] for r in rels}
+    h = {r: hashlib.sha1(f"{r}\n/in/{r}".encode()).hexdigest()[:8] for r in rels}   # path and file
     assert stems == {"Camera 1/x.mp4": "Camera_1__x.mp4", "Camera_1/x.mp4": f"Camera_1__x.mp4_{h['Camera_1/x.mp4']}",
                      "cam1/2024-05-01.mp4": "cam1__2024-05-01.mp4", "cam1/night__01.mp4": "cam1__night__01.mp4",
                      "cam1__night/01.mp4": f"cam1__night__01.mp4_{h['cam1__night/01.mp4']}"}
@@ -84,6 +84,22 @@ def test_an_earlier_runs_outputs_keep_their_name_and_a_shared_events_file_is_red
     stems, redo = output_stems(ExtractionManifest(str(out)), [early, late])
     assert stems[early.rel_path] == "cam1__night__01.mp4" and stems[late.rel_path] != stems[early.rel_path]
     assert redo == {late.key}
+
+
+def test_two_files_with_one_path_in_one_output_folder_get_two_names(tmp_path):
+    """day1/cam1.mp4 then day2/cam1.mp4, each given alone (one path, cam1.mp4), into one --output: the second run
+    overwrote the first's outputs, and a later day1 run read day2's events back as done."""
+    from recognizer_core.recognize.batch import output_stems
+
+    out = tmp_path / "out"
+    day1, day2 = VideoSource("/data/day1/cam1.mp4", "cam1.mp4", "", "", 10, 1), \
+        VideoSource("/data/day2/cam1.mp4", "cam1.mp4", "", "", 12, 2)
+    m = ExtractionManifest(str(out))
+    m.record(DONE, day1.key, rel_path=day1.rel_path, output="cam1.mp4.events.jsonl")
+    stems, redo = output_stems(ExtractionManifest(str(out)), [day2])
+    assert stems["cam1.mp4"] != "cam1.mp4" and redo == set()
+    stems, redo = output_stems(ExtractionManifest(str(out)), [day1])   # day1 again: its own name, nothing redone
+    assert stems["cam1.mp4"] == "cam1.mp4" and redo == set()
 
 
 def test_a_failed_write_is_a_recorded_failure_and_a_good_one_names_its_events_file(tmp_path):

@@ -162,3 +162,16 @@ def test_camera_and_webhook_passwords_stay_out_of_events_posts_and_logs(setup, e
         assert "S3cret" not in text and "hunter2" not in text
     assert state["bodies"][0]["video"] == setup["url"].replace("http://", "http://admin:***@")
     assert state["auth"][0] == "Basic " + base64.b64encode(b"alerts:hunter2").decode()
+
+
+def test_a_source_that_fails_to_open_reports_it_without_the_password(setup):
+    """PyAV quotes the URL it opened, password included: the error (summary, stderr) carried it."""
+    import base64
+
+    from recognizer_core.recognize.events import _without_userinfo
+
+    s = _run(setup, speed=0, source="rtsp://admin:s3cret@127.0.0.1:1/stream1")
+    assert s["error"].startswith("rtsp://admin:***@127.0.0.1:1/stream1: ") and "s3cret" not in json.dumps(s), s
+    # a bare token as the user part is sent as curl does, `token:` (RFC 7617 wants the colon)
+    assert _without_userinfo("https://tok123@hooks.example/x") == (
+        "https://hooks.example/x", {"Authorization": "Basic " + base64.b64encode(b"tok123:").decode()})

@@ -114,9 +114,18 @@ def output_stems(manifest: ExtractionManifest, videos: list[VideoSource]) -> tup
     video (two videos of an older version's run wrote one file: the newest wrote it last) is redone."""
     done = [r for r in manifest.records[DONE].values()   # oldest first: the newest record of a stem owns it
             if r.get("rel_path") and str(r.get("output", "")).endswith(EVENTS_SUFFIX)]
-    stems = UniqueStems(rel_path_stem, {r["output"].removesuffix(EVENTS_SUFFIX): r["rel_path"] for r in done})
-    names = {v.rel_path: stems(v.rel_path) for v in videos}
-    return names, {r["key"] for r in done if stems.owner[r["output"].removesuffix(EVENTS_SUFFIX)] != r["rel_path"]}
+    # A name's owner is the file (its uri) as well as its path: two runs into one output folder on day1/cam1.mp4
+    # and day2/cam1.mp4 (one path each) overwrote each other's outputs, and day1's record then read day2's events.
+    stems = UniqueStems(lambda owner: rel_path_stem(owner.split("\n", 1)[0]),
+                        {r["output"].removesuffix(EVENTS_SUFFIX): _owner(r["rel_path"], r["key"]) for r in done})
+    names = {v.rel_path: stems(_owner(v.rel_path, v.key)) for v in videos}
+    return names, {r["key"] for r in done
+                   if stems.owner[r["output"].removesuffix(EVENTS_SUFFIX)] != _owner(r["rel_path"], r["key"])}
+
+
+def _owner(rel_path: str, key: str) -> str:
+    """Who an output name belongs to: the path (its readable part) and the file (the manifest key's uri)."""
+    return f"{rel_path}\n{key.rsplit('|', 2)[0]}"
 
 
 def write_recorded_outputs(out: Path, v: VideoSource, stem: str, rec: dict, res, spec, timeline: bool) -> bool:

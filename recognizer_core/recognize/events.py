@@ -236,6 +236,7 @@ def _without_userinfo(url: str) -> tuple[str, dict[str, str]]:
     if "@" not in parts.netloc:
         return url, {}
     user, _, host = parts.netloc.rpartition("@")
+    user = user if ":" in user else user + ":"   # RFC 7617: user-id ":" password (a bare token as curl sends it)
     token = base64.b64encode(urllib.parse.unquote(user).encode()).decode()
     return urllib.parse.urlunsplit(parts._replace(netloc=host)), {"Authorization": f"Basic {token}"}
 

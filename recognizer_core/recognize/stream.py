@@ -164,7 +164,8 @@ class FrameReader(threading.Thread):
                     self.read += 1
             return ENDED
         except Exception as err:  # noqa: BLE001 - reported by the consumer, never a silent thread death
-            return f"{type(err).__name__}: {err}"
+            # PyAV's messages quote the URL it opened, password included
+            return f"{type(err).__name__}: {err}".replace(self.source, redact_url(self.source))
 
     def run(self) -> None:
         delay = RETRY_FIRST_S
