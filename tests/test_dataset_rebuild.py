@@ -259,6 +259,8 @@ def test_ray_build_preserves_the_video_order(tmp_path, monkeypatch):
     fake = FakeRayData().install(monkeypatch)   # runs the batches in order: only the context setting is under test
     with_ray = [c.clip_id for c in build_mod.iter_windows(cfg.model_copy(update={"use_ray": True}), jobs)]
     assert fake.preserve_order == [True]
+    # and only for it: the context is the process's (a later Ray Data job in it held its blocks back in order)
+    assert fake.ctx.execution_options.preserve_order is False
     assert with_ray == [c.clip_id for c in build_mod.iter_windows(cfg, jobs)]
 
 

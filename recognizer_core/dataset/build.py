@@ -168,8 +168,14 @@ def iter_windows(cfg: DatasetBuildConfig, jobs: list[dict],
         # Windows come out in the jobs' (video id) order, as without Ray: Ray Data otherwise hands blocks back as
         # tasks finish, so two builds of the same videos wrote their rows (part files, row groups) in different
         # orders. The dataset copies the context when it is created, and its execution reads that copy.
-        ray.data.DataContext.get_current().execution_options.preserve_order = True
-        ds = ray.data.from_items(jobs, override_num_blocks=max(1, min(len(jobs), 200)))
+        # Set for this dataset only: the context is the process's, and a later Ray Data job of the same driver
+        # (extraction, recognize) would have run in order too (held blocks: a driver waiting on its first one).
+        options = ray.data.DataContext.get_current().execution_options
+        was, options.preserve_order = options.preserve_order, True
+        try:
+            ds = ray.data.from_items(jobs, override_num_blocks=max(1, min(len(jobs), 200)))
+        finally:
+            options.preserve_order = was
         ds = ds.map_batches(_window_batch, fn_kwargs={"cfg": cfg}, batch_format="numpy", batch_size=8,
                             num_cpus=cfg.num_cpus_per_task)
         for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
