@@ -13,7 +13,8 @@ import numpy as np
 from recognizer_core.extract.config import OnnxOptions, PoseModelConfig
 from recognizer_core.extract.model_io import BackendError, PoseBackend, check_outputs, pick_outputs, run_in_chunks
 
-__all__ = ["BackendError", "PoseBackend", "OrtBackend", "build_backend", "check_cuda_provider", "check_model_file"]
+__all__ = ["BackendError", "PoseBackend", "OrtBackend", "build_backend", "check_cuda_provider", "check_model_file",
+           "preload_cuda_libraries"]
 
 
 class OrtBackend:
@@ -37,6 +38,7 @@ class OrtBackend:
         so.log_severity_level = 3
         device = opts.device.lower()
         if device.startswith("cuda"):
+            preload_cuda_libraries(ort)
             _need_cuda_provider(opts.device)
             cuda_opts = {
                 "device_id": int(device.split(":")[1]) if ":" in device else 0,
@@ -100,6 +102,18 @@ def check_model_file(cfg: PoseModelConfig) -> None:
     if cfg.inference_mode == "onnx":
         OrtBackend(cfg.onnx.model_copy(update={"device": "cpu", "graph_optimization_level": "ORT_DISABLE_ALL",
                                                "intra_op_num_threads": 1}), cfg.model_input_size)
+
+
+def preload_cuda_libraries(ort) -> None:
+    """Load the CUDA / cuDNN libraries of the pip `nvidia-*` packages before a CUDA session is made.
+
+    onnxruntime-gpu does not search those packages by itself: without this its CUDA provider fails to load and the
+    session falls back to the CPU (an error here) unless `import torch` happened to load compatible ones first.
+    `preload_dlls` is absent from older builds and returns at once in a CPU build; it is only called for a CUDA
+    request, so CPU sessions are untouched."""
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is not None:
+        preload()
 
 
 def _need_cuda_provider(device: str) -> None:

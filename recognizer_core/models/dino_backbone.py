@@ -109,13 +109,14 @@ class DinoBackbone(nn.Module):
 
 
 def resolve_backbone_dtype(name: str, device: torch.device | str | None = None) -> torch.dtype:
-    """`auto`: bfloat16 on a CUDA GPU that supports it, float32 elsewhere (CPU bf16 matmuls are slow)."""
+    """`auto`: bfloat16 on a CUDA GPU with native bf16 (Ampere, compute capability 8.0, and newer), float32 elsewhere
+    (CPU bf16 matmuls are slow; pre-Ampere GPUs only emulate bf16, which torch's default check counts)."""
     if name == "float32":
         return torch.float32
     if name == "bfloat16":
         return torch.bfloat16
     dev = torch.device(device) if device is not None else None
-    if dev is not None and dev.type == "cuda" and torch.cuda.is_bf16_supported():
+    if dev is not None and dev.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False):
         return torch.bfloat16
     return torch.float32
 

@@ -46,7 +46,11 @@ def set_rng_state(state: dict[str, Any]) -> None:
                          n["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        # one state per GPU the saving process saw (Ray Train shows each worker all of its node's GPUs); a resume
+        # that sees fewer (another node shape) restores those it has instead of failing with an IndexError
+        saved = state["cuda"]
+        for i in range(min(len(saved), torch.cuda.device_count())):
+            torch.cuda.set_rng_state(saved[i], i)
 
 
 def save_training_state(directory: str | Path, *, model: torch.nn.Module, optimizer=None, scheduler=None,

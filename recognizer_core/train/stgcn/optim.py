@@ -1,9 +1,9 @@
 """Optimizer, auto-scaled learning rate and the guide's schedules (mmengine semantics, one LambdaLR).
 
 mmengine's `LinearLR(start_factor, end=warmup, convert_to_iter_based=True)` followed by
-`MultiStepLR(milestones, gamma)` (milestones are absolute epochs, stepped per epoch) or
-`CosineAnnealingLR(begin=warmup, T_max, eta_min)` (per epoch) is expressed as a single per-iteration factor,
-so the scheduler state is one step counter and resumes exactly.
+`MultiStepLR(begin=warmup, milestones, gamma)` (milestones count epochs from the end of warmup, as mmengine counts
+from `begin`; stepped per epoch) or `CosineAnnealingLR(begin=warmup, T_max, eta_min)` (per epoch) is expressed as
+a single per-iteration factor, so the scheduler state is one step counter and resumes exactly.
 """
 from __future__ import annotations
 
@@ -31,8 +31,27 @@ def build_optimizer(params, cfg: OptimConfig, lr: float, fused: bool = False) ->
     if cfg.type == "adamw":
         return torch.optim.AdamW(params, lr=lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay,
                                  **kw)
-    return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                           nesterov=cfg.nesterov and cfg.momentum > 0, **kw)
+    sgd = torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                          nesterov=cfg.nesterov and cfg.momentum > 0, **kw)
+    sgd.register_step_pre_hook(zero_missing_momentum)
+    return sgd
+
+
+def zero_missing_momentum(optimizer: torch.optim.Optimizer, args=(), kwargs=None) -> None:
+    """Step pre-hook: a zero momentum buffer for each parameter about to be stepped by fused SGD without one.
+
+    torch's fused SGD starts a first step's buffers with `empty_like` and lets the kernel copy the gradient in,
+    but the kernel returns at once when `found_inf` is set (GradScaler's overflow, NonFiniteGuard), so a skipped
+    first step leaves uninitialised memory that the next step multiplies by the momentum. With zeros the first
+    real step is stock SGD's (buf = momentum * 0 + (1 - dampening) * g = g: dampening is 0 here). Made at step
+    time, not in build_optimizer, so each buffer is on the device and dtype its parameter has then (the model is
+    placed after the optimizer is built); a resumed buffer is left alone."""
+    for group in optimizer.param_groups:
+        if not group.get("fused") or group["momentum"] == 0:
+            continue
+        for p in group["params"]:   # only those with a gradient: a state entry per parameter, as stock SGD keeps
+            if p.grad is not None and optimizer.state[p].get("momentum_buffer") is None:
+                optimizer.state[p]["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
 
 def lr_factor(step: int, *, iters_per_epoch: int, cfg: ScheduleConfig, base_lr: float,
