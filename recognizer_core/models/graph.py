@@ -18,7 +18,8 @@ LAYOUTS: dict[str, tuple[int, int, list[tuple[int, int]]]] = {
         (25, 12)]]),
     "coco": (17, 0, [(15, 13), (13, 11), (16, 14), (14, 12), (11, 5), (12, 6), (9, 7), (7, 5), (10, 8), (8, 6),
                      (5, 0), (6, 0), (1, 0), (3, 1), (2, 0), (4, 2)]),
-    # MediaPipe / COCO-WholeBody hand: wrist 0, then 4 joints per finger (PYSKL 'handmp', mmaction2 'coco-hand').
+    # MediaPipe / COCO-WholeBody hand: wrist 0, then 4 joints per finger (PYSKL 'handmp'; mmaction2 has no hand
+    # layout).
     "handmp": (21, 0, [(1, 0), (2, 1), (3, 2), (4, 3), (5, 0), (6, 5), (7, 6), (8, 7), (9, 0), (10, 9), (11, 10),
                        (12, 11), (13, 0), (14, 13), (15, 14), (16, 15), (17, 0), (18, 17), (19, 18), (20, 19)]),
 }
