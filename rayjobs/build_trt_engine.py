@@ -31,7 +31,15 @@ def build_engine(onnx_path: str, output: str, input_size=(640, 640), min_batch: 
                  max_batch: int = 32, fp16: bool = False, workspace_gb: float = 4.0,
                  sample_shape: tuple[int, ...] | None = None) -> Path:
     """sample_shape: the input's shape after the batch axis when it is not an image (3, H, W), e.g. STGCN++'s
-    (M, T, V, C) from rayjobs/export_model.py."""
+    (M, T, V, C) from rayjobs/export_model.py. `output` is resolved as every job's outputs are
+    (storage.output_uri): a relative path under $RECOGNIZER_STORAGE when set, never inside the package
+    `ray job submit --working-dir` uploaded (Ray deletes it with the session, and the engine with it)."""
+    from recognizer_core.storage import is_remote, output_uri
+
+    if is_remote(output):
+        raise SystemExit(f"error: build_trt_engine: --output {output}: give a local or shared (NFS) file path; "
+                         "the engine is written as a local file")
+    out = Path(output_uri(output))
     try:
         import tensorrt as trt
     except ImportError:
@@ -73,7 +81,6 @@ def build_engine(onnx_path: str, output: str, input_size=(640, 640), min_batch: 
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise SystemExit("build_trt_engine: TensorRT failed to build the engine (see the log above)")
-    out = Path(output)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     tmp.write_bytes(bytes(serialized))

@@ -40,7 +40,8 @@ def export(model: str, out: str, *, model_config: str | None = None, calibrate_p
         raise ValueError("--fp16 sets the precision of the TensorRT engine: give --trt-engine too")
     if calibrate_precision is not None:
         check_precision(calibrate_precision)
-    out_path = Path(out)
+    out_path = Path(resolve_output(out, "--out"))
+    trt_engine = resolve_output(trt_engine, "--trt-engine") if trt_engine else trt_engine
     # Written under temporary names beside the target, moved into place at the end: a re-export that fails
     # a check (parity, calibration, engine build) must not leave new weights beside the old sidecar's labels
     # and thresholds.
@@ -58,6 +59,22 @@ def export(model: str, out: str, *, model_config: str | None = None, calibrate_p
         for p in (tmp, sidecar_path(tmp)):
             p.unlink(missing_ok=True)
     return report
+
+
+def resolve_output(path: str, option: str) -> str:
+    """An output path as every job resolves it (storage.output_uri): a relative one goes under
+    $RECOGNIZER_STORAGE when set, and never into the package `ray job submit --working-dir` uploaded, which Ray
+    deletes with the session (Path(out) put the model there). The files are written locally and renamed into
+    place, so an object-store URI is refused (ValueError)."""
+    from recognizer_core.storage import is_remote, output_uri
+
+    if is_remote(path):
+        raise ValueError(f"{option} {path}: give a local or shared (NFS) file path; object storage is not written "
+                         "here (copy the files there afterwards)")
+    resolved = output_uri(path)
+    if resolved != str(Path(path).expanduser().resolve()):  # the resolved place is not where a reader would look
+        print(f"[export] {option} {path} -> {resolved}", file=sys.stderr, flush=True)
+    return resolved
 
 
 def check_precision(p: float) -> None:

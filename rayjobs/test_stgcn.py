@@ -44,17 +44,25 @@ def newest_run(storage: Path) -> Path | None:
 
 
 def _pick_run(cfg: TrainJobConfig, args) -> tuple[TrainJobConfig, Path]:
-    """The model to test: --checkpoint (a path, or a file name in the config's run folder); else the config's run
-    folder; with no --config (and no run.name / run.storage_path set), the newest training run under
-    run.storage_path, with the config it was trained with and the --set overrides on top (its own config's
-    scaling.use_gpu=false, say, still tests that run, not the preset's)."""
+    """The model to test: --checkpoint (a path; a relative one missing here is looked for in the config's run
+    folder, then under the jobs' output root, storage.output_uri); else the config's run folder; with no
+    --config (and no run.name / run.storage_path set), the newest training run under run.storage_path, with the
+    config it was trained with and the --set overrides on top (its own config's scaling.use_gpu=false, say,
+    still tests that run, not the preset's)."""
     from recognizer_core.train.stgcn.job import run_folder
 
     run_dir = Path(run_folder(cfg))
     if args.checkpoint:
         given = Path(args.checkpoint)
-        in_run = run_dir / given
-        return cfg, in_run if not given.exists() and not given.is_absolute() and in_run.exists() else given
+        if given.exists() or given.is_absolute():
+            return cfg, given
+        # a relative path missing here: a file name in the run folder, else where the jobs write relative outputs
+        # (storage.output_uri: $RECOGNIZER_STORAGE on a cluster, where train_stgcn put the run; under `ray job
+        # submit` the working directory is the uploaded package), as data.path is found (dataset_location)
+        for candidate in (run_dir / given, Path(output_uri(args.checkpoint))):
+            if candidate.exists():
+                return cfg, candidate
+        return cfg, given
     names_a_run = any(o.split("=", 1)[0].strip() in ("run.name", "run.storage_path") for o in args.overrides)
     if args.config != DEFAULT_CONFIG or names_a_run:
         return cfg, run_dir

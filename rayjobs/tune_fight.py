@@ -10,6 +10,11 @@ examples:
                                                                 # accuracy vs measured latency: a Pareto front
   ray job submit --working-dir . -- python rayjobs/tune_fight.py --data /shared/skeletons \\
       --storage-path s3://bucket/tune                           # on a cluster; watch it on the Ray dashboard
+  ray job submit --working-dir . --runtime-env-json '{"env_vars": {"RECOGNIZER_STORAGE": "/shared/runs"}}' \\
+      -- python rayjobs/tune_fight.py --data /shared/skeletons --folds 5 --storage-path s3://bucket/tune
+      # --folds (or pkl / demo data) with s3:// results on a cluster: the data every trial reads is written as
+      # files under $RECOGNIZER_STORAGE, which must be a folder every node mounts (cluster/kuberay's pods set it;
+      # here the job's env sets it); unset, the job stops before Ray starts and says so
 
 Re-running the same command resumes the experiment (finished trials kept, unfinished ones continue from their
 latest checkpoint). At the end, <storage>/<name>/summary/ holds results.parquet/.csv, best_config.yaml (a ready
@@ -61,7 +66,8 @@ def main(argv: list[str] | None = None, default_space: str = "search_spaces/figh
         base = plan.space.build_config(TrainJobConfig, {}, plan.extra)
         require_tcmalloc(base.scaling.cpu_malloc, base.scaling.tcmalloc_path)
         metric = plan.options.metric or plan.space.metric
-        plan.extra = stgcn_job.trial_overrides(plan.extra, base, experiment_uri, metric)
+        stgcn_job.check_datasets_reachable(experiment_uri, base, plan.options.folds, args.address)
+        plan.extra = stgcn_job.trial_overrides(plan.extra, base, experiment_uri, metric, plan.space)
         check_resumable(plan.space, TrainJobConfig, plan.options, extra_overrides=plan.extra)
         from recognizer_core.train.stgcn.job import dataset_for, preflight
 
@@ -110,6 +116,8 @@ def final_test(summary: dict, folds: dict, experiment_uri: str) -> None:
     from recognizer_core.tune.cli import print_summary, save_summary
     from recognizer_core.tune.results import scratch_dir
 
+    # the summary is built locally (a temp folder for a remote experiment) and published; the final retrain
+    # runs on Ray's workers, so it goes to the experiment's storage itself (stgcn_job.final_dir)
     local = scratch_dir(experiment_uri) if not is_remote(experiment_uri) else Path(summary["files"][0]).parent
     if "best_trial" not in summary or not folds["test"]:
         if "best_trial" in summary:
@@ -118,7 +126,7 @@ def final_test(summary: dict, folds: dict, experiment_uri: str) -> None:
         print_summary(summary, summary["metric"])
         return
     print("[tune] retraining the winner on train+val, then one test-split evaluation ...", flush=True)
-    final = stgcn_job.retrain_and_test(local / "best_config.yaml", folds["path"], local / "final")
+    final = stgcn_job.retrain_and_test(local / "best_config.yaml", folds["path"], stgcn_job.final_dir(experiment_uri))
     ordered = {"final_test": final, **summary}
     summary.clear()
     summary.update(ordered)

@@ -1,11 +1,14 @@
 """STGCN++ specifics of the tuning jobs: the dataset every trial reads, and the best model in mmaction2 format."""
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 from typing import Any
 
+from recognizer_core.config import ConfigError
 from recognizer_core.train.stgcn.config import TrainJobConfig
-from recognizer_core.storage import is_remote, join_uri, output_uri
+from recognizer_core.storage import STORAGE_ENV, is_remote, join_uri, output_uri, ray_package_root
 
 JOB = "stgcn"
 METRICS = ("val/acc_top1", "val/mean_class_accuracy", "train/loss")
@@ -20,9 +23,30 @@ def datasets_dir(experiment_uri: str) -> Path:
     return Path(output_uri("work_dirs/tune_datasets"))
 
 
-def trial_overrides(extra: dict[str, Any], base: TrainJobConfig, experiment_uri: str, metric: str) -> dict:
+def check_datasets_reachable(experiment_uri: str, base: TrainJobConfig, folds: int, address: str | None) -> None:
+    """Before Ray: an experiment on object storage whose trials read files written under datasets_dir() (the
+    --folds view, converted pkl or demo data: local files, as the fold view links Parquet parts and the
+    converters rename a folder into place, neither of which an object store does) needs $RECOGNIZER_STORAGE on a
+    cluster. Without it they land on the driver's node (the head's home), which trials on the GPU pods cannot
+    read: every trial failed after the search had started. Raises ConfigError (one line)."""
+    writes = ("the --folds view" if folds > 1 else None) or \
+        (None if base.data.path else "the converted pkl data" if base.data.train_pkl else "the demo data")
+    # ray_runtime.start_ray's rule: --address or $RAY_ADDRESS other than "local" joins a cluster; a job started
+    # by `ray job submit` runs from its uploaded package (and has $RAY_ADDRESS set too)
+    target = address or os.environ.get("RAY_ADDRESS") or ""
+    cluster = (bool(target) and target != "local") or ray_package_root(os.getcwd()) is not None
+    if writes and cluster and is_remote(experiment_uri) and not os.environ.get(STORAGE_ENV):
+        raise ConfigError(f"--storage-path {experiment_uri}: {writes} every trial reads is written as local files "
+                          f"(under {datasets_dir(experiment_uri)}, on this node only), which trials on other "
+                          f"nodes cannot read: set {STORAGE_ENV} to a folder every node mounts (e.g. "
+                          "/mnt/shared/runs, as cluster/kuberay sets it), or give --storage-path such a folder")
+
+
+def trial_overrides(extra: dict[str, Any], base: TrainJobConfig, experiment_uri: str, metric: str,
+                    space: Any = None) -> dict:
     """Overrides every trial gets on top of the user's: one dataset prepared once (not per trial), and the
-    trial's own best model (the mmaction2 .pth in its run folder) chosen by the metric being tuned."""
+    trial's own best model (the mmaction2 .pth in its run folder) chosen by the metric being tuned. With the
+    search `space` (a SearchSpace), its class-weight parameters are checked against the class order."""
     from recognizer_core.train.stgcn.data import prepare_dataset
 
     extra = dict(extra)
@@ -31,12 +55,44 @@ def trial_overrides(extra: dict[str, Any], base: TrainJobConfig, experiment_uri:
     from recognizer_core.skeleton.store import SkeletonDataset
     from recognizer_core.train.stgcn.evaluate import label_names
 
-    label_names(base, SkeletonDataset(extra["data.path"]))  # the preset's class order is the dataset's (or an error)
+    names = label_names(base, SkeletonDataset(extra["data.path"]))  # the preset's order is the dataset's (or an error)
+    if space is not None:
+        check_class_weight_params(space, names)
     for key in ("data.train_pkl", "data.val_pkl", "data.test_pkl"):  # now inside data.path
         extra[key] = None
     if metric in _SCORE_ATTRIBUTES:
         extra["checkpoint.score_attribute"] = metric
     return extra
+
+
+_CLASS_WEIGHT = re.compile(r"train\.class_weight\[(\d+)\]")
+
+
+def check_class_weight_params(space: Any, names: list[str]) -> None:
+    """The spaces tune `train.class_weight[i]` as the weight of the positive class (Fight, Falldown), which is
+    index 1 in the presets' order (background first). A dataset in extraction's default order (sorted folder
+    names: Falldown, Normal) made that index the background class, and the search tuned Normal's weight while
+    everything said Falldown's. Refused (ConfigError, one line) when a parameter, or a choice's bundle, weights
+    the class named like background (recognize's rule, spec.resolve_background)."""
+    from recognizer_core.recognize.spec import resolve_background
+
+    try:
+        background, _ = resolve_background(names, "auto", fallback=None)
+    except ValueError:  # several background-like names in no clear order: nothing to tell the positive class by
+        return
+    if background is None:
+        return
+    bundles = [bundle for p in space.params.values() for bundle in (p.sets or {}).values()]
+    keys = list(space.params) + [k for bundle in bundles for k in bundle]
+    for key in keys:
+        m = _CLASS_WEIGHT.fullmatch(str(key))
+        if m and int(m.group(1)) == background:
+            order = [names[background]] + [n for i, n in enumerate(names) if i != background]
+            raise ConfigError(f"{space.source}: parameter {key} weights class {background}, which is "
+                              f"{names[background]!r}, the background class in the class order {names}, but the "
+                              "space means the positive class's weight: rebuild the dataset with the background "
+                              f"class first (extract_poses.py --set source.label_names=[{', '.join(order)}]) "
+                              "and train with the preset's data.label_names")
 
 
 def measure_model(cfg: TrainJobConfig, repeats: int = 20) -> dict[str, float]:
@@ -79,30 +135,53 @@ def prepare_folds(dataset_path: str, base: TrainJobConfig, experiment_uri: str, 
                             val_split=base.data.val_split, test_split=base.data.test_split)
 
 
-def retrain_and_test(best_config: Path, fold_store: str, out_dir: Path) -> dict:
+def final_dir(experiment_uri: str) -> str:
+    """Where --folds retrains its winner: <experiment>/summary/final, on the experiment's own storage. Ray Train
+    runs its controller on the driver's node and its workers on the GPU pods: a driver temp folder (where a
+    remote experiment's summary is built) is refused by Ray's storage check ("A local path on the head node is
+    not accessible by worker nodes") after the whole search, and a worker's test_metrics.json was not there."""
+    return join_uri(experiment_uri, "summary", "final")
+
+
+def retrain_and_test(best_config: Path, fold_store: str, out_uri: str) -> dict:
     """The cross-validated winner, trained once on train+val (its full schedule, the last epoch kept: nothing
-    is left to choose an epoch on) and scored once on the test split, which the search never saw."""
+    is left to choose an epoch on) and scored once on the test split, which the search never saw. `out_uri`:
+    final_dir(), local or s3://; the test metrics are read back through the storage module."""
+    import json
+
     import ray.train
 
     from recognizer_core.config import load_config
-    from recognizer_core.train.stgcn.job import build_test_trainer, build_trainer
+    from recognizer_core.storage import read_text
+    from recognizer_core.train.stgcn import job
     from recognizer_core.tune.folds import TRAINVAL
 
-    cfg = load_config(TrainJobConfig, best_config, [f"data.path={fold_store}", f"data.train_split={TRAINVAL}",
-                                                    f"data.val_split={TRAINVAL}", "train.test_after_train=false",
-                                                    f"run.storage_path={out_dir}"])
-    run_config = ray.train.RunConfig(name="final_trainval", storage_path=str(out_dir),
+    sets = [f"data.path={fold_store}", f"data.train_split={TRAINVAL}", f"data.val_split={TRAINVAL}",
+            "train.test_after_train=false"]
+    # run.storage_path takes local or NFS folders only (it also holds prepared datasets): the run folder of a
+    # remote experiment is given to Ray by the RunConfig alone
+    if not is_remote(out_uri):
+        sets.append(f"run.storage_path={out_uri}")
+    cfg = load_config(TrainJobConfig, best_config, sets)
+    run_config = ray.train.RunConfig(name="final_trainval", storage_path=out_uri,
                                      checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
                                      logging_config=ray.train.LoggingConfig(log_level="WARNING"))
-    result = build_trainer(cfg, run_config=run_config).fit()
-    test_dir = out_dir / "final_test"
-    build_test_trainer(cfg, result.checkpoint.path, test_dir, split="test").fit()
-    import json
-
-    metrics = json.loads((test_dir / "test_metrics.json").read_text())
-    return {"epochs": cfg.train.epochs, "checkpoint": result.checkpoint.path, "test_split": "test",
+    result = job.build_trainer(cfg, run_config=run_config).fit()
+    path = str(result.checkpoint.path)  # on object storage pyarrow's "bucket/key", without the scheme
+    checkpoint = f"{out_uri.split('://', 1)[0]}://{path.lstrip('/')}" if is_remote(out_uri) else path
+    test_uri = join_uri(out_uri, "final_test")
+    # The Checkpoint itself goes to the test workers (each opens it, from s3:// too): build_test_trainer takes a
+    # local path only (it resolves it with Path), which a remote checkpoint is not.
+    job._test_trainer(cfg, result.checkpoint, test_uri, "test", required=True,
+                      source=checkpoint).fit()
+    metrics_file = join_uri(test_uri, "test_metrics.json")
+    text = read_text(metrics_file)
+    if text is None:
+        raise FileNotFoundError(f"{metrics_file}: the final test wrote no metrics")
+    metrics = json.loads(text)
+    return {"epochs": cfg.train.epochs, "checkpoint": checkpoint, "test_split": "test",
             "acc_top1": metrics["acc_top1"], "mean_class_accuracy": metrics["mean_class_accuracy"],
-            "num_samples": metrics.get("num_samples"), "metrics_file": str(test_dir / "test_metrics.json")}
+            "num_samples": metrics.get("num_samples"), "metrics_file": metrics_file}
 
 
 def export_best(cfg: TrainJobConfig, checkpoint_dir: Path, out_dir: Path, *, trial_path: str = "") -> list[Path]:

@@ -161,9 +161,16 @@ def label_names(cfg, ds) -> list[str]:
     given, stored = list(cfg.data.label_names or []), list(ds.label_names or [])
     # (names left blank in the dataset are unknown; labels beyond the config's classes are split_info's error)
     if given and any(i < len(stored) and stored[i] and stored[i] != name for i, name in enumerate(given)):
-        how = ("the same classes in another order" if sorted(given) == sorted(stored) else "other classes")
+        same = sorted(given) == sorted(stored)
+        how = "the same classes in another order" if same else "other classes"
+        # Rebuilding in the config's order comes first: the tuning spaces weight class 1 as the positive class
+        # (train.class_weight[1]), so following "set data.label_names to the dataset's order" made a search tune
+        # the background class's weight (extraction's default order is the sorted folder names).
+        fix = (f"Rebuild the dataset in the config's order (extract_poses.py --set source.label_names="
+               f"[{', '.join(given)}]; needed to tune: the search spaces weight class 1 as the positive class), "
+               f"or, to train only, set data.label_names={stored} and class weights in that order" if same else
+               f"Set data.label_names={stored} (and class weights in that order), or rebuild the dataset with the "
+               "class order you want (extraction: source.label_names)")
         raise ConfigError(f"data.label_names {given} but the dataset {ds.path} stores its labels as {stored} "
-                          f"({how}): its label i is {stored[0]!r} for i=0. Set data.label_names={stored} (and "
-                          "class weights in that order), or rebuild the dataset with the class order you want "
-                          "(extraction: source.label_names).")
+                          f"({how}): its label i is {stored[0]!r} for i=0. {fix}.")
     return given or (stored if len(stored) == k else [str(i) for i in range(k)])
