@@ -36,7 +36,8 @@ def test_shipped_spaces_sample_valid_conditional_configs(name):
     for trial in _sample(space, 40):
         p = trial.params
         # Conditional parameters exist exactly when their condition holds.
-        assert ("optim.momentum" in p) == ("optim.nesterov" in p) == (p["optim.type"] == "sgd")
+        assert ("optim.momentum" in p) == ("optim.nesterov" in p) == ("optim.lr@sgd" in p) == (p["optim.type"] == "sgd")
+        assert ("optim.lr" in p) == (p["optim.type"] == "adamw")  # each optimizer samples its own lr range
         assert ("schedule.milestones" in p) == ("schedule.gamma" in p) == (p["schedule.type"] == "multistep")
         assert ("schedule.eta_min" in p) == (p["schedule.type"] == "cosine")
         # The distributions Optuna recorded are the ones the plots rebuild from the YAML.
@@ -49,19 +50,21 @@ def test_shipped_spaces_sample_valid_conditional_configs(name):
         stages = {"shallow": (3, [], []), "stable": (4, [2], [2]), "deep": (6, [2, 4], [2, 4])}[p["depth"]]
         assert (cfg.model.num_stages, cfg.model.inflate_stages, cfg.model.down_stages) == stages
         assert cfg.model.base_channels in (32, 48, 64, 96) and 0.1 <= cfg.model.dropout <= 0.7
-        assert 1e-5 <= cfg.optim.lr <= 1e-3 and 1e-4 <= cfg.optim.weight_decay <= 1e-2
+        low, high = (1e-5, 1e-3) if cfg.optim.type == "adamw" else (1e-3, 1e-1)
+        assert low <= cfg.optim.lr <= high and 1e-4 <= cfg.optim.weight_decay <= 1e-2
         # class_weight[1] tunes the positive class only; the negative class keeps the preset's weight.
         assert cfg.train.class_weight == [base.train.class_weight[0], pytest.approx(p["train.class_weight[1]"])]
         assert cfg.pipeline.feats in (["j"], ["b"]) and cfg.model.in_channels == 3
         if cfg.schedule.type == "multistep":
             # List choices map back to lists; they are epochs of the 30-epoch preset, scaled to the demo's 10
-            # epochs so the schedule acts inside the run (before: all fell at or after its last epoch).
-            scaled = {"[15, 25]": [5, 8], "[10, 20]": [3, 7], "[20, 27]": [7, 9]}[p["schedule.milestones"]]
-            assert cfg.schedule.milestones == scaled and cfg.schedule.milestones[-1] < cfg.train.epochs
+            # epochs and kept inside the run after its warmup (before: all fell at or after its last epoch).
+            scaled = {"[15, 25]": [5, 8], "[10, 20]": [3, 7], "[20, 26]": [7, 8]}[p["schedule.milestones"]]
+            assert cfg.schedule.milestones == scaled and 1 + cfg.schedule.milestones[-1] < cfg.train.epochs
             full = space.build_config(TrainJobConfig, p)  # the preset's own 30 epochs: the values as written
             assert full.schedule.milestones == __import__("json").loads(p["schedule.milestones"])
-        else:  # untouched fields keep the preset's values
-            assert cfg.schedule.milestones == base.schedule.milestones
+        else:  # the guide's cosine warmup (5 of 30 epochs) scaled to the demo's 10; untouched fields: the preset's
+            assert cfg.schedule.warmup_epochs == 2 and cfg.schedule.eta_min == pytest.approx(p["schedule.eta_min"])
+            assert cfg.schedule.warmup_start_factor == base.schedule.warmup_start_factor
         if cfg.optim.type == "adamw":
             assert cfg.optim.momentum == base.optim.momentum
         # Demo overrides are applied under the trial's params.
@@ -90,7 +93,7 @@ def test_cosine_eta_min_stays_well_below_every_trials_lr(name):
 def _write(tmp_path: Path, params: str, **top) -> Path:
     (tmp_path / "configs").mkdir(exist_ok=True)
     (tmp_path / "configs" / "base.yaml").write_text(
-        "model: {num_classes: 2}\ntrain: {class_weight: [1.0, 1.0], epochs: 10}\n")
+        "model: {num_classes: 2}\ntrain: {class_weight: [1.0, 1.0], epochs: 10}\nschedule: {milestones: [5, 6]}\n")
     head = {"job": "stgcn", "base_config": "configs/base.yaml", "metric": "val/acc_top1", "mode": "max", **top}
     text = "".join(f"{k}: {v}\n" for k, v in head.items() if v is not None)
     (tmp_path / "spaces").mkdir(exist_ok=True)
@@ -215,11 +218,11 @@ def test_start_with_points_are_checked(tmp_path):
     params = """
         optim.type: {type: choice, values: [adamw, sgd]}
         optim.momentum: {type: uniform, low: 0.8, high: 0.99, when: {optim.type: sgd}}
-        schedule.milestones: {type: choice, values: [[15, 25], [10, 20]]}
+        schedule.milestones: {type: choice, values: [[5, 6], [2, 4]]}
     """
-    ok = _write(tmp_path, params, start_with="[{optim.type: sgd, optim.momentum: 0.9, schedule.milestones: [10, 20]}]")
+    ok = _write(tmp_path, params, start_with="[{optim.type: sgd, optim.momentum: 0.9, schedule.milestones: [2, 4]}]")
     space = load_search_space(ok, TrainJobConfig)
-    assert space.start_points() == [{"optim.type": "sgd", "optim.momentum": 0.9, "schedule.milestones": "[10, 20]"}]
+    assert space.start_points() == [{"optim.type": "sgd", "optim.momentum": 0.9, "schedule.milestones": "[2, 4]"}]
     for point, expected in [
         ("{optim.typo: sgd}", "start_with[0].optim.typo: not a parameter of this space"),
         ("{optim.type: rmsprop}", "start_with[0].optim.type: 'rmsprop' is not one of ['adamw', 'sgd']"),

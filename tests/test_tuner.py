@@ -120,6 +120,9 @@ def test_a_space_that_tunes_the_epochs_lets_its_longest_trials_finish(tmp_path):
     path = tmp_path / "epochs.yaml"
     path.write_text(f"job: stgcn\nbase_config: {REPO / 'configs' / 'fight_stable.yaml'}\nmetric: val/acc_top1\n"
                     "params:\n  train.epochs: {type: int, low: 10, high: 40, step: 10}\n"
+                    # the preset's milestones, kept inside each trial's epochs (unsampled: the base's, scaled)
+                    "  schedule.milestones: {type: choice, values: [[15, 25]], epochs_of: 30, "
+                    "counted_after: schedule.warmup_epochs}\n"
                     "  model.dropout: {type: uniform, low: 0.1, high: 0.7}\n")
     space = load_search_space(path, TrainJobConfig, job="stgcn", metrics=stgcn_job.METRICS)
     base = space.build_config(TrainJobConfig, {}, {})

@@ -13,12 +13,12 @@ import json
 import math
 import typing
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Iterable, Literal
 
 from pydantic import BaseModel, BeforeValidator, Field, ValidationError, model_validator
 
 from recognizer_core.config import ConfigError, StrictModel, read_yaml, validate_config
-from recognizer_core.tune.fields import check_field, get_dotted, set_dotted
+from recognizer_core.tune.fields import get_dotted, set_dotted
 
 Scalar = (str, int, float, bool, type(None))
 
@@ -41,10 +41,14 @@ class Param(StrictModel):
     epochs_of: int | None = Field(None, ge=1, description="the values are epochs of a run this many epochs "
                                   "long (e.g. milestones of a 30-epoch preset): each trial gets them scaled to "
                                   "its own epochs, so a shorter run (the demo) keeps the schedule's shape")
+    counted_after: str | None = Field(None, description="with epochs_of: the field of epochs the values count from "
+                                      "(milestones: schedule.warmup_epochs); they stay below epochs - ceil(it)")
 
     @model_validator(mode="after")
     def _consistent(self) -> "Param":
         numeric = self.type in ("uniform", "loguniform", "int")
+        if self.counted_after and not self.epochs_of:
+            raise ValueError("counted_after goes with epochs_of (it bounds the scaled values)")
         if numeric:
             if self.low is None or self.high is None:
                 raise ValueError(f"type {self.type} needs low and high")
@@ -104,6 +108,11 @@ def _label(value: Any) -> Any:
     return value if isinstance(value, Scalar) else json.dumps(value)
 
 
+def _wanted(want: Any) -> list[Any]:
+    """The labels a `when` entry accepts (one value or a list)."""
+    return [_label(w) for w in (want if isinstance(want, list) else [want])]
+
+
 class SearchSpace(StrictModel):
     """A parsed, validated search-space file (`load_search_space`)."""
 
@@ -158,14 +167,13 @@ class SearchSpace(StrictModel):
                 value = trial.suggest_int(name, int(p.low), int(p.high), step=int(p.step or 1), log=p.log)
             else:
                 value = trial.suggest_float(name, p.low, p.high, step=p.step, log=p.type == "loguniform")
-            chosen[name] = value
+            chosen[field_of(name)] = value
         return None
 
     def _active(self, when: dict[str, Any], chosen: dict[str, Any]) -> bool:
         for key, want in when.items():
             have = chosen[key] if key in chosen else get_dotted(self.fixed or self.base, key, default=None)
-            wanted = want if isinstance(want, list) else [want]
-            if _label(have) not in [_label(w) for w in wanted]:
+            if _label(have) not in _wanted(want):
                 return False
         return True
 
@@ -181,10 +189,8 @@ class SearchSpace(StrictModel):
             value = p.value_of(label)
             if p.sets:
                 out.update(copy.deepcopy(p.sets[str(_label(value))]))
-                if not is_bundle_name(name):
-                    out[name] = value
-            else:
-                out[name] = value
+            if not is_bundle_name(name):
+                out[field_of(name)] = value
         return out
 
     def start_points(self) -> list[dict[str, Any]]:
@@ -194,12 +200,31 @@ class SearchSpace(StrictModel):
 
     def config_dict(self, params: dict[str, Any], extra: dict[str, Any] | None = None) -> dict:
         data = copy.deepcopy(self.base)
-        for key, value in {**(extra or {}), **self.overrides(params)}.items():
+        given = {**(extra or {}), **self.overrides(params)}
+        for key, value in given.items():
             set_dotted(data, key, value)
+        return self._scale(data, given, [name for name in self.params if name in params])
+
+    def _scale(self, data: dict, given: dict[str, Any], names: Iterable[str], as_written: bool = False) -> dict:
+        """`data` with the `epochs_of` values of `names` scaled to its epochs, `counted_after` ones kept inside the
+        run (unscaled too, unless `as_written`: on load, a value past its own epochs_of run is the file's error)."""
         epochs = get_dotted(data, self.epochs_field, default=None)
-        for name, p in self.params.items():
-            if p.epochs_of and name in params and isinstance(epochs, int) and epochs != p.epochs_of:
-                set_dotted(data, name, scale_epochs(get_dotted(data, name), p.epochs_of, epochs))
+        if not isinstance(epochs, int):
+            return data
+        # A `counted_after` field no param or override (`given`) sets keeps the base config's value (the milestones
+        # of a cosine trial, or of the starting config the plan validates), scaled and bounded the same way.
+        unset = {field_of(n): n for n, p in self.params.items() if p.counted_after and not _sets(given, field_of(n))}
+        names = [*names, *unset.values()]
+        for name in sorted(names, key=lambda n: bool(self.params[n].counted_after)):  # a scaled warmup first
+            p = self.params[name]
+            value = get_dotted(data, field_of(name), None)
+            if value is None or not p.epochs_of or (epochs == p.epochs_of and (as_written or not p.counted_after)):
+                continue
+            last = None
+            if p.counted_after:  # the last value that acts: milestones count from the end of the warmup
+                warmup = get_dotted(data, p.counted_after, get_dotted(self.fixed, p.counted_after, 0))
+                last = epochs - math.ceil(warmup) - 1
+            set_dotted(data, field_of(name), scale_epochs(value, p.epochs_of, epochs, last))
         return data
 
     def build_config(self, config_cls: type[BaseModel], params: dict[str, Any],
@@ -210,16 +235,32 @@ class SearchSpace(StrictModel):
                                f"{self.base_config} + trial params ({shown})")
 
 
-def scale_epochs(value: Any, epochs_of: int, epochs: int) -> Any:
-    """Epoch numbers meant for an `epochs_of`-epoch run, rescaled to `epochs` (at least 1, strictly ascending,
-    below `epochs` where there is room): milestones [15, 25] of 30 epochs become [5, 8] in a 10-epoch run."""
-    if isinstance(value, list):
-        out: list[int] = []
-        for v in value:
-            x = max(1, round(v * epochs / epochs_of))
-            out.append(max(x, out[-1] + 1) if out else x)
-        return out
-    return max(1, round(value * epochs / epochs_of))
+def scale_epochs(value: Any, epochs_of: int, epochs: int, last: int | None = None) -> Any:
+    """Epochs of an `epochs_of`-epoch run rescaled to `epochs` (at least 1, strictly ascending): milestones [15, 25]
+    of 30 epochs are [5, 8] in 10. `last`: the largest value that acts (epochs - ceil(warmup) - 1); a list is pushed
+    under it from its end, dropping values below 1 (no room), so [20, 26] of 30 is [7, 8] at 10 epochs, warmup 1."""
+    if not isinstance(value, list):
+        x = max(1, round(value * epochs / epochs_of))
+        return x if last is None else max(1, min(x, last))
+    out: list[int] = []
+    for v in value:
+        x = max(1, round(v * epochs / epochs_of))
+        out.append(max(x, out[-1] + 1) if out else x)
+    if last is not None:
+        for i in reversed(range(len(out))):
+            out[i] = min(out[i], last if i == len(out) - 1 else out[i + 1] - 1)
+        out = [x for x in out if x >= 1]
+    return out
+
+
+def _sets(overrides: dict[str, Any], field: str) -> bool:
+    """Whether dotted `overrides` set `field` (itself, a section holding it, or one of its elements)."""
+    return any(k == field or field.startswith(k + ".") or k.startswith(field + "[") for k in overrides)
+
+
+def field_of(name: str) -> str:
+    """A parameter's config field: `optim.lr@sgd` tunes `optim.lr` (a second distribution, under another `when`)."""
+    return name.split("@", 1)[0]
 
 
 def is_bundle_name(name: str) -> bool:
@@ -271,122 +312,12 @@ def load_search_space(path: str | Path, config_cls: type[BaseModel], *, job: str
         space.fixed = validate_config(config_cls, space.base, str(base_path)).model_dump(mode="json")
     except ConfigError as err:
         raise SearchSpaceError(f"{src}: base_config: {err}") from None
-    problems += _check_params(space, config_cls)
+    from recognizer_core.tune.search_space_checks import check_params
+
+    problems += check_params(space, config_cls)
     if problems:
         raise SearchSpaceError(f"{src}: invalid search space\n" + "\n".join(f"  {p}" for p in problems))
     return space
-
-
-def _check_params(space: SearchSpace, config_cls: type[BaseModel]) -> list[str]:
-    problems: list[str] = []
-    seen: dict[str, Param] = {}
-    for name, p in space.params.items():
-        where = f"params.{name}"
-        if is_bundle_name(name):
-            if not p.sets:
-                problems.append(f"{where}: a name without dots is a bundle and needs `sets`; "
-                                f"to tune a field, use its dotted path (e.g. model.{name})")
-        elif (why := check_field(config_cls, name)) is not None:
-            problems.append(f"{where}: {why}")
-            continue
-        for label, fields in (p.sets or {}).items():
-            for key in fields:
-                if (why := check_field(config_cls, key)) is not None:
-                    problems.append(f"{where}.sets.{label}.{key}: {why}")
-        for key, want in (p.when or {}).items():
-            if key in seen:
-                allowed = seen[key].labels() if seen[key].type == "choice" else None
-                wanted = want if isinstance(want, list) else [want]
-                bad = [w for w in wanted if allowed is not None and _label(w) not in allowed]
-                if bad:
-                    problems.append(f"{where}.when.{key}: {bad} never happens ({key} is one of {allowed})")
-            elif key in space.params:
-                problems.append(f"{where}.when.{key}: {key} is tuned after {name}; list it first")
-            elif is_bundle_name(key) or (why := check_field(config_cls, key)) is not None:
-                problems.append(f"{where}.when.{key}: not a field of {config_cls.__name__} "
-                                "nor a parameter listed above")
-        seen[name] = p
-    for key in space.demo:
-        if (why := check_field(config_cls, key)) is not None:
-            problems.append(f"demo.{key}: {why}")
-    if problems:
-        return problems
-    bases = {"": space.base}
-    if space.demo:
-        bases[" (with the demo overrides)"] = copy.deepcopy(space.base)
-        try:
-            for k, v in space.demo.items():
-                set_dotted(bases[" (with the demo overrides)"], k, v)
-            validate_config(config_cls, bases[" (with the demo overrides)"], "base_config + demo")
-        except (ConfigError, KeyError) as err:
-            return [f"demo: {_reason(err)}"]
-    # Each candidate value (range ends, every choice with its bundle) must give a config the job accepts.
-    for name, p in space.params.items():
-        fixed: dict[str, Any] = {}
-        for k, v in (p.when or {}).items():
-            v = v[0] if isinstance(v, list) else v
-            if k in space.params and space.params[k].sets:
-                fixed.update(space.params[k].sets[str(_label(v))])
-            if not is_bundle_name(k):
-                fixed[k] = v
-        for what, value in p.candidates():
-            overrides = dict(fixed)
-            if p.sets:
-                overrides.update(p.sets[str(_label(value))])
-            if not is_bundle_name(name):
-                overrides[name] = value
-            for suffix, base in bases.items():
-                data = copy.deepcopy(base)
-                try:
-                    for k, v in overrides.items():
-                        set_dotted(data, k, v)
-                    validate_config(config_cls, data, "config")
-                except (ConfigError, KeyError) as err:
-                    problems.append(f"params.{name}: {what} gives a config the job rejects{suffix}: "
-                                    f"{_reason(err)}")
-                    break
-    problems += _check_start_points(space, config_cls)
-    return problems
-
-
-def _check_start_points(space: SearchSpace, config_cls: type[BaseModel]) -> list[str]:
-    problems = []
-    for i, point in enumerate(space.start_with):
-        where = f"start_with[{i}]"
-        bad = False
-        for name, value in point.items():
-            p = space.params.get(name)
-            if p is None:
-                problems.append(f"{where}.{name}: not a parameter of this space")
-                bad = True
-            elif p.type == "choice" and _label(value) not in p.labels():
-                problems.append(f"{where}.{name}: {value!r} is not one of {p.values}")
-                bad = True
-            elif p.type != "choice" and not (isinstance(value, (int, float)) and p.low <= value <= p.high):
-                problems.append(f"{where}.{name}: {value!r} is outside [{p.low:g}, {p.high:g}]")
-                bad = True
-        chosen: dict[str, Any] = {}
-        for name, p in space.params.items():  # as `suggest` walks them: a point must not set inactive ones
-            if p.when and not space._active(p.when, chosen):
-                if name in point:
-                    problems.append(f"{where}.{name}: inactive in this point (its condition {p.when} is not met)")
-                    bad = True
-                continue
-            if name in point and not bad:
-                chosen[name] = point[name]
-                if p.sets:
-                    chosen.update(p.sets.get(str(_label(point[name])), {}))
-        if not bad:
-            try:
-                space.build_config(config_cls, {k: _label(v) for k, v in point.items()})
-            except (ConfigError, KeyError) as err:
-                problems.append(f"{where}: gives a config the job rejects: {_reason(err)}")
-    return problems
-
-
-def _reason(err: Exception) -> str:
-    text = str(err.args[0]) if isinstance(err, KeyError) else str(err)
-    return text.replace("\n", "\n    ")
 
 
 def optuna_distribution(p: Param):

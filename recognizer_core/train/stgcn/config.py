@@ -155,7 +155,8 @@ class TrainConfig(_FiniteFloats):
                            "CPU the fused kernels that compiling switches off are faster (docs/training.md)")
     log_interval: int = Field(20, ge=0, description="console/TensorBoard loss every N iterations (0 = per epoch only)")
     test_after_train: bool = Field(True, description="after training, evaluate the best model on the test "
-                                                     "split (if it has clips) with multi-clip testing")
+                                                     "split (if it has clips) with pipeline.test_num_clips clips "
+                                                     "per sample, the number validation uses (1 in the presets)")
 
     @field_validator("compile", mode="before")
     @classmethod
@@ -260,6 +261,22 @@ class TrainJobConfig(StrictModel):
             raise ValueError(f"the built-in demo data has 2 classes but model.num_classes={k}; set data.path "
                              "or data.train_pkl")
         return self
+
+    def late_milestones_note(self) -> str | None:
+        """One line when a multistep milestone falls at or after the last epoch (it never decays the lr), else None.
+
+        Milestones count epochs after the warmup (mmengine's begin=warmup). mmengine trains such a config without a
+        word (`milestones=[40, 50]` of 30 epochs: a constant lr); a config stays loadable (an old run, a short
+        `--set train.epochs=2` check of a preset), so the training jobs print this before they start and the
+        search spaces refuse a choice that gets it (tune/search_space.py)."""
+        begin = math.ceil(self.schedule.warmup_epochs)
+        late = [m for m in self.schedule.milestones if begin + m >= self.train.epochs]
+        if self.schedule.type != "multistep" or not late:
+            return None
+        return (f"schedule.milestones={self.schedule.milestones} count epochs after the warmup "
+                f"(schedule.warmup_epochs={self.schedule.warmup_epochs:g}, so from epoch {begin}): {late} would decay "
+                f"the lr after the last of train.epochs={self.train.epochs}, i.e. never; keep each milestone below "
+                f"{self.train.epochs - begin} (schedule.milestones=[] for none) or set schedule.type=constant")
 
     @property
     def cosine_t_max(self) -> int:

@@ -125,6 +125,9 @@ def prepare_run(cfg: TrainJobConfig, run_config: RunConfig | None = None) -> str
     and hands the URI to build_trainer(dataset_path=...), which then checks nothing twice."""
     if run_config is None:
         _check_existing(cfg, default_run_config(cfg))
+    late = cfg.late_milestones_note()
+    if late:
+        print(f"[recognizer] warning: {late}", flush=True)
     dataset_path = dataset_for(cfg)
     preflight(cfg, dataset_path)
     return dataset_path
