@@ -2,7 +2,8 @@
 
 - scene windows (interactions such as fights): the top-M tracks of each window, ranked as build_dataset
   ranks them, one window per start;
-- track windows (per-person classes such as falls): one window per track and start, that track alone.
+- track windows (per-person classes such as falls): one window per track and start, that track alone, on the
+  same grid of starts whether or not the track shares its stored row with others (tracking reuses rows).
 Window length is the model's training clip length at its fps; a video at another fps is resampled to the
 model's fps first (nearest frame in time), so a window spans the same seconds as a training clip.
 """
@@ -14,7 +15,7 @@ from typing import Literal
 import numpy as np
 
 from recognizer_core.skeleton.clip import SkeletonClip
-from recognizer_core.dataset.windows import make_windows, per_frame_extras
+from recognizer_core.dataset.windows import make_windows, per_frame_extras, window_starts
 
 
 @dataclass
@@ -63,36 +64,57 @@ def resample(clip: SkeletonClip, fps: float, tolerance: float = 0.02) -> tuple[S
     return out, times[idx]
 
 
-def _track_clip(clip: SkeletonClip, m: int, a: int = 0, b: int | None = None, tid: int | None = None) -> SkeletonClip:
-    """Row m of `clip` over frames [a, b) as a one-person clip."""
+def _track_clip(clip: SkeletonClip, m: int, a: int = 0, b: int | None = None, tid: int | None = None,
+                keep: np.ndarray | None = None) -> SkeletonClip:
+    """Row m of `clip` over frames [a, b) as a one-person clip; frames where `keep` (b - a,) is False are blanked
+    (no keypoints, score 0, frame_track_ids -1), as window_people blanks a reused row's other people."""
     b = clip.num_frames if b is None else b
+    kp, sc = clip.keypoint[m:m + 1, a:b], clip.keypoint_score[m:m + 1, a:b]
+    per_frame = {k: clip.extra[k][m:m + 1, a:b] for k in per_frame_extras(clip)}
+    if keep is not None:
+        def blank(x: np.ndarray, fill) -> np.ndarray:
+            x = x.copy()
+            x[0, ~keep] = fill
+            return x
+        kp, sc = blank(kp, 0), blank(sc, 0)
+        per_frame = {k: blank(v, -1 if k == "frame_track_ids" else 0) for k, v in per_frame.items()}
     extra = dict(clip.extra)
-    extra.update({k: extra[k][m:m + 1, a:b] for k in per_frame_extras(clip)})
+    extra.update(per_frame)
     return SkeletonClip(
-        clip_id=clip.clip_id, label=clip.label, keypoint=clip.keypoint[m:m + 1, a:b],
-        keypoint_score=clip.keypoint_score[m:m + 1, a:b], img_shape=clip.img_shape, total_frames=b - a,
-        label_name=clip.label_name, split=clip.split, source_video=clip.source_video, fps=clip.fps,
-        track_ids=np.asarray([_track_id(clip, m) if tid is None else tid], np.int32),
+        clip_id=clip.clip_id, label=clip.label, keypoint=kp, keypoint_score=sc, img_shape=clip.img_shape,
+        total_frames=b - a, label_name=clip.label_name, split=clip.split, source_video=clip.source_video,
+        fps=clip.fps, track_ids=np.asarray([_track_id(clip, m) if tid is None else tid], np.int32),
         frame_inds=None if clip.frame_inds is None else clip.frame_inds[a:b],
         original_shape=clip.original_shape, extra=extra)
 
 
-def _track_parts(clip: SkeletonClip) -> list[tuple[SkeletonClip, int]]:
+def _track_parts(clip: SkeletonClip, window_frames: int, stride: int,
+                 cover_end: bool) -> list[tuple[SkeletonClip, int]]:
     """(one-person clip, its first frame in `clip`) per person. A stored row that holds several people one after
-    another (tracking reuses rows; frame_track_ids) gives one per person, over that person's frames: as one
-    sequence, a window longer than tracking.row_gap kept only one of them."""
+    another (tracking reuses rows; frame_track_ids) gives one per person with the others blanked, so each person
+    gets the windows it would get alone in a row: those of the whole clip's grid that see it (a part spans just
+    them, cut on that grid: a copy per person of the whole row would grow with people x video length)."""
     owner = clip.extra.get("frame_track_ids")
     if not (isinstance(owner, np.ndarray) and owner.shape == clip.keypoint_score.shape[:2]):
         owner = None
+    span = window_frames if window_frames > 0 else clip.num_frames
+    starts = np.asarray(window_starts(clip.num_frames, window_frames, stride, 1, cover_end), np.int64)
     parts = []
     for m in range(clip.num_person):
         people = np.unique(owner[m][owner[m] >= 0]) if owner is not None else ()
         if len(people) <= 1:
             parts.append((_track_clip(clip, m), 0))
             continue
-        for tid in people:   # a row's people never overlap in time: each one's span holds only that person
-            frames = np.nonzero(owner[m] == tid)[0]
-            parts.append((_track_clip(clip, m, int(frames[0]), int(frames[-1]) + 1, int(tid)), int(frames[0])))
+        for tid in people:
+            mine = owner[m] == tid
+            frames = np.nonzero(mine)[0]
+            hit = starts[(starts > frames[0] - span) & (starts <= frames[-1])]
+            if not len(hit):   # only in the tail that no window reaches (cover_end off)
+                continue
+            # the part starts on a grid start, and ends where the last window that sees this person ends (the
+            # clip's end for its cover_end window), so make_windows cuts the part on the clip's grid
+            a, b = int(hit[0]), min(clip.num_frames, int(hit[-1]) + span)
+            parts.append((_track_clip(clip, m, a, b, int(tid), keep=mine[a:b]), a))
     return parts
 
 
@@ -111,7 +133,7 @@ def video_windows(clip: SkeletonClip, *, fps: float, window_frames: int, num_per
     dt = 1.0 / fps
     parts = [(c, 0, num_person, "scene")] if mode in ("scene", "both") else []
     if mode in ("track", "both"):
-        parts += [(part, first, 1, "track") for part, first in _track_parts(c)]
+        parts += [(part, first, 1, "track") for part, first in _track_parts(c, window_frames, stride, cover_end)]
     out: list[Window] = []
     for part, first, persons, kind in parts:
         for w in make_windows(part, window_frames, stride, num_person=persons, min_frames=1,
