@@ -69,6 +69,24 @@ def test_every_job_output_leaves_the_package(ray_package, monkeypatch, tmp_path)
     assert build_paths(DatasetBuildConfig(poses="uploaded_poses")).poses == str(ray_package / "uploaded_poses")
 
 
+def test_extraction_finds_a_model_the_export_jobs_wrote_to_the_shared_storage(ray_package, monkeypatch, tmp_path):
+    """build_trt_engine / export_model write a relative output under $RECOGNIZER_STORAGE on a cluster; extraction
+    looked for the same relative model path only in the job's package and did not find it."""
+    from recognizer_core.extract.config import ExtractionConfig
+    from recognizer_core.extract.job import resolve_paths as extract_paths
+
+    monkeypatch.setenv(storage.STORAGE_ENV, str(tmp_path / "shared"))
+    (tmp_path / "shared" / "exports").mkdir(parents=True)
+    (tmp_path / "shared" / "exports" / "rtmo.trt").write_bytes(b"engine")
+    (ray_package / "checkpoints").mkdir()
+    (ray_package / "checkpoints" / "rtmo.onnx").write_bytes(b"model")  # one that came with the package stays
+    cfg = extract_paths(ExtractionConfig.model_validate({
+        "source": {"input": str(tmp_path)},
+        "model": {"onnx": {"model_path": "checkpoints/rtmo.onnx"}, "tensorrt": {"model_path": "exports/rtmo.trt"}}}))
+    assert cfg.model.tensorrt.model_path == str(tmp_path / "shared" / "exports" / "rtmo.trt")
+    assert cfg.model.onnx.model_path == str(ray_package / "checkpoints" / "rtmo.onnx")
+
+
 def test_package_detection_needs_the_runtime_resources_layout(tmp_path):
     assert storage.ray_package_root(tmp_path / "_ray_pkg_1" / "x") is None  # a folder merely named so
     pkg = tmp_path / "runtime_resources" / "working_dir_files" / "_ray_pkg_1"

@@ -18,6 +18,7 @@ import json
 import os
 import time
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import yaml
 
@@ -49,13 +50,22 @@ def resolve_paths(cfg: ExtractionConfig) -> ExtractionConfig:
     def res(p: str) -> str:
         return storage.to_uri(p) if p else p
 
+    def res_model(p: str) -> str:
+        # a relative model path missing here is looked for where the jobs write relative outputs (export_model,
+        # build_trt_engine: $RECOGNIZER_STORAGE under `ray job submit`), as data.path and --checkpoint are
+        if p and not storage.is_remote(p) and not Path(p).expanduser().is_absolute() \
+                and not Path(p).expanduser().exists() and Path(storage.output_uri(p)).exists():
+            return storage.output_uri(p)
+        return res(p)
+
     return cfg.model_copy(update={
         "output": storage.output_uri(cfg.output),  # never inside `ray job submit`'s package, which Ray deletes
         "source": cfg.source.model_copy(update={"input": res(cfg.source.input),
                                                 "manifest_csv": res(cfg.source.manifest_csv)}),
         "model": cfg.model.model_copy(update={
-            "onnx": cfg.model.onnx.model_copy(update={"model_path": res(cfg.model.onnx.model_path)}),
-            "tensorrt": cfg.model.tensorrt.model_copy(update={"model_path": res(cfg.model.tensorrt.model_path)})})})
+            "onnx": cfg.model.onnx.model_copy(update={"model_path": res_model(cfg.model.onnx.model_path)}),
+            "tensorrt": cfg.model.tensorrt.model_copy(
+                update={"model_path": res_model(cfg.model.tensorrt.model_path)})})})
 
 
 def prepare_extraction(cfg: ExtractionConfig) -> ExtractionPlan:
