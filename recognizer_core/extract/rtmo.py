@@ -52,16 +52,24 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
-    """Greedy non-maximum suppression; indices kept, by descending score."""
-    order = np.argsort(-scores, kind="stable")
+    """Greedy non-maximum suppression, as rtmlib 0.0.16's `nms` runs it on boxes in original pixels; indices kept,
+    by descending score. Its rules, which decide close pairs: a box spans x2 - x1 + 1 pixels (widths, heights and
+    intersections get +1: 169 of 7,500 overlapping pairs were kept differently without), scores are ordered by
+    argsort()[::-1] (of equal scores the later box comes first) and a box goes when its IoU is over the threshold.
+    (`box_iou`, without the +1, stays the tracker's.)"""
+    x1, y1, x2, y2 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]  # in their dtype, as rtmlib computes
+    areas = (x2 - x1 + 1) * (y2 - y1 + 1)
+    order = scores.argsort()[::-1]
     keep = []
     while order.size:
-        i = order[0]
+        i, rest = order[0], order[1:]
         keep.append(i)
-        if order.size == 1:
-            break
-        ious = box_iou(boxes[i : i + 1], boxes[order[1:]])[0]
-        order = order[1:][ious <= iou_threshold]
+        w = np.maximum(0.0, np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]) + 1)
+        h = np.maximum(0.0, np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]) + 1)
+        inter = w * h
+        union = areas[i] + areas[rest] - inter
+        iou = np.divide(inter, union, out=np.ones_like(inter), where=union != 0)  # 0/0: rtmlib's NaN drops it
+        order = rest[iou <= iou_threshold]
     return np.asarray(keep, dtype=np.int64)
 
 
@@ -73,9 +81,9 @@ def postprocess(dets: np.ndarray, keypoints: np.ndarray, ratio: float, image_hw:
     if keypoints.ndim != 3 or keypoints.shape[1:] != (NUM_KEYPOINTS, 3) or len(keypoints) != len(dets):
         raise ValueError(f"RTMO output 'keypoints' must be (K, 17, 3) matching dets, got {keypoints.shape}")
     scores = dets[:, 4]
-    # > 0 too: fixed-K exports (mmdeploy's TensorRT RTMO, model_io.pad_detections) pad with all-zero rows, which
-    # score_threshold=0 kept as people (rtmlib's multiclass_nms compares with >)
-    valid = ((scores >= cfg.score_threshold) & (scores > 0) & np.isfinite(dets).all(1)
+    # > as rtmlib's multiclass_nms compares: a score equal to the threshold goes, and at score_threshold=0 so do the
+    # all-zero rows fixed-K exports (mmdeploy's TensorRT RTMO, model_io.pad_detections) pad with
+    valid = ((scores > cfg.score_threshold) & np.isfinite(dets).all(1)
              & np.isfinite(keypoints).all((1, 2)))
     if not valid.any():
         return FramePoses.empty()

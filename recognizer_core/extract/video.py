@@ -1,8 +1,8 @@
 """Video decoding: probing, shard planning, and streamed frames (PyAV; OpenCV as a fallback).
 
 Frames are yielded one at a time, never a whole video in memory. A frame's index is its position on the
-video's own time line, round((t - start_time) * fps), so decoding a shard after a seek gives the same indices
-(and the same frame_stride selection) as decoding the whole file from the start. Frames come upright: a phone's
+video's own time line, round((t - start_time) * fps) made unique, so decoding a shard after a seek gives the same
+indices (and the same frame_stride selection) as decoding the whole file from the start. Frames come upright: a phone's
 portrait video is stored landscape with a display rotation, which is applied (sizes are the displayed ones).
 A packet the decoder rejects as damaged is skipped and counted (`DecodeStats`), and decoding goes on: its frame is
 a gap in the indices, not a shift, and not the end of the video.
@@ -28,6 +28,7 @@ class DecodeStats:
     """What `iter_frames` skipped, filled in as it runs: read it once the frames are consumed."""
     skipped_packets: int = 0     # packets the decoder rejected as damaged data; their frames are missing
     first_skip: str = ""         # the first one: "frame N: InvalidDataError: ..." (N: the first frame missing)
+    dropped_frames: int = 0      # decoded by time, frames left without an index (`_timestamp_slots`)
 
 
 # FFmpeg's decoders answer damaged data with AVERROR_INVALIDDATA; bits damaged into a feature flag can also give
@@ -66,12 +67,7 @@ def probe_video(uri: str) -> VideoInfo:
                 raise VideoDecodeError(f"{uri}: no video stream")
             stream = container.streams.video[0]
             fps = _stream_fps(stream)
-            num = int(stream.frames or 0)
-            if num <= 0 and fps > 0:
-                if stream.duration is not None and stream.time_base is not None:
-                    num = int(math.ceil(float(stream.duration * stream.time_base) * fps))
-                elif container.duration:
-                    num = int(math.ceil(container.duration / 1e6 * fps))
+            num = _declared_frames(container, stream, fps)
             width, height = stream.codec_context.width, stream.codec_context.height
             if not width or not height:
                 raise VideoDecodeError(f"{uri}: video stream has no frame size")
@@ -83,6 +79,24 @@ def probe_video(uri: str) -> VideoInfo:
         raise
     except Exception as err:  # av.error.* (InvalidDataError, ...), OSError from the filesystem
         raise VideoDecodeError(f"{uri}: cannot open video: {type(err).__name__}: {err}") from None
+
+
+def _declared_frames(container, stream, fps: float) -> int:
+    """The video stream's frame count, capped by its duration x fps: a lossless cut's count includes the pre-roll
+    frames its edit list hides (450 counted, 250 shown). Matroska has the video's end time as a DURATION tag; the
+    container's duration, the fallback, is the longest stream's (audio can run longer)."""
+    seconds, tag = None, stream.metadata.get("DURATION", "").split(":")  # "HH:MM:SS.nnnnnnnnn"
+    if stream.duration is not None and stream.time_base:
+        seconds = float(stream.duration * stream.time_base)
+    elif len(tag) == 3 and all(p.replace(".", "", 1).isdigit() for p in tag):
+        start = float(stream.start_time * stream.time_base) if stream.start_time and stream.time_base else 0.0
+        seconds = max(0.0, int(tag[0]) * 3600 + int(tag[1]) * 60 + float(tag[2]) - start)
+    elif container.duration:
+        seconds = container.duration / 1e6
+    # less a hundredth of a frame: 10.000000001 s at 25 fps are 250 frames, not 251
+    by_time = int(math.ceil(seconds * fps - 0.01)) if seconds and fps > 0 else 0
+    frames = int(stream.frames or 0)
+    return min(frames, by_time) if frames > 0 and by_time > 0 else frames or by_time
 
 
 def _first_frame_quarter_turns(container, stream) -> int:
@@ -145,10 +159,8 @@ def letterbox(image_bgr: np.ndarray, input_size: tuple[int, int]) -> tuple[np.nd
     """Letterbox one BGR uint8 image (bilinear resize by libswscale, pad 114, top-left). -> (image, ratio)."""
     import av
 
-    ratio, nh, nw = letterbox_params(image_bgr.shape[0], image_bgr.shape[1], input_size)
-    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image_bgr), format="bgr24")
-    resized = frame.reformat(width=nw, height=nh, format="bgr24", interpolation="BILINEAR").to_ndarray()
-    return pad_letterbox(resized, input_size), ratio
+    padded, ratio, _ = letterbox_frame(av.VideoFrame.from_ndarray(np.ascontiguousarray(image_bgr), "bgr24"), input_size)
+    return padded, ratio
 
 
 def _iter_pyav(uri: str, start: int, end: int | None, stride: int, input_size: tuple[int, int] | None,
@@ -168,46 +180,74 @@ def _iter_pyav(uri: str, start: int, end: int | None, stride: int, input_size: t
             frames = _seek_before(container, stream, start, fps, tb, t0, skips)
         else:
             frames = _decode_skipping(container, stream, skips)
-        prev = (t0 - 1 / fps) / tb if tb * fps > 0 else None  # the timestamp a frame -1 would have
-        size = None
+        numbered = _numbered(uri, frames, by_time, fps, tb, t0, skips)
         last = -1
-        for frame in frames:
-            pts, gap = frame.pts, 0
-            if skips.rejected != skips.seen or skips.owed:  # packets rejected: where did their frames go?
-                here = last + 1 if not by_time or prev is None else int(round((prev * tb - t0) * fps)) + 1
-                gap = skips.settle(pts, prev, here)
-            prev = pts
-            if not by_time:
-                idx = last + 1 + gap  # a lost frame is a gap: the frames after it keep their numbers
-            elif pts is not None and fps > 0 and tb > 0:
-                idx = int(round((pts * tb - t0) * fps))
-            else:
-                raise VideoDecodeError(f"{uri}: frames carry no timestamps; cannot decode it in shards")
-            if idx <= last or idx < start:
-                continue  # frames before the seek target, or a repeated timestamp
+        for idx, frame in _timestamp_slots(numbered, start, end, stats) if by_time else numbered:
+            if idx < start:
+                continue  # frames before the seek target
             if end is not None and idx >= end:
                 break
             last = idx
             if idx % stride:
                 continue
-            if input_size is None:
-                yield idx, frame_bgr(frame)
-                continue
-            if size is None:
-                k = quarter_turns(frame)
-                size = (k, *letterbox_params(*((frame.width, frame.height) if k % 2 else (frame.height, frame.width)),
-                                             input_size))
-            k, _, nh, nw = size
-            # resized as stored, then turned upright: the same pixels as turning first, at a fraction of the cost
-            resized = frame.reformat(width=nh if k % 2 else nw, height=nw if k % 2 else nh, format="bgr24",
-                                     interpolation="BILINEAR").to_ndarray()
-            yield idx, pad_letterbox(np.rot90(resized, k) if k else resized, input_size)
+            yield idx, (frame_bgr(frame) if input_size is None else letterbox_frame(frame, input_size)[0])
         else:
             skips.stream_ended(last + 1)
         if last < 0 and skips.rejected and start == 0 and end is None:
             # a whole file of which nothing decodes fails as before (OpenCV is tried); an empty shard does not
             raise VideoDecodeError(f"{uri}: no frame decodes: the decoder rejected {skips.rejected} packet(s) as "
                                    f"damaged ({skips.error})")
+
+
+def letterbox_frame(frame, input_size: tuple[int, int]) -> tuple[np.ndarray, float, tuple[int, int]]:
+    """A decoded av.VideoFrame -> (RTMO's letterboxed input, ratio, upright (H, W)): BGR and resized by one
+    libswscale call, then turned upright (as turning first, but cheaper). Batch and stream mode both use it, so
+    the model sees the same pixels: `letterbox` of a full-size BGR copy is about one grey level off."""
+    k = quarter_turns(frame)
+    h, w = (frame.width, frame.height) if k % 2 else (frame.height, frame.width)
+    ratio, nh, nw = letterbox_params(h, w, input_size)
+    resized = frame.reformat(width=nh if k % 2 else nw, height=nw if k % 2 else nh, format="bgr24",
+                             interpolation="BILINEAR").to_ndarray()
+    return pad_letterbox(np.rot90(resized, k) if k else resized, input_size), ratio, (h, w)
+
+
+def _numbered(uri: str, frames, by_time: bool, fps: float, tb: float, t0: float, skips: "_Skips"):
+    """(index, frame) per decoded frame: its count (a skipped packet's frame a gap) or round((t - t0) * fps)."""
+    prev = (t0 - 1 / fps) / tb if tb * fps > 0 else None  # the timestamp a frame -1 would have
+    count = -1
+    for frame in frames:
+        pts, gap = frame.pts, 0
+        if skips.rejected != skips.seen or skips.owed:  # packets rejected: where did their frames go?
+            here = count + 1 if not by_time or prev is None else int(round((prev * tb - t0) * fps)) + 1
+            gap = skips.settle(pts, prev, here)
+        prev = pts
+        if not by_time:
+            count += 1 + gap  # a lost frame is a gap: the frames after it keep their numbers
+            yield count, frame
+        elif pts is not None and fps > 0 and tb > 0:
+            yield int(round((pts * tb - t0) * fps)), frame
+        else:
+            raise VideoDecodeError(f"{uri}: frames carry no timestamps; cannot decode it in shards")
+
+
+def _timestamp_slots(numbered, start: int, end: int | None, stats: DecodeStats):
+    """Unique numbers where jittered or variable-rate timestamps round two frames to one (1200 -> 1073 frames of
+    an irregular mp4, silently). A frame sharing the next frame's number takes the one below if no kept frame
+    has it; else (or where timestamps go back) it is dropped and counted (`stats.dropped_frames`) by the call
+    whose [start, end) holds that number. Looking at the next frame only, a shard (first frame at or before its
+    start) numbers as a whole-file decode; taking the number above would depend on frames before its seek point."""
+    last, pending = -1, None
+    for item in itertools.chain(numbered, [None]):
+        if pending is not None:
+            idx, frame = pending
+            if item is not None and item[0] <= idx:
+                idx -= 1  # shares its number with the next frame
+            if idx > last:
+                last = idx
+                yield idx, frame
+            elif max(idx, 0) >= start and (end is None or idx < end):
+                stats.dropped_frames += 1
+        pending = item
 
 
 class _Skips:
@@ -290,8 +330,9 @@ def _place_gap(owed: int, wait: int, pts, prev, rate: float, exact: bool) -> tup
 
 def _seek_before(container, stream, start: int, fps: float, tb: float, t0: float, skips: _Skips):
     """Decoded frames from at or before frame `start`. A seek lands on the keyframe before its target in indexed
-    containers, but MPEG-TS / MPEG-PS have no index and often land after it: those frames would belong to no
-    shard. Seek again further back (1 s, 2 s, 4 s ...) until the first frame is at or before `start`."""
+    containers, but MPEG-TS / MPEG-PS have no index and often land after it (or, past their last keyframe, at
+    the end): those frames would belong to no shard. Seek again further back (1 s, 2 s, 4 s ...) until the first
+    frame is at or before `start`."""
     margin = 0.0
     while True:
         t = max(0.0, start / fps - margin)
@@ -299,9 +340,9 @@ def _seek_before(container, stream, start: int, fps: float, tb: float, t0: float
         skips.rejected = 0  # a try that seeks again decodes its packets again
         frames = _decode_skipping(container, stream, skips)
         first = next(frames, None)
-        if first is None:
+        if first is None and t == 0.0:
             return iter(())
-        if t == 0.0 or first.pts is None or int(round((first.pts * tb - t0) * fps)) <= start:
+        if first is not None and (t == 0.0 or first.pts is None or int(round((first.pts * tb - t0) * fps)) <= start):
             return itertools.chain([first], frames)
         margin = max(1.0, 2 * margin)
 
@@ -343,8 +384,9 @@ def iter_frames(uri: str, start: int = 0, end: int | None = None, stride: int = 
     Frame indices count decoded frames, which is robust to broken timestamps (AVI). A video decoded in
     shards (`by_time=True`, the default when start > 0 or end is set) indexes frames by timestamp instead,
     round((t - start_time) * fps), so every shard agrees on indices and on the stride selection; for a
-    constant-frame-rate file the two are equal. All shards of one video must use the same mode.
-    With `input_size` the image is RTMO's letterboxed model input (input_size[0], input_size[1], 3);
+    constant-frame-rate file the two are equal (frames rounding to one number: `_timestamp_slots`, the frames it
+    drops counted in `stats.dropped_frames`). All shards of one video must use the same mode.
+    With `input_size` the image is RTMO's letterboxed model input (`letterbox_frame`);
     otherwise the original frame. A packet PyAV's decoder rejects as damaged is skipped and counted in
     `stats` (the frames after it keep their indices: its frame is a gap); decoding goes on to the end. PyAV
     errors before the first frame (or a whole file of damaged packets) fall back to OpenCV when it is
@@ -359,7 +401,8 @@ def iter_frames(uri: str, start: int = 0, end: int | None = None, stride: int = 
     errors = []
     for decode in decoders:
         produced = 0
-        stats.skipped_packets, stats.first_skip = 0, ""  # the counts of the decoder whose frames are kept
+        # the counts of the decoder whose frames are kept
+        stats.skipped_packets, stats.first_skip, stats.dropped_frames = 0, "", 0
         try:
             for item in decode(uri, start, end, stride, input_size, by_time, stats):
                 produced += 1

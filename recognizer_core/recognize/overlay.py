@@ -1,6 +1,7 @@
 """Overlay video of a recognition: skeletons and track ids (extract/overlay.py's renderer) plus, per frame, the
 label and score of the window centred nearest that frame: at the top for scene windows, above each person
-for track windows; red while the score is over the class's threshold. PyAV (h264) encode."""
+for track windows; red while the score is over the class's threshold. PyAV (h264) encode. A skeleton frame is
+drawn on the video frame its `frame_inds` names, numbered as extraction numbered it (by timestamp if sharded)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -66,11 +67,17 @@ def render_recognition_overlay(clip: SkeletonClip, video_uri: str, windows: Sequ
     out_path.parent.mkdir(parents=True, exist_ok=True)
     inds = clip.frame_inds if clip.frame_inds is not None else np.arange(clip.num_frames)
     pos = {int(f): t for t, f in enumerate(inds)}
+    last = int(inds[-1]) + 1 if len(inds) else 0
+    # a sharded extraction indexed frames by timestamp: counted, the frames after a gap in the timestamps (or of a
+    # variable rate) got other numbers, and skeletons were drawn seconds away from their frames
+    by_time = bool(clip.extra.get("decoded_by_time", False))
     times = frame_times(clip)
     owner = row_owners(clip)
     writer = H264Writer(out_path, clip.fps)
     try:
-        for idx, image in iter_frames(video_uri):
+        for idx, image in iter_frames(video_uri, 0, last if by_time else None, by_time=by_time):
+            if idx >= last:
+                break
             t = pos.get(idx)
             if t is None:
                 continue

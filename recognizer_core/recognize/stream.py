@@ -4,9 +4,9 @@ events delivered as they become final.
 A reader thread decodes frames (PyAV) into a queue of `queue_frames`; when the recognizer falls behind, the
 oldest queued frame is dropped and counted, so the recognizer always works on the newest frames and says how
 many it skipped. Files and HTTP videos with a duration are paced to real time (`speed` x) like a live camera;
-a live source that drops is reopened, and a clock that jumps is re-anchored (FrameReader). Every
-`stride_s` of stream time the frames of the last window are tracked (track/tracking.py over the buffer), placed
-at their true times (dropped frames leave gaps, not a squeezed clip), cut and scored exactly as in batch mode;
+a live source that drops is reopened, and a clock that jumps is re-anchored (FrameReader). Every `stride_s` of
+stream time the frames of the last window are tracked (track/tracking.py over the buffer, one person per stored
+row), placed at their true times (dropped frames leave gaps, not a squeezed clip), cut and scored as in batch mode;
 latency = wall time from the arrival of a window's last frame to its score. Events follow batch mode's rules
 (events.OnlineEvents: hysteresis, merging within `merge_gap_s`, then minimum duration), so an event is final
 `merge_gap_s` of stream time after it closes; it is printed and written at once, POSTed by a sender thread
@@ -26,7 +26,6 @@ import time
 
 import numpy as np
 
-from recognizer_core.extract.video import frame_bgr
 from recognizer_core.recognize.events import EventOutputError, EventSink, OnlineEvents, check_post_url, redact_url
 from recognizer_core.recognize.runner import RecognizeConfig, make_windows_for, score_windows
 from recognizer_core.recognize.windows import resample
@@ -36,9 +35,9 @@ from recognizer_core.skeleton.clip import SkeletonClip
 def _pose_pieces():
     from recognizer_core.extract.rtmo import RtmoPoseEstimator
     from recognizer_core.track.tracking import track_poses
-    from recognizer_core.extract.video import letterbox
+    from recognizer_core.extract.video import letterbox_frame
 
-    return RtmoPoseEstimator, track_poses, letterbox
+    return RtmoPoseEstimator, track_poses, letterbox_frame
 
 
 # Schemes whose sources are live by nature; an HTTP source is live when FFmpeg finds no duration (MJPEG, MPEG-TS).
@@ -159,7 +158,7 @@ class FrameReader(threading.Thread):
                     t = raw + shift
                     if not self.live and self.speed > 0:  # a file or HTTP video: arrive at (speed x) real time
                         time.sleep(max(0.0, (t - t_first) / self.speed - (now - t_start)))
-                    self._put((t, time.perf_counter(), frame_bgr(frame), self.session, why))
+                    self._put((t, time.perf_counter(), frame, self.session, why))  # letterboxed as batch does
                     self._t_last, self._wall_last, raw_last = t, time.perf_counter(), raw
                     self.read += 1
             return ENDED
@@ -183,8 +182,8 @@ class FrameReader(threading.Thread):
                     self.lost_reason, delay = problem, RETRY_FIRST_S
                     self.lost_at = now
                 if now - self._wall_last > self.reconnect_s:
-                    self.error = (f"{redact_url(self.source)}: no frame for {now - self._wall_last:.0f} s since the stream was "
-                                  f"lost ({self.lost_reason}); gave up reopening it "
+                    self.error = (f"{redact_url(self.source)}: no frame for {now - self._wall_last:.0f} s since "
+                                  f"the stream was lost ({self.lost_reason}); gave up reopening it "
                                   f"(--reconnect-s {self.reconnect_s:g})")
                     return
                 self.stop_event.wait(delay)
@@ -214,7 +213,7 @@ def run_stream(rec, spec, cfg: RecognizeConfig, source: str, pose_cfg, *, tracki
     from recognizer_core.track.config import TrackingConfig
 
     sink = EventSink(event_file, post_url)
-    Estimator, track_poses, letterbox = _pose_pieces()
+    Estimator, track_poses, letterbox_frame = _pose_pieces()
     tracking = tracking or TrackingConfig(min_track_len=3)
     try:
         estimator = Estimator(build_backend(pose_cfg), pose_cfg)
@@ -248,7 +247,7 @@ def run_stream(rec, spec, cfg: RecognizeConfig, source: str, pose_cfg, *, tracki
             if max_seconds and time.perf_counter() - t0 > max_seconds:
                 break
             try:
-                t, arrival, image, frame_session, why = reader.frames.get(timeout=0.2)
+                t, arrival, frame, frame_session, why = reader.frames.get(timeout=0.2)
             except queue.Empty:
                 if reader.lost_at is not None and not outage_closed:  # no frame can come until it is reopened
                     print(f"[stream] lost {source} ({reader.lost_reason}); reopening it for up to {reconnect_s:g} s",
@@ -267,8 +266,8 @@ def run_stream(rec, spec, cfg: RecognizeConfig, source: str, pose_cfg, *, tracki
                 else:
                     print(f"[stream] {source}: {why}; stream time goes on from t={t:.1f} s and windows start anew",
                           file=sys.stderr, flush=True)
-            padded, ratio = letterbox(image, pose_cfg.model_input_size)
-            buf.append((t, arrival, estimator(padded[None], [ratio], [image.shape[:2]])[0], image.shape[:2]))
+            padded, ratio, hw = letterbox_frame(frame, pose_cfg.model_input_size)
+            buf.append((t, arrival, estimator(padded[None], [ratio], [hw])[0], hw))
             processed += 1
             while buf and buf[-1][0] - buf[0][0] > spec.window_s:
                 buf.popleft()
@@ -339,6 +338,10 @@ def _buffer_clip(buf, track_poses, tracking, source: str, stable: StableTrackIds
     its time: frames dropped when the recognizer fell behind (or an irregular camera) leave gaps in time, which
     a clip numbered 0, 1, 2 ... would close up, squeezing the motion."""
     times = np.array([b[0] for b in buf])
+    if tracking is not None:  # (None: a stand-in tracker that takes no config)
+        # no row reuse inside the buffer: StableTrackIds gives a row one id and the windows take it as one person,
+        # and the default row_gap (300 camera frames) is shorter than a buffer of window_s > 10 s at 30 fps
+        tracking = tracking.model_copy(update={"row_gap": max(tracking.row_gap, len(buf))})
     tracked = track_poses(np.arange(len(buf)), [b[2] for b in buf], tracking)
     if tracked.num_persons == 0:
         return None
