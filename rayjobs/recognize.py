@@ -9,7 +9,8 @@
 
 --model: a training run folder, a Tune summary, a .pth (+ --model-config) or an exported .onnx (+ sidecar).
 Labels, pipeline, fps and window length come from the model. Per video: <stem>.events.jsonl / .events.csv,
-<stem>.windows.csv and <stem>.timeline.png in --output; --labels adds evaluation.json + confusion_matrix.png.
+<stem>.windows.csv and <stem>.timeline.png in --output; --labels adds evaluation.json + confusion_matrix.png
+(events match true intervals at temporal IoU >= --event-tiou, 0.5).
 `--set` takes RecognizeConfig fields (stride_s, window_mode, thresholds.<Class>=0.7, min_duration_s, ...).
 --background-class chooses the class that never makes an event (default: the export's record, else the class
 named like background, e.g. NonFight / Normal, else class 0 of our models and none of mmaction2 .py models).
@@ -40,6 +41,9 @@ def parse_args(argv):
                                    "file, URI, or a CSV with a path column)")
     p.add_argument("--output", default="outputs/recognize", help="output folder")
     p.add_argument("--labels", help="evaluate: labelled video folder, or CSV video,label[,start_s,end_s]")
+    p.add_argument("--event-tiou", type=float, default=0.5,
+                   help="evaluation: the temporal IoU in (0, 1] an event needs with a true interval to match it "
+                        "(a fall much shorter than the window: 0.3, docs/recognize.md)")
     p.add_argument("--stream", help="live source: rtsp:// / http:// URL or a camera index")
     p.add_argument("--pose-model", help="rtmo-s | rtmo-m | rtmo-l (downloaded, cached) or an RTMO .onnx path")
     p.add_argument("--pose-cache", default="~/.cache/recognizer/pose_models", help="download cache folder")
@@ -112,9 +116,12 @@ def run_skeletons(rec, spec, cfg: RecognizeConfig, source, out: Path, truth=None
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from recognizer_core.recognize.evaluation import check_tiou
+
     try:
         cfg = config_from_args(RecognizeConfig, args)
-    except ConfigError as err:
+        check_tiou(args.event_tiou)  # before any model work, as a bad --set is
+    except (ConfigError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     from recognizer_core.recognize.model import load_recognizer
@@ -175,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         events = result["events"][clip.source_video]
         print(side_by_side(events, truth, spec.label_names))
         report = evaluate(result["events"], {}, {video_key(clip.source_video): truth}, spec.label_names,
-                          spec.background_class)
+                          spec.background_class, args.event_tiou)
         print(json.dumps({"events": len(events), "true_events": len(truth),
                           "event_level": report["events"], "output": str(out)}))
         return 0
@@ -204,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
         from recognizer_core.recognize.evaluation import evaluate, write_report
 
         try:
-            report = evaluate(result["events"], labels, intervals, spec.label_names, spec.background_class)
+            report = evaluate(result["events"], labels, intervals, spec.label_names, spec.background_class,
+                              args.event_tiou)
         except ValueError as err:  # a label name that fits several videos
             print(f"error: {err}", file=sys.stderr)
             return 2

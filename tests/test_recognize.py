@@ -50,10 +50,11 @@ def test_a_stretch_without_windows_ends_an_event():
     starts = np.concatenate([np.arange(0, 10, 0.5), np.arange(37.5, 47.5, 0.5)])
     ev = events_from_scores(starts, starts + 3.0, np.full(len(starts), 0.9), on=0.6, off=0.5, min_duration_s=0.0,
                             merge_gap_s=1.0)
-    assert [(a, b) for a, b, _, _ in ev] == [(1.25, 11.25), (38.75, 48.75)]
+    # the first fight holds the video's first window (reaches back to 0), the second its last (on to 50)
+    assert [(a, b) for a, b, _, _ in ev] == [(0.0, 11.25), (38.75, 50.0)]
     ev = events_from_scores(starts, starts + 3.0, np.full(len(starts), 0.9), on=0.6, off=0.5, min_duration_s=0.0,
                             merge_gap_s=30.0)  # a merge gap wider than the stretch joins them, as asked
-    assert [(a, b) for a, b, _, _ in ev] == [(1.25, 48.75)]
+    assert [(a, b) for a, b, _, _ in ev] == [(0.0, 50.0)]
 
 
 def test_threshold_at_precision():

@@ -1,5 +1,6 @@
 """Recognition against labels: video-level accuracy, per-class precision / recall, a confusion matrix, and
-event-level precision / recall with temporal-IoU matching when true intervals are given.
+event-level precision / recall with temporal-IoU matching (tIoU >= 0.5, or recognize's `--event-tiou`) when
+true intervals are given.
 
 Labels come from an RWF-2000-style folder (`[split/]<Label>/<video>`: the parent folder is the label) or a
 CSV with columns `video,label[,start_s,end_s]` (one row per true interval; a row without times labels the
@@ -132,9 +133,18 @@ def temporal_iou(a: tuple[float, float], b: tuple[float, float]) -> float:
     return inter / union if union > 0 else 0.0
 
 
+def check_tiou(iou: float) -> float:
+    """`iou` when it is in (0, 1] (0 would match an event to any true interval, even one it does not touch);
+    ValueError, one line, naming --event-tiou, otherwise."""
+    if not 0 < iou <= 1:  # also NaN
+        raise ValueError(f"--event-tiou {iou}: must be in (0, 1] (the temporal IoU an event needs with a true "
+                         "interval to match it; default 0.5)")
+    return float(iou)
+
+
 def match_events(pred: Sequence[dict], true: Sequence[dict], iou: float = 0.5) -> tuple[int, int, int]:
     """(true positives, false positives, false negatives): one-to-one greedy matching, highest tIoU first,
-    same class only."""
+    same class only; a pair matches at tIoU >= `iou`."""
     pairs = sorted(((temporal_iou((p["start_s"], p["end_s"]), (t["start_s"], t["end_s"])), i, j)
                     for i, p in enumerate(pred) for j, t in enumerate(true) if p["label"] == t["label"]),
                    reverse=True)
@@ -150,7 +160,8 @@ def evaluate(events_by_video: dict[str, list[Event]], labels: dict[str, str], in
              label_names: Sequence[str], background: int | None, iou: float = 0.5) -> dict:
     """The report (JSON-able); videos without a label are listed, not scored. `labels` / `intervals` are keyed
     by video_key (read_labels), `events_by_video` by the videos' paths or URIs; they are matched by
-    match_videos."""
+    match_videos. Events match true intervals at tIoU >= `iou` (check_tiou), recorded as events.tiou."""
+    iou = check_tiou(iou)
     names = list(label_names)
     key_of = match_videos(list(events_by_video), sorted(set(labels) | set(intervals)))
     # the results under their label keys; unmatched ones under their own names

@@ -16,7 +16,7 @@ from pydantic import Field
 from recognizer_core.config import StrictModel
 from recognizer_core.recognize.events import Event, detect_events
 from recognizer_core.recognize.spec import ClassThreshold, ModelSpec
-from recognizer_core.recognize.windows import Window, video_windows
+from recognizer_core.recognize.windows import Window, frame_times, video_windows
 from recognizer_core.skeleton.clip import SkeletonClip
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,10 @@ class RecognizeConfig(StrictModel):
     # CPU, STGCN++ base 64: batch 4-8 ran 1.5-2x faster than 32-64 (activations leave the cache); a GPU wants more
     batch_size: int = Field(8, ge=1, description="windows per model call")
     merge_gap_s: float = Field(1.0, ge=0, description="events of one class closer than this are merged")
+    event_span: Literal["centre", "shared"] = Field(
+        "centre", description="an event's extent from its run of firing windows: centre = their centres +- half "
+                              "a hop (actions about half a window or longer: fights); shared = what every firing "
+                              "window shares, where narrower (actions much shorter than a window: falls)")
     # bounded here, not only in the spec's ClassThreshold: a bad value is then a --set error naming
     # `thresholds.<Class>`, before the model loads
     thresholds: dict[str, Annotated[float, Ge(0), Le(1)]] = Field(
@@ -107,7 +111,9 @@ def recognize_clip(recognizer, clip: SkeletonClip, spec: ModelSpec, cfg: Recogni
     t0 = time.perf_counter()
     windows = make_windows_for(clip, spec, cfg.stride_s)
     probs = score_windows(recognizer, windows, cfg.batch_size)
-    events = detect_events(windows, probs, spec, cfg.merge_gap_s)
+    times = frame_times(clip)  # the video's first frame and last frame end: a run there reaches the video's edge
+    extent = (float(times[0]), float(times[-1]) + 1.0 / (clip.fps or spec.fps)) if len(times) else None
+    events = detect_events(windows, probs, spec, cfg.merge_gap_s, extent, cfg.event_span == "shared")
     return VideoResult(clip.source_video or clip.clip_id, windows, probs, events, time.perf_counter() - t0)
 
 
