@@ -8,7 +8,7 @@ from fakes.fake_rtmo import KEYPOINT_SCALE, build_fake_rtmo, draw_markers, expec
 from recognizer_core.extract.backends import BackendError, OrtBackend, build_backend
 from recognizer_core.extract.config import OnnxOptions, PoseModelConfig
 from recognizer_core.extract.rtmo import RtmoPoseEstimator, box_iou, nms, postprocess, to_model_input
-from recognizer_core.extract.video import letterbox, letterbox_params
+from recognizer_core.extract.frame_image import letterbox, letterbox_params
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,9 @@ from fakes.fake_rtmo import draw_markers, write_marker_video
 from fakes.job_videos import linear_track, write_truncated_mkv
 from recognizer_core.extract.config import DecodeConfig
 from recognizer_core.extract.stages import plan_video
+from recognizer_core.extract.frame_image import letterbox
 from recognizer_core.extract.video import (DecodeStats, VideoDecodeError, _place_gap, frame_stride_for, iter_frames,
-                                        letterbox, plan_shards, probe_video)
+                                        plan_shards, probe_video)
 
 
 @pytest.mark.parametrize("rel,codec,frames,hw", [

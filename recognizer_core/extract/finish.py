@@ -15,12 +15,14 @@ from recognizer_core.track.tracking import track_poses
 def truncation(payload: dict, decode: DecodeConfig) -> dict:
     """Decoded vs declared frames. `decoded_frames` is the last decoded frame index + 1 (within the stride);
     the header's count is often an estimate, so only a shortfall beyond the tolerance (and a stride) counts.
-    `skipped_packets`: packets the decoder skipped as damaged (their frames are gaps; the video is not cut)."""
+    `skipped_packets`: packets the decoder skipped as damaged (their frames are gaps; the video is not cut).
+    `dropped_frames`: frames a sharded (by-timestamp) decode dropped where two timestamps rounded to one number."""
     inds, declared, stride = payload["frame_inds"], int(payload["declared"]), int(payload["stride"])
     decoded = int(inds[-1]) + 1 if len(inds) else 0
     short = declared > 0 and decoded + stride <= declared * (1.0 - decode.truncation_tolerance)
     return {"decoded_frames": decoded, "declared_frames": declared, "truncated": bool(short),
-            "skipped_packets": int(payload.get("skipped_packets", 0))}
+            "skipped_packets": int(payload.get("skipped_packets", 0)),
+            "dropped_frames": int(payload.get("dropped_frames", 0))}
 
 
 def track_video(video: dict, payload: dict, label: int, decode: DecodeConfig,
@@ -48,7 +50,8 @@ def track_video(video: dict, payload: dict, label: int, decode: DecodeConfig,
                            split=video["split"], source_video=video["uri"], image_hw=payload["image_hw"],
                            fps=payload["fps"], stride=payload["stride"],
                            extra={"rel_path": video["rel_path"], "decoded_by_time": payload["num_shards"] > 1,
-                                  "truncated": trunc["truncated"], "skipped_packets": trunc["skipped_packets"]})
+                                  "truncated": trunc["truncated"], "skipped_packets": trunc["skipped_packets"],
+                                  "dropped_frames": trunc["dropped_frames"]})
     return {"status": DONE, **base, **trunc, "frames": len(frames), "persons": tracked.num_persons}, clip
 
 

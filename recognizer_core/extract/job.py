@@ -32,7 +32,7 @@ from recognizer_core.extract.stages import PoseInference, VideoAssembler, decode
 
 # the columns of the pose stream the driver reads (VideoAssembler.add); batch recognize reads the same
 ROW_COLUMNS = ("video_id", "shard", "num_shards", "frame_index", "shard_total", "error", "skipped_packets",
-               "poses", "img_h", "img_w", "stride", "fps", "declared")
+               "dropped_frames", "poses", "img_h", "img_w", "stride", "fps", "declared")
 
 
 @dataclass

@@ -115,7 +115,7 @@ class RtmoPoseEstimator:
 
     def estimate_image(self, image_bgr: np.ndarray) -> FramePoses:
         """One original BGR image (rtmlib-style single-image call)."""
-        from recognizer_core.extract.video import letterbox
+        from recognizer_core.extract.frame_image import letterbox
 
         padded, ratio = letterbox(image_bgr, self.cfg.model_input_size)
         return self(padded[None], [ratio], [image_bgr.shape[:2]])[0]

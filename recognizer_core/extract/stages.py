@@ -8,9 +8,10 @@ Flow (extract/job.py wires it into Ray Data):
   `extract/finish.py:finish_video` (tracking, truncation check, the Parquet write) on any node.
 
 Shard completeness: each shard's last frame row carries `shard_total` (frames it produced; -1 on the
-others) and `skipped_packets` (packets its decoder skipped as damaged; 0 on the others), and a shard that
-produced nothing sends one marker row (frame_index -1, with `error` when the decoder failed), so the driver
-knows when a video is complete whatever order the blocks arrive in.
+others), `skipped_packets` (packets its decoder skipped as damaged) and `dropped_frames` (frames its by-time
+decode left without a number of their own: `DecodeStats.dropped_frames`; both 0 on the other rows), and a
+shard that produced nothing sends one marker row (frame_index -1, with `error` when the decoder failed), so the
+driver knows when a video is complete whatever order the blocks arrive in.
 """
 from __future__ import annotations
 
@@ -20,8 +21,9 @@ import numpy as np
 
 from recognizer_core.extract.config import DecodeConfig, PoseModelConfig
 from recognizer_core.extract.rtmo import NUM_KEYPOINTS, FramePoses, RtmoPoseEstimator
-from recognizer_core.extract.video import (DecodeStats, VideoDecodeError, frame_stride_for, iter_frames,
-                                        letterbox_params, plan_shards, probe_video)
+from recognizer_core.extract.frame_image import letterbox_params
+from recognizer_core.extract.video import (DecodeStats, VideoDecodeError, frame_stride_for, iter_frames, plan_shards,
+                                           probe_video)
 
 
 def plan_video(item: dict, decode: DecodeConfig) -> list[dict]:
@@ -54,7 +56,9 @@ def _frame_block(rows: list[tuple], shard: dict, input_size: tuple[int, int]) ->
         "img_w": np.array([r[4] for r in rows], np.int32),
         "shard_total": np.array([r[5] for r in rows], np.int64),
         "error": np.array([r[6] for r in rows], dtype=object),
+        # the decoder's counts, on the shard's last row only (error rows and the other rows carry none)
         "skipped_packets": np.array([r[7] if len(r) > 7 else 0 for r in rows], np.int64),
+        "dropped_frames": np.array([r[8] if len(r) > 8 else 0 for r in rows], np.int64),
         "stride": np.full(n, shard["stride"], np.int32),
         "fps": np.full(n, shard["fps"], np.float64),
         "declared": np.full(n, shard["declared"], np.int64),
@@ -92,9 +96,9 @@ def decode_shard(batch: dict, decode: DecodeConfig, input_size: tuple[int, int])
             block = [(-1, marker, 1.0, 0, 0, count, error)] if pending is None else \
                 block + [(*pending[:5], count, error)]
         elif pending is None:
-            block = [(-1, marker, 1.0, 0, 0, 0, "", stats.skipped_packets)]
+            block = [(-1, marker, 1.0, 0, 0, 0, "", stats.skipped_packets, stats.dropped_frames)]
         else:
-            block.append((*pending[:5], count, "", stats.skipped_packets))
+            block.append((*pending[:5], count, "", stats.skipped_packets, stats.dropped_frames))
         yield _frame_block(block, shard, input_size)
 
 
@@ -128,7 +132,8 @@ class PoseInference:
     def __call__(self, batch: dict) -> dict:
         n = len(batch["frame_index"])
         out = {key: batch[key] for key in ("video_id", "shard", "num_shards", "frame_index", "img_h", "img_w",
-                                             "shard_total", "error", "skipped_packets", "stride", "fps", "declared")}
+                                             "shard_total", "error", "skipped_packets", "dropped_frames", "stride",
+                                             "fps", "declared")}
         packed = np.array([b""] * n, dtype=object)
         real = np.nonzero(np.asarray(batch["frame_index"]) >= 0)[0]
         if len(real):
@@ -150,6 +155,7 @@ class VideoAssembler:
         self.num_shards: int | None = None
         self.totals: dict[int, int] = {}
         self.skipped: dict[int, int] = {}  # per shard: packets its decoder skipped as damaged
+        self.dropped: dict[int, int] = {}  # per shard: frames its by-time decode dropped (timestamps collided)
         self.received: dict[int, int] = {}
         self.frames: dict[int, bytes] = {}
         self.image_hw: tuple[int, int] = (0, 0)
@@ -166,6 +172,7 @@ class VideoAssembler:
         if int(row["shard_total"]) >= 0:
             self.totals[shard] = int(row["shard_total"])
             self.skipped[shard] = int(row.get("skipped_packets", 0))
+            self.dropped[shard] = int(row.get("dropped_frames", 0))
         idx = int(row["frame_index"])
         if idx < 0:
             return
@@ -189,4 +196,4 @@ class VideoAssembler:
         return {"frame_inds": np.asarray(inds, np.int64), "poses": [self.frames[i] for i in inds],
                 "image_hw": self.image_hw, "stride": self.stride, "fps": self.fps, "declared": self.declared,
                 "errors": list(self.errors), "num_shards": self.num_shards or 1,
-                "skipped_packets": sum(self.skipped.values())}
+                "skipped_packets": sum(self.skipped.values()), "dropped_frames": sum(self.dropped.values())}

@@ -16,6 +16,9 @@ from typing import Iterator
 
 import numpy as np
 
+# a frame's image (upright, BGR, letterboxed) is made in frame_image.py
+from recognizer_core.extract.frame_image import (frame_bgr, letterbox_frame, letterbox_params, pad_letterbox,
+                                                 quarter_turns)
 from recognizer_core.extract.sources import open_video_file
 
 
@@ -107,19 +110,6 @@ def _first_frame_quarter_turns(container, stream) -> int:
         return 0
 
 
-def quarter_turns(frame) -> int:
-    """np.rot90's k for a decoded frame: its display matrix's counter-clockwise rotation (PyAV's
-    `frame.rotation`: a phone's portrait video reads -90, stored landscape, shown turned clockwise)."""
-    return int(round(float(getattr(frame, "rotation", 0) or 0) / 90)) % 4
-
-
-def frame_bgr(frame) -> np.ndarray:
-    """A decoded frame as the upright BGR image a player shows."""
-    image = frame.to_ndarray(format="bgr24")
-    k = quarter_turns(frame)
-    return np.ascontiguousarray(np.rot90(image, k)) if k else image
-
-
 def _stream_fps(stream) -> float:
     # guessed_rate (FFmpeg's r_frame_rate guess) is the nominal rate; average_rate is skewed by dropped
     # frames or a long last frame (mmaction2's demo mp4: 28.05 average, 30 real).
@@ -141,26 +131,6 @@ def frame_stride_for(fps: float, frame_stride: int, target_fps: float) -> int:
     if target_fps > 0 and fps > 0:
         return max(1, int(round(fps / target_fps)))
     return frame_stride
-
-
-def letterbox_params(height: int, width: int, input_size: tuple[int, int]) -> tuple[float, int, int]:
-    """(ratio, resized_h, resized_w) of RTMO's top-left letterbox (aspect kept), as rtmlib computes it."""
-    ratio = min(input_size[0] / height, input_size[1] / width)
-    return ratio, int(height * ratio), int(width * ratio)
-
-
-def pad_letterbox(resized: np.ndarray, input_size: tuple[int, int]) -> np.ndarray:
-    out = np.full((input_size[0], input_size[1], 3), 114, dtype=np.uint8)
-    out[: resized.shape[0], : resized.shape[1]] = resized
-    return out
-
-
-def letterbox(image_bgr: np.ndarray, input_size: tuple[int, int]) -> tuple[np.ndarray, float]:
-    """Letterbox one BGR uint8 image (bilinear resize by libswscale, pad 114, top-left). -> (image, ratio)."""
-    import av
-
-    padded, ratio, _ = letterbox_frame(av.VideoFrame.from_ndarray(np.ascontiguousarray(image_bgr), "bgr24"), input_size)
-    return padded, ratio
 
 
 def _iter_pyav(uri: str, start: int, end: int | None, stride: int, input_size: tuple[int, int] | None,
@@ -197,18 +167,6 @@ def _iter_pyav(uri: str, start: int, end: int | None, stride: int, input_size: t
             # a whole file of which nothing decodes fails as before (OpenCV is tried); an empty shard does not
             raise VideoDecodeError(f"{uri}: no frame decodes: the decoder rejected {skips.rejected} packet(s) as "
                                    f"damaged ({skips.error})")
-
-
-def letterbox_frame(frame, input_size: tuple[int, int]) -> tuple[np.ndarray, float, tuple[int, int]]:
-    """A decoded av.VideoFrame -> (RTMO's letterboxed input, ratio, upright (H, W)): BGR and resized by one
-    libswscale call, then turned upright (as turning first, but cheaper). Batch and stream mode both use it, so
-    the model sees the same pixels: `letterbox` of a full-size BGR copy is about one grey level off."""
-    k = quarter_turns(frame)
-    h, w = (frame.width, frame.height) if k % 2 else (frame.height, frame.width)
-    ratio, nh, nw = letterbox_params(h, w, input_size)
-    resized = frame.reformat(width=nh if k % 2 else nw, height=nw if k % 2 else nh, format="bgr24",
-                             interpolation="BILINEAR").to_ndarray()
-    return pad_letterbox(np.rot90(resized, k) if k else resized, input_size), ratio, (h, w)
 
 
 def _numbered(uri: str, frames, by_time: bool, fps: float, tb: float, t0: float, skips: "_Skips"):

@@ -35,7 +35,7 @@ from recognizer_core.skeleton.clip import SkeletonClip
 def _pose_pieces():
     from recognizer_core.extract.rtmo import RtmoPoseEstimator
     from recognizer_core.track.tracking import track_poses
-    from recognizer_core.extract.video import letterbox_frame
+    from recognizer_core.extract.frame_image import letterbox_frame
 
     return RtmoPoseEstimator, track_poses, letterbox_frame
 
@@ -224,7 +224,7 @@ def run_stream(rec, spec, cfg: RecognizeConfig, source: str, pose_cfg, *, tracki
     reader.start()
     source = redact_url(source)   # events, POSTs, the summary and log lines never carry a camera's password
     buf: collections.deque = collections.deque()  # (stream time, arrival, FramePoses, (H, W))
-    events = OnlineEvents(spec, source, cfg.merge_gap_s)
+    events = OnlineEvents(spec, source, cfg.merge_gap_s, shared_span=cfg.event_span == "shared")
     # the latest LATENCY_STEPS scoring steps: a detector that runs for weeks keeps its memory flat
     latencies: collections.deque = collections.deque(maxlen=LATENCY_STEPS)
     n_windows, processed, next_due, t0 = 0, 0, None, time.perf_counter()
@@ -280,7 +280,7 @@ def run_stream(rec, spec, cfg: RecognizeConfig, source: str, pose_cfg, *, tracki
             probs = score_windows(rec, wins, cfg.batch_size) if wins else []
             # a step with no window still counts: it ends the events of whoever left, and held events expire
             events.step(t - spec.window_s / 2, cfg.stride_s,
-                        [(w.key, w.kind, p, w.track_ids) for w, p in zip(wins, probs)])
+                        [(w.key, w.kind, p, w.track_ids) for w, p in zip(wins, probs)], start_s=buf[0][0])
             deliver()
             if not wins:
                 continue
