@@ -275,3 +275,52 @@ def test_recognize_refuses_an_unknown_event_span_in_one_line(capsys):
     assert main(["--model", "no_such_model", "--input", "no_such_input", "--set", "event_span=middle"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert any("event_span" in line for line in err) and len(err) <= 2, err
+
+
+def _recognize_with(monkeypatch, clip, spec, scorer, **cfg):
+    from recognizer_core.recognize import runner
+
+    monkeypatch.setattr(runner, "score_windows", lambda rec, ws, bs=8: np.array([scorer(w) for w in ws], np.float32))
+    return runner.recognize_clip(None, clip, spec, runner.RecognizeConfig(**cfg))
+
+
+def _person_clip(fps: float, seconds: float) -> SkeletonClip:
+    T = int(round(seconds * fps))
+    kp = np.random.default_rng(0).uniform(100, 500, (1, T, 17, 2)).astype(np.float32)
+    return SkeletonClip("v", 1, kp, np.full((1, T, 17), 0.9, np.float32), (720, 1280), T, fps=fps,
+                        track_ids=np.array([7], np.int32), frame_inds=np.arange(T, dtype=np.int32),
+                        source_video="v.mp4", extra={"source_fps": fps})
+
+
+@pytest.mark.parametrize("fps", [30.0, 29.97, 25.0, 24.0])
+def test_a_fall_at_the_end_of_a_video_at_another_frame_rate_reaches_its_end(fps, monkeypatch):
+    """The video's end came from the source frame times, the windows' from the clip resampled to the model's 30
+    fps: 3e-5 s (29.97 fps) to 8 ms apart, so the end rule never applied and the event ended before the fall."""
+    clip = _person_clip(fps, 20.0)
+    end = clip.num_frames / fps
+    fall = (end - 1.1, end - 0.3)
+    for span in ("centre", "shared"):
+        res = _recognize_with(monkeypatch, clip, _spec(), lambda w: [0.0, 1.0] if w.start_s <= fall[0] and
+                              w.end_s >= fall[1] else [1.0, 0.0], event_span=span)
+        assert len(res.events) == 1 and res.events[0].end_s >= fall[1] - 0.05, (fps, span, res.events)
+
+
+@pytest.mark.parametrize("seconds", [3.5, 4.0, 5.0])
+def test_one_firing_window_of_a_short_video_is_kept(seconds, monkeypatch):
+    """The step was the median of the sequence's steps, which a short video's last window (placed to end at its
+    last frame) pulled below stride_s: a one-window fall was then shorter than min_duration_s 0.5 and dropped."""
+    res = _recognize_with(monkeypatch, _person_clip(30.0, seconds), _spec(),
+                          lambda w: [0.0, 1.0] if w.start_s == 0 else [1.0, 0.0])
+    assert [round(e.start_s, 3) for e in res.events] == [0.0], res.events
+
+
+def test_a_stream_event_never_starts_before_the_streams_first_frame_with_a_long_stride():
+    """A stride longer than 0.8 window put the first step's centre span before the stream's first frame."""
+    spec = _spec()
+    online = OnlineEvents(spec, "cam")
+    # stream.py steps at (latest frame) - window / 2, its first step when 0.9 window of frames have come
+    online.step(0.9 * spec.window_s - spec.window_s / 2, 3.0, [("track1", "track", np.array([0.0, 1.0]), [1])],
+                start_s=0.0)
+    online.flush()
+    ev = online.pop_ready()
+    assert len(ev) == 1 and ev[0].start_s >= 0.0, ev

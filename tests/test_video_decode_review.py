@@ -13,12 +13,12 @@ from recognizer_core.extract.video import DecodeStats, iter_frames, plan_shards,
 
 
 def _encode(path, values, fps: int = 25, gop: int = 25, pts_ms=None, size=(48, 64), codec: str = "libx264",
-            pix_fmt: str = "yuv420p", audio_s: float = 0.0) -> str:
+            pix_fmt: str = "yuv420p", audio_s: float = 0.0, options: dict | None = None) -> str:
     """Frame i filled with values[i] (a grey level or a BGR triple); pts_ms: timestamps in ms (time base 1/1000);
     audio_s: a silent PCM track of that length after the video."""
     import av
 
-    with av.open(str(path), "w") as c:
+    with av.open(str(path), "w", options=options or {}) as c:
         st = c.add_stream(codec, rate=fps)
         st.height, st.width = size
         st.pix_fmt = pix_fmt
@@ -182,3 +182,41 @@ def test_a_blue_frame_reaches_the_model_as_channel_0_in_batch_and_stream(tmp_pat
     assert len(seen) == 4   # one decode block, three stream frames
     for x in seen:          # (N, 3, H, W): the picture is the top 48 rows of the 64 x 64 letterbox
         assert (x[:, 0, :48] == 255).all() and (x[:, 1:, :48] == 0).all(), x[:, :, 0, 0]
+
+
+def test_a_shard_past_the_cut_of_a_truncated_mp4_decodes_nothing(tmp_path, monkeypatch):
+    """An interrupted copy of an indexed file (mp4): the seek retry meant for MPEG-TS also ran there, and every
+    shard past the cut decoded back to the cut and threw it away (work quadratic in what was lost)."""
+    import recognizer_core.extract.video as video
+
+    full = _encode(tmp_path / "full.mp4", [i % 250 for i in range(300)], fps=25, gop=25,
+                   options={"movflags": "faststart"})  # the index first: a cut copy still opens
+    cut = tmp_path / "cut.mp4"
+    data = open(full, "rb").read()
+    cut.write_bytes(data[: len(data) // 2])
+    decoded = [0]
+    real = video._decode_skipping
+
+    def counting(*a, **k):
+        for f in real(*a, **k):
+            decoded[0] += 1
+            yield f
+
+    monkeypatch.setattr(video, "_decode_skipping", counting)
+    kept = [i for i, _ in iter_frames(str(cut), 250, 300, 1, (16, 16), by_time=True)]
+    assert kept == [] and decoded[0] == 0, (kept, decoded)
+
+
+def test_frames_after_a_mid_stream_size_change_keep_the_first_frames_geometry(tmp_path):
+    """A TS whose frames go from 64x48 to 48x48 midway: each frame was letterboxed at its own size while the poses
+    are mapped back with the video's one ratio and size (stages.py), so keypoints after the change landed off the
+    image. Every frame is letterboxed as the first one was, as before the shared letterbox_frame."""
+    a = _encode(tmp_path / "a.ts", [0] * 30, size=(48, 64))
+    b = _encode(tmp_path / "b.ts", [255] * 30, size=(48, 48))
+    ab = tmp_path / "ab.ts"
+    ab.write_bytes(open(a, "rb").read() + open(b, "rb").read())
+    images = dict(iter_frames(str(ab), 0, None, 1, (64, 64), by_time=False))
+    late = images[max(images)]
+    assert max(images) >= 50 and late.mean() > 150
+    # the first frame's geometry: 64 wide x 48 high -> ratio 1.0, rows 48..63 are padding (114) in every frame
+    assert (late[48:] == 114).all() and (late[:48, :, 0] > 200).all()

@@ -1,7 +1,6 @@
 """A decoded frame -> the image the model or a viewer gets: turned upright by its display rotation, BGR, and
 RTMO's top-left letterbox (aspect kept, pad 114). Batch decoding (`extract/video.py`), stream mode and the RTMO
-wrapper all letterbox here, so the model sees the same pixels whichever mode ran it. Moved out of video.py, which
-re-exports these names (callers in rtmo.py, recognize/stream.py, tests and bench import them from there)."""
+wrapper all letterbox here, so the model sees the same pixels whichever mode ran it (moved out of video.py)."""
 from __future__ import annotations
 
 import numpy as np
@@ -36,16 +35,20 @@ def letterbox(image_bgr: np.ndarray, input_size: tuple[int, int]) -> tuple[np.nd
     """Letterbox one BGR uint8 image (bilinear resize by libswscale, pad 114, top-left). -> (image, ratio)."""
     import av
 
-    padded, ratio, _ = letterbox_frame(av.VideoFrame.from_ndarray(np.ascontiguousarray(image_bgr), "bgr24"), input_size)
+    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image_bgr), "bgr24")
+    padded, ratio, _ = letterbox_frame(frame, input_size)
     return padded, ratio
 
 
-def letterbox_frame(frame, input_size: tuple[int, int]) -> tuple[np.ndarray, float, tuple[int, int]]:
+def letterbox_frame(frame, input_size: tuple[int, int],
+                    upright_hw: tuple[int, int] | None = None) -> tuple[np.ndarray, float, tuple[int, int]]:
     """A decoded av.VideoFrame -> (RTMO's letterboxed input, ratio, upright (H, W)): BGR and resized by one
     libswscale call, then turned upright (as turning first, but cheaper). Batch and stream mode both use it, so
-    the model sees the same pixels: `letterbox` of a full-size BGR copy is about one grey level off."""
+    the model sees the same pixels: `letterbox` of a full-size BGR copy is about one grey level off.
+    `upright_hw`: letterbox as if the frame had that upright size (batch decoding keeps a video's first frame's
+    geometry for all its frames, whose poses are mapped back with one ratio)."""
     k = quarter_turns(frame)
-    h, w = (frame.width, frame.height) if k % 2 else (frame.height, frame.width)
+    h, w = upright_hw or ((frame.width, frame.height) if k % 2 else (frame.height, frame.width))
     ratio, nh, nw = letterbox_params(h, w, input_size)
     resized = frame.reformat(width=nh if k % 2 else nw, height=nw if k % 2 else nh, format="bgr24",
                              interpolation="BILINEAR").to_ndarray()

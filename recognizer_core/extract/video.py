@@ -151,7 +151,7 @@ def _iter_pyav(uri: str, start: int, end: int | None, stride: int, input_size: t
         else:
             frames = _decode_skipping(container, stream, skips)
         numbered = _numbered(uri, frames, by_time, fps, tb, t0, skips)
-        last = -1
+        last, upright_hw = -1, None
         for idx, frame in _timestamp_slots(numbered, start, end, stats) if by_time else numbered:
             if idx < start:
                 continue  # frames before the seek target
@@ -160,7 +160,14 @@ def _iter_pyav(uri: str, start: int, end: int | None, stride: int, input_size: t
             last = idx
             if idx % stride:
                 continue
-            yield idx, (frame_bgr(frame) if input_size is None else letterbox_frame(frame, input_size)[0])
+            if input_size is None:
+                yield idx, frame_bgr(frame)
+                continue
+            # every frame at the first one's geometry: the poses are mapped back with one ratio and size per video
+            # (stages.py), so a stream whose frame size changes midway keeps its keypoints on the image
+            padded, _, hw = letterbox_frame(frame, input_size, upright_hw)
+            upright_hw = upright_hw or hw
+            yield idx, padded
         else:
             skips.stream_ended(last + 1)
         if last < 0 and skips.rejected and start == 0 and end is None:
@@ -286,6 +293,9 @@ def _place_gap(owed: int, wait: int, pts, prev, rate: float, exact: bool) -> tup
     return 0, owed if wait > 0 else 0, wait
 
 
+_UNINDEXED_FORMATS = ("mpegts", "mpeg", "mpegvideo", "h264", "hevc")  # PyAV's names: no index to seek with
+
+
 def _seek_before(container, stream, start: int, fps: float, tb: float, t0: float, skips: _Skips):
     """Decoded frames from at or before frame `start`. A seek lands on the keyframe before its target in indexed
     containers, but MPEG-TS / MPEG-PS have no index and often land after it (or, past their last keyframe, at
@@ -298,7 +308,9 @@ def _seek_before(container, stream, start: int, fps: float, tb: float, t0: float
         skips.rejected = 0  # a try that seeks again decodes its packets again
         frames = _decode_skipping(container, stream, skips)
         first = next(frames, None)
-        if first is None and t == 0.0:
+        # an indexed container (mp4, mkv) seeks to the keyframe before its target: nothing decoded means the shard is
+        # past the data (a truncated copy), and seeking further back would decode up to the cut for nothing
+        if first is None and (t == 0.0 or container.format.name not in _UNINDEXED_FORMATS):
             return iter(())
         if first is not None and (t == 0.0 or first.pts is None or int(round((first.pts * tb - t0) * fps)) <= start):
             return itertools.chain([first], frames)

@@ -53,16 +53,18 @@ class Event:
 def events_from_scores(starts: np.ndarray, ends: np.ndarray, scores: np.ndarray, *, on: float, off: float,
                        min_duration_s: float, merge_gap_s: float,
                        track_ids: Sequence[Sequence[int]] | None = None, fps: float | None = None,
-                       bounds: tuple[float, float] | None = None,
-                       shared: bool = False) -> list[tuple[float, float, float, list[int]]]:
+                       bounds: tuple[float, float] | None = None, shared: bool = False,
+                       hop_s: float | None = None) -> list[tuple[float, float, float, list[int]]]:
     """[(start_s, end_s, peak, track_ids)] of one class over one time-ordered window sequence at `fps`.
     `bounds`: where the video starts and ends (default: this sequence's first window start, last window end);
-    `shared`: a run may span what its windows share (event_runs.run_extent)."""
+    `shared`: a run may span what its windows share (event_runs.run_extent); `hop_s`: the windows' step (default:
+    the median step of this sequence, which a track seen twice far apart or a short video's last window, placed
+    to end at its last frame, make wrong: recognize passes the real one, as a stream steps)."""
     starts, ends, scores = (np.asarray(a, np.float64) for a in (starts, ends, scores))
     if len(scores) == 0:
         return []
     centres = (starts + ends) / 2
-    hop = float(np.median(np.diff(centres))) if len(centres) > 1 else float(ends[0] - starts[0])
+    hop = hop_s or (float(np.median(np.diff(centres))) if len(centres) > 1 else float(ends[0] - starts[0]))
     lo, hi = float(starts.min()), float(ends.max())
     v0, v1 = bounds or (lo, hi)
     # Windows where nobody was seen are not scored, so neighbours in this list can be far apart in time: a run
@@ -93,11 +95,12 @@ def events_from_scores(starts: np.ndarray, ends: np.ndarray, scores: np.ndarray,
 
 
 def detect_events(windows: Sequence, probs: np.ndarray, spec: ModelSpec, merge_gap_s: float = 1.0,
-                  extent: tuple[float, float] | None = None, shared_span: bool = False) -> list[Event]:
+                  extent: tuple[float, float] | None = None, shared_span: bool = False,
+                  hop_s: float | None = None) -> list[Event]:
     """Events of every non-background class, over every sequence (scene / track) of the windows. `extent`: the
     video's first frame time and last frame end (windows of one video); without it the first start and last end
     of its windows, which differ only where nobody is seen at its very start or end. `shared_span`: recognize's
-    `event_span: shared` (event_runs.run_extent)."""
+    `event_span: shared` (event_runs.run_extent); `hop_s`: the windows' step (events_from_scores)."""
     groups: dict[tuple[str, str], list[int]] = {}
     bounds: dict[str, tuple[float, float]] = {}
     for i, w in enumerate(windows):
@@ -118,7 +121,7 @@ def detect_events(windows: Sequence, probs: np.ndarray, spec: ModelSpec, merge_g
             for a, b, peak, tids in events_from_scores(starts, ends, probs[idx, c], on=th.on, off=th.off_value,
                                                        min_duration_s=th.min_duration_s, merge_gap_s=merge_gap_s,
                                                        track_ids=ids, fps=spec.fps, bounds=bounds[video],
-                                                       shared=shared_span):
+                                                       shared=shared_span, hop_s=hop_s):
                 events.append(Event(video, spec.label_names[c], a, b, peak, tids, c))
     return sorted(events, key=lambda e: (e.video, e.start_s, e.label))
 
@@ -188,8 +191,10 @@ class OnlineEvents:
             k, th, s = (key, c), self.spec.threshold(c), float(probs[c])
             cur = self.open.get(k)
             if cur is None and s >= th.on:
+                # at the first step no event starts before the stream's first frame (batch: its first window's
+                # start), also where a stride longer than 0.8 window puts the centre span before it
                 run = [None if stream_start is None else max(win[0], stream_start), *win, win[1],
-                       centre_s - hop_s / 2]
+                       centre_s - hop_s / 2 if stream_start is None else max(centre_s - hop_s / 2, stream_start)]
                 held = self.held.get(k)
                 if held is not None and centre_s - hop_s / 2 - held[1] <= self.merge_gap_s:
                     held[5] = run

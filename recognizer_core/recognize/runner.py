@@ -16,7 +16,7 @@ from pydantic import Field
 from recognizer_core.config import StrictModel
 from recognizer_core.recognize.events import Event, detect_events
 from recognizer_core.recognize.spec import ClassThreshold, ModelSpec
-from recognizer_core.recognize.windows import Window, frame_times, video_windows
+from recognizer_core.recognize.windows import Window, resample, video_windows
 from recognizer_core.skeleton.clip import SkeletonClip
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,8 @@ class RecognizeConfig(StrictModel):
     thresholds: dict[str, Annotated[float, Ge(0), Le(1)]] = Field(
         default_factory=dict, description="class name -> on threshold in [0, 1] (overrides the model's)")
     hysteresis: float | None = Field(None, ge=0, le=1, description="off = on - hysteresis (default: the model's)")
-    min_duration_s: float | None = Field(None, ge=0, description="drop shorter events (default: the model's)")
+    min_duration_s: float | None = Field(None, ge=0, description="drop events whose windows fired for less than this "
+                                                                 "(default: the model's)")
     calibrate_precision: float | None = Field(
         None, gt=0, le=1, description="set thresholds to the lowest reaching this precision on the validation "
                                       "split of the model's training data (run folders; exports store theirs)")
@@ -111,9 +112,12 @@ def recognize_clip(recognizer, clip: SkeletonClip, spec: ModelSpec, cfg: Recogni
     t0 = time.perf_counter()
     windows = make_windows_for(clip, spec, cfg.stride_s)
     probs = score_windows(recognizer, windows, cfg.batch_size)
-    times = frame_times(clip)  # the video's first frame and last frame end: a run there reaches the video's edge
-    extent = (float(times[0]), float(times[-1]) + 1.0 / (clip.fps or spec.fps)) if len(times) else None
-    events = detect_events(windows, probs, spec, cfg.merge_gap_s, extent, cfg.event_span == "shared")
+    # the video's first frame and last frame end, on the windows' own time base (the clip resampled to the model's
+    # fps, as video_windows cuts it): a run there reaches the video's edge; and the windows' real step
+    _, times = resample(clip, spec.fps)
+    extent = (float(times[0]), float(times[-1]) + 1.0 / spec.fps) if len(times) else None
+    hop_s = max(1, round(cfg.stride_s * spec.fps)) / spec.fps
+    events = detect_events(windows, probs, spec, cfg.merge_gap_s, extent, cfg.event_span == "shared", hop_s)
     return VideoResult(clip.source_video or clip.clip_id, windows, probs, events, time.perf_counter() - t0)
 
 

@@ -32,7 +32,8 @@ class ClassThreshold(StrictModel):
     on: float = Field(0.5, ge=0, le=1, description="an event starts when the class score reaches this")
     off: float | None = Field(None, ge=0, le=1, description="and ends when it drops below this "
                                                             "(hysteresis; default on - 0.1)")
-    min_duration_s: float = Field(0.5, ge=0, description="shorter events are dropped")
+    min_duration_s: float = Field(0.5, ge=0, description="events whose windows fired for less than this are "
+                                                          "dropped")
     source: str = Field("default", description="where the threshold came from (default, config, validation)")
 
     @property
