@@ -33,13 +33,20 @@ def build_engine(onnx_path: str, output: str, input_size=(640, 640), min_batch: 
     """sample_shape: the input's shape after the batch axis when it is not an image (3, H, W), e.g. STGCN++'s
     (M, T, V, C) from rayjobs/export_model.py. `output` is resolved as every job's outputs are
     (storage.output_uri): a relative path under $RECOGNIZER_STORAGE when set, never inside the package
-    `ray job submit --working-dir` uploaded (Ray deletes it with the session, and the engine with it)."""
-    from recognizer_core.storage import is_remote, output_uri
+    `ray job submit --working-dir` uploaded (Ray deletes it with the session, and the engine with it). An
+    object-store result (given, or under an s3:// $RECOGNIZER_STORAGE) is refused: the engine is a local file."""
+    from recognizer_core.storage import STORAGE_ENV, is_remote, output_uri
 
-    if is_remote(output):
+    resolved = output_uri(output)
+    if is_remote(resolved):  # given, or made by an s3:// $RECOGNIZER_STORAGE (Path() made a local folder "s3:")
+        if not is_remote(output):
+            raise SystemExit(f"error: build_trt_engine: --output {output} resolves under {STORAGE_ENV}="
+                             f"{os.environ.get(STORAGE_ENV)} to {resolved}, object storage: the engine is written "
+                             f"as a local file; give an absolute local or shared (NFS) path, or set {STORAGE_ENV} "
+                             "to a folder")
         raise SystemExit(f"error: build_trt_engine: --output {output}: give a local or shared (NFS) file path; "
                          "the engine is written as a local file")
-    out = Path(output_uri(output))
+    out = Path(resolved)
     try:
         import tensorrt as trt
     except ImportError:

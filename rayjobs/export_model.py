@@ -65,13 +65,18 @@ def resolve_output(path: str, option: str) -> str:
     """An output path as every job resolves it (storage.output_uri): a relative one goes under
     $RECOGNIZER_STORAGE when set, and never into the package `ray job submit --working-dir` uploaded, which Ray
     deletes with the session (Path(out) put the model there). The files are written locally and renamed into
-    place, so an object-store URI is refused (ValueError)."""
-    from recognizer_core.storage import is_remote, output_uri
+    place, so an object-store URI is refused (ValueError): given, or made by an s3:// $RECOGNIZER_STORAGE (then
+    Path("s3://...") wrote a local folder "s3:")."""
+    from recognizer_core.storage import STORAGE_ENV, is_remote, output_uri
 
-    if is_remote(path):
+    resolved = output_uri(path)
+    if is_remote(resolved):
+        if not is_remote(path):  # a relative path under an s3:// $RECOGNIZER_STORAGE
+            raise ValueError(f"{option} {path} resolves under {STORAGE_ENV}={os.environ.get(STORAGE_ENV)} to "
+                             f"{resolved}, object storage, which is not written here: give an absolute local or "
+                             f"shared (NFS) path, or set {STORAGE_ENV} to a folder")
         raise ValueError(f"{option} {path}: give a local or shared (NFS) file path; object storage is not written "
                          "here (copy the files there afterwards)")
-    resolved = output_uri(path)
     if resolved != str(Path(path).expanduser().resolve()):  # the resolved place is not where a reader would look
         print(f"[export] {option} {path} -> {resolved}", file=sys.stderr, flush=True)
     return resolved

@@ -13,8 +13,9 @@ examples:
   ray job submit --working-dir . --runtime-env-json '{"env_vars": {"RECOGNIZER_STORAGE": "/shared/runs"}}' \\
       -- python rayjobs/tune_fight.py --data /shared/skeletons --folds 5 --storage-path s3://bucket/tune
       # --folds (or pkl / demo data) with s3:// results on a cluster: the data every trial reads is written as
-      # files under $RECOGNIZER_STORAGE, which must be a folder every node mounts (cluster/kuberay's pods set it;
-      # here the job's env sets it); unset, the job stops before Ray starts and says so
+      # files under $RECOGNIZER_STORAGE, which must be a local folder every node mounts (cluster/kuberay's pods
+      # set it; here the job's env sets it; a one-machine `ray start --head`: ~/recognizer_runs); unset on a
+      # cluster, or an s3:// one, the job stops before Ray starts and says so
 
 Re-running the same command resumes the experiment (finished trials kept, unfinished ones continue from their
 latest checkpoint). At the end, <storage>/<name>/summary/ holds results.parquet/.csv, best_config.yaml (a ready
@@ -117,7 +118,8 @@ def final_test(summary: dict, folds: dict, experiment_uri: str) -> None:
     from recognizer_core.tune.results import scratch_dir
 
     # the summary is built locally (a temp folder for a remote experiment) and published; the final retrain
-    # runs on Ray's workers, so it goes to the experiment's storage itself (stgcn_job.final_dir)
+    # runs on Ray's workers, so it goes to the experiment's storage itself (stgcn_job.final_dir), cleared first
+    # (a re-run's retrain would otherwise resume the previous invocation's finished run)
     local = scratch_dir(experiment_uri) if not is_remote(experiment_uri) else Path(summary["files"][0]).parent
     if "best_trial" not in summary or not folds["test"]:
         if "best_trial" in summary:

@@ -262,7 +262,8 @@ def test_class_weight_parameter_of_the_background_class_is_refused_before_ray(tm
     assert tune_fight.main(argv) == 2
     errors = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error: ")]
     assert len(errors) == 1 and "train.class_weight[1]" in errors[0] and "falldown_space.yaml" in errors[0], errors
-    assert "source.label_names=[Normal, Falldown]" in errors[0]
+    assert "build_dataset.py --poses" in errors[0] and "--set label_names=[Normal,Falldown]" in errors[0]
+    assert "extract_poses" not in errors[0]   # re-extraction needs the videos and only rewrote labels.json
 
 
 def test_class_weight_check_passes_the_presets_order_and_the_order_error_says_to_rebuild(tmp_path):
@@ -277,6 +278,131 @@ def test_class_weight_check_passes_the_presets_order_and_the_order_error_says_to
     # the order error recommends the rebuild a search needs, not only retyping the names
     ds = SkeletonDataset(_dataset(tmp_path / "ds_sorted", ["Falldown", "Normal"]))
     cfg = validate_config(TrainJobConfig, {"data": {"label_names": ["Normal", "Falldown"]}}, "test")
-    with pytest.raises(ConfigError, match=r"source\.label_names=\[Normal, Falldown\]") as err:
+    with pytest.raises(ConfigError, match=r"build_dataset\.py .*--set label_names=\[Normal,Falldown\]") as err:
         label_names(cfg, ds)
+    assert "\n" not in str(err.value) and "extract_poses" not in str(err.value)
+
+
+def test_class_weight_check_refuses_only_a_background_class_that_is_not_class_0(tmp_path):
+    """Review rdA: [NonFight, Fight] (the background already first) with train.class_weight[0] was refused and
+    told to rebuild in the order already in place; `train.class_weight[1]@sgd` on [Fight, NonFight] passed."""
+    from recognizer_core.tune.search_space import load_search_space
+
+    path = tmp_path / "space.yaml"
+    path.write_text(f"job: stgcn\nbase_config: {REPO / 'configs' / 'fight_stable.yaml'}\n"
+                    "metric: val/mean_class_accuracy\nparams:\n"
+                    "  train.class_weight[0]: {type: uniform, low: 0.5, high: 1.5}\n"
+                    "  train.class_weight[1]: {type: uniform, low: 0.8, high: 2.0}\n")
+    both = load_search_space(str(path), TrainJobConfig)
+    stgcn_job.check_class_weight_params(both, ["NonFight", "Fight"])   # the presets' order: any weight passes
+    path.write_text(f"job: stgcn\nbase_config: {REPO / 'configs' / 'fight_stable.yaml'}\n"
+                    "metric: val/mean_class_accuracy\nparams:\n"
+                    "  optim.type: {type: choice, values: [adamw, sgd]}\n"
+                    "  model.dropout: {type: uniform, low: 0.1, high: 0.5, when: {optim.type: adamw}}\n"
+                    "  train.class_weight[1]@sgd: {type: uniform, low: 0.8, high: 2.0, when: {optim.type: sgd}}\n")
+    second = load_search_space(str(path), TrainJobConfig)
+    with pytest.raises(ConfigError, match=r"train\.class_weight\[1\]@sgd .*label_names=\[NonFight,Fight\]"):
+        stgcn_job.check_class_weight_params(second, ["Fight", "NonFight"])
+    with pytest.raises(ConfigError, match=r"train\.class_weight\[0\]"):   # class 0 is Fight here: refused too
+        stgcn_job.check_class_weight_params(both, ["Fight", "NonFight"])
+    path.write_text(f"job: stgcn\nbase_config: {REPO / 'configs' / 'fight_stable.yaml'}\n"
+                    "metric: val/mean_class_accuracy\nparams:\n"
+                    "  train.class_weight: {type: choice, values: [[1.0, 1.0], [1.0, 2.0]]}\n")
+    whole = load_search_space(str(path), TrainJobConfig)   # a whole list assumes the order too
+    stgcn_job.check_class_weight_params(whole, ["NonFight", "Fight"])
+    with pytest.raises(ConfigError, match=r"parameter train\.class_weight tunes"):
+        stgcn_job.check_class_weight_params(whole, ["Fight", "NonFight"])
+    # a dataset build_dataset.py wrote: the rebuild command names its own poses and folder
+    built = SkeletonDataset(write_dataset([], tmp_path / "built", ["Fight", "NonFight"], metadata={
+        "source": "rayjobs/build_dataset.py", "poses": "/data/rwf_poses"}))
+    with pytest.raises(ConfigError, match=f"build_dataset.py --poses /data/rwf_poses --output {built.path} "):
+        stgcn_job.check_class_weight_params(both, built.label_names, built)
+
+
+# --- review rdA: a re-run's final retrain, an s3:// RECOGNIZER_STORAGE, one machine ----------------------------
+def test_rerun_of_an_s3_folds_experiment_retrains_in_a_fresh_final_run(tmp_path, monkeypatch, s3):
+    """final_dir() and the run name are the same in every invocation and Ray Train V2 resumes a run whose name and
+    storage match: a re-run tested the previous winner's weights (its finished run) as the new winner's."""
+    from recognizer_core.train.stgcn import job
+    from rayjobs import tune_fight
+
+    s3.create_bucket(Bucket="bucket")
+    experiment = "s3://bucket/tune/exp"
+    seen = []
+
+    def build_trainer(cfg, *, run_config=None, dataset_path=None):
+        run = storage.join_uri(str(run_config.storage_path), run_config.name)
+        snapshot = storage.join_uri(run, "checkpoint_manager_snapshot.json")   # what Ray Train V2 resumes from
+        seen.append(storage.exists(snapshot))
+
+        def fit():
+            storage.write_text(snapshot, "{}")
+            return SimpleNamespace(checkpoint=SimpleNamespace(path=run.split("://")[1] + "/checkpoint_epoch_3"))
+        return SimpleNamespace(fit=fit)
+
+    writes = [True, False]   # the second test writes no metrics: the first's must not be read instead
+
+    def test_trainer(cfg, checkpoint, out_uri, split=None, *args, **kwargs):
+        write = writes.pop(0)
+        return SimpleNamespace(fit=lambda: write and storage.write_text(storage.join_uri(out_uri, "test_metrics.json"),
+                               json.dumps({"acc_top1": .5, "mean_class_accuracy": .5})))
+
+    monkeypatch.setattr(job, "build_trainer", build_trainer)
+    monkeypatch.setattr(job, "_test_trainer", test_trainer)
+    errors = []
+    for i in range(2):
+        local = tmp_path / f"recognizer_tune_summary_{i}"   # results.scratch_dir: a fresh temp folder each time
+        local.mkdir()
+        dump_config(validate_config(TrainJobConfig, {}, "t"), local / "best_config.yaml")
+        (local / "results.csv").write_text("trial_id\nt\n")
+        summary = {"files": [str(local / "results.csv")], "best_trial": f"t{i}", "best_value": .8,
+                   "metric": "val/acc_top1", "errors": {}, "notes": [], "summary_dir": f"{experiment}/summary"}
+        try:
+            tune_fight.final_test(summary, {"path": str(tmp_path / "folds"), "test": 8}, experiment)
+            errors.append(None)
+        except FileNotFoundError as err:
+            errors.append(str(err))
+    assert seen == [False, False]   # the re-run found no earlier run to resume
+    assert errors[0] is None and "wrote no metrics" in errors[1]
+
+
+def test_an_object_store_recognizer_storage_is_refused_for_local_files(tmp_path, monkeypatch, capsys):
+    """RECOGNIZER_STORAGE=s3://...: export and build_engine wrote a local folder "s3:" (Path of the resolved URI);
+    the tune check let an s3:// RECOGNIZER_STORAGE take the fold view, which is written as local files."""
+    from rayjobs.build_trt_engine import build_engine
+    from rayjobs.export_model import export
+    from tests.recognize_helpers import make_run_folder
+
+    run, _ = make_run_folder(tmp_path)
+    monkeypatch.setenv(storage.STORAGE_ENV, "s3://bucket/runs")
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    with pytest.raises(ValueError, match=r"--out exports/fight\.onnx resolves under RECOGNIZER_STORAGE=s3://"):
+        export(str(run), "exports/fight.onnx")
+    monkeypatch.setitem(sys.modules, "tensorrt", _fake_tensorrt())
+    onnx = tmp_path / "end2end.onnx"
+    onnx.write_bytes(b"onnx")
+    with pytest.raises(SystemExit, match=r"--output checkpoints/rtmo\.trt resolves under RECOGNIZER_STORAGE"):
+        build_engine(str(onnx), "checkpoints/rtmo.trt")
+    assert not any(work.iterdir())   # no "s3:" folder
+    base = validate_config(TrainJobConfig, {"data": {"path": "/mnt/shared/skeletons"}}, "test")
+    monkeypatch.setenv("RAY_ADDRESS", "http://head:8265")
+    for address in (None, "local"):   # on a cluster and on one machine: the files are local either way
+        with pytest.raises(ConfigError, match="RECOGNIZER_STORAGE=s3://bucket/runs: .*must therefore be a local"):
+            stgcn_job.check_datasets_reachable("s3://bucket/tune/exp", base, 5, address)
+
+
+def test_one_machine_ray_job_submit_error_names_the_home_folder_workaround(tmp_path, monkeypatch):
+    """cluster/README.md's one-machine setup (`ray start --head`, then `ray job submit`) with s3:// results and
+    --folds is refused (a cluster cannot be told from one node before Ray starts): the error names the fix."""
+    monkeypatch.delenv(storage.STORAGE_ENV, raising=False)
+    monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:8265")
+    monkeypatch.chdir(_ray_package(tmp_path))
+    base = validate_config(TrainJobConfig, {"data": {"path": "/data/skeletons"}}, "test")
+    with pytest.raises(ConfigError, match=r"one-machine Ray .*RECOGNIZER_STORAGE=~/recognizer_runs") as err:
+        stgcn_job.check_datasets_reachable("s3://bucket/tune/exp", base, 5, None)
+    assert '"env_vars": {"RECOGNIZER_STORAGE": "~/recognizer_runs"}' in str(err.value)
     assert "\n" not in str(err.value)
+    monkeypatch.setenv(storage.STORAGE_ENV, "~/recognizer_runs")   # the workaround passes
+    stgcn_job.check_datasets_reachable("s3://bucket/tune/exp", base, 5, None)

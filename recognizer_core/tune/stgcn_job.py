@@ -1,6 +1,7 @@
 """STGCN++ specifics of the tuning jobs: the dataset every trial reads, and the best model in mmaction2 format."""
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -8,7 +9,8 @@ from typing import Any
 
 from recognizer_core.config import ConfigError
 from recognizer_core.train.stgcn.config import TrainJobConfig
-from recognizer_core.storage import STORAGE_ENV, is_remote, join_uri, output_uri, ray_package_root
+from recognizer_core.storage import (DEFAULT_JOB_ROOT, STORAGE_ENV, is_remote, join_uri, output_uri,
+                                     ray_package_root)
 
 JOB = "stgcn"
 METRICS = ("val/acc_top1", "val/mean_class_accuracy", "train/loss")
@@ -26,20 +28,38 @@ def datasets_dir(experiment_uri: str) -> Path:
 def check_datasets_reachable(experiment_uri: str, base: TrainJobConfig, folds: int, address: str | None) -> None:
     """Before Ray: an experiment on object storage whose trials read files written under datasets_dir() (the
     --folds view, converted pkl or demo data: local files, as the fold view links Parquet parts and the
-    converters rename a folder into place, neither of which an object store does) needs $RECOGNIZER_STORAGE on a
-    cluster. Without it they land on the driver's node (the head's home), which trials on the GPU pods cannot
-    read: every trial failed after the search had started. Raises ConfigError (one line)."""
+    converters rename a folder into place, neither of which an object store does) needs a local
+    $RECOGNIZER_STORAGE: an s3:// one made datasets_dir() Path("s3://...") and wrote a folder "s3:" in the working
+    directory; on a cluster it must be set at all, else the files land on the driver's node (the head's home),
+    which trials on the GPU pods cannot read: every trial failed after the search had started. Raises
+    ConfigError (one line)."""
     writes = ("the --folds view" if folds > 1 else None) or \
         (None if base.data.path else "the converted pkl data" if base.data.train_pkl else "the demo data")
+    if not writes or not is_remote(experiment_uri):
+        return
+    env = os.environ.get(STORAGE_ENV)
+    if env and is_remote(env):
+        raise ConfigError(f"{STORAGE_ENV}={env}: with --storage-path {experiment_uri}, {writes} every trial reads "
+                          f"is written as local files under {STORAGE_ENV}, which must therefore be a local "
+                          "folder (on a cluster one every node mounts, e.g. /mnt/shared/runs); object storage "
+                          "stays right for --storage-path")
     # ray_runtime.start_ray's rule: --address or $RAY_ADDRESS other than "local" joins a cluster; a job started
     # by `ray job submit` runs from its uploaded package (and has $RAY_ADDRESS set too)
     target = address or os.environ.get("RAY_ADDRESS") or ""
     cluster = (bool(target) and target != "local") or ray_package_root(os.getcwd()) is not None
-    if writes and cluster and is_remote(experiment_uri) and not os.environ.get(STORAGE_ENV):
+    if cluster and not env:
+        # A one-machine `ray start --head` cannot be told from a cluster before Ray starts (nodes may join), so
+        # the error names its workaround: ~/recognizer_runs is where such a job wrote these files before this
+        # check (storage.DEFAULT_JOB_ROOT), so an experiment started then keeps the data path it recorded.
+        runtime_env = json.dumps({"env_vars": {STORAGE_ENV: DEFAULT_JOB_ROOT}})
         raise ConfigError(f"--storage-path {experiment_uri}: {writes} every trial reads is written as local files "
                           f"(under {datasets_dir(experiment_uri)}, on this node only), which trials on other "
                           f"nodes cannot read: set {STORAGE_ENV} to a folder every node mounts (e.g. "
-                          "/mnt/shared/runs, as cluster/kuberay sets it), or give --storage-path such a folder")
+                          "/mnt/shared/runs, as cluster/kuberay sets it), or give --storage-path such a folder; "
+                          f"on a one-machine Ray (`ray start --head`, no other node) set {STORAGE_ENV}="
+                          f"{DEFAULT_JOB_ROOT}, a folder the only node reads (ray job submit --runtime-env-json "
+                          f"'{runtime_env}'; the folder such a job used before, so an earlier experiment resumes "
+                          "with the data path it recorded)")
 
 
 def trial_overrides(extra: dict[str, Any], base: TrainJobConfig, experiment_uri: str, metric: str,
@@ -55,9 +75,10 @@ def trial_overrides(extra: dict[str, Any], base: TrainJobConfig, experiment_uri:
     from recognizer_core.skeleton.store import SkeletonDataset
     from recognizer_core.train.stgcn.evaluate import label_names
 
-    names = label_names(base, SkeletonDataset(extra["data.path"]))  # the preset's order is the dataset's (or an error)
+    dataset = SkeletonDataset(extra["data.path"])
+    names = label_names(base, dataset)  # the preset's order is the dataset's (or an error)
     if space is not None:
-        check_class_weight_params(space, names)
+        check_class_weight_params(space, names, dataset)
     for key in ("data.train_pkl", "data.val_pkl", "data.test_pkl"):  # now inside data.path
         extra[key] = None
     if metric in _SCORE_ATTRIBUTES:
@@ -65,34 +86,38 @@ def trial_overrides(extra: dict[str, Any], base: TrainJobConfig, experiment_uri:
     return extra
 
 
-_CLASS_WEIGHT = re.compile(r"train\.class_weight\[(\d+)\]")
+# a whole list or one element: train.class_weight, train.class_weight[1]
+_CLASS_WEIGHT = re.compile(r"train\.class_weight(\[\d+\])?")
 
 
-def check_class_weight_params(space: Any, names: list[str]) -> None:
-    """The spaces tune `train.class_weight[i]` as the weight of the positive class (Fight, Falldown), which is
-    index 1 in the presets' order (background first). A dataset in extraction's default order (sorted folder
-    names: Falldown, Normal) made that index the background class, and the search tuned Normal's weight while
-    everything said Falldown's. Refused (ConfigError, one line) when a parameter, or a choice's bundle, weights
-    the class named like background (recognize's rule, spec.resolve_background)."""
+def check_class_weight_params(space: Any, names: list[str], dataset: Any = None) -> None:
+    """The spaces tune `train.class_weight[i]` in the presets' class order, background first: class_weight[1] is
+    the positive class's weight (Fight, Falldown). A dataset in extraction's default order (sorted folder names:
+    Falldown, Normal) made the search tune Normal's weight while everything said Falldown's. Refused (ConfigError,
+    one line) when the class named like background (recognize's rule, spec.resolve_background) is not class 0 and
+    the space tunes any class weight: a parameter on the field (also a second distribution of it,
+    `train.class_weight[1]@sgd`) or a choice's bundle that sets it. With the background first (or no class named
+    like it) every class weight passes. `dataset` (a SkeletonDataset) names the rebuild's own folders."""
     from recognizer_core.recognize.spec import resolve_background
+    from recognizer_core.train.stgcn.evaluate import rebuild_command
+    from recognizer_core.tune.search_space import field_of
 
     try:
         background, _ = resolve_background(names, "auto", fallback=None)
     except ValueError:  # several background-like names in no clear order: nothing to tell the positive class by
         return
-    if background is None:
+    if not background:  # None: no class named like background; 0: the order the spaces assume
         return
-    bundles = [bundle for p in space.params.values() for bundle in (p.sets or {}).values()]
-    keys = list(space.params) + [k for bundle in bundles for k in bundle]
-    for key in keys:
-        m = _CLASS_WEIGHT.fullmatch(str(key))
-        if m and int(m.group(1)) == background:
-            order = [names[background]] + [n for i, n in enumerate(names) if i != background]
-            raise ConfigError(f"{space.source}: parameter {key} weights class {background}, which is "
-                              f"{names[background]!r}, the background class in the class order {names}, but the "
-                              "space means the positive class's weight: rebuild the dataset with the background "
-                              f"class first (extract_poses.py --set source.label_names=[{', '.join(order)}]) "
-                              "and train with the preset's data.label_names")
+    keys = list(space.params) + [k for p in space.params.values() for bundle in (p.sets or {}).values() for k in bundle]
+    tuned = [str(k) for k in keys if _CLASS_WEIGHT.fullmatch(field_of(str(k)))]
+    if tuned:
+        order = [names[background]] + [n for i, n in enumerate(names) if i != background]
+        raise ConfigError(f"{space.source}: parameter {tuned[0]} tunes a class weight in the order the search "
+                          f"spaces assume (background first, class_weight[1] the positive class's), but the class "
+                          f"order is {names}, with the background class {names[background]!r} at index "
+                          f"{background}: rebuild the dataset with the background class first from its poses "
+                          f"({rebuild_command(order, dataset)}; no videos or pose model needed) and train with "
+                          "the preset's data.label_names")
 
 
 def measure_model(cfg: TrainJobConfig, repeats: int = 20) -> dict[str, float]:
@@ -143,6 +168,22 @@ def final_dir(experiment_uri: str) -> str:
     return join_uri(experiment_uri, "summary", "final")
 
 
+def clear_final_dir(out_uri: str) -> None:
+    """Delete final_dir() (local or s3://) before a retrain. Its run name and storage are the same in every
+    invocation, and Ray Train V2 resumes a run whose name and storage match: a re-run (a --retry-errored, a new
+    winner) "resumed" the previous invocation's finished run, trained nothing and tested the old winner's weights
+    as the new one's (and an old test_metrics.json would be read if the new test wrote none). A local
+    experiment's folder is already gone (cli.finish wipes its summary/, which holds final/); nothing wiped it on
+    object storage, where publish_summary's copy_tree deletes nothing. An interrupted retrain starts over."""
+    import pyarrow.fs as pafs
+
+    from recognizer_core.storage import filesystem
+
+    fs, path = filesystem(out_uri)
+    if fs.get_file_info(path).type != pafs.FileType.NotFound:
+        fs.delete_dir(path)
+
+
 def retrain_and_test(best_config: Path, fold_store: str, out_uri: str) -> dict:
     """The cross-validated winner, trained once on train+val (its full schedule, the last epoch kept: nothing
     is left to choose an epoch on) and scored once on the test split, which the search never saw. `out_uri`:
@@ -163,6 +204,7 @@ def retrain_and_test(best_config: Path, fold_store: str, out_uri: str) -> dict:
     if not is_remote(out_uri):
         sets.append(f"run.storage_path={out_uri}")
     cfg = load_config(TrainJobConfig, best_config, sets)
+    clear_final_dir(out_uri)
     run_config = ray.train.RunConfig(name="final_trainval", storage_path=out_uri,
                                      checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
                                      logging_config=ray.train.LoggingConfig(log_level="WARNING"))

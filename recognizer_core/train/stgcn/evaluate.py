@@ -166,11 +166,24 @@ def label_names(cfg, ds) -> list[str]:
         # Rebuilding in the config's order comes first: the tuning spaces weight class 1 as the positive class
         # (train.class_weight[1]), so following "set data.label_names to the dataset's order" made a search tune
         # the background class's weight (extraction's default order is the sorted folder names).
-        fix = (f"Rebuild the dataset in the config's order (extract_poses.py --set source.label_names="
-               f"[{', '.join(given)}]; needed to tune: the search spaces weight class 1 as the positive class), "
-               f"or, to train only, set data.label_names={stored} and class weights in that order" if same else
+        fix = (f"Rebuild the dataset in the config's order from its poses ({rebuild_command(given, ds)}; needed "
+               "to tune: the search spaces weight class 1 as the positive class), or, to train only, set "
+               f"data.label_names={stored} and class weights in that order" if same else
                f"Set data.label_names={stored} (and class weights in that order), or rebuild the dataset with the "
-               "class order you want (extraction: source.label_names)")
+               f"class order you want ({rebuild_command(None, ds)})")
         raise ConfigError(f"data.label_names {given} but the dataset {ds.path} stores its labels as {stored} "
                           f"({how}): its label i is {stored[0]!r} for i=0. {fix}.")
     return given or (stored if len(stored) == k else [str(i) for i in range(k)])
+
+
+def rebuild_command(order: list[str] | None, ds: SkeletonDataset | None = None) -> str:
+    """The command that rewrites a built dataset's labels in `order` from the poses it was built from:
+    build_dataset.py indexes labels by its label_names (dataset/build.py plan_videos), without the videos or the
+    pose model that extract_poses.py --set source.label_names=[...] needs (which rewrote only labels.json). The
+    dataset's own poses and folder when it records them (build_dataset's metadata), else placeholders; order
+    None: a placeholder for the names too."""
+    meta = ds.metadata if ds is not None else {}
+    poses = meta.get("poses") if meta.get("source") == "rayjobs/build_dataset.py" else None
+    where = f"--poses {poses} --output {ds.path}" if poses else "--poses <extraction output> --output <dataset>"
+    names = ",".join(order) if order is not None else "<class names, background first>"
+    return f"rayjobs/build_dataset.py {where} --set label_names=[{names}]"
