@@ -76,7 +76,7 @@ def test_a_slow_post_endpoint_does_not_hold_up_scoring(setup, endpoint, tmp_path
 
 
 def test_a_full_post_queue_drops_the_oldest_event_and_counts_it(endpoint):
-    from recognizer_core.recognize.events import PostSender
+    from recognizer_core.recognize.event_delivery import PostSender
 
     url, state = endpoint
     state["answers"] = ["hold"]
@@ -158,7 +158,7 @@ def test_camera_and_webhook_passwords_stay_out_of_events_posts_and_logs(setup, e
     and printed the token."""
     import base64
 
-    from recognizer_core.recognize.events import redact_url
+    from recognizer_core.recognize.event_delivery import redact_url
 
     assert redact_url("rtsp://admin:S3cret@10.0.0.7:554/s1") == "rtsp://admin:***@10.0.0.7:554/s1"
     assert redact_url("rtsp://token@cam/1") == "rtsp://***@cam/1" and redact_url("/videos/a@b.mp4") == "/videos/a@b.mp4"
@@ -180,7 +180,7 @@ def test_a_source_that_fails_to_open_reports_it_without_the_password(setup):
     """PyAV quotes the URL it opened, password included: the error (summary, stderr) carried it."""
     import base64
 
-    from recognizer_core.recognize.events import _without_userinfo
+    from recognizer_core.recognize.event_delivery import _without_userinfo
 
     s = _run(setup, speed=0, source="rtsp://admin:s3cret@127.0.0.1:1/stream1")
     assert s["error"].startswith("rtsp://admin:***@127.0.0.1:1/stream1: ") and "s3cret" not in json.dumps(s), s

@@ -10,7 +10,7 @@ row), placed at their true times (dropped frames leave gaps, not a squeezed clip
 latency = wall time from the arrival of a window's last frame to its score. Events follow batch mode's rules
 (events.OnlineEvents: hysteresis, merging within `merge_gap_s`, then minimum duration), so an event is final
 `merge_gap_s` of stream time after it closes; it is printed and written at once, POSTed by a sender thread
-(events.EventSink). Track ids persist across the overlapping buffers (`StableTrackIds`). Ctrl-C, and in the CLI
+(event_delivery.EventSink). Track ids persist across the overlapping buffers (`StableTrackIds`). Ctrl-C, and in the CLI
 SIGTERM, stop cleanly: open events are closed and delivered, pending POSTs get `drain_s`, a summary is printed.
 
 The extraction-stage imports (extract/, track/) are the three listed in `_pose_pieces`.
@@ -26,7 +26,8 @@ import time
 
 import numpy as np
 
-from recognizer_core.recognize.events import EventOutputError, EventSink, OnlineEvents, check_post_url, redact_url
+from recognizer_core.recognize.event_delivery import EventOutputError, EventSink, check_post_url, redact_url
+from recognizer_core.recognize.events import OnlineEvents
 from recognizer_core.recognize.runner import RecognizeConfig, make_windows_for, score_windows
 from recognizer_core.recognize.windows import resample
 from recognizer_core.skeleton.clip import SkeletonClip
