@@ -207,10 +207,12 @@ class SearchSpace(StrictModel):
 
     def _scale(self, data: dict, given: dict[str, Any], names: Iterable[str], as_written: bool = False) -> dict:
         """`data` with the `epochs_of` values of `names` scaled to its epochs, `counted_after` ones kept inside the
-        run (unscaled too, unless `as_written`: on load, a value past its own epochs_of run is the file's error)."""
+        run (unscaled too, unless `as_written`: on load, a value of `names` past its own epochs_of run is the file's
+        error; the base config's values that no name sets are bounded all the same, as every trial bounds them)."""
         epochs = get_dotted(data, self.epochs_field, default=None)
         if not isinstance(epochs, int):
             return data
+        written = set(names) if as_written else set()
         # A `counted_after` field no param or override (`given`) sets keeps the base config's value (the milestones
         # of a cosine trial, or of the starting config the plan validates), scaled and bounded the same way.
         unset = {field_of(n): n for n, p in self.params.items() if p.counted_after and not _sets(given, field_of(n))}
@@ -218,7 +220,8 @@ class SearchSpace(StrictModel):
         for name in sorted(names, key=lambda n: bool(self.params[n].counted_after)):  # a scaled warmup first
             p = self.params[name]
             value = get_dotted(data, field_of(name), None)
-            if value is None or not p.epochs_of or (epochs == p.epochs_of and (as_written or not p.counted_after)):
+            kept = name in written or not p.counted_after  # at its own run's epochs
+            if value is None or not p.epochs_of or (epochs == p.epochs_of and kept):
                 continue
             last = None
             if p.counted_after:  # the last value that acts: milestones count from the end of the warmup

@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from recognizer_core.config import ConfigError, validate_config
-from recognizer_core.tune.fields import check_field, set_dotted
+from recognizer_core.tune.fields import check_field, get_dotted, set_dotted
 from recognizer_core.tune.search_space import (Param, SearchSpace, _label, _wanted, field_of, is_bundle_name)
 
 
@@ -37,13 +37,18 @@ def check_params(space: SearchSpace, config_cls: type[BaseModel]) -> list[str]:
                 if (why := check_field(config_cls, key)) is not None:
                     problems.append(f"{where}.sets.{label}.{key}: {why}")
         for key, want in (p.when or {}).items():
-            if key in seen:
-                allowed = seen[key].labels() if seen[key].type == "choice" else None
+            setters = [n for n in seen if n == key or (field_of(n) == key if not is_bundle_name(n) else
+                                                      any(key in fields for fields in (seen[n].sets or {}).values()))]
+            if "@" in key:  # suggest() records the field a parameter sets, so this condition never held
+                problems.append(f"{where}.when.{key}: a condition reads a config field: write "
+                                f"{field_of(key)} (the field {key} sets)")
+            elif setters:
+                allowed = _values_of(space, key, setters)
                 wanted = want if isinstance(want, list) else [want]
                 bad = [w for w in wanted if allowed is not None and _label(w) not in allowed]
                 if bad:
                     problems.append(f"{where}.when.{key}: {bad} never happens ({key} is one of {allowed})")
-            elif key in space.params:
+            elif any(n == key or field_of(n) == key for n in space.params):
                 problems.append(f"{where}.when.{key}: {key} is tuned after {name}; list it first")
             elif is_bundle_name(key) or (why := check_field(config_cls, key)) is not None:
                 problems.append(f"{where}.when.{key}: not a field of {config_cls.__name__} "
@@ -57,10 +62,19 @@ def check_params(space: SearchSpace, config_cls: type[BaseModel]) -> list[str]:
     bases = {"": {}}
     if space.demo:
         bases[" (with the demo overrides)"] = space.demo
-        try:  # as the demo's trials start: its epoch-valued base fields scaled to its epochs
-            validate_config(config_cls, space.config_dict({}, space.demo), "base_config + demo")
+    # The starting configs (as trials start: epoch-valued base fields scaled to the demo's epochs), each named once:
+    # late milestones there would otherwise repeat on every parameter's every value, each blamed for them.
+    late_in: dict[str, str | None] = {}
+    for suffix, extra in bases.items():
+        where = "demo" if extra else "base_config"
+        try:
+            cfg = validate_config(config_cls, space.config_dict({}, extra), "base_config + demo" if extra else
+                                  space.base_config)
         except (ConfigError, KeyError) as err:
-            return [f"demo: {_reason(err)}"]
+            return [f"{where}: {_reason(err)}"]
+        late_in[suffix] = _late(cfg)
+        if late_in[suffix] and (not extra or late_in[suffix] != late_in[""]):
+            problems.append(f"{where}: {'with the demo overrides, ' if extra else ''}{late_in[suffix]}")
     # Each candidate value (range ends, every choice with its bundle) must give a config the job accepts.
     for name, p in space.params.items():
         fixed: dict[str, Any] = {}
@@ -82,8 +96,8 @@ def check_params(space: SearchSpace, config_cls: type[BaseModel]) -> list[str]:
                     for k, v in given.items():
                         set_dotted(data, k, v)
                     cfg = validate_config(config_cls, space._scale(data, given, [name], as_written=True), "config")
-                    late = getattr(cfg, "late_milestones_note", lambda: None)()  # loads, but never decays the lr
-                    if late:
+                    late = _late(cfg)  # loads, but never decays the lr; the starting config's own note is named above
+                    if late and late != late_in[suffix]:
                         raise ConfigError(late)
                 except (ConfigError, KeyError) as err:
                     problems.append(f"params.{name}: {what} gives a config the job rejects{suffix}: "
@@ -126,6 +140,37 @@ def _check_start_points(space: SearchSpace, config_cls: type[BaseModel]) -> list
             except (ConfigError, KeyError) as err:
                 problems.append(f"{where}: gives a config the job rejects: {_reason(err)}")
     return problems
+
+
+def _late(cfg: BaseModel) -> str | None:
+    """The config's line about milestones after its last epoch (a job without such a check: None)."""
+    return getattr(cfg, "late_milestones_note", lambda: None)()
+
+
+def _values_of(space: SearchSpace, key: str, setters: list[str]) -> list[Any] | None:
+    """The labels field (or bundle) `key` can have when a later `when` reads it, given the parameters above that set
+    it (`key`, `key@label`, bundles): their choices, plus the starting config's value (base, base + demo) unless one
+    of them sets it in every trial. None (anything) when a range sets it."""
+    values: list[Any] = []
+    always = False
+    for n in setters:
+        p = space.params[n]
+        if n == key and is_bundle_name(n):
+            return p.labels()
+        if not is_bundle_name(n):
+            if p.type != "choice":
+                return None
+            values += p.labels()
+            always = always or not p.when
+        else:
+            # a bundle setting the field: the values its labels give it
+            given = [fields[key] for fields in (p.sets or {}).values() if key in fields]
+            values += [_label(v) for v in given]
+            always = always or (not p.when and len(given) == len(p.labels()))
+    if not always:
+        values += [_label(get_dotted(space.fixed, key, None)),
+                   _label(space.demo.get(key, get_dotted(space.fixed, key, None)))]
+    return list(dict.fromkeys(values))
 
 
 def _exclusive(a: Param, b: Param) -> bool:

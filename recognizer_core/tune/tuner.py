@@ -27,7 +27,7 @@ from pydantic import BaseModel, Field
 from recognizer_core.config import ConfigError, StrictModel
 from recognizer_core.tune.records import FINAL_REPORT_KEY
 from recognizer_core.tune.reports import validated_epochs
-from recognizer_core.tune.search_space import SearchSpace, _label, get_dotted
+from recognizer_core.tune.search_space import SearchSpace, _label, field_of, get_dotted, is_bundle_name
 from recognizer_core.storage import exists, join_uri, read_text, to_uri, write_text
 
 REQUEST_FILE = "recognizer_tune.json"
@@ -173,10 +173,14 @@ def longest_schedule(space: SearchSpace, config_cls: type[BaseModel], extra: dic
     them before their last epochs. Tries each such parameter's range ends / choices (a few configs)."""
     section = space.epochs_field.rsplit(".", 1)[0] + "." if "." in space.epochs_field else ""
     fields = {space.epochs_field, f"{section}val_interval", f"{section}val_begin"}
-    grids = [[(name, _label(v)) for _, v in p.candidates()] for name, p in space.params.items()
-             if name in fields or any(k in fields for bundle in (p.sets or {}).values() for k in bundle)]
+    # A grid per field (a bundle: its own): `x` and `x@sgd` never meet in a trial (combined, the last one won).
+    grids: dict[str, list[tuple[str, Any]]] = {}
+    for name, p in space.params.items():
+        if field_of(name) in fields or any(k in fields for bundle in (p.sets or {}).values() for k in bundle):
+            key = name if is_bundle_name(name) else field_of(name)
+            grids.setdefault(key, []).extend((name, _label(v)) for _, v in p.candidates())
     longest = schedule_of(base_cfg, space.epochs_field)
-    for combo in itertools.product(*grids) if grids else ():
+    for combo in itertools.product(*grids.values()) if grids else ():
         try:
             schedule = schedule_of(space.build_config(config_cls, dict(combo), extra), space.epochs_field)
         except (ConfigError, KeyError, ValueError):  # a combination the space's `when`s never make
@@ -277,7 +281,16 @@ def request_record(space: SearchSpace, extra: dict[str, Any], config_cls: type[B
 SCORED_OPTIONS = ("metric", "mode", "folds", "seed", "objectives", "epochs_field")
 
 
+def _comparable(record: dict) -> dict:
+    """`record` with its space's params' null keys dropped: a key added to Param later (`counted_after`) is null in
+    new records, absent from older ones, unset in both (compared exactly, no older experiment could resume)."""
+    space = record.get("space") or {}
+    params = {n: {k: v for k, v in p.items() if v is not None} for n, p in (space.get("params") or {}).items()}
+    return {**record, "space": {**space, "params": params}} if params else record
+
+
 def _check_same_request(previous: dict, current: dict, experiment_uri: str) -> None:
+    previous, current = _comparable(previous), _comparable(current)
     changed = [k for k in ("config_class", "space", "extra_overrides") if previous.get(k) != current.get(k)]
     if changed:
         details = []
