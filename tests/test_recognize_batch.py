@@ -45,9 +45,13 @@ def test_batch_mode_events_per_video_bad_video_recorded_and_resume(ray_local, tm
     out = tmp_path / "out"
     # the marker video: two tracks, 4 s at 25 fps -> sliding windows, each over the top-2 tracks
     rows = list(csv.DictReader((out / "Fight__two_people.mp4.windows.csv").open()))  # named by its path
-    assert len(rows) >= 2 and all(set(r["track_ids"].split()) == {"0", "1"} for r in rows[1:])
+    # (which ids: the fake model's partial-cell detections near a marker make short extra tracks, and which of its
+    # equal-score boxes NMS keeps decides whether one of them takes a person over; the pair must stay the same)
+    pair = set(rows[1]["track_ids"].split()) if len(rows) >= 2 else set()
+    assert len(pair) == 2 and all(set(r["track_ids"].split()) == pair for r in rows[1:]), rows
     events = [json.loads(x) for x in (out / "Fight__two_people.mp4.events.jsonl").read_text().splitlines()]
-    assert len(events) == 1 and events[0]["label"] == "Fight" and events[0]["track_ids"] == [0, 1]
+    in_windows = sorted({int(t) for r in rows for t in r["track_ids"].split()})
+    assert len(events) == 1 and events[0]["label"] == "Fight" and events[0]["track_ids"] == in_windows
     assert (out / "Fight__two_people.mp4.timeline.png").is_file()
     assert (out / "Fight__two_people.mp4.overlay.mp4").stat().st_size > 1000  # skeletons + label per window, PyAV
     done = [json.loads(x) for x in (out / "done.jsonl").read_text().splitlines()]

@@ -1,9 +1,11 @@
 """Stage 2: link per-frame detections into person tracks (box IoU + keypoint OKS, Hungarian matching).
 
-The IoU term compares a detection with each track's box moved on at its smoothed velocity (constant-velocity
-prediction, as SORT / ByteTrack do): with the last box alone two same-size people crossing each other matched the
-other's box once they were closer than one step, and swapped identities. The OKS term compares the last pose moved
-with the predicted box. The cost: two look-alikes who meet and turn back at once are taken as crossing.
+A track's similarity to a detection (box IoU + keypoint OKS) is the better of two: against its last box and
+pose, and against them moved on at the box centre's smoothed velocity (constant-velocity prediction, as SORT /
+ByteTrack do). With the last box alone two same-size people crossing each other matched the other's box once
+they were closer than one step, and swapped identities; with the prediction alone a person whose detected box
+jumped a few pixels lost its track to a younger one nearby. The cost: two look-alikes who meet and turn back at
+once are taken as crossing.
 
 Tracks are ranked by length x mean detection score; the stored person order is that rank, fixed for the
 whole video, so a person keeps its index in every frame (mmaction2's FormatGCNInput keeps the first M).
@@ -51,10 +53,12 @@ class _Track:
     keypoint_scores: np.ndarray
     last_t: int
     hits: dict = field(default_factory=dict)   # position in the frame list -> detection index
-    velocity: np.ndarray = field(default_factory=lambda: np.zeros(4, np.float32))  # box change per frame
+    velocity: np.ndarray = field(default_factory=lambda: np.zeros(2, np.float32))  # box centre's move per frame
 
     def update(self, t: int, box: np.ndarray, keypoints: np.ndarray, keypoint_scores: np.ndarray, det: int) -> None:
-        step = (box - self.box) / (t - self.last_t)   # per frame, also across missed frames
+        # the centre's move per frame (also across missed frames); not the corners': a box that changes size (a
+        # detection of part of a person, then the whole) would be extrapolated growing, and lose its person
+        step = ((box[:2] + box[2:]) - (self.box[:2] + self.box[2:])) / (2 * (t - self.last_t))
         # the first step as it is (a crossing starts at once); later ones smoothed (VELOCITY_SMOOTHING)
         a = 1.0 if len(self.hits) == 1 else VELOCITY_SMOOTHING
         self.velocity = (1 - a) * self.velocity + a * step
@@ -66,13 +70,12 @@ class _Track:
 
 
 def _predict(live: list[_Track], t: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(last boxes, boxes expected at frame t, poses expected at t) of the live tracks: the last box moved on at
-    the velocity for the frames since seen, and the last pose moved with the box's centre (at 10 px a frame, a box
+    """(last boxes, boxes expected at frame t, poses expected at t) of the live tracks: the last box and pose moved
+    on at the centre's velocity for the frames since seen (at 10 px a frame, a box
     100 px wide, the other person's unmoved last pose matched better than this one's: crossings still swapped)."""
     boxes = np.stack([tr.box for tr in live])
     move = np.stack([tr.velocity for tr in live]) * np.array([t - tr.last_t for tr in live], np.float32)[:, None]
-    centre = (move[:, :2] + move[:, 2:]) / 2
-    return boxes, boxes + move, np.stack([tr.keypoints for tr in live]) + centre[:, None]
+    return boxes, boxes + np.tile(move, 2), np.stack([tr.keypoints for tr in live]) + move[:, None]
 
 
 @dataclass
@@ -114,11 +117,15 @@ def track_poses(frame_inds, frames: list[FramePoses], cfg: TrackingConfig) -> Tr
         unmatched = set(range(len(poses)))
         if live and len(poses):
             boxes, expected, poses_expected = _predict(live, t)
-            sim = cfg.iou_weight * box_iou(expected, poses.boxes)
-            if cfg.iou_weight < 1:
-                sim = sim + (1 - cfg.iou_weight) * keypoint_similarity(
-                    poses_expected, np.stack([tr.keypoint_scores for tr in live]), boxes,
-                    poses.keypoints, poses.keypoint_scores)
+            scores = np.stack([tr.keypoint_scores for tr in live])
+            sims = []
+            for b, k in ((boxes, np.stack([tr.keypoints for tr in live])), (expected, poses_expected)):
+                sim = cfg.iou_weight * box_iou(b, poses.boxes)
+                if cfg.iou_weight < 1:
+                    sim = sim + (1 - cfg.iou_weight) * keypoint_similarity(k, scores, boxes, poses.keypoints,
+                                                                           poses.keypoint_scores)
+                sims.append(sim)
+            sim = np.maximum(*sims)
             rows, cols = linear_sum_assignment(-sim)
             for r, c in zip(rows, cols):
                 if sim[r, c] < cfg.match_threshold:
