@@ -9,14 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fakes.extract_in_process import extract_in_process
 from fakes.fake_rtmo import build_fake_rtmo, write_marker_video
 from fakes.job_videos import SIDE, linear_track, write_truncated_mkv
-from recognizer_core.extract.config import DecodeConfig, PoseModelConfig
-from recognizer_core.extract.finish import finish_video
+from recognizer_core.extract.config import DecodeConfig
 from recognizer_core.extract.manifest import DONE, FAILED
-from recognizer_core.extract.stages import PoseInference, VideoAssembler, decode_shard, plan_video
 from recognizer_core.extract.video import iter_frames, probe_video
-from recognizer_core.track.config import TrackingConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -75,19 +73,7 @@ def test_cuda_device_without_a_cuda_onnx_runtime_fails_before_a_local_ray(tmp_pa
 
 
 def _run_video_without_ray(uri: str, model: Path, decode: DecodeConfig, out: Path) -> dict:
-    """plan -> decode -> inference -> assembler -> finish_video, in this process (what the Ray job chains)."""
-    model_cfg = PoseModelConfig(onnx={"model_path": str(model)}, batch_size=4)
-    infer = PoseInference(model_cfg)
-    asm = VideoAssembler("cut")
-    for shard in plan_video({"video_id": "cut", "uri": uri, "size": 1}, decode):
-        row = {k: np.array([v], dtype=object if isinstance(v, str) else None) for k, v in shard.items()}
-        for block in decode_shard(row, decode, model_cfg.model_input_size):
-            res = infer(block)
-            for i in range(len(res["frame_index"])):
-                asm.add({k: v[i] for k, v in res.items()})
-    assert asm.complete
-    video = {"uri": uri, "rel_path": "Fight/cut.mkv", "video_id": "cut", "label_name": "Fight", "split": ""}
-    return finish_video(video, asm.payload(), 1, str(out), decode, TrackingConfig(min_track_len=2))
+    return extract_in_process(uri, model, decode, out, video_id="cut", rel_path="Fight/cut.mkv")[0]
 
 
 def test_truncated_mkv_is_flagged_and_kept_or_failed_by_config(tmp_path, fake_model):

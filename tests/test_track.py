@@ -147,26 +147,3 @@ def test_a_whole_video_window_keeps_the_people_of_a_reused_row_apart():
         seen = whole.keypoint_score[p].max(-1) > 0
         assert (whole.extra["frame_track_ids"][p][seen] == tid).all()
         assert seen.sum() == 100                  # each person only its own 100 frames
-
-
-def test_recognize_track_mode_scores_each_person_of_a_reused_row():
-    """A reused row was one sequence in recognize's track mode: with a window longer than row_gap only one of its
-    people got the window. Each person is its own sequence now, on the video's grid of windows with the row's
-    other person blanked: the windows it would get alone in a row (tests/test_track_review.py)."""
-    from recognizer_core.extract.clip_files import make_video_clip
-    from recognizer_core.recognize.windows import video_windows
-
-    frames = [_frame([_person(60 + t * 0.3, 100)] if t < 40 else [_person(300, 200)] if t >= 60 else [], [0.9])
-              for t in range(100)]
-    tr = track_poses(np.arange(100), frames, TrackingConfig(row_gap=5, min_track_len=5))
-    assert tr.num_persons == 1 and sorted(set(tr.frame_track_ids[0].tolist()) - {-1}) == [0, 1]
-    clip = make_video_clip(tr, clip_id="v", label=0, label_name="a", split="", source_video="v.mp4",
-                           image_hw=(480, 640), fps=30.0, stride=1)
-    windows = video_windows(clip, fps=30.0, window_frames=80, num_person=1, mode="track", stride_s=1.0)
-    by_key: dict[str, list] = {}
-    for w in windows:
-        by_key.setdefault(w.key, []).append((w.start_s, w.end_s))
-    assert sorted(by_key) == ["track0", "track1"]
-    grid = [0.0, 80 / 30, 20 / 30, 100 / 30]  # a 100-frame video, 80-frame windows, the last one at the end
-    for key in ("track0", "track1"):
-        assert [t for span in by_key[key] for t in span] == pytest.approx(grid)

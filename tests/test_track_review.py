@@ -150,7 +150,8 @@ def test_track_windows_of_a_person_do_not_depend_on_who_shared_its_row():
 
 def test_track_windows_of_a_reused_row_cover_the_whole_grid_with_the_others_blanked():
     """row_gap 5: two people in one row, 20 frames apart. Each gets every window of the clip's grid that sees it
-    (starts 0 and 20 of 100 frames, window 80), holding its own frames only."""
+    (starts 0 and 20 of 100 frames, window 80), holding its own frames only. (Before, a reused row was one
+    sequence in recognize's track mode, and with a window longer than row_gap only one of its people got it.)"""
     from recognizer_core.extract.clip_files import make_video_clip
     from recognizer_core.recognize.windows import video_windows
 
