@@ -6,6 +6,7 @@ tuned class weight refers to. No Ray starts: trainers and start_ray_or_exit are 
 from __future__ import annotations
 
 import json
+import re
 import sys
 import types
 from pathlib import Path
@@ -312,10 +313,15 @@ def test_class_weight_check_refuses_only_a_background_class_that_is_not_class_0(
     stgcn_job.check_class_weight_params(whole, ["NonFight", "Fight"])
     with pytest.raises(ConfigError, match=r"parameter train\.class_weight tunes"):
         stgcn_job.check_class_weight_params(whole, ["Fight", "NonFight"])
-    # a dataset build_dataset.py wrote: the rebuild command names its own poses and folder
+    # a dataset build_dataset.py wrote: the rebuild command names its own poses, a new folder beside it (the
+    # builder overwrites its output) and the window / split settings it recorded (the defaults made whole-video
+    # clips and other splits in place of the user's dataset)
     built = SkeletonDataset(write_dataset([], tmp_path / "built", ["Fight", "NonFight"], metadata={
-        "source": "rayjobs/build_dataset.py", "poses": "/data/rwf_poses"}))
-    with pytest.raises(ConfigError, match=f"build_dataset.py --poses /data/rwf_poses --output {built.path} "):
+        "source": "rayjobs/build_dataset.py", "poses": "/data/rwf_poses",
+        "window": {"clip_len": 100, "stride": 50, "min_frames": 1}, "split": {"seed": 7, "ratios": [0.8, 0.1, 0.1]}}))
+    with pytest.raises(ConfigError, match=re.escape(
+            f"build_dataset.py --poses /data/rwf_poses --output {built.path}_ordered --set window.clip_len=100 "
+            "--set window.stride=50 --set split.seed=7 --set label_names=[NonFight,Fight]")):
         stgcn_job.check_class_weight_params(both, built.label_names, built)
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -96,6 +97,18 @@ def test_export_job_sidecar_and_torch_free_recognize(tmp_path):
     bad.write_bytes(out.read_bytes())  # no sidecar beside it: one clear error
     with pytest.raises(FileNotFoundError, match="other.json: model sidecar not found"):
         load_recognizer(bad)
+    # a sidecar that describes another model: one line at load, not a shape error in every window (exit 0)
+    side = json.loads(out.with_suffix(".json").read_text())
+    for change, named in ((lambda d: d["pipeline"].update(clip_len=48), "frames (pipeline.clip_len) 48"),
+                          (lambda d: d["pipeline"].update(feats=["j"]), "channels (pipeline.feats) 3"),
+                          (lambda d: d.update(label_names=["NonFight", "Fight", "Fall"]), "3 labels")):
+        wrong = json.loads(json.dumps(side))
+        change(wrong)
+        if len(wrong["label_names"]) == 3:
+            wrong["model"]["num_classes"], wrong["thresholds"]["Fall"] = 3, wrong["thresholds"]["Fight"]
+        bad.with_suffix(".json").write_text(json.dumps(wrong))
+        with pytest.raises(ValueError, match=rf"other.json does not describe .*other.onnx: {re.escape(named)}"):
+            load_recognizer(bad)
 
 
 def test_tensorrt_engine_request_without_tensorrt_fails_before_writing(tmp_path):

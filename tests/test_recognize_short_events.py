@@ -324,3 +324,18 @@ def test_a_stream_event_never_starts_before_the_streams_first_frame_with_a_long_
     online.flush()
     ev = online.pop_ready()
     assert len(ev) == 1 and ev[0].start_s >= 0.0, ev
+
+
+def test_a_stream_event_never_ends_past_its_last_window_with_a_long_stride():
+    """stride_s longer than the window: the centre span's end (centre + half a hop) lay after the last window, and
+    a stream event ended after the stream's last frame, where batch caps it at the last window's end."""
+    spec = _spec(window_frames=48)   # 1.6 s windows, stepped 3 s apart
+    online = OnlineEvents(spec, "cam")
+    for c in (0.8, 3.8):
+        online.step(c, 3.0, [("track1", "track", np.array([0.0, 1.0]), [1])], start_s=0.0)
+    online.flush()
+    ev = online.pop_ready()
+    windows = [Window("cam", "track", c - 0.8, c + 0.8, [1], None) for c in (0.8, 3.8)]
+    batch = detect_events(windows, np.tile([0.0, 1.0], (2, 1)), spec, extent=(0.0, 4.6), hop_s=3.0)
+    assert ev and max(e.end_s for e in ev) <= 4.6 + 1e-9, ev
+    assert _spans(ev) == _spans(batch)

@@ -220,3 +220,22 @@ def test_frames_after_a_mid_stream_size_change_keep_the_first_frames_geometry(tm
     assert max(images) >= 50 and late.mean() > 150
     # the first frame's geometry: 64 wide x 48 high -> ratio 1.0, rows 48..63 are padding (114) in every frame
     assert (late[48:] == 114).all() and (late[:48, :, 0] > 200).all()
+
+
+def test_a_ts_shard_inside_the_first_gop_keeps_its_frames(tmp_path):
+    """A TS with B-frames (its first pts after start_time) and one keyframe every 120 frames: the last retry seeked
+    to start_time itself, landed on the keyframe at 120, and shard 100-200 lost frames 100-119 without a word."""
+    import av
+
+    path = str(tmp_path / "k.ts")
+    with av.open(path, "w", format="mpegts") as c:
+        st = c.add_stream("libx264", rate=25, options={"g": "120", "keyint_min": "120", "sc_threshold": "0",
+                                                       "bf": "2"})
+        st.width, st.height, st.pix_fmt = 64, 48, "yuv420p"
+        for i in range(300):
+            for packet in st.encode(av.VideoFrame.from_ndarray(np.full((48, 64, 3), _colour(i), np.uint8), "bgr24")):
+                c.mux(packet)
+        for packet in st.encode():
+            c.mux(packet)
+    got = [i for i, _ in iter_frames(path, 100, 200, 1, (16, 16), by_time=True)]
+    assert got == list(range(100, 200)), (got[:3], len(got))

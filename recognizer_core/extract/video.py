@@ -304,7 +304,10 @@ def _seek_before(container, stream, start: int, fps: float, tb: float, t0: float
     margin = 0.0
     while True:
         t = max(0.0, start / fps - margin)
-        container.seek(int((t0 + t) / tb), stream=stream, backward=True, any_frame=False)
+        # the last try seeks a second before the stream's start: in a TS with B-frames the first frame's pts is
+        # start_time + a frame or two, and a seek to start_time itself landed on the next keyframe
+        target = t0 + t if t > 0 else t0 - 1.0
+        container.seek(int(target / tb), stream=stream, backward=True, any_frame=False)
         skips.rejected = 0  # a try that seeks again decodes its packets again
         frames = _decode_skipping(container, stream, skips)
         first = next(frames, None)

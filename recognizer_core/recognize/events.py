@@ -201,7 +201,7 @@ class OnlineEvents:
                     continue
                 if held is not None:
                     self._finish(k)
-                self.open[k] = [run[4], centre_s + hop_s / 2, s, set(track_ids), [], run]
+                self.open[k] = [run[4], min(centre_s + hop_s / 2, win[1]), s, set(track_ids), [], run]
             elif cur is not None and s >= th.off_value:
                 self._extend(cur, centre_s + hop_s / 2, s, track_ids, win)
             elif cur is not None:
@@ -209,7 +209,8 @@ class OnlineEvents:
 
     @staticmethod
     def _extend(span: list, end_s: float, score: float, track_ids, win: tuple[float, float]) -> None:
-        span[1], span[2] = max(span[1], end_s), max(span[2], score)
+        # never past the window's end (a stride longer than the window), as batch caps at its last window's end
+        span[1], span[2] = max(span[1], min(end_s, win[1])), max(span[2], score)
         span[3] |= set(track_ids)
         run = span[5]
         run[1], run[2], run[3] = max(run[1], win[0]), min(run[2], win[1]), win[1]

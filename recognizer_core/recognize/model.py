@@ -81,6 +81,7 @@ class OnnxRecognizer:
         self.session = ort.InferenceSession(str(onnx_path), opts, providers=providers or ["CPUExecutionProvider"])
         self.input = self.session.get_inputs()[0].name
         self.spec, self.source = spec, str(onnx_path)
+        _check_sidecar_fits(self.session, spec, onnx_path)
 
     def prepare(self, clips: Sequence) -> np.ndarray:
         # the arrays prepare_batch (the torch path) reads: a float16 pkl's clips are normalised in float16
@@ -91,6 +92,25 @@ class OnnxRecognizer:
         logits = self.session.run(None, {self.input: np.ascontiguousarray(x.reshape(n * nc, *x.shape[2:]),
                                                                            np.float32)})[0]
         return _softmax(logits.astype(np.float64)).reshape(n, nc, -1).mean(1).astype(np.float32)
+
+
+def _check_sidecar_fits(session, spec: ModelSpec, onnx_path) -> None:
+    """The sidecar describes this model: its input (batch, M, T, V, C) holds the spec's persons, clip length and
+    feature channels, and its output one score per label. A copied or mixed-up sidecar was accepted, then every
+    window failed with ONNX Runtime's three-line shape error (and the run exited 0), or, where the shapes matched
+    (two labels swapped), ran with the wrong class names. ValueError, one line."""
+    shape = list(session.get_inputs()[0].shape)[1:]
+    want = {"persons (pipeline.num_person)": (0, spec.pipeline.num_person),
+            "frames (pipeline.clip_len)": (1, spec.pipeline.clip_len),
+            "channels (pipeline.feats)": (3, spec.pipeline.in_channels)}
+    bad = [f"{what} {n} in the sidecar, {shape[i]} in the model" for what, (i, n) in want.items()
+           if len(shape) == 4 and isinstance(shape[i], int) and shape[i] != n]
+    out = list(session.get_outputs()[0].shape)
+    if out and isinstance(out[-1], int) and out[-1] != len(spec.label_names):
+        bad.append(f"{len(spec.label_names)} labels in the sidecar, {out[-1]} scores in the model")
+    if bad:
+        raise ValueError(f"{sidecar_path(Path(onnx_path))} does not describe {onnx_path}: {'; '.join(bad)} "
+                         "(re-export the model, or put its own sidecar beside it)")
 
 
 # ---- specs from training configs --------------------------------------------------------------------------
