@@ -192,7 +192,7 @@ def test_an_experiment_recorded_before_counted_after_existed_resumes(tmp_path):
     # a real change of the space is still refused
     old["space"]["params"]["model.dropout"]["high"] = 0.5
     (tmp_path / "exp" / REQUEST_FILE).write_text(json.dumps(old))
-    with pytest.raises(ConfigError, match=r"changed: space.params"):
+    with pytest.raises(ConfigError, match=r"changed: space\.params\.model\.dropout\)"):  # named by parameter
         check_resumable(space, TrainJobConfig, opts)
 
 

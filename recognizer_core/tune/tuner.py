@@ -296,7 +296,11 @@ def _check_same_request(previous: dict, current: dict, experiment_uri: str) -> N
         details = []
         if "space" in changed:
             prev, cur = previous.get("space", {}), current["space"]
-            details += [f"space.{k}" for k in sorted(set(prev) | set(cur)) if prev.get(k) != cur.get(k)]
+            for k in sorted(set(prev) | set(cur)):
+                if prev.get(k) != cur.get(k):  # the params by name: which parameter of the space changed
+                    p, c = (x.get(k) if isinstance(x.get(k), dict) else {} for x in (prev, cur))
+                    names = [n for n in sorted(set(p) | set(c)) if p.get(n) != c.get(n)] if k == "params" else []
+                    details += [f"space.{k}.{n}" for n in names] or [f"space.{k}"]
         if "extra_overrides" in changed:
             prev, cur = previous.get("extra_overrides", {}), current["extra_overrides"]
             details += [f"override {k}" for k in sorted(set(prev) | set(cur)) if prev.get(k) != cur.get(k)]
