@@ -339,3 +339,31 @@ def test_a_stream_event_never_ends_past_its_last_window_with_a_long_stride():
     batch = detect_events(windows, np.tile([0.0, 1.0], (2, 1)), spec, extent=(0.0, 4.6), hop_s=3.0)
     assert ev and max(e.end_s for e in ev) <= 4.6 + 1e-9, ev
     assert _spans(ev) == _spans(batch)
+
+
+def test_shared_span_classes_give_one_class_the_shared_span_in_batch_and_stream(monkeypatch):
+    """A model with fights and falls: `shared_span_classes: [Falldown]` spans falls by what their windows share and
+    leaves the other classes on the centre span; an unknown class name is one error line."""
+    from recognizer_core.recognize.runner import RecognizeConfig, effective_spec, shared_span
+
+    names = ["Normal", "Fight", "Falldown"]
+    spec = ModelSpec(label_names=names, pipeline=PipelineConfig(), fps=30.0, window_frames=100, window_mode="track")
+    clip = _person_clip(30.0, 20.0)
+    fall = (10.0, 10.8)
+
+    def scorer(w):  # both classes fire on the windows that hold the whole short action
+        hit = w.start_s <= fall[0] and w.end_s >= fall[1]
+        return [0.0, 0.5, 0.5] if hit else [1.0, 0.0, 0.0]
+
+    res = _recognize_with(monkeypatch, clip, spec, scorer, shared_span_classes=["Falldown"])
+    spans = {e.label: (round(e.start_s, 3), round(e.end_s, 3)) for e in res.events}
+    assert spans == {"Falldown": (10.0, 10.833), "Fight": (8.917, 11.917)}, spans
+    cfg = RecognizeConfig(shared_span_classes=["Falldown"])
+    assert shared_span(spec, cfg) == {2} and shared_span(spec, RecognizeConfig(event_span="shared")) == {0, 1, 2}
+    online = OnlineEvents(spec, "v", shared_span=shared_span(spec, cfg))
+    for w, p in zip(res.windows, res.probs):
+        online.step((w.start_s + w.end_s) / 2, 0.5, [(w.key, w.kind, p, w.track_ids)])
+    online.flush()
+    assert sorted(_spans(online.pop_ready())) == sorted(_spans(res.events))
+    with pytest.raises(ValueError, match=r"shared_span_classes: unknown class\(es\) \['Fall'\]"):
+        effective_spec(spec, RecognizeConfig(shared_span_classes=["Fall"]))

@@ -92,12 +92,13 @@ def events_from_scores(starts: np.ndarray, ends: np.ndarray, scores: np.ndarray,
 
 
 def detect_events(windows: Sequence, probs: np.ndarray, spec: ModelSpec, merge_gap_s: float = 1.0,
-                  extent: tuple[float, float] | None = None, shared_span: bool = False,
+                  extent: tuple[float, float] | None = None, shared_span: bool | frozenset[int] = False,
                   hop_s: float | None = None) -> list[Event]:
     """Events of every non-background class, over every sequence (scene / track) of the windows. `extent`: the
     video's first frame time and last frame end (windows of one video); without it the first start and last end
     of its windows, which differ only where nobody is seen at its very start or end. `shared_span`: recognize's
-    `event_span: shared` (event_runs.run_extent); `hop_s`: the windows' step (events_from_scores)."""
+    `event_span: shared` (True: every class; a set: those class indices, `shared_span_classes`;
+    event_runs.run_extent); `hop_s`: the windows' step (events_from_scores)."""
     groups: dict[tuple[str, str], list[int]] = {}
     bounds: dict[str, tuple[float, float]] = {}
     for i, w in enumerate(windows):
@@ -118,7 +119,7 @@ def detect_events(windows: Sequence, probs: np.ndarray, spec: ModelSpec, merge_g
             for a, b, peak, tids in events_from_scores(starts, ends, probs[idx, c], on=th.on, off=th.off_value,
                                                        min_duration_s=th.min_duration_s, merge_gap_s=merge_gap_s,
                                                        track_ids=ids, fps=spec.fps, bounds=bounds[video],
-                                                       shared=shared_span, hop_s=hop_s):
+                                                       shared=_shared(shared_span, c), hop_s=hop_s):
                 events.append(Event(video, spec.label_names[c], a, b, peak, tids, c))
     return sorted(events, key=lambda e: (e.video, e.start_s, e.label))
 
@@ -139,6 +140,10 @@ def threshold_at_precision(scores: np.ndarray, positive: np.ndarray, precision: 
     return best
 
 
+def _shared(shared_span: bool | frozenset[int], c: int) -> bool:
+    return shared_span if isinstance(shared_span, bool) else c in shared_span
+
+
 @dataclass
 class OnlineEvents:
     """`detect_events` over windows that arrive one step at a time: per (sequence, class), hysteresis, then
@@ -152,7 +157,7 @@ class OnlineEvents:
     spec: ModelSpec
     video: str
     merge_gap_s: float = 1.0
-    shared_span: bool = False  # recognize's event_span: shared (event_runs.run_extent)
+    shared_span: bool | frozenset[int] = False  # all classes, or these: the shared span (event_runs.run_extent)
     # (key, class) -> [centre start, centre end, peak, track ids, closed runs' parts (as batch mode's), open run
     # or None]; a run: [stream start or None, latest window start, earliest window end, last end, centre start]
     open: dict = field(default_factory=dict)
@@ -220,7 +225,7 @@ class OnlineEvents:
         span, run = self.open[k], self.open[k][5]
         if run is not None:  # None: closed before, then a stop signal came before it was removed
             centre, edges = (run[4], span[1]), (run[0], run[3] if last else None)
-            common = (run[1], run[2]) if self.shared_span else None
+            common = (run[1], run[2]) if _shared(self.shared_span, k[1]) else None
             span[4], span[5] = [*span[4], (run_extent(centre, common, *edges), reach(centre, *edges))], None
         self.held[k] = span  # stored before removed: a stop signal in between leaves it somewhere
         del self.open[k]

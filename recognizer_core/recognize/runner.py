@@ -39,6 +39,9 @@ class RecognizeConfig(StrictModel):
         "centre", description="an event's extent from its run of firing windows: centre = their centres +- half "
                               "a hop (actions about half a window or longer: fights); shared = what every firing "
                               "window shares, where narrower (actions much shorter than a window: falls)")
+    shared_span_classes: list[str] = Field(
+        default_factory=list, description="classes whose events take the shared span whatever event_span says "
+                                          "(a model with fights and falls: [Falldown])")
     # bounded here, not only in the spec's ClassThreshold: a bad value is then a --set error naming
     # `thresholds.<Class>`, before the model loads
     thresholds: dict[str, Annotated[float, Ge(0), Le(1)]] = Field(
@@ -56,11 +59,19 @@ class RecognizeConfig(StrictModel):
     overlay: bool = Field(False, description="write an overlay mp4 per video (video input only)")
 
 
+def shared_span(spec: ModelSpec, cfg: RecognizeConfig) -> frozenset[int]:
+    """The classes (indices) whose events span what their firing windows share (event_runs.run_extent)."""
+    if cfg.event_span == "shared":
+        return frozenset(range(len(spec.label_names)))
+    return frozenset(spec.label_names.index(n) for n in cfg.shared_span_classes if n in spec.label_names)
+
+
 def effective_spec(spec: ModelSpec, cfg: RecognizeConfig) -> ModelSpec:
     """The model's spec with the user's overrides (thresholds, window); unknown class names are an error."""
-    bad = [n for n in cfg.thresholds if n not in spec.label_names]
-    if bad:
-        raise ValueError(f"thresholds: unknown class(es) {bad}; the model's classes are {spec.label_names}")
+    for field, names in (("thresholds", cfg.thresholds), ("shared_span_classes", cfg.shared_span_classes)):
+        bad = [n for n in names if n not in spec.label_names]
+        if bad:
+            raise ValueError(f"{field}: unknown class(es) {bad}; the model's classes are {spec.label_names}")
     th = {}
     for c in spec.event_classes:
         name = spec.label_names[c]
@@ -117,7 +128,7 @@ def recognize_clip(recognizer, clip: SkeletonClip, spec: ModelSpec, cfg: Recogni
     _, times = resample(clip, spec.fps)
     extent = (float(times[0]), float(times[-1]) + 1.0 / spec.fps) if len(times) else None
     hop_s = max(1, round(cfg.stride_s * spec.fps)) / spec.fps
-    events = detect_events(windows, probs, spec, cfg.merge_gap_s, extent, cfg.event_span == "shared", hop_s)
+    events = detect_events(windows, probs, spec, cfg.merge_gap_s, extent, shared_span(spec, cfg), hop_s)
     return VideoResult(clip.source_video or clip.clip_id, windows, probs, events, time.perf_counter() - t0)
 
 

@@ -28,7 +28,7 @@ import numpy as np
 
 from recognizer_core.recognize.event_delivery import EventOutputError, EventSink, check_post_url, redact_url
 from recognizer_core.recognize.events import OnlineEvents
-from recognizer_core.recognize.runner import RecognizeConfig, make_windows_for, score_windows
+from recognizer_core.recognize.runner import RecognizeConfig, make_windows_for, score_windows, shared_span
 from recognizer_core.recognize.windows import resample
 from recognizer_core.skeleton.clip import SkeletonClip
 
@@ -225,7 +225,7 @@ def run_stream(rec, spec, cfg: RecognizeConfig, source: str, pose_cfg, *, tracki
     reader.start()
     source = redact_url(source)   # events, POSTs, the summary and log lines never carry a camera's password
     buf: collections.deque = collections.deque()  # (stream time, arrival, FramePoses, (H, W))
-    events = OnlineEvents(spec, source, cfg.merge_gap_s, shared_span=cfg.event_span == "shared")
+    events = OnlineEvents(spec, source, cfg.merge_gap_s, shared_span=shared_span(spec, cfg))
     # the latest LATENCY_STEPS scoring steps: a detector that runs for weeks keeps its memory flat
     latencies: collections.deque = collections.deque(maxlen=LATENCY_STEPS)
     n_windows, processed, next_due, t0 = 0, 0, None, time.perf_counter()
