@@ -5,6 +5,10 @@ One step for every sink: the global iteration (optimizer batches since the start
 silently drop everything logged on it once the iterations ran ahead. W&B runs offline by default, so a run on a
 machine without network never blocks or fails on it; sync later with `wandb sync <dir>`. Only rank 0 logs (the
 caller passes `enabled=False` on other ranks).
+
+A resumed run continues its records: TensorBoard drops what a failed attempt logged at or after the step the
+resumed run starts from (`first_step`, SummaryWriter's purge_step), so an epoch interrupted mid-way is not shown
+twice; W&B continues the run whose id `logs/wandb_run_id.txt` holds (written when the run starts).
 """
 from __future__ import annotations
 
@@ -21,8 +25,10 @@ from PIL import Image
 from torch.utils.tensorboard import SummaryWriter
 
 from recognizer_core.config import StrictModel
+from recognizer_core.storage import join_uri, read_text, write_text
 
 log = logging.getLogger("recognizer")
+WANDB_ID_FILE = "wandb_run_id.txt"  # in the run's logs/: the W&B run a resumed training continues
 
 
 def console(msg: str) -> None:
@@ -52,7 +58,12 @@ class ExperimentLogger:
     """Writes scalar metrics to the console, TensorBoard event files and (optionally) W&B."""
 
     def __init__(self, log_dir: str | Path, config: dict | None = None, wandb: WandbConfig | None = None,
-                 enabled: bool = True, run_name: str | None = None):
+                 enabled: bool = True, run_name: str | None = None, *, first_step: int = 1, resume: bool = False,
+                 saved_log_dir: str | None = None):
+        """first_step: the first global step this run logs (a resumed run: its checkpoint's step + 1); TensorBoard
+        discards anything logged at that step or later by an earlier attempt in the same folder, which this run
+        logs again. resume: continue the W&B run saved in the run's logs/ (`saved_log_dir`, that folder in the
+        run's storage where `log_dir` is a local staging copy, as on s3://; default `log_dir`)."""
         self.enabled = enabled
         self.log_dir = Path(log_dir)
         self._tb = None
@@ -62,11 +73,20 @@ class ExperimentLogger:
         if not enabled:
             return
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        self._tb = SummaryWriter(str(self.log_dir / "tensorboard"))
+        self._tb = SummaryWriter(str(self.log_dir / "tensorboard"), purge_step=first_step)
         if wandb is not None and wandb.enabled and wandb.mode != "disabled":
-            self._wandb = self._start_wandb(wandb, config or {}, run_name)
+            saved_id = self._saved_wandb_id(saved_log_dir or str(self.log_dir)) if resume else None
+            self._wandb = self._start_wandb(wandb, config or {}, run_name, saved_id)
 
-    def _start_wandb(self, cfg: WandbConfig, config: dict, run_name: str | None):
+    def _saved_wandb_id(self, saved_log_dir: str) -> str | None:
+        try:
+            text = read_text(join_uri(saved_log_dir, WANDB_ID_FILE))
+        except Exception as err:  # storage trouble must never stop a training run: a new W&B run instead
+            log.warning("could not read the W&B run id in %s (%s); starting a new W&B run", saved_log_dir, err)
+            return None
+        return (text.strip() or None) if text else None
+
+    def _start_wandb(self, cfg: WandbConfig, config: dict, run_name: str | None, run_id: str | None):
         try:
             import wandb
         except ImportError:
@@ -74,13 +94,21 @@ class ExperimentLogger:
                         "(pip install 'recognizer[wandb]'); continuing with TensorBoard only")
             return None
         os.environ.setdefault("WANDB_SILENT", "true")
+        # the saved id continues the run's W&B run; W&B takes no step below its last one, so steps a failed
+        # attempt logged keep that attempt's values (an exact resume logs the same ones again)
+        resume = {"id": run_id, "resume": "allow"} if run_id else {}
         try:
-            return wandb.init(project=cfg.project, entity=cfg.entity, name=cfg.run_name or run_name,
-                              mode=cfg.mode, tags=cfg.tags, config=config, dir=str(self.log_dir),
-                              reinit="finish_previous")
+            run = wandb.init(project=cfg.project, entity=cfg.entity, name=cfg.run_name or run_name,
+                             mode=cfg.mode, tags=cfg.tags, config=config, dir=str(self.log_dir),
+                             reinit="finish_previous", **resume)
         except Exception as err:  # network or auth trouble must never stop a training run
             log.warning("W&B init failed (%s); continuing with TensorBoard only", err)
             return None
+        try:
+            write_text(str(self.log_dir / WANDB_ID_FILE), run.id)
+        except OSError as err:  # a later resume then starts a new W&B run; this one logs on
+            log.warning("could not save the W&B run id in %s (%s)", self.log_dir, err)
+        return run
 
     def _monotonic(self, step: int) -> int:
         if step < self._step:  # a caller bug; W&B would drop the values, so keep them at the current step

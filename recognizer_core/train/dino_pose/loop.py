@@ -122,15 +122,18 @@ def build_parts(cfg: DinoPoseJobConfig, ctx: WorkerContext, steps_per_epoch: int
 
 
 def train_one_epoch(tr: Trainer, loader, *, cfg: DinoPoseJobConfig, ctx: WorkerContext, logger: ExperimentLogger,
-                    step: int, epoch: int) -> tuple[float, int, float]:
-    """-> (mean loss over all workers, the global step after the epoch, images/s of this worker). The loss
-    stays on the device; the workers sync once per log interval and at the end."""
+                    step: int, epoch: int) -> tuple[float, int, float, float]:
+    """-> (mean loss over all workers, the global step after the epoch, images/s of this worker, the lr the
+    epoch's last step used). The loss stays on the device; the workers sync once per log interval and at the end."""
     model, device = tr.model, ctx.device
     model.train()
     epoch_loss, interval_loss, seen = LossMeter(device), LossMeter(device), 0
     params = list(unwrap(model).trainable_parameters())
     t0 = time.perf_counter()
+    step_lr = tr.optimizer.param_groups[0]["lr"]  # defined for an empty loader too
     for batch in loader:
+        # read before scheduler.step() moves it on: lr_iter is the lr this step used, as mmengine logs it
+        step_lr = tr.optimizer.param_groups[0]["lr"]
         images = batch["image"].to(device, non_blocking=True)
         target, weight = target_batch(batch, cfg, device)
         with tr.amp.autocast(device):
@@ -160,11 +163,11 @@ def train_one_epoch(tr: Trainer, loader, *, cfg: DinoPoseJobConfig, ctx: WorkerC
         every = cfg.train.log_interval
         if every and step % every == 0:
             tr.guard.check(f"at epoch {epoch}")
-            logger.log({"train/loss_iter": interval_loss.mean(), "lr_iter": tr.scheduler.get_last_lr()[0],
+            logger.log({"train/loss_iter": interval_loss.mean(), "lr_iter": step_lr,
                         "epoch": epoch}, step=step, console=False)
     elapsed = time.perf_counter() - t0
     tr.guard.check(f"at epoch {epoch}")
-    return epoch_loss.mean(), step, seen / max(elapsed, 1e-9)
+    return epoch_loss.mean(), step, seen / max(elapsed, 1e-9), step_lr
 
 
 def write_checkpoint(directory: Path, tr: Trainer, *, epoch: int, step: int, best_ap: float, metrics: dict,
@@ -235,8 +238,11 @@ def run_dino_pose_training(cfg: DinoPoseJobConfig, ctx: WorkerContext, run_uri: 
             best_ap = float(extra.get("best_ap", -1.0))
         if ctx.rank == 0:
             console(f"[dino_pose] resumed at epoch {start} (global step {step})")
+    # logs from the restored step's next one on; the same W&B run only when resuming this run's own checkpoint
     logger = ExperimentLogger(files.local / "logs", config=cfg.model_dump(mode="json"), wandb=cfg.wandb,
-                              enabled=ctx.rank == 0, run_name=cfg.run.name)
+                              enabled=ctx.rank == 0, run_name=cfg.run.name, first_step=step + 1,
+                              resume=restored is not None and not restored.get(FROM_FALLBACK),
+                              saved_log_dir=files.uri_of("logs"))
     if ctx.rank == 0:
         log.info("DINO pose: %d train / %d val crops (skipped train %s, val %s), %d steps/epoch, malloc %s",
                  len(train_ds), len(val_ds), train_ds.skipped, val_ds.skipped, steps_per_epoch, malloc_in_use())
@@ -246,9 +252,9 @@ def run_dino_pose_training(cfg: DinoPoseJobConfig, ctx: WorkerContext, run_uri: 
             sampler.set_epoch(epoch - 1)
             train_ds.set_epoch(epoch - 1)
             t0 = time.perf_counter()
-            train_loss, step, ips = train_one_epoch(tr, train_loader, cfg=cfg, ctx=ctx, logger=logger, step=step,
-                                                    epoch=epoch)
-            metrics = {"epoch": epoch, "train/loss": train_loss, "lr": tr.scheduler.get_last_lr()[0],
+            train_loss, step, ips, lr = train_one_epoch(tr, train_loader, cfg=cfg, ctx=ctx, logger=logger,
+                                                        step=step, epoch=epoch)
+            metrics = {"epoch": epoch, "train/loss": train_loss, "lr": lr,
                        "train/images_per_s": ips * ctx.world_size, "train/epoch_time_s": time.perf_counter() - t0}
             validated = should_validate(epoch, cfg.train.epochs, cfg.train.val_interval)
             improved = False

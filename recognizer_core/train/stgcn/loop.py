@@ -181,8 +181,10 @@ def _train(cfg: TrainJobConfig, dataset_path: str, run_uri: str, ctx: WorkerCont
     tr, state = build_trainer_parts(cfg, ctx, data.num_batches)
     stopper = EarlyStopper(cfg.train.early_stopping.patience, cfg.train.early_stopping.min_delta,
                            state.early_stopping)
+    # a resumed run logs from the checkpoint's next step on, in the same W&B run (experiment_log.py)
     logger = ExperimentLogger(files.local / "logs", config=json.loads(cfg.model_dump_json()), wandb=cfg.wandb,
-                              enabled=ctx.rank == 0, run_name=cfg.run.name)
+                              enabled=ctx.rank == 0, run_name=cfg.run.name, first_step=state.global_step + 1,
+                              resume=state.epoch > 0, saved_log_dir=files.uri_of("logs"))
     if ctx.rank == 0:
         _announce(cfg, ctx, data, tr, state, files)
     stopped_early, last_ckpt_epoch = state.stopped_early, state.epoch
@@ -244,6 +246,9 @@ def train_epoch(tr: Trainer, data: Data, cfg: TrainJobConfig, ctx: WorkerContext
     tr.optimizer.zero_grad(set_to_none=True)
     batches = iter(data.train_loader)
     for i in range(data.num_batches):
+        # the lr of the optimizer step that applies this batch's gradient, read before that step moves the schedule
+        # on: what lr_iter and the epoch's lr (its last step's) report, as mmengine logs the lr an iteration used
+        step_lr = tr.optimizer.param_groups[0]["lr"]
         t_fetch = time.time()
         x, y, _ = next(batches)
         data_wait += time.time() - t_fetch  # ~0 when the loader keeps up: the input pipeline is not the bottleneck
@@ -280,9 +285,8 @@ def train_epoch(tr: Trainer, data: Data, cfg: TrainJobConfig, ctx: WorkerContext
             tr.guard.check(f"at epoch {ep}")
             mean = interval_loss.mean()
             if ctx.rank == 0:
-                lr_now = tr.optimizer.param_groups[0]["lr"]
-                logger.log({"train/loss_iter": mean, "lr_iter": lr_now, "epoch": ep}, state.global_step, console=False)
-                console(f"[recognizer] epoch {ep} iter {i + 1}/{data.num_batches}: loss {mean:.4f} lr {lr_now:.3g}")
+                logger.log({"train/loss_iter": mean, "lr_iter": step_lr, "epoch": ep}, state.global_step, console=False)
+                console(f"[recognizer] epoch {ep} iter {i + 1}/{data.num_batches}: loss {mean:.4f} lr {step_lr:.3g}")
     if device.type == "cuda":
         torch.cuda.synchronize()
     dt = time.time() - t0
@@ -291,7 +295,7 @@ def train_epoch(tr: Trainer, data: Data, cfg: TrainJobConfig, ctx: WorkerContext
     state.nonfinite_in_a_row = tr.guard.state()
     tot_samples = all_reduce([samples])[0]
     return {"epoch": ep, "train/loss": epoch_loss.mean(),
-            "lr": tr.optimizer.param_groups[0]["lr"], "train/samples_per_s": tot_samples / dt,
+            "lr": step_lr, "train/samples_per_s": tot_samples / dt,
             "train/epoch_time_s": dt, "train/data_wait_frac": data_wait / dt, "train/skipped_steps": skipped,
             **({"train/compile_s": compile_s} if compile_s is not None else {})}
 
