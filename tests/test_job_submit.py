@@ -48,8 +48,9 @@ def _wait_http(url: str, timeout: float) -> None:
     raise AssertionError(f"no dashboard at {url} after {timeout}s")
 
 
-def _submit(client, timeout: float = 60, **job) -> str:
-    # The dashboard answers before the node's job agent is up ("No available agent"): retry until it is.
+def _submit(client, timeout: float = 150, **job) -> str:
+    # The dashboard answers before the node's job agent is up ("No available agent"): retry until it is (60 s
+    # were not enough once in a full suite run on 2 loaded cores; alone it takes a few seconds).
     deadline = time.time() + timeout
     while True:
         try:
