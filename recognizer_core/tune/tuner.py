@@ -7,7 +7,8 @@ then builds and fits the job's TorchTrainer (Ray Train V2), whose reports reach 
 Layout of an experiment (local folder or any pyarrow URI, e.g. s3://bucket/tune):
 
     <storage_path>/<name>/                Ray Tune experiment (re-running the same command resumes it)
-        recognizer_tune.json              what was asked (space, overrides); a mismatch on resume is an error
+        recognizer_tune.json              what was asked (space, overrides; resume_record.py): a mismatch on
+                                          resume is an error
         trial_<id>/train/checkpoint_*/    the trial's Ray Train run and its checkpoints
         summary/                          results table, best config + checkpoint, plots (`results.py`)
 
@@ -27,10 +28,10 @@ from pydantic import BaseModel, Field
 from recognizer_core.config import ConfigError, StrictModel
 from recognizer_core.tune.records import FINAL_REPORT_KEY
 from recognizer_core.tune.reports import validated_epochs
+from recognizer_core.tune.resume_record import REQUEST_FILE, check_resumable, request_record
 from recognizer_core.tune.search_space import SearchSpace, _label, field_of, get_dotted, is_bundle_name
-from recognizer_core.storage import exists, join_uri, read_text, to_uri, write_text
+from recognizer_core.storage import exists, join_uri, to_uri, write_text
 
-REQUEST_FILE = "recognizer_tune.json"
 TRAIN_SNAPSHOT = "checkpoint_manager_snapshot.json"  # written by Ray Train V2 in every run folder
 
 
@@ -267,78 +268,6 @@ def asha_or_fifo(options: TuneOptions, schedule: list[int] | None, max_epochs: i
     ends_by_itself = length is not None and max_t >= length
     return ASHAScheduler(time_attr=time_attr, max_t=max_t + 1 if ends_by_itself else max_t, grace_period=grace,
                          reduction_factor=options.reduction_factor, metric=metric, mode=mode)
-
-
-def request_record(space: SearchSpace, extra: dict[str, Any], config_cls: type[BaseModel],
-                   options: TuneOptions) -> dict:
-    """What defines an experiment: resuming it with a different space or overrides would mix two searches."""
-    return {"config_class": f"{config_cls.__module__}.{config_cls.__qualname__}",
-            "space": json.loads(space.model_dump_json(exclude={"source", "demo", "fixed"})),  # fixed: base + extra
-            "extra_overrides": extra,
-            "options": json.loads(options.model_dump_json(exclude={"storage_path", "retry_errored"}))}
-
-
-SCORED_OPTIONS = ("metric", "mode", "folds", "seed", "objectives", "epochs_field")
-
-
-def _comparable(record: dict) -> dict:
-    """`record` with its space's params' null keys dropped: a key added to Param later (`counted_after`) is null in
-    new records, absent from older ones, unset in both (compared exactly, no older experiment could resume)."""
-    space = record.get("space") or {}
-    params = {n: {k: v for k, v in p.items() if v is not None} for n, p in (space.get("params") or {}).items()}
-    return {**record, "space": {**space, "params": params}} if params else record
-
-
-def _check_same_request(previous: dict, current: dict, experiment_uri: str) -> None:
-    previous, current = _comparable(previous), _comparable(current)
-    changed = [k for k in ("config_class", "space", "extra_overrides") if previous.get(k) != current.get(k)]
-    if changed:
-        details = []
-        if "space" in changed:
-            prev, cur = previous.get("space", {}), current["space"]
-            for k in sorted(set(prev) | set(cur)):
-                if prev.get(k) != cur.get(k):  # the params by name: which parameter of the space changed
-                    p, c = (x.get(k) if isinstance(x.get(k), dict) else {} for x in (prev, cur))
-                    names = [n for n in sorted(set(p) | set(c)) if p.get(n) != c.get(n)] if k == "params" else []
-                    details += [f"space.{k}.{n}" for n in names] or [f"space.{k}"]
-        if "extra_overrides" in changed:
-            prev, cur = previous.get("extra_overrides", {}), current["extra_overrides"]
-            details += [f"override {k}" for k in sorted(set(prev) | set(cur)) if prev.get(k) != cur.get(k)]
-        raise ConfigError(f"{experiment_uri} holds an experiment started with a different search (changed: "
-                          f"{', '.join(details or changed)}). Re-run with the original space and options to "
-                          "continue it, or pass a new --name to start another experiment.")
-    opt_prev, opt_cur = previous.get("options", {}), current["options"]
-    # What the trials are scored on and compared by: a resumed search keeps its searcher and scheduler, while
-    # the summary, the folds and the best pick would follow the new value and mix two searches.
-    space = current.get("space", {})
-
-    def effective(opts: dict, k: str) -> Any:  # metric / mode unset mean the space's (the same space here)
-        return opts.get(k) if opts.get(k) is not None or k not in ("metric", "mode") else space.get(k)
-    scored = [k for k in SCORED_OPTIONS if k in opt_prev and effective(opt_prev, k) != effective(opt_cur, k)]
-    if scored:
-        was = ", ".join(f"{k} {effective(opt_prev, k)!r}" for k in scored)
-        now = ", ".join(f"{k} {effective(opt_cur, k)!r}" for k in scored)
-        raise ConfigError(f"{experiment_uri} was started with {was} (now {now}): its trials were scored that "
-                          "way. Re-run with the original values to continue it, or pass a new --name to start "
-                          "another experiment.")
-    ignored = [k for k in sorted(set(opt_prev) | set(opt_cur))
-               if opt_prev.get(k) != opt_cur.get(k) and k not in SCORED_OPTIONS]
-    if ignored:
-        print(f"[tune] resuming {experiment_uri}: options {ignored} differ from the first run and are ignored "
-              "(a resumed experiment keeps its budget, scheduler and searcher state)", flush=True)
-
-
-def check_resumable(space: SearchSpace, config_cls: type[BaseModel], options: TuneOptions, *,
-                    extra_overrides: dict[str, Any] | None = None) -> bool:
-    """True if the experiment already exists (and will be resumed); a ConfigError if it was started with a
-    different space or overrides. Needs no Ray, so scripts call it before starting one."""
-    experiment_uri = join_uri(to_uri(options.storage_path), options.name)
-    previous = read_text(join_uri(experiment_uri, REQUEST_FILE))
-    if previous is None:
-        return False
-    record = request_record(space, dict(extra_overrides or {}), config_cls, options)
-    _check_same_request(json.loads(previous), record, experiment_uri)
-    return True
 
 
 def run_tuning(space: SearchSpace, config_cls: type[BaseModel], build_trainer: Callable,
