@@ -263,7 +263,7 @@ def test_class_weight_parameter_of_the_background_class_is_refused_before_ray(tm
     assert tune_fight.main(argv) == 2
     errors = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error: ")]
     assert len(errors) == 1 and "train.class_weight[1]" in errors[0] and "falldown_space.yaml" in errors[0], errors
-    assert "build_dataset.py --poses" in errors[0] and "--set label_names=[Normal,Falldown]" in errors[0]
+    assert "build_dataset.py --poses" in errors[0] and "--set 'label_names=[Normal,Falldown]'" in errors[0]
     assert "extract_poses" not in errors[0]   # re-extraction needs the videos and only rewrote labels.json
 
 
@@ -279,7 +279,7 @@ def test_class_weight_check_passes_the_presets_order_and_the_order_error_says_to
     # the order error recommends the rebuild a search needs, not only retyping the names
     ds = SkeletonDataset(_dataset(tmp_path / "ds_sorted", ["Falldown", "Normal"]))
     cfg = validate_config(TrainJobConfig, {"data": {"label_names": ["Normal", "Falldown"]}}, "test")
-    with pytest.raises(ConfigError, match=r"build_dataset\.py .*--set label_names=\[Normal,Falldown\]") as err:
+    with pytest.raises(ConfigError, match=r"build_dataset\.py .*--set 'label_names=\[Normal,Falldown\]'") as err:
         label_names(cfg, ds)
     assert "\n" not in str(err.value) and "extract_poses" not in str(err.value)
 
@@ -321,7 +321,7 @@ def test_class_weight_check_refuses_only_a_background_class_that_is_not_class_0(
         "window": {"clip_len": 100, "stride": 50, "min_frames": 1}, "split": {"seed": 7, "ratios": [0.8, 0.1, 0.1]}}))
     with pytest.raises(ConfigError, match=re.escape(
             f"build_dataset.py --poses /data/rwf_poses --output {built.path}_ordered --set window.clip_len=100 "
-            "--set window.stride=50 --set split.seed=7 --set label_names=[NonFight,Fight]")):
+            "--set window.stride=50 --set split.seed=7 --set 'label_names=[NonFight,Fight]'")):
         stgcn_job.check_class_weight_params(both, built.label_names, built)
 
 
@@ -412,3 +412,19 @@ def test_one_machine_ray_job_submit_error_names_the_home_folder_workaround(tmp_p
     assert "\n" not in str(err.value)
     monkeypatch.setenv(storage.STORAGE_ENV, "~/recognizer_runs")   # the workaround passes
     stgcn_job.check_datasets_reachable("s3://bucket/tune/exp", base, 5, None)
+
+
+def test_the_rebuild_command_is_one_shell_command_for_paths_with_spaces(tmp_path):
+    """The advised command is pasted into a shell: a dataset at '/data/my ds' split into words."""
+    import shlex
+
+    from recognizer_core.skeleton.store import SkeletonDataset
+    from recognizer_core.skeleton.store_write import write_dataset
+    from recognizer_core.train.stgcn.evaluate import rebuild_command
+
+    built = SkeletonDataset(write_dataset([], tmp_path / "my ds", ["Fall down", "Normal"], metadata={
+        "source": "rayjobs/build_dataset.py", "poses": "/data/my poses", "window": {"clip_len": 100}}))
+    words = shlex.split(rebuild_command(["Normal", "Fall down"], built))
+    assert words[:5] == ["rayjobs/build_dataset.py", "--poses", "/data/my poses", "--output",
+                         f"{built.path}_ordered"]
+    assert words[5:] == ["--set", "window.clip_len=100", "--set", "label_names=[Normal,Fall down]"]

@@ -367,3 +367,18 @@ def test_shared_span_classes_give_one_class_the_shared_span_in_batch_and_stream(
     assert sorted(_spans(online.pop_ready())) == sorted(_spans(res.events))
     with pytest.raises(ValueError, match=r"shared_span_classes: unknown class\(es\) \['Fall'\]"):
         effective_spec(spec, RecognizeConfig(shared_span_classes=["Fall"]))
+
+
+def test_a_mid_stream_run_with_a_long_stride_ends_at_its_window_in_batch_and_stream():
+    """1.6 s windows stepped 3 s apart, only the second fires: the stream ended its event at that window's end, batch
+    half a hop past its centre (the sequence's last window bounded it), so min_duration_s could drop one only."""
+    spec = _spec(window_frames=48)
+    centres = (0.8, 3.8, 6.8, 9.8)
+    probs = np.array([[0.0, 1.0] if c == 3.8 else [1.0, 0.0] for c in centres])
+    windows = [Window("cam", "track", c - 0.8, c + 0.8, [1], None) for c in centres]
+    batch = detect_events(windows, probs, spec, extent=(0.0, 10.6), hop_s=3.0)
+    online = OnlineEvents(spec, "cam")
+    for c, p in zip(centres, probs):
+        online.step(c, 3.0, [("track1", "track", p, [1])], start_s=0.0)
+    online.flush()
+    assert _spans(batch) == _spans(online.pop_ready()) == [("Falldown", 2.3, 4.6)]

@@ -71,7 +71,8 @@ def events_from_scores(starts: np.ndarray, ends: np.ndarray, scores: np.ndarray,
     for s0, s1 in zip(cuts[:-1], cuts[1:]):
         for a, b in ((a + s0, b + s0) for a, b in hysteresis_runs(scores[s0:s1], on, off)):
             ids = sorted({int(t) for i in range(a, b + 1) for t in (track_ids[i] if track_ids else [])})
-            centre = (max(lo, float(centres[a]) - hop / 2), min(hi, float(centres[b]) + hop / 2))
+            # never past the run's last window (a stride longer than the window), as the stream caps it
+            centre = (max(lo, float(centres[a]) - hop / 2), min(hi, float(ends[b]), float(centres[b]) + hop / 2))
             edges = (float(starts[a]) if starts[a] <= v0 + 1e-6 else None,
                      float(ends[b]) if ends[b] >= v1 - 1e-6 else None)
             common = (float(starts[a:b + 1].max()), float(ends[a:b + 1].min())) if shared else None
@@ -214,7 +215,7 @@ class OnlineEvents:
 
     @staticmethod
     def _extend(span: list, end_s: float, score: float, track_ids, win: tuple[float, float]) -> None:
-        # never past the window's end (a stride longer than the window), as batch caps at its last window's end
+        # never past the window's end (a stride longer than the window), as batch caps at the run's last window
         span[1], span[2] = max(span[1], min(end_s, win[1])), max(span[2], score)
         span[3] |= set(track_ids)
         run = span[5]

@@ -182,22 +182,25 @@ def rebuild_command(order: list[str] | None, ds: SkeletonDataset | None = None) 
     pose model that extract_poses.py --set source.label_names=[...] needs (which rewrote only labels.json). The
     dataset's own poses and folder when it records them (build_dataset's metadata), else placeholders; order
     None: a placeholder for the names too."""
+    import shlex
+
     from recognizer_core.dataset.config import SplitConfig, WindowConfig
 
     meta = ds.metadata if ds is not None else {}
     poses = meta.get("poses") if meta.get("source") == "rayjobs/build_dataset.py" else None
     # a new folder (build_dataset overwrites its output) with the window and split settings the dataset records
     # where they differ from the defaults: the same clips and splits, only the label order changed
-    where = (f"--poses {poses} --output {str(ds.path).rstrip('/')}_ordered" if poses
+    where = (f"--poses {shlex.quote(str(poses))} --output {shlex.quote(str(ds.path).rstrip('/') + '_ordered')}" if poses
              else "--poses <extraction output> --output <new dataset folder> (with the window / split settings "
                   "the dataset was built with)")
     sets = []
     for key, default in (("window", WindowConfig()), ("split", SplitConfig())):
         for field, value in (meta.get(key) or {}).items() if poses else ():
             if field in type(default).model_fields and value != _plain(getattr(default, field)):
-                sets.append(f" --set {key}.{field}={_set_value(value)}")
-    names = ",".join(order) if order is not None else "<class names, background first>"
-    return f"rayjobs/build_dataset.py {where}{''.join(sets)} --set label_names=[{names}]"
+                sets.append(f" --set {shlex.quote(f'{key}.{field}={_set_value(value)}')}")
+    names = shlex.quote(f"label_names=[{','.join(order)}]") if order is not None \
+        else "label_names=[<class names, background first>]"
+    return f"rayjobs/build_dataset.py {where}{''.join(sets)} --set {names}"
 
 
 def _plain(value):
