@@ -113,3 +113,16 @@ def s3(monkeypatch):
         yield boto3.client("s3", endpoint_url=f"http://{host}:{port}")
     finally:
         server.stop()
+
+
+@pytest.fixture
+def quiet_wandb(monkeypatch):
+    """W&B offline and silent, torch on one thread (the in-process training loops of the logging tests)."""
+    import torch
+
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -39,14 +39,7 @@ TINY = ["model.num_stages=2", "model.base_channels=8", "model.inflate_stages=[2]
 OFFLINE_WANDB = ["wandb.enabled=true", "wandb.mode=offline"]
 
 
-@pytest.fixture(autouse=True)
-def _quiet_wandb(monkeypatch):
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("quiet_wandb")
 
 
 @contextlib.contextmanager

@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 from conftest import REPO, shared_path
 from dino_tiny import make_tiny_dino, tiny_job_overrides
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -29,14 +28,7 @@ TINY = ["model.num_stages=2", "model.base_channels=8", "model.inflate_stages=[2]
         "train.test_after_train=false"]
 
 
-@pytest.fixture(autouse=True)
-def _quiet_wandb(monkeypatch):
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("quiet_wandb")
 
 
 def _tensorboard(log_dir: Path) -> EventAccumulator:
