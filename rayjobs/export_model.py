@@ -134,7 +134,12 @@ def _export(model: str, tmp: Path, out: Path, *, model_config: str | None, calib
     if diff > tolerance * scale:
         raise SystemExit(f"error: {out}: ONNX logits differ from torch by {diff:.3g} > {tolerance} x "
                          f"max(1, |logit|) = {tolerance * scale:.3g}; nothing was written")
-    update["source"] = {**spec.source, "exported_onnx": str(out), "opset": OPSET, "onnx_max_abs_diff": diff}
+    import hashlib
+
+    # the model file's hash: recognize refuses a sidecar beside another model (same shapes, other labels)
+    digest = hashlib.sha256(Path(onnx_path).read_bytes()).hexdigest()
+    update["source"] = {**spec.source, "exported_onnx": str(out), "opset": OPSET, "onnx_max_abs_diff": diff,
+                        "onnx_sha256": digest}
     report = {"onnx": str(out), "max_abs_diff_vs_torch": diff, "max_abs_logit": round(scale, 3),
               "opset": OPSET}
     if calibrate_precision is not None:

@@ -109,6 +109,17 @@ def test_export_job_sidecar_and_torch_free_recognize(tmp_path):
         bad.with_suffix(".json").write_text(json.dumps(wrong))
         with pytest.raises(ValueError, match=rf"other.json does not describe .*other.onnx: {re.escape(named)}"):
             load_recognizer(bad)
+    # same shapes, another model file (labels that would be silently wrong): the export's sha256 tells them apart;
+    # a sidecar from before the hash was recorded still loads
+    assert len(side["source"]["onnx_sha256"]) == 64
+    other = json.loads(json.dumps(side))
+    other["source"]["onnx_sha256"] = "0" * 64
+    bad.with_suffix(".json").write_text(json.dumps(other))
+    with pytest.raises(ValueError, match=r"other.json does not describe .*: the model file is not the one exported"):
+        load_recognizer(bad)
+    del other["source"]["onnx_sha256"]
+    bad.with_suffix(".json").write_text(json.dumps(other))
+    assert load_recognizer(bad).spec.label_names == ["NonFight", "Fight"]
 
 
 def test_tensorrt_engine_request_without_tensorrt_fails_before_writing(tmp_path):

@@ -98,7 +98,8 @@ def _check_sidecar_fits(session, spec: ModelSpec, onnx_path) -> None:
     """The sidecar describes this model: its input (batch, M, T, V, C) holds the spec's persons, clip length and
     feature channels, and its output one score per label. A copied or mixed-up sidecar was accepted, then every
     window failed with ONNX Runtime's three-line shape error (and the run exited 0), or, where the shapes matched
-    (two labels swapped), ran with the wrong class names. ValueError, one line."""
+    (two labels swapped), ran with the wrong class names: the sha256 an export records catches that one.
+    ValueError, one line."""
     shape = list(session.get_inputs()[0].shape)[1:]
     want = {"persons (pipeline.num_person)": (0, spec.pipeline.num_person),
             "frames (pipeline.clip_len)": (1, spec.pipeline.clip_len),
@@ -108,6 +109,12 @@ def _check_sidecar_fits(session, spec: ModelSpec, onnx_path) -> None:
     out = list(session.get_outputs()[0].shape)
     if out and isinstance(out[-1], int) and out[-1] != len(spec.label_names):
         bad.append(f"{len(spec.label_names)} labels in the sidecar, {out[-1]} scores in the model")
+    recorded = spec.source.get("onnx_sha256")  # sidecars written since 2026-12-05 (export_model.py)
+    if not bad and recorded:
+        import hashlib
+
+        if hashlib.sha256(Path(onnx_path).read_bytes()).hexdigest() != recorded:
+            bad.append("the model file is not the one exported with this sidecar (its sha256 differs)")
     if bad:
         raise ValueError(f"{sidecar_path(Path(onnx_path))} does not describe {onnx_path}: {'; '.join(bad)} "
                          "(re-export the model, or put its own sidecar beside it)")
