@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from recognizer_core.config import ConfigError, add_config_args, config_from_args, load_config  # noqa: E402
 from recognizer_core.skeleton.store import SkeletonDataset  # noqa: E402
-from recognizer_core.storage import output_uri  # noqa: E402
+from recognizer_core.storage import input_path, output_uri  # noqa: E402
 from recognizer_core.train.stgcn.config import TrainJobConfig  # noqa: E402
 
 DEFAULT_CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "fight_stable.yaml")
@@ -59,10 +59,8 @@ def _pick_run(cfg: TrainJobConfig, args) -> tuple[TrainJobConfig, Path]:
         # a relative path missing here: a file name in the run folder, else where the jobs write relative outputs
         # (storage.output_uri: $RECOGNIZER_STORAGE on a cluster, where train_stgcn put the run; under `ray job
         # submit` the working directory is the uploaded package), as data.path is found (dataset_location)
-        for candidate in (run_dir / given, Path(output_uri(args.checkpoint))):
-            if candidate.exists():
-                return cfg, candidate
-        return cfg, given
+        in_run = run_dir / given
+        return cfg, in_run if in_run.exists() else Path(input_path(args.checkpoint))
     names_a_run = any(o.split("=", 1)[0].strip() in ("run.name", "run.storage_path") for o in args.overrides)
     if args.config != DEFAULT_CONFIG or names_a_run:
         return cfg, run_dir

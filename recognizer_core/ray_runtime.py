@@ -82,6 +82,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def joins_cluster(address: str | None = None) -> bool:
+    """Whether start_ray(address) joins a running Ray (`--address` or $RAY_ADDRESS, other than "local") rather
+    than starting a private one; known before Ray starts."""
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    return bool(address) and address != "local"
+
+
 def start_ray(address: str | None = None, *, num_cpus: int | None = None, dashboard: bool = True,
               log_to_driver: bool = True, job: str = "job") -> RayInfo:
     """Join `address` / $RAY_ADDRESS, else start a private local Ray; return where it runs. Idempotent."""
@@ -92,7 +99,7 @@ def start_ray(address: str | None = None, *, num_cpus: int | None = None, dashbo
         ctx = ray.get_runtime_context()
         return RayInfo(address=ctx.gcs_address, dashboard_url=None, private=False)
     address = address or os.environ.get("RAY_ADDRESS") or None
-    joining = bool(address) and address != "local"
+    joining = joins_cluster(address)
     captured = ""
     try:
         if joining:

@@ -88,6 +88,17 @@ def output_uri(path: str | os.PathLike) -> str:
     return join_uri(root, p.as_posix()) if is_remote(root) else str((Path(root) / p).resolve())
 
 
+def input_path(path: str) -> str:
+    """Where a job reads a relative input: as given when it is a URI, absolute or found here; else where the jobs
+    write relative outputs (`output_uri`: $RECOGNIZER_STORAGE on a cluster, whose `ray job submit` working
+    directory holds only the uploaded code) when it is there; else as given, for the caller's own 'not found'."""
+    local = Path(path).expanduser()
+    if not path or is_remote(path) or local.is_absolute() or local.exists():
+        return path
+    moved = output_uri(path)
+    return moved if not is_remote(moved) and Path(moved).exists() else path
+
+
 def join_uri(base: str, *parts: str) -> str:
     return posixpath.join(base, *parts) if is_remote(base) else os.path.join(base, *parts)
 

@@ -18,7 +18,6 @@ import json
 import os
 import time
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import yaml
 
@@ -50,13 +49,8 @@ def resolve_paths(cfg: ExtractionConfig) -> ExtractionConfig:
     def res(p: str) -> str:
         return storage.to_uri(p) if p else p
 
-    def res_model(p: str) -> str:
-        # a relative model path missing here is looked for where the jobs write relative outputs (export_model,
-        # build_trt_engine: $RECOGNIZER_STORAGE under `ray job submit`), as data.path and --checkpoint are
-        if p and not storage.is_remote(p) and not Path(p).expanduser().is_absolute() \
-                and not Path(p).expanduser().exists() and Path(storage.output_uri(p)).exists():
-            return storage.output_uri(p)
-        return res(p)
+    def res_model(p: str) -> str:  # where export_model / build_trt_engine wrote it, as data.path is found
+        return res(storage.input_path(p))
 
     return cfg.model_copy(update={
         "output": storage.output_uri(cfg.output),  # never inside `ray job submit`'s package, which Ray deletes

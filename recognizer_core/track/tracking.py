@@ -119,13 +119,15 @@ def track_poses(frame_inds, frames: list[FramePoses], cfg: TrackingConfig) -> Tr
             boxes, expected, poses_expected = _predict(live, t)
             scores = np.stack([tr.keypoint_scores for tr in live])
             sims = []
-            for b, k in ((boxes, np.stack([tr.keypoints for tr in live])), (expected, poses_expected)):
+            last = (boxes, np.stack([tr.keypoints for tr in live]))
+            # (nothing predicted to move, e.g. the first frames: the prediction is the last box, computed once)
+            for b, k in (last, (expected, poses_expected)) if (expected != boxes).any() else (last,):
                 sim = cfg.iou_weight * box_iou(b, poses.boxes)
                 if cfg.iou_weight < 1:
                     sim = sim + (1 - cfg.iou_weight) * keypoint_similarity(k, scores, boxes, poses.keypoints,
                                                                            poses.keypoint_scores)
                 sims.append(sim)
-            sim = np.maximum(*sims)
+            sim = np.maximum.reduce(sims)
             rows, cols = linear_sum_assignment(-sim)
             for r, c in zip(rows, cols):
                 if sim[r, c] < cfg.match_threshold:

@@ -43,10 +43,10 @@ def check_datasets_reachable(experiment_uri: str, base: TrainJobConfig, folds: i
                           f"is written as local files under {STORAGE_ENV}, which must therefore be a local "
                           "folder (on a cluster one every node mounts, e.g. /mnt/shared/runs); object storage "
                           "stays right for --storage-path")
-    # ray_runtime.start_ray's rule: --address or $RAY_ADDRESS other than "local" joins a cluster; a job started
-    # by `ray job submit` runs from its uploaded package (and has $RAY_ADDRESS set too)
-    target = address or os.environ.get("RAY_ADDRESS") or ""
-    cluster = (bool(target) and target != "local") or ray_package_root(os.getcwd()) is not None
+    # a job started by `ray job submit` runs from its uploaded package (and has $RAY_ADDRESS set too)
+    from recognizer_core.ray_runtime import joins_cluster
+
+    cluster = joins_cluster(address) or ray_package_root(os.getcwd()) is not None
     if cluster and not env:
         # A one-machine `ray start --head` cannot be told from a cluster before Ray starts (nodes may join), so
         # the error names its workaround: ~/recognizer_runs is where such a job wrote these files before this

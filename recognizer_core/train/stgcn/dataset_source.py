@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from recognizer_core.skeleton.clip import SkeletonClip, SkeletonDataError
-from recognizer_core.storage import exists, is_remote, join_uri, output_uri
+from recognizer_core.storage import exists, input_path, is_remote, join_uri
 from recognizer_core.train.stgcn.config import DataConfig
 
 log = logging.getLogger("recognizer")
@@ -54,9 +54,7 @@ def dataset_location(path: str) -> Path | str:
         if not (exists(join_uri(path, "_dataset.json")) or exists(join_uri(path, "part-00000.parquet"))):
             raise SkeletonDataError(f"data.path={path!r}: no skeleton dataset there (no _dataset.json)")
         return path
-    local = Path(path).expanduser()
-    if not local.is_dir() and not local.is_absolute() and Path(output_uri(path)).is_dir():
-        local = Path(output_uri(path))
+    local = Path(input_path(path)).expanduser()
     if not local.is_dir():
         raise SkeletonDataError(f"data.path={path!r}: skeleton dataset folder not found")
     return local
