@@ -26,7 +26,7 @@ from recognizer_core.extract.backends import check_cuda_provider, check_model_fi
 from recognizer_core.extract.config import ExtractionConfig
 from recognizer_core.extract.finish import finish_video
 from recognizer_core.extract.manifest import DONE, EMPTY, FAILED, ExtractionManifest
-from recognizer_core.extract.sources import SourceError, VideoSource, label_index, list_videos, make_video_id
+from recognizer_core.extract.sources import SourceError, VideoSource, label_index, list_videos, make_video_id, nfc
 from recognizer_core.extract.stages import PoseInference, VideoAssembler, decode_shard, plan_video
 
 # the columns of the pose stream the driver reads (VideoAssembler.add); batch recognize reads the same
@@ -111,8 +111,9 @@ def _with_earlier_classes(cfg: ExtractionConfig, names: list[str], others: list[
         old = json.loads(storage.read_text(storage.join_uri(cfg.output, "labels.json")) or "{}").get("label_names")
     except (ValueError, AttributeError):
         old = None
-    old = [n for n in old if isinstance(n, str)] if isinstance(old, list) else []
-    listed = {r.get("label_name") for r in others} - {None, ""}
+    # NFC: a labels.json or a listing written from a Mac's (NFD) folder names before names were normalised
+    old = list(dict.fromkeys(nfc(n) for n in old if isinstance(n, str))) if isinstance(old, list) else []
+    listed = {nfc(r["label_name"]) for r in others if r.get("label_name")}
     if cfg.source.label_names:   # its order first; other sources' classes after it
         first = list(names)
     else:

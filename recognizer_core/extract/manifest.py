@@ -15,7 +15,10 @@ compact() writes the JSONL before it deletes objects, so a record is always in o
 the JSONL as it is now, this run's records and other runs' objects (reading only objects this run has not seen),
 and deletes only objects it folded in. Left: two compact()s at the same moment can drop one's records from the
 JSONL (S3 has no compare-and-swap here); those videos are then extracted again, never taken as wrong.
-Records are keyed by `VideoSource.key` (path + size + mtime): an edited file is redone.
+Records are keyed by `VideoSource.key` (path + size + mtime): an edited file is redone. Each record's `time` is
+UTC with its offset (ISO 8601): compact() orders the records of several runs by that instant, and drivers in other
+time zones (a laptop in Seoul, a pod in UTC) or a DST fall-back must not file a newer record as older. Records
+written before it (local time, no offset) are older than any with one and keep their file order among themselves.
 Nothing is created until the first record is written, so a job stopped by a bad input leaves no folder behind.
 
 Old records are never rewritten: an edited video leaves its old DONE record pointing at the same
@@ -23,7 +26,8 @@ Old records are never rewritten: an edited video leaves its old DONE record poin
 So each run also writes its source's current listing (`listings/<source id>.jsonl`: video_id, rel_path,
 label_name, split, key of every video the source lists now; one file per source, so several sources extracted into
 one folder are all kept), and `current_done()` gives build_dataset one record per listed video, its current
-version's.
+version's. A folder written while listings were one root `videos.jsonl` (commit 3ba4158) is read through that file
+until its first run here writes `listings/` (then its videos move into listings, as below).
 """
 from __future__ import annotations
 
@@ -33,6 +37,7 @@ import os
 import posixpath
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
 from typing import Iterable
 
 import pyarrow.fs as pafs
@@ -45,6 +50,7 @@ _FILES = {DONE: "done.jsonl", EMPTY: "empty_clips.jsonl", FAILED: "failures.json
 CLIPS_DIR = "clips"
 LISTINGS_DIR = "listings"   # one <source id>.jsonl per source (input folder or CSV) extracted into this folder
 LEGACY_LISTING = "before-listings.jsonl"   # the videos of a folder extracted before listings existed
+ROOT_LISTING = "videos.jsonl"   # the one listing of folders written at commit 3ba4158, before listings/
 _LISTING_FIELDS = ("video_id", "rel_path", "label_name", "split", "key")
 _RECORD_DIR = "manifest"   # object stores: manifest/<kind>/<video_id>.json, one object per record
 _READ_THREADS = 16   # record objects read at once on resume: HEAD + GET at ~20 ms each, one at a time: 13 min/20k
@@ -53,9 +59,20 @@ _READ_THREADS = 16   # record objects read at once on resume: HEAD + GET at ~20 
 PARTIAL_FILE_AGE_S = 3600.0
 
 
+def _instant(rec: dict) -> tuple[int, float]:
+    """Sort key of a record's time: (1, seconds since the epoch) with an offset; (0, 0.0) without one (local time
+    of an unknown zone, written before times were UTC: older than any record with an offset)."""
+    try:
+        when = datetime.fromisoformat(str(rec.get("time", "")))
+    except ValueError:
+        return 0, 0.0
+    return (0, 0.0) if when.tzinfo is None else (1, when.timestamp())
+
+
 def _newest_last(recs: Iterable[dict]) -> list[dict]:
-    """Records of several writers in the order _put needs (newest last): by their time, ties in the given order."""
-    return sorted(recs, key=lambda r: str(r.get("time", "")))
+    """Records of several writers in the order _put needs (newest last): by the instant of their time, ties (and
+    records without an offset, among themselves) in the given order."""
+    return sorted(recs, key=_instant)
 
 
 def _parse_lines(text: str | None) -> list[dict]:
@@ -183,10 +200,10 @@ class ExtractionManifest:
                 for k in keys if self.status(k) == FAILED]
 
     def record(self, kind: str, key: str, **fields) -> dict:
-        rec = {"key": key, **fields, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        rec = {"key": key, **fields, "time": datetime.now(timezone.utc).isoformat()}
         line = (json.dumps(rec) + "\n").encode()
-        if self.remote:
-            name = fields.get("video_id") or str(abs(hash(key)))
+        if self.remote:   # hash() is salted per process (PYTHONHASHSEED): one key, a new object name per run
+            name = fields.get("video_id") or hashlib.sha1(key.encode()).hexdigest()[:20]
             path = posixpath.join(self._record_dir(kind), f"{name}.json")
             storage.put_object(self._fs, path, line)
             self._known[path] = (len(line), None)
@@ -281,7 +298,7 @@ class ExtractionManifest:
         replacing that source's last one; other sources' listings stay."""
         videos = list(videos)
         legacy_uri = storage.join_uri(self.uri, LISTINGS_DIR, LEGACY_LISTING)
-        if self.listing() is None and self.done_records():
+        if not self._listing_files() and self.done_records():
             self._write_legacy_listings(legacy_uri)
         old = storage.read_text(legacy_uri)
         if old is not None:   # what a source lists now is in its own file
@@ -294,10 +311,11 @@ class ExtractionManifest:
         storage.write_text(self._listing_uri(source), "".join(lines))
 
     def _write_legacy_listings(self, legacy_uri: str) -> None:
-        """A folder extracted before listings existed: its videos (the newest record per video_id, as they were
-        built until now) keep listings, or the first new run's listing would drop them all. Those under the source
-        its extraction_config.yaml names (the last run's) become that source's listing, which its next run
-        replaces (videos deleted there go); the rest stay in LEGACY_LISTING until a source lists them again."""
+        """A folder extracted before listings existed: its videos (as they were built until now: those of its root
+        videos.jsonl where it has one, else the newest record per video_id) keep listings, or the first new run's
+        listing would drop them all. Those under the source its extraction_config.yaml names (the last run's)
+        become that source's listing, which its next run replaces (videos deleted there go); the rest stay in
+        LEGACY_LISTING until a source lists them again."""
         legacy = [{k: str(r.get(k) or "") for k in _LISTING_FIELDS} for r in self.current_done()[0]]
         try:
             src = (yaml.safe_load(storage.read_text(storage.join_uri(self.uri, "extraction_config.yaml")) or "")
@@ -316,29 +334,39 @@ class ExtractionManifest:
         sid = hashlib.sha1(source.encode()).hexdigest()[:12]
         return storage.join_uri(self.uri, LISTINGS_DIR, f"{sid}.jsonl")
 
-    def listing(self, skip: str | None = None) -> list[dict] | None:
-        """Every source's listing, in one list, oldest listing first (the legacy one, then by time written: where
-        two name one video, current_done takes the later), or None for outputs written before listings."""
+    def _listing_files(self) -> list[pafs.FileInfo]:
+        """The files of listings/, oldest listing first (the legacy one, then by time written)."""
         fs, root = storage.filesystem(storage.join_uri(self.uri, LISTINGS_DIR))
         infos = [i for i in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
                  if i.type == pafs.FileType.File and i.path.endswith(".jsonl")]
-        infos.sort(key=lambda i: (posixpath.basename(i.path) != LEGACY_LISTING, i.mtime_ns or 0, i.path))
-        if not infos:
-            return None
+        return sorted(infos, key=lambda i: (posixpath.basename(i.path) != LEGACY_LISTING, i.mtime_ns or 0, i.path))
+
+    def listing(self, skip: str | None = None) -> list[dict] | None:
+        """Every source's listing, in one list, oldest listing first (the legacy one, then by time written: where
+        two name one video, current_done takes the later); without listings/, a root videos.jsonl (commit 3ba4158:
+        it names no source, so `skip` leaves it whole), or None for outputs written before listings."""
+        infos = self._listing_files()
+        if not infos:   # ignored until 2026-12-05: every video ever extracted there, deleted ones too, was built
+            root = storage.join_uri(self.uri, ROOT_LISTING)
+            text = storage.read_text(root)
+            return None if text is None else self._parse_listing(root, text)
         # `skip`: a source's own listing (with only that one, the others' are empty: not "no listings")
         skipped = posixpath.basename(self._listing_uri(skip)) if skip else None
         names = [posixpath.basename(i.path) for i in infos if posixpath.basename(i.path) != skipped]
+        uris = [storage.join_uri(self.uri, LISTINGS_DIR, name) for name in names]
+        return [rec for uri in uris for rec in self._parse_listing(uri, storage.read_text(uri) or "")]
+
+    @staticmethod
+    def _parse_listing(uri: str, text: str) -> list[dict]:
         out = []
-        for name in names:
-            uri = storage.join_uri(self.uri, LISTINGS_DIR, name)
-            for n, line in enumerate((storage.read_text(uri) or "").splitlines(), start=1):
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    rec = None
-                if not isinstance(rec, dict) or any(not isinstance(rec.get(k), str) for k in _LISTING_FIELDS):
-                    raise ValueError(f"{uri}:{n}: not a listing record with string fields {list(_LISTING_FIELDS)}")
-                out.append(rec)
+        for n, line in enumerate(text.splitlines(), start=1):
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                rec = None
+            if not isinstance(rec, dict) or any(not isinstance(rec.get(k), str) for k in _LISTING_FIELDS):
+                raise ValueError(f"{uri}:{n}: not a listing record with string fields {list(_LISTING_FIELDS)}")
+            out.append(rec)
         return out
 
     def current_done(self, skip: str | None = None) -> tuple[list[dict], int]:

@@ -8,6 +8,7 @@ Writes an mp4 (PyAV, h264) or, for an output folder, one PNG per frame. Each per
 from __future__ import annotations
 
 import argparse
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -44,12 +45,24 @@ def draw_skeletons(image_bgr: np.ndarray, keypoint: np.ndarray, keypoint_score: 
     return np.asarray(img)[..., ::-1].copy()
 
 
+def stream_rate(fps: float | Fraction | None) -> Fraction:
+    """The output stream's frame rate as an exact fraction: events are in the source's true seconds, and a rate
+    rounded to whole frames drifted the overlay off them (12.5 fps CCTV written at 12 fps ran 4 % long, 29.97 at
+    30 0.1 % short). A float rate is taken to the nearest fraction over at most 1001 (29.97 -> 30000/1001)."""
+    if isinstance(fps, Fraction) and fps > 0:
+        return fps
+    if not fps or not fps > 0:  # unknown (0, None, NaN): the common camera rate
+        return Fraction(25)
+    return Fraction(float(fps)).limit_denominator(1001)
+
+
 class H264Writer:
     """An mp4 (h264, yuv420p) opened at the first frame, whose size it takes (cropped to even sides); `close`
-    flushes the encoder. Both overlays (extraction check, recognize) write through it."""
+    flushes the encoder. Both overlays (extraction check, recognize) write through it, at the frame rate of the
+    frames they are given (`stream_rate`: exact, so the video lasts as long as its source)."""
 
-    def __init__(self, path: str | Path, fps: float):
-        self.path, self.fps = Path(path), max(1, int(round(fps or 25)))
+    def __init__(self, path: str | Path, fps: float | Fraction | None):
+        self.path, self.fps = Path(path), stream_rate(fps)
         self.container = self.stream = None
         self.frames = 0
 

@@ -2,6 +2,11 @@
 
 Folder layouts understood (RWF-2000 and the falldown set): `<split>/<label>/<file>` (split in
 `split_names`), `<label>/<file>`, or deeper trees where the file's parent folder is the label.
+
+Names are compared in Unicode NFC: macOS writes file names decomposed (NFD), Linux and Windows keep what they are
+given (NFC when typed), so a set copied from a Mac next to files added on Linux had two classes per Korean label,
+and a CSV typed in NFC did not find the Mac's files. Labels, rel_paths and video ids use the NFC form; `uri` keeps
+the form the file system has (the file is opened by it, and the manifest key, so ids already recorded, stay).
 """
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ import io
 import os
 import posixpath
 import re
+import unicodedata
 import urllib.parse
 from dataclasses import asdict, dataclass
 from pathlib import PurePosixPath
@@ -27,7 +33,7 @@ class SourceError(ValueError):
 @dataclass(frozen=True)
 class VideoSource:
     uri: str            # what `open_input_file` gets: a local absolute path or scheme://bucket/key
-    rel_path: str       # path relative to the input root (or as written in the CSV): the video's name
+    rel_path: str       # path relative to the input root (or as written in the CSV), in NFC: the video's name
     label_name: str
     split: str
     size: int
@@ -50,10 +56,17 @@ class VideoSource:
         return asdict(self)
 
 
+def nfc(text: str) -> str:
+    return unicodedata.normalize("NFC", text)
+
+
 def make_video_id(rel_path: str, variant: int = 0) -> str:
     """File-system-safe, unique per rel_path: readable stem + hash of the whole relative path. Variant n > 0 hashes
     `rel_path#n`: the id of a second video with one relative path under another source (datasetA/Fight/1.mp4,
-    datasetB/Fight/1.mp4), which would otherwise overwrite the first one's clip file."""
+    datasetB/Fight/1.mp4), which would otherwise overwrite the first one's clip file.
+    The hash is of the NFC form: one id whichever form the file system returns (ASCII and NFC names keep the ids
+    they always had; a video recorded under an NFD name keeps its record's id, job.assign_video_ids)."""
+    rel_path = nfc(rel_path)
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", PurePosixPath(rel_path).stem)[:60]
     name = f"{rel_path}#{variant}" if variant else rel_path
     return f"{stem}-{hashlib.sha1(name.encode()).hexdigest()[:10]}"
@@ -70,35 +83,57 @@ def resolve_filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
 
 
 _URI_SAFE = "/!$&'()*+,;=:@~"   # what pyarrow's URIs take as it is: names that opened before keep their keys
+_ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
 
 
-def _join_uri(root_uri: str, path: str) -> str:
+def _join_uri(root_uri: str, path: str, query: str = "") -> str:
     if "://" not in root_uri:
         return path
     scheme = root_uri.split("://", 1)[0]
     # a key with a space, '(', '%' or '#' is escaped: pyarrow's from_uri refuses or percent-decodes it otherwise,
     # and the listed video could never be opened
-    return f"{scheme}://{urllib.parse.quote(path, safe=_URI_SAFE)}"
+    return f"{scheme}://{urllib.parse.quote(path, safe=_URI_SAFE)}" + (f"?{query}" if query else "")
+
+
+def _escaped_uri(uri: str) -> str:
+    """An absolute URI of a CSV row as pyarrow needs it. The key (up to '?', where pyarrow's options start) is
+    taken as escaped already, and kept, when pyarrow can parse it: every '%' starts a %XX escape and no character
+    needs one (s3://bkt/my%20clip.mp4; plain ASCII keys too, so their manifest keys stay). Otherwise it is the key
+    as written, '%' included, and is escaped as folder listings are: `cam#1.mp4` was cut at '#' (two rows became
+    one file), a space or a non-ASCII name was refused by pyarrow."""
+    scheme, rest = uri.split("://", 1)
+    key, _, query = rest.partition("?")
+    if urllib.parse.quote(key, safe=_URI_SAFE + "%") == key and "%" not in _ESCAPE.sub("", key):
+        return uri
+    return _join_uri(uri, key, query)
 
 
 def _labels_from_layout(rel: str, split_names: list[str]) -> tuple[str, str]:
     parts = PurePosixPath(rel).parts[:-1]
     split = ""
-    if parts and parts[0] in split_names:
+    if parts and parts[0] in {nfc(s) for s in split_names}:
         split, parts = parts[0], parts[1:]
     label = parts[-1] if parts else ""
     return label, split
 
 
+def _name_forms(path: str) -> list[str]:
+    """The path as written, then its NFC and NFD forms (a CSV typed in NFC naming a Mac-copied NFD file). Only whole
+    paths: one whose folders and file name are in different forms is not found."""
+    return list(dict.fromkeys((path, nfc(path), unicodedata.normalize("NFD", path))))
+
+
 def _file_info(fs: pafs.FileSystem, path: str) -> pafs.FileInfo:
-    info = fs.get_file_info(path)
-    if info.type == pafs.FileType.NotFound:
-        raise SourceError(f"{path}: video not found")
-    return info
+    for form in _name_forms(path):
+        info = fs.get_file_info(form)
+        if info.type != pafs.FileType.NotFound:
+            return info
+    raise SourceError(f"{path}: video not found")
 
 
 def _file_infos(files: list[tuple[str, pafs.FileSystem, str]]) -> list[pafs.FileInfo]:
-    """The FileInfo of each (uri, filesystem, path), in order; 'video not found' names the first missing one.
+    """The FileInfo of each (uri, filesystem, path), in order; 'video not found' names the first missing one. A
+    path is looked up as written, then in its other Unicode forms (_name_forms): the info's path is the one found.
 
     Remote: one listing per folder that two or more rows name (a page of 1000 per request) instead of one HEAD per
     row, one at a time (2000 requests, ~40 s at S3's ~20 ms each, on every run over a 2000-row CSV). A path that
@@ -121,9 +156,14 @@ def _file_infos(files: list[tuple[str, pafs.FileSystem, str]]) -> list[pafs.File
             except OSError:
                 continue
             listed.update(((key, info.path), _whole_seconds(info)) for info in infos)
-    found = [listed.get((folder(uri, fs, path), path)) for uri, fs, path in files]
-    return [info if info is not None else _file_info(fs, path) if fs.type_name == "local"
-            else _whole_seconds(_file_info(fs, path)) for info, (_, fs, path) in zip(found, files)]
+    out = []
+    for uri, fs, path in files:
+        key = folder(uri, fs, path)
+        info = next((listed[(key, p)] for p in _name_forms(path) if (key, p) in listed), None)
+        if info is None:
+            info = _file_info(fs, path) if fs.type_name == "local" else _whole_seconds(_file_info(fs, path))
+        out.append(info)
+    return out
 
 
 def _whole_seconds(info: pafs.FileInfo) -> pafs.FileInfo:
@@ -146,15 +186,19 @@ def list_folder(cfg: SourceConfig) -> list[VideoSource]:
         raise SourceError(f"source.input: {cfg.input} is not a folder")
     exts = tuple(e.lower() for e in cfg.extensions)
     infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
-    videos = []
+    videos, seen = [], {}
     for info in infos:
         if info.type != pafs.FileType.File or not info.path.lower().endswith(exts):
             continue
         rel = PurePosixPath(info.path).relative_to(PurePosixPath(root)).as_posix()
         if any(part.startswith(".") for part in PurePosixPath(rel).parts):
             continue   # hidden: macOS's ._x.mp4 resource forks, a .Trash folder's videos
-        label, split = _labels_from_layout(rel, cfg.split_names)
-        videos.append(VideoSource(_join_uri(cfg.input, info.path), rel, label, split,
+        if (name := nfc(rel)) in seen:   # one name twice (Linux keeps both forms apart): one video id, one clip
+            raise SourceError(f"source.input: {cfg.input}: {name!r} is there twice, in NFC and in NFD Unicode "
+                              f"form (a copy from a Mac next to one made here): keep one")
+        seen[name] = rel
+        label, split = _labels_from_layout(name, cfg.split_names)
+        videos.append(VideoSource(_join_uri(cfg.input, info.path), name, label, split,
                                   int(info.size or 0), _mtime_ns(info)))
     return sorted(videos, key=lambda v: v.rel_path)
 
@@ -180,25 +224,36 @@ def list_manifest(cfg: SourceConfig) -> list[VideoSource]:
         rel = (row.get("path") or "").strip()
         if not rel:
             raise SourceError(f"{cfg.manifest_csv}:{line_no}: empty path")
-        split = (row.get("split") or "").strip()
-        if split and split not in cfg.split_names:   # a typo ('tain') was extracted and built as its own split
+        split = nfc((row.get("split") or "").strip())
+        # a typo ('tain') was extracted and built as its own split
+        if split and split not in {nfc(s) for s in cfg.split_names}:
             raise SourceError(f"{cfg.manifest_csv}:{line_no}: split {split!r} is not one of source.split_names "
                               f"{cfg.split_names} (or empty: drawn by ratio)")
-        if "://" in rel or os.path.isabs(rel):
+        if "://" in rel:
+            uri = _escaped_uri(rel)
+        elif os.path.isabs(rel):
             uri = rel
         elif "://" in base:   # the base as written may be escaped already (s3://bkt/my%20videos): decoded, joined
             uri = _join_uri(base, urllib.parse.unquote(base.split("://", 1)[1]).rstrip("/") + "/" + rel)
         else:
             uri = f"{base.rstrip('/')}/{rel}"
         vfs, vpath = resolve_filesystem(uri)
-        if vpath in seen:   # one file twice: extracted twice, with whichever label came last
-            raise SourceError(f"{cfg.manifest_csv}:{line_no}: {rel} is listed already on line {seen[vpath]}")
-        seen[vpath] = line_no
+        if nfc(vpath) in seen:   # one file twice (also in two Unicode forms): extracted twice, the last label kept
+            raise SourceError(f"{cfg.manifest_csv}:{line_no}: {rel} is listed already on line {seen[nfc(vpath)]}")
+        seen[nfc(vpath)] = line_no
         files.append((uri, vfs, vpath))
-        named.append((rel, (row.get("label") or "").strip(), split))
+        named.append((nfc(rel), nfc((row.get("label") or "").strip()), split))
     # sizes and mtimes (the manifest key) after every row is checked: folders are listed, not one HEAD per row
-    return [VideoSource(vpath if "://" not in uri else uri, rel, label, split, int(info.size or 0), _mtime_ns(info))
+    return [VideoSource(_found_uri(uri, vpath, info.path), rel, label, split, int(info.size or 0), _mtime_ns(info))
             for (uri, _, vpath), (rel, label, split), info in zip(files, named, _file_infos(files))]
+
+
+def _found_uri(uri: str, path: str, found: str) -> str:
+    """The row's URI (a local path for local rows) naming the file as found: `found` is `path` in another Unicode
+    form where the file system has that one (its own form opens it, and keys it as a folder listing would)."""
+    if "://" not in uri:
+        return found
+    return uri if found == path else _join_uri(uri, found, uri.split("://", 1)[1].partition("?")[2])
 
 
 def list_videos(cfg: SourceConfig) -> list[VideoSource]:
@@ -210,8 +265,10 @@ def list_videos(cfg: SourceConfig) -> list[VideoSource]:
 
 
 def label_index(videos: list[VideoSource], label_names: list[str]) -> list[str]:
-    """Class names in index order: the configured list (every video's label must be in it) or sorted found."""
-    found = sorted({v.label_name for v in videos})
+    """Class names in index order: the configured list (every video's label must be in it) or sorted found; in NFC,
+    as the videos' labels are (a YAML typed on a Mac may hold NFD names)."""
+    found = sorted({nfc(v.label_name) for v in videos})
+    label_names = [nfc(n) for n in label_names]
     if not label_names:
         return found
     unknown = [name for name in found if name not in label_names]
