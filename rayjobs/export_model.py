@@ -18,10 +18,13 @@ model's) names the per-person classes scored on per-track windows.
 --trt-engine also builds a TensorRT engine of the model for external runtimes (Triton, trtexec): recognize
 does not load it.
 Run it with: python rayjobs/recognize.py --model <out>.onnx ... (ONNX Runtime, no torch).
+Exit codes: 2 for bad options and a file it cannot read or write (`error: <path>: <reason>`), 1 for a failed
+step (parity, calibration data, tensorrt), 130 when stopped by Ctrl-C or SIGTERM (temporary files removed).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -55,10 +58,29 @@ def export(model: str, out: str, *, model_config: str | None = None, calibrate_p
         sidecar_path(out_path).unlink(missing_ok=True)
         os.replace(tmp, out_path)
         os.replace(sidecar_path(tmp), sidecar_path(out_path))
+    except OSError as err:
+        raise _named_as_out(err, tmp, out_path) from err
     finally:
         for p in (tmp, sidecar_path(tmp)):
-            p.unlink(missing_ok=True)
+            # an --out under a file (/dev/full/m.onnx) makes unlink raise too, which hid the real error
+            with contextlib.suppress(OSError):
+                p.unlink(missing_ok=True)
     return report
+
+
+def _named_as_out(err: OSError, tmp: Path, out: Path) -> OSError:
+    """`err` naming --out where it is about --out's folders or the temporary names beside it, which mean nothing
+    to the user (an unwritable folder, a full disk, a file on the way); else `err` itself."""
+    if not isinstance(err.filename, str):
+        return err
+    where = Path(err.filename)
+    if where in out.parents:  # mkdir of /dev/full/m.onnx's folder says only "File exists"
+        reason = f"{where} is not a folder" if isinstance(err, FileExistsError) else f"{where}: {err.strerror}"
+    elif where.parent == out.parent and tmp.name.removesuffix(".onnx") in where.name:  # .onnx, .json, their .tmp
+        reason = err.strerror
+    else:
+        return err
+    return OSError(err.errno, reason, f"--out {out}")
 
 
 def resolve_output(path: str, option: str) -> str:
@@ -187,12 +209,24 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.out.endswith(".onnx"):
         parser.error("--out must end with .onnx")
+    from recognizer_core.ray_runtime import install_stop_handlers
+
+    # SIGTERM (a pod's end, `timeout`) stops as Ctrl-C does, through export()'s cleanup: by default it killed the
+    # process and left the .partial.onnx temp files beside --out
+    install_stop_handlers()
     try:
         report = export(args.model, args.out, model_config=args.model_config,
                         calibrate_precision=args.calibrate_precision, tolerance=args.tolerance,
                         window_mode=args.window_mode, track_classes=args.track_classes,
                         background_class=args.background_class, trt_engine=args.trt_engine, fp16=args.fp16)
-    except (FileNotFoundError, ValueError) as err:
+    except KeyboardInterrupt as stop:
+        print(f"stopped ({stop or 'Ctrl-C'}); the export's temporary files were removed", file=sys.stderr)
+        return 130
+    except OSError as err:  # the environment (a folder it cannot write, a full disk, a missing file): one line
+        where = f"{err.filename}: {err.strerror}" if err.filename and err.strerror else str(err)
+        print(f"error: {where}", file=sys.stderr)
+        return 2
+    except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(json.dumps(report))

@@ -26,7 +26,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 ROOT = Path(__file__).resolve().parents[1]
 
-from recognizer_core.config import ConfigError, add_config_args, config_from_args  # noqa: E402
+from recognizer_core.config import ConfigError  # noqa: E402
+from recognizer_core.config_args import add_config_args, config_from_args  # noqa: E402
+from recognizer_core.ray_runtime import install_stop_handlers  # noqa: E402
 from recognizer_core.recognize.runner import RecognizeConfig  # noqa: E402
 
 
@@ -115,6 +117,9 @@ def run_skeletons(rec, spec, cfg: RecognizeConfig, source, out: Path, truth=None
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit codes: 0 done (some inputs may have failed, listed), 1 not one input has a result (or a stream
+    ended with an error), 2 bad input or setup reported before work starts, 130 stopped (Ctrl-C / SIGTERM;
+    stream mode returns 0 after closing its events)."""
     args = parse_args(argv)
     from recognizer_core.recognize.evaluation import check_tiou
 
@@ -176,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
         clip, truth = make_demo_sequence()
         print(f"[recognize] SYNTHETIC demo sequence: {clip.num_frames / clip.fps:.0f} s, {clip.num_person} "
               f"tracks, {len(truth)} true events", flush=True)
+        # SIGTERM stops as Ctrl-C does (one `stopped` line, 130; batch mode's start_ray installs the same), where
+        # by default it killed the run without a word (143)
+        install_stop_handlers()
         result = run_skeletons(rec, spec, cfg, [clip], out, truth)
         if result["failed"]:   # printed above
             return 1
@@ -194,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --input {args.input}: no such file or folder", file=sys.stderr)
         return 2
     if is_skeleton_input(local):
+        install_stop_handlers()  # as in the demo above
         try:
             result = run_skeletons(rec, spec, cfg, local, out)
         except (FileNotFoundError, ValueError) as err:  # the input as a whole (one bad file is a `failed:` line)
@@ -203,8 +212,8 @@ def main(argv: list[str] | None = None) -> int:
         from recognizer_core.recognize.batch import run_batch_cli
 
         result = run_batch_cli(rec, spec, cfg, args, model)
-        if result is None:
-            return 1
+        if result is None:  # an error before any video was processed, printed: the user's to fix, as in every job
+            return 2
     summary = {"videos": len(result["events"]), "windows": result.get("windows"),
                "events": sum(len(v) for v in result["events"].values()), "output": str(out)}
     if args.labels:
@@ -221,9 +230,13 @@ def main(argv: list[str] | None = None) -> int:
         if "events" in report:
             summary["evaluation"]["events"] = report["events"]
     print(json.dumps({**summary, **{k: v for k, v in result.items() if k not in ("events", "windows")}}))
-    # failed inputs are listed above and the others scored; an error only when not one could be scored
-    return 1 if result.get("failed") and not result["events"] else 0
+    # failed inputs are listed above and the others scored; an error only when not one has a result. `failures`,
+    # not `failed`: a batch re-run skips the videos that failed before, so `failed` (this run's) was 0 and a run
+    # whose every video failed exited 0 the second time; `events` holds earlier runs' results too
+    return 1 if result.get("failures") and not result["events"] else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from recognizer_core.ray_runtime import run_job
+
+    sys.exit(run_job(main))

@@ -180,7 +180,7 @@ def test_the_action_model_as_pose_model_is_refused_before_ray(run, tmp_path, cap
     write_marker_video(tmp_path / "videos" / "a.mp4", [np.full((5, 2), 100.0)])
     rc, _, err = _recognize(["--model", str(stgcn), "--input", str(tmp_path / "videos"), "--pose-model", str(stgcn),
                              "--output", str(tmp_path / "out")], capsys)
-    assert rc == 1 and "Traceback" not in err
+    assert rc == 2 and "Traceback" not in err
     assert err.strip().splitlines() == [f"error: --pose-model {stgcn}: RTMO model needs one (N, 3, H, W) input, got "
                                         "[('skeletons', ['batch', 2, 24, 17, 6])]"]
     check_model_file(PoseModelConfig(onnx={"model_path": str(build_fake_rtmo(tmp_path / "rtmo.onnx"))}))  # passes

@@ -245,7 +245,10 @@ def run_batch(*, inputs: str, out: str | Path, model: str, model_config: str | N
 
 
 def run_batch_cli(rec, spec, cfg: RecognizeConfig, args, model: str) -> dict | None:
-    """rayjobs/recognize.py's video path: resolve the pose model, start Ray, run, print failures."""
+    """rayjobs/recognize.py's video path: resolve the pose model, start Ray, run, print failures. None: an error
+    before any video was processed, printed (recognize exits 2, the other jobs' code for what the user fixes).
+    The result's `failed` counts this run's failures, `failures` lists every listed video's, earlier runs'
+    included (a re-run skips those), and `events` holds every video with a result, earlier runs' too."""
     import sys
 
     from recognizer_core.extract.backends import BackendError, check_model_file

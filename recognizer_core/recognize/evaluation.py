@@ -14,9 +14,11 @@ model has no background class (an mmaction2 `.py` model, `--background-class non
 confusion matrix then has an extra last column, NONE ("(none)"), and such a video is a miss in accuracy and
 its true class's recall, not a prediction of any class.
 
-Videos are matched by path (`video_key`: folders and file name without its extension): a label and a result
-match when the shorter path is the end of the longer one, so a label may name a video by its path under the
-input folder (what a labelled folder gives), by a full path, or by its file name alone where that is unique.
+Videos are matched by path (`video_key`: folders and file name without its extension, NFC, and of a URI the
+decoded path without its scheme and bucket, so `s3://bkt/videos/Non%20Fight/a.mp4` is `videos/Non Fight/a`):
+a label and a result match when the shorter path is the end of the longer one, so a label may name a video by
+its path under the input folder (what a labelled folder gives), by a full path, or by its file name alone where
+that is unique.
 Where a name fits two or more videos (cam1/a.mp4 and cam2/a.mp4 for a label `a.mp4`) evaluation stops with an
 error naming them, rather than scoring one video's result against another's label.
 """
@@ -25,6 +27,8 @@ from __future__ import annotations
 import csv
 import io
 import re
+import unicodedata
+import urllib.parse
 from collections import defaultdict
 from pathlib import Path
 from typing import Sequence
@@ -32,15 +36,19 @@ from typing import Sequence
 import numpy as np
 
 from recognizer_core.recognize.events import Event
-from recognizer_core.recognize.outputs import safe_name
 
 NONE = "(none)"  # the prediction of a video without events where the model has no background class
 
 
 def video_key(video: str) -> str:
-    """The name videos are matched by: the path's parts as output names write them (safe_name), `/`-joined,
-    the file's extension dropped (a CSV may say `a` or `a.mp4`)."""
-    parts = [safe_name(p) for p in re.split(r"[/\\]+", video.strip()) if p not in ("", ".")] or ["video"]
+    """The name videos are matched by: the path's parts `/`-joined, the file's extension dropped (a CSV may say
+    `a` or `a.mp4`), NFC (a macOS file name is NFD, a typed label NFC). A URI (`s3://bucket/key`) is its key,
+    percent-decoded: extraction escapes the keys it lists (`cam 01` -> `cam%2001`), a label names the file. The
+    parts are compared as they are: output names' safe_name made every Hangul character `_` (싸움_01 = 낙상_01)."""
+    video = video.strip()
+    if "://" in video:   # a local path is taken as it is: `%` is a character of its names
+        video = urllib.parse.unquote(video.split("://", 1)[1].partition("/")[2])
+    parts = [p for p in re.split(r"[/\\]+", unicodedata.normalize("NFC", video)) if p not in ("", ".")] or ["video"]
     parts[-1] = Path(parts[-1]).stem or parts[-1]
     return "/".join(parts)
 

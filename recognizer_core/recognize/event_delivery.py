@@ -144,7 +144,9 @@ class EventSink:
         if post_url:
             check_post_url(post_url)
         try:
-            self.file = open(event_file, "a", encoding="utf-8") if event_file else None  # noqa: SIM115 - held open
+            # unbuffered: a line whose write failed (a full disk) stays in no buffer, which close() would write
+            # again, raising out of the stream's cleanup (a traceback, no summary, exit 1)
+            self.file = open(event_file, "ab", buffering=0) if event_file else None  # noqa: SIM115 - held open
         except OSError as err:
             raise EventOutputError(f"--event-file {event_file}: {err.strerror or err}") from None
         self.sender = PostSender(post_url, **sender_kw) if post_url else None
@@ -158,8 +160,12 @@ class EventSink:
         self.events += 1
         if self.file:
             try:
-                self.file.write(line + "\n")
-                self.file.flush()
+                data = memoryview((line + "\n").encode())
+                while data:  # a raw write may take part of the line
+                    n = self.file.write(data)
+                    if not n:  # never on a regular file; a loop that writes nothing must not spin
+                        raise OSError(f"wrote 0 of {len(data)} bytes")
+                    data = data[n:]
             except Exception as err:  # noqa: BLE001 - a full disk must not end a detector: counted, said once each
                 self.write_failed += 1
                 print(f"[stream] writing {self.file.name} failed: {err}", file=sys.stderr, flush=True)
@@ -170,7 +176,11 @@ class EventSink:
         if self.sender:
             self.sender.close(drain_s)
         if self.file:
-            self.file.close()
+            try:
+                self.file.close()
+            except OSError as err:  # NFS reports a failed write at close: lines may be missing; the summary goes on
+                self.write_failed += 1
+                print(f"[stream] closing {self.file.name} failed: {err}", file=sys.stderr, flush=True)
         s = self.sender
         return {"events": self.events, "posted": s.posted if s else 0, "post_failed": s.failed if s else 0,
                 "post_dropped": s.dropped if s else 0, "event_write_failed": self.write_failed}

@@ -10,9 +10,10 @@ What a folder must hold (the contract relied on, nothing else):
   checkpoint's meta or `label_names=`);
 - `<name>.onnx` + `<name>.json` (rayjobs/export_model.py): ONNX Runtime only, torch is never imported.
 
-The background class (never an event) is the one named like background (spec.BACKGROUND_NAMES), else class 0
-for our training configs (the presets put it first) and none for mmaction2 `.py` configs; `background_class`
-(a name, an index or `none`) overrides it, and an export records the choice in its sidecar.
+The background class (never an event) is the one named like background (spec.BACKGROUND_NAMES, English and
+Korean), else class 0 for our training configs (the presets put it first; a warning names it) and none for
+mmaction2 `.py` configs; `background_class` (a name, an index or `none`) overrides it, and an export records the
+choice in its sidecar.
 """
 from __future__ import annotations
 
@@ -24,10 +25,10 @@ from typing import Protocol, Sequence
 import numpy as np
 
 from recognizer_core.config import load_config
-from recognizer_core.recognize.spec import ClassThreshold, ModelSpec, resolve_background, sidecar_path, \
-    with_background
+from recognizer_core.recognize.spec import ClassThreshold, ModelSpec, is_fall_name, resolve_background, \
+    sidecar_path, with_background
 from recognizer_core.skeleton.transforms import PipelineConfig, _clip_arrays, test_sample
-from recognizer_core.storage import to_uri
+from recognizer_core.storage import is_remote, output_uri, to_uri
 
 log = logging.getLogger("recognizer")
 BEST_GLOB = "best_*_epoch_*.pth"
@@ -123,29 +124,42 @@ def _check_sidecar_fits(session, spec: ModelSpec, onnx_path) -> None:
 # ---- specs from training configs --------------------------------------------------------------------------
 
 def training_clip_stats(cfg) -> tuple[float, int, str]:
-    """(fps, median clip frames, where from) of the training split the run trained on (light columns only)."""
+    """(fps, median clip frames, where from) of the training split the run trained on (light columns only).
+    The data is found as training found it (job.dataset_for): data.path by storage.input_path, pkl conversions
+    and demo data under output_uri(run.storage_path)/datasets. A run folder's config.yaml records the resolved
+    dataset (train_stgcn.py), so this does not depend on the working directory; an older one's relative path
+    does, and gives the fallback with one warning naming the path."""
     from recognizer_core.skeleton.store import SkeletonDataset
     from recognizer_core.train.stgcn.data import prepare_dataset
 
     try:
-        path = prepare_dataset(cfg.data, Path(cfg.run.storage_path).expanduser() / "datasets")
+        storage = output_uri(cfg.run.storage_path)
+        if is_remote(storage) and not cfg.data.path:  # as dataset_for: pkl / demo data are prepared locally
+            raise ValueError(f"run.storage_path={cfg.run.storage_path!r} is remote; the prepared data is not here")
+        path = prepare_dataset(cfg.data, Path(storage) / "datasets")
         table = SkeletonDataset(path).index(cfg.data.train_split, columns=["total_frames", "fps"])
         frames = np.asarray(table.column("total_frames"), float)
         fps = np.asarray(table.column("fps"), float)
         fps = fps[fps > 0]
         return (float(np.median(fps)) if len(fps) else 30.0), int(np.median(frames)), to_uri(path)
     except Exception as err:  # noqa: BLE001 - the spec still works, with the stated fallback
-        log.warning("training data not readable (%s): window = clip_len %d frames at 30 fps", err,
-                    cfg.pipeline.clip_len)
+        # a run folder written before train_stgcn.py recorded the resolved dataset: say where to start from
+        relative = any(v and not is_remote(v) and not Path(v).expanduser().is_absolute()
+                       for v in (cfg.data.path, cfg.data.train_pkl))
+        hint = ("; the config's data path is relative: start from the directory the run was trained in (or set "
+                "RECOGNIZER_STORAGE to it)" if relative else "")
+        log.warning("training data not readable (%s): window = clip_len %d frames at 30 fps%s", err,
+                    cfg.pipeline.clip_len, hint)
         return 30.0, int(cfg.pipeline.clip_len), "fallback: clip_len at 30 fps"
 
 
 def default_window_mode(label_names: Sequence[str], pipeline: PipelineConfig,
                         background: int | None = 0) -> tuple[str, list[str]]:
-    """(mode, per-person classes): event classes named like a fall are per-person (per-track windows), the
-    others interactions (scene windows); a one-person model is per-person throughout. Override with window_mode."""
+    """(mode, per-person classes): event classes named like a fall (spec.FALL_WORDS: Falldown, 낙상, ...) are
+    per-person (per-track windows), the others interactions (scene windows); a one-person model is per-person
+    throughout. Override with window_mode."""
     events = [n for i, n in enumerate(label_names) if i != background]
-    per_person = [n for n in events if "fall" in n.lower()]
+    per_person = [n for n in events if is_fall_name(n)]
     if pipeline.num_person == 1 or (per_person and len(per_person) == len(events)):
         return "track", []
     return ("both", per_person) if per_person else ("scene", [])

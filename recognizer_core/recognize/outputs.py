@@ -1,7 +1,9 @@
 """Per-video outputs of recognize: events (JSON lines + CSV), window scores (CSV), a timeline PNG, an overlay.
 
 Every file is written atomically (storage.atomic_write), so a killed job never leaves half a file that a
-resumed one would take as finished.
+resumed one would take as finished. The CSVs are UTF-8 with a BOM (utf-8-sig): Excel in a Korean (cp949) locale
+reads a CSV without one as cp949 and shows Korean class and video names as mojibake; pandas, and Python's csv
+module on a file opened with encoding="utf-8-sig", skip it.
 """
 from __future__ import annotations
 
@@ -10,6 +12,8 @@ import hashlib
 import io
 import json
 import re
+import unicodedata
+import urllib.parse
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -23,9 +27,15 @@ EVENT_FIELDS = ("video", "label", "start_s", "end_s", "peak_score", "track_ids")
 
 
 def safe_name(video: str) -> str:
-    """A file-name stem for a video path or URI: its file name."""
+    """A file-name stem for a video path or URI: its file name, NFC, with every run of characters other than
+    letters and digits of any script, '_', '.' and '-' as '_' (ASCII names as they always were; 싸움 stays 싸움,
+    where it was '_' and two Korean names that differed only in Hangul shared the outputs' names). In a URI the
+    escaped non-ASCII bytes are decoded (%EC%8B%B8 -> 싸) and ASCII escapes are left (cam%2001 -> cam_2001, the
+    name it always had)."""
     stem = Path(video.rstrip("/")).name or "video"
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", stem)
+    if "://" in video:
+        stem = re.sub(r"(?:%[89A-Fa-f][0-9A-Fa-f])+", lambda m: urllib.parse.unquote(m[0], errors="replace"), stem)
+    return re.sub(r"[^\w.-]+", "_", unicodedata.normalize("NFC", stem))
 
 
 # File names are limited to 255 bytes (ext4, XFS, NTFS...): the longest output name is the stem + ".timeline.png"
@@ -37,7 +47,9 @@ def hashed_stem(stem: str, full: str, variant: int = 0) -> str:
     """`stem` (cut to fit MAX_STEM) + `_` + 8 hex of the sha1 of the full name (`full#variant` for variant > 0):
     the same name in every run, unique per full name."""
     key = f"{full}#{variant}" if variant else full
-    return f"{stem[:MAX_STEM - 9]}_{hashlib.sha1(key.encode()).hexdigest()[:8]}"
+    # cut by bytes, not characters: a Hangul character is 3 bytes in UTF-8 (191 of them made 573)
+    cut = stem.encode()[:MAX_STEM - 9].decode(errors="ignore")
+    return f"{cut}_{hashlib.sha1(key.encode()).hexdigest()[:8]}"
 
 
 def fit_stem(stem: str, full: str) -> str:
@@ -73,7 +85,9 @@ class UniqueStems:
 
 
 def events_csv(events: Sequence[Event]) -> str:
+    """The text of an events.csv, BOM first (utf-8-sig: the module docstring)."""
     buf = io.StringIO()
+    buf.write("\ufeff")
     w = csv.writer(buf)
     w.writerow(EVENT_FIELDS)
     for e in events:
@@ -95,6 +109,7 @@ def write_video_outputs(out_dir: str | Path, video: str, windows: Sequence, prob
     write_text(files["events_jsonl"], "".join(json.dumps(e.to_dict()) + "\n" for e in events))
     write_text(files["events_csv"], events_csv(events))
     buf = io.StringIO()
+    buf.write("\ufeff")   # utf-8-sig, as events.csv
     w = csv.writer(buf)
     w.writerow(["sequence", "start_s", "end_s", "track_ids", *spec.label_names])
     for win, p in zip(windows, probs):
@@ -115,35 +130,46 @@ def plot_timeline(path: Path, video: str, windows: Sequence, probs: np.ndarray, 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
-    classes = spec.event_classes
-    fig, axes = plt.subplots(len(classes), 1, figsize=(12, 2.4 * len(classes) + 0.6), squeeze=False, sharex=True)
-    keys = sorted({w.key for w in windows})
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for ax, c in zip(axes[:, 0], classes):
-        name = spec.label_names[c]
-        for j, key in enumerate(keys):
-            idx = sorted((i for i, w in enumerate(windows) if w.key == key), key=lambda i: windows[i].start_s)
-            t = [(windows[i].start_s + windows[i].end_s) / 2 for i in idx]
-            ax.plot(t, probs[idx, c], lw=1, color=colours[j % len(colours)], label=key if len(keys) <= 8 else None)
-        th = spec.threshold(c)
-        ax.axhline(th.on, color="k", ls="--", lw=0.8)
-        ax.axhline(th.off_value, color="k", ls=":", lw=0.8)
-        for e in events:
-            if e.class_index == c:
-                ax.axvspan(e.start_s, e.end_s, color="tab:red", alpha=0.2)
-        for tr in truth:
-            if tr["label"] == name:
-                ax.plot([tr["start_s"], tr["end_s"]], [1.04, 1.04], color="tab:green", lw=4, solid_capstyle="butt")
-        ax.set_ylim(0, 1.08)
-        ax.set_ylabel(f"P({name})")
-        if len(keys) <= 8:
-            ax.legend(loc="upper right", fontsize=7, ncol=min(len(keys), 4))
-    axes[-1, 0].set_xlabel("time (s)")
-    fig.suptitle(f"{video}: window scores, events (red){', truth (green)' if truth else ''}", fontsize=10)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    plt.close(fig)
+    from recognizer_core.fonts import drawable_names, drawable_text, font_for, fonts_for
+
+    # class names (and the video's name, where a font has them all) in a font with their glyphs: Korean ones
+    # were boxes in matplotlib's DejaVu Sans
+    names, font = drawable_names(spec.label_names)
+    font = font_for([*spec.label_names, video]) or font
+    with fonts_for(font):
+        classes = spec.event_classes
+        fig, axes = plt.subplots(len(classes), 1, figsize=(12, 2.4 * len(classes) + 0.6), squeeze=False,
+                                 sharex=True)
+        keys = sorted({w.key for w in windows})
+        colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+        for ax, c in zip(axes[:, 0], classes):
+            name = spec.label_names[c]
+            for j, key in enumerate(keys):
+                idx = sorted((i for i, w in enumerate(windows) if w.key == key), key=lambda i: windows[i].start_s)
+                t = [(windows[i].start_s + windows[i].end_s) / 2 for i in idx]
+                ax.plot(t, probs[idx, c], lw=1, color=colours[j % len(colours)],
+                        label=key if len(keys) <= 8 else None)
+            th = spec.threshold(c)
+            ax.axhline(th.on, color="k", ls="--", lw=0.8)
+            ax.axhline(th.off_value, color="k", ls=":", lw=0.8)
+            for e in events:
+                if e.class_index == c:
+                    ax.axvspan(e.start_s, e.end_s, color="tab:red", alpha=0.2)
+            for tr in truth:
+                if tr["label"] == name:
+                    ax.plot([tr["start_s"], tr["end_s"]], [1.04, 1.04], color="tab:green", lw=4,
+                            solid_capstyle="butt")
+            ax.set_ylim(0, 1.08)
+            ax.set_ylabel(f"P({names[c]})")
+            if len(keys) <= 8:
+                ax.legend(loc="upper right", fontsize=7, ncol=min(len(keys), 4))
+        axes[-1, 0].set_xlabel("time (s)")
+        fig.suptitle(f"{drawable_text(video, font)}: window scores, events (red)"
+                     f"{', truth (green)' if truth else ''}", fontsize=10)
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=90)
+        plt.close(fig)
     with atomic_write(path, "wb") as f:
         f.write(buf.getvalue())
     return path

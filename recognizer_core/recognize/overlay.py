@@ -1,7 +1,9 @@
 """Overlay video of a recognition: skeletons and track ids (extract/overlay.py's renderer) plus, per frame, the
 label and score of the window centred nearest that frame: at the top for scene windows, above each person
 for track windows; red while the score is over the class's threshold. PyAV (h264) encode. A skeleton frame is
-drawn on the video frame its `frame_inds` names, numbered as extraction numbered it (by timestamp if sharded)."""
+drawn on the video frame its `frame_inds` names, numbered as extraction numbered it (by timestamp if sharded).
+Class names that are not ASCII (Korean ones) are drawn in an installed font that has their glyphs
+(train/stgcn/plots.py: drawable_names, $RECOGNIZER_FONT), or as the class index (#2) where there is none."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -27,6 +29,24 @@ def _labels_at(t: float, windows: Sequence, probs: np.ndarray, spec: ModelSpec) 
         c = max(spec.event_classes, key=lambda k: probs[i, k])
         out[key] = (spec.label_names[c], float(probs[i, c]), bool(probs[i, c] >= spec.threshold(c).on))
     return out
+
+
+# Pillow's default font is 10 px: Hangul at that size is unreadable
+LABEL_FONT_PX = 16
+
+
+def overlay_font(label_names: Sequence[str]):
+    """({class name: the text drawn for it}, the font to draw with): Pillow's default font for ASCII names (the
+    look they always had; it has no Hangul, so 싸움 and 낙상 were the same boxes), else one font with the names'
+    and the scores' glyphs, or DejaVu Sans with each name it lacks as its index (drawable_names warns once)."""
+    from PIL import ImageFont
+
+    from recognizer_core.fonts import default_font, drawable_names
+
+    if all(name.isascii() for name in label_names):
+        return {n: n for n in label_names}, ImageFont.load_default()
+    shown, path = drawable_names(label_names, alone=True)
+    return dict(zip(label_names, shown)), ImageFont.truetype(path or default_font(), LABEL_FONT_PX)
 
 
 def row_owners(clip: SkeletonClip) -> np.ndarray:
@@ -73,6 +93,7 @@ def render_recognition_overlay(clip: SkeletonClip, video_uri: str, windows: Sequ
     by_time = bool(clip.extra.get("decoded_by_time", False))
     times = frame_times(clip)
     owner = row_owners(clip)
+    shown, font = overlay_font(spec.label_names)
     writer = H264Writer(out_path, clip.fps)
     try:
         for idx, image in iter_frames(video_uri, 0, last if by_time else None, by_time=by_time):
@@ -85,8 +106,10 @@ def render_recognition_overlay(clip: SkeletonClip, video_uri: str, windows: Sequ
             img = Image.fromarray(draw_skeletons(image, clip.keypoint[:, t], clip.keypoint_score[:, t],
                                                  ids)[..., ::-1])
             draw = ImageDraw.Draw(img)
-            for text, xy, on in label_placements(clip, t, ids, _labels_at(float(times[t]), windows, probs, spec)):
-                draw.text(xy, text, fill=(255, 40, 40) if on else (255, 255, 255))
+            labels = {k: (shown[name], score, on)
+                      for k, (name, score, on) in _labels_at(float(times[t]), windows, probs, spec).items()}
+            for text, xy, on in label_placements(clip, t, ids, labels):
+                draw.text(xy, text, fill=(255, 40, 40) if on else (255, 255, 255), font=font)
             writer.write(np.asarray(img)[..., ::-1])
     finally:
         writer.close()

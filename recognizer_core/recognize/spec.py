@@ -7,20 +7,28 @@ from the model and its training data, never retyped by the user.
 from __future__ import annotations
 
 import json
+import logging
 import re
+import unicodedata
 from pathlib import Path
 from typing import Literal, Sequence
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from recognizer_core.config import StrictModel, validate_config
+from recognizer_core.config import ConfigError, StrictModel, validate_config
 from recognizer_core.skeleton.transforms import PipelineConfig
 
+log = logging.getLogger("recognizer")
 SIDECAR_FORMAT = "recognizer-model/1"
-# Class names taken for the background class (compared lower-case without `_`, `-` and spaces: NonFight,
-# non_fight, No-Fall, ...). Extraction's default class order is the sorted folder names (Fight, NonFight),
-# so the background cannot be assumed to be class 0.
-BACKGROUND_NAMES = ("nonfight", "nofight", "nonfall", "nofall", "normal", "background", "none", "negative", "other")
+SIDECAR_VERSION = 1
+# Class names taken for the background class, compared as _norm compares them (NFC, casefolded, without `_`, `-`
+# and spaces: NonFight, non_fight, No-Fall, 정상 상황, ...). Extraction's default class order is the sorted folder
+# names (Fight before NonFight, 싸움 before 정상), so the background cannot be assumed to be class 0.
+BACKGROUND_NAMES = ("nonfight", "nofight", "nonfall", "nofall", "normal", "background", "none", "negative", "other",
+                    "정상", "정상상황", "일반", "배경", "비폭력", "평상시")
+# Words that make an event class per-person (a fall: per-track windows), found anywhere in the _norm'ed name
+# (Falldown, fall_down, 낙상사고); Korean fall classes are commonly 낙상, 쓰러짐, 넘어짐 or 실신.
+FALL_WORDS = ("fall", "낙상", "쓰러짐", "넘어짐", "실신")
 
 
 def sidecar_path(onnx_path: str | Path) -> Path:
@@ -44,7 +52,8 @@ class ClassThreshold(StrictModel):
 class ModelSpec(StrictModel):
     """Everything recognize needs besides the weights; the JSON sidecar of an exported model."""
 
-    format: str = SIDECAR_FORMAT
+    format: str = Field(SIDECAR_FORMAT, description="sidecar format and version (recognizer-model/<n>); a newer "
+                                                    "one is refused")
     label_names: list[str] = Field(..., min_length=2, description="class names in logit order")
     background_class: int | None = Field(0, description="index of the class that never makes an event "
                                                         "(NonFight, Normal); null: every class makes events")
@@ -60,6 +69,14 @@ class ModelSpec(StrictModel):
     track_classes: list[str] = Field(default_factory=list, description="per-person classes (window_mode both)")
     thresholds: dict[str, ClassThreshold] = Field(default_factory=dict, description="per class name")
     source: dict = Field(default_factory=dict, description="run / checkpoint / epoch the model came from")
+
+    @field_validator("format")
+    @classmethod
+    def _format(cls, value: str) -> str:
+        problem = format_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> "ModelSpec":
@@ -103,17 +120,41 @@ class ModelSpec(StrictModel):
             data = json.loads(path.read_text())
         except json.JSONDecodeError as err:
             raise ValueError(f"{path}: not JSON: {err}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: not a recognizer sidecar (a JSON object expected, got {type(data).__name__})")
+        # the version before the fields: a newer sidecar's added field would otherwise read as a typo
+        problem = format_problem(data.get("format", SIDECAR_FORMAT))
+        if problem:
+            raise ConfigError(f"{path}: {problem}")
         return validate_config(cls, data, str(path))
 
 
+def format_problem(value) -> str | None:
+    """Why a sidecar's `format` is not one this code reads (None: it is)."""
+    m = re.fullmatch(r"recognizer-model/(\d+)", value) if isinstance(value, str) else None
+    if m is None or int(m.group(1)) < 1:
+        return f"not a recognizer sidecar (format {value!r}, expected {SIDECAR_FORMAT})"
+    if int(m.group(1)) > SIDECAR_VERSION:
+        return (f"sidecar format {value} is newer than this code ({SIDECAR_FORMAT}); upgrade recognizer or "
+                "re-export")
+    return None
+
+
 def _norm(name: str) -> str:
-    return re.sub(r"[\s_-]+", "", name.lower())
+    """A class name as the name lists compare it: NFC (a name typed on Linux matches one from a macOS folder, which
+    stores Hangul decomposed), casefolded, without `_`, `-` and whitespace."""
+    return re.sub(r"[\s_-]+", "", unicodedata.normalize("NFC", name).casefold())
+
+
+def is_fall_name(name: str) -> bool:
+    """A per-person (fall) class by its name (FALL_WORDS)."""
+    return any(word in _norm(name) for word in FALL_WORDS)
 
 
 def resolve_background(label_names: Sequence[str], setting: str | int | None = "auto",
                        fallback: int | None = 0) -> tuple[int | None, str]:
     """(background class index or None, how it was chosen) for a background_class setting: a class name
-    (case-insensitive), an index, 'none' (every class makes events), or 'auto' / None: the class named like
+    (NFC, then case-insensitive), an index, 'none' (every class makes events), or 'auto' / None: the class named like
     background (BACKGROUND_NAMES; class 0 where it is one of several, an error where it is not), else
     `fallback` (0 for this project's models, whose presets put the background first; None for mmaction2
     configs, whose datasets such as NTU have no background class)."""
@@ -130,6 +171,10 @@ def resolve_background(label_names: Sequence[str], setting: str | int | None = "
             return found[0], f"auto: class named {names[found[0]]!r}"
         if fallback is None:
             return None, "auto: no class named like background, so every class makes events"
+        # a guess: with the wrong class as background the model never reports the right one (싸움 before 정상)
+        log.warning("no class of %s is named like background: class %d (%r) is taken as the background (never an "
+                    "event); set --background-class (a class name, an index or none) if it is not",
+                    names, fallback, names[fallback])
         return fallback, f"auto: no class named like background; class {fallback} ({names[fallback]!r})"
     if text.lower() == "none":
         return None, "set: none (every class makes events)"
@@ -137,8 +182,10 @@ def resolve_background(label_names: Sequence[str], setting: str | int | None = "
         if int(text) >= len(names):
             raise ValueError(f"background_class: index {text} outside 0..{len(names) - 1} (classes {names})")
         return int(text), f"set: class {text} ({names[int(text)]!r})"
-    exact = [i for i, n in enumerate(names) if n == text] or \
-        [i for i, n in enumerate(names) if n.lower() == text.lower()]
+    nfc = [unicodedata.normalize("NFC", n) for n in names]
+    text = unicodedata.normalize("NFC", text)
+    exact = [i for i, n in enumerate(nfc) if n == text] or \
+        [i for i, n in enumerate(nfc) if n.casefold() == text.casefold()]
     if len(exact) != 1:
         raise ValueError(f"background_class: {text!r} is not one of the model's classes {names} "
                          "(give a class name, an index, none or auto)")

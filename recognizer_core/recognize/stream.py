@@ -4,14 +4,15 @@ events delivered as they become final.
 A reader thread decodes frames (PyAV) into a queue of `queue_frames`; when the recognizer falls behind, the
 oldest queued frame is dropped and counted, so the recognizer always works on the newest frames and says how
 many it skipped. Files and HTTP videos with a duration are paced to real time (`speed` x) like a live camera;
-a live source that drops is reopened, and a clock that jumps is re-anchored (FrameReader). Every `stride_s` of
-stream time the frames of the last window are tracked (track/tracking.py over the buffer, one person per stored
-row), placed at their true times (dropped frames leave gaps, not a squeezed clip), cut and scored as in batch mode;
-latency = wall time from the arrival of a window's last frame to its score. Events follow batch mode's rules
-(events.OnlineEvents: hysteresis, merging within `merge_gap_s`, then minimum duration), so an event is final
-`merge_gap_s` of stream time after it closes; it is printed and written at once, POSTed by a sender thread
-(event_delivery.EventSink). Track ids persist across the overlapping buffers (`StableTrackIds`). Ctrl-C, and in the CLI
-SIGTERM, stop cleanly: open events are closed and delivered, pending POSTs get `drain_s`, a summary is printed.
+a live source that drops is reopened, and a clock that jumps is re-anchored (FrameReader). At batch mode's window
+ends (StepGrid), and at a session's last frame, the last window's frames are tracked (track/tracking.py over the
+buffer, one person per stored row), placed at their true times (dropped frames leave gaps, not a squeezed clip),
+cut and scored as in batch mode; latency = wall time from the arrival of a window's last frame to its score.
+Events follow batch mode's rules (events.OnlineEvents: hysteresis, merging within `merge_gap_s`, then minimum
+duration), so an event is final `merge_gap_s` of stream time after it closes; it is printed and written at once,
+POSTed by a sender thread (event_delivery.EventSink). Track ids persist across the overlapping buffers
+(`StableTrackIds`). Ctrl-C, and in the CLI SIGTERM, stop cleanly: open events are closed and delivered, pending
+POSTs get `drain_s`, a summary is printed.
 
 The extraction-stage imports (extract/, track/) are the three listed in `_pose_pieces`.
 """
@@ -19,15 +20,16 @@ from __future__ import annotations
 
 import collections
 import json
+import math
 import queue
 import sys
-import threading
 import time
 
 import numpy as np
 
 from recognizer_core.recognize.event_delivery import EventOutputError, EventSink, check_post_url, redact_url
 from recognizer_core.recognize.events import OnlineEvents
+from recognizer_core.recognize.frame_reader import FrameReader
 from recognizer_core.recognize.runner import RecognizeConfig, make_windows_for, score_windows, shared_span
 from recognizer_core.recognize.windows import resample
 from recognizer_core.skeleton.clip import SkeletonClip
@@ -41,168 +43,7 @@ def _pose_pieces():
     return RtmoPoseEstimator, track_poses, letterbox_frame
 
 
-# Schemes whose sources are live by nature; an HTTP source is live when FFmpeg finds no duration (MJPEG, MPEG-TS).
-LIVE_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "rtmps://", "udp://", "srt://", "tcp://")
-RETRY_FIRST_S, RETRY_MAX_S = 0.5, 10.0  # reopening a lost live source: the first wait, doubling up to this
-# A live source's clock that drifts this far from wall time (a file's that jumps this far ahead) is re-anchored:
-# well above a camera's start-up burst (FFmpeg's probe buffers seconds, then decodes them at once) and a stall
-# that the 10 s read timeout allows; a smaller jump ahead is a gap in time, as when frames are lost.
-CLOCK_SLIP_S = 10.0
-# Live formats whose timestamps are FFmpeg's frame count at a guessed rate, not the camera's (MJPEG over HTTP)
-NO_CLOCK_FORMATS = {"mpjpeg", "mjpeg", "jpeg_pipe", "image2", "image2pipe"}
 LATENCY_STEPS = 10000  # the summary's latency median / p95 are over this many latest scoring steps
-ENDED = "the stream ended"
-
-
-class FrameReader(threading.Thread):
-    """Decodes `source` into a bounded queue, dropping the oldest frame when the consumer is behind.
-
-    A live source (a camera, an RTSP / RTMP / UDP URL, or an HTTP stream with no duration) that fails or ends after
-    it gave frames is reopened, waiting 0.5 s, 1 s, 2 s ... 10 s between tries, until `reconnect_s` pass without a
-    frame (0: never reopen): a camera that reboots or a network that drops for a minute must not end a detector
-    that runs for weeks. A source that gives no frame at all is reported at once (a wrong URL or device).
-
-    Stream time only increases. A live source without a clock of its own (MJPEG over HTTP: FFmpeg numbers its
-    frames 1/25 s apart whatever the camera sends) is timed by arrival. A clock that goes back (MPEG-TS wraps
-    every 26.5 h; an encoder restarts), jumps ahead, or in a live source drifts more than CLOCK_SLIP_S from wall
-    time is re-anchored, as is a reopening: the next frame comes after the last one by the wall time between them
-    (a file: by one frame), and starts a new session. Every frame carries its session number and why that session
-    began, so the consumer starts its window anew.
-    """
-
-    def __init__(self, source: str, queue_frames: int = 4, speed: float = 1.0, reconnect_s: float = 300.0):
-        super().__init__(daemon=True)
-        self.source, self.speed, self.reconnect_s = source, speed, reconnect_s
-        self.frames: queue.Queue = queue.Queue(maxsize=queue_frames)
-        self.stop_event = threading.Event()
-        self.read = self.dropped = 0
-        self.fps = 0.0
-        self.error = ""
-        self.finished = threading.Event()
-        self.live = source.isdigit() or source.startswith(LIVE_SCHEMES)
-        self.reconnects = self.clock_resets = self.session = 0
-        self.clock = "stream"  # or "arrival": the live source has no clock of its own
-        self.outage_s = 0.0
-        self.lost_at: float | None = None  # wall time the current outage began; None while frames flow
-        self.lost_reason = ""
-        self._t_last: float | None = None  # stream time and wall time of the last frame put
-        self._wall_last = 0.0
-
-    def _open(self):
-        import av
-
-        if self.source.isdigit():  # a camera index (Linux V4L2)
-            return av.open(f"/dev/video{self.source}", format="v4l2")
-        options = {}
-        if "://" in self.source:
-            options["rw_timeout"] = "10000000"  # a network read that waits 10 s fails, rather than hanging
-        if self.source.startswith(("rtsp://", "rtsps://")):
-            # RTP inside the RTSP TCP connection: over UDP, packets lost between a camera and a server smear
-            # frames; and the RTSP demuxer's own socket timeout (microseconds), so a silent camera is noticed.
-            options.update(rtsp_transport="tcp", timeout="10000000")
-        return av.open(self.source, options=options)
-
-    def _clock_break(self, step: float, slip: float) -> str:
-        """Why the source's clock cannot go on as stream time ('' when it can): `step` is its advance since the
-        last frame, `slip` how far it fell behind wall time since the session's anchor (negative: ran ahead)."""
-        if step < 0:
-            return f"the stream's clock went back {-step:.2f} s"
-        if self.live and abs(slip) > CLOCK_SLIP_S:
-            return f"the stream's clock {'fell behind' if slip > 0 else 'ran ahead of'} wall time by {abs(slip):.1f} s"
-        if not self.live and step > CLOCK_SLIP_S:
-            return f"the stream's clock jumped {step:.1f} s ahead"
-        return ""
-
-    def _session(self) -> str:
-        """Opens the source and puts its frames until it ends, fails or is stopped; returns what ended it."""
-        try:
-            with self._open() as container:
-                stream = container.streams.video[0]
-                self.fps = float(stream.average_rate or stream.guessed_rate or 25)
-                self.live = self.live or ("://" in self.source and container.duration is None)
-                by_arrival = self.live and (container.format.name in NO_CLOCK_FORMATS or stream.time_base is None)
-                shift = raw_last = lag0 = why = None
-                t_start, t_first = time.perf_counter(), 0.0
-                for frame in container.decode(stream):
-                    if self.stop_event.is_set():
-                        return "stopped"
-                    now = time.perf_counter()
-                    first = raw_last is None  # the first frame of this opening
-                    if first:  # a live source whose first frame has no time has no clock: one choice per opening
-                        by_arrival = by_arrival or (self.live and frame.time is None)
-                        self.clock = "arrival" if by_arrival else "stream"
-                    if by_arrival:
-                        raw = now
-                    elif frame.time is not None:
-                        raw = float(frame.time)
-                    else:  # a frame without a time in a source with a clock: one frame after the last
-                        raw = 0.0 if first else raw_last + 1.0 / self.fps
-                    broke = "" if first else self._clock_break(raw - raw_last, (now - raw) - lag0)
-                    if first or broke:  # (re-)anchor the source's clock to stream time
-                        if self._t_last is None:  # the very first frame: the source's own time (arrival: 0)
-                            t_new = 0.0 if by_arrival else raw
-                        elif self.live or first:
-                            t_new = self._t_last + (now - self._wall_last)
-                        else:  # a file read faster or slower than real time: the wall time means nothing
-                            t_new = self._t_last + 1.0 / self.fps
-                        shift, lag0 = t_new - raw, now - raw
-                        if broke:
-                            self.clock_resets += 1
-                            self.session, why = self.session + 1, broke
-                        else:
-                            t_first = t_new  # MPEG-TS and recorder exports start at t > 0: pace from here
-                            if self.lost_at is not None:
-                                self.reconnects += 1
-                                self.outage_s += now - self.lost_at
-                                self.lost_at = None
-                                self.session, why = self.session + 1, "reopened"
-                    t = raw + shift
-                    if not self.live and self.speed > 0:  # a file or HTTP video: arrive at (speed x) real time
-                        time.sleep(max(0.0, (t - t_first) / self.speed - (now - t_start)))
-                    self._put((t, time.perf_counter(), frame, self.session, why))  # letterboxed as batch does
-                    self._t_last, self._wall_last, raw_last = t, time.perf_counter(), raw
-                    self.read += 1
-            return ENDED
-        except Exception as err:  # noqa: BLE001 - reported by the consumer, never a silent thread death
-            # PyAV's messages quote the URL it opened, password included
-            return f"{type(err).__name__}: {err}".replace(self.source, redact_url(self.source))
-
-    def run(self) -> None:
-        delay = RETRY_FIRST_S
-        try:
-            while not self.stop_event.is_set():
-                problem = self._session()
-                if self.stop_event.is_set():
-                    return
-                if not (self.live and self.reconnect_s > 0 and self._t_last is not None):
-                    if problem != ENDED:
-                        self.error = f"{redact_url(self.source)}: {problem}"
-                    return
-                now = time.perf_counter()
-                if self.lost_at is None:  # a new outage (the reason first: the consumer reads it once lost_at is set)
-                    self.lost_reason, delay = problem, RETRY_FIRST_S
-                    self.lost_at = now
-                if now - self._wall_last > self.reconnect_s:
-                    self.error = (f"{redact_url(self.source)}: no frame for {now - self._wall_last:.0f} s since "
-                                  f"the stream was lost ({self.lost_reason}); gave up reopening it "
-                                  f"(--reconnect-s {self.reconnect_s:g})")
-                    return
-                self.stop_event.wait(delay)
-                delay = min(2 * delay, RETRY_MAX_S)
-        finally:
-            self.finished.set()
-
-    def _put(self, item) -> None:
-        while True:
-            try:
-                self.frames.put_nowait(item)
-                return
-            except queue.Full:
-                try:
-                    self.frames.get_nowait()
-                    self.dropped += 1
-                except queue.Empty:
-                    pass
 
 
 def run_stream(rec, spec, cfg: RecognizeConfig, source: str, pose_cfg, *, tracking=None, event_file=None,
@@ -228,7 +69,7 @@ def run_stream(rec, spec, cfg: RecognizeConfig, source: str, pose_cfg, *, tracki
     events = OnlineEvents(spec, source, cfg.merge_gap_s, shared_span=shared_span(spec, cfg))
     # the latest LATENCY_STEPS scoring steps: a detector that runs for weeks keeps its memory flat
     latencies: collections.deque = collections.deque(maxlen=LATENCY_STEPS)
-    n_windows, processed, next_due, t0 = 0, 0, None, time.perf_counter()
+    n_windows, processed, grid, t0 = 0, 0, None, time.perf_counter()
     stable = StableTrackIds()
     interrupted, session, outage_closed = False, 0, False
 
@@ -243,23 +84,52 @@ def run_stream(rec, spec, cfg: RecognizeConfig, source: str, pose_cfg, *, tracki
         events.flush()
         deliver()
 
+    def score(t: float) -> None:
+        """Score the buffer's window, which ends at frame time `t` (its newest frame)."""
+        nonlocal n_windows
+        grid.stepped(t)
+        clip = _buffer_clip(buf, track_poses, tracking, source, stable, spec.fps)
+        wins = make_windows_for(clip, spec, stride_s=1e9, cover_end=False) if clip is not None else []
+        probs = score_windows(rec, wins, cfg.batch_size) if wins else []
+        # a step with no window still counts: it ends the events of whoever left, and held events expire.
+        # The window ends one model frame after its last frame's time, as batch mode's Window.end_s.
+        events.step(t + 1.0 / spec.fps - spec.window_s / 2, grid.hop_s,
+                    [(w.key, w.kind, p, w.track_ids) for w, p in zip(wins, probs)], start_s=buf[0][0])
+        deliver()
+        if not wins:
+            return
+        latencies.append(time.perf_counter() - buf[-1][1])
+        n_windows += len(wins)
+        if verbose and (n_windows == len(wins) or n_windows % 20 < len(wins)):  # first, then every 20th
+            print(f"[stream] t={t:6.1f}s frames {processed} read {reader.read} dropped {reader.dropped} "
+                  f"windows {n_windows} latency {latencies[-1] * 1000:.0f} ms", flush=True)
+
+    def score_tail() -> None:
+        """The session's frames ended (the source ended or was lost, or its clock broke): as batch mode's last
+        window ends at the video's last frame, score one ending at the newest frame if no step has yet."""
+        if buf and grid and (grid.last is None or buf[-1][0] > grid.last) \
+                and buf[-1][0] - buf[0][0] >= 0.9 * spec.window_s:
+            score(buf[-1][0])
+
     try:
         while not (reader.finished.is_set() and reader.frames.empty()):
             if max_seconds and time.perf_counter() - t0 > max_seconds:
                 break
             try:
-                t, arrival, frame, frame_session, why = reader.frames.get(timeout=0.2)
+                t, arrival, frame, frame_session, why, rate = reader.frames.get(timeout=0.2)
             except queue.Empty:
                 if reader.lost_at is not None and not outage_closed:  # no frame can come until it is reopened
                     print(f"[stream] lost {source} ({reader.lost_reason}); reopening it for up to {reconnect_s:g} s",
                           file=sys.stderr, flush=True)
+                    score_tail()
                     close_open_events()  # an event cannot be said to go on through what we did not see
                     outage_closed = True
                 continue
             if frame_session != session:  # reopened, or the clock re-anchored: windows start anew after the gap
                 if not outage_closed:
+                    score_tail()
                     close_open_events()
-                session, outage_closed, next_due = frame_session, False, None
+                session, outage_closed, grid = frame_session, False, None
                 buf.clear()
                 if why == "reopened":
                     print(f"[stream] reopened {source}: {reader.reconnects} reopening(s), {reader.outage_s:.1f} s "
@@ -270,26 +140,15 @@ def run_stream(rec, spec, cfg: RecognizeConfig, source: str, pose_cfg, *, tracki
             padded, ratio, hw = letterbox_frame(frame, pose_cfg.model_input_size)
             buf.append((t, arrival, estimator(padded[None], [ratio], [hw])[0], hw))
             processed += 1
-            while buf and buf[-1][0] - buf[0][0] > spec.window_s:
+            # under window_frames - 0.5 model frames: resampled, it has at most window_frames frames and the window
+            # ends at its newest frame (a whole window_s held one more: the window ended a model frame early)
+            while len(buf) > 1 and buf[-1][0] - buf[0][0] >= (spec.window_frames - 0.5) / spec.fps - 1e-9:
                 buf.popleft()
-            next_due = t if next_due is None else next_due
-            if t < next_due or buf[-1][0] - buf[0][0] < 0.9 * spec.window_s:
-                continue
-            next_due = t + cfg.stride_s
-            clip = _buffer_clip(buf, track_poses, tracking, source, stable, spec.fps)
-            wins = make_windows_for(clip, spec, stride_s=1e9, cover_end=False) if clip is not None else []
-            probs = score_windows(rec, wins, cfg.batch_size) if wins else []
-            # a step with no window still counts: it ends the events of whoever left, and held events expire
-            events.step(t - spec.window_s / 2, cfg.stride_s,
-                        [(w.key, w.kind, p, w.track_ids) for w, p in zip(wins, probs)], start_s=buf[0][0])
-            deliver()
-            if not wins:
-                continue
-            latencies.append(time.perf_counter() - buf[-1][1])
-            n_windows += len(wins)
-            if verbose and (n_windows == len(wins) or n_windows % 20 < len(wins)):  # first, then every 20th
-                print(f"[stream] t={t:6.1f}s frames {processed} read {reader.read} dropped {reader.dropped} "
-                      f"windows {n_windows} latency {latencies[-1] * 1000:.0f} ms", flush=True)
+            grid = grid or StepGrid(spec, cfg.stride_s, rate, t)
+            if grid.due(t) and buf[-1][0] - buf[0][0] >= 0.9 * spec.window_s:
+                score(t)
+        else:  # the source's frames ended (not a stop or max_seconds): its last window, as batch mode's
+            score_tail()
     except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (docker stop, Kubernetes, systemd) in the CLI
         interrupted = True
         print(f"[stream] {stop or 'Ctrl-C'}: stopping", flush=True)
@@ -307,6 +166,31 @@ def run_stream(rec, spec, cfg: RecognizeConfig, source: str, pose_cfg, *, tracki
             "latency_ms_p95": round(float(np.percentile(lat, 95)), 1) if len(lat) else None,
             "latency_steps": len(lat),
             "seconds": round(time.perf_counter() - t0, 2), "interrupted": interrupted, "error": reader.error}
+
+
+class StepGrid:
+    """Where stream mode scores: at batch mode's window ends (video_windows), window_frames - 1 frames after the
+    session's first frame, then every round(stride_s * fps) (`hop_s`); in the source's frames where its rate is
+    known and within 2 % of the model's (batch mode keeps them then), else in model frames; at the frame nearest
+    each end where the rate is known (as batch mode resamples), else the first at or after it. On an anchored
+    grid: stepping at the first frame stride_s after the last step rounded each step up to a frame (every 0.549 s,
+    not 0.48 s, at 20 fps). Ends that dropped frames passed are skipped."""
+
+    def __init__(self, spec, stride_s: float, source_fps: float, t0: float):
+        stride = max(1, int(round(stride_s * spec.fps)))
+        self.hop_s = stride / spec.fps  # batch mode's events take this hop too (runner.recognize_clip)
+        same = source_fps > 0 and abs(source_fps - spec.fps) <= 0.02 * spec.fps
+        unit = 1.0 / (source_fps if same else spec.fps)
+        # half a source frame early: that frame is the nearest (a tie is the earlier frame's, as in resample)
+        early = (0.5 / source_fps if source_fps > 0 else 0.0) + 1e-6
+        self.base, self.step, self.k = t0 + (spec.window_frames - 1) * unit - early, stride * unit, 0
+        self.last: float | None = None  # the newest frame scored
+
+    def due(self, t: float) -> bool:
+        return t >= self.base + self.k * self.step
+
+    def stepped(self, t: float) -> None:
+        self.last, self.k = t, max(self.k, math.floor((t - self.base) / self.step) + 1)
 
 
 class StableTrackIds:

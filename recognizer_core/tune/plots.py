@@ -76,6 +76,18 @@ def importances(records: list[TrialRecord], space: SearchSpace, metric: str, mod
 def write_plots(records: list[TrialRecord], space: SearchSpace, metric: str, mode: str, out_dir: Path,
                 time_attr: str = "epoch") -> tuple[list, dict[str, str]]:
     """Write the PNGs; returns (written paths, {plot: why it was skipped})."""
+    from recognizer_core.fonts import font_for, fonts_for
+
+    # metric, parameter names, choices and trial ids in a font with their glyphs (Korean ones were boxes in
+    # matplotlib's DejaVu Sans); fonts_for adds it as the fallback, so ASCII text looks as it always did
+    texts = [metric, *space.params, *(r.trial_id for r in records),
+             *(str(c) for p in space.params.values() if p.type == "choice" for c in p.labels())]
+    with fonts_for(font_for(texts)):
+        return _write_plots(records, space, metric, mode, out_dir, time_attr)
+
+
+def _write_plots(records: list[TrialRecord], space: SearchSpace, metric: str, mode: str, out_dir: Path,
+                 time_attr: str) -> tuple[list, dict[str, str]]:
     import matplotlib
 
     matplotlib.use("Agg")

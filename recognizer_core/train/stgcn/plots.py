@@ -1,10 +1,13 @@
-"""End-of-run figures: training curves and confusion matrices (PNG, matplotlib's Agg backend)."""
+"""End-of-run figures: training curves and confusion matrices (PNG, matplotlib's Agg backend); class names in a
+font that has their glyphs (recognizer_core.fonts)."""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+
+from recognizer_core.fonts import drawable_names, fonts_for
 
 
 def _pyplot():
@@ -44,28 +47,31 @@ def plot_curves(history: Sequence[dict], path: str | Path) -> Path:
 
 
 def plot_confusion_matrix(cm: np.ndarray, label_names: Sequence[str], path: str | Path, title: str = "") -> Path:
-    """Counts with row-normalised colour (recall per true class); rows = true, columns = predicted."""
+    """Counts with row-normalised colour (recall per true class); rows = true, columns = predicted. Class names
+    in a font that has their glyphs (drawable_names)."""
     plt = _pyplot()
     path = Path(path)
     cm = np.asarray(cm)
     k = len(cm)
     with np.errstate(invalid="ignore", divide="ignore"):
         norm = np.nan_to_num(cm / cm.sum(axis=1, keepdims=True))
-    size = max(3.5, 0.6 * k + 2)
-    fig, ax = plt.subplots(figsize=(size + 1, size))
-    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    for i in range(k):
-        for j in range(k):
-            ax.text(j, i, f"{cm[i, j]}\n{norm[i, j]:.0%}", ha="center", va="center", fontsize=9,
-                    color="white" if norm[i, j] > 0.5 else "black")
-    ax.set_xticks(range(k), label_names, rotation=45, ha="right")
-    ax.set_yticks(range(k), label_names)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(title or "confusion matrix")
-    fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    label_names, font = drawable_names(label_names)
+    with fonts_for(font):
+        size = max(3.5, 0.6 * k + 2)
+        fig, ax = plt.subplots(figsize=(size + 1, size))
+        im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+        for i in range(k):
+            for j in range(k):
+                ax.text(j, i, f"{cm[i, j]}\n{norm[i, j]:.0%}", ha="center", va="center", fontsize=9,
+                        color="white" if norm[i, j] > 0.5 else "black")
+        ax.set_xticks(range(k), label_names, rotation=45, ha="right")
+        ax.set_yticks(range(k), label_names)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(title or "confusion matrix")
+        fig.colorbar(im, ax=ax, fraction=0.046)
+        fig.tight_layout()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
     return path

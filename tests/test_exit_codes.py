@@ -1,0 +1,203 @@
+"""Exit codes and the last words of recognize and export_model when the environment fails (a full disk, an
+unwritable folder, SIGTERM) or the input is bad before work starts: one line and the documented code
+(docs/recognize.md, Exit codes), never a traceback or a half-written file."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.recognize_helpers import make_run_folder
+from tests.test_recognize_stream import setup  # noqa: F401  (setup: a served video, a run folder, a fake RTMO)
+
+ROOT = Path(__file__).resolve().parents[1]
+FULL = Path("/dev/full")   # every write fails with ENOSPC: a full disk
+needs_dev_full = pytest.mark.skipif(not FULL.exists(), reason="no /dev/full here")
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    from tests.fakes.fake_rtmo import build_fake_rtmo
+
+    root = tmp_path_factory.mktemp("exit_model")
+    run, _ = make_run_folder(root)
+    return {"run": run, "dataset": root / "dataset", "rtmo": build_fake_rtmo(root / "rtmo.onnx")}
+
+
+def _script(code: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    """`code` in a fresh Python (signals reach only it), from the repository root."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+# 1. a full disk under --event-file
+
+
+@needs_dev_full
+def test_an_event_file_on_a_full_disk_is_counted_and_close_does_not_raise(capsys):
+    """Before: the failed line stayed in the file's buffer and close() wrote it again, raising ENOSPC."""
+    from recognizer_core.recognize.event_delivery import EventSink
+    from recognizer_core.recognize.events import Event
+
+    sink = EventSink(str(FULL))
+    sink.emit(Event("cam", "Fight", 1.0, 4.0, 0.9, [0], 1))
+    delivered = sink.close(0.1)
+    assert delivered["events"] == 1 and delivered["event_write_failed"] == 1, delivered
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["[stream] writing /dev/full failed: [Errno 28] No space left on device"], err
+
+
+@needs_dev_full
+def test_a_stream_with_its_event_file_on_a_full_disk_ends_with_its_summary(setup, capsys):  # noqa: F811
+    """Before: at the end, a 30-line ENOSPC traceback from the stream's cleanup, no summary, exit 1."""
+    from rayjobs.recognize import main
+
+    rc = main(["--model", str(setup["run"]), "--stream", setup["url"], "--pose-model", str(setup["rtmo"]),
+               "--set", "thresholds.Fight=0.0", "--set", "min_duration_s=0",   # one event, closed at the end
+               "--event-file", str(FULL)])   # the 6 s video, at real time, to its end
+    out, err = capsys.readouterr()
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert rc == 0 and "Traceback" not in err, err
+    assert summary["events"] >= 1 and summary["event_write_failed"] == summary["events"], summary
+
+
+# 2. a batch re-run in which every video had failed before
+
+
+def _batch(model, tmp_path, monkeypatch, capsys, done: bool) -> tuple[int, dict]:
+    """A re-run over two videos whose first run recorded both failed (or, with `done`, the first finished with
+    no event): nothing is left to do, so Ray is never used (start_ray stubbed)."""
+    import recognizer_core.ray_runtime as ray_runtime
+    from rayjobs.recognize import main
+    from recognizer_core.extract.manifest import DONE, FAILED, ExtractionManifest
+    from recognizer_core.recognize.batch import list_inputs, output_stems
+
+    monkeypatch.setattr(ray_runtime, "start_ray", lambda *a, **k: None)
+    videos, out = tmp_path / "videos", tmp_path / "out"
+    videos.mkdir()
+    out.mkdir()
+    for name in ("a.mp4", "b.mp4"):
+        (videos / name).write_bytes(b"not a video")
+    manifest = ExtractionManifest(str(out))
+    listed = list_inputs(str(videos))
+    stems = output_stems(manifest, listed)[0]
+    for i, v in enumerate(listed):
+        ids = {"uri": v.uri, "rel_path": v.rel_path, "video_id": v.video_id}
+        if done and i == 0:
+            (out / f"{stems[v.rel_path]}.events.jsonl").write_text("")
+            manifest.record(DONE, v.key, **ids, output=f"{stems[v.rel_path]}.events.jsonl", events=0, windows=3)
+        else:
+            manifest.record(FAILED, v.key, **ids, reason="InvalidDataError: corrupt")
+    capsys.readouterr()
+    rc = main(["--model", str(model["run"]), "--input", str(videos), "--pose-model", str(model["rtmo"]),
+               "--output", str(out), "--set", "timeline=false"])
+    return rc, json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_a_batch_rerun_in_which_every_video_had_failed_still_exits_1(model, tmp_path, monkeypatch, capsys):
+    """Before: `failed` counts this run's failures; the re-run skipped both videos, so 0 and exit 0."""
+    rc, summary = _batch(model, tmp_path, monkeypatch, capsys, done=False)
+    assert summary["skipped"] == 2 and summary["failed"] == 0 and len(summary["failures"]) == 2, summary
+    assert rc == 1
+
+
+def test_a_batch_rerun_with_an_earlier_result_exits_0(model, tmp_path, monkeypatch, capsys):
+    rc, summary = _batch(model, tmp_path, monkeypatch, capsys, done=True)
+    assert summary["skipped"] == 2 and len(summary["failures"]) == 1 and rc == 0, summary
+
+
+# 4. video mode's errors before work starts: 2, as every job
+
+
+@pytest.mark.parametrize("pose", [False, True])
+def test_video_mode_errors_before_work_exit_2(model, tmp_path, capsys, pose):
+    """Before: "video input needs --pose-model" and "no videos found" exited 1, the code of failed work."""
+    from rayjobs.recognize import main
+
+    (tmp_path / "empty").mkdir()
+    args = ["--model", str(model["run"]), "--input", str(tmp_path / "empty"), "--output", str(tmp_path / "out")]
+    rc = main(args + (["--pose-model", str(model["rtmo"])] if pose else []))
+    err = capsys.readouterr().err.strip().splitlines()
+    want = f"error: {tmp_path / 'empty'}: no videos found" if pose else \
+        "error: video input needs --pose-model (rtmo-s|rtmo-m|rtmo-l or an RTMO .onnx path)"
+    assert rc == 2 and err == [want], (rc, err)
+
+
+def test_sigterm_in_skeleton_mode_stops_with_one_line_and_130(model, tmp_path):
+    """Before: SIGTERM killed the run without a word (-15, the shell's 143); now it stops as Ctrl-C does (the
+    process ends itself with SIGINT after the line: the shell's 130)."""
+    proc = _script(f"""
+import os, signal, time
+import recognizer_core.recognize.runner as runner
+def stop(*a, **k):   # the signal arrives while the first clip is scored
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(30)
+runner.recognize_clip = stop
+from rayjobs.recognize import main
+main(["--model", {str(model["run"])!r}, "--input", {str(model["dataset"])!r}, "--output", {str(tmp_path / "o")!r}])
+""", tmp_path)
+    assert proc.returncode == -signal.SIGINT, (proc.returncode, proc.stderr[-3000:])
+    assert "Traceback" not in proc.stderr and proc.stderr.strip().splitlines()[-1].startswith("stopped (SIGTERM)")
+
+
+# 3. export_model: an unwritable --out, SIGTERM
+
+
+@needs_dev_full
+def test_export_to_an_unwritable_out_is_one_error_line_and_exit_2(model, capsys):
+    """Before: the cleanup's own unlink raised NotADirectoryError (a traceback hiding the real error); an
+    unwritable folder gave a 29-line PermissionError traceback."""
+    from rayjobs.export_model import main
+
+    rc = main([str(model["run"]), "--out", str(FULL / "m.onnx")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err[-1] == f"error: --out {FULL / 'm.onnx'}: {FULL} is not a folder", err
+    assert "Traceback" not in "\n".join(err) and sum(line.startswith("error:") for line in err) == 1
+
+
+def test_sigterm_during_export_leaves_no_temporary_file(model, tmp_path):
+    """Before: no stop handler, so SIGTERM killed the export and .m.<pid>.partial.onnx stayed beside --out."""
+    out = tmp_path / "exp" / "m.onnx"
+    out.parent.mkdir()
+    proc = _script(f"""
+import os, signal, sys, time
+import recognizer_core.export.onnx as onnx
+def stop(*a, **k):   # after the .onnx is written under its temporary name
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(30)
+onnx.check_onnx_parity = stop
+from rayjobs.export_model import main
+sys.exit(main([{str(model["run"])!r}, "--out", {str(out)!r}]))
+""", tmp_path)
+    assert proc.returncode == 130, (proc.returncode, proc.stderr[-3000:])
+    assert proc.stderr.strip().splitlines()[-1] == "stopped (SIGTERM); the export's temporary files were removed"
+    assert list(out.parent.iterdir()) == []
+
+
+# 4. every job's exit status after a stop, with Ray imported
+
+
+def test_a_stopped_job_exits_130_even_with_ray_imported(tmp_path):
+    """Before: an uncaught KeyboardInterrupt exited 1 once `ray` was imported (code Ray runs at exit clears
+    CPython's note of it), so Kubernetes / CI read a stopped job as a failed one. run_job makes the 130 explicit."""
+    code = """
+import sys
+import ray  # noqa: F401  (what every job's process has)
+from recognizer_core.ray_runtime import install_stop_handlers, run_job
+install_stop_handlers()
+def main():
+    raise KeyboardInterrupt("SIGTERM")
+sys.exit(run_job(main))
+"""
+    wrapped = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                             env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    assert wrapped.returncode == 130, (wrapped.returncode, wrapped.stderr[-2000:])
+    assert wrapped.stderr.strip().splitlines() == [
+        "stopped (SIGTERM); finished work is kept (checkpoints, trials, extracted videos), re-run the same command "
+        "to continue"]
