@@ -7,10 +7,11 @@ r"""Train STGCN++ with Ray Train (DDP on every GPU of the cluster, or CPU worker
 
 The run folder is run.storage_path/run.name: Ray Train checkpoints (best by val/acc_top1 + latest, at most
 checkpoint.num_to_keep), logs/tensorboard, best_acc_top1_epoch_N.pth (mmaction2 format), curves.png,
-confusion matrices, summary.json, test_metrics.json. Re-running the same command continues the run from its
-latest checkpoint; a lost worker is recovered by Ray Train (run.max_failures). The dataset is prepared and
-validated before Ray starts, and GPUs that a private local Ray (no --address / RAY_ADDRESS) cannot have are
-refused then too: each is one `error:` line, exit status 2.
+confusion matrices, summary.json, test_metrics.json, and config.yaml: the config with data.path the resolved
+dataset it trained on (recorded_config), so that recognize and export find it from any directory. Re-running
+the same command continues the run from its latest checkpoint; a lost worker is recovered by Ray Train
+(run.max_failures). The dataset is prepared and validated before Ray starts, and GPUs that a private local Ray
+(no --address / RAY_ADDRESS) cannot have are refused then too: each is one `error:` line, exit status 2.
 """
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from recognizer_core.config import ConfigError, add_config_args, config_from_args, dump_config  # noqa: E402
+from recognizer_core.config import ConfigError, dump_config  # noqa: E402
+from recognizer_core.config_args import add_config_args, config_from_args  # noqa: E402
 from recognizer_core.storage import join_uri, read_text  # noqa: E402
 from recognizer_core.train.cpu_malloc import require_tcmalloc  # noqa: E402
 from recognizer_core.train.stgcn.config import TrainJobConfig  # noqa: E402
@@ -43,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     from recognizer_core.ray_runtime import start_ray_or_exit
     from recognizer_core.train.ray_run import check_local_gpus
-    from recognizer_core.train.stgcn.job import build_trainer, prepare_run, run_folder, test_best
+    from recognizer_core.train.stgcn.job import build_trainer, prepare_run, recorded_config, run_folder, test_best
 
     try:  # everything that needs no Ray, before Ray starts: a bad dataset or GPU request is one line, at once
         check_local_gpus(cfg.scaling, args.address)
@@ -58,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     run_dir = run_folder(cfg)
-    dump_config(cfg, Path(run_dir) / "config.yaml")
+    dump_config(recorded_config(cfg, dataset_path), Path(run_dir) / "config.yaml")
     try:  # Ray Train V2 raises what failed the run (after run.max_failures retries); there is no result.error
         result = trainer.fit()
         if cfg.train.test_after_train:
@@ -85,4 +87,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from recognizer_core.ray_runtime import run_job
+
+    sys.exit(run_job(main))

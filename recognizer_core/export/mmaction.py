@@ -25,7 +25,11 @@ def best_model_name(score_attribute: str, epoch: int) -> str:
     return f"best_{score_attribute.split('/')[-1]}_epoch_{int(epoch)}.pth"
 
 
-def _remove_previous_best(out_dir: str, score_attribute: str, keep: str) -> None:
+def remove_previous_best(out_dir: str, score_attribute: str, keep: str) -> None:
+    """Delete out_dir's best_<metric>_epoch_*.pth files other than `keep`. export_best_model calls it on its own
+    folder; a run staging on object storage (train/run_files.py) exports into the local staging folder, so its
+    loop calls it on the run's remote folder after the sync that uploaded `keep`: else every improvement left
+    one more best file there, which the ensemble refuses and recognize picks among by mtime."""
     fs, root = filesystem(out_dir)
     if fs.get_file_info(root).type != pafs.FileType.Directory:
         return
@@ -48,7 +52,7 @@ def export_best_model(model: torch.nn.Module, out_dir: str, *, cfg: TrainJobConf
                                            iteration=iteration, classes=list(label_names) if label_names else None,
                                            extra_meta=meta)
         write_bytes(target, local.read_bytes())
-    _remove_previous_best(str(out_dir), cfg.checkpoint.score_attribute, keep=name)
+    remove_previous_best(str(out_dir), cfg.checkpoint.score_attribute, keep=name)
     return target
 
 

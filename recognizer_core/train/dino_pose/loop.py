@@ -283,6 +283,5 @@ def run_dino_pose_training(cfg: DinoPoseJobConfig, ctx: WorkerContext, run_uri: 
                     shutil.rmtree(tmp, ignore_errors=True)
     finally:
         logger.close()
-        if ctx.rank == 0:
-            files.sync()
+        files.close(upload=ctx.rank == 0)  # the last upload; a remote run's staging folder is removed
     return metrics

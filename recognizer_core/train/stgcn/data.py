@@ -8,8 +8,11 @@ held: each epoch shuffles its row groups, then clips within a bounded window, al
 computed a window at a time, so memory and start-up are the same at 1k and 500k clips and a resumed run sees
 the same batches (the next window is read ahead in a background thread while this one is served); batches are
 prepared by `prepare_batch` in loader processes.
-Shards are padded by wrapping so every rank runs the same number of steps (DDP needs that); padded
-validation samples carry `valid=False` and are dropped before metrics.
+Every rank runs the same number of steps (DDP needs that). Training (`epoch_clips`): each rank's epoch is the
+largest shard's size, its last batch short as mmengine's DataLoader (drop_last=False) leaves it, and a smaller
+shard repeats the first clips of its epoch order to reach that size (at most one when shards are balanced), as
+mmengine's DefaultSampler pads each rank's share, so no rank has an empty step and all last batches are equal.
+Evaluation pads by wrapping to full batches; padded samples carry `valid=False` and are dropped before metrics.
 """
 from __future__ import annotations
 
@@ -155,15 +158,23 @@ class ShardBatches(Dataset):
     thread reads the next window (the next epoch's first, for training) while this one is served: reading costs
     4-7x preparing a clip (bench_train_loader.py), and without it every loader process stops at each window
     boundary at once (on a GPU that stall was half of a short epoch). Memory is then two windows per process. A list of clips (already
-    in memory) is shuffled as a whole. The epoch is padded by wrapping to num_batches * batch_size."""
+    in memory) is shuffled as a whole. An epoch has `epoch_clips` places (default num_batches * batch_size, full
+    batches), wrapping past the shard's end; places past `epoch_clips` are left out, so the last batch is short."""
 
     def __init__(self, clips: Sequence[SkeletonClip] | StreamedShard, num_batches: int, batch_size: int,
                  pipeline: PipelineConfig, *, train: bool, seed: int, rank: int, num_clips: int | None = None,
-                 num_valid: int | None = None, buffer_clips: int = DEFAULT_BUFFER_CLIPS, read_ahead: bool = True):
+                 num_valid: int | None = None, buffer_clips: int = DEFAULT_BUFFER_CLIPS, read_ahead: bool = True,
+                 epoch_clips: int | None = None):
         if not len(clips):
             raise SkeletonDataError(f"rank {rank}: no usable clips in this worker's shard")
         self.clips = clips if isinstance(clips, StreamedShard) else list(clips)
         self.num_batches, self.batch_size = num_batches, batch_size
+        # training passes the largest shard's size: every rank then has num_batches batches, the last one short by
+        # the same amount on each (DDP steps in lockstep; no rank runs an empty batch)
+        self.epoch_clips = num_batches * batch_size if epoch_clips is None else epoch_clips
+        if not (num_batches - 1) * batch_size < self.epoch_clips <= num_batches * batch_size:
+            raise ValueError(f"rank {rank}: epoch_clips={self.epoch_clips} does not fill {num_batches} batches of "
+                             f"{batch_size} (an empty or overfull batch)")
         # num_valid=0: a stand-in shard for a rank with nothing to evaluate (its rows are padding)
         self.num_valid = len(self.clips) if num_valid is None else num_valid
         self.pipeline, self.train, self.seed, self.rank, self.num_clips = pipeline, train, seed, rank, num_clips
@@ -184,9 +195,10 @@ class ShardBatches(Dataset):
         self.__dict__.update(state, _ahead=None, _pid=os.getpid())
 
     def indices(self, epoch: int, first: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
-        """Clip indices at epoch places [first, stop) (wrapping past the shard's end) and their valid mask."""
+        """Clip indices at epoch places [first, stop) (wrapping past the shard's end; none past epoch_clips) and
+        their valid mask (False where a place repeats a clip)."""
         n = len(self.clips)
-        places = np.arange(first, stop, dtype=np.int64)
+        places = np.arange(first, min(stop, self.epoch_clips), dtype=np.int64)
         valid = places < min(n, self.num_valid)
         places %= n
         if not self.train:
@@ -199,9 +211,9 @@ class ShardBatches(Dataset):
         return self._perm[places], valid
 
     def order(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
-        """The whole epoch's clip indices (padded to num_batches * batch_size) and valid mask: O(clips), for
-        tools and tests; batches take only their own slice (`indices`)."""
-        return self.indices(epoch, 0, self.num_batches * self.batch_size)
+        """The whole epoch's clip indices (epoch_clips of them) and valid mask: O(clips), for tools and tests;
+        batches take only their own slice (`indices`)."""
+        return self.indices(epoch, 0, self.epoch_clips)
 
     def _batch(self, epoch: int, k: int) -> np.ndarray:
         return self.indices(epoch, k * self.batch_size, (k + 1) * self.batch_size)[0]
@@ -233,7 +245,7 @@ class ShardBatches(Dataset):
     def _start_read_ahead(self, epoch: int, w: int) -> None:
         """Reads the window after (epoch, w) in a background thread; its shard indices are computed here, since
         the shuffle's caches are not thread-safe."""
-        if (w + 1) * self.window < self.num_batches * self.batch_size:
+        if (w + 1) * self.window < self.epoch_clips:
             key = (epoch, w + 1)
         elif self.train:
             key = (epoch + 1, 0)  # the next epoch's order is known now: it depends on (seed, epoch, rank) only

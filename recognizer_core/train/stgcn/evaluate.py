@@ -149,7 +149,7 @@ def test_loop(cfg, dataset_path: str, checkpoint: str, out_uri: str, ctx, split:
         return _write_test_outputs({**report, "skipped_empty_clips": skipped}, files, split,
                                    source or loaded, cfg.pipeline.test_num_clips)
     finally:
-        files.sync()
+        files.close()   # the last sync; on object storage the staging folder goes too
 
 
 def label_names(cfg, ds) -> list[str]:

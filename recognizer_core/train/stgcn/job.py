@@ -27,7 +27,7 @@ from recognizer_core.train.ray_run import RayTrainContext, backend, for_workers,
     scaling_config
 from recognizer_core.train.stgcn.evaluate import label_names, test_loop
 from recognizer_core.train.stgcn.loop import train_loop
-from recognizer_core.train.stgcn.run_state import check_resumable
+from recognizer_core.train.stgcn.run_state import DatasetIdentity, check_resumable
 
 _SNAPSHOT = "checkpoint_manager_snapshot.json"
 
@@ -71,6 +71,17 @@ def default_run_config(cfg: TrainJobConfig) -> RunConfig:
                       log_level=cfg.run.ray_log_level)
 
 
+def recorded_config(cfg: TrainJobConfig, dataset_path: str) -> TrainJobConfig:
+    """The config saved as the run folder's config.yaml, which recognize / export / test_stgcn read back from any
+    working directory: data.path is the dataset the run trained on, as prepare_run resolved it (a relative
+    data.path found by storage.input_path, pkl files converted, demo data written under
+    output_uri(run.storage_path)), which holds every split; the pkl paths, converted into it, are dropped. As typed,
+    a relative path was looked up again from the reader's directory and missed (recognize then fell back to
+    30 fps and window = clip_len, and export wrote that into the sidecar)."""
+    data = cfg.data.model_copy(update={"path": dataset_path, "train_pkl": None, "val_pkl": None, "test_pkl": None})
+    return cfg.model_copy(update={"data": data})
+
+
 def run_folder(cfg: TrainJobConfig) -> str:
     """The run folder of `cfg` (storage_path/name): checkpoints, logs, plots, summary, exported best model."""
     return run_uri(default_run_config(cfg))
@@ -80,23 +91,28 @@ def existing_run(run_dir: Path) -> bool:
     return run_dir.is_dir() and any(run_dir.rglob(_SNAPSHOT))
 
 
-def preflight(cfg: TrainJobConfig, dataset_path: str | Path) -> None:
+def preflight(cfg: TrainJobConfig, dataset_path: str | Path) -> DatasetIdentity:
     """Checks on the driver that need only the light columns (empty splits, labels outside num_classes), so a
-    deterministic data error fails at once instead of being retried by FailureConfig on every worker."""
+    deterministic data error fails at once instead of being retried by FailureConfig on every worker. Returns
+    what the dataset is (as the workers will save it with their checkpoints)."""
     ds = SkeletonDataset(dataset_path)
     label_names(cfg, ds)  # the config's class order is the dataset's
     info = split_info(ds, cfg.data.train_split, cfg.model.num_classes)
     if len(info) < cfg.scaling.num_workers:
         raise SkeletonDataError(f"{dataset_path}: split {cfg.data.train_split!r} has {len(info)} clip(s), fewer "
                                 f"than scaling.num_workers={cfg.scaling.num_workers}")
-    split_info(ds, cfg.data.val_split, cfg.model.num_classes)
+    val_info = split_info(ds, cfg.data.val_split, cfg.model.num_classes)
+    identity = DatasetIdentity.of(ds, str(dataset_path), len(info), len(val_info))
     # one streamed pass over the keypoints (NaN, T=0, list lengths, far coordinates), cached per dataset version
     validate_dataset(dataset_path, [cfg.data.train_split, cfg.data.val_split, cfg.data.test_split],
                      cfg.model.num_classes, cfg.data.nan_policy, num_joints=cfg.model.num_joints,
                      skip_empty=cfg.data.skip_empty_clips)
+    return identity
 
 
-def _check_existing(cfg: TrainJobConfig, rc: RunConfig) -> None:
+def _check_existing(cfg: TrainJobConfig, rc: RunConfig, dataset: DatasetIdentity | None = None) -> None:
+    """The resume rules on the driver: first on the config alone (before the dataset is prepared), then again with
+    the prepared dataset's identity (a dataset rebuilt in place is refused before Ray starts, not by the workers)."""
     run_dir = Path(run_uri(rc))
     if not existing_run(run_dir):
         return
@@ -106,7 +122,7 @@ def _check_existing(cfg: TrainJobConfig, rc: RunConfig) -> None:
     ckpts = sorted(run_dir.glob("checkpoint_epoch_*"))
     if ckpts:
         try:
-            check_resumable(cfg, ckpts[-1])
+            check_resumable(cfg, ckpts[-1], dataset)
         except ValueError as err:
             raise ConfigError(str(err)) from None
 
@@ -129,7 +145,9 @@ def prepare_run(cfg: TrainJobConfig, run_config: RunConfig | None = None) -> str
     if late:
         print(f"[recognizer] warning: {late}", flush=True)
     dataset_path = dataset_for(cfg)
-    preflight(cfg, dataset_path)
+    identity = preflight(cfg, dataset_path)
+    if run_config is None:
+        _check_existing(cfg, default_run_config(cfg), identity)
     return dataset_path
 
 

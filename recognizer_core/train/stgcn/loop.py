@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import tempfile
 import time
@@ -23,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from recognizer_core.config import dump_config
-from recognizer_core.export.mmaction import export_best_model
+from recognizer_core.export.mmaction import export_best_model, remove_previous_best
 from recognizer_core.models.recognizer import build_recognizer
 from recognizer_core.skeleton.store import SkeletonDataset
 from recognizer_core.skeleton.transforms_torch import compiled_features, model_inputs
@@ -42,9 +41,9 @@ from recognizer_core.train.run_files import RunFiles
 from recognizer_core.train.state import place_and_resume, save_training_state
 from recognizer_core.train.stgcn.evaluate import evaluate, label_names
 from recognizer_core.train.stgcn.metrics import flat_metrics
-from recognizer_core.train.stgcn.optim import build_optimizer, build_scheduler, scaled_lr
+from recognizer_core.train.stgcn.optim import align_schedule, build_optimizer, build_scheduler, scaled_lr, schedule_step
 from recognizer_core.train.stgcn.plots import plot_confusion_matrix, plot_curves
-from recognizer_core.train.stgcn.run_state import EarlyStopper, RunState, check_resumable
+from recognizer_core.train.stgcn.run_state import DatasetIdentity, EarlyStopper, RunState, check_resumable
 
 log = logging.getLogger("recognizer")
 
@@ -58,6 +57,7 @@ class Data:
     num_batches: int
     names: list[str]
     counts: tuple[int, int, int, int]  # train clips, skipped all-zero train clips, val clips, skipped val clips
+    dataset: DatasetIdentity | None = None  # what the store opened here is: saved with checkpoints, checked at resume
 
 
 @dataclass
@@ -92,34 +92,40 @@ def load_data(cfg: TrainJobConfig, dataset_path: str, ctx: WorkerContext) -> Dat
         log.warning("rank %d: skipped %d all-zero skeleton clip(s) in %r: %s", ctx.rank, len(skipped),
                     d_cfg.train_split, skipped[:10])
     counts = tuple(int(v) for v in all_reduce([len(train_clips), len(skipped), val_valid, val_skipped]))
-    # DDP needs the same number of steps on every rank: the largest shard decides, smaller ones wrap around.
+    # DDP needs the same number of steps on every rank: the largest shard decides. Training epochs have its size
+    # on every rank (a smaller shard repeats a clip or so, as mmengine's DefaultSampler pads), the last batch
+    # short as mmengine's DataLoader leaves it; evaluation wraps to full batches and masks the padding.
     bs, vbs = t_cfg.batch_size, t_cfg.val_batch_size or t_cfg.batch_size
-    nb, nvb = (int(v) for v in all_reduce_max([tdata.num_batches_for(len(train_clips), bs),
-                                               tdata.num_batches_for(len(val_clips), vbs)]))
-    train_set = tdata.ShardBatches(train_clips, nb, bs, cfg.pipeline, train=True, seed=t_cfg.seed, rank=ctx.rank)
+    n_train, n_val = (int(v) for v in all_reduce_max([len(train_clips), len(val_clips)]))
+    nb, nvb = tdata.num_batches_for(n_train, bs), tdata.num_batches_for(n_val, vbs)
+    train_set = tdata.ShardBatches(train_clips, nb, bs, cfg.pipeline, train=True, seed=t_cfg.seed, rank=ctx.rank,
+                                   epoch_clips=n_train)
     val_set = tdata.ShardBatches(val_clips, nvb, vbs, cfg.pipeline, train=False, seed=t_cfg.seed, rank=ctx.rank,
                                  num_valid=val_valid)
     pin = ctx.device.type == "cuda"
     train_loader, train_sampler = tdata.make_loader(train_set, d_cfg.loader_workers, d_cfg.prefetch_batches, pin)
     val_loader, val_sampler = tdata.make_loader(val_set, d_cfg.loader_workers, d_cfg.prefetch_batches, pin)
-    return Data(train_loader, train_sampler, val_loader, val_sampler, nb, names, counts)
+    return Data(train_loader, train_sampler, val_loader, val_sampler, nb, names, counts,
+                DatasetIdentity.of(ds, dataset_path, len(train_info), len(val_info)))
 
 
-def build_trainer_parts(cfg: TrainJobConfig, ctx: WorkerContext, num_batches: int) -> tuple[Trainer, RunState]:
+def build_trainer_parts(cfg: TrainJobConfig, ctx: WorkerContext, num_batches: int,
+                        dataset: DatasetIdentity | None = None) -> tuple[Trainer, RunState]:
     """Model, optimizer, schedule and scaler, placed on the device and then restored from the latest checkpoint."""
     t_cfg, device = cfg.train, ctx.device
     torch.manual_seed(t_cfg.seed)  # identical initial weights on every rank
     model = build_recognizer(cfg.model)
     lr = scaled_lr(cfg.optim, ctx.world_size, t_cfg.batch_size)
     optimizer = build_optimizer(model.parameters(), cfg.optim, lr, fused=device.type == "cuda")
-    scheduler = build_scheduler(optimizer, cfg.schedule, iters_per_epoch=math.ceil(num_batches / t_cfg.accumulative_counts),
-                                cosine_t_max=cfg.cosine_t_max)
+    # the schedule counts batches, as mmengine's iteration-based one does, accumulation or not
+    scheduler = build_scheduler(optimizer, cfg.schedule, iters_per_epoch=num_batches, cosine_t_max=cfg.cosine_t_max)
     amp = amp_plan(t_cfg.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp.scaler,
                                   init_scale=2.0 ** 16 if t_cfg.loss_scale == "dynamic" else float(t_cfg.loss_scale))
     model, restored = place_and_resume(ctx, model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-                                       check=lambda ckpt: check_resumable(cfg, ckpt))
-    state = RunState.from_checkpoint(restored)
+                                       check=lambda ckpt: check_resumable(cfg, ckpt, dataset))
+    state = RunState.from_checkpoint(restored, num_batches=num_batches, early_stopping=t_cfg.early_stopping)
+    align_schedule(scheduler, state.global_step)  # a checkpoint whose schedule counted optimizer steps
     step_model = compile_for_training(model, t_cfg.compile)
     features = compiled_features(cfg.pipeline) if t_cfg.compile != "none" and cfg.pipeline.device == "worker" \
         else None
@@ -141,8 +147,9 @@ def compile_for_training(model: torch.nn.Module, mode: str) -> torch.nn.Module:
 
     The compiled module shares the parameters and buffers, so the eager `model` stays what validation, checkpoints
     (no `_orig_mod.` keys) and export use, and its train()/eval() state is the one the compiled graph guards on.
-    dynamic=False: every training batch has one shape (shards are padded to full batches), so one static graph is
-    compiled at the first step and never again. The CPU kernels step aside while dynamo traces (cpu_kernels.enabled)."""
+    dynamic=False: every training batch has one shape but an epoch's short last one (data.py), so the run compiles
+    one static graph at its first step and a second at the first epoch's last step, and never again. The CPU
+    kernels step aside while dynamo traces (cpu_kernels.enabled)."""
     if mode == "none":
         return model
     return torch.compile(model, mode=mode, dynamic=False)
@@ -178,7 +185,7 @@ def train_loop(cfg: TrainJobConfig, dataset_path: str, run_uri: str, ctx: Worker
 def _train(cfg: TrainJobConfig, dataset_path: str, run_uri: str, ctx: WorkerContext) -> dict:
     files = RunFiles(run_uri)
     data = load_data(cfg, dataset_path, ctx)
-    tr, state = build_trainer_parts(cfg, ctx, data.num_batches)
+    tr, state = build_trainer_parts(cfg, ctx, data.num_batches, data.dataset)
     stopper = EarlyStopper(cfg.train.early_stopping.patience, cfg.train.early_stopping.min_delta,
                            state.early_stopping)
     # a resumed run logs from the checkpoint's next step on, in the same W&B run (experiment_log.py)
@@ -205,7 +212,7 @@ def _train(cfg: TrainJobConfig, dataset_path: str, run_uri: str, ctx: WorkerCont
                 logger.log(metrics, state.global_step, console=False)
                 console(_epoch_line(metrics, cfg.train.epochs))
             if report is not None or stopped_early or ep == cfg.train.epochs:
-                _checkpoint(tr, cfg, ctx, state, metrics, report, data.names, files)
+                _checkpoint(tr, cfg, ctx, state, metrics, report, data.names, files, data.dataset)
                 last_ckpt_epoch = ep
             else:
                 ctx.report(metrics, None)
@@ -226,8 +233,7 @@ def _train(cfg: TrainJobConfig, dataset_path: str, run_uri: str, ctx: WorkerCont
             _write_summary(files, summary, state.best, data.names, logger, state.global_step)
     finally:
         logger.close()
-        if ctx.rank == 0:
-            files.sync()
+        files.close(upload=ctx.rank == 0)  # the last upload; a remote run's staging folder is removed
     return summary
 
 
@@ -246,15 +252,18 @@ def train_epoch(tr: Trainer, data: Data, cfg: TrainJobConfig, ctx: WorkerContext
     tr.optimizer.zero_grad(set_to_none=True)
     batches = iter(data.train_loader)
     for i in range(data.num_batches):
-        # the lr of the optimizer step that applies this batch's gradient, read before that step moves the schedule
-        # on: what lr_iter and the epoch's lr (its last step's) report, as mmengine logs the lr an iteration used
+        # this iteration's lr, the one its optimizer step (if it has one) uses, read before the schedule moves on:
+        # what lr_iter and the epoch's lr (its last iteration's, always a step) report, as mmengine logs it
         step_lr = tr.optimizer.param_groups[0]["lr"]
         t_fetch = time.time()
-        x, y, _ = next(batches)
+        x, y, valid = next(batches)
         data_wait += time.time() - t_fetch  # ~0 when the loader keeps up: the input pipeline is not the bottleneck
         x, y = model_inputs(x, device, cfg.pipeline, tr.features), y.to(device, non_blocking=True)
+        # Accumulation groups restart every epoch, so a checkpoint (at an epoch's end) holds no pending gradient
+        # and a resume is exact. mmengine counts groups over the whole run instead: where num_batches is not a
+        # multiple of accumulative_counts, each epoch here ends with a short group (docs/training.md), whose mean
+        # gradient divides by its own size (mmengine's scale_loss does so for the run's last group).
         boundary = (i + 1) % t_cfg.accumulative_counts == 0 or i + 1 == data.num_batches
-        # the epoch's last group may be short: its mean gradient divides by its own size (mmengine's scale_loss)
         group = min(t_cfg.accumulative_counts, data.num_batches - i // t_cfg.accumulative_counts
                     * t_cfg.accumulative_counts)
         sync = model.no_sync() if (distributed() and not boundary and hasattr(model, "no_sync")) else nullcontext()
@@ -269,9 +278,12 @@ def train_epoch(tr: Trainer, data: Data, cfg: TrainJobConfig, ctx: WorkerContext
         finite = tr.guard.finite_loss(loss)
         epoch_loss.add(loss, finite)
         interval_loss.add(loss, finite)
-        samples += x.shape[0]
+        # each clip once: the batch is only the epoch's rows (the last one short), and the repeat that evens a
+        # smaller shard with the largest (data.py) is trained but not counted; a loader without a mask counts all
+        samples += x.shape[0] if valid is None else int(valid.sum())
         if boundary:
             _optimizer_step(tr, cfg)
+        schedule_step(tr.scheduler)
         if t_cfg.compile != "none" and tr.compile_s is None:
             tr.compile_s = compile_s = time.time() - t_step  # dynamo + inductor, forward and backward, then a step
             if ctx.rank == 0:
@@ -315,7 +327,6 @@ def _optimizer_step(tr: Trainer, cfg: TrainJobConfig) -> None:
         tr.optimizer.__dict__.pop("found_inf", None)
     tr.scaler.update()
     tr.optimizer.zero_grad(set_to_none=True)
-    tr.scheduler.step()
 
 
 def validate(tr: Trainer, data: Data, cfg: TrainJobConfig, ctx: WorkerContext, state: RunState, files: RunFiles,
@@ -335,15 +346,19 @@ def validate(tr: Trainer, data: Data, cfg: TrainJobConfig, ctx: WorkerContext, s
 
 
 def _checkpoint(tr: Trainer, cfg: TrainJobConfig, ctx: WorkerContext, state: RunState, metrics: dict,
-                report: dict | None, names: list[str], files: RunFiles) -> None:
+                report: dict | None, names: list[str], files: RunFiles, dataset: DatasetIdentity | None) -> None:
     with tempfile.TemporaryDirectory(prefix="recognizer_ckpt_") as tmp:
         if ctx.rank == 0:
             save_training_state(tmp, model=tr.model, optimizer=tr.optimizer, scheduler=tr.scheduler,
                                 scaler=tr.scaler, epoch=state.epoch, extra=state.to_extra(names, ctx.world_size))
             dump_config(cfg, Path(tmp) / "config.yaml")
+            if dataset is not None:  # a resume on a dataset rebuilt in place is refused (run_state.check_resumable)
+                dataset.save(tmp)
             (Path(tmp) / "metrics.json").write_text(json.dumps({**metrics, "val_report": _jsonable(report)},
                                                                indent=1))
             files.sync()
+            if files.remote and state.best["file"]:  # after the sync that uploaded it: the previous best goes
+                remove_previous_best(files.uri, cfg.checkpoint.score_attribute, keep=state.best["file"])
         ctx.report(metrics, tmp if ctx.rank == 0 else None)
 
 

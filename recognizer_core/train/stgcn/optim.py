@@ -3,16 +3,23 @@
 mmengine's `LinearLR(start_factor, end=warmup, convert_to_iter_based=True)` followed by
 `MultiStepLR(begin=warmup, milestones, gamma)` (milestones count epochs from the end of warmup, as mmengine counts
 from `begin`; stepped per epoch) or `CosineAnnealingLR(begin=warmup, T_max, eta_min)` (per epoch) is expressed as
-a single per-iteration factor, so the scheduler state is one step counter and resumes exactly.
+a single per-iteration factor, so the scheduler state is one step counter and resumes exactly. The counter is
+the iteration (batch), stepped after every batch whether or not an optimizer step ran, as mmengine's
+ParamSchedulerHook steps it, so with gradient accumulation an optimizer step uses the lr mmengine has at that
+iteration. Two edge cases differ from mmengine on purpose (lr_factor; docs/training.md).
 """
 from __future__ import annotations
 
 import bisect
+import logging
 import math
+import warnings
 
 import torch
 
 from recognizer_core.train.stgcn.config import OptimConfig, ScheduleConfig
+
+log = logging.getLogger("recognizer")
 
 
 def scaled_lr(cfg: OptimConfig, world_size: int, batch_size: int) -> float:
@@ -56,7 +63,12 @@ def zero_missing_momentum(optimizer: torch.optim.Optimizer, args=(), kwargs=None
 
 def lr_factor(step: int, *, iters_per_epoch: int, cfg: ScheduleConfig, base_lr: float,
               cosine_t_max: int) -> float:
-    """Multiplier of the base lr at optimizer step `step` (0-based), equal to mmengine's chained schedulers.
+    """Multiplier of the base lr at iteration `step` (0-based, one per batch), equal to mmengine's chained
+    schedulers except in two edge cases (docs/training.md):
+    - a warmup of exactly one iteration: mmengine's LinearLR then has total_iters 0 and leaves the lr at
+      start_factor for the whole run; here it is start_factor at iteration 0 and 1.0 after, as a warmup means;
+    - cosine with T_max shorter than the epochs after the warmup: mmengine's curve rises again after T_max; here
+      it holds eta_min.
 
     mmengine counts a scheduler's steps from its `begin`, so the guide's `MultiStepLR(begin=3,
     milestones=[15, 25])` decays at epochs 3+15 and 3+25; milestones here have the same meaning.
@@ -67,7 +79,7 @@ def lr_factor(step: int, *, iters_per_epoch: int, cfg: ScheduleConfig, base_lr: 
     if warmup_iters > 1 and step < warmup_iters:
         # LinearLR(end=warmup_iters): total_iters = end - begin - 1, reaching 1.0 on the last warmup step
         warm = cfg.warmup_start_factor + (1.0 - cfg.warmup_start_factor) * step / (warmup_iters - 1)
-    elif warmup_iters == 1 and step == 0:
+    elif warmup_iters == 1 and step == 0:  # mmengine keeps start_factor forever here; a warmup ends at 1.0
         warm = cfg.warmup_start_factor
     begin = int(math.ceil(cfg.warmup_epochs))
     t = epoch - begin
@@ -84,10 +96,34 @@ def lr_factor(step: int, *, iters_per_epoch: int, cfg: ScheduleConfig, base_lr: 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, *, iters_per_epoch: int,
                     cosine_t_max: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Stepped once per optimizer step (after accumulation)."""
+    """Stepped once per iteration (every batch, also those that only accumulate a gradient), as mmengine's
+    ParamSchedulerHook.after_train_iter: `iters_per_epoch` is the number of batches per epoch."""
     if iters_per_epoch < 1:
         raise ValueError(f"iters_per_epoch must be >= 1, got {iters_per_epoch}")
     base_lr = optimizer.param_groups[0]["lr"]
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, iters_per_epoch=iters_per_epoch, cfg=cfg, base_lr=base_lr,
                                           cosine_t_max=cosine_t_max))
+
+
+def schedule_step(scheduler: torch.optim.lr_scheduler.LRScheduler) -> None:
+    """Moves the schedule on after a batch. torch warns at a scheduler's first step when no optimizer step came
+    before it; with accumulation (or a skipped first step) that order is intended, so that one check is silenced."""
+    if scheduler._step_count != 1:
+        scheduler.step()
+        return
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+        scheduler.step()
+
+
+def align_schedule(scheduler: torch.optim.lr_scheduler.LRScheduler, global_step: int) -> None:
+    """After a resume: a checkpoint written while the schedule counted optimizer steps (before 2026-12-05, with
+    accumulation > 1) holds fewer steps than batches; read on the batch axis its epochs would come out
+    accumulative_counts times too early and the milestones late, so it continues at batch `global_step`."""
+    if not global_step or scheduler.last_epoch == global_step:
+        return
+    log.warning("the checkpoint's lr schedule counted %d optimizer steps; it continues at batch %d, as the "
+                "schedule now counts batches", scheduler.last_epoch, global_step)
+    scheduler.last_epoch = global_step - 1
+    schedule_step(scheduler)  # sets the lr of batch global_step

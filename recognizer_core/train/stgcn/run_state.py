@@ -1,5 +1,6 @@
 """What the STGCN++ loop carries from epoch to epoch and across a resume: one small state object, saved as the
-`extra` of every checkpoint; early stopping (mmengine's hook) and the check that a checkpoint fits the config."""
+`extra` of every checkpoint; early stopping (mmengine's hook); the dataset a checkpoint trained on (DatasetIdentity,
+`dataset.json` beside its config.yaml) and the check that a checkpoint fits the config and the data."""
 from __future__ import annotations
 
 import json
@@ -10,7 +11,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from recognizer_core.config import read_yaml
-from recognizer_core.train.stgcn.config import TrainJobConfig
+from recognizer_core.skeleton.clip import SkeletonDataError
+from recognizer_core.skeleton.store import SkeletonDataset
+from recognizer_core.skeleton.store_write import WRITE_ID
+from recognizer_core.storage import to_uri
+from recognizer_core.train.stgcn.config import EarlyStoppingConfig, TrainJobConfig
+from recognizer_core.train.stgcn.dataset_source import dataset_location
 
 log = logging.getLogger(__name__)
 
@@ -48,17 +54,65 @@ class RunState:
         return {**asdict(self), "label_names": list(label_names), "world_size": world_size}
 
     @classmethod
-    def from_checkpoint(cls, state: dict | None) -> "RunState":
+    def from_checkpoint(cls, state: dict | None, *, num_batches: int | None = None,
+                        early_stopping: EarlyStoppingConfig | None = None) -> "RunState":
+        """The state a checkpoint saved. One written before global_step and stopped_early were saved gets them
+        from what it has: epoch * num_batches steps (every epoch runs num_batches, as the loop then counted), and
+        stopped when its early-stopping wait had reached the patience. With 0 and False instead, the resumed run
+        logged from step 1 (TensorBoard's purge_step deleted the run's history) and an early-stopped run trained
+        on. Without `num_batches` / `early_stopping` (callers that do not train on) the defaults stay 0 / False."""
         if not state:
             return cls()
         extra = state.get("extra") or {}
         known = {k: extra[k] for k in ("global_step", "history", "best", "early_stopping", "nonfinite_in_a_row",
                                        "stopped_early") if k in extra}
-        return cls(epoch=int(state["epoch"]), **known)
+        epoch = int(state["epoch"])
+        if "global_step" not in known and num_batches is not None:
+            known["global_step"] = epoch * int(num_batches)
+        if "stopped_early" not in known and early_stopping is not None and early_stopping.enabled:
+            known["stopped_early"] = int((known.get("early_stopping") or {}).get("wait", 0)) >= early_stopping.patience
+        return cls(epoch=epoch, **known)
 
 
-def check_resumable(cfg: TrainJobConfig, ckpt: Path) -> None:
-    """A run continues only with the network and inputs it was trained with; anything else is a new run."""
+DATASET_FILE = "dataset.json"  # a checkpoint's DatasetIdentity, beside its config.yaml
+
+
+@dataclass(frozen=True)
+class DatasetIdentity:
+    """The dataset a checkpoint trained on: where the workers read it (resolved: what build_trainer passes the
+    loop as dataset_path), the store's write id (a new one at every write, also in place) and the train / val
+    split sizes. The config's data fields say none of that: a dataset rebuilt in place with more videos kept its
+    path, and a resumed run trained on other clips (other steps per epoch under the restored lr schedule) and
+    chose its best epoch between two val sets."""
+    location: str
+    write_id: str | None  # None: a store written before write ids, or a plain folder of part files
+    train_clips: int
+    val_clips: int
+
+    @classmethod
+    def of(cls, ds: SkeletonDataset, location: str, train_clips: int, val_clips: int) -> "DatasetIdentity":
+        return cls(to_uri(location), ds.info.get(WRITE_ID), int(train_clips), int(val_clips))
+
+    def save(self, ckpt_dir: str | Path) -> None:
+        (Path(ckpt_dir) / DATASET_FILE).write_text(json.dumps(asdict(self), indent=1))
+
+    @classmethod
+    def saved_in(cls, ckpt: Path) -> "DatasetIdentity | None":
+        """The identity a checkpoint saved; None for one written before identities were saved."""
+        path = Path(ckpt) / DATASET_FILE
+        if not path.is_file():
+            return None
+        try:
+            raw = json.loads(path.read_text())
+            return cls(str(raw["location"]), raw.get("write_id"), int(raw["train_clips"]), int(raw["val_clips"]))
+        except (ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"{path}: not a dataset identity ({type(err).__name__}: {err}); remove the run "
+                             "folder or use a new run.name") from None
+
+
+def check_resumable(cfg: TrainJobConfig, ckpt: Path, dataset: DatasetIdentity | None = None) -> None:
+    """A run continues only with the network, inputs and data it was trained with; anything else is a new run.
+    `dataset`: the loop's, to compare with the checkpoint's (the driver, before the data is opened, has none)."""
     saved_path = ckpt / "config.yaml"
     if not saved_path.is_file():
         return
@@ -71,18 +125,10 @@ def check_resumable(cfg: TrainJobConfig, ckpt: Path) -> None:
     if diffs:
         raise ValueError(f"cannot resume run {cfg.run.name!r} from {ckpt}: the model or pipeline changed ("
                          + "; ".join(diffs) + "). Use a new run.name for a different model")
-    # Another dataset under the same run.name (the docs' demo command, then the same preset on real data) resumed
-    # the demo run: a finished one trained 0 epochs and reported the demo model as the new data's result.
-    data_keys = ("path", "train_pkl", "val_pkl", "train_split", "val_split")
-    data_keys += ("demo_task", "demo_num_clips", "demo_seed") if cfg.data.is_demo else ()
-    data = [f"data.{k}: checkpoint {saved['data'][k]!r}, config {now['data'][k]!r}" for k in data_keys
-            if k in saved.get("data", {}) and _same_place(saved["data"][k]) != _same_place(now["data"][k])]
-    if data:
-        raise ValueError(f"cannot resume run {cfg.run.name!r} from {ckpt}: it trained on other data ("
-                         + "; ".join(data) + "). Use a new run.name (--set run.name=...) for a run on this data")
-    # The restored schedule counts optimizer steps and its lr was scaled to the old global batch: with another
-    # number of batches per epoch it decayed early (2 workers instead of 1: 'epoch 20' at epoch 11) from the
-    # wrong lr, without a word.
+    _check_data(cfg, ckpt, saved.get("data", {}), now["data"], DatasetIdentity.saved_in(ckpt), dataset)
+    # The restored schedule counts batches (build_scheduler steps it every batch, accumulation or not) and its lr
+    # was scaled to the old global batch: with another number of batches per epoch it decayed early (2 workers
+    # instead of 1: 'epoch 20' at epoch 11) from the wrong lr, without a word.
     steps = [f"{sec}.{k}: checkpoint {saved.get(sec, {}).get(k)!r}, config {now[sec][k]!r}"
              for sec, k in (("scaling", "num_workers"), ("train", "batch_size"), ("train", "accumulative_counts"))
              if k in saved.get(sec, {}) and saved[sec][k] != now[sec][k]]
@@ -104,6 +150,48 @@ def check_resumable(cfg: TrainJobConfig, ckpt: Path) -> None:
         log.warning("resuming run %r with train.epochs=%d (it started with %d): the cosine schedule is stretched "
                     "to the new length, so the lr jumps at the resumed epoch", cfg.run.name, cfg.train.epochs,
                     old_epochs)
+
+
+def _check_data(cfg: TrainJobConfig, ckpt: Path, saved: dict, now: dict, had: DatasetIdentity | None,
+                dataset: DatasetIdentity | None) -> None:
+    """The data part of check_resumable: the config's data fields, then (a checkpoint with an identity) the
+    dataset's resolved location, write id and split sizes."""
+    # Another dataset under the same run.name (the docs' demo command, then the same preset on real data) resumed
+    # the demo run: a finished one trained 0 epochs and reported the demo model as the new data's result.
+    data_keys = ("path", "train_pkl", "val_pkl", "train_split", "val_split")
+    data_keys += ("demo_task", "demo_num_clips", "demo_seed") if cfg.data.is_demo else ()
+    # Two data.path runs whose checkpoint saved the resolved location compare that below, not the paths as typed:
+    # the run folder's config.yaml holds the absolute path (train_stgcn.recorded_config), the checkpoint's the
+    # typed one, so a re-run with --config <run>/config.yaml was refused as other data.
+    by_location = had is not None and bool(saved.get("path")) and bool(now["path"])
+    data = [f"data.{k}: checkpoint {saved[k]!r}, config {now[k]!r}" for k in data_keys
+            if k in saved and _same_place(saved[k]) != _same_place(now[k]) and not (k == "path" and by_location)]
+    if data:
+        raise ValueError(f"cannot resume run {cfg.run.name!r} from {ckpt}: it trained on other data ("
+                         + "; ".join(data) + "). Use a new run.name (--set run.name=...) for a run on this data")
+    if had is None:
+        return  # a checkpoint from before identities were saved: the config's fields are all there is
+    # the driver resolves data.path as prepare_dataset will (a pkl / demo store, prepared later, the loop compares)
+    location = dataset.location if dataset else to_uri(dataset_location(cfg.data.path)) if cfg.data.path else None
+    # SkeletonDataError (a ValueError): a worker raising it ends the Ray run at once instead of being retried
+    if location is not None and location != had.location:
+        raise SkeletonDataError(f"cannot resume run {cfg.run.name!r} from {ckpt}: it trained on other data (dataset: "
+                                f"checkpoint {had.location!r}, config {location!r}). Use a new run.name "
+                                "(--set run.name=...) for a run on this data")
+    if dataset is None:
+        return
+    # A pkl / demo store is written once per content (its folder name hashes the inputs), so a store rewritten
+    # there (its folder deleted) holds the same clips: its new write id alone refuses nothing.
+    rebuilt = bool(cfg.data.path) and None not in (had.write_id, dataset.write_id) and had.write_id != dataset.write_id
+    changes = ([f"write id {had.write_id} -> {dataset.write_id}"] if rebuilt else []) + \
+        [f"{split} {a} -> {b} clips" for split, a, b in (("train", had.train_clips, dataset.train_clips),
+                                                          ("val", had.val_clips, dataset.val_clips)) if a != b]
+    if changes:
+        raise SkeletonDataError(
+            f"cannot resume run {cfg.run.name!r} from {ckpt}: the dataset at {location} was "
+            f"{'rebuilt' if rebuilt else 'changed'} since this run's checkpoint ({'; '.join(changes)}): the resumed "
+            "run would train on other clips under the restored lr schedule and pick its best epoch between two val "
+            "sets. Use a new run.name (--set run.name=...) for a run on this data")
 
 
 def _same_place(value):

@@ -1,0 +1,153 @@
+"""A resumed STGCN++ run continues only on the dataset its checkpoint trained on: the checkpoint saves the dataset's
+identity (resolved location, the store's write id, train / val split sizes; run_state.DatasetIdentity) and a resume
+on a dataset rebuilt in place is refused, naming what differs. Data locations compare by what they resolve to, so
+the run folder's config.yaml (absolute data.path) resumes a run started with a relative one. The loop runs in one
+process (LocalContext, no Ray) with a tiny model."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from recognizer_core.config import dump_config, load_config
+from recognizer_core.skeleton.clip import SkeletonDataError
+from recognizer_core.skeleton.demo_data import make_demo_clips
+from recognizer_core.skeleton.store import SkeletonDataset, write_dataset
+from recognizer_core.storage import to_uri
+from recognizer_core.train.context import LocalContext
+from recognizer_core.train.stgcn.config import TrainJobConfig
+from recognizer_core.train.stgcn.dataset_source import dataset_location
+from recognizer_core.train.stgcn.loop import train_loop
+from recognizer_core.train.stgcn.run_state import DATASET_FILE, DatasetIdentity, check_resumable
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["model.num_stages=2", "model.base_channels=8", "model.inflate_stages=[2]", "model.down_stages=[2]",
+        "pipeline.clip_len=16", "train.epochs=1", "train.batch_size=4", "train.val_interval=1",
+        "data.loader_workers=0", "schedule.warmup_epochs=0", "train.log_interval=0", "train.test_after_train=false"]
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _cfg(*extra: str) -> TrainJobConfig:
+    return load_config(TrainJobConfig, REPO / "configs/fight_stable.yaml", TINY + list(extra))
+
+
+def _write(folder: Path, n: int) -> None:
+    """The store at `folder`, (re)written in place as build_dataset does: a new write id every time."""
+    write_dataset(make_demo_clips("fight", n, seed=1), folder, label_names=("NonFight", "Fight"), overwrite=True)
+
+
+def _train(cfg: TrainJobConfig, tmp_path: Path) -> dict:
+    """train_loop on the dataset build_trainer would pass it (prepare_dataset's location, made absolute)."""
+    dataset_path = to_uri(dataset_location(cfg.data.path))
+    return train_loop(cfg, dataset_path, str(tmp_path / "run"), LocalContext(tmp_path / "ckpt"))
+
+
+@pytest.fixture
+def trained(tmp_path, monkeypatch) -> Path:
+    """One epoch trained on the store `ds` given as a relative data.path (as typed at the prompt); returns the
+    checkpoint folder."""
+    monkeypatch.chdir(tmp_path)
+    _write(tmp_path / "ds", 24)
+    _train(_cfg("data.path=ds"), tmp_path)
+    ckpt = tmp_path / "ckpt" / "epoch_0001"
+    assert (ckpt / DATASET_FILE).is_file()
+    return ckpt
+
+
+def test_a_dataset_rebuilt_in_place_with_more_videos_is_not_resumed(trained, tmp_path):
+    """The e2e review's repro: the same extract + --build-dataset after adding videos rewrote the store at the same
+    path (train 8 -> 12 clips, another val split) and the run resumed at epoch 4 on it, exit 0."""
+    saved = json.loads((trained / DATASET_FILE).read_text())
+    assert saved["location"] == str(tmp_path / "ds") and saved["train_clips"] > 0 and saved["write_id"]
+    _write(tmp_path / "ds", 40)
+    now = SkeletonDataset(tmp_path / "ds")
+    train, val = (len(now.split_positions(s)) for s in ("train", "val"))
+    assert train != saved["train_clips"] and val != saved["val_clips"]
+    with pytest.raises(SkeletonDataError, match=rf"the dataset at {tmp_path / 'ds'} was rebuilt since this run's "
+                       rf"checkpoint \(write id {saved['write_id']} -> {now.info['write_id']}; train "
+                       rf"{saved['train_clips']} -> {train} clips; val {saved['val_clips']} -> {val} clips\).*Use a "
+                       r"new run.name"):
+        _train(_cfg("data.path=ds", "train.epochs=2"), tmp_path)
+    assert not (tmp_path / "ckpt" / "epoch_0002").exists()
+
+
+def test_the_same_clips_written_again_are_another_dataset_version(trained, tmp_path):
+    """A rewrite with the same split sizes is still refused by its write id (the clips in a split may differ)."""
+    old_id = json.loads((trained / DATASET_FILE).read_text())["write_id"]
+    _write(tmp_path / "ds", 24)
+    now = SkeletonDataset(tmp_path / "ds")
+    dataset = DatasetIdentity.of(now, str(tmp_path / "ds"), len(now.split_positions("train")),
+                                 len(now.split_positions("val")))
+    with pytest.raises(SkeletonDataError, match=rf"was rebuilt since this run's checkpoint \(write id {old_id} -> "
+                       rf"{now.info['write_id']}\)"):
+        check_resumable(_cfg("data.path=ds"), trained, dataset)
+
+
+def test_the_run_folders_config_with_the_absolute_path_resumes(trained, tmp_path):
+    """rayjobs/train_stgcn.py saves the run folder's config.yaml with the absolute dataset path; the checkpoint's
+    config.yaml holds data.path as typed ('ds'). Re-running with --config <run>/config.yaml was refused as
+    'trained on other data' although it is the same folder."""
+    absolute = _cfg(f"data.path={tmp_path / 'ds'}", "train.epochs=2")
+    check_resumable(absolute, trained)  # the driver's check (job._check_existing), before the data is opened
+    summary = _train(absolute, tmp_path)
+    assert summary["epochs_run"] == 2
+    assert '"resumed_from_epoch": 1' in (tmp_path / "run" / "resume_log.jsonl").read_text()
+
+
+def test_another_folder_is_other_data_by_its_resolved_location(trained, tmp_path):
+    shutil.copytree(tmp_path / "ds", tmp_path / "ds2")  # the same write id and sizes, another folder
+    with pytest.raises(SkeletonDataError, match=rf"trained on other data \(dataset: checkpoint "
+                       rf"'{tmp_path / 'ds'}', config '{tmp_path / 'ds2'}'\)"):
+        check_resumable(_cfg(f"data.path={tmp_path / 'ds2'}"), trained)
+
+
+def test_a_checkpoint_without_the_identity_is_judged_by_the_config_fields(trained, tmp_path):
+    """Checkpoints written before the identity was saved: the typed data fields, as before."""
+    (trained / DATASET_FILE).unlink()
+    check_resumable(_cfg("data.path=./ds/"), trained)
+    with pytest.raises(ValueError, match=r"trained on other data \(data.path: checkpoint 'ds', config '/"):
+        check_resumable(_cfg(f"data.path={tmp_path / 'ds'}"), trained)
+
+
+def test_a_prepared_store_rewritten_with_the_same_inputs_is_the_same_data(tmp_path):
+    """pkl / demo stores are written once per content (their folder name hashes the inputs): a store written again
+    there (its folder deleted) holds the same clips, so its new write id alone does not refuse; other split
+    sizes do."""
+    cfg, ckpt = _cfg(), tmp_path / "ckpt"  # the built-in demo data: no data.path
+    ckpt.mkdir()
+    dump_config(cfg, ckpt / "config.yaml")
+    DatasetIdentity("/w/datasets/demo_fight_96_seed0", "aaaa", 64, 16).save(ckpt)
+    check_resumable(cfg, ckpt, DatasetIdentity("/w/datasets/demo_fight_96_seed0", "bbbb", 64, 16))
+    with pytest.raises(SkeletonDataError, match=r"the dataset at /w/datasets/demo_fight_96_seed0 was changed since "
+                       r"this run's checkpoint \(val 16 -> 20 clips\)"):
+        check_resumable(cfg, ckpt, DatasetIdentity("/w/datasets/demo_fight_96_seed0", "bbbb", 64, 20))
+    with pytest.raises(SkeletonDataError, match=r"other data \(dataset: checkpoint '/w/datasets/demo_fight_96_seed0', "
+                       r"config '/w/datasets/demo_fight_48_seed0'\)"):
+        check_resumable(cfg, ckpt, DatasetIdentity("/w/datasets/demo_fight_48_seed0", "aaaa", 64, 16))
+
+
+def test_an_unreadable_identity_is_one_line_naming_the_file(tmp_path):
+    cfg, ckpt = _cfg(), tmp_path / "ckpt"
+    ckpt.mkdir()
+    dump_config(cfg, ckpt / "config.yaml")
+    (ckpt / DATASET_FILE).write_text('{"location": "/x"}')
+    with pytest.raises(ValueError, match=rf"{ckpt / DATASET_FILE}: not a dataset identity \(KeyError"):
+        check_resumable(cfg, ckpt)
+
+
+def test_the_driver_refuses_a_rebuilt_dataset_before_ray_starts(trained, tmp_path):
+    """prepare_run (what train_stgcn.py runs before Ray) checks the latest checkpoint against the prepared dataset:
+    before, a rebuilt dataset was found only by the workers, after Ray's start-up."""
+    from recognizer_core.train.stgcn.job import _SNAPSHOT, prepare_run
+
+    run_dir = tmp_path / "runs" / "r"
+    shutil.copytree(trained, run_dir / "checkpoint_epoch_0001")
+    (run_dir / _SNAPSHOT).write_text("{}")   # what marks a folder as a Ray Train run (job.existing_run)
+    cfg = _cfg("data.path=ds", f"run.storage_path={tmp_path / 'runs'}", "run.name=r")
+    assert prepare_run(cfg) == to_uri(str(tmp_path / "ds"))   # the same dataset: resumable
+    _write(tmp_path / "ds", 40)
+    with pytest.raises(ValueError, match=r"was rebuilt since this run's checkpoint"):
+        prepare_run(cfg)
