@@ -22,4 +22,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tune_fight import main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main(default_space="search_spaces/falldown.yaml", doc=__doc__))
+    from recognizer_core.ray_runtime import run_job
+
+    sys.exit(run_job(main, default_space="search_spaces/falldown.yaml", doc=__doc__))

@@ -21,7 +21,9 @@ Re-running the same command resumes the experiment (finished trials kept, unfini
 latest checkpoint). At the end, <storage>/<name>/summary/ holds results.parquet/.csv, best_config.yaml (a ready
 training config for rayjobs/train_stgcn.py), best_checkpoint/ (+ the best epoch's mmaction2 .pth), plots/*.png
 and summary.json (the search's compute, the preset's score next to the winner's; with --folds the paired test
-and the test score; with --objective the Pareto front, pareto.csv and pareto/<trial>/best_config.yaml).
+and the test score; with --objective the Pareto front, pareto.csv and pareto/<trial>/best_config.yaml). With
+--folds the .pth is the winner retrained on train+val (its last epoch, the model tested; no best_checkpoint/).
+export_model.py and recognize.py --model take the summary folder.
 The search space is a YAML file (search_spaces/fight.yaml; format in search_spaces/README.md).
 """
 from __future__ import annotations
@@ -112,7 +114,7 @@ def main(argv: list[str] | None = None, default_space: str = "search_spaces/figh
 
 def final_test(summary: dict, folds: dict, experiment_uri: str) -> None:
     """Cross-validation's last step: the winner on train+val, scored once on the test split (summary leads)."""
-    from recognizer_core.storage import is_remote
+    from recognizer_core.storage import is_remote, join_uri
     from recognizer_core.tune import stgcn_job
     from recognizer_core.tune.cli import print_summary, save_summary
     from recognizer_core.tune.results import scratch_dir
@@ -122,19 +124,34 @@ def final_test(summary: dict, folds: dict, experiment_uri: str) -> None:
     # (a re-run's retrain would otherwise resume the previous invocation's finished run)
     local = scratch_dir(experiment_uri) if not is_remote(experiment_uri) else Path(summary["files"][0]).parent
     if "best_trial" not in summary or not folds["test"]:
-        if "best_trial" in summary:
-            summary["notes"].append("the dataset has no test split: no final score for the winner")
+        if "best_trial" in summary:  # (the retrain's model is the one tested: none is made without a test)
+            summary["notes"].append("the dataset has no test split: no final score for the winner and no retrained "
+                                    "model; train one from best_config.yaml with rayjobs/train_stgcn.py")
         save_summary(summary, local, experiment_uri)
         print_summary(summary, summary["metric"])
         return
     print("[tune] retraining the winner on train+val, then one test-split evaluation ...", flush=True)
-    final = stgcn_job.retrain_and_test(local / "best_config.yaml", folds["path"], stgcn_job.final_dir(experiment_uri))
+    final = stgcn_job.retrain_and_test(local / "best_config.yaml", folds["path"], stgcn_job.final_dir(experiment_uri),
+                                       model_dir=local)
+    if "model" in final:  # written into the summary folder: export_model.py / recognize.py --model <summary>
+        summary["files"].append(final["model"])
+        published = join_uri(experiment_uri, "summary")
+        final["model"] = join_uri(published, Path(final["model"]).name)
+        summary["notes"].append(f"the model (export_model.py / recognize.py --model {published}): "
+                                f"{Path(final['model']).name}, the winner retrained on train+val, its last epoch, "
+                                "the one tested")
+    else:
+        summary["notes"].append(f"the retrained model could not be written to the summary ({final['model_error']}); "
+                                f"its training checkpoint is {final['checkpoint']}")
     ordered = {"final_test": final, **summary}
     summary.clear()
     summary.update(ordered)
-    save_summary(summary, local, experiment_uri)
+    # final/ (stgcn_job.final_dir) is in the published summary folder: the retrain just wrote it there
+    save_summary(summary, local, experiment_uri, keep=("final",))
     print_summary(summary, summary["metric"])
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from recognizer_core.ray_runtime import run_job
+
+    sys.exit(run_job(main))

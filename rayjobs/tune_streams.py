@@ -32,7 +32,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def main(argv: list[str] | None = None) -> int:
-    from recognizer_core.config import describe_fields, load_config
+    from recognizer_core.config import load_config
+    from recognizer_core.config_args import describe_fields
     from recognizer_core.train.stgcn.config import TrainJobConfig
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -58,6 +59,13 @@ def main(argv: list[str] | None = None) -> int:
     if is_remote(args.storage_path):
         print(f"error: --storage-path {args.storage_path}: the fused ensemble is written to a local or shared (NFS) "
               "folder, not to object storage", file=sys.stderr)
+        return 2
+    from recognizer_core.config import check_safe_name
+
+    try:   # one line naming the flag (it named run.name=<name>_j inside a two-line config error)
+        check_safe_name(args.name)
+    except ValueError as err:
+        print(f"error: --name {args.name!r}: {err}", file=sys.stderr)
         return 2
     args.streams = list(dict.fromkeys(args.streams))  # a stream named twice would train one run twice at once
     storage = Path(output_uri(args.storage_path))  # never inside `ray job submit`'s package, which Ray deletes
@@ -100,19 +108,25 @@ def main(argv: list[str] | None = None) -> int:
     if errors:
         return 1
     out = fuse_streams(cfgs, {s: run_folder(c) for s, c in cfgs.items()},
-                       storage / args.name / "ensemble", args.metric)
+                       storage / args.name / "ensemble", args.metric, datasets=datasets)
     print(json.dumps({"streams": args.streams, "weights": out["weights"], "val": out["val"], "test": out["test"],
                       "ensemble": str(storage / args.name / "ensemble")}), flush=True)
     return 0
 
 
-def fuse_streams(cfgs: dict, run_dirs: dict, out_dir: Path, metric: str) -> dict:
-    """Each stream's best model on val and test, the fusion weights from val, ensemble.json + the models."""
+def fuse_streams(cfgs: dict, run_dirs: dict, out_dir: Path, metric: str, datasets: dict | None = None) -> dict:
+    """Each stream's best model on val and test, the fusion weights from val, ensemble.json + the models.
+    `datasets`: each stream's dataset as prepare_run resolved it (default: job.dataset_for, the same)."""
     from recognizer_core.config import dump_config
+    from recognizer_core.train.stgcn.job import dataset_for
     from recognizer_core.tune.ensemble import ensemble_from_runs
+    from recognizer_core.train.stgcn.job import recorded_config
 
     for s, cfg in cfgs.items():
-        dump_config(cfg, Path(run_dirs[s]) / "config.yaml")
+        # as train_stgcn.py records it: data.path the resolved (absolute) dataset, so that recognize / export /
+        # test_stgcn read the run from any directory (a relative one from --config was looked up again there)
+        dataset = datasets[s] if datasets is not None else dataset_for(cfg)
+        dump_config(recorded_config(cfg, dataset), Path(run_dirs[s]) / "config.yaml")
     report = ensemble_from_runs(run_dirs, out_dir, metric=metric)
     for split in ("val", "test"):
         if report[split]:
@@ -123,4 +137,6 @@ def fuse_streams(cfgs: dict, run_dirs: dict, out_dir: Path, metric: str) -> dict
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from recognizer_core.ray_runtime import run_job
+
+    sys.exit(run_job(main))

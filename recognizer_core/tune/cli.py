@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import sys
 from dataclasses import dataclass, field
@@ -65,7 +66,7 @@ def add_tune_args(parser: argparse.ArgumentParser, default_space: str,
     """The tune jobs' options; with `config_cls`, --help also lists every config field --set accepts. `hidden`:
     options (argparse dests) left out of --help, still parsed so that the job can refuse them by name."""
     if config_cls is not None:
-        from recognizer_core.config import describe_fields
+        from recognizer_core.config_args import describe_fields
 
         parser.formatter_class = argparse.RawDescriptionHelpFormatter  # examples come out as written
         parser.epilog = ((parser.epilog or "") + "\n\nconfig fields every trial accepts with --set (search-space "
@@ -164,6 +165,7 @@ def plan_from_args(args: argparse.Namespace, *, config_cls: type[BaseModel], job
     _check_job(args.space, job)
     space = load_search_space(args.space, config_cls, job=job, metrics=metrics)
     extra = _overrides_dict(args.overrides, config_cls)
+    space.check_user_overrides(extra)   # before --data and the demo budget add theirs
     if args.data:
         key = "data.train_pkl" if args.data.endswith(".pkl") else "data.path"
         local = "://" not in args.data
@@ -217,7 +219,8 @@ def plan_from_args(args: argparse.Namespace, *, config_cls: type[BaseModel], job
     suffix = "_smoke" if args.smoke else ("_demo" if demo else "")
     suffix += f"_cv{args.folds}" if args.folds and args.folds > 1 else ""
     suffix += "_mo" if args.objectives else ""
-    name = args.name or f"tune_{Path(args.space).stem}{suffix}"
+    # the default name must pass TuneOptions' SafeName check whatever the space file is called
+    name = args.name or re.sub(r"[^A-Za-z0-9._-]", "_", f"tune_{Path(args.space).stem}{suffix}")[:128]
     try:
         options = TuneOptions(name=name, storage_path=output_uri(args.storage_path or default_storage()),
                               retry_errored=args.retry_errored,
@@ -271,7 +274,7 @@ def finish(run, plan: TunePlan, config_cls: type[BaseModel], *,
            quiet: bool = False) -> dict:
     """Write the summary (table, best config + checkpoint, plots; the Pareto front of a multi-objective
     search) next to the experiment; print what it says, the honest comparison first."""
-    from recognizer_core.tune.results import publish_summary, records_from_grid, scratch_dir, write_summary
+    from recognizer_core.tune.results import records_from_grid, scratch_dir, write_summary
     from recognizer_core.storage import join_uri
 
     records = records_from_grid(run.result_grid)
@@ -304,11 +307,27 @@ def finish(run, plan: TunePlan, config_cls: type[BaseModel], *,
     return summary
 
 
-def save_summary(summary: dict, local: Path, experiment_uri: str) -> None:
+def save_summary(summary: dict, local: Path, experiment_uri: str, *, keep: Iterable[str] = ()) -> None:
+    """summary.json into `local`, then `local` published as the experiment's summary/ (replacing what it held
+    but `keep`, results.publish_summary)."""
     from recognizer_core.tune.results import publish_summary
 
     (local / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
-    publish_summary(local, experiment_uri)
+    publish_summary(local, experiment_uri, keep=keep)
+
+
+def summary_contents(summary: dict) -> str:
+    """What the summary folder holds, for its closing line: a search whose trials all errored has a results table
+    but no best config or checkpoint, and the line named them all the same."""
+    names = [Path(f).name for f in summary.get("files") or []]
+    parents = {Path(f).parent.name for f in summary.get("files") or []}
+    held = [what for what, there in (
+        ("results", any(n.startswith("results.") for n in names)), ("best config", "best_trial" in summary),
+        ("best checkpoint", "best_checkpoint" in summary), ("plots", "plots" in parents),
+        ("the winner retrained on train+val", "final_test" in summary)) if there]
+    if not held:
+        return "summary.json (no trial results)"
+    return held[0] if len(held) == 1 else ", ".join(held[:-1]) + " and " + held[-1]
 
 
 def print_summary(summary: dict, metric: str) -> None:
@@ -344,7 +363,7 @@ def print_summary(summary: dict, metric: str) -> None:
             f"{r['trial_id']} {metric}={r[metric]:.4f} " + " ".join(f"{o}={r[o]:.4g}" for o in pa["objectives"])
             for r in pa["front"]) + f". best_config.yaml = trial {pa['pick']['trial_id']} (the lowest "
             f"{pa['objectives'][0]} within {pa['within']:g} of the best)", flush=True)
-    print(f"[tune] results, best config, best checkpoint and plots: {summary['summary_dir']}", flush=True)
+    print(f"[tune] {summary_contents(summary)}: {summary['summary_dir']}", flush=True)
     from recognizer_core.ray_runtime import flush_worker_output
 
     flush_worker_output()  # the JSON line is the job's last: nothing from Ray's workers may follow it

@@ -9,13 +9,14 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import pandas as pd
+import pyarrow.fs as pafs
 import yaml
 from pydantic import BaseModel
 
-from recognizer_core.storage import copy_tree, exists, is_remote, join_uri
+from recognizer_core.storage import copy_tree, exists, filesystem, is_remote, join_uri
 from recognizer_core.tune.compare import search_compute, preset_comparison
 from recognizer_core.tune.plots import write_plots
 from recognizer_core.tune.records import (CHECKPOINT_KEY, FINAL_REPORT_KEY, TrialRecord, best_report,
@@ -24,7 +25,7 @@ from recognizer_core.tune.records import (CHECKPOINT_KEY, FINAL_REPORT_KEY, Tria
 from recognizer_core.tune.search_space import SearchSpace, set_dotted
 
 __all__ = ["CHECKPOINT_KEY", "FINAL_REPORT_KEY", "TrialRecord", "best_report", "records_from_grid",
-           "results_table", "write_summary", "publish_summary", "scratch_dir"]
+           "results_table", "write_summary", "publish_summary", "clear_dir", "scratch_dir"]
 
 
 def records_from_grid(grid) -> list[TrialRecord]:
@@ -174,8 +175,9 @@ def write_summary(records: list[TrialRecord], space: SearchSpace, config_cls: ty
         state = max(kept, key=lambda r: (r.get(metric, float("-inf")) if mode == "max"
                                          else -r.get(metric, float("inf")), r.get(time_attr, 0))) if kept else ckpt
         if state is None and any(r.get("cv/folds") for r in rec.reports):
+            # (tune_fight.final_test then writes that retrain's tested model here, as best_<metric>_epoch_<N>.pth)
             summary["notes"].append("cross-validated trials keep their fold runs' checkpoints in their trial "
-                                    "folders; the model to use is the winner retrained on train+val")
+                                    "folders (no best_checkpoint/); the model is the winner retrained on train+val")
         elif state is None:
             summary["notes"].append(f"trial {rec.trial_id} has no checkpoint left; no best checkpoint copied")
         else:
@@ -202,17 +204,33 @@ def write_summary(records: list[TrialRecord], space: SearchSpace, config_cls: ty
     return summary
 
 
-def publish_summary(local_dir: Path, experiment_uri: str) -> str:
-    """Where the summary ends up: inside the experiment (uploaded when the storage is remote)."""
+def publish_summary(local_dir: Path, experiment_uri: str, *, keep: Iterable[str] = ()) -> str:
+    """Where the summary ends up: inside the experiment (uploaded when the storage is remote). What the folder
+    held before is deleted first, except the entries named in `keep` (the --folds retrain, final/, which Ray's
+    workers write there between two publishes of one job): copy_tree deletes nothing, so a re-published s3://
+    summary kept the previous winner's .pth beside the new one (ensemble.py expects one best_*.pth)."""
     target = join_uri(experiment_uri, "summary")
-    if is_remote(experiment_uri):
-        copy_tree(str(local_dir.resolve()), target)
-        return target
-    if Path(target).resolve() != local_dir.resolve():
-        if Path(target).exists():
-            shutil.rmtree(target)
-        shutil.copytree(local_dir, target)
+    if not is_remote(experiment_uri) and Path(target).resolve() == local_dir.resolve():
+        return target   # built in place (scratch_dir): cli.finish emptied it first
+    clear_dir(target, keep=keep)
+    copy_tree(str(local_dir.resolve()), target)
     return target
+
+
+def clear_dir(uri: str, *, keep: Iterable[str] = ()) -> None:
+    """Delete what folder `uri` (local or s3:// / gs://) holds, but the entries named in `keep`; the folder may
+    be missing."""
+    fs, path = filesystem(uri)
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        return
+    keep = set(keep)
+    for info in fs.get_file_info(pafs.FileSelector(path)):
+        if info.base_name in keep:
+            continue
+        if info.type == pafs.FileType.Directory:
+            fs.delete_dir(info.path)
+        else:
+            fs.delete_file(info.path)
 
 
 def scratch_dir(experiment_uri: str) -> Path:

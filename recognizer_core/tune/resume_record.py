@@ -4,25 +4,28 @@ another space or scoring would mix two searches. Needs no Ray, so the tune scrip
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterable
 
 from pydantic import BaseModel
 
 from recognizer_core.config import ConfigError
 from recognizer_core.storage import join_uri, read_text, to_uri
-from recognizer_core.tune.search_space import SearchSpace
+from recognizer_core.tune.search_space import Param, SearchSpace
 
 if TYPE_CHECKING:
     from recognizer_core.tune.tuner import TuneOptions
 
 REQUEST_FILE = "recognizer_tune.json"
+# SearchSpace fields left out of the record: source (where the file is), demo (its overrides are in
+# extra_overrides when used), fixed (base + extra)
+RECORD_EXCLUDES = ("source", "demo", "fixed")
 
 
 def request_record(space: SearchSpace, extra: dict[str, Any], config_cls: type[BaseModel],
                    options: TuneOptions) -> dict:
     """What defines an experiment: resuming it with a different space or overrides would mix two searches."""
     return {"config_class": f"{config_cls.__module__}.{config_cls.__qualname__}",
-            "space": json.loads(space.model_dump_json(exclude={"source", "demo", "fixed"})),  # fixed: base + extra
+            "space": json.loads(space.model_dump_json(exclude=set(RECORD_EXCLUDES))),
             "extra_overrides": extra,
             "options": json.loads(options.model_dump_json(exclude={"storage_path", "retry_errored"}))}
 
@@ -30,19 +33,42 @@ def request_record(space: SearchSpace, extra: dict[str, Any], config_cls: type[B
 SCORED_OPTIONS = ("metric", "mode", "folds", "seed", "objectives", "epochs_field")
 
 
+def _defaults(model: type[BaseModel], skip: Iterable[str] = ()) -> dict[str, Any]:
+    """`model`'s fields that have a default, as JSON (how a record holds them)."""
+    return {name: json.loads(json.dumps(f.get_default(call_default_factory=True)))
+            for name, f in model.model_fields.items() if not f.is_required() and name not in skip}
+
+
 def _comparable(record: dict) -> dict:
-    """`record` with its space's params' null keys dropped: a key added to Param later (`counted_after`) is null in
-    new records, absent from older ones, unset in both (compared exactly, no older experiment could resume)."""
-    space = record.get("space") or {}
-    params = {n: {k: v for k, v in p.items() if v is not None} for n, p in (space.get("params") or {}).items()}
-    return {**record, "space": {**space, "params": params}} if params else record
+    """`record` with the defaults of the space's and its params' fields filled in where it lacks them: a field
+    added to SearchSpace or Param later (`epochs_field`, `counted_after`) is in new records, absent from older
+    ones, and the older code behaved as its default; compared as written, no older experiment could resume."""
+    space = record.get("space")
+    if not isinstance(space, dict):
+        return record
+    param_defaults = _defaults(Param)
+    params = {n: {**param_defaults, **p} if isinstance(p, dict) else p for n, p in (space.get("params") or {}).items()}
+    space = {**_defaults(SearchSpace, skip=RECORD_EXCLUDES), **space, "params": params}
+    return {**record, "space": space}
+
+
+def _moved_class(previous: str | None, current: str) -> bool:
+    """The same config class under another module path: the record was written by another version of the code
+    (recognizer_core.train.config.TrainJobConfig became recognizer_core.train.stgcn.config.TrainJobConfig)."""
+    return bool(previous) and previous != current and previous.rsplit(".", 1)[-1] == current.rsplit(".", 1)[-1]
 
 
 def _check_same_request(previous: dict, current: dict, experiment_uri: str) -> None:
     previous, current = _comparable(previous), _comparable(current)
+    if _moved_class(previous.get("config_class"), current["config_class"]):
+        # Tune's saved state (searcher, trials) names the old code's classes, and the user changed nothing
+        # that "re-run with the original space" could undo.
+        raise ConfigError(f"{experiment_uri} was started by an older (or other) recognizer version (config "
+                          f"class {previous['config_class']}, now {current['config_class']}) and cannot be "
+                          "resumed by this one: start a new --name (the old experiment's folder is left as it is).")
     changed = [k for k in ("config_class", "space", "extra_overrides") if previous.get(k) != current.get(k)]
     if changed:
-        details = []
+        details = [] if "config_class" not in changed else [f"config class {previous.get('config_class')}"]
         if "space" in changed:
             prev, cur = previous.get("space", {}), current["space"]
             for k in sorted(set(prev) | set(cur)):

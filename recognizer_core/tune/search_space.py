@@ -193,6 +193,36 @@ class SearchSpace(StrictModel):
                 out[field_of(name)] = value
         return out
 
+    def searched_fields(self) -> dict[str, str]:
+        """Every config field a trial's sampled values set -> what sets it: its parameters, or the choices whose
+        `sets` hold it (`optim.base_batch_size` <- `optim.type: sgd`)."""
+        out: dict[str, list[str]] = {}
+        for name, p in self.params.items():
+            if not is_bundle_name(name):
+                out.setdefault(field_of(name), []).append(name)
+            for key in dict.fromkeys(k for fields in (p.sets or {}).values() for k in fields):
+                labels = [label for label, fields in p.sets.items() if key in fields]
+                out.setdefault(key, []).append(f"{name}: {' / '.join(labels)}")
+        return {key: ("param " if len(by) == 1 else "params ") + ", ".join(by) for key, by in out.items()}
+
+    def check_user_overrides(self, overrides: dict[str, Any], flag: str = "--set") -> None:
+        """Refuse the user's own overrides (`--set`, not the demo's: a demo budget yields to what a trial samples)
+        of a field the space searches: each trial's sampled value replaced it, while the plan printed it as set
+        in every trial. Also a part of one (`train.class_weight[0]` where the list is searched). A section or list
+        that holds a searched field (`train.class_weight` where `[1]` is searched) is kept: the trial sets the
+        sampled part into it, and the --set's other parts hold."""
+        searched = self.searched_fields()
+        clashes = []
+        for key in overrides:
+            hits = [by if field == key else f"{field}: {by}" for field, by in searched.items()
+                    if _overlap(key, field) and len(key) >= len(field)]
+            clashes += [f"{key} ({'; '.join(hits)})"] if hits else []
+        if clashes:
+            one = len(clashes) == 1
+            raise SearchSpaceError(f"{self.source}: {flag} {', '.join(clashes)} {'is' if one else 'are'} searched by "
+                                   f"this space: a trial's sampled value replaces the {flag} one; remove "
+                                   f"{'it' if one else 'them'} from {flag} or from the space")
+
     def start_points(self) -> list[dict[str, Any]]:
         """`start_with` as Optuna sees parameters (choices by label), for the searcher to enqueue."""
         return [{k: (_label(v) if self.params[k].type == "choice" else v) for k, v in point.items()}
@@ -259,6 +289,13 @@ def scale_epochs(value: Any, epochs_of: int, epochs: int, last: int | None = Non
 def _sets(overrides: dict[str, Any], field: str) -> bool:
     """Whether dotted `overrides` set `field` (itself, a section holding it, or one of its elements)."""
     return any(k == field or field.startswith(k + ".") or k.startswith(field + "[") for k in overrides)
+
+
+def _overlap(a: str, b: str) -> bool:
+    """Whether dotted paths `a` and `b` name the same value or one holds the other (`optim` / `optim.lr`,
+    `train.class_weight` / `train.class_weight[1]`)."""
+    short, long = sorted((a, b), key=len)
+    return long == short or long.startswith((short + ".", short + "["))
 
 
 def field_of(name: str) -> str:

@@ -10,7 +10,7 @@ from typing import Any
 from recognizer_core.config import ConfigError
 from recognizer_core.train.stgcn.config import TrainJobConfig
 from recognizer_core.storage import (DEFAULT_JOB_ROOT, STORAGE_ENV, is_remote, join_uri, output_uri,
-                                     ray_package_root)
+                                     ray_package_root, to_uri)
 
 JOB = "stgcn"
 METRICS = ("val/acc_top1", "val/mean_class_accuracy", "train/loss")
@@ -71,7 +71,9 @@ def trial_overrides(extra: dict[str, Any], base: TrainJobConfig, experiment_uri:
 
     extra = dict(extra)
     # Demo clips or a pkl are converted to Parquet here, once, so concurrent trials never race to write them.
-    extra["data.path"] = str(prepare_dataset(base.data, datasets_dir(experiment_uri)))
+    # Absolute (to_uri, as job.dataset_for): a data.path found in the working directory came back as typed, and
+    # best_config.yaml recorded it so; read from elsewhere (export, recognize: fps and window) it missed.
+    extra["data.path"] = to_uri(prepare_dataset(base.data, datasets_dir(experiment_uri)))
     from recognizer_core.skeleton.store import SkeletonDataset
     from recognizer_core.train.stgcn.evaluate import label_names
 
@@ -169,46 +171,52 @@ def final_dir(experiment_uri: str) -> str:
 
 
 def clear_final_dir(out_uri: str) -> None:
-    """Delete final_dir() (local or s3://) before a retrain. Its run name and storage are the same in every
+    """Empty final_dir() (local or s3://) before a retrain. Its run name and storage are the same in every
     invocation, and Ray Train V2 resumes a run whose name and storage match: a re-run (a --retry-errored, a new
     winner) "resumed" the previous invocation's finished run, trained nothing and tested the old winner's weights
     as the new one's (and an old test_metrics.json would be read if the new test wrote none). A local
     experiment's folder is already gone (cli.finish wipes its summary/, which holds final/); nothing wiped it on
     object storage, where publish_summary's copy_tree deletes nothing. An interrupted retrain starts over."""
-    import pyarrow.fs as pafs
+    from recognizer_core.tune.results import clear_dir
 
-    from recognizer_core.storage import filesystem
-
-    fs, path = filesystem(out_uri)
-    if fs.get_file_info(path).type != pafs.FileType.NotFound:
-        fs.delete_dir(path)
+    clear_dir(out_uri)   # the one way this package empties a folder, local or remote
 
 
-def retrain_and_test(best_config: Path, fold_store: str, out_uri: str) -> dict:
+RETRAIN_RUN = "final_trainval"   # the retrain's run folder in final_dir()
+
+
+def retrain_and_test(best_config: Path, fold_store: str, out_uri: str, model_dir: Path | None = None) -> dict:
     """The cross-validated winner, trained once on train+val (its full schedule, the last epoch kept: nothing
     is left to choose an epoch on) and scored once on the test split, which the search never saw. `out_uri`:
-    final_dir(), local or s3://; the test metrics are read back through the storage module."""
+    final_dir(), local or s3://; the test metrics are read back through the storage module. The tested model
+    goes to `model_dir` (default: best_config's folder, the summary) as export / recognize find a Tune summary's
+    model (final_model); its "model" (or "model_error") says where it is."""
     import json
 
     import ray.train
 
     from recognizer_core.config import load_config
+    from recognizer_core.export.mmaction import remove_previous_best
     from recognizer_core.storage import read_text
     from recognizer_core.train.stgcn import job
     from recognizer_core.tune.folds import TRAINVAL
 
+    # val = trainval is the training data: early stopping on it would cut the schedule on training accuracy
     sets = [f"data.path={fold_store}", f"data.train_split={TRAINVAL}", f"data.val_split={TRAINVAL}",
-            "train.test_after_train=false"]
+            "train.test_after_train=false", "train.early_stopping.enabled=false"]
     # run.storage_path takes local or NFS folders only (it also holds prepared datasets): the run folder of a
     # remote experiment is given to Ray by the RunConfig alone
     if not is_remote(out_uri):
         sets.append(f"run.storage_path={out_uri}")
     cfg = load_config(TrainJobConfig, best_config, sets)
     clear_final_dir(out_uri)
-    run_config = ray.train.RunConfig(name="final_trainval", storage_path=out_uri,
+    run_config = ray.train.RunConfig(name=RETRAIN_RUN, storage_path=out_uri,
                                      checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
                                      logging_config=ray.train.LoggingConfig(log_level="WARNING"))
     result = job.build_trainer(cfg, run_config=run_config).fit()
+    # The loop exported a "best" epoch chosen on val = trainval, the training data, beside the run: not the
+    # model (that is the last epoch, tested below), so it goes.
+    remove_previous_best(join_uri(out_uri, RETRAIN_RUN), cfg.checkpoint.score_attribute, keep="")
     path = str(result.checkpoint.path)  # on object storage pyarrow's "bucket/key", without the scheme
     checkpoint = f"{out_uri.split('://', 1)[0]}://{path.lstrip('/')}" if is_remote(out_uri) else path
     test_uri = join_uri(out_uri, "final_test")
@@ -221,9 +229,32 @@ def retrain_and_test(best_config: Path, fold_store: str, out_uri: str) -> dict:
     if text is None:
         raise FileNotFoundError(f"{metrics_file}: the final test wrote no metrics")
     metrics = json.loads(text)
-    return {"epochs": cfg.train.epochs, "checkpoint": checkpoint, "test_split": "test",
-            "acc_top1": metrics["acc_top1"], "mean_class_accuracy": metrics["mean_class_accuracy"],
-            "num_samples": metrics.get("num_samples"), "metrics_file": metrics_file}
+    out = {"epochs": cfg.train.epochs, "checkpoint": checkpoint, "test_split": "test",
+           "acc_top1": metrics["acc_top1"], "mean_class_accuracy": metrics["mean_class_accuracy"],
+           "num_samples": metrics.get("num_samples"), "metrics_file": metrics_file}
+    try:  # the score is taken: a failed export is said in the summary, not lost with it
+        out["model"] = str(final_model(cfg, checkpoint, Path(model_dir or Path(best_config).parent)))
+    except Exception as err:  # noqa: BLE001
+        out["model_error"] = f"{type(err).__name__}: {err}"[:500]
+    return out
+
+
+def final_model(cfg: TrainJobConfig, checkpoint: str, model_dir: Path) -> Path:
+    """The retrained model as a Tune summary's model: `best_<metric>_epoch_<last>.pth` in `model_dir` (beside
+    best_config.yaml, whose data.path is the original dataset, absolute: recognize and export read its
+    training split for fps and window, not the fold view derived from it), exported from the tested checkpoint
+    (fetched first when remote), named by its own epoch, the last one. A model_dir's earlier such file is
+    replaced (export_best_model)."""
+    import tempfile
+
+    from recognizer_core.export.mmaction import export_from_checkpoint
+    from recognizer_core.tune.results import fetch_checkpoint
+
+    meta = {"source": "recognizer tune --folds: the winner retrained on train+val, last epoch, tested once on "
+                      "the test split"}
+    with tempfile.TemporaryDirectory(prefix="recognizer_final_") as tmp:
+        local = fetch_checkpoint(checkpoint, Path(tmp) / "checkpoint") if is_remote(checkpoint) else checkpoint
+        return Path(export_from_checkpoint(cfg, local, str(model_dir), extra_meta=meta))
 
 
 def export_best(cfg: TrainJobConfig, checkpoint_dir: Path, out_dir: Path, *, trial_path: str = "") -> list[Path]:

@@ -25,7 +25,7 @@ from typing import Any, Callable, Literal
 
 from pydantic import BaseModel, Field
 
-from recognizer_core.config import ConfigError, StrictModel
+from recognizer_core.config import ConfigError, SafeName, StrictModel
 from recognizer_core.tune.records import FINAL_REPORT_KEY
 from recognizer_core.tune.reports import validated_epochs
 from recognizer_core.tune.resume_record import REQUEST_FILE, check_resumable, request_record
@@ -38,7 +38,10 @@ TRAIN_SNAPSHOT = "checkpoint_manager_snapshot.json"  # written by Ray Train V2 i
 class TuneOptions(StrictModel):
     """How to search: budget, scheduler, resources, where results go."""
 
-    name: str = Field(description="experiment name: <storage_path>/<name>; the same name resumes it")
+    # SafeName, as run.name: the name becomes a folder or object key. Unchecked, "fight#2" wrote the request record
+    # as s3 object runs/fight (pyarrow's URI parser drops '#...'), "../x" wrote beside the storage path, and a
+    # non-ASCII name was no URI at all.
+    name: SafeName = Field(description="experiment name: <storage_path>/<name>; the same name resumes it")
     storage_path: str = Field("work_dirs/tune", description="local folder, or s3:// / gs:// URI (needed on a "
                                                             "multi-node cluster)")
     metric: str | None = Field(None, description="metric to optimise (default: the space's)")
@@ -326,8 +329,23 @@ def run_tuning(space: SearchSpace, config_cls: type[BaseModel], build_trainer: C
                 name=options.name, storage_path=storage, verbose=0,
                 failure_config=tune.FailureConfig(max_failures=options.max_failures),
                 callbacks=[progress]))
+    # Ctrl-C must stop a search the way SIGTERM does (ray_runtime.install_stop_handlers: KeyboardInterrupt, the
+    # "stopped ... re-run" line, exit 130). Tune's own SIGINT handler (tune.run, read at each fit) only set a flag:
+    # fit returned normally and the job summarised, exported and (--folds) retrained the half-finished search.
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     grid = tuner.fit()
+    _raise_if_stopped()
     return TuneRun(result_grid=grid, experiment_uri=experiment_uri, metric=metric, mode=mode, restored=restored)
+
+
+def _raise_if_stopped() -> None:
+    """A stop signal that reached the project's handler but whose KeyboardInterrupt something swallowed (Ray Train
+    can swallow one) still stops the job here: a stopped search is no result to summarise or export."""
+    from recognizer_core import ray_runtime
+
+    stopped = ray_runtime.stop_requested()
+    if stopped:
+        raise KeyboardInterrupt(stopped)
 
 
 def default_storage() -> str:
