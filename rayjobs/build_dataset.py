@@ -27,7 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from recognizer_core.config import ConfigError, add_config_args, config_from_args  # noqa: E402
+from recognizer_core.config import ConfigError  # noqa: E402
+from recognizer_core.config_args import add_config_args, config_from_args  # noqa: E402
 from recognizer_core.dataset.build import plan_videos, resolve_paths, run_build  # noqa: E402
 from recognizer_core.dataset.config import DatasetBuildConfig  # noqa: E402
 from recognizer_core.ray_runtime import RayStartError, start_ray  # noqa: E402
@@ -84,4 +85,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from recognizer_core.ray_runtime import run_job
+
+    sys.exit(run_job(main))

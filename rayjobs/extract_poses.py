@@ -11,6 +11,8 @@ created). Paths must be shared storage (NFS) or URIs (s3://) on a cluster. Re-ru
 finished videos (manifest keyed by path + size + mtime); a killed job loses only the videos in flight. Bad
 videos are recorded in failures.jsonl, videos without persons in empty_clips.jsonl, truncated ones flagged;
 the job goes on and ends with a summary (summary.json, and one JSON line on stdout).
+Exit status: 0; 2 for bad input (or a failed --build-dataset); 1 when no video of the source has a clip (none
+extracted now or before) and some failed, in this run or an earlier one (a re-run that skips them all too).
 The logic lives in recognizer_core/extract/ (job.py wires the stages).
 """
 from __future__ import annotations
@@ -22,7 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from recognizer_core.config import ConfigError, add_config_args, config_from_args  # noqa: E402
+from recognizer_core.config import ConfigError  # noqa: E402
+from recognizer_core.config_args import add_config_args, config_from_args  # noqa: E402
 from recognizer_core.extract.backends import BackendError  # noqa: E402
 from recognizer_core.extract.config import ExtractionConfig  # noqa: E402
 from recognizer_core.extract.job import prepare_extraction, run_prepared  # noqa: E402
@@ -31,6 +34,18 @@ from recognizer_core.ray_runtime import RayStartError, start_ray  # noqa: E402
 from recognizer_core.recognize.pose_models import PoseModelError, resolve_pose_model  # noqa: E402
 
 INPUT_ERRORS = (ConfigError, SourceError, BackendError, PoseModelError)
+
+
+def nothing_extracted(summary: dict) -> str | None:
+    """The line saying that no video has a clip and some failed (exit 1), or None. Videos finished by an earlier run
+    count as extracted (a re-run of a finished job with a few failures succeeds); a source of only empty videos
+    (nobody in them) is no failure. Every video failing exited 0, on the first run and on every re-run."""
+    failed = summary["failed"] + summary["skipped_failed"]
+    if summary["done"] + summary["skipped_done"] or not failed:
+        return None
+    earlier = f" ({summary['skipped_failed']} in an earlier run)" if summary["skipped_failed"] else ""
+    return (f"error: no video was extracted: {failed} of {summary['videos']} failed{earlier}; failures.jsonl "
+            f"in {summary['output']} says why (--set retry_failed=true tries them again)")
 
 
 def run_extraction(cfg: ExtractionConfig, verbose: bool = True) -> dict:
@@ -88,8 +103,13 @@ def main(argv: list[str] | None = None) -> int:
         except (ConfigError, RayStartError, ValueError) as err:
             print(f"error: --build-dataset: {err}", file=sys.stderr)
             return 2
+    if (line := nothing_extracted(summary)) is not None:   # after a build of other sources' clips, if asked
+        print(line, file=sys.stderr)
+        return 1
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from recognizer_core.ray_runtime import run_job
+
+    sys.exit(run_job(main))

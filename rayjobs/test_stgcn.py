@@ -27,7 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from recognizer_core.config import ConfigError, add_config_args, config_from_args, load_config  # noqa: E402
+from recognizer_core.config import ConfigError, load_config  # noqa: E402
+from recognizer_core.config_args import add_config_args, config_from_args  # noqa: E402
 from recognizer_core.skeleton.store import SkeletonDataset  # noqa: E402
 from recognizer_core.storage import input_path, output_uri  # noqa: E402
 from recognizer_core.train.stgcn.config import TrainJobConfig  # noqa: E402
@@ -227,4 +228,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from recognizer_core.ray_runtime import run_job
+
+    sys.exit(run_job(main))

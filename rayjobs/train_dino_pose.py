@@ -34,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import yaml  # noqa: E402
 
 from recognizer_core.coco_pose.demo import smoke_run_overrides, wants_smoke_run  # noqa: E402
-from recognizer_core.config import ConfigError, add_config_args, config_from_args  # noqa: E402
+from recognizer_core.config import ConfigError  # noqa: E402
+from recognizer_core.config_args import add_config_args, config_from_args  # noqa: E402
 from recognizer_core.storage import exists, join_uri, write_text  # noqa: E402
 from recognizer_core.train.cpu_malloc import require_tcmalloc  # noqa: E402
 from recognizer_core.train.dino_pose.config import DinoPoseJobConfig  # noqa: E402
@@ -136,4 +137,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from recognizer_core.ray_runtime import run_job
+
+    sys.exit(run_job(main))

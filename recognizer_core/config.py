@@ -6,7 +6,6 @@ preset is one self-contained YAML file.
 """
 from __future__ import annotations
 
-import argparse
 import collections.abc
 import copy
 import difflib
@@ -128,15 +127,31 @@ def _parse_value(text: str, loader: type = yaml.SafeLoader) -> Any:
 _INDEX = re.compile(r"^(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:\[(?P<index>\d+)\])?$")
 
 
-def split_dotted(key: str) -> list[tuple[str, int | None]]:
-    """`a.b[2]` -> [("a", None), ("b", 2)]; KeyError naming the bad part."""
-    out = []
-    for part in key.split("."):
+def _dict_values(ann: Any) -> Any:
+    """The value annotation of a dict field, or None for any other field."""
+    arm = next((a for a in _arms(ann) if typing.get_origin(a) in (dict, collections.abc.Mapping)), None)
+    return typing.get_args(arm)[1] if arm is not None and len(typing.get_args(arm)) == 2 else None
+
+
+def split_dotted(key: str, cls: type[BaseModel] | None = None) -> list[tuple[str, int | None]]:
+    """`a.b[2]` -> [("a", None), ("b", 2)]; KeyError naming the bad part. With the config class, the part after a
+    dict field is a key of that dict, as written (`thresholds.싸움`, `thresholds.정상 상황`: class names are not
+    field names); where its values are not sections, the rest of the key is (a class name may hold a '.')."""
+    out: list[tuple[str, int | None]] = []
+    parts, node = key.split("."), cls
+    while parts:
+        part = parts.pop(0)
         m = _INDEX.match(part)
         if not m:
             raise KeyError(f"{key!r}: {part!r} is not a field name (letters, digits, _; optional [index]); a "
                            f"mapping key like it goes in the value: --set '{key.rsplit('.', 1)[0]}={{{part}: ...}}'")
         out.append((m["name"], None if m["index"] is None else int(m["index"])))
+        field = node.model_fields.get(m["name"]) if node is not None and m["index"] is None else None
+        node, values = (_model_in(field.annotation), _dict_values(field.annotation)) if field else (None, None)
+        if values is not None and parts:   # dict[str, Section]: one key, then the section's fields
+            node = _model_in(values)
+            out.append((parts.pop(0) if node is not None else ".".join(parts), None))
+            parts = parts if node is not None else []
     return out
 
 
@@ -154,8 +169,8 @@ def get_dotted(data: dict, key: str, default: Any = KeyError) -> Any:
         return default
 
 
-def set_dotted(data: dict, key: str, value: Any) -> None:
-    parts = split_dotted(key)
+def set_dotted(data: dict, key: str, value: Any, cls: type[BaseModel] | None = None) -> None:
+    parts = split_dotted(key, cls)
     node = data
     for name, index in parts[:-1]:
         if index is not None:
@@ -179,7 +194,7 @@ def set_dotted(data: dict, key: str, value: Any) -> None:
 
 def _target_annotation(cls: type[BaseModel] | None, key: str) -> Any:
     """The annotation of the field a dotted key sets (the element type for `list[i]`), or None if unknown."""
-    *path, (name, index) = split_dotted(key)  # a bad key: KeyError, which the callers report
+    *path, (name, index) = split_dotted(key, cls)  # a bad key: KeyError, which the callers report
     section = _section_at(cls, tuple(p for p, _ in path)) if cls is not None else None
     field = section.model_fields.get(name) if section is not None else None
     if field is None or index is None:
@@ -214,7 +229,7 @@ def apply_overrides(data: dict, overrides: list[str], source: str = "--set",
             raise ConfigError(f"{source}: override {item!r} must look like section.field=value")
         key, value = item.split("=", 1)
         try:
-            set_dotted(data, key.strip(), _parse_for(value, _target_annotation(cls, key.strip())))
+            set_dotted(data, key.strip(), _parse_for(value, _target_annotation(cls, key.strip())), cls)
         except KeyError as err:
             raise ConfigError(f"{source}: {err.args[0]}") from None
     return data
@@ -328,73 +343,3 @@ def dump_config(cfg: BaseModel, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(json.loads(cfg.model_dump_json()), sort_keys=False))
     return path
-
-
-def _type_name(annotation: Any) -> str:
-    origin = typing.get_origin(annotation)
-    if origin is typing.Literal:
-        return " | ".join(repr(a) for a in typing.get_args(annotation))
-    if origin is not None:
-        args = ", ".join(_type_name(a) for a in typing.get_args(annotation))
-        name = getattr(origin, "__name__", str(origin)).replace("UnionType", "Union")
-        return f"{name}[{args}]"
-    return getattr(annotation, "__name__", str(annotation))
-
-
-def describe_fields(cls: type[BaseModel], prefix: str = "") -> list[str]:
-    """One line per leaf field: dotted name, type, default, description (for --help)."""
-    lines = []
-    for name, field in cls.model_fields.items():
-        key = f"{prefix}{name}"
-        ann = field.annotation
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            if field.description:
-                lines.append(f"{key}: {field.description}")
-            lines.extend(describe_fields(ann, key + "."))
-            continue
-        default = "required" if field.is_required() else f"default {field.get_default(call_default_factory=True)!r}"
-        desc = f"  {field.description}" if field.description else ""
-        lines.append(f"  {key} ({_type_name(ann)}, {default}){desc}")
-    return lines
-
-
-def _set_example(cls: type[BaseModel]) -> str:
-    """A --set example naming two real number fields of this job's config (at their defaults, so it is valid)."""
-    picks = []
-
-    def walk(model: type[BaseModel], prefix: str) -> None:
-        for name, field in model.model_fields.items():
-            sub = _model_in(field.annotation)
-            if sub is not None and sub is not model:
-                walk(sub, f"{prefix}{name}.")
-            elif not field.is_required():
-                default = field.get_default(call_default_factory=True)
-                if type(default) in (int, float) and default:
-                    picks.append((f"{prefix}{name}", default))
-
-    walk(cls, "")
-    order = {"model": 0, "optim": 1, "train": 2}
-    picks.sort(key=lambda kv: order.get(kv[0].split(".")[0], 3))
-    return " ".join(f"--set {key}={json.dumps(value)}" for key, value in picks[:2])
-
-
-def add_config_args(parser: argparse.ArgumentParser, cls: type[BaseModel], default_config: str | None = None) -> None:
-    """Add --config/--set to a parser and list every field of `cls` in --help.
-
-    The description and epilog are printed as written (RawDescriptionHelpFormatter); a relative default config
-    is resolved from the repository so the job runs from any working directory.
-    """
-    parser.add_argument("--config", default=resolve_repo_path(default_config),
-                        help="YAML config file (a preset from configs/)")
-    example = _set_example(cls)
-    parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
-        help="dotted override of any config field listed below, repeatable" + (f", e.g. {example}" if example else ""),
-    )
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.epilog = ((parser.epilog or "") + "\n\nconfig fields (set in the YAML or with --set):\n"
-                     + "\n".join(describe_fields(cls)))
-
-
-def config_from_args(cls: type[T], args: argparse.Namespace) -> T:
-    return load_config(cls, resolve_repo_path(args.config), args.overrides)

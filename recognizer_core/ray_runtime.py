@@ -249,10 +249,8 @@ def install_stop_handlers() -> None:
         raise KeyboardInterrupt(_STOPPED_BY[-1])
 
     def quiet_interrupt(kind, value, tb):  # one line, not a traceback through Ray's internals
-        if issubclass(kind, KeyboardInterrupt):  # ray.get raises a KeyboardInterrupt of its own, with no text
-            by = str(value) or (_STOPPED_BY or ["Ctrl-C"])[-1]
-            print(f"stopped ({by}); finished work is kept (checkpoints, trials, extracted videos), re-run the same "
-                  "command to continue", file=sys.stderr, flush=True)
+        if issubclass(kind, KeyboardInterrupt):
+            _print_stopped(value)
             return
         previous_hook(kind, value, tb)
 
@@ -266,6 +264,29 @@ def install_stop_handlers() -> None:
         signal.signal(signal.SIGTERM, stop)
         if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
             signal.signal(signal.SIGINT, stop)
+
+
+def stop_requested() -> str | None:
+    """The signal that asked this process to stop ("Ctrl-C", "SIGTERM"), or None: for code after a call that may
+    swallow the KeyboardInterrupt (Ray Tune and Ray Train can), so a stopped job publishes no result."""
+    return _STOPPED_BY[-1] if _STOPPED_BY else None
+
+
+def _print_stopped(value: BaseException) -> None:
+    by = str(value) or (_STOPPED_BY or ["Ctrl-C"])[-1]  # ray.get raises a KeyboardInterrupt of its own, no text
+    print(f"stopped ({by}); finished work is kept (checkpoints, trials, extracted videos), re-run the same "
+          "command to continue", file=sys.stderr, flush=True)
+
+
+def run_job(main, *args, **kwargs) -> int:
+    """`sys.exit(run_job(main))` in every job: a stop (Ctrl-C, SIGTERM) exits 130 with one line. Python exits 130 by
+    itself on an uncaught KeyboardInterrupt, but not once Ray is imported: code Ray runs at exit clears the
+    interpreter's note of it, and the job exited 1, which a scheduler reads as a failure (measured)."""
+    try:
+        return main(*args, **kwargs)
+    except KeyboardInterrupt as stop:
+        _print_stopped(stop)
+        return 130
 
 
 def start_ray_or_exit(job: str, address: str | None = None, **kwargs) -> RayInfo:

@@ -6,8 +6,8 @@ from typing import Literal
 
 import pytest
 
-from recognizer_core.config import (ConfigError, StrictModel, add_config_args, apply_overrides,
-                                    config_from_args, dump_config, load_config)
+from recognizer_core.config import ConfigError, StrictModel, apply_overrides, dump_config, load_config
+from recognizer_core.config_args import add_config_args, config_from_args
 
 
 class Model(StrictModel):

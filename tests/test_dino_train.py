@@ -13,7 +13,8 @@ from conftest import REPO, shared_path
 from dino_tiny import make_tiny_dino, tiny_job_overrides
 
 import recognizer_core.train.dino_pose.loop as dino_loop
-from recognizer_core.config import ConfigError, config_from_args, load_config
+from recognizer_core.config import ConfigError, load_config
+from recognizer_core.config_args import config_from_args
 from recognizer_core.train.context import LocalContext
 from recognizer_core.train.dino_pose.config import DinoPoseJobConfig
 from recognizer_core.train.dino_pose.loop import BEST_FILE, LATEST_FILE, MODEL_FILE, load_pose_model, \

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from recognizer_core.config import ConfigError, describe_fields, load_config
+from recognizer_core.config import ConfigError, load_config
+from recognizer_core.config_args import describe_fields
 from recognizer_core.dataset.config import DatasetBuildConfig
 from recognizer_core.extract.config import ExtractionConfig, SourceConfig
 from recognizer_core.extract.manifest import DONE, FAILED, ExtractionManifest

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from recognizer_core.config import describe_fields, field_names
+from recognizer_core.config import field_names
+from recognizer_core.config_args import describe_fields
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = sorted((REPO / "rayjobs").glob("*.py"))
