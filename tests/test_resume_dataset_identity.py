@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from recognizer_core.config import dump_config, load_config
+from recognizer_core.config import dump_config
 from recognizer_core.skeleton.clip import SkeletonDataError
 from recognizer_core.skeleton.demo_data import make_demo_clips
 from recognizer_core.skeleton.store import SkeletonDataset, write_dataset
@@ -22,16 +22,9 @@ from recognizer_core.train.stgcn.dataset_source import dataset_location
 from recognizer_core.train.stgcn.loop import train_loop
 from recognizer_core.train.stgcn.run_state import DATASET_FILE, DatasetIdentity, check_resumable
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = ["model.num_stages=2", "model.base_channels=8", "model.inflate_stages=[2]", "model.down_stages=[2]",
-        "pipeline.clip_len=16", "train.epochs=1", "train.batch_size=4", "train.val_interval=1",
-        "data.loader_workers=0", "schedule.warmup_epochs=0", "train.log_interval=0", "train.test_after_train=false"]
+from test_train_inputs import _cfg  # the tiny fight_stable config those tests train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def _cfg(*extra: str) -> TrainJobConfig:
-    return load_config(TrainJobConfig, REPO / "configs/fight_stable.yaml", TINY + list(extra))
 
 
 def _write(folder: Path, n: int) -> None:

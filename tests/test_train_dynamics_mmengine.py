@@ -13,7 +13,6 @@ measured with its own schedulers (/tmp/review_dynamics/acc_out.txt of the review
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 from pathlib import Path
 from types import SimpleNamespace
@@ -21,7 +20,6 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from recognizer_core.skeleton.demo_data import make_demo_clips
 from recognizer_core.skeleton.store import write_dataset
@@ -29,6 +27,7 @@ from recognizer_core.train.context import LocalContext
 from recognizer_core.train.stgcn import loop as loop_mod
 from recognizer_core.train.stgcn.config import ScheduleConfig
 from recognizer_core.train.stgcn.optim import lr_factor
+from test_experiment_log_review import _lr_of_each_step
 from test_train_inputs import _cfg
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -39,17 +38,6 @@ def _dataset(tmp_path: Path, n: int) -> str:
     """make_demo_clips('fight', 16, seed=1) has 12 train clips, ('fight', 24, seed=1) 17."""
     return str(write_dataset(make_demo_clips("fight", n, seed=1), tmp_path / f"ds{n}",
                              label_names=("NonFight", "Fight"), overwrite=True))
-
-
-@contextlib.contextmanager
-def _step_lrs():
-    """The lr of every optimizer.step() run in the block."""
-    used: list[float] = []
-    handle = register_optimizer_step_pre_hook(lambda opt, args, kwargs: used.append(opt.param_groups[0]["lr"]))
-    try:
-        yield used
-    finally:
-        handle.remove()
 
 
 def _train(tmp_path: Path, ds: str, name: str, *extra: str) -> tuple[dict, LocalContext]:
@@ -63,7 +51,7 @@ def _state(ctx: LocalContext, epoch: int) -> dict:
 
 def test_accumulated_steps_use_mmengines_per_iteration_warmup_lr(tmp_path):
     ds = _dataset(tmp_path, 16)  # 12 train clips, batch 3: 4 batches an epoch
-    with _step_lrs() as used:
+    with _lr_of_each_step() as used:
         _train(tmp_path, ds, "acc", "train.epochs=3", "train.batch_size=3", "train.accumulative_counts=2",
                "schedule.warmup_epochs=2", "train.val_interval=3")
     # warmup over 8 iterations; the steps run at iterations 1, 3, 5, 7, 9, 11
@@ -75,7 +63,7 @@ def test_accumulation_groups_restart_every_epoch_and_the_schedule_counts_batches
     """The declared difference: 2 epochs x 3 batches at accumulation 2 are 4 optimizer steps here (groups [2, 1]
     per epoch), 3 in mmengine. The schedule still counts the 6 batches, as mmengine's does."""
     ds = _dataset(tmp_path, 16)  # 12 train clips, batch 4: 3 batches an epoch
-    with _step_lrs() as used:
+    with _lr_of_each_step() as used:
         _, ctx = _train(tmp_path, ds, "groups", "train.epochs=2", "train.batch_size=4",
                         "train.accumulative_counts=2", "schedule.warmup_epochs=0", "train.val_interval=2")
     assert len(used) == 4
