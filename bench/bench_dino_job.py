@@ -35,7 +35,7 @@ def run_without_ray(storage: str) -> None:
     import train_dino_pose as job
 
     from recognizer_core.coco_pose.demo import smoke_run_overrides
-    from recognizer_core.config import config_from_args
+    from recognizer_core.config_args import config_from_args
     from recognizer_core.train.context import LocalContext
     from recognizer_core.train.dino_pose.config import DinoPoseJobConfig
     from recognizer_core.train.dino_pose.loop import run_dino_pose_training

@@ -102,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(run_build(bcfg, plan)))
         except (ConfigError, RayStartError, ValueError) as err:
             print(f"error: --build-dataset: {err}", file=sys.stderr)
+            if (line := nothing_extracted(summary)) is not None:   # the build's failure follows from this one
+                print(line, file=sys.stderr)
+                return 1
             return 2
     if (line := nothing_extracted(summary)) is not None:   # after a build of other sources' clips, if asked
         print(line, file=sys.stderr)

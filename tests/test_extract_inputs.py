@@ -134,11 +134,13 @@ def test_extract_build_dataset_with_no_finished_video_is_one_error_line(tmp_path
                                                      video_id=video.video_id, reason="decode error")
     proc = _job("--input", str(videos), "--onnx", str(fake_model), "--output", "out", "--build-dataset", "ds",
                 cwd=tmp_path)
-    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.returncode == 1, proc.stderr[-2000:]   # nothing extracted (docs/extraction.md), not a usage error
     assert proc.stderr.strip().splitlines() == [
         "[extract] failed: Fight/a.mp4: decode error",
         f"error: --build-dataset: poses: {tmp_path / 'out'} has no finished videos "
-        "(run rayjobs/extract_poses.py first)"]
+        "(run rayjobs/extract_poses.py first)",
+        f"error: no video was extracted: 1 of 1 failed (1 in an earlier run); failures.jsonl in {tmp_path / 'out'} "
+        "says why (--set retry_failed=true tries them again)"]
     assert not (tmp_path / "ds").exists()
 
 

@@ -87,6 +87,25 @@ def test_absolute_object_store_rows_are_escaped_unless_they_are_already(s3):
                                            "s3://bkt/v/plain.mp4"]
 
 
+def test_the_options_of_an_object_store_source_reach_every_video_under_it(s3, monkeypatch):
+    """A MinIO endpoint given in the source's URI options (`?endpoint_override=...&scheme=http`): the folder was
+    listed with them, but its videos and a CSV's relative rows were opened without them (the default endpoint)."""
+    s3.create_bucket(Bucket="bkt")
+    for key in ("v/Fight/a.mp4", "v/NonFight/b c.mp4"):
+        s3.put_object(Bucket="bkt", Key=key, Body=key.encode())
+    s3.put_object(Bucket="bkt", Key="v/m.csv", Body=b"path,label\nFight/a.mp4,Fight\nNonFight/b c.mp4,NonFight\n")
+    endpoint = s3.meta.endpoint_url.split("://", 1)[1]
+    monkeypatch.delenv("AWS_ENDPOINT_URL")   # only the URI's options say where the server is
+    options = f"?endpoint_override={endpoint}&scheme=http"
+    for cfg in (SourceConfig(input=f"s3://bkt/v{options}"), SourceConfig(manifest_csv=f"s3://bkt/v/m.csv{options}")):
+        videos = list_videos(cfg)
+        assert [v.rel_path for v in videos] == ["Fight/a.mp4", "NonFight/b c.mp4"]
+        for video in videos:
+            assert video.uri.endswith(options), video.uri
+            with open_video_file(video.uri) as f:
+                assert f.read() == f"v/{video.rel_path}".encode()
+
+
 def test_record_times_are_utc_and_ordered_by_their_instant(tmp_path, s3):
     """Times were local clock time without a zone: compact() filed a newer record of a driver in another zone (or
     after a DST fall-back) as older. Records without an offset (older code) come first, in their given order."""
@@ -186,3 +205,19 @@ def test_classes_of_an_earlier_mac_extraction_are_not_listed_twice(tmp_path):
     others = [{"label_name": unicodedata.normalize("NFD", "낙상")}, {"label_name": "싸움"}]
     names = _with_earlier_classes(cfg, ["싸움"], others)
     assert names == ["싸움", "낙상"], [unicodedata.is_normalized("NFC", n) for n in names]
+
+
+def test_a_build_from_records_of_an_earlier_mac_extraction_takes_them_as_the_same_classes(tmp_path, monkeypatch):
+    """Another source's records (and its listing) kept the NFD names an earlier extraction wrote while labels.json
+    is NFC now: plan_videos refused with "label_names ['싸움', '정상'] lacks labels ...: ['싸움', '정상']"."""
+    from recognizer_core.dataset import build
+    from recognizer_core.dataset.config import DatasetBuildConfig
+
+    (tmp_path / "labels.json").write_text(json.dumps({"label_names": ["싸움", "정상"]}))
+    nfd = {n: unicodedata.normalize("NFD", n) for n in ("싸움", "정상")}
+    records = [{"video_id": f"v{i}", "label_name": nfd[n] if i % 2 else n, "output": f"clips/v{i}.parquet"}
+               for i, n in enumerate(["싸움", "정상"] * 4)]
+    monkeypatch.setattr(build.ExtractionManifest, "current_done", lambda self: (records, 0))
+    jobs, names, unlabelled = build.plan_videos(DatasetBuildConfig(poses=str(tmp_path)))
+    assert names == ["싸움", "정상"] and unlabelled == 0
+    assert [j["label"] for j in jobs] == [0, 1] * 4 and {j["label_name"] for j in jobs} == {"싸움", "정상"}

@@ -189,3 +189,18 @@ def test_an_older_run_finds_demo_data_under_recognizer_storage_and_warns_once_fo
     assert len(caplog.records) == 1
     line = caplog.records[0].getMessage()
     assert "data.path='outputs/ds'" in line and "start from the directory the run was trained in" in line
+
+
+def test_class_names_given_in_nfc_name_the_classes_of_a_model_with_nfd_names():
+    """A model trained from a Mac's (NFD) folder names, a threshold typed on Linux (NFC): "unknown class(es)
+    ['싸움']; the model's classes are ['정상', '싸움']" before."""
+    from recognizer_core.config import apply_overrides
+    from recognizer_core.recognize.runner import RecognizeConfig, effective_spec, shared_span
+
+    nfd = [unicodedata.normalize("NFD", n) for n in ("정상", "싸움")]
+    spec = ModelSpec.model_validate({"label_names": nfd, "pipeline": {}, "window_frames": 48})
+    cfg = RecognizeConfig.model_validate(apply_overrides(
+        {"shared_span_classes": ["싸움"]}, ["thresholds.싸움=0.7"], cls=RecognizeConfig))
+    out = effective_spec(spec, cfg)
+    assert out.threshold(1).on == 0.7 and out.threshold(1).source == "config"
+    assert shared_span(spec, cfg) == frozenset({1})

@@ -30,6 +30,7 @@ from recognizer_core.dataset.config import DatasetBuildConfig
 from recognizer_core.dataset.windows import SPLITS, assign_splits, make_windows, missing_labels
 from recognizer_core.extract.manifest import ExtractionManifest
 from recognizer_core.extract.clip_files import read_clip_file
+from recognizer_core.extract.sources import nfc
 from recognizer_core.skeleton.clip import SkeletonClip, SkeletonDataError
 from recognizer_core.skeleton.mmaction_pkl import parquet_to_pkl
 from recognizer_core.skeleton.store import SkeletonDataset, write_dataset
@@ -132,7 +133,10 @@ def plan_videos(cfg: DatasetBuildConfig) -> tuple[list[dict], list[str], int]:
     labels_json = storage.read_text(storage.join_uri(poses, "labels.json"))
     if not names and labels_json:
         names = json.loads(labels_json).get("label_names", [])
-    labelled = [r for r in records if r.get("label_name")]
+    # NFC: extraction writes class names in NFC; records and a labels.json written from a Mac's (NFD) folder names
+    # before it did are the same classes (else: "lacks labels ['싸움'] ... ['싸움']", two lists that look equal)
+    names = list(dict.fromkeys(nfc(n) for n in names))
+    labelled = [{**r, "label_name": nfc(r["label_name"])} for r in records if r.get("label_name")]
     missing = sorted({r["label_name"] for r in labelled} - set(names))
     if missing:
         raise ConfigError(f"label_names {names} lacks labels of extracted videos: {missing}")

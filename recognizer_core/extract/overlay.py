@@ -48,7 +48,7 @@ def draw_skeletons(image_bgr: np.ndarray, keypoint: np.ndarray, keypoint_score: 
 def stream_rate(fps: float | Fraction | None) -> Fraction:
     """The output stream's frame rate as an exact fraction: events are in the source's true seconds, and a rate
     rounded to whole frames drifted the overlay off them (12.5 fps CCTV written at 12 fps ran 4 % long, 29.97 at
-    30 0.1 % short). A float rate is taken to the nearest fraction over at most 1001 (29.97 -> 30000/1001)."""
+    30 0.1 % short). A float rate is taken to the nearest fraction over at most 1001 (29.97003 -> 30000/1001)."""
     if isinstance(fps, Fraction) and fps > 0:
         return fps
     if not fps or not fps > 0:  # unknown (0, None, NaN): the common camera rate

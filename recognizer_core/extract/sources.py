@@ -95,6 +95,12 @@ def _join_uri(root_uri: str, path: str, query: str = "") -> str:
     return f"{scheme}://{urllib.parse.quote(path, safe=_URI_SAFE)}" + (f"?{query}" if query else "")
 
 
+def _options(uri: str) -> str:
+    """The pyarrow options of an object-store URI (after '?': endpoint_override, scheme, region, ...), which every
+    video listed under it needs too: a MinIO endpoint given there opened no video of a folder or relative CSV row."""
+    return uri.partition("?")[2] if "://" in uri else ""
+
+
 def _escaped_uri(uri: str) -> str:
     """An absolute URI of a CSV row as pyarrow needs it. The key (up to '?', where pyarrow's options start) is
     taken as escaped already, and kept, when pyarrow can parse it: every '%' starts a %XX escape and no character
@@ -198,7 +204,7 @@ def list_folder(cfg: SourceConfig) -> list[VideoSource]:
                               f"form (a copy from a Mac next to one made here): keep one")
         seen[name] = rel
         label, split = _labels_from_layout(name, cfg.split_names)
-        videos.append(VideoSource(_join_uri(cfg.input, info.path), name, label, split,
+        videos.append(VideoSource(_join_uri(cfg.input, info.path, _options(cfg.input)), name, label, split,
                                   int(info.size or 0), _mtime_ns(info)))
     return sorted(videos, key=lambda v: v.rel_path)
 
@@ -218,7 +224,9 @@ def list_manifest(cfg: SourceConfig) -> list[VideoSource]:
     if not rows or not {"path", "label"} <= set(rows[0][1]):
         raise SourceError(f"{cfg.manifest_csv}: needs a header with columns path,label[,split]")
     base = cfg.input or (os.path.dirname(cfg.manifest_csv) if "://" not in cfg.manifest_csv
-                         else cfg.manifest_csv.rsplit("/", 1)[0])
+                         else cfg.manifest_csv.partition("?")[0].rsplit("/", 1)[0])
+    options = _options(cfg.input or cfg.manifest_csv)
+    base = base.partition("?")[0] if "://" in base else base
     files, named, seen = [], [], {}
     for line_no, row in rows:
         rel = (row.get("path") or "").strip()
@@ -234,7 +242,7 @@ def list_manifest(cfg: SourceConfig) -> list[VideoSource]:
         elif os.path.isabs(rel):
             uri = rel
         elif "://" in base:   # the base as written may be escaped already (s3://bkt/my%20videos): decoded, joined
-            uri = _join_uri(base, urllib.parse.unquote(base.split("://", 1)[1]).rstrip("/") + "/" + rel)
+            uri = _join_uri(base, urllib.parse.unquote(base.split("://", 1)[1]).rstrip("/") + "/" + rel, options)
         else:
             uri = f"{base.rstrip('/')}/{rel}"
         vfs, vpath = resolve_filesystem(uri)

@@ -5,6 +5,7 @@ Pure logic (no Ray): the job script, the Ray Data batch mode and the stream mode
 from __future__ import annotations
 
 import logging
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Callable, Iterator, Literal, Sequence
@@ -59,15 +60,32 @@ class RecognizeConfig(StrictModel):
     overlay: bool = Field(False, description="write an overlay mp4 per video (video input only)")
 
 
+def as_model_spells(spec: ModelSpec, cfg: RecognizeConfig) -> RecognizeConfig:
+    """`cfg` with the class names it gives (thresholds, shared_span_classes, track_classes) spelled as the model's
+    own, compared in NFC: a name typed on Linux (NFC) names the class of a model trained from a Mac's (NFD) folder
+    names, which look the same and were "unknown class(es) ['싸움']; the model's classes are [..., '싸움']"."""
+    own = {unicodedata.normalize("NFC", n): n for n in spec.label_names}
+
+    def spell(n: str) -> str:
+        return own.get(unicodedata.normalize("NFC", n), n)
+
+    track = None if cfg.track_classes is None else [spell(n) for n in cfg.track_classes]
+    return cfg.model_copy(update={"thresholds": {spell(n): v for n, v in cfg.thresholds.items()},
+                                  "shared_span_classes": [spell(n) for n in cfg.shared_span_classes],
+                                  "track_classes": track})
+
+
 def shared_span(spec: ModelSpec, cfg: RecognizeConfig) -> frozenset[int]:
     """The classes (indices) whose events span what their firing windows share (event_runs.run_extent)."""
     if cfg.event_span == "shared":
         return frozenset(range(len(spec.label_names)))
+    cfg = as_model_spells(spec, cfg)
     return frozenset(spec.label_names.index(n) for n in cfg.shared_span_classes if n in spec.label_names)
 
 
 def effective_spec(spec: ModelSpec, cfg: RecognizeConfig) -> ModelSpec:
     """The model's spec with the user's overrides (thresholds, window); unknown class names are an error."""
+    cfg = as_model_spells(spec, cfg)
     for field, names in (("thresholds", cfg.thresholds), ("shared_span_classes", cfg.shared_span_classes)):
         bad = [n for n in names if n not in spec.label_names]
         if bad:
