@@ -138,7 +138,12 @@ def test_the_default_name_of_an_oddly_named_space_file_is_a_safe_one(tmp_path):
     space = tmp_path / "my space#1.yaml"
     space.write_text((REPO / "search_spaces" / "fight.yaml").read_text())
     plan = _plan("--storage-path", str(tmp_path), space=str(space))
-    assert plan.options.name == "tune_my_space_1_demo"
+    name = plan.options.name
+    assert re.fullmatch(r"tune_my_space_1_[0-9a-f]{6}_demo", name), name
+    # two files whose names differ only where they were replaced are two experiments (both were 'tune___')
+    from recognizer_core.tune.cli import default_name
+    assert default_name("싸움") != default_name("폭행") and default_name("fight v2") != default_name("fight+v2")
+    assert default_name("fight") == "tune_fight"   # a safe stem keeps its name (existing experiments resume)
 
 
 # --- 2. the closing line names what the summary holds ----------------------------------------------------------
@@ -220,3 +225,18 @@ def test_a_record_of_a_moved_config_class_names_the_version_not_a_change_of_spac
     said = str(err.value)
     assert "was started by an older (or other) recognizer version" in said and "start a new --name" in said
     assert "recognizer_core.train.config.TrainJobConfig" in said and "original space" not in said
+
+
+def test_a_record_of_the_data_path_as_typed_resumes_with_it_resolved(tmp_path, monkeypatch):
+    """Trials record data.path resolved (absolute) since 2026-12-05; an experiment recorded with it as typed
+    (`--set data.path=ds`, relative to the driver's folder) was refused as 'changed: override data.path' when the
+    same command ran again. Another folder is still another search."""
+    monkeypatch.chdir(tmp_path)
+    plan = _plan("--storage-path", str(tmp_path), "--name", "exp")
+    record = request_record(plan.space, {**plan.extra, "data.path": "ds"}, TrainJobConfig, plan.options)
+    write_text(join_uri(plan.options.storage_path, "exp", REQUEST_FILE), json.dumps(record))
+    assert check_resumable(plan.space, TrainJobConfig, plan.options,
+                           extra_overrides={**plan.extra, "data.path": str(tmp_path / "ds")})
+    with pytest.raises(ConfigError, match=r"changed: override data\.path"):
+        check_resumable(plan.space, TrainJobConfig, plan.options,
+                        extra_overrides={**plan.extra, "data.path": str(tmp_path / "other")})

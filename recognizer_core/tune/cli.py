@@ -7,6 +7,7 @@ demo trains on, options a job cannot honour) is a `JobCli`; its defaults are STG
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import re
 import shutil
@@ -125,6 +126,15 @@ def add_tune_args(parser: argparse.ArgumentParser, default_space: str,
             action.help = argparse.SUPPRESS
 
 
+def default_name(stem: str, suffix: str = "") -> str:
+    """The experiment name of a space file without --name: `tune_<stem><suffix>`, made a SafeName. Where that
+    changes the stem, a hash of it keeps two files apart (싸움.yaml and 폭행.yaml were both `tune___`)."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", stem)
+    if safe != stem:
+        safe += "_" + hashlib.sha1(stem.encode()).hexdigest()[:6]
+    return f"tune_{safe}"[:128 - len(suffix)] + suffix
+
+
 def _overrides_dict(items: Iterable[str], config_cls: type[BaseModel] | None = None) -> dict[str, Any]:
     out = {}
     for item in items:
@@ -165,7 +175,8 @@ def plan_from_args(args: argparse.Namespace, *, config_cls: type[BaseModel], job
     _check_job(args.space, job)
     space = load_search_space(args.space, config_cls, job=job, metrics=metrics)
     extra = _overrides_dict(args.overrides, config_cls)
-    space.check_user_overrides(extra)   # before --data and the demo budget add theirs
+    for note in space.check_user_overrides(extra):   # before --data and the demo budget add theirs
+        print(f"[tune] note: {note}", flush=True)
     if args.data:
         key = "data.train_pkl" if args.data.endswith(".pkl") else "data.path"
         local = "://" not in args.data
@@ -219,8 +230,7 @@ def plan_from_args(args: argparse.Namespace, *, config_cls: type[BaseModel], job
     suffix = "_smoke" if args.smoke else ("_demo" if demo else "")
     suffix += f"_cv{args.folds}" if args.folds and args.folds > 1 else ""
     suffix += "_mo" if args.objectives else ""
-    # the default name must pass TuneOptions' SafeName check whatever the space file is called
-    name = args.name or re.sub(r"[^A-Za-z0-9._-]", "_", f"tune_{Path(args.space).stem}{suffix}")[:128]
+    name = args.name or default_name(Path(args.space).stem, suffix)
     try:
         options = TuneOptions(name=name, storage_path=output_uri(args.storage_path or default_storage()),
                               retry_errored=args.retry_errored,

@@ -43,6 +43,11 @@ def _comparable(record: dict) -> dict:
     """`record` with the defaults of the space's and its params' fields filled in where it lacks them: a field
     added to SearchSpace or Param later (`epochs_field`, `counted_after`) is in new records, absent from older
     ones, and the older code behaved as its default; compared as written, no older experiment could resume."""
+    extra = record.get("extra_overrides")
+    if isinstance(extra, dict) and isinstance(extra.get("data.path"), str):
+        # recorded as resolved since 2026-12-05 (an absolute path, an s3:// URI without its trailing '/'); as the
+        # prepared path was returned before (relative to the driver's cwd, as typed): one place, two spellings
+        record = {**record, "extra_overrides": {**extra, "data.path": to_uri(extra["data.path"])}}
     space = record.get("space")
     if not isinstance(space, dict):
         return record

@@ -193,35 +193,60 @@ class SearchSpace(StrictModel):
                 out[field_of(name)] = value
         return out
 
-    def searched_fields(self) -> dict[str, str]:
+    def searched_fields(self, every_trial: bool = False) -> dict[str, str]:
         """Every config field a trial's sampled values set -> what sets it: its parameters, or the choices whose
-        `sets` hold it (`optim.base_batch_size` <- `optim.type: sgd`)."""
+        `sets` hold it (`optim.base_batch_size` <- `optim.type: sgd`). `every_trial`: only those every trial sets
+        (a parameter without `when`; a key a choice's `sets` holds under each of its labels)."""
         out: dict[str, list[str]] = {}
+        whens: dict[str, list[dict | None]] = {}   # the condition of each setter of a field (None: always)
         for name, p in self.params.items():
             if not is_bundle_name(name):
                 out.setdefault(field_of(name), []).append(name)
+                whens.setdefault(field_of(name), []).append(p.when)
             for key in dict.fromkeys(k for fields in (p.sets or {}).values() for k in fields):
                 labels = [label for label, fields in p.sets.items() if key in fields]
                 out.setdefault(key, []).append(f"{name}: {' / '.join(labels)}")
-        return {key: ("param " if len(by) == 1 else "params ") + ", ".join(by) for key, by in out.items()}
+                whens.setdefault(key, []).append(p.when if len(labels) == len(p.values or []) else {name: labels})
+        return {key: ("param " if len(by) == 1 else "params ") + ", ".join(by) for key, by in out.items()
+                if not every_trial or self._in_every_trial(whens[key])}
 
-    def check_user_overrides(self, overrides: dict[str, Any], flag: str = "--set") -> None:
+    def _in_every_trial(self, whens: list[dict | None]) -> bool:
+        """Whether setters under these conditions set their field in every trial: one without a condition, or
+        conditions on one unconditional choice that together accept each of its values (`optim.lr` under adamw,
+        `optim.lr@sgd` under sgd)."""
+        if any(w is None for w in whens):
+            return True
+        keys = {k for w in whens for k in w}
+        if len(keys) != 1 or any(len(w) != 1 for w in whens):
+            return False
+        (key,) = keys
+        choice = self.params.get(key)
+        if choice is None or choice.when or choice.type != "choice":
+            return False
+        return {_label(v) for v in choice.values or []} <= {label for w in whens for label in _wanted(w[key])}
+
+    def check_user_overrides(self, overrides: dict[str, Any], flag: str = "--set") -> list[str]:
         """Refuse the user's own overrides (`--set`, not the demo's: a demo budget yields to what a trial samples)
-        of a field the space searches: each trial's sampled value replaced it, while the plan printed it as set
-        in every trial. Also a part of one (`train.class_weight[0]` where the list is searched). A section or list
+        of a field every trial sets: each trial's sampled value replaced it, while the plan printed it as set in
+        every trial. Also a part of one (`train.class_weight[0]` where the list is searched). A section or list
         that holds a searched field (`train.class_weight` where `[1]` is searched) is kept: the trial sets the
-        sampled part into it, and the --set's other parts hold."""
-        searched = self.searched_fields()
-        clashes = []
-        for key in overrides:
-            hits = [by if field == key else f"{field}: {by}" for field, by in searched.items()
+        sampled part into it, and the --set's other parts hold. A field only some trials set (a parameter under
+        `when`, a choice's `sets` under some labels: `schedule.warmup_epochs` of cosine trials) is kept too, as
+        the only way to set it in the others (a 3-epoch search's warm-up); the returned notes say where it yields."""
+        def hits_of(key: str, searched: dict[str, str]) -> list[str]:
+            return [by if field == key else f"{field}: {by}" for field, by in searched.items()
                     if _overlap(key, field) and len(key) >= len(field)]
-            clashes += [f"{key} ({'; '.join(hits)})"] if hits else []
+
+        always, sometimes = self.searched_fields(every_trial=True), self.searched_fields()
+        clashes = [f"{key} ({'; '.join(hits)})" for key in overrides if (hits := hits_of(key, always))]
+        notes = [f"{flag} {key} holds in the trials that do not sample it ({'; '.join(hits)})"
+                 for key in overrides if not hits_of(key, always) and (hits := hits_of(key, sometimes))]
         if clashes:
             one = len(clashes) == 1
             raise SearchSpaceError(f"{self.source}: {flag} {', '.join(clashes)} {'is' if one else 'are'} searched by "
                                    f"this space: a trial's sampled value replaces the {flag} one; remove "
                                    f"{'it' if one else 'them'} from {flag} or from the space")
+        return notes
 
     def start_points(self) -> list[dict[str, Any]]:
         """`start_with` as Optuna sees parameters (choices by label), for the searcher to enqueue."""
