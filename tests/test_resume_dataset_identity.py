@@ -98,11 +98,14 @@ def test_another_folder_is_other_data_by_its_resolved_location(trained, tmp_path
 
 
 def test_a_checkpoint_without_the_identity_is_judged_by_the_config_fields(trained, tmp_path):
-    """Checkpoints written before the identity was saved: the typed data fields, as before."""
+    """Checkpoints written before the identity was saved: the data fields, data.path as it resolves (the run
+    folder's config.yaml names it absolutely since 2026-12-05; the old checkpoint as typed)."""
     (trained / DATASET_FILE).unlink()
     check_resumable(_cfg("data.path=./ds/"), trained)
-    with pytest.raises(ValueError, match=r"trained on other data \(data.path: checkpoint 'ds', config '/"):
-        check_resumable(_cfg(f"data.path={tmp_path / 'ds'}"), trained)
+    check_resumable(_cfg(f"data.path={tmp_path / 'ds'}"), trained)
+    _write(tmp_path / "other", 24)
+    with pytest.raises(ValueError, match=r"trained on other data \(data.path: checkpoint '/.*/ds', config '/.*/other'"):
+        check_resumable(_cfg(f"data.path={tmp_path / 'other'}"), trained)
 
 
 def test_a_prepared_store_rewritten_with_the_same_inputs_is_the_same_data(tmp_path):
@@ -144,3 +147,19 @@ def test_the_driver_refuses_a_rebuilt_dataset_before_ray_starts(trained, tmp_pat
     _write(tmp_path / "ds", 40)
     with pytest.raises(ValueError, match=r"was rebuilt since this run's checkpoint"):
         prepare_run(cfg)
+
+
+def test_a_demo_run_resumes_from_its_run_folders_config(tmp_path, monkeypatch):
+    """The run folder's config.yaml names the demo store training prepared (data.path; recorded_config) where the
+    checkpoint's has none: '--config <run>/config.yaml' was refused as other data (data.path: checkpoint None)."""
+    from recognizer_core.train.stgcn.job import dataset_for, recorded_config
+
+    monkeypatch.chdir(tmp_path)
+    cfg = _cfg(f"run.storage_path={tmp_path / 'runs'}", "data.demo_num_clips=24")
+    dataset = dataset_for(cfg)
+    train_loop(cfg, dataset, str(tmp_path / "run"), LocalContext(tmp_path / "ckpt"))
+    ckpt = tmp_path / "ckpt" / "epoch_0001"
+    again = recorded_config(cfg, dataset)
+    assert again.data.path and not cfg.data.path
+    check_resumable(again, ckpt)                                       # the driver's check
+    check_resumable(again, ckpt, DatasetIdentity.saved_in(ckpt))       # the workers', on the same store

@@ -165,3 +165,17 @@ def test_an_old_checkpoint_resumes_its_step_and_its_early_stop(tmp_path, monkeyp
         assert RunState.from_checkpoint(state, num_batches=1).global_step == state["extra"]["global_step"]
     off = cfg.train.early_stopping.model_copy(update={"enabled": False})
     assert not RunState.from_checkpoint(old, num_batches=num_batches, early_stopping=off).stopped_early
+
+
+def test_a_log_appended_by_each_process_keeps_every_line_on_s3(runs, staging):
+    """resume_log.jsonl: each resumed process stages in a new folder and the sync uploads the whole file, so the
+    run folder held only the last resume ('records each resume', docs/training.md)."""
+    from recognizer_core.train.run_files import RunFiles
+
+    uri, bucket = runs
+    for resume in (1, 2, 3):   # three processes of one run, one after another
+        files = RunFiles(f"{uri}/run")
+        files.append_line("resume_log.jsonl", f'{{"resumed_from_epoch": {resume}}}')
+        files.close()
+    assert bucket.objects("run/")["resume_log.jsonl"].decode().splitlines() == [
+        f'{{"resumed_from_epoch": {n}}}' for n in (1, 2, 3)]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
-from recognizer_core.storage import filesystem, is_remote, join_uri, to_uri
+from recognizer_core.storage import filesystem, is_remote, join_uri, read_text, to_uri
 
 log = logging.getLogger(__name__)
 _RACY_NS = 1_000_000_000  # files modified less than this before a sync are also compared by content
@@ -48,6 +48,16 @@ class RunFiles:
         p = self.local.joinpath(*parts)
         p.parent.mkdir(parents=True, exist_ok=True)
         return p
+
+    def append_line(self, name: str, line: str) -> None:
+        """Append `line` to the run's file `name` (a log across the run's processes, e.g. resume_log.jsonl). On
+        remote storage each process stages in a new folder and the sync uploads the whole file: its earlier lines
+        are fetched first (the run folder's resume_log.jsonl held only the last resume)."""
+        path = self.path(name)
+        if self.remote and not path.exists():
+            path.write_text(read_text(self.uri_of(name)) or "")
+        with open(path, "a") as f:
+            f.write(line + "\n")
 
     def uri_of(self, *parts: str) -> str:
         """Where `parts` ends up (after sync() on remote storage)."""

@@ -373,9 +373,8 @@ def _announce(cfg, ctx, data: Data, tr: Trainer, state: RunState, files: RunFile
             f"; skipped all-zero clips: {n_skip} train, {n_val_skip} val (not scored)")
     if state.epoch:
         console(f"[recognizer] resumed from checkpoint at epoch {state.epoch}")
-        with open(files.path("resume_log.jsonl"), "a") as f:
-            f.write(json.dumps({"time": time.time(), "resumed_from_epoch": state.epoch,
-                                "world_size": ctx.world_size}) + "\n")
+        files.append_line("resume_log.jsonl", json.dumps({"time": time.time(), "resumed_from_epoch": state.epoch,
+                                                         "world_size": ctx.world_size}))
 
 
 def _epoch_line(m: dict, epochs: int) -> str:

@@ -128,9 +128,10 @@ def check_resumable(cfg: TrainJobConfig, ckpt: Path, dataset: DatasetIdentity | 
     _check_data(cfg, ckpt, saved.get("data", {}), now["data"], DatasetIdentity.saved_in(ckpt), dataset)
     # The restored schedule counts batches (build_scheduler steps it every batch, accumulation or not) and its lr
     # was scaled to the old global batch: with another number of batches per epoch it decayed early (2 workers
-    # instead of 1: 'epoch 20' at epoch 11) from the wrong lr, without a word.
+    # instead of 1: 'epoch 20' at epoch 11) from the wrong lr, without a word. Accumulation changes neither (its
+    # groups restart every epoch), so train.accumulative_counts may change at a resume.
     steps = [f"{sec}.{k}: checkpoint {saved.get(sec, {}).get(k)!r}, config {now[sec][k]!r}"
-             for sec, k in (("scaling", "num_workers"), ("train", "batch_size"), ("train", "accumulative_counts"))
+             for sec, k in (("scaling", "num_workers"), ("train", "batch_size"))
              if k in saved.get(sec, {}) and saved[sec][k] != now[sec][k]]
     if steps:
         raise ValueError(f"cannot resume run {cfg.run.name!r} from {ckpt}: the steps per epoch changed ("
@@ -163,9 +164,14 @@ def _check_data(cfg: TrainJobConfig, ckpt: Path, saved: dict, now: dict, had: Da
     # Two data.path runs whose checkpoint saved the resolved location compare that below, not the paths as typed:
     # the run folder's config.yaml holds the absolute path (train_stgcn.recorded_config), the checkpoint's the
     # typed one, so a re-run with --config <run>/config.yaml was refused as other data.
-    by_location = had is not None and bool(saved.get("path")) and bool(now["path"])
+    # A demo or pkl run's own config.yaml names the store it prepared as data.path (the pkl fields dropped): the
+    # identity's location decides there too.
+    by_location = had is not None and bool(now["path"])
+    if had is None and saved.get("path") and now["path"]:   # an older checkpoint: both paths as they resolve
+        saved, now = {**saved, "path": _resolved(saved["path"])}, {**now, "path": _resolved(now["path"])}
     data = [f"data.{k}: checkpoint {saved[k]!r}, config {now[k]!r}" for k in data_keys
-            if k in saved and _same_place(saved[k]) != _same_place(now[k]) and not (k == "path" and by_location)]
+            if k in saved and _same_place(saved[k]) != _same_place(now[k])
+            and not (by_location and k in ("path", "train_pkl", "val_pkl"))]
     if data:
         raise ValueError(f"cannot resume run {cfg.run.name!r} from {ckpt}: it trained on other data ("
                          + "; ".join(data) + "). Use a new run.name (--set run.name=...) for a run on this data")
@@ -192,6 +198,14 @@ def _check_data(cfg: TrainJobConfig, ckpt: Path, saved: dict, now: dict, had: Da
             f"{'rebuilt' if rebuilt else 'changed'} since this run's checkpoint ({'; '.join(changes)}): the resumed "
             "run would train on other clips under the restored lr schedule and pick its best epoch between two val "
             "sets. Use a new run.name (--set run.name=...) for a run on this data")
+
+
+def _resolved(path: str) -> str:
+    """data.path as the driver finds it (dataset_location), as a URI; as written where it is not found."""
+    try:
+        return to_uri(str(dataset_location(path)))
+    except SkeletonDataError:
+        return path
 
 
 def _same_place(value):
