@@ -63,7 +63,7 @@ def _in_process_trainers(monkeypatch, tmp_path: Path, seen: dict) -> None:
 
 
 def test_a_folds_summary_holds_the_tested_last_epoch_model_that_export_and_recognize_load(
-        tmp_path, monkeypatch):
+        tmp_path, monkeypatch, capsys):
     """After --folds the summary had best_config.yaml and no .pth, final/final_trainval no config.yaml and one
     best_acc_top1_epoch_1.pth chosen on val = trainval (the training data) while the last epoch was tested:
     export_model.py and recognize.py refused all three folders ("not a run folder ... nor a Tune summary")."""
@@ -121,6 +121,11 @@ def test_a_folds_summary_holds_the_tested_last_epoch_model_that_export_and_recog
 
     report = export(str(summary_dir), str(tmp_path / "exports" / "tuned.onnx"))
     assert report["fps"] == rec.spec.fps and report["label_names"] == ["NonFight", "Fight"]
+    # calibrating it on val, which it trained on, says so (its precisions there are optimistic)
+    assert "--folds" in rec.spec.source["trained_by"]
+    export(str(summary_dir), str(tmp_path / "exports" / "calibrated.onnx"), calibrate_precision=0.5)
+    assert "[export] warning: calibrating on 'val', which this model (the --folds winner retrained on train+val) " \
+        "trained on" in capsys.readouterr().err
 
 
 def test_trial_overrides_record_the_dataset_absolutely(tmp_path, monkeypatch):

@@ -274,7 +274,8 @@ def _torch_recognizer(cfg_file: Path, pth: Path, label_names, device: str, threa
         torch.set_num_threads(threads)
     meta = _checkpoint_meta(pth)
     names = label_names or (meta.get("dataset_meta") or {}).get("classes")
-    source = {"checkpoint": str(pth.resolve()), "config": str(cfg_file.resolve()), "epoch": meta.get("epoch")}
+    source = {"checkpoint": str(pth.resolve()), "config": str(cfg_file.resolve()), "epoch": meta.get("epoch"),
+              **({"trained_by": meta["source"]} if isinstance(meta.get("source"), str) else {})}
     if cfg_file.suffix == ".py":
         model_cfg = infer_model_config(load_state_dict_file(pth), dropout=0.0,
                                        **_mmaction_py_stages(cfg_file.read_text(), str(cfg_file)))
