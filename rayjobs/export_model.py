@@ -18,8 +18,9 @@ model's) names the per-person classes scored on per-track windows.
 --trt-engine also builds a TensorRT engine of the model for external runtimes (Triton, trtexec): recognize
 does not load it.
 Run it with: python rayjobs/recognize.py --model <out>.onnx ... (ONNX Runtime, no torch).
-Exit codes: 2 for bad options and a file it cannot read or write (`error: <path>: <reason>`), 1 for a failed
-step (parity, calibration data, tensorrt), 130 when stopped by Ctrl-C or SIGTERM (temporary files removed).
+Exit codes: 2 for bad options, a file it cannot read or write (`error: <path>: <reason>`) and calibration data
+it cannot use (an empty validation split), 1 for a failed step (parity, calibration data not found, tensorrt), 130
+when stopped by Ctrl-C or SIGTERM (temporary files removed).
 """
 from __future__ import annotations
 

@@ -67,6 +67,73 @@ def test_a_stream_with_its_event_file_on_a_full_disk_ends_with_its_summary(setup
     assert summary["events"] >= 1 and summary["event_write_failed"] == summary["events"], summary
 
 
+_PARTIAL_WRITE = """
+import json, os, resource, signal, sys
+from recognizer_core.recognize.event_delivery import EventSink
+from recognizer_core.recognize.events import Event
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+path = sys.argv[1]
+sink = EventSink(path)
+ev = lambda i: Event(f"rtsp://cam/{i}", "Fight", float(i), i + 2.0, 0.9, [1], 1)
+soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+sink.emit(ev(1))
+resource.setrlimit(resource.RLIMIT_FSIZE, (os.path.getsize(path) + 40, hard))  # the disk fills mid-line
+sink.emit(ev(2))
+resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))  # space again (a log rotated)
+sink.emit(ev(3))
+print("SUMMARY", json.dumps(sink.close()))
+"""
+
+
+def test_event_file_write_cut_short_leaves_no_fragment(tmp_path):
+    """A write that took part of a line (RLIMIT_FSIZE: write() takes what fits, then EFBIG, as ENOSPC on a full
+    disk) left its fragment, and the next event was appended to it: that line was unreadable too. Run in a child
+    process (stdout a pipe, which the size limit does not reach): the limit holds for every file it writes."""
+    path = tmp_path / "events.jsonl"
+    out = subprocess.run([sys.executable, "-c", _PARTIAL_WRITE, str(path)], capture_output=True, text=True,
+                         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout.split("SUMMARY ", 1)[1])
+    assert summary["events"] == 3 and summary["event_write_failed"] == 1
+    assert [json.loads(line)["video"] for line in path.read_text().splitlines()] == ["rtsp://cam/1", "rtsp://cam/3"]
+    assert "File too large" in out.stderr
+
+
+def test_event_file_fragment_that_cannot_be_cut_ends_before_the_next_event(tmp_path):
+    """A pipe or FIFO cannot be truncated: the fragment is ended with a newline, so the next event is its own line."""
+    from recognizer_core.recognize.event_delivery import EventSink
+    from recognizer_core.recognize.events import Event
+
+    r, w = os.pipe()
+
+    class Raw:  # a raw file whose second write takes 10 bytes and then fails, as a full device does
+        name, calls = "pipe", 0
+
+        def fileno(self):
+            return w
+
+        def write(self, data):
+            self.calls += 1
+            if self.calls == 2:
+                return os.write(w, bytes(data[:10]))
+            if self.calls == 3:
+                raise OSError(28, "No space left on device")
+            return os.write(w, bytes(data))
+
+        def close(self):
+            os.close(w)
+
+    sink = EventSink(None)
+    sink.file = Raw()
+    for i in range(1, 4):
+        sink.emit(Event(f"cam{i}", "Fight", float(i), i + 2.0, 0.9, [1], 1))
+    assert sink.close()["event_write_failed"] == 1
+    with os.fdopen(r, "rb") as f:
+        lines = f.read().decode().split("\n")
+    assert [json.loads(x)["video"] for x in (lines[0], lines[2])] == ["cam1", "cam3"]
+    assert lines[1] == '{"video": ' and lines[3] == ""
+
+
 # 2. a batch re-run in which every video had failed before
 
 
@@ -177,6 +244,36 @@ sys.exit(main([{str(model["run"])!r}, "--out", {str(out)!r}]))
 """, tmp_path)
     assert proc.returncode == 130, (proc.returncode, proc.stderr[-3000:])
     assert proc.stderr.strip().splitlines()[-1] == "stopped (SIGTERM); the export's temporary files were removed"
+    assert list(out.parent.iterdir()) == []
+
+
+@pytest.mark.parametrize("case", ["no_data", "empty_split"])
+def test_export_calibration_without_data_exits_1_and_with_an_empty_split_exits_2(tmp_path, capsys, case):
+    """docs/recognize.md, Export: training data not found is a failed step (1); found, but with no clips in its
+    validation split, calibrate_thresholds raises ValueError, bad input (2). The docs said 1 for both."""
+    import shutil
+
+    from rayjobs.export_model import main
+
+    run, _ = make_run_folder(tmp_path / "m", num_clips=8)
+    if case == "no_data":
+        shutil.rmtree(tmp_path / "m" / "dataset")
+    else:   # the run names a validation split the dataset does not have
+        text = (run / "config.yaml").read_text()
+        assert "val_split: val\n" in text
+        (run / "config.yaml").write_text(text.replace("val_split: val\n", "val_split: holdout\n"))
+    out = tmp_path / "out" / "m.onnx"
+    out.parent.mkdir()
+    try:
+        rc = main([str(run), "--out", str(out), "--calibrate-precision", "0.9"])
+    except SystemExit as stop:   # what the process prints and exits with: SystemExit("error: ...") is 1
+        print(stop.code, file=sys.stderr)
+        rc = 1
+    err = capsys.readouterr().err.strip().splitlines()
+    if case == "no_data":
+        assert rc == 1 and err[-1].startswith("error: --calibrate-precision needs the model's training data"), err
+    else:
+        assert rc == 2 and err[-1].startswith("error: ") and "no clips in split 'holdout'" in err[-1], err
     assert list(out.parent.iterdir()) == []
 
 

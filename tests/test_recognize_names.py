@@ -56,6 +56,27 @@ def test_a_labelled_folder_with_hangul_class_folders_keeps_same_named_videos_apa
                       "싸움/폭행영상1": "싸움"}
 
 
+def test_a_model_with_nfd_class_names_evaluates_on_its_own_folder_and_on_typed_labels(tmp_path):
+    """A model trained from a Mac's folder by an older extraction has NFD class names; list_videos gives the
+    folders' names NFC and a typed CSV is NFC: "labels ['싸움', '정상'] are not among the model's classes
+    ['싸움', '정상']". The labels come back spelled as the model's classes, so evaluation scores them."""
+    import unicodedata
+
+    nfd = [unicodedata.normalize("NFD", n) for n in ("정상", "싸움")]
+    assert nfd != ["정상", "싸움"]
+    root = _touch(tmp_path / "videos", f"{nfd[1]}/a.mp4", f"{nfd[0]}/b.mp4")
+    labels, _ = read_labels(root, nfd, 0)
+    assert labels == {"싸움/a": nfd[1], "정상/b": nfd[0]}
+    labels_csv = tmp_path / "labels.csv"
+    labels_csv.write_text("video,label,start_s,end_s\na.mp4,싸움,1,3\nb.mp4,정상,,\n", encoding="utf-8")
+    labels, intervals = read_labels(labels_csv, nfd, 0)
+    assert labels == {"a": nfd[1], "b": nfd[0]} and intervals["a"][0]["label"] == nfd[1]
+    a = str(root / nfd[1] / "a.mp4")
+    ev = {a: [Event(a, nfd[1], 1.0, 3.0, 0.9, class_index=1)], str(root / nfd[0] / "b.mp4"): []}
+    r = evaluate(ev, labels, intervals, nfd, 0)
+    assert r["videos"] == 2 and r["accuracy"] == 1.0 and r["events"]["per_class"][nfd[1]]["tp"] == 1
+
+
 def test_s3_videos_match_labels_by_their_decoded_key(tmp_path):
     # extraction lists s3 keys percent-encoded (sources._join_uri); a label names the file as it is
     labels_csv = tmp_path / "labels.csv"
@@ -107,7 +128,7 @@ def _spec(names=("Normal", "Fight")) -> ModelSpec:
     return ModelSpec(label_names=list(names), pipeline=PipelineConfig(), fps=30, window_frames=90)
 
 
-def test_events_and_windows_csvs_have_a_bom_and_read_back_with_utf8_sig(tmp_path):
+def test_korean_events_and_windows_csvs_have_a_bom_and_read_back_with_utf8_sig(tmp_path):
     video = "/v/싸움/영상1.mp4"
     windows = [Window(video, "scene", 0.0, 3.0, [0, 1], None), Window(video, "scene", 0.5, 3.5, [0, 1], None)]
     events = [Event(video, "싸움", 1.5, 2.0, 0.9, [0, 1], 1)]
@@ -119,6 +140,22 @@ def test_events_and_windows_csvs_have_a_bom_and_read_back_with_utf8_sig(tmp_path
         rows = list(csv.DictReader(io.StringIO(raw.decode("utf-8-sig"))))
         assert list(rows[0])[0] == first
     assert list(csv.DictReader(io.StringIO(events_csv(events).encode().decode("utf-8-sig"))))[0]["label"] == "싸움"
+
+
+def test_ascii_events_and_windows_csvs_have_no_bom_and_read_back_with_utf8(tmp_path):
+    """Existing readers open the CSVs as "utf-8": a BOM on every file made their first column '\\ufeffvideo'
+    (KeyError on row["video"]). Only a CSV with non-ASCII text (Korean names: Excel needs it) carries one."""
+    video = "/v/Fight/cam1.mp4"
+    windows = [Window(video, "scene", 0.0, 3.0, [0, 1], None)]
+    events = [Event(video, "Fight", 1.5, 2.0, 0.9, [0, 1], 1)]
+    files = write_video_outputs(tmp_path, video, windows, np.array([[0.2, 0.8]]), events, _spec(),
+                                timeline=False)
+    for kind, first in (("events_csv", "video"), ("windows_csv", "sequence")):
+        raw = Path(files[kind]).read_bytes()
+        assert raw.isascii(), kind
+        with open(files[kind], encoding="utf-8", newline="") as f:
+            assert list(next(csv.DictReader(f)))[0] == first
+    assert next(csv.DictReader(io.StringIO(events_csv(events))))["video"] == video
 
 
 # ---- 2. fonts ----

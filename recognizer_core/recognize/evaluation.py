@@ -87,8 +87,16 @@ def read_labels(source: str | Path, label_names: Sequence[str],
     """({video key: label}, {video key: [true intervals {label, start_s, end_s}]}). A video with rows of
     several labels takes the first that is not `background`. A CSV row without times of a class other than
     `background` is kept among the intervals with start_s = end_s = None (the class labels the whole video:
-    evaluate does not score that class's events there)."""
+    evaluate does not score that class's events there). Labels are returned spelled as the model's classes,
+    compared in NFC: the folder names list_videos gives and typed CSV labels are NFC, and a model trained on a
+    Mac's folder by an older extraction has NFD class names, which look the same ("labels ['싸움'] are not among
+    the model's classes ['싸움']")."""
     source = Path(source)
+    own = {unicodedata.normalize("NFC", n): n for n in label_names}
+
+    def spell(label: str) -> str:
+        return own.get(unicodedata.normalize("NFC", label), label)
+
     labels: dict[str, str] = {}
     intervals: dict[str, list[dict]] = defaultdict(list)
     if source.is_dir():
@@ -99,13 +107,13 @@ def read_labels(source: str | Path, label_names: Sequence[str],
             key = video_key(v.rel_path)
             if key in labels:  # a.mp4 and a.avi in one folder: one key, two videos
                 raise ValueError(f"{source}: two videos share the name {key!r} (file names without extension)")
-            labels[key] = v.label_name
+            labels[key] = spell(v.label_name)
     elif source.is_file():
         rows = list(csv.DictReader(io.StringIO(source.read_text(encoding="utf-8-sig"))))
         if not rows or not {"video", "label"} <= set(rows[0]):
             raise ValueError(f"{source}: labels CSV needs a header with columns video,label[,start_s,end_s]")
         for line, row in enumerate(rows, start=2):
-            stem, label = video_key(row["video"]), row["label"].strip()
+            stem, label = video_key(row["video"]), spell(row["label"].strip())
             if label not in label_names:
                 raise ValueError(f"{source}:{line}: label {label!r} is not one of the model's {list(label_names)}")
             if (row.get("start_s") or "").strip():

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import collections
 import json
+import os
+import stat
 import sys
 import threading
 import time
@@ -135,6 +137,14 @@ class PostSender(threading.Thread):
                   + (", one POST still in flight" if self.is_alive() else ""), file=sys.stderr, flush=True)
 
 
+def _cut(fd: int, size: int) -> bool:
+    try:
+        os.ftruncate(fd, size)
+        return True
+    except OSError:
+        return False
+
+
 class EventSink:
     """Stream mode's events, each printed (`[event] {...}`) and appended to `event_file` at once, then handed to
     the POST sender. The file is opened here, before the stream starts: a folder that does not exist is one error
@@ -153,6 +163,7 @@ class EventSink:
         if self.sender:
             self.sender.start()
         self.events = self.write_failed = 0
+        self.torn = False  # a failed line's start stayed in the file (not a regular file): end it before the next
 
     def emit(self, event: Event) -> None:
         line = json.dumps(event.to_dict())
@@ -160,17 +171,34 @@ class EventSink:
         self.events += 1
         if self.file:
             try:
-                data = memoryview((line + "\n").encode())
-                while data:  # a raw write may take part of the line
-                    n = self.file.write(data)
-                    if not n:  # never on a regular file; a loop that writes nothing must not spin
-                        raise OSError(f"wrote 0 of {len(data)} bytes")
-                    data = data[n:]
+                self._write_line(line)
             except Exception as err:  # noqa: BLE001 - a full disk must not end a detector: counted, said once each
                 self.write_failed += 1
                 print(f"[stream] writing {self.file.name} failed: {err}", file=sys.stderr, flush=True)
         if self.sender:
             self.sender.put(line)
+
+    def _write_line(self, line: str) -> None:
+        """Appends the line whole (one write where the OS takes it all) or, on a regular file, not at all: a write
+        that took part of it (a full disk, a file size limit) is cut off again, else the next event was appended to
+        the fragment and that line was lost to JSON readers too."""
+        fd = self.file.fileno()
+        st = os.fstat(fd)
+        start = st.st_size if stat.S_ISREG(st.st_mode) else None
+        data = memoryview((("\n" if self.torn else "") + line + "\n").encode())
+        written = 0
+        try:
+            while written < len(data):  # a raw write may take part of the line
+                n = self.file.write(data[written:])
+                if not n:  # never on a regular file; a loop that writes nothing must not spin
+                    raise OSError(f"wrote 0 of {len(data) - written} bytes")
+                written += n
+        except BaseException:
+            # cut only our own fragment: another writer's line appended meanwhile (a shared file) stays
+            if written and not (start is not None and os.fstat(fd).st_size == start + written and _cut(fd, start)):
+                self.torn = True
+            raise
+        self.torn = False
 
     def close(self, drain_s: float = 5.0) -> dict:
         if self.sender:

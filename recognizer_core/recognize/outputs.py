@@ -1,9 +1,11 @@
 """Per-video outputs of recognize: events (JSON lines + CSV), window scores (CSV), a timeline PNG, an overlay.
 
 Every file is written atomically (storage.atomic_write), so a killed job never leaves half a file that a
-resumed one would take as finished. The CSVs are UTF-8 with a BOM (utf-8-sig): Excel in a Korean (cp949) locale
-reads a CSV without one as cp949 and shows Korean class and video names as mojibake; pandas, and Python's csv
-module on a file opened with encoding="utf-8-sig", skip it.
+resumed one would take as finished. The CSVs are UTF-8, with a BOM (utf-8-sig) where they hold non-ASCII text:
+Excel in a Korean (cp949) locale reads a CSV without one as cp949 and shows Korean class and video names as
+mojibake; pandas, and Python's csv module on a file opened with encoding="utf-8-sig", skip it. An ASCII-only CSV
+has none, as before Korean names were supported: a reader opening it as "utf-8" took the BOM into its first
+column's name ('\\ufeffvideo'), and Excel reads ASCII alike in any locale.
 """
 from __future__ import annotations
 
@@ -84,17 +86,21 @@ class UniqueStems:
         return stem
 
 
+def with_bom(text: str) -> str:
+    """`text` with a BOM first where it holds non-ASCII text (the module docstring)."""
+    return text if text.isascii() else "\ufeff" + text
+
+
 def events_csv(events: Sequence[Event]) -> str:
-    """The text of an events.csv, BOM first (utf-8-sig: the module docstring)."""
+    """The text of an events.csv, BOM first where it is not ASCII (with_bom)."""
     buf = io.StringIO()
-    buf.write("\ufeff")
     w = csv.writer(buf)
     w.writerow(EVENT_FIELDS)
     for e in events:
         d = e.to_dict()
         w.writerow([d["video"], d["label"], d["start_s"], d["end_s"], d["peak_score"],
                     " ".join(str(t) for t in d["track_ids"])])
-    return buf.getvalue()
+    return with_bom(buf.getvalue())
 
 
 def write_video_outputs(out_dir: str | Path, video: str, windows: Sequence, probs: np.ndarray,
@@ -109,13 +115,12 @@ def write_video_outputs(out_dir: str | Path, video: str, windows: Sequence, prob
     write_text(files["events_jsonl"], "".join(json.dumps(e.to_dict()) + "\n" for e in events))
     write_text(files["events_csv"], events_csv(events))
     buf = io.StringIO()
-    buf.write("\ufeff")   # utf-8-sig, as events.csv
     w = csv.writer(buf)
     w.writerow(["sequence", "start_s", "end_s", "track_ids", *spec.label_names])
     for win, p in zip(windows, probs):
         w.writerow([win.key, f"{win.start_s:.3f}", f"{win.end_s:.3f}", " ".join(map(str, win.track_ids)),
                     *[f"{x:.5f}" for x in p]])
-    write_text(files["windows_csv"], buf.getvalue())
+    write_text(files["windows_csv"], with_bom(buf.getvalue()))   # utf-8-sig where not ASCII, as events.csv
     if timeline and len(windows):
         files["timeline_png"] = plot_timeline(out_dir / f"{stem}.timeline.png", video, windows, probs, events, spec)
     return {k: str(v) for k, v in files.items()}

@@ -5,9 +5,11 @@ A reader thread decodes frames (PyAV) into a queue of `queue_frames`; when the r
 oldest queued frame is dropped and counted, so the recognizer always works on the newest frames and says how
 many it skipped. Files and HTTP videos with a duration are paced to real time (`speed` x) like a live camera;
 a live source that drops is reopened, and a clock that jumps is re-anchored (FrameReader). At batch mode's window
-ends (StepGrid), and at a session's last frame, the last window's frames are tracked (track/tracking.py over the
-buffer, one person per stored row), placed at their true times (dropped frames leave gaps, not a squeezed clip),
-cut and scored as in batch mode; latency = wall time from the arrival of a window's last frame to its score.
+ends (StepGrid), and at a session's last frame (its last window, unless the last step scored that one), a window's
+frames are tracked (track/tracking.py over them, one person per stored row); each of its window_frames model
+frames shows the buffered frame nearest its time on batch mode's grid, so it holds what batch mode's window with
+that end holds, and dropped frames leave gaps, not a squeezed clip; it is scored as in batch mode;
+latency = wall time from the arrival of the newest frame to its window's score.
 Events follow batch mode's rules (events.OnlineEvents: hysteresis, merging within `merge_gap_s`, then minimum
 duration), so an event is final `merge_gap_s` of stream time after it closes; it is printed and written at once,
 POSTed by a sender thread (event_delivery.EventSink). Track ids persist across the overlapping buffers
@@ -19,6 +21,7 @@ The extraction-stage imports (extract/, track/) are the three listed in `_pose_p
 from __future__ import annotations
 
 import collections
+import itertools
 import json
 import math
 import queue
@@ -84,17 +87,22 @@ def run_stream(rec, spec, cfg: RecognizeConfig, source: str, pose_cfg, *, tracki
         events.flush()
         deliver()
 
-    def score(t: float) -> None:
-        """Score the buffer's window, which ends at frame time `t` (its newest frame)."""
+    def score(t: float, end: int) -> None:
+        """Score the window that ends at frame `end` of batch mode's grid (StepGrid.times); `t` is the newest frame."""
         nonlocal n_windows
-        grid.stepped(t)
-        clip = _buffer_clip(buf, track_poses, tracking, source, stable, spec.fps)
+        times = np.array([b[0] for b in buf])
+        pick = _nearest(times, grid.times(end, spec.window_frames))
+        last_s = float(times[pick[-1]])  # the time of the window's last frame (batch mode's times[t1])
+        for _ in range(int(pick[0])):  # frames before the window's first are in no later window (its grid moves on)
+            buf.popleft()
+        pick -= pick[0]
+        clip = _buffer_clip(buf, track_poses, tracking, source, stable, spec.fps, pick=pick)
         wins = make_windows_for(clip, spec, stride_s=1e9, cover_end=False) if clip is not None else []
         probs = score_windows(rec, wins, cfg.batch_size) if wins else []
         # a step with no window still counts: it ends the events of whoever left, and held events expire.
         # The window ends one model frame after its last frame's time, as batch mode's Window.end_s.
-        events.step(t + 1.0 / spec.fps - spec.window_s / 2, grid.hop_s,
-                    [(w.key, w.kind, p, w.track_ids) for w, p in zip(wins, probs)], start_s=buf[0][0])
+        events.step(last_s + 1.0 / spec.fps - spec.window_s / 2, grid.hop_s,
+                    [(w.key, w.kind, p, w.track_ids) for w, p in zip(wins, probs)], start_s=grid.origin)
         deliver()
         if not wins:
             return
@@ -106,10 +114,14 @@ def run_stream(rec, spec, cfg: RecognizeConfig, source: str, pose_cfg, *, tracki
 
     def score_tail() -> None:
         """The session's frames ended (the source ended or was lost, or its clock broke): as batch mode's last
-        window ends at the video's last frame, score one ending at the newest frame if no step has yet."""
-        if buf and grid and (grid.last is None or buf[-1][0] > grid.last) \
-                and buf[-1][0] - buf[0][0] >= 0.9 * spec.window_s:
-            score(buf[-1][0])
+        window ends at the video's last frame of its grid, score that window unless the last step already did
+        (a source faster than the model: its last frames can be within half a model frame of that step's end)."""
+        if not (buf and grid) or buf[-1][0] - buf[0][0] < 0.9 * spec.window_s:
+            return
+        end = grid.tail_end(buf[-1][0])
+        if grid.last_end is None or end > grid.last_end:
+            grid.last_end = end
+            score(buf[-1][0], end)
 
     try:
         while not (reader.finished.is_set() and reader.frames.empty()):
@@ -140,13 +152,15 @@ def run_stream(rec, spec, cfg: RecognizeConfig, source: str, pose_cfg, *, tracki
             padded, ratio, hw = letterbox_frame(frame, pose_cfg.model_input_size)
             buf.append((t, arrival, estimator(padded[None], [ratio], [hw])[0], hw))
             processed += 1
-            # under window_frames - 0.5 model frames: resampled, it has at most window_frames frames and the window
-            # ends at its newest frame (a whole window_s held one more: the window ended a model frame early)
-            while len(buf) > 1 and buf[-1][0] - buf[0][0] >= (spec.window_frames - 0.5) / spec.fps - 1e-9:
-                buf.popleft()
             grid = grid or StepGrid(spec, cfg.stride_s, rate, t)
             if grid.due(t) and buf[-1][0] - buf[0][0] >= 0.9 * spec.window_s:
-                score(t)
+                score(t, grid.stepped(t))
+            # Every later window (a step's, or the tail's within half a grid unit of the newest frame) starts
+            # after t - (window_frames - 0.5) units: the last frame at or before that can be its nearest frame.
+            # Trimmed to a span under a window, coarse sources lost the frame that completed it (W-2 frames).
+            cut = buf[-1][0] - (spec.window_frames - 0.5) * grid.unit - 1e-6
+            while len(buf) > 1 and buf[1][0] <= cut:
+                buf.popleft()
         else:  # the source's frames ended (not a stop or max_seconds): its last window, as batch mode's
             score_tail()
     except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (docker stop, Kubernetes, systemd) in the CLI
@@ -174,23 +188,42 @@ class StepGrid:
     known and within 2 % of the model's (batch mode keeps them then), else in model frames; at the frame nearest
     each end where the rate is known (as batch mode resamples), else the first at or after it. On an anchored
     grid: stepping at the first frame stride_s after the last step rounded each step up to a frame (every 0.549 s,
-    not 0.48 s, at 20 fps). Ends that dropped frames passed are skipped."""
+    not 0.48 s, at 20 fps). Ends that dropped frames passed are skipped.
+    Frame i of the grid is at origin + i * unit, batch mode's i-th (resampled) frame: a window ending at frame
+    `end` shows the buffered frames nearest `times(end)`, so it holds window_frames frames, the ones batch mode's
+    window with that end holds."""
 
     def __init__(self, spec, stride_s: float, source_fps: float, t0: float):
         stride = max(1, int(round(stride_s * spec.fps)))
         self.hop_s = stride / spec.fps  # batch mode's events take this hop too (runner.recognize_clip)
         same = source_fps > 0 and abs(source_fps - spec.fps) <= 0.02 * spec.fps
-        unit = 1.0 / (source_fps if same else spec.fps)
+        self.rate = source_fps if same else spec.fps
+        self.unit = 1.0 / self.rate
+        self.origin, self.first, self.stride = t0, spec.window_frames - 1, stride
         # half a source frame early: that frame is the nearest (a tie is the earlier frame's, as in resample)
         early = (0.5 / source_fps if source_fps > 0 else 0.0) + 1e-6
-        self.base, self.step, self.k = t0 + (spec.window_frames - 1) * unit - early, stride * unit, 0
+        self.base, self.step, self.k = t0 + self.first * self.unit - early, stride * self.unit, 0
         self.last: float | None = None  # the newest frame scored
+        self.last_end: int | None = None  # the grid frame the newest scored window ends at
 
     def due(self, t: float) -> bool:
         return t >= self.base + self.k * self.step
 
-    def stepped(self, t: float) -> None:
-        self.last, self.k = t, max(self.k, math.floor((t - self.base) / self.step) + 1)
+    def stepped(self, t: float) -> int:
+        """A step at frame time t: returns the grid frame its window ends at, the latest end due by t."""
+        k = max(self.k, math.floor((t - self.base) / self.step))
+        self.last, self.k, self.last_end = t, k + 1, self.first + k * self.stride
+        return self.last_end
+
+    def tail_end(self, t: float) -> int:
+        """The grid frame batch mode's last window ends at when the video's last frame is at t: resample's
+        np.arange(origin, t + unit / 2, unit) (or, kept at the source's rate, the frame at t itself)."""
+        # as resample computes it, to the last bit: t + unit / 2 can be a grid frame's time
+        return max(0, math.ceil((t + 0.5 / self.rate - self.origin) / self.unit) - 1)
+
+    def times(self, end: int, frames: int) -> np.ndarray:
+        """The times of the window of up to `frames` grid frames that ends at grid frame `end`."""
+        return self.origin + np.arange(max(0, end - frames + 1), end + 1) * self.unit
 
 
 class StableTrackIds:
@@ -218,26 +251,41 @@ class StableTrackIds:
         return np.array(ids, np.int32)
 
 
-def _buffer_clip(buf, track_poses, tracking, source: str, stable: StableTrackIds, fps: float) -> SkeletonClip | None:
+def _nearest(times: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """Index of the frame nearest each grid time, a tie the earlier frame's: windows.resample's rule."""
+    idx = np.clip(np.searchsorted(times, grid), 0, len(times) - 1)
+    prev = np.clip(idx - 1, 0, len(times) - 1)
+    return np.where(np.abs(times[prev] - grid) <= np.abs(times[idx] - grid) + 1e-6, prev, idx)
+
+
+def _buffer_clip(buf, track_poses, tracking, source: str, stable: StableTrackIds, fps: float,
+                 pick: np.ndarray | None = None) -> SkeletonClip | None:
     """The buffer's tracked people as a clip at the model's `fps`, each model frame the buffered frame nearest
     its time: frames dropped when the recognizer fell behind (or an irregular camera) leave gaps in time, which
-    a clip numbered 0, 1, 2 ... would close up, squeezing the motion."""
-    times = np.array([b[0] for b in buf])
+    a clip numbered 0, 1, 2 ... would close up, squeezing the motion. `pick` (stream mode's window): the buffered
+    frame each model frame shows, tracked over buf[pick[0]:pick[-1] + 1]; else the whole buffer from its first frame."""
+    frames = list(buf) if pick is None else list(itertools.islice(buf, int(pick[0]), int(pick[-1]) + 1))
+    times = np.array([b[0] for b in frames])
     if tracking is not None:  # (None: a stand-in tracker that takes no config)
         # no row reuse inside the buffer: StableTrackIds gives a row one id and the windows take it as one person,
         # and the default row_gap (300 camera frames) is shorter than a buffer of window_s > 10 s at 30 fps
-        tracking = tracking.model_copy(update={"row_gap": max(tracking.row_gap, len(buf))})
-    tracked = track_poses(np.arange(len(buf)), [b[2] for b in buf], tracking)
+        tracking = tracking.model_copy(update={"row_gap": max(tracking.row_gap, len(frames))})
+    tracked = track_poses(np.arange(len(frames)), [b[2] for b in frames], tracking)
     if tracked.num_persons == 0:
         return None
     track_ids = stable.assign(times, tracked.keypoint, tracked.keypoint_score)
-    h, w = buf[-1][3]
-    # frame numbers in milliseconds from the buffer's first frame: frame_times() reads them back as seconds
-    clip = SkeletonClip(clip_id=source, label=0, keypoint=tracked.keypoint, keypoint_score=tracked.keypoint_score,
-                        img_shape=(int(h), int(w)), total_frames=len(buf), source_video=source,
-                        fps=float((len(times) - 1) / max(times[-1] - times[0], 1e-6)), track_ids=track_ids,
-                        frame_inds=np.rint((times - times[0]) * 1000).astype(np.int32),
-                        extra={"box_score": tracked.box_score, "source_fps": 1000.0})
+    h, w = frames[-1][3]
+    cols = np.arange(len(frames)) if pick is None else np.asarray(pick) - int(pick[0])
+    # frame numbers in milliseconds from the first frame: frame_times() reads them back as seconds
+    rate = float(fps) if pick is not None else float((len(times) - 1) / max(times[-1] - times[0], 1e-6))
+    clip = SkeletonClip(clip_id=source, label=0, keypoint=np.ascontiguousarray(tracked.keypoint[:, cols]),
+                        keypoint_score=np.ascontiguousarray(tracked.keypoint_score[:, cols]),
+                        img_shape=(int(h), int(w)), total_frames=len(cols), source_video=source,
+                        fps=rate, track_ids=track_ids,
+                        frame_inds=np.rint((times[cols] - times[0]) * 1000).astype(np.int32),
+                        extra={"box_score": np.ascontiguousarray(tracked.box_score[:, cols]), "source_fps": 1000.0})
+    if pick is not None:
+        return clip  # already one frame per model frame
     return resample(clip, fps, tolerance=-1.0)[0]  # always by time: an average rate near the model's hides gaps
 
 
