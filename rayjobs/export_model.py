@@ -173,7 +173,7 @@ def _export(model: str, tmp: Path, out: Path, *, model_config: str | None, calib
         if not data or not (is_remote(data) or Path(data).is_dir()):  # Path("") is the working directory
             raise SystemExit(f"error: --calibrate-precision needs the model's training data; not found: {data!r}")
         split = spec.source.get("val_split", "val")  # the run's validation split (data.val_split)
-        if "--folds" in str(spec.source.get("trained_by", "")):   # tune --folds: retrained on train + val
+        if spec.source.get("val_in_training"):   # tune --folds: the winner retrained on train + val
             print(f"[export] warning: calibrating on {split!r}, which this model (the --folds winner retrained on "
                   "train+val) trained on: its scores there are optimistic, and so are the thresholds' precisions",
                   file=sys.stderr, flush=True)

@@ -90,14 +90,14 @@ def test_absolute_object_store_rows_are_escaped_unless_they_are_already(s3):
 def test_the_options_of_an_object_store_source_reach_every_video_under_it(s3, monkeypatch):
     """A MinIO endpoint given in the source's URI options (`?endpoint_override=...&scheme=http`): the folder was
     listed with them, but its videos and a CSV's relative rows were opened without them (the default endpoint)."""
-    s3.create_bucket(Bucket="bkt")
+    s3.create_bucket(Bucket="opts")   # moto keeps buckets across tests: its own
     for key in ("v/Fight/a.mp4", "v/NonFight/b c.mp4"):
-        s3.put_object(Bucket="bkt", Key=key, Body=key.encode())
-    s3.put_object(Bucket="bkt", Key="v/m.csv", Body=b"path,label\nFight/a.mp4,Fight\nNonFight/b c.mp4,NonFight\n")
+        s3.put_object(Bucket="opts", Key=key, Body=key.encode())
+    s3.put_object(Bucket="opts", Key="v/m.csv", Body=b"path,label\nFight/a.mp4,Fight\nNonFight/b c.mp4,NonFight\n")
     endpoint = s3.meta.endpoint_url.split("://", 1)[1]
     monkeypatch.delenv("AWS_ENDPOINT_URL")   # only the URI's options say where the server is
     options = f"?endpoint_override={endpoint}&scheme=http"
-    for cfg in (SourceConfig(input=f"s3://bkt/v{options}"), SourceConfig(manifest_csv=f"s3://bkt/v/m.csv{options}")):
+    for cfg in (SourceConfig(input=f"s3://opts/v{options}"), SourceConfig(manifest_csv=f"s3://opts/v/m.csv{options}")):
         videos = list_videos(cfg)
         assert [v.rel_path for v in videos] == ["Fight/a.mp4", "NonFight/b c.mp4"]
         for video in videos:

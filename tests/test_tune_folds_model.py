@@ -122,7 +122,7 @@ def test_a_folds_summary_holds_the_tested_last_epoch_model_that_export_and_recog
     report = export(str(summary_dir), str(tmp_path / "exports" / "tuned.onnx"))
     assert report["fps"] == rec.spec.fps and report["label_names"] == ["NonFight", "Fight"]
     # calibrating it on val, which it trained on, says so (its precisions there are optimistic)
-    assert "--folds" in rec.spec.source["trained_by"]
+    assert rec.spec.source["val_in_training"] is True and "--folds" in rec.spec.source["trained_by"]
     export(str(summary_dir), str(tmp_path / "exports" / "calibrated.onnx"), calibrate_precision=0.5)
     assert "[export] warning: calibrating on 'val', which this model (the --folds winner retrained on train+val) " \
         "trained on" in capsys.readouterr().err

@@ -30,7 +30,7 @@ from recognizer_core.dataset.config import DatasetBuildConfig
 from recognizer_core.dataset.windows import SPLITS, assign_splits, make_windows, missing_labels
 from recognizer_core.extract.manifest import ExtractionManifest
 from recognizer_core.extract.clip_files import read_clip_file
-from recognizer_core.extract.sources import nfc
+from recognizer_core.names import nfc
 from recognizer_core.skeleton.clip import SkeletonClip, SkeletonDataError
 from recognizer_core.skeleton.mmaction_pkl import parquet_to_pkl
 from recognizer_core.skeleton.store import SkeletonDataset, write_dataset

@@ -26,7 +26,8 @@ from recognizer_core.extract.backends import check_cuda_provider, check_model_fi
 from recognizer_core.extract.config import ExtractionConfig
 from recognizer_core.extract.finish import finish_video
 from recognizer_core.extract.manifest import DONE, EMPTY, FAILED, ExtractionManifest
-from recognizer_core.extract.sources import SourceError, VideoSource, label_index, list_videos, make_video_id, nfc
+from recognizer_core.extract.sources import SourceError, VideoSource, label_index, list_videos, make_video_id
+from recognizer_core.names import nfc
 from recognizer_core.extract.stages import PoseInference, VideoAssembler, decode_shard, plan_video
 
 # the columns of the pose stream the driver reads (VideoAssembler.add); batch recognize reads the same

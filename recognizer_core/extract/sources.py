@@ -24,6 +24,7 @@ from pathlib import PurePosixPath
 import pyarrow.fs as pafs
 
 from recognizer_core.extract.config import SourceConfig
+from recognizer_core.names import nfc
 
 
 class SourceError(ValueError):
@@ -54,10 +55,6 @@ class VideoSource:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def nfc(text: str) -> str:
-    return unicodedata.normalize("NFC", text)
 
 
 def make_video_id(rel_path: str, variant: int = 0) -> str:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import csv
 import io
 import re
-import unicodedata
 import urllib.parse
 from collections import defaultdict
 from pathlib import Path
@@ -35,6 +34,7 @@ from typing import Sequence
 
 import numpy as np
 
+from recognizer_core.names import nfc, spelled_as
 from recognizer_core.recognize.events import Event
 
 NONE = "(none)"  # the prediction of a video without events where the model has no background class
@@ -48,7 +48,7 @@ def video_key(video: str) -> str:
     video = video.strip()
     if "://" in video:   # a local path is taken as it is: `%` is a character of its names
         video = urllib.parse.unquote(video.split("://", 1)[1].partition("/")[2])
-    parts = [p for p in re.split(r"[/\\]+", unicodedata.normalize("NFC", video)) if p not in ("", ".")] or ["video"]
+    parts = [p for p in re.split(r"[/\\]+", nfc(video)) if p not in ("", ".")] or ["video"]
     parts[-1] = Path(parts[-1]).stem or parts[-1]
     return "/".join(parts)
 
@@ -92,10 +92,7 @@ def read_labels(source: str | Path, label_names: Sequence[str],
     Mac's folder by an older extraction has NFD class names, which look the same ("labels ['싸움'] are not among
     the model's classes ['싸움']")."""
     source = Path(source)
-    own = {unicodedata.normalize("NFC", n): n for n in label_names}
-
-    def spell(label: str) -> str:
-        return own.get(unicodedata.normalize("NFC", label), label)
+    spell = spelled_as(label_names)
 
     labels: dict[str, str] = {}
     intervals: dict[str, list[dict]] = defaultdict(list)

@@ -130,13 +130,13 @@ def training_clip_stats(cfg) -> tuple[float, int, str]:
     dataset (train_stgcn.py), so this does not depend on the working directory; an older one's relative path
     does, and gives the fallback with one warning naming the path."""
     from recognizer_core.skeleton.store import SkeletonDataset
-    from recognizer_core.train.stgcn.data import prepare_dataset
+    from recognizer_core.train.stgcn.dataset_source import datasets_dir, prepare_dataset
 
     try:
         storage = output_uri(cfg.run.storage_path)
         if is_remote(storage) and not cfg.data.path:  # as dataset_for: pkl / demo data are prepared locally
             raise ValueError(f"run.storage_path={cfg.run.storage_path!r} is remote; the prepared data is not here")
-        path = prepare_dataset(cfg.data, Path(storage) / "datasets")
+        path = prepare_dataset(cfg.data, datasets_dir(cfg.run.storage_path))
         table = SkeletonDataset(path).index(cfg.data.train_split, columns=["total_frames", "fps"])
         frames = np.asarray(table.column("total_frames"), float)
         fps = np.asarray(table.column("fps"), float)
@@ -275,7 +275,8 @@ def _torch_recognizer(cfg_file: Path, pth: Path, label_names, device: str, threa
     meta = _checkpoint_meta(pth)
     names = label_names or (meta.get("dataset_meta") or {}).get("classes")
     source = {"checkpoint": str(pth.resolve()), "config": str(cfg_file.resolve()), "epoch": meta.get("epoch"),
-              **({"trained_by": meta["source"]} if isinstance(meta.get("source"), str) else {})}
+              **({"trained_by": meta["source"]} if isinstance(meta.get("source"), str) else {}),
+              **({"val_in_training": True} if meta.get("val_in_training") is True else {})}
     if cfg_file.suffix == ".py":
         model_cfg = infer_model_config(load_state_dict_file(pth), dropout=0.0,
                                        **_mmaction_py_stages(cfg_file.read_text(), str(cfg_file)))

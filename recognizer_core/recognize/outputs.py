@@ -14,13 +14,13 @@ import hashlib
 import io
 import json
 import re
-import unicodedata
 import urllib.parse
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
+from recognizer_core.names import nfc
 from recognizer_core.recognize.events import Event
 from recognizer_core.recognize.spec import ModelSpec
 from recognizer_core.storage import atomic_write, write_text
@@ -37,7 +37,7 @@ def safe_name(video: str) -> str:
     stem = Path(video.rstrip("/")).name or "video"
     if "://" in video:
         stem = re.sub(r"(?:%[89A-Fa-f][0-9A-Fa-f])+", lambda m: urllib.parse.unquote(m[0], errors="replace"), stem)
-    return re.sub(r"[^\w.-]+", "_", unicodedata.normalize("NFC", stem))
+    return re.sub(r"[^\w.-]+", "_", nfc(stem))
 
 
 # File names are limited to 255 bytes (ext4, XFS, NTFS...): the longest output name is the stem + ".timeline.png"

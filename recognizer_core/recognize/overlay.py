@@ -3,7 +3,7 @@ label and score of the window centred nearest that frame: at the top for scene w
 for track windows; red while the score is over the class's threshold. PyAV (h264) encode. A skeleton frame is
 drawn on the video frame its `frame_inds` names, numbered as extraction numbered it (by timestamp if sharded).
 Class names that are not ASCII (Korean ones) are drawn in an installed font that has their glyphs
-(train/stgcn/plots.py: drawable_names, $RECOGNIZER_FONT), or as the class index (#2) where there is none."""
+(recognizer_core/fonts.py: drawable_names, $RECOGNIZER_FONT), or as the class index (#2) where there is none."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -5,7 +5,6 @@ Pure logic (no Ray): the job script, the Ray Data batch mode and the stream mode
 from __future__ import annotations
 
 import logging
-import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Callable, Iterator, Literal, Sequence
@@ -15,6 +14,7 @@ from annotated_types import Ge, Le
 from pydantic import Field
 
 from recognizer_core.config import StrictModel
+from recognizer_core.names import spelled_as
 from recognizer_core.recognize.events import Event, detect_events
 from recognizer_core.recognize.spec import ClassThreshold, ModelSpec
 from recognizer_core.recognize.windows import Window, resample, video_windows
@@ -64,10 +64,7 @@ def as_model_spells(spec: ModelSpec, cfg: RecognizeConfig) -> RecognizeConfig:
     """`cfg` with the class names it gives (thresholds, shared_span_classes, track_classes) spelled as the model's
     own, compared in NFC: a name typed on Linux (NFC) names the class of a model trained from a Mac's (NFD) folder
     names, which look the same and were "unknown class(es) ['싸움']; the model's classes are [..., '싸움']"."""
-    own = {unicodedata.normalize("NFC", n): n for n in spec.label_names}
-
-    def spell(n: str) -> str:
-        return own.get(unicodedata.normalize("NFC", n), n)
+    spell = spelled_as(spec.label_names)
 
     track = None if cfg.track_classes is None else [spell(n) for n in cfg.track_classes]
     return cfg.model_copy(update={"thresholds": {spell(n): v for n, v in cfg.thresholds.items()},

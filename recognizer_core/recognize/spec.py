@@ -9,13 +9,13 @@ from __future__ import annotations
 import json
 import logging
 import re
-import unicodedata
 from pathlib import Path
 from typing import Literal, Sequence
 
 from pydantic import Field, field_validator, model_validator
 
 from recognizer_core.config import ConfigError, StrictModel, validate_config
+from recognizer_core.names import nfc
 from recognizer_core.skeleton.transforms import PipelineConfig
 
 log = logging.getLogger("recognizer")
@@ -143,7 +143,7 @@ def format_problem(value) -> str | None:
 def _norm(name: str) -> str:
     """A class name as the name lists compare it: NFC (a name typed on Linux matches one from a macOS folder, which
     stores Hangul decomposed), casefolded, without `_`, `-` and whitespace."""
-    return re.sub(r"[\s_-]+", "", unicodedata.normalize("NFC", name).casefold())
+    return re.sub(r"[\s_-]+", "", nfc(name).casefold())
 
 
 def is_fall_name(name: str) -> bool:
@@ -182,10 +182,9 @@ def resolve_background(label_names: Sequence[str], setting: str | int | None = "
         if int(text) >= len(names):
             raise ValueError(f"background_class: index {text} outside 0..{len(names) - 1} (classes {names})")
         return int(text), f"set: class {text} ({names[int(text)]!r})"
-    nfc = [unicodedata.normalize("NFC", n) for n in names]
-    text = unicodedata.normalize("NFC", text)
-    exact = [i for i, n in enumerate(nfc) if n == text] or \
-        [i for i, n in enumerate(nfc) if n.casefold() == text.casefold()]
+    forms, text = [nfc(n) for n in names], nfc(text)
+    exact = [i for i, n in enumerate(forms) if n == text] or \
+        [i for i, n in enumerate(forms) if n.casefold() == text.casefold()]
     if len(exact) != 1:
         raise ValueError(f"background_class: {text!r} is not one of the model's classes {names} "
                          "(give a class name, an index, none or auto)")

@@ -114,9 +114,8 @@ def ensemble_from_runs(run_dirs: dict[str, str | Path], out_dir: Path, *, metric
 
     from recognizer_core.config import load_config
     from recognizer_core.skeleton.store import SkeletonDataset
-    from recognizer_core.storage import output_uri
     from recognizer_core.train.stgcn.config import TrainJobConfig
-    from recognizer_core.train.stgcn.data import prepare_dataset
+    from recognizer_core.train.stgcn.dataset_source import datasets_dir, prepare_dataset
 
     streams = {}
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -128,7 +127,7 @@ def ensemble_from_runs(run_dirs: dict[str, str | Path], out_dir: Path, *, metric
             raise FileNotFoundError(f"{run}: expected one best_*_epoch_N.pth, found {[b.name for b in best]}")
         # where training prepared it (job.dataset_for): a relative run.storage_path is under the storage root
         # ($RECOGNIZER_STORAGE, ~/recognizer_runs in a Ray package), not the working directory
-        dataset = dataset_path or prepare_dataset(cfg.data, Path(output_uri(cfg.run.storage_path)) / "datasets")
+        dataset = dataset_path or prepare_dataset(cfg.data, datasets_dir(cfg.run.storage_path))
         model = Path(shutil.copy2(best[0], out_dir / f"{name}.pth"))
         val = stream_scores(cfg, model, dataset, cfg.data.val_split)
         has_test = cfg.data.test_split in SkeletonDataset(dataset).splits()

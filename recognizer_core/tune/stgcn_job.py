@@ -250,7 +250,8 @@ def final_model(cfg: TrainJobConfig, checkpoint: str, model_dir: Path) -> Path:
     from recognizer_core.export.mmaction import export_from_checkpoint
     from recognizer_core.tune.results import fetch_checkpoint
 
-    meta = {"source": "recognizer tune --folds: the winner retrained on train+val, last epoch, tested once on "
+    meta = {"val_in_training": True,   # export_model warns when it calibrates on that split
+            "source": "recognizer tune --folds: the winner retrained on train+val, last epoch, tested once on "
                       "the test split"}
     with tempfile.TemporaryDirectory(prefix="recognizer_final_") as tmp:
         local = fetch_checkpoint(checkpoint, Path(tmp) / "checkpoint") if is_remote(checkpoint) else checkpoint

@@ -13,10 +13,17 @@ from pathlib import Path
 from typing import Any
 
 from recognizer_core.skeleton.clip import SkeletonClip, SkeletonDataError
-from recognizer_core.storage import exists, input_path, is_remote, join_uri
+from recognizer_core.storage import exists, input_path, is_remote, join_uri, output_uri
 from recognizer_core.train.stgcn.config import DataConfig
 
 log = logging.getLogger("recognizer")
+
+
+def datasets_dir(storage_path: str) -> Path:
+    """Where jobs prepare the pkl conversions and demo data of a run whose run.storage_path is `storage_path`:
+    `<output_uri(storage_path)>/datasets` (under $RECOGNIZER_STORAGE in a Ray package, not the working directory).
+    Training, recognize's window statistics and the ensemble all look there (prepare_dataset's `work_dir`)."""
+    return Path(output_uri(storage_path)) / "datasets"
 
 
 def prepare_dataset(cfg: DataConfig, work_dir: str | Path) -> Path | str:

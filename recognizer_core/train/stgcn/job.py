@@ -20,9 +20,10 @@ from recognizer_core.config import ConfigError
 from recognizer_core.skeleton.clip import SkeletonDataError
 from recognizer_core.skeleton.store import SkeletonDataset
 from recognizer_core.skeleton.validate import validate_dataset
-from recognizer_core.storage import exists, is_remote, join_uri, output_uri, read_bytes, read_text, to_uri
+from recognizer_core.storage import exists, is_remote, join_uri, read_bytes, read_text, to_uri
 from recognizer_core.train.stgcn.config import TrainJobConfig
 from recognizer_core.train.stgcn.data import prepare_dataset, split_info
+from recognizer_core.train.stgcn.dataset_source import datasets_dir
 from recognizer_core.train.ray_run import RayTrainContext, backend, for_workers, run_config, run_uri, \
     scaling_config
 from recognizer_core.train.stgcn.evaluate import label_names, test_loop
@@ -131,7 +132,7 @@ def dataset_for(cfg: TrainJobConfig) -> str:
     if is_remote(cfg.run.storage_path):
         raise ConfigError(f"run.storage_path={cfg.run.storage_path!r}: the STGCN++ job prepares its datasets in "
                           "the storage folder, so it must be a local or shared (NFS) path")
-    return to_uri(prepare_dataset(cfg.data, Path(output_uri(cfg.run.storage_path)) / "datasets"))
+    return to_uri(prepare_dataset(cfg.data, datasets_dir(cfg.run.storage_path)))
 
 
 def prepare_run(cfg: TrainJobConfig, run_config: RunConfig | None = None) -> str:
