@@ -125,6 +125,7 @@ def _export(model: str, tmp: Path, out: Path, *, model_config: str | None, calib
     import torch
 
     from recognizer_core.export.onnx import OPSET, check_onnx_parity, export_onnx, write_sidecar
+    from recognizer_core.names import spelled_as
     from recognizer_core.recognize.model import load_recognizer
     from recognizer_core.recognize.runner import make_windows_for
     from recognizer_core.recognize.spec import sidecar_path
@@ -139,8 +140,9 @@ def _export(model: str, tmp: Path, out: Path, *, model_config: str | None, calib
     rec = load_recognizer(model, model_config=model_config, background_class=background_class)
     spec = rec.spec
     names = spec.label_names
+    spell = spelled_as(names)   # typed on Linux (NFC) for a model with a Mac's (NFD) class names
     update: dict = {"window_mode": window_mode or spec.window_mode,
-                    "track_classes": spec.track_classes if track_classes is None else list(track_classes)}
+                    "track_classes": spec.track_classes if track_classes is None else [spell(n) for n in track_classes]}
     bad = [n for n in update["track_classes"] if n not in names]
     if bad:
         raise ValueError(f"--track-classes: unknown class(es) {bad}; the model's classes are {names}")

@@ -240,3 +240,34 @@ def test_a_record_of_the_data_path_as_typed_resumes_with_it_resolved(tmp_path, m
     with pytest.raises(ConfigError, match=r"changed: override data\.path"):
         check_resumable(plan.space, TrainJobConfig, plan.options,
                         extra_overrides={**plan.extra, "data.path": str(tmp_path / "other")})
+
+
+def test_a_set_that_every_trial_replaces_is_refused_also_under_a_fixed_when_or_numeric_labels(tmp_path):
+    """Two ways 'every trial sets it' was missed: a `when` on a field no parameter sets (the docs' 'fix it in a copy
+    of the space': schedule.type removed, --set schedule.type=cosine, then every trial samples the warm-up), and a
+    field set by a numeric choice's `sets` under one label and by a parameter under the other ('16' vs 16)."""
+    from recognizer_core.tune.search_space import SearchSpaceError, load_search_space
+
+    base = f"base_config: {REPO / 'configs/fight_stable.yaml'}"
+    src = (REPO / "search_spaces/fight.yaml").read_text().replace("base_config: configs/fight_stable.yaml", base)
+    src = src.replace("  schedule.type: {type: choice, values: [multistep, cosine]}\n", "")
+    src = re.sub(r"    schedule.type: multistep\n    schedule.milestones: \[15, 25\]\n    schedule.gamma: 0.5\n", "",
+                 src)
+    (tmp_path / "cosine.yaml").write_text(src)
+    cosine = load_search_space(tmp_path / "cosine.yaml", TrainJobConfig)
+    with pytest.raises(SearchSpaceError, match=r"--set schedule.warmup_epochs \(param schedule.warmup_epochs\) is "
+                                               r"searched"):
+        cosine.check_user_overrides({"schedule.type": "cosine", "schedule.warmup_epochs": 2})
+    # with the fixed schedule another type, no trial samples the warm-up: the --set holds, nothing to say
+    assert cosine.check_user_overrides({"schedule.type": "multistep", "schedule.warmup_epochs": 2}) == []
+    (tmp_path / "numeric.yaml").write_text(f"""job: stgcn
+{base}
+metric: val/acc_top1
+params:
+  train.batch_size: {{type: choice, values: [16, 32], sets: {{16: {{optim.base_batch_size: 16}}, 32: {{}}}}}}
+  optim.base_batch_size: {{type: choice, values: [32, 64], when: {{train.batch_size: 32}}}}
+""")
+    numeric = load_search_space(tmp_path / "numeric.yaml", TrainJobConfig)
+    with pytest.raises(SearchSpaceError, match=r"--set optim.base_batch_size \(params train.batch_size: 16, "
+                                               r"optim.base_batch_size\) is searched"):
+        numeric.check_user_overrides({"optim.base_batch_size": 8})

@@ -129,7 +129,7 @@ def _another_file(key: str, video: VideoSource) -> bool:
     both: one clip is right). Whether the other file still exists does not matter: a source whose raw videos were
     archived after extraction keeps its clips, and a second dataset with the same names must not take them."""
     uri, size, mtime = key.rsplit("|", 2)
-    return uri != video.uri and (size, mtime) != (str(video.size), str(video.mtime_ns))
+    return uri != video.plain_uri and (size, mtime) != (str(video.size), str(video.mtime_ns))
 
 
 def _taken_by_other(video_id: str, video: VideoSource, by_id: dict[str, list[str]]) -> bool:
@@ -258,7 +258,7 @@ class _Finisher:
             try:
                 rec = self.ray.get(ref)
             except Exception as err:  # noqa: BLE001 - one video's failure never ends the job
-                rec = {"status": FAILED, "uri": video.uri, "rel_path": video.rel_path, "video_id": video.video_id,
+                rec = {"status": FAILED, "uri": video.plain_uri, "rel_path": video.rel_path, "video_id": video.video_id,
                        "label_name": video.label_name, "split": video.split,
                        "reason": f"tracking/writing failed: {_first_line(err)}"}
             self.record(video, rec)
@@ -333,7 +333,7 @@ def run_prepared(plan: ExtractionPlan, verbose: bool = True) -> dict:
         finisher.drain()
         for vid in assemblers:  # should not happen: a shard lost its end marker
             v = by_id[vid]
-            finisher.record(v, {"status": FAILED, "uri": v.uri, "rel_path": v.rel_path, "video_id": vid,
+            finisher.record(v, {"status": FAILED, "uri": v.plain_uri, "rel_path": v.rel_path, "video_id": vid,
                                 "reason": "incomplete: not every shard reported its end"})
         plan.manifest.compact()
     bar.close()

@@ -42,11 +42,20 @@ class VideoSource:
     # set by the job's planning (job.assign_video_ids) where another source of the poses folder lists a different
     # file under this rel_path's id, or where this file's record has another id: that id, not make_video_id's
     assigned_id: str = ""
+    # the source's own pyarrow options (`s3://bkt/v?region=...`), appended to `uri` to open the video; not part of
+    # its identity: keys written before they were appended must still match, and options may hold credentials
+    options: str = ""
+
+    @property
+    def plain_uri(self) -> str:
+        """`uri` without the source's options: what manifests record and key the video by."""
+        tail = f"?{self.options}"
+        return self.uri[:-len(tail)] if self.options and self.uri.endswith(tail) else self.uri
 
     @property
     def key(self) -> str:
         """Manifest key: a changed file (new size or mtime) is a new key and is extracted again."""
-        return f"{self.uri}|{self.size}|{self.mtime_ns}"
+        return f"{self.plain_uri}|{self.size}|{self.mtime_ns}"
 
     @property
     def video_id(self) -> str:
@@ -54,7 +63,11 @@ class VideoSource:
         return self.assigned_id or make_video_id(self.rel_path)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The video as manifest records hold it: its plain uri, without the source's options."""
+        out = asdict(self)
+        out["uri"] = self.plain_uri
+        del out["options"]
+        return out
 
 
 def make_video_id(rel_path: str, variant: int = 0) -> str:
@@ -202,7 +215,7 @@ def list_folder(cfg: SourceConfig) -> list[VideoSource]:
         seen[name] = rel
         label, split = _labels_from_layout(name, cfg.split_names)
         videos.append(VideoSource(_join_uri(cfg.input, info.path, _options(cfg.input)), name, label, split,
-                                  int(info.size or 0), _mtime_ns(info)))
+                                  int(info.size or 0), _mtime_ns(info), options=_options(cfg.input)))
     return sorted(videos, key=lambda v: v.rel_path)
 
 
@@ -222,7 +235,7 @@ def list_manifest(cfg: SourceConfig) -> list[VideoSource]:
         raise SourceError(f"{cfg.manifest_csv}: needs a header with columns path,label[,split]")
     base = cfg.input or (os.path.dirname(cfg.manifest_csv) if "://" not in cfg.manifest_csv
                          else cfg.manifest_csv.partition("?")[0].rsplit("/", 1)[0])
-    options = _options(cfg.input or cfg.manifest_csv)
+    options = _options(cfg.input) or _options(cfg.manifest_csv)   # the source's, else the CSV's own
     base = base.partition("?")[0] if "://" in base else base
     files, named, seen = [], [], {}
     for line_no, row in rows:
@@ -234,12 +247,17 @@ def list_manifest(cfg: SourceConfig) -> list[VideoSource]:
         if split and split not in {nfc(s) for s in cfg.split_names}:
             raise SourceError(f"{cfg.manifest_csv}:{line_no}: split {split!r} is not one of source.split_names "
                               f"{cfg.split_names} (or empty: drawn by ratio)")
+        added = ""   # the source's options this row's uri gets (not part of its key: VideoSource.options)
         if "://" in rel:
             uri = _escaped_uri(rel)
+            same_store = uri.split("://", 1)[0] == (cfg.input or cfg.manifest_csv).split("://", 1)[0]
+            if options and "?" not in uri and same_store:
+                uri, added = f"{uri}?{options}", options   # a row on the source's store, without options of its own
         elif os.path.isabs(rel):
             uri = rel
         elif "://" in base:   # the base as written may be escaped already (s3://bkt/my%20videos): decoded, joined
             uri = _join_uri(base, urllib.parse.unquote(base.split("://", 1)[1]).rstrip("/") + "/" + rel, options)
+            added = options
         else:
             uri = f"{base.rstrip('/')}/{rel}"
         vfs, vpath = resolve_filesystem(uri)
@@ -247,10 +265,11 @@ def list_manifest(cfg: SourceConfig) -> list[VideoSource]:
             raise SourceError(f"{cfg.manifest_csv}:{line_no}: {rel} is listed already on line {seen[nfc(vpath)]}")
         seen[nfc(vpath)] = line_no
         files.append((uri, vfs, vpath))
-        named.append((nfc(rel), nfc((row.get("label") or "").strip()), split))
+        named.append((nfc(rel), nfc((row.get("label") or "").strip()), split, added))
     # sizes and mtimes (the manifest key) after every row is checked: folders are listed, not one HEAD per row
-    return [VideoSource(_found_uri(uri, vpath, info.path), rel, label, split, int(info.size or 0), _mtime_ns(info))
-            for (uri, _, vpath), (rel, label, split), info in zip(files, named, _file_infos(files))]
+    return [VideoSource(_found_uri(uri, vpath, info.path), rel, label, split, int(info.size or 0), _mtime_ns(info),
+                        options=added)
+            for (uri, _, vpath), (rel, label, split, added), info in zip(files, named, _file_infos(files))]
 
 
 def _found_uri(uri: str, path: str, found: str) -> str:

@@ -204,7 +204,7 @@ def run_batch(*, inputs: str, out: str | Path, model: str, model_config: str | N
                 try:
                     rec, res = ray.get(ref)
                 except Exception as err:  # noqa: BLE001 - one video's failure never ends the job
-                    rec, res = {"status": FAILED, "uri": v.uri, "rel_path": v.rel_path, "video_id": v.video_id,
+                    rec, res = {"status": FAILED, "uri": v.plain_uri, "rel_path": v.rel_path, "video_id": v.video_id,
                                 "reason": f"tracking/recognition failed: {_first_line(err)}"}, None
                 record(v, rec, res)
 
@@ -233,7 +233,7 @@ def run_batch(*, inputs: str, out: str | Path, model: str, model_config: str | N
             collect(block=True)
         for vid in assemblers:  # a shard lost its end marker: record, never crash
             v = by_id[vid]
-            record(v, {"status": FAILED, "uri": v.uri, "rel_path": v.rel_path, "video_id": vid,
+            record(v, {"status": FAILED, "uri": v.plain_uri, "rel_path": v.rel_path, "video_id": vid,
                        "reason": "incomplete: not every shard reported its end"}, None)
     elapsed = time.time() - t0
     summary = {"videos": len(videos), "processed": len(todo), "done": counts[DONE], "empty": counts[EMPTY],

@@ -151,7 +151,6 @@ class SearchSpace(StrictModel):
                             else float(value)
         return self
 
-    # --- the Optuna define-by-run function -------------------------------------------------------------------
     def suggest(self, trial) -> None:
         """Define-by-run: suggest each active parameter, in file order (a `when` sees earlier choices)."""
         chosen: dict[str, Any] = {}
@@ -193,10 +192,9 @@ class SearchSpace(StrictModel):
                 out[field_of(name)] = value
         return out
 
-    def searched_fields(self, every_trial: bool = False) -> dict[str, str]:
-        """Every config field a trial's sampled values set -> what sets it: its parameters, or the choices whose
-        `sets` hold it (`optim.base_batch_size` <- `optim.type: sgd`). `every_trial`: only those every trial sets
-        (a parameter without `when`; a key a choice's `sets` holds under each of its labels)."""
+    def searched_fields(self, trials: str, given: dict[str, Any] | None = None) -> dict[str, str]:
+        """Config field -> what sets it in trials (params; choices whose `sets` hold it). `trials` "every" / "some":
+        only the fields every trial / at least one trial sets (_trials_setting; `given`: the fixed overrides)."""
         out: dict[str, list[str]] = {}
         whens: dict[str, list[dict | None]] = {}   # the condition of each setter of a field (None: always)
         for name, p in self.params.items():
@@ -207,37 +205,43 @@ class SearchSpace(StrictModel):
                 labels = [label for label, fields in p.sets.items() if key in fields]
                 out.setdefault(key, []).append(f"{name}: {' / '.join(labels)}")
                 whens.setdefault(key, []).append(p.when if len(labels) == len(p.values or []) else {name: labels})
-        return {key: ("param " if len(by) == 1 else "params ") + ", ".join(by) for key, by in out.items()
-                if not every_trial or self._in_every_trial(whens[key])}
+        keep = ("every",) if trials == "every" else ("every", "some")
+        out = {k: by for k, by in out.items() if self._trials_setting(whens[k], set(whens), given or {}) in keep}
+        return {key: ("param " if len(by) == 1 else "params ") + ", ".join(by) for key, by in out.items()}
 
-    def _in_every_trial(self, whens: list[dict | None]) -> bool:
-        """Whether setters under these conditions set their field in every trial: one without a condition, or
-        conditions on one unconditional choice that together accept each of its values (`optim.lr` under adamw,
-        `optim.lr@sgd` under sgd)."""
-        if any(w is None for w in whens):
-            return True
-        keys = {k for w in whens for k in w}
-        if len(keys) != 1 or any(len(w) != 1 for w in whens):
-            return False
-        (key,) = keys
-        choice = self.params.get(key)
+    def _trials_setting(self, whens: list[dict | None], sampled: set[str], given: dict[str, Any]) -> str:
+        """Whether setters under these conditions (None: none) set their field in "every", "some" or "no" trial: a
+        condition on a field no parameter sets is decided by the fixed config and `given` (`--set schedule.type=`);
+        "every" also for conditions on one unconditional choice that accept all its values (`optim.lr@sgd`)."""
+        left = []
+        for when in whens:
+            if when is None:
+                return "every"
+            fixed_keys = [k for k in when if k not in sampled]
+            if any(str(_label(given[k] if k in given else get_dotted(self.fixed or self.base, k, default=None)))
+                   not in map(str, _wanted(when[k])) for k in fixed_keys):
+                continue   # never active: sets the field in no trial
+            rest = {k: v for k, v in when.items() if k not in fixed_keys}
+            if not rest:
+                return "every"
+            left.append(rest)
+        keys = {k for w in left for k in w}
+        choice = self.params.get(next(iter(keys))) if len(keys) == 1 and all(len(w) == 1 for w in left) else None
         if choice is None or choice.when or choice.type != "choice":
-            return False
-        return {_label(v) for v in choice.values or []} <= {label for w in whens for label in _wanted(w[key])}
+            return "some" if left else "no"
+        labels = {str(_label(v)) for v in choice.values or []}   # sets' labels are text, a when's may be numbers
+        return "every" if labels <= {str(label) for w in left for label in _wanted(w[next(iter(keys))])} else "some"
 
     def check_user_overrides(self, overrides: dict[str, Any], flag: str = "--set") -> list[str]:
-        """Refuse the user's own overrides (`--set`, not the demo's: a demo budget yields to what a trial samples)
-        of a field every trial sets: each trial's sampled value replaced it, while the plan printed it as set in
-        every trial. Also a part of one (`train.class_weight[0]` where the list is searched). A section or list
-        that holds a searched field (`train.class_weight` where `[1]` is searched) is kept: the trial sets the
-        sampled part into it, and the --set's other parts hold. A field only some trials set (a parameter under
-        `when`, a choice's `sets` under some labels: `schedule.warmup_epochs` of cosine trials) is kept too, as
-        the only way to set it in the others (a 3-epoch search's warm-up); the returned notes say where it yields."""
+        """Refuse the user's own overrides (`--set`; a demo budget yields to trials) of a field every trial sets,
+        or of a part of one: the sampled value replaced it while the plan printed it as set. A section or list
+        holding a searched field is kept (the sampled part goes into it), and so is a field only some trials set
+        (`schedule.warmup_epochs` of cosine trials: a 3-epoch search's warm-up), with a returned note."""
         def hits_of(key: str, searched: dict[str, str]) -> list[str]:
             return [by if field == key else f"{field}: {by}" for field, by in searched.items()
                     if _overlap(key, field) and len(key) >= len(field)]
 
-        always, sometimes = self.searched_fields(every_trial=True), self.searched_fields()
+        always, sometimes = (self.searched_fields(trials, given=overrides) for trials in ("every", "some"))
         clashes = [f"{key} ({'; '.join(hits)})" for key in overrides if (hits := hits_of(key, always))]
         notes = [f"{flag} {key} holds in the trials that do not sample it ({'; '.join(hits)})"
                  for key in overrides if not hits_of(key, always) and (hits := hits_of(key, sometimes))]
