@@ -164,9 +164,10 @@ def test_stream_scores_the_windows_batch_mode_scores(stream_model, tmp_path, mon
     assert {h for _, h, _ in centres} == {0.5}
 
 
-def _drive_stream(monkeypatch, spec, times: np.ndarray, rate: float):
-    """run_stream on frames at `times` (a file at `rate`, none dropped) with a stand-in pose model and tracker
-    (one person whose x is its frame's number) and scorer: (each scored window's frame numbers, event centres)."""
+def _drive_stream(monkeypatch, spec, times: np.ndarray, rate: float, sessions=None, at: list | None = None):
+    """run_stream on frames at `times` (a file at `rate`, none dropped; frame i in session `sessions[i]`, default 0)
+    with a stand-in pose model and tracker (one person whose x is its frame's number) and scorer: (each scored
+    window's frame numbers, event centres); `at` gets the number of the newest frame at each window's score."""
     import queue
     import threading
 
@@ -180,7 +181,8 @@ def _drive_stream(monkeypatch, spec, times: np.ndarray, rate: float):
             self.read, self.dropped, self.reconnects, self.clock_resets, self.outage_s = len(times), 0, 0, 0, 0.0
             self.lost_at, self.clock, self.error = None, "stream", ""
             for i, t in enumerate(times):
-                self.frames.put((float(t), 0.0, i, 0, "", rate))
+                s = 0 if sessions is None else int(sessions[i])
+                self.frames.put((float(t), 0.0, i, s, "" if s == 0 else "a new session", rate))
             self.finished.set()
 
         def start(self):
@@ -195,10 +197,16 @@ def _drive_stream(monkeypatch, spec, times: np.ndarray, rate: float):
         return types.SimpleNamespace(num_persons=1, keypoint=kp, keypoint_score=np.ones((1, len(poses), 17),
                                      np.float32), box_score=np.ones((1, len(poses)), np.float32))
 
-    shown, centres = [], []
+    shown, centres, newest = [], [], [-1]
+
+    def estimate(img, r, hw):
+        newest[0] = int(img[0])
+        return [newest[0]]
 
     def score_windows(rec, wins, batch_size):
         shown.extend(w.clip.keypoint[0, :, 0, 0].astype(int).tolist() for w in wins)
+        if at is not None:
+            at.extend(newest * len(wins))
         return np.zeros((len(wins), 2), np.float32)
 
     class Events(stream.OnlineEvents):
@@ -207,7 +215,7 @@ def _drive_stream(monkeypatch, spec, times: np.ndarray, rate: float):
             return super().step(centre_s, hop_s, windows, start_s)
 
     monkeypatch.setattr(backends, "build_backend", lambda cfg: None)
-    monkeypatch.setattr(stream, "_pose_pieces", lambda: (lambda *a: lambda img, r, hw: [int(img[0])], track,
+    monkeypatch.setattr(stream, "_pose_pieces", lambda: (lambda *a: estimate, track,
                                                          lambda f, size: (np.array(f), 1.0, (240, 320))))
     monkeypatch.setattr(stream, "FrameReader", Reader)
     monkeypatch.setattr(stream, "score_windows", score_windows)

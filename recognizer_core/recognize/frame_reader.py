@@ -17,6 +17,13 @@ RETRY_FIRST_S, RETRY_MAX_S = 0.5, 10.0  # reopening a lost live source: the firs
 CLOCK_SLIP_S = 10.0
 # Live formats whose timestamps are FFmpeg's frame count at a guessed rate, not the camera's (MJPEG over HTTP)
 NO_CLOCK_FORMATS = {"mpjpeg", "mjpeg", "jpeg_pipe", "image2", "image2pipe"}
+# A file format whose timestamps are guessed from packet (decode) order: with B-frames they run out of order by up
+# to 3 frames (1, 2, 4, 3, ... 12, 9 in mmaction2's NTU AVI), so its frames are counted at the nominal rate, as
+# extraction counts them (docs/extraction.md) and batch mode times them.
+COUNTED_FORMATS = {"avi"}
+# A step back of less than this many frame intervals is a reordered timestamp (B-frames in a stream whose muxer
+# guessed them), taken as the next frame; a larger one is a clock that went back (a reset: a new session).
+REORDER_FRAMES = 2.0
 ENDED = "the stream ended"
 
 
@@ -29,8 +36,10 @@ class FrameReader(threading.Thread):
     that runs for weeks. A source that gives no frame at all is reported at once (a wrong URL or device).
 
     Stream time only increases. A live source without a clock of its own (MJPEG over HTTP: FFmpeg numbers its
-    frames 1/25 s apart whatever the camera sends) is timed by arrival. A clock that goes back (MPEG-TS wraps
-    every 26.5 h; an encoder restarts), jumps ahead, or in a live source drifts more than CLOCK_SLIP_S from wall
+    frames 1/25 s apart whatever the camera sends) is timed by arrival; a file in a COUNTED_FORMATS container
+    (AVI) by its frame count at its nominal rate. A step back (or none) of under REORDER_FRAMES frame intervals
+    is a reordered timestamp: the frame comes one interval after the last. A clock that goes back further (MPEG-TS
+    wraps every 26.5 h; an encoder restarts), jumps ahead, or in a live source drifts more than CLOCK_SLIP_S from wall
     time is re-anchored, as is a reopening: the next frame comes after the last one by the wall time between them
     (a file: by one frame), and starts a new session. Every frame carries its session number and why that session
     began, so the consumer starts its window anew; and the session's frame rate where it is known (a file or an
@@ -90,10 +99,14 @@ class FrameReader(threading.Thread):
                 rate = float(stream.average_rate or 0)
                 self.live = self.live or ("://" in self.source and container.duration is None)
                 by_arrival = self.live and (container.format.name in NO_CLOCK_FORMATS or stream.time_base is None)
+                counted = not self.live and bool(COUNTED_FORMATS & set(container.format.name.split(",")))
+                if counted:  # extraction's rate (video._stream_fps): the nominal one, which batch mode times by
+                    self.fps = float(stream.guessed_rate or stream.average_rate or 25)
+                    rate = self.fps
                 rate = rate if rate > 0 and not self.live else 0.0
                 shift = raw_last = lag0 = why = None
                 t_start, t_first = time.perf_counter(), 0.0
-                for frame in container.decode(stream):
+                for count, frame in enumerate(container.decode(stream)):
                     if self.stop_event.is_set():
                         return "stopped"
                     now = time.perf_counter()
@@ -103,10 +116,14 @@ class FrameReader(threading.Thread):
                         self.clock = "arrival" if by_arrival else "stream"
                     if by_arrival:
                         raw = now
+                    elif counted:
+                        raw = count / self.fps
                     elif frame.time is not None:
                         raw = float(frame.time)
                     else:  # a frame without a time in a source with a clock: one frame after the last
                         raw = 0.0 if first else raw_last + 1.0 / self.fps
+                    if not (first or by_arrival) and -REORDER_FRAMES / self.fps < raw - raw_last <= 0:
+                        raw = raw_last + 1.0 / self.fps  # reordered (or repeated): the next frame, not a reset
                     broke = "" if first else self._clock_break(raw - raw_last, (now - raw) - lag0)
                     if first or broke:  # (re-)anchor the source's clock to stream time
                         if self._t_last is None:  # the very first frame: the source's own time (arrival: 0)

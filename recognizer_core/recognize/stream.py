@@ -47,6 +47,11 @@ def _pose_pieces():
 
 
 LATENCY_STEPS = 10000  # the summary's latency median / p95 are over this many latest scoring steps
+# A step scores only a buffer that spans this fraction of window_s (window_frames - 1 frame intervals span a
+# little less than window_s). A session that ends with no window scored gets its one short window at its end
+# (score_tail), as batch mode scores a video shorter than a window.
+FULL_SPAN = 0.9
+RECENT_FRAMES = 16  # a source of unknown rate: its frame interval is the median of the latest steps between these
 
 
 def run_stream(rec, spec, cfg: RecognizeConfig, source: str, pose_cfg, *, tracking=None, event_file=None,
@@ -115,8 +120,10 @@ def run_stream(rec, spec, cfg: RecognizeConfig, source: str, pose_cfg, *, tracki
     def score_tail() -> None:
         """The session's frames ended (the source ended or was lost, or its clock broke): as batch mode's last
         window ends at the video's last frame of its grid, score that window unless the last step already did
-        (a source faster than the model: its last frames can be within half a model frame of that step's end)."""
-        if not (buf and grid) or buf[-1][0] - buf[0][0] < 0.9 * spec.window_s:
+        (a source faster than the model: its last frames can be within half a model frame of that step's end).
+        A session with no window scored (shorter than FULL_SPAN of a window) gets its one short window here, as
+        a video shorter than a window gets one in batch mode (window_starts)."""
+        if not (buf and grid):
             return
         end = grid.tail_end(buf[-1][0])
         if grid.last_end is None or end > grid.last_end:
@@ -153,8 +160,9 @@ def run_stream(rec, spec, cfg: RecognizeConfig, source: str, pose_cfg, *, tracki
             buf.append((t, arrival, estimator(padded[None], [ratio], [hw])[0], hw))
             processed += 1
             grid = grid or StepGrid(spec, cfg.stride_s, rate, t)
-            if grid.due(t) and buf[-1][0] - buf[0][0] >= 0.9 * spec.window_s:
-                score(t, grid.stepped(t))
+            dt = 0.0 if grid.known else _recent_interval(buf)
+            if grid.due(t, dt) and buf[-1][0] - buf[0][0] >= FULL_SPAN * spec.window_s:
+                score(t, grid.stepped(t, dt))
             # Every later window (a step's, or the tail's within half a grid unit of the newest frame) starts
             # after t - (window_frames - 0.5) units: the last frame at or before that can be its nearest frame.
             # Trimmed to a span under a window, coarse sources lost the frame that completed it (W-2 frames).
@@ -186,7 +194,8 @@ class StepGrid:
     """Where stream mode scores: at batch mode's window ends (video_windows), window_frames - 1 frames after the
     session's first frame, then every round(stride_s * fps) (`hop_s`); in the source's frames where its rate is
     known and within 2 % of the model's (batch mode keeps them then), else in model frames; at the frame nearest
-    each end where the rate is known (as batch mode resamples), else the first at or after it. On an anchored
+    each end: where the rate is known (as batch mode resamples) by it, else by `dt`, the source's recent frame
+    interval (a live camera: the first frame at or after an end was a frame late in 40 % of steps). On an anchored
     grid: stepping at the first frame stride_s after the last step rounded each step up to a frame (every 0.549 s,
     not 0.48 s, at 20 fps). Ends that dropped frames passed are skipped.
     Frame i of the grid is at origin + i * unit, batch mode's i-th (resampled) frame: a window ending at frame
@@ -200,18 +209,23 @@ class StepGrid:
         self.rate = source_fps if same else spec.fps
         self.unit = 1.0 / self.rate
         self.origin, self.first, self.stride = t0, spec.window_frames - 1, stride
-        # half a source frame early: that frame is the nearest (a tie is the earlier frame's, as in resample)
-        early = (0.5 / source_fps if source_fps > 0 else 0.0) + 1e-6
-        self.base, self.step, self.k = t0 + self.first * self.unit - early, stride * self.unit, 0
+        self.known = source_fps > 0
+        self.interval = 1.0 / source_fps if self.known else 0.0
+        self.base, self.step, self.k = t0 + self.first * self.unit, stride * self.unit, 0
         self.last: float | None = None  # the newest frame scored
         self.last_end: int | None = None  # the grid frame the newest scored window ends at
 
-    def due(self, t: float) -> bool:
-        return t >= self.base + self.k * self.step
+    def _early(self, dt: float) -> float:
+        """Half a source frame (the known rate's, else `dt`): a frame that close before an end is the nearest to
+        it (a tie is the earlier frame's, as in resample)."""
+        return 0.5 * (self.interval if self.known else dt) + 1e-6
 
-    def stepped(self, t: float) -> int:
+    def due(self, t: float, dt: float = 0.0) -> bool:
+        return t >= self.base + self.k * self.step - self._early(dt)
+
+    def stepped(self, t: float, dt: float = 0.0) -> int:
         """A step at frame time t: returns the grid frame its window ends at, the latest end due by t."""
-        k = max(self.k, math.floor((t - self.base) / self.step))
+        k = max(self.k, math.floor((t + self._early(dt) - self.base) / self.step))
         self.last, self.k, self.last_end = t, k + 1, self.first + k * self.stride
         return self.last_end
 
@@ -249,6 +263,13 @@ class StableTrackIds:
             seen.update({s: pid for s in sigs})
         self.prev = seen
         return np.array(ids, np.int32)
+
+
+def _recent_interval(buf) -> float:
+    """The median step between the buffer's latest RECENT_FRAMES frames (0 with one frame): a live camera's rate,
+    which it does not declare reliably, robust to a dropped frame or jittered arrival."""
+    times = [b[0] for b in itertools.islice(reversed(buf), RECENT_FRAMES)]
+    return float(np.median(-np.diff(times))) if len(times) > 1 else 0.0
 
 
 def _nearest(times: np.ndarray, grid: np.ndarray) -> np.ndarray:
