@@ -242,8 +242,11 @@ def test_resuming_with_a_different_model_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"steps per epoch changed \(train.batch_size: checkpoint 4, config 8\)"):
         _run(_cfg("train.batch_size=8"), ds, tmp_path)
     # other data under the same run.name (the demo preset, then real data): a finished demo run was 'resumed'
-    with pytest.raises(ValueError, match=r"trained on other data \(data.path: checkpoint None, config '"):
-        _run(_cfg(f"data.path={ds}"), ds, tmp_path)
+    # (the checkpoint's dataset.json decides: the run folder's config.yaml names a demo run's store as data.path)
+    other = str(write_dataset(make_demo_clips("fight", 24, seed=2), tmp_path / "other",
+                              label_names=("NonFight", "Fight")))
+    with pytest.raises(ValueError, match=r"trained on other data \(dataset: checkpoint '.*/ds', config '.*/other'"):
+        _run(_cfg(f"data.path={other}"), other, tmp_path)
     with pytest.raises(ValueError, match=r"other data \(data.demo_num_clips: checkpoint 96, config 48\)"):
         _run(_cfg("data.demo_num_clips=48"), ds, tmp_path)
     # the checkpoint's optimizer and schedule are restored over the config: a new lr was printed and not used,
