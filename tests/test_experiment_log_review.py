@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -153,6 +154,9 @@ def test_dino_pose_resume_after_a_failure_logs_each_step_once_in_the_same_wandb_
     with pytest.raises(RuntimeError, match="simulated"):
         dino_loop.run_dino_pose_training(cfg, LocalContext(tmp_path / "ckpt"), run)
     monkeypatch.setattr(dino_loop, "validate", validate)
+    # W&B names an attempt's folder offline-run-<time to the second>-<id>: on object storage (a fresh staging
+    # folder each attempt) two attempts in one second are one folder, as no restart on a cluster is that quick
+    time.sleep(1.05 - time.time() % 1)
     ctx = LocalContext(tmp_path / "ckpt")
     dino_loop.run_dino_pose_training(cfg, ctx, run)
     assert [r["epoch"] for r in ctx.reports] == [2]
