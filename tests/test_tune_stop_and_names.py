@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from recognizer_core.tune import stgcn_job
 from recognizer_core.tune.cli import add_tune_args, plan_from_args, print_summary, save_summary
 from recognizer_core.tune.results import TrialRecord, publish_summary, write_summary
 from recognizer_core.tune.resume_record import REQUEST_FILE, check_resumable, request_record
+from tests.fakes.tuner_stand_in import stand_in_tuner
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -45,22 +47,15 @@ CTRL_C_JOB = textwrap.dedent("""
     import ray.tune
     from recognizer_core import ray_runtime
     from rayjobs import tune_fight
+    from tests.fakes.tuner_stand_in import stand_in_tuner
 
-    class Tuner:
-        def __init__(self, *args, **kwargs):
-            pass
+    def fit():
+        from ray.tune.tune import _setup_signal_catching
+        _setup_signal_catching()
+        signal.raise_signal(signal.SIGINT)
+        return []   # what a search interrupted through Tune's own handler returned: a partial grid
 
-        @staticmethod
-        def can_restore(uri):
-            return False
-
-        def fit(self):
-            from ray.tune.tune import _setup_signal_catching
-            _setup_signal_catching()
-            signal.raise_signal(signal.SIGINT)
-            return []   # what a search interrupted through Tune's own handler returned: a partial grid
-
-    ray.tune.Tuner = Tuner
+    ray.tune.Tuner = stand_in_tuner(fit)
     ray.tune.with_parameters = lambda fn, **kwargs: fn
     ray_runtime.start_ray_or_exit = lambda *args, **kwargs: ray_runtime.install_stop_handlers()
     sys.exit(ray_runtime.run_job(tune_fight.main, sys.argv[1:]))   # as the script's __main__ does
@@ -94,22 +89,12 @@ def test_a_stop_that_something_swallowed_still_stops_the_job(tmp_path, monkeypat
     monkeypatch.setattr(ray_runtime, "_STOPPED_BY", [])
     seen = {}
 
-    class Tuner:
-        def __init__(self, *args, **kwargs):
-            pass
+    def fit():
+        seen["env"] = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
+        ray_runtime._STOPPED_BY.append("SIGTERM")   # a stop whose KeyboardInterrupt fit swallowed
+        return []
 
-        @staticmethod
-        def can_restore(uri):
-            return False
-
-        def fit(self):
-            import os
-
-            seen["env"] = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
-            ray_runtime._STOPPED_BY.append("SIGTERM")
-            return []
-
-    monkeypatch.setattr(ray.tune, "Tuner", Tuner)
+    monkeypatch.setattr(ray.tune, "Tuner", stand_in_tuner(fit))
     monkeypatch.setattr(ray.tune, "with_parameters", lambda fn, **kwargs: fn)
     with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
         run_tuning(plan.space, TrainJobConfig, lambda *a, **k: None, plan.options, extra_overrides=plan.extra)

@@ -34,7 +34,7 @@ from recognizer_core.recognize.event_delivery import EventOutputError, EventSink
 from recognizer_core.recognize.events import OnlineEvents
 from recognizer_core.recognize.frame_reader import FrameReader
 from recognizer_core.recognize.runner import RecognizeConfig, make_windows_for, score_windows, shared_span
-from recognizer_core.recognize.windows import resample
+from recognizer_core.recognize.windows import nearest_frames, resample
 from recognizer_core.skeleton.clip import SkeletonClip
 
 
@@ -96,7 +96,7 @@ def run_stream(rec, spec, cfg: RecognizeConfig, source: str, pose_cfg, *, tracki
         """Score the window that ends at frame `end` of batch mode's grid (StepGrid.times); `t` is the newest frame."""
         nonlocal n_windows
         times = np.array([b[0] for b in buf])
-        pick = _nearest(times, grid.times(end, spec.window_frames))
+        pick = nearest_frames(times, grid.times(end, spec.window_frames))
         last_s = float(times[pick[-1]])  # the time of the window's last frame (batch mode's times[t1])
         for _ in range(int(pick[0])):  # frames before the window's first are in no later window (its grid moves on)
             buf.popleft()
@@ -270,13 +270,6 @@ def _recent_interval(buf) -> float:
     which it does not declare reliably, robust to a dropped frame or jittered arrival."""
     times = [b[0] for b in itertools.islice(reversed(buf), RECENT_FRAMES)]
     return float(np.median(-np.diff(times))) if len(times) > 1 else 0.0
-
-
-def _nearest(times: np.ndarray, grid: np.ndarray) -> np.ndarray:
-    """Index of the frame nearest each grid time, a tie the earlier frame's: windows.resample's rule."""
-    idx = np.clip(np.searchsorted(times, grid), 0, len(times) - 1)
-    prev = np.clip(idx - 1, 0, len(times) - 1)
-    return np.where(np.abs(times[prev] - grid) <= np.abs(times[idx] - grid) + 1e-6, prev, idx)
 
 
 def _buffer_clip(buf, track_poses, tracking, source: str, stable: StableTrackIds, fps: float,

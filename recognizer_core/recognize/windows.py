@@ -42,6 +42,14 @@ def frame_times(clip: SkeletonClip) -> np.ndarray:
     return np.asarray(clip.frame_inds, np.float64) / source_fps
 
 
+def nearest_frames(times: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """Index of the frame (sorted `times`) nearest each `grid` time; a tie goes to the earlier frame. Batch mode's
+    resampling and stream mode's windows both pick frames by this one rule, so the two modes show the same frames."""
+    idx = np.clip(np.searchsorted(times, grid), 0, len(times) - 1)
+    prev = np.clip(idx - 1, 0, len(times) - 1)
+    return np.where(np.abs(times[prev] - grid) <= np.abs(times[idx] - grid) + 1e-6, prev, idx)
+
+
 def resample(clip: SkeletonClip, fps: float, tolerance: float = 0.02) -> tuple[SkeletonClip, np.ndarray]:
     """(clip at `fps`, seconds of its frames). Unchanged when its frame rate is within 2 % of `fps`."""
     times = frame_times(clip)
@@ -49,9 +57,7 @@ def resample(clip: SkeletonClip, fps: float, tolerance: float = 0.02) -> tuple[S
     if abs(have - fps) <= tolerance * fps or clip.num_frames < 2:
         return clip, times
     grid = np.arange(times[0], times[-1] + 0.5 / fps, 1.0 / fps)
-    idx = np.clip(np.searchsorted(times, grid), 0, len(times) - 1)
-    prev = np.clip(idx - 1, 0, len(times) - 1)
-    idx = np.where(np.abs(times[prev] - grid) <= np.abs(times[idx] - grid) + 1e-6, prev, idx)  # ties: earlier
+    idx = nearest_frames(times, grid)
     extra = dict(clip.extra)
     extra.update({k: np.ascontiguousarray(extra[k][:, idx]) for k in per_frame_extras(clip)})
     out = SkeletonClip(
