@@ -197,3 +197,26 @@ def test_fp16_without_a_trt_engine_is_an_error(tmp_path, capsys):
     assert main([str(tmp_path / "run"), "--out", str(tmp_path / "m.onnx"), "--fp16"]) == 2
     assert "--fp16 sets the precision of the TensorRT engine: give --trt-engine too" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_track_classes_typed_in_nfc_are_written_as_a_macs_nfd_class_names(tmp_path):
+    """A model trained from a Mac's folders has NFD class names; --track-classes typed on Linux is NFC. The
+    sidecar must hold the model's own spelling, or recognize never matches the class as per-person."""
+    import unicodedata
+
+    import torch
+
+    from rayjobs.export_model import export
+    from recognizer_core.recognize.spec import ModelSpec
+
+    nfd = [unicodedata.normalize("NFD", n) for n in ("정상", "싸움")]
+    assert nfd[1] != "싸움"
+    run, _ = make_run_folder(tmp_path)
+    pth = next(run.glob("best_*.pth"))
+    ckpt = torch.load(pth, weights_only=True)
+    ckpt["meta"]["dataset_meta"]["classes"] = nfd   # the checkpoint's classes name the model's labels
+    torch.save(ckpt, pth)
+    out = tmp_path / "m.onnx"
+    export(str(run), str(out), window_mode="both", track_classes=["싸움"])
+    spec = ModelSpec.read(out.with_suffix(".json"))
+    assert spec.label_names == nfd and spec.track_classes == [nfd[1]] and spec.window_mode == "both"
