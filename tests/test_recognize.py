@@ -66,6 +66,29 @@ def test_threshold_at_precision():
     assert threshold_at_precision(scores, ~positive, 0.99)[2] == 0.0  # unreachable: recall 0
 
 
+def test_threshold_at_precision_and_best_precision_follow_every_threshold_cut():
+    """Both read one precision curve over the cuts a threshold can make (all windows scoring >= it, ties
+    together), checked against every distinct score tried as a threshold: ties, all-negative, all-positive and
+    empty inputs."""
+    from recognizer_core.recognize.calibrate import best_precision
+
+    rng = np.random.default_rng(0)
+    for case in range(400):
+        n = int(rng.integers(0, 10))
+        scores = rng.integers(0, int(rng.integers(1, 5)), n) / 4 if case % 2 else rng.random(n)
+        positive = rng.random(n) < [0.0, 1.0, 0.5, rng.random()][case % 4]
+        cuts = []   # (threshold, precision, true positives), lowest threshold first
+        for t in sorted(set(scores.tolist())):
+            fired = scores >= t
+            cuts.append((t, int((fired & positive).sum()) / int(fired.sum()), int((fired & positive).sum())))
+        for target in (0.25, 0.5, 2 / 3, 0.9, 1.0):
+            want = next(((t, p, tp / max(int(positive.sum()), 1)) for t, p, tp in cuts if p >= target),
+                        (1.0, 1.0, 0.0))
+            assert threshold_at_precision(scores, positive, target) == want
+        top = max((p for _, p, _ in cuts), default=None)
+        assert best_precision(scores, positive) == next(((p, t) for t, p, _ in cuts if p == top), None)
+
+
 def _clip(T=90, M=3, fps=15.0):
     rng = np.random.default_rng(0)
     kp = rng.uniform(10, 300, (M, T, 17, 2)).astype(np.float32)

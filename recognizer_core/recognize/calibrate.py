@@ -14,7 +14,7 @@ import sys
 
 import numpy as np
 
-from recognizer_core.recognize.events import threshold_at_precision
+from recognizer_core.recognize.events import threshold_cuts, threshold_at_precision
 from recognizer_core.recognize.spec import ClassThreshold
 
 
@@ -30,15 +30,11 @@ def precision_recall_at(scores: np.ndarray, positive: np.ndarray, on: float) -> 
 def best_precision(scores: np.ndarray, positive: np.ndarray) -> tuple[float, float] | None:
     """(precision, threshold): the highest precision a threshold reaches, at the lowest such threshold; None
     without scores. A threshold takes every window with an equal score, as in threshold_at_precision."""
-    scores, positive = np.asarray(scores, float), np.asarray(positive, bool)
-    if not len(scores):
+    thresholds, prec, _ = threshold_cuts(scores, positive)
+    if not len(prec):
         return None
-    order = np.argsort(-scores, kind="stable")
-    s, tp = scores[order], np.cumsum(positive[order])
-    last = np.r_[s[1:] != s[:-1], True]  # the last window of each run of equal scores: a threshold's cut
-    prec = tp[last] / (np.nonzero(last)[0] + 1)
     i = len(prec) - 1 - int(np.argmax(prec[::-1]))  # the lowest threshold of the best precision
-    return float(prec[i]), float(s[last][i])
+    return float(prec[i]), float(thresholds[i])
 
 
 def calibrate_thresholds(recognizer, dataset_path: str, split: str, precision: float,

@@ -125,20 +125,27 @@ def detect_events(windows: Sequence, probs: np.ndarray, spec: ModelSpec, merge_g
     return sorted(events, key=lambda e: (e.video, e.start_s, e.label))
 
 
+def threshold_cuts(scores: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(thresholds, precision, true positives) of firing at score >= threshold, one entry per distinct score,
+    highest first: a threshold takes every window with an equal score, so only those cuts exist. The one
+    precision curve of threshold_at_precision and calibrate.best_precision."""
+    scores, positive = np.asarray(scores, float), np.asarray(positive, bool)
+    order = np.argsort(-scores, kind="stable")
+    s, tp = scores[order], np.cumsum(positive[order])
+    last = np.ones(len(s), bool)  # the last window of each run of equal scores (NaNs stay apart, as != has it)
+    last[:-1] = s[1:] != s[:-1]
+    return s[last], tp[last] / (np.nonzero(last)[0] + 1), tp[last]
+
+
 def threshold_at_precision(scores: np.ndarray, positive: np.ndarray, precision: float) -> tuple[float, float, float]:
     """(threshold, precision, recall): the lowest score threshold whose precision on (scores, positive) is at
     least `precision` (so recall is the highest such); 1.0 with recall 0 when no threshold reaches it."""
-    scores, positive = np.asarray(scores, float), np.asarray(positive, bool)
-    order = np.argsort(-scores, kind="stable")
-    s, y = scores[order], positive[order]
-    tp, n_pos = np.cumsum(y), max(int(y.sum()), 1)
-    prec = tp / np.arange(1, len(s) + 1)
-    best = (1.0, 1.0, 0.0)
-    for i in range(len(s)):
-        if (i + 1 < len(s) and s[i + 1] == s[i]) or prec[i] < precision:
-            continue  # a threshold takes every window with an equal score
-        best = (float(s[i]), float(prec[i]), float(tp[i] / n_pos))
-    return best
+    thresholds, prec, tp = threshold_cuts(scores, positive)
+    reached = np.nonzero(prec >= precision)[0]
+    if not len(reached):
+        return 1.0, 1.0, 0.0
+    i, n_pos = reached[-1], max(int(np.asarray(positive, bool).sum()), 1)
+    return float(thresholds[i]), float(prec[i]), float(tp[i] / n_pos)
 
 
 def _shared(shared_span: bool | frozenset[int], c: int) -> bool:
