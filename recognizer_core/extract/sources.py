@@ -105,10 +105,20 @@ def _join_uri(root_uri: str, path: str, query: str = "") -> str:
     return f"{scheme}://{urllib.parse.quote(path, safe=_URI_SAFE)}" + (f"?{query}" if query else "")
 
 
+def _split_options(uri: str) -> tuple[str, str]:
+    """(uri without its options, options): pyarrow's options (endpoint_override, scheme, region, ...) are the
+    query of a URI with a scheme, after its first '?'; a local path has none (a '?' there is part of a name)."""
+    if "://" not in uri:
+        return uri, ""
+    scheme, rest = uri.split("://", 1)
+    path, _, options = rest.partition("?")
+    return f"{scheme}://{path}", options
+
+
 def _options(uri: str) -> str:
-    """The pyarrow options of an object-store URI (after '?': endpoint_override, scheme, region, ...), which every
-    video listed under it needs too: a MinIO endpoint given there opened no video of a folder or relative CSV row."""
-    return uri.partition("?")[2] if "://" in uri else ""
+    """The pyarrow options of an object-store URI, which every video listed under it needs too: a MinIO endpoint
+    given there opened no video of a folder or relative CSV row."""
+    return _split_options(uri)[1]
 
 
 def _escaped_uri(uri: str) -> str:
@@ -117,8 +127,8 @@ def _escaped_uri(uri: str) -> str:
     needs one (s3://bkt/my%20clip.mp4; plain ASCII keys too, so their manifest keys stay). Otherwise it is the key
     as written, '%' included, and is escaped as folder listings are: `cam#1.mp4` was cut at '#' (two rows became
     one file), a space or a non-ASCII name was refused by pyarrow."""
-    scheme, rest = uri.split("://", 1)
-    key, _, query = rest.partition("?")
+    plain, query = _split_options(uri)
+    key = plain.split("://", 1)[1]
     if urllib.parse.quote(key, safe=_URI_SAFE + "%") == key and "%" not in _ESCAPE.sub("", key):
         return uri
     return _join_uri(uri, key, query)
@@ -157,7 +167,7 @@ def _file_infos(files: list[tuple[str, pafs.FileSystem, str]]) -> list[pafs.File
     not ListBucket) and every local file (a stat is cheap) is asked for by itself, as before."""
     def folder(uri: str, fs: pafs.FileSystem, path: str) -> tuple[str, str, str] | None:
         # the scheme and the options (?region=...) too: one bucket name under two of them is not the same object
-        return None if fs.type_name == "local" else (uri.split("://", 1)[0], uri.partition("?")[2],
+        return None if fs.type_name == "local" else (uri.split("://", 1)[0], _options(uri),
                                                      posixpath.dirname(path))
 
     rows: dict[tuple[str, str, str], list[int]] = {}
@@ -234,9 +244,9 @@ def list_manifest(cfg: SourceConfig) -> list[VideoSource]:
     if not rows or not {"path", "label"} <= set(rows[0][1]):
         raise SourceError(f"{cfg.manifest_csv}: needs a header with columns path,label[,split]")
     base = cfg.input or (os.path.dirname(cfg.manifest_csv) if "://" not in cfg.manifest_csv
-                         else cfg.manifest_csv.partition("?")[0].rsplit("/", 1)[0])
+                         else _split_options(cfg.manifest_csv)[0].rsplit("/", 1)[0])
     options = _options(cfg.input) or _options(cfg.manifest_csv)   # the source's, else the CSV's own
-    base = base.partition("?")[0] if "://" in base else base
+    base = _split_options(base)[0]
     files, named, seen = [], [], {}
     for line_no, row in rows:
         rel = (row.get("path") or "").strip()
@@ -277,7 +287,7 @@ def _found_uri(uri: str, path: str, found: str) -> str:
     form where the file system has that one (its own form opens it, and keys it as a folder listing would)."""
     if "://" not in uri:
         return found
-    return uri if found == path else _join_uri(uri, found, uri.split("://", 1)[1].partition("?")[2])
+    return uri if found == path else _join_uri(uri, found, _options(uri))
 
 
 def list_videos(cfg: SourceConfig) -> list[VideoSource]:
