@@ -62,3 +62,27 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def sync_buffers(model: torch.nn.Module) -> None:
+    """Every floating-point buffer (BatchNorm running statistics) replaced by its mean over the workers, in place,
+    as mmengine's SyncBuffersHook does after each training epoch. DDP does not broadcast buffers before each forward
+    (ray_run.RayTrainContext.prepare_model), so each rank's statistics follow its own batches; without this, each
+    rank would validate its shard with another model, and only rank 0's would reach the checkpoint.
+    Buffers DDP was told to ignore (the DINO pose frozen backbone's, the same on every rank) are left alone."""
+    if not distributed():
+        return
+    net = getattr(model, "module", model)  # DDP's own module: the ignore list is set on it
+    ignored = set(getattr(net, "_ddp_params_and_buffers_to_ignore", ()))
+    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+    for name, buf in net.named_buffers():
+        if buf.is_floating_point() and name not in ignored:
+            by_dtype.setdefault(buf.dtype, []).append(buf)
+    world = dist.get_world_size()
+    with torch.no_grad():
+        for bufs in by_dtype.values():  # one reduction per dtype, not one per buffer
+            flat = torch.cat([b.reshape(-1) for b in bufs]).to(_comm_device(bufs[0].device))
+            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+            flat /= world
+            for b, mean in zip(bufs, flat.split([b.numel() for b in bufs])):
+                b.copy_(mean.view_as(b))  # in place: CUDA graphs and torch.compile hold these tensors

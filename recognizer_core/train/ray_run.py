@@ -7,6 +7,7 @@ snapshot, so `get_checkpoint()` hands the loop the latest checkpoint in both cas
 """
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 from contextlib import nullcontext
@@ -14,6 +15,7 @@ from contextlib import nullcontext
 import ray
 import ray.train
 import ray.train.torch
+import torch
 from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig, UserCallback
 
 from recognizer_core.config import ConfigError
@@ -25,6 +27,10 @@ from recognizer_core.train.faults import FAULT_ENV
 from recognizer_core.train.sections import ScalingSection
 
 log = logging.getLogger("recognizer")
+# torch 2.13 renamed DDP's broadcast_buffers (deprecated, a FutureWarning in every worker) to forward_sync_buffers;
+# a CUDA image with an older torch has only the old name
+_NO_FORWARD_BUFFER_SYNC = ("forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(
+    torch.nn.parallel.DistributedDataParallel.__init__).parameters else "broadcast_buffers")
 
 
 def checkpoint_name(epoch: int) -> str:
@@ -58,7 +64,12 @@ class RayTrainContext:
             raise RuntimeError(f"scaling.use_gpu=true but worker {self.rank} got device {self.device}")
 
     def prepare_model(self, model):
-        return ray.train.torch.prepare_model(model)  # moves to the device, wraps in DDP when world_size > 1
+        # Moves to the device and wraps in DDP when world_size > 1. No buffer broadcast before each forward, as
+        # mmengine's broadcast_buffers=False (deprecated in torch 2.13, whose forward_sync_buffers=False still syncs
+        # them once at construction): each rank's BatchNorm statistics follow its own batches and the loops average
+        # them after every training epoch (collectives.sync_buffers). DDP's default copied rank 0's before each
+        # forward, but not after the last one: every rank then validated its shard with its own statistics.
+        return ray.train.torch.prepare_model(model, parallel_strategy_kwargs={_NO_FORWARD_BUFFER_SYNC: False})
 
     def report(self, metrics, checkpoint_dir=None):
         ckpt = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None

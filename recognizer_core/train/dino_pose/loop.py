@@ -23,6 +23,7 @@ from recognizer_core.models.dino_heads import weighted_heatmap_mse
 from recognizer_core.models.dino_pose import KEYPOINT_HEAD, build_dino_pose_model
 from recognizer_core.storage import filesystem, is_remote, join_uri, read_bytes, write_bytes
 from recognizer_core.train.amp import AmpPlan, amp_plan
+from recognizer_core.train.collectives import sync_buffers
 from recognizer_core.train.context import WorkerContext
 from recognizer_core.train.dino_pose.config import DinoPoseJobConfig
 from recognizer_core.train.dino_pose.evaluate import target_batch, validate
@@ -254,6 +255,7 @@ def run_dino_pose_training(cfg: DinoPoseJobConfig, ctx: WorkerContext, run_uri: 
             t0 = time.perf_counter()
             train_loss, step, ips, lr = train_one_epoch(tr, train_loader, cfg=cfg, ctx=ctx, logger=logger,
                                                         step=step, epoch=epoch)
+            sync_buffers(tr.model)  # BatchNorm statistics averaged (SyncBuffersHook): one model validated, saved
             metrics = {"epoch": epoch, "train/loss": train_loss, "lr": lr,
                        "train/images_per_s": ips * ctx.world_size, "train/epoch_time_s": time.perf_counter() - t0}
             validated = should_validate(epoch, cfg.train.epochs, cfg.train.val_interval)

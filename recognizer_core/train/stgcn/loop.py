@@ -28,7 +28,7 @@ from recognizer_core.skeleton.store import SkeletonDataset
 from recognizer_core.skeleton.transforms_torch import compiled_features, model_inputs
 from recognizer_core.train.stgcn import data as tdata
 from recognizer_core.train.amp import AmpPlan, amp_plan
-from recognizer_core.train.collectives import all_reduce, all_reduce_max, distributed
+from recognizer_core.train.collectives import all_reduce, all_reduce_max, distributed, sync_buffers
 from recognizer_core.train.stgcn.config import CUDA_GRAPH_MODES, TrainJobConfig
 from recognizer_core.train.context import WorkerContext
 from recognizer_core.models import bn_act
@@ -200,6 +200,7 @@ def _train(cfg: TrainJobConfig, dataset_path: str, run_uri: str, ctx: WorkerCont
         # lost after that checkpoint) stays stopped: training on would add epochs and could change the best model
         for ep in range(state.epoch + 1, cfg.train.epochs + 1) if not stopped_early else ():
             metrics = train_epoch(tr, data, cfg, ctx, state, logger, ep)
+            sync_buffers(tr.model)  # BatchNorm statistics averaged (SyncBuffersHook): one model validated, saved
             report = None
             if should_validate(ep, cfg.train.epochs, cfg.train.val_interval, cfg.train.val_begin):
                 report = validate(tr, data, cfg, ctx, state, files, ep)
