@@ -25,6 +25,8 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture
 def fake_libs(tmp_path, monkeypatch):
     """Two lib folders searched in order; tests put (empty) library files into them."""
+    if not cpu_malloc.preloadable(str(tmp_path)):
+        pytest.skip(f"pytest's tmp_path {str(tmp_path)!r} holds a space or ':': LD_PRELOAD cannot name files there")
     first, second = tmp_path / "conda_lib", tmp_path / "usr_lib"
     first.mkdir()
     second.mkdir()
@@ -73,6 +75,57 @@ def test_missing_tcmalloc_is_one_config_error_naming_the_field(fake_libs, monkey
     own = tmp_path / "libtcmalloc.so.4"
     own.write_bytes(b"")
     assert worker_env("tcmalloc", str(own), use_gpu=False)["LD_PRELOAD"] == str(own)
+
+
+def _malloc_of_a_worker(env: dict) -> tuple[str, str]:
+    """The malloc a process started with `env` runs under, and its stderr (where ld.so reports a failed preload)."""
+    code = "from recognizer_core.train.cpu_malloc import malloc_in_use; print(malloc_in_use())"
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(REPO), **env},
+                         capture_output=True, text=True, timeout=120, check=True)
+    return out.stdout.strip(), out.stderr
+
+
+@pytest.mark.parametrize("folder", ["my env", "my:env"])
+def test_auto_skips_a_tcmalloc_whose_path_ld_preload_would_split(folder, tmp_path, monkeypatch):
+    # A conda env (searched first) under a folder with a space: ld.so splits LD_PRELOAD at spaces and ':', so
+    # preloading this copy gave the workers glibc malloc. The next library found (the system's) is taken instead.
+    monkeypatch.delenv("LD_PRELOAD", raising=False)
+    monkeypatch.delenv(cpu_malloc.HUGE_PAGES_ENV, raising=False)
+    monkeypatch.setenv(PRIVATE_RAY_ENV, "1")
+    monkeypatch.delenv("CONDA_PREFIX", raising=False)
+    system = find_tcmalloc()  # None where this machine has none
+    env_lib = tmp_path / folder / "lib"
+    env_lib.mkdir(parents=True)
+    copy = env_lib / "libtcmalloc_minimal.so.4"
+    copy.write_bytes(Path(system).read_bytes() if system else b"")
+    monkeypatch.setenv("CONDA_PREFIX", str(tmp_path / folder))
+    assert Path(cpu_malloc.search_dirs()[0]) == env_lib and copy.is_file()
+    assert find_tcmalloc() == system
+    env = worker_env("auto", None, use_gpu=False)
+    assert env.get("LD_PRELOAD") == system
+    if system is None:
+        return
+    malloc, stderr = _malloc_of_a_worker(env)
+    assert malloc == Path(system).name and "cannot be preloaded" not in stderr, stderr
+
+
+def test_tcmalloc_at_a_path_ld_preload_would_split_is_one_config_error(fake_libs, monkeypatch, tmp_path):
+    monkeypatch.setenv(PRIVATE_RAY_ENV, "1")
+    for folder in ("my env", "my:env", "tab\tthere"):
+        own = tmp_path / folder / "libtcmalloc.so.4"
+        own.parent.mkdir()
+        own.write_bytes(b"")
+        for how in ("tcmalloc", "auto"):  # a path the user gave is never dropped silently
+            with pytest.raises(ConfigError, match=r"^scaling.tcmalloc_path='.*libtcmalloc.so.4': LD_PRELOAD splits "
+                                                  r"paths at spaces and ':' .* symlink to it at a path without "
+                                                  r"either$"):
+                worker_env(how, str(own), use_gpu=False)
+    # tcmalloc asked for, and the only library found sits under a space: the error names it and the way out
+    monkeypatch.setattr(cpu_malloc, "search_dirs", lambda: [tmp_path / "my env"])
+    with pytest.raises(ConfigError, match=r"scaling.cpu_malloc=tcmalloc but no .*my env/libtcmalloc.so.4' is there, "
+                                          r"but LD_PRELOAD splits paths at spaces and ':': set scaling.tcmalloc_path"):
+        worker_env("tcmalloc", None, use_gpu=False)
+    assert worker_env("auto", None, use_gpu=False) == {}
 
 
 def test_for_workers_adds_the_allocator_to_the_run_config(fake_libs, monkeypatch):

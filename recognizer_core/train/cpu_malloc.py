@@ -24,6 +24,7 @@ cluster/docker installs it). Each worker reports what it runs under (`malloc_in_
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -52,34 +53,50 @@ def search_dirs() -> list[Path]:
     return dirs
 
 
+def preloadable(path: str) -> bool:
+    """Whether LD_PRELOAD can name this file: ld.so splits the list at spaces and ':', with no escape, so a path
+    holding one (a conda env or venv under '/home/Jane Doe') is preloaded as two missing files and the process runs
+    the system malloc, with only an 'ld.so: ... cannot be preloaded' line on stderr to say so."""
+    return not any(c.isspace() or c == ":" for c in path)
+
+
+def _installed_tcmallocs() -> list[str]:
+    """Every tcmalloc library in search_dirs(), in search order (folder first, then TCMALLOC_NAMES)."""
+    return [str(d / name) for d in search_dirs() for name in TCMALLOC_NAMES if (d / name).is_file()]
+
+
 def find_tcmalloc() -> str | None:
-    """The first tcmalloc library in search_dirs(), as an absolute path; None where there is none."""
-    for d in search_dirs():
-        for name in TCMALLOC_NAMES:
-            if (d / name).is_file():
-                return str(d / name)
-    return None
+    """The first tcmalloc library in search_dirs() that LD_PRELOAD can name (preloadable), as an absolute path;
+    None where there is none."""
+    return next((path for path in _installed_tcmallocs() if preloadable(path)), None)
 
 
 def worker_env(cpu_malloc: str, tcmalloc_path: str | None, use_gpu: bool) -> dict[str, str]:
     """Environment variables for the training workers: LD_PRELOAD of tcmalloc with PyTorch's huge-page switch
     (HUGE_PAGES_ENV), or nothing (the system malloc).
-    Raises ConfigError, before any worker starts, where tcmalloc was asked for and cannot be found."""
+    Raises ConfigError, before any worker starts, where tcmalloc was asked for and cannot be found or preloaded."""
     if cpu_malloc == "system" or (cpu_malloc == "auto" and (use_gpu or not os.environ.get(PRIVATE_RAY_ENV))):
         return {}
     if tcmalloc_path is not None:
         if not Path(tcmalloc_path).is_file():
             raise ConfigError(f"scaling.tcmalloc_path={tcmalloc_path!r}: no such file")
+        if not preloadable(tcmalloc_path):
+            raise ConfigError(f"scaling.tcmalloc_path={tcmalloc_path!r}: LD_PRELOAD splits paths at spaces and ':' "
+                              f"(the workers would run the system malloc); name a symlink to it at a path without "
+                              f"either")
         path = tcmalloc_path
     else:
         path = find_tcmalloc()
     if path is None:
         if cpu_malloc == "tcmalloc":
+            unusable = [p for p in _installed_tcmallocs() if not preloadable(p)]
+            found = (f" ({unusable[0]!r} is there, but LD_PRELOAD splits paths at spaces and ':': set "
+                     f"scaling.tcmalloc_path to a symlink to it at a path without either)" if unusable else "")
             raise ConfigError(f"scaling.cpu_malloc=tcmalloc but no {' / '.join(TCMALLOC_NAMES[:2])} in "
-                              f"{', '.join(map(str, search_dirs()))}: {INSTALL_HINT}")
+                              f"{', '.join(map(str, search_dirs()))}{found}: {INSTALL_HINT}")
         return {}
     preload = os.environ.get("LD_PRELOAD", "")
-    return {"LD_PRELOAD": preload if path in preload.split() else " ".join(filter(None, [path, preload])),
+    return {"LD_PRELOAD": preload if path in re.split(r"[ :]", preload) else " ".join(filter(None, [path, preload])),
             HUGE_PAGES_ENV: os.environ.get(HUGE_PAGES_ENV, "1")}
 
 
