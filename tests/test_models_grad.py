@@ -10,6 +10,7 @@ written out literally, in plain NCHW, over our modules' parameters, so both path
 from __future__ import annotations
 
 import copy
+import inspect
 import os
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+import torch.utils.cpp_extension
 
 from recognizer_core.models import bn_act, cpu_kernels, gcn_blocks
 from recognizer_core.models.gcn_blocks import MSTCN, UnitGCN
@@ -325,6 +327,59 @@ def test_cpu_kernels_fall_back_to_eager_where_they_cannot_build(monkeypatch, cap
     model = build_recognizer(ModelConfig(num_classes=2, num_stages=2, base_channels=8, dropout=0.0)).train()
     F.cross_entropy(model(torch.randn(2, 1, 8, 17, 3)), torch.tensor([0, 1])).backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def _lock_refused(baton):
+    """A folder this user cannot write, as torch's build meets it: taking its lock file `<build dir>/lock` first fails
+    (root writes through chmod, so the tests make that step fail as it does there)."""
+    raise PermissionError(13, "Permission denied", baton.lock_file_path)
+
+
+def test_cpu_kernels_built_in_a_folder_this_user_cannot_write_are_used(cpu_kernels_on):
+    # The library for exactly this code already built (a shared TORCH_EXTENSIONS_DIR, an image's cache made by another
+    # uid): a fresh process whose build cannot even take torch's lock file still trains with the kernels, and they
+    # compute what the eager ops do.
+    cpu_kernels_on(True)  # built here, in the suite's cache
+    child = inspect.getsource(_lock_refused) + """
+import os, torch, torch.nn.functional as F
+import torch.utils.cpp_extension
+torch.utils.cpp_extension.FileBaton.try_acquire = _lock_refused
+from recognizer_core.models import bn_act, cpu_kernels
+from recognizer_core.models.recognizer import ModelConfig, build_recognizer
+assert cpu_kernels.enabled(), cpu_kernels.load_error()
+assert bn_act.describe(torch.device("cpu")) == "fused"
+torch.manual_seed(0)
+model = build_recognizer(ModelConfig(num_classes=2, num_stages=2, base_channels=8, dropout=0.0)).train().double()
+x, y = torch.randn(2, 1, 8, 17, 3, dtype=torch.float64), torch.tensor([0, 1])
+grads = []
+for switch in ("1", "0"):  # our kernels, then the eager ops
+    os.environ[cpu_kernels.ENV_SWITCH] = switch
+    model.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    grads.append([p.grad.clone() for p in model.parameters() if p.grad is not None])
+for ours, eager in zip(*grads):
+    torch.testing.assert_close(ours, eager, rtol=1e-9, atol=1e-9)
+print("kernels used", len(grads[0]))
+"""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), cpu_kernels.ENV_SWITCH: "1"}
+    out = subprocess.run([sys.executable, "-c", child], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "kernels used" in out.stdout, out.stderr[-2000:]
+
+
+def test_cpu_kernels_that_neither_load_nor_build_name_both_causes(monkeypatch, tmp_path):
+    # A library for this code that does not load (cut short, say) in a folder this user cannot write: the warning
+    # says so, not only the build's PermissionError.
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    monkeypatch.setattr(cpu_kernels, "_state", {})
+    monkeypatch.setattr(torch.utils.cpp_extension.FileBaton, "try_acquire", _lock_refused)
+    out = cpu_kernels.build_dir()
+    out.mkdir()
+    (out / f"{out.name}.so").write_bytes(b"not a shared library")
+    assert not cpu_kernels.load()
+    assert cpu_kernels.load_error().startswith(
+        f"RuntimeError: {out / out.name}.so did not load ("), cpu_kernels.load_error()
+    assert f"and could not be rebuilt (PermissionError: [Errno 13] Permission denied: '{out / 'lock'}')" in \
+        cpu_kernels.load_error()
 
 
 def test_conv_biases_before_batch_norm_get_exact_zero_gradients(cpu_kernels_on):
