@@ -112,6 +112,35 @@ def test_the_options_of_an_object_store_source_reach_every_video_under_it(s3, mo
             assert "?" not in video.key and "?" not in video.to_dict()["uri"] and "options" not in video.to_dict()
 
 
+def test_a_mac_uploaded_object_named_in_nfc_keeps_the_sources_options(s3, monkeypatch):
+    """A MinIO source (its endpoint in the URI's options) whose objects a Mac uploaded (NFD keys), listed by a CSV
+    typed on Linux (NFC): the video is found in its NFD form and must still open through the MinIO endpoint."""
+    s3.create_bucket(Bucket="opts-nfd")   # moto keeps buckets across tests: its own
+    s3.put_object(Bucket="opts-nfd", Key=NFD("v/싸움/a.mp4"), Body=b"v/data")
+    s3.put_object(Bucket="opts-nfd", Key="v/m.csv", Body="path,label\n싸움/a.mp4,싸움\n".encode())
+    endpoint = s3.meta.endpoint_url.split("://", 1)[1]
+    monkeypatch.delenv("AWS_ENDPOINT_URL")   # only the URI's options say where the server is
+    options = f"?endpoint_override={endpoint}&scheme=http"
+    (video,) = list_videos(SourceConfig(manifest_csv=f"s3://opts-nfd/v/m.csv{options}"))
+    assert video.uri.endswith(options) and "?" not in video.key, video.uri
+    with open_video_file(video.uri) as f:
+        assert f.read() == b"v/data"
+
+
+def test_a_row_on_another_store_does_not_get_the_csvs_options(s3, tmp_path, monkeypatch):
+    """The CSV's own options (an s3 endpoint) are for the rows on its store: a file:// row opens without them."""
+    local = _touch(tmp_path / "a.mp4", b"v/local")
+    s3.create_bucket(Bucket="opts-other-store")
+    s3.put_object(Bucket="opts-other-store", Key="v/m.csv", Body=f"path,label\nfile://{local},Fight\n".encode())
+    endpoint = s3.meta.endpoint_url.split("://", 1)[1]
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    (video,) = list_videos(SourceConfig(manifest_csv=f"s3://opts-other-store/v/m.csv?endpoint_override={endpoint}"
+                                                     "&scheme=http"))
+    assert "?" not in video.uri and video.options == "", video.uri
+    with open_video_file(video.uri) as f:
+        assert f.read() == b"v/local"
+
+
 def test_record_times_are_utc_and_ordered_by_their_instant(tmp_path, s3):
     """Times were local clock time without a zone: compact() filed a newer record of a driver in another zone (or
     after a DST fall-back) as older. Records without an offset (older code) come first, in their given order."""

@@ -171,3 +171,19 @@ def test_an_id_taken_by_a_run_started_at_the_same_time_stops_before_writing(tmp_
     b = _plan(tmp_path / "datasetB", out)
     assert b.videos[0].video_id != a.videos[0].video_id
     _start(b, monkeypatch)
+
+
+def test_a_source_given_with_options_keeps_the_id_of_its_edited_video(tmp_path, monkeypatch, s3):
+    """A bucket extracted as s3://bkt/v, then given with pyarrow options (s3://bkt/v?region=...) after a video was
+    edited (a new key, so it is extracted again): the earlier listing names the same object (its uri without the
+    options), so the video keeps its id and its clip file is replaced, not joined by a second clip of it."""
+    s3.create_bucket(Bucket="ids-opts")   # moto keeps buckets across tests: its own
+    s3.put_object(Bucket="ids-opts", Key="v/Fight/a.mp4", Body=b"video a")
+    out = tmp_path / "poses"
+    first = _plan("s3://ids-opts/v", out)
+    _start(first, monkeypatch)
+    _finish(first)
+    s3.put_object(Bucket="ids-opts", Key="v/Fight/a.mp4", Body=b"video a, edited")
+    again = _plan("s3://ids-opts/v?region=us-east-1", out)
+    assert [v.plain_uri for v in again.todo] == ["s3://ids-opts/v/Fight/a.mp4"]
+    assert [v.video_id for v in again.todo] == [first.videos[0].video_id]

@@ -48,6 +48,16 @@ def test_hangul_video_names_are_distinct_keys_and_a_labels_csv_scores_each(tmp_p
     assert r["events"]["per_class"]["낙상"]["tp"] == 1 and r["events"]["per_class"]["싸움"]["fn"] == 0
 
 
+def test_a_labels_csv_saved_by_excel_with_a_bom_is_read(tmp_path):
+    """Excel's 'CSV UTF-8' (what keeps Hangul readable there) starts the file with a BOM: its header is still
+    video,label[,start_s,end_s], not '\\ufeffvideo' ('labels CSV needs a header')."""
+    labels_csv = tmp_path / "labels.csv"
+    labels_csv.write_text("video,label,start_s,end_s\n싸움_01.mp4,싸움,10,14\n", encoding="utf-8-sig")
+    assert labels_csv.read_bytes().startswith(b"\xef\xbb\xbf")
+    labels, intervals = read_labels(labels_csv, NAMES, background=0)
+    assert labels == {"싸움_01": "싸움"} and intervals == {"싸움_01": [{"label": "싸움", "start_s": 10.0, "end_s": 14.0}]}
+
+
 def test_a_labelled_folder_with_hangul_class_folders_keeps_same_named_videos_apart(tmp_path):
     root = _touch(tmp_path / "videos", "싸움/001.mp4", "정상/001.mp4", "낙상/002.mp4", "싸움/싸움영상1.mp4",
                   "싸움/폭행영상1.mp4")
@@ -232,6 +242,47 @@ def test_a_configured_font_file_draws_the_names(plots, monkeypatch):
     # a font that does not exist: one warning, and the search goes on
     monkeypatch.setenv("RECOGNIZER_FONT", "/no/such/font.ttf")
     assert plots.font_for(["Fight"]) == plots.default_font()
+
+
+def _font_with_only(chars: str, path: Path) -> str:
+    """A TrueType font file with a glyph (a box) for each of `chars` and nothing else: no digits, no space (as
+    Droid Sans Fallback has CJK but no digits)."""
+    from fontTools.fontBuilder import FontBuilder
+    from fontTools.pens.ttGlyphPen import TTGlyphPen
+
+    glyphs = {c: f"uni{ord(c):04X}" for c in sorted(set(chars))}
+    builder = FontBuilder(1000, isTTF=True)
+    builder.setupGlyphOrder([".notdef", *glyphs.values()])
+    builder.setupCharacterMap({ord(c): g for c, g in glyphs.items()})
+    pen = TTGlyphPen(None)
+    pen.moveTo((100, 0))
+    for corner in ((100, 700), (800, 700), (800, 0)):
+        pen.lineTo(corner)
+    pen.closePath()
+    box = pen.glyph()
+    builder.setupGlyf({g: box for g in [".notdef", *glyphs.values()]})
+    builder.setupHorizontalMetrics({g: (1000, 100) for g in [".notdef", *glyphs.values()]})
+    builder.setupHorizontalHeader(ascent=800, descent=-200)
+    builder.setupNameTable({"familyName": "OnlyThese", "styleName": "Regular"})
+    builder.setupOS2()
+    builder.setupPost()
+    builder.save(str(path))
+    return str(path)
+
+
+def test_a_configured_font_without_digits_draws_the_plots_but_not_the_overlay(plots, monkeypatch, tmp_path):
+    """$RECOGNIZER_FONT names a font with the Hangul of the names but no digits: matplotlib takes it (it falls back
+    to DejaVu Sans glyph by glyph), but Pillow draws '싸움 0.93' in one font, so the overlay must not pick it (the
+    score would be boxes); without another font it draws the classes as indices, in DejaVu Sans."""
+    from recognizer_core.recognize.overlay import overlay_font
+
+    hangul = _font_with_only("".join(NAMES), tmp_path / "hangul_only.ttf")
+    monkeypatch.setenv("RECOGNIZER_FONT", hangul)
+    monkeypatch.setattr(plots, "_installed_fonts", lambda: ())
+    assert plots.drawable_names(NAMES) == (NAMES, hangul)
+    shown, font = overlay_font(NAMES)
+    assert shown == {"정상": "#0", "싸움": "#1", "낙상": "#2"} and Path(font.path) == Path(plots.default_font())
+    assert all(ord(c) in plots._cmap(font.path) for c in "".join(shown.values()) + "0123456789.")
 
 
 def test_an_installed_font_with_the_glyphs_is_found_and_drawn_by_matplotlib(plots, tmp_path):

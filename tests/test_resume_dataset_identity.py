@@ -163,3 +163,32 @@ def test_a_demo_run_resumes_from_its_run_folders_config(tmp_path, monkeypatch):
     assert again.data.path and not cfg.data.path
     check_resumable(again, ckpt)                                       # the driver's check
     check_resumable(again, ckpt, DatasetIdentity.saved_in(ckpt))       # the workers', on the same store
+
+
+def test_a_pkl_run_resumes_from_its_run_folders_config(tmp_path, monkeypatch):
+    """As the demo run above, for a run on an mmaction pkl: the run folder's config.yaml names the store the pkl
+    was converted into (data.path, the pkl fields dropped) where the checkpoint's names the pkl (data.train_pkl):
+    the stored location decides, so '--config <run>/config.yaml' resumes it."""
+    from recognizer_core.skeleton.mmaction_pkl import write_mmaction_pkl
+    from recognizer_core.train.stgcn.job import dataset_for, recorded_config
+
+    monkeypatch.chdir(tmp_path)
+    pkl = write_mmaction_pkl(make_demo_clips("fight", 24, seed=2), tmp_path / "all.pkl")
+    cfg = _cfg(f"run.storage_path={tmp_path / 'runs'}", f"data.train_pkl={pkl}")
+    dataset = dataset_for(cfg)
+    train_loop(cfg, dataset, str(tmp_path / "run"), LocalContext(tmp_path / "ckpt"))
+    ckpt = tmp_path / "ckpt" / "epoch_0001"
+    again = recorded_config(cfg, dataset)
+    assert again.data.path and again.data.train_pkl is None and cfg.data.train_pkl
+    check_resumable(again, ckpt)                                       # the driver's check
+    check_resumable(again, ckpt, DatasetIdentity.saved_in(ckpt))       # the workers', on the same store
+
+
+def test_a_run_resumes_with_another_gradient_accumulation(trained, tmp_path):
+    """train.accumulative_counts changes neither the batches per epoch nor the schedule they step (its groups
+    restart every epoch): a resume with another value continues the run where the number of workers or the batch
+    size would not."""
+    summary = _train(_cfg("data.path=ds", "train.epochs=2", "train.accumulative_counts=2"), tmp_path)
+    assert summary["epochs_run"] == 2 and (tmp_path / "ckpt" / "epoch_0002").is_dir()
+    with pytest.raises(ValueError, match=r"the steps per epoch changed \(train.batch_size: checkpoint 4, config 8\)"):
+        check_resumable(_cfg("data.path=ds", "train.epochs=2", "train.batch_size=8"), trained)

@@ -179,3 +179,38 @@ def test_a_log_appended_by_each_process_keeps_every_line_on_s3(runs, staging):
         files.close()
     assert bucket.objects("run/")["resume_log.jsonl"].decode().splitlines() == [
         f'{{"resumed_from_epoch": {n}}}' for n in (1, 2, 3)]
+
+
+def test_a_file_rewritten_within_one_file_time_tick_is_uploaded(runs, staging):
+    """summary.json rewritten in place with the same size inside one file-time tick (the old mtime put back, as a
+    tick of ~4 ms leaves it): size, mtime and inode are all the same, so only its content tells, and the file was
+    looked at less than a second after it was written ('racily clean'): the new content is uploaded."""
+    uri, s3 = runs
+    files = RunFiles(f"{uri}/run")
+    summary = files.path("summary.json")
+    summary.write_text("1")
+    files.sync()
+    st = summary.stat()
+    summary.write_text("2")
+    os.utime(summary, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert summary.stat().st_ino == st.st_ino
+    files.sync()
+    assert s3.objects("run/") == {"summary.json": b"2"}
+
+
+def test_a_file_replaced_by_a_same_size_copy_with_the_same_mtime_is_uploaded(runs, staging):
+    """best.pth replaced atomically (a temporary file renamed over it) by one of the same size whose mtime was
+    copied too (shutil.copy2 keeps it), long after the last write: another inode, so it is another file."""
+    uri, s3 = runs
+    files = RunFiles(f"{uri}/run")
+    best = files.path("best.pth")
+    best.write_text("A")
+    os.utime(best, ns=(1, 10**18))   # settled long ago: size, mtime and inode decide
+    files.sync()
+    files.sync()
+    tmp = files.path("best.pth.tmp")
+    tmp.write_text("B")
+    os.utime(tmp, ns=(1, 10**18))
+    os.replace(tmp, best)
+    files.sync()
+    assert s3.objects("run/") == {"best.pth": b"B"}

@@ -152,6 +152,20 @@ def test_the_closing_line_names_only_what_the_summary_holds(tmp_path, capsys):
     assert f"[tune] results, best config, best checkpoint and plots: {tmp_path}\n" in capsys.readouterr().out
 
 
+def test_the_closing_line_of_a_search_without_trials_names_the_summary_alone(tmp_path, capsys):
+    """A search that left no trial records: its summary holds no results file, and the closing line says so
+    instead of ending the job with an IndexError after its summary was published."""
+    from recognizer_core.tune.search_space import load_search_space
+
+    space = load_search_space(REPO / "search_spaces" / "fight.yaml", TrainJobConfig, job="stgcn",
+                              metrics=stgcn_job.METRICS)
+    summary = write_summary([], space, TrainJobConfig, metric="val/acc_top1", mode="max", extra={},
+                            out_dir=tmp_path, experiment_uri=str(tmp_path))
+    assert summary["files"] == []
+    print_summary({**summary, "summary_dir": str(tmp_path)}, "val/acc_top1")
+    assert f"[tune] summary.json (no trial results): {tmp_path}\n" in capsys.readouterr().out
+
+
 # --- 4. a re-published s3:// summary holds only the new winner ----------------------------------------------------
 def _objects(s3) -> list[str]:   # pyarrow's create_dir also writes "folder/" marker objects: not files
     return sorted(o["Key"] for o in s3.list_objects_v2(Bucket="bucket")["Contents"] if not o["Key"].endswith("/"))
