@@ -48,7 +48,8 @@ def parse_args(argv):
                         "(a fall much shorter than the window: 0.3, docs/recognize.md)")
     p.add_argument("--stream", help="live source: rtsp:// / http:// URL or a camera index")
     p.add_argument("--pose-model", help="rtmo-s | rtmo-m | rtmo-l (downloaded, cached) or an RTMO .onnx path")
-    p.add_argument("--pose-cache", default="~/.cache/recognizer/pose_models", help="download cache folder")
+    p.add_argument("--pose-cache", help="--pose-model download cache folder (default: "
+                                        "$XDG_CACHE_HOME/recognizer/pose_models, else ~/.cache/recognizer/pose_models)")
     p.add_argument("--address", help="Ray address for video batch mode (default: RAY_ADDRESS or a private Ray)")
     p.add_argument("--threads", type=int, default=0, help="intra-op threads of the model (0 = default)")
     p.add_argument("--event-file", help="stream mode: append each closed event (JSON line) to this file")
@@ -61,19 +62,25 @@ def parse_args(argv):
 
 
 def default_model(args) -> str:
-    from recognizer_core.recognize.demo import newest_local_model
+    from recognizer_core.recognize.demo import newest_local_model, search_roots
 
     found = newest_local_model()
     if found is not None:
         print(f"[recognize] using the newest local model: {found}", flush=True)
         return str(found)
-    print("[recognize] no trained model found under work_dirs/ or ~/ray_results: training the 1-minute "
-          "fight_demo model first (python rayjobs/train_stgcn.py --config configs/fight_demo.yaml)", flush=True)
-    proc = subprocess.run([sys.executable, str(ROOT / "rayjobs/train_stgcn.py"), "--config",
-                           str(ROOT / "configs/fight_demo.yaml")], cwd=ROOT)
-    found = newest_local_model()
-    if proc.returncode != 0 or found is None:
+    roots = " or ".join(search_roots())
+    command = [sys.executable, str(ROOT / "rayjobs/train_stgcn.py"), "--config", str(ROOT / "configs/fight_demo.yaml")]
+    print(f"[recognize] no trained model found under {roots}: training the 1-minute fight_demo model first "
+          f"({' '.join(command[1:])})", flush=True)
+    # in this working directory, where the job writes its run folder (output_uri) and search_roots looks for it:
+    # run from the repo root, it wrote the repo's work_dirs (unwritable in a read-only checkout), and a demo
+    # started elsewhere trained, then found nothing, every time
+    proc = subprocess.run(command)
+    if proc.returncode != 0:
         raise SystemExit("error: training the demo model failed (see above)")
+    found = newest_local_model()
+    if found is None:
+        raise SystemExit(f"error: the demo model was trained, but no best_*.pth with its config is under {roots}")
     return str(found)
 
 

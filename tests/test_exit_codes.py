@@ -100,7 +100,8 @@ def test_event_file_write_cut_short_leaves_no_fragment(tmp_path):
 
 
 def test_event_file_fragment_that_cannot_be_cut_ends_before_the_next_event(tmp_path):
-    """A pipe or FIFO cannot be truncated: the fragment is ended with a newline, so the next event is its own line."""
+    """A pipe or FIFO cannot be truncated: the fragment is ended with a newline, so the next event is its own line;
+    the events after it are plain lines again (no blank line before each)."""
     from recognizer_core.recognize.event_delivery import EventSink
     from recognizer_core.recognize.events import Event
 
@@ -125,13 +126,80 @@ def test_event_file_fragment_that_cannot_be_cut_ends_before_the_next_event(tmp_p
 
     sink = EventSink(None)
     sink.file = Raw()
-    for i in range(1, 4):
+    for i in range(1, 5):
         sink.emit(Event(f"cam{i}", "Fight", float(i), i + 2.0, 0.9, [1], 1))
     assert sink.close()["event_write_failed"] == 1
     with os.fdopen(r, "rb") as f:
         lines = f.read().decode().split("\n")
-    assert [json.loads(x)["video"] for x in (lines[0], lines[2])] == ["cam1", "cam3"]
-    assert lines[1] == '{"video": ' and lines[3] == ""
+    assert [json.loads(x)["video"] for x in (lines[0], *lines[2:4])] == ["cam1", "cam3", "cam4"]
+    assert lines[1] == '{"video": ' and lines[4:] == [""]
+
+
+def test_a_line_another_writer_appended_during_a_failed_write_is_not_cut(tmp_path):
+    """A shared event file: our write takes 10 bytes, another process appends its whole line, then ours fails (a
+    full disk). Cutting the file back to where our write began would delete the other writer's line: it stays."""
+    from recognizer_core.recognize.event_delivery import EventSink
+    from recognizer_core.recognize.events import Event
+
+    path = tmp_path / "events.jsonl"
+    sink = EventSink(str(path))
+    real = sink.file
+
+    class Raw:  # the real file, whose second write takes 10 bytes, lets the other writer in, then fails
+        name, calls = str(path), 0
+
+        def fileno(self):
+            return real.fileno()
+
+        def write(self, data):
+            self.calls += 1
+            if self.calls == 2:
+                n = real.write(bytes(data[:10]))
+                with open(path, "ab") as other:
+                    other.write(b'{"video": "other-process"}\n')
+                return n
+            if self.calls == 3:
+                raise OSError(28, "No space left on device")
+            return real.write(bytes(data))
+
+        def close(self):
+            real.close()
+
+    sink.file = Raw()
+    for i in (1, 2):
+        sink.emit(Event(f"cam{i}", "Fight", float(i), i + 2.0, 0.9, [1], 1))
+    assert sink.close()["event_write_failed"] == 1
+    assert '{"video": "other-process"}\n' in path.read_text()
+
+
+def test_an_event_file_whose_close_fails_is_counted(tmp_path, capsys):
+    """NFS reports a write it lost at close(): lines may be missing, so the summary counts it as a failed write
+    (and says so in one line) instead of reporting every event written."""
+    from recognizer_core.recognize.event_delivery import EventSink
+    from recognizer_core.recognize.events import Event
+
+    path = tmp_path / "events.jsonl"
+    sink = EventSink(str(path))
+    real = sink.file
+
+    class NfsFile:
+        name = str(path)
+
+        def fileno(self):
+            return real.fileno()
+
+        def write(self, data):
+            return real.write(data)
+
+        def close(self):
+            real.close()
+            raise OSError(5, "Input/output error")
+
+    sink.file = NfsFile()
+    sink.emit(Event("cam", "Fight", 1.0, 4.0, 0.9, [0], 1))
+    delivered = sink.close(0.1)
+    assert delivered["events"] == 1 and delivered["event_write_failed"] == 1, delivered
+    assert capsys.readouterr().err.splitlines() == [f"[stream] closing {path} failed: [Errno 5] Input/output error"]
 
 
 # 2. a batch re-run in which every video had failed before
@@ -298,3 +366,60 @@ sys.exit(run_job(main))
     assert wrapped.stderr.strip().splitlines() == [
         "stopped (SIGTERM); finished work is kept (checkpoints, trials, extracted videos), re-run the same command "
         "to continue"]
+
+
+# 5. the embedded demo (`python <repo>/rayjobs/recognize.py`, no arguments) started outside the repo root
+
+
+@pytest.mark.parametrize("storage", [False, True])
+def test_the_demo_finds_the_model_it_trained_from_any_folder(model, tmp_path, monkeypatch, capsys, storage):
+    """Before: the demo trained in the repo root (cwd=ROOT: the repo's work_dirs, unwritable in a read-only
+    checkout) and looked in the caller's work_dirs, so from any other folder it trained, then exited 1 with
+    "training the demo model failed", every time; with $RECOGNIZER_STORAGE it looked in no storage either.
+    The training subprocess is replaced by a copy of a trained run folder put where the real job, started with
+    the same command line from the same working directory, puts its run folder (run_folder of the config it is
+    given: output_uri(run.storage_path)/run.name)."""
+    import shutil
+
+    from rayjobs.recognize import main
+    from recognizer_core.config import load_config
+    from recognizer_core.train.stgcn.config import TrainJobConfig
+    from recognizer_core.train.stgcn.job import run_folder
+
+    caller = tmp_path / "caller"
+    caller.mkdir()
+    monkeypatch.chdir(caller)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/ray_results model of this machine's
+    if storage:
+        monkeypatch.setenv("RECOGNIZER_STORAGE", str(tmp_path / "store"))
+    else:
+        monkeypatch.delenv("RECOGNIZER_STORAGE", raising=False)
+    trained, real_run = [], subprocess.run
+
+    def train(command, cwd=None, **kwargs):
+        if str(ROOT / "rayjobs/train_stgcn.py") not in command:   # matplotlib's fc-list, ...
+            return real_run(command, cwd=cwd, **kwargs)
+        assert command[:3] == [sys.executable, str(ROOT / "rayjobs/train_stgcn.py"), "--config"], command
+        assert Path(command[3]).is_absolute() and not kwargs, (command, kwargs)
+        here = os.getcwd()
+        os.chdir(cwd or here)   # the working directory the job would run in
+        try:
+            run_dir = Path(run_folder(load_config(TrainJobConfig, command[3])))
+        finally:
+            os.chdir(here)
+        trained.append(run_dir)
+        if tmp_path in run_dir.parents:   # never into the repo (where the old code trained)
+            shutil.copytree(model["run"], run_dir)
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(subprocess, "run", train)
+    capsys.readouterr()
+    rc = main([])
+    out = capsys.readouterr().out
+    where = tmp_path / "store" if storage else caller
+    assert trained == [where / "work_dirs" / "fight_demo"], trained
+    assert rc == 0 and f"[recognize] no trained model found under {where / 'work_dirs'} or ~/ray_results" in out, out
+    assert json.loads(out.strip().splitlines()[-1])["output"] == str(where / "outputs" / "recognize")
+    capsys.readouterr()
+    assert main([]) == 0 and len(trained) == 1   # the second run uses it: no training again
+    assert f"[recognize] using the newest local model: {where / 'work_dirs' / 'fight_demo'}" in capsys.readouterr().out

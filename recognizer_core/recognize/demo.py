@@ -7,14 +7,26 @@ from typing import Sequence
 
 from recognizer_core.recognize.events import Event
 from recognizer_core.recognize.model import BEST_GLOB
+from recognizer_core.storage import is_remote, output_uri
 
-SEARCH_ROOTS = ("work_dirs", "~/ray_results")
+# The jobs' default run.storage_path (configs/*.yaml; Tune's experiments are under work_dirs/tune)
+RUNS_FOLDER = "work_dirs"
 
 
-def newest_local_model(roots: Sequence[str | Path] = SEARCH_ROOTS) -> Path | None:
+def search_roots() -> list[str]:
+    """Where newest_local_model looks: the runs folder where a train job started from this working directory
+    writes it (`output_uri`: under $RECOGNIZER_STORAGE when set, else here; not searched when that is remote),
+    then ~/ray_results. The same rule as the train job's, so the demo model it trains is found from any folder:
+    a bare `work_dirs` was the caller's folder while the job, run from the repo root, wrote the repo's."""
+    runs = output_uri(RUNS_FOLDER)
+    return ([] if is_remote(runs) else [runs]) + ["~/ray_results"]
+
+
+def newest_local_model(roots: Sequence[str | Path] | None = None) -> Path | None:
     """The run folder or Tune summary (config.yaml / best_config.yaml beside a best_*_epoch_*.pth) whose best
-    model is the newest under `roots`; None when there is none."""
+    model is the newest under `roots` (default: search_roots()); None when there is none."""
     found = []
+    roots = search_roots() if roots is None else roots
     for root in roots:
         root = Path(root).expanduser()
         if not root.is_dir():
