@@ -64,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--onnx", help="shortcut for --set model.onnx.model_path=...")
     parser.add_argument("--pose-model", help="rtmo-s | rtmo-m | rtmo-l (downloaded once, cached) or an RTMO "
                         ".onnx path: sets model.onnx.model_path")
-    parser.add_argument("--pose-cache", default="~/.cache/recognizer/pose_models", help="--pose-model download cache")
+    parser.add_argument("--pose-cache", help="--pose-model download cache folder (default: "
+                        "$XDG_CACHE_HOME/recognizer/pose_models, else ~/.cache/recognizer/pose_models)")
     parser.add_argument("--build-dataset", metavar="DIR", help="after extraction, run stage 3 "
                         "(rayjobs/build_dataset.py defaults) into DIR")
     parser.add_argument("--quiet", action="store_true", help="no per-video lines or progress bars")

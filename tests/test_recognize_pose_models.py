@@ -9,7 +9,7 @@ import zipfile
 
 import pytest
 
-from recognizer_core.recognize.pose_models import POSE_MODELS, PoseModelError, resolve_pose_model
+from recognizer_core.recognize.pose_models import POSE_MODELS, PoseModelError, default_pose_cache, resolve_pose_model
 from tests.fakes.fake_rtmo import build_fake_rtmo
 
 
@@ -100,3 +100,49 @@ def test_extract_poses_takes_a_pose_model_name_or_path_before_ray_starts(tmp_pat
                  "--output", str(tmp_path / "bad"), "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: --pose-model 'rtmo-xl'") and not (tmp_path / "bad").exists()
+
+
+def test_an_unusable_cache_folder_is_a_pose_model_error_naming_it_and_the_option(served, tmp_path):
+    """Before: the cache's mkdir / mkstemp raised a bare OSError (PermissionError on '/.cache' with HOME=/ as an
+    arbitrary uid), a traceback past every caller's `except PoseModelError`. A regular file as the cache folder
+    fails the same way, as root too."""
+    base, sha, _, _ = served
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("")
+    with pytest.raises(PoseModelError, match=f"rtmo-s: cannot use the pose-model cache {blocker / 'rtmo-s'} "
+                                             r"\(NotADirectoryError: .*\); give a writable folder with --pose-cache"):
+        resolve_pose_model("rtmo-s", blocker, url=f"{base}/rtmo-fake.zip", sha256=sha)
+
+
+def test_the_default_cache_is_under_xdg_cache_home_else_home(served, tmp_path, monkeypatch):
+    base, sha, onnx_bytes, _ = served
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_pose_cache() == tmp_path / "xdg" / "recognizer" / "pose_models"
+    path = resolve_pose_model("rtmo-s", url=f"{base}/rtmo-fake.zip", sha256=sha)
+    assert path == tmp_path / "xdg/recognizer/pose_models/rtmo-s/end2end.onnx" and path.read_bytes() == onnx_bytes
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/cache")  # the XDG rule: a relative value is ignored
+    assert default_pose_cache() == tmp_path / "home" / ".cache" / "recognizer" / "pose_models"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert default_pose_cache() == tmp_path / "home" / ".cache" / "recognizer" / "pose_models"
+
+
+def test_recognize_with_an_unusable_default_cache_is_one_error_line_and_exit_2(tmp_path, monkeypatch, capsys):
+    """No --pose-cache: the default follows $XDG_CACHE_HOME (here a regular file, as an unwritable HOME is for a
+    non-root user), and the failure is one `error:` line naming the folder and --pose-cache, exit 2."""
+    from rayjobs.recognize import main
+    from tests.recognize_helpers import make_run_folder
+
+    run, _ = make_run_folder(tmp_path / "model")
+    (tmp_path / "videos").mkdir()
+    (tmp_path / "videos" / "a.mp4").write_bytes(b"not a video")
+    (tmp_path / "xdg").write_text("")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    capsys.readouterr()
+    assert main(["--model", str(run), "--input", str(tmp_path / "videos"), "--pose-model", "rtmo-s",
+                 "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: rtmo-s: cannot use the pose-model cache "
+                                               f"{tmp_path / 'xdg/recognizer/pose_models/rtmo-s'} ("), err
+    assert "--pose-cache" in err[0] and not (tmp_path / "home").exists()

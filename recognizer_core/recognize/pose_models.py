@@ -6,6 +6,10 @@ first download (`<cache>/<name>/source.json`; trust on first use: OpenMMLab publ
 hash in the file name is the .pth's). Nothing half-written is ever left in the cache: the zip goes to a temp
 file removed on any error, and end2end.onnx is renamed into place only when complete. A local .onnx path is
 used as is.
+
+The cache folder: `--pose-cache`, else $XDG_CACHE_HOME/recognizer/pose_models, else
+~/.cache/recognizer/pose_models (default_pose_cache). One that cannot be created or written (HOME=/ in an
+arbitrary-uid container) is a PoseModelError naming it and --pose-cache, as every other failure here.
 """
 from __future__ import annotations
 
@@ -33,10 +37,20 @@ class PoseModelError(ValueError):
     """A pose model that cannot be found, downloaded or verified; the message says which and why."""
 
 
-def resolve_pose_model(name_or_path: str, cache_dir: str | Path = "~/.cache/recognizer/pose_models", *,
+def default_pose_cache() -> Path:
+    """$XDG_CACHE_HOME/recognizer/pose_models, else ~/.cache/recognizer/pose_models (the XDG base directory rule:
+    a relative $XDG_CACHE_HOME is ignored)."""
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path("~/.cache").expanduser()
+    return base / "recognizer" / "pose_models"
+
+
+def resolve_pose_model(name_or_path: str, cache_dir: str | Path | None = None, *,
                        url: str | None = None, sha256: str | None = None, timeout: float = 60.0) -> Path:
-    """Path of an RTMO end2end ONNX file: a known name (downloaded on first use) or a local file."""
+    """Path of an RTMO end2end ONNX file: a known name (downloaded on first use into `cache_dir`, default
+    default_pose_cache()) or a local file."""
     if name_or_path in POSE_MODELS or url:
+        cache_dir = default_pose_cache() if cache_dir is None else cache_dir
         return download_pose_model(name_or_path, cache_dir, url=url or POSE_MODELS[name_or_path], sha256=sha256,
                                    timeout=timeout)
     path = Path(name_or_path).expanduser()
@@ -48,6 +62,14 @@ def resolve_pose_model(name_or_path: str, cache_dir: str | Path = "~/.cache/reco
 def download_pose_model(name: str, cache_dir: str | Path, *, url: str, sha256: str | None = None,
                         timeout: float = 60.0) -> Path:
     folder = Path(cache_dir).expanduser() / name
+    try:
+        return _download(name, folder, url=url, sha256=sha256, timeout=timeout)
+    except OSError as err:  # the download's own errors are PoseModelError already: this is the cache folder
+        raise PoseModelError(f"{name}: cannot use the pose-model cache {folder} ({type(err).__name__}: {err}); "
+                             "give a writable folder with --pose-cache DIR (or set XDG_CACHE_HOME)") from None
+
+
+def _download(name: str, folder: Path, *, url: str, sha256: str | None, timeout: float) -> Path:
     target, record_path = folder / MODEL_FILE, folder / "source.json"
     record = json.loads(record_path.read_text()) if record_path.is_file() else {}
     if target.is_file() and record.get("url") == url and (sha256 is None or record.get("sha256") == sha256):
