@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -93,3 +94,80 @@ def test_token_mismatch_gives_one_line_of_advice(token_head):
     assert len(errors) == 1, out.stderr[-3000:]
     assert "InvalidAuthToken" in errors[0] and "RAY_AUTH_MODE=token" in errors[0] and "RAY_AUTH_TOKEN" in errors[0]
     assert "Traceback" not in out.stderr and "gcs_client.cc" not in out.stderr  # Ray's retry lines are folded in
+
+
+# Start-up failures that come from the environment: a retry fails the same way, so the advice names what to set
+# instead of the busy-machine "run the command again" (which every failure got before).
+RETRY = "run the command again"
+
+
+def test_a_non_ascii_temp_folder_is_named_with_an_ascii_ray_tmpdir_to_set(monkeypatch):
+    from recognizer_core.ray_runtime import _advice
+
+    tmp = "/tmp/review dir ü"
+    monkeypatch.delenv("RAY_TMPDIR", raising=False)
+    monkeypatch.setenv("TMPDIR", tmp)
+    try:
+        tmp.encode("ascii")  # what Ray does with its socket path under TMPDIR
+    except UnicodeEncodeError as err:
+        text = _advice(err, None)
+    assert text.startswith("could not start a local Ray (UnicodeEncodeError: ") and RETRY not in text, text
+    assert f"TMPDIR={tmp!r} is not ASCII" in text and "set RAY_TMPDIR to an ASCII folder" in text, text
+
+
+@pytest.mark.parametrize("filename", ["/.ray", "/.ray/auth_token"])
+def test_an_unwritable_home_names_the_path_and_home(monkeypatch, filename):
+    """HOME=/ (an arbitrary-uid pod): Ray cannot write its token to ~/.ray/auth_token. `auth` in the path sent
+    this to the refused-token advice ("the Ray cluster at None refused our token")."""
+    from recognizer_core.ray_runtime import _advice
+
+    monkeypatch.setenv("HOME", "/")
+    text = _advice(PermissionError(13, "Permission denied", filename), None)
+    assert text.startswith(f"could not start a local Ray (PermissionError: [Errno 13] Permission denied: "
+                           f"'{filename}')") and RETRY not in text and "refused our token" not in text, text
+    assert f"Ray could not write {filename} (Permission denied)" in text and "Set HOME to a folder" in text, text
+
+
+def test_an_unwritable_ray_temp_folder_names_the_path_and_ray_tmpdir(monkeypatch, tmp_path):
+    from recognizer_core.ray_runtime import _advice
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path / "rt"))
+    text = _advice(PermissionError(13, "Permission denied", str(tmp_path / "rt/ray/session_x")), None)
+    assert RETRY not in text and f"({'RAY_TMPDIR'}={tmp_path / 'rt'})" in text and "set RAY_TMPDIR" in text, text
+    other = _advice(OSError(30, "Read-only file system", "/srv/x"), None)
+    assert RETRY not in other and "Ray could not use /srv/x (Read-only file system)" in other, other
+
+
+def test_only_a_time_out_gets_the_retry_advice():
+    from recognizer_core.ray_runtime import _advice
+
+    slow = Exception("The current node timed out during startup. This could happen because some of the raylet "
+                     "failed to startup or the GCS has become overloaded.")   # Ray's words (_private/node.py)
+    for err in (slow, TimeoutError("Timed out after 10 seconds while waiting for node to startup.")):
+        assert RETRY in _advice(err, None) and "RAY_raylet_start_wait_time_s=120" in _advice(err, None)
+    other = _advice(RuntimeError("Failed to start the dashboard"), None)
+    assert RETRY not in other and "session_latest" in other, other
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(240)
+def test_a_real_start_with_a_non_ascii_or_long_tmpdir_says_what_to_set(tmp_path):
+    """The real failures (Ray 2.60 encodes its socket paths as ASCII, and a Unix socket path has at most 107
+    bytes), through start_ray_or_exit: one `error:` block with the RAY_TMPDIR fix, exit 2."""
+    short = Path(tempfile.mkdtemp(prefix="rt ü", dir="/tmp"))  # short: the path length is not what fails
+    try:
+        for tmp, fix in ((short, f"TMPDIR={str(short)!r} is not ASCII: set RAY_TMPDIR to an ASCII folder"),
+                         (tmp_path / ("x" * 60), "longer than a Unix socket allows (107 bytes): set RAY_TMPDIR")):
+            tmp.mkdir(exist_ok=True)
+            env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_TMPDIR")}
+            env.update({"TMPDIR": str(tmp), "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(REPO)})
+            code = ("from recognizer_core.ray_runtime import start_ray_or_exit\n"
+                    "start_ray_or_exit('probe', num_cpus=1, dashboard=False)\n")
+            out = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True,
+                                 text=True, timeout=200)
+            assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-3000:]
+            assert "error: could not start a local Ray (" in out.stderr and fix in out.stderr, out.stderr
+            assert RETRY not in out.stderr, out.stderr
+    finally:
+        shutil.rmtree(short, ignore_errors=True)
