@@ -60,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     run_dir = run_folder(cfg)
-    dump_config(recorded_config(cfg, dataset_path), Path(run_dir) / "config.yaml")
+    # through the storage layer: on object storage a Path of the run URI wrote a local "s3:/.../config.yaml"
+    dump_config(recorded_config(cfg, dataset_path), join_uri(run_dir, "config.yaml"))
     try:  # Ray Train V2 raises what failed the run (after run.max_failures retries); there is no result.error
         result = trainer.fit()
         if cfg.train.test_after_train:

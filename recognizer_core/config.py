@@ -338,8 +338,10 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
     return validate_config(cls, data, source)
 
 
-def dump_config(cfg: BaseModel, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(json.loads(cfg.model_dump_json()), sort_keys=False))
-    return path
+def dump_config(cfg: BaseModel, path: str | Path) -> str | Path:
+    """`cfg` as YAML at a local path (a Path returned) or an s3:// / gs:// URI (returned as given), written whole
+    (storage.write_text): a run folder on object storage got its config.yaml as a local folder "s3:" instead."""
+    from recognizer_core.storage import is_remote, write_text  # pyarrow: only for the jobs that write configs
+
+    write_text(path, yaml.safe_dump(json.loads(cfg.model_dump_json()), sort_keys=False))
+    return str(path) if is_remote(path) else Path(path)

@@ -28,7 +28,7 @@ from recognizer_core.config import load_config
 from recognizer_core.recognize.spec import ClassThreshold, ModelSpec, is_fall_name, resolve_background, \
     sidecar_path, with_background
 from recognizer_core.skeleton.transforms import PipelineConfig, _clip_arrays, test_sample
-from recognizer_core.storage import is_remote, output_uri, to_uri
+from recognizer_core.storage import is_remote, to_uri
 
 log = logging.getLogger("recognizer")
 BEST_GLOB = "best_*_epoch_*.pth"
@@ -133,9 +133,6 @@ def training_clip_stats(cfg) -> tuple[float, int, str]:
     from recognizer_core.train.stgcn.dataset_source import datasets_dir, prepare_dataset
 
     try:
-        storage = output_uri(cfg.run.storage_path)
-        if is_remote(storage) and not cfg.data.path:  # as dataset_for: pkl / demo data are prepared locally
-            raise ValueError(f"run.storage_path={cfg.run.storage_path!r} is remote; the prepared data is not here")
         path = prepare_dataset(cfg.data, datasets_dir(cfg.run.storage_path))
         table = SkeletonDataset(path).index(cfg.data.train_split, columns=["total_frames", "fps"])
         frames = np.asarray(table.column("total_frames"), float)

@@ -12,18 +12,20 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from recognizer_core.config import ConfigError
 from recognizer_core.skeleton.clip import SkeletonClip, SkeletonDataError
-from recognizer_core.storage import exists, input_path, is_remote, join_uri, output_uri
+from recognizer_core.storage import STORAGE_ENV, exists, input_path, is_remote, join_uri, output_uri
 from recognizer_core.train.stgcn.config import DataConfig
 
 log = logging.getLogger("recognizer")
 
 
-def datasets_dir(storage_path: str) -> Path:
+def datasets_dir(storage_path: str) -> str:
     """Where jobs prepare the pkl conversions and demo data of a run whose run.storage_path is `storage_path`:
     `<output_uri(storage_path)>/datasets` (under $RECOGNIZER_STORAGE in a Ray package, not the working directory).
-    Training, recognize's window statistics and the ensemble all look there (prepare_dataset's `work_dir`)."""
-    return Path(output_uri(storage_path)) / "datasets"
+    Training, recognize's window statistics and the ensemble all look there (prepare_dataset's `work_dir`). A URI
+    when that is object storage (a Path of it wrote a local folder "s3:"), where prepare_dataset refuses."""
+    return join_uri(output_uri(storage_path), "datasets")
 
 
 def prepare_dataset(cfg: DataConfig, work_dir: str | Path) -> Path | str:
@@ -34,6 +36,13 @@ def prepare_dataset(cfg: DataConfig, work_dir: str | Path) -> Path | str:
     built in a temporary folder and renamed into place, so concurrent trials never see a half-written one."""
     if cfg.path:
         return dataset_location(cfg.path)
+    if is_remote(work_dir):
+        # the converters write local files and rename a folder into place, which an object store cannot do
+        written = "the converted data.train_pkl" if cfg.train_pkl else "the built-in demo data"
+        raise ConfigError(f"{written} would be written under {work_dir}, on object storage, but it is prepared as "
+                          f"local files: set {STORAGE_ENV} (or run.storage_path) to a local folder (on a cluster "
+                          "one every node mounts, e.g. /mnt/shared/runs), or set data.path to a built Parquet "
+                          "dataset (a folder, or an s3:// / gs:// URI)")
     work_dir = Path(work_dir)
     if cfg.train_pkl:
         files = [p for p in (cfg.train_pkl, cfg.val_pkl, cfg.test_pkl) if p]

@@ -129,9 +129,8 @@ def _check_existing(cfg: TrainJobConfig, rc: RunConfig, dataset: DatasetIdentity
 
 
 def dataset_for(cfg: TrainJobConfig) -> str:
-    if is_remote(cfg.run.storage_path):
-        raise ConfigError(f"run.storage_path={cfg.run.storage_path!r}: the STGCN++ job prepares its datasets in "
-                          "the storage folder, so it must be a local or shared (NFS) path")
+    """The dataset the run trains on (prepare_dataset: demo / pkl data prepared under datasets_dir, which it
+    refuses on object storage; a data.path may be anywhere, with the run on object storage too)."""
     return to_uri(prepare_dataset(cfg.data, datasets_dir(cfg.run.storage_path)))
 
 
