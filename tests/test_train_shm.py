@@ -19,6 +19,7 @@ from recognizer_core.skeleton.demo_data import make_demo_clips
 from recognizer_core.skeleton.store import SkeletonDataset, write_dataset
 from recognizer_core.train.context import LocalContext
 from recognizer_core.train.stgcn import data as tdata
+from recognizer_core.train.stgcn import loader_watch
 from recognizer_core.train.stgcn.config import TrainJobConfig
 from recognizer_core.train.stgcn.loop import train_loop
 
@@ -41,7 +42,7 @@ def _shm_free(monkeypatch, free: int) -> None:
     real = shutil.disk_usage
 
     def usage(path):
-        return Usage(free, 0, free) if str(path) == tdata.SHM_DIR else real(path)
+        return Usage(free, 0, free) if str(path) == loader_watch.SHM_DIR else real(path)
     monkeypatch.setattr(shutil, "disk_usage", usage)
 
 
@@ -59,7 +60,7 @@ def test_small_shm_refuses_loader_processes_with_one_line(dataset, monkeypatch):
     batches = _batches(dataset)
     # batch 8 of 4 persons x 100 frames x 17 joints x 3 channels, float32: 0.6 MB; 2 processes x 4 + 2 batches
     assert len(batches) >= 8 and batches.batch_bytes() == 8 * (4 * 100 * 17 * 3 * 4 + 9)
-    with pytest.raises(tdata.LoaderSharedMemoryError) as err:
+    with pytest.raises(loader_watch.LoaderSharedMemoryError) as err:
         tdata.make_loader(batches, 2, 4, False)
     msg = str(err.value)
     assert "\n" not in msg
@@ -74,7 +75,7 @@ def test_ranks_on_one_node_share_shm(dataset, monkeypatch):
     _shm_free(monkeypatch, need_one + MB)
     tdata.make_loader(batches, 2, 4, False)  # one rank: fits
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # as Ray Train sets it: two ranks' loaders on this node
-    with pytest.raises(tdata.LoaderSharedMemoryError, match="need about 12.5 MB"):
+    with pytest.raises(loader_watch.LoaderSharedMemoryError, match="need about 12.5 MB"):
         tdata.make_loader(batches, 2, 4, False)
 
 
@@ -107,7 +108,7 @@ def test_an_epoch_smaller_than_the_prefetch_needs_less(dataset, monkeypatch):
     _shm_free(monkeypatch, batches.batch_bytes() * 3 + MB)  # its one batch, the step's and the one arriving
     tdata.make_loader(batches, 2, 4, False)
     _shm_free(monkeypatch, batches.batch_bytes() * 3 - MB)
-    with pytest.raises(tdata.LoaderSharedMemoryError):
+    with pytest.raises(loader_watch.LoaderSharedMemoryError):
         tdata.make_loader(batches, 2, 4, False)
 
 
@@ -137,11 +138,12 @@ def test_stuck_loader_process_is_an_error_naming_the_causes(dataset, monkeypatch
 REPRO = """
 import sys
 from recognizer_core.train.stgcn import data as tdata
+from recognizer_core.train.stgcn import loader_watch
 sys.path.insert(0, {tests!r})
 from test_train_shm import _batches
 try:
     tdata.make_loader(_batches({dataset!r}), 2, 4, False)
-except tdata.LoaderSharedMemoryError as err:
+except loader_watch.LoaderSharedMemoryError as err:
     print("refused:", err)
 """
 
@@ -161,3 +163,66 @@ def test_real_4mb_shm_is_refused(dataset):
     if out.returncode != 0 and "mount" in out.stderr and "refused:" not in out.stdout:
         pytest.skip(f"cannot mount a tmpfs here: {out.stderr.strip()[:200]}")
     assert "refused: /dev/shm has 4.0 MB free" in out.stdout, out.stdout + out.stderr
+
+
+def _tensor_bytes(obj) -> int:
+    import torch
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    if hasattr(obj, "__dataclass_fields__"):
+        return sum(_tensor_bytes(getattr(obj, f)) for f in obj.__dataclass_fields__)
+    return 0
+
+
+@pytest.mark.parametrize("device, feats", [("cpu", "[b]"), ("cpu", "[j,b,jm,bm]"), ("worker", "[j,b]"),
+                                           ("worker", "[j,b,jm,bm]")])
+def test_the_estimate_is_the_bytes_a_loader_process_hands_over(dataset, device, feats):
+    """pipeline.device=worker hands over raw frames (3 channels, 6 with motion) whatever the features: counting the
+    model's input channels there doubled the estimate and refused a 64 MB /dev/shm that held the epoch (50 MB)."""
+    cfg = load_config(TrainJobConfig, REPO / "configs/fight_stable.yaml",
+                      [f"pipeline.device={device}", f"pipeline.feats={feats}"])
+    ds = SkeletonDataset(dataset)
+    shard, _ = tdata.load_shard(ds, tdata.split_info(ds, "train", 2).ranges, cfg.data, 2, 17, "t")
+    batches = tdata.ShardBatches(shard, tdata.num_batches_for(len(shard), 8), 8, cfg.pipeline, train=True, seed=0,
+                                 rank=0, epoch_clips=len(shard))
+    real = _tensor_bytes(batches[(0, 0)])
+    assert real > 0 and abs(batches.batch_bytes() - real) <= 0.01 * real
+
+
+def test_a_killed_loader_process_is_an_error_within_seconds_off_the_main_thread(dataset):
+    """Ray Train runs the loop in a thread, where torch installs no SIGCHLD handler: a loader process killed (the
+    OOM killer) is noticed at torch's 5 s polls of the loader processes, not after the whole 600 s timeout."""
+    import os
+    import signal
+    import threading
+
+    assert tdata.LOADER_TIMEOUT_S >= 600
+    loader, _ = tdata.make_loader(_batches(dataset, cls=SlowFirstBatches), 1, 1, False)
+    seen = {}
+
+    def training_thread():
+        it = iter(loader)
+        next(it)
+        os.kill(loader._iterator._workers[0].pid, signal.SIGKILL)
+        t = time.monotonic()
+        try:
+            next(it)
+        except RuntimeError as err:
+            seen["error"], seen["after_s"] = str(err), time.monotonic() - t
+
+    thread = threading.Thread(target=training_thread, name="TrainingThread")
+    thread.start()
+    thread.join(120)
+    assert "exited unexpectedly" in seen.get("error", "") and seen["after_s"] < 30, seen
+    del loader
+
+
+class SlowFirstBatches(tdata.ShardBatches):
+    def __getitem__(self, key):
+        if torch_worker() and key[1] > 0:
+            time.sleep(3)  # the loader process is busy with the next batch when it is killed
+        return super().__getitem__(key)

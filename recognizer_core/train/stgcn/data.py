@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import threading
 from collections.abc import Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset, Sampler
 
 from recognizer_core.skeleton.clip import SkeletonClip, SkeletonDataError
 from recognizer_core.skeleton.store import SkeletonDataset
@@ -33,6 +32,7 @@ from recognizer_core.skeleton.validate import empty_positions_for, scan_empty_po
 from recognizer_core.skeleton.transforms import PipelineConfig, prepare_batch
 from recognizer_core.skeleton.transforms_torch import gather_batch
 from recognizer_core.train.stgcn.config import DataConfig
+from recognizer_core.train.stgcn.loader_watch import WatchedLoader, check_loader_shm
 from recognizer_core.train.shard_order import BlockShuffle
 # split_info, SplitInfo, shard_positions, ClipIds live in splits.py; callers use them as data.split_info etc.
 from recognizer_core.train.splits import ClipIds, SplitInfo, row_blocks, shard_positions, split_info  # noqa: F401
@@ -295,8 +295,8 @@ class ShardBatches(Dataset):
         nc = self.num_clips or (p.num_clips if self.train else p.test_num_clips)
         joints = self.clips.num_joints if isinstance(self.clips, StreamedShard) else self.clips[0].keypoint.shape[2]
         channels = p.in_channels
-        if p.device == "worker":
-            channels = max(channels, 6 if {"jm", "bm"} & set(p.feats) else 3)
+        if p.device == "worker":  # raw frames whatever the features: x, y, score; twice with motion
+            channels = 6 if {"jm", "bm"} & set(p.feats) else 3
         rows = min(self.batch_size, self.epoch_clips)  # a shard smaller than a batch: one short batch
         return rows * (nc * p.num_person * p.clip_len * joints * channels * 4 + 8 + 1)
 
@@ -322,67 +322,11 @@ def _own_files(_: int) -> None:
         shard.ds._pf = {}
 
 
-SHM_DIR = "/dev/shm"
 # A loader process that lost a batch leaves the training worker waiting forever (torch's default: no timeout). No
 # batch takes minutes: preparing one is well under a second; the slowest, a loader's first or one at a window
 # boundary, waits for its share of a window read (2048 clips, ~180 MB: under a second from local disk, 1-2 minutes
 # from object storage even at 1-2 MB/s). 10 minutes is far above that, and still ends a hang.
 LOADER_TIMEOUT_S = 600
-
-
-class LoaderSharedMemoryError(SkeletonDataError):
-    """/dev/shm is too small for the batches the loader processes hand over. A SkeletonDataError so that Ray Train
-    ends the run at once (ray_run.StopOnDataError) instead of retrying: every retry on this node fails the same."""
-
-
-def shm_free_bytes() -> int | None:
-    """Free bytes in /dev/shm (None: there is none): loader processes hand batches over in files there, with both
-    of torch's sharing strategies (file_descriptor, Linux's default, and file_system)."""
-    try:
-        return shutil.disk_usage(SHM_DIR).free
-    except OSError:
-        return None
-
-
-def check_loader_shm(batch_bytes: int, loader_workers: int, prefetch: int, num_batches: int) -> None:
-    """Refuses loader processes whose batches /dev/shm cannot hold: one that cannot allocate its batch there (torch
-    prints 'unable to allocate shared memory(shm)') loses it, and the training worker waits for it forever."""
-    free = shm_free_bytes()
-    if loader_workers == 0 or free is None:
-        return
-    # held at once: `prefetch` batches per process (at most an epoch's), the step's and the one arriving (22.6 MB
-    # measured, 24.9 computed), per rank on this node (LOCAL_WORLD_SIZE, from Ray Train): they share /dev/shm
-    ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE") or 1))
-    need = batch_bytes * (min(loader_workers * prefetch, num_batches) + 2) * ranks
-    if free < need:
-        mb = 1024 * 1024
-        raise LoaderSharedMemoryError(
-            f"{SHM_DIR} has {free / mb:.1f} MB free, but data.loader_workers={loader_workers} with "
-            f"data.prefetch_batches={prefetch} need about {need / mb:.1f} MB there for their batches "
-            f"({batch_bytes / mb:.1f} MB each; a full /dev/shm hangs the training): give the container a larger "
-            "/dev/shm (docker run --shm-size=2g; Kubernetes: an emptyDir with medium: Memory mounted on /dev/shm) "
-            "or set --set data.loader_workers=0 (batches prepared in the training process)")
-
-
-class WatchedLoader(DataLoader):
-    """A DataLoader whose timeout (a stuck loader process) ends in an error naming the likely causes."""
-
-    def __iter__(self):
-        batches = super().__iter__()
-        while True:
-            try:
-                batch = next(batches)
-            except StopIteration:
-                return
-            except RuntimeError as err:
-                if not self.timeout or "timed out" not in str(err):
-                    raise
-                raise RuntimeError(
-                    f"no batch from the {self.num_workers} loader process(es) in {self.timeout:g} s "
-                    f"(data.loader_workers): one is stuck or lost its batch; look above for 'unable to allocate "
-                    f"shared memory' (a full {SHM_DIR}: enlarge it, e.g. docker run --shm-size=2g) or a hung read "
-                    "of the dataset; --set data.loader_workers=0 prepares batches in the training process") from err
-            yield batch
 
 
 def make_loader(batches: ShardBatches, loader_workers: int, prefetch: int, pin_memory: bool):
