@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -62,16 +63,22 @@ def parse_args(argv):
 
 
 def default_model(args) -> str:
-    from recognizer_core.recognize.demo import newest_local_model, search_roots
+    from recognizer_core.recognize.demo import RUNS_FOLDER, demo_folder, newest_local_model, search_roots
+    from recognizer_core.storage import STORAGE_ENV
 
     found = newest_local_model()
     if found is not None:
         print(f"[recognize] using the newest local model: {found}", flush=True)
         return str(found)
     roots = " or ".join(search_roots())
+    runs, moved = demo_folder(RUNS_FOLDER)
     command = [sys.executable, str(ROOT / "rayjobs/train_stgcn.py"), "--config", str(ROOT / "configs/fight_demo.yaml")]
+    where = f"into {runs}/fight_demo"
+    if moved:  # an absolute run.storage_path is used as given: run folder and demo data stay in this folder
+        command += ["--set", f"run.storage_path={runs}"]
+        where += f" (not under {STORAGE_ENV}={os.environ.get(STORAGE_ENV)}: object storage, and the demo reads files)"
     print(f"[recognize] no trained model found under {roots}: training the 1-minute fight_demo model first "
-          f"({' '.join(command[1:])})", flush=True)
+          f"{where} ({' '.join(command[1:])})", flush=True)
     # in this working directory, where the job writes its run folder (output_uri) and search_roots looks for it:
     # run from the repo root, it wrote the repo's work_dirs (unwritable in a read-only checkout), and a demo
     # started elsewhere trained, then found nothing, every time
@@ -143,9 +150,21 @@ def main(argv: list[str] | None = None) -> int:
     if not args.model and not demo:
         print("error: --model is required with --input / --stream", file=sys.stderr)
         return 2
-    from recognizer_core.storage import output_uri
+    from recognizer_core.storage import STORAGE_ENV, is_remote, output_uri
 
-    out = Path(output_uri(args.output))  # never inside `ray job submit`'s package, which Ray deletes
+    resolved = output_uri(args.output)  # never inside `ray job submit`'s package, which Ray deletes
+    # an s3:// one, given or made by an s3:// $RECOGNIZER_STORAGE: Path() wrote a local folder "s3:" (stream mode
+    # writes no --output)
+    if is_remote(resolved) and demo and not is_remote(args.output):
+        from recognizer_core.recognize.demo import demo_folder
+
+        resolved = demo_folder(args.output)[0]  # where the demo keeps its model too
+    elif is_remote(resolved) and not args.stream:
+        print(f"error: --output {args.output}: resolves to {resolved}, object storage, which recognize does not "
+              f"write: give an absolute local or shared (NFS) folder, or set {STORAGE_ENV} to a folder",
+              file=sys.stderr)
+        return 2
+    out = Path(resolved)
     args.output = str(out)
     if out.exists() and not out.is_dir():  # before any model work; the first write was a FileExistsError
         print(f"error: --output {out}: exists and is not a folder", file=sys.stderr)

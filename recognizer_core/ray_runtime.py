@@ -195,6 +195,11 @@ def _advice(err: Exception, address: str | None, captured: str = "") -> str:
         what = f"join the Ray cluster at {address}" if address else "start a local Ray"
         return f"could not {what} ({text}).\n  {fix}"
     if "InvalidAuthToken" in captured or "AuthenticationError" in text or "auth" in first.lower():
+        unreadable = _unreadable_token_file()
+        if not address or unreadable:  # nothing refused a token: Ray could not read ours ("cluster at None" was)
+            what = f"join the Ray cluster at {address}" if address else "start a local Ray"
+            said = first.split(". Ensure ")[0]   # Ray's line, without its generic help (the advice below is ours)
+            return f"could not {what} ({type(err).__name__}: {said}).\n  {unreadable or _token_sources()}"
         mode = os.environ.get("RAY_AUTH_MODE", "unset")
         source = ("$RAY_AUTH_TOKEN" if os.environ.get("RAY_AUTH_TOKEN") else
                   os.environ.get("RAY_AUTH_TOKEN_PATH") or str(Path("~/.ray/auth_token")))
@@ -215,6 +220,35 @@ def _advice(err: Exception, address: str | None, captured: str = "") -> str:
     return (f"could not start a local Ray ({text}).\n"
             f"  Ray's own messages above say more; its logs are in {os.path.join(tmp, 'ray', 'session_latest')}"
             f" (the temp folder from {var}). Other Ray instances you own: `ray status` lists them.")
+
+
+def _unreadable_token_file() -> str | None:
+    """The advice when RAY_AUTH_TOKEN_PATH, which Ray reads when RAY_AUTH_TOKEN is not set, names no readable
+    token (missing, a folder, empty): Ray then fails before it starts or contacts anything. None otherwise."""
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    if not path or os.environ.get("RAY_AUTH_TOKEN"):
+        return None
+    if os.path.isdir(path):
+        state = "is a folder"
+    elif not os.path.exists(path):
+        state = "does not exist"
+    else:
+        try:
+            with open(path, "rb") as f:
+                if f.read().strip():
+                    return None
+            state = "is empty"
+        except OSError as err:
+            state = f"cannot be read ({err.strerror})"
+    return (f"RAY_AUTH_TOKEN_PATH={path} {state}: point it at a file holding the token, or give the token itself as "
+            "RAY_AUTH_TOKEN=<token>, or unset RAY_AUTH_TOKEN_PATH (a private Ray then uses ~/.ray/auth_token, "
+            "written when missing; for a cluster, copy its token there: `ray get-auth-token` on the head).")
+
+
+def _token_sources() -> str:
+    return ("With RAY_AUTH_MODE=token Ray reads its token from RAY_AUTH_TOKEN, else the file RAY_AUTH_TOKEN_PATH "
+            "names, else ~/.ray/auth_token (a private Ray writes that one when missing): fix or unset the one that "
+            "failed.")
 
 
 def _ray_temp_base() -> tuple[str, str]:

@@ -150,6 +150,32 @@ def test_only_a_time_out_gets_the_retry_advice():
     assert RETRY not in other and "session_latest" in other, other
 
 
+@pytest.mark.parametrize("state", ["does not exist", "is a folder", "is empty"])
+def test_an_unreadable_token_path_on_a_local_start_is_named_not_a_refused_token(tmp_path, monkeypatch, state):
+    """A private Ray with RAY_AUTH_TOKEN_PATH naming no token fails with Ray's AuthenticationError (its words,
+    ray 2.60). Before: "the Ray cluster at None refused our token (InvalidAuthToken ...)", though nothing was
+    joined and nothing refused a token."""
+    from ray.exceptions import AuthenticationError
+
+    from recognizer_core.ray_runtime import _advice
+
+    path = tmp_path / "auth_token"
+    if state == "is a folder":
+        path.mkdir()
+    elif state == "is empty":
+        path.write_text("\n")
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(path))
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    err = AuthenticationError(f"RAY_AUTH_TOKEN_PATH is set but file cannot be opened or is empty: {path}")
+    text = _advice(err, None)
+    assert "cluster at None" not in text and "refused" not in text, text
+    assert text.startswith("could not start a local Ray (AuthenticationError: RAY_AUTH_TOKEN_PATH is set but file "
+                           f"cannot be opened or is empty: {path}"), text   # (+ Ray's note when the mode is off)
+    assert f"RAY_AUTH_TOKEN_PATH={path} {state}: point it at a file holding the token" in text, text
+    assert "RAY_AUTH_TOKEN=<token>" in text and "unset RAY_AUTH_TOKEN_PATH" in text, text
+
+
 @pytest.mark.ray
 @pytest.mark.timeout(240)
 def test_a_real_start_with_a_non_ascii_or_long_tmpdir_says_what_to_set(tmp_path):

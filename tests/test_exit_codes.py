@@ -371,18 +371,22 @@ sys.exit(run_job(main))
 # 5. the embedded demo (`python <repo>/rayjobs/recognize.py`, no arguments) started outside the repo root
 
 
-@pytest.mark.parametrize("storage", [False, True])
+@pytest.mark.parametrize("storage", ["none", "folder", "s3"])
 def test_the_demo_finds_the_model_it_trained_from_any_folder(model, tmp_path, monkeypatch, capsys, storage):
     """Before: the demo trained in the repo root (cwd=ROOT: the repo's work_dirs, unwritable in a read-only
     checkout) and looked in the caller's work_dirs, so from any other folder it trained, then exited 1 with
-    "training the demo model failed", every time; with $RECOGNIZER_STORAGE it looked in no storage either.
+    "training the demo model failed", every time; with $RECOGNIZER_STORAGE it looked in no storage either; with
+    an s3:// one the job trained into the bucket, which the search skipped: "the demo model was trained, but no
+    best_*.pth ...", exit 1, at every run (and its output went to a local folder named "s3:"). Now under an s3://
+    storage the demo trains into the working directory's work_dirs (run.storage_path=<absolute folder>).
     The training subprocess is replaced by a copy of a trained run folder put where the real job, started with
-    the same command line from the same working directory, puts its run folder (run_folder of the config it is
-    given: output_uri(run.storage_path)/run.name)."""
+    the same command line from the same working directory, puts its run folder (run_folder of the config its
+    own argument parser makes: output_uri(run.storage_path)/run.name). Nothing is read from the bucket."""
+    import argparse
     import shutil
 
     from rayjobs.recognize import main
-    from recognizer_core.config import load_config
+    from recognizer_core.config_args import add_config_args, config_from_args
     from recognizer_core.train.stgcn.config import TrainJobConfig
     from recognizer_core.train.stgcn.job import run_folder
 
@@ -390,10 +394,11 @@ def test_the_demo_finds_the_model_it_trained_from_any_folder(model, tmp_path, mo
     caller.mkdir()
     monkeypatch.chdir(caller)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/ray_results model of this machine's
-    if storage:
-        monkeypatch.setenv("RECOGNIZER_STORAGE", str(tmp_path / "store"))
-    else:
+    if storage == "none":
         monkeypatch.delenv("RECOGNIZER_STORAGE", raising=False)
+    else:
+        monkeypatch.setenv("RECOGNIZER_STORAGE", str(tmp_path / "store") if storage == "folder" else
+                           "s3://bucket/runs")
     trained, real_run = [], subprocess.run
 
     def train(command, cwd=None, **kwargs):
@@ -401,14 +406,17 @@ def test_the_demo_finds_the_model_it_trained_from_any_folder(model, tmp_path, mo
             return real_run(command, cwd=cwd, **kwargs)
         assert command[:3] == [sys.executable, str(ROOT / "rayjobs/train_stgcn.py"), "--config"], command
         assert Path(command[3]).is_absolute() and not kwargs, (command, kwargs)
+        parser = argparse.ArgumentParser()   # as rayjobs/train_stgcn.py parses its command line
+        add_config_args(parser, TrainJobConfig, default_config="configs/fight_stable.yaml")
+        parser.add_argument("--address")
         here = os.getcwd()
         os.chdir(cwd or here)   # the working directory the job would run in
         try:
-            run_dir = Path(run_folder(load_config(TrainJobConfig, command[3])))
+            run_dir = run_folder(config_from_args(TrainJobConfig, parser.parse_args(command[2:])))
         finally:
             os.chdir(here)
         trained.append(run_dir)
-        if tmp_path in run_dir.parents:   # never into the repo (where the old code trained)
+        if tmp_path in Path(run_dir).parents:   # never into the repo (where the old code trained) or a bucket
             shutil.copytree(model["run"], run_dir)
         return subprocess.CompletedProcess(command, 0)
 
@@ -416,10 +424,26 @@ def test_the_demo_finds_the_model_it_trained_from_any_folder(model, tmp_path, mo
     capsys.readouterr()
     rc = main([])
     out = capsys.readouterr().out
-    where = tmp_path / "store" if storage else caller
-    assert trained == [where / "work_dirs" / "fight_demo"], trained
-    assert rc == 0 and f"[recognize] no trained model found under {where / 'work_dirs'} or ~/ray_results" in out, out
+    where = tmp_path / "store" if storage == "folder" else caller
+    assert trained == [str(where / "work_dirs" / "fight_demo")], trained
+    assert rc == 0 and f"[recognize] no trained model found under {where / 'work_dirs'} or ~/ray_results: training " \
+                       f"the 1-minute fight_demo model first into {where / 'work_dirs' / 'fight_demo'}" in out, out
     assert json.loads(out.strip().splitlines()[-1])["output"] == str(where / "outputs" / "recognize")
+    assert not (caller / "s3:").exists()
     capsys.readouterr()
     assert main([]) == 0 and len(trained) == 1   # the second run uses it: no training again
     assert f"[recognize] using the newest local model: {where / 'work_dirs' / 'fight_demo'}" in capsys.readouterr().out
+
+
+def test_recognize_refuses_an_output_under_an_object_store_storage(model, tmp_path, monkeypatch, capsys):
+    """Before: --output under an s3:// $RECOGNIZER_STORAGE became Path("s3://...") and the run wrote a local folder
+    named "s3:"; now one line and exit 2 before any model work."""
+    from rayjobs.recognize import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RECOGNIZER_STORAGE", "s3://bucket/runs")
+    rc = main(["--model", str(model["run"]), "--input", str(model["dataset"])])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err[-1].startswith("error: --output outputs/recognize: resolves to "
+                                          "s3://bucket/runs/outputs/recognize, object storage"), err
+    assert list(tmp_path.iterdir()) == []

@@ -2,24 +2,37 @@
 true events of the synthetic demo sequence."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Sequence
 
 from recognizer_core.recognize.events import Event
 from recognizer_core.recognize.model import BEST_GLOB
-from recognizer_core.storage import is_remote, output_uri
+from recognizer_core.storage import DEFAULT_JOB_ROOT, is_remote, output_uri, ray_package_root
 
 # The jobs' default run.storage_path (configs/*.yaml; Tune's experiments are under work_dirs/tune)
 RUNS_FOLDER = "work_dirs"
 
 
+def demo_folder(relative: str) -> tuple[str, bool]:
+    """(where the demo keeps `relative`, its runs folder or its output; whether that is not where every job puts
+    it): output_uri's place (under $RECOGNIZER_STORAGE when set, else here), except under an object-store
+    $RECOGNIZER_STORAGE: the demo trains (run.storage_path), searches and writes files, so then the working
+    directory (~/recognizer_runs in a `ray job submit` package, which Ray deletes). Before, the job trained the
+    demo's run folder into the bucket, where this file-based search never looked: it trained at every run."""
+    uri = output_uri(relative)
+    if not is_remote(uri):
+        return uri, False
+    base = Path(DEFAULT_JOB_ROOT).expanduser() if ray_package_root(os.getcwd()) else Path.cwd()
+    return str(base / relative), True
+
+
 def search_roots() -> list[str]:
-    """Where newest_local_model looks: the runs folder where a train job started from this working directory
-    writes it (`output_uri`: under $RECOGNIZER_STORAGE when set, else here; not searched when that is remote),
-    then ~/ray_results. The same rule as the train job's, so the demo model it trains is found from any folder:
-    a bare `work_dirs` was the caller's folder while the job, run from the repo root, wrote the repo's."""
-    runs = output_uri(RUNS_FOLDER)
-    return ([] if is_remote(runs) else [runs]) + ["~/ray_results"]
+    """Where newest_local_model looks: the demo's runs folder (demo_folder: where a train job started from this
+    working directory writes it, or a local one under an object-store $RECOGNIZER_STORAGE), then ~/ray_results.
+    The same rule as the train job's, so the demo model it trains is found from any folder: a bare `work_dirs`
+    was the caller's folder while the job, run from the repo root, wrote the repo's."""
+    return [demo_folder(RUNS_FOLDER)[0], "~/ray_results"]
 
 
 def newest_local_model(roots: Sequence[str | Path] | None = None) -> Path | None:
