@@ -218,7 +218,6 @@ def test_a_killed_loader_process_is_an_error_within_seconds_off_the_main_thread(
     thread.start()
     thread.join(120)
     assert "exited unexpectedly" in seen.get("error", "") and seen["after_s"] < 30, seen
-    del loader
 
 
 class SlowFirstBatches(tdata.ShardBatches):
