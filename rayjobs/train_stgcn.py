@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import posixpath
 import sys
 from pathlib import Path
 
@@ -78,7 +79,9 @@ def main(argv: list[str] | None = None) -> int:
         "stopped_early": summary.get("stopped_early"),
         "best_epoch": best.get("epoch"), f"best_{cfg.checkpoint.score_attribute}": best.get("score"),
         "best_model_mmaction2": join_uri(run_dir, best["file"]) if best.get("file") else None,
-        "latest_checkpoint": result.checkpoint.path if result.checkpoint else None,
+        # the checkpoint's path is inside its filesystem (no s3:// scheme): named from the run folder instead
+        "latest_checkpoint": join_uri(run_dir, posixpath.basename(result.checkpoint.path.rstrip("/")))
+        if result.checkpoint else None,
         "test_acc_top1": test["acc_top1"] if test else None,
         "test_mean_class_accuracy": test["mean_class_accuracy"] if test else None,
         "error": None,

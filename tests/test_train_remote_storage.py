@@ -117,8 +117,39 @@ def test_a_run_on_object_storage_has_its_config_in_the_bucket(tmp_path, bucket, 
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["run_dir"] == f"s3://{bucket}/runs/work_dirs/remote" and out["error"] is None
+    # a URI a script can pass on, as run_dir is (it was the path inside the bucket, without s3://)
+    assert out["latest_checkpoint"] == f"s3://{bucket}/runs/work_dirs/remote/checkpoint_epoch_0001"
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="runs/work_dirs/remote/")["Contents"]]
     assert "runs/work_dirs/remote/config.yaml" in keys and any(k.endswith("_epoch_1.pth") for k in keys), keys
     body = s3.get_object(Bucket=bucket, Key="runs/work_dirs/remote/config.yaml")["Body"].read()
     assert yaml.safe_load(body)["data"]["path"] == ds
     assert os.listdir(work) == []   # no local "s3:/.../config.yaml"
+
+
+def _existing_run_cfg(storage: str, ds: str, *extra: str) -> TrainJobConfig:
+    return load_config(TrainJobConfig, REPO / "configs" / "fight_demo.yaml",
+                       [f"run.storage_path={storage}", "run.name=r1", f"data.path={ds}", *extra])
+
+
+def test_an_existing_run_on_object_storage_is_seen_before_ray(tmp_path, monkeypatch, s3):
+    """run.resume=never and the resume checks look at a run on object storage too: Path("s3://b/r") named a local
+    folder that never exists, so a second run with resume=never silently continued the first (the reviewer's
+    end-to-end run: rc 0, epochs_run 2), and a changed model went to the workers unchecked."""
+    from recognizer_core.train.stgcn.job import prepare_run
+
+    monkeypatch.setenv("RECOGNIZER_CACHE", str(tmp_path / "cache"))
+    ds = str(write_dataset(make_demo_clips("fight", 16, seed=1), tmp_path / "ds", label_names=("NonFight", "Fight")))
+    bucket = f"existing-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(Bucket=bucket)
+    storage = f"s3://{bucket}/runs"
+    prepare_run(_existing_run_cfg(storage, ds, "run.resume=never"))   # nothing there yet: a new run
+    s3.put_object(Bucket=bucket, Key="runs/r1/checkpoint_manager_snapshot.json", Body=b"{}")
+    with pytest.raises(ConfigError, match=r"run.resume=never but run s3://.*/runs/r1 already exists"):
+        prepare_run(_existing_run_cfg(storage, ds, "run.resume=never"))
+    # its latest checkpoint was trained with another network: refused before Ray, as for a local run
+    saved = _existing_run_cfg(storage, ds, "model.base_channels=32").model_dump(mode="json")
+    for epoch in (1, 2):
+        s3.put_object(Bucket=bucket, Key=f"runs/r1/checkpoint_epoch_000{epoch}/config.yaml",
+                      Body=yaml.safe_dump(saved).encode())
+    with pytest.raises(ConfigError, match=r"model.base_channels: checkpoint 32, config 64"):
+        prepare_run(_existing_run_cfg(storage, ds))

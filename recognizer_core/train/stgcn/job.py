@@ -8,10 +8,14 @@ jobs run it before Ray starts.
 from __future__ import annotations
 
 import json
+import posixpath
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
+
+import pyarrow.fs as pafs
 
 from ray.train import Checkpoint, Result, RunConfig
 from ray.train.torch import TorchConfig, TorchTrainer
@@ -20,7 +24,7 @@ from recognizer_core.config import ConfigError
 from recognizer_core.skeleton.clip import SkeletonDataError
 from recognizer_core.skeleton.store import SkeletonDataset
 from recognizer_core.skeleton.validate import validate_dataset
-from recognizer_core.storage import exists, is_remote, join_uri, read_bytes, read_text, to_uri
+from recognizer_core.storage import exists, filesystem, is_remote, join_uri, read_bytes, read_text, to_uri
 from recognizer_core.train.stgcn.config import TrainJobConfig
 from recognizer_core.train.stgcn.data import prepare_dataset, split_info
 from recognizer_core.train.stgcn.dataset_source import datasets_dir
@@ -28,7 +32,7 @@ from recognizer_core.train.ray_run import RayTrainContext, backend, for_workers,
     scaling_config
 from recognizer_core.train.stgcn.evaluate import label_names, test_loop
 from recognizer_core.train.stgcn.loop import train_loop
-from recognizer_core.train.stgcn.run_state import DatasetIdentity, check_resumable
+from recognizer_core.train.stgcn.run_state import DATASET_FILE, DatasetIdentity, check_resumable
 
 _SNAPSHOT = "checkpoint_manager_snapshot.json"
 
@@ -92,6 +96,38 @@ def existing_run(run_dir: Path) -> bool:
     return run_dir.is_dir() and any(run_dir.rglob(_SNAPSHOT))
 
 
+@contextmanager
+def _run_on_disk(run: str) -> Iterator[tuple[bool, Path | None]]:
+    """(whether run folder `run` holds a run, its latest checkpoint folder as a local Path or None). A run on
+    object storage is looked at through its filesystem and the latest checkpoint's config.yaml / dataset.json are
+    copied to a temporary folder: Path("s3://b/r") named a local "s3:/b/r" that never exists, so run.resume=never
+    and the resume checks passed over every run on object storage."""
+    if not is_remote(run):
+        local = Path(run)
+        found = existing_run(local)
+        ckpts = sorted(local.glob("checkpoint_epoch_*")) if found else []
+        yield found, (ckpts[-1] if ckpts else None)
+        return
+    fs, root = filesystem(run)
+    infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+    names = {posixpath.basename(i.path): i.type for i in infos}
+    ckpts = sorted(n for n, t in names.items() if n.startswith("checkpoint_epoch_") and t == pafs.FileType.Directory)
+    if _SNAPSHOT not in names:
+        yield False, None
+        return
+    if not ckpts:
+        yield True, None
+        return
+    with tempfile.TemporaryDirectory(prefix="recognizer_resume_") as tmp:
+        copy = Path(tmp) / ckpts[-1]
+        copy.mkdir()
+        for name in ("config.yaml", DATASET_FILE):
+            data = read_bytes(join_uri(run, ckpts[-1], name))
+            if data is not None:
+                (copy / name).write_bytes(data)
+        yield True, copy
+
+
 def preflight(cfg: TrainJobConfig, dataset_path: str | Path) -> DatasetIdentity:
     """Checks on the driver that need only the light columns (empty splits, labels outside num_classes), so a
     deterministic data error fails at once instead of being retried by FailureConfig on every worker. Returns
@@ -114,18 +150,18 @@ def preflight(cfg: TrainJobConfig, dataset_path: str | Path) -> DatasetIdentity:
 def _check_existing(cfg: TrainJobConfig, rc: RunConfig, dataset: DatasetIdentity | None = None) -> None:
     """The resume rules on the driver: first on the config alone (before the dataset is prepared), then again with
     the prepared dataset's identity (a dataset rebuilt in place is refused before Ray starts, not by the workers)."""
-    run_dir = Path(run_uri(rc))
-    if not existing_run(run_dir):
-        return
-    if cfg.run.resume == "never":
-        raise ConfigError(f"run.resume=never but run {run_dir} already exists: choose a new run.name or set "
-                          "run.resume=auto to continue it")
-    ckpts = sorted(run_dir.glob("checkpoint_epoch_*"))
-    if ckpts:
-        try:
-            check_resumable(cfg, ckpts[-1], dataset)
-        except ValueError as err:
-            raise ConfigError(str(err)) from None
+    run_dir = run_uri(rc)
+    with _run_on_disk(run_dir) as (exists_, latest):
+        if not exists_:
+            return
+        if cfg.run.resume == "never":
+            raise ConfigError(f"run.resume=never but run {run_dir} already exists: choose a new run.name or set "
+                              "run.resume=auto to continue it")
+        if latest is not None:
+            try:
+                check_resumable(cfg, latest, dataset)
+            except ValueError as err:
+                raise ConfigError(str(err)) from None
 
 
 def dataset_for(cfg: TrainJobConfig) -> str:
