@@ -96,7 +96,7 @@ def test_no_refusal_without_loader_processes_or_with_room(dataset, monkeypatch):
     assert x.shape[0] == 8 and loader.timeout == 0
     _shm_free(monkeypatch, 64 * 1024 * MB)
     loader, sampler = tdata.make_loader(_batches(dataset), 2, 4, False)
-    assert loader.timeout == tdata.LOADER_TIMEOUT_S
+    assert loader.timeout == loader_watch.LOADER_TIMEOUT_S
     assert sum(len(y) for _, y, _ in loader) == loader.dataset.epoch_clips
 
 
@@ -125,7 +125,7 @@ def torch_worker() -> bool:
 
 
 def test_stuck_loader_process_is_an_error_naming_the_causes(dataset, monkeypatch):
-    monkeypatch.setattr(tdata, "LOADER_TIMEOUT_S", 2, raising=False)
+    monkeypatch.setattr(loader_watch, "LOADER_TIMEOUT_S", 2)
     loader, _ = tdata.make_loader(_batches(dataset, cls=SlowBatches), 1, 1, False)
     t = time.time()
     with pytest.raises(RuntimeError, match=r"no batch from the 1 loader process\(es\) in 2 s .*unable to allocate "
@@ -200,7 +200,7 @@ def test_a_killed_loader_process_is_an_error_within_seconds_off_the_main_thread(
     import signal
     import threading
 
-    assert tdata.LOADER_TIMEOUT_S >= 600
+    assert loader_watch.LOADER_TIMEOUT_S >= 600
     loader, _ = tdata.make_loader(_batches(dataset, cls=SlowFirstBatches), 1, 1, False)
     seen = {}
 

@@ -32,7 +32,7 @@ from recognizer_core.skeleton.validate import empty_positions_for, scan_empty_po
 from recognizer_core.skeleton.transforms import PipelineConfig, prepare_batch
 from recognizer_core.skeleton.transforms_torch import gather_batch
 from recognizer_core.train.stgcn.config import DataConfig
-from recognizer_core.train.stgcn.loader_watch import WatchedLoader, check_loader_shm
+from recognizer_core.train.stgcn import loader_watch
 from recognizer_core.train.shard_order import BlockShuffle
 # split_info, SplitInfo, shard_positions, ClipIds live in splits.py; callers use them as data.split_info etc.
 from recognizer_core.train.splits import ClipIds, SplitInfo, row_blocks, shard_positions, split_info  # noqa: F401
@@ -322,13 +322,6 @@ def _own_files(_: int) -> None:
         shard.ds._pf = {}
 
 
-# A loader process that lost a batch leaves the training worker waiting forever (torch's default: no timeout). No
-# batch takes minutes: preparing one is well under a second; the slowest, a loader's first or one at a window
-# boundary, waits for its share of a window read (2048 clips, ~180 MB: under a second from local disk, 1-2 minutes
-# from object storage even at 1-2 MB/s). 10 minutes is far above that, and still ends a hang.
-LOADER_TIMEOUT_S = 600
-
-
 def make_loader(batches: ShardBatches, loader_workers: int, prefetch: int, pin_memory: bool):
     sampler = EpochBatchSampler(len(batches))
     # Its own generator: a DataLoader iterator draws a base seed at creation, from torch's global generator by
@@ -336,8 +329,8 @@ def make_loader(batches: ShardBatches, loader_workers: int, prefetch: int, pin_m
     # resumed run drew where the uninterrupted one had not, and its first epoch's dropout masks differed.
     kwargs = dict(num_workers=loader_workers, pin_memory=pin_memory, generator=torch.Generator())
     if loader_workers > 0:
-        check_loader_shm(batches.batch_bytes(), loader_workers, prefetch, len(batches))
+        loader_watch.check_loader_shm(batches.batch_bytes(), loader_workers, prefetch, len(batches))
         kwargs.update(persistent_workers=True, prefetch_factor=prefetch, worker_init_fn=_own_files,
-                      timeout=LOADER_TIMEOUT_S)
+                      timeout=loader_watch.LOADER_TIMEOUT_S)
     # batch_size=None: each dataset item is already a batch; the sampler hands out (epoch, batch) keys.
-    return WatchedLoader(batches, batch_size=None, sampler=sampler, **kwargs), sampler
+    return loader_watch.WatchedLoader(batches, batch_size=None, sampler=sampler, **kwargs), sampler

@@ -18,6 +18,11 @@ from torch.utils.data import DataLoader
 from recognizer_core.skeleton.clip import SkeletonDataError
 
 SHM_DIR = "/dev/shm"
+# A loader process that lost a batch leaves the training worker waiting forever (torch's default: no timeout). No
+# batch takes minutes: preparing one is well under a second; the slowest, a loader's first or one at a window
+# boundary, waits for its share of a window read (2048 clips, ~180 MB: under a second from local disk, 1-2 minutes
+# from object storage even at 1-2 MB/s). 10 minutes is far above that, and still ends a hang.
+LOADER_TIMEOUT_S = 600
 
 
 class LoaderSharedMemoryError(SkeletonDataError):
