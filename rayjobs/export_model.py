@@ -7,7 +7,8 @@
 The model is a training run folder, a Tune summary folder, or an mmaction2 .pth with --model-config. The
 sidecar (<out>.json) holds the label names, the pipeline (feats, clip_len, num_person, num_clips), the fps and
 window length of the training clips, the event thresholds and the source run. --calibrate-precision sets
-each class's threshold to the lowest whose precision on the validation split reaches the value. The export is
+each class's threshold to the lowest whose precision on the validation split reaches the value, scored by the
+exported ONNX model (what recognize runs), after the parity check. The export is
 checked against torch on real pipeline input (max |logit difference| printed; fails above --tolerance times
 max(1, |logit|)). The .onnx and its sidecar are written under temporary names and moved into place only
 after every step passed: a failed re-export leaves the previous pair as it was.
@@ -179,7 +180,12 @@ def _export(model: str, tmp: Path, out: Path, *, model_config: str | None, calib
             print(f"[export] warning: calibrating on {split!r}, which this model (the --folds winner retrained on "
                   "train+val) trained on: its scores there are optimistic, and so are the thresholds' precisions",
                   file=sys.stderr, flush=True)
-        update["thresholds"], report["calibration"] = calibrate_thresholds(rec, data, split, calibrate_precision)
+        # scored by the exported ONNX model, which recognize runs: the threshold is a boundary clip's score,
+        # unrounded, and torch's score of it differs in the last float32 bits (up to ~3e-7), so a torch-calibrated
+        # threshold could sit above that clip's ONNX score and fire on no validation clip
+        onnx_rec = load_recognizer(onnx_path, spec=spec)  # the sidecar is written below: given the spec here
+        update["thresholds"], report["calibration"] = calibrate_thresholds(onnx_rec, data, split,
+                                                                           calibrate_precision)
     if trt_engine:  # same builder as the RTMO engines; needs the tensorrt package and a GPU (imported there)
         from build_trt_engine import build_engine
 
