@@ -51,6 +51,32 @@ def assign_folds(groups: list[str], labels: list[int], k: int, seed: int = 0) ->
     return fold_of
 
 
+def check_every_class_in_each_fold(groups: list[str], labels: list[int], fold_of: list[int], k: int,
+                                   label_names: list[str], pooled: str) -> None:
+    """Refuse folds where some cv<k>_val has no clip of a class the pooled data has: mean class accuracy then
+    averages that fold over the other classes alone (a detector with no false alarm scores 1.0, one false alarm in
+    42 clips 0.488), and the mean over folds that the search ranks by is dominated by that one fold. Names the
+    rarest such class and the fix, as a ValueError the tune job prints before Ray starts."""
+    videos_of: dict[int, set[str]] = defaultdict(set)
+    for g, lb in zip(groups, labels):
+        videos_of[lb].add(g)
+    in_fold: list[set[int]] = [set() for _ in range(k)]
+    for lb, f in zip(labels, fold_of):
+        in_fold[f].add(lb)
+    for lb in sorted(videos_of, key=lambda c: (len(videos_of[c]), c)):  # the rarest class first: the one to fix
+        without = [f"cv{f}_val" for f in range(k) if lb not in in_fold[f]]
+        if not without:
+            continue
+        name = f"class {label_names[lb]!r}" if 0 <= lb < len(label_names) else f"class {lb}"
+        n = len(videos_of[lb])
+        if n < k:  # whole videos go to one fold: a class in n videos reaches n folds at most
+            fix = (f"use --folds {n} or fewer" if n >= 2 else "tune without --folds") + f", or add videos of {name}"
+        else:  # enough videos, but they are mostly another class and were placed by it
+            fix = f"use fewer --folds or another --seed, or add videos of {name}"
+        raise ValueError(f"{pooled}: --folds {k}: {name} has {n} source video(s), so {', '.join(without)} "
+                         f"would hold no clip of it and score mean class accuracy without it; {fix}")
+
+
 def write_fold_store(dataset_path: str | Path, out_dir: str | Path, k: int, *, seed: int = 0,
                      train_split: str = "train", val_split: str = "val", test_split: str = "test") -> dict:
     """Write the fold view of `dataset_path` (train + val pooled, then split into k folds by source video)
@@ -66,6 +92,8 @@ def write_fold_store(dataset_path: str | Path, out_dir: str | Path, k: int, *, s
         raise ValueError(f"{dataset_path}: clips listed in both {train_split!r} and {val_split!r}; folds need "
                          "each clip once")
     fold_of = assign_folds(groups, labels, k, seed)
+    check_every_class_in_each_fold(groups, labels, fold_of, k, src.label_names,
+                                   f"{dataset_path} ({train_split}+{val_split})")
     test = src.split_columns(test_split, ["clip_id", "label"])
     test_ids = test["clip_id"].to_pylist()
     split_map: dict[str, list[str]] = {TRAINVAL: ids, "test": test_ids}
