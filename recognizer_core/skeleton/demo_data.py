@@ -300,9 +300,11 @@ def make_demo_clips(task: Task, num_clips: int = 500, seed: int = 0,
 
 def write_demo_dataset(task: Task, out_dir: str | Path, num_clips: int = 500, seed: int = 0,
                        split_ratios: Sequence[float] = (0.7, 0.15, 0.15), rows_per_file: int = 256,
-                       overwrite: bool = True) -> Path:
+                       overwrite: bool = True, announce: bool = True) -> Path:
     """Write a SYNTHETIC demo dataset (Parquet skeleton store) and return its folder. The dataset metadata
-    says {'synthetic': True, 'generator': ...}; regenerating with the same seed gives the same data."""
+    says {'synthetic': True, 'generator': ...}; regenerating with the same seed gives the same data.
+    `announce=False`: no log line here, for a caller that writes to a temporary folder and moves it into place
+    (it calls `announce_demo_dataset` with the final folder: the log must name the data a run uses)."""
     clips = make_demo_clips(task, num_clips, seed, split_ratios)
     meta = {"synthetic": True, "generator": "recognizer_core.skeleton.demo_data", "task": task, "seed": seed,
             "note": "synthetic stick-figure motion, not real footage"}
@@ -310,6 +312,12 @@ def write_demo_dataset(task: Task, out_dir: str | Path, num_clips: int = 500, se
     # start on the demo data reads neither the per-clip index nor a per-clip array, at any num_clips
     path = write_dataset(clips, out_dir, DEMO_LABEL_NAMES[task], rows_per_file=rows_per_file, metadata=meta,
                          overwrite=overwrite, group_by_split=True)
+    if announce:
+        announce_demo_dataset(path, task, num_clips, seed)
+    return path
+
+
+def announce_demo_dataset(path: str | Path, task: Task, num_clips: int, seed: int) -> None:
+    """The log line naming a written demo dataset (often the only line of a run that names its data)."""
     log.warning("wrote SYNTHETIC demo dataset %s: task=%s, %d clips, seed=%d (generated stick figures, "
                 "not real data)", path, task, num_clips, seed)
-    return path

@@ -10,6 +10,12 @@ from ray.tune import Callback
 from recognizer_core.tune.records import creation_index, finite, in_creation_order, pick_best_trial
 from recognizer_core.tune.reports import ROUND_KEY, estimate_left, progress_line
 
+
+def stopped_before_the_end(last_epoch: float | None, max_epochs: int | None) -> bool:
+    """A trial whose last reported epoch is short of its run's epochs stopped early (results.csv's stopped_early)."""
+    return max_epochs is not None and finite(last_epoch) and last_epoch < max_epochs
+
+
 SHOWN = ("val/acc_top1", "val/mean_class_accuracy", "val/AP", "val/loss", "train/loss")
 
 
@@ -65,7 +71,14 @@ class SearchProgress(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.finished_s.append(time.time() - self.started.get(trial.trial_id, self.start))
-        print(f"[tune] trial {trial.trial_id} finished", flush=True)
+        # Tune calls this for a trial that ran all its epochs and for one the scheduler stopped alike; the epochs
+        # tell them apart, as results.csv's stopped_early does (last epoch short of the run's epochs).
+        last = (getattr(trial, "last_result", None) or {}).get("epoch", self.epochs.get(trial.trial_id))
+        if self.early_stopping and stopped_before_the_end(last, self.max_epochs):
+            print(f"[tune] trial {trial.trial_id} stopped by ASHA after epoch {int(last)}/{self.max_epochs}",
+                  flush=True)
+        else:
+            print(f"[tune] trial {trial.trial_id} finished", flush=True)
 
     def _pick_best(self, trials) -> None:
         # The summary's rule (records.pick_best_trial): on a tie the trial created first is named here as in the

@@ -10,7 +10,7 @@ import shutil
 import uuid
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from recognizer_core.config import ConfigError
 from recognizer_core.skeleton.clip import SkeletonClip, SkeletonDataError
@@ -52,14 +52,17 @@ def prepare_dataset(cfg: DataConfig, work_dir: str | Path) -> Path | str:
                                        cfg.nan_policy]).encode()).hexdigest()[:10]
         return _build_once(work_dir / f"pkl_{Path(cfg.train_pkl).stem}_{key}",
                            lambda out: _pkl_files_to_parquet(cfg, out))
-    from recognizer_core.skeleton.demo_data import write_demo_dataset
+    from recognizer_core.skeleton.demo_data import announce_demo_dataset, write_demo_dataset
 
     def write(out: Path) -> None:
         log.warning("no data.path / data.train_pkl: training on the built-in SYNTHETIC %s demo data (%d clips)",
                     cfg.demo_task, cfg.demo_num_clips)
-        write_demo_dataset(cfg.demo_task, out, num_clips=cfg.demo_num_clips, seed=cfg.demo_seed)
+        # announced once renamed into place: `out` is the temporary folder, gone once this returns
+        write_demo_dataset(cfg.demo_task, out, num_clips=cfg.demo_num_clips, seed=cfg.demo_seed, announce=False)
 
-    return _build_once(work_dir / f"demo_{cfg.demo_task}_{cfg.demo_num_clips}_seed{cfg.demo_seed}", write)
+    return _build_once(work_dir / f"demo_{cfg.demo_task}_{cfg.demo_num_clips}_seed{cfg.demo_seed}", write,
+                       on_built=lambda out: announce_demo_dataset(out, cfg.demo_task, cfg.demo_num_clips,
+                                                                  cfg.demo_seed))
 
 
 def dataset_location(path: str) -> Path | str:
@@ -76,7 +79,10 @@ def dataset_location(path: str) -> Path | str:
     return local
 
 
-def _build_once(out: Path, build) -> Path:
+def _build_once(out: Path, build: Callable[[Path], None],
+                on_built: Callable[[Path], None] | None = None) -> Path:
+    """`build` writes a temporary folder renamed to `out`; `on_built(out)` runs once this process's copy is in
+    place (not when `out` already existed or another process's copy won)."""
     if (out / "_dataset.json").exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -88,6 +94,9 @@ def _build_once(out: Path, build) -> Path:
         except OSError:  # another process finished first: use its copy
             if not (out / "_dataset.json").exists():
                 raise
+        else:
+            if on_built is not None:
+                on_built(out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out

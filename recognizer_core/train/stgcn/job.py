@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
-from ray.train import Checkpoint, Result, RunConfig
+from ray.train import Checkpoint, LoggingConfig, Result, RunConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from recognizer_core.config import ConfigError
@@ -224,8 +224,11 @@ def _test_trainer(cfg: TrainJobConfig, checkpoint, out_uri: str, split: str, *, 
                            "source": source},
         torch_config=TorchConfig(backend=backend(cfg.scaling)),
         scaling_config=scaling_config(cfg.scaling),
+        # the training run's Ray log level (default WARNING): Ray Train's INFO lines stay off in the test as well
         run_config=for_workers(RunConfig(name=f"test_{Path(out_uri).name}_{int(time.time())}",
-                                         storage_path=ray_storage), cfg.scaling),
+                                         storage_path=ray_storage,
+                                         logging_config=LoggingConfig(log_level=cfg.run.ray_log_level)),
+                               cfg.scaling),
     )
 
 
