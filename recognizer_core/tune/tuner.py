@@ -16,13 +16,17 @@ This module is Ray glue: the caller (a `rayjobs/` script) has already called `ra
 """
 from __future__ import annotations
 
+import errno
+import fnmatch
 import itertools
 import json
 import os
+import pickle
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
+import pyarrow.fs as pafs
 from pydantic import BaseModel, Field
 
 from recognizer_core.config import ConfigError, SafeName, StrictModel
@@ -30,9 +34,10 @@ from recognizer_core.tune.records import FINAL_REPORT_KEY
 from recognizer_core.tune.reports import validated_epochs
 from recognizer_core.tune.resume_record import REQUEST_FILE, check_resumable, request_record
 from recognizer_core.tune.search_space import SearchSpace, _label, field_of, get_dotted, is_bundle_name
-from recognizer_core.storage import exists, join_uri, to_uri, write_text
+from recognizer_core.storage import exists, filesystem, join_uri, to_uri, write_text
 
 TRAIN_SNAPSHOT = "checkpoint_manager_snapshot.json"  # written by Ray Train V2 in every run folder
+EXPERIMENT_STATE_GLOB = "experiment_state-*.json"  # Ray Tune's; Tuner.restore reads the newest (by name: its time)
 
 
 class TuneOptions(StrictModel):
@@ -308,6 +313,7 @@ def run_tuning(space: SearchSpace, config_cls: type[BaseModel], build_trainer: C
     restored = tune.Tuner.can_restore(experiment_uri)
     if restored:
         check_resumable(space, config_cls, options, extra_overrides=extra)
+        check_experiment_state(experiment_uri)
         print(f"[tune] resuming experiment {experiment_uri} (finished trials are kept, unfinished ones continue "
               "from their latest checkpoint)", flush=True)
         tuner = tune.Tuner.restore(experiment_uri, trainable=trainable, resume_unfinished=True,
@@ -333,9 +339,49 @@ def run_tuning(space: SearchSpace, config_cls: type[BaseModel], build_trainer: C
     # "stopped ... re-run" line, exit 130). Tune's own SIGINT handler (tune.run, read at each fit) only set a flag:
     # fit returned normally and the job summarised, exported and (--folds) retrained the half-finished search.
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
-    grid = tuner.fit()
+    try:
+        grid = tuner.fit()
+    # the machine, not a trial: a full disk, or a file Ray wrote cut short (a 0-byte error.pkl: a bare EOFError)
+    except (OSError, EOFError, pickle.UnpicklingError) as err:
+        _raise_if_stopped()
+        # a ConfigError: the tune jobs print it as one `error:` line and exit 2, as export does for a full disk
+        raise ConfigError(search_failure(experiment_uri, err)) from err
     _raise_if_stopped()
     return TuneRun(result_grid=grid, experiment_uri=experiment_uri, metric=metric, mode=mode, restored=restored)
+
+
+def check_experiment_state(experiment_uri: str) -> None:
+    """Refuse to resume from an experiment state that does not load (cut short by a full disk): Ray then logged an
+    error and started the search over, the finished trials gone from results that said "resumed": true."""
+    fs, path = filesystem(experiment_uri)
+    names = sorted(fnmatch.filter([i.base_name for i in fs.get_file_info(pafs.FileSelector(path))],
+                                  EXPERIMENT_STATE_GLOB), reverse=True)
+    problem = _state_problem(fs, f"{path}/{names[0]}") if names else None
+    if problem is None:
+        return
+    older = next((name for name in names[1:] if _state_problem(fs, f"{path}/{name}") is None), None)
+    way = f"move it out of the folder to resume from the older {older} (lacking what came since), or " if older else ""
+    raise ConfigError(f"{join_uri(experiment_uri, names[0])}: Ray Tune's experiment state does not load ({problem}; "
+                      "a disk that filled up while it was written leaves it cut short) and Ray would start the search "
+                      f"over: {way}start a new --name (the trials' folders and checkpoints stay as they are)")
+
+
+def _state_problem(fs, path: str) -> str | None:
+    try:
+        with fs.open_input_stream(path) as f:
+            state = json.loads(f.read())
+    except (OSError, ValueError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        return f"{type(err).__name__}: {err}"
+    return None if isinstance(state, dict) and {"trial_data", "runner_data"} <= state.keys() else "no trial_data"
+
+
+def search_failure(experiment_uri: str, err: BaseException) -> str:
+    """The one line for a search the machine stopped: where, why, and how to continue."""
+    not_space = isinstance(err, OSError) and err.errno not in (errno.ENOSPC, errno.EDQUOT)  # e.g. a permission
+    cut = "" if isinstance(err, OSError) else " (a file Ray Tune wrote there is cut short, as a full disk leaves it)"
+    return (f"{experiment_uri}: the search stopped: {type(err).__name__}: {err}{cut}; "
+            f"{'fix that' if not_space else 'free space'}, then run the same command with --retry-errored to resume "
+            "it (finished trials are kept; those that failed run again)")
 
 
 def _raise_if_stopped() -> None:
