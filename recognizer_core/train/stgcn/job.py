@@ -11,7 +11,7 @@ import json
 import posixpath
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
@@ -32,7 +32,9 @@ from recognizer_core.train.ray_run import RayTrainContext, backend, for_workers,
     scaling_config
 from recognizer_core.train.stgcn.evaluate import label_names, test_loop
 from recognizer_core.train.stgcn.loop import train_loop
-from recognizer_core.train.stgcn.run_state import DATASET_FILE, DatasetIdentity, check_resumable
+from recognizer_core.train.state import STATE_FILE
+from recognizer_core.train.stgcn.run_state import DATASET_FILE, DatasetIdentity, IncompleteCheckpoint, \
+    check_resumable, saved_config
 
 _SNAPSHOT = "checkpoint_manager_snapshot.json"
 
@@ -96,36 +98,108 @@ def existing_run(run_dir: Path) -> bool:
     return run_dir.is_dir() and any(run_dir.rglob(_SNAPSHOT))
 
 
+def _snapshot_checkpoints(text: bytes | None) -> tuple[list[str], str | None] | None:
+    """(the checkpoint folders Ray's checkpoint manager snapshot lists, the latest: the one Ray resumes from, None
+    before the first), or None where the text is no such snapshot ('{}' in tests, unreadable). Ray writes the
+    snapshot after a checkpoint is fully copied, so a copy cut short (a full disk) is never in it."""
+    try:
+        snapshot = json.loads(text or b"")
+        listed = [r["checkpoint_dir_name"] for r in snapshot["checkpoint_results"]]
+        latest = snapshot.get("latest_checkpoint_result")
+        return listed, (latest["checkpoint_dir_name"] if latest else None)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def _state_cut_short(uri: str) -> bool:
+    """Whether the training state file at `uri` (local or remote) is there but cut short: torch.save writes a zip,
+    whose end-of-central-directory record closes the file (read from its last 64 KiB only)."""
+    fs, path = filesystem(uri)
+    if fs.get_file_info(path).type != pafs.FileType.File:
+        return False
+    with fs.open_input_file(path) as f:
+        size = f.size()
+        tail = f.read_at(min(size, 65_558), max(0, size - 65_558))
+    return b"PK\x05\x06" not in tail
+
+
+def _incomplete(run: str, name: str, ckpt: Path) -> str | None:
+    """Why checkpoint folder `name` of run folder `run` (config.yaml / dataset.json at `ckpt`) is an incomplete
+    copy, or None."""
+    try:
+        saved_config(ckpt)
+    except IncompleteCheckpoint as err:
+        return err.reason
+    return f"its {STATE_FILE} is cut short" if _state_cut_short(join_uri(run, name, STATE_FILE)) else None
+
+
+def _resume_checkpoint(run: str, names: list[str], snapshot: bytes | None,
+                       fetch: Callable[[str], Path]) -> tuple[Path | None, list[str]]:
+    """(the checkpoint the run resumes from, as a local folder with its config.yaml / dataset.json, or None; lines
+    about incomplete checkpoint folders passed over). `names`: the run's checkpoint_epoch_* folders, sorted; a
+    checkpoint's files come from `fetch(name)`. Ray's snapshot decides where it has one: the newest folder, as the
+    driver took it, was a copy cut short by a full disk (config.yaml empty), refused as 'the model or pipeline
+    changed' while Ray would resume from the previous, complete one. Without a snapshot (older layouts) the newest
+    complete folder."""
+    listed = _snapshot_checkpoints(snapshot)
+    if listed is not None:
+        kept, latest = listed
+        notes = [f"checkpoint {join_uri(run, n)} is incomplete (not in Ray's {_SNAPSHOT}: its copy did not finish, "
+                 f"e.g. the disk was full); the run resumes from {latest or 'the start'} instead"
+                 for n in names if n not in kept and (latest is None or n > latest)]
+        if latest is None:
+            return None, notes
+        ckpt = fetch(latest)
+        reason = _incomplete(run, latest, ckpt)
+        if reason is not None:
+            raise ConfigError(f"cannot resume run from {join_uri(run, latest)}: the checkpoint Ray resumes from (the "
+                              f"latest in its {_SNAPSHOT}) is incomplete ({reason}). Move the run folder aside or "
+                              "use a new run.name")
+        return ckpt, notes
+    notes = []
+    for name in reversed(names):
+        ckpt = fetch(name)
+        reason = _incomplete(run, name, ckpt)
+        if reason is None:
+            return ckpt, notes
+        notes.append(f"checkpoint {join_uri(run, name)} is incomplete ({reason}: its copy did not finish, e.g. the "
+                     "disk was full); the previous checkpoint is checked instead")
+    return None, notes
+
+
 @contextmanager
-def _run_on_disk(run: str) -> Iterator[tuple[bool, Path | None]]:
-    """(whether run folder `run` holds a run, its latest checkpoint folder as a local Path or None). A run on
-    object storage is looked at through its filesystem and the latest checkpoint's config.yaml / dataset.json are
-    copied to a temporary folder: Path("s3://b/r") named a local "s3:/b/r" that never exists, so run.resume=never
-    and the resume checks passed over every run on object storage."""
+def _run_on_disk(run: str) -> Iterator[tuple[bool, Path | None, list[str]]]:
+    """(whether run folder `run` holds a run, the checkpoint it resumes from as a local Path or None, lines about
+    incomplete checkpoints passed over: _resume_checkpoint). A run on object storage is looked at through its
+    filesystem and a checkpoint's config.yaml / dataset.json are copied to a temporary folder: Path("s3://b/r")
+    named a local "s3:/b/r" that never exists, so run.resume=never and the resume checks passed over every run on
+    object storage."""
     if not is_remote(run):
         local = Path(run)
-        found = existing_run(local)
-        ckpts = sorted(local.glob("checkpoint_epoch_*")) if found else []
-        yield found, (ckpts[-1] if ckpts else None)
+        if not existing_run(local):
+            yield False, None, []
+            return
+        names = sorted(p.name for p in local.glob("checkpoint_epoch_*") if p.is_dir())
+        yield (True, *_resume_checkpoint(run, names, read_bytes(str(local / _SNAPSHOT)), lambda name: local / name))
         return
     fs, root = filesystem(run)
     infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
-    names = {posixpath.basename(i.path): i.type for i in infos}
-    ckpts = sorted(n for n, t in names.items() if n.startswith("checkpoint_epoch_") and t == pafs.FileType.Directory)
-    if _SNAPSHOT not in names:
-        yield False, None
-        return
-    if not ckpts:
-        yield True, None
+    kinds = {posixpath.basename(i.path): i.type for i in infos}
+    names = sorted(n for n, t in kinds.items() if n.startswith("checkpoint_epoch_") and t == pafs.FileType.Directory)
+    if _SNAPSHOT not in kinds:
+        yield False, None, []
         return
     with tempfile.TemporaryDirectory(prefix="recognizer_resume_") as tmp:
-        copy = Path(tmp) / ckpts[-1]
-        copy.mkdir()
-        for name in ("config.yaml", DATASET_FILE):
-            data = read_bytes(join_uri(run, ckpts[-1], name))
-            if data is not None:
-                (copy / name).write_bytes(data)
-        yield True, copy
+        def fetch(name: str) -> Path:
+            copy = Path(tmp) / name
+            copy.mkdir(exist_ok=True)
+            for file in ("config.yaml", DATASET_FILE):
+                data = read_bytes(join_uri(run, name, file))
+                if data is not None:
+                    (copy / file).write_bytes(data)
+            return copy
+
+        yield (True, *_resume_checkpoint(run, names, read_bytes(join_uri(run, _SNAPSHOT)), fetch))
 
 
 def preflight(cfg: TrainJobConfig, dataset_path: str | Path) -> DatasetIdentity:
@@ -151,12 +225,14 @@ def _check_existing(cfg: TrainJobConfig, rc: RunConfig, dataset: DatasetIdentity
     """The resume rules on the driver: first on the config alone (before the dataset is prepared), then again with
     the prepared dataset's identity (a dataset rebuilt in place is refused before Ray starts, not by the workers)."""
     run_dir = run_uri(rc)
-    with _run_on_disk(run_dir) as (exists_, latest):
+    with _run_on_disk(run_dir) as (exists_, latest, notes):
         if not exists_:
             return
         if cfg.run.resume == "never":
             raise ConfigError(f"run.resume=never but run {run_dir} already exists: choose a new run.name or set "
                               "run.resume=auto to continue it")
+        for note in notes if dataset is None else []:   # prepare_run checks twice: said once
+            print(f"[recognizer] {note}", flush=True)
         if latest is not None:
             try:
                 check_resumable(cfg, latest, dataset)

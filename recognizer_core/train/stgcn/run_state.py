@@ -10,7 +10,8 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from recognizer_core.config import read_yaml
+import yaml
+
 from recognizer_core.skeleton.clip import SkeletonDataError
 from recognizer_core.skeleton.store import SkeletonDataset
 from recognizer_core.skeleton.store_write import WRITE_ID
@@ -110,13 +111,45 @@ class DatasetIdentity:
                              "folder or use a new run.name") from None
 
 
+class IncompleteCheckpoint(ValueError):
+    """A checkpoint folder whose copy did not finish, e.g. Ray's copy of it cut short by a full disk."""
+
+    def __init__(self, ckpt: Path | str, reason: str):
+        self.ckpt, self.reason = ckpt, reason
+        super().__init__(f"checkpoint {ckpt} is incomplete ({reason}: its copy did not finish, e.g. the disk was "
+                         "full)")
+
+    def __reduce__(self):   # raised in a worker, pickled back to the driver by Ray
+        return type(self), (self.ckpt, self.reason)
+
+
+def saved_config(ckpt: Path) -> dict | None:
+    """The config checkpoint `ckpt` saved (its config.yaml); None where it has none. An empty or unreadable one is
+    a copy cut short (IncompleteCheckpoint): read as {}, every field looked changed and the run was refused as
+    'the model or pipeline changed (model.num_classes: checkpoint None, ...)'."""
+    path = Path(ckpt) / "config.yaml"
+    if not path.is_file():
+        return None
+    try:
+        saved = yaml.safe_load(path.read_bytes())
+    except (yaml.YAMLError, UnicodeDecodeError):
+        raise IncompleteCheckpoint(ckpt, "its config.yaml is not readable YAML") from None
+    if not saved:
+        raise IncompleteCheckpoint(ckpt, "its config.yaml is empty")
+    # the loop's dump_config writes data, model, pipeline, ... in that order: without model / pipeline (what the
+    # checks read first) the file was cut short
+    if not isinstance(saved, dict) or not {"model", "pipeline"} <= saved.keys():
+        raise IncompleteCheckpoint(ckpt, "its config.yaml is cut short")
+    return saved
+
+
 def check_resumable(cfg: TrainJobConfig, ckpt: Path, dataset: DatasetIdentity | None = None) -> None:
     """A run continues only with the network, inputs and data it was trained with; anything else is a new run.
-    `dataset`: the loop's, to compare with the checkpoint's (the driver, before the data is opened, has none)."""
-    saved_path = ckpt / "config.yaml"
-    if not saved_path.is_file():
+    `dataset`: the loop's, to compare with the checkpoint's (the driver, before the data is opened, has none).
+    An incomplete checkpoint raises IncompleteCheckpoint, not a list of changed fields."""
+    saved = saved_config(ckpt)
+    if saved is None:
         return
-    saved = read_yaml(saved_path)
     now = json.loads(cfg.model_dump_json())
     diffs = [f"{sec}.{k}: checkpoint {saved.get(sec, {}).get(k)!r}, config {v!r}"
              for sec in ("model", "pipeline") for k, v in now[sec].items()
