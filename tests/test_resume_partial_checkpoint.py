@@ -98,7 +98,7 @@ def test_a_truncated_training_state_alone_makes_a_checkpoint_incomplete(trained,
 def test_rays_latest_checkpoint_incomplete_is_one_line_not_a_model_change(trained, tmp_path):
     """The checkpoint Ray would restore is itself cut short (damaged after Ray listed it): the run cannot resume
     from it, and the line says so instead of listing every field as changed."""
-    run_dir = _run_folder(trained, tmp_path, _snapshot("checkpoint_epoch_0001", "checkpoint_epoch_0002"))
+    _run_folder(trained, tmp_path, _snapshot("checkpoint_epoch_0001", "checkpoint_epoch_0002"))
     cfg = _run_cfg(tmp_path)
     with pytest.raises(ConfigError) as err:
         _check_existing(cfg, default_run_config(cfg))
