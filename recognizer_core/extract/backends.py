@@ -13,8 +13,8 @@ import numpy as np
 from recognizer_core.extract.config import OnnxOptions, PoseModelConfig
 from recognizer_core.extract.model_io import BackendError, PoseBackend, check_outputs, pick_outputs, run_in_chunks
 
-__all__ = ["BackendError", "PoseBackend", "OrtBackend", "build_backend", "check_cuda_provider", "check_model_file",
-           "preload_cuda_libraries"]
+__all__ = ["BackendError", "PoseBackend", "OrtBackend", "build_backend", "check_cuda_provider", "check_local_gpus",
+           "check_model_file", "preload_cuda_libraries"]
 
 
 class OrtBackend:
@@ -121,14 +121,34 @@ def _need_cuda_provider(device: str) -> None:
 
     available = ort.get_available_providers()
     if "CUDAExecutionProvider" not in available:
+        # both fields: device: cpu alone left the preset's one GPU per inference actor, which a machine without
+        # one never has (check_local_gpus)
         raise BackendError(f"model.onnx.device={device!r} but ONNX Runtime has no CUDA provider "
-                           f"(available: {available}); install onnxruntime-gpu or set device: cpu")
+                           f"(available: {available}); install onnxruntime-gpu, or for CPU inference set "
+                           "model.onnx.device=cpu and ray.num_gpus_per_actor=0")
 
 
 def check_cuda_provider(cfg: PoseModelConfig) -> None:
     """model.onnx.device: cuda needs ONNX Runtime's CUDA provider where the inference runs."""
     if cfg.inference_mode == "onnx" and cfg.onnx.device.lower().startswith("cuda"):
         _need_cuda_provider(cfg.onnx.device)
+
+
+def check_local_gpus(num_gpus_per_actor: float) -> None:
+    """Before a private local Ray starts: the GPUs each inference actor asks for (ray.num_gpus_per_actor), on this
+    machine, where that Ray runs them and no autoscaler adds a GPU node. Without them Ray Data waited for its
+    actors forever at 0 %, the autoscaler repeating "No available node types can fulfill resource request
+    {'CPU': 1.0, 'GPU': 1.0}" and naming no field. A cluster is not checked: its autoscaler may add GPU nodes."""
+    if num_gpus_per_actor <= 0:
+        return
+    import torch
+
+    have = torch.cuda.device_count()  # as train's check_local_gpus: honours CUDA_VISIBLE_DEVICES, NVML, no context
+    if num_gpus_per_actor > have:
+        raise BackendError(f"ray.num_gpus_per_actor={num_gpus_per_actor:g} asks for that many GPUs per inference "
+                           f"actor, but this machine has {have} CUDA device(s) (torch's count) and a private local "
+                           "Ray cannot add any: for CPU inference set ray.num_gpus_per_actor=0 and "
+                           "model.onnx.device=cpu, or set ray.address to a cluster with GPUs")
 
 
 def build_backend(cfg: PoseModelConfig) -> PoseBackend:

@@ -15,24 +15,28 @@ extract into one poses folder: each video's id (its clip file's name) is kept ap
 from __future__ import annotations
 
 import json
-import os
+import logging
+import sys
 import time
 from dataclasses import dataclass, replace
 
 import yaml
+from tqdm import tqdm
 
 from recognizer_core import storage
-from recognizer_core.extract.backends import check_cuda_provider, check_model_file
+from recognizer_core.extract.backends import check_cuda_provider, check_local_gpus, check_model_file
 from recognizer_core.extract.config import ExtractionConfig
 from recognizer_core.extract.finish import finish_video
 from recognizer_core.extract.manifest import DONE, EMPTY, FAILED, ExtractionManifest
 from recognizer_core.extract.sources import SourceError, VideoSource, label_index, list_videos, make_video_id
 from recognizer_core.names import nfc
+from recognizer_core.ray_runtime import joins_cluster
 from recognizer_core.extract.stages import PoseInference, VideoAssembler, decode_shard, plan_video
 
 # the columns of the pose stream the driver reads (VideoAssembler.add); batch recognize reads the same
 ROW_COLUMNS = ("video_id", "shard", "num_shards", "frame_index", "shard_total", "error", "skipped_packets",
                "dropped_frames", "poses", "img_h", "img_w", "stride", "fps", "declared")
+PROGRESS_INTERVAL_S = 30.0   # between the plain progress lines of a driver whose stderr is no terminal
 
 
 @dataclass
@@ -67,10 +71,11 @@ def prepare_extraction(cfg: ExtractionConfig) -> ExtractionPlan:
     """Everything that can fail on bad input, before Ray starts. Raises BackendError / SourceError."""
     cfg = resolve_paths(cfg)
     check_model_file(cfg.model)
-    if not (cfg.ray.address or os.environ.get("RAY_ADDRESS")):
-        # a private local Ray runs the inference actors on this machine: its ONNX Runtime is theirs (on a cluster
-        # the GPU workers' image may have a CUDA build the driver's lacks, so the actors check it there)
+    if not joins_cluster(cfg.ray.address or None):
+        # a private local Ray runs the inference actors on this machine: its ONNX Runtime and GPUs are theirs (on a
+        # cluster the GPU workers' image may have a CUDA build the driver's lacks, and an autoscaler adds GPU nodes)
         check_cuda_provider(cfg.model)
+        check_local_gpus(cfg.ray.num_gpus_per_actor)
     videos = list_videos(cfg.source)
     manifest = ExtractionManifest(cfg.output)
     others = _other_sources_videos(manifest, _source_name(cfg))
@@ -225,13 +230,50 @@ def _first_line(err: BaseException) -> str:
     return f"{type(cause).__name__}: {text[-1] if text else ''}"
 
 
+class _Progress:
+    """A bar on a terminal, else a line every PROGRESS_INTERVAL_S and at the end (each '\\r' redraw of a bar was a
+    line in `ray job logs`). Frames count as poses arrive: a long video's count at its end showed 0 for hours."""
+
+    def __init__(self, total: int, verbose: bool):
+        self.total, self.verbose, self.videos, self.frames, self.t0 = total, verbose, 0, 0, time.time()
+        self.last_line = self.t0
+        self.bar = (tqdm(total=total, unit="video", desc="extract", dynamic_ncols=True)
+                    if verbose and sys.stderr.isatty() else None)
+
+    def add_frames(self, frames: int) -> None:
+        self.frames += frames
+        if self.bar is not None:
+            self.bar.set_postfix(frames=self.frames, fps=round(self.frames / max(time.time() - self.t0, 1e-9)))
+        elif self.verbose and time.time() - self.last_line >= PROGRESS_INTERVAL_S:
+            self.line()
+
+    def video_done(self, text: str) -> None:
+        self.videos += 1
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.write(text)
+        elif self.verbose:
+            print(text, flush=True)
+
+    def line(self) -> None:
+        self.last_line = time.time()
+        rate = self.frames / max(self.last_line - self.t0, 1e-9)
+        print(f"[extract] {self.videos}/{self.total} videos, {self.frames} frames, {rate:.1f} frames/s", flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        elif self.verbose and self.total:
+            self.line()
+
+
 class _Finisher:
     """Per-video tracking + write tasks in flight; their returned records go into the manifest."""
 
-    def __init__(self, plan: ExtractionPlan, max_in_flight: int, bar):
+    def __init__(self, plan: ExtractionPlan, max_in_flight: int, progress: _Progress):
         import ray
 
-        self.ray, self.plan, self.bar = ray, plan, bar
+        self.ray, self.plan, self.progress = ray, plan, progress
         self.max_in_flight = max_in_flight
         self.task = ray.remote(finish_video).options(num_cpus=plan.cfg.ray.num_cpus_per_track_task)
         self.pending: dict = {}
@@ -272,9 +314,9 @@ class _Finisher:
                                    "declared_frames": rec["declared_frames"], "kept": status != FAILED})
         if rec.get("skipped_packets"):
             self.damaged.append({"rel_path": video.rel_path, "skipped_packets": rec["skipped_packets"]})
-        self.bar.update(1)
-        self.bar.write(f"[extract] {status:6s} {video.rel_path}" + (" (truncated)" if rec.get("truncated") else "")
-                       + (f" ({rec['skipped_packets']} damaged packets skipped)" if rec.get("skipped_packets") else ""))
+        self.progress.video_done(
+            f"[extract] {status:6s} {video.rel_path}" + (" (truncated)" if rec.get("truncated") else "")
+            + (f" ({rec['skipped_packets']} damaged packets skipped)" if rec.get("skipped_packets") else ""))
 
     def drain(self) -> None:
         while self.pending:
@@ -283,8 +325,6 @@ class _Finisher:
 
 def run_prepared(plan: ExtractionPlan, verbose: bool = True) -> dict:
     """Run stage 1 + 2 for every video not yet done (Ray must be started); returns (and writes) the summary."""
-    from tqdm import tqdm
-
     cfg, out = plan.cfg, plan.cfg.output
     # every listed video (skipped ones too): build_dataset keeps only these, each at its current version and label.
     # First: in a folder extracted before listings, the old extraction_config.yaml names whose videos those are.
@@ -302,14 +342,14 @@ def run_prepared(plan: ExtractionPlan, verbose: bool = True) -> dict:
     t0 = time.time()
     frames_done, provider, pool = 0, "", (0, 0)
     first_poses = None  # (seconds, frames) when the first batch of poses came back: start-up + the first block
-    bar = tqdm(total=len(plan.todo), unit="video", desc="extract", disable=not verbose, dynamic_ncols=True)
-    if not verbose:
-        bar.write = lambda *a, **k: None
-    finisher = _Finisher(plan, 1, bar)
+    progress = _Progress(len(plan.todo), verbose)
+    finisher = _Finisher(plan, 1, progress)
     if plan.todo:
         import ray
 
         ray.data.DataContext.get_current().enable_progress_bars = False   # one bar: videos, below
+        # nor Ray Data's "Progress bars disabled. To enable, set ..." warning, which the user cannot act on
+        logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
         resources = ray.cluster_resources()
         pool = actor_pool_size(cfg, resources.get("GPU", 0.0))
         finisher.max_in_flight = cfg.ray.max_videos_in_flight or max(2, int(2 * resources.get("CPU", 1)))
@@ -318,7 +358,8 @@ def run_prepared(plan: ExtractionPlan, verbose: bool = True) -> dict:
         assemblers: dict[str, VideoAssembler] = {}
         for batch in iter_blocks(build_pipeline(cfg, items, pool)):
             provider = provider or str(batch["provider"][0])
-            first_poses = first_poses or (time.time() - t0, int((batch["frame_index"] >= 0).sum()))
+            posed = int((batch["frame_index"] >= 0).sum())   # -1: the marker of a shard that decoded nothing
+            first_poses = first_poses or (time.time() - t0, posed)
             cols = [batch[k].tolist() for k in ROW_COLUMNS]   # plain Python values: cheap per row
             for values in zip(*cols):
                 row = dict(zip(ROW_COLUMNS, values))
@@ -329,14 +370,14 @@ def run_prepared(plan: ExtractionPlan, verbose: bool = True) -> dict:
                     frames_done += len(asm.frames)
                     finisher.submit(by_id[vid], assemblers.pop(vid))
             finisher.collect(block=False)
-            bar.set_postfix(frames=frames_done, fps=round(frames_done / max(time.time() - t0, 1e-9)))
+            progress.add_frames(posed)
         finisher.drain()
         for vid in assemblers:  # should not happen: a shard lost its end marker
             v = by_id[vid]
             finisher.record(v, {"status": FAILED, "uri": v.plain_uri, "rel_path": v.rel_path, "video_id": vid,
                                 "reason": "incomplete: not every shard reported its end"})
         plan.manifest.compact()
-    bar.close()
+    progress.close()
     elapsed = time.time() - t0
     counts, skipped = finisher.counts, plan.skipped
     summary = {
