@@ -45,14 +45,15 @@ def setup(tmp_path_factory):
 def _run(setup, speed, source=None, cfg_kw=None, **kw):
     from recognizer_core.extract.config import PoseModelConfig
     from recognizer_core.recognize.model import load_recognizer
-    from recognizer_core.recognize.runner import RecognizeConfig, effective_spec
+    from recognizer_core.recognize.runner import RecognizeConfig
     from recognizer_core.recognize.stream import run_stream
 
     rec = load_recognizer(setup["run"])
-    # always on: one event, closed at the end
+    # always on: one event, closed at the end. The model's own spec, as a library caller passes it: run_stream
+    # applies cfg's thresholds itself (they were ignored: no event)
     cfg = RecognizeConfig(**{"thresholds": {"Fight": 0.0}, "min_duration_s": 0.0, **(cfg_kw or {})})
     pose = PoseModelConfig(onnx={"model_path": str(setup["rtmo"]), "intra_op_num_threads": 1}, batch_size=1)
-    return run_stream(rec, effective_spec(rec.spec, cfg), cfg, source or setup["url"], pose, speed=speed,
+    return run_stream(rec, rec.spec, cfg, source or setup["url"], pose, speed=speed,
                       verbose=False, **kw)
 
 

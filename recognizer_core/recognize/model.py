@@ -51,10 +51,10 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 class TorchRecognizer:
     """The trained network in torch, fed by the batched test-mode pipeline (exactly the test job's path)."""
 
-    def __init__(self, net, spec: ModelSpec, source: str, device: str = "cpu"):
+    def __init__(self, net, spec: ModelSpec, source: str, device: str = "cpu", threads: int = 0):
         import torch
 
-        self.torch, self.device = torch, torch.device(device)
+        self.torch, self.device, self.threads = torch, torch.device(device), threads
         self.net, self.spec, self.source = net.eval().to(self.device), spec, source
 
     def prepare(self, clips: Sequence) -> np.ndarray:
@@ -63,8 +63,18 @@ class TorchRecognizer:
         return prepare_batch(list(clips), self.spec.pipeline, train=False)[0].numpy()
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        with self.torch.no_grad():
-            return self.net.predict(self.torch.from_numpy(x).to(self.device)).float().cpu().numpy()
+        # `threads` bounds this model's intra-op threads during its own calls only: torch's count is
+        # process-wide, and setting it at load throttled a notebook's or service's other torch work for good
+        # (ONNX Runtime keeps its count inside the session)
+        before = self.torch.get_num_threads()
+        if self.threads and self.threads != before:
+            self.torch.set_num_threads(self.threads)
+        try:
+            with self.torch.no_grad():
+                return self.net.predict(self.torch.from_numpy(x).to(self.device)).float().cpu().numpy()
+        finally:
+            if self.torch.get_num_threads() != before:
+                self.torch.set_num_threads(before)
 
 
 class OnnxRecognizer:
@@ -260,15 +270,11 @@ def load_recognizer(path: str | Path, *, model_config: str | Path | None = None,
 
 def _torch_recognizer(cfg_file: Path, pth: Path, label_names, device: str, threads: int,
                       given: ModelSpec | None = None, background_class: str | int | None = None) -> TorchRecognizer:
-    import torch
-
     from recognizer_core.models.checkpoint import infer_model_config, load_mmaction_checkpoint, \
         load_state_dict_file
     from recognizer_core.models.recognizer import build_recognizer
     from recognizer_core.train.stgcn.config import TrainJobConfig
 
-    if threads:
-        torch.set_num_threads(threads)
     meta = _checkpoint_meta(pth)
     names = label_names or (meta.get("dataset_meta") or {}).get("classes")
     source = {"checkpoint": str(pth.resolve()), "config": str(cfg_file.resolve()), "epoch": meta.get("epoch"),
@@ -292,4 +298,4 @@ def _torch_recognizer(cfg_file: Path, pth: Path, label_names, device: str, threa
         spec = given or spec_from_train_config(cfg, names, source, background_class)
     net = build_recognizer(model_cfg)
     load_mmaction_checkpoint(net, pth)
-    return TorchRecognizer(net, spec, str(pth), device)
+    return TorchRecognizer(net, spec, str(pth), device, threads)

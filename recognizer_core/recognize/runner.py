@@ -133,9 +133,14 @@ def score_windows(recognizer, windows: Sequence[Window], batch_size: int = 64) -
 
 
 def recognize_clip(recognizer, clip: SkeletonClip, spec: ModelSpec, cfg: RecognizeConfig) -> VideoResult:
+    """Windows, their scores and the events of one whole-video clip, `cfg`'s overrides (thresholds, hysteresis,
+    min_duration_s, window_mode, window_s, track_classes) applied to `spec` here: a library caller passing
+    rec.spec got the model's events, not the configured ones (the CLI's). effective_spec is idempotent, so a
+    spec already made by effective_spec(spec, cfg), as the CLI and batch mode pass, is unchanged."""
     import time
 
     t0 = time.perf_counter()
+    spec = effective_spec(spec, cfg)
     windows = make_windows_for(clip, spec, cfg.stride_s)
     probs = score_windows(recognizer, windows, cfg.batch_size)
     # the video's first frame and last frame end, on the windows' own time base (the clip resampled to the model's

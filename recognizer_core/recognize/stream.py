@@ -33,7 +33,8 @@ import numpy as np
 from recognizer_core.recognize.event_delivery import EventOutputError, EventSink, check_post_url, redact_url
 from recognizer_core.recognize.events import OnlineEvents
 from recognizer_core.recognize.frame_reader import FrameReader
-from recognizer_core.recognize.runner import RecognizeConfig, make_windows_for, score_windows, shared_span
+from recognizer_core.recognize.runner import RecognizeConfig, effective_spec, make_windows_for, score_windows, \
+    shared_span
 from recognizer_core.recognize.windows import nearest_frames, resample
 from recognizer_core.skeleton.clip import SkeletonClip
 
@@ -58,7 +59,10 @@ def run_stream(rec, spec, cfg: RecognizeConfig, source: str, pose_cfg, *, tracki
                post_url=None, max_seconds: float = 0, speed: float = 1.0, queue_frames: int = 4,
                reconnect_s: float = 300.0, verbose: bool = True, drain_s: float = 5.0) -> dict:
     """Run until the source ends (or stays lost for `reconnect_s`, see FrameReader), `max_seconds` pass or Ctrl-C;
-    returns the summary. A bad `event_file` / `post_url` raises EventOutputError before anything starts."""
+    returns the summary. A bad `event_file` / `post_url` raises EventOutputError before anything starts. `cfg`'s
+    overrides (thresholds, windows) are applied to `spec` here, as recognize_clip does: a library caller passing
+    rec.spec got the model's thresholds (effective_spec is idempotent: the CLI's spec is unchanged)."""
+    spec = effective_spec(spec, cfg)
     from recognizer_core.extract.backends import build_backend
     from recognizer_core.track.config import TrackingConfig
 
