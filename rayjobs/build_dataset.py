@@ -34,6 +34,7 @@ from recognizer_core.dataset.config import DatasetBuildConfig  # noqa: E402
 from recognizer_core.ray_runtime import RayStartError, start_ray  # noqa: E402
 from recognizer_core.skeleton.clip import SkeletonDataError  # noqa: E402
 from recognizer_core.skeleton.store_regroup import regroup_by_split  # noqa: E402
+from recognizer_core.storage import machine_write_error, machine_write_line  # noqa: E402
 
 
 def _data_error(err: BaseException) -> BaseException | None:
@@ -64,8 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     for flag in ("poses", "output"):
         if getattr(args, flag):
             args.overrides.append(f"{flag}={getattr(args, flag)}")
+    output = args.output or "the output folder"   # named by a write the machine refused (pyarrow's name no file)
     try:
         cfg = resolve_paths(config_from_args(DatasetBuildConfig, args))
+        output = cfg.output
         plan = plan_videos(cfg)            # bad poses folder or labels: one error line, before Ray starts
         if cfg.use_ray:
             start_ray(cfg.ray_address or None, job="build_dataset", dashboard=False)
@@ -77,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
         data = _data_error(err)
         if data is None:
             raise
+        if (refused := machine_write_error(data)) is not None:
+            print(f"error: {machine_write_line(refused, output, 'the build starts over')}", file=sys.stderr)
+            return 2
         text = str(data).strip().splitlines()
         print(f"error: {text[0] if text else type(data).__name__}", file=sys.stderr)
         return 2

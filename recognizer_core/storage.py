@@ -13,6 +13,7 @@ with the session: then under ~/recognizer_runs (DEFAULT_JOB_ROOT), and the job s
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import posixpath
 import tempfile
@@ -177,6 +178,31 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+# a write the machine refused, whatever is written: a full disk or quota, a read-only mount
+MACHINE_WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+
+
+def machine_write_error(err: BaseException | None) -> OSError | None:
+    """The OSError in `err` whose errno is in MACHINE_WRITE_ERRNOS: `err` itself, what it was raised from, or the
+    exception a Ray task raised (RayTaskError keeps it as `cause`); else None. A long job stops on it rather than
+    record the item it was writing as bad: every item after it would fail alike, and a re-run skipped them all."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in MACHINE_WRITE_ERRNOS:
+            return err
+        err = getattr(err, "cause", None) or err.__cause__ or err.__context__
+    return None
+
+
+def machine_write_line(err: OSError, where: str, kept: str) -> str:
+    """The one line a job stops with on a machine_write_error: the file or folder, the cause, what to do (pyarrow's
+    texts name no file and bury the cause: 'Error writing bytes to file. Detail: [errno 28] ...')."""
+    fix = "make it writable" if err.errno == errno.EROFS else "free space"
+    return (f"{where}: {os.strerror(err.errno)} [Errno {err.errno}]: the job stopped; {fix} and run the same "
+            f"command again: {kept}")
 
 
 def write_bytes(uri: str | os.PathLike, data: bytes) -> None:

@@ -6,10 +6,22 @@ from recognizer_core import storage
 from recognizer_core.extract.clip_files import make_video_clip, write_clip_file
 from recognizer_core.extract.config import DecodeConfig
 from recognizer_core.extract.manifest import CLIPS_DIR, DONE, EMPTY, FAILED
+from recognizer_core.extract.sources import SourceError
 from recognizer_core.extract.stages import unpack_poses
 from recognizer_core.skeleton.clip import SkeletonClip
 from recognizer_core.track.config import TrackingConfig
 from recognizer_core.track.tracking import track_poses
+
+
+class OutputWriteStopped(SourceError):
+    """The machine refused a write into the job's output (storage.machine_write_error): the job stops with one line
+    naming the file and the cause. A SourceError, so that extract_poses.py reports it as it does a bad input (one
+    `error:` line, exit 2: the user's to fix; tuning stops on a full disk with exit 2 too); recognize's batch mode
+    stops on it as well."""
+
+
+def output_write_stopped(err: OSError, where: str) -> OutputWriteStopped:
+    return OutputWriteStopped(storage.machine_write_line(err, where, "finished videos are kept, the rest continue"))
 
 
 def truncation(payload: dict, decode: DecodeConfig) -> dict:

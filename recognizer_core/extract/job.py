@@ -8,7 +8,8 @@ decode (CPU tasks, a generator per shard) -> RTMO (autoscaling actor pool, sized
 writes its Parquet file to the shared output -> the driver records the returned status in the manifest.
 Re-running skips finished videos (manifest keyed by path + size + mtime); a killed job loses only the videos
 in flight. Bad videos go to failures.jsonl, videos without persons to empty_clips.jsonl, truncated ones are
-flagged; the job goes on and ends with a summary (summary.json). Several sources (and several runs at once) may
+flagged; the job goes on and ends with a summary (summary.json). A write the machine refuses (a full disk) stops
+it, recording nothing for the videos it was writing (finisher.py). Several sources (and several runs at once) may
 extract into one poses folder: each video's id (its clip file's name) is kept apart from other sources' files
 (`assign_video_ids`) and labels.json keeps every listed source's classes (`_with_earlier_classes`).
 """
@@ -26,7 +27,8 @@ from tqdm import tqdm
 from recognizer_core import storage
 from recognizer_core.extract.backends import check_cuda_provider, check_local_gpus, check_model_file
 from recognizer_core.extract.config import ExtractionConfig
-from recognizer_core.extract.finish import finish_video
+from recognizer_core.extract.finish import output_write_stopped
+from recognizer_core.extract.finisher import Finisher
 from recognizer_core.extract.manifest import DONE, EMPTY, FAILED, ExtractionManifest
 from recognizer_core.extract.sources import SourceError, VideoSource, label_index, list_videos, make_video_id
 from recognizer_core.names import nfc
@@ -224,12 +226,6 @@ def iter_blocks(ds, batch_format: str = "numpy"):
     return ds.iter_batches(batch_size=None, batch_format=batch_format, prefetch_batches=0)
 
 
-def _first_line(err: BaseException) -> str:
-    cause = getattr(err, "cause", None) or err   # RayTaskError wraps the task's own exception
-    text = str(cause).strip().splitlines()
-    return f"{type(cause).__name__}: {text[-1] if text else ''}"
-
-
 class _Progress:
     """A bar on a terminal, else a line every PROGRESS_INTERVAL_S and at the end (each '\\r' redraw of a bar was a
     line in `ray job logs`). Frames count as poses arrive: a long video's count at its end showed 0 for hours."""
@@ -267,64 +263,19 @@ class _Progress:
             self.line()
 
 
-class _Finisher:
-    """Per-video tracking + write tasks in flight; their returned records go into the manifest."""
-
-    def __init__(self, plan: ExtractionPlan, max_in_flight: int, progress: _Progress):
-        import ray
-
-        self.ray, self.plan, self.progress = ray, plan, progress
-        self.max_in_flight = max_in_flight
-        self.task = ray.remote(finish_video).options(num_cpus=plan.cfg.ray.num_cpus_per_track_task)
-        self.pending: dict = {}
-        self.counts = {DONE: 0, EMPTY: 0, FAILED: 0}
-        self.truncated: list[dict] = []
-        self.damaged: list[dict] = []   # videos with packets skipped as damaged (decoded to the end around them)
-
-    def submit(self, video: VideoSource, asm: VideoAssembler) -> None:
-        cfg, names = self.plan.cfg, self.plan.label_names
-        label = names.index(video.label_name) if video.label_name in names else 0
-        meta = {**video.to_dict(), "video_id": video.video_id}
-        ref = self.task.remote(meta, asm.payload(), label, cfg.output, cfg.decode, cfg.tracking)
-        self.pending[ref] = video
-        while len(self.pending) >= self.max_in_flight:
-            self.collect(block=True)
-
-    def collect(self, block: bool) -> None:
-        if not self.pending:
-            return
-        ready, _ = self.ray.wait(list(self.pending), num_returns=1 if block else len(self.pending),
-                                 timeout=None if block else 0)
-        for ref in ready:
-            video = self.pending.pop(ref)
-            try:
-                rec = self.ray.get(ref)
-            except Exception as err:  # noqa: BLE001 - one video's failure never ends the job
-                rec = {"status": FAILED, "uri": video.plain_uri, "rel_path": video.rel_path, "video_id": video.video_id,
-                       "label_name": video.label_name, "split": video.split,
-                       "reason": f"tracking/writing failed: {_first_line(err)}"}
-            self.record(video, rec)
-
-    def record(self, video: VideoSource, rec: dict) -> None:
-        status = rec.pop("status")
-        self.plan.manifest.record(status, video.key, **rec)
-        self.counts[status] += 1
-        if rec.get("truncated"):
-            self.truncated.append({"rel_path": video.rel_path, "decoded_frames": rec["decoded_frames"],
-                                   "declared_frames": rec["declared_frames"], "kept": status != FAILED})
-        if rec.get("skipped_packets"):
-            self.damaged.append({"rel_path": video.rel_path, "skipped_packets": rec["skipped_packets"]})
-        self.progress.video_done(
-            f"[extract] {status:6s} {video.rel_path}" + (" (truncated)" if rec.get("truncated") else "")
-            + (f" ({rec['skipped_packets']} damaged packets skipped)" if rec.get("skipped_packets") else ""))
-
-    def drain(self) -> None:
-        while self.pending:
-            self.collect(block=True)
-
-
 def run_prepared(plan: ExtractionPlan, verbose: bool = True) -> dict:
-    """Run stage 1 + 2 for every video not yet done (Ray must be started); returns (and writes) the summary."""
+    """Run stage 1 + 2 for every video not yet done (Ray must be started); returns (and writes) the summary.
+    A write the machine refused (a full disk) stops it: OutputWriteStopped (finisher.py says why)."""
+    try:
+        return _run_prepared(plan, verbose)
+    except OSError as err:   # the driver's own writes (listing, labels, summary): their errors name a temp file
+        refused = storage.machine_write_error(err)
+        if refused is None:
+            raise
+        raise output_write_stopped(refused, plan.cfg.output) from err
+
+
+def _run_prepared(plan: ExtractionPlan, verbose: bool) -> dict:
     cfg, out = plan.cfg, plan.cfg.output
     # every listed video (skipped ones too): build_dataset keeps only these, each at its current version and label.
     # First: in a folder extracted before listings, the old extraction_config.yaml names whose videos those are.
@@ -343,7 +294,7 @@ def run_prepared(plan: ExtractionPlan, verbose: bool = True) -> dict:
     frames_done, provider, pool = 0, "", (0, 0)
     first_poses = None  # (seconds, frames) when the first batch of poses came back: start-up + the first block
     progress = _Progress(len(plan.todo), verbose)
-    finisher = _Finisher(plan, 1, progress)
+    finisher = Finisher(plan, 1, progress)
     if plan.todo:
         import ray
 
@@ -357,6 +308,8 @@ def run_prepared(plan: ExtractionPlan, verbose: bool = True) -> dict:
         items = [{"video_id": v.video_id, "uri": v.uri, "size": v.size} for v in plan.todo]
         assemblers: dict[str, VideoAssembler] = {}
         for batch in iter_blocks(build_pipeline(cfg, items, pool)):
+            if finisher.stop is not None:   # the disk is full: no more videos decoded and inferred for nothing
+                break
             provider = provider or str(batch["provider"][0])
             posed = int((batch["frame_index"] >= 0).sum())   # -1: the marker of a shard that decoded nothing
             first_poses = first_poses or (time.time() - t0, posed)
@@ -366,12 +319,15 @@ def run_prepared(plan: ExtractionPlan, verbose: bool = True) -> dict:
                 vid = row["video_id"]
                 asm = assemblers.setdefault(vid, VideoAssembler(vid))
                 asm.add(row)
-                if asm.complete:
+                if asm.complete and finisher.stop is None:
                     frames_done += len(asm.frames)
                     finisher.submit(by_id[vid], assemblers.pop(vid))
             finisher.collect(block=False)
             progress.add_frames(posed)
         finisher.drain()
+        if finisher.stop is not None:   # the videos in flight that finished are recorded: a re-run does the rest
+            progress.close()
+            raise finisher.stop
         for vid in assemblers:  # should not happen: a shard lost its end marker
             v = by_id[vid]
             finisher.record(v, {"status": FAILED, "uri": v.plain_uri, "rel_path": v.rel_path, "video_id": vid,

@@ -6,7 +6,9 @@ and records it in the manifest. Poses here are exactly what extract_poses.py wou
 from tracking task to recognizer actor without passing through the driver.
 
 A re-run skips videos already recorded (same path, size and mtime); bad videos are recorded in failures.jsonl
-and the job goes on.
+and the job goes on. A write the machine refuses (a full disk: storage.machine_write_error) stops it as it stops
+extraction (extract/finisher.py): nothing recorded for the videos being written, their partial outputs removed, so
+the same command run again does them.
 """
 from __future__ import annotations
 
@@ -16,16 +18,17 @@ import time
 from pathlib import Path
 
 from recognizer_core.extract.config import DecodeConfig, ExtractionConfig, PoseModelConfig, RayResources, SourceConfig
-from recognizer_core.extract.finish import track_video
+from recognizer_core.extract.finish import OutputWriteStopped, output_write_stopped, track_video
+from recognizer_core.extract.finisher import first_line
 from recognizer_core.extract.job import ROW_COLUMNS, build_pipeline, iter_blocks, resolve_paths
 from recognizer_core.extract.manifest import DONE, EMPTY, FAILED, ExtractionManifest
 from recognizer_core.extract.sources import VideoSource, list_videos
 from recognizer_core.extract.stages import VideoAssembler
 from recognizer_core.recognize.events import Event
 from recognizer_core.recognize.outputs import UniqueStems, rel_path_stem, write_video_outputs
-from recognizer_core.recognize.runner import RecognizeConfig, recognize_clip
+from recognizer_core.recognize.runner import RecognizeConfig, effective_spec, recognize_clip
 from recognizer_core.recognize.windows import Window
-from recognizer_core.storage import to_uri, write_text
+from recognizer_core.storage import machine_write_error, to_uri, write_text
 from recognizer_core.track.config import TrackingConfig
 
 
@@ -96,13 +99,9 @@ def _recorded_events(manifest: ExtractionManifest, videos: list[VideoSource], ou
     return found
 
 
-def _first_line(err: BaseException) -> str:
-    cause = getattr(err, "cause", None) or err   # RayTaskError wraps the task's own exception
-    text = str(cause).strip().splitlines()
-    return f"{type(cause).__name__}: {text[-1] if text else ''}"
-
-
 EVENTS_SUFFIX = ".events.jsonl"
+# every file of a video's outputs (outputs.write_video_outputs, the overlay): removed where writing them failed
+OUTPUT_SUFFIXES = (EVENTS_SUFFIX, ".events.csv", ".windows.csv", ".timeline.png", ".overlay.mp4")
 
 
 def output_stems(manifest: ExtractionManifest, videos: list[VideoSource]) -> tuple[dict[str, str], set[str]]:
@@ -128,14 +127,26 @@ def _owner(rel_path: str, key: str) -> str:
     return f"{rel_path}\n{key.rsplit('|', 2)[0]}"
 
 
+def remove_outputs(out: Path, stem: str) -> None:
+    """The outputs of a video whose writing failed: an events file written before the rest failed (an empty one,
+    0 bytes, for a video without events) read exactly as a finished video's 'no events'."""
+    for suffix in OUTPUT_SUFFIXES:
+        (out / f"{stem}{suffix}").unlink(missing_ok=True)
+
+
 def write_recorded_outputs(out: Path, v: VideoSource, stem: str, rec: dict, res, spec, timeline: bool) -> bool:
-    """Write one video's outputs and note them in its manifest record `rec`. A write that fails (a full disk, a
-    name the file system refuses) turns `rec` into a FAILED record with the reason, as a bad video is: it never
-    ends the run. -> whether the outputs were written."""
+    """Write one video's outputs and note them in its manifest record `rec`. A write that fails (a name the file
+    system refuses) turns `rec` into a FAILED record with the reason, as a bad video is: it never ends the run; one
+    the machine refuses (a full disk) raises OutputWriteStopped. Either way no output of the video is left.
+    -> whether the outputs were written."""
     try:
         files = write_video_outputs(out, v.rel_path, res.windows, res.probs, res.events, spec, timeline, stem=stem)
     except Exception as err:  # noqa: BLE001 - one video's failure never ends the job
-        rec.update(status=FAILED, reason=f"writing outputs failed: {_first_line(err)}")
+        remove_outputs(out, stem)
+        refused = machine_write_error(err)
+        if refused is not None:
+            raise output_write_stopped(refused, str(out)) from err
+        rec.update(status=FAILED, reason=f"writing outputs into {out} failed: {first_line(err)}")
         return False
     rec.update(output=os.path.basename(files["events_jsonl"]), events=len(res.events), windows=len(res.windows))
     return True
@@ -147,10 +158,12 @@ def run_batch(*, inputs: str, out: str | Path, model: str, model_config: str | N
               verbose: bool = True) -> dict:
     """Recognize every video not yet done (Ray must be started); returns the summary (also written as
     summary.json). `cpus`: CPUs reserved per decode task / pose actor / tracking task / recognizer actor
-    (threads are set separately)."""
+    (threads are set separately). `cfg`'s overrides are applied to `spec` here, as recognize_clip does for the
+    events: the timelines and overlays drew a raw spec's threshold lines beside the configured events."""
     import ray
 
     ray.data.DataContext.get_current().enable_progress_bars = False
+    spec = effective_spec(spec, cfg)
     out = Path(out)
     manifest = ExtractionManifest(str(out))
     videos = list_inputs(inputs)
@@ -161,18 +174,30 @@ def run_batch(*, inputs: str, out: str | Path, model: str, model_config: str | N
     # every video's events, those of an earlier run included: the evaluation scores the whole input
     events_by_video: dict[str, list] = _recorded_events(manifest, [v for v in videos if v.video_id not in by_id], out)
     frames, windows, t0 = 0, 0, time.time()
+    stop: list[OutputWriteStopped] = []   # the first write the machine refused: no more videos (module docstring)
 
     def record(v: VideoSource, rec: dict, res) -> None:
         nonlocal windows
-        if res is not None and not write_recorded_outputs(out, v, stems[v.rel_path], rec, res, spec, cfg.timeline):
-            res = None   # recorded as failed, with the write error
+        try:
+            if res is not None and not write_recorded_outputs(out, v, stems[v.rel_path], rec, res, spec,
+                                                              cfg.timeline):
+                res = None   # recorded as failed, with the write error
+        except OutputWriteStopped as err:
+            stop.append(err)
+            return
         status = rec.pop("status")
         if res is not None:
             events_by_video[v.rel_path] = res.events
             windows += len(res.windows)
         elif status == EMPTY:
             events_by_video[v.rel_path] = []   # nobody seen: the video is predicted as background
-        manifest.record(status, v.key, **rec)
+        try:
+            manifest.record(status, v.key, **rec)
+        except OSError as err:   # its outputs, if any, are whole: a re-run writes them again
+            if (refused := machine_write_error(err)) is None:
+                raise
+            stop.append(output_write_stopped(refused, manifest.path(status)))
+            return
         counts[status] += 1
         if verbose:
             what = (f"{len(res.events)} event(s) {[f'{e.label} {e.start_s:.1f}-{e.end_s:.1f}s' for e in res.events]}"
@@ -204,8 +229,12 @@ def run_batch(*, inputs: str, out: str | Path, model: str, model_config: str | N
                 try:
                     rec, res = ray.get(ref)
                 except Exception as err:  # noqa: BLE001 - one video's failure never ends the job
+                    if (refused := machine_write_error(err)) is not None:   # the overlay, written by the actor
+                        remove_outputs(out, stems[v.rel_path])
+                        stop.append(output_write_stopped(refused, str(out)))
+                        continue
                     rec, res = {"status": FAILED, "uri": v.plain_uri, "rel_path": v.rel_path, "video_id": v.video_id,
-                                "reason": f"tracking/recognition failed: {_first_line(err)}"}, None
+                                "reason": f"tracking/recognition failed: {first_line(err)}"}, None
                 record(v, rec, res)
 
         def submit(v: VideoSource, asm: VideoAssembler) -> None:
@@ -221,16 +250,20 @@ def run_batch(*, inputs: str, out: str | Path, model: str, model_config: str | N
         assemblers: dict[str, VideoAssembler] = {}
         pipeline = build_pipeline(ecfg, items, (pose_actors, pose_actors))
         for batch in iter_blocks(pipeline):
+            if stop:   # the disk is full: no more videos decoded and scored for nothing
+                break
             for values in zip(*[batch[k].tolist() for k in ROW_COLUMNS]):
                 row = dict(zip(ROW_COLUMNS, values))
                 asm = assemblers.setdefault(row["video_id"], VideoAssembler(row["video_id"]))
                 asm.add(row)
-                if asm.complete:
+                if asm.complete and not stop:
                     frames += len(asm.frames)
                     submit(by_id[row["video_id"]], assemblers.pop(row["video_id"]))
             collect(block=False)   # never block the pose stream on recognition
         while pending:
             collect(block=True)
+        if stop:   # the videos in flight that finished are recorded: a re-run does the rest
+            raise stop[0]
         for vid in assemblers:  # a shard lost its end marker: record, never crash
             v = by_id[vid]
             record(v, {"status": FAILED, "uri": v.plain_uri, "rel_path": v.rel_path, "video_id": vid,
@@ -240,13 +273,19 @@ def run_batch(*, inputs: str, out: str | Path, model: str, model_config: str | N
                "failed": counts[FAILED], "skipped": len(videos) - len(todo), "frames": frames, "windows": windows,
                "seconds": round(elapsed, 2), "frames_per_s": round(frames / elapsed, 1) if frames else 0.0,
                "failures": manifest.failures(v.key for v in videos)}
-    write_text(out / "summary.json", json.dumps(summary, indent=1))
+    try:
+        write_text(out / "summary.json", json.dumps(summary, indent=1))
+    except OSError as err:
+        if (refused := machine_write_error(err)) is None:
+            raise
+        raise output_write_stopped(refused, str(out / "summary.json")) from err
     return {**summary, "events": events_by_video}
 
 
 def run_batch_cli(rec, spec, cfg: RecognizeConfig, args, model: str) -> dict | None:
     """rayjobs/recognize.py's video path: resolve the pose model, start Ray, run, print failures. None: an error
-    before any video was processed, printed (recognize exits 2, the other jobs' code for what the user fixes).
+    before any video was processed, or a write the machine refused (a full disk), printed (recognize exits 2, the
+    other jobs' code for what the user fixes).
     The result's `failed` counts this run's failures, `failures` lists every listed video's, earlier runs'
     included (a re-run skips those), and `events` holds every video with a result, earlier runs' too."""
     import sys
@@ -278,8 +317,12 @@ def run_batch_cli(rec, spec, cfg: RecognizeConfig, args, model: str) -> dict | N
     except RayStartError as err:
         print(f"error: {err}", file=sys.stderr)
         return None
-    result = run_batch(inputs=args.input, out=args.output, model=model, model_config=args.model_config, spec=spec,
-                       cfg=cfg, pose=pose, threads=args.threads or 1)
+    try:
+        result = run_batch(inputs=args.input, out=args.output, model=model, model_config=args.model_config,
+                           spec=spec, cfg=cfg, pose=pose, threads=args.threads or 1)
+    except OutputWriteStopped as err:
+        print(f"error: {err}", file=sys.stderr)
+        return None
     for f in result["failures"]:
         print(f"[recognize] failed: {f['rel_path']}: {f['reason']}", file=sys.stderr)
     return result
