@@ -16,14 +16,16 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import signal
 import socket
 import sys
 import tempfile
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterator
+
+from recognizer_core.ray_start_advice import advice as _advice
 
 
 # The driver's `ray` logger (ray.init's logging_level; Tune and Ray Data log under it): its INFO lines ("Started a
@@ -91,15 +93,23 @@ def joins_cluster(address: str | None = None) -> bool:
 
 def start_ray(address: str | None = None, *, num_cpus: int | None = None, dashboard: bool = True,
               log_to_driver: bool = True, job: str = "job") -> RayInfo:
-    """Join `address` / $RAY_ADDRESS, else start a private local Ray; return where it runs. Idempotent."""
+    """Join `address` / $RAY_ADDRESS, else start a private local Ray; return where it runs. A Ray running in this
+    process is kept if it is the one asked for (no address: any); else ours (an earlier job in this notebook) is
+    ended to join the cluster asked for, and the caller's is an error: a job never runs silently elsewhere."""
     import ray
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    if ray.is_initialized():
-        ctx = ray.get_runtime_context()
-        return RayInfo(address=ctx.gcs_address, dashboard_url=None, private=False)
     address = address or os.environ.get("RAY_ADDRESS") or None
     joining = joins_cluster(address)
+    if ray.is_initialized():
+        current = ray.get_runtime_context().gcs_address
+        ours = current in _PRIVATE_RAY
+        if not joining or (address == "auto" and not ours) or _same_address(address, current):
+            return RayInfo(address=current, dashboard_url=None, private=ours)
+        if not ours:
+            raise RayStartError(f"this process already runs Ray (GCS {current}), not the cluster at {address} that "
+                                "was asked for: call ray.shutdown() first, or omit --address and unset RAY_ADDRESS.")
+    flush_worker_output()  # ends our private Ray (or what is left of it: its variables)
     captured = ""
     try:
         if joining:
@@ -110,25 +120,25 @@ def start_ray(address: str | None = None, *, num_cpus: int | None = None, dashbo
                     captured = copy()
         else:
             port = _free_port()
-            os.environ.setdefault("RAY_API_SERVER_ADDRESS", f"http://127.0.0.1:{port}")
-            # Ray Train's preemption watcher (one actor per Train run) polls whether a node is being drained
-            # (spot / preemptible machines). A private Ray is this one machine: nothing to watch, and creating
-            # the actor makes Ray 2.60 log a C++ "E ... core_worker.cc: Actor with class name: 'PreemptionWatcher'
-            # ... has constructor arguments in the object store" line for every run. Off here only (the
-            # controller reads it from the environment, which Ray's processes inherit); clusters keep it.
-            os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-            # Ray Train's controller polls its workers every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s) and takes one
-            # report per poll (a worker's result queue holds one), so every report, run start and run end waits
-            # for a poll. On one machine a poll is a local call: 0.5 s keeps short epochs (the demo, small
-            # searches) from being paced at 2 s each. Clusters keep Ray's default.
-            os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
-            # scaling.cpu_malloc=auto preloads the tcmalloc found here into the workers (train/cpu_malloc.py)
-            os.environ[PRIVATE_RAY_ENV] = "1"
+            # Where the caller has not set them, for the private Ray (its processes inherit them) until
+            # flush_worker_output. PRIVATE_RAY_ENV: scaling.cpu_malloc=auto preloads the tcmalloc found here into the
+            # workers (train/cpu_malloc.py). Ray Train's preemption watcher polls for nodes being drained (spot
+            # machines): nothing to watch on one machine, and its actor makes Ray 2.60 log a C++ "core_worker.cc:
+            # Actor with class name: 'PreemptionWatcher' ... has constructor arguments in the object store" line per
+            # run. Ray Train's controller takes one worker report per health check (every 2 s): 0.5 s keeps short
+            # epochs (the demo, small searches) from being paced at 2 s each. Clusters keep Ray's defaults.
+            for name, value in {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}", PRIVATE_RAY_ENV: "1",
+                                "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+                                "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}.items():
+                if name not in os.environ:
+                    os.environ[name] = value
+                    _ENV_SET_FOR_PRIVATE_RAY.append(name)
             ctx = ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, dashboard_port=port,
                            log_to_driver=log_to_driver, logging_level=RAY_LOG_LEVEL,
                            runtime_env={"worker_process_setup_hook": worker_setup_hook()})
-            _PRIVATE_RAY.append(ctx)
+            _PRIVATE_RAY.append(ctx.address_info.get("gcs_address", ""))
     except Exception as err:  # noqa: BLE001 - every start-up failure gets the same advice block
+        flush_worker_output()  # a failed private start's variables
         raise RayStartError(_advice(err, address if joining else None, captured)) from None
     install_stop_handlers()
     url = f"http://{ctx.dashboard_url}" if getattr(ctx, "dashboard_url", None) else None
@@ -138,6 +148,18 @@ def start_ray(address: str | None = None, *, num_cpus: int | None = None, dashbo
     if url:
         print(f"[{job}] Ray dashboard: {url}{_dashboard_hint()}", flush=True)
     return info
+
+
+def _same_address(requested: str, current: str) -> bool:
+    """Whether `requested` ("host:port") names the GCS at `current` ("ip:port"); Ray reads loopback as this node."""
+    import ray.util
+
+    with contextlib.suppress(OSError, ValueError):
+        host, port = requested.rsplit(":", 1)
+        ip = socket.gethostbyname(host)
+        ip = ray.util.get_node_ip_address() if ip.startswith("127.") else ip
+        return f"{ip}:{int(port)}" == current
+    return requested == current
 
 
 def _token_auth_on() -> bool:
@@ -187,128 +209,22 @@ def _stderr_copy() -> Iterator:
             read()
 
 
-def _advice(err: Exception, address: str | None, captured: str = "") -> str:
-    first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-    text = f"{type(err).__name__}: {first}"
-    fix = _environment_fix(err)
-    if fix:  # before the token check: a PermissionError on ~/.ray/auth_token is the folder's, not the token's
-        what = f"join the Ray cluster at {address}" if address else "start a local Ray"
-        return f"could not {what} ({text}).\n  {fix}"
-    if "InvalidAuthToken" in captured or "AuthenticationError" in text or "auth" in first.lower():
-        unreadable = _unreadable_token_file()
-        if not address or unreadable:  # nothing refused a token: Ray could not read ours ("cluster at None" was)
-            what = f"join the Ray cluster at {address}" if address else "start a local Ray"
-            said = first.split(". Ensure ")[0]   # Ray's line, without its generic help (the advice below is ours)
-            return f"could not {what} ({type(err).__name__}: {said}).\n  {unreadable or _token_sources()}"
-        mode = os.environ.get("RAY_AUTH_MODE", "unset")
-        source = ("$RAY_AUTH_TOKEN" if os.environ.get("RAY_AUTH_TOKEN") else
-                  os.environ.get("RAY_AUTH_TOKEN_PATH") or str(Path("~/.ray/auth_token")))
-        return (f"the Ray cluster at {address} refused our token (InvalidAuthToken; RAY_AUTH_MODE={mode}, token "
-                f"from {source}). Set RAY_AUTH_MODE=token and give the cluster's token: RAY_AUTH_TOKEN=<token>, "
-                "or RAY_AUTH_TOKEN_PATH=<file>, or copy it to ~/.ray/auth_token (on the head: "
-                "`ray get-auth-token`).")
-    if address:
-        return (f"could not join the Ray cluster at {address} ({text}). Check that it is running "
-                "(`ray status --address ...`), or omit --address and unset RAY_ADDRESS for a private local Ray.")
-    if isinstance(err, TimeoutError) or "timed out" in text.lower() or "timeout" in text.lower():
-        return (f"could not start a local Ray ({text}).\n"
-                "  On a busy or small machine Ray's start-up can time out. Try:\n"
-                "  - run the command again;\n"
-                "  - give Ray longer: RAY_raylet_start_wait_time_s=120 (and RAY_gcs_rpc_server_connect_timeout_s=60);\n"
-                "  - free memory / stop other Ray instances you own (`ray status` lists them).")
-    var, tmp = _ray_temp_base()
-    return (f"could not start a local Ray ({text}).\n"
-            f"  Ray's own messages above say more; its logs are in {os.path.join(tmp, 'ray', 'session_latest')}"
-            f" (the temp folder from {var}). Other Ray instances you own: `ray status` lists them.")
-
-
-def _unreadable_token_file() -> str | None:
-    """The advice when RAY_AUTH_TOKEN_PATH, which Ray reads when RAY_AUTH_TOKEN is not set, names no readable
-    token (missing, a folder, empty): Ray then fails before it starts or contacts anything. None otherwise."""
-    path = os.environ.get("RAY_AUTH_TOKEN_PATH")
-    if not path or os.environ.get("RAY_AUTH_TOKEN"):
-        return None
-    if os.path.isdir(path):
-        state = "is a folder"
-    elif not os.path.exists(path):
-        state = "does not exist"
-    else:
-        try:
-            with open(path, "rb") as f:
-                if f.read().strip():
-                    return None
-            state = "is empty"
-        except OSError as err:
-            state = f"cannot be read ({err.strerror})"
-    return (f"RAY_AUTH_TOKEN_PATH={path} {state}: point it at a file holding the token, or give the token itself as "
-            "RAY_AUTH_TOKEN=<token>, or unset RAY_AUTH_TOKEN_PATH (a private Ray then uses ~/.ray/auth_token, "
-            "written when missing; for a cluster, copy its token there: `ray get-auth-token` on the head).")
-
-
-def _token_sources() -> str:
-    return ("With RAY_AUTH_MODE=token Ray reads its token from RAY_AUTH_TOKEN, else the file RAY_AUTH_TOKEN_PATH "
-            "names, else ~/.ray/auth_token (a private Ray writes that one when missing): fix or unset the one that "
-            "failed.")
-
-
-def _ray_temp_base() -> tuple[str, str]:
-    """(variable, folder) Ray puts its session files under: Ray's own rule (get_default_system_temp_dir)."""
-    for var in ("RAY_TMPDIR", "TMPDIR"):
-        if var in os.environ:
-            return var, os.environ[var]
-    return "Ray's default", "/tmp"
-
-
-def _inside(path: str, folder: str) -> bool:
-    path, folder = os.path.abspath(path), os.path.abspath(folder)
-    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
-
-
-def _environment_fix(err: Exception) -> str | None:
-    """What to set when Ray's start-up failed on this environment rather than on a busy machine (a retry fails the
-    same way): a non-ASCII or long temp folder (Ray's socket paths must be ASCII and under 108 bytes), or a path
-    Ray cannot write (HOME=/
-    in an arbitrary-uid container: Ray writes its token to ~/.ray/auth_token). None for anything else."""
-    var, tmp = _ray_temp_base()
-    if isinstance(err, UnicodeError):
-        if not tmp.isascii():
-            return (f"Ray needs an ASCII path for its temp folder, and {var}={tmp!r} is not ASCII: set RAY_TMPDIR "
-                    "to an ASCII folder you can write (e.g. RAY_TMPDIR=/tmp); TMPDIR may stay as it is.")
-        return (f"a path Ray uses is not ASCII (its temp folder from {var}: {tmp!r}, HOME={os.path.expanduser('~')!r},"
-                f" working directory {os.getcwd()!r}): use ASCII paths, e.g. RAY_TMPDIR=/tmp for the temp folder.")
-    if "AF_UNIX path length" in str(err):  # Ray's sockets live under <temp folder>/ray/session_<date>/sockets
-        return (f"Ray's socket paths under its temp folder ({var}={tmp}) are longer than a Unix socket allows "
-                "(107 bytes): set RAY_TMPDIR to a short folder you can write (e.g. RAY_TMPDIR=/tmp).")
-    if not isinstance(err, OSError) or not err.filename:
-        return None
-    path, why = str(err.filename), err.strerror or type(err).__name__
-    ray_home = os.path.join(os.path.expanduser("~"), ".ray")
-    if _inside(path, ray_home):
-        return (f"Ray could not write {path} ({why}): it keeps its auth token in ~/.ray/auth_token, and "
-                f"HOME={os.path.expanduser('~')} is not writable here. Set HOME to a folder you can write, or give "
-                "the token yourself: RAY_AUTH_TOKEN=<a secret string>.")
-    if _inside(path, tmp):
-        return (f"Ray could not write {path} ({why}) in its temp folder ({var}={tmp}): set RAY_TMPDIR to a folder "
-                "you can write (e.g. RAY_TMPDIR=/tmp).")
-    return (f"Ray could not use {path} ({why}): make it writable for this user, or point Ray elsewhere "
-            "(RAY_TMPDIR for its temp folder, HOME for ~/.ray).")
-
-
-_PRIVATE_RAY: list = []  # the private Ray this process started, if any (flush_worker_output ends only that one)
+_PRIVATE_RAY: list[str] = []  # the GCS address of the private Ray this process started, if any
+_ENV_SET_FOR_PRIVATE_RAY: list[str] = []  # the variables start_ray set for it (a notebook's next Ray must not see them)
 
 
 def flush_worker_output() -> None:
     """Before a job's final line: shut down the private Ray this process started, so that the worker lines Ray
     still holds (its log deduplication keeps repeats for up to 5 s and prints what is left when the driver
     disconnects, at exit) come out now, above the final line, not after it. A joined cluster, or a Ray someone else
-    started in this process (a test's), is left running."""
-    if _PRIVATE_RAY:
-        import ray
-
-        _PRIVATE_RAY.clear()
-        os.environ.pop(PRIVATE_RAY_ENV, None)
-        if ray.is_initialized():
-            ray.shutdown()
+    started in this process (a test's), is left running. The variables start_ray set for the private Ray go too:
+    left, RAY_API_SERVER_ADDRESS sends the State API and JobSubmissionClient of any later Ray to a dead port."""
+    ray = sys.modules.get("ray")
+    if _PRIVATE_RAY and ray and ray.is_initialized() and ray.get_runtime_context().gcs_address in _PRIVATE_RAY:
+        ray.shutdown()
+    _PRIVATE_RAY.clear()
+    while _ENV_SET_FOR_PRIVATE_RAY:
+        os.environ.pop(_ENV_SET_FOR_PRIVATE_RAY.pop(), None)
 
 
 _STOPPED_BY: list[str] = []  # the signals that stopped this process ("Ctrl-C", "SIGTERM"), for the last line
@@ -368,11 +284,33 @@ def run_job(main, *args, **kwargs) -> int:
     """`sys.exit(run_job(main))` in every job: a stop (Ctrl-C, SIGTERM) exits 130 with one line. Python exits 130 by
     itself on an uncaught KeyboardInterrupt, but not once Ray is imported: code Ray runs at exit clears the
     interpreter's note of it, and the job exited 1, which a scheduler reads as a failure (measured)."""
+    job_log_settings()
     try:
         return main(*args, **kwargs)
     except KeyboardInterrupt as stop:
         _print_stopped(stop)
         return 130
+
+
+JOB_LINE_PATTERN = r"^\[[a-z][a-z_]*\] "  # a job's own lines: "[recognizer] epoch 3/10 ...", "[extract] ..."
+
+
+def job_log_settings() -> None:
+    """A job script's process only (run_job): Ray's driver prints every worker line with a job's tag (its log
+    deduplication merged those of concurrent trials that differ only in numbers: 15 of a demo search's 24 epoch
+    lines), and no colour codes around worker prefixes when the output is not a terminal (RAY_COLOR_PREFIX, read at
+    each line). RAY_DEDUP_LOGS_ALLOW_REGEX is read when `ray` is imported, which most jobs did before main: the
+    deduplicators built then get the pattern too."""
+    if not (sys.stdout.isatty() and sys.stderr.isatty()):
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
+    allowed = os.environ.get("RAY_DEDUP_LOGS_ALLOW_REGEX")
+    if not allowed or JOB_LINE_PATTERN not in allowed:
+        os.environ["RAY_DEDUP_LOGS_ALLOW_REGEX"] = f"(?:{allowed})|{JOB_LINE_PATTERN}" if allowed else JOB_LINE_PATTERN
+    ray_logging = sys.modules.get("ray._private.ray_logging")
+    for dedup in (getattr(ray_logging, "stdout_deduplicator", None), getattr(ray_logging, "stderr_deduplicator", None)):
+        pattern = getattr(getattr(dedup, "allow_re", None), "pattern", None)
+        if dedup is not None and (not pattern or JOB_LINE_PATTERN not in pattern):
+            dedup.allow_re = re.compile(f"(?:{pattern})|{JOB_LINE_PATTERN}" if pattern else JOB_LINE_PATTERN)
 
 
 def start_ray_or_exit(job: str, address: str | None = None, **kwargs) -> RayInfo:
