@@ -91,6 +91,16 @@ def joins_cluster(address: str | None = None) -> bool:
     return bool(address) and address != "local"
 
 
+def runs_on_private_ray(address: str | None = None) -> bool:
+    """Whether start_ray(address) will run the job on a private local Ray on this machine: nothing to join, and no
+    other Ray already running in this process (start_ray keeps a caller's, e.g. a notebook's ray.init(address=...)
+    of a GPU cluster, which a check of this machine's GPUs refused)."""
+    if joins_cluster(address):
+        return False
+    ray = sys.modules.get("ray")
+    return not (ray and ray.is_initialized()) or ray.get_runtime_context().gcs_address in _PRIVATE_RAY
+
+
 def start_ray(address: str | None = None, *, num_cpus: int | None = None, dashboard: bool = True,
               log_to_driver: bool = True, job: str = "job") -> RayInfo:
     """Join `address` / $RAY_ADDRESS, else start a private local Ray; return where it runs. A Ray running in this

@@ -99,3 +99,38 @@ def test_only_a_private_ray_refuses_gpus_this_machine_lacks(tmp_path, videos, fa
     assert [v.rel_path for v in plan.todo] == ["Fight/a.mp4"]
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
     assert len(prepare_extraction(_config(videos, tmp_path / "out", fake_model, num_gpus_per_actor=1.0)).todo) == 1
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(300)
+def test_a_ray_the_caller_already_runs_is_not_this_machines_gpus(tmp_path, videos, fake_model):
+    """A notebook that ray.init()-ed a GPU cluster (no $RAY_ADDRESS set) runs the job there, as start_ray keeps it:
+    checking this machine's GPUs refused it. A Ray the process runs that is not ours (here a local one declaring a
+    GPU, as a cluster's would) is not checked; once a job's own private Ray runs, it is."""
+    _skip_with_a_gpu()
+    code = f"""
+import ray
+from recognizer_core.extract.backends import BackendError
+from recognizer_core.extract.config import ExtractionConfig
+from recognizer_core.extract.job import prepare_extraction
+from recognizer_core.ray_runtime import flush_worker_output, start_ray
+
+cfg = ExtractionConfig.model_validate({{"source": {{"input": {str(videos)!r}}}, "output": {str(tmp_path / "out")!r},
+    "model": {{"onnx": {{"model_path": {str(fake_model)!r}, "device": "cpu"}}}}, "ray": {{"num_gpus_per_actor": 1}}}})
+ray.init(address="local", num_cpus=1, num_gpus=1, include_dashboard=False)
+print("callers ray:", len(prepare_extraction(cfg).todo), "video(s) to do")
+ray.shutdown()
+start_ray(None, num_cpus=1, dashboard=False, job="extract")
+try:
+    prepare_extraction(cfg)
+    print("private ray: accepted")
+except BackendError as err:
+    print("private ray: refused", "num_gpus_per_actor" in str(err))
+flush_worker_output()
+"""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=240)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert "callers ray: 1 video(s) to do" in done.stdout and "private ray: refused True" in done.stdout, done.stdout

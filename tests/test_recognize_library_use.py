@@ -83,3 +83,48 @@ def test_load_recognizer_threads_bound_the_model_only_while_it_predicts(run_fold
         assert during == [n, before] and torch.get_num_threads() == before
     finally:
         torch.set_num_threads(before)
+
+
+def test_concurrent_bounded_predicts_leave_no_thread_with_the_bound():
+    """A service calls predict from several threads: torch's count is per OS thread, and a thread whose first torch
+    call came while another was inside predict (bound to 1) read 1 as its count before and kept it for good. A
+    forced interleaving: B tries to enter while A is inside."""
+    import threading
+
+    import torch
+
+    from recognizer_core.recognize.model import TorchRecognizer
+
+    a_in, b_in = threading.Event(), threading.Event()
+    seen: dict = {}
+
+    class Net(torch.nn.Module):
+        def predict(self, x):
+            me = threading.current_thread().name
+            seen[me] = torch.get_num_threads()
+            if me == "A":
+                a_in.set()
+                b_in.wait(1.0)   # B is let in while A is inside, where nothing keeps it out
+            else:
+                b_in.set()
+            return torch.zeros(x.shape[0], 2)
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        rec = TorchRecognizer(Net(), spec=None, source="x", threads=1)
+        x = np.zeros((1, 3), np.float32)
+
+        def run_b():
+            a_in.wait(5)
+            rec.predict(x)
+            seen["B after"] = torch.get_num_threads()
+
+        threads = [threading.Thread(target=lambda: rec.predict(x), name="A"), threading.Thread(target=run_b, name="B")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert seen["A"] == seen["B"] == 1 and seen["B after"] == 2 and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

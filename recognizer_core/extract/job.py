@@ -32,7 +32,7 @@ from recognizer_core.extract.finisher import Finisher
 from recognizer_core.extract.manifest import DONE, EMPTY, FAILED, ExtractionManifest
 from recognizer_core.extract.sources import SourceError, VideoSource, label_index, list_videos, make_video_id
 from recognizer_core.names import nfc
-from recognizer_core.ray_runtime import joins_cluster
+from recognizer_core.ray_runtime import runs_on_private_ray
 from recognizer_core.extract.stages import PoseInference, VideoAssembler, decode_shard, plan_video
 
 # the columns of the pose stream the driver reads (VideoAssembler.add); batch recognize reads the same
@@ -73,7 +73,7 @@ def prepare_extraction(cfg: ExtractionConfig) -> ExtractionPlan:
     """Everything that can fail on bad input, before Ray starts. Raises BackendError / SourceError."""
     cfg = resolve_paths(cfg)
     check_model_file(cfg.model)
-    if not joins_cluster(cfg.ray.address or None):
+    if runs_on_private_ray(cfg.ray.address or None):
         # a private local Ray runs the inference actors on this machine: its ONNX Runtime and GPUs are theirs (on a
         # cluster the GPU workers' image may have a CUDA build the driver's lacks, and an autoscaler adds GPU nodes)
         check_cuda_provider(cfg.model)

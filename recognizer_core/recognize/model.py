@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 from pathlib import Path
 from typing import Protocol, Sequence
 
@@ -48,6 +49,9 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(-1, keepdims=True)
 
 
+_THREADS_LOCK = threading.Lock()  # TorchRecognizer.predict with a thread bound
+
+
 class TorchRecognizer:
     """The trained network in torch, fed by the batched test-mode pipeline (exactly the test job's path)."""
 
@@ -66,15 +70,23 @@ class TorchRecognizer:
         # `threads` bounds this model's intra-op threads during its own calls only: torch's count is
         # process-wide, and setting it at load throttled a notebook's or service's other torch work for good
         # (ONNX Runtime keeps its count inside the session)
-        before = self.torch.get_num_threads()
-        if self.threads and self.threads != before:
-            self.torch.set_num_threads(self.threads)
-        try:
-            with self.torch.no_grad():
-                return self.net.predict(self.torch.from_numpy(x).to(self.device)).float().cpu().numpy()
-        finally:
-            if self.torch.get_num_threads() != before:
-                self.torch.set_num_threads(before)
+        if not self.threads:
+            return self._predict(x)
+        # one bounded call at a time: torch's count is per OS thread, copied by a thread at its first torch call;
+        # a service thread starting while another was inside here took the bound for good
+        with _THREADS_LOCK:
+            before = self.torch.get_num_threads()
+            if self.threads != before:
+                self.torch.set_num_threads(self.threads)
+            try:
+                return self._predict(x)
+            finally:
+                if self.torch.get_num_threads() != before:
+                    self.torch.set_num_threads(before)
+
+    def _predict(self, x: np.ndarray) -> np.ndarray:
+        with self.torch.no_grad():
+            return self.net.predict(self.torch.from_numpy(x).to(self.device)).float().cpu().numpy()
 
 
 class OnnxRecognizer:
