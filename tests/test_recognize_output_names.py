@@ -110,7 +110,7 @@ def test_a_failed_write_is_a_recorded_failure_and_a_good_one_names_its_events_fi
     blocked.write_text("a file where the output folder should be")
     rec = {"status": DONE, "rel_path": v.rel_path}
     assert not write_recorded_outputs(blocked, v, "cam1__2024-05-01.mp4", rec, _result(v.rel_path), _spec(), False)
-    assert rec["status"] == FAILED and rec["reason"].startswith("writing outputs failed: "), rec
+    assert rec["status"] == FAILED and rec["reason"].startswith(f"writing outputs into {blocked} failed: "), rec
     rec = {"status": DONE, "rel_path": v.rel_path}
     assert write_recorded_outputs(tmp_path / "ok", v, "cam1__2024-05-01.mp4", rec, _result(v.rel_path), _spec(), False)
     assert rec == {"status": DONE, "rel_path": v.rel_path, "output": "cam1__2024-05-01.mp4.events.jsonl",

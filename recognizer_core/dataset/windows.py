@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -102,7 +102,13 @@ def make_windows(clip: SkeletonClip, clip_len: int, stride: int = 0, num_person:
 
     Windows in which nobody is seen are dropped. frame_inds keep the source video's frame numbers.
     """
-    out = []
+    return list(iter_windows(clip, clip_len, stride, num_person, min_frames, min_person_frames, cover_end))
+
+
+def iter_windows(clip: SkeletonClip, clip_len: int, stride: int = 0, num_person: int = 4, min_frames: int = 1,
+                 min_person_frames: int = 1, cover_end: bool = False) -> Iterator[SkeletonClip]:
+    """make_windows one window at a time: each window copies its frames, so a whole day's list of them held
+    many times the video's own arrays (recognize scores them a batch at a time)."""
     starts = window_starts(clip.num_frames, clip_len, stride, min_frames, cover_end)
     whole = clip_len <= 0
     for t0 in starts:
@@ -114,15 +120,14 @@ def make_windows(clip: SkeletonClip, clip_len: int, stride: int = 0, num_person:
         extra.update({k: np.ascontiguousarray(v) for k, v in per_frame.items()})
         extra["window_start"] = int(t0)
         frame_inds = clip.frame_inds[t0:t1] if clip.frame_inds is not None else np.arange(t0, t1, dtype=np.int32)
-        out.append(SkeletonClip(
+        yield SkeletonClip(
             clip_id=clip.clip_id if len(starts) == 1 and whole else f"{clip.clip_id}@{t0}",
             label=clip.label, keypoint=np.ascontiguousarray(kp),
             keypoint_score=np.ascontiguousarray(sc), img_shape=clip.img_shape,
             total_frames=t1 - t0, label_name=clip.label_name, split=clip.split,
             source_video=clip.source_video or clip.clip_id, fps=clip.fps,
             track_ids=ids,
-            frame_inds=np.asarray(frame_inds, np.int32), original_shape=clip.original_shape, extra=extra))
-    return out
+            frame_inds=np.asarray(frame_inds, np.int32), original_shape=clip.original_shape, extra=extra)
 
 
 def split_counts(n: int, ratios: Sequence[float]) -> tuple[int, int, int]:

@@ -27,7 +27,6 @@ from recognizer_core.extract.stages import VideoAssembler
 from recognizer_core.recognize.events import Event
 from recognizer_core.recognize.outputs import UniqueStems, rel_path_stem, write_video_outputs
 from recognizer_core.recognize.runner import RecognizeConfig, effective_spec, recognize_clip
-from recognizer_core.recognize.windows import Window
 from recognizer_core.storage import machine_write_error, to_uri, write_text
 from recognizer_core.track.config import TrackingConfig
 
@@ -72,7 +71,6 @@ class RecognizerActor:
             from recognizer_core.recognize.overlay import render_recognition_overlay
 
             render_recognition_overlay(clip, clip.source_video, res.windows, res.probs, self.spec, overlay_path)
-        res.windows = [Window(w.video, w.kind, w.start_s, w.end_s, w.track_ids, None) for w in res.windows]
         return record, res
 
 
@@ -131,7 +129,10 @@ def remove_outputs(out: Path, stem: str) -> None:
     """The outputs of a video whose writing failed: an events file written before the rest failed (an empty one,
     0 bytes, for a video without events) read exactly as a finished video's 'no events'."""
     for suffix in OUTPUT_SUFFIXES:
-        (out / f"{stem}{suffix}").unlink(missing_ok=True)
+        try:
+            (out / f"{stem}{suffix}").unlink(missing_ok=True)
+        except OSError:  # best effort: the folder may be what failed (a file in its place, no permission)
+            pass
 
 
 def write_recorded_outputs(out: Path, v: VideoSource, stem: str, rec: dict, res, spec, timeline: bool) -> bool:

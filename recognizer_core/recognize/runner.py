@@ -4,6 +4,7 @@ Pure logic (no Ray): the job script, the Ray Data batch mode and the stream mode
 """
 from __future__ import annotations
 
+import itertools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ from recognizer_core.config import StrictModel
 from recognizer_core.names import spelled_as
 from recognizer_core.recognize.events import Event, detect_events
 from recognizer_core.recognize.spec import ClassThreshold, ModelSpec
-from recognizer_core.recognize.windows import Window, resample, video_windows
+from recognizer_core.recognize.windows import Window, iter_video_windows, resample
 from recognizer_core.skeleton.clip import SkeletonClip
 
 log = logging.getLogger(__name__)
@@ -117,9 +118,16 @@ class VideoResult:
     seconds: float = 0.0
 
 
+def iter_windows_for(clip: SkeletonClip, spec: ModelSpec, stride_s: float, cover_end: bool = True
+                     ) -> Iterator[Window]:
+    """The windows `spec`'s model scores on `clip` (its fps, window length, persons and window mode)."""
+    return iter_video_windows(clip, fps=spec.fps, window_frames=spec.window_frames,
+                              num_person=spec.pipeline.num_person, mode=spec.window_mode, stride_s=stride_s,
+                              cover_end=cover_end)
+
+
 def make_windows_for(clip: SkeletonClip, spec: ModelSpec, stride_s: float, cover_end: bool = True) -> list[Window]:
-    return video_windows(clip, fps=spec.fps, window_frames=spec.window_frames, num_person=spec.pipeline.num_person,
-                         mode=spec.window_mode, stride_s=stride_s, cover_end=cover_end)
+    return list(iter_windows_for(clip, spec, stride_s, cover_end))
 
 
 def score_windows(recognizer, windows: Sequence[Window], batch_size: int = 64) -> np.ndarray:
@@ -141,8 +149,15 @@ def recognize_clip(recognizer, clip: SkeletonClip, spec: ModelSpec, cfg: Recogni
 
     t0 = time.perf_counter()
     spec = effective_spec(spec, cfg)
-    windows = make_windows_for(clip, spec, cfg.stride_s)
-    probs = score_windows(recognizer, windows, cfg.batch_size)
+    # made and scored a batch at a time, only each window's metadata kept: the whole video's windows at once,
+    # each a copy of its frames, held several times the video's own arrays (11-16 GB for a 24 h recording)
+    windows: list[Window] = []
+    scored: list[np.ndarray] = []
+    made = iter_windows_for(clip, spec, cfg.stride_s)
+    while batch := list(itertools.islice(made, cfg.batch_size)):
+        scored.append(score_windows(recognizer, batch, cfg.batch_size))
+        windows += [Window(w.video, w.kind, w.start_s, w.end_s, w.track_ids, None) for w in batch]
+    probs = np.concatenate(scored) if scored else np.zeros((0, len(spec.label_names)), np.float32)
     # the video's first frame and last frame end, on the windows' own time base (the clip resampled to the model's
     # fps, as video_windows cuts it): a run there reaches the video's edge; and the windows' real step
     _, times = resample(clip, spec.fps)

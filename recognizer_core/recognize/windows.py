@@ -10,12 +10,12 @@ model's fps first (nearest frame in time), so a window spans the same seconds as
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Iterator, Literal
 
 import numpy as np
 
 from recognizer_core.skeleton.clip import SkeletonClip
-from recognizer_core.dataset.windows import make_windows, per_frame_extras, window_starts
+from recognizer_core.dataset.windows import iter_windows, per_frame_extras, window_starts
 
 
 @dataclass
@@ -25,7 +25,9 @@ class Window:
     start_s: float
     end_s: float
     track_ids: list[int]
-    clip: SkeletonClip = field(repr=False)
+    # None once scored: recognize_clip keeps only the metadata (the arrays of every window of a day's video
+    # were many times the video's own)
+    clip: SkeletonClip | None = field(repr=False)
 
     @property
     def key(self) -> str:
@@ -131,6 +133,14 @@ def _track_id(clip: SkeletonClip, m: int) -> int:
 def video_windows(clip: SkeletonClip, *, fps: float, window_frames: int, num_person: int,
                   mode: Literal["scene", "track", "both"], stride_s: float = 0.5,
                   min_person_frames: int = 1, cover_end: bool = True) -> list[Window]:
+    """list(iter_video_windows(...))."""
+    return list(iter_video_windows(clip, fps=fps, window_frames=window_frames, num_person=num_person, mode=mode,
+                                   stride_s=stride_s, min_person_frames=min_person_frames, cover_end=cover_end))
+
+
+def iter_video_windows(clip: SkeletonClip, *, fps: float, window_frames: int, num_person: int,
+                       mode: Literal["scene", "track", "both"], stride_s: float = 0.5,
+                       min_person_frames: int = 1, cover_end: bool = True) -> Iterator[Window]:
     """Every window of a whole-video clip, in time order (per sequence); 'both' gives scene and track windows.
     The last window ends at the video's last frame (`cover_end`), so its final fraction of a stride is scored too."""
     video = clip.source_video or clip.clip_id
@@ -140,12 +150,10 @@ def video_windows(clip: SkeletonClip, *, fps: float, window_frames: int, num_per
     parts = [(c, 0, num_person, "scene")] if mode in ("scene", "both") else []
     if mode in ("track", "both"):
         parts += [(part, first, 1, "track") for part, first in _track_parts(c, window_frames, stride, cover_end)]
-    out: list[Window] = []
     for part, first, persons, kind in parts:
-        for w in make_windows(part, window_frames, stride, num_person=persons, min_frames=1,
+        for w in iter_windows(part, window_frames, stride, num_person=persons, min_frames=1,
                               min_person_frames=min_person_frames, cover_end=cover_end):
             t0 = first + int(w.extra["window_start"])
             t1 = t0 + w.num_frames - 1
             ids = [int(i) for i in w.track_ids] if w.track_ids is not None else []
-            out.append(Window(video, kind, float(times[t0]), float(times[t1] + dt), ids, w))
-    return out
+            yield Window(video, kind, float(times[t0]), float(times[t1] + dt), ids, w)
