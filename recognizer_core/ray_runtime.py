@@ -161,9 +161,14 @@ def start_ray(address: str | None = None, *, num_cpus: int | None = None, dashbo
 
 
 def _same_address(requested: str, current: str) -> bool:
-    """Whether `requested` ("host:port") names the GCS at `current` ("ip:port"); Ray reads loopback as this node."""
+    """Whether `requested` ("host:port") names the GCS at `current`: Ray's own spelling of it first (a host name as
+    typed, e.g. a Kubernetes service's; loopback as this node's IP), else both resolved to an IP."""
     import ray.util
+    from ray._private.services import canonicalize_bootstrap_address
 
+    with contextlib.suppress(Exception):  # a private function of Ray's: any failure falls back to resolving
+        if canonicalize_bootstrap_address(requested) == current:
+            return True
     with contextlib.suppress(OSError, ValueError):
         host, port = requested.rsplit(":", 1)
         ip = socket.gethostbyname(host)
@@ -315,12 +320,28 @@ def job_log_settings() -> None:
         os.environ.setdefault("RAY_COLOR_PREFIX", "0")
     allowed = os.environ.get("RAY_DEDUP_LOGS_ALLOW_REGEX")
     if not allowed or JOB_LINE_PATTERN not in allowed:
-        os.environ["RAY_DEDUP_LOGS_ALLOW_REGEX"] = f"(?:{allowed})|{JOB_LINE_PATTERN}" if allowed else JOB_LINE_PATTERN
+        os.environ["RAY_DEDUP_LOGS_ALLOW_REGEX"] = _with_job_lines(allowed)
     ray_logging = sys.modules.get("ray._private.ray_logging")
     for dedup in (getattr(ray_logging, "stdout_deduplicator", None), getattr(ray_logging, "stderr_deduplicator", None)):
         pattern = getattr(getattr(dedup, "allow_re", None), "pattern", None)
         if dedup is not None and (not pattern or JOB_LINE_PATTERN not in pattern):
-            dedup.allow_re = re.compile(f"(?:{pattern})|{JOB_LINE_PATTERN}" if pattern else JOB_LINE_PATTERN)
+            dedup.allow_re = re.compile(_with_job_lines(pattern))
+
+
+def _with_job_lines(pattern: str | None) -> str:
+    """The user's allow regex or JOB_LINE_PATTERN. Its global flags stay in front ("(?i)warning" inside a group
+    is an error in Python 3.11, which stopped every job at start); ours are turned off around our part. A pattern
+    that does not compile is left as it is: Ray reports it."""
+    if not pattern:
+        return JOB_LINE_PATTERN
+    flags = re.match(r"\(\?[aiLmsux]+\)", pattern)
+    lead, rest = (flags.group(0), pattern[flags.end():]) if flags else ("", pattern)
+    combined = f"{lead}(?:{rest})|(?-imsx:{JOB_LINE_PATTERN})" if lead else f"(?:{rest})|{JOB_LINE_PATTERN}"
+    try:
+        re.compile(combined)
+    except re.error:
+        return pattern
+    return combined
 
 
 def start_ray_or_exit(job: str, address: str | None = None, **kwargs) -> RayInfo:

@@ -187,3 +187,36 @@ def test_a_job_on_a_real_ray_prints_every_epoch_line_of_concurrent_workers_witho
     epochs = [line for line in done.stdout.splitlines() if "[recognizer] epoch" in line]
     assert len(epochs) == 6, done.stdout
     assert "\x1b" not in done.stdout, done.stdout   # a pipe, not a terminal
+
+
+def test_a_users_allow_regex_with_global_flags_still_lets_the_job_run():
+    """RAY_DEDUP_LOGS_ALLOW_REGEX='(?i)warning' was wrapped as '(?:(?i)warning)|...', which Python 3.11 refuses:
+    every job died in re.error before main. Its flags stay in front and still apply to the user's part only."""
+    found = _run("""
+import json, os, sys
+os.environ["RAY_DEDUP_LOGS_ALLOW_REGEX"] = "(?i)warning"
+import ray._private.ray_logging as rl
+from recognizer_core.ray_runtime import run_job
+ran = []
+code = run_job(lambda: ran.append(1) or 0)
+allow = rl.stdout_deduplicator.allow_re
+print(json.dumps({"code": code, "ran": ran, "ours": bool(allow.search("[recognizer] epoch 2/3: loss 0.1")),
+                  "users": bool(allow.search("a WARNING from a worker")), "gloo": bool(allow.search("[Gloo] rank 1")),
+                  "env": os.environ["RAY_DEDUP_LOGS_ALLOW_REGEX"]}))
+""", timeout=120)
+    assert found["code"] == 0 and found["ran"] == [1], found
+    assert found["ours"] and found["users"] and not found["gloo"], found
+    assert found["env"].startswith("(?i)"), found
+
+
+def test_the_same_cluster_named_by_host_name_is_the_one_running():
+    """A second start_ray of the cluster this process joined, by a host name (a Kubernetes service:
+    raycluster-head-svc:6379; extract_poses --build-dataset starts Ray twice): Ray keeps the name as typed in its
+    GCS address, and comparing the name's IP with it refused the job as 'not the cluster that was asked for'."""
+    import socket
+
+    from recognizer_core.ray_runtime import _same_address
+
+    host = socket.gethostname()
+    assert _same_address(f"{host}:6379", f"{host}:6379")
+    assert not _same_address(f"{host}:6379", f"{host}:6380")
