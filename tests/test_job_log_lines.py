@@ -55,8 +55,9 @@ def test_a_trial_asha_stopped_is_logged_as_stopped_and_results_csv_agrees(capsys
 
     reports = {"short": [{"epoch": 1, "val/acc_top1": 0.5}],
                "full": [{"epoch": e, "val/acc_top1": 0.5 + e / 100} for e in range(1, 11)]}
-    trials = [SimpleNamespace(trial_id=t, status="RUNNING", last_result={}) for t in reports]
-    progress = SearchProgress("val/acc_top1", "max", total=2, concurrency=2, max_epochs=10, interval_s=1e9)
+    trials = [SimpleNamespace(trial_id=t, status="RUNNING", last_result={}, config={}) for t in reports]
+    progress = SearchProgress("val/acc_top1", "max", total=2, concurrency=2, max_epochs=10, interval_s=1e9,
+                              epochs_of=lambda params: params.get("train.epochs", 10))
     for trial in trials:
         for r in reports[trial.trial_id]:
             progress.on_trial_result(0, trials, trial, r)
@@ -64,7 +65,13 @@ def test_a_trial_asha_stopped_is_logged_as_stopped_and_results_csv_agrees(capsys
         trial.status = "TERMINATED"
         progress.on_trial_complete(0, trials, trial)
     lines = [ln for ln in capsys.readouterr().out.splitlines() if "epoch=" not in ln]
-    assert lines == ["[tune] trial short stopped by ASHA after epoch 1/10", "[tune] trial full finished"]
+    assert lines == ["[tune] trial short stopped early after epoch 1/10", "[tune] trial full finished"]
+
+    # A space that tunes the epochs: a trial that ran all 6 of its own finished, though the longest run has 10
+    # (it was logged 'stopped by ASHA after epoch 6/10' while results.csv said stopped_early=False)
+    own = SimpleNamespace(trial_id="own", status="TERMINATED", last_result={"epoch": 6}, config={"train.epochs": 6})
+    progress.on_trial_complete(0, trials + [own], own)
+    assert capsys.readouterr().out == "[tune] trial own finished\n"
 
     space = load_search_space(REPO / "search_spaces" / "fight.yaml", TrainJobConfig, job="stgcn",
                               metrics=stgcn_job.METRICS)

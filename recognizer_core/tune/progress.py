@@ -3,7 +3,9 @@ time left) every `interval_s` from the first minute, plus one line per measured 
 errored trial. A Ray Tune Callback, so it works the same in `ray job logs` and a terminal."""
 from __future__ import annotations
 
+import contextlib
 import time
+from typing import Callable
 
 from ray.tune import Callback
 
@@ -21,8 +23,11 @@ SHOWN = ("val/acc_top1", "val/mean_class_accuracy", "val/AP", "val/loss", "train
 
 class SearchProgress(Callback):
     def __init__(self, metric: str, mode: str, total: int, concurrency: int, max_epochs: int | None,
-                 interval_s: float = 30.0, extra_shown: tuple[str, ...] = (), early_stopping: bool = True):
+                 interval_s: float = 30.0, extra_shown: tuple[str, ...] = (), early_stopping: bool = True,
+                 epochs_of: Callable[[dict], int | None] | None = None):
+        """`epochs_of(trial.config)`: a trial's own epochs (a space may tune them; `max_epochs` is the longest)."""
         self.metric, self.mode, self.total, self.concurrency = metric, mode, total, concurrency
+        self.epochs_of = epochs_of
         self.max_epochs, self.interval_s, self.extra_shown = max_epochs, interval_s, extra_shown
         self.early_stopping = early_stopping
         self.start = time.time()
@@ -74,9 +79,13 @@ class SearchProgress(Callback):
         # Tune calls this for a trial that ran all its epochs and for one the scheduler stopped alike; the epochs
         # tell them apart, as results.csv's stopped_early does (last epoch short of the run's epochs).
         last = (getattr(trial, "last_result", None) or {}).get("epoch", self.epochs.get(trial.trial_id))
-        if self.early_stopping and stopped_before_the_end(last, self.max_epochs):
-            print(f"[tune] trial {trial.trial_id} stopped by ASHA after epoch {int(last)}/{self.max_epochs}",
-                  flush=True)
+        own = self.max_epochs
+        if self.epochs_of is not None:
+            with contextlib.suppress(KeyError, ValueError, TypeError):   # params of another space version
+                own = self.epochs_of(dict(getattr(trial, "config", None) or {}))
+        # "stopped early": ASHA, or the run's own train.early_stopping (a trial's reports do not say which)
+        if self.early_stopping and stopped_before_the_end(last, own):
+            print(f"[tune] trial {trial.trial_id} stopped early after epoch {int(last)}/{own}", flush=True)
         else:
             print(f"[tune] trial {trial.trial_id} finished", flush=True)
 

@@ -306,7 +306,8 @@ def run_tuning(space: SearchSpace, config_cls: type[BaseModel], build_trainer: C
     max_epochs = schedule[-1] if schedule else get_dotted(base_cfg.model_dump(), options.epochs_field, default=None)
     progress = SearchProgress(metric, mode, options.num_samples, options.max_concurrent_trials, max_epochs,
                               options.progress_interval_s, extra_shown=tuple(options.objectives),
-                              early_stopping=options.scheduler == "asha")
+                              early_stopping=options.scheduler == "asha", epochs_of=lambda params: get_dotted(
+                                  space.config_dict(params, extra), options.epochs_field, None))
     trainable = tune.with_resources(tune.with_parameters(run_trial, driver=driver), {"cpu": options.driver_cpus})
     record = request_record(space, extra, config_cls, options)
 
