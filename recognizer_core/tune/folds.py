@@ -27,7 +27,9 @@ TRAINVAL = "trainval"
 def assign_folds(groups: list[str], labels: list[int], k: int, seed: int = 0) -> list[int]:
     """Fold of each row: whole groups (source videos) go to one fold; groups are placed largest first, each on
     the fold that has fewest rows of the group's majority label (then fewest rows), so folds stay balanced in
-    size and class mix. Deterministic for a seed."""
+    size and class mix. Where that leaves a fold without a label that k or more groups hold (a rare class only a
+    minority of mixed videos' rows), the groups holding each such label, rarest first, are placed first, one per
+    fold lacking it; folds that had every label stay as they were. Deterministic for a seed."""
     if k < 2:
         raise ValueError(f"folds must be >= 2, got {k}")
     rows: dict[str, list[int]] = defaultdict(list)
@@ -38,12 +40,41 @@ def assign_folds(groups: list[str], labels: list[int], k: int, seed: int = 0) ->
     order = sorted(rows)
     random.Random(seed).shuffle(order)
     order.sort(key=lambda g: -len(rows[g]))  # stable: equal sizes keep the seeded order
+    fold_of = _place(order, rows, labels, k, {})
+    holders: dict[int, list[str]] = defaultdict(list)   # label -> the groups with a row of it, in placing order
+    for g in order:
+        for lb in dict.fromkeys(labels[i] for i in rows[g]):
+            holders[lb].append(g)
+    lacking = [lb for lb, gs in holders.items() if len(gs) >= k and len({fold_of[rows[g][0]] for g in gs}) < k]
+    if not lacking:
+        return fold_of
+    first: dict[str, int] = {}
+    size = [0] * k
+    for lb in sorted(holders, key=lambda c: (len(holders[c]), c)):
+        have = {first[g] for g in holders[lb] if g in first}
+        for g in holders[lb]:
+            missing = [f for f in range(k) if f not in have]
+            if not missing:
+                break
+            if g not in first:
+                first[g] = min(missing, key=lambda f: (size[f], f))
+                size[first[g]] += len(rows[g])
+                have.add(first[g])
+    return _place(order, rows, labels, k, first)
+
+
+def _place(order: list[str], rows: dict[str, list[int]], labels: list[int], k: int,
+           first: dict[str, int]) -> list[int]:
+    """assign_folds' greedy placement, the groups in `first` on their given folds before the rest."""
     per_label = [Counter() for _ in range(k)]
     size = [0] * k
-    fold_of = [0] * len(groups)
-    for g in order:
-        major = Counter(labels[i] for i in rows[g]).most_common(1)[0][0]
-        f = min(range(k), key=lambda j: (per_label[j][major], size[j], j))
+    fold_of = [0] * sum(len(r) for r in rows.values())
+    for g in [g for g in order if g in first] + [g for g in order if g not in first]:
+        if g in first:
+            f = first[g]
+        else:
+            major = Counter(labels[i] for i in rows[g]).most_common(1)[0][0]
+            f = min(range(k), key=lambda j: (per_label[j][major], size[j], j))
         for i in rows[g]:
             fold_of[i] = f
             per_label[f][labels[i]] += 1
