@@ -32,6 +32,15 @@ def videos(tmp_path):
     return tmp_path / "videos"
 
 
+@pytest.fixture
+def no_ray_here(monkeypatch):
+    """This process as a job's: no Ray running in it (the suite's shared test Ray would be a caller's Ray, which the
+    job keeps and does not check: test_a_ray_the_caller_already_runs_is_not_this_machines_gpus)."""
+    import ray
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+
+
 def _skip_with_a_gpu():
     import torch
 
@@ -73,7 +82,7 @@ def test_preset_gpus_per_actor_with_device_cpu_fail_before_a_private_ray(tmp_pat
     assert time.time() - start < 90 and not (tmp_path / "out").exists()
 
 
-def test_cuda_provider_error_names_both_fields(tmp_path, videos, fake_model, monkeypatch):
+def test_cuda_provider_error_names_both_fields(tmp_path, videos, fake_model, monkeypatch, no_ray_here):
     """`set device: cpu` alone, as the message said, only moved the job on to the hang above."""
     import onnxruntime as ort
 
@@ -89,7 +98,8 @@ def test_cuda_provider_error_names_both_fields(tmp_path, videos, fake_model, mon
     assert "set model.onnx.device=cpu and ray.num_gpus_per_actor=0" in str(err.value)
 
 
-def test_only_a_private_ray_refuses_gpus_this_machine_lacks(tmp_path, videos, fake_model, monkeypatch):
+def test_only_a_private_ray_refuses_gpus_this_machine_lacks(tmp_path, videos, fake_model, monkeypatch,
+                                                           no_ray_here):
     _skip_with_a_gpu()
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     with pytest.raises(BackendError, match="num_gpus_per_actor=0.5 asks for"):   # "local": private too
