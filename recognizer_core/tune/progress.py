@@ -71,7 +71,8 @@ class SearchProgress(Callback):
         # Only measured values are printed: an epoch without validation shows no val/* at all.
         shown = {k: result[k] for k in (self.metric, *SHOWN, *self.extra_shown) if finite(result.get(k))}
         text = " ".join(f"{k}={v:.4g}" for k, v in shown.items())
-        rnd = f" {ROUND_KEY}={result[ROUND_KEY]}" if ROUND_KEY in result and any(k.startswith("val/") for k in shown) else ""
+        validated = ROUND_KEY in result and any(k.startswith("val/") for k in shown)
+        rnd = f" {ROUND_KEY}={result[ROUND_KEY]}" if validated else ""
         print(f"[tune] trial {trial.trial_id} epoch={result.get('epoch')} {text}{rnd}", flush=True)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
