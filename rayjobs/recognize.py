@@ -94,9 +94,13 @@ def default_model(args) -> str:
 def run_skeletons(rec, spec, cfg: RecognizeConfig, source, out: Path, truth=None) -> dict:
     """Score each clip of a skeleton input (a path, or a list of clips). A file or clip that cannot be read,
     checked (cfg.nan_policy) or scored is printed as `failed: <file>: <reason>` and listed under `failures`
-    (batch mode's words and fields); the others are still scored."""
+    (batch mode's words and fields); the others are still scored. A write the machine refuses (a full disk)
+    raises OutputWriteStopped, as in batch mode: that clip's outputs removed, the clips before it kept."""
+    from recognizer_core.extract.finish import OutputWriteStopped
+    from recognizer_core.recognize.batch import remove_outputs
     from recognizer_core.recognize.outputs import UniqueStems, plot_timeline, write_video_outputs
     from recognizer_core.recognize.runner import check_clip, failure_reason, iter_skeleton_inputs, recognize_clip
+    from recognizer_core.storage import machine_write_error, machine_write_line
 
     failures: list[dict] = []
 
@@ -114,13 +118,17 @@ def run_skeletons(rec, spec, cfg: RecognizeConfig, source, out: Path, truth=None
             failed(name, failure_reason(err, name))
             continue
         stem = stems(res.video)
-        try:   # a full disk or an unwritable name fails this clip, as in batch mode, not the run
+        try:   # an unwritable name fails this clip, a full disk stops the run: batch mode's rules
             write_video_outputs(out, res.video, res.windows, res.probs, res.events, spec, timeline=cfg.timeline,
                                 stem=stem)
             if truth is not None and cfg.timeline:
                 plot_timeline(out / f"{stem}.timeline.png", res.video, res.windows, res.probs, res.events, spec,
                               truth)
         except OSError as err:
+            remove_outputs(out, stem)   # an events file written before the rest failed read as 'no events'
+            if (refused := machine_write_error(err)) is not None:   # every clip after it would fail alike
+                raise OutputWriteStopped(machine_write_line(refused, str(out), "the clips' outputs written "
+                                                            "are kept; a re-run writes every clip again")) from err
             failed(name, f"writing outputs failed: {err}")
             continue
         events[res.video] = res.events
@@ -199,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
         from recognizer_core.recognize.stream import run_stream_cli
 
         return run_stream_cli(rec, spec, cfg, args)
+    from recognizer_core.extract.finish import OutputWriteStopped
+
     if demo:
         from recognizer_core.recognize.demo import side_by_side
         from recognizer_core.recognize.evaluation import evaluate, video_key
@@ -210,7 +220,11 @@ def main(argv: list[str] | None = None) -> int:
         # SIGTERM stops as Ctrl-C does (one `stopped` line, 130; batch mode's start_ray installs the same), where
         # by default it killed the run without a word (143)
         install_stop_handlers()
-        result = run_skeletons(rec, spec, cfg, [clip], out, truth)
+        try:
+            result = run_skeletons(rec, spec, cfg, [clip], out, truth)
+        except OutputWriteStopped as err:   # a full disk: batch mode's one line and exit 2
+            print(f"error: {err}", file=sys.stderr)
+            return 2
         if result["failed"]:   # printed above
             return 1
         events = result["events"][clip.source_video]
@@ -231,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
         install_stop_handlers()  # as in the demo above
         try:
             result = run_skeletons(rec, spec, cfg, local, out)
-        except (FileNotFoundError, ValueError) as err:  # the input as a whole (one bad file is a `failed:` line)
+        except (FileNotFoundError, ValueError, OutputWriteStopped) as err:
+            # the input as a whole (one bad file is a `failed:` line), or a full disk (batch mode's line)
             print(f"error: {err}", file=sys.stderr)
             return 2
     else:

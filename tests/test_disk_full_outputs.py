@@ -128,3 +128,36 @@ def test_recognize_batch_stops_on_a_full_disk_and_a_plain_rerun_does_the_rest(tm
     summary = json.loads(again["files"]["summary.json"])
     assert summary["done"] + summary["empty"] == summary["processed"] == 3 - len(done_before)
     assert summary["failed"] == 0 and summary["skipped"] == len(done_before) and not summary["failures"]
+
+
+@needs_tmpfs
+def test_recognize_on_skeleton_input_stops_on_a_full_disk_and_a_plain_rerun_does_it(tmp_path):
+    """Was: each clip after the disk filled was printed `failed: <skeleton file>: writing outputs failed: [Errno 28]`
+    (the input blamed, the output not named), its 0-byte events.jsonl left (a real 'no events' to read), and the run
+    exited 0 since one clip had a result."""
+    from recognizer_core.extract.clip_files import write_clip_file
+    from recognizer_core.skeleton.demo_data import make_demo_clips
+    from tests.recognize_helpers import make_run_folder
+
+    run, _ = make_run_folder(tmp_path)
+    skeletons = tmp_path / "skeletons"
+    skeletons.mkdir()
+    for i, clip in enumerate(make_demo_clips("fight", 3, seed=1)):   # extract_poses.py's one-clip files
+        clip.source_video = f"/videos/v{i}.mp4"
+        write_clip_file(clip, str(skeletons / f"v{i}.parquet"))
+    out = tmp_path / "disk" / "out"
+    argv = ["--model", str(run), "--input", str(skeletons), "--output", str(out), "--set", "timeline=false"]
+    # room for one clip's three outputs (a page each) and a temp file, not a second clip's
+    first, again = _run_on_small_disk(tmp_path, 5 * PAGE_KIB, "recognize.py", argv)
+    assert first["rc"] == 2, first["stderr"]
+    line = next(x for x in first["stderr"].splitlines() if x.startswith("error: "))
+    assert str(out) in line and "No space left on device" in line and "run the same command again" in line, line
+    assert "failed:" not in first["stderr"] and "Traceback" not in first["stderr"]
+    outputs: dict[str, list[str]] = {}
+    for name in first["files"]:
+        outputs.setdefault(name.split(".mp4.")[0], []).append(name.split(".mp4.")[1])
+    assert 0 < len(outputs) < 3, first["files"]   # the clips before the full disk kept, none of the rest
+    assert all(sorted(kinds) == ["events.csv", "events.jsonl", "windows.csv"] for kinds in outputs.values()), outputs
+    assert again["rc"] == 0, again["stderr"]
+    assert sorted(again["files"]) == sorted(f"v{i}.mp4.{kind}" for i in range(3)
+                                            for kind in ("events.csv", "events.jsonl", "windows.csv")), again["files"]
