@@ -9,13 +9,9 @@ from typing import Callable
 
 from ray.tune import Callback
 
-from recognizer_core.tune.records import creation_index, finite, in_creation_order, pick_best_trial
+from recognizer_core.tune.records import creation_index, finite, in_creation_order, pick_best_trial, \
+    stopped_before_the_end
 from recognizer_core.tune.reports import ROUND_KEY, estimate_left, progress_line
-
-
-def stopped_before_the_end(last_epoch: float | None, max_epochs: int | None) -> bool:
-    """A trial whose last reported epoch is short of its run's epochs stopped early (results.csv's stopped_early)."""
-    return max_epochs is not None and finite(last_epoch) and last_epoch < max_epochs
 
 
 SHOWN = ("val/acc_top1", "val/mean_class_accuracy", "val/AP", "val/loss", "train/loss")

@@ -27,6 +27,12 @@ def finite(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
+def stopped_before_the_end(last_epoch: Any, own_epochs: int | None) -> bool:
+    """A trial whose last reported epoch is short of its own epochs stopped early: results.csv's stopped_early and
+    the search's "stopped early" line."""
+    return own_epochs is not None and finite(last_epoch) and last_epoch < own_epochs
+
+
 def is_missing(v: Any) -> bool:
     return v is None or (isinstance(v, float) and math.isnan(v))
 

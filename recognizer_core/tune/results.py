@@ -21,7 +21,7 @@ from recognizer_core.tune.compare import search_compute, preset_comparison
 from recognizer_core.tune.plots import write_plots
 from recognizer_core.tune.records import (CHECKPOINT_KEY, FINAL_REPORT_KEY, TrialRecord, best_report,
                                           creation_index, error_head, finite, in_creation_order, is_missing,
-                                          pick_best_trial)
+                                          pick_best_trial, stopped_before_the_end)
 from recognizer_core.tune.search_space import SearchSpace, set_dotted
 
 __all__ = ["CHECKPOINT_KEY", "FINAL_REPORT_KEY", "TrialRecord", "best_report", "records_from_grid",
@@ -76,7 +76,7 @@ def results_table(records: list[TrialRecord], space: SearchSpace, metric: str, m
             f"last {time_attr}": last_t,
             "validations": len(measured),
             "reports": len(rec.reports),
-            "stopped_early": bool(status == "ok" and own_max is not None and _finite(last_t) and last_t < own_max),
+            "stopped_early": status == "ok" and stopped_before_the_end(last_t, own_max),
             "checkpoint": ckpt.get(CHECKPOINT_KEY) if ckpt else None,
             "error": rec.error,
         }
